@@ -1,0 +1,255 @@
+//! Serving a service's requests: one subscription per operation (queue group per
+//! service, so several instances share the load), one task per request, each in a
+//! span that continues the caller's trace.
+
+use crate::{stream::StreamReader, stream::StreamWriter, trace, Bus};
+use bus_schema::{
+    docker,
+    stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM},
+    system::{InfoPart, ServicePing, ServicePong, SystemInfoPart},
+    BusError, DuplexRpc, Rpc, Service, StreamRpc, SystemRpc, WireResult,
+};
+use futures_util::{future::BoxFuture, StreamExt};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use tracing::Instrument;
+
+type Handler = Arc<dyn Fn(async_nats::Message) -> BoxFuture<'static, ()> + Send + Sync>;
+type InfoFn = Arc<dyn Fn() -> BoxFuture<'static, docker::SystemInfo> + Send + Sync>;
+
+pub struct Server {
+    bus: Bus,
+    service: Service,
+    started: i64,
+    handlers: Vec<(String, Handler)>,
+    info: InfoFn,
+}
+
+impl Server {
+    pub fn new(bus: Bus, service: Service) -> Server {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Server {
+            bus,
+            service,
+            started,
+            handlers: Vec::new(),
+            info: Arc::new(|| Box::pin(async { docker::SystemInfo::default() })),
+        }
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// This service's part of `GET /info`.
+    pub fn info<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = docker::SystemInfo> + Send + 'static,
+    {
+        self.info = Arc::new(move || Box::pin(f()));
+        self
+    }
+
+    /// Serve a request/reply operation.
+    pub fn rpc<R, F, Fut>(mut self, f: F) -> Self
+    where
+        R: Rpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Reply, BusError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let client = self.bus.client.clone();
+        let subject = R::subject(&self.bus.node);
+        let h: Handler = Arc::new(move |msg: async_nats::Message| {
+            let f = f.clone();
+            let client = client.clone();
+            Box::pin(async move {
+                let res = match bus_schema::decode::<R>(&msg.payload) {
+                    Ok(req) => f(req).await,
+                    Err(e) => Err(BusError::invalid(format!("bad {} request: {e}", R::OP))),
+                };
+                respond(&client, &msg, &res, async_nats::HeaderMap::new()).await;
+            })
+        });
+        self.handlers.push((subject, h));
+        self
+    }
+
+    /// Serve an operation that answers with a reply and then a stream of items.
+    /// The handler calls [`Responder::accept`] with the reply to start streaming; an
+    /// error returned before that is the reply, one returned after ends the stream.
+    pub fn stream<R, F, Fut>(mut self, f: F) -> Self
+    where
+        R: StreamRpc,
+        F: Fn(R, Responder<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let bus = self.bus.clone();
+        let subject = R::subject(&self.bus.node);
+        let h: Handler = Arc::new(move |msg: async_nats::Message| {
+            let f = f.clone();
+            let bus = bus.clone();
+            Box::pin(async move {
+                let req = match bus_schema::decode::<R>(&msg.payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let err: WireResult<R::Reply> = Err(BusError::invalid(format!("bad {} request: {e}", R::OP)));
+                        respond(&bus.client, &msg, &err, async_nats::HeaderMap::new()).await;
+                        return;
+                    }
+                };
+                let state = Arc::new(std::sync::Mutex::new(Some(msg.clone())));
+                let responder = Responder::<R> { bus: bus.clone(), pending: state.clone(), _r: PhantomData };
+                let res = f(req, responder).await;
+                // Not accepted: the result is the reply.
+                let pending = state.lock().unwrap().take();
+                if let Some(m) = pending {
+                    let res: WireResult<R::Reply> = match res {
+                        Err(e) => Err(e),
+                        Ok(()) => Err(BusError::internal(format!("{} handler neither replied nor failed", R::OP))),
+                    };
+                    respond(&bus.client, &m, &res, async_nats::HeaderMap::new()).await;
+                } else if let Err(e) = res {
+                    tracing::debug!(error = %e, op = R::OP, "stream handler ended with an error after accepting");
+                }
+            })
+        });
+        self.handlers.push((subject, h));
+        self
+    }
+
+    /// Subscribe every handler and serve until the connection closes.
+    pub async fn run(self) -> Result<(), BusError> {
+        let Server { bus, service, started, mut handlers, info } = self;
+        // System requests every service answers.
+        let node = bus.node.clone();
+        let ping_client = bus.client.clone();
+        let pong = ServicePong {
+            service,
+            node: node.clone(),
+            version: berth_config::VERSION.to_string(),
+            pid: std::process::id(),
+            started,
+        };
+        handlers.push((
+            ServicePing::subject(service, &node),
+            Arc::new(move |msg| {
+                let c = ping_client.clone();
+                let p = pong.clone();
+                Box::pin(async move { respond::<ServicePong>(&c, &msg, &Ok(p), async_nats::HeaderMap::new()).await })
+            }),
+        ));
+        let info_client = bus.client.clone();
+        handlers.push((
+            SystemInfoPart::subject(service, &node),
+            Arc::new(move |msg| {
+                let c = info_client.clone();
+                let info = info.clone();
+                Box::pin(async move {
+                    let part = InfoPart { service, info: info().await };
+                    respond::<InfoPart>(&c, &msg, &Ok(part), async_nats::HeaderMap::new()).await
+                })
+            }),
+        ));
+
+        let queue = format!("berth.{}", service.name());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (subject, h) in handlers {
+            let mut sub = bus
+                .client
+                .queue_subscribe(subject.clone(), queue.clone())
+                .await
+                .map_err(|e| BusError::unavailable(format!("subscribe {subject}: {e}")))?;
+            tasks.spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let span = tracing::info_span!("bus.serve", otel.kind = "server", messaging.destination = %subject);
+                    trace::continue_from(&span, msg.headers.as_ref());
+                    tokio::spawn(h(msg).instrument(span));
+                }
+            });
+        }
+        bus.client.flush().await.map_err(|e| BusError::unavailable(format!("bus flush: {e}")))?;
+        tracing::info!(service = %service, node = %node, "serving on the bus");
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn respond<T: serde::Serialize>(
+    client: &async_nats::Client,
+    msg: &async_nats::Message,
+    res: &WireResult<T>,
+    headers: async_nats::HeaderMap,
+) {
+    let Some(reply) = msg.reply.clone() else { return };
+    let payload = match bus_schema::encode(res) {
+        Ok(b) => b,
+        Err(e) => bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
+    };
+    if let Err(e) = client.publish_with_headers(reply, headers, payload.into()).await {
+        tracing::warn!(error = %e, "reply failed");
+    }
+}
+
+fn header(msg: &async_nats::Message, name: &str) -> Option<String> {
+    msg.headers.as_ref()?.get(name).map(|v| v.as_str().to_string())
+}
+
+/// Lets a stream handler send its reply and get the writer for the items.
+pub struct Responder<R: StreamRpc> {
+    bus: Bus,
+    pending: Arc<std::sync::Mutex<Option<async_nats::Message>>>,
+    _r: PhantomData<fn(R)>,
+}
+
+impl<R: StreamRpc> Responder<R> {
+    fn take(&self) -> Result<async_nats::Message, BusError> {
+        self.pending.lock().unwrap().take().ok_or_else(|| BusError::internal("stream already accepted"))
+    }
+
+    async fn open_writer(&self, msg: &async_nats::Message) -> Result<(StreamWriter<R::Item>, String), BusError> {
+        let data = header(msg, HDR_STREAM)
+            .ok_or_else(|| BusError::invalid(format!("{} is a stream request: send it with request_stream", R::OP)))?;
+        let credit = header(msg, HDR_CREDIT).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CREDIT);
+        let ctrl = self.bus.client.new_inbox();
+        let sub = self.bus.subscribe_raw(&ctrl).await?;
+        Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit), ctrl))
+    }
+
+    /// Send `reply` and return the writer for the items.
+    pub async fn accept(self, reply: R::Reply) -> Result<StreamWriter<R::Item>, BusError> {
+        let msg = self.take()?;
+        let (writer, ctrl) = self.open_writer(&msg).await?;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(HDR_CTRL, ctrl.as_str());
+        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        Ok(writer)
+    }
+}
+
+impl<R: DuplexRpc> Responder<R> {
+    /// Send `reply` and return the writer for the items and the reader of the caller's input.
+    pub async fn accept_duplex(
+        self,
+        reply: R::Reply,
+    ) -> Result<(StreamWriter<R::Item>, StreamReader<R::Input>), BusError> {
+        let msg = self.take()?;
+        let (writer, ctrl) = self.open_writer(&msg).await?;
+        let input_ctrl = header(&msg, HDR_INPUT_CTRL)
+            .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
+        let input = self.bus.client.new_inbox();
+        let sub = self.bus.subscribe_raw(&input).await?;
+        let reader = StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT);
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(HDR_CTRL, ctrl.as_str());
+        h.insert(HDR_INPUT, input.as_str());
+        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        Ok((writer, reader))
+    }
+}

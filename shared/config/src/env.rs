@@ -1,0 +1,21 @@
+//! Environment variables `berth up` passes to every service. The names live here only.
+
+/// Data root (`data-root`).
+pub const ROOT: &str = "BERTH_ROOT";
+/// NATS URL of the node's bus.
+pub const NATS_URL: &str = "BERTH_NATS_URL";
+/// File holding this service's bus credentials (`user:password`, mode 0600).
+pub const NATS_CREDS: &str = "BERTH_NATS_CREDS";
+/// The node id: the node token in node-local subjects.
+pub const NODE: &str = "BERTH_NODE";
+/// Path of the daemon.json the node was started with (may be absent).
+pub const CONFIG: &str = "BERTH_CONFIG";
+/// Gateway listen addresses, comma separated (`unix:///path`, `tcp://host:port`).
+pub const HOSTS: &str = "BERTH_HOSTS";
+/// Log filter for services (tracing's EnvFilter syntax).
+pub const LOG: &str = "BERTH_LOG";
+/// Path of the berth-shim binary (runtime service).
+pub const SHIM: &str = "BERTH_SHIM";
+
+/// Standard OpenTelemetry variable: OTLP export is on when it is set.
+pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

@@ -1,0 +1,78 @@
+//! Where each service keeps its state under the data root. Each service owns its
+//! folder and writes nothing elsewhere.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// nats-server config, JetStream store and credentials.
+    pub fn bus(&self) -> PathBuf {
+        self.root.join("bus")
+    }
+    pub fn creds(&self, user: &str) -> PathBuf {
+        self.bus().join("creds").join(user)
+    }
+    /// Runtime files of the node: pids, the nats URL, service logs.
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn node_id_file(&self) -> PathBuf {
+        self.root.join("node-id")
+    }
+    pub fn service(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("storage")
+    }
+    pub fn runtime(&self) -> PathBuf {
+        self.root.join("runtime")
+    }
+    pub fn network(&self) -> PathBuf {
+        self.root.join("network")
+    }
+    pub fn builder(&self) -> PathBuf {
+        self.root.join("builder")
+    }
+    pub fn swarm(&self) -> PathBuf {
+        self.root.join("swarm")
+    }
+}
+
+/// Write a file atomically: a temporary sibling, fsync, rename, fsync the directory.
+/// Readers see the old content or the new one, never half of it.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

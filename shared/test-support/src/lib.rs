@@ -1,0 +1,89 @@
+//! Test helpers that start real parts. [`Nats`] spawns Debian's `nats-server` on a
+//! free loopback port with JetStream in a temp dir; dropping it kills the server.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (released before returning; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Find `nats-server` on PATH or in /usr/sbin (Debian installs it there).
+pub fn nats_server_bin() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin", "/usr/bin"]) {
+        let p = Path::new(dir).join("nats-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("nats-server not found: install Debian's nats-server package");
+}
+
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Start a nats-server with JetStream and no authentication.
+    pub fn start() -> Nats {
+        Self::start_with_config(None)
+    }
+
+    /// Start a nats-server with extra config text (e.g. `authorization { ... }`).
+    pub fn start_with_config(extra: Option<&str>) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+                dir.path().join("js").display(),
+                extra.unwrap_or("")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        let n = Nats { child, port, dir };
+        n.wait_ready();
+        n
+    }
+
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary data root, removed on drop.
+pub fn temp_root() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap()
+}
