@@ -216,3 +216,46 @@ fn decode_reply<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, BusError>
     bus_schema::decode::<WireResult<T>>(b)?
 }
 
+
+/// Helpers every service binary uses: connect with retries, stop on a signal.
+pub mod service {
+    use super::*;
+
+    /// Connect with the environment `berth up` set, retrying for a while: the bus may
+    /// still be starting.
+    pub async fn connect(svc: Service) -> Result<Bus, BusError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match Bus::from_env(svc.name()).await {
+                Ok(b) => return Ok(b),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "bus not ready, retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    pub async fn shutdown_signal() {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+
+    /// Run `fut` until it ends or a shutdown signal arrives.
+    pub async fn until_shutdown<F, T>(fut: F) -> Option<T>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        tokio::select! {
+            r = fut => Some(r),
+            _ = shutdown_signal() => None,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `berth`: start and inspect a node.
+
+mod nats;
+mod node;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A Docker-compatible container engine on a NATS bus")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a node in the foreground: nats-server, every service, the gateway.
+    Up(node::UpArgs),
+    /// Show each service of a running node, its pid and health.
+    Status {
+        /// Data root of the node.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// daemon.json to read data-root from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Up(a) => node::up(a),
+        Cmd::Status { root, config } => status::status(root, config),
+    };
+    if let Err(e) = res {
+        eprintln!("berth: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,38 @@
+//! The bus implementation of every area's backend trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_bus::Bus;
+use bus_schema::{
+    system::{InfoPart, SystemInfoPart},
+    BusError, Service,
+};
+
+use crate::host::HostFacts;
+
+pub struct BusBackend {
+    pub bus: Bus,
+    pub host: HostFacts,
+}
+
+impl BusBackend {
+    pub fn new(bus: Bus, host: HostFacts) -> Arc<BusBackend> {
+        Arc::new(BusBackend { bus, host })
+    }
+}
+
+impl crate::routes::system::Backend for BusBackend {
+    async fn info_parts(&self) -> Vec<Result<InfoPart, (Service, BusError)>> {
+        let bus = self.bus.with_timeout(Duration::from_secs(2));
+        let futs = Service::BACKENDS.into_iter().map(|svc| {
+            let bus = bus.clone();
+            async move { bus.request_system(svc, &SystemInfoPart {}).await.map_err(|e| (svc, e)) }
+        });
+        futures_util::future::join_all(futs).await
+    }
+
+    fn host(&self) -> &HostFacts {
+        &self.host
+    }
+}

@@ -1,0 +1,4 @@
+//! Route tables, one module per area, each over a small backend trait (moby's router
+//! shape). Handlers parse, call the backend, and set the status.
+
+pub mod system;
