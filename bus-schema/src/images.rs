@@ -1,6 +1,309 @@
-//! Requests served by the images service.
+//! Requests served by the images service: registries (pull, push, login), the image
+//! store (list, inspect, tag, remove, history, prune), archives (save, load, import)
+//! and images made from layers (commit, build steps). It owns `<root>/images/`:
+//! the content store (`blobs/sha256/<hex>`) and image metadata per storage driver.
+//! Layers are applied through the storage service.
 
-#[allow(unused_imports)]
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-crate::rpcs!(Images {});
+use crate::docker;
+use crate::storage::LayerApplied;
+use crate::stream::ByteChunk;
+
+/// Credentials from `X-Registry-Auth` or `POST /auth` (Docker's AuthConfig).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub server_address: Option<String>,
+    pub identity_token: Option<String>,
+    pub registry_token: Option<String>,
+}
+
+/// A progress/status message in Docker's JSON stream (`pkg/jsonmessage`), as sent by
+/// pull, push, load, import and build. Field names are Docker's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JsonMessage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(rename = "progressDetail", skip_serializing_if = "Option::is_none")]
+    pub progress_detail: Option<ProgressDetail>,
+    /// Build output lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Push result `{"Tag","Digest","Size"}`, build result `{"ID"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aux: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(rename = "errorDetail", skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressDetail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    pub message: String,
+}
+
+impl JsonMessage {
+    pub fn status(s: impl Into<String>) -> JsonMessage {
+        JsonMessage { status: Some(s.into()), ..Default::default() }
+    }
+    pub fn with_id(mut self, id: impl Into<String>) -> JsonMessage {
+        self.id = Some(id.into());
+        self
+    }
+    pub fn stream(s: impl Into<String>) -> JsonMessage {
+        JsonMessage { stream: Some(s.into()), ..Default::default() }
+    }
+    pub fn error(msg: impl Into<String>) -> JsonMessage {
+        let m = msg.into();
+        JsonMessage { error: Some(m.clone()), error_detail: Some(ErrorDetail { code: None, message: m }), ..Default::default() }
+    }
+}
+
+/// `docker pull` / `POST /images/create?fromImage=`. `reference` is what the user
+/// typed (`busybox`, `reg:5000/a/b:t`, `x@sha256:...`); the service normalises it as
+/// Docker does. Registry errors end the stream with an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePull {
+    pub reference: String,
+    /// `os/arch[/variant]`; None means the node's platform (linux/amd64).
+    pub platform: Option<String>,
+    pub auth: Option<RegistryAuth>,
+}
+
+/// `docker push`. `name` may carry a tag; `tag` None pushes the tag in `name`
+/// (or every tag of the repository when `name` has none, as Docker does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePush {
+    pub name: String,
+    pub tag: Option<String>,
+    pub auth: Option<RegistryAuth>,
+}
+
+/// `docker login`: check credentials against the registry (`POST /auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    pub auth: RegistryAuth,
+}
+
+/// `docker images`. Filters as Docker sends them (reference, dangling, label, before, since).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageList {
+    pub all: bool,
+    pub digests: bool,
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `docker image inspect`: by ID, short ID, name[:tag] or name@digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInspect {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHistory {
+    pub name: String,
+}
+
+/// `docker tag SOURCE REPO[:TAG]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTag {
+    pub source: String,
+    pub repo: String,
+    pub tag: Option<String>,
+}
+
+/// `docker rmi` with Docker's rules: untag versus delete; a Conflict when a
+/// container uses the image unless `force`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRemove {
+    pub name: String,
+    pub force: bool,
+    pub noprune: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePrune {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `docker save`: a docker-archive tar (manifest.json, repositories, OCI layout too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSave {
+    pub names: Vec<String>,
+}
+
+/// `docker load`: the caller streams the archive; messages come back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoad {
+    pub quiet: bool,
+}
+
+/// `docker import`: from the input stream (`source` "-") or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageImport {
+    pub source: String,
+    pub repo: Option<String>,
+    pub tag: Option<String>,
+    /// Dockerfile instructions (`-c`), e.g. `CMD ["sh"]`, `ENV A=b`.
+    pub changes: Vec<String>,
+    pub message: Option<String>,
+    pub platform: Option<String>,
+}
+
+/// What the runtime and builder need to create a container from an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageResolve {
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// `sha256:<config digest>`.
+    pub id: String,
+    /// The normalised name the image was found by (`docker.io/library/busybox:latest`),
+    /// or the ID when found by ID.
+    pub name: String,
+    /// Top layer's chain ID; None for an image with no layers.
+    pub chain_id: Option<String>,
+    pub config: docker::ImageConfig,
+    pub os: String,
+    pub architecture: String,
+}
+
+/// A history entry as an image config records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub created_by: String,
+    pub comment: Option<String>,
+    pub author: Option<String>,
+    pub empty_layer: bool,
+}
+
+/// Make an image from a parent image and, optionally, one new layer (for `docker
+/// commit` and each build step). The new image's config is `config`; its rootfs is
+/// the parent's plus the layer; its history the parent's plus `history`. The images
+/// service takes over the caller's reference on `layer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageCreateFromLayer {
+    pub parent: Option<String>,
+    pub layer: Option<LayerApplied>,
+    pub config: docker::ImageConfig,
+    pub history: HistoryEntry,
+    pub author: Option<String>,
+    pub comment: Option<String>,
+    /// Tags to set (`repo:tag`, normalised by the service).
+    pub tags: Vec<String>,
+    /// Recorded as the image's `Parent` (classic builder and commit do).
+    pub record_parent: bool,
+}
+
+/// Images and their sizes for `docker system df`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDf {}
+
+crate::rpcs!(Images {
+    ImagePull => (), stream JsonMessage;
+    ImagePush => (), stream JsonMessage;
+    RegistryLogin => docker::AuthResponse;
+    ImageList => Vec<docker::ImageSummary>;
+    ImageInspect => docker::ImageInspect;
+    ImageHistory => Vec<docker::ImageHistoryResponseItem>;
+    ImageTag => ();
+    ImageRemove => Vec<docker::ImageDeleteResponseItem>;
+    ImagePrune => docker::ImagePruneResponse;
+    ImageSave => (), stream ByteChunk;
+    ImageLoad => (), stream JsonMessage, input ByteChunk;
+    ImageImport => (), stream JsonMessage, input ByteChunk;
+    ImageResolve => ResolvedImage;
+    ImageCreateFromLayer => String;
+    ImageDf => Vec<docker::ImageSummary>;
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::roundtrip;
+
+    #[test]
+    fn images_messages_roundtrip() {
+        let auth = RegistryAuth { username: Some("u".into()), password: Some("p".into()), ..Default::default() };
+        roundtrip(ImagePull { reference: "busybox".into(), platform: Some("linux/amd64".into()), auth: Some(auth.clone()) });
+        roundtrip(ImagePush { name: "r/x".into(), tag: Some("1".into()), auth: None });
+        roundtrip(RegistryLogin { auth });
+        roundtrip(ImageList { all: true, digests: false, filters: HashMap::from([("dangling".into(), vec!["true".into()])]) });
+        roundtrip(ImageInspect { name: "x".into() });
+        roundtrip(ImageHistory { name: "x".into() });
+        roundtrip(ImageTag { source: "a".into(), repo: "b".into(), tag: None });
+        roundtrip(ImageRemove { name: "x".into(), force: true, noprune: false });
+        roundtrip(ImagePrune::default());
+        roundtrip(ImageSave { names: vec!["x".into()] });
+        roundtrip(ImageLoad { quiet: true });
+        roundtrip(ImageImport {
+            source: "-".into(),
+            repo: Some("r".into()),
+            tag: None,
+            changes: vec!["CMD [\"sh\"]".into()],
+            message: None,
+            platform: None,
+        });
+        roundtrip(ImageResolve { reference: "busybox".into() });
+        roundtrip(ResolvedImage {
+            id: "sha256:1".into(),
+            name: "docker.io/library/busybox:latest".into(),
+            chain_id: Some("sha256:2".into()),
+            config: docker::ImageConfig { cmd: Some(vec!["sh".into()]), ..Default::default() },
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        });
+        roundtrip(ImageCreateFromLayer {
+            parent: Some("sha256:1".into()),
+            layer: Some(LayerApplied { chain_id: "c".into(), diff_id: "d".into(), size: 3 }),
+            config: docker::ImageConfig::default(),
+            history: HistoryEntry { created_by: "RUN x".into(), ..Default::default() },
+            author: None,
+            comment: None,
+            tags: vec!["a:b".into()],
+            record_parent: true,
+        });
+        roundtrip(ImageDf {});
+        roundtrip(JsonMessage::status("Pulling fs layer").with_id("abc"));
+        roundtrip(JsonMessage {
+            progress_detail: Some(ProgressDetail { current: Some(1), total: Some(2) }),
+            aux: Some(serde_json::json!({"Tag": "1", "Digest": "sha256:x", "Size": 5})),
+            ..Default::default()
+        });
+        roundtrip(JsonMessage::error("boom"));
+    }
+
+    #[test]
+    fn json_message_is_dockers_shape() {
+        let m = JsonMessage {
+            id: Some("a".into()),
+            status: Some("Downloading".into()),
+            progress_detail: Some(ProgressDetail { current: Some(1), total: Some(9) }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"id":"a","status":"Downloading","progressDetail":{"current":1,"total":9}}"#
+        );
+    }
+}

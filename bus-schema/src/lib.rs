@@ -25,6 +25,9 @@ pub use error::{BusError, ErrorKind};
 pub use subject::{Scope, Service};
 
 /// Docker's API models (serde only), re-exported so every crate uses the same version.
+/// They cross the bus as they are. Three fields cannot be left `None`, because
+/// bollard's serde skips them when empty but requires them when reading:
+/// `Volume::scope`, `PortSummary::typ` and `ImageManifestSummary::kind`.
 pub use bollard_stubs::models as docker;
 
 use serde::{de::DeserializeOwned, Serialize};

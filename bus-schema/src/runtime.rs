@@ -1,6 +1,360 @@
-//! Requests served by the runtime service.
+//! Requests served by the runtime service: containers and their processes. The
+//! service owns `<root>/runtime/`; each running container has a shim that owns its
+//! processes, stdio and json-file log and outlives the service.
 
-#[allow(unused_imports)]
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-crate::rpcs!(Runtime {});
+use crate::docker;
+use crate::stream::{ByteChunk, StdinChunk, StdioChunk};
+
+/// `POST /containers/create`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    pub name: Option<String>,
+    pub body: docker::ContainerCreateBody,
+    pub platform: Option<String>,
+}
+
+/// `POST /containers/{id}/start`; NotModified when already running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStart {
+    pub id: String,
+}
+
+/// `POST /containers/{id}/stop`: the stop signal, then SIGKILL after the timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStop {
+    pub id: String,
+    pub signal: Option<String>,
+    pub timeout: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRestart {
+    pub id: String,
+    pub signal: Option<String>,
+    pub timeout: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerKill {
+    pub id: String,
+    pub signal: Option<String>,
+}
+
+/// `POST /containers/{id}/wait`: the reply comes at once (the container exists), the
+/// single item when the condition is met (not-running, next-exit, removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerWait {
+    pub id: String,
+    pub condition: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRemove {
+    pub id: String,
+    pub force: bool,
+    pub volumes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInspect {
+    pub id: String,
+    pub size: bool,
+}
+
+/// `docker ps`. Filters as Docker sends them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerList {
+    pub all: bool,
+    pub limit: Option<i64>,
+    pub size: bool,
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `docker logs`: read from the json-file log the shim writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerLogs {
+    pub id: String,
+    pub follow: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Unix seconds (with fraction), 0 for none.
+    pub since: f64,
+    pub until: f64,
+    pub timestamps: bool,
+    /// "all" or a number of lines.
+    pub tail: String,
+}
+
+/// Whether the container has a TTY (raw stream) or not (multiplexed stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub tty: bool,
+}
+
+/// `POST /containers/{id}/attach` (hijacked). Output is what the container writes
+/// from the moment of attaching (plus the log when `logs`); input is its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerAttach {
+    pub id: String,
+    pub stream: bool,
+    pub logs: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub detach_keys: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerResize {
+    pub id: String,
+    pub height: u16,
+    pub width: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecCreate {
+    pub container: String,
+    pub config: docker::ExecConfig,
+}
+
+/// `POST /exec/{id}/start` (hijacked unless detached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStart {
+    pub id: String,
+    pub detach: bool,
+    pub tty: bool,
+    pub console_size: Option<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResize {
+    pub id: String,
+    pub height: u16,
+    pub width: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInspect {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerTop {
+    pub id: String,
+    pub ps_args: Option<String>,
+}
+
+/// `docker stats`: one item per second while `stream`, else one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub id: String,
+    pub stream: bool,
+    pub one_shot: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerUpdate {
+    pub id: String,
+    pub body: docker::ContainerUpdateBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRename {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPause {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUnpause {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPrune {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerChanges {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerExport {
+    pub id: String,
+}
+
+/// The stat Docker sends in `X-Docker-Container-Path-Stat` (base64 JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStat {
+    pub name: String,
+    pub size: i64,
+    /// Go's os.FileMode bits (type bits high, permissions low).
+    pub mode: u32,
+    /// RFC 3339.
+    pub mtime: String,
+    #[serde(rename = "linkTarget")]
+    pub link_target: String,
+}
+
+/// `HEAD /containers/{id}/archive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerArchiveStat {
+    pub id: String,
+    pub path: String,
+}
+
+/// `GET /containers/{id}/archive`: a tar of `path` resolved inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerArchiveGet {
+    pub id: String,
+    pub path: String,
+}
+
+/// `PUT /containers/{id}/archive`: the caller streams a tar to extract at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerArchivePut {
+    pub id: String,
+    pub path: String,
+    pub no_overwrite_dir_non_dir: bool,
+    pub copy_uid_gid: bool,
+}
+
+/// Containers (IDs) whose image is `image_id`, for `docker rmi` conflicts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainersUsingImage {
+    pub image_id: String,
+}
+
+/// Connect a container to a network (`POST /networks/{id}/connect`): recorded in the
+/// container and, when it runs, attached live through the network service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerNetworkConnect {
+    pub container: String,
+    pub network: String,
+    pub endpoint: Option<docker::EndpointSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetworkDisconnect {
+    pub container: String,
+    pub network: String,
+    pub force: bool,
+}
+
+/// Counts for `/info` and `docker system df`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDf {}
+
+crate::rpcs!(Runtime {
+    ContainerCreate => docker::ContainerCreateResponse;
+    ContainerStart => ();
+    ContainerStop => ();
+    ContainerRestart => ();
+    ContainerKill => ();
+    ContainerWait => (), stream docker::ContainerWaitResponse;
+    ContainerRemove => ();
+    ContainerInspect => docker::ContainerInspectResponse;
+    ContainerList => Vec<docker::ContainerSummary>;
+    ContainerLogs => StreamInfo, stream StdioChunk;
+    ContainerAttach => StreamInfo, stream StdioChunk, input StdinChunk;
+    ContainerResize => ();
+    ExecCreate => docker::IdResponse;
+    ExecStart => StreamInfo, stream StdioChunk, input StdinChunk;
+    ExecResize => ();
+    ExecInspect => docker::ExecInspectResponse;
+    ContainerTop => docker::ContainerTopResponse;
+    ContainerStats => (), stream serde_json::Value;
+    ContainerUpdate => docker::ContainerUpdateResponse;
+    ContainerRename => ();
+    ContainerPause => ();
+    ContainerUnpause => ();
+    ContainerPrune => docker::ContainerPruneResponse;
+    ContainerChanges => Vec<docker::FilesystemChange>;
+    ContainerExport => (), stream ByteChunk;
+    ContainerArchiveStat => PathStat;
+    ContainerArchiveGet => PathStat, stream ByteChunk;
+    ContainerArchivePut => (), stream (), input ByteChunk;
+    ContainersUsingImage => Vec<String>;
+    ContainerNetworkConnect => ();
+    ContainerNetworkDisconnect => ();
+    ContainerDf => Vec<docker::ContainerSummary>;
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::roundtrip;
+
+    #[test]
+    fn runtime_messages_roundtrip() {
+        roundtrip(ContainerCreate {
+            name: Some("web".into()),
+            body: docker::ContainerCreateBody {
+                image: Some("busybox".into()),
+                cmd: Some(vec!["sh".into()]),
+                host_config: Some(docker::HostConfig { memory: Some(1 << 20), ..Default::default() }),
+                ..Default::default()
+            },
+            platform: None,
+        });
+        roundtrip(ContainerStart { id: "x".into() });
+        roundtrip(ContainerStop { id: "x".into(), signal: Some("SIGTERM".into()), timeout: Some(1) });
+        roundtrip(ContainerRestart { id: "x".into(), signal: None, timeout: None });
+        roundtrip(ContainerKill { id: "x".into(), signal: Some("9".into()) });
+        roundtrip(ContainerWait { id: "x".into(), condition: "not-running".into() });
+        roundtrip(ContainerRemove { id: "x".into(), force: true, volumes: true });
+        roundtrip(ContainerInspect { id: "x".into(), size: false });
+        roundtrip(ContainerList { all: true, limit: Some(3), size: false, filters: HashMap::new() });
+        roundtrip(ContainerLogs {
+            id: "x".into(),
+            follow: true,
+            stdout: true,
+            stderr: true,
+            since: 0.0,
+            until: 0.0,
+            timestamps: false,
+            tail: "all".into(),
+        });
+        roundtrip(StreamInfo { tty: true });
+        roundtrip(ContainerAttach {
+            id: "x".into(),
+            stream: true,
+            logs: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            detach_keys: None,
+        });
+        roundtrip(ContainerResize { id: "x".into(), height: 24, width: 80 });
+        roundtrip(ExecCreate { container: "x".into(), config: docker::ExecConfig { cmd: Some(vec!["true".into()]), ..Default::default() } });
+        roundtrip(ExecStart { id: "e".into(), detach: false, tty: true, console_size: Some((24, 80)) });
+        roundtrip(ExecResize { id: "e".into(), height: 1, width: 2 });
+        roundtrip(ExecInspect { id: "e".into() });
+        roundtrip(ContainerTop { id: "x".into(), ps_args: Some("-ef".into()) });
+        roundtrip(ContainerStats { id: "x".into(), stream: false, one_shot: true });
+        roundtrip(ContainerUpdate { id: "x".into(), body: docker::ContainerUpdateBody { cpu_shares: Some(512), ..Default::default() } });
+        roundtrip(ContainerRename { id: "x".into(), name: "y".into() });
+        roundtrip(ContainerPause { id: "x".into() });
+        roundtrip(ContainerUnpause { id: "x".into() });
+        roundtrip(ContainerPrune::default());
+        roundtrip(ContainerChanges { id: "x".into() });
+        roundtrip(ContainerExport { id: "x".into() });
+        roundtrip(PathStat { name: "f".into(), size: 1, mode: 0o644, mtime: "t".into(), link_target: String::new() });
+        roundtrip(ContainerArchiveStat { id: "x".into(), path: "/a".into() });
+        roundtrip(ContainerArchiveGet { id: "x".into(), path: "/a".into() });
+        roundtrip(ContainerArchivePut { id: "x".into(), path: "/a".into(), no_overwrite_dir_non_dir: true, copy_uid_gid: false });
+        roundtrip(ContainersUsingImage { image_id: "sha256:1".into() });
+        roundtrip(ContainerNetworkConnect { container: "x".into(), network: "n".into(), endpoint: None });
+        roundtrip(ContainerNetworkDisconnect { container: "x".into(), network: "n".into(), force: false });
+        roundtrip(ContainerDf {});
+    }
+}

@@ -1,0 +1,148 @@
+//! Test images made by third-party tools from Debian parts, served by Debian's
+//! docker-registry on loopback. Nothing here is written by berth's own code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A docker-registry on 127.0.0.1:<free port> with a temp root; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_with("")
+    }
+
+    /// `extra` is appended to the registry's YAML config (e.g. an `auth:` section).
+    pub fn start_with(extra: &str) -> Registry {
+        let dir = tempfile::Builder::new().prefix("berth-reg-").tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.path().join("config.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(15), "registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry { child, port, dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Copy an OCI layout image into this registry with skopeo.
+    pub fn push_oci(&self, layout: &Path, tag: &str, repo_tag: &str) {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/{repo_tag}", self.addr()),
+        ]));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn cache_dir() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("e2e-fixtures");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Fill `rootfs` with busybox-static and its applet links, /etc/passwd and a page.
+pub fn busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "var/www", "usr/bin", "sbin"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static (apt-get install busybox-static)");
+    let list = run(Command::new("/bin/busybox").arg("--list"));
+    for a in list.lines() {
+        if a != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
+        }
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(rootfs.join("var/www/index.html"), "hello from the page\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// An OCI layout with image `busybox:latest` (one layer, CMD sh), built once per
+/// target dir with umoci. Returns the layout path.
+pub fn busybox_layout() -> PathBuf {
+    let layout = cache_dir().join("busybox-oci");
+    let lock = cache_dir().join("busybox.lock");
+    let _g = FileLock::new(&lock);
+    if layout.join("index.json").exists() {
+        return layout;
+    }
+    let tmp = tempfile::tempdir_in(cache_dir()).unwrap();
+    let l = tmp.path().join("layout");
+    let b = tmp.path().join("bundle");
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&l));
+    run(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:latest", l.display())));
+    run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:latest", l.display())).arg(&b));
+    busybox_rootfs(&b.join("rootfs"));
+    run(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:latest", l.display())).arg(&b));
+    run(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(format!("{}:latest", l.display()))
+        .args(["--config.cmd", "sh", "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]));
+    run(Command::new("umoci").args(["gc", "--layout"]).arg(&l));
+    std::fs::rename(&l, &layout).unwrap();
+    layout
+}
+
+/// Serialises fixture building between test processes.
+struct FileLock(std::fs::File);
+impl FileLock {
+    fn new(p: &Path) -> FileLock {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p).unwrap();
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        FileLock(f)
+    }
+}
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
