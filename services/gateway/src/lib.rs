@@ -6,6 +6,7 @@ pub mod error;
 pub mod host;
 pub mod listen;
 pub mod routes;
+pub mod util;
 pub mod version;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::{extract::Request, response::IntoResponse, Router};
 use tower::ServiceExt;
 
 /// Build the whole API over a backend that implements every area's trait.
+/// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
     B: routes::system::Backend,

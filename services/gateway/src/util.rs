@@ -1,0 +1,215 @@
+//! Helpers every route module uses: Docker's query conventions, filters, registry
+//! auth headers, and bodies streamed from and to the bus.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use berth_bus::{StreamReader, StreamWriter};
+use bus_schema::{images::JsonMessage, images::RegistryAuth, stream::ByteChunk, BusError};
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+
+use crate::error::ApiError;
+
+/// Raw query parameters (last value wins, as Go's `r.Form.Get`).
+pub type Query = HashMap<String, String>;
+
+/// Docker's `httputils.BoolValue`: empty, 0, false, no, off, none are false.
+pub fn bool_value(q: &Query, k: &str) -> bool {
+    match q.get(k) {
+        None => false,
+        Some(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off" | "none"),
+    }
+}
+
+/// Docker's `httputils.BoolValueOrDefault`.
+pub fn bool_or(q: &Query, k: &str, default: bool) -> bool {
+    if q.get(k).is_none_or(|v| v.is_empty()) {
+        default
+    } else {
+        bool_value(q, k)
+    }
+}
+
+pub fn int_value(q: &Query, k: &str) -> Result<Option<i64>, ApiError> {
+    match q.get(k) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v}"))),
+    }
+}
+
+/// `filters` as the CLI sends it: `{"name":{"x":true}}` (current) or `{"name":["x"]}` (old).
+pub fn filters(q: &Query) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else { return Ok(HashMap::new()) };
+    parse_filters(raw)
+}
+
+pub fn parse_filters(raw: &str) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
+    let mut out = HashMap::new();
+    for (k, v) in obj {
+        let vals: Vec<String> = match v {
+            serde_json::Value::Object(m) => {
+                m.iter().filter(|(_, b)| b.as_bool().unwrap_or(true)).map(|(s, _)| s.clone()).collect()
+            }
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            _ => return Err(ApiError::bad_request(format!("invalid filter for {k}"))),
+        };
+        out.insert(k.clone(), vals);
+    }
+    Ok(out)
+}
+
+/// Decode `X-Registry-Auth` (base64url JSON of Docker's AuthConfig); absent or empty is None.
+pub fn registry_auth(h: &HeaderMap) -> Option<RegistryAuth> {
+    let v = h.get("X-Registry-Auth")?.to_str().ok()?.trim();
+    if v.is_empty() {
+        return None;
+    }
+    decode_auth(v)
+}
+
+pub fn decode_auth(v: &str) -> Option<RegistryAuth> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(v)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v))
+        .ok()?;
+    auth_from_json(&bytes)
+}
+
+/// Docker's AuthConfig JSON (lowercase keys) to the bus type.
+pub fn auth_from_json(bytes: &[u8]) -> Option<RegistryAuth> {
+    let j: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let s = |k: &str| j.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
+    let a = RegistryAuth {
+        username: s("username"),
+        password: s("password"),
+        server_address: s("serveraddress"),
+        identity_token: s("identitytoken"),
+        registry_token: s("registrytoken"),
+    };
+    if a == RegistryAuth::default() {
+        None
+    } else {
+        Some(a)
+    }
+}
+
+/// Stream Docker JSON messages as the response body (one JSON object per line).
+/// A stream error becomes a final `{"errorDetail":..., "error":...}` message, as
+/// Docker reports errors after the 200 status has been sent.
+pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
+    let s = async_stream(move |tx| async move {
+        while let Some(item) = rd.next().await {
+            let msg = match item {
+                Ok(m) => m,
+                Err(e) => JsonMessage::error(e.message),
+            };
+            let mut line = serde_json::to_vec(&msg).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
+                rd.cancel().await;
+                return;
+            }
+        }
+    });
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response()
+}
+
+/// Stream raw bytes (tar archives) as the response body.
+pub fn bytes_stream(mut rd: StreamReader<ByteChunk>, content_type: &'static str) -> Response {
+    let s = async_stream(move |tx| async move {
+        while let Some(item) = rd.next().await {
+            match item {
+                Ok(c) => {
+                    if tx.send(Ok(bytes::Bytes::from(c.0))).await.is_err() {
+                        rd.cancel().await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Headers are gone: all we can do is cut the body short.
+                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                    return;
+                }
+            }
+        }
+    });
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, content_type)], Body::from_stream(s)).into_response()
+}
+
+/// Pump a request body into a bus input stream, in chunks under the bus limit.
+/// Ends the stream when the body ends, fails it when the body errors.
+pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(), BusError> {
+    let mut stream = body.into_data_stream();
+    let max = bus_schema::stream::MAX_CHUNK;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                for part in b.chunks(max) {
+                    w.send(ByteChunk(part.to_vec())).await?;
+                }
+            }
+            Err(e) => return w.fail(BusError::invalid(format!("reading request body: {e}"))).await,
+        }
+    }
+    w.end().await
+}
+
+/// A body stream fed by a task; the task ends when the client goes away.
+pub fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_bools() {
+        let q: Query = [("a", "1"), ("b", "false"), ("c", "True"), ("d", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(bool_value(&q, "a"));
+        assert!(!bool_value(&q, "b"));
+        assert!(bool_value(&q, "c"));
+        assert!(!bool_value(&q, "d"));
+        assert!(!bool_value(&q, "missing"));
+        assert!(bool_or(&q, "missing", true));
+    }
+
+    #[test]
+    fn both_filter_forms() {
+        let f = parse_filters(r#"{"name":{"web":true},"label":["a=b"]}"#).unwrap();
+        assert_eq!(f["name"], vec!["web"]);
+        assert_eq!(f["label"], vec!["a=b"]);
+        assert!(parse_filters("nope").is_err());
+    }
+
+    #[test]
+    fn registry_auth_header() {
+        use base64::Engine;
+        let raw = r#"{"username":"u","password":"p","serveraddress":"127.0.0.1:5000"}"#;
+        let enc = base64::engine::general_purpose::URL_SAFE.encode(raw);
+        let a = decode_auth(&enc).unwrap();
+        assert_eq!(a.username.as_deref(), Some("u"));
+        assert_eq!(a.server_address.as_deref(), Some("127.0.0.1:5000"));
+        assert!(decode_auth(&base64::engine::general_purpose::URL_SAFE.encode("{}")).is_none());
+    }
+}
