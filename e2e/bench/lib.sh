@@ -1,0 +1,61 @@
+# Shared by the bench scripts: start a berth node and (when installed) a Moby
+# reference engine, each on its own socket and data root, and clean both up.
+BENCH_DIR=${BENCH_DIR:-/var/tmp/berth-bench}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${BERTH_BIN_DIR:-$REPO/target/x86_64-unknown-linux-gnu/release}
+BERTH_SOCK=$BENCH_DIR/berth.sock
+MOBY_SOCK=$BENCH_DIR/moby.sock
+mkdir -p "$BENCH_DIR"
+
+start_berth() { # [daemon.json content]
+  rm -rf "$BENCH_DIR/berth-root"; mkdir -p "$BENCH_DIR/berth-root"
+  local cfg='{"bridge": "bbench0"}'
+  [ -n "${1:-}" ] && cfg=$1
+  echo "$cfg" > "$BENCH_DIR/berth-daemon.json"
+  "$BIN/berth" up --root "$BENCH_DIR/berth-root" -H "unix://$BERTH_SOCK" --config "$BENCH_DIR/berth-daemon.json" \
+    > "$BENCH_DIR/berth-up.log" 2>&1 &
+  BERTH_PID=$!
+  for i in $(seq 300); do grep -q ready "$BENCH_DIR/berth-up.log" && return 0; sleep 0.1; done
+  echo "berth did not start"; cat "$BENCH_DIR/berth-up.log"; return 1
+}
+
+stop_berth() {
+  [ -n "${BERTH_PID:-}" ] && kill "$BERTH_PID" 2>/dev/null && wait "$BERTH_PID" 2>/dev/null || true
+}
+
+have_moby() { command -v dockerd >/dev/null 2>&1; }
+
+start_moby() { # [extra dockerd args]
+  have_moby || return 1
+  rm -rf "$BENCH_DIR/moby-exec"; mkdir -p "$BENCH_DIR/moby-root"
+  local mirror=""
+  [ -n "${MOBY_MIRROR:-}" ] && mirror="--registry-mirror $MOBY_MIRROR --insecure-registry ${MOBY_MIRROR#http://}"
+  dockerd --data-root "$BENCH_DIR/moby-root" --exec-root "$BENCH_DIR/moby-exec" -H "unix://$MOBY_SOCK" \
+    --pidfile "$BENCH_DIR/moby.pid" --bridge none --iptables=false $mirror "$@" > "$BENCH_DIR/moby.log" 2>&1 &
+  MOBY_PID=$!
+  for i in $(seq 300); do DOCKER_HOST=unix://$MOBY_SOCK docker version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "moby did not start"; tail "$BENCH_DIR/moby.log"; return 1
+}
+
+stop_moby() {
+  [ -n "${MOBY_PID:-}" ] && kill "$MOBY_PID" 2>/dev/null && wait "$MOBY_PID" 2>/dev/null || true
+  pkill -f "containerd --config $BENCH_DIR" 2>/dev/null || true
+}
+
+# tree_mem PID: "rss_kib pss_kib" summed over PID and its descendants.
+tree_mem() {
+  local pids="$1" all="$1" kids
+  while [ -n "$pids" ]; do
+    kids=$(for p in $pids; do cat /proc/$p/task/*/children 2>/dev/null || true; done | tr ' ' '\n' | { grep -v '^$' || true; } | tr '\n' ' ')
+    all="$all $kids"; pids="$kids"
+  done
+  local rss=0 pss=0
+  for p in $all; do
+    [ -r /proc/$p/smaps_rollup ] || continue
+    rss=$((rss + $(awk '/^Rss:/{print $2}' /proc/$p/smaps_rollup)))
+    pss=$((pss + $(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup)))
+  done
+  echo "$rss $pss"
+}
+
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
