@@ -1,5 +1,7 @@
 //! The bus implementation of every area's backend trait.
 
+mod containers;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,188 @@
+//! Docker's hijacked streams (attach, exec start): the connection is upgraded
+//! (`101 UPGRADED`, `Upgrade: tcp`), output goes to the client raw (TTY) or in
+//! Docker's 8-byte multiplexed frames `[stream, 0, 0, 0, size(u32 BE)]`, and the
+//! client's bytes become the process's stdin. EOF from the client closes stdin; the
+//! detach sequence (default ctrl-p ctrl-q) ends the attach without touching stdin.
+
+use axum::body::Body;
+use axum::response::Response;
+use berth_bus::{StreamReader, StreamWriter};
+use bus_schema::stream::{StdinChunk, StdioChunk};
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Parse Docker's detach keys (`ctrl-p,ctrl-q`, `a`, `ctrl-@`...). Empty: the default.
+pub fn detach_keys(spec: Option<&str>) -> Result<Vec<u8>, String> {
+    let spec = match spec {
+        Some(s) if !s.is_empty() => s,
+        _ => "ctrl-p,ctrl-q",
+    };
+    let mut out = Vec::new();
+    for k in spec.split(',') {
+        let k = k.trim();
+        if let Some(c) = k.strip_prefix("ctrl-") {
+            let ch = c.chars().next().filter(|_| c.chars().count() == 1).ok_or_else(|| format!("Unknown character: '{k}'"))?;
+            let b = match ch {
+                'a'..='z' => ch as u8 - b'a' + 1,
+                '@' => 0,
+                '[' => 27,
+                '\\' => 28,
+                ']' => 29,
+                '^' => 30,
+                '_' => 31,
+                _ => return Err(format!("Unknown character: '{k}'")),
+            };
+            out.push(b);
+        } else if k.chars().count() == 1 && k.is_ascii() {
+            out.push(k.as_bytes()[0]);
+        } else {
+            return Err(format!("Unknown character: '{k}'"));
+        }
+    }
+    Ok(out)
+}
+
+/// The 101 response; the caller spawns [`pump`] on the upgrade future.
+pub fn upgrade_response(tty: bool, multiplexed_ok: bool) -> Response {
+    let ct = if !tty && multiplexed_ok {
+        "application/vnd.docker.multiplexed-stream"
+    } else {
+        "application/vnd.docker.raw-stream"
+    };
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "tcp")
+        .header(http::header::CONTENT_TYPE, ct)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + data.len());
+    v.extend_from_slice(&[stream, 0, 0, 0]);
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// Pump an upgraded connection: `out` to the client, the client to `input`.
+pub async fn pump(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut out: StreamReader<StdioChunk>,
+    input: Option<StreamWriter<StdinChunk>>,
+    tty: bool,
+    detach: Vec<u8>,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            out.cancel().await;
+            return;
+        }
+    };
+    let io = TokioIo::new(upgraded);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (detached_tx, mut detached_rx) = tokio::sync::oneshot::channel::<()>();
+
+    // client -> stdin
+    let reader = tokio::spawn(async move {
+        let mut input = input;
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut matched = 0usize;
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => 0,
+                Ok(n) => n,
+            };
+            if n == 0 {
+                if let Some(mut w) = input.take() {
+                    let _ = w.send(StdinChunk::Close).await;
+                    let _ = w.end().await;
+                }
+                return;
+            }
+            let data = &buf[..n];
+            // detach keys only apply to an interactive TTY session, as in Docker
+            if tty && !detach.is_empty() {
+                let mut cut = None;
+                for (i, b) in data.iter().enumerate() {
+                    if *b == detach[matched] {
+                        matched += 1;
+                        if matched == detach.len() {
+                            cut = Some(i);
+                            break;
+                        }
+                    } else {
+                        matched = if *b == detach[0] { 1 } else { 0 };
+                    }
+                }
+                if let Some(i) = cut {
+                    let keep = (i + 1).saturating_sub(detach.len());
+                    if let Some(w) = input.as_mut() {
+                        if keep > 0 {
+                            let _ = w.send(StdinChunk::Data(data[..keep].to_vec())).await;
+                        }
+                    }
+                    if let Some(w) = input.take() {
+                        let _ = w.end().await;
+                    }
+                    let _ = detached_tx.send(());
+                    return;
+                }
+            }
+            if let Some(w) = input.as_mut() {
+                if w.send(StdinChunk::Data(data.to_vec())).await.is_err() {
+                    input = None;
+                }
+            }
+        }
+    });
+
+    // output -> client
+    loop {
+        tokio::select! {
+            item = out.next() => {
+                match item {
+                    Some(Ok(c)) => {
+                        let bytes = if tty { c.data } else { frame(c.stream, &c.data) };
+                        if wr.write_all(&bytes).await.is_err() {
+                            out.cancel().await;
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "attach stream ended with an error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            _ = &mut detached_rx => {
+                out.cancel().await;
+                break;
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+    reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_detach_keys() {
+        assert_eq!(detach_keys(None).unwrap(), vec![16, 17]);
+        assert_eq!(detach_keys(Some("ctrl-a,x")).unwrap(), vec![1, b'x']);
+        assert!(detach_keys(Some("ctrl-é")).is_err());
+        assert!(detach_keys(Some("abc")).is_err());
+    }
+    #[test]
+    fn frames_like_docker() {
+        assert_eq!(frame(1, b"hi"), vec![1, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+    }
+}

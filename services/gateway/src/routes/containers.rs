@@ -1,0 +1,467 @@
+//! Containers and exec: `/containers/...`, `/exec/...`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use axum::{Extension, Json, Router};
+use berth_bus::{StreamReader, StreamWriter};
+use bus_schema::runtime as rt;
+use bus_schema::stream::{ByteChunk, StdinChunk, StdioChunk};
+use bus_schema::{docker, BusError};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::error::{ApiError, ApiResult};
+use crate::hijack;
+use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, pump_body, Query as Q};
+use crate::version::ApiVersion;
+
+type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
+
+/// What the container routes need from the runtime.
+pub trait Backend: Send + Sync + 'static {
+    fn create(&self, r: rt::ContainerCreate) -> Fut<'_, docker::ContainerCreateResponse>;
+    fn simple(&self, r: Simple) -> Fut<'_, ()>;
+    fn wait(&self, r: rt::ContainerWait) -> Fut<'_, StreamReader<docker::ContainerWaitResponse>>;
+    fn inspect(&self, r: rt::ContainerInspect) -> Fut<'_, docker::ContainerInspectResponse>;
+    fn list(&self, r: rt::ContainerList) -> Fut<'_, Vec<docker::ContainerSummary>>;
+    fn logs(&self, r: rt::ContainerLogs) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>)>;
+    fn attach(&self, r: rt::ContainerAttach) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>, StreamWriter<StdinChunk>)>;
+    fn exec_create(&self, r: rt::ExecCreate) -> Fut<'_, docker::IdResponse>;
+    fn exec_start(&self, r: rt::ExecStart) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>, StreamWriter<StdinChunk>)>;
+    fn exec_inspect(&self, r: rt::ExecInspect) -> Fut<'_, docker::ExecInspectResponse>;
+    fn top(&self, r: rt::ContainerTop) -> Fut<'_, docker::ContainerTopResponse>;
+    fn stats(&self, r: rt::ContainerStats) -> Fut<'_, StreamReader<serde_json::Value>>;
+    fn update(&self, r: rt::ContainerUpdate) -> Fut<'_, docker::ContainerUpdateResponse>;
+    fn prune(&self, r: rt::ContainerPrune) -> Fut<'_, docker::ContainerPruneResponse>;
+    fn changes(&self, r: rt::ContainerChanges) -> Fut<'_, Vec<docker::FilesystemChange>>;
+    fn export(&self, r: rt::ContainerExport) -> Fut<'_, StreamReader<ByteChunk>>;
+    fn archive_stat(&self, r: rt::ContainerArchiveStat) -> Fut<'_, rt::PathStat>;
+    fn archive_get(&self, r: rt::ContainerArchiveGet) -> Fut<'_, (rt::PathStat, StreamReader<ByteChunk>)>;
+    fn archive_put(&self, r: rt::ContainerArchivePut) -> Fut<'_, (StreamReader<()>, StreamWriter<ByteChunk>)>;
+}
+
+/// The requests that answer nothing but success.
+pub enum Simple {
+    Start(rt::ContainerStart),
+    Stop(rt::ContainerStop),
+    Restart(rt::ContainerRestart),
+    Kill(rt::ContainerKill),
+    Remove(rt::ContainerRemove),
+    Resize(rt::ContainerResize),
+    ExecResize(rt::ExecResize),
+    Rename(rt::ContainerRename),
+    Pause(rt::ContainerPause),
+    Unpause(rt::ContainerUnpause),
+}
+
+pub fn router<B: Backend>(b: Arc<B>) -> Router {
+    Router::new()
+        .route("/containers/json", get(list::<B>))
+        .route("/containers/create", post(create::<B>))
+        .route("/containers/prune", post(prune::<B>))
+        .route("/containers/{id}/json", get(inspect::<B>))
+        .route("/containers/{id}/start", post(start::<B>))
+        .route("/containers/{id}/stop", post(stop::<B>))
+        .route("/containers/{id}/restart", post(restart::<B>))
+        .route("/containers/{id}/kill", post(kill::<B>))
+        .route("/containers/{id}/pause", post(pause::<B>))
+        .route("/containers/{id}/unpause", post(unpause::<B>))
+        .route("/containers/{id}/rename", post(rename::<B>))
+        .route("/containers/{id}/resize", post(resize::<B>))
+        .route("/containers/{id}/wait", post(wait::<B>))
+        .route("/containers/{id}", axum::routing::delete(remove::<B>))
+        .route("/containers/{id}/logs", get(logs::<B>))
+        .route("/containers/{id}/attach", post(attach::<B>))
+        .route("/containers/{id}/exec", post(exec_create::<B>))
+        .route("/containers/{id}/top", get(top::<B>))
+        .route("/containers/{id}/stats", get(stats::<B>))
+        .route("/containers/{id}/update", post(update::<B>))
+        .route("/containers/{id}/changes", get(changes::<B>))
+        .route("/containers/{id}/export", get(export::<B>))
+        .route("/containers/{id}/archive", head(archive_head::<B>).get(archive_get::<B>).put(archive_put::<B>))
+        .route("/exec/{id}/start", post(exec_start::<B>))
+        .route("/exec/{id}/resize", post(exec_resize::<B>))
+        .route("/exec/{id}/json", get(exec_inspect::<B>))
+        .with_state(b)
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+async fn create<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let body: docker::ContainerCreateBody = json_body(&body)?;
+    let name = q.get("name").filter(|n| !n.is_empty()).cloned();
+    let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
+    let r = b.create(rt::ContainerCreate { name, body, platform }).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::ContainerSummary>>> {
+    let r = rt::ContainerList {
+        all: bool_value(&q, "all"),
+        limit: int_value(&q, "limit")?,
+        size: bool_value(&q, "size"),
+        filters: filters(&q)?,
+    };
+    Ok(Json(b.list(r).await?))
+}
+
+async fn inspect<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(q): Query<Q>,
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
+    let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
+    legacy_network_fields(&mut j, v);
+    Ok(Json(j))
+}
+
+/// Before API 1.52 Docker also sent the default network's address at the top of
+/// NetworkSettings (`IPAddress`, `Gateway`, `MacAddress`, `Bridge`...). Version
+/// differences live in the router, as in moby.
+fn legacy_network_fields(j: &mut serde_json::Value, v: ApiVersion) {
+    if !v.less_than("1.52") {
+        return;
+    }
+    let Some(ns) = j.get_mut("NetworkSettings").and_then(|n| n.as_object_mut()) else { return };
+    let primary = ns
+        .get("Networks")
+        .and_then(|n| n.as_object())
+        .and_then(|m| m.get("bridge").or_else(|| m.values().next()))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let s = |k: &str| primary.get(k).cloned().unwrap_or_else(|| serde_json::Value::String(String::new()));
+    let i = |k: &str| primary.get(k).cloned().unwrap_or(serde_json::json!(0));
+    for (k, v) in [
+        ("Bridge", serde_json::json!("")),
+        ("HairpinMode", serde_json::json!(false)),
+        ("LinkLocalIPv6Address", serde_json::json!("")),
+        ("LinkLocalIPv6PrefixLen", serde_json::json!(0)),
+        ("SecondaryIPAddresses", serde_json::Value::Null),
+        ("SecondaryIPv6Addresses", serde_json::Value::Null),
+        ("EndpointID", s("EndpointID")),
+        ("Gateway", s("Gateway")),
+        ("GlobalIPv6Address", s("GlobalIPv6Address")),
+        ("GlobalIPv6PrefixLen", i("GlobalIPv6PrefixLen")),
+        ("IPAddress", s("IPAddress")),
+        ("IPPrefixLen", i("IPPrefixLen")),
+        ("IPv6Gateway", s("IPv6Gateway")),
+        ("MacAddress", s("MacAddress")),
+    ] {
+        ns.entry(k.to_string()).or_insert(v);
+    }
+}
+
+fn opt(q: &Q, k: &str) -> Option<String> {
+    q.get(k).filter(|v| !v.is_empty()).cloned()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn start<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
+    b.simple(Simple::Start(rt::ContainerStart { id })).await?;
+    Ok(no_content())
+}
+
+async fn stop<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
+    b.simple(Simple::Stop(rt::ContainerStop { id, signal: opt(&q, "signal"), timeout })).await?;
+    Ok(no_content())
+}
+
+async fn restart<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
+    b.simple(Simple::Restart(rt::ContainerRestart { id, signal: opt(&q, "signal"), timeout })).await?;
+    Ok(no_content())
+}
+
+async fn kill<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    b.simple(Simple::Kill(rt::ContainerKill { id, signal: opt(&q, "signal") })).await?;
+    Ok(no_content())
+}
+
+async fn pause<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
+    b.simple(Simple::Pause(rt::ContainerPause { id })).await?;
+    Ok(no_content())
+}
+
+async fn unpause<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
+    b.simple(Simple::Unpause(rt::ContainerUnpause { id })).await?;
+    Ok(no_content())
+}
+
+async fn rename<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let name = opt(&q, "name").ok_or_else(|| ApiError::bad_request("Neither old nor new names may be empty"))?;
+    b.simple(Simple::Rename(rt::ContainerRename { id, name })).await?;
+    Ok(no_content())
+}
+
+fn dims(q: &Q) -> ApiResult<(u16, u16)> {
+    let h = int_value(q, "h")?.unwrap_or(0);
+    let w = int_value(q, "w")?.unwrap_or(0);
+    if h < 0 || w < 0 || h > u16::MAX as i64 || w > u16::MAX as i64 {
+        return Err(ApiError::bad_request("invalid height or width"));
+    }
+    Ok((h as u16, w as u16))
+}
+
+async fn resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let (height, width) = dims(&q)?;
+    b.simple(Simple::Resize(rt::ContainerResize { id, height, width })).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn exec_resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let (height, width) = dims(&q)?;
+    b.simple(Simple::ExecResize(rt::ExecResize { id, height, width })).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    if bool_value(&q, "link") {
+        return Err(ApiError::bad_request("legacy links are not supported"));
+    }
+    b.simple(Simple::Remove(rt::ContainerRemove { id, force: bool_value(&q, "force"), volumes: bool_value(&q, "v") }))
+        .await?;
+    Ok(no_content())
+}
+
+/// The status is sent at once and the body when the condition is met, as Docker does.
+async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let condition = opt(&q, "condition").unwrap_or_else(|| "not-running".into());
+    if !["not-running", "next-exit", "removed"].contains(&condition.as_str()) {
+        return Err(ApiError::bad_request(format!("invalid condition: \"{condition}\"")));
+    }
+    let mut rd = b.wait(rt::ContainerWait { id, condition }).await?;
+    let s = crate::util::async_stream(move |tx| async move {
+        let body = match rd.next().await {
+            Some(Ok(r)) => serde_json::to_vec(&r).unwrap_or_default(),
+            Some(Err(e)) => serde_json::to_vec(&serde_json::json!({"StatusCode": -1, "Error": {"Message": e.message}}))
+                .unwrap_or_default(),
+            None => return,
+        };
+        let mut body = body;
+        body.push(b'\n');
+        let _ = tx.send(Ok(bytes::Bytes::from(body))).await;
+    });
+    Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response())
+}
+
+fn stream_content_type(tty: bool, v: ApiVersion) -> &'static str {
+    if !tty && !v.less_than("1.42") {
+        "application/vnd.docker.multiplexed-stream"
+    } else {
+        "application/vnd.docker.raw-stream"
+    }
+}
+
+async fn logs<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(q): Query<Q>,
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Response> {
+    let (stdout, stderr) = (bool_value(&q, "stdout"), bool_value(&q, "stderr"));
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    let time = |k: &str| -> ApiResult<f64> {
+        match q.get(k).filter(|s| !s.is_empty()) {
+            None => Ok(0.0),
+            Some(s) => s.parse::<f64>().map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s}"))),
+        }
+    };
+    let r = rt::ContainerLogs {
+        id,
+        follow: bool_value(&q, "follow"),
+        stdout,
+        stderr,
+        since: time("since")?,
+        until: time("until")?,
+        timestamps: bool_value(&q, "timestamps"),
+        tail: opt(&q, "tail").unwrap_or_else(|| "all".into()),
+    };
+    let (info, mut rd) = b.logs(r).await?;
+    let tty = info.tty;
+    let s = crate::util::async_stream(move |tx| async move {
+        while let Some(item) = rd.next().await {
+            let Ok(c) = item else { return };
+            let bytes = if tty {
+                c.data
+            } else {
+                let mut v = vec![c.stream, 0, 0, 0];
+                v.extend_from_slice(&(c.data.len() as u32).to_be_bytes());
+                v.extend_from_slice(&c.data);
+                v
+            };
+            if tx.send(Ok(bytes::Bytes::from(bytes))).await.is_err() {
+                rd.cancel().await;
+                return;
+            }
+        }
+    });
+    Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, stream_content_type(tty, v))], Body::from_stream(s)).into_response())
+}
+
+async fn attach<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(q): Query<Q>,
+    Extension(v): Extension<ApiVersion>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let detach = hijack::detach_keys(q.get("detachKeys").map(|s| s.as_str())).map_err(ApiError::bad_request)?;
+    let r = rt::ContainerAttach {
+        id,
+        stream: bool_value(&q, "stream"),
+        logs: bool_value(&q, "logs"),
+        stdin: bool_value(&q, "stdin"),
+        stdout: bool_value(&q, "stdout"),
+        stderr: bool_value(&q, "stderr"),
+        detach_keys: opt(&q, "detachKeys"),
+    };
+    let want_stdin = r.stdin;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (info, out, input) = b.attach(r).await?;
+    let input = if want_stdin { Some(input) } else { let _ = input.end().await; None };
+    tokio::spawn(hijack::pump(on_upgrade, out, input, info.tty, detach));
+    Ok(hijack::upgrade_response(info.tty, !v.less_than("1.42")))
+}
+
+async fn exec_create<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let config: docker::ExecConfig = json_body(&body)?;
+    if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
+        return Err(ApiError::bad_request("No exec command specified"));
+    }
+    let r = b.exec_create(rt::ExecCreate { container: id, config }).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn exec_start<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Extension(v): Extension<ApiVersion>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = axum::body::to_bytes(std::mem::replace(req.body_mut(), Body::empty()), 1 << 20)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cfg: docker::ExecStartConfig = json_body(&body)?;
+    let detach = cfg.detach.unwrap_or(false);
+    let r = rt::ExecStart {
+        id,
+        detach,
+        tty: cfg.tty.unwrap_or(false),
+        console_size: cfg.console_size.as_ref().filter(|c| c.len() == 2).map(|c| (c[0] as u16, c[1] as u16)),
+    };
+    let (info, mut out, input) = b.exec_start(r).await?;
+    if detach {
+        let _ = input.end().await;
+        out.cancel().await;
+        return Ok(StatusCode::OK.into_response());
+    }
+    let keys = hijack::detach_keys(None).unwrap_or_default();
+    tokio::spawn(hijack::pump(on_upgrade, out, Some(input), info.tty, keys));
+    Ok(hijack::upgrade_response(info.tty, !v.less_than("1.42")))
+}
+
+async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::ExecInspectResponse>> {
+    Ok(Json(b.exec_inspect(rt::ExecInspect { id }).await?))
+}
+
+async fn top<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Json<docker::ContainerTopResponse>> {
+    Ok(Json(b.top(rt::ContainerTop { id, ps_args: opt(&q, "ps_args") }).await?))
+}
+
+async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let stream = bool_or(&q, "stream", true);
+    let mut rd = b.stats(rt::ContainerStats { id, stream, one_shot: bool_value(&q, "one-shot") }).await?;
+    let s = crate::util::async_stream(move |tx| async move {
+        while let Some(Ok(v)) = rd.next().await {
+            let mut line = serde_json::to_vec(&v).unwrap_or_default();
+            line.push(b'\n');
+            if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
+                rd.cancel().await;
+                return;
+            }
+        }
+    });
+    Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response())
+}
+
+async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<docker::ContainerUpdateResponse>> {
+    let body: docker::ContainerUpdateBody = json_body(&body)?;
+    Ok(Json(b.update(rt::ContainerUpdate { id, body }).await?))
+}
+
+async fn prune<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<docker::ContainerPruneResponse>> {
+    Ok(Json(b.prune(rt::ContainerPrune { filters: filters(&q)? }).await?))
+}
+
+async fn changes<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<Vec<docker::FilesystemChange>>> {
+    Ok(Json(b.changes(rt::ContainerChanges { id }).await?))
+}
+
+async fn export<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let rd = b.export(rt::ContainerExport { id }).await?;
+    Ok(bytes_stream(rd, "application/x-tar"))
+}
+
+fn stat_header(st: &rt::PathStat) -> HeaderValue {
+    use base64::Engine;
+    let j = serde_json::to_vec(st).unwrap_or_default();
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(j)).unwrap()
+}
+
+fn archive_path(q: &Q) -> ApiResult<String> {
+    opt(q, "path").ok_or_else(|| ApiError::bad_request("path is required"))
+}
+
+async fn archive_head<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let st = b.archive_stat(rt::ContainerArchiveStat { id, path: archive_path(&q)? }).await?;
+    let mut h = HeaderMap::new();
+    h.insert("X-Docker-Container-Path-Stat", stat_header(&st));
+    Ok((StatusCode::OK, h).into_response())
+}
+
+async fn archive_get<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+    let (st, rd) = b.archive_get(rt::ContainerArchiveGet { id, path: archive_path(&q)? }).await?;
+    let mut res = bytes_stream(rd, "application/x-tar");
+    res.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
+    Ok(res)
+}
+
+async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, body: Body) -> ApiResult<Response> {
+    let r = rt::ContainerArchivePut {
+        id,
+        path: archive_path(&q)?,
+        no_overwrite_dir_non_dir: bool_value(&q, "noOverwriteDirNonDir"),
+        copy_uid_gid: bool_value(&q, "copyUIDGID"),
+    };
+    let (mut done, input) = b.archive_put(r).await?;
+    let pump = tokio::spawn(pump_body(body, input));
+    // the service ends its (empty) output stream when the archive is extracted
+    let mut result = Ok(());
+    while let Some(item) = done.next().await {
+        if let Err(e) = item {
+            result = Err(e);
+            break;
+        }
+    }
+    let _ = pump.await;
+    result?;
+    Ok(StatusCode::OK.into_response())
+}
