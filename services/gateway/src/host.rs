@@ -178,39 +178,5 @@ fn count_fds() -> i64 {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0)
 }
 
-/// RFC 3339 with nanoseconds in UTC, as Go prints `time.Time`.
-pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_nanos())
-}
+pub use berth_config::clock::now_rfc3339;
 
-pub fn rfc3339(secs: i64, nanos: u32) -> String {
-    // civil-from-days (Howard Hinnant), to avoid a date crate for one format.
-    let days = secs.div_euclid(86400);
-    let sod = secs.rem_euclid(86400);
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(super::rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.000000005Z");
-    }
-}

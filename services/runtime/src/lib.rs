@@ -1,18 +1,219 @@
-//! The runtime service: containers, through a per-container shim.
+//! The runtime service: containers, through a per-container shim that owns the
+//! container's processes, stdio and log, and outlives this service.
+//!
+//! Lifecycle walkthrough: `create` records the container and its read-write layer;
+//! `start` mounts the rootfs, asks the network service for a sandbox, writes the
+//! container's /etc files and OCI spec, and spawns a shim, which reports the exec of
+//! the user's process; a monitor task waits for the shim's exit report and records it
+//! (`on_exit`), giving back the sandbox and mount, then removes (`--rm`) or restarts
+//! (restart policy) the container. A restarted service reconnects to live shims and
+//! reads the exit files of those that ended while it was away.
 
-use berth_bus::{Bus, Server};
-use berth_config::DaemonConfig;
-use bus_schema::{docker, Service};
+pub mod cgroupfs;
+pub mod create;
+pub mod engine;
+pub mod io;
+pub mod lifecycle;
+pub mod mounts;
+pub mod names;
+pub mod query;
+pub mod state;
+pub mod validate;
 
-pub async fn serve(bus: Bus, _cfg: DaemonConfig) -> anyhow::Result<Server> {
-    Ok(Server::new(bus, Service::Runtime).info(|| async move {
-        docker::SystemInfo {
-            containers: Some(0),
-            containers_running: Some(0),
-            containers_paused: Some(0),
-            containers_stopped: Some(0),
-            default_runtime: Some("berth".into()),
-            ..Default::default()
+mod stub;
+pub use stub::{logs, shim_client, spec, user};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_bus::{Bus, Responder, Server};
+use berth_config::{DaemonConfig, Paths};
+use bus_schema::runtime::*;
+use bus_schema::{BusError, Service};
+
+pub use engine::Runtime;
+
+/// Build the runtime, recover what is on disk, and register every handler.
+pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
+    Ok(serve_with(bus, cfg).await?.0)
+}
+
+pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<Runtime>)> {
+    let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
+    let rt = Arc::new(Runtime::new(bus.clone(), cfg, Paths::new(root)));
+    std::fs::create_dir_all(rt.containers_dir())?;
+    rt.recover().await;
+
+    macro_rules! h {
+        ($m:ident) => {{
+            let rt = rt.clone();
+            move |r| {
+                let rt = rt.clone();
+                async move { rt.$m(r).await }
+            }
+        }};
+    }
+    macro_rules! s {
+        ($m:ident, $t:ty) => {{
+            let rt = rt.clone();
+            move |r, resp: Responder<$t>| {
+                let rt = rt.clone();
+                async move { rt.$m(r, resp).await }
+            }
+        }};
+    }
+    let info_rt = rt.clone();
+    let server = Server::new(bus, Service::Runtime)
+        .info(move || {
+            let rt = info_rt.clone();
+            async move { rt.info() }
+        })
+        .rpc::<ContainerCreate, _, _>(h!(create))
+        .rpc::<ContainerStart, _, _>(h!(h_start))
+        .rpc::<ContainerStop, _, _>(h!(h_stop))
+        .rpc::<ContainerRestart, _, _>(h!(h_restart))
+        .rpc::<ContainerKill, _, _>(h!(h_kill))
+        .rpc::<ContainerRemove, _, _>(h!(h_remove))
+        .rpc::<ContainerInspect, _, _>(h!(h_inspect))
+        .rpc::<ContainerList, _, _>(h!(list))
+        .rpc::<ContainerResize, _, _>(h!(h_resize))
+        .rpc::<ContainerRename, _, _>(h!(h_rename))
+        .rpc::<ContainerPause, _, _>(h!(h_pause))
+        .rpc::<ContainerUnpause, _, _>(h!(h_unpause))
+        .rpc::<ContainerPrune, _, _>(h!(prune))
+        .rpc::<ContainerChanges, _, _>(h!(h_changes))
+        .rpc::<ContainersUsingImage, _, _>(h!(h_using))
+        .rpc::<ContainerDf, _, _>(h!(h_df))
+        .rpc::<ExecCreate, _, _>(h!(exec_create))
+        .rpc::<ExecInspect, _, _>(h!(exec_inspect))
+        .rpc::<ExecResize, _, _>(h!(h_exec_resize))
+        .stream::<ContainerWait, _, _>(s!(wait, ContainerWait))
+        .stream::<ContainerLogs, _, _>(s!(logs, ContainerLogs))
+        .stream::<ContainerAttach, _, _>(s!(attach, ContainerAttach))
+        .stream::<ExecStart, _, _>(s!(exec_start, ExecStart))
+        .stream::<ContainerExport, _, _>(s!(export, ContainerExport));
+    Ok((server, rt))
+}
+
+impl Runtime {
+    async fn h_start(self: Arc<Self>, r: ContainerStart) -> Result<(), BusError> {
+        self.start(&r.id).await
+    }
+    async fn h_stop(self: Arc<Self>, r: ContainerStop) -> Result<(), BusError> {
+        self.stop(&r.id, r.signal, r.timeout).await
+    }
+    async fn h_restart(self: Arc<Self>, r: ContainerRestart) -> Result<(), BusError> {
+        self.restart(&r.id, r.signal, r.timeout).await
+    }
+    async fn h_kill(self: Arc<Self>, r: ContainerKill) -> Result<(), BusError> {
+        self.kill(&r.id, r.signal).await
+    }
+    async fn h_remove(self: Arc<Self>, r: ContainerRemove) -> Result<(), BusError> {
+        self.remove(&r.id, r.force, r.volumes).await
+    }
+    async fn h_inspect(self: Arc<Self>, r: ContainerInspect) -> Result<bus_schema::docker::ContainerInspectResponse, BusError> {
+        self.inspect(&r.id, r.size).await
+    }
+    async fn h_resize(self: Arc<Self>, r: ContainerResize) -> Result<(), BusError> {
+        self.resize(&r.id, r.height, r.width).await
+    }
+    async fn h_exec_resize(self: Arc<Self>, r: ExecResize) -> Result<(), BusError> {
+        self.exec_resize(&r.id, r.height, r.width).await
+    }
+    async fn h_rename(self: Arc<Self>, r: ContainerRename) -> Result<(), BusError> {
+        self.rename(&r.id, &r.name).await
+    }
+    async fn h_pause(self: Arc<Self>, r: ContainerPause) -> Result<(), BusError> {
+        self.pause(&r.id, true).await
+    }
+    async fn h_unpause(self: Arc<Self>, r: ContainerUnpause) -> Result<(), BusError> {
+        self.pause(&r.id, false).await
+    }
+    async fn h_changes(self: Arc<Self>, r: ContainerChanges) -> Result<Vec<bus_schema::docker::FilesystemChange>, BusError> {
+        self.changes(&r.id).await
+    }
+    async fn h_using(self: Arc<Self>, r: ContainersUsingImage) -> Result<Vec<String>, BusError> {
+        Ok(self.using_image(&r.image_id))
+    }
+    async fn h_df(self: Arc<Self>, _r: ContainerDf) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
+        self.list(ContainerList { all: true, limit: None, size: true, filters: Default::default() }).await
+    }
+
+    /// After a restart of this service (or of the node): reconnect to shims that still
+    /// run, record the exits of those that ended meanwhile, finish interrupted
+    /// removals, and start containers whose restart policy says so.
+    pub async fn recover(self: &Arc<Self>) {
+        for e in self.load() {
+            let c = e.get();
+            match c.state.status {
+                state::Status::Removing => {
+                    e.update(|c| c.state.status = state::Status::Dead);
+                    self.remove_entry(&e, false).await;
+                }
+                s if c.state.running() || s == state::Status::Restarting => {
+                    let bundle = self.bundle_dir(&c.id);
+                    match shim_client::Shim::connect(&bundle).await {
+                        Ok(shim) => {
+                            let shim = Arc::new(shim);
+                            e.set_shim(Some(shim.clone()));
+                            let rt = self.clone();
+                            tokio::spawn(async move { rt.monitor(e, shim).await });
+                        }
+                        Err(_) => {
+                            let st = shim_client::read_exit(&bundle).unwrap_or(shim_client::ExitStatus {
+                                code: 255,
+                                signal: None,
+                                oom_killed: false,
+                                finished_at: berth_config::clock::now_rfc3339(),
+                            });
+                            e.update(|c| {
+                                if c.state.status == state::Status::Restarting {
+                                    c.state.status = state::Status::Running;
+                                }
+                            });
+                            self.on_exit(&e, st).await;
+                        }
+                    }
+                }
+                _ => {
+                    // stopped by a node shutdown: the policy may bring it back
+                    let rp = c.host_config.restart_policy.as_ref().and_then(|p| p.name).map(|n| n.to_string()).unwrap_or_default();
+                    if c.has_been_started && !c.manually_stopped && (rp == "always" || rp == "unless-stopped") {
+                        let rt = self.clone();
+                        tokio::spawn(async move {
+                            let _g = e.op.lock().await;
+                            if let Err(err) = rt.start_locked(&e).await {
+                                tracing::warn!(id = %e.id, error = %err, "restart at start-up failed");
+                            }
+                        });
+                    }
+                }
+            }
         }
-    }))
+    }
+
+    /// On SIGTERM without live-restore: stop every container (their stop signal, a
+    /// short grace, then SIGKILL) so the node stops within its 10 s budget.
+    pub async fn shutdown(self: &Arc<Self>) {
+        if self.cfg.live_restore {
+            return;
+        }
+        let mut tasks = Vec::new();
+        for e in self.all() {
+            if !e.get().state.running() {
+                continue;
+            }
+            let rt = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = e.get();
+                let t = c.config.stop_timeout.unwrap_or(10).clamp(0, 3);
+                let manually = c.manually_stopped;
+                let _ = rt.stop_entry(&e, None, Some(t)).await;
+                // a shutdown is not a manual stop: restart policies apply at the next start
+                e.update(|c| c.manually_stopped = manually);
+                let _ = e.save();
+            }));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(tasks)).await;
+    }
 }

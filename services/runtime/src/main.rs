@@ -8,9 +8,10 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = berth_telemetry::init("runtime");
     let cfg = berth_config::DaemonConfig::from_env()?;
     let bus = berth_bus::service::connect(Service::Runtime).await.context("connecting to the bus")?;
-    let server = berth_runtime::serve(bus, cfg).await?;
+    let (server, rt) = berth_runtime::serve_with(bus, cfg).await?;
     if let Some(r) = berth_bus::service::until_shutdown(server.run()).await {
         r?;
     }
+    rt.shutdown().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Node configuration: Docker's `daemon.json` keys, the environment contract between
 //! `berth up` and the services it starts, and the layout of the data root.
 
+pub mod clock;
 pub mod daemon;
 pub mod env;
 pub mod paths;

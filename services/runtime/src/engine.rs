@@ -1,0 +1,320 @@
+//! The runtime's core: the container index, records on disk, lookups by ID, name or
+//! prefix, and each container's lifecycle signals (for wait, attach, logs).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_bus::Bus;
+use berth_config::{DaemonConfig, Paths};
+use bus_schema::event::Event;
+use bus_schema::BusError;
+use tokio::sync::watch;
+
+use crate::shim_client::Shim;
+use crate::state::Container;
+
+/// What waiters watch: counters move forward, never back.
+#[derive(Debug, Clone, Default)]
+pub struct Life {
+    pub starts: u64,
+    pub exits: u64,
+    pub exit_code: i64,
+    pub running: bool,
+    pub removed: bool,
+}
+
+pub struct Entry {
+    pub id: String,
+    pub dir: PathBuf,
+    rec: Mutex<Container>,
+    /// Serialises lifecycle operations (start, stop, remove, ...) on one container.
+    pub op: tokio::sync::Mutex<()>,
+    shim: Mutex<Option<Arc<Shim>>>,
+    pub life: watch::Sender<Life>,
+}
+
+impl Entry {
+    pub fn new(rec: Container, dir: PathBuf) -> Arc<Entry> {
+        let life = Life { running: rec.state.running(), exit_code: rec.state.exit_code, ..Default::default() };
+        Arc::new(Entry {
+            id: rec.id.clone(),
+            dir,
+            rec: Mutex::new(rec),
+            op: tokio::sync::Mutex::new(()),
+            shim: Mutex::new(None),
+            life: watch::channel(life).0,
+        })
+    }
+
+    /// A copy of the record.
+    pub fn get(&self) -> Container {
+        self.rec.lock().unwrap().clone()
+    }
+
+    /// Change the record in memory (call `save` to persist).
+    pub fn update<T>(&self, f: impl FnOnce(&mut Container) -> T) -> T {
+        f(&mut self.rec.lock().unwrap())
+    }
+
+    /// Persist the record atomically.
+    pub fn save(&self) -> Result<(), BusError> {
+        let text = serde_json::to_vec(&*self.rec.lock().unwrap()).map_err(|e| BusError::internal(e.to_string()))?;
+        berth_config::paths::write_atomic(&self.dir.join("config.v2.json"), &text)
+            .map_err(|e| BusError::internal(format!("saving container {}: {e}", self.id)))
+    }
+
+    pub fn shim(&self) -> Option<Arc<Shim>> {
+        self.shim.lock().unwrap().clone()
+    }
+
+    pub fn set_shim(&self, s: Option<Arc<Shim>>) {
+        *self.shim.lock().unwrap() = s;
+    }
+
+    pub fn signal(&self, f: impl FnOnce(&mut Life)) {
+        self.life.send_modify(f);
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Entry>>,
+    by_name: HashMap<String, String>,
+}
+
+pub struct Runtime {
+    pub bus: Bus,
+    pub cfg: DaemonConfig,
+    pub paths: Paths,
+    /// `<root>/runtime/<driver>`: containers are recorded per storage driver.
+    pub dir: PathBuf,
+    pub driver: String,
+    pub shim_bin: PathBuf,
+    pub cgroup_parent: String,
+    index: RwLock<Index>,
+    pub execs: Mutex<HashMap<String, Arc<crate::io::ExecEntry>>>,
+}
+
+impl Runtime {
+    pub fn new(bus: Bus, cfg: DaemonConfig, paths: Paths) -> Runtime {
+        let driver = cfg.storage_driver().to_string();
+        let dir = paths.runtime().join(&driver);
+        let shim_bin = std::env::var_os(berth_config::env::SHIM)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| sibling_binary("berth-shim"));
+        let cgroup_parent = cfg
+            .other
+            .get("cgroup-parent")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim_matches('/').to_string())
+            .unwrap_or_else(|| "berth".to_string());
+        Runtime {
+            bus,
+            cfg,
+            paths,
+            dir,
+            driver,
+            shim_bin,
+            cgroup_parent,
+            index: RwLock::new(Index::default()),
+            execs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.dir.join("containers")
+    }
+
+    /// A container's short bundle dir for the shim: unix socket paths are limited to
+    /// 108 bytes, so it lives under `<root>/runtime/b/<short id>`.
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.paths.runtime().join("b").join(&id[..12])
+    }
+
+    /// Load every recorded container.
+    pub fn load(&self) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.containers_dir()) else { return out };
+        for e in rd.flatten() {
+            let dir = e.path();
+            let Ok(text) = std::fs::read(dir.join("config.v2.json")) else { continue };
+            match serde_json::from_slice::<Container>(&text) {
+                Ok(rec) => {
+                    let entry = Entry::new(rec, dir);
+                    self.insert(entry.clone());
+                    out.push(entry);
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unreadable container record"),
+            }
+        }
+        out
+    }
+
+    pub fn insert(&self, e: Arc<Entry>) {
+        let name = e.get().name;
+        let mut ix = self.index.write().unwrap();
+        ix.by_name.insert(name, e.id.clone());
+        ix.by_id.insert(e.id.clone(), e);
+    }
+
+    pub fn forget(&self, id: &str) {
+        let mut ix = self.index.write().unwrap();
+        if let Some(e) = ix.by_id.remove(id) {
+            let name = e.get().name;
+            if ix.by_name.get(&name).map(|x| x == id).unwrap_or(false) {
+                ix.by_name.remove(&name);
+            }
+        }
+    }
+
+    /// Reserve `name` for `id`; Conflict if another container has it.
+    pub fn reserve_name(&self, name: &str, id: &str) -> Result<(), BusError> {
+        let mut ix = self.index.write().unwrap();
+        if let Some(other) = ix.by_name.get(name) {
+            if other != id {
+                return Err(BusError::conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+        }
+        ix.by_name.insert(name.to_string(), id.to_string());
+        Ok(())
+    }
+
+    pub fn release_name(&self, name: &str, id: &str) {
+        let mut ix = self.index.write().unwrap();
+        if ix.by_name.get(name).map(|x| x == id).unwrap_or(false) {
+            ix.by_name.remove(name);
+        }
+    }
+
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.index.read().unwrap().by_name.contains_key(name)
+    }
+
+    /// Find by full ID, name (with or without '/'), or unique ID prefix.
+    pub fn find(&self, key: &str) -> Result<Arc<Entry>, BusError> {
+        let ix = self.index.read().unwrap();
+        if let Some(e) = ix.by_id.get(key) {
+            return Ok(e.clone());
+        }
+        let name = key.strip_prefix('/').unwrap_or(key);
+        if let Some(id) = ix.by_name.get(name) {
+            if let Some(e) = ix.by_id.get(id) {
+                return Ok(e.clone());
+            }
+        }
+        if !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit()) {
+            let mut hits = ix.by_id.iter().filter(|(id, _)| id.starts_with(key));
+            if let Some((_, e)) = hits.next() {
+                if hits.next().is_some() {
+                    return Err(BusError::invalid(format!("multiple IDs found with provided prefix: {key}")));
+                }
+                return Ok(e.clone());
+            }
+        }
+        Err(BusError::not_found(format!("No such container: {key}")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.index.read().unwrap().by_id.values().cloned().collect()
+    }
+
+    /// Publish a container event with Docker's attributes (image, name, labels, extra).
+    pub async fn event(&self, c: &Container, action: &str, extra: &[(&str, String)]) {
+        let mut ev = Event::now("container", action, c.id.clone())
+            .attr("image", c.config.image.clone().unwrap_or_default())
+            .attr("name", c.name.clone());
+        if let Some(l) = &c.config.labels {
+            for (k, v) in l {
+                ev = ev.attr(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in extra {
+            ev = ev.attr(*k, v.clone());
+        }
+        self.bus.publish_event(&ev).await;
+    }
+}
+
+fn sibling_binary(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            let p = d.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// Make `rel` (an absolute path inside the container) a directory under `rootfs`,
+/// creating missing parts; symlinks are resolved inside the rootfs, never out of it.
+pub fn mkdir_in_root(rootfs: &Path, rel: &str) -> std::io::Result<()> {
+    mkdir_walk(rootfs, Vec::new(), rel, 0).map(|_| ())
+}
+
+fn push_components(base: &mut Vec<String>, path: &str) {
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                base.pop();
+            }
+            p => base.push(p.to_string()),
+        }
+    }
+}
+
+fn mkdir_walk(rootfs: &Path, mut cur: Vec<String>, rel: &str, depth: u32) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if depth > 40 {
+        return Err(std::io::Error::other("too many levels of symbolic links"));
+    }
+    let mut parts = Vec::new();
+    push_components(&mut parts, rel);
+    for part in parts {
+        let here = |c: &Vec<String>| c.iter().fold(rootfs.to_path_buf(), |p, x| p.join(x));
+        let mut next = cur.clone();
+        next.push(part);
+        let path = here(&next);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?.to_string_lossy().to_string();
+                let base = if target.starts_with('/') { Vec::new() } else { cur.clone() };
+                cur = mkdir_walk(rootfs, base, &target, depth + 1)?;
+            }
+            Ok(m) if m.is_dir() => cur = next,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} is not a directory", path.display()),
+                ))
+            }
+            Err(_) => {
+                std::fs::DirBuilder::new().mode(0o755).create(&path)?;
+                cur = next;
+            }
+        }
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn mkdir_stays_inside() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/../../../../tmp", root.join("evil")).unwrap();
+        mkdir_in_root(&root, "/evil/x/y").unwrap();
+        assert!(root.join("tmp/x/y").is_dir());
+        mkdir_in_root(&root, "/app/work").unwrap();
+        assert!(root.join("app/work").is_dir());
+        assert!(mkdir_in_root(&root, "/etc/../../..").is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! HostConfig checks and defaults at create time, with Docker's messages.
+
+use berth_config::DaemonConfig;
+use bus_schema::{docker, BusError};
+
+pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
+    // restart policy
+    let mut rp = hc.restart_policy.clone().unwrap_or_default();
+    let name = rp.name.map(|n| n.to_string()).unwrap_or_default();
+    let name = if name.is_empty() { "no".to_string() } else { name };
+    let max = rp.maximum_retry_count.unwrap_or(0);
+    match name.as_str() {
+        "no" | "always" | "unless-stopped" => {
+            if max != 0 {
+                return Err(BusError::invalid(format!("invalid restart policy: maximum retry count can only be used with 'on-failure'")));
+            }
+        }
+        "on-failure" => {
+            if max < 0 {
+                return Err(BusError::invalid("invalid restart policy: maximum retry count cannot be negative"));
+            }
+        }
+        other => return Err(BusError::invalid(format!("invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"))),
+    }
+    if hc.auto_remove.unwrap_or(false) && name != "no" {
+        return Err(BusError::invalid("can't create 'AutoRemove' container with restart policy"));
+    }
+    rp.name = Some(match name.as_str() {
+        "always" => docker::RestartPolicyNameEnum::ALWAYS,
+        "unless-stopped" => docker::RestartPolicyNameEnum::UNLESS_STOPPED,
+        "on-failure" => docker::RestartPolicyNameEnum::ON_FAILURE,
+        _ => docker::RestartPolicyNameEnum::NO,
+    });
+    rp.maximum_retry_count = Some(max);
+    hc.restart_policy = Some(rp);
+
+    // resources
+    if let Some(m) = hc.memory.filter(|m| *m != 0) {
+        if m < 6 * 1024 * 1024 {
+            return Err(BusError::invalid("Minimum memory limit allowed is 6MB"));
+        }
+        if let Some(s) = hc.memory_swap.filter(|s| *s > 0) {
+            if s < m {
+                return Err(BusError::invalid(
+                    "Minimum memoryswap limit should be larger than memory limit, see usage",
+                ));
+            }
+        }
+    } else if hc.memory_swap.is_some_and(|s| s > 0) {
+        return Err(BusError::invalid("You should always set the Memory limit when using Memoryswap limit, see usage"));
+    }
+    if let Some(n) = hc.nano_cpus.filter(|n| *n != 0) {
+        if hc.cpu_period.is_some_and(|p| p != 0) {
+            return Err(BusError::invalid("Conflicting options: Nano CPUs and CPU Period cannot both be set"));
+        }
+        if hc.cpu_quota.is_some_and(|p| p != 0) {
+            return Err(BusError::invalid("Conflicting options: Nano CPUs and CPU Quota cannot both be set"));
+        }
+        let ncpu = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+        if n < 10_000_000 || n > ncpu * 1_000_000_000 {
+            return Err(BusError::invalid(format!(
+                "Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
+            )));
+        }
+    }
+    if hc.pids_limit.is_some_and(|p| p == 0) {
+        hc.pids_limit = None;
+    }
+    if let Some(cpus) = hc.cpuset_cpus.as_deref().filter(|s| !s.is_empty()) {
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        for part in cpus.split(',') {
+            for x in part.split('-') {
+                match x.trim().parse::<usize>() {
+                    Ok(v) if v < ncpu => {}
+                    Ok(_) => {
+                        return Err(BusError::invalid(format!(
+                            "Requested CPUs are not available - requested {cpus}, available: 0-{}",
+                            ncpu - 1
+                        )))
+                    }
+                    Err(_) => return Err(BusError::invalid(format!("Invalid value {cpus} for cpuset cpus"))),
+                }
+            }
+        }
+    }
+
+    // defaults as Docker shows them in inspect
+    if hc.network_mode.as_deref().is_none_or(|m| m.is_empty() || m == "default") {
+        hc.network_mode = Some("bridge".into());
+    }
+    let mut lc = hc.log_config.clone().unwrap_or_default();
+    if lc.typ.as_deref().is_none_or(|t| t.is_empty()) {
+        lc.typ = Some(cfg.log_driver().to_string());
+        if lc.config.as_ref().is_none_or(|c| c.is_empty()) {
+            lc.config = Some(cfg.log_opts.clone().into_iter().collect());
+        }
+    }
+    match lc.typ.as_deref() {
+        Some("json-file") | Some("none") | Some("local") => {}
+        Some(t) => return Err(BusError::invalid(format!("logging driver \"{t}\" is not supported by this engine; use json-file or none"))),
+        None => {}
+    }
+    lc.config.get_or_insert_with(Default::default);
+    hc.log_config = Some(lc);
+    if hc.shm_size.is_none_or(|s| s <= 0) {
+        hc.shm_size = Some(64 * 1024 * 1024);
+    }
+    hc.ipc_mode.get_or_insert_with(|| "private".into());
+    hc.cgroupns_mode.get_or_insert(if berth_cgroup_v2() {
+        docker::HostConfigCgroupnsModeEnum::PRIVATE
+    } else {
+        docker::HostConfigCgroupnsModeEnum::HOST
+    });
+    hc.console_size.get_or_insert_with(|| vec![0, 0]);
+    hc.binds.get_or_insert_with(Vec::new);
+    hc.auto_remove.get_or_insert(false);
+    hc.privileged.get_or_insert(false);
+    hc.publish_all_ports.get_or_insert(false);
+    hc.readonly_rootfs.get_or_insert(false);
+    hc.oom_kill_disable.get_or_insert(false);
+    hc.memory.get_or_insert(0);
+    hc.nano_cpus.get_or_insert(0);
+    hc.cpu_shares.get_or_insert(0);
+    hc.pid_mode.get_or_insert_with(String::new);
+    hc.uts_mode.get_or_insert_with(String::new);
+    hc.userns_mode.get_or_insert_with(String::new);
+    hc.cgroup.get_or_insert_with(String::new);
+    hc.volume_driver.get_or_insert_with(String::new);
+    hc.runtime.get_or_insert_with(|| "berth".into());
+    hc.isolation.get_or_insert(docker::HostConfigIsolationEnum::EMPTY);
+    hc.port_bindings.get_or_insert_with(Default::default);
+    Ok(())
+}
+
+fn berth_cgroup_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn restart_policies() {
+        let cfg = DaemonConfig::default();
+        let mut hc = docker::HostConfig::default();
+        host_config(&mut hc, &cfg).unwrap();
+        assert_eq!(hc.restart_policy.as_ref().unwrap().name, Some(docker::RestartPolicyNameEnum::NO));
+        assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
+        let mut hc = docker::HostConfig {
+            restart_policy: Some(docker::RestartPolicy { name: Some(docker::RestartPolicyNameEnum::ALWAYS), maximum_retry_count: None }),
+            auto_remove: Some(true),
+            ..Default::default()
+        };
+        assert!(host_config(&mut hc, &cfg).unwrap_err().message.contains("AutoRemove"));
+        let mut hc = docker::HostConfig { memory: Some(1024), ..Default::default() };
+        assert_eq!(host_config(&mut hc, &cfg).unwrap_err().message, "Minimum memory limit allowed is 6MB");
+    }
+}
