@@ -1,6 +1,7 @@
 //! The bus implementation of every area's backend trait.
 
 mod containers;
+mod events;
 
 use std::sync::Arc;
 use std::time::Duration;

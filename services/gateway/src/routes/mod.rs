@@ -2,4 +2,5 @@
 //! shape). Handlers parse, call the backend, and set the status.
 
 pub mod containers;
+pub mod events;
 pub mod system;
