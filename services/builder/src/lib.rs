@@ -1,9 +1,129 @@
-//! The builder service: `docker build` (classic builder API) and `docker commit`.
+//! The builder service: `docker build` through the classic builder API (`POST /build`
+//! with a tar context) and `docker commit`, composed from the images, storage and
+//! runtime services over the bus.
 
-use berth_bus::{Bus, Server};
-use berth_config::DaemonConfig;
-use bus_schema::Service;
+pub mod build;
+pub mod config;
+pub mod context;
+pub mod dockerfile;
+pub mod shell;
 
-pub async fn serve(bus: Bus, _cfg: DaemonConfig) -> anyhow::Result<Server> {
-    Ok(Server::new(bus, Service::Builder))
+use std::sync::Arc;
+
+use berth_bus::{Bus, Responder, Server};
+use berth_config::{DaemonConfig, Paths};
+use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
+use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, JsonMessage};
+use bus_schema::runtime::{ContainerInspect, ContainerPause, ContainerUnpause};
+use bus_schema::storage::RwLayerCommit;
+use bus_schema::{docker, BusError, Service};
+
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("random");
+    hex::encode(b)
+}
+
+pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
+    let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
+    let dir = Paths::new(root).builder();
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_dir_all(dir.join("tmp"));
+    let b = Arc::new(build::Builder::new(bus.clone(), dir));
+    let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
+    Ok(Server::new(bus, Service::Builder)
+        .stream::<ImageBuild, _, _>(move |req, resp: Responder<ImageBuild>| {
+            let b = b1.clone();
+            async move {
+                let (mut w, input) = resp.accept_duplex(()).await?;
+                match b.build(req, input, &mut w).await {
+                    Ok(_) => w.end().await,
+                    Err(e) => {
+                        let mut m = JsonMessage::error(e.message);
+                        if let Some(d) = m.error_detail.as_mut() {
+                            d.code = Some(e.code);
+                        }
+                        w.send(m).await?;
+                        w.end().await
+                    }
+                }
+            }
+        })
+        .rpc::<ContainerCommit, _, _>(move |r| {
+            let b = b2.clone();
+            async move { commit(&b.bus, r).await }
+        })
+        .rpc::<BuildPrune, _, _>(move |_r| {
+            let b = b3.clone();
+            async move {
+                b.prune_cache();
+                Ok(docker::BuildPruneResponse { caches_deleted: Some(vec![]), space_reclaimed: Some(0) })
+            }
+        }))
+}
+
+/// `docker commit`: the container's changes as a layer on its image, with its config
+/// (and `-c` changes) as the new image's config.
+pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse, BusError> {
+    let c = bus.request(&ContainerInspect { id: r.container.clone(), size: false }).await?;
+    let id = c.id.clone().unwrap_or_default();
+    let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    let pause = r.pause && running && !c.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
+    if pause {
+        bus.request(&ContainerPause { id: id.clone() }).await?;
+    }
+    let layer = bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: id.clone() }).await;
+    if pause {
+        let _ = bus.request(&ContainerUnpause { id: id.clone() }).await;
+    }
+    let layer = layer?;
+    let mut cfg = config::from_container(&r.config.clone().or(c.config.clone()).unwrap_or_default());
+    if let Some(user_cfg) = &r.config {
+        // fields not sent fall back to the container's
+        let base = config::from_container(&c.config.clone().unwrap_or_default());
+        cfg.env = cfg.env.or(base.env);
+        cfg.cmd = cfg.cmd.or(base.cmd);
+        cfg.entrypoint = cfg.entrypoint.or(base.entrypoint);
+        cfg.working_dir = cfg.working_dir.filter(|w| !w.is_empty()).or(base.working_dir);
+        cfg.exposed_ports = cfg.exposed_ports.or(base.exposed_ports);
+        cfg.labels = cfg.labels.or(base.labels);
+        let _ = user_cfg;
+    }
+    let mut cmd_set = true;
+    for ch in &r.changes {
+        let df = dockerfile::parse(&format!("{ch}\n")).map_err(|e| BusError::invalid(e.to_string()))?;
+        let ins = &df.instructions[0];
+        if !["CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "USER", "VOLUME", "WORKDIR", "STOPSIGNAL", "HEALTHCHECK", "SHELL"].contains(&ins.cmd.as_str()) {
+            return Err(BusError::invalid(format!("{} is not a valid change command", ins.cmd.to_lowercase())));
+        }
+        let vars = config::env_map(&cfg);
+        config::apply(&mut cfg, ins, &vars, '\\', &mut cmd_set).map_err(BusError::invalid)?;
+    }
+    let path = c.path.clone().unwrap_or_default();
+    let args = c.args.clone().unwrap_or_default();
+    let mut tags = Vec::new();
+    if let Some(repo) = r.repo.as_deref().filter(|s| !s.is_empty()) {
+        tags.push(format!("{repo}:{}", r.tag.as_deref().filter(|t| !t.is_empty()).unwrap_or("latest")));
+    }
+    let image = bus
+        .request(&ImageCreateFromLayer {
+            parent: c.image.clone(),
+            layer: Some(layer),
+            config: cfg,
+            history: HistoryEntry {
+                created_by: std::iter::once(path).chain(args).collect::<Vec<_>>().join(" "),
+                comment: r.comment.clone().filter(|s| !s.is_empty()),
+                author: r.author.clone().filter(|s| !s.is_empty()),
+                empty_layer: false,
+            },
+            author: r.author.clone().filter(|s| !s.is_empty()),
+            comment: r.comment.clone().filter(|s| !s.is_empty()),
+            tags,
+            record_parent: true,
+        })
+        .await?;
+    let name = c.name.clone().unwrap_or_default().trim_start_matches('/').to_string();
+    let ev = bus_schema::event::Event::now("container", "commit", id).attr("comment", r.comment.clone().unwrap_or_default()).attr("name", name);
+    bus.publish_event(&ev).await;
+    Ok(docker::IdResponse { id: image })
 }

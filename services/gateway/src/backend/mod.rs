@@ -1,5 +1,6 @@
 //! The bus implementation of every area's backend trait.
 
+mod build;
 mod containers;
 mod events;
 

@@ -1,6 +1,7 @@
 //! Route tables, one module per area, each over a small backend trait (moby's router
 //! shape). Handlers parse, call the backend, and set the status.
 
+pub mod build;
 pub mod containers;
 pub mod events;
 pub mod system;

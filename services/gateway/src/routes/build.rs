@@ -1,0 +1,172 @@
+//! `POST /build` (classic builder), `POST /commit`, `POST /build/prune`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use berth_bus::{StreamReader, StreamWriter};
+use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
+use bus_schema::images::{JsonMessage, RegistryAuth};
+use bus_schema::stream::ByteChunk;
+use bus_schema::{docker, BusError};
+use http::{HeaderMap, StatusCode};
+
+use crate::error::{ApiError, ApiResult};
+use crate::util::{bool_or, bool_value, int_value, json_stream, pump_body};
+
+pub trait Backend: Send + Sync + 'static {
+    fn build(&self, r: ImageBuild) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>> + Send;
+    fn commit(&self, r: ContainerCommit) -> impl Future<Output = Result<docker::IdResponse, BusError>> + Send;
+    fn build_prune(&self, r: BuildPrune) -> impl Future<Output = Result<docker::BuildPruneResponse, BusError>> + Send;
+}
+
+pub fn router<B: Backend>(b: Arc<B>) -> Router {
+    Router::new()
+        .route("/build", post(build::<B>))
+        .route("/build/prune", post(prune::<B>))
+        .route("/commit", post(commit::<B>))
+        .with_state(b)
+}
+
+/// All values of every key, decoded (`t` and `changes` repeat).
+fn multi_query(raw: &Option<String>) -> (HashMap<String, String>, HashMap<String, Vec<String>>) {
+    let mut last = HashMap::new();
+    let mut all: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in form_urlencoded_pairs(raw.as_deref().unwrap_or("")) {
+        all.entry(k.clone()).or_default().push(v.clone());
+        last.insert(k, v);
+    }
+    (last, all)
+}
+
+fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_map<T: serde::de::DeserializeOwned + Default>(q: &HashMap<String, String>, k: &str) -> ApiResult<T> {
+    match q.get(k).filter(|s| !s.is_empty()) {
+        None => Ok(T::default()),
+        Some(s) => serde_json::from_str(s).map_err(|e| ApiError::bad_request(format!("invalid {k}: {e}"))),
+    }
+}
+
+fn registry_config(h: &HeaderMap) -> HashMap<String, RegistryAuth> {
+    use base64::Engine;
+    let Some(v) = h.get("X-Registry-Config").and_then(|v| v.to_str().ok()) else { return HashMap::new() };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE.decode(v.trim()).or_else(|_| base64::engine::general_purpose::STANDARD.decode(v.trim())) else {
+        return HashMap::new();
+    };
+    let Ok(m) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(&bytes) else { return HashMap::new() };
+    m.into_iter()
+        .filter_map(|(k, v)| crate::util::auth_from_json(v.to_string().as_bytes()).map(|a| (k, a)))
+        .collect()
+}
+
+async fn build<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let (q, all) = multi_query(&raw);
+    if bool_value(&q, "squash") {
+        return Err(ApiError::bad_request("squash is only supported with experimental mode"));
+    }
+    if q.get("version").is_some_and(|v| v == "2") {
+        return Err(ApiError::bad_request("BuildKit is not supported by this engine: use the classic builder (DOCKER_BUILDKIT=0)"));
+    }
+    let r = ImageBuild {
+        dockerfile: q.get("dockerfile").cloned().unwrap_or_default(),
+        tags: all.get("t").cloned().unwrap_or_default().into_iter().filter(|t| !t.is_empty()).collect(),
+        target: q.get("target").filter(|t| !t.is_empty()).cloned(),
+        build_args: json_map(&q, "buildargs")?,
+        labels: json_map(&q, "labels")?,
+        no_cache: bool_value(&q, "nocache"),
+        pull: bool_value(&q, "pull"),
+        quiet: bool_value(&q, "q"),
+        rm: bool_or(&q, "rm", true),
+        force_rm: bool_value(&q, "forcerm"),
+        network_mode: q.get("networkmode").filter(|t| !t.is_empty()).cloned(),
+        platform: q.get("platform").filter(|t| !t.is_empty()).cloned(),
+        auth: registry_config(&headers),
+        remote: q.get("remote").filter(|t| !t.is_empty()).cloned(),
+        memory: int_value(&q, "memory")?,
+        cpu_shares: int_value(&q, "cpushares")?,
+        shm_size: int_value(&q, "shmsize")?,
+        extra_hosts: q.get("extrahosts").map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+    };
+    for t in &r.tags {
+        if t.chars().any(|c| c.is_ascii_uppercase()) && !t.contains('/') {
+            return Err(ApiError::bad_request(format!("invalid reference format: repository name (library/{t}) must be lowercase")));
+        }
+    }
+    let (rd, input) = b.build(r).await?;
+    tokio::spawn(pump_body(body, input));
+    Ok(json_stream(rd))
+}
+
+async fn prune<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery) -> ApiResult<Json<docker::BuildPruneResponse>> {
+    let (q, _) = multi_query(&raw);
+    Ok(Json(b.build_prune(BuildPrune { all: bool_value(&q, "all") }).await?))
+}
+
+async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, body: axum::body::Bytes) -> ApiResult<Response> {
+    let (q, all) = multi_query(&raw);
+    let container = q.get("container").filter(|c| !c.is_empty()).cloned().ok_or_else(|| ApiError::bad_request("container is required"))?;
+    let config: Option<docker::ContainerConfig> = if body.iter().all(|c| c.is_ascii_whitespace()) || &body[..] == b"null" {
+        None
+    } else {
+        Some(serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
+    };
+    let r = ContainerCommit {
+        container,
+        repo: q.get("repo").filter(|s| !s.is_empty()).cloned(),
+        tag: q.get("tag").filter(|s| !s.is_empty()).cloned(),
+        comment: q.get("comment").cloned(),
+        author: q.get("author").cloned(),
+        pause: bool_or(&q, "pause", true),
+        changes: all.get("changes").cloned().unwrap_or_default().into_iter().filter(|c| !c.is_empty()).collect(),
+        config,
+    };
+    let id = b.commit(r).await?;
+    Ok((StatusCode::CREATED, Json(id)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decodes_queries() {
+        let (q, all) = super::multi_query(&Some("t=a%3A1&t=b&buildargs=%7B%22X%22%3A%221%22%7D&q=1".into()));
+        assert_eq!(all["t"], vec!["a:1", "b"]);
+        assert_eq!(q["buildargs"], r#"{"X":"1"}"#);
+    }
+}
