@@ -29,6 +29,15 @@ pub struct InfoPart {
     pub info: docker::SystemInfo,
 }
 
+/// The service's metrics in the Prometheus text format, for the gateway's `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceMetrics {}
+
+impl SystemRpc for ServiceMetrics {
+    const OP: &'static str = "ServiceMetrics";
+    type Reply = String;
+}
+
 impl SystemRpc for ServicePing {
     const OP: &'static str = "ServicePing";
     type Reply = ServicePong;
@@ -39,7 +48,7 @@ impl SystemRpc for SystemInfoPart {
     type Reply = InfoPart;
 }
 
-pub const OPS: &[&str] = &[ServicePing::OP, SystemInfoPart::OP];
+pub const OPS: &[&str] = &[ServicePing::OP, SystemInfoPart::OP, ServiceMetrics::OP];
 
 #[cfg(test)]
 mod tests {
@@ -57,6 +66,7 @@ mod tests {
             started: 1,
         });
         roundtrip(SystemInfoPart {});
+        roundtrip(ServiceMetrics {});
         roundtrip(InfoPart {
             service: Service::Storage,
             info: docker::SystemInfo {

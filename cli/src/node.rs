@@ -48,6 +48,9 @@ pub struct NodeState {
     pub nats_url: String,
     pub hosts: Vec<String>,
     pub services: BTreeMap<String, u32>,
+    /// Restarts of each process since the node started.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
 }
 
 struct Proc {
@@ -55,6 +58,7 @@ struct Proc {
     child: Option<Child>,
     started: Instant,
     restarts: u32,
+    total_restarts: u32,
     next_start: Option<Instant>,
 }
 
@@ -153,7 +157,7 @@ async fn run(a: UpArgs, cfg_path: Option<PathBuf>, paths: Paths, node: String, h
             let conf = crate::nats::write_config(&paths.bus(), port, &node)?;
             let mut cmd = Command::new(crate::nats::nats_server_bin()?);
             cmd.arg("-c").arg(&conf);
-            let mut p = Proc { name: "nats-server".into(), child: None, started: Instant::now(), restarts: 0, next_start: None };
+            let mut p = Proc { name: "nats-server".into(), child: None, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
             spawn(&mut p, &mut cmd, &paths)?;
             (format!("nats://127.0.0.1:{port}"), Some(paths.bus().join("creds")), Some((p, cmd)))
         }
@@ -179,7 +183,7 @@ async fn run(a: UpArgs, cfg_path: Option<PathBuf>, paths: Paths, node: String, h
         if *svc == Service::Gateway {
             cmd.env(env::HOSTS, hosts.join(","));
         }
-        let mut p = Proc { name: svc.name().into(), child: None, started: Instant::now(), restarts: 0, next_start: None };
+        let mut p = Proc { name: svc.name().into(), child: None, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
         spawn(&mut p, &mut cmd, &paths)?;
         procs.push((p, cmd));
     }
@@ -305,6 +309,7 @@ fn supervise(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> bool {
         }
         let delay = if p.restarts == 0 { Duration::ZERO } else { Duration::from_millis((100u64 << p.restarts.min(6)).min(5000)) };
         p.restarts += 1;
+        p.total_restarts += 1;
         eprintln!("berth: {} exited ({status}); restarting in {:?}", p.name, delay);
         p.child = None;
         p.next_start = Some(Instant::now() + delay);
@@ -325,6 +330,10 @@ async fn stop(p: &mut Proc, grace: Duration) {
 
 fn write_state(paths: &Paths, node: &str, nats_url: &str, hosts: &[String], nats: &Option<(Proc, Command)>, procs: &[(Proc, Command)]) {
     let mut services = BTreeMap::new();
+    let mut restarts = BTreeMap::new();
+    for p in nats.iter().map(|x| &x.0).chain(procs.iter().map(|x| &x.0)) {
+        restarts.insert(p.name.clone(), p.total_restarts);
+    }
     if let Some((p, _)) = nats {
         if let Some(pid) = p.child.as_ref().and_then(|c| c.id()) {
             services.insert(p.name.clone(), pid);
@@ -335,7 +344,7 @@ fn write_state(paths: &Paths, node: &str, nats_url: &str, hosts: &[String], nats
             services.insert(p.name.clone(), pid);
         }
     }
-    let st = NodeState { node: node.into(), pid: std::process::id(), nats_url: nats_url.into(), hosts: hosts.to_vec(), services };
+    let st = NodeState { node: node.into(), pid: std::process::id(), nats_url: nats_url.into(), hosts: hosts.to_vec(), services, restarts };
     let _ = berth_config::paths::write_atomic(&paths.run().join("node.json"), serde_json::to_string_pretty(&st).unwrap().as_bytes());
 }
 

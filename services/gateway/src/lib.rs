@@ -6,6 +6,7 @@ pub mod error;
 pub mod hijack;
 pub mod host;
 pub mod listen;
+pub mod metrics;
 pub mod routes;
 pub mod util;
 pub mod version;
@@ -76,8 +77,28 @@ async fn trace_request(req: Request, next: axum::middleware::Next) -> axum::resp
         });
         let _ = span.set_parent(cx);
     }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let t0 = std::time::Instant::now();
     let res = next.run(req).instrument(span.clone()).await;
     span.record("http.status_code", res.status().as_u16());
+    let status = res.status().as_u16().to_string();
+    berth_telemetry::metrics::counter_add(
+        "berth_api_requests_total",
+        "Docker API requests by route and status.",
+        &[("method", &method), ("route", &route), ("status", &status)],
+        1.0,
+    );
+    berth_telemetry::metrics::observe(
+        "berth_api_request_duration_seconds",
+        "Docker API request latency (to the response head) by route.",
+        &[("method", &method), ("route", &route)],
+        t0.elapsed().as_secs_f64(),
+    );
     res
 }
 

@@ -9,7 +9,7 @@ use bus_schema::Service;
 async fn main() -> anyhow::Result<()> {
     let _telemetry = berth_telemetry::init("gateway");
     let cfg = DaemonConfig::from_env()?;
-    let root = std::env::var(env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
+    let root: std::path::PathBuf = std::env::var(env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
     let hosts: Vec<String> = match std::env::var(env::HOSTS) {
         Ok(h) if !h.is_empty() => h.split(',').map(str::to_string).collect(),
         _ if !cfg.hosts.is_empty() => cfg.hosts.clone(),
@@ -18,7 +18,15 @@ async fn main() -> anyhow::Result<()> {
     let hosts = hosts.iter().map(|h| listen::parse_host(h)).collect::<anyhow::Result<Vec<_>>>()?;
     let tls = listen::tls_from_config(&cfg);
     let bus = berth_bus::service::connect(Service::Gateway).await.context("connecting to the bus")?;
-    let host = HostFacts::detect(bus.node(), root, &cfg);
+    let host = HostFacts::detect(bus.node(), root.clone(), &cfg);
+    if let Some(addr) = cfg.metrics_addr.clone().filter(|a| !a.is_empty()) {
+        let (b, r) = (bus.clone(), root.clone());
+        tokio::spawn(async move {
+            if let Err(e) = berth_gateway::metrics::serve(addr, b, r).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let app = berth_gateway::app(BusBackend::new(bus, host));
     match berth_bus::service::until_shutdown(listen::serve_all(hosts.clone(), tls, app)).await {
         Some(r) => r?,

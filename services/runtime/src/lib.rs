@@ -63,7 +63,12 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         }};
     }
     let info_rt = rt.clone();
+    let metrics_rt = rt.clone();
     let server = Server::new(bus, Service::Runtime)
+        .metrics(move || {
+            let rt = metrics_rt.clone();
+            async move { rt.update_metrics() }
+        })
         .info(move || {
             let rt = info_rt.clone();
             async move { rt.info() }
@@ -137,6 +142,20 @@ impl Runtime {
     }
     async fn h_df(self: Arc<Self>, _r: ContainerDf) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
         self.list(ContainerList { all: true, limit: None, size: true, filters: Default::default() }).await
+    }
+
+    /// Gauges refreshed before each scrape.
+    pub fn update_metrics(&self) {
+        let mut counts = std::collections::BTreeMap::new();
+        for s in ["created", "running", "paused", "restarting", "removing", "exited", "dead"] {
+            counts.insert(s, 0u64);
+        }
+        for e in self.all() {
+            *counts.entry(e.get().state.status.as_str()).or_default() += 1;
+        }
+        for (s, n) in counts {
+            berth_telemetry::metrics::gauge_set("berth_containers", "Containers by state.", &[("state", s)], n as f64);
+        }
     }
 
     /// After a restart of this service (or of the node): reconnect to shims that still

@@ -194,7 +194,16 @@ impl Bus {
             trace::inject(&mut headers);
             headers.insert(HDR_TIMEOUT_MS, self.timeout.as_millis().to_string());
             let req = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
-            self.client.send_request(subject.clone(), req).await.map_err(|e| {
+            let t0 = std::time::Instant::now();
+            let res = self.client.send_request(subject.clone(), req).await;
+            let op = subject.rsplit('.').next().unwrap_or("");
+            berth_telemetry::metrics::observe(
+                "berth_bus_request_duration_seconds",
+                "Bus request/reply latency by target service and operation.",
+                &[("target", svc.name()), ("op", op), ("outcome", if res.is_ok() { "ok" } else { "error" })],
+                t0.elapsed().as_secs_f64(),
+            );
+            res.map_err(|e| {
                 use async_nats::RequestErrorKind as K;
                 match e.kind() {
                     K::NoResponders => BusError::unavailable(format!("the {svc} service is not running (no responders on {subject})")),

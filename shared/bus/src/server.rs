@@ -6,7 +6,7 @@ use crate::{stream::StreamReader, stream::StreamWriter, trace, Bus};
 use bus_schema::{
     docker,
     stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM},
-    system::{InfoPart, ServicePing, ServicePong, SystemInfoPart},
+    system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, SystemInfoPart},
     BusError, DuplexRpc, Rpc, Service, StreamRpc, SystemRpc, WireResult,
 };
 use futures_util::{future::BoxFuture, StreamExt};
@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 type Handler = Arc<dyn Fn(async_nats::Message) -> BoxFuture<'static, ()> + Send + Sync>;
 type InfoFn = Arc<dyn Fn() -> BoxFuture<'static, docker::SystemInfo> + Send + Sync>;
+type MetricsFn = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 pub struct Server {
     bus: Bus,
@@ -24,6 +25,7 @@ pub struct Server {
     started: i64,
     handlers: Vec<(String, Handler)>,
     info: InfoFn,
+    metrics: Option<MetricsFn>,
 }
 
 impl Server {
@@ -38,6 +40,7 @@ impl Server {
             started,
             handlers: Vec::new(),
             info: Arc::new(|| Box::pin(async { docker::SystemInfo::default() })),
+            metrics: None,
         }
     }
 
@@ -52,6 +55,16 @@ impl Server {
         Fut: Future<Output = docker::SystemInfo> + Send + 'static,
     {
         self.info = Arc::new(move || Box::pin(f()));
+        self
+    }
+
+    /// Update this service's gauges (containers by state, images...) before each scrape.
+    pub fn metrics<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.metrics = Some(Arc::new(move || Box::pin(f())));
         self
     }
 
@@ -126,7 +139,7 @@ impl Server {
 
     /// Subscribe every handler and serve until the connection closes.
     pub async fn run(self) -> Result<(), BusError> {
-        let Server { bus, service, started, mut handlers, info } = self;
+        let Server { bus, service, started, mut handlers, info, metrics } = self;
         // System requests every service answers.
         let node = bus.node.clone();
         let ping_client = bus.client.clone();
@@ -154,6 +167,22 @@ impl Server {
                 Box::pin(async move {
                     let part = InfoPart { service, info: info().await };
                     respond::<InfoPart>(&c, &msg, &Ok(part), async_nats::HeaderMap::new()).await
+                })
+            }),
+        ));
+
+        let metrics_client = bus.client.clone();
+        handlers.push((
+            ServiceMetrics::subject(service, &node),
+            Arc::new(move |msg| {
+                let c = metrics_client.clone();
+                let m = metrics.clone();
+                Box::pin(async move {
+                    if let Some(m) = m {
+                        m().await;
+                    }
+                    let text = berth_telemetry::metrics::label_all(&berth_telemetry::metrics::render(), "service", service.name());
+                    respond::<String>(&c, &msg, &Ok(text), async_nats::HeaderMap::new()).await
                 })
             }),
         ));

@@ -6,6 +6,8 @@
 //! is `grpc`, HTTP/protobuf otherwise, as the OpenTelemetry spec defaults. The W3C
 //! trace-context propagator is always installed so `traceparent` crosses the bus.
 
+pub mod metrics;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
