@@ -57,6 +57,41 @@ impl Event {
     }
 }
 
+/// The filter keys `docker events` accepts.
+pub const FILTER_KEYS: &[&str] = &["config", "container", "daemon", "event", "image", "label", "network", "node", "plugin", "scope", "secret", "service", "type", "volume"];
+
+/// Does an event pass Docker's filters? Each key: any value matches; all keys must.
+pub fn matches(ev: &Event, f: &std::collections::HashMap<String, Vec<String>>) -> bool {
+    let attrs = &ev.actor.attributes;
+    let name = attrs.get("name").map(String::as_str).unwrap_or("");
+    f.iter().all(|(k, vals)| {
+        if vals.is_empty() {
+            return true;
+        }
+        vals.iter().any(|v| match k.as_str() {
+            "type" => ev.typ == *v,
+            "event" => ev.action == *v || ev.action.split(':').next() == Some(v.as_str()),
+            "container" => ev.typ == "container" && (ev.actor.id.starts_with(v.as_str()) || name == v),
+            "image" => {
+                let img = attrs.get("image").map(String::as_str).unwrap_or("");
+                (ev.typ == "image" && (ev.actor.id == *v || name == v || ev.actor.id.starts_with(v.as_str())))
+                    || img == v
+                    || img == format!("{v}:latest")
+            }
+            "network" => ev.typ == "network" && (ev.actor.id.starts_with(v.as_str()) || name == v),
+            "volume" => ev.typ == "volume" && ev.actor.id == *v,
+            "plugin" => ev.typ == "plugin" && (ev.actor.id == *v || name == v),
+            "daemon" => ev.typ == "daemon" && (ev.actor.id == *v || name == v),
+            "label" => match v.split_once('=') {
+                Some((lk, lv)) => attrs.get(lk).map(|x| x == lv).unwrap_or(false),
+                None => attrs.contains_key(v.as_str()),
+            },
+            "scope" => ev.scope == *v,
+            _ => false,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +103,21 @@ mod tests {
         assert_eq!(e.subject(), "berth.v1.events.container.exec_start");
         let h = Event::now("container", "health_status: healthy", "abc");
         assert_eq!(h.subject(), "berth.v1.events.container.health_status");
+    }
+
+    #[test]
+    fn filters_like_docker() {
+        use std::collections::HashMap;
+        let ev = Event::now("container", "start", "abcdef").attr("name", "web").attr("image", "busybox").attr("tier", "x");
+        let f = |k: &str, v: &str| HashMap::from([(k.to_string(), vec![v.to_string()])]);
+        assert!(matches(&ev, &f("container", "web")));
+        assert!(matches(&ev, &f("container", "abc")));
+        assert!(!matches(&ev, &f("container", "db")));
+        assert!(matches(&ev, &f("type", "container")));
+        assert!(matches(&ev, &f("event", "start")));
+        assert!(matches(&ev, &f("image", "busybox")));
+        assert!(matches(&ev, &f("label", "tier=x")));
+        assert!(!matches(&ev, &f("label", "tier=y")));
     }
 
     #[test]

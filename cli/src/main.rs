@@ -1,5 +1,6 @@
 //! `berth`: start and inspect a node.
 
+mod events;
 mod nats;
 mod node;
 mod status;
@@ -27,6 +28,19 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Tail the node's events live, as they cross the bus.
+    Events {
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Docker's event filters (type=container, container=web, event=die, label=k=v...).
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -34,6 +48,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Up(a) => node::up(a),
         Cmd::Status { root, config } => status::status(root, config),
+        Cmd::Events { root, config, filter, json } => events::events(root, config, filter, json),
     };
     if let Err(e) = res {
         eprintln!("berth: {e:#}");
