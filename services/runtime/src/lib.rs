@@ -9,6 +9,7 @@
 //! (restart policy) the container. A restarted service reconnects to live shims and
 //! reads the exit files of those that ended while it was away.
 
+pub mod archive;
 pub mod cgroupfs;
 pub mod create;
 pub mod engine;
@@ -96,7 +97,10 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .stream::<ContainerLogs, _, _>(s!(logs, ContainerLogs))
         .stream::<ContainerAttach, _, _>(s!(attach, ContainerAttach))
         .stream::<ExecStart, _, _>(s!(exec_start, ExecStart))
-        .stream::<ContainerExport, _, _>(s!(export, ContainerExport));
+        .stream::<ContainerExport, _, _>(s!(export, ContainerExport))
+        .rpc::<ContainerArchiveStat, _, _>(h!(h_archive_stat))
+        .stream::<ContainerArchiveGet, _, _>(s!(archive_get, ContainerArchiveGet))
+        .stream::<ContainerArchivePut, _, _>(s!(archive_put, ContainerArchivePut));
     Ok((server, rt))
 }
 
@@ -136,6 +140,9 @@ impl Runtime {
     }
     async fn h_changes(self: Arc<Self>, r: ContainerChanges) -> Result<Vec<bus_schema::docker::FilesystemChange>, BusError> {
         self.changes(&r.id).await
+    }
+    async fn h_archive_stat(self: Arc<Self>, r: ContainerArchiveStat) -> Result<PathStat, BusError> {
+        self.archive_stat(&r.id, &r.path).await
     }
     async fn h_using(self: Arc<Self>, r: ContainersUsingImage) -> Result<Vec<String>, BusError> {
         Ok(self.using_image(&r.image_id))
