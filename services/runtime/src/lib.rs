@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod names;
 pub mod query;
 pub mod state;
+pub mod top;
 pub mod validate;
 
 mod stub;
@@ -99,6 +100,7 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .stream::<ExecStart, _, _>(s!(exec_start, ExecStart))
         .stream::<ContainerExport, _, _>(s!(export, ContainerExport))
         .rpc::<ContainerArchiveStat, _, _>(h!(h_archive_stat))
+        .rpc::<ContainerTop, _, _>(h!(h_top))
         .stream::<ContainerArchiveGet, _, _>(s!(archive_get, ContainerArchiveGet))
         .stream::<ContainerArchivePut, _, _>(s!(archive_put, ContainerArchivePut));
     Ok((server, rt))
@@ -143,6 +145,9 @@ impl Runtime {
     }
     async fn h_archive_stat(self: Arc<Self>, r: ContainerArchiveStat) -> Result<PathStat, BusError> {
         self.archive_stat(&r.id, &r.path).await
+    }
+    async fn h_top(self: Arc<Self>, r: ContainerTop) -> Result<bus_schema::docker::ContainerTopResponse, BusError> {
+        self.top(&r.id, r.ps_args).await
     }
     async fn h_using(self: Arc<Self>, r: ContainersUsingImage) -> Result<Vec<String>, BusError> {
         Ok(self.using_image(&r.image_id))
