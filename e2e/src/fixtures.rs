@@ -19,8 +19,17 @@ impl Registry {
 
     /// `extra` is appended to the registry's YAML config (e.g. an `auth:` section).
     pub fn start_with(extra: &str) -> Registry {
-        let dir = tempfile::Builder::new().prefix("berth-reg-").tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_full(port, extra)
+    }
+
+    /// On a given port (the acceptance scenarios expect 127.0.0.1:5000).
+    pub fn start_on(port: u16) -> Registry {
+        Self::start_full(port, "")
+    }
+
+    fn start_full(port: u16, extra: &str) -> Registry {
+        let dir = tempfile::Builder::new().prefix("berth-reg-").tempdir().unwrap();
         let conf = dir.path().join("config.yml");
         std::fs::write(
             &conf,
@@ -145,4 +154,47 @@ impl Drop for FileLock {
         use std::os::fd::AsRawFd;
         unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
+}
+
+/// An OCI layout image made with umoci from `fill` (which fills the rootfs), with
+/// `config` flags for `umoci config` (e.g. `--config.cmd sh`). Built once per name.
+pub fn umoci_image(name: &str, fill: impl FnOnce(&Path), config: &[&str]) -> PathBuf {
+    let layout = cache_dir().join(format!("{name}-oci"));
+    let lock = cache_dir().join(format!("{name}.lock"));
+    let _g = FileLock::new(&lock);
+    if layout.join("index.json").exists() {
+        return layout;
+    }
+    let tmp = tempfile::tempdir_in(cache_dir()).unwrap();
+    let l = tmp.path().join("layout");
+    let b = tmp.path().join("bundle");
+    let img = format!("{}:latest", l.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&l));
+    run(Command::new("umoci").args(["new", "--image", &img]));
+    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(&b));
+    fill(&b.join("rootfs"));
+    run(Command::new("umoci").args(["repack", "--image", &img]).arg(&b));
+    run(Command::new("umoci").args(["config", "--image", &img]).args(config));
+    run(Command::new("umoci").args(["gc", "--layout"]).arg(&l));
+    std::fs::rename(&l, &layout).unwrap();
+    layout
+}
+
+/// Docker's hello-world made from a static C program (gcc -static), as the
+/// acceptance fixtures make it.
+pub fn hello_layout() -> PathBuf {
+    umoci_image(
+        "hello",
+        |rootfs| {
+            let src = rootfs.join("../hello.c");
+            std::fs::write(
+                &src,
+                "#include <unistd.h>\nstatic const char m[] = \"\\nHello from Docker!\\nThis message shows that your installation appears to be working correctly.\\n\\n\";\nint main(void) { return write(1, m, sizeof m - 1) == (ssize_t)(sizeof m - 1) ? 0 : 1; }\n",
+            )
+            .unwrap();
+            run(Command::new("gcc").args(["-static", "-Os", "-o"]).arg(rootfs.join("hello")).arg(&src));
+            let _ = std::fs::remove_file(&src);
+        },
+        &["--config.cmd", "/hello"],
+    )
 }
