@@ -669,6 +669,17 @@ impl Cgroup {
         s
     }
 
+    /// Removes the cgroup where it has no children and no processes (no waiting).
+    pub fn remove_if_empty(&self) -> io::Result<()> {
+        if self.rel.is_empty() {
+            return Ok(());
+        }
+        for h in &self.layout.hierarchies {
+            let _ = fs::remove_dir(self.dir(h));
+        }
+        Ok(())
+    }
+
     /// Removes the cgroup from every hierarchy, waiting (bounded) for exiting
     /// processes to leave it.
     pub fn remove(&self) -> io::Result<()> {

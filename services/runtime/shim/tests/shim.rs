@@ -552,3 +552,81 @@ fn init_binary_runs_as_docker_init() {
         b.log_text("stdout")
     );
 }
+
+/// Host mounts, cgroup directories and processes, to compare before and after.
+fn host_state() -> (usize, usize, usize) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let layout = berth_shim::cgroups::Layout::detect().unwrap();
+    let cgroups = layout
+        .hierarchies
+        .iter()
+        .map(|h| {
+            std::fs::read_dir(h.mount.join(CG_PARENT))
+                .map(|d| {
+                    d.filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .sum();
+    let shims = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("cmdline")).ok())
+        .filter(|c| c.starts_with(SHIM))
+        .count();
+    (mounts, cgroups, shims)
+}
+
+#[test]
+fn cycles_leave_nothing_behind() {
+    let n: usize = std::env::var("BERTH_SHIM_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let before_mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    for i in 0..n {
+        let id = unique("cycle");
+        let args: &[&str] = if i % 2 == 0 {
+            &["true"]
+        } else {
+            &["sh", "-c", "sleep 100 & exec sleep 100"]
+        };
+        let b = Bundle::new(&id, &spec(&id, &rootfs(), args), json!({}));
+        let mut r = spawn(&b).unwrap();
+        if i % 2 == 1 {
+            let mut c = connect(&b);
+            // pid 1 ignores SIGTERM without a handler (as in Docker): SIGKILL; the
+            // background sleep goes with the pid namespace.
+            assert_eq!(
+                request(
+                    &mut c,
+                    Request::Kill {
+                        signal: 9,
+                        all: false
+                    }
+                ),
+                Event::Ok
+            );
+        }
+        let (_, st) = r.wait_exit();
+        assert_eq!(st.code, if i % 2 == 0 { 0 } else { 137 });
+        let layout = berth_shim::cgroups::Layout::detect().unwrap();
+        for h in &layout.hierarchies {
+            assert!(
+                !h.mount.join(CG_PARENT).join(&id).exists(),
+                "cgroup left in {}",
+                h.mount.display()
+            );
+        }
+    }
+    let (mounts, _, shims) = host_state();
+    assert_eq!(mounts, before_mounts);
+    // Other tests may run shims concurrently; ours are all reaped.
+    let _ = shims;
+}

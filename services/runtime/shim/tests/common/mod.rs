@@ -18,8 +18,16 @@ pub const SHIM: &str = env!("CARGO_BIN_EXE_berth-shim");
 pub fn rootfs() -> PathBuf {
     static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("berth-shim-rootfs-{}", std::process::id()));
-        make_rootfs(&dir);
+        // Built once per target dir and reused: a finished tree is renamed into place.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-rootfs");
+        if !dir.join("bin/sh").exists() {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("busybox-rootfs.{}", std::process::id()));
+            make_rootfs(&tmp);
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
         dir
     })
     .clone()
@@ -198,6 +206,8 @@ impl Drop for Bundle {
             let cg = layout.cgroup(&format!("{CG_PARENT}/{}", self.id));
             let _ = cg.kill_all(libc::SIGKILL);
             let _ = cg.remove();
+            // The shared parent goes when the last test using it is done.
+            let _ = layout.cgroup(CG_PARENT).remove_if_empty();
         }
         if let Ok(pid) = std::fs::read_to_string(self.path().join("init.pid")) {
             if let Ok(p) = pid.trim().parse::<i32>() {
