@@ -1,5 +1,10 @@
 //! The runtime service: containers, through a per-container shim.
 
+pub mod cgroups;
+pub mod seccomp;
+pub mod spec;
+pub mod user;
+
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::{docker, Service};

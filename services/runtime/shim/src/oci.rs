@@ -21,10 +21,52 @@ pub struct ShimConfig {
     pub tty: bool,
     /// Subscribe the spawn connection to the output from the first byte (an attach
     /// that was waiting for the start).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub attach_stdout: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub attach_stderr: bool,
+}
+
+/// Serialize only what is set (Options, empty lists and maps are left out).
+fn skip<T: IsEmpty>(v: &T) -> bool {
+    v.is_empty_value()
+}
+
+trait IsEmpty {
+    fn is_empty_value(&self) -> bool;
+}
+impl<T> IsEmpty for Option<T> {
+    fn is_empty_value(&self) -> bool {
+        self.is_none()
+    }
+}
+impl<T> IsEmpty for Vec<T> {
+    fn is_empty_value(&self) -> bool {
+        self.is_empty()
+    }
+}
+impl<K, V> IsEmpty for BTreeMap<K, V> {
+    fn is_empty_value(&self) -> bool {
+        self.is_empty()
+    }
+}
+impl IsEmpty for String {
+    fn is_empty_value(&self) -> bool {
+        self.is_empty()
+    }
+}
+macro_rules! never_empty {
+    ($($t:ty),*) => {$(impl IsEmpty for $t {
+        fn is_empty_value(&self) -> bool {
+            false
+        }
+    })*};
+}
+never_empty!(u32, i64, bool);
+impl IsEmpty for User {
+    fn is_empty_value(&self) -> bool {
+        false
+    }
 }
 
 fn one() -> u32 {
@@ -34,50 +76,54 @@ fn one() -> u32 {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
-    #[serde(default)]
+    #[serde(default, rename = "ociVersion")]
+    pub oci_version: String,
+    #[serde(default, skip_serializing_if = "skip")]
     pub process: Option<Process>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub root: Option<Root>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub hostname: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub domainname: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub mounts: Vec<Mount>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub linux: Option<Linux>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Root {
     pub path: PathBuf,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub readonly: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Process {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub terminal: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub console_size: Option<ConsoleSize>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub user: User,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub args: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub env: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub cwd: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub capabilities: Option<Capabilities>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub rlimits: Vec<Rlimit>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub no_new_privileges: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub oom_score_adj: Option<i32>,
 }
 
@@ -90,27 +136,27 @@ pub struct ConsoleSize {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub uid: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub gid: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub umask: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub additional_gids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Capabilities {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub bounding: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub effective: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub inheritable: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub permitted: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub ambient: Vec<String>,
 }
 
@@ -127,32 +173,32 @@ pub struct Mount {
     pub destination: String,
     #[serde(default, rename = "type")]
     pub typ: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub source: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub options: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Linux {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub namespaces: Vec<Namespace>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub devices: Vec<Device>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub cgroups_path: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub resources: Option<Resources>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub rootfs_propagation: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub seccomp: Option<Seccomp>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub sysctl: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub masked_paths: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub readonly_paths: Vec<String>,
 }
 
@@ -160,7 +206,7 @@ pub struct Linux {
 pub struct Namespace {
     #[serde(rename = "type")]
     pub typ: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub path: Option<PathBuf>,
 }
 
@@ -170,15 +216,15 @@ pub struct Device {
     pub path: String,
     #[serde(rename = "type")]
     pub typ: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub major: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub minor: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub file_mode: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub uid: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "skip")]
     pub gid: Option<u32>,
 }
 
