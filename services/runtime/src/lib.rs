@@ -1,7 +1,9 @@
 //! The runtime service: containers, through a per-container shim.
 
 pub mod cgroups;
+pub mod logs;
 pub mod seccomp;
+pub mod shim_client;
 pub mod spec;
 pub mod user;
 
