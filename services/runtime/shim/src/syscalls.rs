@@ -382,5 +382,10 @@ pub const X86_64: &[(&str, i64)] = &[
 
 /// The number of a syscall on x86_64.
 pub fn number(name: &str) -> Option<i64> {
-    X86_64.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, i64>> =
+        std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| X86_64.iter().copied().collect())
+        .get(name)
+        .copied()
 }

@@ -95,9 +95,20 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
     if new_flags != 0 {
         cvt(unsafe { libc::unshare(new_flags) }).ctx(|| "unshare namespaces".into())?;
     }
+    let t = std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now());
+    let mark = |what: &str| {
+        if let Some(t) = t {
+            eprintln!(
+                "init trace {:>8.3} ms {what}",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    };
+    mark("namespaces");
     if let Some(cg) = ctx.cgroup {
         cg.join(0).ctx(|| "joining the container's cgroup".into())?;
     }
+    mark("cgroup joined");
     if new_cgroupns {
         cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
             .ctx(|| "unshare cgroup namespace".into())?;
@@ -106,16 +117,20 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
     let mut console: Option<(OwnedFd, u32)> = None;
     if new_flags & libc::CLONE_NEWNS != 0 {
         setup_rootfs(spec, &rootfs, new_cgroupns)?;
+        mark("mounts");
         pivot_root(&rootfs)?;
+        mark("pivot_root");
         if matches!(ctx.stdio, Stdio::Pty) {
             console = Some(open_console(&process, ctx.sync)?);
         }
         for p in &linux.masked_paths {
             mask_path(p)?;
         }
+        mark("masked");
         for p in &linux.readonly_paths {
             readonly_path(Path::new(p))?;
         }
+        mark("readonly");
         make_workdir(&process)?;
         if root.readonly == Some(true) {
             remount_ro(Path::new("/")).ctx(|| "remounting the rootfs read-only".into())?;
@@ -137,6 +152,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
                 .ctx(|| "setdomainname".into())?;
         }
     }
+    mark("hostname");
     for (k, v) in &linux.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
         fs::write(&p, v).ctx(|| format!("write sysctl key {k}"))?;
@@ -168,6 +184,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
         (Stdio::Pty, None) => return Err(ChildError::other("no console")),
     }
 
+    mark("ready to exec");
     let caps = CapSets::of(&process, ctx.host_bounding);
     process::finish_and_exec(Finish {
         process: &process,

@@ -227,7 +227,25 @@ pub fn run(bundle: &Path) -> i32 {
     }
 }
 
+/// With BERTH_SHIM_TRACE set, the start's phases are timed into shim.log.
+struct Trace(Option<std::time::Instant>);
+
+impl Trace {
+    fn new() -> Trace {
+        Trace(std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now()))
+    }
+    fn mark(&self, what: &str) {
+        if let Some(t) = self.0 {
+            log!(
+                "trace {:>8.3} ms {what}",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
 fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> Result<i32, i32> {
+    let trace = Trace::new();
     let fail = |spawn: &Option<OwnedFd>, kind, msg: String| fail(spawn.as_ref(), kind, msg);
     let sock_path = bundle.join("shim.sock");
     let _ = fs::remove_file(&sock_path);
@@ -298,6 +316,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         None => None,
     };
     let host_bounding = caps::host_bounding();
+    trace.mark("cgroup and seccomp ready");
 
     // stdio
     let (child_stdio, parent_pipes) = if tty {
@@ -401,6 +420,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
     });
     drop(sync_child);
     drop(join_pidns);
+    trace.mark("forked");
     let pid = match forked {
         Ok(p) => p,
         Err(e) => {
@@ -434,6 +454,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         }
     };
     drop(sync_parent);
+    trace.mark("exec'd");
 
     let log = match &cfg.log_path {
         Some(p) => match LogWriter::open(p, cfg.log_max_size, cfg.log_max_file) {

@@ -319,6 +319,15 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     let path = look_path(&arg0, &p.env)?;
     let path_c = cstr(&path).map_err(|e| ChildError::other(e.to_string()))?;
     let nnp = p.no_new_privileges.unwrap_or(false);
+    let t = std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now());
+    let mark = |what: &str| {
+        if let Some(t) = t {
+            eprintln!(
+                "exec trace {:>8.3} ms {what}",
+                t.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    };
 
     set_rlimits(p)?;
     set_oom_score_adj(p)?;
@@ -326,7 +335,9 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     if let (false, Some((prog, fl))) = (nnp, f.seccomp) {
         load_seccomp(prog, fl)?;
     }
+    mark("seccomp");
     set_user_and_caps(p, &f.caps)?;
+    mark("caps");
     if !cwd_ok {
         chdir(&p.cwd).ctx(|| format!("chdir to cwd (\"{}\") set in config.json failed", p.cwd))?;
     }
@@ -345,6 +356,7 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     super::sys::reset_signals();
+    mark("execve");
     unsafe {
         libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
