@@ -244,6 +244,7 @@ impl Runtime {
             hostname_path: dir.join("hostname").display().to_string(),
             resolv_path: dir.join("resolv.conf").display().to_string(),
             exec_ids: Vec::new(),
+            rootfs: String::new(),
         };
         let entry = Entry::new(c.clone(), dir);
         entry.save()?;

@@ -251,7 +251,7 @@ impl Runtime {
         let tty = ex.config.tty.unwrap_or(false) || r.tty;
         let process = self.exec_process(&c, &ex.config, tty)?;
         let stdin = ex.config.attach_stdin.unwrap_or(false) && !r.detach;
-        let exec = match shim.exec(ExecSpec { exec_id: ex.id.clone(), process, stdin }).await {
+        let exec = match shim.exec(ExecSpec { exec_id: ex.id.clone(), process, stdin, detach: r.detach }).await {
             Ok(x) => Arc::new(x),
             Err(se) => {
                 let (code, m) = match &se {
@@ -304,7 +304,7 @@ impl Runtime {
                 }
             }
         });
-        let mut out_rx = exec.take_output().await;
+        let mut out_rx = exec.take_output();
         let mut res = Ok(());
         if let Some(rx) = out_rx.as_mut() {
             while let Some((stream, data)) = rx.recv().await {
@@ -334,10 +334,15 @@ impl Runtime {
     /// The process of an exec: the container's process with the exec's command,
     /// env, working dir, user and terminal.
     fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<oci_spec::runtime::Process, BusError> {
-        let text = std::fs::read(self.bundle_dir(&c.id).join("config.json"))
-            .map_err(|e| BusError::internal(format!("reading the container's spec: {e}")))?;
-        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&text).map_err(|e| BusError::internal(e.to_string()))?;
-        crate::spec::exec_process(&spec, c, cfg, tty).map_err(|e| BusError::invalid(e.to_string()))
+        let mut exec = cfg.clone();
+        exec.tty = Some(tty);
+        let input = crate::spec::ExecInput {
+            rootfs: std::path::Path::new(&c.rootfs),
+            config: &c.config,
+            host_config: &c.host_config,
+            exec: &exec,
+        };
+        crate::spec::exec_process(&input).map_err(|e| BusError::invalid(e.to_string()))
     }
 
     pub async fn exec_inspect(self: &Arc<Self>, r: ExecInspect) -> Result<docker::ExecInspectResponse, BusError> {

@@ -22,8 +22,12 @@ pub mod state;
 pub mod top;
 pub mod validate;
 
-mod stub;
-pub use stub::{logs, shim_client, spec, user};
+pub mod cgroups;
+pub mod logs;
+pub mod seccomp;
+pub mod shim_client;
+pub mod spec;
+pub mod user;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -176,7 +176,11 @@ impl Runtime {
             } else {
                 None
             };
+            let ipc = self.ns_of(c.host_config.ipc_mode.as_deref(), "ipc")?;
+            let pid = self.ns_of(c.host_config.pid_mode.as_deref(), "pid")?;
             let input = SpecInput {
+                ipc_ns: ipc.as_deref(),
+                pid_ns: pid.as_deref(),
                 id: &c.id,
                 rootfs: std::path::Path::new(&rootfs),
                 config: &c.config,
@@ -222,6 +226,8 @@ impl Runtime {
             stdin: c.config.open_stdin.unwrap_or(false),
             stdin_once: c.config.stdin_once.unwrap_or(false),
             tty: c.is_tty(),
+            attach_stdout: false,
+            attach_stderr: false,
         };
         let (shim, pid) = match Shim::start(&self.shim_bin, &opts).await {
             Ok(x) => x,
@@ -251,6 +257,7 @@ impl Runtime {
             c.networks = sandbox.networks.clone();
             c.ports = sandbox.ports.clone();
             c.mounts = mounts.clone();
+            c.rootfs = rootfs.clone();
         });
         let _ = e.save();
         e.signal(|l| {
@@ -305,13 +312,19 @@ impl Runtime {
             .await
     }
 
+    /// The static init bound at /sbin/docker-init for `--init`.
     pub fn init_binary(&self) -> std::path::PathBuf {
-        let p = self.shim_bin.with_file_name("berth-init");
-        if p.is_file() {
-            p
-        } else {
-            std::path::PathBuf::from("berth-init")
+        crate::shim_client::install_init(&self.paths.runtime()).unwrap_or_else(|_| self.paths.runtime().join("berth-init"))
+    }
+
+    /// `container:<name>` IPC/PID modes: the other container's namespace path.
+    fn ns_of(&self, mode: Option<&str>, kind: &str) -> Result<Option<String>, BusError> {
+        let Some(other) = mode.and_then(|m| m.strip_prefix("container:")) else { return Ok(None) };
+        let o = self.find(other)?.get();
+        if !o.state.running() || o.state.pid == 0 {
+            return Err(BusError::conflict(format!("cannot join {kind} namespace of a non running container: container {} is not running", o.id)));
         }
+        Ok(Some(format!("/proc/{}/ns/{kind}", o.state.pid)))
     }
 
     /// Wait for the shim to report the exit, then record it.

@@ -120,6 +120,9 @@ pub struct Container {
     pub resolv_path: String,
     #[serde(default)]
     pub exec_ids: Vec<String>,
+    /// The mounted root filesystem while running.
+    #[serde(default)]
+    pub rootfs: String,
 }
 
 impl Container {
