@@ -1,6 +1,10 @@
 //! The storage service: drivers (overlay2, btrfs, vfs), the layer store, container
 //! read-write layers and volumes.
 
+pub mod copy;
+pub mod driver;
+pub mod util;
+
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::{docker, Service};
@@ -13,7 +17,10 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
             docker::SystemInfo {
                 driver: Some(driver),
                 driver_status: Some(vec![]),
-                plugins: Some(docker::PluginsInfo { volume: Some(vec!["local".into()]), ..Default::default() }),
+                plugins: Some(docker::PluginsInfo {
+                    volume: Some(vec!["local".into()]),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }
         }
