@@ -1,8 +1,11 @@
 //! The storage service: drivers (overlay2, btrfs, vfs), the layer store, container
 //! read-write layers and volumes.
 
+pub mod apply;
 pub mod copy;
 pub mod driver;
+pub mod split;
+pub mod tarfmt;
 pub mod util;
 
 use berth_bus::{Bus, Server};
