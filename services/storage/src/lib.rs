@@ -3,7 +3,11 @@
 
 pub mod apply;
 pub mod copy;
+pub mod diff;
 pub mod driver;
+pub mod layers;
+pub mod mountspec;
+pub mod rw;
 pub mod split;
 pub mod tarfmt;
 pub mod util;
