@@ -21,6 +21,8 @@ use crate::driver::{CommitOpts, DiffSource, Driver, DriverError, Kind};
 pub const STAGING_PREFIX: &str = "staging-";
 const SPLIT_FILE: &str = "tar-split.zst";
 const META_FILE: &str = "meta.json";
+/// How long a child waits for a parent that nothing is applying yet.
+const MISSING_PARENT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerMeta {
@@ -346,24 +348,49 @@ impl LayerStore {
         ParentState::Missing
     }
 
-    /// Wait until `parent` is committed; fails if nothing in flight can produce it.
-    async fn wait_parent(&self, parent: &str, me: u64) -> Result<(), BusError> {
+    /// Wait until `parent` is committed. A parent nothing is applying yet gets a grace
+    /// period (the caller may have sent the child's request first); then it is NotFound.
+    /// With `input`, the caller's bytes are spooled to `spool` meanwhile.
+    async fn wait_parent(
+        &self,
+        parent: &str,
+        me: u64,
+        mut input: Option<(&mut Input, &mut std::fs::File)>,
+    ) -> Result<(), BusError> {
+        use std::io::Write;
         let mut rx = self.version.subscribe();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30 * 60);
+        let start = tokio::time::Instant::now();
+        let deadline = start + std::time::Duration::from_secs(30 * 60);
+        let mut input_done = input.is_none();
         loop {
-            match self.parent_state(parent, me) {
+            let wake = match self.parent_state(parent, me) {
                 ParentState::Ready => return Ok(()),
-                ParentState::Missing => return Err(not_found(parent)),
-                ParentState::Pending => {}
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+                ParentState::Pending => deadline,
+                ParentState::Missing => {
+                    let grace = start + MISSING_PARENT_GRACE;
+                    if tokio::time::Instant::now() >= grace {
+                        return Err(not_found(parent));
+                    }
+                    grace
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
                 return Err(BusError::new(
                     bus_schema::ErrorKind::Timeout,
                     format!("timed out waiting for parent layer {parent}"),
                 ));
+            }
+            tokio::select! {
+                c = async { input.as_mut().unwrap().0.recv().await }, if !input_done => match c {
+                    Some(Ok(b)) => {
+                        let f = &mut input.as_mut().unwrap().1;
+                        f.write_all(&b).map_err(|e| BusError::internal(format!("spooling layer data: {e}")))?;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => input_done = true,
+                },
+                r = rx.changed() => { if r.is_err() { return Err(BusError::internal("layer store closed")); } }
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -416,14 +443,15 @@ impl LayerStore {
         let caps = self.driver.capabilities();
         let mut spool: Option<std::fs::File> = None;
         if let Some(p) = &parent {
-            match self.parent_state(p, me) {
-                ParentState::Missing => return Err(not_found(p)),
-                ParentState::Ready => {}
-                ParentState::Pending if caps.independent_layers => {}
-                ParentState::Pending => {
-                    // Keep the caller's bytes flowing into a temporary file meanwhile.
-                    spool = Some(self.spool_until_parent(p, me, input).await?);
-                }
+            if !caps.independent_layers && !matches!(self.parent_state(p, me), ParentState::Ready) {
+                // Keep the caller's bytes flowing into a temporary file meanwhile.
+                use std::io::Seek;
+                let mut f = tempfile::tempfile_in(&self.dir)
+                    .map_err(|e| BusError::internal(format!("creating a spool file: {e}")))?;
+                self.wait_parent(p, me, Some((input, &mut f))).await?;
+                f.rewind()
+                    .map_err(|e| BusError::internal(format!("spooling layer data: {e}")))?;
+                spool = Some(f);
             }
         }
         let staging = format!("{STAGING_PREFIX}{}", crate::util::random_hex(16));
@@ -499,7 +527,7 @@ impl LayerStore {
         let chain = chain_id(parent.as_deref(), &out.diff_id);
         if let Some(p) = &parent {
             if caps.independent_layers {
-                if let Err(e) = self.wait_parent(p, me).await {
+                if let Err(e) = self.wait_parent(p, me, None).await {
                     self.discard(&staging).await;
                     return Err(e);
                 }
@@ -534,37 +562,6 @@ impl LayerStore {
                 Err(e)
             }
         }
-    }
-
-    async fn spool_until_parent(
-        &self,
-        parent: &str,
-        me: u64,
-        input: &mut Input,
-    ) -> Result<std::fs::File, BusError> {
-        use std::io::{Seek, Write};
-        let mut f = tempfile::tempfile_in(&self.dir)
-            .map_err(|e| BusError::internal(format!("creating a spool file: {e}")))?;
-        let mut rx = self.version.subscribe();
-        let mut input_done = false;
-        loop {
-            match self.parent_state(parent, me) {
-                ParentState::Ready => break,
-                ParentState::Missing => return Err(not_found(parent)),
-                ParentState::Pending => {}
-            }
-            tokio::select! {
-                c = input.recv(), if !input_done => match c {
-                    Some(Ok(b)) => f.write_all(&b).map_err(|e| BusError::internal(format!("spooling layer data: {e}")))?,
-                    Some(Err(e)) => return Err(e),
-                    None => input_done = true,
-                },
-                r = rx.changed() => { if r.is_err() { return Err(BusError::internal("layer store closed")); } }
-            }
-        }
-        f.rewind()
-            .map_err(|e| BusError::internal(format!("spooling layer data: {e}")))?;
-        Ok(f)
     }
 
     async fn discard(self: &Arc<Self>, staging: &str) {
