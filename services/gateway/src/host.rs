@@ -34,7 +34,9 @@ fn nix_uname() -> Option<String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn os_release() -> (String, String) {
@@ -75,7 +77,9 @@ impl HostFacts {
             kernel: uname_release(),
             os,
             os_version,
-            ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
+            ncpu: std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
             mem_total: mem_total(),
             debug: cfg.debug,
             live_restore: cfg.live_restore,
@@ -93,14 +97,19 @@ impl HostFacts {
             ("Arch", "amd64"),
             ("Os", "linux"),
             ("Experimental", "false"),
-            ("GitCommit", option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown")),
+            (
+                "GitCommit",
+                option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
+            ),
             ("GoVersion", "n/a (Rust)"),
         ] {
             details.insert(k.to_string(), v.to_string());
         }
         details.insert("KernelVersion".into(), self.kernel.clone());
         docker::SystemVersion {
-            platform: Some(docker::SystemVersionPlatform { name: "berth".into() }),
+            platform: Some(docker::SystemVersionPlatform {
+                name: "berth".into(),
+            }),
             components: Some(vec![docker::SystemVersionComponents {
                 name: "Engine".into(),
                 version: berth_config::VERSION.into(),
@@ -150,9 +159,21 @@ impl HostFacts {
             mem_total: Some(self.mem_total),
             index_server_address: Some("https://index.docker.io/v1/".into()),
             docker_root_dir: Some(self.root.display().to_string()),
-            http_proxy: Some(std::env::var("HTTP_PROXY").or_else(|_| std::env::var("http_proxy")).unwrap_or_default()),
-            https_proxy: Some(std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).unwrap_or_default()),
-            no_proxy: Some(std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).unwrap_or_default()),
+            http_proxy: Some(
+                std::env::var("HTTP_PROXY")
+                    .or_else(|_| std::env::var("http_proxy"))
+                    .unwrap_or_default(),
+            ),
+            https_proxy: Some(
+                std::env::var("HTTPS_PROXY")
+                    .or_else(|_| std::env::var("https_proxy"))
+                    .unwrap_or_default(),
+            ),
+            no_proxy: Some(
+                std::env::var("NO_PROXY")
+                    .or_else(|_| std::env::var("no_proxy"))
+                    .unwrap_or_default(),
+            ),
             labels: Some(self.labels.clone()),
             experimental_build: Some(false),
             server_version: Some(berth_config::VERSION.into()),
@@ -175,12 +196,16 @@ impl HostFacts {
 }
 
 fn count_fds() -> i64 {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as i64)
+        .unwrap_or(0)
 }
 
 /// RFC 3339 with nanoseconds in UTC, as Go prints `time.Time`.
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(d.as_secs() as i64, d.subsec_nanos())
 }
 
@@ -211,6 +236,9 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(super::rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000, 5),
+            "2023-11-14T22:13:20.000000005Z"
+        );
     }
 }

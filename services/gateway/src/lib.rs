@@ -18,10 +18,11 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend,
+    B: routes::system::Backend + routes::volumes::Backend,
 {
     Router::new()
         .merge(routes::system::router(b.clone()))
+        .merge(routes::volumes::router(b.clone()))
         .fallback(|| async { error::ApiError::not_found("page not found") })
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))
@@ -30,8 +31,12 @@ where
 /// Wrap the router so versioned paths are rewritten before routing.
 pub fn service(
     router: Router,
-) -> impl tower::Service<Request, Response = axum::response::Response, Error = std::convert::Infallible, Future = impl Send>
-       + Clone
+) -> impl tower::Service<
+    Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
        + Send
        + 'static {
     tower::service_fn(move |req: Request| {
@@ -50,7 +55,10 @@ pub fn service(
 }
 
 fn version_headers(h: &mut http::HeaderMap) {
-    h.insert("Api-Version", http::HeaderValue::from_static(berth_config::API_VERSION));
+    h.insert(
+        "Api-Version",
+        http::HeaderValue::from_static(berth_config::API_VERSION),
+    );
     h.insert("Ostype", http::HeaderValue::from_static("linux"));
 }
 

@@ -1,5 +1,7 @@
 //! The bus implementation of every area's backend trait.
 
+mod volumes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +29,11 @@ impl crate::routes::system::Backend for BusBackend {
         let bus = self.bus.with_timeout(Duration::from_secs(2));
         let futs = Service::BACKENDS.into_iter().map(|svc| {
             let bus = bus.clone();
-            async move { bus.request_system(svc, &SystemInfoPart {}).await.map_err(|e| (svc, e)) }
+            async move {
+                bus.request_system(svc, &SystemInfoPart {})
+                    .await
+                    .map_err(|e| (svc, e))
+            }
         });
         futures_util::future::join_all(futs).await
     }

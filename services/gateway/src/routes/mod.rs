@@ -2,3 +2,4 @@
 //! shape). Handlers parse, call the backend, and set the status.
 
 pub mod system;
+pub mod volumes;
