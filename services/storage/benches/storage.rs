@@ -35,7 +35,17 @@ impl Rng {
 fn make_layer(seed: u64, target: usize) -> Vec<u8> {
     let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     let mut b = tar::Builder::new(Vec::with_capacity(target + (1 << 20)));
-    let words: Vec<&[u8]> = vec![b"lorem ", b"ipsum ", b"dolor ", b"sit ", b"amet ", b"berth ", b"layer ", b"\n", b"0123456789 "];
+    let words: Vec<&[u8]> = vec![
+        b"lorem ",
+        b"ipsum ",
+        b"dolor ",
+        b"sit ",
+        b"amet ",
+        b"berth ",
+        b"layer ",
+        b"\n",
+        b"0123456789 ",
+    ];
     let mut total = 0usize;
     let mut i = 0;
     while total < target {
@@ -58,7 +68,8 @@ fn make_layer(seed: u64, target: usize) -> Vec<u8> {
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(1_600_000_000);
-        b.append_data(&mut h, format!("layer{seed}/d{}/f{i}", i % 97), &data[..]).unwrap();
+        b.append_data(&mut h, format!("layer{seed}/d{}/f{i}", i % 97), &data[..])
+            .unwrap();
         total += data.len() + 512;
         i += 1;
     }
@@ -123,20 +134,36 @@ fn main() {
         eprintln!("storage benchmarks need root (mounts)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mb: usize = std::env::var("BENCH_LAYER_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mb: usize = std::env::var("BENCH_LAYER_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let nlayers = 4;
     eprintln!("generating {nlayers} layers of ~{mb} MiB...");
     let layers: Vec<Layer> = (0..nlayers)
         .map(|i| {
             let tar = make_layer(i as u64 + 1, mb << 20);
             let gz = gzip(&tar);
-            Layer { tar_len: tar.len(), diff_id: digest(&tar), gz: Arc::new(gz), tar }
+            Layer {
+                tar_len: tar.len(),
+                diff_id: digest(&tar),
+                gz: Arc::new(gz),
+                tar,
+            }
         })
         .collect();
     let total_tar: usize = layers.iter().map(|l| l.tar_len).sum();
     let total_gz: usize = layers.iter().map(|l| l.gz.len()).sum();
-    println!("image: {nlayers} layers, {:.1} MiB uncompressed, {:.1} MiB gzip", total_tar as f64 / 1048576.0, total_gz as f64 / 1048576.0);
+    println!(
+        "image: {nlayers} layers, {:.1} MiB uncompressed, {:.1} MiB gzip",
+        total_tar as f64 / 1048576.0,
+        total_gz as f64 / 1048576.0
+    );
 
     let base = tempfile::tempdir_in("/var/tmp").unwrap();
     // Sequential apply.
@@ -170,7 +197,12 @@ fn main() {
                 let p = parent.clone();
                 let chain = berth_storage::layers::chain_id(parent.as_deref(), &l.diff_id);
                 let gz = l.gz.clone();
-                let lay = Layer { tar_len: l.tar_len, gz, diff_id: l.diff_id.clone(), tar: vec![] };
+                let lay = Layer {
+                    tar_len: l.tar_len,
+                    gz,
+                    diff_id: l.diff_id.clone(),
+                    tar: vec![],
+                };
                 tasks.push(tokio::spawn(async move { apply_one(&s, p, &lay).await }));
                 parent = Some(chain);
             }
@@ -184,14 +216,29 @@ fn main() {
         el
     };
     let mbps = |d: Duration| total_tar as f64 / 1048576.0 / d.as_secs_f64();
-    println!("layer apply, sequential: {:.2} s, {:.0} MiB/s (uncompressed)", seq.as_secs_f64(), mbps(seq));
-    println!("layer apply, parallel:   {:.2} s, {:.0} MiB/s (uncompressed)", par.as_secs_f64(), mbps(par));
+    println!(
+        "layer apply, sequential: {:.2} s, {:.0} MiB/s (uncompressed)",
+        seq.as_secs_f64(),
+        mbps(seq)
+    );
+    println!(
+        "layer apply, parallel:   {:.2} s, {:.0} MiB/s (uncompressed)",
+        par.as_secs_f64(),
+        mbps(par)
+    );
 
     if let Ok(host) = std::env::var("MOBY_HOST") {
         match moby_load(&host, &layers, base.path()) {
             Ok(d) => {
-                println!("moby docker load (same layers): {:.2} s, {:.0} MiB/s", d.as_secs_f64(), mbps(d));
-                println!("ratio berth parallel / moby: {:.2}x", d.as_secs_f64() / par.as_secs_f64());
+                println!(
+                    "moby docker load (same layers): {:.2} s, {:.0} MiB/s",
+                    d.as_secs_f64(),
+                    mbps(d)
+                );
+                println!(
+                    "ratio berth parallel / moby: {:.2}x",
+                    d.as_secs_f64() / par.as_secs_f64()
+                );
             }
             Err(e) => println!("moby comparison failed: {e}"),
         }
@@ -203,7 +250,12 @@ fn main() {
     let small = {
         let tar = make_layer(99, 256 << 10);
         let gz = gzip(&tar);
-        Layer { tar_len: tar.len(), diff_id: digest(&tar), gz: Arc::new(gz), tar }
+        Layer {
+            tar_len: tar.len(),
+            diff_id: digest(&tar),
+            gz: Arc::new(gz),
+            tar,
+        }
     };
     let img = rt.block_on(apply_one(&s, None, &small)).chain_id;
     let mut times = Vec::with_capacity(500);
@@ -211,10 +263,17 @@ fn main() {
         for i in 0..500 {
             let id = format!("bench{i:04}");
             let t = Instant::now();
-            s.rw_create(RwLayerCreate { id: id.clone(), parent: Some(img.clone()) }).await.unwrap();
+            s.rw_create(RwLayerCreate {
+                id: id.clone(),
+                parent: Some(img.clone()),
+            })
+            .await
+            .unwrap();
             s.rw_mount(RwLayerMount { id: id.clone() }).await.unwrap();
             times.push(t.elapsed());
-            s.rw_unmount(RwLayerUnmount { id: id.clone() }).await.unwrap();
+            s.rw_unmount(RwLayerUnmount { id: id.clone() })
+                .await
+                .unwrap();
             s.rw_remove(RwLayerRemove { id }).await.unwrap();
         }
     });
@@ -228,7 +287,12 @@ fn main() {
     rt.block_on(async {
         for i in 0..200 {
             let id = format!("stopped{i:03}");
-            s.rw_create(RwLayerCreate { id: id.clone(), parent: Some(img.clone()) }).await.unwrap();
+            s.rw_create(RwLayerCreate {
+                id: id.clone(),
+                parent: Some(img.clone()),
+            })
+            .await
+            .unwrap();
             let m = s.rw_mount(RwLayerMount { id: id.clone() }).await.unwrap();
             std::fs::write(std::path::Path::new(&m.path).join("written"), b"state").unwrap();
             s.rw_unmount(RwLayerUnmount { id }).await.unwrap();
@@ -237,11 +301,19 @@ fn main() {
     let t = Instant::now();
     rt.block_on(async {
         for i in 0..200 {
-            s.rw_remove(RwLayerRemove { id: format!("stopped{i:03}") }).await.unwrap();
+            s.rw_remove(RwLayerRemove {
+                id: format!("stopped{i:03}"),
+            })
+            .await
+            .unwrap();
         }
     });
     let el = t.elapsed();
-    println!("remove 200 stopped containers' layers: {:.1} ms ({:.2} ms each)", el.as_secs_f64() * 1e3, el.as_secs_f64() * 1e3 / 200.0);
+    println!(
+        "remove 200 stopped containers' layers: {:.1} ms ({:.2} ms each)",
+        el.as_secs_f64() * 1e3,
+        el.as_secs_f64() * 1e3 / 200.0
+    );
     let _ = small.tar;
 }
 
@@ -262,7 +334,7 @@ fn moby_load(host: &str, layers: &[Layer], tmp: &std::path::Path) -> Result<Dura
     let config = serde_json::to_vec(&config).unwrap();
     let cfg_name = format!("{}.json", &digest(&config)[7..]);
     let mut names = Vec::new();
-    let mut add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+    let add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -275,9 +347,19 @@ fn moby_load(host: &str, layers: &[Layer], tmp: &std::path::Path) -> Result<Dura
         names.push(n);
     }
     let manifest = serde_json::json!([{"Config": cfg_name, "RepoTags": ["berth-bench:latest"], "Layers": names}]);
-    add(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
     b.into_inner().map_err(|e| e.to_string())?;
-    let docker = |args: &[&str]| std::process::Command::new("docker").arg("-H").arg(host).args(args).output();
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .arg("-H")
+            .arg(host)
+            .args(args)
+            .output()
+    };
     let _ = docker(&["rmi", "-f", "berth-bench:latest"]);
     drop_caches();
     let t = Instant::now();

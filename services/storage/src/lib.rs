@@ -9,6 +9,7 @@
 //! runtime, pure).
 
 pub mod apply;
+pub mod client;
 pub mod copy;
 pub mod diff;
 pub mod driver;
@@ -30,6 +31,7 @@ use bus_schema::storage::*;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
 use bus_schema::{docker, BusError, Service};
 
+pub use client::StorageClient;
 pub use layers::Input;
 
 /// Chunks of an output stream (exports), fed from a blocking thread.
@@ -112,7 +114,7 @@ pub trait StorageApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BusError>> + Send;
     fn df(&self, req: StorageDf) -> impl Future<Output = Result<StorageUsage, BusError>> + Send;
     /// This service's part of `docker info`.
-    fn info(&self) -> docker::SystemInfo;
+    fn info(&self) -> impl Future<Output = docker::SystemInfo> + Send;
 }
 
 /// The library core: one driver, its layer store, container layers, volumes.
@@ -374,7 +376,7 @@ impl StorageApi for Storage {
         .await
     }
 
-    fn info(&self) -> docker::SystemInfo {
+    async fn info(&self) -> docker::SystemInfo {
         docker::SystemInfo {
             driver: Some(self.driver.name().to_string()),
             driver_status: Some(
@@ -436,8 +438,8 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
 pub fn adapter<A: StorageApi>(server: Server, api: Arc<A>) -> Server {
     let a = api.clone();
     let server = server.info(move || {
-        let info = a.info();
-        async move { info }
+        let a = a.clone();
+        async move { a.info().await }
     });
     macro_rules! rpc {
         ($server:expr, $req:ty, $m:ident) => {{

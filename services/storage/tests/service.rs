@@ -466,3 +466,61 @@ async fn volumes_over_the_bus() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_client_is_the_same_api() {
+    if !is_root() {
+        return;
+    }
+    use berth_storage::{StorageApi, StorageClient};
+    let n = start("overlay2").await;
+    let c = StorageClient::new(n.bus.clone());
+    let tar = layer(&[("hello", b"world")], &[]);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(gzip(&tar))).await.unwrap();
+    drop(tx);
+    let req = LayerApply {
+        parent: None,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        compressed_digest: None,
+        diff_id: Some(digest(&tar)),
+    };
+    let applied = c.layer_apply(req, rx).await.unwrap();
+    assert_eq!(applied.diff_id, digest(&tar));
+    let (otx, mut orx) = tokio::sync::mpsc::channel(4);
+    let exp = tokio::spawn({
+        let c = c.clone();
+        let chain = applied.chain_id.clone();
+        async move { c.layer_export(LayerExport { chain_id: chain }, otx).await }
+    });
+    let mut back = Vec::new();
+    while let Some(b) = orx.recv().await {
+        back.extend_from_slice(&b);
+    }
+    exp.await.unwrap().unwrap();
+    assert_eq!(back, tar);
+    assert_eq!(c.info().await.driver.as_deref(), Some("overlay2"));
+    // A failed input fails the apply with the caller's error and keeps nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(gzip(&tar)[..10].to_vec())).await.unwrap();
+    tx.send(Err(bus_schema::BusError::internal("download broke")))
+        .await
+        .unwrap();
+    drop(tx);
+    let req = LayerApply {
+        parent: None,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        compressed_digest: None,
+        diff_id: None,
+    };
+    let e = c.layer_apply(req, rx).await.unwrap_err();
+    assert!(e.message.contains("download broke"), "{e}");
+    assert_eq!(
+        c.layer_release(LayerRelease {
+            chain_id: applied.chain_id.clone()
+        })
+        .await
+        .unwrap(),
+        vec![applied.chain_id]
+    );
+}
