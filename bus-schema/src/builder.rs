@@ -68,7 +68,11 @@ mod tests {
 
     #[test]
     fn builder_messages_roundtrip() {
-        roundtrip(ImageBuild { dockerfile: "Dockerfile".into(), tags: vec!["a:1".into()], ..Default::default() });
+        roundtrip(ImageBuild {
+            dockerfile: "Dockerfile".into(),
+            tags: vec!["a:1".into()],
+            ..Default::default()
+        });
         roundtrip(ContainerCommit {
             container: "c".into(),
             repo: Some("r".into()),

@@ -38,7 +38,10 @@ pub struct BusError {
 
 impl BusError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        BusError { kind, message: message.into() }
+        BusError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn not_found(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, m)

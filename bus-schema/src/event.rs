@@ -40,7 +40,10 @@ impl Event {
         Event {
             typ: typ.to_string(),
             action: action.into(),
-            actor: Actor { id: id.into(), attributes: BTreeMap::new() },
+            actor: Actor {
+                id: id.into(),
+                attributes: BTreeMap::new(),
+            },
             scope: "local".into(),
             time: ns / 1_000_000_000,
             time_nano: ns,

@@ -62,18 +62,31 @@ pub struct ErrorDetail {
 
 impl JsonMessage {
     pub fn status(s: impl Into<String>) -> JsonMessage {
-        JsonMessage { status: Some(s.into()), ..Default::default() }
+        JsonMessage {
+            status: Some(s.into()),
+            ..Default::default()
+        }
     }
     pub fn with_id(mut self, id: impl Into<String>) -> JsonMessage {
         self.id = Some(id.into());
         self
     }
     pub fn stream(s: impl Into<String>) -> JsonMessage {
-        JsonMessage { stream: Some(s.into()), ..Default::default() }
+        JsonMessage {
+            stream: Some(s.into()),
+            ..Default::default()
+        }
     }
     pub fn error(msg: impl Into<String>) -> JsonMessage {
         let m = msg.into();
-        JsonMessage { error: Some(m.clone()), error_detail: Some(ErrorDetail { code: None, message: m }), ..Default::default() }
+        JsonMessage {
+            error: Some(m.clone()),
+            error_detail: Some(ErrorDetail {
+                code: None,
+                message: m,
+            }),
+            ..Default::default()
+        }
     }
 }
 
@@ -244,17 +257,43 @@ mod tests {
 
     #[test]
     fn images_messages_roundtrip() {
-        let auth = RegistryAuth { username: Some("u".into()), password: Some("p".into()), ..Default::default() };
-        roundtrip(ImagePull { reference: "busybox".into(), platform: Some("linux/amd64".into()), auth: Some(auth.clone()) });
-        roundtrip(ImagePush { name: "r/x".into(), tag: Some("1".into()), auth: None });
+        let auth = RegistryAuth {
+            username: Some("u".into()),
+            password: Some("p".into()),
+            ..Default::default()
+        };
+        roundtrip(ImagePull {
+            reference: "busybox".into(),
+            platform: Some("linux/amd64".into()),
+            auth: Some(auth.clone()),
+        });
+        roundtrip(ImagePush {
+            name: "r/x".into(),
+            tag: Some("1".into()),
+            auth: None,
+        });
         roundtrip(RegistryLogin { auth });
-        roundtrip(ImageList { all: true, digests: false, filters: HashMap::from([("dangling".into(), vec!["true".into()])]) });
+        roundtrip(ImageList {
+            all: true,
+            digests: false,
+            filters: HashMap::from([("dangling".into(), vec!["true".into()])]),
+        });
         roundtrip(ImageInspect { name: "x".into() });
         roundtrip(ImageHistory { name: "x".into() });
-        roundtrip(ImageTag { source: "a".into(), repo: "b".into(), tag: None });
-        roundtrip(ImageRemove { name: "x".into(), force: true, noprune: false });
+        roundtrip(ImageTag {
+            source: "a".into(),
+            repo: "b".into(),
+            tag: None,
+        });
+        roundtrip(ImageRemove {
+            name: "x".into(),
+            force: true,
+            noprune: false,
+        });
         roundtrip(ImagePrune::default());
-        roundtrip(ImageSave { names: vec!["x".into()] });
+        roundtrip(ImageSave {
+            names: vec!["x".into()],
+        });
         roundtrip(ImageLoad { quiet: true });
         roundtrip(ImageImport {
             source: "-".into(),
@@ -264,20 +303,32 @@ mod tests {
             message: None,
             platform: None,
         });
-        roundtrip(ImageResolve { reference: "busybox".into() });
+        roundtrip(ImageResolve {
+            reference: "busybox".into(),
+        });
         roundtrip(ResolvedImage {
             id: "sha256:1".into(),
             name: "docker.io/library/busybox:latest".into(),
             chain_id: Some("sha256:2".into()),
-            config: docker::ImageConfig { cmd: Some(vec!["sh".into()]), ..Default::default() },
+            config: docker::ImageConfig {
+                cmd: Some(vec!["sh".into()]),
+                ..Default::default()
+            },
             os: "linux".into(),
             architecture: "amd64".into(),
         });
         roundtrip(ImageCreateFromLayer {
             parent: Some("sha256:1".into()),
-            layer: Some(LayerApplied { chain_id: "c".into(), diff_id: "d".into(), size: 3 }),
+            layer: Some(LayerApplied {
+                chain_id: "c".into(),
+                diff_id: "d".into(),
+                size: 3,
+            }),
             config: docker::ImageConfig::default(),
-            history: HistoryEntry { created_by: "RUN x".into(), ..Default::default() },
+            history: HistoryEntry {
+                created_by: "RUN x".into(),
+                ..Default::default()
+            },
             author: None,
             comment: None,
             tags: vec!["a:b".into()],
@@ -286,7 +337,10 @@ mod tests {
         roundtrip(ImageDf {});
         roundtrip(JsonMessage::status("Pulling fs layer").with_id("abc"));
         roundtrip(JsonMessage {
-            progress_detail: Some(ProgressDetail { current: Some(1), total: Some(2) }),
+            progress_detail: Some(ProgressDetail {
+                current: Some(1),
+                total: Some(2),
+            }),
             aux: Some(serde_json::json!({"Tag": "1", "Digest": "sha256:x", "Size": 5})),
             ..Default::default()
         });
@@ -298,7 +352,10 @@ mod tests {
         let m = JsonMessage {
             id: Some("a".into()),
             status: Some("Downloading".into()),
-            progress_detail: Some(ProgressDetail { current: Some(1), total: Some(9) }),
+            progress_detail: Some(ProgressDetail {
+                current: Some(1),
+                total: Some(9),
+            }),
             ..Default::default()
         };
         assert_eq!(

@@ -154,17 +154,31 @@ mod tests {
     #[test]
     fn network_messages_roundtrip() {
         roundtrip(NetworkCreate {
-            body: docker::NetworkCreateRequest { name: "n".into(), driver: Some("bridge".into()), ..Default::default() },
+            body: docker::NetworkCreateRequest {
+                name: "n".into(),
+                driver: Some("bridge".into()),
+                ..Default::default()
+            },
         });
-        roundtrip(NetworkInspect { id: "n".into(), verbose: false });
+        roundtrip(NetworkInspect {
+            id: "n".into(),
+            verbose: false,
+        });
         roundtrip(NetworkList::default());
         roundtrip(NetworkRemove { id: "n".into() });
         roundtrip(NetworkPrune::default());
         roundtrip(NetworkResolve { id: "n".into() });
-        roundtrip(NetworkRef { id: "i".into(), name: "n".into(), driver: "bridge".into() });
+        roundtrip(NetworkRef {
+            id: "i".into(),
+            name: "n".into(),
+            driver: "bridge".into(),
+        });
         let ep = EndpointRequest {
             network: "n".into(),
-            settings: docker::EndpointSettings { aliases: Some(vec!["web".into()]), ..Default::default() },
+            settings: docker::EndpointSettings {
+                aliases: Some(vec!["web".into()]),
+                ..Default::default()
+            },
         };
         roundtrip(SandboxCreate {
             container_id: "c".into(),
@@ -175,7 +189,10 @@ mod tests {
             endpoints: vec![ep.clone()],
             port_bindings: HashMap::from([(
                 "80/tcp".into(),
-                Some(vec![docker::PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some("8080".into()) }]),
+                Some(vec![docker::PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some("8080".into()),
+                }]),
             )]),
             publish_all: false,
             exposed_ports: vec!["80/tcp".into()],
@@ -191,9 +208,20 @@ mod tests {
             resolv_conf: "nameserver 1.1.1.1\n".into(),
             hosts: "127.0.0.1 localhost\n".into(),
         });
-        roundtrip(SandboxRemove { container_id: "c".into() });
-        roundtrip(SandboxRename { container_id: "c".into(), name: "x".into() });
-        roundtrip(EndpointCreate { container_id: "c".into(), endpoint: ep });
-        roundtrip(EndpointRemove { container_id: "c".into(), network: "n".into() });
+        roundtrip(SandboxRemove {
+            container_id: "c".into(),
+        });
+        roundtrip(SandboxRename {
+            container_id: "c".into(),
+            name: "x".into(),
+        });
+        roundtrip(EndpointCreate {
+            container_id: "c".into(),
+            endpoint: ep,
+        });
+        roundtrip(EndpointRemove {
+            container_id: "c".into(),
+            network: "n".into(),
+        });
     }
 }

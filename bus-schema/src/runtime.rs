@@ -301,19 +301,48 @@ mod tests {
             body: docker::ContainerCreateBody {
                 image: Some("busybox".into()),
                 cmd: Some(vec!["sh".into()]),
-                host_config: Some(docker::HostConfig { memory: Some(1 << 20), ..Default::default() }),
+                host_config: Some(docker::HostConfig {
+                    memory: Some(1 << 20),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             platform: None,
         });
         roundtrip(ContainerStart { id: "x".into() });
-        roundtrip(ContainerStop { id: "x".into(), signal: Some("SIGTERM".into()), timeout: Some(1) });
-        roundtrip(ContainerRestart { id: "x".into(), signal: None, timeout: None });
-        roundtrip(ContainerKill { id: "x".into(), signal: Some("9".into()) });
-        roundtrip(ContainerWait { id: "x".into(), condition: "not-running".into() });
-        roundtrip(ContainerRemove { id: "x".into(), force: true, volumes: true });
-        roundtrip(ContainerInspect { id: "x".into(), size: false });
-        roundtrip(ContainerList { all: true, limit: Some(3), size: false, filters: HashMap::new() });
+        roundtrip(ContainerStop {
+            id: "x".into(),
+            signal: Some("SIGTERM".into()),
+            timeout: Some(1),
+        });
+        roundtrip(ContainerRestart {
+            id: "x".into(),
+            signal: None,
+            timeout: None,
+        });
+        roundtrip(ContainerKill {
+            id: "x".into(),
+            signal: Some("9".into()),
+        });
+        roundtrip(ContainerWait {
+            id: "x".into(),
+            condition: "not-running".into(),
+        });
+        roundtrip(ContainerRemove {
+            id: "x".into(),
+            force: true,
+            volumes: true,
+        });
+        roundtrip(ContainerInspect {
+            id: "x".into(),
+            size: false,
+        });
+        roundtrip(ContainerList {
+            all: true,
+            limit: Some(3),
+            size: false,
+            filters: HashMap::new(),
+        });
         roundtrip(ContainerLogs {
             id: "x".into(),
             follow: true,
@@ -334,27 +363,89 @@ mod tests {
             stderr: true,
             detach_keys: None,
         });
-        roundtrip(ContainerResize { id: "x".into(), height: 24, width: 80 });
-        roundtrip(ExecCreate { container: "x".into(), config: docker::ExecConfig { cmd: Some(vec!["true".into()]), ..Default::default() } });
-        roundtrip(ExecStart { id: "e".into(), detach: false, tty: true, console_size: Some((24, 80)) });
-        roundtrip(ExecResize { id: "e".into(), height: 1, width: 2 });
+        roundtrip(ContainerResize {
+            id: "x".into(),
+            height: 24,
+            width: 80,
+        });
+        roundtrip(ExecCreate {
+            container: "x".into(),
+            config: docker::ExecConfig {
+                cmd: Some(vec!["true".into()]),
+                ..Default::default()
+            },
+        });
+        roundtrip(ExecStart {
+            id: "e".into(),
+            detach: false,
+            tty: true,
+            console_size: Some((24, 80)),
+        });
+        roundtrip(ExecResize {
+            id: "e".into(),
+            height: 1,
+            width: 2,
+        });
         roundtrip(ExecInspect { id: "e".into() });
-        roundtrip(ContainerTop { id: "x".into(), ps_args: Some("-ef".into()) });
-        roundtrip(ContainerStats { id: "x".into(), stream: false, one_shot: true });
-        roundtrip(ContainerUpdate { id: "x".into(), body: docker::ContainerUpdateBody { cpu_shares: Some(512), ..Default::default() } });
-        roundtrip(ContainerRename { id: "x".into(), name: "y".into() });
+        roundtrip(ContainerTop {
+            id: "x".into(),
+            ps_args: Some("-ef".into()),
+        });
+        roundtrip(ContainerStats {
+            id: "x".into(),
+            stream: false,
+            one_shot: true,
+        });
+        roundtrip(ContainerUpdate {
+            id: "x".into(),
+            body: docker::ContainerUpdateBody {
+                cpu_shares: Some(512),
+                ..Default::default()
+            },
+        });
+        roundtrip(ContainerRename {
+            id: "x".into(),
+            name: "y".into(),
+        });
         roundtrip(ContainerPause { id: "x".into() });
         roundtrip(ContainerUnpause { id: "x".into() });
         roundtrip(ContainerPrune::default());
         roundtrip(ContainerChanges { id: "x".into() });
         roundtrip(ContainerExport { id: "x".into() });
-        roundtrip(PathStat { name: "f".into(), size: 1, mode: 0o644, mtime: "t".into(), link_target: String::new() });
-        roundtrip(ContainerArchiveStat { id: "x".into(), path: "/a".into() });
-        roundtrip(ContainerArchiveGet { id: "x".into(), path: "/a".into() });
-        roundtrip(ContainerArchivePut { id: "x".into(), path: "/a".into(), no_overwrite_dir_non_dir: true, copy_uid_gid: false });
-        roundtrip(ContainersUsingImage { image_id: "sha256:1".into() });
-        roundtrip(ContainerNetworkConnect { container: "x".into(), network: "n".into(), endpoint: None });
-        roundtrip(ContainerNetworkDisconnect { container: "x".into(), network: "n".into(), force: false });
+        roundtrip(PathStat {
+            name: "f".into(),
+            size: 1,
+            mode: 0o644,
+            mtime: "t".into(),
+            link_target: String::new(),
+        });
+        roundtrip(ContainerArchiveStat {
+            id: "x".into(),
+            path: "/a".into(),
+        });
+        roundtrip(ContainerArchiveGet {
+            id: "x".into(),
+            path: "/a".into(),
+        });
+        roundtrip(ContainerArchivePut {
+            id: "x".into(),
+            path: "/a".into(),
+            no_overwrite_dir_non_dir: true,
+            copy_uid_gid: false,
+        });
+        roundtrip(ContainersUsingImage {
+            image_id: "sha256:1".into(),
+        });
+        roundtrip(ContainerNetworkConnect {
+            container: "x".into(),
+            network: "n".into(),
+            endpoint: None,
+        });
+        roundtrip(ContainerNetworkDisconnect {
+            container: "x".into(),
+            network: "n".into(),
+            force: false,
+        });
         roundtrip(ContainerDf {});
     }
 }

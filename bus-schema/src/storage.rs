@@ -184,13 +184,24 @@ pub struct VolumePrune {
 
 /// A container starts using a volume: mounts it when needed (tmpfs/bind options) and
 /// counts the user, so `docker volume rm` answers 409 while it is referenced. When
-/// `copy_from` names a directory in the container's rootfs and the volume is empty
-/// and was never populated, its content is copied in first (Docker's behaviour).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `copy_from` names a directory in the container's rootfs (a path inside the
+/// container, e.g. `/var/lib/data`, resolved in the rootfs of `container_id`'s
+/// read-write layer) and the volume is empty and was never populated, its content is
+/// copied in first (Docker's behaviour).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeAcquire {
     pub name: String,
     pub container_id: String,
     pub copy_from: Option<String>,
+    /// Where the volume is mounted in the container, for the `volume mount` event.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Mounted read-only (the event's `read/write` attribute is false).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Bind propagation of the mount, for the event (empty for volumes by default).
+    #[serde(default)]
+    pub propagation: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,19 +265,43 @@ mod tests {
             compressed_digest: Some("sha256:bb".into()),
             diff_id: None,
         });
-        roundtrip(LayerApplied { chain_id: "sha256:c".into(), diff_id: "sha256:d".into(), size: 10 });
-        roundtrip(LayerInfo { chain_id: "c".into(), diff_id: "d".into(), parent: None, size: 1, references: 2 });
-        roundtrip(LayerStat { chain_id: "c".into() });
-        roundtrip(LayerRetain { chain_id: "c".into() });
-        roundtrip(LayerRelease { chain_id: "c".into() });
-        roundtrip(LayerExport { chain_id: "c".into() });
-        roundtrip(RwLayerCreate { id: "x".into(), parent: Some("c".into()) });
+        roundtrip(LayerApplied {
+            chain_id: "sha256:c".into(),
+            diff_id: "sha256:d".into(),
+            size: 10,
+        });
+        roundtrip(LayerInfo {
+            chain_id: "c".into(),
+            diff_id: "d".into(),
+            parent: None,
+            size: 1,
+            references: 2,
+        });
+        roundtrip(LayerStat {
+            chain_id: "c".into(),
+        });
+        roundtrip(LayerRetain {
+            chain_id: "c".into(),
+        });
+        roundtrip(LayerRelease {
+            chain_id: "c".into(),
+        });
+        roundtrip(LayerExport {
+            chain_id: "c".into(),
+        });
+        roundtrip(RwLayerCreate {
+            id: "x".into(),
+            parent: Some("c".into()),
+        });
         roundtrip(RwLayerMount { id: "x".into() });
         roundtrip(RwMount { path: "/p".into() });
         roundtrip(RwLayerUnmount { id: "x".into() });
         roundtrip(RwLayerRemove { id: "x".into() });
         roundtrip(RwLayerChanges { id: "x".into() });
-        roundtrip(Change { path: "/a".into(), kind: 1 });
+        roundtrip(Change {
+            path: "/a".into(),
+            kind: 1,
+        });
         roundtrip(RwLayerExport { id: "x".into() });
         roundtrip(RwLayerCommit { id: "x".into() });
         roundtrip(RwLayerSize { id: "x".into() });
@@ -279,12 +314,49 @@ mod tests {
             anonymous: false,
         });
         roundtrip(VolumeInspect { name: "v".into() });
-        roundtrip(VolumeList { filters: HashMap::from([("name".into(), vec!["v".into()])]) });
-        roundtrip(VolumeRemove { name: "v".into(), force: true });
+        roundtrip(VolumeList {
+            filters: HashMap::from([("name".into(), vec!["v".into()])]),
+        });
+        roundtrip(VolumeRemove {
+            name: "v".into(),
+            force: true,
+        });
         roundtrip(VolumePrune::default());
-        roundtrip(VolumeAcquire { name: "v".into(), container_id: "c".into(), copy_from: Some("/data".into()) });
+        roundtrip(VolumeAcquire {
+            name: "v".into(),
+            container_id: "c".into(),
+            copy_from: Some("/data".into()),
+            destination: Some("/data".into()),
+            read_only: true,
+            propagation: Some("rprivate".into()),
+        });
+        // Senders that predate the event fields still decode.
+        #[derive(Serialize)]
+        struct OldAcquire {
+            name: String,
+            container_id: String,
+            copy_from: Option<String>,
+        }
+        let old = crate::encode(&OldAcquire {
+            name: "v".into(),
+            container_id: "c".into(),
+            copy_from: None,
+        })
+        .unwrap();
+        let back: VolumeAcquire = crate::decode(&old).unwrap();
+        assert_eq!(
+            back,
+            VolumeAcquire {
+                name: "v".into(),
+                container_id: "c".into(),
+                ..Default::default()
+            }
+        );
         roundtrip(VolumeMounted { path: "/p".into() });
-        roundtrip(VolumeReleaseRef { name: "v".into(), container_id: "c".into() });
+        roundtrip(VolumeReleaseRef {
+            name: "v".into(),
+            container_id: "c".into(),
+        });
         roundtrip(StorageDf {});
         roundtrip(StorageUsage {
             layers: HashMap::from([("c".into(), 5)]),

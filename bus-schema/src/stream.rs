@@ -69,7 +69,10 @@ pub struct StdioChunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StdinChunk {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
-    Resize { height: u16, width: u16 },
+    Resize {
+        height: u16,
+        width: u16,
+    },
     /// The caller closed its stdin.
     Close,
 }
@@ -85,21 +88,42 @@ mod tests {
 
     #[test]
     fn frames_roundtrip() {
-        roundtrip(Frame { seq: 0, body: Body::Item(StdioChunk { stream: 1, data: b"hi\n".to_vec() }) });
-        roundtrip(Frame::<StdioChunk> { seq: 9, body: Body::End });
-        roundtrip(Frame::<ByteChunk> { seq: 3, body: Body::Error(BusError::internal("x")) });
-        roundtrip(Frame { seq: 1, body: Body::Item(ByteChunk(vec![0; 10])) });
+        roundtrip(Frame {
+            seq: 0,
+            body: Body::Item(StdioChunk {
+                stream: 1,
+                data: b"hi\n".to_vec(),
+            }),
+        });
+        roundtrip(Frame::<StdioChunk> {
+            seq: 9,
+            body: Body::End,
+        });
+        roundtrip(Frame::<ByteChunk> {
+            seq: 3,
+            body: Body::Error(BusError::internal("x")),
+        });
+        roundtrip(Frame {
+            seq: 1,
+            body: Body::Item(ByteChunk(vec![0; 10])),
+        });
         roundtrip(Control::Credit(64));
         roundtrip(Control::Cancel);
         roundtrip(StdinChunk::Data(b"abc".to_vec()));
-        roundtrip(StdinChunk::Resize { height: 24, width: 80 });
+        roundtrip(StdinChunk::Resize {
+            height: 24,
+            width: 80,
+        });
         roundtrip(StdinChunk::Close);
     }
 
     #[test]
     fn bytes_are_compact() {
         // serde_bytes keeps a 128 KiB chunk a single bin object, not an array of ints.
-        let f = Frame { seq: 1, body: Body::Item(ByteChunk(vec![7; MAX_CHUNK])) };
+        let f = Frame {
+            seq: 1,
+            body: Body::Item(ByteChunk(vec![7; MAX_CHUNK])),
+        };
         let b = crate::encode(&f).unwrap();
         assert!(b.len() < MAX_CHUNK + 64, "{}", b.len());
     }

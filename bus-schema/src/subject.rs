@@ -98,7 +98,13 @@ pub fn event_subject(typ: &str, action: &str) -> String {
     let base = action.split(':').next().unwrap_or(action).trim();
     let clean: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{PREFIX}.events.{typ}.{clean}")
 }
@@ -116,5 +122,7 @@ pub fn inbox_prefix(user: &str) -> String {
 /// Node tokens must be a single subject token.
 pub fn valid_node(node: &str) -> bool {
     !node.is_empty()
-        && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }

@@ -11,7 +11,10 @@ fn subjects_match_golden() {
         std::fs::write(path, &text).unwrap();
     }
     let want = std::fs::read_to_string(path).unwrap_or_default();
-    assert_eq!(text, want, "subjects changed; review and rerun with BLESS=1");
+    assert_eq!(
+        text, want,
+        "subjects changed; review and rerun with BLESS=1"
+    );
     let mut uniq = got.clone();
     uniq.sort();
     uniq.dedup();

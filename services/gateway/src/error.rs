@@ -15,7 +15,9 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotModified => StatusCode::NOT_MODIFIED,
         ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Timeout | ErrorKind::Cancelled | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -27,7 +29,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -39,7 +44,10 @@ impl ApiError {
 
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> ApiError {
-        ApiError { status: status_for(e.kind), message: e.message }
+        ApiError {
+            status: status_for(e.kind),
+            message: e.message,
+        }
     }
 }
 
@@ -50,7 +58,12 @@ impl IntoResponse for ApiError {
             return self.status.into_response();
         }
         let body = serde_json::json!({ "message": self.message }).to_string();
-        (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.status,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 

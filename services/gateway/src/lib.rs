@@ -20,13 +20,14 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend,
+    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend,
 {
     Router::new()
         .merge(routes::system::router(b.clone()))
         .merge(routes::containers::router(b.clone()))
         .merge(routes::events::router(b.clone()))
         .merge(routes::build::router(b.clone()))
+        .merge(routes::volumes::router(b.clone()))
         .fallback(|| async { error::ApiError::not_found("page not found") })
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))

@@ -23,7 +23,11 @@ pub fn parse_host(h: &str) -> anyhow::Result<Host> {
         return Ok(Host::Unix(PathBuf::from(p)));
     }
     if let Some(a) = h.strip_prefix("tcp://") {
-        let a = if a.contains(':') { a.to_string() } else { format!("{a}:2376") };
+        let a = if a.contains(':') {
+            a.to_string()
+        } else {
+            format!("{a}:2376")
+        };
         return Ok(Host::Tcp(a));
     }
     if h.starts_with('/') {
@@ -42,7 +46,12 @@ pub struct Tls {
 
 pub fn tls_from_config(cfg: &berth_config::DaemonConfig) -> Option<Tls> {
     let (cert, key) = (cfg.tlscert.clone()?, cfg.tlskey.clone()?);
-    Some(Tls { cert, key, ca: cfg.tlscacert.clone(), verify: cfg.tlsverify.unwrap_or(false) })
+    Some(Tls {
+        cert,
+        key,
+        ca: cfg.tlscacert.clone(),
+        verify: cfg.tlsverify.unwrap_or(false),
+    })
 }
 
 fn docker_gid() -> Option<u32> {
@@ -64,12 +73,14 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("{} is in use by another engine", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = docker_gid() {
@@ -82,12 +93,14 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 fn load_tls(t: &Tls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&t.cert)?))
-        .collect::<Result<_, _>>()
-        .context("reading tlscert")?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(&t.key)?))
-        .context("reading tlskey")?
-        .context("no private key in tlskey")?;
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&t.cert)?))
+            .collect::<Result<_, _>>()
+            .context("reading tlscert")?;
+    let key =
+        rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(&t.key)?))
+            .context("reading tlskey")?
+            .context("no private key in tlskey")?;
     let builder = rustls::ServerConfig::builder();
     let cfg = if t.verify {
         let ca = t.ca.as_ref().context("tlsverify needs tlscacert")?;
@@ -96,14 +109,20 @@ fn load_tls(t: &Tls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
             roots.add(c?)?;
         }
         let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
-        builder.with_client_cert_verifier(v).with_single_cert(certs, key)?
+        builder
+            .with_client_cert_verifier(v)
+            .with_single_cert(certs, key)?
     } else {
         builder.with_no_client_auth().with_single_cert(certs, key)?
     };
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-type Svc = tower::util::BoxCloneSyncService<Request<hyper::body::Incoming>, axum::response::Response, std::convert::Infallible>;
+type Svc = tower::util::BoxCloneSyncService<
+    Request<hyper::body::Incoming>,
+    axum::response::Response,
+    std::convert::Infallible,
+>;
 
 fn serve_conn<IO>(io: IO, svc: Svc)
 where
@@ -121,7 +140,11 @@ where
 }
 
 /// Serve `router` on every host until the future is dropped.
-pub async fn serve_all(hosts: Vec<Host>, tls: Option<Tls>, router: axum::Router) -> anyhow::Result<()> {
+pub async fn serve_all(
+    hosts: Vec<Host>,
+    tls: Option<Tls>,
+    router: axum::Router,
+) -> anyhow::Result<()> {
     let inner = crate::service(router);
     let svc: Svc = tower::util::BoxCloneSyncService::new(tower::ServiceExt::map_request(
         inner,
@@ -148,7 +171,9 @@ pub async fn serve_all(hosts: Vec<Host>, tls: Option<Tls>, router: axum::Router)
                     bail!("refusing to listen on tcp://{addr} without TLS: set tlscert and tlskey (and tlsverify, tlscacert) in daemon.json");
                 };
                 let acceptor = load_tls(t)?;
-                let l = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding tcp://{addr}"))?;
+                let l = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding tcp://{addr}"))?;
                 tracing::info!(addr = %addr, "API listening with TLS");
                 let svc = svc.clone();
                 tasks.spawn(async move {
@@ -179,9 +204,18 @@ mod tests {
     use super::*;
     #[test]
     fn parses_hosts() {
-        assert_eq!(parse_host("unix:///tmp/a.sock").unwrap(), Host::Unix("/tmp/a.sock".into()));
-        assert_eq!(parse_host("unix://").unwrap(), Host::Unix(DEFAULT_SOCKET.into()));
-        assert_eq!(parse_host("tcp://0.0.0.0").unwrap(), Host::Tcp("0.0.0.0:2376".into()));
+        assert_eq!(
+            parse_host("unix:///tmp/a.sock").unwrap(),
+            Host::Unix("/tmp/a.sock".into())
+        );
+        assert_eq!(
+            parse_host("unix://").unwrap(),
+            Host::Unix(DEFAULT_SOCKET.into())
+        );
+        assert_eq!(
+            parse_host("tcp://0.0.0.0").unwrap(),
+            Host::Tcp("0.0.0.0:2376".into())
+        );
         assert!(parse_host("ftp://x").is_err());
     }
 }

@@ -19,7 +19,10 @@ pub type Query = HashMap<String, String>;
 pub fn bool_value(q: &Query, k: &str) -> bool {
     match q.get(k) {
         None => false,
-        Some(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off" | "none"),
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off" | "none"
+        ),
     }
 }
 
@@ -45,21 +48,30 @@ pub fn int_value(q: &Query, k: &str) -> Result<Option<i64>, ApiError> {
 
 /// `filters` as the CLI sends it: `{"name":{"x":true}}` (current) or `{"name":["x"]}` (old).
 pub fn filters(q: &Query) -> Result<HashMap<String, Vec<String>>, ApiError> {
-    let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else { return Ok(HashMap::new()) };
+    let Some(raw) = q.get("filters").filter(|s| !s.is_empty()) else {
+        return Ok(HashMap::new());
+    };
     parse_filters(raw)
 }
 
 pub fn parse_filters(raw: &str) -> Result<HashMap<String, Vec<String>>, ApiError> {
-    let v: serde_json::Value =
-        serde_json::from_str(raw).map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
+    let v: serde_json::Value = serde_json::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
     let mut out = HashMap::new();
     for (k, v) in obj {
         let vals: Vec<String> = match v {
-            serde_json::Value::Object(m) => {
-                m.iter().filter(|(_, b)| b.as_bool().unwrap_or(true)).map(|(s, _)| s.clone()).collect()
-            }
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .filter(|(_, b)| b.as_bool().unwrap_or(true))
+                .map(|(s, _)| s.clone())
+                .collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
             _ => return Err(ApiError::bad_request(format!("invalid filter for {k}"))),
         };
         out.insert(k.clone(), vals);
@@ -80,7 +92,9 @@ pub fn decode_auth(v: &str) -> Option<RegistryAuth> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::URL_SAFE
         .decode(v)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.trim_end_matches('='))
+        })
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v))
         .ok()?;
     auth_from_json(&bytes)
@@ -89,7 +103,12 @@ pub fn decode_auth(v: &str) -> Option<RegistryAuth> {
 /// Docker's AuthConfig JSON (lowercase keys) to the bus type.
 pub fn auth_from_json(bytes: &[u8]) -> Option<RegistryAuth> {
     let j: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let s = |k: &str| j.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
+    let s = |k: &str| {
+        j.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let a = RegistryAuth {
         username: s("username"),
         password: s("password"),
@@ -122,7 +141,12 @@ pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
             }
         }
     });
-    (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response()
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(s),
+    )
+        .into_response()
 }
 
 /// Stream raw bytes (tar archives) as the response body.
@@ -144,7 +168,12 @@ pub fn bytes_stream(mut rd: StreamReader<ByteChunk>, content_type: &'static str)
             }
         }
     });
-    (StatusCode::OK, [(http::header::CONTENT_TYPE, content_type)], Body::from_stream(s)).into_response()
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, content_type)],
+        Body::from_stream(s),
+    )
+        .into_response()
 }
 
 /// Pump a request body into a bus input stream, in chunks under the bus limit.
@@ -159,16 +188,24 @@ pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(),
                     w.send(ByteChunk(part.to_vec())).await?;
                 }
             }
-            Err(e) => return w.fail(BusError::invalid(format!("reading request body: {e}"))).await,
+            Err(e) => {
+                return w
+                    .fail(BusError::invalid(format!("reading request body: {e}")))
+                    .await
+            }
         }
     }
     w.end().await
 }
 
 /// A body stream fed by a task; the task ends when the client goes away.
-pub fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
+pub fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut + Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);

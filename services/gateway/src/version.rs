@@ -75,8 +75,12 @@ pub fn rewrite(mut req: Request) -> Result<Request, ApiError> {
             None => new_path.to_string(),
         };
         let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(pq.parse().map_err(|_| ApiError::bad_request("invalid path"))?);
-        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ApiError::bad_request("invalid path"))?;
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ApiError::bad_request("invalid path"))?,
+        );
+        *req.uri_mut() =
+            http::Uri::from_parts(parts).map_err(|_| ApiError::bad_request("invalid path"))?;
     }
     req.extensions_mut().insert(version);
     Ok(req)
@@ -86,7 +90,10 @@ pub fn rewrite(mut req: Request) -> Result<Request, ApiError> {
 pub async fn headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert("Api-Version", HeaderValue::from_static(berth_config::API_VERSION));
+    h.insert(
+        "Api-Version",
+        HeaderValue::from_static(berth_config::API_VERSION),
+    );
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     h.insert("Ostype", HeaderValue::from_static("linux"));
     h.insert(
@@ -105,7 +112,10 @@ mod tests {
     use super::*;
     #[test]
     fn splits_versions() {
-        assert_eq!(split_version("/v1.45/containers/json"), (Some("1.45"), "/containers/json"));
+        assert_eq!(
+            split_version("/v1.45/containers/json"),
+            (Some("1.45"), "/containers/json")
+        );
         assert_eq!(split_version("/_ping"), (None, "/_ping"));
         assert_eq!(split_version("/v1.24"), (Some("1.24"), ""));
         assert_eq!(split_version("/volumes/x"), (None, "/volumes/x"));

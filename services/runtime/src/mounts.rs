@@ -10,141 +10,48 @@ use bus_schema::{docker, BusError};
 use crate::engine::Runtime;
 use crate::state::MountRecord;
 
-const PROPAGATIONS: &[&str] = &["shared", "rshared", "slave", "rslave", "private", "rprivate"];
+use berth_mountspec::{MountKind, MountSpec};
+
+fn record(m: MountSpec) -> MountRecord {
+    let anonymous = m.kind == MountKind::Volume && m.source.is_empty();
+    MountRecord {
+        typ: m.kind.as_str().into(),
+        name: if m.kind == MountKind::Volume { m.source.clone() } else { String::new() },
+        source: if m.kind == MountKind::Bind { m.source.clone() } else { String::new() },
+        destination: m.destination,
+        driver: if m.kind == MountKind::Volume { m.volume_driver.clone().unwrap_or_else(|| "local".into()) } else { String::new() },
+        mode: m.mode,
+        rw: !m.read_only,
+        propagation: m.propagation.unwrap_or_default(),
+        options: m.tmpfs_options,
+        anonymous,
+        copy_image_content: m.copy_data,
+    }
+}
+
+fn spec_err(e: berth_mountspec::MountSpecError) -> BusError {
+    BusError::invalid(e.to_string())
+}
 
 /// Parse one `-v` bind string: `src:dst[:opts]` or `dst` (anonymous volume).
 pub fn parse_bind(spec: &str) -> Result<MountRecord, BusError> {
-    let bad = || BusError::invalid(format!("invalid volume specification: '{spec}'"));
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (src, dst, opts) = match parts.as_slice() {
-        [d] => ("", *d, ""),
-        [s, d] => (*s, *d, ""),
-        [s, d, o] => (*s, *d, *o),
-        _ => return Err(bad()),
-    };
-    if !dst.starts_with('/') {
-        return Err(BusError::invalid(format!(
-            "invalid volume specification: '{spec}': invalid mount config for type \"volume\": invalid mount path: '{dst}' mount path must be absolute"
-        )));
-    }
-    if dst == "/" {
-        return Err(BusError::invalid(format!("invalid volume specification: '{spec}': invalid mount config for type \"bind\": invalid specification: destination can't be '/'")));
-    }
-    let mut rw = true;
-    let mut propagation = String::new();
-    let mut nocopy = false;
-    for o in opts.split(',').filter(|o| !o.is_empty()) {
-        match o {
-            "ro" => rw = false,
-            "rw" => rw = true,
-            "z" | "Z" => {}
-            "nocopy" => nocopy = true,
-            p if PROPAGATIONS.contains(&p) => propagation = p.to_string(),
-            _ => return Err(BusError::invalid(format!("invalid mode: {o}"))),
-        }
-    }
-    let is_bind = src.starts_with('/');
-    if !src.is_empty() && !is_bind && !valid_volume_name(src) {
-        return Err(BusError::invalid(format!(
-            "create {src}: \"{src}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
-        )));
-    }
-    Ok(MountRecord {
-        typ: if is_bind { "bind" } else { "volume" }.into(),
-        name: if is_bind { String::new() } else { src.to_string() },
-        source: if is_bind { clean(src) } else { String::new() },
-        destination: clean(dst),
-        driver: if is_bind { String::new() } else { "local".into() },
-        mode: opts.to_string(),
-        rw,
-        propagation: if is_bind && propagation.is_empty() { "rprivate".into() } else { propagation },
-        options: Vec::new(),
-        anonymous: src.is_empty(),
-        copy_image_content: !is_bind && !nocopy,
-    })
-}
-
-fn valid_volume_name(n: &str) -> bool {
-    crate::names::valid(n)
-}
-
-fn clean(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            x => out.push(x),
-        }
-    }
-    format!("/{}", out.join("/"))
+    berth_mountspec::parse_volume_flag(spec, None).map(record).map_err(spec_err)
 }
 
 /// `--mount` (HostConfig.Mounts).
 pub fn from_mount(m: &docker::Mount) -> Result<MountRecord, BusError> {
-    let typ = m.typ.map(|t| t.to_string()).unwrap_or_else(|| "volume".into());
-    let target = m.target.clone().unwrap_or_default();
-    if target.is_empty() {
-        return Err(BusError::invalid(format!("invalid mount config for type \"{typ}\": field Target must not be empty")));
+    let spec = berth_mountspec::from_api(m).map_err(spec_err)?;
+    if spec.kind == MountKind::Bind && !std::path::Path::new(&spec.source).exists() {
+        return Err(BusError::invalid(format!(
+            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+            spec.source
+        )));
     }
-    let src = m.source.clone().unwrap_or_default();
-    let ro = m.read_only.unwrap_or(false);
-    let mut rec = MountRecord {
-        typ: typ.clone(),
-        name: String::new(),
-        source: String::new(),
-        destination: clean(&target),
-        driver: String::new(),
-        mode: String::new(),
-        rw: !ro,
-        propagation: String::new(),
-        options: Vec::new(),
-        anonymous: false,
-        copy_image_content: false,
-    };
-    match typ.as_str() {
-        "bind" => {
-            if src.is_empty() {
-                return Err(BusError::invalid("invalid mount config for type \"bind\": field Source must not be empty"));
-            }
-            if !std::path::Path::new(&src).exists() {
-                return Err(BusError::invalid(format!(
-                    "invalid mount config for type \"bind\": bind source path does not exist: {src}"
-                )));
-            }
-            rec.source = clean(&src);
-            rec.propagation = m
-                .bind_options
-                .as_ref()
-                .and_then(|b| b.propagation.map(|p| p.to_string()))
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "rprivate".into());
-        }
-        "volume" => {
-            rec.name = src.clone();
-            rec.driver = "local".into();
-            rec.anonymous = src.is_empty();
-            rec.copy_image_content = !m.volume_options.as_ref().and_then(|v| v.no_copy).unwrap_or(false);
-            rec.mode = "z".into();
-        }
-        "tmpfs" => {
-            if !src.is_empty() {
-                return Err(BusError::invalid("invalid mount config for type \"tmpfs\": field Source must not be specified"));
-            }
-            if let Some(t) = &m.tmpfs_options {
-                if let Some(s) = t.size_bytes.filter(|s| *s > 0) {
-                    rec.options.push(format!("size={s}"));
-                }
-                if let Some(md) = t.mode.filter(|m| *m > 0) {
-                    rec.options.push(format!("mode={md:o}"));
-                }
-            }
-        }
-        other => return Err(BusError::invalid(format!("mount type unknown: {other}"))),
-    }
-    Ok(rec)
+    Ok(record(spec))
+}
+
+fn clean(p: &str) -> String {
+    berth_mountspec::clean_path(p)
 }
 
 /// Every mount of a new container; named and anonymous volumes are created now.
@@ -169,16 +76,7 @@ pub async fn plan(
         push(from_mount(&m)?, &mut out)?;
     }
     for (dst, opts) in hc.tmpfs.clone().unwrap_or_default() {
-        let mut rec = from_mount(&docker::Mount {
-            target: Some(dst.clone()),
-            typ: Some(docker::MountType::TMPFS),
-            ..Default::default()
-        })?;
-        rec.options = opts.split(',').filter(|o| !o.is_empty()).map(str::to_string).collect();
-        if rec.options.iter().any(|o| o == "ro") {
-            rec.rw = false;
-        }
-        push(rec, &mut out)?;
+        push(record(berth_mountspec::parse_tmpfs_flag(&dst, &opts).map_err(spec_err)?), &mut out)?;
     }
     for v in config.volumes.clone().unwrap_or_default() {
         if !out.iter().any(|m| m.destination == clean(&v)) {
@@ -225,7 +123,14 @@ pub async fn acquire(rt: &Arc<Runtime>, id: &str, rootfs: &str, mounts: &mut [Mo
         let copy_from = if m.copy_image_content { Some(format!("{rootfs}{}", m.destination)) } else { None };
         let got = rt
             .bus
-            .request(&VolumeAcquire { name: m.name.clone(), container_id: id.to_string(), copy_from })
+            .request(&VolumeAcquire {
+                name: m.name.clone(),
+                container_id: id.to_string(),
+                copy_from,
+                destination: Some(m.destination.clone()),
+                read_only: !m.rw,
+                propagation: if m.propagation.is_empty() { None } else { Some(m.propagation.clone()) },
+            })
             .await?;
         m.source = got.path;
     }
@@ -257,6 +162,5 @@ mod tests {
         assert!(parse_bind("x:relative").is_err());
         assert!(parse_bind("/a:/b:bogus").is_err());
         assert!(parse_bind("a:b:c:d").is_err());
-        assert_eq!(clean("/a/./b/../c/"), "/a/c");
     }
 }

@@ -1,21 +1,552 @@
 //! The storage service: drivers (overlay2, btrfs, vfs), the layer store, container
 //! read-write layers and volumes.
+//!
+//! [`Storage`] is the library core behind [`StorageApi`], usable in-process; [`serve`]
+//! is the thin bus adapter mapping every request of `bus_schema::storage` onto it.
+//! One module per concern: `driver` (snapshotters), `apply` (tar apply, shared by all
+//! drivers), `layers` (layer store), `diff` (tars and change lists out of layers),
+//! `rw` (container layers), `volumes`, `mountspec` (`-v`/`--mount` parsing for the
+//! runtime, pure).
+
+pub mod apply;
+pub mod client;
+pub mod copy;
+pub mod diff;
+pub mod driver;
+pub mod layers;
+pub use berth_mountspec as mountspec;
+pub mod rw;
+pub mod split;
+pub mod tarfmt;
+pub mod util;
+pub mod volumes;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
-use bus_schema::{docker, Service};
+use bus_schema::storage::*;
+use bus_schema::stream::{ByteChunk, MAX_CHUNK};
+use bus_schema::{docker, BusError, Service};
+
+pub use client::StorageClient;
+pub use layers::Input;
+
+/// Chunks of an output stream (exports), fed from a blocking thread.
+pub type Output = tokio::sync::mpsc::Sender<Vec<u8>>;
+
+/// The storage service's operations, one per bus request.
+///
+/// Layers: `layer_apply` creates a layer (the caller holds one reference),
+/// `layer_retain`/`layer_release` count image references, unreferenced layers without
+/// children or containers on them are collected. Containers: `rw_create` ->
+/// `rw_mount` (counted) -> ... -> `rw_unmount` -> `rw_remove`. Volumes: create, then
+/// `volume_acquire`/`volume_release_ref` per container; in use means no removal.
+pub trait StorageApi: Send + Sync + 'static {
+    fn layer_apply(
+        &self,
+        req: LayerApply,
+        input: Input,
+    ) -> impl Future<Output = Result<LayerApplied, BusError>> + Send;
+    fn layer_stat(
+        &self,
+        req: LayerStat,
+    ) -> impl Future<Output = Result<LayerInfo, BusError>> + Send;
+    fn layer_retain(
+        &self,
+        req: LayerRetain,
+    ) -> impl Future<Output = Result<LayerInfo, BusError>> + Send;
+    fn layer_release(
+        &self,
+        req: LayerRelease,
+    ) -> impl Future<Output = Result<Vec<String>, BusError>> + Send;
+    fn layer_export(
+        &self,
+        req: LayerExport,
+        out: Output,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn rw_create(&self, req: RwLayerCreate) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn rw_mount(&self, req: RwLayerMount)
+        -> impl Future<Output = Result<RwMount, BusError>> + Send;
+    fn rw_unmount(&self, req: RwLayerUnmount) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn rw_remove(&self, req: RwLayerRemove) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn rw_changes(
+        &self,
+        req: RwLayerChanges,
+    ) -> impl Future<Output = Result<Vec<Change>, BusError>> + Send;
+    fn rw_export(
+        &self,
+        req: RwLayerExport,
+        out: Output,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn rw_commit(
+        &self,
+        req: RwLayerCommit,
+    ) -> impl Future<Output = Result<LayerApplied, BusError>> + Send;
+    fn rw_size(&self, req: RwLayerSize) -> impl Future<Output = Result<RwSize, BusError>> + Send;
+    fn volume_create(
+        &self,
+        req: VolumeCreate,
+    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
+    fn volume_inspect(
+        &self,
+        req: VolumeInspect,
+    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
+    fn volume_list(
+        &self,
+        req: VolumeList,
+    ) -> impl Future<Output = Result<Vec<docker::Volume>, BusError>> + Send;
+    fn volume_remove(&self, req: VolumeRemove)
+        -> impl Future<Output = Result<(), BusError>> + Send;
+    fn volume_prune(
+        &self,
+        req: VolumePrune,
+    ) -> impl Future<Output = Result<docker::VolumePruneResponse, BusError>> + Send;
+    fn volume_acquire(
+        &self,
+        req: VolumeAcquire,
+    ) -> impl Future<Output = Result<VolumeMounted, BusError>> + Send;
+    fn volume_release_ref(
+        &self,
+        req: VolumeReleaseRef,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn df(&self, req: StorageDf) -> impl Future<Output = Result<StorageUsage, BusError>> + Send;
+    /// This service's part of `docker info`.
+    fn info(&self) -> impl Future<Output = docker::SystemInfo> + Send;
+}
+
+/// The library core: one driver, its layer store, container layers, volumes.
+pub struct Storage {
+    pub driver: Arc<dyn driver::Driver>,
+    pub layers: Arc<layers::LayerStore>,
+    pub rw: Arc<rw::RwLayers>,
+    pub volumes: Arc<volumes::Volumes>,
+}
+
+impl Storage {
+    /// Open the storage of a data root with driver `name` and daemon.json's storage-opts.
+    /// Reconciles what a crash left (half-applied layers, half-made container layers).
+    pub fn open(
+        root: &Path,
+        name: &str,
+        opts: &[String],
+        events: Arc<dyn volumes::EventSink>,
+    ) -> Result<Storage, BusError> {
+        let storage_root = root.join("storage");
+        let driver = driver::open(name, &storage_root, opts).map_err(|e| match e {
+            driver::DriverError::Unsupported(_)
+            | driver::DriverError::Prerequisites(_)
+            | driver::DriverError::Invalid(_) => BusError::not_implemented(e.to_string()),
+            e => e.into(),
+        })?;
+        let layers = Arc::new(layers::LayerStore::open(driver.clone())?);
+        let rw = Arc::new(rw::RwLayers::open(layers.clone())?);
+        let removed = layers.gc_all();
+        if !removed.is_empty() {
+            tracing::info!(
+                count = removed.len(),
+                "collected unreferenced layers at start"
+            );
+        }
+        let volumes = Arc::new(volumes::Volumes::open(
+            storage_root.join("volumes"),
+            events,
+        )?);
+        Ok(Storage {
+            driver,
+            layers,
+            rw,
+            volumes,
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
+) -> Result<T, BusError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BusError::internal(format!("storage task failed: {e}")))?
+}
+
+struct RwRootfs(Arc<rw::RwLayers>);
+
+impl volumes::RootfsLookup for RwRootfs {
+    fn mount(&self, id: &str) -> Result<PathBuf, BusError> {
+        self.0.mount(id)
+    }
+    fn unmount(&self, id: &str) -> Result<(), BusError> {
+        self.0.unmount(id)
+    }
+}
+
+impl StorageApi for Storage {
+    async fn layer_apply(&self, req: LayerApply, input: Input) -> Result<LayerApplied, BusError> {
+        self.layers
+            .apply(
+                req.parent,
+                req.media_type,
+                req.compressed_digest,
+                req.diff_id,
+                input,
+            )
+            .await
+    }
+
+    async fn layer_stat(&self, req: LayerStat) -> Result<LayerInfo, BusError> {
+        Ok(self.layers.stat(&req.chain_id)?.info())
+    }
+
+    async fn layer_retain(&self, req: LayerRetain) -> Result<LayerInfo, BusError> {
+        let l = self.layers.clone();
+        blocking(move || l.retain(&req.chain_id).map(|m| m.info())).await
+    }
+
+    async fn layer_release(&self, req: LayerRelease) -> Result<Vec<String>, BusError> {
+        let l = self.layers.clone();
+        blocking(move || l.release(&req.chain_id)).await
+    }
+
+    async fn layer_export(&self, req: LayerExport, out: Output) -> Result<(), BusError> {
+        let l = self.layers.clone();
+        blocking(move || {
+            l.export(&req.chain_id, MAX_CHUNK, &mut |c| {
+                out.blocking_send(c)
+                    .map_err(|_| std::io::Error::other("reader went away"))
+            })
+        })
+        .await
+    }
+
+    async fn rw_create(&self, req: RwLayerCreate) -> Result<(), BusError> {
+        let rw = self.rw.clone();
+        blocking(move || rw.create(&req.id, req.parent.as_deref())).await
+    }
+
+    async fn rw_mount(&self, req: RwLayerMount) -> Result<RwMount, BusError> {
+        let rw = self.rw.clone();
+        blocking(move || {
+            rw.mount(&req.id).map(|p| RwMount {
+                path: p.to_string_lossy().into_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn rw_unmount(&self, req: RwLayerUnmount) -> Result<(), BusError> {
+        let rw = self.rw.clone();
+        blocking(move || rw.unmount(&req.id)).await
+    }
+
+    async fn rw_remove(&self, req: RwLayerRemove) -> Result<(), BusError> {
+        let rw = self.rw.clone();
+        blocking(move || rw.remove(&req.id)).await
+    }
+
+    async fn rw_changes(&self, req: RwLayerChanges) -> Result<Vec<Change>, BusError> {
+        let rw = self.rw.clone();
+        blocking(move || rw.changes(&req.id)).await
+    }
+
+    async fn rw_export(&self, req: RwLayerExport, out: Output) -> Result<(), BusError> {
+        let rw = self.rw.clone();
+        blocking(move || {
+            let path = rw.mount(&req.id)?;
+            let res = diff::write_tree_tar(&path, &mut |c| {
+                out.blocking_send(c)
+                    .map_err(|_| std::io::Error::other("reader went away"))
+            });
+            let un = rw.unmount(&req.id);
+            res.map_err(|e| BusError::internal(format!("exporting {}: {e}", req.id)))?;
+            un
+        })
+        .await
+    }
+
+    async fn rw_commit(&self, req: RwLayerCommit) -> Result<LayerApplied, BusError> {
+        let rw = self.rw.clone();
+        let id = req.id.clone();
+        let (parent, src) = blocking(move || Ok((rw.parent(&id)?, rw.diff_source(&id)?))).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, BusError>>(16);
+        let id = req.id.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let res = diff::write_diff_tar(&src, &Default::default(), &mut |c| {
+                tx.blocking_send(Ok(c))
+                    .map_err(|_| std::io::Error::other("apply went away"))
+            });
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(BusError::internal(format!(
+                    "reading the changes of {id}: {e}"
+                ))));
+            }
+        });
+        let res = self
+            .layers
+            .apply(
+                parent,
+                "application/vnd.docker.image.rootfs.diff.tar".into(),
+                None,
+                None,
+                rx,
+            )
+            .await;
+        let _ = producer.await;
+        res
+    }
+
+    async fn rw_size(&self, req: RwLayerSize) -> Result<RwSize, BusError> {
+        let rw = self.rw.clone();
+        blocking(move || rw.size(&req.id)).await
+    }
+
+    async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
+        let v = self.volumes.clone();
+        blocking(move || {
+            v.create(
+                req.name,
+                &req.driver,
+                req.driver_opts,
+                req.labels,
+                req.anonymous,
+            )
+        })
+        .await
+    }
+
+    async fn volume_inspect(&self, req: VolumeInspect) -> Result<docker::Volume, BusError> {
+        self.volumes.inspect(&req.name)
+    }
+
+    async fn volume_list(&self, req: VolumeList) -> Result<Vec<docker::Volume>, BusError> {
+        self.volumes.list(&req.filters)
+    }
+
+    async fn volume_remove(&self, req: VolumeRemove) -> Result<(), BusError> {
+        let v = self.volumes.clone();
+        blocking(move || v.remove(&req.name, req.force)).await
+    }
+
+    async fn volume_prune(
+        &self,
+        req: VolumePrune,
+    ) -> Result<docker::VolumePruneResponse, BusError> {
+        let v = self.volumes.clone();
+        blocking(move || v.prune(&req.filters)).await
+    }
+
+    async fn volume_acquire(&self, req: VolumeAcquire) -> Result<VolumeMounted, BusError> {
+        let v = self.volumes.clone();
+        let rootfs = RwRootfs(self.rw.clone());
+        blocking(move || {
+            let opts = volumes::AcquireOpts {
+                copy_from: req.copy_from.as_deref(),
+                destination: req.destination.as_deref(),
+                read_write: !req.read_only,
+                propagation: req.propagation.as_deref().unwrap_or(""),
+            };
+            v.acquire(&req.name, &req.container_id, &opts, &rootfs)
+                .map(|p| VolumeMounted {
+                    path: p.to_string_lossy().into_owned(),
+                })
+        })
+        .await
+    }
+
+    async fn volume_release_ref(&self, req: VolumeReleaseRef) -> Result<(), BusError> {
+        let v = self.volumes.clone();
+        blocking(move || v.release(&req.name, &req.container_id)).await
+    }
+
+    async fn df(&self, _req: StorageDf) -> Result<StorageUsage, BusError> {
+        let l = self.layers.clone();
+        let v = self.volumes.clone();
+        blocking(move || {
+            let layers = l
+                .list()
+                .into_iter()
+                .map(|m| (m.chain_id, m.size as i64))
+                .collect();
+            Ok(StorageUsage {
+                layers,
+                volumes: v.usage(),
+            })
+        })
+        .await
+    }
+
+    async fn info(&self) -> docker::SystemInfo {
+        docker::SystemInfo {
+            driver: Some(self.driver.name().to_string()),
+            driver_status: Some(
+                self.driver
+                    .status()
+                    .into_iter()
+                    .map(|[a, b]| vec![a, b])
+                    .collect(),
+            ),
+            plugins: Some(docker::PluginsInfo {
+                volume: Some(vec!["local".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Volume events onto the bus.
+struct BusEvents {
+    bus: Bus,
+    rt: tokio::runtime::Handle,
+}
+
+impl volumes::EventSink for BusEvents {
+    fn publish(&self, ev: bus_schema::event::Event) {
+        let bus = self.bus.clone();
+        self.rt.spawn(async move { bus.publish_event(&ev).await });
+    }
+}
+
+/// The data root the service works in: `BERTH_ROOT` (set by `berth up`) or daemon.json.
+pub fn data_root(cfg: &DaemonConfig) -> PathBuf {
+    std::env::var_os(berth_config::env::ROOT)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.data_root())
+}
 
 pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
-    let driver = cfg.storage_driver().to_string();
-    Ok(Server::new(bus, Service::Storage).info(move || {
-        let driver = driver.clone();
-        async move {
-            docker::SystemInfo {
-                driver: Some(driver),
-                driver_status: Some(vec![]),
-                plugins: Some(docker::PluginsInfo { volume: Some(vec!["local".into()]), ..Default::default() }),
-                ..Default::default()
+    let root = data_root(&cfg);
+    let events: Arc<dyn volumes::EventSink> = Arc::new(BusEvents {
+        bus: bus.clone(),
+        rt: tokio::runtime::Handle::current(),
+    });
+    let name = cfg.storage_driver().to_string();
+    let opts = cfg.storage_opts.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&root, &name, &opts, events))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    tracing::info!(driver = storage.driver.name(), "storage ready");
+    Ok(adapter(
+        Server::new(bus, Service::Storage),
+        Arc::new(storage),
+    ))
+}
+
+/// Map every storage request onto `api`.
+pub fn adapter<A: StorageApi>(server: Server, api: Arc<A>) -> Server {
+    let a = api.clone();
+    let server = server.info(move || {
+        let a = a.clone();
+        async move { a.info().await }
+    });
+    macro_rules! rpc {
+        ($server:expr, $req:ty, $m:ident) => {{
+            let a = api.clone();
+            $server.rpc(move |r: $req| {
+                let a = a.clone();
+                async move { a.$m(r).await }
+            })
+        }};
+    }
+    let server = rpc!(server, LayerStat, layer_stat);
+    let server = rpc!(server, LayerRetain, layer_retain);
+    let server = rpc!(server, LayerRelease, layer_release);
+    let server = rpc!(server, RwLayerCreate, rw_create);
+    let server = rpc!(server, RwLayerMount, rw_mount);
+    let server = rpc!(server, RwLayerUnmount, rw_unmount);
+    let server = rpc!(server, RwLayerRemove, rw_remove);
+    let server = rpc!(server, RwLayerChanges, rw_changes);
+    let server = rpc!(server, RwLayerCommit, rw_commit);
+    let server = rpc!(server, RwLayerSize, rw_size);
+    let server = rpc!(server, VolumeCreate, volume_create);
+    let server = rpc!(server, VolumeInspect, volume_inspect);
+    let server = rpc!(server, VolumeList, volume_list);
+    let server = rpc!(server, VolumeRemove, volume_remove);
+    let server = rpc!(server, VolumePrune, volume_prune);
+    let server = rpc!(server, VolumeAcquire, volume_acquire);
+    let server = rpc!(server, VolumeReleaseRef, volume_release_ref);
+    let server = rpc!(server, StorageDf, df);
+
+    let a = api.clone();
+    let server = server.stream(
+        move |req: LayerApply, resp: berth_bus::Responder<LayerApply>| {
+            let a = a.clone();
+            async move {
+                let (mut w, mut input) = resp.accept_duplex(()).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                let pump = tokio::spawn(async move {
+                    while let Some(c) = input.next().await {
+                        let failed = c.is_err();
+                        if tx.send(c.map(|b| b.0)).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                let res = a.layer_apply(req, rx).await;
+                pump.abort();
+                match res {
+                    Ok(applied) => {
+                        w.send(applied).await?;
+                        w.end().await
+                    }
+                    Err(e) => w.fail(e).await,
+                }
             }
+        },
+    );
+    let a = api.clone();
+    let server = server.stream(
+        move |req: LayerExport, resp: berth_bus::Responder<LayerExport>| {
+            let a = a.clone();
+            async move {
+                a.layer_stat(LayerStat {
+                    chain_id: req.chain_id.clone(),
+                })
+                .await?;
+                let w = resp.accept(()).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let job = a.layer_export(req, tx);
+                stream_out(w, rx, job).await
+            }
+        },
+    );
+    let a = api.clone();
+    server.stream(
+        move |req: RwLayerExport, resp: berth_bus::Responder<RwLayerExport>| {
+            let a = a.clone();
+            async move {
+                a.rw_size(RwLayerSize { id: req.id.clone() })
+                    .await
+                    .map(|_| ())?;
+                let w = resp.accept(()).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let job = a.rw_export(req, tx);
+                stream_out(w, rx, job).await
+            }
+        },
+    )
+}
+
+/// Forward chunks from a producing job to a stream writer; the job's result ends it.
+async fn stream_out(
+    mut w: berth_bus::StreamWriter<ByteChunk>,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    job: impl Future<Output = Result<(), BusError>>,
+) -> Result<(), BusError> {
+    let fwd = async {
+        // Owned here: when the reader goes away, dropping it stops the producer.
+        let mut rx = rx;
+        while let Some(c) = rx.recv().await {
+            w.send(ByteChunk(c)).await?;
         }
-    }))
+        Ok::<_, BusError>(())
+    };
+    let (res, sent) = tokio::join!(job, fwd);
+    match (res, sent) {
+        (Ok(()), Ok(())) => w.end().await,
+        (Err(e), _) => w.fail(e).await,
+        (Ok(()), Err(e)) => Err(e),
+    }
 }

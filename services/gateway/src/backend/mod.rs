@@ -3,6 +3,7 @@
 mod build;
 mod containers;
 mod events;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;

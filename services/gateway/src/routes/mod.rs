@@ -5,3 +5,4 @@ pub mod build;
 pub mod containers;
 pub mod events;
 pub mod system;
+pub mod volumes;

@@ -11,7 +11,8 @@ use crate::{error::ApiResult, host::HostFacts};
 
 pub trait Backend: Send + Sync + 'static {
     /// Each backend service's part of `/info`, or why it could not answer.
-    fn info_parts(&self) -> impl Future<Output = Vec<Result<InfoPart, (Service, BusError)>>> + Send;
+    fn info_parts(&self)
+        -> impl Future<Output = Vec<Result<InfoPart, (Service, BusError)>>> + Send;
     fn host(&self) -> &HostFacts;
 }
 
@@ -27,9 +28,15 @@ async fn ping() -> impl IntoResponse {
     let mut h = HeaderMap::new();
     h.insert("Builder-Version", HeaderValue::from_static("1"));
     h.insert("Swarm", HeaderValue::from_static("inactive"));
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     (h, "OK")
 }
 
@@ -38,7 +45,8 @@ async fn version<B: Backend>(State(b): State<Arc<B>>) -> Json<docker::SystemVers
 }
 
 async fn info<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<serde_json::Value>> {
-    let mut info = serde_json::to_value(b.host().info()).map_err(|e| BusError::internal(e.to_string()))?;
+    let mut info =
+        serde_json::to_value(b.host().info()).map_err(|e| BusError::internal(e.to_string()))?;
     let mut warnings: Vec<serde_json::Value> = Vec::new();
     for part in b.info_parts().await {
         match part {
@@ -47,11 +55,17 @@ async fn info<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<serde_json:
                     merge(&mut info, v);
                 }
             }
-            Err((svc, e)) => warnings.push(format!("WARNING: the {svc} service did not answer: {e}").into()),
+            Err((svc, e)) => {
+                warnings.push(format!("WARNING: the {svc} service did not answer: {e}").into())
+            }
         }
     }
     if !warnings.is_empty() {
-        let w = info.as_object_mut().unwrap().entry("Warnings").or_insert_with(|| serde_json::json!([]));
+        let w = info
+            .as_object_mut()
+            .unwrap()
+            .entry("Warnings")
+            .or_insert_with(|| serde_json::json!([]));
         if let Some(a) = w.as_array_mut() {
             a.extend(warnings);
         }
@@ -87,7 +101,10 @@ mod tests {
     #[test]
     fn merges_parts() {
         let mut a = json!({"Containers": 0, "Plugins": {"Volume": ["local"]}, "Warnings": ["a"]});
-        merge(&mut a, json!({"Containers": 3, "Plugins": {"Network": ["bridge"]}, "Warnings": ["b"]}));
+        merge(
+            &mut a,
+            json!({"Containers": 3, "Plugins": {"Network": ["bridge"]}, "Warnings": ["b"]}),
+        );
         assert_eq!(
             a,
             json!({"Containers": 3, "Plugins": {"Volume": ["local"], "Network": ["bridge"]}, "Warnings": ["a", "b"]})

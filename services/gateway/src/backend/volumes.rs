@@ -1,0 +1,49 @@
+//! The bus implementation of the volumes backend: requests to the storage service.
+
+use std::collections::HashMap;
+
+use bus_schema::storage::{
+    StorageDf, StorageUsage, VolumeCreate, VolumeInspect, VolumeList, VolumePrune, VolumeRemove,
+};
+use bus_schema::{docker, BusError};
+
+use super::BusBackend;
+
+impl crate::routes::volumes::Backend for BusBackend {
+    async fn volume_list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<docker::Volume>, BusError> {
+        self.bus.request(&VolumeList { filters }).await
+    }
+
+    async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
+        self.bus.request(&req).await
+    }
+
+    async fn volume_inspect(&self, name: String) -> Result<docker::Volume, BusError> {
+        self.bus.request(&VolumeInspect { name }).await
+    }
+
+    async fn volume_remove(&self, name: String, force: bool) -> Result<(), BusError> {
+        self.bus.request(&VolumeRemove { name, force }).await
+    }
+
+    async fn volume_prune(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<docker::VolumePruneResponse, BusError> {
+        // Pruning measures every volume: give it longer than a plain request.
+        self.bus
+            .with_timeout(std::time::Duration::from_secs(300))
+            .request(&VolumePrune { filters })
+            .await
+    }
+
+    async fn storage_usage(&self) -> Result<StorageUsage, BusError> {
+        self.bus
+            .with_timeout(std::time::Duration::from_secs(300))
+            .request(&StorageDf {})
+            .await
+    }
+}

@@ -1,0 +1,380 @@
+//! `/volumes` (list, create, inspect, remove, prune) and `/system/df` (the storage
+//! part: layers size and local volumes with their usage).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Extension, Json, Router,
+};
+use bus_schema::storage::{StorageUsage, VolumeCreate};
+use bus_schema::{docker, BusError};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::util::{self, Query as Q};
+use crate::version::ApiVersion;
+
+pub trait Backend: Send + Sync + 'static {
+    fn volume_list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<Vec<docker::Volume>, BusError>> + Send;
+    fn volume_create(
+        &self,
+        req: VolumeCreate,
+    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
+    fn volume_inspect(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
+    fn volume_remove(
+        &self,
+        name: String,
+        force: bool,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn volume_prune(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<docker::VolumePruneResponse, BusError>> + Send;
+    /// Layer and volume usage as the storage service sees it.
+    fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage, BusError>> + Send;
+}
+
+pub fn router<B: Backend>(b: Arc<B>) -> Router {
+    Router::new()
+        .route("/volumes", get(list::<B>))
+        .route("/volumes/create", post(create::<B>))
+        .route("/volumes/prune", post(prune::<B>))
+        .route("/volumes/{name}", get(inspect::<B>).delete(remove::<B>))
+        .route("/system/df", get(df::<B>))
+        .with_state(b)
+}
+
+/// Docker's JSON for a volume: empty `Labels`/`Options` are `null`, as Moby sends them.
+pub fn volume_json(v: &docker::Volume) -> Value {
+    let mut j = serde_json::to_value(v).unwrap_or(Value::Null);
+    if let Some(o) = j.as_object_mut() {
+        for k in ["Labels", "Options"] {
+            if o.get(k)
+                .and_then(|x| x.as_object())
+                .is_some_and(|m| m.is_empty())
+            {
+                o.insert(k.into(), Value::Null);
+            }
+        }
+    }
+    j
+}
+
+async fn list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Value>> {
+    let filters = util::filters(&q)?;
+    let vols = b.volume_list(filters).await?;
+    Ok(Json(serde_json::json!({
+        "Volumes": vols.iter().map(volume_json).collect::<Vec<_>>(),
+        "Warnings": [],
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct CreateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    driver: Option<String>,
+    #[serde(default)]
+    driver_opts: Option<HashMap<String, String>>,
+    #[serde(default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("got EOF while reading request body"));
+    }
+    let c: CreateBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let req = VolumeCreate {
+        name: c.name.filter(|n| !n.is_empty()),
+        driver: c
+            .driver
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "local".into()),
+        driver_opts: c.driver_opts.unwrap_or_default(),
+        labels: c.labels.unwrap_or_default(),
+        anonymous: false,
+    };
+    let v = b.volume_create(req).await?;
+    Ok((StatusCode::CREATED, Json(volume_json(&v))).into_response())
+}
+
+async fn inspect<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(volume_json(&b.volume_inspect(name).await?)))
+}
+
+async fn remove<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(name): Path<String>,
+    Query(q): Query<Q>,
+) -> ApiResult<StatusCode> {
+    b.volume_remove(name, util::bool_value(&q, "force")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn prune<B: Backend>(
+    State(b): State<Arc<B>>,
+    version: Option<Extension<ApiVersion>>,
+    Query(q): Query<Q>,
+) -> ApiResult<Json<docker::VolumePruneResponse>> {
+    let mut filters = util::filters(&q)?;
+    // API 1.42 made prune remove only anonymous volumes; older clients keep "all".
+    if version.is_some_and(|Extension(v)| v.less_than("1.42")) {
+        filters.entry("all".into()).or_default().push("true".into());
+    }
+    let mut r = b.volume_prune(filters).await?;
+    r.volumes_deleted.get_or_insert_with(Vec::new);
+    r.space_reclaimed.get_or_insert(0);
+    Ok(Json(r))
+}
+
+/// `GET /system/df`: the storage service's part (LayersSize, Volumes). Images,
+/// Containers and BuildCache are other services' parts: empty here.
+async fn df<B: Backend>(
+    State(b): State<Arc<B>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let types: Vec<String> = raw
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "type")
+        .map(|(_, v)| v.to_string())
+        .collect();
+    for t in &types {
+        if !matches!(t.as_str(), "container" | "image" | "volume" | "build-cache") {
+            return Err(ApiError::bad_request(format!("unknown object type: {t}")));
+        }
+    }
+    let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+    let u = b.storage_usage().await?;
+    let mut out = serde_json::Map::new();
+    if want("image") {
+        out.insert("LayersSize".into(), u.layers.values().sum::<i64>().into());
+        out.insert("Images".into(), Value::Array(vec![]));
+    }
+    if want("container") {
+        out.insert("Containers".into(), Value::Array(vec![]));
+    }
+    if want("volume") {
+        out.insert(
+            "Volumes".into(),
+            Value::Array(u.volumes.iter().map(volume_json).collect()),
+        );
+    }
+    if want("build-cache") {
+        out.insert("BuildCache".into(), Value::Array(vec![]));
+        out.insert("BuilderSize".into(), 0.into());
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct Fake {
+        vols: Mutex<Vec<docker::Volume>>,
+        last_prune: Mutex<Option<HashMap<String, Vec<String>>>>,
+    }
+
+    fn vol(name: &str) -> docker::Volume {
+        docker::Volume {
+            name: name.into(),
+            driver: "local".into(),
+            mountpoint: format!("/r/storage/volumes/{name}/_data"),
+            created_at: Some("2026-01-01T00:00:00Z".into()),
+            scope: Some(docker::VolumeScopeEnum::LOCAL),
+            ..Default::default()
+        }
+    }
+
+    impl Backend for Fake {
+        async fn volume_list(
+            &self,
+            f: HashMap<String, Vec<String>>,
+        ) -> Result<Vec<docker::Volume>, BusError> {
+            if f.contains_key("bogus") {
+                return Err(BusError::invalid("Invalid filter 'bogus'"));
+            }
+            Ok(self.vols.lock().unwrap().clone())
+        }
+        async fn volume_create(&self, r: VolumeCreate) -> Result<docker::Volume, BusError> {
+            let mut v = vol(r.name.as_deref().unwrap_or("anon"));
+            v.labels = r.labels;
+            self.vols.lock().unwrap().push(v.clone());
+            Ok(v)
+        }
+        async fn volume_inspect(&self, name: String) -> Result<docker::Volume, BusError> {
+            self.vols
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == name)
+                .cloned()
+                .ok_or_else(|| BusError::not_found(format!("get {name}: no such volume")))
+        }
+        async fn volume_remove(&self, name: String, force: bool) -> Result<(), BusError> {
+            if name == "busy" {
+                return Err(BusError::conflict("remove busy: volume is in use - [abc]"));
+            }
+            if !force && !self.vols.lock().unwrap().iter().any(|v| v.name == name) {
+                return Err(BusError::not_found(format!("get {name}: no such volume")));
+            }
+            Ok(())
+        }
+        async fn volume_prune(
+            &self,
+            f: HashMap<String, Vec<String>>,
+        ) -> Result<docker::VolumePruneResponse, BusError> {
+            *self.last_prune.lock().unwrap() = Some(f);
+            Ok(docker::VolumePruneResponse {
+                volumes_deleted: None,
+                space_reclaimed: None,
+            })
+        }
+        async fn storage_usage(&self) -> Result<StorageUsage, BusError> {
+            let mut v = vol("v1");
+            v.usage_data = Some(docker::VolumeUsageData {
+                size: 5,
+                ref_count: 1,
+            });
+            Ok(StorageUsage {
+                layers: HashMap::from([("a".into(), 3), ("b".into(), 4)]),
+                volumes: vec![v],
+            })
+        }
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let req = crate::version::rewrite(req).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let b = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            if b.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&b).unwrap()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn volume_routes_match_moby() {
+        let fake = Arc::new(Fake::default());
+        let app = router(fake.clone());
+        let (s, j) = call(
+            &app,
+            "POST",
+            "/v1.51/volumes/create",
+            r#"{"Name":"v1","Labels":{"a":"b"}}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(j["Name"], "v1");
+        assert_eq!(j["Options"], Value::Null, "empty options are null");
+        assert_eq!(j["Labels"]["a"], "b");
+        assert_eq!(j["Scope"], "local");
+        let (s, j) = call(&app, "POST", "/volumes/create", "").await;
+        assert_eq!(
+            (s, j["message"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("got EOF while reading request body")
+            )
+        );
+        let (s, j) = call(&app, "GET", "/volumes", "").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["Volumes"][0]["Name"], "v1");
+        assert_eq!(j["Warnings"], serde_json::json!([]));
+        let (s, j) = call(
+            &app,
+            "GET",
+            "/volumes?filters=%7B%22bogus%22%3A%7B%22x%22%3Atrue%7D%7D",
+            "",
+        )
+        .await;
+        assert_eq!(
+            (s, j["message"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("Invalid filter 'bogus'"))
+        );
+        let (s, j) = call(&app, "GET", "/volumes/nope", "").await;
+        assert_eq!(
+            (s, j["message"].as_str()),
+            (StatusCode::NOT_FOUND, Some("get nope: no such volume"))
+        );
+        let (s, _) = call(&app, "DELETE", "/volumes/v1", "").await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, j) = call(&app, "DELETE", "/volumes/busy", "").await;
+        assert_eq!(
+            (s, j["message"].as_str()),
+            (
+                StatusCode::CONFLICT,
+                Some("remove busy: volume is in use - [abc]")
+            )
+        );
+        let (s, _) = call(&app, "DELETE", "/volumes/nope?force=1", "").await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, j) = call(&app, "POST", "/v1.41/volumes/prune", "").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            j,
+            serde_json::json!({"VolumesDeleted": [], "SpaceReclaimed": 0})
+        );
+        assert_eq!(
+            fake.last_prune.lock().unwrap().as_ref().unwrap()["all"],
+            vec!["true"],
+            "old clients prune all"
+        );
+        call(&app, "POST", "/v1.51/volumes/prune", "").await;
+        assert!(!fake
+            .last_prune
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains_key("all"));
+        let (s, j) = call(&app, "GET", "/system/df", "").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(j["LayersSize"], 7);
+        assert_eq!(
+            j["Volumes"][0]["UsageData"],
+            serde_json::json!({"Size": 5, "RefCount": 1})
+        );
+        let (_, j) = call(&app, "GET", "/system/df?type=volume", "").await;
+        assert!(j.get("Images").is_none() && j.get("Volumes").is_some());
+    }
+}

@@ -1,0 +1,206 @@
+//! Small helpers shared by the storage modules: atomic JSON files, random ids, time.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Write `v` as JSON to `path` through a uniquely named temporary sibling and a rename:
+/// readers (and a restarted service after a SIGKILL) see the old file or the new one,
+/// never half of it. `durable` also fsyncs the file and the directory, for state that
+/// must survive a power loss (committed layers); container layers skip it for speed.
+pub fn write_json<T: Serialize>(path: &Path, v: &T, durable: bool) -> std::io::Result<()> {
+    let data = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    write_file_atomic(path, &data, durable)
+}
+
+pub fn write_file_atomic(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
+        random_hex(6)
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        if durable {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res?;
+    if durable {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    let b = std::fs::read(path)?;
+    serde_json::from_slice(&b).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// `n` random bytes as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("getrandom");
+    hex::encode(b)
+}
+
+/// A random 64-hex id, as Docker's `stringid.GenerateRandomID`.
+pub fn random_id() -> String {
+    random_hex(32)
+}
+
+pub fn now_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC with second precision, as Docker prints `CreatedAt` for volumes.
+pub fn rfc3339(unix_nanos: i64) -> String {
+    let secs = unix_nanos.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Remove a directory tree if it exists.
+pub fn remove_tree(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Create a directory (and parents); an existing one is fine.
+pub fn mkdir_all(p: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(p)?;
+    Ok(p.to_path_buf())
+}
+
+/// Filesystem type names as Docker prints `Backing Filesystem` (moby `fsmagic`).
+pub fn backing_fs(path: &Path) -> String {
+    match nix::sys::statfs::statfs(path) {
+        Ok(s) => {
+            let magic = s.filesystem_type().0 as u64;
+            match magic {
+                0xEF53 => "extfs",
+                0x9123683E => "btrfs",
+                0x58465342 => "xfs",
+                0x01021994 => "tmpfs",
+                0x794C7630 => "overlayfs",
+                0x2FC12FC1 => "zfs",
+                0x6969 => "nfs",
+                0x65735546 => "fuseblk",
+                0xF15F => "ecryptfs",
+                0x73717368 => "squashfs",
+                0x858458f6 => "ramfs",
+                _ => "<unknown>",
+            }
+            .to_string()
+        }
+        Err(_) => "<unknown>".to_string(),
+    }
+}
+
+/// Whether `path` is a mount point: its device differs from its parent's, or
+/// /proc/self/mountinfo lists it (bind mounts of the same filesystem).
+pub fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(m), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else {
+        return false;
+    };
+    if let Ok(pm) = std::fs::symlink_metadata(parent) {
+        if pm.dev() != m.dev() {
+            return true;
+        }
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_700_000_000 * 1_000_000_000),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(rfc3339(951_782_400 * 1_000_000_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn atomic_json_roundtrip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        write_json(&p, &vec![1, 2, 3], false).unwrap();
+        write_json(&p, &vec![4], true).unwrap();
+        let v: Vec<i32> = read_json(&p).unwrap();
+        assert_eq!(v, vec![4]);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+    }
+}
