@@ -427,6 +427,10 @@ mod tests {
         );
         assert_eq!(
             Reference::parse_normalized("x@sha256:abc").unwrap_err(),
+            RefError::InvalidFormat
+        );
+        assert_eq!(
+            Reference::parse_normalized(&format!("x@sha256:{}", "a".repeat(40))).unwrap_err(),
             RefError::InvalidDigestLength
         );
         assert!(Reference::parse_normalized("").is_err());
