@@ -587,7 +587,11 @@ impl Images {
         if req.source != "-" && !req.source.is_empty() {
             let u = reqwest::Url::parse(&req.source)
                 .map_err(|e| BusError::invalid(format!("invalid URL {}: {e}", req.source)))?;
-            let resp = reqwest::get(u.clone())
+            let resp = self
+                .registry
+                .http()
+                .get(u.clone())
+                .send()
                 .await
                 .map_err(|e| BusError::internal(format!("Get \"{u}\": {e}")))?;
             if !resp.status().is_success() {

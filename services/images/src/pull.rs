@@ -440,6 +440,7 @@ impl Images {
         drop(tx);
         let mut done = 0;
         let mut client_gone = None;
+        let mut root: Option<BusError> = None;
         while done < pending {
             let Some(m) = rx.recv().await else { break };
             match m {
@@ -453,8 +454,12 @@ impl Images {
                 }
                 Msg::Done(i, res) => {
                     done += 1;
-                    if res.is_err() {
+                    if let Err(e) = &res {
                         cancel.cancel();
+                        // The first failure is the cause; later ones follow from it.
+                        if e.kind != ErrorKind::Cancelled && root.is_none() {
+                            root = Some(e.clone());
+                        }
                     }
                     results[i] = Some(res);
                 }
@@ -463,7 +468,7 @@ impl Images {
         let failed = client_gone.is_some() || results.iter().any(|x| !matches!(x, Some(Ok(_))));
         if failed {
             let err = self.give_back(&mut results).await;
-            return Err(client_gone.unwrap_or(err));
+            return Err(client_gone.or(root).unwrap_or(err));
         }
         Ok(results.into_iter().map(|x| x.unwrap().unwrap()).collect())
     }
@@ -541,9 +546,16 @@ impl Images {
         send(status_id("Verifying Checksum", &sid));
         send(status_id("Download complete", &sid));
         wr.end().await?;
+        // Once storage has all the bytes it answers soon; wait for that answer even
+        // when the pull is being cancelled, so that the reference it hands out is
+        // given back rather than leaked.
+        let mut answer = Box::pin(applied(rd));
         let done = tokio::select! {
-            r = applied(rd) => r,
-            _ = cancel.cancelled() => Err(cancelled()),
+            r = &mut answer => r,
+            _ = cancel.cancelled() => match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+                Ok(r) => r,
+                Err(_) => Err(cancelled()),
+            },
         };
         let done = match done {
             Ok(d) => d,
@@ -622,7 +634,11 @@ impl Images {
         loop {
             let next = tokio::select! {
                 c = resp.chunk() => c,
-                _ = cancel.cancelled() => return Err(cancelled()),
+                _ = cancel.cancelled() => {
+                    // Another layer failed the pull: keep nothing of this one.
+                    ing.abort().await;
+                    return Err(cancelled());
+                }
             };
             let chunk = match next {
                 Ok(Some(c)) => Some(c),

@@ -228,6 +228,11 @@ impl Registry {
         })
     }
 
+    /// The verifying HTTP client (imports from a URL).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.secure
+    }
+
     pub fn settings(&self) -> &RegistrySettings {
         &self.settings
     }

@@ -401,7 +401,7 @@ impl Images {
         let mut removed_repo_ref = false;
         if !by_id {
             let parsed = Reference::parse_normalized(name)?.with_default_tag();
-            if !force && repo_refs.len() == 1 {
+            if !force && single_reference(&repo_refs) {
                 if let Some(c) = using.first() {
                     return Err(BusError::conflict(format!(
                         "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
@@ -839,6 +839,11 @@ fn untagged(r: &Reference) -> docker::ImageDeleteResponseItem {
         untagged: Some(r.familiar_string()),
         deleted: None,
     }
+}
+
+/// Moby's `isSingleReference`: one repository, at most one tag.
+fn single_reference(refs: &[Reference]) -> bool {
+    single_repo(refs) && refs.iter().filter(|r| r.digest.is_none()).count() <= 1
 }
 
 fn single_repo(refs: &[Reference]) -> bool {

@@ -155,7 +155,7 @@ pub async fn fake_storage(bus: Bus) -> Arc<FakeStorage> {
             if let Some(p) = &req.parent {
                 let t = Instant::now();
                 while !st.layers.lock().unwrap().contains_key(p) {
-                    if t.elapsed() > Duration::from_secs(20) {
+                    if t.elapsed() > Duration::from_secs(5) {
                         return w
                             .fail(BusError::not_found(format!(
                                 "parent layer {p} does not exist"
@@ -517,71 +517,104 @@ pub async fn token_proxy(upstream: String, user: &str, pass: &str) -> TokenProxy
     use base64::Engine;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    );
     let client = reqwest::Client::new();
     let c2 = counter.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { break };
-            let (want, client, upstream, counter) = (want.clone(), client.clone(), upstream.clone(), c2.clone());
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let (want, client, upstream, counter) =
+                (want.clone(), client.clone(), upstream.clone(), c2.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (want, client, upstream, counter) = (want.clone(), client.clone(), upstream.clone(), counter.clone());
-                    async move {
-                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                        let path = req.uri().path().to_string();
-                        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                        if path == "/token" {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            let (st, body) = if auth == want {
-                                (200, r#"{"token":"tok-123","access_token":"tok-123","expires_in":300}"#)
-                            } else {
-                                (401, r#"{"details":"incorrect username or password"}"#)
-                            };
-                            return Ok::<_, hyper::Error>(
-                                hyper::Response::builder()
-                                    .status(st)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            );
-                        }
-                        if auth != "Bearer tok-123" {
-                            return Ok(hyper::Response::builder()
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (want, client, upstream, counter) = (
+                            want.clone(),
+                            client.clone(),
+                            upstream.clone(),
+                            counter.clone(),
+                        );
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let path = req.uri().path().to_string();
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            if path == "/token" {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let (st, body) = if auth == want {
+                                    (
+                                        200,
+                                        r#"{"token":"tok-123","access_token":"tok-123","expires_in":300}"#,
+                                    )
+                                } else {
+                                    (401, r#"{"details":"incorrect username or password"}"#)
+                                };
+                                return Ok::<_, hyper::Error>(
+                                    hyper::Response::builder()
+                                        .status(st)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap(),
+                                );
+                            }
+                            if auth != "Bearer tok-123" {
+                                return Ok(hyper::Response::builder()
                                 .status(401)
                                 .header("content-type", "application/json")
                                 .header("www-authenticate", format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="test-registry""#))
                                 .body(Full::new(Bytes::from(r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#)))
                                 .unwrap());
-                        }
-                        let method = req.method().clone();
-                        let mut rb = client.request(method, format!("http://{upstream}{pq}"));
-                        for h in ["content-type", "accept", "range"] {
-                            for v in req.headers().get_all(h) {
-                                rb = rb.header(h, v.to_str().unwrap_or(""));
                             }
-                        }
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let resp = rb.body(body).send().await.unwrap();
-                        let mut out = hyper::Response::builder().status(resp.status().as_u16());
-                        for (k, v) in resp.headers() {
-                            let v = v.to_str().unwrap_or("").replace(&upstream, &format!("127.0.0.1:{port}"));
-                            if k != "transfer-encoding" {
-                                out = out.header(k.as_str(), v);
+                            let method = req.method().clone();
+                            let mut rb = client.request(method, format!("http://{upstream}{pq}"));
+                            for h in ["content-type", "accept", "range"] {
+                                for v in req.headers().get_all(h) {
+                                    rb = rb.header(h, v.to_str().unwrap_or(""));
+                                }
                             }
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let resp = rb.body(body).send().await.unwrap();
+                            let mut out = hyper::Response::builder().status(resp.status().as_u16());
+                            for (k, v) in resp.headers() {
+                                let v = v
+                                    .to_str()
+                                    .unwrap_or("")
+                                    .replace(&upstream, &format!("127.0.0.1:{port}"));
+                                if k != "transfer-encoding" {
+                                    out = out.header(k.as_str(), v);
+                                }
+                            }
+                            let b = resp.bytes().await.unwrap();
+                            Ok(out.body(Full::new(b)).unwrap())
                         }
-                        let b = resp.bytes().await.unwrap();
-                        Ok(out.body(Full::new(b)).unwrap())
-                    }
-                });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    TokenProxy { port, token_requests: counter, task }
+    TokenProxy {
+        port,
+        token_requests: counter,
+        task,
+    }
 }
