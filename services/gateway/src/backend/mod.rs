@@ -16,6 +16,8 @@ use bus_schema::{
 
 use crate::host::HostFacts;
 
+mod images;
+
 pub struct BusBackend {
     pub bus: Bus,
     pub host: HostFacts,

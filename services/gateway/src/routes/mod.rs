@@ -4,5 +4,6 @@
 pub mod build;
 pub mod containers;
 pub mod events;
+pub mod images;
 pub mod system;
 pub mod volumes;
