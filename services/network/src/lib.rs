@@ -1,5 +1,14 @@
 //! The network service: bridges, IPAM, veth, published ports, embedded DNS.
 
+pub mod dns;
+pub mod files;
+pub mod firewall;
+pub mod ipam;
+pub mod link;
+pub mod netns;
+pub mod ports;
+pub mod store;
+
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::{docker, Service};
