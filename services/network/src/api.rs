@@ -15,15 +15,42 @@ use bus_schema::{docker, BusError};
 use std::future::Future;
 
 pub trait NetworkApi: Send + Sync + 'static {
-    fn network_create(&self, r: NetworkCreate) -> impl Future<Output = Result<docker::NetworkCreateResponse, BusError>> + Send;
-    fn network_inspect(&self, r: NetworkInspect) -> impl Future<Output = Result<docker::NetworkInspect, BusError>> + Send;
-    fn network_list(&self, r: NetworkList) -> impl Future<Output = Result<Vec<docker::NetworkInspect>, BusError>> + Send;
-    fn network_remove(&self, r: NetworkRemove) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn network_prune(&self, r: NetworkPrune) -> impl Future<Output = Result<docker::NetworkPruneResponse, BusError>> + Send;
-    fn network_resolve(&self, r: NetworkResolve) -> impl Future<Output = Result<NetworkRef, BusError>> + Send;
-    fn sandbox_create(&self, r: SandboxCreate) -> impl Future<Output = Result<Sandbox, BusError>> + Send;
-    fn sandbox_remove(&self, r: SandboxRemove) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn sandbox_rename(&self, r: SandboxRename) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn endpoint_create(&self, r: EndpointCreate) -> impl Future<Output = Result<docker::EndpointSettings, BusError>> + Send;
-    fn endpoint_remove(&self, r: EndpointRemove) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn network_create(
+        &self,
+        r: NetworkCreate,
+    ) -> impl Future<Output = Result<docker::NetworkCreateResponse, BusError>> + Send;
+    fn network_inspect(
+        &self,
+        r: NetworkInspect,
+    ) -> impl Future<Output = Result<docker::NetworkInspect, BusError>> + Send;
+    fn network_list(
+        &self,
+        r: NetworkList,
+    ) -> impl Future<Output = Result<Vec<docker::NetworkInspect>, BusError>> + Send;
+    fn network_remove(&self, r: NetworkRemove)
+        -> impl Future<Output = Result<(), BusError>> + Send;
+    fn network_prune(
+        &self,
+        r: NetworkPrune,
+    ) -> impl Future<Output = Result<docker::NetworkPruneResponse, BusError>> + Send;
+    fn network_resolve(
+        &self,
+        r: NetworkResolve,
+    ) -> impl Future<Output = Result<NetworkRef, BusError>> + Send;
+    fn sandbox_create(
+        &self,
+        r: SandboxCreate,
+    ) -> impl Future<Output = Result<Sandbox, BusError>> + Send;
+    fn sandbox_remove(&self, r: SandboxRemove)
+        -> impl Future<Output = Result<(), BusError>> + Send;
+    fn sandbox_rename(&self, r: SandboxRename)
+        -> impl Future<Output = Result<(), BusError>> + Send;
+    fn endpoint_create(
+        &self,
+        r: EndpointCreate,
+    ) -> impl Future<Output = Result<docker::EndpointSettings, BusError>> + Send;
+    fn endpoint_remove(
+        &self,
+        r: EndpointRemove,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
 }

@@ -60,7 +60,11 @@ impl Table {
                     }
                 }
                 if let Some(first) = e.names.first() {
-                    let net = self.nets.get(&e.network_id).map(|x| x.0.clone()).unwrap_or_default();
+                    let net = self
+                        .nets
+                        .get(&e.network_id)
+                        .map(|x| x.0.clone())
+                        .unwrap_or_default();
                     self.ptr.insert(e.ip, format!("{first}.{net}"));
                 }
                 self.clients.insert(e.ip, cid.clone());
@@ -140,12 +144,18 @@ impl Dns {
     }
 
     /// Set a sandbox's names (replacing what it had) and its forwarders (empty: the host's).
-    pub fn set_sandbox(&self, container_id: &str, entries: Vec<DnsEntry>, forwarders: Vec<SocketAddr>) {
+    pub fn set_sandbox(
+        &self,
+        container_id: &str,
+        entries: Vec<DnsEntry>,
+        forwarders: Vec<SocketAddr>,
+    ) {
         let mut t = self.table.write().unwrap();
         if entries.is_empty() {
             t.sandboxes.remove(container_id);
         } else {
-            t.sandboxes.insert(container_id.to_string(), (entries, forwarders));
+            t.sandboxes
+                .insert(container_id.to_string(), (entries, forwarders));
         }
         t.reindex();
     }
@@ -159,7 +169,11 @@ impl Dns {
     /// Names registered on a network (for tests and leak checks).
     pub fn names(&self, net_id: &str) -> Vec<String> {
         let t = self.table.read().unwrap();
-        let mut v: Vec<String> = t.names.get(net_id).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<String> = t
+            .names
+            .get(net_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -213,7 +227,10 @@ impl NetHandler {
             if let Some(ip) = parse_arpa(&name) {
                 if let Some(n) = t.ptr.get(&ip) {
                     let on_mine = nets.iter().any(|id| {
-                        t.names.get(id).map(|m| m.values().any(|v| v.contains(&ip))).unwrap_or(false)
+                        t.names
+                            .get(id)
+                            .map(|m| m.values().any(|v| v.contains(&ip)))
+                            .unwrap_or(false)
                     });
                     if on_mine {
                         return Answer::Ptr(n.clone());
@@ -223,7 +240,11 @@ impl NetHandler {
         } else {
             for id in &nets {
                 let Some(m) = t.names.get(id) else { continue };
-                let netname = t.nets.get(id).map(|x| x.0.to_ascii_lowercase()).unwrap_or_default();
+                let netname = t
+                    .nets
+                    .get(id)
+                    .map(|x| x.0.to_ascii_lowercase())
+                    .unwrap_or_default();
                 let short = name.strip_suffix(&format!(".{netname}")).unwrap_or(&name);
                 if let Some(ips) = m.get(&name).or_else(|| m.get(short)) {
                     return match qtype {
@@ -234,7 +255,9 @@ impl NetHandler {
             }
         }
         // Not ours: forward, unless every network of the client is internal.
-        let internal = nets.iter().all(|id| t.nets.get(id).map(|x| x.1).unwrap_or(false));
+        let internal = nets
+            .iter()
+            .all(|id| t.nets.get(id).map(|x| x.1).unwrap_or(false));
         if internal {
             return Answer::Refuse;
         }
@@ -252,7 +275,10 @@ impl NetHandler {
 
 fn parse_arpa(name: &str) -> Option<Ipv4Addr> {
     let rest = name.strip_suffix(".in-addr.arpa")?;
-    let mut o: Vec<u8> = rest.split('.').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let mut o: Vec<u8> = rest
+        .split('.')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
     if o.len() != 4 {
         return None;
     }
@@ -262,7 +288,11 @@ fn parse_arpa(name: &str) -> Option<Ipv4Addr> {
 
 #[async_trait::async_trait]
 impl RequestHandler for NetHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut rh: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut rh: R,
+    ) -> ResponseInfo {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = true;
         let Ok(info) = request.request_info() else {
@@ -274,11 +304,21 @@ impl RequestHandler for NetHandler {
         match self.resolve(src, &qname, qtype) {
             Answer::Addrs(ips) => {
                 let name = Name::from(info.query.name().clone());
-                let recs: Vec<Record> =
-                    ips.into_iter().map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))).collect();
+                let recs: Vec<Record> = ips
+                    .into_iter()
+                    .map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(ip))))
+                    .collect();
                 meta.authoritative = true;
-                let resp = MessageResponseBuilder::from_message_request(request).build(meta, recs.iter(), [], [], []);
-                rh.send_response(resp).await.unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+                let resp = MessageResponseBuilder::from_message_request(request).build(
+                    meta,
+                    recs.iter(),
+                    [],
+                    [],
+                    [],
+                );
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
             }
             Answer::Ptr(target) => {
                 let name = Name::from(info.query.name().clone());
@@ -287,13 +327,24 @@ impl RequestHandler for NetHandler {
                 };
                 let recs = [Record::from_rdata(name, TTL, RData::PTR(PTR(t)))];
                 meta.authoritative = true;
-                let resp = MessageResponseBuilder::from_message_request(request).build(meta, recs.iter(), [], [], []);
-                rh.send_response(resp).await.unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+                let resp = MessageResponseBuilder::from_message_request(request).build(
+                    meta,
+                    recs.iter(),
+                    [],
+                    [],
+                    [],
+                );
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
             }
             Answer::Empty => {
                 meta.authoritative = true;
-                let resp = MessageResponseBuilder::from_message_request(request).build_no_records(meta);
-                rh.send_response(resp).await.unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+                let resp =
+                    MessageResponseBuilder::from_message_request(request).build_no_records(meta);
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
             }
             Answer::Refuse => send_err(request, rh, ResponseCode::ServFail).await,
             Answer::Forward(servers) => {
@@ -309,9 +360,9 @@ impl RequestHandler for NetHandler {
                             [],
                             m.additionals.iter(),
                         );
-                        rh.send_response(resp)
-                            .await
-                            .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+                        rh.send_response(resp).await.unwrap_or_else(|_| {
+                            ResponseInfo::from(hdr(request, ResponseCode::ServFail))
+                        })
                     }
                     None => send_err(request, rh, ResponseCode::ServFail).await,
                 }
@@ -323,18 +374,32 @@ impl RequestHandler for NetHandler {
 fn hdr(request: &Request, code: ResponseCode) -> hickory_server::proto::op::Header {
     let mut m = Metadata::response_from_request(&request.metadata);
     m.response_code = code;
-    hickory_server::proto::op::Header { metadata: m, counts: Default::default() }
+    hickory_server::proto::op::Header {
+        metadata: m,
+        counts: Default::default(),
+    }
 }
 
-async fn send_err<R: ResponseHandler>(request: &Request, mut rh: R, code: ResponseCode) -> ResponseInfo {
-    let resp = MessageResponseBuilder::from_message_request(request).error_msg(&request.metadata, code);
-    rh.send_response(resp).await.unwrap_or_else(|_| ResponseInfo::from(hdr(request, code)))
+async fn send_err<R: ResponseHandler>(
+    request: &Request,
+    mut rh: R,
+    code: ResponseCode,
+) -> ResponseInfo {
+    let resp =
+        MessageResponseBuilder::from_message_request(request).error_msg(&request.metadata, code);
+    rh.send_response(resp)
+        .await
+        .unwrap_or_else(|_| ResponseInfo::from(hdr(request, code)))
 }
 
 /// Send the raw query to each server in turn; the first answer wins.
 async fn forward(query: &[u8], servers: &[SocketAddr], tcp: bool) -> Option<Message> {
     for s in servers {
-        let r = if tcp { forward_tcp(query, *s).await } else { forward_udp(query, *s).await };
+        let r = if tcp {
+            forward_tcp(query, *s).await
+        } else {
+            forward_udp(query, *s).await
+        };
         match r {
             Ok(bytes) => {
                 if let Ok(m) = Message::from_vec(&bytes) {
@@ -355,7 +420,11 @@ async fn forward(query: &[u8], servers: &[SocketAddr], tcp: bool) -> Option<Mess
 }
 
 async fn forward_udp(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     let sock = tokio::net::UdpSocket::bind(bind).await?;
     sock.connect(server).await?;
     sock.send(query).await?;
@@ -392,10 +461,23 @@ async fn forward_tcp(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8
 
 /// A DNS query over UDP (for tests and health checks): the A records of `name`,
 /// or the response code when there are none.
-pub async fn query_a(server: SocketAddr, name: &str, from: Option<Ipv4Addr>) -> Result<Vec<Ipv4Addr>, ResponseCode> {
-    query(server, name, RecordType::A, from)
-        .await
-        .map(|m| m.answers.iter().filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None }).collect())
+pub async fn query_a(
+    server: SocketAddr,
+    name: &str,
+    from: Option<Ipv4Addr>,
+) -> Result<Vec<Ipv4Addr>, ResponseCode> {
+    query(server, name, RecordType::A, from).await.map(|m| {
+        m.answers
+            .iter()
+            .filter_map(|r| {
+                if let RData::A(a) = &r.data {
+                    Some(a.0)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    })
 }
 
 pub async fn query(
@@ -404,7 +486,7 @@ pub async fn query(
     qtype: RecordType,
     from: Option<Ipv4Addr>,
 ) -> Result<Message, ResponseCode> {
-    use hickory_server::proto::op::{Query, MessageType, OpCode};
+    use hickory_server::proto::op::{MessageType, OpCode, Query};
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);
     let mut m = Message::new(u16::from_le_bytes(b), MessageType::Query, OpCode::Query);
@@ -413,9 +495,15 @@ pub async fn query(
     m.add_query(Query::query(n, qtype));
     let bytes = m.to_vec().map_err(|_| ResponseCode::FormErr)?;
     let bind = SocketAddr::new(IpAddr::V4(from.unwrap_or(Ipv4Addr::UNSPECIFIED)), 0);
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|_| ResponseCode::ServFail)?;
-    sock.connect(server).await.map_err(|_| ResponseCode::ServFail)?;
-    sock.send(&bytes).await.map_err(|_| ResponseCode::ServFail)?;
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
+    sock.connect(server)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
+    sock.send(&bytes)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
     let mut buf = vec![0u8; 65535];
     let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
         .await
@@ -433,12 +521,19 @@ mod tests {
     use super::*;
 
     fn entry(net: &str, ip: [u8; 4], names: &[&str]) -> DnsEntry {
-        DnsEntry { network_id: net.into(), ip: Ipv4Addr::from(ip), names: names.iter().map(|s| s.to_string()).collect() }
+        DnsEntry {
+            network_id: net.into(),
+            ip: Ipv4Addr::from(ip),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn arpa_names() {
-        assert_eq!(parse_arpa("2.0.18.172.in-addr.arpa"), Some(Ipv4Addr::new(172, 18, 0, 2)));
+        assert_eq!(
+            parse_arpa("2.0.18.172.in-addr.arpa"),
+            Some(Ipv4Addr::new(172, 18, 0, 2))
+        );
         assert_eq!(parse_arpa("example.com"), None);
     }
 
@@ -447,46 +542,93 @@ mod tests {
         // An upstream that answers every A query with 9.9.9.9.
         let upstream = Dns::new(vec![]);
         upstream.set_network("up", "up", false);
-        upstream.set_sandbox("u", vec![entry("up", [9, 9, 9, 9], &["example.com"])], vec![]);
+        upstream.set_sandbox(
+            "u",
+            vec![entry("up", [9, 9, 9, 9], &["example.com"])],
+            vec![],
+        );
         let up_port = free_udp_port(Ipv4Addr::new(127, 0, 0, 1));
-        upstream.start("up", Ipv4Addr::new(127, 0, 0, 1), up_port).await.unwrap();
+        upstream
+            .start("up", Ipv4Addr::new(127, 0, 0, 1), up_port)
+            .await
+            .unwrap();
 
-        let dns = Dns::new(vec![SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), up_port))]);
+        let dns = Dns::new(vec![SocketAddr::from((
+            Ipv4Addr::new(127, 0, 0, 1),
+            up_port,
+        ))]);
         dns.set_network("n1", "front", false);
         dns.set_network("n2", "back", false);
         dns.set_network("n3", "sealed", true);
         // web on n1 and n2; db on n2 only; lone on n3 (internal)
-        dns.set_sandbox("web", vec![entry("n1", [127, 0, 1, 2], &["web", "www", "0123456789ab"]), entry("n2", [127, 0, 2, 2], &["web"])], vec![]);
+        dns.set_sandbox(
+            "web",
+            vec![
+                entry("n1", [127, 0, 1, 2], &["web", "www", "0123456789ab"]),
+                entry("n2", [127, 0, 2, 2], &["web"]),
+            ],
+            vec![],
+        );
         dns.set_sandbox("db", vec![entry("n2", [127, 0, 2, 3], &["db"])], vec![]);
         dns.set_sandbox("lone", vec![entry("n3", [127, 0, 3, 2], &["lone"])], vec![]);
         let p1 = free_udp_port(Ipv4Addr::new(127, 0, 1, 1));
-        dns.start("n1", Ipv4Addr::new(127, 0, 1, 1), p1).await.unwrap();
+        dns.start("n1", Ipv4Addr::new(127, 0, 1, 1), p1)
+            .await
+            .unwrap();
         let p3 = free_udp_port(Ipv4Addr::new(127, 0, 3, 1));
-        dns.start("n3", Ipv4Addr::new(127, 0, 3, 1), p3).await.unwrap();
+        dns.start("n3", Ipv4Addr::new(127, 0, 3, 1), p3)
+            .await
+            .unwrap();
         let s1 = SocketAddr::from((Ipv4Addr::new(127, 0, 1, 1), p1));
         let s3 = SocketAddr::from((Ipv4Addr::new(127, 0, 3, 1), p3));
         let web = Some(Ipv4Addr::new(127, 0, 1, 2));
 
-        assert_eq!(query_a(s1, "web", web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 1, 2)]);
-        assert_eq!(query_a(s1, "WWW.", web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 1, 2)]);
-        assert_eq!(query_a(s1, "0123456789ab", web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 1, 2)]);
-        assert_eq!(query_a(s1, "web.front", web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 1, 2)]);
+        assert_eq!(
+            query_a(s1, "web", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "WWW.", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "0123456789ab", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "web.front", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
         // web is also on n2, so it resolves db through n1's server
-        assert_eq!(query_a(s1, "db", web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 2, 3)]);
+        assert_eq!(
+            query_a(s1, "db", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 2, 3)]
+        );
         // an unknown client on n1 sees only n1's names; db is forwarded (upstream says NXDOMAIN)
         assert!(query_a(s1, "db", None).await.is_err());
         // the rest is forwarded
-        assert_eq!(query_a(s1, "example.com", web).await.unwrap(), vec![Ipv4Addr::new(9, 9, 9, 9)]);
+        assert_eq!(
+            query_a(s1, "example.com", web).await.unwrap(),
+            vec![Ipv4Addr::new(9, 9, 9, 9)]
+        );
         // AAAA of a container: no error, no records
         let m = query(s1, "web", RecordType::AAAA, web).await.unwrap();
         assert!(m.answers.is_empty());
         // PTR
-        let m = query(s1, "2.1.0.127.in-addr.arpa", RecordType::PTR, web).await.unwrap();
+        let m = query(s1, "2.1.0.127.in-addr.arpa", RecordType::PTR, web)
+            .await
+            .unwrap();
         assert_eq!(m.answers.len(), 1);
         // internal network: names yes, forwarding no
         let lone = Some(Ipv4Addr::new(127, 0, 3, 2));
-        assert_eq!(query_a(s3, "lone", lone).await.unwrap(), vec![Ipv4Addr::new(127, 0, 3, 2)]);
-        assert_eq!(query_a(s3, "example.com", lone).await.unwrap_err(), ResponseCode::ServFail);
+        assert_eq!(
+            query_a(s3, "lone", lone).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 3, 2)]
+        );
+        assert_eq!(
+            query_a(s3, "example.com", lone).await.unwrap_err(),
+            ResponseCode::ServFail
+        );
         // names go with the sandbox
         dns.remove_sandbox("web");
         assert!(query_a(s1, "web", None).await.is_err());

@@ -35,7 +35,11 @@ impl ResolvConf {
     pub fn without_loopback(&self) -> Vec<String> {
         self.nameservers
             .iter()
-            .filter(|n| !n.parse::<std::net::IpAddr>().map(|a| a.is_loopback()).unwrap_or(false))
+            .filter(|n| {
+                !n.parse::<std::net::IpAddr>()
+                    .map(|a| a.is_loopback())
+                    .unwrap_or(false)
+            })
             .cloned()
             .collect()
     }
@@ -55,21 +59,46 @@ pub struct DnsOverrides {
 /// resolv.conf for a container on the default bridge (or `none`): the host's
 /// nameservers without loopback ones, or the overrides.
 pub fn resolv_conf_legacy(host: &ResolvConf, o: &DnsOverrides) -> String {
-    let mut ns = if o.dns.is_empty() { host.without_loopback() } else { o.dns.clone() };
+    let mut ns = if o.dns.is_empty() {
+        host.without_loopback()
+    } else {
+        o.dns.clone()
+    };
     if ns.is_empty() {
         ns = DEFAULT_DNS.iter().map(|s| s.to_string()).collect();
     }
-    let search = if o.search.is_empty() { host.search.clone() } else { o.search.clone() };
-    let options = if o.options.is_empty() { host.options.clone() } else { o.options.clone() };
+    let search = if o.search.is_empty() {
+        host.search.clone()
+    } else {
+        o.search.clone()
+    };
+    let options = if o.options.is_empty() {
+        host.options.clone()
+    } else {
+        o.options.clone()
+    };
     render(&ns, &search, &options, "")
 }
 
 /// resolv.conf for a container on a user network: the embedded DNS on `dns_ip`,
 /// which forwards to `ext` (the overrides or the host's nameservers).
-pub fn resolv_conf_embedded(dns_ip: Ipv4Addr, host: &ResolvConf, o: &DnsOverrides, ext: &[String]) -> String {
-    let search = if o.search.is_empty() { host.search.clone() } else { o.search.clone() };
+pub fn resolv_conf_embedded(
+    dns_ip: Ipv4Addr,
+    host: &ResolvConf,
+    o: &DnsOverrides,
+    ext: &[String],
+) -> String {
+    let search = if o.search.is_empty() {
+        host.search.clone()
+    } else {
+        o.search.clone()
+    };
     let mut options = vec!["ndots:0".to_string()];
-    let extra = if o.options.is_empty() { &host.options } else { &o.options };
+    let extra = if o.options.is_empty() {
+        &host.options
+    } else {
+        &o.options
+    };
     for opt in extra {
         if opt.starts_with("ndots:") {
             options.retain(|x| !x.starts_with("ndots:"));
@@ -86,9 +115,21 @@ pub fn resolv_conf_host(host_text: &str, o: &DnsOverrides) -> String {
         return host_text.to_string();
     }
     let host = ResolvConf::parse(host_text);
-    let ns = if o.dns.is_empty() { host.nameservers.clone() } else { o.dns.clone() };
-    let search = if o.search.is_empty() { host.search.clone() } else { o.search.clone() };
-    let options = if o.options.is_empty() { host.options.clone() } else { o.options.clone() };
+    let ns = if o.dns.is_empty() {
+        host.nameservers.clone()
+    } else {
+        o.dns.clone()
+    };
+    let search = if o.search.is_empty() {
+        host.search.clone()
+    } else {
+        o.search.clone()
+    };
+    let options = if o.options.is_empty() {
+        host.options.clone()
+    } else {
+        o.options.clone()
+    };
     render(&ns, &search, &options, "")
 }
 
@@ -183,27 +224,45 @@ mod tests {
     fn legacy_resolv_conf() {
         let host = ResolvConf::parse("nameserver 127.0.0.53\nsearch x\n");
         let t = resolv_conf_legacy(&host, &DnsOverrides::default());
-        assert!(t.contains("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"), "{t}");
+        assert!(
+            t.contains("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
+            "{t}"
+        );
         assert!(t.contains("search x\n"));
         let t = resolv_conf_legacy(
             &host,
-            &DnsOverrides { dns: vec!["1.1.1.1".into()], search: vec!["y".into()], options: vec!["ndots:2".into()] },
+            &DnsOverrides {
+                dns: vec!["1.1.1.1".into()],
+                search: vec!["y".into()],
+                options: vec!["ndots:2".into()],
+            },
         );
-        assert!(t.contains("nameserver 1.1.1.1\nsearch y\noptions ndots:2\n"), "{t}");
+        assert!(
+            t.contains("nameserver 1.1.1.1\nsearch y\noptions ndots:2\n"),
+            "{t}"
+        );
         assert!(!t.contains("8.8.8.8"));
     }
 
     #[test]
     fn embedded_resolv_conf() {
         let host = ResolvConf::parse("nameserver 10.0.0.2\noptions edns0\n");
-        let t = resolv_conf_embedded(Ipv4Addr::new(172, 18, 0, 1), &host, &DnsOverrides::default(), &["10.0.0.2".into()]);
+        let t = resolv_conf_embedded(
+            Ipv4Addr::new(172, 18, 0, 1),
+            &host,
+            &DnsOverrides::default(),
+            &["10.0.0.2".into()],
+        );
         assert!(t.contains("nameserver 172.18.0.1\n"), "{t}");
         assert!(t.contains("options ndots:0 edns0\n"), "{t}");
         assert!(!t.contains("nameserver 10.0.0.2"), "{t}");
         let t = resolv_conf_embedded(
             Ipv4Addr::new(172, 18, 0, 1),
             &host,
-            &DnsOverrides { options: vec!["ndots:3".into()], ..Default::default() },
+            &DnsOverrides {
+                options: vec!["ndots:3".into()],
+                ..Default::default()
+            },
             &[],
         );
         assert!(t.contains("options ndots:3\n"), "{t}");
@@ -215,7 +274,12 @@ mod tests {
         let h = hosts(Some(Ipv4Addr::new(172, 18, 0, 2)), "abc", "", &extra);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.contains("10.0.0.5\tdb\n172.18.0.2\tabc\n"), "{h}");
-        let h = hosts(Some(Ipv4Addr::new(172, 18, 0, 2)), "web", "example.com", &[]);
+        let h = hosts(
+            Some(Ipv4Addr::new(172, 18, 0, 2)),
+            "web",
+            "example.com",
+            &[],
+        );
         assert!(h.ends_with("172.18.0.2\tweb.example.com web\n"), "{h}");
         assert!(!hosts(None, "abc", "", &[]).contains("abc"));
         assert_eq!(
@@ -225,6 +289,9 @@ mod tests {
         assert_eq!(extra_host_line("v6:::1", None).unwrap(), "::1\tv6\n");
         assert!(extra_host_line("nope", None).is_err());
         assert!(extra_host_line("x:notanip", None).is_err());
-        assert_eq!(hosts_host("127.0.0.1 localhost", &extra), "127.0.0.1 localhost\n10.0.0.5\tdb\n");
+        assert_eq!(
+            hosts_host("127.0.0.1 localhost", &extra),
+            "127.0.0.1 localhost\n10.0.0.5\tdb\n"
+        );
     }
 }

@@ -49,7 +49,16 @@ pub struct FwPort {
 /// The table name for a node: `berth_` and the node id with anything but
 /// `[A-Za-z0-9_]` turned into `_`.
 pub fn table_name(node: &str) -> String {
-    let s: String = node.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let s: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("berth_{s}")
 }
 
@@ -85,7 +94,10 @@ pub fn render(table: &str, nets: &[FwNetwork], ports: &[FwPort]) -> String {
     }
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "  chain prerouting {{");
-    let _ = writeln!(s, "    type nat hook prerouting priority dstnat; policy accept;");
+    let _ = writeln!(
+        s,
+        "    type nat hook prerouting priority dstnat; policy accept;"
+    );
     let _ = writeln!(s, "    fib daddr type local jump publish");
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "  chain output {{");
@@ -95,12 +107,24 @@ pub fn render(table: &str, nets: &[FwNetwork], ports: &[FwPort]) -> String {
 
     // Source NAT.
     let _ = writeln!(s, "  chain postrouting {{");
-    let _ = writeln!(s, "    type nat hook postrouting priority srcnat; policy accept;");
+    let _ = writeln!(
+        s,
+        "    type nat hook postrouting priority srcnat; policy accept;"
+    );
     for n in nets {
         // host-originated traffic to 127.0.0.1:port, now DNATed onto the bridge
-        let _ = writeln!(s, "    oifname {} ip saddr 127.0.0.0/8 masquerade", q(&n.bridge));
+        let _ = writeln!(
+            s,
+            "    oifname {} ip saddr 127.0.0.0/8 masquerade",
+            q(&n.bridge)
+        );
         if n.masquerade && !n.internal {
-            let _ = writeln!(s, "    ip saddr {} oifname != {} masquerade", n.subnet, q(&n.bridge));
+            let _ = writeln!(
+                s,
+                "    ip saddr {} oifname != {} masquerade",
+                n.subnet,
+                q(&n.bridge)
+            );
         }
     }
     for p in ports {
@@ -117,14 +141,26 @@ pub fn render(table: &str, nets: &[FwNetwork], ports: &[FwPort]) -> String {
 
     // Isolation.
     let _ = writeln!(s, "  chain forward {{");
-    let _ = writeln!(s, "    type filter hook forward priority filter; policy accept;");
+    let _ = writeln!(
+        s,
+        "    type filter hook forward priority filter; policy accept;"
+    );
     for n in nets {
-        let others: Vec<String> = nets.iter().filter(|o| o.bridge != n.bridge).map(|o| q(&o.bridge)).collect();
+        let others: Vec<String> = nets
+            .iter()
+            .filter(|o| o.bridge != n.bridge)
+            .map(|o| q(&o.bridge))
+            .collect();
         if n.internal {
             let _ = writeln!(s, "    iifname {b} oifname != {b} drop", b = q(&n.bridge));
             let _ = writeln!(s, "    oifname {b} iifname != {b} drop", b = q(&n.bridge));
         } else if !others.is_empty() {
-            let _ = writeln!(s, "    iifname {b} oifname != {b} oifname {{ {} }} drop", others.join(", "), b = q(&n.bridge));
+            let _ = writeln!(
+                s,
+                "    iifname {b} oifname != {b} oifname {{ {} }} drop",
+                others.join(", "),
+                b = q(&n.bridge)
+            );
         }
         if !n.icc {
             let _ = writeln!(s, "    iifname {b} oifname {b} drop", b = q(&n.bridge));
@@ -151,11 +187,19 @@ pub async fn apply(script: &str) -> Result<(), FirewallError> {
         .spawn()
         .map_err(FirewallError::Spawn)?;
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(script.as_bytes()).await.map_err(FirewallError::Spawn)?;
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .map_err(FirewallError::Spawn)?;
     drop(stdin);
-    let out = child.wait_with_output().await.map_err(FirewallError::Spawn)?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(FirewallError::Spawn)?;
     if !out.status.success() {
-        return Err(FirewallError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(FirewallError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }
@@ -171,8 +215,14 @@ fn nft_bin() -> &'static str {
 
 /// The node's table as nft prints it (for tests and `berth doctor`).
 pub async fn list(table: &str) -> Option<String> {
-    let out = tokio::process::Command::new(nft_bin()).args(["list", "table", "ip", table]).output().await.ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = tokio::process::Command::new(nft_bin())
+        .args(["list", "table", "ip", table])
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -181,16 +231,46 @@ mod tests {
 
     fn nets() -> Vec<FwNetwork> {
         vec![
-            FwNetwork { bridge: "berth0".into(), subnet: "172.17.0.0/16".parse().unwrap(), internal: false, masquerade: true, icc: true },
-            FwNetwork { bridge: "br-aaaaaaaaaaaa".into(), subnet: "172.18.0.0/16".parse().unwrap(), internal: false, masquerade: true, icc: true },
-            FwNetwork { bridge: "br-bbbbbbbbbbbb".into(), subnet: "172.19.0.0/16".parse().unwrap(), internal: true, masquerade: true, icc: false },
+            FwNetwork {
+                bridge: "berth0".into(),
+                subnet: "172.17.0.0/16".parse().unwrap(),
+                internal: false,
+                masquerade: true,
+                icc: true,
+            },
+            FwNetwork {
+                bridge: "br-aaaaaaaaaaaa".into(),
+                subnet: "172.18.0.0/16".parse().unwrap(),
+                internal: false,
+                masquerade: true,
+                icc: true,
+            },
+            FwNetwork {
+                bridge: "br-bbbbbbbbbbbb".into(),
+                subnet: "172.19.0.0/16".parse().unwrap(),
+                internal: true,
+                masquerade: true,
+                icc: false,
+            },
         ]
     }
 
     fn ports() -> Vec<FwPort> {
         vec![
-            FwPort { proto: Proto::Tcp, host_ip: Ipv4Addr::UNSPECIFIED, host_port: 8080, container_ip: Ipv4Addr::new(172, 17, 0, 2), container_port: 80 },
-            FwPort { proto: Proto::Udp, host_ip: Ipv4Addr::LOCALHOST, host_port: 5353, container_ip: Ipv4Addr::new(172, 18, 0, 2), container_port: 53 },
+            FwPort {
+                proto: Proto::Tcp,
+                host_ip: Ipv4Addr::UNSPECIFIED,
+                host_port: 8080,
+                container_ip: Ipv4Addr::new(172, 17, 0, 2),
+                container_port: 80,
+            },
+            FwPort {
+                proto: Proto::Udp,
+                host_ip: Ipv4Addr::LOCALHOST,
+                host_port: 5353,
+                container_ip: Ipv4Addr::new(172, 18, 0, 2),
+                container_port: 53,
+            },
         ]
     }
 
@@ -202,19 +282,43 @@ mod tests {
     #[test]
     fn renders_rules() {
         let s = render("berth_t", &nets(), &ports());
-        assert!(s.starts_with("add table ip berth_t\ndelete table ip berth_t\ntable ip berth_t {"), "{s}");
-        assert!(s.contains("    tcp dport 8080 dnat to 172.17.0.2:80\n"), "{s}");
-        assert!(s.contains("    ip daddr 127.0.0.1 udp dport 5353 dnat to 172.18.0.2:53\n"), "{s}");
-        assert!(s.contains("oifname \"berth0\" ip saddr 127.0.0.0/8 masquerade"), "{s}");
-        assert!(s.contains("ip saddr 172.17.0.0/16 oifname != \"berth0\" masquerade"), "{s}");
+        assert!(
+            s.starts_with("add table ip berth_t\ndelete table ip berth_t\ntable ip berth_t {"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    tcp dport 8080 dnat to 172.17.0.2:80\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    ip daddr 127.0.0.1 udp dport 5353 dnat to 172.18.0.2:53\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("oifname \"berth0\" ip saddr 127.0.0.0/8 masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr 172.17.0.0/16 oifname != \"berth0\" masquerade"),
+            "{s}"
+        );
         // internal: no masquerade, no way out
         assert!(!s.contains("ip saddr 172.19.0.0/16"), "{s}");
-        assert!(s.contains("iifname \"br-bbbbbbbbbbbb\" oifname != \"br-bbbbbbbbbbbb\" drop"), "{s}");
-        assert!(s.contains("iifname \"br-bbbbbbbbbbbb\" oifname \"br-bbbbbbbbbbbb\" drop"), "{s}");
+        assert!(
+            s.contains("iifname \"br-bbbbbbbbbbbb\" oifname != \"br-bbbbbbbbbbbb\" drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname \"br-bbbbbbbbbbbb\" oifname \"br-bbbbbbbbbbbb\" drop"),
+            "{s}"
+        );
         // isolation between bridges
         assert!(s.contains("iifname \"berth0\" oifname != \"berth0\" oifname { \"br-aaaaaaaaaaaa\", \"br-bbbbbbbbbbbb\" } drop"), "{s}");
         // hairpin
-        assert!(s.contains("ip saddr 172.17.0.2 ip daddr 172.17.0.2 tcp dport 80 masquerade"), "{s}");
+        assert!(
+            s.contains("ip saddr 172.17.0.2 ip daddr 172.17.0.2 tcp dport 80 masquerade"),
+            "{s}"
+        );
     }
 
     #[tokio::test]

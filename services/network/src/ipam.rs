@@ -40,14 +40,19 @@ pub fn default_pools() -> Vec<Pool> {
         ("192.168.0.0/16", 20),
     ]
     .iter()
-    .map(|(b, s)| Pool { base: b.parse().unwrap(), size: *s })
+    .map(|(b, s)| Pool {
+        base: b.parse().unwrap(),
+        size: *s,
+    })
     .collect();
     v.dedup();
     v
 }
 
 /// `default-address-pools` from daemon.json, or Moby's defaults.
-pub fn pools_from_config(cfg: &[berth_config::daemon::AddressPool]) -> Result<Vec<Pool>, IpamError> {
+pub fn pools_from_config(
+    cfg: &[berth_config::daemon::AddressPool],
+) -> Result<Vec<Pool>, IpamError> {
     if cfg.is_empty() {
         return Ok(default_pools());
     }
@@ -55,7 +60,10 @@ pub fn pools_from_config(cfg: &[berth_config::daemon::AddressPool]) -> Result<Ve
         .map(|p| {
             let base = parse_net(&p.base)?;
             if p.size < base.prefix_len() || p.size > 30 {
-                return Err(IpamError::BadSubnet(p.base.clone(), format!("invalid pool size {}", p.size)));
+                return Err(IpamError::BadSubnet(
+                    p.base.clone(),
+                    format!("invalid pool size {}", p.size),
+                ));
             }
             Ok(Pool { base, size: p.size })
         })
@@ -64,7 +72,10 @@ pub fn pools_from_config(cfg: &[berth_config::daemon::AddressPool]) -> Result<Ve
 
 /// Parse a CIDR, normalizing host bits away (`10.1.2.3/16` is `10.1.0.0/16`).
 pub fn parse_net(s: &str) -> Result<Ipv4Net, IpamError> {
-    let n: Ipv4Net = s.trim().parse().map_err(|e: ipnet::AddrParseError| IpamError::BadSubnet(s.into(), e.to_string()))?;
+    let n: Ipv4Net = s
+        .trim()
+        .parse()
+        .map_err(|e: ipnet::AddrParseError| IpamError::BadSubnet(s.into(), e.to_string()))?;
     Ok(n.trunc())
 }
 
@@ -74,9 +85,15 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// The first subnet of the pools that overlaps neither `in_use` (other networks)
 /// nor `routed` (the host's routes other than default routes).
-pub fn pick_subnet(pools: &[Pool], in_use: &[Ipv4Net], routed: &[Ipv4Net]) -> Result<Ipv4Net, IpamError> {
+pub fn pick_subnet(
+    pools: &[Pool],
+    in_use: &[Ipv4Net],
+    routed: &[Ipv4Net],
+) -> Result<Ipv4Net, IpamError> {
     for p in pools {
-        let Ok(subnets) = p.base.subnets(p.size) else { continue };
+        let Ok(subnets) = p.base.subnets(p.size) else {
+            continue;
+        };
         for s in subnets {
             let busy = in_use.iter().chain(routed.iter()).any(|o| overlaps(&s, o));
             if !busy {
@@ -100,7 +117,10 @@ pub fn parse_proc_routes(text: &str) -> Vec<Ipv4Net> {
         if f.len() < 8 {
             continue;
         }
-        let (Ok(dst), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else { continue };
+        let (Ok(dst), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
+        else {
+            continue;
+        };
         let dst = Ipv4Addr::from(u32::from_be(dst));
         let mask = Ipv4Addr::from(u32::from_be(mask));
         let prefix = u32::from(mask).leading_ones() as u8;
@@ -151,7 +171,11 @@ pub fn alloc_addr(
 }
 
 /// Check an address the user asked for (`--ip`).
-pub fn check_addr(subnet: &Ipv4Net, ip: Ipv4Addr, used: &BTreeSet<Ipv4Addr>) -> Result<(), IpamError> {
+pub fn check_addr(
+    subnet: &Ipv4Net,
+    ip: Ipv4Addr,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Result<(), IpamError> {
     if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
         return Err(IpamError::OutOfRange(ip.to_string()));
     }
@@ -172,8 +196,20 @@ mod tests {
     #[test]
     fn default_pools_are_mobys() {
         let p = default_pools();
-        assert_eq!(p[0], Pool { base: n("172.17.0.0/16"), size: 16 });
-        assert_eq!(p.last().unwrap(), &Pool { base: n("192.168.0.0/16"), size: 20 });
+        assert_eq!(
+            p[0],
+            Pool {
+                base: n("172.17.0.0/16"),
+                size: 16
+            }
+        );
+        assert_eq!(
+            p.last().unwrap(),
+            &Pool {
+                base: n("192.168.0.0/16"),
+                size: 20
+            }
+        );
         // 172.17..172.31 as /16, then 192.168.0.0/20, 192.168.16.0/20, ...
         let mut used = vec![];
         let mut got = vec![];
@@ -200,27 +236,47 @@ mod tests {
         let s = pick_subnet(&default_pools(), &[], &[n("172.16.0.0/12")]).unwrap();
         assert_eq!(s, n("192.168.0.0/20"));
         assert_eq!(
-            pick_subnet(&[Pool { base: n("10.0.0.0/24"), size: 24 }], &[n("10.0.0.0/8")], &[]),
+            pick_subnet(
+                &[Pool {
+                    base: n("10.0.0.0/24"),
+                    size: 24
+                }],
+                &[n("10.0.0.0/8")],
+                &[]
+            ),
             Err(IpamError::PoolsExhausted)
         );
     }
 
     #[test]
     fn configured_pools() {
-        let cfg = vec![berth_config::daemon::AddressPool { base: "10.10.0.0/16".into(), size: 24 }];
+        let cfg = vec![berth_config::daemon::AddressPool {
+            base: "10.10.0.0/16".into(),
+            size: 24,
+        }];
         let p = pools_from_config(&cfg).unwrap();
-        assert_eq!(pick_subnet(&p, &[n("10.10.0.0/24")], &[]).unwrap(), n("10.10.1.0/24"));
-        let bad = vec![berth_config::daemon::AddressPool { base: "10.10.0.0/16".into(), size: 8 }];
+        assert_eq!(
+            pick_subnet(&p, &[n("10.10.0.0/24")], &[]).unwrap(),
+            n("10.10.1.0/24")
+        );
+        let bad = vec![berth_config::daemon::AddressPool {
+            base: "10.10.0.0/16".into(),
+            size: 8,
+        }];
         assert!(pools_from_config(&bad).is_err());
     }
 
     #[test]
     fn proc_routes() {
-        let t = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let t =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                  eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
                  eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
                  docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
-        assert_eq!(parse_proc_routes(t), vec![n("192.0.2.0/24"), n("172.17.0.0/16")]);
+        assert_eq!(
+            parse_proc_routes(t),
+            vec![n("192.0.2.0/24"), n("172.17.0.0/16")]
+        );
     }
 
     #[test]
@@ -235,19 +291,34 @@ mod tests {
         // freed .2 is not reused at once
         used.remove(&a);
         used.insert(b);
-        assert_eq!(alloc_addr(&s, None, &used, Some(b)).unwrap(), Ipv4Addr::new(172, 18, 0, 4));
+        assert_eq!(
+            alloc_addr(&s, None, &used, Some(b)).unwrap(),
+            Ipv4Addr::new(172, 18, 0, 4)
+        );
         // ip-range
         let r = n("172.18.5.0/24");
-        assert_eq!(alloc_addr(&s, Some(&r), &used, None).unwrap(), Ipv4Addr::new(172, 18, 5, 0));
+        assert_eq!(
+            alloc_addr(&s, Some(&r), &used, None).unwrap(),
+            Ipv4Addr::new(172, 18, 5, 0)
+        );
         // tiny subnet: /30 has two hosts, one of which is the gateway
         let t = n("10.0.0.0/30");
         let used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 1)]);
-        assert_eq!(alloc_addr(&t, None, &used, None).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(
+            alloc_addr(&t, None, &used, None).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
         let used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
-        assert!(matches!(alloc_addr(&t, None, &used, None), Err(IpamError::AddressesExhausted(_))));
+        assert!(matches!(
+            alloc_addr(&t, None, &used, None),
+            Err(IpamError::AddressesExhausted(_))
+        ));
         // wrap around
         let used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 1)]);
-        assert_eq!(alloc_addr(&t, None, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(
+            alloc_addr(&t, None, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
     }
 
     #[test]
@@ -255,9 +326,18 @@ mod tests {
         let s = n("10.1.0.0/24");
         let used = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 1)]);
         assert!(check_addr(&s, Ipv4Addr::new(10, 1, 0, 9), &used).is_ok());
-        assert_eq!(check_addr(&s, Ipv4Addr::new(10, 1, 0, 1), &used), Err(IpamError::AddressInUse));
-        assert!(matches!(check_addr(&s, Ipv4Addr::new(10, 2, 0, 1), &used), Err(IpamError::OutOfRange(_))));
-        assert!(matches!(check_addr(&s, Ipv4Addr::new(10, 1, 0, 255), &used), Err(IpamError::OutOfRange(_))));
+        assert_eq!(
+            check_addr(&s, Ipv4Addr::new(10, 1, 0, 1), &used),
+            Err(IpamError::AddressInUse)
+        );
+        assert!(matches!(
+            check_addr(&s, Ipv4Addr::new(10, 2, 0, 1), &used),
+            Err(IpamError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            check_addr(&s, Ipv4Addr::new(10, 1, 0, 255), &used),
+            Err(IpamError::OutOfRange(_))
+        ));
         assert_eq!(parse_net("10.1.2.3/16").unwrap(), n("10.1.0.0/16"));
         assert!(parse_net("10.1.2.3").is_err());
     }

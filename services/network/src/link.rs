@@ -3,8 +3,12 @@
 //! netlink socket opened there, see `netns`).
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::{
+    LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 
@@ -67,7 +71,14 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, LinkError> {
-        let msgs: Vec<LinkMessage> = self.h.link().get().execute().try_collect().await.map_err(nl)?;
+        let msgs: Vec<LinkMessage> = self
+            .h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl)?;
         Ok(msgs.into_iter().map(to_link).collect())
     }
 
@@ -88,7 +99,13 @@ impl Netlink {
     }
 
     /// Create (or adopt) a bridge with exactly `addr/prefix`, up. Returns its index.
-    pub async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8, mtu: u32) -> Result<u32, LinkError> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+        mtu: u32,
+    ) -> Result<u32, LinkError> {
         let idx = match self.link(name).await? {
             Some(l) => l.index,
             None => {
@@ -101,16 +118,28 @@ impl Netlink {
                     Err(e) if e.errno() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(e),
                 }
-                self.link(name).await?.ok_or_else(|| LinkError::Netlink(format!("bridge {name} vanished")))?.index
+                self.link(name)
+                    .await?
+                    .ok_or_else(|| LinkError::Netlink(format!("bridge {name} vanished")))?
+                    .index
             }
         };
         // exactly one IPv4 address: ours
-        let addrs: Vec<_> =
-            self.h.address().get().set_link_index_filter(idx).execute().try_collect().await.map_err(nl)?;
+        let addrs: Vec<_> = self
+            .h
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl)?;
         let mut have = false;
         for a in addrs {
             let ip = a.attributes.iter().find_map(|x| match x {
-                rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(v)) => {
+                    Some(*v)
+                }
                 _ => None,
             });
             let Some(ip) = ip else { continue };
@@ -121,19 +150,33 @@ impl Netlink {
             }
         }
         if !have {
-            match self.h.address().add(idx, IpAddr::V4(addr), prefix).execute().await.map_err(nl) {
+            match self
+                .h
+                .address()
+                .add(idx, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .map_err(nl)
+            {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl)?;
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(nl)?;
         Ok(idx)
     }
 
     /// Delete a link by name. Idempotent.
     pub async fn delete(&self, name: &str) -> Result<(), LinkError> {
-        let Some(l) = self.link(name).await? else { return Ok(()) };
+        let Some(l) = self.link(name).await? else {
+            return Ok(());
+        };
         match self.h.link().del(l.index).execute().await.map_err(nl) {
             Err(e) if e.errno() != Some(libc::ENODEV) => Err(e),
             _ => Ok(()),
@@ -152,7 +195,9 @@ impl Netlink {
         mac: [u8; 6],
         ns: &std::fs::File,
     ) -> Result<(), LinkError> {
-        let mut p = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(mac.to_vec());
+        let mut p = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(mac.to_vec());
         if mtu > 0 {
             p = p.mtu(mtu);
         }
@@ -167,7 +212,12 @@ impl Netlink {
         }
         self.h.link().add(b.build()).execute().await.map_err(nl)?;
         if let Some(l) = self.link(host).await? {
-            let _ = self.h.link().set_port(LinkBridgePort::new(l.index).hairpin(true).build()).execute().await;
+            let _ = self
+                .h
+                .link()
+                .set_port(LinkBridgePort::new(l.index).hairpin(true).build())
+                .execute()
+                .await;
         }
         Ok(())
     }
@@ -184,14 +234,35 @@ impl Netlink {
     ) -> Result<(), LinkError> {
         if lo_up {
             if let Some(lo) = self.link("lo").await? {
-                self.h.link().set(LinkUnspec::new_with_index(lo.index).up().build()).execute().await.map_err(nl)?;
+                self.h
+                    .link()
+                    .set(LinkUnspec::new_with_index(lo.index).up().build())
+                    .execute()
+                    .await
+                    .map_err(nl)?;
             }
         }
-        let l = self.link(ifname).await?.ok_or_else(|| LinkError::Netlink(format!("{ifname} not found in sandbox")))?;
-        self.h.address().add(l.index, IpAddr::V4(ip), prefix).execute().await.map_err(nl)?;
-        self.h.link().set(LinkUnspec::new_with_index(l.index).up().build()).execute().await.map_err(nl)?;
+        let l = self
+            .link(ifname)
+            .await?
+            .ok_or_else(|| LinkError::Netlink(format!("{ifname} not found in sandbox")))?;
+        self.h
+            .address()
+            .add(l.index, IpAddr::V4(ip), prefix)
+            .execute()
+            .await
+            .map_err(nl)?;
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(l.index).up().build())
+            .execute()
+            .await
+            .map_err(nl)?;
         if let Some(gw) = gw {
-            let r = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(l.index).build();
+            let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(l.index)
+                .build();
             self.h.route().add(r).execute().await.map_err(nl)?;
         }
         Ok(())
@@ -200,14 +271,25 @@ impl Netlink {
     /// Bring `lo` up (a `none` sandbox).
     pub async fn lo_up(&self) -> Result<(), LinkError> {
         if let Some(lo) = self.link("lo").await? {
-            self.h.link().set(LinkUnspec::new_with_index(lo.index).up().build()).execute().await.map_err(nl)?;
+            self.h
+                .link()
+                .set(LinkUnspec::new_with_index(lo.index).up().build())
+                .execute()
+                .await
+                .map_err(nl)?;
         }
         Ok(())
     }
 }
 
 fn to_link(m: LinkMessage) -> Link {
-    let mut l = Link { index: m.header.index, name: String::new(), kind: None, master: None, alias: None };
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        kind: None,
+        master: None,
+        alias: None,
+    };
     for a in m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n,
@@ -237,7 +319,9 @@ pub fn sysctl(path: &str, value: &str) -> std::io::Result<()> {
 }
 
 pub fn sysctl_read(path: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/sys/{path}")).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// A random veth host-end name, Docker-style (`veth` + 7 hex).
@@ -254,11 +338,18 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
 }
 
 pub fn mac_string(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().ok()?;
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
     v.try_into().ok()
 }
 
@@ -294,14 +385,29 @@ mod tests {
         let sock = crate::netns::create(p.clone()).await.unwrap();
         let veth = veth_name();
         let f = std::fs::File::open(&p).unwrap();
-        nlh.add_veth(&veth, idx, 0, "eth0", mac_for(Ipv4Addr::new(10, 250, 77, 2)), &f).await.unwrap();
+        nlh.add_veth(
+            &veth,
+            idx,
+            0,
+            "eth0",
+            mac_for(Ipv4Addr::new(10, 250, 77, 2)),
+            &f,
+        )
+        .await
+        .unwrap();
         let inner = Netlink::from_fd(sock).unwrap();
-        inner.configure("eth0", Ipv4Addr::new(10, 250, 77, 2), 24, Some(gw), true).await.unwrap();
+        inner
+            .configure("eth0", Ipv4Addr::new(10, 250, 77, 2), 24, Some(gw), true)
+            .await
+            .unwrap();
         let l = nlh.link(&veth).await.unwrap().unwrap();
         assert_eq!(l.master, Some(idx));
         assert!(inner.link("eth0").await.unwrap().is_some());
         // the host reaches the namespace over the bridge
-        let ok = std::process::Command::new("ping").args(["-c1", "-W2", "10.250.77.2"]).status().map(|s| s.success());
+        let ok = std::process::Command::new("ping")
+            .args(["-c1", "-W2", "10.250.77.2"])
+            .status()
+            .map(|s| s.success());
         if let Ok(ok) = ok {
             assert!(ok, "ping into the namespace failed");
         }

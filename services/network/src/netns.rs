@@ -19,11 +19,30 @@ pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split(' ').nth(4).map(|m| Path::new(m) == dir).unwrap_or(false));
+        .any(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(|m| Path::new(m) == dir)
+                .unwrap_or(false)
+        });
     if !mounted {
-        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(io)?;
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(io)?;
     }
-    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>).map_err(io)?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(io)?;
     Ok(())
 }
 
@@ -42,13 +61,20 @@ async fn on_thread<T: Send + 'static>(
             let _ = tx.send(f());
         })
         .map_err(std::io::Error::other)?;
-    rx.await.map_err(|_| std::io::Error::other("netns thread died"))?
+    rx.await
+        .map_err(|_| std::io::Error::other("netns thread died"))?
 }
 
 /// A netlink route socket (raw fd), opened in the calling thread's namespace.
 fn netlink_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: a plain socket(2); the fd is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -58,10 +84,21 @@ fn netlink_socket() -> std::io::Result<OwnedFd> {
 /// Create a namespace pinned at `path`; returns a netlink socket inside it.
 pub async fn create(path: PathBuf) -> std::io::Result<OwnedFd> {
     on_thread(move || {
-        std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
         let r = (|| {
             unshare(CloneFlags::CLONE_NEWNET).map_err(io)?;
-            mount(Some("/proc/thread-self/ns/net"), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io)?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io)?;
             netlink_socket()
         })();
         if r.is_err() {
@@ -109,7 +146,9 @@ pub fn remove(path: &Path) -> std::io::Result<()> {
 
 /// Whether `path` is a live namespace file (a mount of an nsfs inode).
 pub fn is_pinned(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     text.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         f.get(4).map(|m| Path::new(m) == path).unwrap_or(false) && l.contains(" - nsfs ")
@@ -138,13 +177,26 @@ mod tests {
         assert!(is_pinned(&p));
         // inside: a different namespace than ours, with only lo
         let mine = std::fs::read_link("/proc/self/ns/net").unwrap();
-        let theirs = run_in(p.clone(), || std::fs::read_link("/proc/thread-self/ns/net")).await.unwrap();
+        let theirs = run_in(p.clone(), || std::fs::read_link("/proc/thread-self/ns/net"))
+            .await
+            .unwrap();
         assert_ne!(mine, theirs);
-        let dev = run_in(p.clone(), || std::fs::read_to_string("/proc/thread-self/net/dev")).await.unwrap();
-        let ifs: Vec<&str> = dev.lines().skip(2).map(|l| l.split(':').next().unwrap().trim()).collect();
+        let dev = run_in(p.clone(), || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        })
+        .await
+        .unwrap();
+        let ifs: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .map(|l| l.split(':').next().unwrap().trim())
+            .collect();
         assert_eq!(ifs, vec!["lo"]);
         // this thread did not move
-        assert_eq!(std::fs::read_link("/proc/thread-self/ns/net").unwrap(), mine);
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            mine
+        );
         remove(&p).unwrap();
         remove(&p).unwrap();
         assert!(!p.exists());

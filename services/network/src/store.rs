@@ -38,6 +38,9 @@ pub struct NetworkRecord {
     pub ip_range: Option<Ipv4Net>,
     #[serde(default)]
     pub aux: BTreeMap<String, Ipv4Addr>,
+    /// The user gave the subnet (`--ip` is allowed only then, as in Docker).
+    #[serde(default)]
+    pub user_ipam: bool,
     /// The bridge device (bridge driver only).
     #[serde(default)]
     pub bridge: String,
@@ -130,6 +133,9 @@ pub struct SandboxRecord {
     pub endpoints: Vec<EndpointRecord>,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The network whose endpoint the published ports go to (the gateway endpoint).
+    #[serde(default)]
+    pub ports_network: Option<String>,
     #[serde(default)]
     pub all_ports: Vec<(u16, Proto)>,
     #[serde(default)]
@@ -188,8 +194,18 @@ impl Store {
         load_all(&self.networks_dir())
     }
 
+    /// Sandboxes do not outlive a reboot (their namespaces do not), so their records
+    /// are renamed into place atomically but not fsynced: a crash of the service
+    /// sees the old record or the new one, and a power loss finds no namespace to
+    /// keep anyway.
     pub fn save_sandbox(&self, s: &SandboxRecord) -> std::io::Result<()> {
-        save(&self.sandboxes_dir().join(format!("{}.json", s.container_id)), s)
+        let path = self
+            .sandboxes_dir()
+            .join(format!("{}.json", s.container_id));
+        let data = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, &path)
     }
     pub fn delete_sandbox(&self, id: &str) -> std::io::Result<()> {
         remove(&self.sandboxes_dir().join(format!("{id}.json")))
@@ -213,13 +229,18 @@ fn remove(path: &Path) -> std::io::Result<()> {
 
 fn load_all<T: DeserializeOwned>(dir: &Path) -> Vec<T> {
     let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return v };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return v;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
             Ok(r) => v.push(r),
             Err(e) => tracing::warn!(path = %p.display(), error = %e, "skipping unreadable record"),
         }
@@ -237,7 +258,8 @@ pub fn new_id() -> String {
 /// Now, RFC 3339 with nanoseconds (Docker's `Created`).
 pub fn now_rfc3339() -> String {
     let t = time::OffsetDateTime::now_utc();
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -262,6 +284,7 @@ mod tests {
             gateway: Some(Ipv4Addr::new(172, 18, 0, 1)),
             ip_range: None,
             aux: BTreeMap::new(),
+            user_ipam: false,
             bridge: "br-0123456789ab".into(),
             default_bridge: false,
             masquerade: true,
