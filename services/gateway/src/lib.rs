@@ -18,10 +18,11 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend,
+    B: routes::system::Backend + routes::networks::Backend,
 {
     Router::new()
         .merge(routes::system::router(b.clone()))
+        .merge(routes::networks::router(b.clone()))
         .fallback(|| async { error::ApiError::not_found("page not found") })
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))

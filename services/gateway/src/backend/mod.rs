@@ -11,6 +11,8 @@ use bus_schema::{
 
 use crate::host::HostFacts;
 
+mod networks;
+
 pub struct BusBackend {
     pub bus: Bus,
     pub host: HostFacts,

@@ -1,4 +1,5 @@
 //! Route tables, one module per area, each over a small backend trait (moby's router
 //! shape). Handlers parse, call the backend, and set the status.
 
+pub mod networks;
 pub mod system;
