@@ -18,7 +18,8 @@ pub struct NetworkCreate {
     pub body: docker::NetworkCreateRequest,
 }
 
-/// `docker network inspect` by name, ID or ID prefix.
+/// `docker network inspect` by name, ID or ID prefix. The reply lists the network's
+/// containers (`Containers`), which `docker::Network` lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInspect {
     pub id: String,
@@ -26,6 +27,7 @@ pub struct NetworkInspect {
 }
 
 /// `docker network ls` filters: driver, id, label, name, scope, type, dangling.
+/// Replies with `Containers` empty, as Docker's list does since API 1.28.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkList {
     pub filters: HashMap<String, Vec<String>>,
@@ -134,8 +136,8 @@ pub struct NetworkRef {
 
 crate::rpcs!(Network {
     NetworkCreate => docker::NetworkCreateResponse;
-    NetworkInspect => docker::Network;
-    NetworkList => Vec<docker::Network>;
+    NetworkInspect => docker::NetworkInspect;
+    NetworkList => Vec<docker::NetworkInspect>;
     NetworkRemove => ();
     NetworkPrune => docker::NetworkPruneResponse;
     NetworkResolve => NetworkRef;
@@ -166,6 +168,15 @@ mod tests {
         });
         roundtrip(NetworkList::default());
         roundtrip(NetworkRemove { id: "n".into() });
+        roundtrip(docker::NetworkInspect {
+            name: Some("n".into()),
+            created: Some("2024-01-01T00:00:00.000000001Z".into()),
+            containers: Some(HashMap::from([(
+                "c".into(),
+                docker::EndpointResource { name: Some("web".into()), ipv4_address: Some("172.18.0.2/16".into()), ..Default::default() },
+            )])),
+            ..Default::default()
+        });
         roundtrip(NetworkPrune::default());
         roundtrip(NetworkResolve { id: "n".into() });
         roundtrip(NetworkRef {

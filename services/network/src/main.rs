@@ -7,9 +7,15 @@ use bus_schema::Service;
 async fn main() -> anyhow::Result<()> {
     let _telemetry = berth_telemetry::init("network");
     let cfg = berth_config::DaemonConfig::from_env()?;
-    let bus = berth_bus::service::connect(Service::Network).await.context("connecting to the bus")?;
-    let server = berth_network::serve(bus, cfg).await?;
-    if let Some(r) = berth_bus::service::until_shutdown(server.run()).await {
+    let bus = berth_bus::service::connect(Service::Network)
+        .await
+        .context("connecting to the bus")?;
+    let (server, svc) = berth_network::start(bus, cfg).await?;
+    let r = berth_bus::service::until_shutdown(server.run()).await;
+    // Stopping: with no sandbox left, take the node's bridges and rules away; the
+    // records stay and the next start puts them back.
+    svc.shutdown().await;
+    if let Some(r) = r {
         r?;
     }
     Ok(())

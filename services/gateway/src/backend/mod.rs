@@ -17,6 +17,7 @@ use bus_schema::{
 use crate::host::HostFacts;
 
 mod images;
+mod networks;
 
 pub struct BusBackend {
     pub bus: Bus,

@@ -5,5 +5,6 @@ pub mod build;
 pub mod containers;
 pub mod events;
 pub mod images;
+pub mod networks;
 pub mod system;
 pub mod volumes;

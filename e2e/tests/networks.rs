@@ -1,0 +1,496 @@
+//! Networks through the real docker CLI against `berth up`: create, ls, inspect, rm,
+//! prune, and (once the runtime runs containers) names, ports and network modes.
+
+use berth_e2e::{require_root, Node, NodeOpts};
+use std::process::Command;
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn network_create_ls_inspect_rm_prune() {
+    require_root!();
+    let node = Node::start();
+    let bridge = format!("be{}", node.name);
+
+    // predefined networks, Docker's drivers and scope
+    let ls = node.docker_ok(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Driver}} {{.Scope}}",
+    ]);
+    let mut rows: Vec<&str> = ls.lines().collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec!["bridge bridge local", "host host local", "none null local"],
+        "{ls}"
+    );
+    // the default bridge is the node's own device, never docker0
+    let dev = node.docker_ok(&[
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+    ]);
+    assert_eq!(dev.trim(), bridge);
+    assert!(links().contains(&bridge));
+
+    // create with the usual options
+    let id = node.docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.240.7.0/24",
+        "--gateway",
+        "10.240.7.254",
+        "--ip-range",
+        "10.240.7.128/25",
+        "--label",
+        "tier=front",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "--internal",
+        "web",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let j: serde_json::Value =
+        serde_json::from_str(&node.docker_ok(&["network", "inspect", "web"])).unwrap();
+    let n = &j[0];
+    assert_eq!(n["Name"], "web");
+    assert_eq!(n["Id"], id.as_str());
+    assert_eq!(n["Driver"], "bridge");
+    assert_eq!(n["Scope"], "local");
+    assert_eq!(n["Internal"], true);
+    assert_eq!(n["IPAM"]["Driver"], "default");
+    assert_eq!(n["IPAM"]["Config"][0]["Subnet"], "10.240.7.0/24");
+    assert_eq!(n["IPAM"]["Config"][0]["Gateway"], "10.240.7.254");
+    assert_eq!(n["IPAM"]["Config"][0]["IPRange"], "10.240.7.128/25");
+    assert_eq!(n["Labels"]["tier"], "front");
+    assert_eq!(n["Options"]["com.docker.network.driver.mtu"], "1400");
+    assert_eq!(n["Containers"], serde_json::json!({}));
+    assert!(n["Created"].as_str().unwrap().contains('T'));
+    let br = format!("br-{}", &id[..12]);
+    assert!(links().contains(&br), "bridge {br} missing");
+    // --format, by ID prefix
+    let name = node.docker_ok(&[
+        "network",
+        "inspect",
+        &id[..8],
+        "--format",
+        "{{.Name}} {{.Internal}}",
+    ]);
+    assert_eq!(name.trim(), "web true");
+
+    // an automatically allocated subnet
+    node.docker_ok(&["network", "create", "auto"]);
+    let sub = node.docker_ok(&[
+        "network",
+        "inspect",
+        "auto",
+        "--format",
+        "{{(index .IPAM.Config 0).Subnet}}",
+    ]);
+    assert!(sub.trim().contains('/'), "{sub}");
+
+    // errors, as Docker words them
+    let o = node.docker(&["network", "create", "web"]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("network with name web already exists"),
+        "{}",
+        err(&o)
+    );
+    let o = node.docker(&["network", "create", "--subnet", "10.240.7.0/25", "clash"]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("Pool overlaps with other one on this address space"),
+        "{}",
+        err(&o)
+    );
+    let o = node.docker(&["network", "create", "-d", "nosuchdriver", "x"]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("plugin \"nosuchdriver\" not found"),
+        "{}",
+        err(&o)
+    );
+    let o = node.docker(&["network", "rm", "bridge"]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("bridge is a pre-defined network and cannot be removed"),
+        "{}",
+        err(&o)
+    );
+    let o = node.docker(&["network", "inspect", "nosuch"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("nosuch"), "{}", err(&o));
+
+    // ls: filters, quiet, format
+    let f = node.docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "label=tier=front",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(f.trim(), "web");
+    let f = node.docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "type=custom",
+        "--format",
+        "{{.Name}}",
+    ]);
+    let mut f: Vec<&str> = f.lines().collect();
+    f.sort();
+    assert_eq!(f, vec!["auto", "web"]);
+    let q = node.docker_ok(&["network", "ls", "-q", "--filter", "name=web"]);
+    assert_eq!(q.trim(), &id[..12]);
+    let q = node.docker_ok(&["network", "ls", "-q", "--no-trunc", "--filter", "name=web"]);
+    assert_eq!(q.trim(), id);
+    let f = node.docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "driver=null",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(f.trim(), "none");
+    // the table view renders
+    let t = node.docker_ok(&["network", "ls"]);
+    assert!(t.starts_with("NETWORK ID"), "{t}");
+
+    // rm and prune
+    let o = node.docker_ok(&["network", "rm", "web"]);
+    assert_eq!(o.trim(), "web");
+    assert!(!links().contains(&br), "bridge {br} left behind");
+    let o = node.docker(&["network", "inspect", "web"]);
+    assert!(!o.status.success());
+    node.docker_ok(&["network", "create", "--label", "keep=1", "kept"]);
+    let o = node.docker_ok(&["network", "prune", "-f", "--filter", "label!=keep"]);
+    assert!(o.contains("Deleted Networks:") && o.contains("auto"), "{o}");
+    assert!(!o.contains("kept"), "{o}");
+    let o = node.docker_ok(&["network", "prune", "-f"]);
+    assert!(o.contains("kept"), "{o}");
+    let ls = node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(ls.lines().count(), 3, "{ls}");
+
+    // info shows the network plugins berth supports
+    let p = node.docker_ok(&["info", "--format", "{{json .Plugins.Network}}"]);
+    assert!(
+        p.contains("bridge") && p.contains("null") && p.contains("host"),
+        "{p}"
+    );
+}
+
+#[test]
+fn the_node_leaves_no_bridge_or_rules_behind() {
+    require_root!();
+    let mut node = Node::start();
+    let bridge = format!("be{}", node.name);
+    node.docker_ok(&["network", "create", "leftover"]);
+    let id = node.docker_ok(&["network", "inspect", "leftover", "--format", "{{.Id}}"]);
+    let br = format!("br-{}", &id.trim()[..12]);
+    assert!(links().contains(&br));
+    node.shutdown();
+    // no container was left, so the stop took the node's kernel state away
+    assert!(
+        !links().contains(&bridge),
+        "{bridge} left after the node stopped"
+    );
+    assert!(!links().contains(&br), "{br} left after the node stopped");
+    let t = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let node_id = std::fs::read_to_string(node.root.join("node-id")).unwrap();
+    assert!(!String::from_utf8_lossy(&t.stdout).contains(&format!("berth_{}", node_id.trim())));
+    // and a new start brings the network back from its record
+    node.boot();
+    let ls = node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.contains("leftover"), "{ls}");
+    assert!(links().contains(&br));
+    node.docker_ok(&["network", "rm", "leftover"]);
+}
+
+// ---- containers (need the runtime) ------------------------------------------
+
+fn busybox(node: &Node, reg: &berth_e2e::fixtures::Registry) -> String {
+    let layout = berth_e2e::fixtures::busybox_layout();
+    reg.push_oci(&layout, "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["pull", "-q", &img]);
+    img
+}
+
+fn node_with_registry() -> (Node, berth_e2e::fixtures::Registry) {
+    let reg = berth_e2e::fixtures::Registry::start();
+    let mut opts = NodeOpts::default();
+    opts.config.insert(
+        "insecure-registries".into(),
+        serde_json::json!([reg.addr()]),
+    );
+    (Node::start_opts(opts), reg)
+}
+
+const HTTPD: &str =
+    "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+#[test]
+#[ignore = "needs runtime"]
+fn two_containers_on_a_user_network_talk_by_name() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    node.docker_ok(&["network", "create", "app"]);
+    node.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "--network-alias",
+        "www",
+        "--hostname",
+        "web1",
+        &img,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    let out = node.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        &img,
+        "wget",
+        "-qO-",
+        "http://web/",
+    ]);
+    assert_eq!(out.trim(), "hello-web1");
+    let out = node.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "app",
+        &img,
+        "wget",
+        "-qO-",
+        "http://www/",
+    ]);
+    assert_eq!(out.trim(), "hello-web1");
+    // on the default bridge names do not resolve
+    let o = node.docker(&[
+        "run",
+        "--rm",
+        &img,
+        "wget",
+        "-T",
+        "2",
+        "-qO-",
+        "http://web/",
+    ]);
+    assert!(!o.status.success());
+    // another network cannot reach it
+    node.docker_ok(&["network", "create", "other"]);
+    let ip = node.docker_ok(&[
+        "inspect",
+        "web",
+        "--format",
+        "{{.NetworkSettings.Networks.app.IPAddress}}",
+    ]);
+    let o = node.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "other",
+        &img,
+        "wget",
+        "-T",
+        "2",
+        "-qO-",
+        &format!("http://{}/", ip.trim()),
+    ]);
+    assert!(!o.status.success(), "other network reached app");
+    // connect, then it can
+    node.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "probe",
+        "--network",
+        "other",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    node.docker_ok(&["network", "connect", "--alias", "p", "app", "probe"]);
+    let out = node.docker_ok(&["exec", "probe", "wget", "-qO-", "http://web/"]);
+    assert_eq!(out.trim(), "hello-web1");
+    node.docker_ok(&["network", "disconnect", "app", "probe"]);
+    let o = node.docker(&["exec", "probe", "wget", "-T", "2", "-qO-", "http://web/"]);
+    assert!(!o.status.success());
+    node.docker_ok(&["rm", "-f", "web", "probe"]);
+    node.docker_ok(&["network", "rm", "app", "other"]);
+}
+
+#[test]
+#[ignore = "needs runtime"]
+fn a_published_port_answers_from_the_host() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    node.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1::80",
+        "--hostname",
+        "pub",
+        &img,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    let port = node.docker_ok(&["port", "web", "80"]);
+    let addr = port.lines().next().unwrap().trim().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let mut body = String::new();
+    for _ in 0..50 {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "2", &format!("http://{addr}/")])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&o.stdout).into_owned();
+        if body.contains("hello") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(body.trim(), "hello-pub");
+    // a taken host port is a clear error at start
+    let p = addr.rsplit(':').next().unwrap();
+    let o = node.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        &format!("127.0.0.1:{p}:80"),
+        &img,
+        "sleep",
+        "10",
+    ]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("port is already allocated"), "{}", err(&o));
+    node.docker_ok(&["rm", "-f", "web", "clash"]);
+}
+
+#[test]
+#[ignore = "needs runtime"]
+fn host_and_none_modes_behave_as_dockers() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    let out = node.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &img,
+        "sh",
+        "-c",
+        "ls /sys/class/net",
+    ]);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["lo"]);
+    let host_links = links();
+    let out = node.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &img,
+        "sh",
+        "-c",
+        "ls /sys/class/net",
+    ]);
+    for l in out.split_whitespace() {
+        assert!(
+            host_links.contains(&l.to_string()),
+            "{l} is not a host link"
+        );
+    }
+    let o = node.docker_ok(&["run", "-d", "--name", "base", &img, "sleep", "300"]);
+    let _ = o;
+    let a = node.docker_ok(&["exec", "base", "cat", "/sys/class/net/eth0/address"]);
+    let b = node.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:base",
+        &img,
+        "cat",
+        "/sys/class/net/eth0/address",
+    ]);
+    assert_eq!(a, b);
+    node.docker_ok(&["rm", "-f", "base"]);
+}
+
+#[test]
+#[ignore = "needs runtime"]
+fn a_hundred_containers_with_ports_leave_nothing() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    let before: Vec<String> = links();
+    for i in 0..100 {
+        node.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("c{i}"),
+            "-p",
+            "80",
+            &img,
+            "sleep",
+            "600",
+        ]);
+    }
+    for i in 0..100 {
+        node.docker_ok(&["rm", "-f", &format!("c{i}")]);
+    }
+    let after: Vec<String> = links()
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
+    assert!(after.is_empty(), "links left: {after:?}");
+    let node_id = std::fs::read_to_string(node.root.join("node-id")).unwrap();
+    let t = Command::new("nft")
+        .args(["list", "table", "ip", &format!("berth_{}", node_id.trim())])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&t.stdout).contains("dnat"),
+        "rules left"
+    );
+}

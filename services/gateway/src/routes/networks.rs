@@ -1,0 +1,340 @@
+//! `/networks`: list, inspect, create, remove, prune (the network service), and
+//! connect/disconnect (the runtime, which records the container's networks and
+//! attaches a running container through the network service).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use bus_schema::{docker, BusError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::util;
+
+pub trait Backend: Send + Sync + 'static {
+    fn network_list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<Vec<docker::NetworkInspect>, BusError>> + Send;
+    fn network_inspect(
+        &self,
+        id: String,
+        verbose: bool,
+    ) -> impl Future<Output = Result<docker::NetworkInspect, BusError>> + Send;
+    fn network_create(
+        &self,
+        body: docker::NetworkCreateRequest,
+    ) -> impl Future<Output = Result<docker::NetworkCreateResponse, BusError>> + Send;
+    fn network_remove(&self, id: String) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn network_prune(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> impl Future<Output = Result<docker::NetworkPruneResponse, BusError>> + Send;
+    fn network_connect(
+        &self,
+        id: String,
+        req: docker::NetworkConnectRequest,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn network_disconnect(
+        &self,
+        id: String,
+        req: docker::NetworkDisconnectRequest,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+}
+
+pub fn router<B: Backend>(b: Arc<B>) -> Router {
+    Router::new()
+        .route("/networks", get(list::<B>))
+        .route("/networks/create", post(create::<B>))
+        .route("/networks/prune", post(prune::<B>))
+        .route("/networks/{id}", get(inspect::<B>).delete(remove::<B>))
+        .route("/networks/{id}/connect", post(connect::<B>))
+        .route("/networks/{id}/disconnect", post(disconnect::<B>))
+        .with_state(b)
+}
+
+/// A JSON body as Docker reads it: empty is an error for requests that need one.
+fn json_body<T: serde::de::DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Err(ApiError::bad_request("invalid JSON: request body is empty"));
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+async fn list<B: Backend>(
+    State(b): State<Arc<B>>,
+    Query(q): Query<util::Query>,
+) -> ApiResult<Json<Vec<docker::NetworkInspect>>> {
+    let filters = util::filters(&q)?;
+    Ok(Json(b.network_list(filters).await?))
+}
+
+async fn inspect<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(q): Query<util::Query>,
+) -> ApiResult<Json<docker::NetworkInspect>> {
+    let n = b
+        .network_inspect(id.clone(), util::bool_value(&q, "verbose"))
+        .await?;
+    // `scope` narrows the lookup; every berth network is local.
+    if let Some(s) = q.get("scope").filter(|s| !s.is_empty()) {
+        if s != "local" {
+            return Err(ApiError::not_found(format!("network {id} not found")));
+        }
+    }
+    Ok(Json(n))
+}
+
+async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
+    let req: docker::NetworkCreateRequest = json_body(&body)?;
+    let r = b.network_create(req).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn remove<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    b.network_remove(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn prune<B: Backend>(
+    State(b): State<Arc<B>>,
+    Query(q): Query<util::Query>,
+) -> ApiResult<Json<docker::NetworkPruneResponse>> {
+    let filters = util::filters(&q)?;
+    let mut r = b.network_prune(filters).await?;
+    r.networks_deleted.get_or_insert_with(Vec::new);
+    Ok(Json(r))
+}
+
+async fn connect<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let req: docker::NetworkConnectRequest = json_body(&body)?;
+    if req.container.is_empty() {
+        return Err(ApiError::bad_request("no container specified"));
+    }
+    b.network_connect(id, req).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn disconnect<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let req: docker::NetworkDisconnectRequest = json_body(&body)?;
+    if req.container.is_empty() {
+        return Err(ApiError::bad_request("no container specified"));
+    }
+    b.network_disconnect(id, req).await?;
+    Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http::Request;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+    }
+
+    fn net(name: &str) -> docker::NetworkInspect {
+        docker::NetworkInspect {
+            name: Some(name.into()),
+            id: Some(format!("{name}-id")),
+            created: Some("2024-01-01T00:00:00.000000001Z".into()),
+            containers: Some(HashMap::new()),
+            ..Default::default()
+        }
+    }
+
+    impl Backend for Fake {
+        async fn network_list(
+            &self,
+            f: HashMap<String, Vec<String>>,
+        ) -> Result<Vec<docker::NetworkInspect>, BusError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("list {:?}", f.get("name")));
+            Ok(vec![net("bridge")])
+        }
+        async fn network_inspect(
+            &self,
+            id: String,
+            _v: bool,
+        ) -> Result<docker::NetworkInspect, BusError> {
+            if id == "nosuch" {
+                return Err(BusError::not_found("network nosuch not found"));
+            }
+            Ok(net(&id))
+        }
+        async fn network_create(
+            &self,
+            body: docker::NetworkCreateRequest,
+        ) -> Result<docker::NetworkCreateResponse, BusError> {
+            if body.name == "dup" {
+                return Err(BusError::conflict("network with name dup already exists"));
+            }
+            Ok(docker::NetworkCreateResponse {
+                id: format!("{}-id", body.name),
+                warning: String::new(),
+            })
+        }
+        async fn network_remove(&self, id: String) -> Result<(), BusError> {
+            if id == "bridge" {
+                return Err(BusError::forbidden(
+                    "bridge is a pre-defined network and cannot be removed",
+                ));
+            }
+            Ok(())
+        }
+        async fn network_prune(
+            &self,
+            _f: HashMap<String, Vec<String>>,
+        ) -> Result<docker::NetworkPruneResponse, BusError> {
+            Ok(docker::NetworkPruneResponse {
+                networks_deleted: None,
+            })
+        }
+        async fn network_connect(
+            &self,
+            id: String,
+            req: docker::NetworkConnectRequest,
+        ) -> Result<(), BusError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("connect {id} {}", req.container));
+            Ok(())
+        }
+        async fn network_disconnect(
+            &self,
+            id: String,
+            req: docker::NetworkDisconnectRequest,
+        ) -> Result<(), BusError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("disconnect {id} {} {:?}", req.container, req.force));
+            Ok(())
+        }
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let b = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_and_status_codes() {
+        let f = Arc::new(Fake::default());
+        let app = router(f.clone());
+        let (s, b) = call(
+            &app,
+            "GET",
+            "/networks?filters=%7B%22name%22%3A%7B%22web%22%3Atrue%7D%7D",
+            "",
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v[0]["Name"], "bridge");
+        assert_eq!(v[0]["Containers"], serde_json::json!({}));
+        assert_eq!(v[0]["Created"], "2024-01-01T00:00:00.000000001Z");
+        assert!(f.calls.lock().unwrap()[0].contains("web"));
+
+        let (s, b) = call(&app, "GET", "/networks/web", "").await;
+        assert_eq!(
+            (
+                s,
+                serde_json::from_str::<serde_json::Value>(&b).unwrap()["Id"].clone()
+            ),
+            (200, "web-id".into())
+        );
+        let (s, b) = call(&app, "GET", "/networks/nosuch", "").await;
+        assert_eq!(
+            (s, b.as_str()),
+            (404, r#"{"message":"network nosuch not found"}"#)
+        );
+        let (s, _) = call(&app, "GET", "/networks/web?scope=swarm", "").await;
+        assert_eq!(s, 404);
+
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/networks/create",
+            r#"{"Name":"web","CheckDuplicate":true,"Driver":"bridge"}"#,
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        assert_eq!(b, r#"{"Id":"web-id","Warning":""}"#);
+        let (s, _) = call(&app, "POST", "/networks/create", r#"{"Name":"dup"}"#).await;
+        assert_eq!(s, 409);
+        let (s, _) = call(&app, "POST", "/networks/create", "").await;
+        assert_eq!(s, 400);
+        let (s, _) = call(&app, "POST", "/networks/create", "{nope").await;
+        assert_eq!(s, 400);
+
+        let (s, b) = call(&app, "DELETE", "/networks/web", "").await;
+        assert_eq!((s, b.as_str()), (204, ""));
+        let (s, _) = call(&app, "DELETE", "/networks/bridge", "").await;
+        assert_eq!(s, 403);
+
+        let (s, b) = call(&app, "POST", "/networks/prune", "").await;
+        assert_eq!((s, b.as_str()), (200, r#"{"NetworksDeleted":[]}"#));
+
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/networks/web/connect",
+            r#"{"Container":"c1","EndpointConfig":{"Aliases":["a"]}}"#,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/networks/web/disconnect",
+            r#"{"Container":"c1","Force":true}"#,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _) = call(&app, "POST", "/networks/web/connect", r#"{"Container":""}"#).await;
+        assert_eq!(s, 400);
+        let calls = f.calls.lock().unwrap().clone();
+        assert!(calls.contains(&"connect web c1".to_string()), "{calls:?}");
+        assert!(
+            calls.contains(&"disconnect web c1 Some(true)".to_string()),
+            "{calls:?}"
+        );
+    }
+}

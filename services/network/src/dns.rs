@@ -1,0 +1,649 @@
+//! The embedded DNS of user-defined networks: a hickory server on each network's
+//! gateway address, port 53 (UDP and TCP). It answers the names of the containers on
+//! the asking container's networks (container name, aliases, short ID, hostname,
+//! also as `<name>.<network>`), and forwards everything else to the container's
+//! `--dns` servers or the host's resolvers. Internal networks do not forward.
+//!
+//! The asking container is known by its source address, so a container on several
+//! networks resolves the names of all of them, the asked network's first.
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Message, Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, PTR};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Docker's TTL for container names.
+const TTL: u32 = 600;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One container's names on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsEntry {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// network id -> (network name, internal)
+    nets: HashMap<String, (String, bool)>,
+    /// container id -> (entries, forwarders)
+    sandboxes: HashMap<String, (Vec<DnsEntry>, Vec<SocketAddr>)>,
+    // derived
+    names: HashMap<String, HashMap<String, Vec<Ipv4Addr>>>,
+    ptr: HashMap<Ipv4Addr, String>,
+    clients: HashMap<Ipv4Addr, String>,
+}
+
+impl Table {
+    fn reindex(&mut self) {
+        self.names.clear();
+        self.ptr.clear();
+        self.clients.clear();
+        let mut ids: Vec<&String> = self.sandboxes.keys().collect();
+        ids.sort();
+        for cid in ids {
+            let (entries, _) = &self.sandboxes[cid];
+            for e in entries {
+                let m = self.names.entry(e.network_id.clone()).or_default();
+                for n in &e.names {
+                    let v = m.entry(n.to_ascii_lowercase()).or_default();
+                    if !v.contains(&e.ip) {
+                        v.push(e.ip);
+                    }
+                }
+                if let Some(first) = e.names.first() {
+                    let net = self
+                        .nets
+                        .get(&e.network_id)
+                        .map(|x| x.0.clone())
+                        .unwrap_or_default();
+                    self.ptr.insert(e.ip, format!("{first}.{net}"));
+                }
+                self.clients.insert(e.ip, cid.clone());
+            }
+        }
+    }
+}
+
+/// What a query resolves to.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Addrs(Vec<Ipv4Addr>),
+    Ptr(String),
+    /// Known name, no record of that type (AAAA of a container).
+    Empty,
+    Forward(Vec<SocketAddr>),
+    Refuse,
+}
+
+/// The names of every user network and the servers answering them.
+pub struct Dns {
+    table: Arc<RwLock<Table>>,
+    host_forwarders: Arc<RwLock<Vec<SocketAddr>>>,
+    servers: std::sync::Mutex<HashMap<String, hickory_server::Server<NetHandler>>>,
+}
+
+impl Dns {
+    /// `host_forwarders`: the host's resolvers.
+    pub fn new(host_forwarders: Vec<SocketAddr>) -> Dns {
+        Dns {
+            table: Arc::default(),
+            host_forwarders: Arc::new(RwLock::new(host_forwarders)),
+            servers: Default::default(),
+        }
+    }
+
+    pub fn set_network(&self, id: &str, name: &str, internal: bool) {
+        let mut t = self.table.write().unwrap();
+        t.nets.insert(id.to_string(), (name.to_string(), internal));
+        t.reindex();
+    }
+
+    /// Serve the network's names on `ip:port` (port 53 in production).
+    pub async fn start(&self, net_id: &str, ip: Ipv4Addr, port: u16) -> std::io::Result<()> {
+        self.stop(net_id);
+        let udp = tokio::net::UdpSocket::bind((ip, port)).await?;
+        let tcp = tokio::net::TcpListener::bind((ip, port)).await?;
+        let h = NetHandler {
+            net_id: net_id.to_string(),
+            table: self.table.clone(),
+            host_forwarders: self.host_forwarders.clone(),
+            own: ip,
+        };
+        let mut s = hickory_server::Server::new(h);
+        s.register_socket(udp);
+        s.register_listener(tcp, Duration::from_secs(5), 65535);
+        self.servers.lock().unwrap().insert(net_id.to_string(), s);
+        Ok(())
+    }
+
+    /// Stop serving a network (its server's tasks are aborted) and forget it.
+    pub fn stop(&self, net_id: &str) {
+        if let Some(s) = self.servers.lock().unwrap().remove(net_id) {
+            s.shutdown_token().cancel();
+        }
+    }
+
+    pub fn remove_network(&self, net_id: &str) {
+        self.stop(net_id);
+        let mut t = self.table.write().unwrap();
+        t.nets.remove(net_id);
+        t.reindex();
+    }
+
+    pub fn serving(&self, net_id: &str) -> bool {
+        self.servers.lock().unwrap().contains_key(net_id)
+    }
+
+    /// Set a sandbox's names (replacing what it had) and its forwarders (empty: the host's).
+    pub fn set_sandbox(
+        &self,
+        container_id: &str,
+        entries: Vec<DnsEntry>,
+        forwarders: Vec<SocketAddr>,
+    ) {
+        let mut t = self.table.write().unwrap();
+        if entries.is_empty() {
+            t.sandboxes.remove(container_id);
+        } else {
+            t.sandboxes
+                .insert(container_id.to_string(), (entries, forwarders));
+        }
+        t.reindex();
+    }
+
+    pub fn remove_sandbox(&self, container_id: &str) {
+        let mut t = self.table.write().unwrap();
+        t.sandboxes.remove(container_id);
+        t.reindex();
+    }
+
+    /// Names registered on a network (for tests and leak checks).
+    pub fn names(&self, net_id: &str) -> Vec<String> {
+        let t = self.table.read().unwrap();
+        let mut v: Vec<String> = t
+            .names
+            .get(net_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn sandbox_count(&self) -> usize {
+        self.table.read().unwrap().sandboxes.len()
+    }
+}
+
+/// Nameservers from a resolv.conf, as socket addresses on port 53, without `skip`.
+pub fn forwarders(ns: &[String], skip: &[Ipv4Addr]) -> Vec<SocketAddr> {
+    ns.iter()
+        .filter_map(|n| n.parse::<IpAddr>().ok())
+        .filter(|ip| match ip {
+            IpAddr::V4(v) => !skip.contains(v),
+            IpAddr::V6(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+struct NetHandler {
+    net_id: String,
+    table: Arc<RwLock<Table>>,
+    host_forwarders: Arc<RwLock<Vec<SocketAddr>>>,
+    own: Ipv4Addr,
+}
+
+impl NetHandler {
+    fn resolve(&self, src: IpAddr, qname: &str, qtype: RecordType) -> Answer {
+        let t = self.table.read().unwrap();
+        let name = qname.trim_end_matches('.').to_ascii_lowercase();
+        let client = match src {
+            IpAddr::V4(v) => t.clients.get(&v).cloned(),
+            _ => None,
+        };
+        // the asked network first, then the client's other networks
+        let mut nets = vec![self.net_id.clone()];
+        let mut fwd: Vec<SocketAddr> = Vec::new();
+        if let Some(cid) = &client {
+            if let Some((entries, f)) = t.sandboxes.get(cid) {
+                for e in entries {
+                    if !nets.contains(&e.network_id) {
+                        nets.push(e.network_id.clone());
+                    }
+                }
+                fwd = f.clone();
+            }
+        }
+        if qtype == RecordType::PTR {
+            if let Some(ip) = parse_arpa(&name) {
+                if let Some(n) = t.ptr.get(&ip) {
+                    let on_mine = nets.iter().any(|id| {
+                        t.names
+                            .get(id)
+                            .map(|m| m.values().any(|v| v.contains(&ip)))
+                            .unwrap_or(false)
+                    });
+                    if on_mine {
+                        return Answer::Ptr(n.clone());
+                    }
+                }
+            }
+        } else {
+            for id in &nets {
+                let Some(m) = t.names.get(id) else { continue };
+                let netname = t
+                    .nets
+                    .get(id)
+                    .map(|x| x.0.to_ascii_lowercase())
+                    .unwrap_or_default();
+                let short = name.strip_suffix(&format!(".{netname}")).unwrap_or(&name);
+                if let Some(ips) = m.get(&name).or_else(|| m.get(short)) {
+                    return match qtype {
+                        RecordType::A => Answer::Addrs(ips.clone()),
+                        _ => Answer::Empty,
+                    };
+                }
+            }
+        }
+        // Not ours: forward, unless every network of the client is internal.
+        let internal = nets
+            .iter()
+            .all(|id| t.nets.get(id).map(|x| x.1).unwrap_or(false));
+        if internal {
+            return Answer::Refuse;
+        }
+        if fwd.is_empty() {
+            fwd = self.host_forwarders.read().unwrap().clone();
+        }
+        fwd.retain(|a| a.ip() != IpAddr::V4(self.own));
+        if fwd.is_empty() {
+            Answer::Refuse
+        } else {
+            Answer::Forward(fwd)
+        }
+    }
+}
+
+fn parse_arpa(name: &str) -> Option<Ipv4Addr> {
+    let rest = name.strip_suffix(".in-addr.arpa")?;
+    let mut o: Vec<u8> = rest
+        .split('.')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if o.len() != 4 {
+        return None;
+    }
+    o.reverse();
+    Some(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for NetHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut rh: R,
+    ) -> ResponseInfo {
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = true;
+        let Ok(info) = request.request_info() else {
+            return send_err(request, rh, ResponseCode::FormErr).await;
+        };
+        let qname = info.query.name().to_string();
+        let qtype = info.query.query_type();
+        let src = request.src().ip();
+        match self.resolve(src, &qname, qtype) {
+            Answer::Addrs(ips) => {
+                let name = Name::from(info.query.name().clone());
+                let recs: Vec<Record> = ips
+                    .into_iter()
+                    .map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(ip))))
+                    .collect();
+                meta.authoritative = true;
+                let resp = MessageResponseBuilder::from_message_request(request).build(
+                    meta,
+                    recs.iter(),
+                    [],
+                    [],
+                    [],
+                );
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+            }
+            Answer::Ptr(target) => {
+                let name = Name::from(info.query.name().clone());
+                let Ok(t) = Name::from_ascii(format!("{target}.")) else {
+                    return send_err(request, rh, ResponseCode::ServFail).await;
+                };
+                let recs = [Record::from_rdata(name, TTL, RData::PTR(PTR(t)))];
+                meta.authoritative = true;
+                let resp = MessageResponseBuilder::from_message_request(request).build(
+                    meta,
+                    recs.iter(),
+                    [],
+                    [],
+                    [],
+                );
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+            }
+            Answer::Empty => {
+                meta.authoritative = true;
+                let resp =
+                    MessageResponseBuilder::from_message_request(request).build_no_records(meta);
+                rh.send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| ResponseInfo::from(hdr(request, ResponseCode::ServFail)))
+            }
+            Answer::Refuse => send_err(request, rh, ResponseCode::ServFail).await,
+            Answer::Forward(servers) => {
+                let tcp = request.protocol() == hickory_server::net::xfer::Protocol::Tcp;
+                match forward(request.as_slice(), &servers, tcp).await {
+                    Some(m) => {
+                        let mut meta = m.metadata;
+                        meta.id = request.metadata.id;
+                        let resp = MessageResponseBuilder::from_message_request(request).build(
+                            meta,
+                            m.answers.iter(),
+                            m.authorities.iter(),
+                            [],
+                            m.additionals.iter(),
+                        );
+                        rh.send_response(resp).await.unwrap_or_else(|_| {
+                            ResponseInfo::from(hdr(request, ResponseCode::ServFail))
+                        })
+                    }
+                    None => send_err(request, rh, ResponseCode::ServFail).await,
+                }
+            }
+        }
+    }
+}
+
+fn hdr(request: &Request, code: ResponseCode) -> hickory_server::proto::op::Header {
+    let mut m = Metadata::response_from_request(&request.metadata);
+    m.response_code = code;
+    hickory_server::proto::op::Header {
+        metadata: m,
+        counts: Default::default(),
+    }
+}
+
+async fn send_err<R: ResponseHandler>(
+    request: &Request,
+    mut rh: R,
+    code: ResponseCode,
+) -> ResponseInfo {
+    let resp =
+        MessageResponseBuilder::from_message_request(request).error_msg(&request.metadata, code);
+    rh.send_response(resp)
+        .await
+        .unwrap_or_else(|_| ResponseInfo::from(hdr(request, code)))
+}
+
+/// Send the raw query to each server in turn; the first answer wins.
+async fn forward(query: &[u8], servers: &[SocketAddr], tcp: bool) -> Option<Message> {
+    for s in servers {
+        let r = if tcp {
+            forward_tcp(query, *s).await
+        } else {
+            forward_udp(query, *s).await
+        };
+        match r {
+            Ok(bytes) => {
+                if let Ok(m) = Message::from_vec(&bytes) {
+                    if m.metadata.truncation && !tcp {
+                        if let Ok(b) = forward_tcp(query, *s).await {
+                            if let Ok(m2) = Message::from_vec(&b) {
+                                return Some(m2);
+                            }
+                        }
+                    }
+                    return Some(m);
+                }
+            }
+            Err(e) => tracing::debug!(server = %s, error = %e, "DNS forward failed"),
+        }
+    }
+    None
+}
+
+async fn forward_udp(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(server).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    let id = &query[..2.min(query.len())];
+    tokio::time::timeout(FORWARD_TIMEOUT, async {
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            if n >= 2 && &buf[..2] == id {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
+}
+
+async fn forward_tcp(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(FORWARD_TIMEOUT, async {
+        let mut c = tokio::net::TcpStream::connect(server).await?;
+        let mut out = (query.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(query);
+        c.write_all(&out).await?;
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).await?;
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut buf).await?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
+}
+
+/// A DNS query over UDP (for tests and health checks): the A records of `name`,
+/// or the response code when there are none.
+pub async fn query_a(
+    server: SocketAddr,
+    name: &str,
+    from: Option<Ipv4Addr>,
+) -> Result<Vec<Ipv4Addr>, ResponseCode> {
+    query(server, name, RecordType::A, from).await.map(|m| {
+        m.answers
+            .iter()
+            .filter_map(|r| {
+                if let RData::A(a) = &r.data {
+                    Some(a.0)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+pub async fn query(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    from: Option<Ipv4Addr>,
+) -> Result<Message, ResponseCode> {
+    use hickory_server::proto::op::{MessageType, OpCode, Query};
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let mut m = Message::new(u16::from_le_bytes(b), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    let n = Name::from_ascii(name).map_err(|_| ResponseCode::FormErr)?;
+    m.add_query(Query::query(n, qtype));
+    let bytes = m.to_vec().map_err(|_| ResponseCode::FormErr)?;
+    let bind = SocketAddr::new(IpAddr::V4(from.unwrap_or(Ipv4Addr::UNSPECIFIED)), 0);
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
+    sock.connect(server)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
+    sock.send(&bytes)
+        .await
+        .map_err(|_| ResponseCode::ServFail)?;
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .map_err(|_| ResponseCode::ServFail)?
+        .map_err(|_| ResponseCode::ServFail)?;
+    let r = Message::from_vec(&buf[..n]).map_err(|_| ResponseCode::FormErr)?;
+    if r.metadata.response_code != ResponseCode::NoError {
+        return Err(r.metadata.response_code);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(net: &str, ip: [u8; 4], names: &[&str]) -> DnsEntry {
+        DnsEntry {
+            network_id: net.into(),
+            ip: Ipv4Addr::from(ip),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn arpa_names() {
+        assert_eq!(
+            parse_arpa("2.0.18.172.in-addr.arpa"),
+            Some(Ipv4Addr::new(172, 18, 0, 2))
+        );
+        assert_eq!(parse_arpa("example.com"), None);
+    }
+
+    #[tokio::test]
+    async fn resolves_per_network_and_forwards_the_rest() {
+        // An upstream that answers every A query with 9.9.9.9.
+        let upstream = Dns::new(vec![]);
+        upstream.set_network("up", "up", false);
+        upstream.set_sandbox(
+            "u",
+            vec![entry("up", [9, 9, 9, 9], &["example.com"])],
+            vec![],
+        );
+        let up_port = free_udp_port(Ipv4Addr::new(127, 0, 0, 1));
+        upstream
+            .start("up", Ipv4Addr::new(127, 0, 0, 1), up_port)
+            .await
+            .unwrap();
+
+        let dns = Dns::new(vec![SocketAddr::from((
+            Ipv4Addr::new(127, 0, 0, 1),
+            up_port,
+        ))]);
+        dns.set_network("n1", "front", false);
+        dns.set_network("n2", "back", false);
+        dns.set_network("n3", "sealed", true);
+        // web on n1 and n2; db on n2 only; lone on n3 (internal)
+        dns.set_sandbox(
+            "web",
+            vec![
+                entry("n1", [127, 0, 1, 2], &["web", "www", "0123456789ab"]),
+                entry("n2", [127, 0, 2, 2], &["web"]),
+            ],
+            vec![],
+        );
+        dns.set_sandbox("db", vec![entry("n2", [127, 0, 2, 3], &["db"])], vec![]);
+        dns.set_sandbox("lone", vec![entry("n3", [127, 0, 3, 2], &["lone"])], vec![]);
+        let p1 = free_udp_port(Ipv4Addr::new(127, 0, 1, 1));
+        dns.start("n1", Ipv4Addr::new(127, 0, 1, 1), p1)
+            .await
+            .unwrap();
+        let p3 = free_udp_port(Ipv4Addr::new(127, 0, 3, 1));
+        dns.start("n3", Ipv4Addr::new(127, 0, 3, 1), p3)
+            .await
+            .unwrap();
+        let s1 = SocketAddr::from((Ipv4Addr::new(127, 0, 1, 1), p1));
+        let s3 = SocketAddr::from((Ipv4Addr::new(127, 0, 3, 1), p3));
+        let web = Some(Ipv4Addr::new(127, 0, 1, 2));
+
+        assert_eq!(
+            query_a(s1, "web", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "WWW.", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "0123456789ab", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        assert_eq!(
+            query_a(s1, "web.front", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 1, 2)]
+        );
+        // web is also on n2, so it resolves db through n1's server
+        assert_eq!(
+            query_a(s1, "db", web).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 2, 3)]
+        );
+        // an unknown client on n1 sees only n1's names; db is forwarded (upstream says NXDOMAIN)
+        assert!(query_a(s1, "db", None).await.is_err());
+        // the rest is forwarded
+        assert_eq!(
+            query_a(s1, "example.com", web).await.unwrap(),
+            vec![Ipv4Addr::new(9, 9, 9, 9)]
+        );
+        // AAAA of a container: no error, no records
+        let m = query(s1, "web", RecordType::AAAA, web).await.unwrap();
+        assert!(m.answers.is_empty());
+        // PTR
+        let m = query(s1, "2.1.0.127.in-addr.arpa", RecordType::PTR, web)
+            .await
+            .unwrap();
+        assert_eq!(m.answers.len(), 1);
+        // internal network: names yes, forwarding no
+        let lone = Some(Ipv4Addr::new(127, 0, 3, 2));
+        assert_eq!(
+            query_a(s3, "lone", lone).await.unwrap(),
+            vec![Ipv4Addr::new(127, 0, 3, 2)]
+        );
+        assert_eq!(
+            query_a(s3, "example.com", lone).await.unwrap_err(),
+            ResponseCode::ServFail
+        );
+        // names go with the sandbox
+        dns.remove_sandbox("web");
+        assert!(query_a(s1, "web", None).await.is_err());
+        assert_eq!(dns.names("n1"), Vec::<String>::new());
+        dns.remove_network("n1");
+        assert!(!dns.serving("n1"));
+    }
+
+    fn free_udp_port(ip: Ipv4Addr) -> u16 {
+        loop {
+            let u = std::net::UdpSocket::bind((ip, 0)).unwrap();
+            let p = u.local_addr().unwrap().port();
+            if std::net::TcpListener::bind((ip, p)).is_ok() {
+                return p;
+            }
+        }
+    }
+}

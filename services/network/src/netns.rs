@@ -1,0 +1,206 @@
+//! Network namespaces kept alive by a bind mount of `/proc/thread-self/ns/net` on a
+//! file under `<root>/network/netns/`, as `ip netns add` does.
+//!
+//! Namespace switches happen only on a dedicated, short-lived std thread: a tokio
+//! worker must never change namespace, because every later task on it would run
+//! there. A netlink socket opened on such a thread stays bound to the namespace it
+//! was opened in, so the async side can configure the namespace through it.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Make `dir` a shared mount point (bind-mounting it on itself if needed), so that
+/// unmounting a namespace file also unmounts its copies in containers' mount
+/// namespaces and the namespace is freed.
+pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(|m| Path::new(m) == dir)
+                .unwrap_or(false)
+        });
+    if !mounted {
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(io)?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(io)?;
+    Ok(())
+}
+
+fn io(e: nix::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+/// Run `f` on a fresh thread and wait for it without blocking the async runtime.
+async fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(std::io::Error::other)?;
+    rx.await
+        .map_err(|_| std::io::Error::other("netns thread died"))?
+}
+
+/// A netlink route socket (raw fd), opened in the calling thread's namespace.
+fn netlink_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2); the fd is owned from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Create a namespace pinned at `path`; returns a netlink socket inside it.
+pub async fn create(path: PathBuf) -> std::io::Result<OwnedFd> {
+    on_thread(move || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        let r = (|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(io)?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io)?;
+            netlink_socket()
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        r
+    })
+    .await
+}
+
+/// A netlink socket inside the namespace pinned at `path`.
+pub async fn netlink_in(path: PathBuf) -> std::io::Result<OwnedFd> {
+    on_thread(move || {
+        let f = std::fs::File::open(&path)?;
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io)?;
+        netlink_socket()
+    })
+    .await
+}
+
+/// Run `f` inside the namespace pinned at `path` (on its own thread).
+pub async fn run_in<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    on_thread(move || {
+        let ns = std::fs::File::open(&path)?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io)?;
+        f()
+    })
+    .await
+}
+
+/// Unpin and delete a namespace file. Idempotent.
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(io(e)),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `path` is a live namespace file (a mount of an nsfs inode).
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4).map(|m| Path::new(m) == path).unwrap_or(false) && l.contains(" - nsfs ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[tokio::test]
+    async fn create_enter_remove() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("netns");
+        prepare_dir(&dir).unwrap();
+        let p = dir.join("c1");
+        let _sock = create(p.clone()).await.unwrap();
+        assert!(is_pinned(&p));
+        // inside: a different namespace than ours, with only lo
+        let mine = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let theirs = run_in(p.clone(), || std::fs::read_link("/proc/thread-self/ns/net"))
+            .await
+            .unwrap();
+        assert_ne!(mine, theirs);
+        let dev = run_in(p.clone(), || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        })
+        .await
+        .unwrap();
+        let ifs: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .map(|l| l.split(':').next().unwrap().trim())
+            .collect();
+        assert_eq!(ifs, vec!["lo"]);
+        // this thread did not move
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            mine
+        );
+        remove(&p).unwrap();
+        remove(&p).unwrap();
+        assert!(!p.exists());
+        assert!(!is_pinned(&p));
+        let _ = umount2(&dir, MntFlags::MNT_DETACH);
+    }
+}
