@@ -124,6 +124,14 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
+/// CPU time (user + system) of the whole process so far.
+fn cpu_time() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -166,81 +174,84 @@ fn main() {
     );
 
     let base = tempfile::tempdir_in("/var/tmp").unwrap();
-    // Sequential apply.
-    let seq = {
-        let dir = base.path().join("seq");
-        let s = open(&dir);
-        drop_caches();
-        let t = Instant::now();
-        rt.block_on(async {
-            let mut parent = None;
-            for l in &layers {
-                parent = Some(apply_one(&s, parent, l).await.chain_id);
-            }
-        });
-        let el = t.elapsed();
-        drop(s);
-        let _ = std::fs::remove_dir_all(&dir);
-        el
-    };
-    // Parallel apply (all layers at once, as a pull with concurrent downloads does).
-    let par = {
-        let dir = base.path().join("par");
-        let s = Arc::new(open(&dir));
-        drop_caches();
-        let t = Instant::now();
-        rt.block_on(async {
-            let mut parent: Option<String> = None;
-            let mut tasks = Vec::new();
-            for l in &layers {
-                let s = s.clone();
-                let p = parent.clone();
-                let chain = berth_storage::layers::chain_id(parent.as_deref(), &l.diff_id);
-                let gz = l.gz.clone();
-                let lay = Layer {
-                    tar_len: l.tar_len,
-                    gz,
-                    diff_id: l.diff_id.clone(),
-                    tar: vec![],
-                };
-                tasks.push(tokio::spawn(async move { apply_one(&s, p, &lay).await }));
-                parent = Some(chain);
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-        });
-        let el = t.elapsed();
-        drop(s);
-        let _ = std::fs::remove_dir_all(&dir);
-        el
-    };
-    let mbps = |d: Duration| total_tar as f64 / 1048576.0 / d.as_secs_f64();
-    println!(
-        "layer apply, sequential: {:.2} s, {:.0} MiB/s (uncompressed)",
-        seq.as_secs_f64(),
-        mbps(seq)
-    );
-    println!(
-        "layer apply, parallel:   {:.2} s, {:.0} MiB/s (uncompressed)",
-        par.as_secs_f64(),
-        mbps(par)
-    );
+    let skip_apply = std::env::var_os("BENCH_SKIP_APPLY").is_some();
+    if !skip_apply {
+        // Sequential apply.
+        let seq = {
+            let dir = base.path().join("seq");
+            let s = open(&dir);
+            drop_caches();
+            let t = Instant::now();
+            rt.block_on(async {
+                let mut parent = None;
+                for l in &layers {
+                    parent = Some(apply_one(&s, parent, l).await.chain_id);
+                }
+            });
+            let el = t.elapsed();
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+            el
+        };
+        // Parallel apply (all layers at once, as a pull with concurrent downloads does).
+        let par = {
+            let dir = base.path().join("par");
+            let s = Arc::new(open(&dir));
+            drop_caches();
+            let t = Instant::now();
+            rt.block_on(async {
+                let mut parent: Option<String> = None;
+                let mut tasks = Vec::new();
+                for l in &layers {
+                    let s = s.clone();
+                    let p = parent.clone();
+                    let chain = berth_storage::layers::chain_id(parent.as_deref(), &l.diff_id);
+                    let gz = l.gz.clone();
+                    let lay = Layer {
+                        tar_len: l.tar_len,
+                        gz,
+                        diff_id: l.diff_id.clone(),
+                        tar: vec![],
+                    };
+                    tasks.push(tokio::spawn(async move { apply_one(&s, p, &lay).await }));
+                    parent = Some(chain);
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let el = t.elapsed();
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+            el
+        };
+        let mbps = |d: Duration| total_tar as f64 / 1048576.0 / d.as_secs_f64();
+        println!(
+            "layer apply, sequential: {:.2} s, {:.0} MiB/s (uncompressed)",
+            seq.as_secs_f64(),
+            mbps(seq)
+        );
+        println!(
+            "layer apply, parallel:   {:.2} s, {:.0} MiB/s (uncompressed)",
+            par.as_secs_f64(),
+            mbps(par)
+        );
 
-    if let Ok(host) = std::env::var("MOBY_HOST") {
-        match moby_load(&host, &layers, base.path()) {
-            Ok(d) => {
-                println!(
-                    "moby docker load (same layers): {:.2} s, {:.0} MiB/s",
-                    d.as_secs_f64(),
-                    mbps(d)
-                );
-                println!(
-                    "ratio berth parallel / moby: {:.2}x",
-                    d.as_secs_f64() / par.as_secs_f64()
-                );
+        if let Ok(host) = std::env::var("MOBY_HOST") {
+            match moby_load(&host, &layers, base.path()) {
+                Ok(d) => {
+                    println!(
+                        "moby docker load (same layers): {:.2} s, {:.0} MiB/s",
+                        d.as_secs_f64(),
+                        mbps(d)
+                    );
+                    println!(
+                        "ratio berth parallel / moby: {:.2}x",
+                        d.as_secs_f64() / par.as_secs_f64()
+                    );
+                }
+                Err(e) => println!("moby comparison failed: {e}"),
             }
-            Err(e) => println!("moby comparison failed: {e}"),
         }
     }
 
@@ -259,10 +270,12 @@ fn main() {
     };
     let img = rt.block_on(apply_one(&s, None, &small)).chain_id;
     let mut times = Vec::with_capacity(500);
+    let mut cpu = Vec::with_capacity(500);
     rt.block_on(async {
         for i in 0..500 {
             let id = format!("bench{i:04}");
             let t = Instant::now();
+            let c = cpu_time();
             s.rw_create(RwLayerCreate {
                 id: id.clone(),
                 parent: Some(img.clone()),
@@ -271,6 +284,7 @@ fn main() {
             .unwrap();
             s.rw_mount(RwLayerMount { id: id.clone() }).await.unwrap();
             times.push(t.elapsed());
+            cpu.push(cpu_time() - c);
             s.rw_unmount(RwLayerUnmount { id: id.clone() })
                 .await
                 .unwrap();
@@ -281,6 +295,12 @@ fn main() {
         "RwLayerCreate+Mount (overlay2, 500 iterations): p50 {:.3} ms, p99 {:.3} ms",
         pct(&mut times, 0.5).as_secs_f64() * 1e3,
         pct(&mut times, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  CPU time of the same (user+sys, all threads): p50 {:.3} ms, p99 {:.3} ms; load average {}",
+        pct(&mut cpu, 0.5).as_secs_f64() * 1e3,
+        pct(&mut cpu, 0.99).as_secs_f64() * 1e3,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
     );
 
     // 200 stopped containers (created, mounted, written, unmounted), then removed.
@@ -299,6 +319,7 @@ fn main() {
         }
     });
     let t = Instant::now();
+    let c = cpu_time();
     rt.block_on(async {
         for i in 0..200 {
             s.rw_remove(RwLayerRemove {

@@ -296,6 +296,14 @@ impl LayerStore {
             // Metadata first: if removing the data fails half way, the start-up
             // reconciliation removes the rest.
             let parent = m.parent.clone();
+            // The init layer its containers shared goes first.
+            match self.driver.remove(&crate::rw::init_key(Some(&c))) {
+                Ok(()) | Err(DriverError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(layer = %c, error = %e, "removing the init layer failed");
+                    break;
+                }
+            }
             if let Err(e) = crate::util::remove_tree(&self.layer_dir(&c)) {
                 tracing::warn!(layer = %c, error = %e, "removing layer metadata failed");
                 break;

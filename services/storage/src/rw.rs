@@ -34,7 +34,8 @@ struct RwRecord {
     id: String,
     parent: Option<String>,
     created: i64,
-    /// Mount count; a stale count (the service died and the mount is gone) resets at start.
+    /// Mount count, in memory only: at start it is 1 for a mounted layer, else 0.
+    #[serde(default, skip_serializing)]
     mounts: u32,
 }
 
@@ -43,11 +44,21 @@ pub struct RwLayers {
     layers: Arc<LayerStore>,
     dir: PathBuf,
     state: Mutex<HashMap<String, RwRecord>>,
+    /// Serialises making an image's init layer.
+    init_lock: Mutex<()>,
 }
 
-fn init_key(id: &str) -> String {
-    format!("{id}-init")
+/// The init layer is the same for every container on one image: it is made once per
+/// image top layer (`init-<hex of chain>`, `init-scratch` for FROM scratch), shared by
+/// its containers and removed with that layer (`LayerStore` collects it).
+pub fn init_key(parent: Option<&str>) -> String {
+    match parent {
+        Some(c) => format!("{INIT_PREFIX}{}", crate::layers::hex_of(c)),
+        None => format!("{INIT_PREFIX}scratch"),
+    }
 }
+
+pub const INIT_PREFIX: &str = "init-";
 
 pub fn no_such(id: &str) -> BusError {
     BusError::not_found(format!("no such container layer: {id}"))
@@ -59,6 +70,7 @@ fn valid_id(id: &str) -> bool {
         && !id.starts_with('.')
         && !id.starts_with(crate::layers::STAGING_PREFIX)
         && !id.starts_with("sha256:")
+        && !id.starts_with(INIT_PREFIX)
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
@@ -86,20 +98,17 @@ impl RwLayers {
             };
             if driver.stat(&r.id).is_err() {
                 tracing::warn!(id = %r.id, "dropping a container layer whose data is missing");
-                let _ = driver.remove(&init_key(&r.id));
                 let _ = std::fs::remove_file(e.path());
                 continue;
             }
-            if r.mounts > 0 && !is_mounted(&*driver, &r.id) {
-                r.mounts = 0;
-                let _ = crate::util::write_json(&e.path(), &r, false);
-            }
+            r.mounts = u32::from(is_mounted(&*driver, &r.id));
             if let Some(p) = &r.parent {
                 layers.restore_hold(p);
             }
             recs.insert(r.id.clone(), r);
         }
-        // Snapshots of a create that never finished (no record): they go.
+        // Snapshots of a create that never finished (no record) go, and so do
+        // half-made init layers.
         let mut orphans = Vec::new();
         driver
             .walk(&mut |i| {
@@ -108,14 +117,18 @@ impl RwLayers {
                 {
                     return;
                 }
-                let owner = i.name.strip_suffix("-init").unwrap_or(&i.name);
-                if !recs.contains_key(owner) {
-                    orphans.push((i.name.clone(), i.name.ends_with("-init")));
+                if i.name.starts_with(INIT_PREFIX) {
+                    if i.kind != Kind::Committed {
+                        orphans.push(i.name.clone());
+                    }
+                    return;
+                }
+                if !recs.contains_key(&i.name) {
+                    orphans.push(i.name.clone());
                 }
             })
             .map_err(BusError::from)?;
-        orphans.sort_by_key(|(_, init)| *init); // the rw snapshot before its init parent
-        for (name, _) in orphans {
+        for name in orphans {
             if let Ok(t) = driver.mount_target(&name) {
                 let _ = crate::driver::unmount(&t);
             }
@@ -126,6 +139,7 @@ impl RwLayers {
             layers,
             dir,
             state: Mutex::new(recs),
+            init_lock: Mutex::new(()),
         })
     }
 
@@ -160,10 +174,13 @@ impl RwLayers {
         if let Some(p) = parent {
             self.layers.hold(p)?;
         }
-        let res = self.create_snapshots(id, parent);
+        let res = self
+            .ensure_init(parent)
+            .and_then(|ik| self.driver.prepare(id, Some(&ik)).map_err(map_exists));
         if let Err(e) = res {
-            let _ = self.driver.remove(id);
-            let _ = self.driver.remove(&init_key(id));
+            if !e.is(bus_schema::ErrorKind::Conflict) {
+                let _ = self.driver.remove(id);
+            }
             if let Some(p) = parent {
                 self.layers.unhold(p);
             }
@@ -180,21 +197,36 @@ impl RwLayers {
         Ok(())
     }
 
-    fn create_snapshots(&self, id: &str, parent: Option<&str>) -> Result<(), BusError> {
-        let ik = init_key(id);
-        self.driver.prepare(&ik, parent).map_err(map_exists)?;
-        let upper = self.driver.upper_dir(&ik).map_err(BusError::from)?;
-        let below = match self.driver.diff_source(&ik).map_err(BusError::from)? {
-            DiffSource::Native { lowers, .. } => Below::Layers(lowers),
-            DiffSource::Naive { .. } => Below::Same,
-        };
-        setup_init(&upper, &below)
-            .map_err(|e| BusError::internal(format!("creating the init layer of {id}: {e}")))?;
-        self.driver
-            .commit(&ik, &ik, CommitOpts::default())
-            .map_err(BusError::from)?;
-        self.driver.prepare(id, Some(&ik)).map_err(map_exists)?;
-        Ok(())
+    /// The init layer of an image top layer, made the first time a container needs it.
+    fn ensure_init(&self, parent: Option<&str>) -> Result<String, BusError> {
+        let ik = init_key(parent);
+        let _g = self.init_lock.lock().unwrap();
+        match self.driver.stat(&ik) {
+            Ok(i) if i.kind == Kind::Committed => return Ok(ik),
+            Ok(_) => {
+                let _ = self.driver.remove(&ik);
+            }
+            Err(_) => {}
+        }
+        let tmp = format!("{ik}-{}", crate::util::random_hex(4));
+        let res = (|| {
+            self.driver.prepare(&tmp, parent).map_err(BusError::from)?;
+            let upper = self.driver.upper_dir(&tmp).map_err(BusError::from)?;
+            let below = match self.driver.diff_source(&tmp).map_err(BusError::from)? {
+                DiffSource::Native { lowers, .. } => Below::Layers(lowers),
+                DiffSource::Naive { .. } => Below::Same,
+            };
+            setup_init(&upper, &below)
+                .map_err(|e| BusError::internal(format!("creating the init layer {ik}: {e}")))?;
+            self.driver
+                .commit(&ik, &tmp, CommitOpts::default())
+                .map_err(BusError::from)
+        })();
+        if let Err(e) = res {
+            let _ = self.driver.remove(&tmp);
+            return Err(e);
+        }
+        Ok(ik)
     }
 
     /// Mount the container's root filesystem (counted); answers its path.
@@ -212,9 +244,8 @@ impl RwLayers {
                 target
             }
         };
+        // The count lives in memory: after a restart it is 1 for what is mounted.
         r.mounts += 1;
-        let r = r.clone();
-        self.persist(&r)?;
         Ok(path)
     }
 
@@ -226,10 +257,12 @@ impl RwLayers {
         }
         r.mounts -= 1;
         if r.mounts == 0 {
-            self.unmount_now(id)?;
+            if let Err(e) = self.unmount_now(id) {
+                r.mounts += 1;
+                return Err(e);
+            }
         }
-        let r = r.clone();
-        self.persist(&r)
+        Ok(())
     }
 
     fn unmount_now(&self, id: &str) -> Result<(), BusError> {
@@ -251,10 +284,6 @@ impl RwLayers {
             self.unmount_now(id)?;
         }
         match self.driver.remove(id) {
-            Ok(()) | Err(DriverError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match self.driver.remove(&init_key(id)) {
             Ok(()) | Err(DriverError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }

@@ -142,7 +142,11 @@ fn interrupted_commits_and_creates_are_reconciled() {
     let s = Storage::open(root.path(), "overlay2", &[], Arc::new(NoEvents)).unwrap();
     assert_eq!(
         snapshots(&s),
-        vec!["c1".to_string(), "c1-init".to_string(), chain.clone()]
+        vec![
+            "c1".to_string(),
+            format!("init-{}", chain.trim_start_matches("sha256:")),
+            chain.clone()
+        ]
     );
     // The mounted container is still mounted and its count continues.
     let m = rt
