@@ -78,7 +78,7 @@ pub async fn pump(
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
+            tracing::warn!(error = %e, "upgrade failed");
             out.cancel().await;
             return;
         }
@@ -142,25 +142,33 @@ pub async fn pump(
     });
 
     // output -> client
+    let mut detach_open = true;
     loop {
         tokio::select! {
             item = out.next() => {
                 match item {
                     Some(Ok(c)) => {
                         let bytes = if tty { c.data } else { frame(c.stream, &c.data) };
-                        if wr.write_all(&bytes).await.is_err() {
+                        if let Err(e) = wr.write_all(&bytes).await {
+                            tracing::debug!(error = %e, "attach client went away");
                             out.cancel().await;
                             break;
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "attach stream ended with an error");
+                        tracing::warn!(error = %e, "attach stream ended with an error");
                         break;
                     }
                     None => break,
                 }
             }
-            _ = &mut detached_rx => {
+            r = &mut detached_rx, if detach_open => {
+                // a dropped sender only means the client closed its write side
+                // (the CLI does that when it has no stdin); output goes on
+                if r.is_err() {
+                    detach_open = false;
+                    continue;
+                }
                 out.cancel().await;
                 break;
             }

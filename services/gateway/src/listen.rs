@@ -132,6 +132,9 @@ where
         let hyper_svc = TowerToHyperService::new(svc);
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
+            // the CLI shuts its write side right after a hijack without stdin; the
+            // connection must live on for the output
+            .half_close(true)
             .serve_connection(TokioIo::new(io), hyper_svc)
             .with_upgrades()
             .await;

@@ -216,7 +216,8 @@ impl Runtime {
         }
         let mut endpoints = HashMap::new();
         if let Some(n) = networking.and_then(|n| n.endpoints_config) {
-            endpoints.extend(n);
+            // the CLI names the default network `default`; Docker stores it as `bridge`
+            endpoints.extend(n.into_iter().map(|(k, v)| if k == "default" { ("bridge".to_string(), v) } else { (k, v) }));
         }
         let c = Container {
             id: id.to_string(),
