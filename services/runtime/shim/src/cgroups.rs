@@ -235,6 +235,21 @@ impl Cgroup {
     /// parent's cpus/mems; v2 levels get the controllers enabled for their children.
     pub fn create(&self) -> io::Result<()> {
         for h in &self.layout.hierarchies {
+            // a parent removed by someone else between our mkdirs (another
+            // container's cleanup of a shared parent) is made again
+            let mut attempt = 0;
+            loop {
+                match self.create_in(h) {
+                    Err(e) if e.kind() == ErrorKind::NotFound && attempt < 10 => attempt += 1,
+                    r => break r?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create_in(&self, h: &Hierarchy) -> io::Result<()> {
+        {
             let mut cur = h.mount.clone();
             for comp in Path::new(&self.rel).components() {
                 if h.v2 {
