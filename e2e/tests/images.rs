@@ -167,7 +167,6 @@ fn pull_errors_and_login_read_like_docker() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn pull_by_tag_and_digest_directly_and_via_mirror() {
     let reg = Registry::start();
     reg.push_oci(
@@ -213,7 +212,6 @@ fn pull_by_tag_and_digest_directly_and_via_mirror() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn pull_with_basic_auth_after_login() {
     let work = tempfile::tempdir().unwrap();
     let reg = htpasswd_registry(work.path());
@@ -321,7 +319,6 @@ fn token_proxy(upstream: String) -> TokenProxy {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn pull_behind_a_bearer_challenge() {
     let reg = Registry::start();
     reg.push_oci(&fixtures::busybox_layout(), "latest", "r/tok:1");
@@ -346,7 +343,6 @@ fn pull_behind_a_bearer_challenge() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn tampered_blob_fails_the_pull_and_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
     let reg = Registry::start();
@@ -393,7 +389,6 @@ fn tampered_blob_fails_the_pull_and_leaves_nothing() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn push_then_pull_back_by_digest() {
     let reg = Registry::start();
     reg.push_oci(
@@ -441,7 +436,6 @@ fn push_then_pull_back_by_digest() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn save_rmi_load_run_and_a_skopeo_tarball() {
     let work = tempfile::tempdir().unwrap();
     let reg = Registry::start();
@@ -490,7 +484,6 @@ fn save_rmi_load_run_and_a_skopeo_tarball() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn images_tag_rmi_prune_history_import() {
     let work = tempfile::tempdir().unwrap();
     let reg = Registry::start();
@@ -574,7 +567,6 @@ fn images_tag_rmi_prune_history_import() {
 }
 
 #[test]
-#[ignore = "needs storage"]
 fn hello_world_offline() {
     // Docker Hub cannot be reached from the test machine: the embedded image runs.
     let node = Node::start();

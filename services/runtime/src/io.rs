@@ -131,6 +131,7 @@ impl Runtime {
         let c = e.get();
         let ended = run_ended(&e);
         let (mut w, mut input) = resp.accept_duplex(StreamInfo { tty: c.is_tty() }).await?;
+        self.event(&c, "attach", &[]).await;
         let attach_stdin = r.stdin && c.config.open_stdin.unwrap_or(false);
         let stdin_once = c.config.stdin_once.unwrap_or(false);
 

@@ -17,6 +17,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod mounts;
 pub mod names;
+pub mod netconn;
 pub mod query;
 pub mod state;
 pub mod top;
@@ -89,6 +90,8 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .rpc::<ContainerList, _, _>(h!(list))
         .rpc::<ContainerResize, _, _>(h!(h_resize))
         .rpc::<ContainerRename, _, _>(h!(h_rename))
+        .rpc::<bus_schema::runtime::ContainerNetworkConnect, _, _>(h!(h_net_connect))
+        .rpc::<bus_schema::runtime::ContainerNetworkDisconnect, _, _>(h!(h_net_disconnect))
         .rpc::<ContainerPause, _, _>(h!(h_pause))
         .rpc::<ContainerUnpause, _, _>(h!(h_unpause))
         .rpc::<ContainerPrune, _, _>(h!(prune))
@@ -134,6 +137,12 @@ impl Runtime {
     }
     async fn h_exec_resize(self: Arc<Self>, r: ExecResize) -> Result<(), BusError> {
         self.exec_resize(&r.id, r.height, r.width).await
+    }
+    async fn h_net_connect(self: Arc<Self>, r: bus_schema::runtime::ContainerNetworkConnect) -> Result<(), BusError> {
+        self.network_connect(r).await
+    }
+    async fn h_net_disconnect(self: Arc<Self>, r: bus_schema::runtime::ContainerNetworkDisconnect) -> Result<(), BusError> {
+        self.network_disconnect(r).await
     }
     async fn h_rename(self: Arc<Self>, r: ContainerRename) -> Result<(), BusError> {
         self.rename(&r.id, &r.name).await

@@ -71,6 +71,9 @@ fn provider(service: &str) -> Result<SdkTracerProvider, String> {
 
 /// Set up logging and, when configured, trace export for the process `service`.
 pub fn init(service: &str) -> Guard {
+    // reqwest (the OTLP HTTP exporter, the registry client) is built without a
+    // default crypto provider: the process picks ring, once, before any client
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = env_nonempty(berth_config::env::LOG)
         .or_else(|| env_nonempty("RUST_LOG"))

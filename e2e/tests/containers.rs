@@ -1,0 +1,139 @@
+//! Containers through the docker CLI: the runtime service dying under a running
+//! container, create/start/stop/rm cycles leaving nothing behind, storage-driver
+//! switching and volumes that outlive containers and node restarts.
+
+use berth_e2e::fixtures::{busybox_layout, Registry};
+use berth_e2e::{require_root, Node, NodeOpts};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn node_with_busybox() -> (Node, Registry, String) {
+    let reg = Registry::start();
+    let mut opts = NodeOpts::default();
+    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    let node = Node::start_opts(opts);
+    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["pull", "-q", &img]);
+    (node, reg, img)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mounts under `root`, berth-shim processes of this node, and cgroups under the
+/// node's cgroup parent that still hold a container.
+fn leftovers(node: &Node) -> Vec<String> {
+    let mut out = Vec::new();
+    let rs = node.root.to_string_lossy().to_string();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in mi.lines() {
+        if let Some(m) = l.split(' ').nth(4) {
+            // the network service's namespace directory is the node's own mount
+            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
+                out.push(format!("mount {m}"));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("berth-shim") && cmd.contains(&rs) {
+            out.push(format!("shim {cmd}"));
+        }
+    }
+    let parent = format!("berth-e2e-{}", node.name);
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+        let d = Path::new(base).join(&parent);
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_container_outlives_a_killed_runtime_and_loses_no_line() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let id = node
+        .docker_ok(&["run", "-d", "--name", "ticker", &img, "sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.1; done"])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(800));
+    let old = node.service_pid("runtime").expect("runtime pid");
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for("a new runtime", || node.service_pid("runtime").is_some_and(|p| p != old));
+    wait_for("the runtime to answer", || node.docker(&["inspect", "ticker"]).status.success());
+    std::thread::sleep(Duration::from_millis(800));
+    let st = node.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.Id}}", "ticker"]);
+    assert_eq!(st.trim(), format!("running {id}"));
+    let out = node.docker_ok(&["stop", "-t", "1", "ticker"]);
+    assert_eq!(out.trim(), "ticker");
+    let code = node.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "ticker"]);
+    assert_eq!(code.trim(), "137");
+    let logs = node.docker_ok(&["logs", "ticker"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() > 15, "too few lines: {}", lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("line-{i}"), "gap or reorder in the log at {i}");
+    }
+    node.docker_ok(&["rm", "ticker"]);
+    assert!(leftovers(&node).is_empty(), "{:?}", leftovers(&node));
+}
+
+#[test]
+fn two_hundred_cycles_leave_nothing_behind() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    for i in 0..200 {
+        let name = format!("cycle{i}");
+        node.docker_ok(&["create", "--name", &name, &img, "sleep", "60"]);
+        node.docker_ok(&["start", &name]);
+        node.docker_ok(&["stop", "-t", "0", &name]);
+        node.docker_ok(&["rm", &name]);
+    }
+    assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
+    assert!(leftovers(&node).is_empty(), "{:?}", leftovers(&node));
+}
+
+#[test]
+fn switching_storage_drivers_hides_and_brings_back_images() {
+    require_root!();
+    let (mut node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["volume", "create", "keep"]);
+    node.docker_ok(&["run", "--name", "writer", "-v", "keep:/data", &img, "sh", "-c", "echo kept > /data/f"]);
+    let out = node.docker_ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]);
+    assert_eq!(out.trim(), "kept");
+    assert_eq!(node.docker_ok(&["info", "-f", "{{.Driver}}"]).trim(), "overlay2");
+
+    let set_driver = |node: &mut Node, d: &str| {
+        node.shutdown();
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&node.config).unwrap()).unwrap();
+        cfg["storage-driver"] = d.into();
+        std::fs::write(&node.config, cfg.to_string()).unwrap();
+        node.boot();
+    };
+    set_driver(&mut node, "vfs");
+    assert_eq!(node.docker_ok(&["info", "-f", "{{.Driver}}"]).trim(), "vfs");
+    assert_eq!(node.docker_ok(&["images", "-q"]).trim(), "", "vfs sees overlay2's images");
+    assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "", "vfs sees overlay2's containers");
+
+    set_driver(&mut node, "overlay2");
+    assert_eq!(node.docker_ok(&["info", "-f", "{{.Driver}}"]).trim(), "overlay2");
+    assert!(node.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
+    assert_eq!(node.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "writer");
+    // the volume kept its content across runs and restarts
+    let out = node.docker_ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]);
+    assert_eq!(out.trim(), "kept");
+    node.docker_ok(&["rm", "writer"]);
+}

@@ -1,0 +1,86 @@
+//! `docker network connect/disconnect`: recorded in the container, and attached or
+//! detached live through the network service while it runs.
+
+use std::sync::Arc;
+
+use bus_schema::network::{EndpointCreate, EndpointRemove, EndpointRequest, NetworkResolve};
+use bus_schema::runtime::{ContainerNetworkConnect, ContainerNetworkDisconnect};
+use bus_schema::BusError;
+
+use crate::engine::Runtime;
+
+impl Runtime {
+    pub async fn network_connect(self: &Arc<Self>, r: ContainerNetworkConnect) -> Result<(), BusError> {
+        let e = self.find(&r.container)?;
+        let c = e.get();
+        let mode = c.network_mode();
+        if mode == "host" || mode == "none" || mode.starts_with("container:") {
+            return Err(BusError::forbidden(
+                "container sharing network namespace with another container or host cannot be connected to any other network",
+            ));
+        }
+        let net = self.bus.request(&NetworkResolve { id: r.network.clone() }).await?;
+        if net.name == "host" || net.name == "none" {
+            return Err(BusError::forbidden(
+                "container cannot be disconnected from host network or connected to host network",
+            ));
+        }
+        if c.endpoints.contains_key(&net.name) || (c.state.running() && c.networks.contains_key(&net.name)) {
+            return Err(BusError::forbidden(format!("endpoint with name {} already exists in network {}", c.name, net.name)));
+        }
+        let settings = r.endpoint.unwrap_or_default();
+        if c.state.running() {
+            let ep = self
+                .bus
+                .request(&EndpointCreate {
+                    container_id: c.id.clone(),
+                    endpoint: EndpointRequest { network: net.name.clone(), settings: settings.clone() },
+                })
+                .await?;
+            e.update(|c| {
+                c.networks.insert(net.name.clone(), ep);
+            });
+        }
+        e.update(|c| {
+            c.endpoints.insert(net.name.clone(), settings);
+        });
+        e.save()
+    }
+
+    pub async fn network_disconnect(self: &Arc<Self>, r: ContainerNetworkDisconnect) -> Result<(), BusError> {
+        let e = self.find(&r.container)?;
+        let c = e.get();
+        let name = match self.bus.request(&NetworkResolve { id: r.network.clone() }).await {
+            Ok(n) => n.name,
+            // a network already gone can still be dropped from a container with -f
+            Err(err) if r.force => {
+                let _ = err;
+                r.network.clone()
+            }
+            Err(err) => return Err(err),
+        };
+        let mode = c.network_mode();
+        if name == "host" || mode == "host" {
+            return Err(BusError::forbidden(
+                "container cannot be disconnected from host network or connected to host network",
+            ));
+        }
+        let attached = c.state.running() && c.networks.contains_key(&name);
+        if !attached && !c.endpoints.contains_key(&name) && mode != name {
+            return Err(BusError::forbidden(format!("container {} is not connected to network {}", c.id, r.network)));
+        }
+        if c.state.running() {
+            self.bus.request(&EndpointRemove { container_id: c.id.clone(), network: name.clone() }).await?;
+        }
+        e.update(|c| {
+            c.networks.remove(&name);
+            c.endpoints.remove(&name);
+            // disconnecting from the mode's own network leaves the container on none,
+            // as Docker records it
+            if c.network_mode() == name {
+                c.host_config.network_mode = Some("none".into());
+            }
+        });
+        e.save()
+    }
+}
