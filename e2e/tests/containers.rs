@@ -137,3 +137,46 @@ fn switching_storage_drivers_hides_and_brings_back_images() {
     assert_eq!(out.trim(), "kept");
     node.docker_ok(&["rm", "writer"]);
 }
+
+#[test]
+fn healthchecks_stats_update_and_oom() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    node.docker_ok(&[
+        "run", "-d", "--name", "hc", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms",
+        "--health-retries", "2", &img, "sleep", "600",
+    ]);
+    let health = || node.docker_ok(&["inspect", "-f", "{{.State.Health.Status}}", "hc"]).trim().to_string();
+    wait_for("unhealthy", || health() == "unhealthy");
+    node.docker_ok(&["exec", "hc", "touch", "/tmp/ok"]);
+    wait_for("healthy", || health() == "healthy");
+    assert!(node.docker_ok(&["ps", "--format", "{{.Status}}"]).contains("(healthy)"));
+    assert_eq!(node.docker_ok(&["ps", "-q", "--filter", "health=healthy"]).lines().count(), 1);
+    let log = node.docker_ok(&["inspect", "-f", "{{range .State.Health.Log}}{{.ExitCode}} {{end}}", "hc"]);
+    assert!(log.trim().ends_with('0') && log.contains('1'), "{log}");
+    let t1 = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let ev = node.docker_ok(&["events", "--since", &t0, "--until", &t1, "--filter", "container=hc", "--format", "{{.Action}}"]);
+    let hs: Vec<&str> = ev.lines().filter(|l| l.starts_with("health_status")).collect();
+    assert_eq!(hs, ["health_status: unhealthy", "health_status: healthy"], "{ev}");
+
+    // update changes the live cgroup and the record
+    node.docker_ok(&["update", "--memory", "64m", "--memory-swap", "128m", "--pids-limit", "50", "hc"]);
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}", "hc"]).trim(), "67108864 50");
+    let st = node.docker_ok(&["stats", "--no-stream", "--format", "{{.Name}}|{{.MemUsage}}|{{.PIDs}}", "hc"]);
+    let parts: Vec<&str> = st.trim().split('|').collect();
+    assert_eq!(parts[0], "hc", "{st}");
+    assert!(parts[1].ends_with("/ 64MiB"), "{st}");
+    assert!(!parts[1].starts_with("0B"), "{st}");
+    assert_ne!(parts[2], "0", "{st}");
+    let o = node.docker(&["update", "--memory", "1m", "hc"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Minimum memory limit allowed is 6MB"));
+    node.docker_ok(&["rm", "-f", "hc"]);
+
+    // the memory limit kills, and the kill is recorded
+    let o = node.docker(&["run", "--name", "oom", "--memory", "16m", "--memory-swap", "16m", &img, "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived"]);
+    assert_eq!(o.status.code(), Some(137), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "oom"]).trim(), "true 137");
+    node.docker_ok(&["rm", "oom"]);
+}

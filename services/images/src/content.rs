@@ -265,6 +265,9 @@ impl Ingest {
         debug_assert!(self.written >= self.resume_from, "replay before writing");
         self.hasher.update(buf);
         self.file.write_all(buf).await?;
+        // tokio's File finishes a write in the background: wait for it, so what an
+        // interrupted ingest leaves on disk is what it counted
+        self.file.flush().await?;
         self.written += buf.len() as u64;
         Ok(())
     }

@@ -334,7 +334,7 @@ impl Runtime {
 
     /// The process of an exec: the container's process with the exec's command,
     /// env, working dir, user and terminal.
-    fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<oci_spec::runtime::Process, BusError> {
+    pub(crate) fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<oci_spec::runtime::Process, BusError> {
         let mut exec = cfg.clone();
         exec.tty = Some(tty);
         let input = crate::spec::ExecInput {

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod cgroupfs;
 pub mod create;
 pub mod engine;
+pub mod health;
 pub mod io;
 pub mod lifecycle;
 pub mod mounts;
@@ -20,6 +21,7 @@ pub mod names;
 pub mod netconn;
 pub mod query;
 pub mod state;
+pub mod stats;
 pub mod top;
 pub mod validate;
 
@@ -36,7 +38,7 @@ use std::time::Duration;
 use berth_bus::{Bus, Responder, Server};
 use berth_config::{DaemonConfig, Paths};
 use bus_schema::runtime::*;
-use bus_schema::{BusError, Service};
+use bus_schema::{docker, BusError, Service};
 
 pub use engine::Runtime;
 
@@ -90,6 +92,8 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .rpc::<ContainerList, _, _>(h!(list))
         .rpc::<ContainerResize, _, _>(h!(h_resize))
         .rpc::<ContainerRename, _, _>(h!(h_rename))
+        .rpc::<bus_schema::runtime::ContainerUpdate, _, _>(h!(h_update))
+        .stream::<bus_schema::runtime::ContainerStats, _, _>(s!(stats, bus_schema::runtime::ContainerStats))
         .rpc::<bus_schema::runtime::ContainerNetworkConnect, _, _>(h!(h_net_connect))
         .rpc::<bus_schema::runtime::ContainerNetworkDisconnect, _, _>(h!(h_net_disconnect))
         .rpc::<ContainerPause, _, _>(h!(h_pause))
@@ -143,6 +147,9 @@ impl Runtime {
     }
     async fn h_net_disconnect(self: Arc<Self>, r: bus_schema::runtime::ContainerNetworkDisconnect) -> Result<(), BusError> {
         self.network_disconnect(r).await
+    }
+    async fn h_update(self: Arc<Self>, r: bus_schema::runtime::ContainerUpdate) -> Result<docker::ContainerUpdateResponse, BusError> {
+        self.update(r).await
     }
     async fn h_rename(self: Arc<Self>, r: ContainerRename) -> Result<(), BusError> {
         self.rename(&r.id, &r.name).await
@@ -200,6 +207,7 @@ impl Runtime {
                         Ok(shim) => {
                             let shim = Arc::new(shim);
                             e.set_shim(Some(shim.clone()));
+                            self.spawn_health(e.clone());
                             let rt = self.clone();
                             tokio::spawn(async move { rt.monitor(e, shim).await });
                         }

@@ -269,6 +269,7 @@ impl Runtime {
         tokio::spawn(async move { rt.monitor(e2, shim).await });
         let c2 = e.get();
         self.event(&c2, "start", &[]).await;
+        self.spawn_health(e.clone());
         Ok(())
     }
 
