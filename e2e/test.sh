@@ -9,6 +9,6 @@ jobs=${BERTH_TEST_THREADS:-2}
 echo "== build"
 cargo build --release --workspace --bins
 echo "== unit and service tests"
-cargo test --release --workspace --exclude berth-e2e -- --test-threads="$jobs"
+cargo test --release --workspace --exclude berth-e2e --no-fail-fast -- --test-threads="$jobs"
 echo "== e2e tests (docker CLI against berth up)"
-cargo test --release -p berth-e2e -- --test-threads="$jobs"
+cargo test --release -p berth-e2e --no-fail-fast -- --test-threads="$jobs"
