@@ -132,6 +132,8 @@ fn switching_storage_drivers_hides_and_brings_back_images() {
     assert_eq!(node.docker_ok(&["info", "-f", "{{.Driver}}"]).trim(), "overlay2");
     assert!(node.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
     assert_eq!(node.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "writer");
+    let df = node.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.contains("Images 1") && df.contains("Containers 1") && df.contains("Local Volumes 1"), "{df}");
     // the volume kept its content across runs and restarts
     let out = node.docker_ok(&["run", "--rm", "-v", "keep:/data", &img, "cat", "/data/f"]);
     assert_eq!(out.trim(), "kept");

@@ -46,4 +46,18 @@ impl crate::routes::volumes::Backend for BusBackend {
             .request(&StorageDf {})
             .await
     }
+
+    async fn image_df(&self) -> Result<Vec<docker::ImageSummary>, BusError> {
+        self.bus
+            .with_timeout(std::time::Duration::from_secs(300))
+            .request(&bus_schema::images::ImageDf {})
+            .await
+    }
+
+    async fn container_df(&self) -> Result<Vec<docker::ContainerSummary>, BusError> {
+        self.bus
+            .with_timeout(std::time::Duration::from_secs(300))
+            .request(&bus_schema::runtime::ContainerDf {})
+            .await
+    }
 }

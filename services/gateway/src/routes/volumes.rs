@@ -46,6 +46,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<docker::VolumePruneResponse, BusError>> + Send;
     /// Layer and volume usage as the storage service sees it.
     fn storage_usage(&self) -> impl Future<Output = Result<StorageUsage, BusError>> + Send;
+    /// `system df`'s images (with sizes and container counts), from the images service.
+    fn image_df(&self) -> impl Future<Output = Result<Vec<docker::ImageSummary>, BusError>> + Send {
+        async { Ok(vec![]) }
+    }
+    /// `system df`'s containers (with SizeRw), from the runtime.
+    fn container_df(&self) -> impl Future<Output = Result<Vec<docker::ContainerSummary>, BusError>> + Send {
+        async { Ok(vec![]) }
+    }
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
@@ -148,8 +156,9 @@ async fn prune<B: Backend>(
     Ok(Json(r))
 }
 
-/// `GET /system/df`: the storage service's part (LayersSize, Volumes). Images,
-/// Containers and BuildCache are other services' parts: empty here.
+/// `GET /system/df`: LayersSize and Volumes from storage, Images from the images
+/// service, Containers from the runtime (asked together). The classic builder keeps
+/// its cache as images, so BuildCache is empty, as Moby's is without BuildKit.
 async fn df<B: Backend>(
     State(b): State<Arc<B>>,
     RawQuery(raw): RawQuery,
@@ -168,14 +177,19 @@ async fn df<B: Backend>(
         }
     }
     let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
-    let u = b.storage_usage().await?;
+    let (u, images, containers) = tokio::join!(
+        b.storage_usage(),
+        async { if want("image") { b.image_df().await } else { Ok(vec![]) } },
+        async { if want("container") { b.container_df().await } else { Ok(vec![]) } },
+    );
+    let u = u?;
     let mut out = serde_json::Map::new();
     if want("image") {
         out.insert("LayersSize".into(), u.layers.values().sum::<i64>().into());
-        out.insert("Images".into(), Value::Array(vec![]));
+        out.insert("Images".into(), serde_json::to_value(images?).unwrap_or(Value::Array(vec![])));
     }
     if want("container") {
-        out.insert("Containers".into(), Value::Array(vec![]));
+        out.insert("Containers".into(), serde_json::to_value(containers?).unwrap_or(Value::Array(vec![])));
     }
     if want("volume") {
         out.insert(
