@@ -8,6 +8,8 @@ MOBY_SOCK=$BENCH_DIR/moby.sock
 mkdir -p "$BENCH_DIR"
 
 start_berth() { # [daemon.json content]
+  # a previous node's mounts (the network service's netns directory) go first
+  grep -o " $BENCH_DIR/berth-root[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$BENCH_DIR/berth-root"; mkdir -p "$BENCH_DIR/berth-root"
   local cfg='{"bridge": "bbench0"}'
   [ -n "${1:-}" ] && cfg=$1
