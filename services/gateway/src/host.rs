@@ -48,15 +48,6 @@ fn os_release() -> (String, String) {
     (get("PRETTY_NAME"), get("VERSION_ID"))
 }
 
-fn mem_total() -> i64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 pub fn cgroup_version() -> &'static str {
     if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "2"
@@ -76,7 +67,7 @@ impl HostFacts {
             os,
             os_version,
             ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
-            mem_total: mem_total(),
+            mem_total: berth_config::host_mem_total() as i64,
             debug: cfg.debug,
             live_restore: cfg.live_restore,
             labels: cfg.labels.clone(),

@@ -85,7 +85,7 @@ impl Runtime {
         if st.pids_limit > 0 {
             pids["limit"] = json!(st.pids_limit);
         }
-        let limit = if st.memory_limit == 0 || st.memory_limit >= i64::MAX as u64 / 2 { host_memory() } else { st.memory_limit };
+        let limit = if st.memory_limit == 0 || st.memory_limit >= i64::MAX as u64 / 2 { berth_config::host_mem_total() } else { st.memory_limit };
         let mut v = json!({
             "read": clock::now_rfc3339(),
             "preread": "0001-01-01T00:00:00Z",
@@ -208,11 +208,3 @@ impl Runtime {
     }
 }
 
-fn host_memory() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|k| k * 1024)
-        .unwrap_or(0)
-}

@@ -15,3 +15,14 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const API_VERSION: &str = "1.51";
 /// The lowest Docker Engine API version berth accepts.
 pub const MIN_API_VERSION: &str = "1.24";
+
+/// The host's memory in bytes (/proc/meminfo MemTotal), 0 when unreadable:
+/// `docker info`'s MemTotal and the limit `docker stats` shows for unlimited containers.
+pub fn host_mem_total() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
