@@ -27,13 +27,15 @@ stop_berth() {
 
 have_moby() { command -v dockerd >/dev/null 2>&1; }
 
-start_moby() { # [extra dockerd args]
+start_moby() { # [extra dockerd args]; MOBY_NET=1 keeps Moby's docker0, iptables and docker-proxy
   have_moby || return 1
+  local net="--bridge none --iptables=false"
+  [ -n "${MOBY_NET:-}" ] && net=""
   rm -rf "$BENCH_DIR/moby-exec"; mkdir -p "$BENCH_DIR/moby-root"
   local mirror=""
   [ -n "${MOBY_MIRROR:-}" ] && mirror="--registry-mirror $MOBY_MIRROR --insecure-registry ${MOBY_MIRROR#http://}"
   dockerd --data-root "$BENCH_DIR/moby-root" --exec-root "$BENCH_DIR/moby-exec" -H "unix://$MOBY_SOCK" \
-    --pidfile "$BENCH_DIR/moby.pid" --bridge none --iptables=false $mirror "$@" > "$BENCH_DIR/moby.log" 2>&1 &
+    --pidfile "$BENCH_DIR/moby.pid" $net $mirror "$@" > "$BENCH_DIR/moby.log" 2>&1 &
   MOBY_PID=$!
   for i in $(seq 300); do DOCKER_HOST=unix://$MOBY_SOCK docker version >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "moby did not start"; tail "$BENCH_DIR/moby.log"; return 1

@@ -88,3 +88,47 @@ fn docker_info_is_one_trace_across_services() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// One `docker run --rm busybox true` is one trace: the gateway's request spans and
+/// the spans of at least four services behind the bus (images, storage, network,
+/// runtime).
+#[test]
+fn docker_run_is_one_trace_across_four_services() {
+    berth_e2e::require_root!();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (port, spans) = start_receiver(&rt);
+    let reg = berth_e2e::fixtures::Registry::start();
+    let mut opts = NodeOpts {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ],
+        ..Default::default()
+    };
+    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    let node = Node::start_opts(opts);
+    reg.push_oci(&berth_e2e::fixtures::busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["pull", "-q", &img]);
+    node.docker_ok(&["run", "--rm", &img, "true"]);
+    let t = Instant::now();
+    loop {
+        let g = spans.lock().unwrap().clone();
+        // POST /containers/create and POST /containers/{id}/start are the CLI's
+        // requests; the start's trace reaches the runtime, storage and network
+        let mut best = std::collections::BTreeSet::new();
+        for (tid, _, _) in g.iter().filter(|(_, svc, name)| svc.contains("berth-gateway") && name.contains("/start")) {
+            let services: std::collections::BTreeSet<String> =
+                g.iter().filter(|(t, _, _)| t == tid).map(|(_, s, _)| s.clone()).collect();
+            if services.len() > best.len() {
+                best = services;
+            }
+        }
+        if best.len() >= 4 {
+            eprintln!("docker run: start trace spans {best:?}");
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no trace spanning four services (best {best:?}); got {g:#?}\n{}", node.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

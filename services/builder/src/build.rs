@@ -224,9 +224,14 @@ impl Builder {
             out.say(format!("[Warning] One or more build-args [{}] were not consumed\n", u.join(" "))).await?;
         }
         let id = last.image.clone().ok_or_else(|| "no image was built".to_string())?;
-        out.w
-            .send(JsonMessage { aux: Some(serde_json::json!({ "ID": id })), ..Default::default() })
-            .await?;
+        if out.quiet {
+            // `-q`: the image ID alone, as a stream line (the CLI prints it)
+            out.w.send(JsonMessage::stream(format!("{id}\n"))).await?;
+        } else {
+            out.w
+                .send(JsonMessage { aux: Some(serde_json::json!({ "ID": id })), ..Default::default() })
+                .await?;
+        }
         out.say(format!("Successfully built {}\n", short(&id))).await?;
         for t in &req.tags {
             let (repo, tag) = split_tag(t);
@@ -351,11 +356,16 @@ impl Builder {
 
     async fn cached(&self, key: &str) -> Option<String> {
         let id = self.cache_get(key)?;
-        self.bus.request(&ImageInspect { name: id.clone() }).await.ok().map(|_| id)
+        let hit = self.bus.request(&ImageInspect { name: id.clone() }).await.ok().map(|_| id);
+        if hit.is_some() {
+            step_metric("hit");
+        }
+        hit
     }
 
     /// A new image for the stage: its config and, optionally, a new layer.
     async fn commit(&self, st: &mut Stage, layer: Option<LayerApplied>, created_by: String) -> R<String> {
+        step_metric("miss");
         let empty = layer.is_none();
         let new_chain = layer.as_ref().map(|l| l.chain_id.clone());
         let id = self
@@ -652,6 +662,11 @@ fn arg_decl(rest: &str, vars: &HashMap<String, String>, esc: char) -> Result<(St
         Some((k, v)) => Ok((k.trim().to_string(), Some(dockerfile::unquote(&expand(v, vars, esc)?, esc)))),
         None => Ok((r.to_string(), None)),
     }
+}
+
+/// Build steps done, by whether the cache served them.
+fn step_metric(cache: &str) {
+    berth_telemetry::metrics::counter_add("berth_build_steps_total", "Build steps, by cache hit or miss.", &[("cache", cache)], 1.0);
 }
 
 fn cache_key(parent: Option<&str>, created_by: &str, extra: &str) -> String {

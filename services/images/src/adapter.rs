@@ -85,7 +85,14 @@ pub fn server<A: ImagesApi + Clone>(
     registry: docker::RegistryServiceConfig,
 ) -> Server {
     let a = api.clone();
-    let s = Server::new(bus, Service::Images).info(move || {
+    let m = api.clone();
+    let s = Server::new(bus, Service::Images)
+        .metrics(move || {
+            let n = m.info().images.unwrap_or(0);
+            berth_telemetry::metrics::gauge_set("berth_images", "Images in the image store.", &[], n as f64);
+            async {}
+        })
+        .info(move || {
         let mut info = a.info();
         info.registry_config = Some(registry.clone());
         info.index_server_address = Some(crate::registry::INDEX_SERVER.into());

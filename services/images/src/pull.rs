@@ -143,7 +143,15 @@ impl Images {
                 None => Err(BusError::internal("no endpoint to pull from")),
             };
         };
-        self.pull_remote(&r, Arc::new(repo), remote, out).await
+        let t0 = std::time::Instant::now();
+        let res = self.pull_remote(&r, Arc::new(repo), remote, out).await;
+        berth_telemetry::metrics::observe(
+            "berth_image_pull_duration_seconds",
+            "Duration of image pulls from a registry.",
+            &[("result", if res.is_ok() { "ok" } else { "error" })],
+            t0.elapsed().as_secs_f64(),
+        );
+        res
     }
 
     async fn resolve_remote(
@@ -438,6 +446,12 @@ impl Images {
             });
         }
         drop(tx);
+        let fetch_bytes: i64 = descs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_none())
+            .map(|(_, d)| d.size.max(0))
+            .sum();
         let mut done = 0;
         let mut client_gone = None;
         let mut root: Option<BusError> = None;
@@ -470,6 +484,12 @@ impl Images {
             let err = self.give_back(&mut results).await;
             return Err(client_gone.or(root).unwrap_or(err));
         }
+        berth_telemetry::metrics::counter_add(
+            "berth_image_pull_bytes_total",
+            "Compressed layer bytes downloaded by pulls.",
+            &[],
+            fetch_bytes as f64,
+        );
         Ok(results.into_iter().map(|x| x.unwrap().unwrap()).collect())
     }
 
