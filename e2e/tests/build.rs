@@ -266,3 +266,126 @@ fn broken_builds_fail_with_dockers_errors_and_tag_nothing() {
     assert_eq!(o.status.code(), Some(4));
     assert_eq!(node.docker_ok(&["ps", "-aq"]).lines().count(), 1, "--force-rm left the failed container");
 }
+
+/// The rest of the Dockerfile reference through the CLI: the escape directive and
+/// line continuations, global and stage ARGs with `--build-arg`, `${VAR:-default}`,
+/// SHELL, USER, ADD of a local tar (extracted) and of a URL, COPY `--chown/--chmod`
+/// and globs, VOLUME, HEALTHCHECK, STOPSIGNAL, ONBUILD in a child build, `-f`,
+/// `--label`, several `-t`.
+#[test]
+fn every_instruction_lands_in_the_image() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    std::fs::create_dir_all(c.join("conf/sub")).unwrap();
+    std::fs::write(c.join("conf/a.conf"), "a\n").unwrap();
+    std::fs::write(c.join("conf/b.conf"), "b\n").unwrap();
+    std::fs::write(c.join("conf/sub/c.txt"), "c\n").unwrap();
+    // a local tar for ADD (extracted), made with tar(1)
+    let tdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tdir.path().join("pkg")).unwrap();
+    std::fs::write(tdir.path().join("pkg/data.txt"), "from the tarball\n").unwrap();
+    berth_e2e::fixtures::run(std::process::Command::new("tar").arg("-C").arg(tdir.path()).args(["-czf"]).arg(c.join("pkg.tar.gz")).arg("pkg"));
+    // a URL for ADD: the registry fixture's host serves nothing useful, so a one-shot HTTP server
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/remote.txt", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in l.incoming().flatten().take(4) {
+            let mut s = s;
+            let mut b = [0u8; 2048];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nfrom a URL!\n");
+        }
+    });
+    std::fs::write(
+        c.join("build.Dockerfile"),
+        format!(
+            "# escape=`\n\
+             ARG REG={r}\n\
+             FROM ${{REG}}/busybox:latest\n\
+             ARG GREETING\n\
+             ARG WHO=nobody\n\
+             ENV GREETING=${{GREETING:-hi}} `\n    PLACE=\"the dock\"\n\
+             LABEL org.example.who=$WHO maintainer=\"berth team\"\n\
+             SHELL [\"/bin/sh\", \"-c\"]\n\
+             RUN mkdir -p /data && echo \"$GREETING from $PLACE\" > /data/greeting\n\
+             ADD pkg.tar.gz /opt/\n\
+             ADD {url} /opt/remote.txt\n\
+             COPY --chown=nobody:nogroup --chmod=640 conf/*.conf /etc/app/\n\
+             COPY conf /etc/conf-tree\n\
+             WORKDIR /work\n\
+             USER nobody\n\
+             VOLUME /data\n\
+             HEALTHCHECK --interval=5s --timeout=2s --retries=2 CMD true\n\
+             STOPSIGNAL SIGUSR1\n\
+             ONBUILD RUN echo child-built > /tmp/onbuild\n\
+             EXPOSE 8080/udp 9090\n\
+             ENTRYPOINT [\"/bin/sh\", \"-c\"]\n\
+             CMD [\"cat /data/greeting\"]\n",
+            r = reg.addr()
+        ),
+    )
+    .unwrap();
+    let tag = format!("every-{}", berth_e2e::uniq());
+    build_ok(
+        &node,
+        c,
+        &["-f", "build.Dockerfile", "--build-arg", "GREETING=ahoy", "--build-arg", "WHO=berth", "--label", "built.by=e2e", "-t", &tag, "-t", &format!("{tag}:v2")],
+    );
+    assert_eq!(node.docker_ok(&["run", "--rm", &tag]), "ahoy from the dock\n");
+    let show = |cmd: &str| node.docker_ok(&["run", "--rm", "--entrypoint", "sh", &tag, "-c", cmd]);
+    // a downloaded file is root's, mode 0600 (as Docker makes it): read it as root
+    let remote = node.docker_ok(&["run", "--rm", "-u", "root", "--entrypoint", "sh", &tag, "-c", "cat /opt/pkg/data.txt /opt/remote.txt; stat -c %a /opt/remote.txt"]);
+    assert_eq!(remote, "from the tarball\nfrom a URL!\n600\n");
+    assert_eq!(show("stat -c '%U:%G %a %n' /etc/app/*"), "nobody:nogroup 640 /etc/app/a.conf\nnobody:nogroup 640 /etc/app/b.conf\n");
+    assert_eq!(show("cat /etc/conf-tree/sub/c.txt; id -un; pwd"), "c\nnobody\n/work\n");
+    let f = node.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Config.User}}|{{json .Config.Volumes}}|{{.Config.StopSignal}}|{{json .Config.Healthcheck.Test}}|{{.Config.Healthcheck.Retries}}|{{json .Config.OnBuild}}|{{index .Config.Labels \"org.example.who\"}}|{{index .Config.Labels \"built.by\"}}|{{index .Config.Labels \"maintainer\"}}|{{json .Config.ExposedPorts}}|{{json .Config.Shell}}",
+        &format!("{tag}:v2"),
+    ]);
+    assert_eq!(
+        f.trim(),
+        r#"nobody|{"/data":{}}|SIGUSR1|["CMD-SHELL","true"]|2|["RUN echo child-built > /tmp/onbuild"]|berth|e2e|berth team|{"8080/udp":{},"9090/tcp":{}}|["/bin/sh","-c"]"#
+    );
+    // ONBUILD runs in a build FROM this image
+    let child = tempfile::tempdir().unwrap();
+    std::fs::write(child.path().join("Dockerfile"), format!("FROM {tag}\nUSER root\n")).unwrap();
+    let out = build_ok(&node, child.path(), &["-t", &format!("{tag}-child")]);
+    assert!(out.contains("Executing 1 build trigger"), "{out}");
+    assert_eq!(node.docker_ok(&["run", "--rm", &format!("{tag}-child"), "cat /tmp/onbuild"]), "child-built\n");
+}
+
+/// `docker commit` with a message, an author, `-c` changes and `-p` (pause while committing).
+#[test]
+fn commit_makes_an_image_of_a_container() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["run", "-d", "--name", "src", &img, "sh", "-c", "echo committed > /state && sleep 60"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tag = format!("committed-{}", berth_e2e::uniq());
+    let id = node.docker_ok(&[
+        "commit", "-p", "-m", "first state", "-a", "Jane <jane@example.com>",
+        "-c", "ENV MODE=prod", "-c", "CMD [\"cat\", \"/state\"]", "-c", "EXPOSE 7000", "src", &tag,
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "src"]).trim(), "running", "-p unpauses after the commit");
+    assert_eq!(node.docker_ok(&["run", "--rm", &tag]), "committed\n");
+    let f = node.docker_ok(&["image", "inspect", "-f", "{{.Author}}|{{.Comment}}|{{json .Config.ExposedPorts}}|{{range .Config.Env}}{{.}};{{end}}", &tag]);
+    assert!(f.starts_with(r#"Jane <jane@example.com>|first state|{"7000/tcp":{}}|"#), "{f}");
+    assert!(f.contains("MODE=prod;"), "{f}");
+    let h = node.docker_ok(&["history", "--format", "{{.Comment}}", &tag]);
+    assert_eq!(h.lines().next(), Some("first state"));
+    // a bad change is Docker's error and makes nothing
+    let o = node.docker(&["commit", "-c", "FROBNICATE x", "src", &format!("{tag}-bad")]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("FROBNICATE"), "{}", String::from_utf8_lossy(&o.stderr));
+    node.docker_ok(&["rm", "-f", "src"]);
+}

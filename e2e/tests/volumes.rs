@@ -125,3 +125,25 @@ fn vfs_driver_is_chosen_in_daemon_json() {
     assert_eq!(node.docker_ok(&["info", "--format", "{{.Driver}}"]).trim(), "vfs");
     assert!(node.root.join("storage/vfs/dir").is_dir());
 }
+
+/// A new (empty) volume mounted over a directory of the image starts with that
+/// directory's content, as in Docker; a volume that has content, and `nocopy`, keep theirs.
+#[test]
+fn a_new_volume_starts_with_the_images_content() {
+    require_root!();
+    let reg = berth_e2e::fixtures::Registry::start();
+    let mut opts = berth_e2e::NodeOpts::default();
+    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    let node = Node::start_opts(opts);
+    reg.push_oci(&berth_e2e::fixtures::busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    // /var/www/index.html is in the fixture image
+    let page = "hello from the page\n";
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "www:/var/www", &img, "cat", "/var/www/index.html"]), page);
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "/var/www", &img, "cat", "/var/www/index.html"]), page);
+    // the named volume keeps what a container wrote; no second copy over it
+    node.docker_ok(&["run", "--rm", "-v", "www:/var/www", &img, "sh", "-c", "echo changed > /var/www/index.html"]);
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "www:/var/www", &img, "cat", "/var/www/index.html"]), "changed\n");
+    let o = node.docker(&["run", "--rm", "--mount", "type=volume,src=fresh,dst=/var/www,volume-nocopy", &img, "ls", "/var/www"]);
+    assert!(o.status.success() && o.stdout.is_empty(), "nocopy: {o:?}");
+}

@@ -550,9 +550,15 @@ impl Builder {
     ) -> R<()> {
         let what = ins.cmd.as_str();
         let mut matched = Vec::new();
+        // ADD <url>: downloaded beside the context for this step (never extracted)
+        let mut remote = Vec::new();
+        let _remote_dir = TmpGuard(src_root.join(".berth-remote"));
         for s in srcs {
             if is_add && (s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(format!("{what} failed: adding remote URLs is not supported by this engine: {s}").into());
+                let rel = download(s, &_remote_dir.0, src_root).await.map_err(|e| format!("{what} failed: {e}"))?;
+                remote.push(rel.clone());
+                matched.push(rel);
+                continue;
             }
             let found = if from_image {
                 let p = berth_fsutil::resolve_in_root(src_root, s).map_err(|e| e.to_string())?;
@@ -595,7 +601,7 @@ impl Builder {
             let root = PathBuf::from(self.bus.request(&RwLayerMount { id: lid.clone() }).await?.path);
             let chmod_v = if chmod.is_empty() { None } else { Some(u32::from_str_radix(&chmod, 8).map_err(|_| format!("invalid chmod parameter: {chmod}"))?) };
             let owner = if chown.is_empty() { None } else { Some(resolve_owner(&root, &chown)?) };
-            let (src_root, matched, dest_abs) = (src_root.to_path_buf(), matched.clone(), dest_abs.clone());
+            let (src_root, matched, dest_abs, remote) = (src_root.to_path_buf(), matched.clone(), dest_abs.clone(), remote.clone());
             let r2 = root.clone();
             let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let opts = context::CopyOpts { owner, chmod: chmod_v };
@@ -618,7 +624,7 @@ impl Builder {
                     } else {
                         berth_fsutil::resolve_in_root(&r2, &target_rel).map_err(|e| e.to_string())?
                     };
-                    if is_add && !is_dir {
+                    if is_add && !is_dir && !remote.contains(m) {
                         let into = if dest_is_dir {
                             berth_fsutil::resolve_in_root_follow(&r2, &dest_abs).map_err(|e| e.to_string())?
                         } else {
@@ -646,6 +652,41 @@ impl Builder {
         out.say(format!(" ---> {}\n", short(&id))).await?;
         Ok(())
     }
+}
+
+/// Fetch an `ADD` URL into `dir` (under `ctx`): the file is named after the URL's
+/// last path segment, mode 0600 as Docker makes it. Returns its path relative to `ctx`.
+async fn download(url: &str, dir: &Path, ctx: &Path) -> Result<String, String> {
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !n.contains(':'))
+        .unwrap_or("__unnamed__")
+        .to_string();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| format!("error downloading {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("invalid response status {}", resp.status().as_u16()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let path = dir.join(&name);
+    let mut f = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+    let mut resp = resp;
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("error downloading {url}: {e}"))? {
+        f.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    f.flush().await.map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    Ok(path.strip_prefix(ctx).map_err(|e| e.to_string())?.to_string_lossy().into_owned())
 }
 
 struct TmpGuard(PathBuf);

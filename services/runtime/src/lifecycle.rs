@@ -131,7 +131,7 @@ impl Runtime {
             let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
         };
         let mut mounts = c.mounts.clone();
-        if let Err(err) = crate::mounts::acquire(self, &c.id, &rootfs, &mut mounts).await {
+        if let Err(err) = crate::mounts::acquire(self, &c.id, &mut mounts).await {
             undo_mount().await;
             return Err(fail(err));
         }

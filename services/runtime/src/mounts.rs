@@ -118,9 +118,10 @@ pub async fn plan(
 
 /// At start: acquire volumes (copying image content into empty ones); returns the
 /// mounts with host sources for the spec.
-pub async fn acquire(rt: &Arc<Runtime>, id: &str, rootfs: &str, mounts: &mut [MountRecord]) -> Result<(), BusError> {
+pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) -> Result<(), BusError> {
     for m in mounts.iter_mut().filter(|m| m.typ == "volume") {
-        let copy_from = if m.copy_image_content { Some(format!("{rootfs}{}", m.destination)) } else { None };
+        // a path inside the container's rootfs: storage resolves it in the RW layer
+        let copy_from = if m.copy_image_content { Some(m.destination.clone()) } else { None };
         let got = rt
             .bus
             .request(&VolumeAcquire {
