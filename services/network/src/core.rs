@@ -228,6 +228,8 @@ pub struct NetworkService {
     table: String,
     events: Events,
     state: tokio::sync::Mutex<State>,
+    /// The bridges iptables' FORWARD chain last got accept rules for.
+    forward_synced: tokio::sync::Mutex<Option<Vec<String>>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> BusError {
@@ -260,6 +262,7 @@ impl NetworkService {
             table,
             events,
             state: Default::default(),
+            forward_synced: Default::default(),
         });
         svc.reconcile().await?;
         Ok(svc)
@@ -607,7 +610,23 @@ impl NetworkService {
         }
         firewall::apply(&firewall::render(&self.table, &nets, &fports))
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        let mut bridges: Vec<String> = nets.iter().map(|n| n.bridge.clone()).collect();
+        bridges.sort();
+        self.sync_forward(bridges).await;
+        Ok(())
+    }
+
+    /// iptables' FORWARD accept rules for these bridges (only when the set changed).
+    async fn sync_forward(&self, bridges: Vec<String>) {
+        let mut last = self.forward_synced.lock().await;
+        if last.as_ref() == Some(&bridges) {
+            return;
+        }
+        match firewall::sync_forward(&self.table, &bridges).await {
+            Ok(()) => *last = Some(bridges),
+            Err(e) => tracing::warn!(error = %e, "cannot add berth's accept rules to iptables' FORWARD chain"),
+        }
     }
 
     /// Remove everything the node put in the kernel when nothing uses it any more
@@ -623,6 +642,7 @@ impl NetworkService {
         }
         if self.cfg.firewall {
             let _ = firewall::apply(&firewall::delete_script(&self.table)).await;
+            self.sync_forward(Vec::new()).await;
         }
         for n in st.networks.values().filter(|n| n.is_bridge()) {
             let _ = self.nl.delete(&n.bridge).await;

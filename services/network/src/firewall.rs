@@ -13,6 +13,13 @@
 //! * outbound: masquerade for each network's subnet unless internal or disabled;
 //! * isolation: no forwarding between two different berth bridges; an internal
 //!   network forwards only within its bridge; `enable_icc=false` drops within it.
+//!
+//! One thing lives outside the table: a DROP in another table's forward hook (the
+//! FORWARD policy DROP Docker sets, with br_netfilter sending bridged frames through
+//! it) drops whatever berth's table accepts. So iptables' FORWARD chain gets, per
+//! berth bridge, accept rules tagged with the table's name (`iptables -m comment`):
+//! traffic from the bridge, replies to it, and DNATed (published) traffic to it.
+//! berth's own drops (isolation) still apply; the rules go with the bridges.
 
 use ipnet::Ipv4Net;
 use std::fmt::Write;
@@ -169,6 +176,55 @@ pub fn render(table: &str, nets: &[FwNetwork], ports: &[FwPort]) -> String {
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
     s
+}
+
+/// The tagged iptables FORWARD rules for `bridges` (as `iptables -S` prints them,
+/// without the leading `-A FORWARD`).
+pub fn forward_rules(table: &str, bridges: &[String]) -> Vec<String> {
+    let mut v = Vec::new();
+    for b in bridges {
+        v.push(format!("-i {b} -m comment --comment {table} -j ACCEPT"));
+        v.push(format!("-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment {table} -j ACCEPT"));
+        v.push(format!("-o {b} -m conntrack --ctstate DNAT -m comment --comment {table} -j ACCEPT"));
+    }
+    v
+}
+
+fn iptables_bin() -> Option<&'static str> {
+    ["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"].into_iter().find(|p| std::path::Path::new(p).exists())
+}
+
+/// Make iptables' FORWARD chain hold exactly the tagged rules for `bridges`:
+/// remove this table's rules for bridges that went, insert the missing ones first
+/// in the chain. Without iptables on the host there is nothing to do.
+pub async fn sync_forward(table: &str, bridges: &[String]) -> Result<(), FirewallError> {
+    let Some(ipt) = iptables_bin() else { return Ok(()) };
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(ipt).arg("-w").args(&args).output().await.map_err(FirewallError::Spawn)?;
+        if !out.status.success() {
+            return Err(FirewallError::Nft(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let listed = run(vec!["-S".into(), "FORWARD".into()]).await?;
+    let have: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("-A FORWARD "))
+        .filter(|l| l.split_whitespace().any(|w| w.trim_matches('"') == table))
+        .map(|l| l.replace('"', ""))
+        .collect();
+    let want = forward_rules(table, bridges);
+    for r in have.iter().filter(|r| !want.contains(r)) {
+        let mut a = vec!["-D".to_string(), "FORWARD".to_string()];
+        a.extend(r.split_whitespace().map(str::to_string));
+        run(a).await?;
+    }
+    for r in want.iter().rev().filter(|r| !have.contains(r)) {
+        let mut a = vec!["-I".to_string(), "FORWARD".to_string(), "1".to_string()];
+        a.extend(r.split_whitespace().map(str::to_string));
+        run(a).await?;
+    }
+    Ok(())
 }
 
 /// Delete the node's table. Idempotent.

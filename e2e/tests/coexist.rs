@@ -1,0 +1,123 @@
+//! berth beside another engine: a `docker0` bridge owning 172.17.0.0/16 with the
+//! firewall state Docker leaves (a masquerade rule for its subnet, the FORWARD
+//! policy DROP, br_netfilter sending bridged traffic through it). berth picks
+//! another subnet, its containers still reach each other and their published
+//! ports, and docker0, its address and its rules are untouched.
+//!
+//! Its own test binary: it changes host-wide firewall state (restored at the end,
+//! even on failure), so no other test runs beside it.
+
+use berth_e2e::fixtures::{busybox_layout, Registry};
+use berth_e2e::{require_root, Node, NodeOpts};
+use std::process::Command;
+
+fn sh(cmd: &str) -> (bool, String) {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+}
+
+/// What the "other engine" made, and undoes on drop.
+struct OtherEngine {
+    made_bridge: bool,
+    old_policy: String,
+    rule: bool,
+}
+
+impl OtherEngine {
+    fn start() -> OtherEngine {
+        let made_bridge = !std::path::Path::new("/sys/class/net/docker0").exists();
+        if made_bridge {
+            assert!(sh("ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up").0);
+        }
+        let (_, pol) = sh("iptables -S FORWARD | head -1");
+        let old_policy = pol.split_whitespace().nth(2).unwrap_or("ACCEPT").to_string();
+        assert!(sh("iptables -P FORWARD DROP").0, "iptables");
+        let rule = sh("iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE").0;
+        // Docker loads br_netfilter: bridged frames go through the FORWARD chain
+        let _ = sh("modprobe br_netfilter 2>/dev/null; sysctl -qw net.bridge.bridge-nf-call-iptables=1");
+        OtherEngine { made_bridge, old_policy, rule }
+    }
+}
+
+impl Drop for OtherEngine {
+    fn drop(&mut self) {
+        if self.rule {
+            let _ = sh("iptables -t nat -D POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE");
+        }
+        let _ = sh(&format!("iptables -P FORWARD {}", self.old_policy));
+        if self.made_bridge {
+            let _ = sh("ip link del docker0");
+        }
+    }
+}
+
+fn node_name(n: &Node) -> &str {
+    &n.name
+}
+
+fn in_172_17(ip: &str) -> bool {
+    ip.starts_with("172.17.")
+}
+
+#[test]
+fn berth_runs_beside_an_engine_that_owns_docker0() {
+    require_root!();
+    let other = OtherEngine::start();
+    let docker0_before = sh("ip -4 -o addr show docker0").1;
+    assert!(docker0_before.contains("172.17.0.1/16"), "{docker0_before}");
+
+    let reg = Registry::start();
+    let mut opts = NodeOpts::default();
+    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    let node = Node::start_opts(opts);
+    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["pull", "-q", &img]);
+
+    // the default bridge: berth's own device, a subnet clear of docker0's
+    let subnet = node.docker_ok(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "bridge"]);
+    assert!(!subnet.starts_with("172.17."), "berth took docker0's subnet: {subnet}");
+    let dev = node.docker_ok(&["network", "inspect", "-f", "{{index .Options \"com.docker.network.bridge.name\"}}", "bridge"]);
+    assert_ne!(dev.trim(), "docker0");
+
+    const HTTPD: &str = "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    node.docker_ok(&["run", "-d", "--name", "web", "--hostname", "web", "-p", "127.0.0.1::80", &img, "sh", "-c", HTTPD]);
+    let ip = node.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+    assert!(!in_172_17(ip.trim()), "{ip}");
+    // container to container on the default bridge (bridged, through FORWARD)
+    let got = node.docker_ok(&["run", "--rm", &img, "timeout", "5", "wget", "-qO-", &format!("http://{}/", ip.trim())]);
+    assert_eq!(got.trim(), "hello-web");
+    // a user network: by name
+    node.docker_ok(&["network", "create", "side"]);
+    node.docker_ok(&["run", "-d", "--name", "api", "--hostname", "api", "--network", "side", &img, "sh", "-c", HTTPD]);
+    let mut got = String::new();
+    for _ in 0..30 {
+        let o = node.docker(&["run", "--rm", "--network", "side", &img, "timeout", "5", "wget", "-qO-", "http://api/"]);
+        got = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(got.trim(), "hello-api");
+    // the published port answers from the host
+    let port = node.docker_ok(&["port", "web", "80"]);
+    let addr = port.lines().next().unwrap().trim().to_string();
+    let (ok, body) = sh(&format!("curl -s --max-time 5 http://{addr}/"));
+    assert!(ok && body.trim() == "hello-web", "{addr}: {body}");
+
+    node.docker_ok(&["rm", "-f", "web", "api"]);
+    node.docker_ok(&["network", "rm", "side"]);
+    let (_, fwd) = sh("iptables -S FORWARD");
+    assert!(fwd.contains(&format!("-i be{} ", node_name(&node))), "berth's accept rules: {fwd}");
+    drop(node);
+    // berth's accept rules went with its bridges
+    let (_, fwd) = sh("iptables -S FORWARD");
+    assert!(!fwd.contains("berth_"), "berth left rules in FORWARD: {fwd}");
+    // docker0, its address and the other engine's rule are as they were
+    assert_eq!(sh("ip -4 -o addr show docker0").1, docker0_before);
+    assert!(sh("iptables -t nat -C POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE").0, "the other engine's rule is gone");
+    let (_, pol) = sh("iptables -S FORWARD | head -1");
+    assert!(pol.contains("DROP"), "berth changed the FORWARD policy: {pol}");
+    drop(other);
+}
