@@ -167,6 +167,10 @@ fn prometheus_scrapes_the_container_count() {
     let api = q("berth_api_requests_total").unwrap();
     assert!(!api.as_array().unwrap().is_empty(), "{api}");
     assert_eq!(q("berth_images").and_then(|r| value(&r)).as_deref(), Some("1"));
+    // the pull of the busybox image was counted
+    let pulled: f64 = q("sum(berth_pull_bytes_total)").and_then(|r| value(&r)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    assert!(pulled > 100_000.0, "pull bytes: {pulled}");
+    assert_eq!(q("sum(berth_pull_duration_seconds_count)").and_then(|r| value(&r)).as_deref(), Some("1"));
     // a removed container leaves the count on the next scrape
     node.docker_ok(&["rm", "-f", &format!("prom0-{}", node.name)]);
     let t = Instant::now();

@@ -146,7 +146,7 @@ impl Images {
         let t0 = std::time::Instant::now();
         let res = self.pull_remote(&r, Arc::new(repo), remote, out).await;
         berth_telemetry::metrics::observe(
-            "berth_image_pull_duration_seconds",
+            "berth_pull_duration_seconds",
             "Duration of image pulls from a registry.",
             &[("result", if res.is_ok() { "ok" } else { "error" })],
             t0.elapsed().as_secs_f64(),
@@ -485,7 +485,7 @@ impl Images {
             return Err(client_gone.or(root).unwrap_or(err));
         }
         berth_telemetry::metrics::counter_add(
-            "berth_image_pull_bytes_total",
+            "berth_pull_bytes_total",
             "Compressed layer bytes downloaded by pulls.",
             &[],
             fetch_bytes as f64,
