@@ -198,8 +198,11 @@ impl Runtime {
             let c = e.get();
             match c.state.status {
                 state::Status::Removing => {
+                    // an interrupted removal (`--rm` gives back in the background)
                     e.update(|c| c.state.status = state::Status::Dead);
-                    self.remove_entry(&e, false).await;
+                    let _ = self.bus.request(&bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
+                    let anon = c.host_config.auto_remove.unwrap_or(false);
+                    self.remove_entry(&e, anon).await;
                 }
                 s if c.state.running() || s == state::Status::Restarting => {
                     let bundle = self.bundle_dir(&c.id);

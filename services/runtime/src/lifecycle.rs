@@ -354,8 +354,11 @@ impl Runtime {
             if !c.state.running() {
                 return;
             }
-            let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
-            let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+            // `--rm`: the network and the layer go with the removal, after the answer
+            if !c.host_config.auto_remove.unwrap_or(false) {
+                let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+            }
             e.set_shim(None);
             e.update(|c| {
                 c.state.status = Status::Exited;
@@ -384,7 +387,7 @@ impl Runtime {
             l.exit_code = st.code as i64;
         });
         if c.host_config.auto_remove.unwrap_or(false) {
-            self.remove_entry(e, true).await;
+            self.auto_remove(e).await;
             return;
         }
         if let Some(delay) = restart_delay(&c, st.code as i64) {
@@ -602,20 +605,61 @@ impl Runtime {
             return;
         }
         e.update(|c| c.state.status = Status::Removing);
-        if let Err(err) = self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
-            if !err.is(ErrorKind::NotFound) {
-                tracing::warn!(id = %c.id, error = %err, "removing the container's layers");
-            }
-        }
-        crate::mounts::release(self, &c.id, &c.mounts, volumes).await;
-        let _ = std::fs::remove_dir_all(&e.dir);
-        let _ = std::fs::remove_dir_all(self.bundle_dir(&c.id));
+        self.give_back(e, &c, Some(volumes)).await;
         self.forget(&c.id);
         for id in &c.exec_ids {
             self.execs.lock().unwrap().remove(id);
         }
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
+    }
+
+    /// `--rm` after the exit: the container is gone for the API at once (record
+    /// marked Removing on disk, forgotten, `destroy`, waiters answered), and what it
+    /// held (sandbox, layers, anonymous volumes, files) is given back in the
+    /// background. A restart of the service in between finishes the removal from
+    /// the Removing record.
+    async fn auto_remove(self: &Arc<Self>, e: &Arc<Entry>) {
+        let c = {
+            let _g = e.op.lock().await;
+            let c = e.get();
+            if c.state.status == Status::Removing {
+                return;
+            }
+            e.update(|c| c.state.status = Status::Removing);
+            let _ = e.save();
+            self.forget(&c.id);
+            for id in &c.exec_ids {
+                self.execs.lock().unwrap().remove(id);
+            }
+            c
+        };
+        // anonymous volumes go before the answer, as in Docker (`volume ls` after
+        // `run --rm -v /x` shows none); no bus call when there are none
+        crate::mounts::release(self, &c.id, &c.mounts, true).await;
+        self.event(&c, "destroy", &[]).await;
+        e.signal(|l| l.removed = true);
+        let (rt, e) = (self.clone(), e.clone());
+        tokio::spawn(async move {
+            let _g = e.op.lock().await;
+            let _ = rt.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+            rt.give_back(&e, &c, None).await;
+        });
+    }
+
+    /// What a removed container held: its layers, volume references (and anonymous
+    /// volumes with `Some(true)`; None when they were given back already), its files.
+    async fn give_back(self: &Arc<Self>, e: &Arc<Entry>, c: &Container, volumes: Option<bool>) {
+        if let Err(err) = self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
+            if !err.is(ErrorKind::NotFound) {
+                tracing::warn!(id = %c.id, error = %err, "removing the container's layers");
+            }
+        }
+        if let Some(v) = volumes {
+            crate::mounts::release(self, &c.id, &c.mounts, v).await;
+        }
+        let _ = std::fs::remove_dir_all(&e.dir);
+        let _ = std::fs::remove_dir_all(self.bundle_dir(&c.id));
     }
 
     /// `docker rename`.
