@@ -182,3 +182,28 @@ fn healthchecks_stats_update_and_oom() {
     assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "oom"]).trim(), "true 137");
     node.docker_ok(&["rm", "oom"]);
 }
+
+/// Restart policies are applied again when the node comes back, as dockerd does at
+/// start (without live-restore the node's shutdown stops every container): `always`
+/// and `unless-stopped` come back, a container stopped by hand and one without a
+/// policy stay down.
+#[test]
+fn restart_policies_apply_when_the_node_restarts() {
+    require_root!();
+    let (mut node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["run", "-d", "--name", "always", "--restart", "always", &img, "sleep", "600"]);
+    node.docker_ok(&["run", "-d", "--name", "unless", "--restart", "unless-stopped", &img, "sleep", "600"]);
+    node.docker_ok(&["run", "-d", "--name", "unless-stopped-by-hand", "--restart", "unless-stopped", &img, "sleep", "600"]);
+    node.docker_ok(&["stop", "-t", "0", "unless-stopped-by-hand"]);
+    node.docker_ok(&["run", "-d", "--name", "nopolicy", &img, "sleep", "600"]);
+    node.shutdown();
+    assert!(leftovers(&node).iter().all(|l| !l.starts_with("shim")), "the shutdown stops containers: {:?}", leftovers(&node));
+    node.boot();
+    let state = |n: &str| node.docker_ok(&["inspect", "-f", "{{.State.Status}}", n]).trim().to_string();
+    wait_for("the policies to start containers", || state("always") == "running" && state("unless") == "running");
+    assert_eq!(state("unless-stopped-by-hand"), "exited");
+    assert_eq!(state("nopolicy"), "exited");
+    // and they work: exec into one that came back
+    assert_eq!(node.docker_ok(&["exec", "always", "echo", "back"]).trim(), "back");
+    node.docker_ok(&["rm", "-f", "always", "unless", "unless-stopped-by-hand", "nopolicy"]);
+}

@@ -236,9 +236,30 @@ impl Runtime {
                     if c.has_been_started && !c.manually_stopped && (rp == "always" || rp == "unless-stopped") {
                         let rt = self.clone();
                         tokio::spawn(async move {
-                            let _g = e.op.lock().await;
-                            if let Err(err) = rt.start_locked(&e).await {
-                                tracing::warn!(id = %e.id, error = %err, "restart at start-up failed");
+                            // the other services of the node may still be starting:
+                            // wait for them (Unavailable) for up to a minute
+                            let mut delay = std::time::Duration::from_millis(50);
+                            let t0 = std::time::Instant::now();
+                            loop {
+                                let res = {
+                                    let _g = e.op.lock().await;
+                                    if e.get().manually_stopped || e.get().state.running() {
+                                        return;
+                                    }
+                                    rt.start_locked(&e).await
+                                };
+                                match res {
+                                    // Moby's start-up restore sends `start`, not `restart`
+                                    Ok(()) => return,
+                                    Err(err) if err.kind == bus_schema::ErrorKind::Unavailable && t0.elapsed() < std::time::Duration::from_secs(60) => {
+                                        tokio::time::sleep(delay).await;
+                                        delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                                    }
+                                    Err(err) => {
+                                        tracing::warn!(id = %e.id, error = %err, "restart at start-up failed");
+                                        return;
+                                    }
+                                }
                             }
                         });
                     }
