@@ -37,6 +37,10 @@ echo "image: $REG/bench/big:latest, $((size/1000000)) MB in the registry"
 pull_engine() { # name sock -> cold seconds, warm seconds
   local d="docker -H unix://$2"
   $d rmi -f "$REG/bench/big:latest" >/dev/null 2>&1 || true
+  # both engines start from the same state: nothing of an earlier run still being
+  # written back, and cold caches (with the caches an earlier unpack left, creating the
+  # same files costs here up to 5x the system time, for either engine)
+  sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1
   local t0; t0=$(date +%s.%N)
   $d pull -q "$REG/bench/big:latest" >/dev/null
   COLD[$1]=$(python3 -c "import time,sys;print(time.time()-float(sys.argv[1]))" "$t0")
