@@ -54,6 +54,11 @@ pub struct EndpointRequest {
     pub settings: docker::EndpointSettings,
 }
 
+/// `SandboxCreate::network_mode` of a container disconnected from its mode's network
+/// (`docker network disconnect bridge c`): its own namespace with only lo, open to
+/// later connects. Not a valid network name, so no network can take it.
+pub const MODE_DETACHED: &str = ":detached";
+
 /// Create a container's sandbox: its network namespace (or the host's, or another
 /// container's), an endpoint on each network, published ports, and the content of
 /// its /etc/resolv.conf and /etc/hosts.

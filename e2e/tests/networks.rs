@@ -484,3 +484,26 @@ fn a_hundred_containers_with_ports_leave_nothing() {
         "rules left"
     );
 }
+
+/// `docker network disconnect` from the network of the container's mode keeps the
+/// mode (as Docker records it) and keeps the container off that network when it
+/// starts again; `network connect` brings it back.
+#[test]
+fn disconnect_from_the_mode_network_survives_a_restart() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    node.docker_ok(&["run", "-d", "--name", "detach", &img, "sleep", "600"]);
+    node.docker_ok(&["network", "disconnect", "bridge", "detach"]);
+    let nets = |n: &Node| n.docker_ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}} {{json .NetworkSettings.Networks}}", "detach"]).trim().to_string();
+    assert_eq!(nets(&node), "bridge {}");
+    node.docker_ok(&["restart", "-t", "0", "detach"]);
+    assert_eq!(nets(&node), "bridge {}");
+    let ifs = node.docker_ok(&["exec", "detach", "ls", "/sys/class/net"]);
+    assert_eq!(ifs.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    node.docker_ok(&["network", "connect", "bridge", "detach"]);
+    node.docker_ok(&["restart", "-t", "0", "detach"]);
+    let ip = node.docker_ok(&["inspect", "-f", "{{.NetworkSettings.Networks.bridge.IPAddress}}", "detach"]);
+    assert!(!ip.trim().is_empty(), "back on bridge after connect");
+    node.docker_ok(&["rm", "-f", "detach"]);
+}

@@ -1049,6 +1049,10 @@ impl NetworkService {
             rec.joined = Some(t.container_id.clone());
             rec.resolv_conf = t.resolv_conf.clone();
             rec.hosts = t.hosts.clone();
+        } else if mode == bus_schema::network::MODE_DETACHED {
+            // a container disconnected from its mode's network: a namespace of its
+            // own with only lo, which `network connect` can still join to networks
+            kind = "none".into();
         } else if mode != "host" && mode != "none" {
             let n = st.find_network(&mode)?.clone();
             match n.driver.as_str() {
@@ -1095,7 +1099,9 @@ impl NetworkService {
                     self.teardown(st, &rec).await;
                     return Err(e);
                 }
-                rec.endpoints.push(empty_endpoint(&n.id));
+                if mode != bus_schema::network::MODE_DETACHED {
+                    rec.endpoints.push(empty_endpoint(&n.id));
+                }
                 let (rc, _) = self.host_files();
                 rec.resolv_conf = files::resolv_conf_legacy(&ResolvConf::parse(&rc), &o);
                 rec.hosts = files::hosts(None, &r.hostname, &r.domainname, &extra);

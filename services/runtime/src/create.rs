@@ -233,6 +233,7 @@ impl Runtime {
             state: State::default(),
             restart_count: 0,
             manually_stopped: false,
+            mode_network_detached: false,
             has_been_started: false,
             mounts,
             driver: self.driver.clone(),

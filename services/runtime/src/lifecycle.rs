@@ -285,12 +285,19 @@ impl Runtime {
             network_mode = format!("container:{}", o.id);
         } else if mode != "host" && mode != "none" {
             let mut eps: Vec<(String, docker::EndpointSettings)> = c.endpoints.clone().into_iter().collect();
-            if !eps.iter().any(|(n, _)| n == mode) {
+            if !c.mode_network_detached && !eps.iter().any(|(n, _)| n == mode) {
                 eps.insert(0, (mode.to_string(), docker::EndpointSettings::default()));
             }
             eps.sort_by_key(|(n, _)| (n != mode, n.clone()));
             for (network, settings) in eps {
                 endpoints.push(EndpointRequest { network, settings });
+            }
+            if c.mode_network_detached {
+                // off the mode's network: the first other network leads, or none at all
+                network_mode = endpoints
+                    .first()
+                    .map(|e| e.network.clone())
+                    .unwrap_or_else(|| bus_schema::network::MODE_DETACHED.into());
             }
         }
         let hc = &c.host_config;

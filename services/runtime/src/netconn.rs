@@ -42,6 +42,9 @@ impl Runtime {
             });
         }
         e.update(|c| {
+            if c.network_mode() == net.name {
+                c.mode_network_detached = false;
+            }
             c.endpoints.insert(net.name.clone(), settings);
         });
         e.save()
@@ -66,7 +69,7 @@ impl Runtime {
             ));
         }
         let attached = c.state.running() && c.networks.contains_key(&name);
-        if !attached && !c.endpoints.contains_key(&name) && mode != name {
+        if !attached && !c.endpoints.contains_key(&name) && (mode != name || c.mode_network_detached) {
             return Err(BusError::forbidden(format!("container {} is not connected to network {}", c.id, r.network)));
         }
         if c.state.running() {
@@ -75,10 +78,10 @@ impl Runtime {
         e.update(|c| {
             c.networks.remove(&name);
             c.endpoints.remove(&name);
-            // disconnecting from the mode's own network leaves the container on none,
-            // as Docker records it
+            // disconnecting from the mode's own network keeps the mode (as Docker
+            // does) and keeps the container off that network at later starts
             if c.network_mode() == name {
-                c.host_config.network_mode = Some("none".into());
+                c.mode_network_detached = true;
             }
         });
         e.save()

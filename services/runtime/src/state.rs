@@ -106,6 +106,10 @@ pub struct Container {
     pub state: State,
     pub restart_count: i64,
     pub manually_stopped: bool,
+    /// Disconnected from the network of its mode (`network disconnect bridge c`):
+    /// the mode stays, as Docker records it, but later starts do not join it again.
+    #[serde(default)]
+    pub mode_network_detached: bool,
     pub has_been_started: bool,
     pub mounts: Vec<MountRecord>,
     pub driver: String,
