@@ -21,6 +21,9 @@ struct OtherEngine {
     made_bridge: bool,
     old_policy: String,
     rule: bool,
+    /// docker0's subnet: 172.17.0.0/16 when this test makes it, else what the engine
+    /// on this host gave it.
+    subnet: String,
 }
 
 impl OtherEngine {
@@ -29,20 +32,43 @@ impl OtherEngine {
         if made_bridge {
             assert!(sh("ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up").0);
         }
+        let cidr = sh("ip -4 -o addr show docker0").1.split_whitespace().nth(3).unwrap_or("172.17.0.1/16").to_string();
+        let subnet = network_of(&cidr);
         let (_, pol) = sh("iptables -S FORWARD | head -1");
         let old_policy = pol.split_whitespace().nth(2).unwrap_or("ACCEPT").to_string();
         assert!(sh("iptables -P FORWARD DROP").0, "iptables");
-        let rule = sh("iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE").0;
+        let rule = sh(&format!("iptables -t nat -A POSTROUTING -s {subnet} ! -o docker0 -j MASQUERADE")).0;
         // Docker loads br_netfilter: bridged frames go through the FORWARD chain
         let _ = sh("modprobe br_netfilter 2>/dev/null; sysctl -qw net.bridge.bridge-nf-call-iptables=1");
-        OtherEngine { made_bridge, old_policy, rule }
+        OtherEngine { made_bridge, old_policy, rule, subnet }
     }
+}
+
+/// `a.b.c.d/n` -> (network address as u32, prefix length).
+fn parse_cidr(c: &str) -> (u32, u32) {
+    let (ip, n) = c.trim().split_once('/').unwrap_or((c.trim(), "32"));
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let n: u32 = n.parse().unwrap();
+    let mask = if n == 0 { 0 } else { u32::MAX << (32 - n) };
+    (u32::from(ip) & mask, n)
+}
+
+fn network_of(cidr: &str) -> String {
+    let (net, n) = parse_cidr(cidr);
+    format!("{}/{n}", std::net::Ipv4Addr::from(net))
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let ((na, la), (nb, lb)) = (parse_cidr(a), parse_cidr(b));
+    let l = la.min(lb);
+    let mask = if l == 0 { 0 } else { u32::MAX << (32 - l) };
+    na & mask == nb & mask
 }
 
 impl Drop for OtherEngine {
     fn drop(&mut self) {
         if self.rule {
-            let _ = sh("iptables -t nat -D POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE");
+            let _ = sh(&format!("iptables -t nat -D POSTROUTING -s {} ! -o docker0 -j MASQUERADE", self.subnet));
         }
         let _ = sh(&format!("iptables -P FORWARD {}", self.old_policy));
         if self.made_bridge {
@@ -55,16 +81,12 @@ fn node_name(n: &Node) -> &str {
     &n.name
 }
 
-fn in_172_17(ip: &str) -> bool {
-    ip.starts_with("172.17.")
-}
-
 #[test]
 fn berth_runs_beside_an_engine_that_owns_docker0() {
     require_root!();
     let other = OtherEngine::start();
     let docker0_before = sh("ip -4 -o addr show docker0").1;
-    assert!(docker0_before.contains("172.17.0.1/16"), "{docker0_before}");
+    assert!(docker0_before.contains(" docker0 "), "{docker0_before}");
 
     let reg = Registry::start();
     let mut opts = NodeOpts::default();
@@ -76,14 +98,14 @@ fn berth_runs_beside_an_engine_that_owns_docker0() {
 
     // the default bridge: berth's own device, a subnet clear of docker0's
     let subnet = node.docker_ok(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "bridge"]);
-    assert!(!subnet.starts_with("172.17."), "berth took docker0's subnet: {subnet}");
+    assert!(!overlaps(subnet.trim(), &other.subnet), "berth took docker0's subnet {}: {subnet}", other.subnet);
     let dev = node.docker_ok(&["network", "inspect", "-f", "{{index .Options \"com.docker.network.bridge.name\"}}", "bridge"]);
     assert_ne!(dev.trim(), "docker0");
 
     const HTTPD: &str = "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
     node.docker_ok(&["run", "-d", "--name", "web", "--hostname", "web", "-p", "127.0.0.1::80", &img, "sh", "-c", HTTPD]);
     let ip = node.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
-    assert!(!in_172_17(ip.trim()), "{ip}");
+    assert!(!overlaps(&format!("{}/32", ip.trim()), &other.subnet), "{ip}");
     // container to container on the default bridge (bridged, through FORWARD)
     let got = node.docker_ok(&["run", "--rm", &img, "timeout", "5", "wget", "-qO-", &format!("http://{}/", ip.trim())]);
     assert_eq!(got.trim(), "hello-web");
@@ -116,7 +138,7 @@ fn berth_runs_beside_an_engine_that_owns_docker0() {
     assert!(!fwd.contains("berth_"), "berth left rules in FORWARD: {fwd}");
     // docker0, its address and the other engine's rule are as they were
     assert_eq!(sh("ip -4 -o addr show docker0").1, docker0_before);
-    assert!(sh("iptables -t nat -C POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE").0, "the other engine's rule is gone");
+    assert!(sh(&format!("iptables -t nat -C POSTROUTING -s {} ! -o docker0 -j MASQUERADE", other.subnet)).0, "the other engine's rule is gone");
     let (_, pol) = sh("iptables -S FORWARD | head -1");
     assert!(pol.contains("DROP"), "berth changed the FORWARD policy: {pol}");
     drop(other);

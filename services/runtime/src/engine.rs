@@ -94,6 +94,9 @@ pub struct Runtime {
     pub cgroup_parent: String,
     index: RwLock<Index>,
     pub execs: Mutex<HashMap<String, Arc<crate::io::ExecEntry>>>,
+    /// Held (read) by work that goes on after an answer (`--rm` giving back its
+    /// sandbox and layers); the service's shutdown takes it (write) to let it finish.
+    pub background: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Runtime {
@@ -119,6 +122,7 @@ impl Runtime {
             cgroup_parent,
             index: RwLock::new(Index::default()),
             execs: Mutex::new(HashMap::new()),
+            background: Default::default(),
         }
     }
 

@@ -271,6 +271,8 @@ impl Runtime {
     /// On SIGTERM without live-restore: stop every container (their stop signal, a
     /// short grace, then SIGKILL) so the node stops within its 10 s budget.
     pub async fn shutdown(self: &Arc<Self>) {
+        // removals answered already but still giving back (`--rm`) finish first
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.background.write()).await;
         if self.cfg.live_restore {
             return;
         }

@@ -647,7 +647,9 @@ impl Runtime {
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
+        let bg = self.background.clone().read_owned().await;
         tokio::spawn(async move {
+            let _bg = bg;
             let _g = e.op.lock().await;
             let _ = rt.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
             rt.give_back(&e, &c, None).await;
