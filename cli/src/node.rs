@@ -239,21 +239,27 @@ async fn run(a: UpArgs, cfg_path: Option<PathBuf>, paths: Paths, node: String, h
         }
     }
 
-    // 5. Stop: the gateway first, then the services, then the bus; within 10 s.
+    // 5. Stop: the gateway first, then the services that use the others (the
+    // runtime stops its containers and gives back their sandboxes and layers), then
+    // the rest, then the bus; within 10 s.
     eprintln!("berth: stopping node {node}");
     let gw = procs.pop();
     if let Some((mut p, _)) = gw {
-        stop(&mut p, Duration::from_secs(2)).await;
+        stop(&mut p, Duration::from_secs(1)).await;
     }
-    let mut stops = Vec::new();
-    for (mut p, _) in procs {
-        stops.push(tokio::spawn(async move { stop(&mut p, Duration::from_secs(5)).await }));
-    }
-    for s in stops {
-        let _ = s.await;
+    let (users, rest): (Vec<_>, Vec<_>) =
+        procs.into_iter().partition(|(p, _)| matches!(p.name.as_str(), "runtime" | "builder" | "swarm"));
+    for (wave, grace) in [(users, 4), (rest, 3)] {
+        let mut stops = Vec::new();
+        for (mut p, _) in wave {
+            stops.push(tokio::spawn(async move { stop(&mut p, Duration::from_secs(grace)).await }));
+        }
+        for s in stops {
+            let _ = s.await;
+        }
     }
     if let Some((mut p, _)) = nats {
-        stop(&mut p, Duration::from_secs(2)).await;
+        stop(&mut p, Duration::from_secs(1)).await;
     }
     let _ = std::fs::remove_file(paths.run().join("node.json"));
     Ok(())

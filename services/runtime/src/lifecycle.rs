@@ -622,8 +622,8 @@ impl Runtime {
     }
 
     /// `--rm` after the exit: the container is gone for the API at once (record
-    /// marked Removing on disk, forgotten, `destroy`, waiters answered), and what it
-    /// held (sandbox, layers, anonymous volumes, files) is given back in the
+    /// marked Removing on disk, forgotten, anonymous volumes and sandbox removed,
+    /// `destroy`, waiters answered), and its layers and files are given back in the
     /// background. A restart of the service in between finishes the removal from
     /// the Removing record.
     async fn auto_remove(self: &Arc<Self>, e: &Arc<Entry>) {
@@ -644,6 +644,9 @@ impl Runtime {
         // anonymous volumes go before the answer, as in Docker (`volume ls` after
         // `run --rm -v /x` shows none); no bus call when there are none
         crate::mounts::release(self, &c.id, &c.mounts, true).await;
+        // the network goes before the answer too: a node stopped right after must not
+        // find the sandbox still there (its table and FORWARD rules would stay)
+        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
@@ -651,7 +654,6 @@ impl Runtime {
         tokio::spawn(async move {
             let _bg = bg;
             let _g = e.op.lock().await;
-            let _ = rt.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
             rt.give_back(&e, &c, None).await;
         });
     }
