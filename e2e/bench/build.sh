@@ -8,14 +8,7 @@ set -euo pipefail
 trap 'stop_berth; stop_moby' EXIT
 export DOCKER_BUILDKIT=0 DOCKER_CLI_HINTS=false
 
-img=$BENCH_DIR/benchbox.tar
-if [ ! -s "$img" ]; then
-  r=$(mktemp -d); mkdir -p "$r/bin" "$r/tmp" "$r/etc"
-  cp "$(command -v busybox)" "$r/bin/busybox"
-  for a in sh true sleep cat echo ls; do ln -sf busybox "$r/bin/$a"; done
-  echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
-  tar -C "$r" -cf "$img" .; rm -rf "$r"
-fi
+img=$(benchbox_tar)
 ctx=$BENCH_DIR/build-ctx
 rm -rf "$ctx"; mkdir -p "$ctx"
 printf 'Flask\nRedis\n' > "$ctx/requirements.txt"

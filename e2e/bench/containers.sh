@@ -8,14 +8,7 @@ set -euo pipefail
 N=${BENCH_CONTAINERS:-200}
 trap 'stop_berth; stop_moby' EXIT
 
-img=$BENCH_DIR/benchbox.tar
-if [ ! -s "$img" ]; then
-  r=$(mktemp -d); mkdir -p "$r/bin" "$r/tmp" "$r/etc"
-  cp "$(command -v busybox)" "$r/bin/busybox"
-  for a in sh true sleep cat echo ls; do ln -sf busybox "$r/bin/$a"; done
-  echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
-  tar -C "$r" -cf "$img" .; rm -rf "$r"
-fi
+img=$(benchbox_tar)
 
 median() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['results'][0]['median'])" "$1"; }
 

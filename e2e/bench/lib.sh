@@ -25,6 +25,20 @@ stop_berth() {
   [ -n "${BERTH_PID:-}" ] && kill "$BERTH_PID" 2>/dev/null && wait "$BERTH_PID" 2>/dev/null || true
 }
 
+# benchbox_tar: a busybox-static rootfs tarball (built once) for `docker import`;
+# prints its path.
+benchbox_tar() {
+  local img=$BENCH_DIR/benchbox.tar
+  if [ ! -s "$img" ]; then
+    local r; r=$(mktemp -d); mkdir -p "$r/bin" "$r/tmp" "$r/etc"
+    cp "$(command -v busybox)" "$r/bin/busybox"
+    for a in sh true sleep cat echo ls; do ln -sf busybox "$r/bin/$a"; done
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
+    tar -C "$r" -cf "$img" .; rm -rf "$r"
+  fi
+  echo "$img"
+}
+
 have_moby() { command -v dockerd >/dev/null 2>&1; }
 
 start_moby() { # [extra dockerd args]; MOBY_NET=1 keeps Moby's docker0, iptables and docker-proxy

@@ -7,14 +7,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 RUNS=${BENCH_RUNS:-40}
-img=$BENCH_DIR/benchbox.tar
-if [ ! -s "$img" ]; then
-  r=$(mktemp -d); mkdir -p "$r/bin" "$r/tmp" "$r/etc"
-  cp "$(command -v busybox)" "$r/bin/busybox"
-  for a in sh true sleep cat echo ls; do ln -sf busybox "$r/bin/$a"; done
-  echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
-  tar -C "$r" -cf "$img" .; rm -rf "$r"
-fi
+img=$(benchbox_tar)
 
 # the receiver: accepts OTLP/HTTP exports, counts the requests
 python3 - > "$BENCH_DIR/otlp-port" 2> "$BENCH_DIR/otlp.log" <<'PY' &
