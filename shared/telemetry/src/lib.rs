@@ -78,8 +78,16 @@ pub fn init(service: &str) -> Guard {
     let filter = env_nonempty(berth_config::env::LOG)
         .or_else(|| env_nonempty("RUST_LOG"))
         .unwrap_or_else(|| "info".to_string());
+    // BERTH_LOG_SPANS=1: a line with busy/idle time as each span closes (where a
+    // request's time goes, without a trace collector)
+    let spans = if env_nonempty("BERTH_LOG_SPANS").is_some() {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_span_events(spans)
         .with_target(false)
         .with_ansi(false)
         .with_filter(EnvFilter::new(&filter));

@@ -54,6 +54,8 @@ pub enum Stdio {
 pub struct InitCtx<'a> {
     pub spec: &'a Spec,
     pub cgroup: Option<&'a Cgroup>,
+    /// Cloned into the cgroup's v2 directory already.
+    pub v2_joined: bool,
     pub stdio: Stdio,
     pub sync: RawFd,
     pub seccomp: Option<(&'a [SockFilter], u32)>,
@@ -106,7 +108,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
     };
     mark("namespaces");
     if let Some(cg) = ctx.cgroup {
-        cg.join(0).ctx(|| "joining the container's cgroup".into())?;
+        cg.join_self(ctx.v2_joined).ctx(|| "joining the container's cgroup".into())?;
     }
     mark("cgroup joined");
     if new_cgroupns {

@@ -88,8 +88,15 @@ pub enum ParentStdio {
 }
 
 /// Forks a child into `pidns` (None: ours), running `child` there; the parent gets
-/// the pid. The shim's own pid namespace is restored right after the fork.
-fn fork_in_pidns(pidns: PidNs, child: impl FnOnce() -> i32) -> std::io::Result<i32> {
+/// the pid. The shim's own pid namespace is restored right after the fork. With a
+/// cgroup that has a unified (v2) directory, the child is cloned straight into it
+/// (clone3 CLONE_INTO_CGROUP: no migration, no grace period) and `child` is told so;
+/// kernels without it get a plain fork.
+fn fork_in_pidns(
+    pidns: PidNs,
+    cgroup: Option<&Cgroup>,
+    child: impl FnOnce(bool) -> i32,
+) -> std::io::Result<i32> {
     let own = match pidns {
         PidNs::Same => None,
         _ => Some(sys::open(
@@ -98,14 +105,20 @@ fn fork_in_pidns(pidns: PidNs, child: impl FnOnce() -> i32) -> std::io::Result<i
             0,
         )?),
     };
+    let cgroup_dir = cgroup
+        .and_then(|c| c.v2_dir())
+        .and_then(|d| sys::open(&d, libc::O_RDONLY | libc::O_DIRECTORY, 0).ok());
     match pidns {
         PidNs::Same => {}
         PidNs::New => sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map(|_| ())?,
         PidNs::Join(fd) => sys::setns(fd, libc::CLONE_NEWPID)?,
     }
-    let pid = unsafe { libc::fork() };
+    let (pid, v2_joined) = match cgroup_dir.as_ref().map(|d| sys::clone_into_cgroup(d.as_raw_fd())) {
+        Some(Ok(pid)) => (pid, true),
+        _ => (unsafe { libc::fork() }, false),
+    };
     if pid == 0 {
-        let code = child();
+        let code = child(v2_joined);
         unsafe { libc::_exit(code) };
     }
     let err = std::io::Error::last_os_error();
@@ -406,11 +419,12 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
     };
 
     let sync_raw = sync_child.as_raw_fd();
-    let forked = fork_in_pidns(pidns, || {
+    let forked = fork_in_pidns(pidns, cgroup.as_ref(), |v2_joined| {
         child_main(sync_raw, || {
             container::init(container::InitCtx {
                 spec: &spec,
                 cgroup: cgroup.as_ref(),
+                v2_joined,
                 stdio: child_stdio,
                 sync: sync_raw,
                 seccomp: seccomp.as_ref().map(|(p, f)| (p.as_slice(), *f)),

@@ -811,11 +811,12 @@ impl Server {
             Some(fd) => PidNs::Join(fd.as_raw_fd()),
             None => PidNs::Same,
         };
-        let pid = fork_in_pidns(pidns_mode, || {
+        let pid = fork_in_pidns(pidns_mode, cgroup.as_ref(), |v2_joined| {
             child_main(sync_raw, || {
                 exec_child(
                     &p,
                     cgroup.as_ref(),
+                    v2_joined,
                     &ns,
                     child_fds,
                     sync_raw,
@@ -879,6 +880,7 @@ impl Server {
 fn exec_child(
     p: &Process,
     cgroup: Option<&Cgroup>,
+    v2_joined: bool,
     ns: &[(OwnedFd, libc::c_int)],
     fds: Option<[OwnedFd; 3]>,
     sync: RawFd,
@@ -886,7 +888,7 @@ fn exec_child(
     host_bounding: u64,
 ) -> CResult<std::convert::Infallible> {
     if let Some(cg) = cgroup {
-        cg.join(0).ctx(|| "joining the container's cgroup".into())?;
+        cg.join_self(v2_joined).ctx(|| "joining the container's cgroup".into())?;
     }
     for (fd, flag) in ns {
         sys::setns(fd.as_raw_fd(), *flag).ctx(|| format!("setns {}", ns_proc_name(*flag)))?;

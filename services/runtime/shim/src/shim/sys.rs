@@ -277,3 +277,42 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     }
     cvt(unsafe { libc::dup2(from, to) }).map(|_| ())
 }
+
+/// clone3's arguments (CLONE_ARGS_SIZE_VER2: up to `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork(2) with the child born in the cgroup v2 directory `dir` (Linux 5.7+): 0 in
+/// the child, its pid in the parent. Only for a single-threaded caller whose child
+/// execs or exits (glibc's fork bookkeeping is skipped, as with any raw clone).
+pub fn clone_into_cgroup(dir: RawFd) -> io::Result<i32> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir as u64,
+        ..Default::default()
+    };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    cvt_l(r).map(|p| p as i32)
+}
