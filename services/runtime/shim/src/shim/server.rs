@@ -815,8 +815,7 @@ impl Server {
             child_main(sync_raw, || {
                 exec_child(
                     &p,
-                    cgroup.as_ref(),
-                    v2_joined,
+                    cgroup.as_ref().map(|c| (c, v2_joined)),
                     &ns,
                     child_fds,
                     sync_raw,
@@ -879,15 +878,15 @@ impl Server {
 
 fn exec_child(
     p: &Process,
-    cgroup: Option<&Cgroup>,
-    v2_joined: bool,
+    // the cgroup, and whether the child was cloned into its v2 directory already
+    cgroup: Option<(&Cgroup, bool)>,
     ns: &[(OwnedFd, libc::c_int)],
     fds: Option<[OwnedFd; 3]>,
     sync: RawFd,
     seccomp: Option<(&[SockFilter], u32)>,
     host_bounding: u64,
 ) -> CResult<std::convert::Infallible> {
-    if let Some(cg) = cgroup {
+    if let Some((cg, v2_joined)) = cgroup {
         cg.join_self(v2_joined).ctx(|| "joining the container's cgroup".into())?;
     }
     for (fd, flag) in ns {
