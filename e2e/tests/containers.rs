@@ -104,6 +104,10 @@ fn two_hundred_cycles_leave_nothing_behind() {
     }
     assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
     assert!(leftovers(&node).is_empty(), "{:?}", leftovers(&node));
+    // no veth stays on the node's bridge (the kernel deletes them with their
+    // namespaces, in the background)
+    let brif = format!("/sys/class/net/be{}/brif", node.name);
+    wait_for("the bridge's veths to go", || std::fs::read_dir(&brif).map(|d| d.count() == 0).unwrap_or(true));
 }
 
 #[test]

@@ -471,6 +471,11 @@ fn a_hundred_containers_with_ports_leave_nothing() {
     for i in 0..100 {
         node.docker_ok(&["rm", "-f", &format!("c{i}")]);
     }
+    // the kernel deletes the veths of the removed namespaces in the background
+    let t = std::time::Instant::now();
+    while !members(&bridge).is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(members(&bridge).is_empty(), "veths still on the bridge: {:?}", members(&bridge));
     let left: Vec<String> = links().into_iter().filter(|l| vethers.contains(l)).collect();
     assert!(left.is_empty(), "links left: {left:?}");

@@ -833,10 +833,38 @@ impl NetworkService {
     async fn teardown(&self, st: &mut State, s: &SandboxRecord) {
         self.dns.remove_sandbox(&s.container_id);
         st.reservations.remove(&s.container_id);
-        for e in &s.endpoints {
-            if !e.host_veth.is_empty() {
-                if let Err(err) = self.nl.delete(&e.host_veth).await {
-                    tracing::warn!(link = %e.host_veth, error = %err, "cannot delete veth");
+        // A namespace that goes with the sandbox takes its veths with it: the kernel
+        // deletes both ends as it cleans the namespace up, in the background. An
+        // explicit delete would hold the request (and the thread: netlink requests
+        // run inside sendmsg) ~20 ms for RCU. A veth still there a second later
+        // (something else pins the namespace) is deleted then, on a blocking thread.
+        // A namespace another sandbox joined lives on: its veths go before the answer.
+        let netns_goes = s.owns_netns
+            && !st
+                .sandboxes
+                .values()
+                .any(|o| o.joined.as_deref() == Some(s.container_id.as_str()));
+        let veths: Vec<String> = s
+            .endpoints
+            .iter()
+            .filter(|e| !e.host_veth.is_empty())
+            .map(|e| e.host_veth.clone())
+            .collect();
+        if netns_goes {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let left: Vec<String> = veths
+                    .into_iter()
+                    .filter(|v| Path::new("/sys/class/net").join(v).exists())
+                    .collect();
+                if !left.is_empty() {
+                    let _ = tokio::task::spawn_blocking(move || delete_links_blocking(&left)).await;
+                }
+            });
+        } else {
+            for v in veths {
+                if let Err(err) = self.nl.delete(&v).await {
+                    tracing::warn!(link = %v, error = %err, "cannot delete veth");
                 }
             }
         }
@@ -1927,6 +1955,21 @@ fn parse_until(s: &str) -> Option<i64> {
     Some(now - secs as i64)
 }
 
+/// Deletes host links from a blocking thread, over a connection of its own.
+fn delete_links_blocking(names: &[String]) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    rt.block_on(async {
+        let Ok(nl) = Netlink::host() else { return };
+        for n in names {
+            if let Err(err) = nl.delete(n).await {
+                tracing::warn!(link = %n, error = %err, "cannot delete veth");
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1983,3 +2026,4 @@ mod tests {
         );
     }
 }
+

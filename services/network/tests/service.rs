@@ -590,7 +590,7 @@ async fn published_ports_answer_from_the_host() {
     );
     // the failed start left nothing
     assert!(!h.root().join("network/netns").join(&c).exists());
-    assert_eq!(bridge_ports(&h.bridge).len(), 2);
+    assert_eq!(bridge_ports_settled(&h.bridge, 2).len(), 2);
     // a port some program listens on
     let l = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
     let busy = l.local_addr().unwrap().port();
@@ -648,7 +648,7 @@ async fn published_ports_answer_from_the_host() {
     let t = nft_table(&h.table()).unwrap();
     assert!(!t.contains("dnat"), "{t}");
     assert!(std::net::TcpListener::bind(("0.0.0.0", p80)).is_ok());
-    assert!(bridge_ports(&h.bridge).is_empty());
+    assert!(bridge_ports_settled(&h.bridge, 0).is_empty());
     h.finish().await;
 }
 
@@ -946,7 +946,7 @@ async fn a_restart_after_a_crash_reconciles() {
         .await
         .unwrap();
     assert!(!n.containers.unwrap().contains_key(&c));
-    assert_eq!(bridge_ports(&br).len(), 2);
+    assert_eq!(bridge_ports_settled(&br, 2).len(), 2);
     h.finish().await;
 }
 
@@ -991,7 +991,7 @@ async fn a_hundred_sandboxes_with_ports_leave_nothing() {
     );
     let t = nft_table(&h.table()).unwrap();
     assert!(!t.contains("dnat"), "{t}");
-    assert!(bridge_ports(&h.bridge).is_empty());
+    assert!(bridge_ports_settled(&h.bridge, 0).is_empty());
     let many = h
         .client
         .network_inspect(NetworkInspect {
@@ -1000,7 +1000,7 @@ async fn a_hundred_sandboxes_with_ports_leave_nothing() {
         })
         .await
         .unwrap();
-    assert!(bridge_ports(&format!("br-{}", &many.id.unwrap()[..12])).is_empty());
+    assert!(bridge_ports_settled(&format!("br-{}", &many.id.unwrap()[..12]), 0).is_empty());
     assert!(std::fs::read_dir(h.root().join("network/netns"))
         .unwrap()
         .next()

@@ -275,6 +275,19 @@ pub fn bridge_ports(bridge: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The bridge's ports once they are down to `want` or the kernel has had 10 s to
+/// delete the veths of namespaces that are gone (it does that in the background).
+pub fn bridge_ports_settled(bridge: &str, want: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = bridge_ports(bridge);
+        if p.len() <= want || std::time::Instant::now() > deadline {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn nft_table(table: &str) -> Option<String> {
     let o = std::process::Command::new("nft")
         .args(["list", "table", "ip", table])
