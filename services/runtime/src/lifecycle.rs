@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use berth_config::clock;
 use bus_schema::network::{EndpointRequest, SandboxCreate, SandboxRemove};
@@ -126,32 +127,42 @@ impl Runtime {
     /// the error comes with the exit code Docker records (127, 126, 128).
     async fn do_start(self: &Arc<Self>, e: &Arc<Entry>, c: &Container) -> Result<(), (BusError, i64)> {
         let fail = |err: BusError| (err, 128i64);
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await.map_err(fail)?.path;
+        // the layer and the network are independent: both at once
+        let mode = c.network_mode();
+        let mount_req = RwLayerMount { id: c.id.clone() };
+        let (mounted, sandbox) = tokio::join!(self.bus.request(&mount_req), self.sandbox(c, &mode));
         let undo_mount = || async {
             let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
         };
-        let mut mounts = c.mounts.clone();
-        if let Err(err) = crate::mounts::acquire(self, &c.id, &mut mounts).await {
-            undo_mount().await;
-            return Err(fail(err));
-        }
-
-        // network
-        let mode = c.network_mode();
-        let sandbox = match self.sandbox(c, &mode).await {
-            Ok(s) => s,
-            Err(err) => {
+        let undo_sandbox = || async {
+            let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+        };
+        let (rootfs, sandbox) = match (mounted, sandbox) {
+            (Ok(m), Ok(s)) => (m.path, s),
+            (Err(err), s) => {
+                if s.is_ok() {
+                    undo_sandbox().await;
+                }
+                return Err(fail(err));
+            }
+            (Ok(_), Err(err)) => {
                 undo_mount().await;
                 return Err(fail(err));
             }
         };
+        let mut mounts = c.mounts.clone();
+        if let Err(err) = crate::mounts::acquire(self, &c.id, &mut mounts).await {
+            undo_sandbox().await;
+            undo_mount().await;
+            return Err(fail(err));
+        }
         let undo_all = || async {
-            let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+            undo_sandbox().await;
             undo_mount().await;
         };
 
         // files and the spec
-        let prep = (|| -> Result<oci_spec::runtime::Spec, BusError> {
+        let prep = tracing::info_span!("spec.build").in_scope(|| -> Result<oci_spec::runtime::Spec, BusError> {
             std::fs::write(&c.hostname_path, format!("{}\n", c.config.hostname.clone().unwrap_or_default()))?;
             std::fs::write(&c.hosts_path, &sandbox.hosts)?;
             std::fs::write(&c.resolv_path, &sandbox.resolv_conf)?;
@@ -194,7 +205,7 @@ impl Runtime {
                 init_binary: init.as_deref(),
             };
             crate::spec::build(&input).map_err(|err| BusError::invalid(err.to_string()))
-        })();
+        });
         let spec = match prep {
             Ok(s) => s,
             Err(err) => {
@@ -203,12 +214,14 @@ impl Runtime {
             }
         };
         let bundle = self.bundle_dir(&c.id);
-        let wrote = (|| -> std::io::Result<()> {
+        let wrote = tracing::info_span!("bundle.write").in_scope(|| -> std::io::Result<()> {
             std::fs::create_dir_all(&bundle)?;
             let _ = std::fs::remove_file(bundle.join("exit.json"));
             let text = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
-            berth_config::paths::write_atomic(&bundle.join("config.json"), &text)
-        })();
+            // rewritten at every start and read only by this start's shim: atomic,
+            // not durable (after a crash of the machine no container runs from it)
+            berth_config::paths::write_replace(&bundle.join("config.json"), &text)
+        });
         if let Err(err) = wrote {
             undo_all().await;
             return Err(fail(BusError::internal(format!("writing the bundle: {err}"))));
@@ -229,7 +242,7 @@ impl Runtime {
             attach_stdout: false,
             attach_stderr: false,
         };
-        let (shim, pid) = match Shim::start(&self.shim_bin, &opts).await {
+        let (shim, pid) = match Shim::start(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.start")).await {
             Ok(x) => x,
             Err(se) => {
                 undo_all().await;
@@ -362,9 +375,10 @@ impl Runtime {
                 return;
             }
             // `--rm`: the network and the layer go with the removal, after the answer
-            if !c.host_config.auto_remove.unwrap_or(false) {
-                let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+            let auto_remove = c.host_config.auto_remove.unwrap_or(false);
+            if !auto_remove {
+                let (net, layer) = (SandboxRemove { container_id: c.id.clone() }, RwLayerUnmount { id: c.id.clone() });
+                let _ = tokio::join!(self.bus.request(&net), self.bus.request(&layer));
             }
             e.set_shim(None);
             e.update(|c| {
@@ -381,7 +395,10 @@ impl Runtime {
                 c.networks.clear();
                 c.ports.clear();
             });
-            let _ = e.save();
+            // `--rm` marks the record Removing at once (auto_remove): one write, not two
+            if !auto_remove {
+                let _ = e.save();
+            }
             e.get()
         };
         if st.oom_killed {

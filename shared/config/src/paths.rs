@@ -57,6 +57,19 @@ impl Paths {
 
 /// Write a file atomically: a temporary sibling, fsync, rename, fsync the directory.
 /// Readers see the old content or the new one, never half of it.
+/// Replaces `path` with `data` atomically (readers see the old or the new content)
+/// but without waiting for the disk: for files nothing needs after a machine crash.
+pub fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
