@@ -117,7 +117,23 @@ fn files(path: &Path) -> Vec<PathBuf> {
 
 /// Watches a directory for changes (inotify), so following needs no polling.
 struct Watch {
-    fd: AsyncFd<OwnedFd>,
+    /// Some until dropped.
+    fd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Drop for Watch {
+    /// Closing an inotify instance waits for an SRCU grace period (13-21 ms on a
+    /// 2-vCPU VM): on a blocking thread, never on a worker, where it stalled every
+    /// task queued behind it (the bus replies of the same `docker run`).
+    fn drop(&mut self) {
+        if let Some(a) = self.fd.take() {
+            let fd = a.into_inner();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || drop(fd))),
+                Err(_) => drop(fd),
+            }
+        }
+    }
 }
 
 impl Watch {
@@ -140,13 +156,14 @@ impl Watch {
         }
         // SAFETY: we own the inotify fd and it stays registered until Watch drops it.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(Watch { fd })
+        Ok(Watch { fd: Some(fd) })
     }
 
     /// Resolves at the next change (events are drained, their content does not matter).
     async fn changed(&self) -> io::Result<()> {
         loop {
-            let mut g = self.fd.readable().await?;
+            let fd = self.fd.as_ref().expect("a live watch");
+            let mut g = fd.readable().await?;
             let mut buf = [0u8; 4096];
             let r = g.try_io(|fd| {
                 let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };

@@ -79,11 +79,12 @@ pub fn init(service: &str) -> Guard {
         .or_else(|| env_nonempty("RUST_LOG"))
         .unwrap_or_else(|| "info".to_string());
     // BERTH_LOG_SPANS=1: a line with busy/idle time as each span closes (where a
-    // request's time goes, without a trace collector)
-    let spans = if env_nonempty("BERTH_LOG_SPANS").is_some() {
-        tracing_subscriber::fmt::format::FmtSpan::CLOSE
-    } else {
-        tracing_subscriber::fmt::format::FmtSpan::NONE
+    // request's time goes, without a trace collector); =all: a line as each opens too
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let spans = match env_nonempty("BERTH_LOG_SPANS").as_deref() {
+        None => FmtSpan::NONE,
+        Some("all") => FmtSpan::NEW | FmtSpan::CLOSE,
+        Some(_) => FmtSpan::CLOSE,
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
