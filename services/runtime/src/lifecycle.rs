@@ -127,10 +127,32 @@ impl Runtime {
     /// the error comes with the exit code Docker records (127, 126, 128).
     async fn do_start(self: &Arc<Self>, e: &Arc<Entry>, c: &Container) -> Result<(), (BusError, i64)> {
         let fail = |err: BusError| (err, 128i64);
-        // the layer and the network are independent: both at once
+        // The shim starts first and gets ready while the layer and the network are
+        // prepared; it waits for `go` (after config.json) and exits if dropped.
+        let lc = c.host_config.log_config.clone().unwrap_or_default();
+        let opts_map = lc.config.clone().unwrap_or_default();
+        let log_on = lc.typ.as_deref() != Some("none");
+        let opts = ShimOptions {
+            id: c.id.clone(),
+            bundle: self.bundle_dir(&c.id),
+            log_path: if log_on { Some(c.log_path.clone().into()) } else { None },
+            log_max_size: opts_map.get("max-size").and_then(|s| parse_size(s)),
+            log_max_file: opts_map.get("max-file").and_then(|s| s.parse().ok()).unwrap_or(1),
+            stdin: c.config.open_stdin.unwrap_or(false),
+            stdin_once: c.config.stdin_once.unwrap_or(false),
+            tty: c.is_tty(),
+            attach_stdout: false,
+            attach_stderr: false,
+        };
+        // the layer, the network and the shim are independent: all at once (the
+        // requests go out first, then the spawn, which blocks until the exec)
         let mode = c.network_mode();
         let mount_req = RwLayerMount { id: c.id.clone() };
-        let (mounted, sandbox) = tokio::join!(self.bus.request(&mount_req), self.sandbox(c, &mode));
+        let (mounted, sandbox, pending) = tokio::join!(
+            self.bus.request(&mount_req),
+            self.sandbox(c, &mode),
+            Shim::spawn(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.spawn"))
+        );
         let undo_mount = || async {
             let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
         };
@@ -227,22 +249,11 @@ impl Runtime {
             return Err(fail(BusError::internal(format!("writing the bundle: {err}"))));
         }
 
-        let lc = c.host_config.log_config.clone().unwrap_or_default();
-        let opts_map = lc.config.clone().unwrap_or_default();
-        let log_on = lc.typ.as_deref() != Some("none");
-        let opts = ShimOptions {
-            id: c.id.clone(),
-            bundle: bundle.clone(),
-            log_path: if log_on { Some(c.log_path.clone().into()) } else { None },
-            log_max_size: opts_map.get("max-size").and_then(|s| parse_size(s)),
-            log_max_file: opts_map.get("max-file").and_then(|s| s.parse().ok()).unwrap_or(1),
-            stdin: c.config.open_stdin.unwrap_or(false),
-            stdin_once: c.config.stdin_once.unwrap_or(false),
-            tty: c.is_tty(),
-            attach_stdout: false,
-            attach_stderr: false,
+        let started = match pending {
+            Ok(p) => p.go().instrument(tracing::info_span!("shim.start")).await,
+            Err(e) => Err(e),
         };
-        let (shim, pid) = match Shim::start(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.start")).await {
+        let (shim, pid) = match started {
             Ok(x) => x,
             Err(se) => {
                 undo_all().await;

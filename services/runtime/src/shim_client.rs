@@ -136,6 +136,13 @@ impl Shim {
     /// Spawns the shim (it detaches itself; the runtime's death does not kill it) and
     /// waits until the container's process has been exec'd. Returns the init's pid.
     pub async fn start(shim_bin: &Path, opts: &ShimOptions) -> Result<(Shim, u32), StartError> {
+        Shim::spawn(shim_bin, opts).await?.go().await
+    }
+
+    /// Spawns the shim, which gets ready (process, log, socket) and waits for `go`
+    /// before it reads the bundle's config.json: the caller writes that meanwhile.
+    /// Dropping the result instead makes the shim exit without doing anything.
+    pub async fn spawn(shim_bin: &Path, opts: &ShimOptions) -> Result<PendingShim, StartError> {
         let other = |e: io::Error, what: &str| StartError::Other(format!("{what}: {e}"));
         let cfg = ShimConfig {
             id: opts.id.clone(),
@@ -149,6 +156,7 @@ impl Shim {
             attach_stderr: opts.attach_stderr,
         };
         let json = serde_json::to_vec(&cfg).map_err(|e| StartError::Other(e.to_string()))?;
+        tokio::fs::create_dir_all(&opts.bundle).await.map_err(|e| other(e, "creating the bundle"))?;
         tokio::fs::write(opts.bundle.join("shim.json"), json)
             .await
             .map_err(|e| other(e, "writing shim.json"))?;
@@ -169,7 +177,26 @@ impl Shim {
         });
         mine.set_nonblocking(true).map_err(|e| other(e, "socket"))?;
         let conn = UnixStream::from_std(mine).map_err(|e| other(e, "socket"))?;
-        let (mut r, w) = conn.into_split();
+        Ok(PendingShim { conn, bundle: opts.bundle.clone(), attach: opts.attach_stdout || opts.attach_stderr })
+    }
+}
+
+/// A shim spawned and waiting for `go` (see `Shim::spawn`).
+pub struct PendingShim {
+    conn: UnixStream,
+    bundle: PathBuf,
+    attach: bool,
+}
+
+impl PendingShim {
+    /// Lets the shim start the container from the bundle; waits until the container's
+    /// process has been exec'd. Returns the init's pid.
+    pub async fn go(self) -> Result<(Shim, u32), StartError> {
+        let PendingShim { conn, bundle, attach } = self;
+        let (mut r, mut w) = conn.into_split();
+        if let Err(e) = w.write_all(&[proto::GO]).await {
+            return Err(StartError::Other(format!("the shim ended before starting the container: {e}")));
+        }
         let pid = match read_event(&mut r).await {
             Ok(Event::Started { pid }) => pid,
             Ok(Event::StartFailed { kind, message }) => {
@@ -181,7 +208,7 @@ impl Shim {
                 )))
             }
             Err(e) => {
-                let log = tokio::fs::read_to_string(opts.bundle.join("shim.log"))
+                let log = tokio::fs::read_to_string(bundle.join("shim.log"))
                     .await
                     .unwrap_or_default();
                 let last = log.lines().last().unwrap_or("").to_string();
@@ -191,20 +218,20 @@ impl Shim {
             }
         };
         let (etx, erx) = watch::channel(None);
-        let (output, otx) = if opts.attach_stdout || opts.attach_stderr {
+        let (output, otx) = if attach {
             let (tx, rx) = mpsc::channel(CHANNEL);
             (Some(rx), Some(tx))
         } else {
             (None, None)
         };
-        let bundle = opts.bundle.clone();
+        let pump_bundle = bundle.clone();
         tokio::spawn(async move {
             let _w = w; // keep the connection open until the end
-            pump(r, otx, Some(etx), bundle).await;
+            pump(r, otx, Some(etx), pump_bundle).await;
         });
         Ok((
             Shim {
-                bundle: opts.bundle.clone(),
+                bundle,
                 pid,
                 ctl: Mutex::new(None),
                 exit: erx,
@@ -214,6 +241,9 @@ impl Shim {
         ))
     }
 
+}
+
+impl Shim {
     /// Reconnects to a running shim (after a runtime restart); Err if it is gone
     /// (then `read_exit` has its exit status).
     pub async fn connect(bundle: &Path) -> io::Result<Shim> {

@@ -20,6 +20,26 @@ fn output_goes_to_the_log_and_exit_code_is_recorded() {
 }
 
 #[test]
+fn a_start_given_up_before_go_leaves_nothing() {
+    // the runtime spawns the shim before the bundle is complete; when the start is
+    // given up instead (layer or network failed) it closes the socket
+    let id = unique("nogo");
+    let b = Bundle::new(&id, &spec(&id, &rootfs(), &["true"]), json!({}));
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = std::process::Command::new(SHIM)
+        .arg(b.path())
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .spawn()
+        .unwrap();
+    drop(mine);
+    assert!(child.wait().unwrap().success());
+    assert!(!b.path().join("shim.sock").exists());
+    assert!(b.exit().is_none());
+    let layout = berth_shim::cgroups::Layout::detect().unwrap();
+    assert!(!layout.with("pids").map(|h| h.mount.join(format!("{CG_PARENT}/{id}")).exists()).unwrap_or(false));
+}
+
+#[test]
 fn true_exits_zero() {
     let (text, st, _b) = run(&["true"]);
     assert_eq!(st.code, 0);

@@ -207,6 +207,15 @@ pub fn run(bundle: &Path) -> i32 {
     let spawn = take_spawn_socket();
     redirect_stdio(&bundle);
     let _ = std::env::set_current_dir(&bundle);
+    // the runtime spawns us while it prepares the layer and the network, and says
+    // go once config.json is written; a closed socket means the start was given up
+    if let Some(s) = &spawn {
+        let mut b = [0u8; 1];
+        match sys::read(s.as_raw_fd(), &mut b) {
+            Ok(1) if b[0] == berth_shim::proto::GO => {}
+            _ => return 0,
+        }
+    }
 
     let cfg: ShimConfig = match fs::read(bundle.join("shim.json"))
         .map_err(|e| e.to_string())

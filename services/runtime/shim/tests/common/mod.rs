@@ -239,6 +239,8 @@ pub fn spawn(b: &Bundle) -> Result<Running, (proto::StartErrorKind, String)> {
     let mut conn = mine;
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // the bundle is complete: go
+    std::io::Write::write_all(&mut conn, &[proto::GO]).unwrap();
     match proto::read_event(&mut conn) {
         Ok(Event::Started { pid }) => Ok(Running { conn, child, pid }),
         Ok(Event::StartFailed { kind, message }) => {
