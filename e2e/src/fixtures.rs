@@ -198,3 +198,34 @@ pub fn hello_layout() -> PathBuf {
         &["--config.cmd", "/hello"],
     )
 }
+
+/// A local registry and a node started with `opts` that trusts it.
+pub fn node_with_registry_opts(mut opts: crate::NodeOpts) -> (crate::Node, Registry) {
+    let reg = Registry::start();
+    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    (crate::Node::start_opts(opts), reg)
+}
+
+pub fn node_with_registry() -> (crate::Node, Registry) {
+    node_with_registry_opts(crate::NodeOpts::default())
+}
+
+/// The busybox fixture pushed to `reg` and pulled by `node`: its reference.
+pub fn pull_busybox(node: &crate::Node, reg: &Registry) -> String {
+    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
+    let img = format!("{}/busybox:latest", reg.addr());
+    node.docker_ok(&["pull", "-q", &img]);
+    img
+}
+
+/// A registry, a node (started with `opts`) that trusts it, and the busybox fixture
+/// pulled: (node, registry, image reference).
+pub fn node_with_busybox_opts(opts: crate::NodeOpts) -> (crate::Node, Registry, String) {
+    let (node, reg) = node_with_registry_opts(opts);
+    let img = pull_busybox(&node, &reg);
+    (node, reg, img)
+}
+
+pub fn node_with_busybox() -> (crate::Node, Registry, String) {
+    node_with_busybox_opts(crate::NodeOpts::default())
+}

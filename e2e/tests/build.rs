@@ -3,17 +3,10 @@
 //! image served by a local registry, a multi-stage build with cache reuse and a
 //! one-file-change rebuild, and Docker's errors for broken builds.
 
-use berth_e2e::fixtures::{busybox_layout, busybox_rootfs, umoci_image, Registry};
-use berth_e2e::{require_root, Node, NodeOpts};
+use berth_e2e::fixtures::{busybox_layout, busybox_rootfs, node_with_registry, umoci_image};
+use berth_e2e::{require_root, Node};
 use std::path::Path;
 use std::process::{Output, Stdio};
-
-fn node_with_registry() -> (Node, Registry) {
-    let reg = Registry::start();
-    let mut opts = NodeOpts::default();
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    (Node::start_opts(opts), reg)
-}
 
 fn build(node: &Node, ctx: &Path, args: &[&str]) -> Output {
     node.cmd().arg("build").args(args).arg(".").current_dir(ctx).stdin(Stdio::null()).output().unwrap()

@@ -7,8 +7,8 @@
 //! Its own test binary: it changes host-wide firewall state (restored at the end,
 //! even on failure), so no other test runs beside it.
 
-use berth_e2e::fixtures::{busybox_layout, Registry};
-use berth_e2e::{require_root, Node, NodeOpts};
+use berth_e2e::fixtures::node_with_busybox;
+use berth_e2e::{require_root, Node};
 use std::process::Command;
 
 fn sh(cmd: &str) -> (bool, String) {
@@ -88,13 +88,7 @@ fn berth_runs_beside_an_engine_that_owns_docker0() {
     let docker0_before = sh("ip -4 -o addr show docker0").1;
     assert!(docker0_before.contains(" docker0 "), "{docker0_before}");
 
-    let reg = Registry::start();
-    let mut opts = NodeOpts::default();
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    let node = Node::start_opts(opts);
-    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
-    node.docker_ok(&["pull", "-q", &img]);
+    let (node, _reg, img) = node_with_busybox();
 
     // the default bridge: berth's own device, a subnet clear of docker0's
     let subnet = node.docker_ok(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", "bridge"]);

@@ -2,21 +2,10 @@
 //! container, create/start/stop/rm cycles leaving nothing behind, storage-driver
 //! switching and volumes that outlive containers and node restarts.
 
-use berth_e2e::fixtures::{busybox_layout, Registry};
-use berth_e2e::{require_root, Node, NodeOpts};
+use berth_e2e::fixtures::node_with_busybox;
+use berth_e2e::{require_root, Node};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn node_with_busybox() -> (Node, Registry, String) {
-    let reg = Registry::start();
-    let mut opts = NodeOpts::default();
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    let node = Node::start_opts(opts);
-    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
-    node.docker_ok(&["pull", "-q", &img]);
-    (node, reg, img)
-}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();

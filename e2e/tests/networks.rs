@@ -1,7 +1,7 @@
 //! Networks through the real docker CLI against `berth up`: create, ls, inspect, rm,
 //! prune, and (once the runtime runs containers) names, ports and network modes.
 
-use berth_e2e::{require_root, Node, NodeOpts};
+use berth_e2e::{require_root, Node};
 use std::process::Command;
 
 fn err(o: &std::process::Output) -> String {
@@ -231,23 +231,7 @@ fn the_node_leaves_no_bridge_or_rules_behind() {
 
 // ---- containers (need the runtime) ------------------------------------------
 
-fn busybox(node: &Node, reg: &berth_e2e::fixtures::Registry) -> String {
-    let layout = berth_e2e::fixtures::busybox_layout();
-    reg.push_oci(&layout, "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
-    node.docker_ok(&["pull", "-q", &img]);
-    img
-}
-
-fn node_with_registry() -> (Node, berth_e2e::fixtures::Registry) {
-    let reg = berth_e2e::fixtures::Registry::start();
-    let mut opts = NodeOpts::default();
-    opts.config.insert(
-        "insecure-registries".into(),
-        serde_json::json!([reg.addr()]),
-    );
-    (Node::start_opts(opts), reg)
-}
+use berth_e2e::fixtures::{node_with_registry, pull_busybox as busybox};
 
 const HTTPD: &str =
     "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";

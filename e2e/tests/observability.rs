@@ -2,22 +2,14 @@
 //! a container's life, and a real Prometheus (Debian's `prometheus`) scraping the
 //! node's `metrics-addr` and answering the container count through its query API.
 
-use berth_e2e::fixtures::{busybox_layout, Registry};
+use berth_e2e::fixtures::{node_with_busybox_opts, Registry};
 use berth_e2e::{require_root, Node, NodeOpts};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn node_with_busybox(extra: serde_json::Map<String, serde_json::Value>) -> (Node, Registry, String) {
-    let reg = Registry::start();
-    let mut opts = NodeOpts::default();
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    opts.config.extend(extra);
-    let node = Node::start_opts(opts);
-    reg.push_oci(&busybox_layout(), "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
-    node.docker_ok(&["pull", "-q", &img]);
-    (node, reg, img)
+    node_with_busybox_opts(NodeOpts { config: extra, ..Default::default() })
 }
 
 fn now_unix() -> f64 {

@@ -97,19 +97,14 @@ fn docker_run_is_one_trace_across_four_services() {
     berth_e2e::require_root!();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (port, spans) = start_receiver(&rt);
-    let reg = berth_e2e::fixtures::Registry::start();
-    let mut opts = NodeOpts {
+    let opts = NodeOpts {
         env: vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
         ],
         ..Default::default()
     };
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    let node = Node::start_opts(opts);
-    reg.push_oci(&berth_e2e::fixtures::busybox_layout(), "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
-    node.docker_ok(&["pull", "-q", &img]);
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox_opts(opts);
     node.docker_ok(&["run", "--rm", &img, "true"]);
     let t = Instant::now();
     loop {

@@ -131,12 +131,7 @@ fn vfs_driver_is_chosen_in_daemon_json() {
 #[test]
 fn a_new_volume_starts_with_the_images_content() {
     require_root!();
-    let reg = berth_e2e::fixtures::Registry::start();
-    let mut opts = berth_e2e::NodeOpts::default();
-    opts.config.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
-    let node = Node::start_opts(opts);
-    reg.push_oci(&berth_e2e::fixtures::busybox_layout(), "latest", "busybox:latest");
-    let img = format!("{}/busybox:latest", reg.addr());
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
     // /var/www/index.html is in the fixture image
     let page = "hello from the page\n";
     assert_eq!(node.docker_ok(&["run", "--rm", "-v", "www:/var/www", &img, "cat", "/var/www/index.html"]), page);
