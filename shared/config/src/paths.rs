@@ -55,37 +55,57 @@ impl Paths {
     }
 }
 
-/// Write a file atomically: a temporary sibling, fsync, rename, fsync the directory.
-/// Readers see the old content or the new one, never half of it.
-/// Replaces `path` with `data` atomically (readers see the old or the new content)
-/// but without waiting for the disk: for files nothing needs after a machine crash.
-pub fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// The temporary sibling `path` is written to before it is renamed over it.
+fn tmp_beside(path: &Path) -> std::path::PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
+    dir.join(format!(
         ".{}.tmp{}",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
         std::process::id()
-    ));
+    ))
+}
+
+/// Replaces `path` with `data` atomically (readers see the old or the new content)
+/// but without waiting for the disk: for files nothing needs after a machine crash.
+pub fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_beside(path);
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
 
+/// Write a file atomically: a temporary sibling, fsync, rename, fsync the directory.
+/// Readers see the old content or the new one, never half of it.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
-        std::process::id()
-    ));
+    let tmp = tmp_beside(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
+    if let Ok(d) = std::fs::File::open(path.parent().unwrap_or(Path::new("."))) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_the_whole_file_and_leave_no_temporary() {
+        let d = std::env::temp_dir().join(format!("berth-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("config.json");
+        std::fs::write(&f, "a much longer old content").unwrap();
+        write_replace(&f, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+        write_atomic(&f, b"newer").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "newer");
+        let names: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("config.json")]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
