@@ -171,6 +171,81 @@ pub trait Driver: Send + Sync + 'static {
     fn mount_target(&self, key: &str) -> Result<PathBuf>;
 }
 
+/// What vfs and btrfs share: each snapshot is one whole directory (a copy, or a btrfs
+/// snapshot, of its parent's), `<base>/<id>`, mounted with a bind.
+pub(crate) struct WholeDirs<'a> {
+    pub driver: &'static str,
+    pub meta: &'a MetaStore,
+    pub base: PathBuf,
+}
+
+impl WholeDirs<'_> {
+    fn dir(&self, id: &str) -> PathBuf {
+        self.base.join(id)
+    }
+    pub fn mounts_of(&self, info: &Info) -> Result<Vec<Mount>> {
+        let ro = match info.kind {
+            Kind::Active => "rw",
+            Kind::View => "ro",
+            Kind::Committed => {
+                return Err(DriverError::Invalid(format!(
+                    "snapshot {} is committed: it has no mounts",
+                    info.name
+                )))
+            }
+        };
+        Ok(vec![Mount {
+            typ: "bind".into(),
+            source: self.dir(&info.id).to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), ro.into()],
+        }])
+    }
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.mounts_of(&self.meta.get(key)?)
+    }
+    /// A snapshot holds its whole tree: it cannot be given a parent at commit.
+    pub fn commit(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
+        if opts.parent.is_some() {
+            return Err(DriverError::Invalid(format!(
+                "{} snapshots cannot be attached to a parent at commit",
+                self.driver
+            )));
+        }
+        self.meta.commit(name, key, None).map(|_| ())
+    }
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let info = self.meta.get(key)?;
+        tree_usage(&self.dir(&info.id)).map_err(DriverError::io(format!("measuring {key}")))
+    }
+    pub fn walk(&self, f: &mut dyn FnMut(&Info)) -> Result<()> {
+        for i in self.meta.all() {
+            f(&i);
+        }
+        Ok(())
+    }
+    pub fn upper_dir(&self, key: &str) -> Result<PathBuf> {
+        let info = self.meta.get(key)?;
+        if info.kind != Kind::Active {
+            return Err(DriverError::Invalid(format!("snapshot {key} is not active")));
+        }
+        Ok(self.dir(&info.id))
+    }
+    pub fn diff_source(&self, key: &str) -> Result<DiffSource> {
+        let info = self.meta.get(key)?;
+        let parent = match &info.parent {
+            Some(p) => Some(self.dir(&self.meta.get(p)?.id)),
+            None => None,
+        };
+        Ok(DiffSource::Naive {
+            dir: self.dir(&info.id),
+            parent,
+        })
+    }
+    pub fn mount_target(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.dir(&self.meta.get(key)?.id))
+    }
+}
+
 /// Open the driver `name` under `<root>/storage/<name>`; `opts` are daemon.json's
 /// `storage-opts` (`key=value`).
 pub fn open(name: &str, storage_root: &Path, opts: &[String]) -> Result<Arc<dyn Driver>> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     check_opts, Capabilities, CommitOpts, DiffSource, Driver, DriverError, Info, Kind, MetaStore,
-    Mount, Result, Usage, Whiteouts,
+    Mount, Result, Usage, Whiteouts, WholeDirs,
 };
 use crate::copy::{copy_tree, CopyOpts};
 
@@ -80,22 +80,13 @@ impl Vfs {
         Ok(info)
     }
 
-    fn mounts_of(&self, info: &Info) -> Result<Vec<Mount>> {
-        let ro = match info.kind {
-            Kind::Active => "rw",
-            Kind::View => "ro",
-            Kind::Committed => {
-                return Err(DriverError::Invalid(format!(
-                    "snapshot {} is committed: it has no mounts",
-                    info.name
-                )))
-            }
-        };
-        Ok(vec![Mount {
-            typ: "bind".into(),
-            source: self.dir(&info.id).to_string_lossy().into_owned(),
-            options: vec!["rbind".into(), ro.into()],
-        }])
+    /// The shared whole-directory snapshot logic over this driver's directories.
+    fn whole(&self) -> WholeDirs<'_> {
+        WholeDirs {
+            driver: "vfs",
+            meta: &self.meta,
+            base: self.home.join("dir"),
+        }
     }
 }
 
@@ -117,23 +108,17 @@ impl Driver for Vfs {
     }
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
         let i = self.create(key, parent, Kind::Active)?;
-        self.mounts_of(&i)
+        self.whole().mounts_of(&i)
     }
     fn view(&self, key: &str, parent: &str) -> Result<Vec<Mount>> {
         let i = self.create(key, Some(parent), Kind::View)?;
-        self.mounts_of(&i)
+        self.whole().mounts_of(&i)
     }
     fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let i = self.meta.get(key)?;
-        self.mounts_of(&i)
+        self.whole().mounts(key)
     }
     fn commit(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
-        if opts.parent.is_some() {
-            return Err(DriverError::Invalid(
-                "vfs snapshots cannot be attached to a parent at commit".into(),
-            ));
-        }
-        self.meta.commit(name, key, None).map(|_| ())
+        self.whole().commit(name, key, opts)
     }
     fn remove(&self, key: &str) -> Result<()> {
         let info = self.meta.remove(key)?;
@@ -144,36 +129,18 @@ impl Driver for Vfs {
         self.meta.get(key)
     }
     fn usage(&self, key: &str) -> Result<Usage> {
-        let info = self.meta.get(key)?;
-        super::tree_usage(&self.dir(&info.id)).map_err(DriverError::io(format!("measuring {key}")))
+        self.whole().usage(key)
     }
     fn walk(&self, f: &mut dyn FnMut(&Info)) -> Result<()> {
-        for i in self.meta.all() {
-            f(&i);
-        }
-        Ok(())
+        self.whole().walk(f)
     }
     fn upper_dir(&self, key: &str) -> Result<PathBuf> {
-        let info = self.meta.get(key)?;
-        if info.kind != Kind::Active {
-            return Err(DriverError::Invalid(format!(
-                "snapshot {key} is not active"
-            )));
-        }
-        Ok(self.dir(&info.id))
+        self.whole().upper_dir(key)
     }
     fn diff_source(&self, key: &str) -> Result<DiffSource> {
-        let info = self.meta.get(key)?;
-        let parent = match &info.parent {
-            Some(p) => Some(self.dir(&self.meta.get(p)?.id)),
-            None => None,
-        };
-        Ok(DiffSource::Naive {
-            dir: self.dir(&info.id),
-            parent,
-        })
+        self.whole().diff_source(key)
     }
     fn mount_target(&self, key: &str) -> Result<PathBuf> {
-        Ok(self.dir(&self.meta.get(key)?.id))
+        self.whole().mount_target(key)
     }
 }
