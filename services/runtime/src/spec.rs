@@ -513,28 +513,8 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
             path: None,
         });
     }
-    match (hc.pid_mode.as_deref(), input.pid_ns) {
-        (_, Some(p)) => namespaces.push(Namespace {
-            typ: "pid".into(),
-            path: Some(PathBuf::from(p)),
-        }),
-        (Some("host"), None) => {}
-        _ => namespaces.push(Namespace {
-            typ: "pid".into(),
-            path: None,
-        }),
-    }
-    match (hc.ipc_mode.as_deref(), input.ipc_ns) {
-        (_, Some(p)) => namespaces.push(Namespace {
-            typ: "ipc".into(),
-            path: Some(PathBuf::from(p)),
-        }),
-        (Some("host"), None) => {}
-        _ => namespaces.push(Namespace {
-            typ: "ipc".into(),
-            path: None,
-        }),
-    }
+    namespaces.extend(own_or_joined("pid", hc.pid_mode.as_deref(), input.pid_ns));
+    namespaces.extend(own_or_joined("ipc", hc.ipc_mode.as_deref(), input.ipc_ns));
     let cgroupns_host = matches!(
         hc.cgroupns_mode,
         Some(bus_schema::docker::HostConfigCgroupnsModeEnum::HOST)
@@ -762,6 +742,22 @@ fn host_devices() -> Vec<lean::Device> {
         }
     }
     out
+}
+
+/// A pid or ipc namespace: another container's (`path`), none of its own with mode
+/// `host`, else a new one.
+fn own_or_joined(typ: &str, mode: Option<&str>, path: Option<&str>) -> Option<Namespace> {
+    match (mode, path) {
+        (_, Some(p)) => Some(Namespace {
+            typ: typ.into(),
+            path: Some(PathBuf::from(p)),
+        }),
+        (Some("host"), None) => None,
+        _ => Some(Namespace {
+            typ: typ.into(),
+            path: None,
+        }),
+    }
 }
 
 /// Builds the OCI runtime spec for a container.
