@@ -127,8 +127,6 @@ impl Runtime {
     /// the error comes with the exit code Docker records (127, 126, 128).
     async fn do_start(self: &Arc<Self>, e: &Arc<Entry>, c: &Container) -> Result<(), (BusError, i64)> {
         let fail = |err: BusError| (err, 128i64);
-        // The shim starts first and gets ready while the layer and the network are
-        // prepared; it waits for `go` (after config.json) and exits if dropped.
         let lc = c.host_config.log_config.clone().unwrap_or_default();
         let opts_map = lc.config.clone().unwrap_or_default();
         let log_on = lc.typ.as_deref() != Some("none");
@@ -145,7 +143,9 @@ impl Runtime {
             attach_stderr: false,
         };
         // the layer, the network and the shim are independent: all at once (the
-        // requests go out first, then the spawn, which blocks until the exec)
+        // requests go out first, then the spawn, which blocks until the exec). The
+        // shim makes the bundle directory, gets ready and waits for `go` (after
+        // config.json); dropped instead, it exits without doing anything.
         let mode = c.network_mode();
         let mount_req = RwLayerMount { id: c.id.clone() };
         let (mounted, sandbox, pending) = tokio::join!(
@@ -235,14 +235,12 @@ impl Runtime {
                 return Err(fail(err));
             }
         };
-        let bundle = self.bundle_dir(&c.id);
+        // the shim's spawn made the bundle directory and cleared exit.json
         let wrote = tracing::info_span!("bundle.write").in_scope(|| -> std::io::Result<()> {
-            std::fs::create_dir_all(&bundle)?;
-            let _ = std::fs::remove_file(bundle.join("exit.json"));
             let text = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
             // rewritten at every start and read only by this start's shim: atomic,
             // not durable (after a crash of the machine no container runs from it)
-            berth_config::paths::write_replace(&bundle.join("config.json"), &text)
+            berth_config::paths::write_replace(&opts.bundle.join("config.json"), &text)
         });
         if let Err(err) = wrote {
             undo_all().await;
@@ -385,7 +383,7 @@ impl Runtime {
             if !c.state.running() {
                 return;
             }
-            // `--rm`: the network and the layer go with the removal, after the answer
+            // `--rm`: the network and the layer go with the removal (auto_remove)
             let auto_remove = c.host_config.auto_remove.unwrap_or(false);
             if !auto_remove {
                 let (net, layer) = (SandboxRemove { container_id: c.id.clone() }, RwLayerUnmount { id: c.id.clone() });

@@ -240,7 +240,6 @@ impl PendingShim {
             pid,
         ))
     }
-
 }
 
 impl Shim {

@@ -16,11 +16,11 @@
 use serde::{Deserialize, Serialize};
 use std::io;
 
-/// Largest frame either side accepts.
 /// The byte the runtime sends on the spawn socket once the bundle is complete: a
 /// shim waits for it before reading config.json (it exits quietly on EOF instead).
 pub const GO: u8 = b'g';
 
+/// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 4 << 20;
 /// Largest output/stdin chunk put in one frame.
 pub const CHUNK: usize = 32 << 10;
