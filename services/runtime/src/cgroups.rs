@@ -8,9 +8,20 @@ pub use berth_shim::oci::{BlockIo, Cpu, Memory, Pids, Resources};
 
 use bus_schema::docker::ContainerUpdateBody;
 
+/// The host's cgroup hierarchies, read once per service (reading mountinfo costs
+/// O(mounts): with many containers running it is the largest part of a start).
+pub fn layout() -> std::io::Result<&'static Layout> {
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    if let Some(l) = LAYOUT.get() {
+        return Ok(l);
+    }
+    let l = Layout::detect()?;
+    Ok(LAYOUT.get_or_init(|| l))
+}
+
 /// A container's cgroup from its cgroup path (e.g. "berth/<id>").
 pub fn open(path: &str) -> std::io::Result<Cgroup> {
-    Ok(Layout::detect()?.cgroup(path))
+    Ok(layout()?.cgroup(path))
 }
 
 /// The limits `docker update` changes, in the shape the cgroup manager applies

@@ -154,6 +154,7 @@ impl Shim {
             tty: opts.tty,
             attach_stdout: opts.attach_stdout,
             attach_stderr: opts.attach_stderr,
+            cgroups: crate::cgroups::layout().ok().cloned(),
         };
         let json = serde_json::to_vec(&cfg).map_err(|e| StartError::Other(e.to_string()))?;
         tokio::fs::create_dir_all(&opts.bundle).await.map_err(|e| other(e, "creating the bundle"))?;

@@ -8,13 +8,14 @@
 //! unified one). Each limit goes to the hierarchy that has its controller.
 
 use crate::oci::{DeviceCgroup, Resources};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hierarchy {
     pub mount: PathBuf,
     /// v1: the controllers of the mount (`cpu`, `memory`, `name=systemd`, ...);
@@ -23,7 +24,7 @@ pub struct Hierarchy {
     pub v2: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Layout {
     pub hierarchies: Vec<Hierarchy>,
 }
@@ -46,7 +47,9 @@ const V1_CONTROLLERS: &[&str] = &[
 ];
 
 impl Layout {
-    /// The cgroup hierarchies mounted in this mount namespace.
+    /// The cgroup hierarchies mounted in this mount namespace. Reads all of
+    /// /proc/self/mountinfo: its cost grows with the host's mounts (~8 ms with 200
+    /// containers running), so callers on a start path take it once and pass it on.
     pub fn detect() -> io::Result<Layout> {
         let mi = fs::read_to_string("/proc/self/mountinfo")?;
         let mut l = Layout::from_mountinfo(&mi);
@@ -157,7 +160,7 @@ pub struct Stats {
 /// One container's cgroup across the hierarchies.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
-    layout: Layout,
+    pub layout: Layout,
     rel: String,
 }
 

@@ -25,6 +25,10 @@ pub struct ShimConfig {
     pub attach_stdout: bool,
     #[serde(default, skip_serializing_if = "skip")]
     pub attach_stderr: bool,
+    /// The host's cgroup hierarchies as the runtime read them once; None: the shim
+    /// reads /proc/self/mountinfo itself.
+    #[serde(default, skip_serializing_if = "skip")]
+    pub cgroups: Option<crate::cgroups::Layout>,
 }
 
 /// Serialize only what is set (Options, empty lists and maps are left out).

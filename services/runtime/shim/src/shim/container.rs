@@ -5,7 +5,7 @@
 use super::process::{self, CResult, CapSets, ChildError, Ctx, Finish};
 use super::sys::{self, cstr, cvt};
 use berth_shim::bpf::SockFilter;
-use berth_shim::cgroups::Cgroup;
+use berth_shim::cgroups::{Cgroup, Layout};
 pub use berth_shim::fsutil::secure_join;
 use berth_shim::oci::{Mount, Spec};
 use std::fs;
@@ -118,7 +118,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
 
     let mut console: Option<(OwnedFd, u32)> = None;
     if new_flags & libc::CLONE_NEWNS != 0 {
-        setup_rootfs(spec, &rootfs, new_cgroupns)?;
+        setup_rootfs(spec, &rootfs, new_cgroupns, ctx.cgroup.map(|c| &c.layout))?;
         mark("mounts");
         pivot_root(&rootfs)?;
         mark("pivot_root");
@@ -334,7 +334,8 @@ fn propagation_flag(name: &str) -> libc::c_ulong {
     }
 }
 
-fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool) -> CResult<()> {
+/// `layout`: the host's cgroup hierarchies when the parent has them (else read here).
+fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
     let linux = spec.linux.clone().unwrap_or_default();
     let prop = propagation_flag(linux.rootfs_propagation.as_deref().unwrap_or("rprivate"));
     sys::mount(None, Path::new("/"), None, prop, None).ctx(|| "making / private".into())?;
@@ -352,7 +353,7 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool) -> CResult<()> {
         if m.destination == "/dev" && m.typ.as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(rootfs, m, cgroupns).map_err(|e| {
+        mount_one(rootfs, m, cgroupns, layout).map_err(|e| {
             ChildError::other(format!(
                 "error mounting \"{}\" to rootfs at \"{}\": {}",
                 m.source.as_deref().unwrap_or(""),
@@ -371,14 +372,14 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool) -> CResult<()> {
     Ok(())
 }
 
-fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool) -> CResult<()> {
+fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
     let typ = m.typ.as_deref().unwrap_or("none");
     let o = parse_options(&m.options);
     let dest = secure_join(rootfs, Path::new(&m.destination))
         .ctx(|| "resolving the destination".into())?;
     let is_bind = o.flags & libc::MS_BIND != 0 || typ == "bind";
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(&dest, &o, cgroupns);
+        return mount_cgroups(&dest, &o, cgroupns, layout);
     }
     if is_bind {
         let src = PathBuf::from(m.source.as_deref().unwrap_or(""));
@@ -490,8 +491,15 @@ fn remount_ro(p: &Path) -> io::Result<()> {
 /// /sys/fs/cgroup in the container: with a cgroup namespace each hierarchy is mounted
 /// anew (so the container sees its own cgroup as the root); without one, the host's
 /// hierarchies are bound.
-fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool) -> CResult<()> {
-    let layout = berth_shim::cgroups::Layout::detect().ctx(|| "reading cgroup mounts".into())?;
+fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
+    let detected;
+    let layout = match layout {
+        Some(l) => l,
+        None => {
+            detected = Layout::detect().ctx(|| "reading cgroup mounts".into())?;
+            &detected
+        }
+    };
     let flags = o.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME);
     let ro = o.flags & libc::MS_RDONLY;
     fs::create_dir_all(dest).ctx(|| format!("mkdir {}", dest.display()))?;

@@ -291,7 +291,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         .filter(|p| !p.trim_matches('/').is_empty())
     {
         Some(p) => {
-            let layout = Layout::detect().map_err(|e| {
+            let layout = cfg.cgroups.clone().map(Ok).unwrap_or_else(Layout::detect).map_err(|e| {
                 fail(
                     &spawn,
                     StartErrorKind::Other,
