@@ -163,6 +163,17 @@ fn prometheus_scrapes_the_container_count() {
     let pulled: f64 = q("sum(berth_pull_bytes_total)").and_then(|r| value(&r)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     assert!(pulled > 100_000.0, "pull bytes: {pulled}");
     assert_eq!(q("sum(berth_pull_duration_seconds_count)").and_then(|r| value(&r)).as_deref(), Some("1"));
+    // a `docker run -d` leaves its `wait` when the CLI exits: the runtime streams no
+    // answer to a client gone (it kept one per running container before)
+    let t = Instant::now();
+    loop {
+        let w = q("berth_bus_stream_writers{service=\"runtime\"}").and_then(|r| value(&r));
+        if w.as_deref() == Some("0") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the runtime still streams to gone clients: {w:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // a removed container leaves the count on the next scrape
     node.docker_ok(&["rm", "-f", &format!("prom0-{}", node.name)]);
     let t = Instant::now();

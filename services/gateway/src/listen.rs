@@ -1,12 +1,15 @@
 //! Listening: unix sockets (mode 0660, group `docker` when it exists) and TCP with TLS
 //! only. Every connection is HTTP/1.1 with upgrades (hijacked attach/exec streams).
 
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::extract::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use hyper_util::service::TowerToHyperService;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +127,56 @@ type Svc = tower::util::BoxCloneSyncService<
     std::convert::Infallible,
 >;
 
-fn serve_conn<IO>(io: IO, svc: Svc)
+/// The client connection a request came on, to notice the client going away while a
+/// streamed answer waits for something to send (a `wait`, `logs -f`, `events`): hyper
+/// does not read a busy connection, half-close being on. Holds a weak handle on a copy
+/// of the socket's fd, which the connection's task owns while it serves.
+#[derive(Clone, Default)]
+pub struct ClientConn(Option<std::sync::Weak<OwnedFd>>);
+
+tokio::task_local! {
+    static CLIENT: ClientConn;
+}
+
+impl ClientConn {
+    /// The connection of the request being served (none outside one, e.g. in tests).
+    pub fn current() -> ClientConn {
+        CLIENT.try_with(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Resolves once the client has closed the connection or shut its writing side
+    /// (which Go's server, and so Moby, takes for the same); never without one.
+    pub async fn gone(self) {
+        let Some(weak) = self.0 else { return std::future::pending().await };
+        let Some(fd) = weak.upgrade().map(|fd| fd.try_clone()) else { return };
+        // its own copy: registered with the reactor apart from hyper's
+        let Ok(fd) = fd else { return std::future::pending().await };
+        // SAFETY: an OwnedFd, owned by the AsyncFd for its whole life
+        let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let Ok(mut ready) = afd.readable().await else { return std::future::pending().await };
+            if ready.ready().is_read_closed() {
+                return;
+            }
+            // data (a pipelined request) is hyper's to read: wait for the next change
+            ready.clear_ready();
+        }
+    }
+}
+
+fn serve_conn<IO>(io: IO, fd: RawFd, svc: Svc)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let own = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().ok().map(Arc::new);
+        let client = ClientConn(own.as_ref().map(Arc::downgrade));
+        let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let svc = svc.clone();
+            CLIENT.scope(client.clone(), tower::ServiceExt::oneshot(svc, req))
+        });
         let hyper_svc = TowerToHyperService::new(svc);
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -138,6 +186,7 @@ where
             .serve_connection(TokioIo::new(io), hyper_svc)
             .with_upgrades()
             .await;
+        drop(own);
     });
     let _ = TokioExecutor::new();
 }
@@ -163,7 +212,10 @@ pub async fn serve_all(
                 tasks.spawn(async move {
                     loop {
                         match l.accept().await {
-                            Ok((s, _)) => serve_conn(s, svc.clone()),
+                            Ok((s, _)) => {
+                                let fd = s.as_raw_fd();
+                                serve_conn(s, fd, svc.clone())
+                            }
                             Err(e) => tracing::warn!(error = %e, "accept failed"),
                         }
                     }
@@ -186,8 +238,9 @@ pub async fn serve_all(
                                 let acc = acceptor.clone();
                                 let svc = svc.clone();
                                 tokio::spawn(async move {
+                                    let fd = s.as_raw_fd();
                                     if let Ok(tls) = acc.accept(s).await {
-                                        serve_conn(tls, svc);
+                                        serve_conn(tls, fd, svc);
                                     }
                                 });
                             }

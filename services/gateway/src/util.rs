@@ -198,7 +198,10 @@ pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(),
     w.end().await
 }
 
-/// A body stream fed by a task; the task ends when the client goes away.
+/// A body stream fed by a task; the task is dropped as soon as the client goes away
+/// (it closes the connection, or hyper drops the body), even while it waits for
+/// something to send: a `docker run -d` leaves its `wait` behind that way, and the bus
+/// stream under it must end then. Call it while serving the request.
 pub fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
@@ -209,13 +212,46 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
+    let dropped = tx.clone();
+    let client = crate::listen::ClientConn::current();
+    let task = f(tx);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = dropped.closed() => {}
+            _ = client.gone() => {}
+        }
+    });
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client gone (the body dropped) ends the feeding task even while it waits.
+    #[tokio::test]
+    async fn async_stream_task_ends_with_its_client() {
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+        let body = async_stream(move |_tx| async move {
+            let _held = held_tx; // dropped when the task is
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        drop(body);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), held_rx).await;
+        assert!(matches!(ended, Ok(Err(_))), "the task outlived its client");
+    }
+
+    /// A task that ends on its own ends the body.
+    #[tokio::test]
+    async fn async_stream_ends_with_its_task() {
+        let body = async_stream(|tx| async move {
+            let _ = tx.send(Ok(bytes::Bytes::from_static(b"x"))).await;
+        });
+        let items: Vec<_> = body.collect().await;
+        assert_eq!(items.len(), 1);
+    }
 
     #[test]
     fn docker_bools() {

@@ -63,18 +63,25 @@ impl Runtime {
         let mut life = e.life.subscribe();
         let l0 = life.borrow().clone();
         let mut w = resp.accept(()).await?;
-        let code = match r.condition.as_str() {
-            "next-exit" => life.wait_for(|l| l.exits > l0.exits || l.removed).await.map(|l| l.exit_code),
-            "removed" => life.wait_for(|l| l.removed).await.map(|l| l.exit_code),
-            _ => {
-                if !l0.running && e.get().state.status != Status::Restarting {
-                    Ok(e.get().state.exit_code)
-                } else {
-                    life.wait_for(|l| l.exits > l0.exits || l.removed).await.map(|l| l.exit_code)
+        let exited = async {
+            match r.condition.as_str() {
+                "next-exit" => life.wait_for(|l| l.exits > l0.exits || l.removed).await.map(|l| l.exit_code),
+                "removed" => life.wait_for(|l| l.removed).await.map(|l| l.exit_code),
+                _ => {
+                    if !l0.running && e.get().state.status != Status::Restarting {
+                        Ok(e.get().state.exit_code)
+                    } else {
+                        life.wait_for(|l| l.exits > l0.exits || l.removed).await.map(|l| l.exit_code)
+                    }
                 }
             }
-        }
-        .unwrap_or(-1);
+            .unwrap_or(-1)
+        };
+        // the client may leave first (`docker run -d` does, once started)
+        let code = tokio::select! {
+            code = exited => code,
+            _ = w.cancelled() => return Ok(()),
+        };
         w.send(docker::ContainerWaitResponse { status_code: code, error: None }).await?;
         w.end().await
     }
@@ -113,7 +120,16 @@ impl Runtime {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let path = std::path::PathBuf::from(&c.log_path);
         let reader = tokio::spawn(async move { read_log(&path, opts, stop, tx).await });
-        while let Some((stream, data)) = rx.recv().await {
+        loop {
+            // a follower of a quiet container may leave before its next line
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = w.cancelled() => {
+                    reader.abort();
+                    return Ok(());
+                }
+            };
+            let Some((stream, data)) = next else { break };
             if let Err(err) = send_chunks(&mut w, stream, data).await {
                 reader.abort();
                 return Err(err);

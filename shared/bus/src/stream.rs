@@ -17,6 +17,17 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// A writer that hears nothing from its reader for this long stops.
 const READER_GONE: Duration = Duration::from_secs(30);
 
+/// Counts the writers alive in this process: an answer streaming to a reader that
+/// went away unnoticed shows here (the gateway's metrics gather it per service).
+fn count_writer(delta: f64) {
+    berth_telemetry::metrics::gauge_add(
+        "berth_bus_stream_writers",
+        "Bus streams this service is writing (answers streaming to a reader).",
+        &[],
+        delta,
+    );
+}
+
 /// The writing end: sends frames to the reader's data subject within the credit it
 /// has been granted; blocks when the reader is slow.
 pub struct StreamWriter<T> {
@@ -25,6 +36,8 @@ pub struct StreamWriter<T> {
     seq: u64,
     credits: Arc<Semaphore>,
     cancelled: Arc<AtomicBool>,
+    /// Changes never; closed when the control task ends (the reader cancelled or went).
+    gone: tokio::sync::watch::Receiver<()>,
     finished: bool,
     ctrl_task: tokio::task::JoinHandle<()>,
     _t: PhantomData<fn(T)>,
@@ -38,7 +51,9 @@ impl<T: Serialize> StreamWriter<T> {
         let heard = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let (c2, x2, h2) = (credits.clone(), cancelled.clone(), heard.clone());
+        let (gone_tx, gone) = tokio::sync::watch::channel(());
         let ctrl_task = tokio::spawn(async move {
+            let _gone = gone_tx;
             let mut tick = tokio::time::interval(KEEPALIVE);
             loop {
                 tokio::select! {
@@ -62,12 +77,20 @@ impl<T: Serialize> StreamWriter<T> {
             c2.close();
             let _ = ctrl.unsubscribe().await;
         });
-        StreamWriter { client, data, seq: 0, credits, cancelled, finished: false, ctrl_task, _t: PhantomData }
+        count_writer(1.0);
+        StreamWriter { client, data, seq: 0, credits, cancelled, gone, finished: false, ctrl_task, _t: PhantomData }
     }
 
     /// True once the reader cancelled or went away.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the reader cancelled or went away: an answer that waits for
+    /// something to send (a container's exit, a new log line) stops waiting then.
+    pub async fn cancelled(&self) {
+        let mut gone = self.gone.clone();
+        while gone.changed().await.is_ok() {}
     }
 
     /// Send one item; waits for credit. Fails with `Cancelled` when the reader is gone.
@@ -119,6 +142,7 @@ impl<T: Serialize> StreamWriter<T> {
 
 impl<T> Drop for StreamWriter<T> {
     fn drop(&mut self) {
+        count_writer(-1.0);
         self.ctrl_task.abort();
         // A writer dropped without end/fail must not leave its reader waiting forever.
         if !self.finished && !self.cancelled.load(Ordering::SeqCst) {

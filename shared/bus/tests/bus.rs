@@ -217,3 +217,32 @@ async fn cancelled_reader_stops_writer() {
     let e = tokio::time::timeout(Duration::from_secs(5), rx).await.expect("writer noticed").unwrap();
     assert_eq!(e.kind, ErrorKind::Cancelled);
 }
+
+/// A writer waiting for something to send (as a `wait` does) learns that its reader
+/// went away without trying to send.
+#[tokio::test]
+async fn idle_writer_learns_its_reader_is_gone() {
+    let n = Nats::start();
+    let b = bus(&n).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+    let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+    serve(b.clone(), Service::Storage, move |s| {
+        s.stream(move |_: TestCount, resp: berth_bus::Responder<TestCount>| {
+            let tx = tx.clone();
+            async move {
+                let w = resp.accept(0).await?;
+                w.cancelled().await;
+                if let Some(t) = tx.lock().unwrap().take() {
+                    let _ = t.send(w.is_cancelled());
+                }
+                Ok(())
+            }
+        })
+    })
+    .await;
+    let (_, rd) = b.request_stream(&TestCount { n: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(rd);
+    let flagged = tokio::time::timeout(Duration::from_secs(5), rx).await.expect("writer noticed").unwrap();
+    assert!(flagged);
+}

@@ -50,6 +50,10 @@ pub fn gauge_set(name: &str, help: &str, l: &[(&str, &str)], v: f64) {
     with(name, help, Kind::Gauge, l, 1, |x| x[0] = v);
 }
 
+pub fn gauge_add(name: &str, help: &str, l: &[(&str, &str)], v: f64) {
+    with(name, help, Kind::Gauge, l, 1, |x| x[0] += v);
+}
+
 pub fn observe(name: &str, help: &str, l: &[(&str, &str)], secs: f64) {
     with(name, help, Kind::Histogram, l, BUCKETS.len() + 2, |x| {
         for (i, b) in BUCKETS.iter().enumerate() {

@@ -73,6 +73,8 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
         .ok_or_else(|| ChildError::other("config.json: no root"))?;
     let rootfs = fs::canonicalize(&root.path).ctx(|| format!("rootfs {}", root.path.display()))?;
 
+    let mark = super::trace_mark;
+    mark("init");
     unsafe {
         libc::umask(0);
     }
@@ -97,15 +99,6 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
     if new_flags != 0 {
         cvt(unsafe { libc::unshare(new_flags) }).ctx(|| "unshare namespaces".into())?;
     }
-    let t = std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now());
-    let mark = |what: &str| {
-        if let Some(t) = t {
-            eprintln!(
-                "init trace {:>8.3} ms {what}",
-                t.elapsed().as_secs_f64() * 1000.0
-            );
-        }
-    };
     mark("namespaces");
     if let Some(cg) = ctx.cgroup {
         cg.join_self(ctx.v2_joined).ctx(|| "joining the container's cgroup".into())?;

@@ -249,20 +249,36 @@ pub fn run(bundle: &Path) -> i32 {
     }
 }
 
-/// With BERTH_SHIM_TRACE set, the start's phases are timed into shim.log.
-struct Trace(Option<std::time::Instant>);
+/// With BERTH_SHIM_TRACE set, the start's phases are timed into shim.log, all from
+/// the moment the start began: the container's init (a fork) marks its own phases on
+/// the same clock, through a copy of the log's fd that closes at its exec.
+static TRACE: std::sync::OnceLock<(std::time::Instant, RawFd)> = std::sync::OnceLock::new();
+
+struct Trace;
 
 impl Trace {
     fn new() -> Trace {
-        Trace(std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now()))
+        if std::env::var_os("BERTH_SHIM_TRACE").is_some() {
+            let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+            let _ = TRACE.set((std::time::Instant::now(), fd));
+        }
+        Trace
     }
     fn mark(&self, what: &str) {
-        if let Some(t) = self.0 {
-            log!(
-                "trace {:>8.3} ms {what}",
-                t.elapsed().as_secs_f64() * 1000.0
-            );
-        }
+        trace_mark(what);
+    }
+}
+
+/// A phase of the start, when traced (see `Trace`); safe in the forked init.
+pub(crate) fn trace_mark(what: &str) {
+    if let Some((t, fd)) = TRACE.get() {
+        let line = format!(
+            "{} berth-shim[{}]: trace {:>8.3} ms {what}\n",
+            berth_shim::jsonlog::Time::now().format(false),
+            std::process::id(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        let _ = sys::write_all(*fd, line.as_bytes());
     }
 }
 

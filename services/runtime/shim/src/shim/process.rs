@@ -319,15 +319,7 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     let path = look_path(&arg0, &p.env)?;
     let path_c = cstr(&path).map_err(|e| ChildError::other(e.to_string()))?;
     let nnp = p.no_new_privileges.unwrap_or(false);
-    let t = std::env::var_os("BERTH_SHIM_TRACE").map(|_| std::time::Instant::now());
-    let mark = |what: &str| {
-        if let Some(t) = t {
-            eprintln!(
-                "exec trace {:>8.3} ms {what}",
-                t.elapsed().as_secs_f64() * 1000.0
-            );
-        }
-    };
+    let mark = super::trace_mark;
 
     set_rlimits(p)?;
     set_oom_score_adj(p)?;
