@@ -8,7 +8,13 @@
 # the commands alternate between them (which one goes first alternating too), so a
 # machine whose speed drifts during the run (a shared VM does) weighs on both alike.
 # Medians are reported, with `docker version` (the CLI's own floor) measured alike.
+#
+# The workload is the same on both: a container on the engine's default bridge, so
+# Moby runs with its defaults (docker0, iptables; its rules and bridge are removed
+# afterwards). MOBY_NET=0 runs Moby with `--bridge none` instead: a harder baseline,
+# Moby then doing no network work at all while berth still does its own.
 set -euo pipefail
+export MOBY_NET=${MOBY_NET-1}
 . "$(dirname "$0")/lib.sh"
 N=${BENCH_CONTAINERS:-200}
 RUNS=${BENCH_RUNS:-30}

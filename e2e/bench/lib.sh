@@ -44,7 +44,7 @@ have_moby() { command -v dockerd >/dev/null 2>&1; }
 start_moby() { # [extra dockerd args]; MOBY_NET=1 keeps Moby's docker0, iptables and docker-proxy
   have_moby || return 1
   local net="--bridge none --iptables=false"
-  [ -n "${MOBY_NET:-}" ] && net=""
+  if [ -n "${MOBY_NET:-}" ] && [ "$MOBY_NET" != 0 ]; then net=""; MOBY_NET_USED=1; fi
   rm -rf "$BENCH_DIR/moby-exec"; mkdir -p "$BENCH_DIR/moby-root"
   local mirror=""
   [ -n "${MOBY_MIRROR:-}" ] && mirror="--registry-mirror $MOBY_MIRROR --insecure-registry ${MOBY_MIRROR#http://}"
@@ -58,6 +58,19 @@ start_moby() { # [extra dockerd args]; MOBY_NET=1 keeps Moby's docker0, iptables
 stop_moby() {
   [ -n "${MOBY_PID:-}" ] && kill "$MOBY_PID" 2>/dev/null && wait "$MOBY_PID" 2>/dev/null || true
   pkill -f "containerd --config $BENCH_DIR" 2>/dev/null || true
+  # Moby leaves docker0 and its iptables rules and chains behind: take them away
+  if [ -n "${MOBY_NET_USED:-}" ]; then
+    local t r c
+    for t in nat filter; do
+      iptables -t "$t" -S 2>/dev/null | grep -E -- '-j DOCKER|docker0' | grep '^-A' | sed 's/^-A/-D/' |
+        while read -r r; do eval "iptables -t $t $r" 2>/dev/null || true; done
+      for c in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do
+        iptables -t "$t" -F "$c" 2>/dev/null || true
+        iptables -t "$t" -X "$c" 2>/dev/null || true
+      done
+    done
+    ip link del docker0 2>/dev/null || true
+  fi
 }
 
 # tree_mem PID: "rss_kib pss_kib" summed over PID and its descendants.

@@ -280,6 +280,20 @@ fn two_containers_on_a_user_network_talk_by_name() {
         "http://www/",
     ]);
     assert_eq!(out.trim(), "hello-web1");
+    // IPv4-only networks: eth0 without IPv6 (as Docker's), lo with ::1
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        let out = node.docker_ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "app",
+            &img,
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 /proc/sys/net/ipv6/conf/lo/disable_ipv6; grep -c eth0 /proc/net/if_inet6 || true",
+        ]);
+        assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["1", "0", "0"], "{out}");
+    }
     // on the default bridge names do not resolve
     let o = node.docker(&[
         "run",

@@ -99,6 +99,12 @@ pub async fn create(path: PathBuf) -> std::io::Result<OwnedFd> {
                 None::<&str>,
             )
             .map_err(io)?;
+            // berth networks are IPv4 only: the interfaces that come into the
+            // namespace get no IPv6 (as Docker's eth0 on an IPv4-only network), so no
+            // DAD, MLD and router solicitations, which the bridge floods to every
+            // other container; `lo` (there already) keeps ::1. No IPv6 on the host at
+            // all: nothing to turn off.
+            let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
             netlink_socket()
         })();
         if r.is_err() {
@@ -192,6 +198,18 @@ mod tests {
             .map(|l| l.split(':').next().unwrap().trim())
             .collect();
         assert_eq!(ifs, vec!["lo"]);
+        // interfaces coming in get no IPv6; lo keeps it
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            let v6 = run_in(p.clone(), || {
+                Ok((
+                    std::fs::read_to_string("/proc/sys/net/ipv6/conf/default/disable_ipv6")?,
+                    std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")?,
+                ))
+            })
+            .await
+            .unwrap();
+            assert_eq!((v6.0.trim(), v6.1.trim()), ("1", "0"));
+        }
         // this thread did not move
         assert_eq!(
             std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
