@@ -258,36 +258,12 @@ fn two_containers_on_a_user_network_talk_by_name() {
         "-c",
         HTTPD,
     ]);
-    let out = node.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "app",
-        &img,
-        "wget",
-        "-qO-",
-        "http://web/",
-    ]);
-    assert_eq!(out.trim(), "hello-web1");
-    let out = node.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "app",
-        &img,
-        "wget",
-        "-qO-",
-        "http://www/",
-    ]);
-    assert_eq!(out.trim(), "hello-web1");
+    let on_app = |cmd: &[&str]| node.docker_ok(&[&["run", "--rm", "--network", "app", &img][..], cmd].concat());
+    assert_eq!(on_app(&["wget", "-qO-", "http://web/"]).trim(), "hello-web1");
+    assert_eq!(on_app(&["wget", "-qO-", "http://www/"]).trim(), "hello-web1");
     // IPv4-only networks: eth0 without IPv6 (as Docker's), lo with ::1
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        let out = node.docker_ok(&[
-            "run",
-            "--rm",
-            "--network",
-            "app",
-            &img,
+        let out = on_app(&[
             "sh",
             "-c",
             "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 /proc/sys/net/ipv6/conf/lo/disable_ipv6; grep -c eth0 /proc/net/if_inet6 || true",
