@@ -131,6 +131,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(paths.root(), std::fs::Permissions::from_mode(0o711))?;
     let _lock = lock_root(&paths)?;
     let node = node_id(&paths)?;
+    let container_nofile = raise_nofile();
     let hosts = if !a.host.is_empty() {
         a.host.clone()
     } else if !cfg.hosts.is_empty() {
@@ -139,10 +140,34 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
         vec!["unix:///var/run/docker.sock".to_string()]
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run(a, cfg_path, paths, node, hosts))
+    rt.block_on(run(a, cfg_path, paths, node, hosts, container_nofile))
 }
 
-async fn run(a: UpArgs, cfg_path: Option<PathBuf>, paths: Paths, node: String, hosts: Vec<String>) -> anyhow::Result<()> {
+/// Raises the soft open-files limit to the hard one (as Go programs, and so Moby, do):
+/// the runtime holds a connection per running container, the gateway per client. The
+/// services inherit it; the limit it had is returned when raised, for containers.
+fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a local struct
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+        return None;
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return None;
+    }
+    Some(soft)
+}
+
+async fn run(
+    a: UpArgs,
+    cfg_path: Option<PathBuf>,
+    paths: Paths,
+    node: String,
+    hosts: Vec<String>,
+    container_nofile: Option<u64>,
+) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
 
@@ -179,6 +204,9 @@ async fn run(a: UpArgs, cfg_path: Option<PathBuf>, paths: Paths, node: String, h
         }
         if a.debug {
             cmd.env(env::LOG, "debug");
+        }
+        if let Some(n) = container_nofile {
+            cmd.env(env::CONTAINER_NOFILE, n.to_string());
         }
         if *svc == Service::Gateway {
             cmd.env(env::HOSTS, hosts.join(","));

@@ -57,6 +57,7 @@ pub struct Node {
     pub name: String,
     child: Option<Child>,
     pub env: Vec<(String, String)>,
+    nofile: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -67,6 +68,8 @@ pub struct NodeOpts {
     pub env: Vec<(String, String)>,
     /// Keep this root (for restart tests): start on an existing dir.
     pub dir: Option<PathBuf>,
+    /// Start `berth up` with this soft open-files limit (at most the hard one).
+    pub nofile: Option<u64>,
 }
 
 impl Node {
@@ -88,7 +91,7 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env };
+        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile };
         n.boot();
         n
     }
@@ -113,6 +116,19 @@ impl Node {
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(soft) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                    l.rlim_cur = soft.min(l.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn berth up");
         let out = child.stdout.take().unwrap();

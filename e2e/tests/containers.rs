@@ -2,8 +2,8 @@
 //! container, create/start/stop/rm cycles leaving nothing behind, storage-driver
 //! switching and volumes that outlive containers and node restarts.
 
-use berth_e2e::fixtures::node_with_busybox;
-use berth_e2e::{require_root, Node};
+use berth_e2e::fixtures::{node_with_busybox, node_with_busybox_opts};
+use berth_e2e::{require_root, Node, NodeOpts};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -199,4 +199,49 @@ fn restart_policies_apply_when_the_node_restarts() {
     // and they work: exec into one that came back
     assert_eq!(node.docker_ok(&["exec", "always", "echo", "back"]).trim(), "back");
     node.docker_ok(&["rm", "-f", "always", "unless", "unless-stopped-by-hand", "nopolicy"]);
+}
+
+/// The soft and hard open-files limits of a process.
+fn nofile(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let l = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default();
+    let f: Vec<&str> = l.split_whitespace().collect();
+    (f.get(3).unwrap_or(&"").to_string(), f.get(4).unwrap_or(&"").to_string())
+}
+
+/// The node's services run with the hard open-files limit (the runtime keeps a
+/// connection per running container, the gateway one per client); containers keep the
+/// limit the node was started with, and `--ulimit` still sets theirs.
+#[test]
+fn the_node_raises_its_open_files_limit_but_not_its_containers() {
+    require_root!();
+    let (_, hard) = nofile("self");
+    let soft: u64 = 1024;
+    if hard.parse::<u64>().map(|h| h <= soft).unwrap_or(false) {
+        eprintln!("skipped: the hard open-files limit is {hard}");
+        return;
+    }
+    let (node, _reg, img) = node_with_busybox_opts(NodeOpts { nofile: Some(soft), ..Default::default() });
+    assert_eq!(node.docker_ok(&["run", "--rm", &img, "sh", "-c", "ulimit -n"]).trim(), "1024");
+    let ul = node.docker_ok(&["run", "--rm", "--ulimit", "nofile=2048:4096", &img, "sh", "-c", "ulimit -n; ulimit -Hn"]);
+    assert_eq!(ul.split_whitespace().collect::<Vec<_>>(), ["2048", "4096"]);
+    node.docker_ok(&["run", "-d", "--name", "nf", &img, "sleep", "60"]);
+    assert_eq!(node.docker_ok(&["exec", "nf", "sh", "-c", "ulimit -n"]).trim(), "1024");
+    node.docker_ok(&["rm", "-f", "nf"]);
+    // this node's runtime service: soft raised to hard
+    let mark = format!("BERTH_ROOT={}", node.root.display());
+    let runtime = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == "berth-runtime").unwrap_or(false)
+                && std::fs::read(format!("/proc/{p}/environ"))
+                    .map(|e| e.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .expect("the node's runtime service");
+    let (s, h) = nofile(&runtime);
+    assert_eq!(s, h, "the runtime's open-files limit");
 }

@@ -16,6 +16,10 @@ pub const HOSTS: &str = "BERTH_HOSTS";
 pub const LOG: &str = "BERTH_LOG";
 /// Path of the berth-shim binary (runtime service).
 pub const SHIM: &str = "BERTH_SHIM";
+/// The soft open-files limit `berth up` was started with, when it raised its own (and
+/// so its services') to the hard limit: containers still get this one, as before
+/// (the shim reads it under this name).
+pub const CONTAINER_NOFILE: &str = "BERTH_CONTAINER_NOFILE";
 
 /// Standard OpenTelemetry variable: OTLP export is on when it is set.
 pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

@@ -126,7 +126,21 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
+/// The soft open-files limit for containers when the node raised its own (see
+/// `berth_config::env::CONTAINER_NOFILE`): what the node was started with.
+const CONTAINER_NOFILE: &str = "BERTH_CONTAINER_NOFILE";
+
 pub fn set_rlimits(p: &Process) -> CResult<()> {
+    if !p.rlimits.iter().any(|r| r.typ == "RLIMIT_NOFILE") {
+        if let Some(soft) = std::env::var(CONTAINER_NOFILE).ok().and_then(|v| v.parse::<u64>().ok()) {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && soft < lim.rlim_cur {
+                lim.rlim_cur = soft;
+                cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })
+                    .ctx(|| "error setting rlimit type RLIMIT_NOFILE".into())?;
+            }
+        }
+    }
     for r in &p.rlimits {
         let res = rlimit_resource(&r.typ)
             .ok_or_else(|| ChildError::other(format!("unknown rlimit type {:?}", r.typ)))?;
