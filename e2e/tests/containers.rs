@@ -229,19 +229,7 @@ fn the_node_raises_its_open_files_limit_but_not_its_containers() {
     assert_eq!(node.docker_ok(&["exec", "nf", "sh", "-c", "ulimit -n"]).trim(), "1024");
     node.docker_ok(&["rm", "-f", "nf"]);
     // this node's runtime service: soft raised to hard
-    let mark = format!("BERTH_ROOT={}", node.root.display());
-    let runtime = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == "berth-runtime").unwrap_or(false)
-                && std::fs::read(format!("/proc/{p}/environ"))
-                    .map(|e| e.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
-                    .unwrap_or(false)
-        })
-        .expect("the node's runtime service");
+    let runtime = node.service_pid("runtime").expect("the node's runtime service").to_string();
     let (s, h) = nofile(&runtime);
     assert_eq!(s, h, "the runtime's open-files limit");
 }

@@ -254,22 +254,15 @@ pub fn run(bundle: &Path) -> i32 {
 /// the same clock, through a copy of the log's fd that closes at its exec.
 static TRACE: std::sync::OnceLock<(std::time::Instant, RawFd)> = std::sync::OnceLock::new();
 
-struct Trace;
-
-impl Trace {
-    fn new() -> Trace {
-        if std::env::var_os("BERTH_SHIM_TRACE").is_some() {
-            let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
-            let _ = TRACE.set((std::time::Instant::now(), fd));
-        }
-        Trace
-    }
-    fn mark(&self, what: &str) {
-        trace_mark(what);
+/// Starts the trace's clock (when BERTH_SHIM_TRACE is set).
+fn trace_start() {
+    if std::env::var_os("BERTH_SHIM_TRACE").is_some() {
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+        let _ = TRACE.set((std::time::Instant::now(), fd));
     }
 }
 
-/// A phase of the start, when traced (see `Trace`); safe in the forked init.
+/// A phase of the start, when traced (see `TRACE`); safe in the forked init.
 pub(crate) fn trace_mark(what: &str) {
     if let Some((t, fd)) = TRACE.get() {
         let line = format!(
@@ -283,7 +276,7 @@ pub(crate) fn trace_mark(what: &str) {
 }
 
 fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> Result<i32, i32> {
-    let trace = Trace::new();
+    trace_start();
     let fail = |spawn: &Option<OwnedFd>, kind, msg: String| fail(spawn.as_ref(), kind, msg);
     let sock_path = bundle.join("shim.sock");
     let _ = fs::remove_file(&sock_path);
@@ -354,7 +347,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         None => None,
     };
     let host_bounding = caps::host_bounding();
-    trace.mark("cgroup and seccomp ready");
+    trace_mark("cgroup and seccomp ready");
 
     // stdio
     let (child_stdio, parent_pipes) = if tty {
@@ -459,7 +452,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
     });
     drop(sync_child);
     drop(join_pidns);
-    trace.mark("forked");
+    trace_mark("forked");
     let pid = match forked {
         Ok(p) => p,
         Err(e) => {
@@ -493,7 +486,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         }
     };
     drop(sync_parent);
-    trace.mark("exec'd");
+    trace_mark("exec'd");
 
     let log = match &cfg.log_path {
         Some(p) => match LogWriter::open(p, cfg.log_max_size, cfg.log_max_file) {
