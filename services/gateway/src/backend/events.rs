@@ -41,7 +41,18 @@ impl crate::routes::events::Backend for BusBackend {
                 return Ok(());
             }
         }
-        while let Some(m) = msgs.next().await {
+        loop {
+            // the history is in the stream already: a delivery that stalls (seen once
+            // under CI load, after the last event) must not hold the client forever
+            let next = if history_only {
+                match tokio::time::timeout(std::time::Duration::from_secs(2), msgs.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                msgs.next().await
+            };
+            let Some(m) = next else { break };
             let m = m.map_err(|e| BusError::unavailable(format!("events: {e}")))?;
             let pending = m.info().map(|i| i.pending).unwrap_or(0);
             if let Ok(ev) = bus_schema::decode::<Event>(&m.payload) {
