@@ -269,11 +269,13 @@ impl Runtime {
     }
 
     /// On SIGTERM without live-restore: stop every container (their stop signal, a
-    /// short grace, then SIGKILL) so the node stops within its 10 s budget.
+    /// short grace, then SIGKILL) so the node stops within its 10 s budget. With
+    /// live-restore, or when `berth up` is gone or hands over to a new instance
+    /// (detached), containers keep running for the next instance to adopt.
     pub async fn shutdown(self: &Arc<Self>) {
         // removals answered already but still giving back (`--rm`) finish first
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.write()).await;
-        if self.cfg.live_restore {
+        if self.cfg.live_restore || berth_bus::service::detached() {
             return;
         }
         let mut tasks = Vec::new();
