@@ -81,7 +81,12 @@ pub fn down(t: Target) -> anyhow::Result<()> {
     let Some((_, st)) = running(t)? else { return Ok(()) };
     unsafe { libc::kill(st.pid as i32, libc::SIGTERM) };
     let t0 = Instant::now();
-    while unsafe { libc::kill(st.pid as i32, 0) } == 0 {
+    // gone, or a zombie its parent has yet to reap
+    let alive = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        !stat.is_empty() && stat.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')).unwrap_or(true)
+    };
+    while alive(st.pid) {
         if t0.elapsed() > Duration::from_secs(120) {
             bail!("berth up (pid {}) did not stop within 120 s", st.pid);
         }

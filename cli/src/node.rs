@@ -730,35 +730,44 @@ async fn start(
     };
     let admin = connect_admin(&sup.nats_url, &sup.creds_dir, &sup.node).await?;
     ensure_event_stream(&admin).await;
-    for svc in Service::BACKENDS.into_iter().chain([Service::Gateway]) {
+    let t0 = Instant::now();
+    let hosts = sup.hosts();
+    let sock = hosts.iter().find_map(|h| h.strip_prefix("unix://").map(PathBuf::from));
+    // The services, then (once they all answer) the gateway: the API's first request
+    // (with socket activation, the one that started the node, waiting in the socket's
+    // queue) finds every service there.
+    for svc in Service::BACKENDS {
         let mut p = Proc::new(svc.name(), sup.recipe(svc));
         spawn(&mut p, &sup.paths, true)?;
         sup.procs.push(p);
     }
     sup.write_state();
-
-    // Ready when every service answers and the API answers /_ping.
-    let t0 = Instant::now();
-    let hosts = sup.hosts();
-    let sock = hosts.iter().find_map(|h| h.strip_prefix("unix://").map(PathBuf::from));
+    let mut gateway_started = false;
     loop {
         for p in sup.procs.iter_mut() {
             if reap(p).is_some() {
                 bail!("{} exited during start-up; see {}", p.name, sup.paths.logs().join(format!("{}.log", p.name)).display());
             }
         }
-        let services_ok = services_healthy(&admin).await.iter().all(|(_, ok)| *ok);
-        let api_ok = match &sock {
-            Some(s) => ping_socket(s).await,
-            None => true,
-        };
-        if services_ok && api_ok {
+        if !gateway_started && services_healthy(&admin).await.iter().all(|(_, ok)| *ok) {
+            let mut p = Proc::new(Service::Gateway.name(), sup.recipe(Service::Gateway));
+            spawn(&mut p, &sup.paths, true)?;
+            sup.procs.push(p);
+            sup.write_state();
+            gateway_started = true;
+        }
+        if gateway_started
+            && match &sock {
+                Some(s) => ping_socket(s).await,
+                None => true,
+            }
+        {
             break;
         }
         if t0.elapsed() > Duration::from_secs(60) {
             bail!("the node did not become ready within 60 s; see {}", sup.paths.logs().display());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!(
         "berth node {} ready in {:.2}s on {} (root {})",

@@ -231,6 +231,36 @@ impl Node {
         self.state()["services"][name].as_i64().map(|p| p as i32)
     }
 
+    /// What the node's containers hold on the host: mounts under the root (but the
+    /// network service's own netns directory), berth-shim processes of this root, and
+    /// cgroups under the node's cgroup parent. Empty once every container is gone.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let rs = self.root.to_string_lossy().to_string();
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for m in mi.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
+                out.push(format!("mount {m}"));
+            }
+        }
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("berth-shim") && cmd.contains(&rs) {
+                out.push(format!("shim {cmd}"));
+            }
+        }
+        let parent = format!("berth-e2e-{}", self.name);
+        for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+            if let Ok(rd) = std::fs::read_dir(Path::new(base).join(&parent)) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        out
+    }
+
     /// The tail of every log of the node, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

@@ -129,6 +129,57 @@ fn containers_outlive_a_killed_node_and_the_next_node_adopts_them() {
     wait_for("the veths to go", || veths_on_bridge(&node) == 0);
 }
 
+/// Whether `pid` runs `cmd` (not a zombie).
+fn runs(pid: i32, cmd: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !stat.rsplit_once(") ").is_none_or(|(_, r)| r.starts_with('Z')) && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd
+}
+
+/// Issue 14's case: two `sleep` containers, `berth up` SIGKILLed. Their processes run
+/// on with no node; the next `berth up` on the root lists them running, execs in one
+/// and `docker stop` stops it (137, as Docker: sleep ignores SIGTERM as pid 1); its
+/// orderly stop (no live-restore, the default) stops the other, as dockerd does; then
+/// nothing of the containers is left on the host and no process of the root runs.
+#[test]
+fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
+    require_root!();
+    let (mut node, _reg, img) = node_with_busybox();
+    let mut pids = Vec::new();
+    for n in ["s1", "s2"] {
+        node.docker_ok(&["run", "-d", "--name", n, &img, "sleep", "600"]);
+        pids.push(node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", n]).trim().parse::<i32>().unwrap());
+    }
+    assert!(pids.iter().all(|p| runs(*p, "sleep 600")), "{pids:?}");
+    let services: Vec<i32> = processes_of_root(&node.root).into_iter().filter(|(_, c)| c != "berth-shim").map(|(p, _)| p).collect();
+
+    node.kill();
+    wait_for("the killed node's services to exit", || services.iter().all(|p| unsafe { libc::kill(*p, 0) } != 0));
+    assert!(pids.iter().all(|p| runs(*p, "sleep 600")), "the containers run on with no node\n{}", node.logs());
+
+    node.boot();
+    one_set_of_services(&node);
+    let ps = node.docker_ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    for n in ["s1", "s2"] {
+        assert!(ps.lines().any(|l| l.starts_with(&format!("{n} Up "))), "{n} in docker ps:\n{ps}");
+    }
+    for (n, p) in ["s1", "s2"].iter().zip(&pids) {
+        assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", n]).trim(), p.to_string(), "{n}: the same process");
+    }
+    assert_eq!(node.docker_ok(&["exec", "s1", "echo", "adopted"]).trim(), "adopted");
+    node.docker_ok(&["stop", "-t", "1", "s1"]);
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "s1"]).trim(), "exited 137");
+    assert!(!runs(pids[0], "sleep 600"));
+    assert!(runs(pids[1], "sleep 600"), "stopping one stopped the other");
+
+    let st = node.shutdown();
+    assert!(st.is_some_and(|s| s.success()), "berth up's orderly stop: {st:?}\n{}", node.logs());
+    assert!(!runs(pids[1], "sleep 600"), "an orderly stop without live-restore stops the adopted container");
+    assert_eq!(node.leftovers(), Vec::<String>::new());
+    assert_eq!(processes_of_root(&node.root), vec![], "processes of the root after the stop");
+    assert!(!std::path::Path::new(&format!("/sys/class/net/be{}", node.name)).exists(), "the node's bridge after the stop");
+}
+
 /// `live-restore: true`: an orderly stop (SIGTERM, as `systemctl stop`) leaves the
 /// containers running and the next node adopts them, logs complete. Without it (the
 /// default, `restart_policies_apply_when_the_node_restarts` in containers.rs) the stop
