@@ -141,6 +141,8 @@ fn runs(pid: i32, cmd: &str) -> bool {
 /// and `docker stop` stops it (137, as Docker: sleep ignores SIGTERM as pid 1); its
 /// orderly stop (no live-restore, the default) stops the other, as dockerd does; then
 /// nothing of the containers is left on the host and no process of the root runs.
+/// Two more exit while there is no node (told to through a file the test writes in
+/// their root): the next node records the exit code of one and removes the `--rm` one.
 #[test]
 fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
     require_root!();
@@ -151,11 +153,20 @@ fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
         pids.push(node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", n]).trim().parse::<i32>().unwrap());
     }
     assert!(pids.iter().all(|p| runs(*p, "sleep 600")), "{pids:?}");
+    const ON_GO: &str = "while [ ! -e /go ]; do sleep 0.05; done; exit 3";
+    node.docker_ok(&["run", "-d", "--name", "exits", &img, "sh", "-c", ON_GO]);
+    node.docker_ok(&["run", "-d", "--rm", "--name", "exits-rm", &img, "sh", "-c", ON_GO]);
+    let exiting: Vec<i32> =
+        ["exits", "exits-rm"].iter().map(|n| node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", n]).trim().parse().unwrap()).collect();
     let services: Vec<i32> = processes_of_root(&node.root).into_iter().filter(|(_, c)| c != "berth-shim").map(|(p, _)| p).collect();
 
     node.kill();
     wait_for("the killed node's services to exit", || services.iter().all(|p| unsafe { libc::kill(*p, 0) } != 0));
     assert!(pids.iter().all(|p| runs(*p, "sleep 600")), "the containers run on with no node\n{}", node.logs());
+    for p in &exiting {
+        std::fs::write(format!("/proc/{p}/root/go"), "").unwrap();
+    }
+    wait_for("the containers told to exit to exit", || exiting.iter().all(|p| !runs(*p, &format!("sh -c {ON_GO}"))));
 
     node.boot();
     one_set_of_services(&node);
@@ -167,6 +178,12 @@ fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
         assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", n]).trim(), p.to_string(), "{n}: the same process");
     }
     assert_eq!(node.docker_ok(&["exec", "s1", "echo", "adopted"]).trim(), "adopted");
+    // the one that exited with no node: its exit recorded, the --rm one gone
+    wait_for("the exit with no node to be recorded", || {
+        node.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "exits"]).trim() == "exited 3"
+    });
+    wait_for("the --rm container to be removed", || !node.docker(&["inspect", "exits-rm"]).status.success());
+    node.docker_ok(&["rm", "exits"]);
     node.docker_ok(&["stop", "-t", "1", "s1"]);
     assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "s1"]).trim(), "exited 137");
     assert!(!runs(pids[0], "sleep 600"));
@@ -175,7 +192,7 @@ fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
     let st = node.shutdown();
     assert!(st.is_some_and(|s| s.success()), "berth up's orderly stop: {st:?}\n{}", node.logs());
     assert!(!runs(pids[1], "sleep 600"), "an orderly stop without live-restore stops the adopted container");
-    assert_eq!(node.leftovers(), Vec::<String>::new());
+    assert_eq!(node.leftovers(), Vec::<String>::new(), "{}", node.logs());
     assert_eq!(processes_of_root(&node.root), vec![], "processes of the root after the stop");
     assert!(!std::path::Path::new(&format!("/sys/class/net/be{}", node.name)).exists(), "the node's bridge after the stop");
 }
