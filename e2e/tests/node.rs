@@ -147,6 +147,19 @@ fn runs(pid: i32, cmd: &str) -> bool {
 fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
     require_root!();
     let (mut node, _reg, img) = node_with_busybox();
+    // what the node holds with no container: layer directories, container records
+    let held = |node: &Node| -> Vec<String> {
+        ["storage/overlay2", "runtime/containers", "runtime/b", "network/netns"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(node.root.join(d)).into_iter().flatten().flatten().map(move |e| format!("{d}/{}", e.file_name().to_string_lossy())))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    // the image's init layer, shared by its containers, stays with the image
+    node.docker_ok(&["run", "--rm", &img, "true"]);
+    wait_for("--rm to give back", || !held(&node).iter().any(|h| h.starts_with("runtime/b/")));
+    let held_before = held(&node);
     let mut pids = Vec::new();
     for n in ["s1", "s2"] {
         node.docker_ok(&["run", "-d", "--name", n, &img, "sleep", "600"]);
@@ -195,6 +208,12 @@ fn a_killed_nodes_sleep_containers_are_adopted_stopped_and_leave_nothing() {
     assert_eq!(node.leftovers(), Vec::<String>::new(), "{}", node.logs());
     assert_eq!(processes_of_root(&node.root), vec![], "processes of the root after the stop");
     assert!(!std::path::Path::new(&format!("/sys/class/net/be{}", node.name)).exists(), "the node's bridge after the stop");
+    // and the records say so: removing them gives back the rest
+    node.boot();
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "s2"]).trim(), "exited");
+    node.docker_ok(&["rm", "s1", "s2"]);
+    assert_eq!(held(&node), held_before, "layers, records, namespaces of removed containers\n{}", node.logs());
+    assert_eq!(node.leftovers(), Vec::<String>::new());
 }
 
 /// `live-restore: true`: an orderly stop (SIGTERM, as `systemctl stop`) leaves the

@@ -194,13 +194,21 @@ impl Runtime {
     /// run, record the exits of those that ended meanwhile, finish interrupted
     /// removals, and start containers whose restart policy says so.
     pub async fn recover(self: &Arc<Self>) {
+        let mut others_ready = false;
         for e in self.load() {
             let c = e.get();
+            // giving back (below) needs the storage and network services, which may
+            // still be starting with this one (a node started again)
+            let gives_back = c.state.status == state::Status::Removing || c.state.running() || c.state.status == state::Status::Restarting;
+            if gives_back && !others_ready {
+                self.wait_for_give_back_services().await;
+                others_ready = true;
+            }
             match c.state.status {
                 state::Status::Removing => {
                     // an interrupted removal (`--rm` gives back in the background)
                     e.update(|c| c.state.status = state::Status::Dead);
-                    let _ = self.give_back_request(&bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
+                    let _ = self.bus.request(&bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
                     let anon = c.host_config.auto_remove.unwrap_or(false);
                     self.remove_entry(&e, anon).await;
                 }
@@ -264,6 +272,17 @@ impl Runtime {
                         });
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits (up to 30 s in all) until the storage and network services answer.
+    async fn wait_for_give_back_services(&self) {
+        let t0 = std::time::Instant::now();
+        let bus = self.bus.with_timeout(Duration::from_millis(500));
+        for svc in [Service::Storage, Service::Network] {
+            while bus.request_system(svc, &bus_schema::system::ServicePing {}).await.is_err() && t0.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
