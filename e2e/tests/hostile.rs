@@ -129,16 +129,6 @@ fn docker_cp_never_escapes_a_racing_container() {
 
     let err_of = |o: &std::process::Output| if o.status.success() { String::new() } else { String::from_utf8_lossy(&o.stderr).trim().to_string() };
 
-    // 1. docker cp FILE c:/w/ (lands in /w, or in the container's / through the link)
-    let t = Instant::now();
-    let (esc_write, ok, err) = spread(n, || {
-        let o = node.docker(&["cp", src.to_str().unwrap(), "racer:/w/"]);
-        // an escape made the file at the host's /; whoever removes it counts it
-        let esc = std::fs::remove_file(&written[0]).is_ok() as usize;
-        (esc, o.status.success() as usize, err_of(&o))
-    });
-    report.push(format!("cp FILE c:/w/: {esc_write} escapes in {n} tries ({ok} succeeded; a failure: {err}) in {:.1} s", t.elapsed().as_secs_f64()));
-
     // 2. docker cp c:/w/etc/shadow - : never the host's shadow
     let t = Instant::now();
     let (esc_read, ok, err) = spread(n, || {
@@ -156,6 +146,17 @@ fn docker_cp_never_escapes_a_racing_container() {
         (esc, o.status.success() as usize, err_of(&o))
     });
     report.push(format!("cp -L c:/lnk -: {esc_follow} escapes in {n} tries ({ok} succeeded; a failure: {err}) in {:.1} s", t.elapsed().as_secs_f64()));
+
+    // 1. (after the reads: an extraction that lands while /w is missing makes /w again and
+    // the loop then nests /wd in it) docker cp FILE c:/w/ (lands in /w, or in the container's / through the link)
+    let t = Instant::now();
+    let (esc_write, ok, err) = spread(n, || {
+        let o = node.docker(&["cp", src.to_str().unwrap(), "racer:/w/"]);
+        // an escape made the file at the host's /; whoever removes it counts it
+        let esc = std::fs::remove_file(&written[0]).is_ok() as usize;
+        (esc, o.status.success() as usize, err_of(&o))
+    });
+    report.push(format!("cp FILE c:/w/: {esc_write} escapes in {n} tries ({ok} succeeded; a failure: {err}) in {:.1} s", t.elapsed().as_secs_f64()));
 
     // 4. PUT /containers/{id}/archive?path=/w&noOverwriteDirNonDir=true
     let t = Instant::now();
