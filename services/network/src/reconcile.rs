@@ -94,7 +94,9 @@ impl NetworkService {
                         tracing::info!(link = %l.name, "removing a bridge no network records");
                         let _ = self.k.links.delete(&l.name).await;
                     }
-                } else if (ours || l.master.is_some_and(|m| bridge_idx.contains_key(&m)))
+                } else if (ours
+                    || (l.master.is_some_and(|m| bridge_idx.contains_key(&m))
+                        && crate::config::marked_by(l.alias.as_deref()).is_none()))
                     && !known_veths.contains(&l.name)
                 {
                     tracing::info!(link = %l.name, "removing a veth no sandbox records");
@@ -227,7 +229,7 @@ impl NetworkService {
             self.sync_forward(Vec::new()).await;
         }
         for n in st.networks.values().filter(|n| n.is_bridge()) {
-            let _ = self.k.links.delete(&n.bridge).await;
+            self.delete_bridge(&n.bridge).await;
         }
     }
 }
