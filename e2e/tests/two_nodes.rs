@@ -1,8 +1,9 @@
 //! Two nodes on one host, both on berth's defaults (no `bridge`, no `cgroup-parent`
 //! in daemon.json): each gets a bridge, a subnet, a firewall table and a cgroup
 //! parent of its own, and each starts, stops and removes containers, stops and starts
-//! again while the other's containers keep running and answering. A node told to use
-//! a bridge another node owns refuses to start and names that node.
+//! again while the other's containers keep running and answering; after both stop,
+//! neither left a link, a table, a FORWARD rule or a mount. A node told to use a
+//! bridge another node owns refuses to start and names that node.
 
 use berth_e2e::fixtures::{pull_busybox, Registry};
 use berth_e2e::{require_root, Node, NodeOpts};
@@ -62,7 +63,7 @@ fn two_default_nodes_on_one_host_run_containers_through_each_others_start_and_st
     require_root!();
     let berth0_was_free = !std::path::Path::new("/sys/class/net/berth0").exists();
     let reg = Registry::start();
-    let a = default_node(&reg);
+    let mut a = default_node(&reg);
     let mut b = default_node(&reg);
     let img = pull_busybox(&a, &reg);
     pull_busybox(&b, &reg);
@@ -117,13 +118,50 @@ fn two_default_nodes_on_one_host_run_containers_through_each_others_start_and_st
     let b_web = published(&b, "web2");
     let b_ports = ports_of(&brb);
     a.docker_ok(&["run", "--rm", &img, "true"]);
-    a.docker_ok(&["rm", "-f", "web"]);
     assert_eq!(get(&b_web), "hello-web-b2");
-    drop(a);
+    // A stops: B keeps serving, A leaves nothing
+    a.docker_ok(&["rm", "-f", "web"]);
+    let (id_a, root_a) = (node_id(&a), a.root.clone());
+    a.shutdown();
+    assert_eq!(leftovers(&id_a, &bra, &root_a), Vec::<String>::new());
     assert!(std::path::Path::new(&format!("/sys/class/net/{brb}")).exists());
     assert_eq!(ports_of(&brb), b_ports);
     assert_eq!(get(&b_web), "hello-web-b2");
     b.docker_ok(&["rm", "-f", "web2"]);
+    let (id_b, root_b) = (node_id(&b), b.root.clone());
+    b.shutdown();
+    assert_eq!(leftovers(&id_b, &brb, &root_b), Vec::<String>::new());
+    drop(a);
+}
+
+/// What a stopped node left on the host: links it marked (`berth:<node>`), its
+/// bridge, its nft table, FORWARD rules with its table's name as comment, mounts
+/// under its root.
+fn leftovers(node: &str, bridge: &str, root: &std::path::Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let mark = format!("berth:{node}");
+    for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let alias = std::fs::read_to_string(e.path().join("ifalias")).unwrap_or_default();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if alias.trim() == mark || name == bridge {
+            left.push(format!("link {name}"));
+        }
+    }
+    let table = format!("berth_{node}");
+    if nft_has(&table) {
+        left.push(format!("nft table {table}"));
+    }
+    let fwd = Command::new("iptables").args(["-w", "-S", "FORWARD"]).output().unwrap();
+    for l in String::from_utf8_lossy(&fwd.stdout).lines().filter(|l| l.contains(&table)) {
+        left.push(format!("rule {l}"));
+    }
+    let root = root.to_string_lossy().into_owned();
+    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        if let Some(m) = l.split(' ').nth(4).filter(|m| m.starts_with(&root)) {
+            left.push(format!("mount {m}"));
+        }
+    }
+    left
 }
 
 #[test]
