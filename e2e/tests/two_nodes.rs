@@ -50,6 +50,18 @@ fn get(addr: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// GET / once the container's httpd listens (it starts after `run -d` returns).
+fn get_when_up(addr: &str) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let body = get(addr);
+        if !body.is_empty() || t.elapsed() > std::time::Duration::from_secs(20) {
+            return body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn published(n: &Node, c: &str) -> String {
     n.docker_ok(&["port", c, "80"]).lines().next().unwrap().trim().to_string()
 }
@@ -84,11 +96,11 @@ fn two_default_nodes_on_one_host_run_containers_through_each_others_start_and_st
     // A serves; B runs and removes containers beside it
     a.docker_ok(&["run", "-d", "--name", "web", "--hostname", "web-a", "-p", "127.0.0.1::80", &img, "sh", "-c", HTTPD]);
     let a_web = published(&a, "web");
-    assert_eq!(get(&a_web), "hello-web-a");
+    assert_eq!(get_when_up(&a_web), "hello-web-a");
     let a_ports = ports_of(&bra);
     assert_eq!(a_ports.len(), 1);
     b.docker_ok(&["run", "-d", "--name", "web", "--hostname", "web-b", "-p", "127.0.0.1::80", &img, "sh", "-c", HTTPD]);
-    assert_eq!(get(&published(&b, "web")), "hello-web-b");
+    assert_eq!(get_when_up(&published(&b, "web")), "hello-web-b");
     let (cga, cgb) = (cgroup_of(&a, "web"), cgroup_of(&b, "web"));
     let parent = |cg: &str| cg.rsplit_once('/').unwrap().0.to_string();
     assert_ne!(parent(&cga), parent(&cgb), "{cga} / {cgb}");
@@ -116,6 +128,7 @@ fn two_default_nodes_on_one_host_run_containers_through_each_others_start_and_st
     // the other way round: A starts and stops containers, then stops, while B serves
     b.docker_ok(&["run", "-d", "--name", "web2", "--hostname", "web-b2", "-p", "127.0.0.1::80", &img, "sh", "-c", HTTPD]);
     let b_web = published(&b, "web2");
+    assert_eq!(get_when_up(&b_web), "hello-web-b2");
     let b_ports = ports_of(&brb);
     a.docker_ok(&["run", "--rm", &img, "true"]);
     assert_eq!(get(&b_web), "hello-web-b2");
