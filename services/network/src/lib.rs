@@ -85,11 +85,14 @@ fn follow_runtime(bus: Bus, svc: Arc<NetworkService>) {
     tokio::spawn(async move {
         let mut suspects = std::collections::BTreeMap::new();
         let mut wait = Duration::from_secs(1);
+        let mut failed = 0u32;
         loop {
             tokio::time::sleep(wait).await;
             wait = SWEEP_EVERY;
-            let Some(svc) = svc.upgrade() else { return };
-            if !svc.has_sandboxes().await {
+            let Some(strong) = svc.upgrade() else { return };
+            let any = strong.has_sandboxes().await;
+            drop(strong);
+            if !any {
                 suspects.clear();
                 continue;
             }
@@ -102,11 +105,18 @@ fn follow_runtime(bus: Bus, svc: Arc<NetworkService>) {
             let running: BTreeSet<String> = match bus.request(&list).await {
                 Ok(l) => l.into_iter().filter_map(|c| c.id).collect(),
                 Err(e) => {
-                    tracing::debug!(error = %e, "the runtime did not list its containers: no sweep");
+                    // at a node's start the runtime may not serve yet: said once it
+                    // has not answered for a while (a refused permission, a runtime down)
+                    failed += 1;
+                    if failed == 4 {
+                        tracing::warn!(error = %e, "the runtime does not list its containers: no sweep");
+                    }
                     wait = SWEEP_SOON;
                     continue;
                 }
             };
+            failed = 0;
+            let Some(svc) = svc.upgrade() else { return };
             suspects = svc.sweep(&running, suspects, SWEEP_GRACE).await;
             if !suspects.is_empty() {
                 wait = SWEEP_SOON;
