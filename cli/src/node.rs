@@ -746,7 +746,11 @@ async fn start(
     loop {
         for p in sup.procs.iter_mut() {
             if reap(p).is_some() {
-                bail!("{} exited during start-up; see {}", p.name, sup.paths.logs().join(format!("{}.log", p.name)).display());
+                let log = sup.paths.logs().join(format!("{}.log", p.name));
+                // the service's own words first (`Error: ...`, e.g. a bridge another node owns)
+                let last = std::fs::read_to_string(&log).unwrap_or_default();
+                let why = last.lines().rev().find(|l| l.starts_with("Error: ")).unwrap_or("").trim_start_matches("Error: ");
+                bail!("{} exited during start-up: {why}; see {}", p.name, log.display());
             }
         }
         if !gateway_started && services_healthy(&admin).await.iter().all(|(_, ok)| *ok) {
