@@ -387,7 +387,7 @@ impl Runtime {
             let auto_remove = c.host_config.auto_remove.unwrap_or(false);
             if !auto_remove {
                 let (net, layer) = (SandboxRemove { container_id: c.id.clone() }, RwLayerUnmount { id: c.id.clone() });
-                let _ = tokio::join!(self.give_back_request(&net), self.give_back_request(&layer));
+                let _ = tokio::join!(self.bus.request(&net), self.bus.request(&layer));
             }
             e.set_shim(None);
             e.update(|c| {
@@ -650,25 +650,6 @@ impl Runtime {
         e.signal(|l| l.removed = true);
     }
 
-    /// A request giving back what an exited container held (its sandbox, its layer's
-    /// mount), retried while the service holding it does not answer (Unavailable) for
-    /// up to 30 s: a node started again finds containers that exited while it was down
-    /// before its network and storage services serve, and a service may be restarting.
-    /// The give-backs are idempotent.
-    pub(crate) async fn give_back_request<R: bus_schema::Rpc>(&self, req: &R) -> Result<R::Reply, BusError> {
-        let t0 = std::time::Instant::now();
-        let mut delay = Duration::from_millis(20);
-        loop {
-            match self.bus.request(req).await {
-                Err(err) if err.kind == ErrorKind::Unavailable && t0.elapsed() < Duration::from_secs(30) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                r => return r,
-            }
-        }
-    }
-
     /// `--rm` after the exit: the container is gone for the API at once (record
     /// marked Removing on disk, forgotten, anonymous volumes and sandbox removed,
     /// `destroy`, waiters answered), and its layers and files are given back in the
@@ -694,7 +675,7 @@ impl Runtime {
         crate::mounts::release(self, &c.id, &c.mounts, true).await;
         // the network goes before the answer too: a node stopped right after must not
         // find the sandbox still there (its table and FORWARD rules would stay)
-        let _ = self.give_back_request(&SandboxRemove { container_id: c.id.clone() }).await;
+        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
