@@ -56,6 +56,8 @@ pub struct NodeState {
 struct Proc {
     name: String,
     child: Option<Child>,
+    /// The running child's pid (the child forgets it once reaped).
+    pid: u32,
     started: Instant,
     restarts: u32,
     total_restarts: u32,
@@ -182,7 +184,7 @@ async fn run(
             let conf = crate::nats::write_config(&paths.bus(), port, &node)?;
             let mut cmd = Command::new(crate::nats::nats_server_bin()?);
             cmd.arg("-c").arg(&conf);
-            let mut p = Proc { name: "nats-server".into(), child: None, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
+            let mut p = Proc { name: "nats-server".into(), child: None, pid: 0, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
             spawn(&mut p, &mut cmd, &paths)?;
             (format!("nats://127.0.0.1:{port}"), Some(paths.bus().join("creds")), Some((p, cmd)))
         }
@@ -211,7 +213,7 @@ async fn run(
         if *svc == Service::Gateway {
             cmd.env(env::HOSTS, hosts.join(","));
         }
-        let mut p = Proc { name: svc.name().into(), child: None, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
+        let mut p = Proc { name: svc.name().into(), child: None, pid: 0, started: Instant::now(), restarts: 0, total_restarts: 0, next_start: None };
         spawn(&mut p, &mut cmd, &paths)?;
         procs.push((p, cmd));
     }
@@ -255,10 +257,13 @@ async fn run(
             _ = tick.tick() => {
                 let mut changed = false;
                 if let Some((p, cmd)) = nats.as_mut() {
-                    changed |= supervise(p, cmd, &paths);
+                    changed |= supervise(p, cmd, &paths).is_some();
                 }
                 for (p, cmd) in procs.iter_mut() {
-                    changed |= supervise(p, cmd, &paths);
+                    if let Some(pid) = supervise(p, cmd, &paths) {
+                        changed = true;
+                        announce_exit(&admin, &node, &p.name, pid).await;
+                    }
                 }
                 if changed {
                     write_state(&paths, &node, &nats_url, &hosts, &nats, &procs);
@@ -307,6 +312,7 @@ fn spawn(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> anyhow::Result<()> {
         });
     }
     let child = cmd.spawn().with_context(|| format!("starting {}", p.name))?;
+    p.pid = child.id().unwrap_or(0);
     p.child = Some(child);
     p.started = Instant::now();
     Ok(())
@@ -320,8 +326,9 @@ fn exited(p: &mut Proc) -> bool {
 }
 
 /// Restart a process that died: at once the first time, then with doubling delays
-/// up to 5 s; the delay resets after 30 s of good health.
-fn supervise(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> bool {
+/// up to 5 s; the delay resets after 30 s of good health. Some(pid) when it found the
+/// process dead, Some(0) when it restarted it.
+fn supervise(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> Option<u32> {
     if let Some(at) = p.next_start {
         if Instant::now() >= at {
             p.next_start = None;
@@ -332,11 +339,11 @@ fn supervise(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> bool {
                     p.next_start = Some(Instant::now() + Duration::from_secs(1));
                 }
             }
-            return true;
+            return Some(0);
         }
-        return false;
+        return None;
     }
-    let Some(c) = p.child.as_mut() else { return false };
+    let Some(c) = p.child.as_mut() else { return None };
     if let Ok(Some(status)) = c.try_wait() {
         if p.started.elapsed() > Duration::from_secs(30) {
             p.restarts = 0;
@@ -347,9 +354,21 @@ fn supervise(p: &mut Proc, cmd: &mut Command, paths: &Paths) -> bool {
         eprintln!("berth: {} exited ({status}); restarting in {:?}", p.name, delay);
         p.child = None;
         p.next_start = Some(Instant::now() + delay);
-        return true;
+        return Some(p.pid);
     }
-    false
+    None
+}
+
+/// Tell the node that a service's instance is gone: requests and streams it served
+/// fail at once (see berth_bus's liveness). Published before the next instance starts.
+async fn announce_exit(admin: &Bus, node: &str, name: &str, pid: u32) {
+    let Some(service) = Service::from_name(name).filter(|_| pid != 0) else { return };
+    let n = bus_schema::system::ServiceExited { service, node: node.to_string(), pid, at_mono_ns: berth_bus::mono_ns() };
+    let subject = bus_schema::subject::instance_subject(node, service, bus_schema::subject::InstanceEvent::Exited);
+    if let Ok(b) = bus_schema::encode(&n) {
+        // no flush: with the bus down it would wait, and this loop restarts the bus
+        let _ = admin.client().publish(subject, b.into()).await;
+    }
 }
 
 async fn stop(p: &mut Proc, grace: Duration) {

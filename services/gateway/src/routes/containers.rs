@@ -297,7 +297,14 @@ async fn logs<B: Backend>(
     let tty = info.tty;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
-            let Ok(c) = item else { return };
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    // headers are gone: cut the body short, the client sees the error
+                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                    return;
+                }
+            };
             let bytes = if tty {
                 c.data
             } else {
