@@ -172,17 +172,24 @@ fn runtime_killed_under_exec_logs_stop_and_run() {
     node.docker_ok(&["run", "-d", "--name", "sleeper", &img, "sleep", "1000"]);
     std::thread::sleep(Duration::from_millis(300));
 
+    const GONE: &str = "the runtime service exited";
     let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["exec", "tick", "sleep", "3"]);
     assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
     let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["logs", "-f", "tick"]);
     assert!(text(&o.stdout).starts_with("line-0\n"), "logs -f printed the log before the fault");
-    kill_under(&node, "runtime", false, Duration::from_millis(500), &["stop", "-t", "3", "sleeper"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(&format!("error from daemon in stream: {GONE}")), "{}", text(&o.stderr));
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["stop", "-t", "3", "sleeper"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
     // the stop either happened or did not: inspect tells, and a second stop finishes it
     let st = node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "sleeper"]);
     assert!(["running", "exited"].contains(&st.trim()), "{st}");
     node.docker_ok(&["stop", "-t", "1", "sleeper"]);
     let o = kill_under(&node, "runtime", false, Duration::from_millis(700), &["run", "--name", "att", &img, "sh", "-c", "echo hi; sleep 2"]);
     assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
     node.docker_ok(&["inspect", "att"]);
     assert_log_intact(&node, "tick");
     assert_clean(&node);
@@ -198,11 +205,19 @@ fn bus_killed_under_exec_logs_stop_and_run() {
     node.docker_ok(&["run", "-d", "--name", "sleeper", &img, "sleep", "1000"]);
     std::thread::sleep(Duration::from_millis(300));
 
-    kill_under(&node, "nats-server", false, Duration::from_millis(500), &["exec", "tick", "sleep", "3"]);
-    kill_under(&node, "nats-server", false, Duration::from_millis(500), &["logs", "-f", "tick"]);
-    kill_under(&node, "nats-server", false, Duration::from_millis(500), &["stop", "-t", "3", "sleeper"]);
+    const LOST: &str = "the bus connection was lost";
+    for args in [
+        &["exec", "tick", "sleep", "3"][..],
+        &["logs", "-f", "tick"],
+        &["stop", "-t", "3", "sleeper"],
+        &["run", "--name", "att", &img, "sh", "-c", "echo hi; sleep 2"],
+    ] {
+        let o = kill_under(&node, "nats-server", false, Duration::from_millis(600), args);
+        // an error that says what happened (it used to be silence for 30 s, or an exit 0)
+        assert!(!o.status.success(), "docker {args:?}: {}", text(&o.stdout));
+        assert!(text(&o.stderr).contains(LOST), "docker {args:?}: {}", text(&o.stderr));
+    }
     node.docker_ok(&["stop", "-t", "1", "sleeper"]);
-    kill_under(&node, "nats-server", false, Duration::from_millis(700), &["run", "--name", "att", &img, "sh", "-c", "echo hi; sleep 2"]);
     node.docker_ok(&["inspect", "att"]);
     // a new container works end to end after the bus came back
     assert_eq!(node.docker_ok(&["run", "--rm", &img, "echo", "after"]).trim(), "after");

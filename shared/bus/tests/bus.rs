@@ -274,14 +274,13 @@ async fn a_request_fails_when_its_instance_exits() {
     })
     .await;
     let b2 = b.clone();
-    let t0 = std::time::Instant::now();
     let pending = tokio::spawn(async move { b2.request(&TestSlow {}).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     announce_exit(&b, Service::Network).await;
+    // without liveness the request is answered (Ok) once the handler is done
     let e = pending.await.unwrap().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert!(e.message.contains("network service exited"), "{e}");
-    assert!(t0.elapsed() < Duration::from_millis(1000), "took {:?}", t0.elapsed());
     // the notice is about the past: a later request is answered
     b.request(&TestSlow {}).await.unwrap();
     // a notice about another service does not touch it
@@ -316,7 +315,8 @@ async fn streams_end_when_either_instance_exits() {
     let reader = tokio::spawn(async move { (rd.next().await, rd) });
     tokio::time::sleep(Duration::from_millis(100)).await;
     announce_exit(&b, Service::Storage).await;
-    let (got, _rd) = tokio::time::timeout(Duration::from_secs(1), reader).await.expect("the reader noticed").unwrap();
+    // hang guard: without liveness the reader waits forever
+    let (got, _rd) = tokio::time::timeout(Duration::from_secs(20), reader).await.expect("the reader noticed").unwrap();
     let e = got.unwrap().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
 
@@ -328,7 +328,7 @@ async fn streams_end_when_either_instance_exits() {
     announce_exit(&b, Service::Gateway).await;
     let mut seen = Vec::new();
     while !seen.contains(&2) {
-        let n = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("the writer noticed").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the writer noticed").unwrap();
         seen.push(n);
     }
 }
@@ -346,20 +346,21 @@ async fn a_bus_restart_fails_what_was_in_flight_and_recovers() {
         })
     })
     .await;
-    let b2 = b.clone();
-    let t0 = std::time::Instant::now();
+    // a deadline far beyond the hang guard: without liveness the request waits for it
+    let b2 = b.with_timeout(Duration::from_secs(300));
     let pending = tokio::spawn(async move { b2.request(&TestSlow {}).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     n.crash();
-    let e = tokio::time::timeout(Duration::from_secs(2), pending).await.expect("failed fast").unwrap().unwrap_err();
+    let e = tokio::time::timeout(Duration::from_secs(30), pending).await.expect("failed before its deadline").unwrap().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    assert!(e.message.contains("bus connection was lost"), "{e}");
     n.restart();
     let t1 = std::time::Instant::now();
     loop {
-        match b.with_timeout(Duration::from_secs(5)).request(&TestSlow {}).await {
+        match b.with_timeout(Duration::from_secs(10)).request(&TestSlow {}).await {
             Ok(()) => break,
-            Err(e) => assert!(t1.elapsed() < Duration::from_secs(10), "not back: {e}"),
+            // hang guard only
+            Err(e) => assert!(t1.elapsed() < Duration::from_secs(60), "not back: {e}"),
         }
     }
 }

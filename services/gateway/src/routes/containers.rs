@@ -300,8 +300,9 @@ async fn logs<B: Backend>(
             let c = match item {
                 Ok(c) => c,
                 Err(e) => {
-                    // headers are gone: cut the body short, the client sees the error
-                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                    // the runtime died or the bus dropped: say so in the stream (the
+                    // headers are gone), then end it
+                    let _ = tx.send(Ok(bytes::Bytes::from(crate::hijack::error_in_stream(tty, &e.message)))).await;
                     return;
                 }
             };
