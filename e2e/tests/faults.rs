@@ -277,3 +277,96 @@ fn push_distinct(reg: &Registry, name: &str) {
     );
     reg.push_oci(&layout, "latest", &format!("{name}:latest"));
 }
+
+/// A label file of about `bytes` bytes (1 KiB labels).
+fn label_file(dir: &Path, name: &str, bytes: usize) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let v = "v".repeat(1000);
+    let s: String = (0..bytes / 1024).map(|i| format!("l{i}={v}\n")).collect();
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// 10 MB of labels over two containers: the create bodies (5 MB each), `ps -a`,
+/// `inspect` and `system df` answer as on Moby (they failed with 500 after 30 s,
+/// `max payload size exceeded`: one bus message is 1 MiB).
+#[test]
+fn answers_and_bodies_larger_than_one_bus_message() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    for c in ["big1", "big2"] {
+        let f = label_file(node.dir.path(), c, 5 << 20);
+        node.docker_ok(&["create", "--name", c, "--label-file", f.to_str().unwrap(), &img, "true"]);
+    }
+    let ps = node.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Label \"l4000\"}}"]);
+    let mut lines: Vec<&str> = ps.lines().collect();
+    lines.sort();
+    let v = "v".repeat(1000);
+    assert_eq!(lines, vec![format!("big1 {v}"), format!("big2 {v}")]);
+    let n = node.docker_ok(&["inspect", "-f", "{{len .Config.Labels}}", "big1", "big2"]);
+    assert_eq!(n.split_whitespace().collect::<Vec<_>>(), vec!["5120", "5120"]);
+    let df = node.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.lines().any(|l| l == "Containers 2"), "{df}");
+    // the API answers the same through the JSON list
+    let o = node.docker_ok(&["ps", "-aq", "--no-trunc", "--filter", "label=l5000"]);
+    assert_eq!(o.lines().count(), 2);
+    node.docker_ok(&["rm", "big1", "big2"]);
+}
+
+/// `docker rm` while storage cannot give the layers back: the removal fails with
+/// Docker's message (the container stays, Dead, as Moby marks it) instead of
+/// succeeding and leaking the layers; a later `rm` removes it. A `--rm` container
+/// whose layers storage could not take back is finished when storage is back.
+#[test]
+fn rm_while_storage_is_down_leaks_nothing() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["create", "--name", "victim", &img, "true"]);
+    let o = kill_under(&node, "storage", true, Duration::from_millis(400), &["rm", "victim"]);
+    assert!(!o.status.success(), "rm with storage dying under it must not claim success");
+    let err = text(&o.stderr);
+    assert!(err.contains("failed to remove root filesystem") && err.contains("storage service exited"), "{err}");
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "victim"]).trim(), "dead");
+    node.docker_ok(&["rm", "victim"]);
+
+    // --rm: gone for the API at the exit; its layers go when storage is back
+    node.docker_ok(&["run", "-d", "--rm", "--name", "auto", &img, "sleep", "1"]);
+    let st = node.service_pid("storage").unwrap();
+    unsafe { libc::kill(st, libc::SIGSTOP) };
+    wait_for("the --rm container to be gone", || !node.docker(&["inspect", "auto"]).status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(st, libc::SIGKILL) };
+    wait_for("a new storage", || node.service_pid("storage").is_some_and(|p| p != st));
+    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the --rm container's layers to go", || leftovers(&node).is_empty());
+    assert_clean(&node);
+}
+
+/// A container layer no record knows (a create cut in two: storage made the layer,
+/// the runtime died before writing its record) is removed when the runtime starts.
+#[test]
+fn runtime_restart_removes_orphan_layers() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["create", "--name", "kept", &img, "true"]);
+    let url = node.state()["nats_url"].as_str().unwrap().to_string();
+    let id = node.state()["node"].as_str().unwrap().to_string();
+    let creds = berth_bus::Creds::load(&node.root.join("bus/creds/runtime")).unwrap();
+    let orphan = "ab".repeat(32);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let bus = berth_bus::Bus::connect(&url, Some(creds), &id, "runtime").await.unwrap();
+        bus.request(&bus_schema::storage::RwLayerCreate { id: orphan.clone(), parent: None }).await.unwrap();
+    });
+    let layers = |n: &Node| leftovers(n).into_iter().filter(|l| l.starts_with("container layer")).collect::<Vec<_>>();
+    assert!(layers(&node).iter().any(|l| l.contains(&orphan)), "the orphan was made: {:?}", layers(&node));
+    let old = node.service_pid("runtime").unwrap();
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for("a new runtime", || node.service_pid("runtime").is_some_and(|p| p != old));
+    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the orphan layer to go", || !layers(&node).iter().any(|l| l.contains(&orphan)));
+    // the recorded container keeps its layer and starts
+    assert_eq!(layers(&node).len(), 1, "{:?}", layers(&node));
+    node.docker_ok(&["start", "kept"]);
+    assert_clean(&node);
+}
