@@ -307,9 +307,14 @@ fn answers_and_bodies_larger_than_one_bus_message() {
     assert_eq!(n.split_whitespace().collect::<Vec<_>>(), vec!["5120", "5120"]);
     let df = node.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
     assert!(df.lines().any(|l| l == "Containers 2"), "{df}");
-    // the API answers the same through the JSON list
     let o = node.docker_ok(&["ps", "-aq", "--no-trunc", "--filter", "label=l5000"]);
     assert_eq!(o.lines().count(), 2);
+    // their events are published (without the labels that do not fit one message)
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let ev = node.docker_ok(&["events", "--since", "0", "--until", &until, "--filter", "event=create", "--format", "{{.Actor.Attributes.name}}"]);
+    let mut names: Vec<&str> = ev.lines().collect();
+    names.sort();
+    assert_eq!(names, vec!["big1", "big2"]);
     node.docker_ok(&["rm", "big1", "big2"]);
 }
 

@@ -25,6 +25,9 @@ const IDLE: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receivers refuse more than this (a message claiming terabytes is an error).
 pub const MAX_LARGE: usize = 2 << 30;
+/// Where holders offer their bytes: their connection's inboxes (`client.new_inbox()`
+/// under the per-user prefix `_I.<user>`).
+const INBOXES: &str = "_I.";
 
 /// The largest payload sent as one message on this connection.
 pub(crate) fn limit(client: &async_nats::Client) -> usize {
@@ -93,8 +96,14 @@ pub(crate) async fn fetch(
     if len > MAX_LARGE {
         return Err(BusError::invalid(format!("message of {len} bytes is too large")));
     }
+    // the chunks are fetched from the sender's own inbox, never from a subject it
+    // names at will (that would make this side send requests where the sender says)
+    if !subject.starts_with(INBOXES) {
+        return Err(BusError::invalid(format!("a large message offered from {subject:?}, not an inbox")));
+    }
     let fetching = async {
-        let mut out = Vec::with_capacity(len);
+        // grows as chunks arrive: a length in a header is a claim, not memory to set aside
+        let mut out = Vec::with_capacity(len.min(16 << 20));
         let mut i = 0usize;
         while out.len() < len {
             let req = async_nats::Request::new().payload(i.to_string().into()).timeout(Some(FETCH_TIMEOUT));
@@ -113,5 +122,55 @@ pub(crate) async fn fetch(
     tokio::select! {
         r = fetching => r.map(Some),
         e = gone => Err(e),
+    }
+}
+
+/// An event that fits one message. Events go to a JetStream stream whose messages
+/// cannot be chunked; one whose attributes (a container's labels) pass the limit
+/// loses its largest attributes until it fits (name, image, exit code stay: they are
+/// small), rather than not being published at all.
+pub(crate) fn fit_event(
+    ev: &bus_schema::event::Event,
+    limit: usize,
+) -> Result<Vec<u8>, BusError> {
+    let b = bus_schema::encode(ev)?;
+    if b.len() <= limit {
+        return Ok(b);
+    }
+    let mut ev = ev.clone();
+    let mut by_size: Vec<(usize, String)> =
+        ev.actor.attributes.iter().map(|(k, v)| (k.len() + v.len(), k.clone())).collect();
+    by_size.sort();
+    let mut size = b.len();
+    while size > limit {
+        let Some((n, k)) = by_size.pop() else { break };
+        ev.actor.attributes.remove(&k);
+        size = size.saturating_sub(n);
+    }
+    tracing::warn!(action = %ev.action, id = %ev.actor.id, "an event's attributes pass one bus message: the largest were left out");
+    let b = bus_schema::encode(&ev)?;
+    if b.len() > limit {
+        return Err(BusError::invalid("an event too large for one bus message"));
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_too_large_loses_its_largest_attributes() {
+        let mut ev = bus_schema::event::Event::now("container", "create", "c1").attr("name", "n").attr("image", "i");
+        for i in 0..50 {
+            ev = ev.attr(format!("l{i}"), "x".repeat(1000));
+        }
+        assert_eq!(fit_event(&ev, 1 << 20).unwrap(), bus_schema::encode(&ev).unwrap());
+        let b = fit_event(&ev, 20_000).unwrap();
+        assert!(b.len() <= 20_000);
+        let got: bus_schema::event::Event = bus_schema::decode(&b).unwrap();
+        assert_eq!(got.actor.attributes["name"], "n");
+        assert_eq!(got.actor.attributes["image"], "i");
+        assert!(got.actor.attributes.len() > 10, "only what must go goes");
     }
 }

@@ -217,7 +217,7 @@ impl Bus {
 
     /// Publish an event on `berth.v1.events.<type>.<action>`.
     pub async fn publish_event(&self, ev: &bus_schema::event::Event) {
-        match bus_schema::encode(ev) {
+        match large::fit_event(ev, large::limit(&self.client)) {
             Ok(b) => {
                 let mut headers = async_nats::HeaderMap::new();
                 trace::inject(&mut headers);
