@@ -626,7 +626,13 @@ impl Runtime {
         if c.state.status == Status::Paused {
             let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
         }
-        self.send_signal(e, 9).await?;
+        if let Err(err) = self.send_signal(e, 9).await {
+            // a shim that went away with its container (the exit is being recorded:
+            // `rm -f` racing the container's own end, or a shim that died) is not an
+            // error when the exit follows
+            let exited = tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.exits > exits || !l.running)).await;
+            return if exited.is_ok_and(|r| r.is_ok()) { Ok(()) } else { Err(err) };
+        }
         if tokio::time::timeout(Duration::from_secs(30), life.wait_for(|l| l.exits > exits || !l.running))
             .await
             .is_err()
