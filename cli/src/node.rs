@@ -225,7 +225,11 @@ async fn run(
     loop {
         for (p, _) in procs.iter_mut() {
             if exited(p) {
-                bail!("{} exited during start-up; see {}", p.name, paths.logs().join(format!("{}.log", p.name)).display());
+                let log = paths.logs().join(format!("{}.log", p.name));
+                // the service's own words first (`Error: ...`, e.g. a bridge another node owns)
+                let last = std::fs::read_to_string(&log).unwrap_or_default();
+                let why = last.lines().rev().find(|l| l.starts_with("Error: ")).unwrap_or("").trim_start_matches("Error: ");
+                bail!("{} exited during start-up: {why}; see {}", p.name, log.display());
             }
         }
         let services_ok = services_healthy(&admin).await.iter().all(|(_, ok)| *ok);

@@ -78,6 +78,14 @@ impl Node {
     }
 
     pub fn start_opts(opts: NodeOpts) -> Node {
+        let mut n = Self::prepare(opts);
+        n.boot();
+        n
+    }
+
+    /// A node's files and daemon.json, not started. A key set to `null` in
+    /// `opts.config` (`bridge`, `cgroup-parent`) leaves berth's default.
+    fn prepare(opts: NodeOpts) -> Node {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in(tmp_base()).unwrap();
         let base = opts.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
         let name = uniq();
@@ -91,13 +99,28 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile };
-        n.boot();
-        n
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
     pub fn boot(&mut self) {
+        if let Err(e) = self.try_boot() {
+            panic!("{e}");
+        }
+    }
+
+    /// A node whose `berth up` is expected to refuse to start: its stderr when it
+    /// exits before `ready` (Err with the logs when it becomes ready).
+    pub fn start_failing(opts: NodeOpts) -> Result<String, String> {
+        let mut n = Self::prepare(opts);
+        match n.try_boot() {
+            Ok(()) => Err(format!("berth up started:\n{}", n.logs())),
+            Err(_) => Ok(std::fs::read_to_string(n.root.parent().unwrap().join("up.log")).unwrap_or_default()),
+        }
+    }
+
+    /// [`boot`](Self::boot), with the failure as an error.
+    pub fn try_boot(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,16 +169,18 @@ impl Node {
                 Ok(_) => {}
                 Err(_) => {
                     if let Ok(Some(st)) = child.try_wait() {
-                        panic!("berth up exited ({st}) before ready:\n{}", self.logs());
+                        return Err(format!("berth up exited ({st}) before ready:\n{}", self.logs()));
                     }
                     if t.elapsed() > Duration::from_secs(60) {
                         let _ = child.kill();
-                        panic!("berth up not ready in 60 s:\n{}", self.logs());
+                        let _ = child.wait();
+                        return Err(format!("berth up not ready in 60 s:\n{}", self.logs()));
                     }
                 }
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Stop `berth up` with SIGTERM and wait for it (as a user would with ^C).
@@ -249,7 +274,26 @@ pub fn tmp_base() -> PathBuf {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
-        cleanup_root(&self.root, &format!("berth-e2e-{}", self.name));
+        // a node on berth's default cgroup parent records the one it got
+        match std::fs::read_to_string(self.root.join("runtime/cgroup-parent")) {
+            // `berth` may be shared with nodes of others: only this node's containers
+            Ok(p) if p.trim() == "berth" => {
+                let ids: Vec<String> = std::fs::read_dir(self.root.join("runtime"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|d| std::fs::read_dir(d.path().join("containers")).ok())
+                    .flatten()
+                    .flatten()
+                    .map(|c| c.file_name().to_string_lossy().into_owned())
+                    .collect();
+                for id in ids {
+                    cleanup_root(&self.root, &format!("berth/{id}"));
+                }
+            }
+            Ok(p) => cleanup_root(&self.root, p.trim()),
+            Err(_) => cleanup_root(&self.root, &format!("berth-e2e-{}", self.name)),
+        }
     }
 }
 

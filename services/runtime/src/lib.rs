@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod cgroupfs;
+pub mod claims;
 pub mod create;
 pub mod engine;
 pub mod health;
@@ -50,8 +51,10 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
 
 pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<Runtime>)> {
     let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
-    let rt = Arc::new(Runtime::new(bus.clone(), cfg, Paths::new(root)));
+    let mut rt = Runtime::new(bus.clone(), cfg, Paths::new(root));
     std::fs::create_dir_all(rt.containers_dir())?;
+    rt.cgroup_parent = rt.node_cgroup_parent()?;
+    let rt = Arc::new(rt);
     rt.recover().await;
     rt.reconcile().await;
     rt.follow_peers();
