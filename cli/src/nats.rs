@@ -45,8 +45,26 @@ pub fn permissions(user: &str, node: &str) -> (Vec<String>, Vec<String>, Vec<Str
         _ => (vec![">".into()], vec![], vec![">".into()]),
     };
     publish.push(inbox_all);
+    let (mut publish, mut deny) = (publish, deny);
     if user != "admin" {
         subscribe.push(own_inbox);
+        // instance notices: everyone hears them; `exited` comes from `berth up`
+        // (admin) only, `started` from the service itself
+        subscribe.push(format!("{}.instance.>", bus_schema::subject::PREFIX));
+        if let Some(svc) = Service::from_name(user) {
+            let own = bus_schema::subject::instance_subject(node, svc, bus_schema::subject::InstanceEvent::Started);
+            if publish.iter().any(|p| p == "berth.v1.>") {
+                deny.push(format!("{}.instance.*.*.{}", bus_schema::subject::PREFIX, bus_schema::subject::InstanceEvent::Exited.token()));
+                deny.extend(
+                    Service::ALL
+                        .into_iter()
+                        .filter(|o| *o != svc)
+                        .map(|o| bus_schema::subject::instance_subject("*", o, bus_schema::subject::InstanceEvent::Started)),
+                );
+            } else {
+                publish.push(own);
+            }
+        }
     }
     (publish, deny, subscribe)
 }
@@ -148,5 +166,12 @@ mod tests {
         assert!(!p.iter().any(|x| x == ">" || x == "berth.v1.>"));
         let (_, deny, _) = permissions("gateway", "n1");
         assert!(deny.contains(&"berth.v1.events.>".to_string()));
+        // only berth up announces exits; a service announces its own start
+        assert!(deny.contains(&"berth.v1.instance.*.*.exited".to_string()));
+        assert!(deny.contains(&"berth.v1.instance.*.runtime.started".to_string()));
+        let (p, _, s) = permissions("runtime", "n1");
+        assert!(p.contains(&"berth.v1.instance.n1.runtime.started".to_string()));
+        assert!(!p.iter().any(|x| x.contains("exited")));
+        assert!(s.contains(&"berth.v1.instance.>".to_string()));
     }
 }
