@@ -72,6 +72,17 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Write fresh credentials and the server config; returns the config path.
 pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(write_config_with(bus_dir, port, node, false)?.0)
+}
+
+/// The config for a running server after an upgrade: the users keep their passwords
+/// (the services connected with them), the permissions are this version's. Returns the
+/// path and whether the text changed (then nats-server is told to reload it).
+pub fn write_config_keeping(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<(std::path::PathBuf, bool)> {
+    write_config_with(bus_dir, port, node, true)
+}
+
+fn write_config_with(bus_dir: &Path, port: u16, node: &str, keep: bool) -> anyhow::Result<(std::path::PathBuf, bool)> {
     let creds = bus_dir.join("creds");
     std::fs::create_dir_all(&creds)?;
     use std::os::unix::fs::PermissionsExt;
@@ -79,8 +90,21 @@ pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700))?;
     let mut users = String::new();
     for u in USERS {
-        let pw = random_secret();
-        write_private(&creds.join(u), &format!("{u}:{pw}\n"))?;
+        let kept = if keep {
+            std::fs::read_to_string(creds.join(u))
+                .ok()
+                .and_then(|t| t.trim().strip_prefix(&format!("{u}:")).map(str::to_string))
+        } else {
+            None
+        };
+        let pw = match kept {
+            Some(pw) => pw,
+            None => {
+                let pw = random_secret();
+                write_private(&creds.join(u), &format!("{u}:{pw}\n"))?;
+                pw
+            }
+        };
         let (publish, deny, subscribe) = permissions(u, node);
         let deny = if deny.is_empty() { String::new() } else { format!(", deny: [{}]", q(&deny)) };
         users.push_str(&format!(
@@ -95,8 +119,11 @@ pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std
         js.display()
     );
     let path = bus_dir.join("nats.conf");
-    write_private(&path, &conf).context("writing nats.conf")?;
-    Ok(path)
+    let changed = std::fs::read_to_string(&path).map(|old| old != conf).unwrap_or(true);
+    if changed {
+        write_private(&path, &conf).context("writing nats.conf")?;
+    }
+    Ok((path, changed))
 }
 
 pub fn nats_server_bin() -> anyhow::Result<std::path::PathBuf> {
