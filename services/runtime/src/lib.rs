@@ -232,11 +232,13 @@ impl Runtime {
                         Ok(shim) => {
                             let shim = Arc::new(shim);
                             e.set_shim(Some(shim.clone()));
+                            self.recover_execs(&e, Some(&shim)).await;
                             self.spawn_health(e.clone());
                             let rt = self.clone();
                             tokio::spawn(async move { rt.monitor(e, shim).await });
                         }
                         Err(_) => {
+                            self.recover_execs(&e, None).await;
                             let st = shim_client::read_exit(&bundle).unwrap_or(shim_client::ExitStatus {
                                 code: 255,
                                 signal: None,
@@ -253,6 +255,7 @@ impl Runtime {
                     }
                 }
                 _ => {
+                    self.recover_execs(&e, None).await;
                     // stopped by a node shutdown: the policy may bring it back
                     let rp = c.host_config.restart_policy.as_ref().and_then(|p| p.name).map(|n| n.to_string()).unwrap_or_default();
                     if c.has_been_started && !c.manually_stopped && (rp == "always" || rp == "unless-stopped") {
