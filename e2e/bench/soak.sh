@@ -11,7 +11,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
 export BERTH_SOAK_SECS=${BERTH_SOAK_SECS:-120}
-cargo build --release --workspace --bins -q
+# Uses the release binaries of target/ (build them first, as for the e2e tests).
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for faults in 0 1; do

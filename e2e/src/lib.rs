@@ -315,6 +315,19 @@ impl Node {
         out
     }
 
+    /// Every process of the node answers (`berth status` says ok for each).
+    pub fn healthy(&self) -> bool {
+        let o = Command::new(bin_dir().join("berth"))
+            .args(["status", "--root"])
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
+    }
+
     /// The tail of every log of the node, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

@@ -8,9 +8,9 @@
 //! hang (no answer in [`HANG`]); e2e/bench/soak.sh measures the numbers.
 
 use berth_e2e::fixtures::{node_with_busybox, Registry};
-use berth_e2e::{bin_dir, require_root, Node};
+use berth_e2e::{require_root, Node};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A client that has not answered by then hangs (it used to: 30 s to forever).
@@ -48,18 +48,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Every process of the node answers (`berth status` says ok for each).
-fn healthy(node: &Node) -> bool {
-    let o = Command::new(bin_dir().join("berth"))
-        .args(["status", "--root"])
-        .arg(&node.root)
-        .arg("--config")
-        .arg(&node.config)
-        .output()
-        .unwrap();
-    let out = text(&o.stdout);
-    o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
-}
 
 /// SIGKILL `target` (a process of node.json: a service or nats-server) while the
 /// docker call `args` is in its hands; `freeze` holds it (SIGSTOP) from before the
@@ -83,7 +71,7 @@ fn kill_under(node: &Node, target: &str, freeze: bool, settle: Duration, args: &
         text(&o.stderr).trim()
     );
     wait_for(&format!("a new {target}"), || node.service_pid(target).is_some_and(|p| p != old));
-    wait_for("the node to be healthy again", || healthy(node));
+    wait_for("the node to be healthy again", || node.healthy());
     o
 }
 
@@ -317,7 +305,7 @@ fn rm_while_storage_is_down_leaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(st, libc::SIGKILL) };
     wait_for("a new storage", || node.service_pid("storage").is_some_and(|p| p != st));
-    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the node to be healthy again", || node.healthy());
     wait_for("the --rm container's layers to go", || node.leftovers_all().is_empty());
     assert_clean(&node);
 }
@@ -343,7 +331,7 @@ fn runtime_restart_removes_orphan_layers() {
     let old = node.service_pid("runtime").unwrap();
     unsafe { libc::kill(old, libc::SIGKILL) };
     wait_for("a new runtime", || node.service_pid("runtime").is_some_and(|p| p != old));
-    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the node to be healthy again", || node.healthy());
     wait_for("the orphan layer to go", || !layers(&node).iter().any(|l| l.contains(&orphan)));
     // the recorded container keeps its layer and starts
     assert_eq!(layers(&node).len(), 1, "{:?}", layers(&node));

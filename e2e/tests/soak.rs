@@ -14,8 +14,8 @@
 //! `BERTH_SOAK_CLIENTS` sets the number of clients.
 
 use berth_e2e::fixtures::node_with_busybox;
-use berth_e2e::{bin_dir, require_root, Node};
-use std::process::{Command, Stdio};
+use berth_e2e::{require_root, Node};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -143,21 +143,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn healthy(node: &Node) -> bool {
-    let o = Command::new(bin_dir().join("berth"))
-        .args(["status", "--root"])
-        .arg(&node.root)
-        .arg("--config")
-        .arg(&node.config)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
-}
 
 fn wait_healthy(node: &Node) {
     let t = Instant::now();
-    while !healthy(node) {
+    while !node.healthy() {
         assert!(t.elapsed() < Duration::from_secs(60), "the node is not healthy again:\n{}", node.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -228,7 +217,7 @@ fn fault_soak() {
             let mut r = [0u8; 1];
             getrandom::fill(&mut r).unwrap();
             let target = TARGETS[r[0] as usize % TARGETS.len()];
-            if !healthy(&node) {
+            if !node.healthy() {
                 eprintln!("soak: the node is not healthy at {:?}: no kill", t0.elapsed());
                 continue;
             }
