@@ -17,7 +17,7 @@ trap 'rm -f "$out"' EXIT
 for faults in 0 1; do
   echo "== soak, faults=$faults, ${BERTH_SOAK_SECS} s"
   BERTH_SOAK_FAULTS=$faults cargo test --release -q -p berth-e2e --test soak -- --nocapture 2>&1 |
-    tee -a "$out" | grep -E '^(SOAK|soak: (all|calls|tick|  ))' || true
+    tee -a "$out" | grep -E '^(SOAK|soak: (all|calls|tick|failed|  ))' || true
 done
 python3 - "$out" <<'PY'
 import sys

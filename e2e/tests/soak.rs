@@ -107,6 +107,9 @@ fn client(node: &Node, img: &str, n: usize, until: Instant, calls: &Mutex<Vec<Ca
                 ok = false;
                 what = format!("exec answered {out:?} instead of \"hi\\n\"");
             }
+            if op == "create" && ok {
+                what = out.trim().to_string();
+            }
             calls.lock().unwrap().push(Call { op, start, end, ok, hung, what: format!("docker {}: {what}", args.join(" ")) });
             if !ok {
                 failed = true;
@@ -186,6 +189,36 @@ fn unexplained(node: &Node) -> Vec<String> {
     if veths > running || rootfs > running {
         out.push(format!("{veths} veths and {rootfs} storage mounts for {running} running containers: {left:?}"));
     }
+    out
+}
+
+/// For a leak: the calls on the containers whose ids (12 hex digits) the leftovers
+/// name, and every log line of the node that mentions them.
+fn story(node: &Node, calls: &[Call], left: &[String]) -> String {
+    let mut ids: Vec<String> = Vec::new();
+    for l in left {
+        for w in l.split(|c: char| !c.is_ascii_hexdigit()).filter(|w| w.len() >= 12) {
+            if !ids.iter().any(|i| i == &w[..12]) {
+                ids.push(w[..12].to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for id in &ids {
+        let Some(name) = calls.iter().find(|c| c.op == "create" && c.what.contains(id.as_str())).and_then(|c| c.what.split_whitespace().nth(3)) else {
+            continue;
+        };
+        for c in calls.iter().filter(|c| c.what.contains(&format!(" {name}")) || c.what.contains(&format!(" {name}:"))) {
+            out.push_str(&format!("call {} ok={} {:?}: {}\n", c.op, c.ok, c.end - c.start, c.what));
+        }
+    }
+    for e in std::fs::read_dir(node.root.join("logs")).into_iter().flatten().flatten() {
+        let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in t.lines().filter(|l| ids.iter().any(|i| l.contains(i.as_str()))) {
+            out.push_str(&format!("{}: {l}\n", e.file_name().to_string_lossy()));
+        }
+    }
+    out.push_str(&node.logs());
     out
 }
 
@@ -338,14 +371,14 @@ fn fault_soak() {
         unexplained(node)
     };
     let left = settle(&node);
-    assert!(left.is_empty(), "left behind after the soak: {left:?}\n{}", node.logs());
+    assert!(left.is_empty(), "left behind after the soak: {left:?}\n{}", story(&node, &calls, &left));
 
     // a node restart (berth down, berth up): reconciled, the counters stopped with
     // their logs whole, nothing else left
     node.shutdown();
     node.boot();
     let left = settle(&node);
-    assert!(left.is_empty(), "left behind after a restart: {left:?}\n{}", node.logs());
+    assert!(left.is_empty(), "left behind after a restart: {left:?}\n{}", story(&node, &calls, &left));
     for t in TICKERS {
         let (n, l) = lost_lines(&node, t);
         assert_eq!(l, 0, "{t}: {l} lines lost (of {n}) after the restart");
