@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_bus::storage::{StorageApi, StorageClient};
 use berth_bus::{Bus, StreamReader, StreamWriter};
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, ImageInspect, ImagePull, ImageResolve, ImageTag, JsonMessage, ResolvedImage};
 use bus_schema::runtime::{ContainerAttach, ContainerCreate, ContainerRemove, ContainerStart, ContainerWait};
@@ -23,6 +24,7 @@ const PREDEFINED_ARGS: &[&str] = &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "h
 
 pub struct Builder {
     pub bus: Bus,
+    pub storage: StorageClient,
     pub dir: PathBuf,
     cache: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -78,7 +80,7 @@ fn short(id: &str) -> &str {
 impl Builder {
     pub fn new(bus: Bus, dir: PathBuf) -> Builder {
         let cache = std::fs::read(dir.join("cache.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Builder { bus, dir, cache: std::sync::Mutex::new(cache) }
+        Builder { storage: StorageClient::new(bus.clone()), bus, dir, cache: std::sync::Mutex::new(cache) }
     }
 
     fn cache_get(&self, key: &str) -> Option<String> {
@@ -450,7 +452,7 @@ impl Builder {
             }
             return Err(BuildError { message: format!("The command '{created_by}' returned a non-zero code: {code}"), code });
         }
-        let layer = self.bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: cid.clone() }).await;
+        let layer = self.storage.rw_layer_commit(RwLayerCommit { id: cid.clone() }).await;
         if req.rm || req.force_rm {
             self.remove_container(&cid).await;
             out.say(format!("Removing intermediate container {}\n", &cid[..12])).await?;
@@ -522,16 +524,16 @@ impl Builder {
                 };
                 let _ = image;
                 let lid = format!("build-from-{}", crate::new_id());
-                self.bus.request(&RwLayerCreate { id: lid.clone(), parent: chain }).await?;
-                let path = self.bus.request(&RwLayerMount { id: lid.clone() }).await?.path;
+                self.storage.rw_layer_create(RwLayerCreate { id: lid.clone(), parent: chain }).await?;
+                let path = self.storage.rw_layer_mount(RwLayerMount { id: lid.clone() }).await?.path;
                 from_layer = Some((lid, PathBuf::from(&path)));
                 PathBuf::from(path)
             }
         };
         let result = self.copy_into_new_layer(ins, st, &src_root, from.is_some(), srcs, &dest, is_add, out).await;
         if let Some((lid, _)) = from_layer {
-            let _ = self.bus.request(&RwLayerUnmount { id: lid.clone() }).await;
-            let _ = self.bus.request(&RwLayerRemove { id: lid }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: lid.clone() }).await;
+            let _ = self.storage.rw_layer_remove(RwLayerRemove { id: lid }).await;
         }
         result
     }
@@ -596,9 +598,9 @@ impl Builder {
         }
         // a scratch layer on top of the stage's image
         let lid = format!("build-{}", crate::new_id());
-        self.bus.request(&RwLayerCreate { id: lid.clone(), parent: st.chain.clone() }).await?;
+        self.storage.rw_layer_create(RwLayerCreate { id: lid.clone(), parent: st.chain.clone() }).await?;
         let res: R<LayerApplied> = async {
-            let root = PathBuf::from(self.bus.request(&RwLayerMount { id: lid.clone() }).await?.path);
+            let root = PathBuf::from(self.storage.rw_layer_mount(RwLayerMount { id: lid.clone() }).await?.path);
             let chmod_v = if chmod.is_empty() { None } else { Some(u32::from_str_radix(&chmod, 8).map_err(|_| format!("invalid chmod parameter: {chmod}"))?) };
             let owner = if chown.is_empty() { None } else { Some(resolve_owner(&root, &chown)?) };
             let (src_root, matched, dest_abs, remote) = (src_root.to_path_buf(), matched.clone(), dest_abs.clone(), remote.clone());
@@ -640,12 +642,12 @@ impl Builder {
             })
             .await
             .map_err(|e| e.to_string())?;
-            let _ = self.bus.request(&RwLayerUnmount { id: lid.clone() }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: lid.clone() }).await;
             copied.map_err(|e| format!("{what} failed: {e}"))?;
-            Ok(self.bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: lid.clone() }).await?)
+            Ok(self.storage.rw_layer_commit(RwLayerCommit { id: lid.clone() }).await?)
         }
         .await;
-        let _ = self.bus.request(&RwLayerRemove { id: lid }).await;
+        let _ = self.storage.rw_layer_remove(RwLayerRemove { id: lid }).await;
         let layer = res?;
         let id = self.commit(st, Some(layer), created_by).await?;
         self.cache_put(key, id.clone());

@@ -10,6 +10,7 @@ pub mod shell;
 
 use std::sync::Arc;
 
+use berth_bus::storage::{StorageApi, StorageClient};
 use berth_bus::{Bus, Responder, Server};
 use berth_config::{DaemonConfig, Paths};
 use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
@@ -72,7 +73,7 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
     if pause {
         bus.request(&ContainerPause { id: id.clone() }).await?;
     }
-    let layer = bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: id.clone() }).await;
+    let layer = StorageClient::new(bus.clone()).rw_layer_commit(RwLayerCommit { id: id.clone() }).await;
     if pause {
         let _ = bus.request(&ContainerUnpause { id: id.clone() }).await;
     }
@@ -123,7 +124,7 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
         })
         .await?;
     let name = c.name.clone().unwrap_or_default().trim_start_matches('/').to_string();
-    let ev = bus_schema::event::Event::now("container", "commit", id).attr("comment", r.comment.clone().unwrap_or_default()).attr("name", name);
+    let ev = bus_schema::event::Event::now(bus_schema::event::EventType::Container, bus_schema::event::Action::Commit, id).attr("comment", r.comment.clone().unwrap_or_default()).attr("name", name);
     bus.publish_event(&ev).await;
     Ok(docker::IdResponse { id: image })
 }

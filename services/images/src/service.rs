@@ -5,7 +5,7 @@
 
 use berth_bus::Bus;
 use berth_config::DaemonConfig;
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::images::{
     ImageCreateFromLayer, ImageList, ImagePrune, ImageRemove, ImageTag, ResolvedImage,
 };
@@ -99,9 +99,9 @@ impl Images {
         self.store.count()
     }
 
-    pub(crate) async fn event(&self, action: &str, id: &str, name: &str) {
+    pub(crate) async fn event(&self, action: Action, id: &str, name: &str) {
         self.bus
-            .publish_event(&Event::now("image", action, id).attr("name", name))
+            .publish_event(&Event::now(EventType::Image, action, id).attr("name", name))
             .await;
     }
 
@@ -357,7 +357,7 @@ impl Images {
         }
         let _g = self.refs_lock.lock().await;
         self.store.set_ref(&r, &img.id)?;
-        self.event("tag", &img.id, &r.familiar_string()).await;
+        self.event(Action::Tag, &img.id, &r.familiar_string()).await;
         Ok(())
     }
 
@@ -412,7 +412,7 @@ impl Images {
             }
             self.store.remove_ref(&parsed)?;
             records.push(untagged(&parsed));
-            self.event("untag", &id, &parsed.familiar_string()).await;
+            self.event(Action::Untag, &id, &parsed.familiar_string()).await;
             repo_refs = self.store.refs_of(&id);
             if parsed.digest.is_none() {
                 let has_tag_in_repo = repo_refs
@@ -462,7 +462,7 @@ impl Images {
                 for r in &repo_refs {
                     self.store.remove_ref(r)?;
                     records.push(untagged(r));
-                    self.event("untag", &id, &r.familiar_string()).await;
+                    self.event(Action::Untag, &id, &r.familiar_string()).await;
                 }
             }
         }
@@ -511,7 +511,7 @@ impl Images {
             for r in refs {
                 self.store.remove_ref(&r)?;
                 records.push(untagged(&r));
-                self.event("untag", id, &r.familiar_string()).await;
+                self.event(Action::Untag, id, &r.familiar_string()).await;
             }
             let Some(img) = self.store.delete(id)? else {
                 return Ok(());
@@ -529,7 +529,7 @@ impl Images {
                 }
             }
             self.gc_blobs();
-            self.event("delete", id, id).await;
+            self.event(Action::Delete, id, id).await;
             if prune {
                 if let Some(parent) = img.meta.parent.as_deref() {
                     if self.store.get(parent).is_some()
@@ -634,7 +634,7 @@ impl Images {
             for r in &refs {
                 self.store.remove_ref(r)?;
                 records.push(untagged(r));
-                self.event("untag", &img.id, &r.familiar_string()).await;
+                self.event(Action::Untag, &img.id, &r.familiar_string()).await;
             }
             match self
                 .delete_helper(&img.id, &mut records, false, true, false)
@@ -650,7 +650,7 @@ impl Images {
         }
         self.bus
             .publish_event(
-                &Event::now("image", "prune", "").attr("reclaimed", reclaimed.to_string()),
+                &Event::now(EventType::Image, Action::Prune, "").attr("reclaimed", reclaimed.to_string()),
             )
             .await;
         Ok(docker::ImagePruneResponse {
@@ -770,7 +770,7 @@ impl Images {
         for t in &req.tags {
             let r = Reference::parse_normalized(t)?.with_default_tag();
             self.store.set_ref(&r, &id)?;
-            self.event("tag", &id, &r.familiar_string()).await;
+            self.event(Action::Tag, &id, &r.familiar_string()).await;
         }
         Ok(id)
     }
@@ -807,7 +807,7 @@ impl Images {
             if prev.as_deref() != Some(id.as_str()) {
                 updated = true;
                 if r.tag.is_some() {
-                    self.event("tag", &id, &r.familiar_string()).await;
+                    self.event(Action::Tag, &id, &r.familiar_string()).await;
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! (`store`). One lock serializes changes; the records are the truth and the kernel
 //! state is reconciled against them at start.
 
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::network::*;
 use bus_schema::{docker, BusError};
 use ipnet::Ipv4Net;
@@ -281,8 +281,8 @@ impl NetworkService {
         &self.table
     }
 
-    fn event(&self, action: &str, net: &NetworkRecord, container: Option<&str>) {
-        let mut e = Event::now("network", action, net.id.clone())
+    fn event(&self, action: Action, net: &NetworkRecord, container: Option<&str>) {
+        let mut e = Event::now(EventType::Network, action, net.id.clone())
             .attr("name", net.name.clone())
             .attr("type", net.driver.clone());
         if let Some(c) = container {
@@ -1224,7 +1224,7 @@ impl NetworkService {
         }
         for e in &rec.endpoints {
             if let Some(n) = st.networks.get(&e.network_id) {
-                self.event("connect", n, Some(&cid));
+                self.event(Action::Connect, n, Some(&cid));
             }
         }
         Ok(self.sandbox_reply(st, &rec))
@@ -1311,7 +1311,7 @@ impl NetworkService {
         self.store.delete_sandbox(cid)?;
         for e in &rec.endpoints {
             if let Some(n) = st.networks.get(&e.network_id) {
-                self.event("disconnect", n, Some(cid));
+                self.event(Action::Disconnect, n, Some(cid));
             }
         }
         Ok(())
@@ -1545,7 +1545,7 @@ impl NetworkService {
         if let Err(e) = self.dns.start(&n.id, gateway, self.cfg.dns_port).await {
             tracing::warn!(network = %n.name, error = %e, "cannot start the embedded DNS");
         }
-        self.event("create", &n, None);
+        self.event(Action::Create, &n, None);
         Ok(docker::NetworkCreateResponse {
             id,
             warning: String::new(),
@@ -1575,7 +1575,7 @@ impl NetworkService {
         if let Err(e) = self.nl.delete(&n.bridge).await {
             tracing::warn!(bridge = %n.bridge, error = %e, "cannot delete bridge");
         }
-        self.event("destroy", &n, None);
+        self.event(Action::Destroy, &n, None);
         Ok(())
     }
 
@@ -1708,7 +1708,7 @@ impl Drop for HostLock {
     }
 }
 
-impl crate::api::NetworkApi for NetworkService {
+impl bus_schema::network::NetworkApi for NetworkService {
     async fn network_create(
         &self,
         r: NetworkCreate,
@@ -1891,7 +1891,7 @@ impl crate::api::NetworkApi for NetworkService {
         self.store.save_sandbox(&rec)?;
         st.sandboxes.insert(rec.container_id.clone(), rec.clone());
         self.dns_register(&st, &rec);
-        self.event("connect", &n, Some(&rec.container_id));
+        self.event(Action::Connect, &n, Some(&rec.container_id));
         let ep = rec.endpoints.last().expect("attached");
         Ok(self.endpoint_settings(&st, ep))
     }
@@ -1929,7 +1929,7 @@ impl crate::api::NetworkApi for NetworkService {
         }
         self.store.save_sandbox(&rec)?;
         self.dns_register(&st, &rec);
-        self.event("disconnect", &n, Some(&rec.container_id));
+        self.event(Action::Disconnect, &n, Some(&rec.container_id));
         Ok(())
     }
 }

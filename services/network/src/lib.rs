@@ -3,13 +3,13 @@
 //! endpoints), published ports forwarded in the kernel, the embedded DNS of user
 //! networks, and network events.
 //!
-//! Layout: [`core::NetworkService`] implements [`api::NetworkApi`] over the kernel
-//! parts ([`link`], [`netns`], [`firewall`], [`dns`], [`ports`]) and the records
-//! ([`store`]); [`bus`] serves it on the bus and [`client`] calls it over the bus.
+//! Layout: [`core::NetworkService`] implements `bus_schema::network::NetworkApi` over
+//! the kernel parts ([`link`], [`netns`], [`firewall`], [`dns`], [`ports`]) and the
+//! records ([`store`]); the adapter generated from the network table
+//! (`berth_bus::network::serve_network`) serves it on the bus, and callers use
+//! `berth_bus::network::NetworkClient`.
 
-pub mod api;
 pub mod bus;
-pub mod client;
 pub mod core;
 pub mod dns;
 pub mod files;
@@ -25,7 +25,7 @@ use berth_config::DaemonConfig;
 use bus_schema::Service;
 use std::sync::Arc;
 
-pub use crate::api::NetworkApi;
+pub use berth_bus::network::{NetworkApi, NetworkClient};
 pub use crate::core::{Config, NetworkService};
 
 /// Start the service on `bus` with the node's daemon.json.
@@ -47,7 +47,7 @@ pub async fn start(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<N
 pub async fn start_with(bus: Bus, config: Config) -> anyhow::Result<(Server, Arc<NetworkService>)> {
     let svc = NetworkService::start(config, bus_events(bus.clone())).await?;
     let server = Server::new(bus, Service::Network).info(|| async { bus::info() });
-    Ok((bus::register(server, svc.clone()), svc))
+    Ok((berth_bus::network::serve_network(server, svc.clone()), svc))
 }
 
 /// Events published in order by one task.

@@ -1,6 +1,8 @@
 //! `docker cp` through the archive API: paths are resolved inside the container's
 //! view (its rootfs, with volumes and binds on top), symlinks never lead out of it.
 
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -154,14 +156,14 @@ impl Write for ChunkWriter {
 impl Runtime {
     async fn with_rootfs<T>(&self, id: &str, f: impl std::future::Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
         let r = f.await;
-        let _ = self.bus.request(&RwLayerUnmount { id: id.to_string() }).await;
+        let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: id.to_string() }).await;
         r
     }
 
     pub async fn archive_stat(self: &Arc<Self>, key: &str, path: &str) -> Result<PathStat, BusError> {
         let e = self.find(key)?;
         let c = e.get();
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
+        let rootfs = self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }).await?.path;
         self.with_rootfs(&c.id, async {
             let view = View::new(&rootfs, &c);
             let host = view.resolve(path).map_err(|err| BusError::invalid(err.to_string()))?;
@@ -173,7 +175,7 @@ impl Runtime {
     pub async fn archive_get(self: &Arc<Self>, r: ContainerArchiveGet, resp: Responder<ContainerArchiveGet>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
+        let rootfs = self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }).await?.path;
         let view = View::new(&rootfs, &c);
         let prep = (|| {
             let host = view.resolve(&r.path).map_err(|err| BusError::invalid(err.to_string()))?;
@@ -183,7 +185,7 @@ impl Runtime {
         let (host, st) = match prep {
             Ok(x) => x,
             Err(err) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+                let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
                 return Err(err);
             }
         };
@@ -226,7 +228,7 @@ impl Runtime {
         }
         drop(rx);
         let built = task.await;
-        let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+        let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
         res?;
         match built {
             Ok(Ok(())) => w.end().await,
@@ -241,24 +243,24 @@ impl Runtime {
         if c.host_config.readonly_rootfs.unwrap_or(false) && c.mounts.iter().all(|m| !clean(&r.path).starts_with(&m.destination)) {
             return Err(BusError::forbidden("container rootfs is marked read-only"));
         }
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
+        let rootfs = self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }).await?.path;
         let view = View::new(&rootfs, &c);
         let (base, rel) = view.split(&r.path);
         let dest = match berth_fsutil::resolve_in_root_follow(&base, &rel) {
             Ok(d) => d,
             Err(err) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+                let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
                 return Err(BusError::invalid(err.to_string()));
             }
         };
         match std::fs::metadata(&dest) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+                let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
                 return Err(BusError::invalid("extraction point is not a directory"));
             }
             Err(_) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+                let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
                 return Err(BusError::not_found(format!("Could not find the file {} in container {}", r.path, c.name)));
             }
         }
@@ -292,10 +294,10 @@ impl Runtime {
                 .and_then(|x| x)
         };
         let _ = std::fs::remove_file(&tmp);
-        let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+        let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
         match result {
             Ok(()) => {
-                self.event(&c, "extract-to-dir", &[("path", r.path.clone())]).await;
+                self.event(&c, Action::ExtractToDir, &[("path", r.path.clone())]).await;
                 w.end().await
             }
             Err(err) => w.fail(err).await,

@@ -1,6 +1,8 @@
 //! `docker create`: validate, resolve the image, merge its config as Docker does,
 //! reserve the name, create the read-write layer, record the container.
 
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -179,7 +181,7 @@ impl Runtime {
         let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv).await;
         match res {
             Ok(c) => {
-                self.event(&c, "create", &[]).await;
+                self.event(&c, Action::Create, &[]).await;
                 Ok(docker::ContainerCreateResponse { id, warnings: vec![] })
             }
             Err(e) => {
@@ -209,7 +211,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        if let Err(e) = self.bus.request(&RwLayerCreate { id: id.to_string(), parent: img.chain_id.clone() }).await {
+        if let Err(e) = self.storage.rw_layer_create(RwLayerCreate { id: id.to_string(), parent: img.chain_id.clone() }).await {
             crate::mounts::release(self, id, &mounts, true).await;
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);

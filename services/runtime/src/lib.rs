@@ -32,6 +32,7 @@ pub mod shim_client;
 pub mod spec;
 pub mod user;
 
+use berth_bus::network::NetworkApi as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,7 +201,7 @@ impl Runtime {
                 state::Status::Removing => {
                     // an interrupted removal (`--rm` gives back in the background)
                     e.update(|c| c.state.status = state::Status::Dead);
-                    let _ = self.bus.request(&bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
+                    let _ = self.network.sandbox_remove(bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
                     let anon = c.host_config.auto_remove.unwrap_or(false);
                     self.remove_entry(&e, anon).await;
                 }

@@ -5,6 +5,9 @@
 //! the container's `life` signal without it, so the exit monitor can take the lock
 //! to record the exit.
 
+use berth_bus::network::NetworkApi as _;
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -147,17 +150,16 @@ impl Runtime {
         // shim makes the bundle directory, gets ready and waits for `go` (after
         // config.json); dropped instead, it exits without doing anything.
         let mode = c.network_mode();
-        let mount_req = RwLayerMount { id: c.id.clone() };
         let (mounted, sandbox, pending) = tokio::join!(
-            self.bus.request(&mount_req),
+            self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }),
             self.sandbox(c, &mode),
             Shim::spawn(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.spawn"))
         );
         let undo_mount = || async {
-            let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
         };
         let undo_sandbox = || async {
-            let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+            let _ = self.network.sandbox_remove(SandboxRemove { container_id: c.id.clone() }).await;
         };
         let (rootfs, sandbox) = match (mounted, sandbox) {
             (Ok(m), Ok(s)) => (m.path, s),
@@ -290,7 +292,7 @@ impl Runtime {
         let e2 = e.clone();
         tokio::spawn(async move { rt.monitor(e2, shim).await });
         let c2 = e.get();
-        self.event(&c2, "start", &[]).await;
+        self.event(&c2, Action::Start, &[]).await;
         self.spawn_health(e.clone());
         Ok(())
     }
@@ -323,8 +325,8 @@ impl Runtime {
             }
         }
         let hc = &c.host_config;
-        self.bus
-            .request(&SandboxCreate {
+        self.network
+            .sandbox_create(SandboxCreate {
                 container_id: c.id.clone(),
                 name: c.name.clone(),
                 hostname: c.config.hostname.clone().unwrap_or_default(),
@@ -387,7 +389,7 @@ impl Runtime {
             let auto_remove = c.host_config.auto_remove.unwrap_or(false);
             if !auto_remove {
                 let (net, layer) = (SandboxRemove { container_id: c.id.clone() }, RwLayerUnmount { id: c.id.clone() });
-                let _ = tokio::join!(self.bus.request(&net), self.bus.request(&layer));
+                let _ = tokio::join!(self.network.sandbox_remove(net), self.storage.rw_layer_unmount(layer));
             }
             e.set_shim(None);
             e.update(|c| {
@@ -411,9 +413,9 @@ impl Runtime {
             e.get()
         };
         if st.oom_killed {
-            self.event(&c, "oom", &[]).await;
+            self.event(&c, Action::Oom, &[]).await;
         }
-        self.event(&c, "die", &[("exitCode", st.code.to_string())]).await;
+        self.event(&c, Action::Die, &[("exitCode", st.code.to_string())]).await;
         e.signal(|l| {
             l.exits += 1;
             l.running = false;
@@ -443,7 +445,7 @@ impl Runtime {
                     tracing::warn!(id = %e2.id, error = %err, "restart failed");
                 } else {
                     let c = e2.get();
-                    rt.event(&c, "restart", &[]).await;
+                    rt.event(&c, Action::Restart, &[]).await;
                 }
             });
         }
@@ -458,7 +460,7 @@ impl Runtime {
         }
         self.stop_entry(&e, signal, timeout).await?;
         let c = e.get();
-        self.event(&c, "stop", &[]).await;
+        self.event(&c, Action::Stop, &[]).await;
         Ok(())
     }
 
@@ -511,7 +513,7 @@ impl Runtime {
         } else if c.state.pid > 0 {
             unsafe { libc::kill(c.state.pid as i32, sig) };
         }
-        self.event(&c, "kill", &[("signal", sig.to_string())]).await;
+        self.event(&c, Action::Kill, &[("signal", sig.to_string())]).await;
         Ok(())
     }
 
@@ -539,7 +541,7 @@ impl Runtime {
         if e.get().state.running() {
             self.stop_entry(&e, signal, timeout).await?;
             let c = e.get();
-            self.event(&c, "stop", &[]).await;
+            self.event(&c, Action::Stop, &[]).await;
         }
         let _g = e.op.lock().await;
         e.update(|c| {
@@ -550,7 +552,7 @@ impl Runtime {
         });
         self.start_locked(&e).await?;
         let c = e.get();
-        self.event(&c, "restart", &[]).await;
+        self.event(&c, Action::Restart, &[]).await;
         Ok(())
     }
 
@@ -580,7 +582,7 @@ impl Runtime {
         }
         let _ = e.save();
         let c = e.get();
-        self.event(&c, if pause { "pause" } else { "unpause" }, &[]).await;
+        self.event(&c, if pause { Action::Pause } else { Action::Unpause }, &[]).await;
         Ok(())
     }
 
@@ -643,7 +645,7 @@ impl Runtime {
         for id in &c.exec_ids {
             self.execs.lock().unwrap().remove(id);
         }
-        self.event(&c, "destroy", &[]).await;
+        self.event(&c, Action::Destroy, &[]).await;
         e.signal(|l| l.removed = true);
     }
 
@@ -672,8 +674,8 @@ impl Runtime {
         crate::mounts::release(self, &c.id, &c.mounts, true).await;
         // the network goes before the answer too: a node stopped right after must not
         // find the sandbox still there (its table and FORWARD rules would stay)
-        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
-        self.event(&c, "destroy", &[]).await;
+        let _ = self.network.sandbox_remove(SandboxRemove { container_id: c.id.clone() }).await;
+        self.event(&c, Action::Destroy, &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
         let bg = self.background.clone().read_owned().await;
@@ -687,7 +689,7 @@ impl Runtime {
     /// What a removed container held: its layers, volume references (and anonymous
     /// volumes with `Some(true)`; None when they were given back already), its files.
     async fn give_back(self: &Arc<Self>, e: &Arc<Entry>, c: &Container, volumes: Option<bool>) {
-        if let Err(err) = self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
+        if let Err(err) = self.storage.rw_layer_remove(RwLayerRemove { id: c.id.clone() }).await {
             if !err.is(ErrorKind::NotFound) {
                 tracing::warn!(id = %c.id, error = %err, "removing the container's layers");
             }
@@ -717,12 +719,12 @@ impl Runtime {
         let _ = e.save();
         if e.get().state.running() {
             let _ = self
-                .bus
-                .request(&bus_schema::network::SandboxRename { container_id: e.id.clone(), name: new.to_string() })
+                .network
+                .sandbox_rename(bus_schema::network::SandboxRename { container_id: e.id.clone(), name: new.to_string() })
                 .await;
         }
         let c = e.get();
-        self.event(&c, "rename", &[("oldName", format!("/{old}"))]).await;
+        self.event(&c, Action::Rename, &[("oldName", format!("/{old}"))]).await;
         Ok(())
     }
 }

@@ -10,12 +10,40 @@
 //! * The W3C `traceparent` of the current span goes out in NATS headers and the
 //!   serving side continues it.
 
+mod contract;
 mod server;
 mod stream;
 mod trace;
 
+pub use contract::{channel, first_item, into_stream, produce, single, Emitter, SystemClient};
+#[doc(hidden)]
+pub mod __contract {
+    pub use crate::contract::{call, call_duplex, call_stream};
+}
 pub use server::{Responder, Server};
 pub use stream::{StreamReader, StreamWriter};
+
+/// Typed clients and server adapters, generated from `bus-schema`'s tables: for each
+/// service `<Svc>Client` (implements `<Svc>Api` over the bus) and `serve_<svc>`
+/// (serves any `<Svc>Api` on the bus).
+pub mod storage {
+    bus_schema::storage_table!(crate::__client);
+}
+pub mod images {
+    bus_schema::images_table!(crate::__client);
+}
+pub mod runtime {
+    bus_schema::runtime_table!(crate::__client);
+}
+pub mod network {
+    bus_schema::network_table!(crate::__client);
+}
+pub mod builder {
+    bus_schema::builder_table!(crate::__client);
+}
+pub mod swarm {
+    bus_schema::swarm_table!(crate::__client);
+}
 
 use bus_schema::{
     stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM, HDR_TIMEOUT_MS},
@@ -53,6 +81,8 @@ impl Creds {
 pub struct Bus {
     client: async_nats::Client,
     node: String,
+    /// The bus user (names the stream subjects this connection reads).
+    user: std::sync::Arc<str>,
     timeout: Duration,
 }
 
@@ -78,7 +108,7 @@ impl Bus {
             .connect(url)
             .await
             .map_err(|e| BusError::unavailable(format!("cannot connect to the bus at {url}: {e}")))?;
-        Ok(Bus { client, node: node.to_string(), timeout: DEFAULT_TIMEOUT })
+        Ok(Bus { client, node: node.to_string(), user: user.into(), timeout: DEFAULT_TIMEOUT })
     }
 
     /// Connect with the settings `berth up` passes in the environment.
@@ -101,9 +131,25 @@ impl Bus {
         &self.client
     }
 
+    /// The bus user this connection authenticated as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// A copy with a different default timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Bus {
         Bus { timeout, ..self.clone() }
+    }
+
+    /// A copy whose requests go to the services of `node`.
+    pub fn with_node(&self, node: &str) -> Bus {
+        Bus { node: node.to_string(), ..self.clone() }
+    }
+
+    /// A fresh subject for frames `publisher` sends to this connection
+    /// (`_S.<publisher>.<user>.<id>`): only `publisher` may publish there.
+    pub(crate) fn stream_inbox(&self, publisher: &str) -> String {
+        bus_schema::contract::stream_subject(publisher, &self.user, &nuid::next())
     }
 
     /// Send a request to the service on this node and wait for the typed reply.
@@ -127,7 +173,7 @@ impl Bus {
 
     /// Send a request answered by a reply and then a stream of items.
     pub async fn request_stream<R: StreamRpc>(&self, req: &R) -> Result<(R::Reply, StreamReader<R::Item>), BusError> {
-        let data = self.client.new_inbox();
+        let data = self.stream_inbox(R::SERVICE.name());
         let sub = self.subscribe_raw(&data).await?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_STREAM, data.as_str());
@@ -143,9 +189,9 @@ impl Bus {
         &self,
         req: &R,
     ) -> Result<(R::Reply, StreamReader<R::Item>, StreamWriter<R::Input>), BusError> {
-        let data = self.client.new_inbox();
+        let data = self.stream_inbox(R::SERVICE.name());
         let sub = self.subscribe_raw(&data).await?;
-        let input_ctrl = self.client.new_inbox();
+        let input_ctrl = self.stream_inbox(R::SERVICE.name());
         let input_ctrl_sub = self.subscribe_raw(&input_ctrl).await?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_STREAM, data.as_str());

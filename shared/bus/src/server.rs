@@ -7,7 +7,7 @@ use bus_schema::{
     docker,
     stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM},
     system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, SystemInfoPart},
-    BusError, DuplexRpc, Rpc, Service, StreamRpc, SystemRpc, WireResult,
+    BusError, BusStream, DuplexRpc, ErrorKind, Rpc, Service, StreamRpc, SystemRpc, WireResult,
 };
 use futures_util::{future::BoxFuture, StreamExt};
 use std::future::Future;
@@ -137,6 +137,47 @@ impl Server {
         self
     }
 
+    /// Serve a stream operation whose handler answers `(reply, items)` (the API
+    /// traits' shape): an error from the handler is the reply; the items follow the
+    /// reply, and an error item ends the stream with that error.
+    pub fn serve_stream<R, F, Fut>(self, f: F) -> Self
+    where
+        R: StreamRpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R::Reply, BusStream<R::Item>), BusError>> + Send + 'static,
+    {
+        self.stream::<R, _, _>(move |req, resp| {
+            let answer = f(req);
+            async move {
+                let (reply, items) = answer.await?;
+                let w = resp.accept(reply).await?;
+                pump(w, items).await
+            }
+        })
+    }
+
+    /// Serve a duplex operation whose handler reads the caller's input as a stream and
+    /// answers `(reply, items)`. The input subject is open before the handler runs;
+    /// the caller starts writing when the reply arrives, so a handler must reply
+    /// without waiting for input (do the reading in the items stream).
+    pub fn serve_duplex<R, F, Fut>(self, f: F) -> Self
+    where
+        R: DuplexRpc,
+        F: Fn(R, BusStream<R::Input>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R::Reply, BusStream<R::Item>), BusError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.stream::<R, _, _>(move |req, resp| {
+            let f = f.clone();
+            async move {
+                let (input, reader) = resp.open_input().await?;
+                let (reply, items) = f(req, crate::into_stream(reader)).await?;
+                let w = resp.accept_input(reply, input).await?;
+                pump(w, items).await
+            }
+        })
+    }
+
     /// Subscribe every handler and serve until the connection closes.
     pub async fn run(self) -> Result<(), BusError> {
         let Server { bus, service, started, mut handlers, info, metrics } = self;
@@ -242,11 +283,25 @@ impl<R: StreamRpc> Responder<R> {
         self.pending.lock().unwrap().take().ok_or_else(|| BusError::internal("stream already accepted"))
     }
 
+    /// The request being answered (still pending).
+    fn peek_header(&self, name: &str) -> Option<String> {
+        self.pending.lock().unwrap().as_ref().and_then(|m| header(m, name))
+    }
+
+    /// A subject the caller publishes to and this service reads: `_S.<caller>.<me>.<id>`,
+    /// the caller named by the request's stream subject (`_S.<me>.<caller>.<id>`).
+    fn from_caller(&self, msg_stream: Option<&str>) -> String {
+        match msg_stream.and_then(bus_schema::contract::stream_parties) {
+            Some((_, caller)) => self.bus.stream_inbox(caller),
+            None => self.bus.client.new_inbox(),
+        }
+    }
+
     async fn open_writer(&self, msg: &async_nats::Message) -> Result<(StreamWriter<R::Item>, String), BusError> {
         let data = header(msg, HDR_STREAM)
             .ok_or_else(|| BusError::invalid(format!("{} is a stream request: send it with request_stream", R::OP)))?;
         let credit = header(msg, HDR_CREDIT).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CREDIT);
-        let ctrl = self.bus.client.new_inbox();
+        let ctrl = self.from_caller(Some(&data));
         let sub = self.bus.subscribe_raw(&ctrl).await?;
         Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit), ctrl))
     }
@@ -263,22 +318,52 @@ impl<R: StreamRpc> Responder<R> {
 }
 
 impl<R: DuplexRpc> Responder<R> {
+    /// Subscribe the subject of the caller's input before replying: returns the
+    /// subject (sent in the reply) and the reader of the input.
+    async fn open_input(&self) -> Result<(String, StreamReader<R::Input>), BusError> {
+        let input_ctrl = self
+            .peek_header(HDR_INPUT_CTRL)
+            .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
+        let input = self.from_caller(self.peek_header(HDR_STREAM).as_deref());
+        let sub = self.bus.subscribe_raw(&input).await?;
+        Ok((input.clone(), StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT)))
+    }
+
+    /// Send `reply` naming the input subject opened by [`Self::open_input`].
+    async fn accept_input(self, reply: R::Reply, input: String) -> Result<StreamWriter<R::Item>, BusError> {
+        let msg = self.take()?;
+        let (writer, ctrl) = self.open_writer(&msg).await?;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(HDR_CTRL, ctrl.as_str());
+        h.insert(HDR_INPUT, input.as_str());
+        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        Ok(writer)
+    }
+
     /// Send `reply` and return the writer for the items and the reader of the caller's input.
     pub async fn accept_duplex(
         self,
         reply: R::Reply,
     ) -> Result<(StreamWriter<R::Item>, StreamReader<R::Input>), BusError> {
-        let msg = self.take()?;
-        let (writer, ctrl) = self.open_writer(&msg).await?;
-        let input_ctrl = header(&msg, HDR_INPUT_CTRL)
-            .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
-        let input = self.bus.client.new_inbox();
-        let sub = self.bus.subscribe_raw(&input).await?;
-        let reader = StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT);
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(HDR_CTRL, ctrl.as_str());
-        h.insert(HDR_INPUT, input.as_str());
-        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        let (input, reader) = self.open_input().await?;
+        let writer = self.accept_input(reply, input).await?;
         Ok((writer, reader))
+    }
+}
+
+/// Send a stream's items to its reader until the stream ends, fails, or the reader
+/// goes away (then the stream is dropped, which tells its producer to stop).
+pub(crate) async fn pump<T: serde::Serialize>(mut w: StreamWriter<T>, mut items: BusStream<T>) -> Result<(), BusError> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = items.next() => n,
+            _ = w.cancelled() => return Err(BusError::new(ErrorKind::Cancelled, "the reader went away")),
+        };
+        match next {
+            Some(Ok(item)) => w.send(item).await?,
+            Some(Err(e)) => return w.fail(e).await,
+            None => return w.end().await,
+        }
     }
 }
