@@ -3,21 +3,33 @@
 //! endpoints), published ports forwarded in the kernel, the embedded DNS of user
 //! networks, and network events.
 //!
-//! Layout: [`core::NetworkService`] implements `bus_schema::network::NetworkApi` over
-//! the kernel parts ([`link`], [`netns`], [`firewall`], [`dns`], [`ports`]) and the
-//! records ([`store`]); the adapter generated from the network table
-//! (`berth_bus::network::serve_network`) serves it on the bus, and callers use
-//! `berth_bus::network::NetworkClient`.
+//! Layout: [`service::NetworkService`] implements `bus_schema::network::NetworkApi`
+//! (generated from the network table, as are `berth_bus::network::NetworkClient` and
+//! the bus adapter `berth_bus::network::serve_network`); its logic is
+//! split by concern ([`networks`], [`sandboxes`], [`reconcile`], [`inspect`], with
+//! the settings in [`config`] and the records in [`state`] and [`store`]) and reaches
+//! the kernel only through the traits of [`kernel`] (real: [`link`], [`netns`],
+//! [`firewall`]; in unit tests an in-memory fake). [`dns`] and [`ports`] are the
+//! embedded DNS and host port reservations; [`bus`] is its part of `docker info`.
 
 pub mod bus;
-pub mod core;
+pub mod config;
 pub mod dns;
+#[cfg(test)]
+mod fake;
 pub mod files;
 pub mod firewall;
+mod inspect;
 pub mod ipam;
+pub mod kernel;
 pub mod link;
 pub mod netns;
+mod networks;
 pub mod ports;
+mod reconcile;
+mod sandboxes;
+pub mod service;
+mod state;
 pub mod store;
 
 use berth_bus::{Bus, Server};
@@ -26,7 +38,8 @@ use bus_schema::Service;
 use std::sync::Arc;
 
 pub use berth_bus::network::{NetworkApi, NetworkClient};
-pub use crate::core::{Config, NetworkService};
+pub use crate::config::Config;
+pub use crate::service::{Events, NetworkService};
 
 /// Start the service on `bus` with the node's daemon.json.
 pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
@@ -51,7 +64,7 @@ pub async fn start_with(bus: Bus, config: Config) -> anyhow::Result<(Server, Arc
 }
 
 /// Events published in order by one task.
-pub fn bus_events(bus: Bus) -> core::Events {
+pub fn bus_events(bus: Bus) -> Events {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bus_schema::event::Event>();
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
