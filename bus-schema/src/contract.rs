@@ -483,6 +483,42 @@ mod tests {
         assert_eq!(n, names.len());
     }
 
+    /// docs/architecture.md shows the call graph generated from the tables;
+    /// `BERTH_BLESS=1` rewrites it.
+    #[test]
+    fn architecture_doc_shows_the_tables() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = ("<!-- call graph: generated, do not edit -->\n", "<!-- end call graph -->");
+        let a = doc.find(begin).expect("call graph start marker") + begin.len();
+        let b = doc.find(end).expect("call graph end marker");
+        let want = call_graph_markdown();
+        if doc[a..b] != want {
+            if std::env::var_os("BERTH_BLESS").is_some() {
+                std::fs::write(&path, format!("{}{want}{}", &doc[..a], &doc[b..])).unwrap();
+            } else {
+                panic!("docs/architecture.md's call graph differs from the tables: run with BERTH_BLESS=1");
+            }
+        }
+    }
+
+    #[test]
+    fn permissions_follow_the_tables() {
+        let p = permissions(Caller::Images, "n1");
+        assert!(p.publish.contains(&"berth.v1.storage.n1.LayerApply".to_string()));
+        assert!(p.publish.contains(&"berth.v1.runtime.n1.ContainersUsingImage".to_string()));
+        assert!(!p.publish.iter().any(|s| s.contains("ContainerKill") || s.starts_with("_I") || s.ends_with(".>") && s.starts_with("berth.v1.runtime")));
+        assert!(p.subscribe.contains(&"berth.v1.images.n1.>".to_string()));
+        assert!(p.subscribe.contains(&"_I.images.>".to_string()));
+        let g = permissions(Caller::Gateway, "n1");
+        assert!(g.publish.contains(&"berth.v1.runtime.n1.ContainerKill".to_string()));
+        assert!(g.subscribe.contains(&subject::EVENTS_WILDCARD.to_string()));
+        assert!(!g.publish.iter().any(|s| s.starts_with("berth.v1.events")));
+        let conf = nats_authorization("n1", |c| format!("pw-{}", c.user()));
+        assert_eq!(conf.matches("user: ").count(), Caller::ALL.len());
+        assert!(conf.contains("allow_responses: { max: 1, expires: \"7200s\" }"));
+    }
+
     #[test]
     fn stream_subjects_name_their_parties() {
         let s = stream_subject("storage", "images", "abc");

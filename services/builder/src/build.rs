@@ -5,8 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_bus::images::{ImagesApi, ImagesClient};
+use berth_bus::runtime::{RuntimeApi, RuntimeClient};
 use berth_bus::storage::{StorageApi, StorageClient};
 use berth_bus::{Bus, StreamReader, StreamWriter};
+use futures_util::StreamExt;
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, ImageInspect, ImagePull, ImageResolve, ImageTag, JsonMessage, ResolvedImage};
 use bus_schema::runtime::{ContainerAttach, ContainerCreate, ContainerRemove, ContainerStart, ContainerWait};
 use bus_schema::storage::{LayerApplied, RwLayerCommit, RwLayerCreate, RwLayerMount, RwLayerRemove, RwLayerUnmount};
@@ -25,6 +28,8 @@ const PREDEFINED_ARGS: &[&str] = &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "h
 pub struct Builder {
     pub bus: Bus,
     pub storage: StorageClient,
+    pub images: ImagesClient,
+    pub runtime: RuntimeClient,
     pub dir: PathBuf,
     cache: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -80,7 +85,14 @@ fn short(id: &str) -> &str {
 impl Builder {
     pub fn new(bus: Bus, dir: PathBuf) -> Builder {
         let cache = std::fs::read(dir.join("cache.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Builder { storage: StorageClient::new(bus.clone()), bus, dir, cache: std::sync::Mutex::new(cache) }
+        Builder {
+            storage: StorageClient::new(bus.clone()),
+            images: ImagesClient::new(bus.clone()),
+            runtime: RuntimeClient::new(bus.clone()),
+            bus,
+            dir,
+            cache: std::sync::Mutex::new(cache),
+        }
     }
 
     fn cache_get(&self, key: &str) -> Option<String> {
@@ -237,7 +249,7 @@ impl Builder {
         out.say(format!("Successfully built {}\n", short(&id))).await?;
         for t in &req.tags {
             let (repo, tag) = split_tag(t);
-            self.bus.request(&ImageTag { source: id.clone(), repo: repo.clone(), tag: Some(tag.clone()) }).await?;
+            self.images.image_tag(ImageTag { source: id.clone(), repo: repo.clone(), tag: Some(tag.clone()) }).await?;
             out.say(format!("Successfully tagged {repo}:{tag}\n")).await?;
         }
         Ok(id)
@@ -282,16 +294,15 @@ impl Builder {
 
     async fn resolve_or_pull(&self, reference: &str, pull: bool, platform: Option<&str>, out: &mut Out<'_>) -> R<ResolvedImage> {
         if !pull {
-            match self.bus.request(&ImageResolve { reference: reference.to_string() }).await {
+            match self.images.image_resolve(ImageResolve { reference: reference.to_string() }).await {
                 Ok(i) => return Ok(i),
                 Err(e) if e.is(ErrorKind::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         let (_, mut rd) = self
-            .bus
-            .with_timeout(std::time::Duration::from_secs(60))
-            .request_stream(&ImagePull { reference: reference.to_string(), platform: platform.map(str::to_string), auth: None })
+            .images
+            .image_pull(ImagePull { reference: reference.to_string(), platform: platform.map(str::to_string), auth: None })
             .await?;
         while let Some(m) = rd.next().await {
             let m = m?;
@@ -299,7 +310,7 @@ impl Builder {
                 out.w.send(m).await?;
             }
         }
-        Ok(self.bus.request(&ImageResolve { reference: reference.to_string() }).await?)
+        Ok(self.images.image_resolve(ImageResolve { reference: reference.to_string() }).await?)
     }
 
     /// The variables visible to substitution: stage ARGs, then ENV (ENV wins).
@@ -358,7 +369,7 @@ impl Builder {
 
     async fn cached(&self, key: &str) -> Option<String> {
         let id = self.cache_get(key)?;
-        let hit = self.bus.request(&ImageInspect { name: id.clone() }).await.ok().map(|_| id);
+        let hit = self.images.image_inspect(ImageInspect { name: id.clone() }).await.ok().map(|_| id);
         if hit.is_some() {
             step_metric("hit");
         }
@@ -371,8 +382,8 @@ impl Builder {
         let empty = layer.is_none();
         let new_chain = layer.as_ref().map(|l| l.chain_id.clone());
         let id = self
-            .bus
-            .request(&ImageCreateFromLayer {
+            .images
+            .image_create_from_layer(ImageCreateFromLayer {
                 parent: st.image.clone(),
                 layer,
                 config: st.config.clone(),
@@ -406,7 +417,7 @@ impl Builder {
         let key = cache_key(st.image.as_deref(), &created_by, &argsig);
         if !req.no_cache {
             if let Some(id) = self.cached(&key).await {
-                if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
+                if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                     st.image = Some(id.clone());
                     st.chain = img.chain_id;
                     out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;
@@ -435,7 +446,7 @@ impl Builder {
             }),
             ..Default::default()
         };
-        let created = self.bus.request(&ContainerCreate { name: None, body, platform: None }).await?;
+        let created = self.runtime.container_create(ContainerCreate { name: None, body, platform: None }).await?;
         let cid = created.id;
         out.say(format!(" ---> Running in {}\n", &cid[..12])).await?;
         let res = self.run_container(&cid, out).await;
@@ -466,21 +477,24 @@ impl Builder {
 
     /// Attach, wait, start, stream the output; answers the exit code.
     async fn run_container(&self, cid: &str, out: &mut Out<'_>) -> R<i64> {
-        let (_, mut rd, input) = self
-            .bus
-            .request_duplex(&ContainerAttach {
-                id: cid.to_string(),
-                stream: true,
-                logs: false,
-                stdin: false,
-                stdout: true,
-                stderr: true,
-                detach_keys: None,
-            })
+        // no stdin: the input ends at once
+        let (_, mut rd) = self
+            .runtime
+            .container_attach(
+                ContainerAttach {
+                    id: cid.to_string(),
+                    stream: true,
+                    logs: false,
+                    stdin: false,
+                    stdout: true,
+                    stderr: true,
+                    detach_keys: None,
+                },
+                Box::pin(futures_util::stream::empty()),
+            )
             .await?;
-        let _ = input.end().await;
-        let (_, mut wait) = self.bus.request_stream(&ContainerWait { id: cid.to_string(), condition: "next-exit".into() }).await?;
-        self.bus.with_timeout(std::time::Duration::from_secs(120)).request(&ContainerStart { id: cid.to_string() }).await?;
+        let (_, mut wait) = self.runtime.container_wait(ContainerWait { id: cid.to_string(), condition: "next-exit".into() }).await?;
+        self.runtime.container_start(ContainerStart { id: cid.to_string() }).await?;
         while let Some(c) = rd.next().await {
             let Ok(c) = c else { break };
             out.say(String::from_utf8_lossy(&c.data).into_owned()).await?;
@@ -494,7 +508,7 @@ impl Builder {
     }
 
     async fn remove_container(&self, cid: &str) {
-        let _ = self.bus.request(&ContainerRemove { id: cid.to_string(), force: true, volumes: true }).await;
+        let _ = self.runtime.container_remove(ContainerRemove { id: cid.to_string(), force: true, volumes: true }).await;
     }
 
     async fn copy_step(&self, ins: &Instruction, st: &mut Stage, ctx: &Path, esc: char, out: &mut Out<'_>, done: &[Stage]) -> R<()> {
@@ -596,7 +610,7 @@ impl Builder {
         let chmod = ins.flag("chmod").map(str::to_string).unwrap_or_default();
         let key = cache_key(st.image.as_deref(), &created_by, &format!("{chown}|{chmod}"));
         if let Some(id) = self.cached(&key).await {
-            if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
+            if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                 st.image = Some(id.clone());
                 st.chain = img.chain_id;
                 out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;

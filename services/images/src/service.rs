@@ -3,6 +3,7 @@
 //! inspect, list, history, tag, remove, prune, resolve, images from layers).
 //! Registry and archive operations live in `pull`, `push` and `archive`.
 
+use berth_bus::runtime::RuntimeApi as _;
 use berth_bus::Bus;
 use berth_config::DaemonConfig;
 use bus_schema::event::{Action, Event, EventType};
@@ -363,9 +364,8 @@ impl Images {
 
     /// Container IDs using an image; none when the runtime is not there.
     pub async fn containers_using(&self, id: &str) -> Result<Vec<String>, BusError> {
-        match self
-            .bus
-            .request(&ContainersUsingImage {
+        match berth_bus::runtime::RuntimeClient::new(self.bus.clone())
+            .containers_using_image(ContainersUsingImage {
                 image_id: id.to_string(),
             })
             .await

@@ -1,6 +1,7 @@
 //! `docker create`: validate, resolve the image, merge its config as Docker does,
 //! reserve the name, create the read-write layer, record the container.
 
+use berth_bus::images::ImagesApi as _;
 use berth_bus::storage::StorageApi as _;
 use bus_schema::event::Action;
 use std::collections::HashMap;
@@ -125,7 +126,7 @@ impl Runtime {
         let mut host_config = body.host_config.clone().unwrap_or_default();
         crate::validate::host_config(&mut host_config, &self.cfg)?;
 
-        let img: ResolvedImage = match self.bus.request(&ImageResolve { reference: image_ref.clone() }).await {
+        let img: ResolvedImage = match self.images.image_resolve(ImageResolve { reference: image_ref.clone() }).await {
             Ok(i) => i,
             Err(e) if e.is(ErrorKind::NotFound) => {
                 return Err(BusError::not_found(format!("No such image: {}", display_ref(&image_ref))))

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use berth_bus::images::ImagesClient;
 use berth_bus::network::NetworkClient;
 use berth_bus::storage::StorageClient;
 use berth_bus::Bus;
@@ -89,6 +90,7 @@ pub struct Runtime {
     pub bus: Bus,
     pub storage: StorageClient,
     pub network: NetworkClient,
+    pub images: ImagesClient,
     pub cfg: DaemonConfig,
     pub paths: Paths,
     /// `<root>/runtime/<driver>`: containers are recorded per storage driver.
@@ -119,6 +121,7 @@ impl Runtime {
         Runtime {
             storage: StorageClient::new(bus.clone()),
             network: NetworkClient::new(bus.clone()),
+            images: ImagesClient::new(bus.clone()),
             bus,
             cfg,
             paths,
