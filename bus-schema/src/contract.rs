@@ -277,7 +277,9 @@ pub fn stream_parties(subject: &str) -> Option<(&str, &str)> {
 
 /// The system requests every service answers, and who may send them.
 pub const SYSTEM_CALLERS: &[(&str, &[Caller])] = &[
-    (<crate::system::ServicePing as crate::SystemRpc>::OP, &[Caller::Admin]),
+    // the runtime waits for storage and network before giving back what exited
+    // containers held
+    (<crate::system::ServicePing as crate::SystemRpc>::OP, &[Caller::Admin, Caller::Runtime]),
     (<crate::system::SystemInfoPart as crate::SystemRpc>::OP, &[Caller::Gateway]),
     (<crate::system::ServiceMetrics as crate::SystemRpc>::OP, &[Caller::Gateway]),
 ];

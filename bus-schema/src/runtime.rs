@@ -278,7 +278,7 @@ macro_rules! runtime_table {
                 container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder];
                 container_remove(ContainerRemove) -> (); callers [Gateway, Builder], timeout |_| $crate::secs(120);
                 container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder];
-                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway];
+                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network];
                 container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway];
                 container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
                 container_resize(ContainerResize) -> (); callers [Gateway];

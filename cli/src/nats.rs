@@ -23,20 +23,41 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Write fresh credentials and the server config; returns the config path.
 pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(write_config_with(bus_dir, port, node, false)?.0)
+}
+
+/// The config for a running server after an upgrade: the users keep their passwords
+/// (the services connected with them), the permissions are this version's. Returns the
+/// path and whether the text changed (then nats-server is told to reload it).
+pub fn write_config_keeping(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<(std::path::PathBuf, bool)> {
+    write_config_with(bus_dir, port, node, true)
+}
+
+fn write_config_with(bus_dir: &Path, port: u16, node: &str, keep: bool) -> anyhow::Result<(std::path::PathBuf, bool)> {
     let creds = bus_dir.join("creds");
     std::fs::create_dir_all(&creds)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(bus_dir, std::fs::Permissions::from_mode(0o700))?;
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700))?;
-    // one password per user, written where `berth up` hands it to the service
+    // one password per user (kept across an upgrade), written where `berth up` hands
+    // it to the service
     let mut written = Ok(());
     let authorization = bus_schema::contract::nats_authorization(node, |who| {
-        let pw = random_secret();
         let u = who.user();
-        if written.is_ok() {
-            written = write_private(&creds.join(u), &format!("{u}:{pw}\n"));
-        }
-        pw
+        let kept = if keep {
+            std::fs::read_to_string(creds.join(u))
+                .ok()
+                .and_then(|t| t.trim().strip_prefix(&format!("{u}:")).map(str::to_string))
+        } else {
+            None
+        };
+        kept.unwrap_or_else(|| {
+            let pw = random_secret();
+            if written.is_ok() {
+                written = write_private(&creds.join(u), &format!("{u}:{pw}\n"));
+            }
+            pw
+        })
     });
     written?;
     let js = bus_dir.join("jetstream");
@@ -45,8 +66,11 @@ pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std
         js.display()
     );
     let path = bus_dir.join("nats.conf");
-    write_private(&path, &conf).context("writing nats.conf")?;
-    Ok(path)
+    let changed = std::fs::read_to_string(&path).map(|old| old != conf).unwrap_or(true);
+    if changed {
+        write_private(&path, &conf).context("writing nats.conf")?;
+    }
+    Ok((path, changed))
 }
 
 pub fn nats_server_bin() -> anyhow::Result<std::path::PathBuf> {

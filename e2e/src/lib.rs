@@ -78,6 +78,14 @@ impl Node {
     }
 
     pub fn start_opts(opts: NodeOpts) -> Node {
+        let mut n = Self::prepare(opts);
+        n.boot();
+        n
+    }
+
+    /// A node's files and daemon.json, not started. A key set to `null` in
+    /// `opts.config` (`bridge`, `cgroup-parent`) leaves berth's default.
+    fn prepare(opts: NodeOpts) -> Node {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in(tmp_base()).unwrap();
         let base = opts.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
         let name = uniq();
@@ -91,13 +99,28 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile };
-        n.boot();
-        n
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
     pub fn boot(&mut self) {
+        if let Err(e) = self.try_boot() {
+            panic!("{e}");
+        }
+    }
+
+    /// A node whose `berth up` is expected to refuse to start: its stderr when it
+    /// exits before `ready` (Err with the logs when it becomes ready).
+    pub fn start_failing(opts: NodeOpts) -> Result<String, String> {
+        let mut n = Self::prepare(opts);
+        match n.try_boot() {
+            Ok(()) => Err(format!("berth up started:\n{}", n.logs())),
+            Err(_) => Ok(std::fs::read_to_string(n.root.parent().unwrap().join("up.log")).unwrap_or_default()),
+        }
+    }
+
+    /// [`boot`](Self::boot), with the failure as an error.
+    pub fn try_boot(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,16 +169,18 @@ impl Node {
                 Ok(_) => {}
                 Err(_) => {
                     if let Ok(Some(st)) = child.try_wait() {
-                        panic!("berth up exited ({st}) before ready:\n{}", self.logs());
+                        return Err(format!("berth up exited ({st}) before ready:\n{}", self.logs()));
                     }
                     if t.elapsed() > Duration::from_secs(60) {
                         let _ = child.kill();
-                        panic!("berth up not ready in 60 s:\n{}", self.logs());
+                        let _ = child.wait();
+                        return Err(format!("berth up not ready in 60 s:\n{}", self.logs()));
                     }
                 }
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Stop `berth up` with SIGTERM and wait for it (as a user would with ^C).
@@ -171,6 +196,19 @@ impl Node {
         }
         let _ = c.kill();
         c.wait().ok()
+    }
+
+    /// SIGKILL `berth up` (a crash) and reap it; its services are left to notice.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The pid of `berth up`, while it runs.
+    pub fn up_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn host(&self) -> String {
@@ -218,6 +256,36 @@ impl Node {
         self.state()["services"][name].as_i64().map(|p| p as i32)
     }
 
+    /// What the node's containers hold on the host: mounts under the root (but the
+    /// network service's own netns directory), berth-shim processes of this root, and
+    /// cgroups under the node's cgroup parent. Empty once every container is gone.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let rs = self.root.to_string_lossy().to_string();
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for m in mi.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
+                out.push(format!("mount {m}"));
+            }
+        }
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("berth-shim") && cmd.contains(&rs) {
+                out.push(format!("shim {cmd}"));
+            }
+        }
+        let parent = format!("berth-e2e-{}", self.name);
+        for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+            if let Ok(rd) = std::fs::read_dir(Path::new(base).join(&parent)) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        out
+    }
+
     /// The tail of every log of the node, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -238,6 +306,39 @@ fn tail(p: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A free TCP port on 127.0.0.1 (for published ports in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the body of a 200 answer, or None.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+}
+
+/// Processes whose environment names `root` as their data root (a node's services),
+/// as (pid, executable name).
+pub fn processes_of_root(root: &Path) -> Vec<(i32, String)> {
+    let want = format!("BERTH_ROOT={}", root.display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
 /// Temp dirs for nodes: on the root filesystem (overlayfs cannot stack on tmpfs
 /// upper dirs in every kernel, and /tmp may be tmpfs).
 pub fn tmp_base() -> PathBuf {
@@ -249,7 +350,26 @@ pub fn tmp_base() -> PathBuf {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
-        cleanup_root(&self.root, &format!("berth-e2e-{}", self.name));
+        // a node on berth's default cgroup parent records the one it got
+        match std::fs::read_to_string(self.root.join("runtime/cgroup-parent")) {
+            // `berth` may be shared with nodes of others: only this node's containers
+            Ok(p) if p.trim() == "berth" => {
+                let ids: Vec<String> = std::fs::read_dir(self.root.join("runtime"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|d| std::fs::read_dir(d.path().join("containers")).ok())
+                    .flatten()
+                    .flatten()
+                    .map(|c| c.file_name().to_string_lossy().into_owned())
+                    .collect();
+                for id in ids {
+                    cleanup_root(&self.root, &format!("berth/{id}"));
+                }
+            }
+            Ok(p) => cleanup_root(&self.root, p.trim()),
+            Err(_) => cleanup_root(&self.root, &format!("berth-e2e-{}", self.name)),
+        }
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Config {
     pub node: String,
     /// The default bridge device (`bridge`, default `berth0`); None for `"none"`.
     pub bridge: Option<String>,
+    /// daemon.json named the bridge: that one or none (when another node owns it, the
+    /// service does not start). Otherwise `berth0` when it is free or the node's, else
+    /// [`node_bridge_name`].
+    pub bridge_explicit: bool,
     /// `bip`: the default bridge's address and prefix.
     pub bip: Option<(Ipv4Addr, u8)>,
     /// `fixed-cidr`: the default bridge's container range.
@@ -58,8 +62,9 @@ impl Config {
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         };
+        let bridge_explicit = s("bridge").is_some_and(|b| !b.is_empty());
         let bridge = match s("bridge").as_deref() {
-            None | Some("") => Some("berth0".to_string()),
+            None | Some("") => Some(DEFAULT_BRIDGE.to_string()),
             Some("none") => None,
             Some(b) => Some(b.to_string()),
         };
@@ -84,6 +89,7 @@ impl Config {
             dir: root.join("network"),
             node: node.to_string(),
             bridge,
+            bridge_explicit,
             bip,
             fixed_cidr,
             pools,
@@ -106,10 +112,27 @@ impl Config {
         })
     }
 
-    /// The alias that marks this node's bridges.
+    /// The alias that marks this node's links (bridges, veths' host ends).
     pub fn mark(&self) -> String {
         format!("berth:{}", self.node)
     }
+}
+
+/// The default bridge of the first node on a host.
+pub const DEFAULT_BRIDGE: &str = "berth0";
+
+/// The default bridge of a node that finds [`DEFAULT_BRIDGE`] another's: `berth` and
+/// the node id, within the kernel's 15 characters.
+pub fn node_bridge_name(node: &str) -> String {
+    let id: String = node.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let mut n = format!("berth{id}");
+    n.truncate(15);
+    n
+}
+
+/// The node whose mark a link carries (`berth:<node>`).
+pub fn marked_by(alias: Option<&str>) -> Option<&str> {
+    alias.and_then(|a| a.strip_prefix("berth:"))
 }
 
 #[cfg(test)]
@@ -148,5 +171,16 @@ mod tests {
                 .as_deref(),
             Some("berth0")
         );
+        assert!(c.bridge_explicit);
+        assert!(!Config::from_daemon(&dflt, Path::new("/r"), "n").unwrap().bridge_explicit);
+    }
+
+    #[test]
+    fn node_bridge_names_fit_the_kernel() {
+        assert_eq!(node_bridge_name("3f9a0c2b7d1e"), "berth3f9a0c2b7d");
+        assert_eq!(node_bridge_name("n-1"), "berthn1");
+        assert_eq!(marked_by(Some("berth:n1")), Some("n1"));
+        assert_eq!(marked_by(Some("other")), None);
+        assert_eq!(marked_by(None), None);
     }
 }

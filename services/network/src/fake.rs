@@ -481,24 +481,31 @@ impl TestService {
     }
 
     pub async fn start_with(fake: Fake, f: impl FnOnce(&mut crate::Config)) -> TestService {
+        Self::try_start_with(fake, f).await.unwrap()
+    }
+
+    pub async fn try_start_with(
+        fake: Fake,
+        f: impl FnOnce(&mut crate::Config),
+    ) -> Result<TestService, bus_schema::BusError> {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Self::config(dir.path());
         f(&mut cfg);
         let events = Arc::new(Mutex::new(Vec::new()));
-        let svc = Self::boot(&fake, cfg, &events).await;
-        TestService {
+        let svc = Self::boot(&fake, cfg, &events).await?;
+        Ok(TestService {
             fake,
             dir,
             svc,
             events,
-        }
+        })
     }
 
     async fn boot(
         fake: &Fake,
         cfg: crate::Config,
         events: &Arc<Mutex<Vec<bus_schema::event::Event>>>,
-    ) -> Arc<crate::NetworkService> {
+    ) -> Result<Arc<crate::NetworkService>, bus_schema::BusError> {
         let ev = events.clone();
         crate::NetworkService::start_on(
             cfg,
@@ -506,7 +513,6 @@ impl TestService {
             fake.kernel(),
         )
         .await
-        .unwrap()
     }
 
     /// The service as after a crash and a new start on the same records and kernel.
@@ -517,7 +523,7 @@ impl TestService {
     pub async fn restart_with(&mut self, f: impl FnOnce(&mut crate::Config)) {
         let mut cfg = Self::config(self.dir.path());
         f(&mut cfg);
-        self.svc = Self::boot(&self.fake, cfg, &self.events).await;
+        self.svc = Self::boot(&self.fake, cfg, &self.events).await.unwrap();
     }
 
     pub fn actions(&self) -> Vec<String> {

@@ -15,6 +15,18 @@ use crate::service::{internal, HostLock, NetworkService};
 use crate::state::State;
 use crate::store::{self, NetworkRecord, DRIVER_BRIDGE, DRIVER_HOST, DRIVER_NULL};
 
+/// Who a link belongs to, by the mark berth nodes put on theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// No such link.
+    Nobody,
+    Us,
+    /// Another berth node.
+    Node(String),
+    /// Not a berth node's (another program's, or the user's).
+    Unmarked,
+}
+
 impl NetworkService {
     pub(crate) async fn ensure_predefined(&self, st: &mut State) -> Result<(), BusError> {
         for (name, driver) in [("host", DRIVER_HOST), ("none", DRIVER_NULL)] {
@@ -51,20 +63,27 @@ impl NetworkService {
             }
         }
         let existing = st.networks.values().find(|n| n.default_bridge).cloned();
-        let Some(dev) = self.cfg.bridge.clone() else {
+        if self.cfg.bridge.is_none() {
             // `"bridge": "none"`: no default bridge network.
             if let Some(n) = existing {
                 if st.endpoints_on(&n.id).next().is_none() {
-                    let _ = self.k.links.delete(&n.bridge).await;
+                    self.delete_bridge(&n.bridge).await;
                     st.networks.remove(&n.id);
                     self.store.delete_network(&n.id)?;
                 }
             }
             return Ok(());
-        };
+        }
         let in_use = existing
             .as_ref()
             .is_some_and(|n| st.endpoints_on(&n.id).next().is_some());
+        // the choice of the name and the subnet, and the bridge that shows them to
+        // other nodes, under the host's lock
+        let _lock = HostLock::take();
+        let dev = match &existing {
+            Some(n) if in_use => n.bridge.clone(),
+            _ => self.choose_default_bridge().await?,
+        };
         let mut n = existing.clone().unwrap_or_else(|| NetworkRecord {
             id: store::new_id(),
             name: "bridge".into(),
@@ -90,10 +109,9 @@ impl NetworkService {
         });
         if !in_use {
             if n.bridge != dev {
-                let _ = self.k.links.delete(&n.bridge).await;
+                self.delete_bridge(&n.bridge).await;
                 n.bridge = dev.clone();
             }
-            let _lock = HostLock::take();
             let others: Vec<Ipv4Net> = st
                 .networks
                 .values()
@@ -148,6 +166,60 @@ impl NetworkService {
         Ok(())
     }
 
+    /// Which node's mark the link `name` carries.
+    pub(crate) async fn owner_of(&self, name: &str) -> Result<Owner, BusError> {
+        Ok(match self.k.links.link(name).await.map_err(internal)? {
+            None => Owner::Nobody,
+            Some(l) => match marked_by(l.alias.as_deref()) {
+                Some(n) if n == self.cfg.node => Owner::Us,
+                Some(n) => Owner::Node(n.to_string()),
+                None => Owner::Unmarked,
+            },
+        })
+    }
+
+    /// The default bridge's device: the one daemon.json names unless another node
+    /// owns it (then the service does not start, naming that node); without a name,
+    /// `berth0` when it is free or ours, else one named after the node.
+    async fn choose_default_bridge(&self) -> Result<String, BusError> {
+        let name = self.cfg.bridge.clone().unwrap_or_default();
+        match self.owner_of(&name).await? {
+            Owner::Nobody | Owner::Us => return Ok(name),
+            Owner::Node(other) if self.cfg.bridge_explicit => {
+                return Err(BusError::conflict(format!(
+                    "bridge {name} belongs to berth node {other}: give this node a \"bridge\" of its own in daemon.json"
+                )))
+            }
+            // an existing device named in daemon.json is used, as Docker does
+            Owner::Unmarked if self.cfg.bridge_explicit => return Ok(name),
+            _ => {}
+        }
+        let own = node_bridge_name(&self.cfg.node);
+        match self.owner_of(&own).await? {
+            Owner::Nobody | Owner::Us => Ok(own),
+            Owner::Node(other) => Err(BusError::conflict(format!(
+                "bridge {own} belongs to berth node {other}"
+            ))),
+            Owner::Unmarked => Err(BusError::conflict(format!(
+                "{name} belongs to another node and {own} is not berth's: set \"bridge\" in daemon.json"
+            ))),
+        }
+    }
+
+    /// Delete one of the node's bridges, never a link another node or program owns.
+    pub(crate) async fn delete_bridge(&self, name: &str) {
+        match self.owner_of(name).await {
+            Ok(Owner::Us) => {
+                if let Err(e) = self.k.links.delete(name).await {
+                    tracing::warn!(bridge = %name, error = %e, "cannot delete bridge");
+                }
+            }
+            Ok(Owner::Nobody) => {}
+            Ok(o) => tracing::info!(bridge = %name, owner = ?o, "leaving a bridge that is not the node's"),
+            Err(e) => tracing::warn!(bridge = %name, error = %e, "cannot look the bridge up"),
+        }
+    }
+
     pub(crate) async fn ensure_bridge(&self, n: &NetworkRecord) -> Result<u32, LinkError> {
         let (Some(sub), Some(gw)) = (n.subnet, n.gateway) else {
             return Err(LinkError::Netlink(format!(
@@ -155,6 +227,14 @@ impl NetworkService {
                 n.name
             )));
         };
+        if let Some(l) = self.k.links.link(&n.bridge).await? {
+            if let Some(other) = marked_by(l.alias.as_deref()).filter(|o| *o != self.cfg.node) {
+                return Err(LinkError::Netlink(format!(
+                    "bridge {} belongs to berth node {other}",
+                    n.bridge
+                )));
+            }
+        }
         let idx = self
             .k
             .links
@@ -276,6 +356,11 @@ impl NetworkService {
                 "bridge name {bridge} is already in use by another network"
             )));
         }
+        if let Owner::Node(other) = self.owner_of(&bridge).await? {
+            return Err(BusError::forbidden(format!(
+                "bridge name {bridge} is already in use by berth node {other}"
+            )));
+        }
 
         // IPAM: one IPv4 config at most.
         let mut cfgs = ipam.config.clone().unwrap_or_default();
@@ -380,14 +465,14 @@ impl NetworkService {
         self.ensure_bridge(&n).await.map_err(internal)?;
         drop(_lock);
         if let Err(e) = self.store.save_network(&n) {
-            let _ = self.k.links.delete(&n.bridge).await;
+            self.delete_bridge(&n.bridge).await;
             return Err(e.into());
         }
         st.networks.insert(id.clone(), n.clone());
         if let Err(e) = self.apply_firewall(st).await {
             st.networks.remove(&id);
             let _ = self.store.delete_network(&id);
-            let _ = self.k.links.delete(&n.bridge).await;
+            self.delete_bridge(&n.bridge).await;
             return Err(e);
         }
         self.dns.set_network(&n.id, &n.name, n.internal);
@@ -421,9 +506,7 @@ impl NetworkService {
         if let Err(e) = self.apply_firewall(st).await {
             tracing::warn!(error = %e, "firewall update after network removal failed");
         }
-        if let Err(e) = self.k.links.delete(&n.bridge).await {
-            tracing::warn!(bridge = %n.bridge, error = %e, "cannot delete bridge");
-        }
+        self.delete_bridge(&n.bridge).await;
         self.event(Action::Destroy, &n, None);
         Ok(())
     }
@@ -588,5 +671,94 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.message, "invalid filter 'bogus'");
+    }
+
+    fn bridge_opt(n: &docker::NetworkInspect) -> String {
+        n.options.as_ref().unwrap()["com.docker.network.bridge.name"].clone()
+    }
+
+    async fn default_bridge(t: &TestService) -> String {
+        bridge_opt(
+            &t.svc
+                .network_inspect(NetworkInspect {
+                    id: "bridge".into(),
+                    verbose: false,
+                })
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_second_node_on_the_host_takes_a_bridge_of_its_own() {
+        let fake = crate::fake::Fake::new();
+        fake.world()
+            .add_foreign("berth0", "bridge", Some("berth:n2"));
+        fake.world().routes.push("172.17.0.0/16".parse().unwrap());
+        let mut t = TestService::start_with(fake, |_| {}).await;
+        assert_eq!(default_bridge(&t).await, "berthn1");
+        assert_eq!(subnet_of(&t, "bridge").await, "172.18.0.0/16");
+        {
+            let w = t.fake.world();
+            assert_eq!(w.links["berth0"].alias.as_deref(), Some("berth:n2"));
+            assert_eq!(w.links["berth0"].addr, None, "the other node's bridge was touched");
+            assert_eq!(w.links["berthn1"].alias.as_deref(), Some("berth:n1"));
+        }
+        // our graceful stop leaves the other node's bridge
+        t.svc.shutdown().await;
+        assert_eq!(t.fake.world().bridges(), ["berth0"]);
+        // once berth0 is free again, a start takes it back (and gives its own one up)
+        t.fake.world().links.remove("berth0");
+        t.fake.world().routes.clear();
+        t.restart().await;
+        assert_eq!(default_bridge(&t).await, "berth0");
+        assert_eq!(t.fake.world().bridges(), ["berth0"]);
+    }
+
+    #[tokio::test]
+    async fn a_named_bridge_another_node_owns_stops_the_start_naming_it() {
+        let fake = crate::fake::Fake::new();
+        fake.world().add_foreign("bx0", "bridge", Some("berth:n2"));
+        let e = TestService::try_start_with(fake.clone(), |c| {
+            c.bridge = Some("bx0".into());
+            c.bridge_explicit = true;
+        })
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.message,
+            "bridge bx0 belongs to berth node n2: give this node a \"bridge\" of its own in daemon.json"
+        );
+        assert_eq!(fake.world().links["bx0"].alias.as_deref(), Some("berth:n2"));
+        // a device of the user's (unmarked) is used, as Docker uses a named bridge
+        fake.world().add_foreign("bx1", "bridge", None);
+        let t = TestService::start_with(fake, |c| {
+            c.bridge = Some("bx1".into());
+            c.bridge_explicit = true;
+        })
+        .await;
+        assert_eq!(default_bridge(&t).await, "bx1");
+        assert_eq!(t.fake.world().links["bx1"].alias.as_deref(), Some("berth:n1"));
+    }
+
+    #[tokio::test]
+    async fn a_user_network_cannot_take_another_nodes_bridge() {
+        let fake = crate::fake::Fake::new();
+        fake.world().add_foreign("brx", "bridge", Some("berth:n2"));
+        let t = TestService::start_with(fake, |_| {}).await;
+        let mut r = create("x", None);
+        r.body.options = Some(HashMap::from([(
+            "com.docker.network.bridge.name".to_string(),
+            "brx".to_string(),
+        )]));
+        let e = t.svc.network_create(r).await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (
+                ErrorKind::Forbidden,
+                "bridge name brx is already in use by berth node n2"
+            )
+        );
     }
 }

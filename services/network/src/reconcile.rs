@@ -94,7 +94,9 @@ impl NetworkService {
                         tracing::info!(link = %l.name, "removing a bridge no network records");
                         let _ = self.k.links.delete(&l.name).await;
                     }
-                } else if (ours || l.master.is_some_and(|m| bridge_idx.contains_key(&m)))
+                } else if (ours
+                    || (l.master.is_some_and(|m| bridge_idx.contains_key(&m))
+                        && crate::config::marked_by(l.alias.as_deref()).is_none()))
                     && !known_veths.contains(&l.name)
                 {
                     tracing::info!(link = %l.name, "removing a veth no sandbox records");
@@ -211,23 +213,110 @@ impl NetworkService {
         }
     }
 
-    /// Remove everything the node put in the kernel when nothing uses it any more
-    /// (graceful stop with no sandbox left): firewall table, bridges, DNS servers.
-    /// The records stay; the next start recreates the kernel state from them.
+    /// The sandboxes of containers that no longer run: their removal never reached
+    /// the service (it, the bus or the whole node was down), so no request will take
+    /// them. A sandbox is stale when no process lives in its namespace and the
+    /// runtime does not list its container as running (`running`; None when the
+    /// runtime cannot be asked, as at a graceful stop after it). A sandbox without a
+    /// namespace of its own (host mode, `container:<id>`) needs the runtime's word,
+    /// or the one whose namespace it shares to be stale.
+    pub(crate) fn stale_sandboxes(
+        &self,
+        st: &State,
+        running: Option<&BTreeSet<String>>,
+    ) -> BTreeSet<String> {
+        let runs = |id: &str| running.map(|r| r.contains(id));
+        let mut stale: BTreeSet<String> = st
+            .sandboxes
+            .values()
+            .filter(|s| s.owns_netns && runs(&s.container_id) != Some(true))
+            .filter(|s| !self.k.ns.in_use(Path::new(&s.key)))
+            .map(|s| s.container_id.clone())
+            .collect();
+        for s in st.sandboxes.values().filter(|s| !s.owns_netns) {
+            let owner_gone = s
+                .joined
+                .as_ref()
+                .is_some_and(|j| stale.contains(j) || !st.sandboxes.contains_key(j));
+            if runs(&s.container_id) == Some(false) || (owner_gone && running.is_none()) {
+                stale.insert(s.container_id.clone());
+            }
+        }
+        stale
+    }
+
+    /// Drop these sandboxes as `docker rm` would have.
+    pub(crate) async fn drop_sandboxes(&self, st: &mut State, ids: &BTreeSet<String>) {
+        for id in ids {
+            tracing::info!(container = %id, "dropping the sandbox of a container that no longer runs");
+            if let Err(e) = self.remove_sandbox(st, id).await {
+                tracing::warn!(container = %id, error = %e, "cannot drop a stale sandbox");
+            }
+        }
+    }
+
+    /// Whether the node has any sandbox (the sweep asks the runtime only then).
+    pub async fn has_sandboxes(&self) -> bool {
+        !self.state.read().await.sandboxes.is_empty()
+    }
+
+    /// One round of the sweep against the runtime's list of running containers.
+    /// `suspects` are the sandboxes found stale before, with when that was first seen;
+    /// a sandbox goes once it has been stale for `grace` (a start in flight has its
+    /// sandbox before its process and before the runtime lists it as running).
+    /// Returns the suspects for the next round.
+    pub async fn sweep(
+        &self,
+        running: &BTreeSet<String>,
+        suspects: BTreeMap<String, std::time::Instant>,
+        grace: std::time::Duration,
+    ) -> BTreeMap<String, std::time::Instant> {
+        let mut st = self.state.write().await;
+        let now = std::time::Instant::now();
+        let stale = self.stale_sandboxes(&st, Some(running));
+        let mut next = BTreeMap::new();
+        let mut ripe = BTreeSet::new();
+        for id in stale {
+            let since = suspects.get(&id).copied().unwrap_or(now);
+            if now.duration_since(since) >= grace {
+                ripe.insert(id);
+            } else {
+                next.insert(id, since);
+            }
+        }
+        self.drop_sandboxes(&mut st, &ripe).await;
+        next
+    }
+
+    /// A graceful stop. Sandboxes whose namespace no process lives in any more go
+    /// (the runtime stopped before the network: their containers are gone). When no
+    /// namespace is left, everything the node put in the kernel goes too: firewall
+    /// table, FORWARD rules, bridges, the namespace directory's mount. Containers
+    /// that outlive the node keep their namespaces, bridges and rules. The network
+    /// records stay; the next start recreates the kernel state from them.
     pub async fn shutdown(&self) {
-        let st = self.state.read().await;
+        let mut st = self.state.write().await;
         for n in st.networks.values() {
             self.dns.stop(&n.id);
         }
-        if !st.sandboxes.is_empty() {
+        let stale = self.stale_sandboxes(&st, None);
+        self.drop_sandboxes(&mut st, &stale).await;
+        let live = st.sandboxes.values().filter(|s| s.owns_netns).count();
+        if live > 0 {
+            tracing::info!(sandboxes = live, "containers outlive the node: its bridges and rules stay");
             return;
         }
         if self.cfg.firewall {
-            let _ = self.k.fw.delete(&self.table).await;
+            if let Err(e) = self.k.fw.delete(&self.table).await {
+                tracing::warn!(table = %self.table, error = %e, "cannot delete the firewall table");
+            }
             self.sync_forward(Vec::new()).await;
         }
         for n in st.networks.values().filter(|n| n.is_bridge()) {
-            let _ = self.k.links.delete(&n.bridge).await;
+            self.delete_bridge(&n.bridge).await;
+        }
+        if let Err(e) = self.k.ns.release_dir(&self.store.netns_dir()) {
+            tracing::warn!(error = %e, "cannot unmount the namespace directory");
         }
     }
 }
@@ -317,5 +406,89 @@ mod tests {
         assert!(w.bridges().is_empty());
         assert!(w.tables.is_empty());
         assert!(w.forward.is_empty());
+        assert!(w.prepared_dirs.is_empty(), "the netns directory stays mounted");
+    }
+
+    fn set_in_use(t: &TestService, key: &str, yes: bool) {
+        t.fake
+            .world()
+            .namespaces
+            .get_mut(Path::new(key))
+            .unwrap()
+            .in_use = yes;
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_drops_sandboxes_no_process_lives_in_and_completes() {
+        let t = TestService::start().await;
+        let mut r = req("gone");
+        r.port_bindings.insert(
+            "80/tcp".into(),
+            Some(vec![bus_schema::docker::PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+        );
+        let s = t.svc.sandbox_create(r).await.unwrap();
+        // its container was removed while the network was down: no process in it
+        set_in_use(&t, &s.key, false);
+        t.svc.shutdown().await;
+        let w = t.fake.world();
+        assert!(w.bridges().is_empty());
+        assert!(w.tables.is_empty());
+        assert!(w.forward.is_empty());
+        assert!(w.namespaces.is_empty());
+        assert!(w.prepared_dirs.is_empty());
+        assert!(!t.svc.store.sandboxes_dir().join("gone.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_leaves_what_running_containers_use() {
+        let t = TestService::start().await;
+        let s = t.svc.sandbox_create(req("runs")).await.unwrap();
+        set_in_use(&t, &s.key, true);
+        t.svc.shutdown().await;
+        let w = t.fake.world();
+        assert_eq!(w.bridges(), ["berth0"]);
+        assert!(w.tables.contains_key("berth_n1"));
+        assert!(w.namespaces.contains_key(Path::new(&s.key)));
+        assert!(!w.prepared_dirs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_sandboxes_of_containers_that_no_longer_run_after_a_grace() {
+        use std::collections::{BTreeMap, BTreeSet};
+        use std::time::{Duration, Instant};
+        let t = TestService::start().await;
+        let gone = t.svc.sandbox_create(req("gone")).await.unwrap();
+        let busy = t.svc.sandbox_create(req("busy")).await.unwrap();
+        let listed = t.svc.sandbox_create(req("listed")).await.unwrap();
+        set_in_use(&t, &busy.key, true);
+        let running = BTreeSet::from(["listed".to_string()]);
+        let grace = Duration::from_secs(10);
+        // first seen stale: kept for now (a start in flight looks the same)
+        let s1 = t.svc.sweep(&running, BTreeMap::new(), grace).await;
+        assert_eq!(s1.keys().collect::<Vec<_>>(), ["gone"]);
+        assert!(t.fake.world().namespaces.contains_key(Path::new(&gone.key)));
+        // still stale after the grace: gone
+        let long_ago = BTreeMap::from([("gone".to_string(), Instant::now() - grace)]);
+        let s2 = t.svc.sweep(&running, long_ago, grace).await;
+        assert!(s2.is_empty());
+        let w = t.fake.world();
+        assert!(!w.namespaces.contains_key(Path::new(&gone.key)));
+        assert!(w.namespaces.contains_key(Path::new(&busy.key)));
+        assert!(w.namespaces.contains_key(Path::new(&listed.key)));
+        drop(w);
+        let ins = t
+            .svc
+            .network_inspect(NetworkInspect {
+                id: "bridge".into(),
+                verbose: false,
+            })
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = ins.containers.unwrap().into_keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["busy", "listed"]);
     }
 }

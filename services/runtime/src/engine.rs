@@ -135,6 +135,33 @@ impl Runtime {
         }
     }
 
+    /// The cgroup parent of this node's containers, claimed host-wide so that two
+    /// nodes on one host never share one (see `claims`); remembered in the data root
+    /// so that a node keeps its own across restarts.
+    pub fn node_cgroup_parent(&self) -> anyhow::Result<String> {
+        let configured = self
+            .cfg
+            .other
+            .get("cgroup-parent")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim_matches('/').to_string())
+            .filter(|s| !s.is_empty());
+        let file = self.paths.runtime().join("cgroup-parent");
+        let previous = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string());
+        let p = crate::claims::cgroup_parent(
+            std::path::Path::new(crate::claims::DIR),
+            configured.as_deref(),
+            previous.as_deref(),
+            self.bus.node(),
+            self.paths.root(),
+        )
+        .map_err(|t| anyhow::anyhow!("{t}: give this node a \"cgroup-parent\" of its own in daemon.json"))?;
+        if configured.is_none() && previous.as_deref() != Some(p.as_str()) {
+            berth_config::paths::write_atomic(&file, p.as_bytes())?;
+        }
+        Ok(p)
+    }
+
     pub fn containers_dir(&self) -> PathBuf {
         self.dir.join("containers")
     }

@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod cgroupfs;
+pub mod claims;
 pub mod create;
 pub mod engine;
 pub mod health;
@@ -50,8 +51,10 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
 
 pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<Runtime>)> {
     let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
-    let rt = Arc::new(Runtime::new(bus.clone(), cfg, Paths::new(root)));
+    let mut rt = Runtime::new(bus.clone(), cfg, Paths::new(root));
     std::fs::create_dir_all(rt.containers_dir())?;
+    rt.cgroup_parent = rt.node_cgroup_parent()?;
+    let rt = Arc::new(rt);
     rt.recover().await;
 
     macro_rules! h {
@@ -195,8 +198,16 @@ impl Runtime {
     /// run, record the exits of those that ended meanwhile, finish interrupted
     /// removals, and start containers whose restart policy says so.
     pub async fn recover(self: &Arc<Self>) {
+        let mut others_ready = false;
         for e in self.load() {
             let c = e.get();
+            // giving back (below) needs the storage and network services, which may
+            // still be starting with this one (a node started again)
+            let gives_back = c.state.status == state::Status::Removing || c.state.running() || c.state.status == state::Status::Restarting;
+            if gives_back && !others_ready {
+                self.wait_for_give_back_services().await;
+                others_ready = true;
+            }
             match c.state.status {
                 state::Status::Removing => {
                     // an interrupted removal (`--rm` gives back in the background)
@@ -269,12 +280,25 @@ impl Runtime {
         }
     }
 
+    /// Waits (up to 30 s in all) until the storage and network services answer.
+    async fn wait_for_give_back_services(&self) {
+        let t0 = std::time::Instant::now();
+        let bus = self.bus.with_timeout(Duration::from_millis(500));
+        for svc in [Service::Storage, Service::Network] {
+            while bus.request_system(svc, &bus_schema::system::ServicePing {}).await.is_err() && t0.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// On SIGTERM without live-restore: stop every container (their stop signal, a
-    /// short grace, then SIGKILL) so the node stops within its 10 s budget.
+    /// short grace, then SIGKILL) so the node stops within its 10 s budget. With
+    /// live-restore, or when `berth up` is gone or hands over to a new instance
+    /// (detached), containers keep running for the next instance to adopt.
     pub async fn shutdown(self: &Arc<Self>) {
         // removals answered already but still giving back (`--rm`) finish first
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.write()).await;
-        if self.cfg.live_restore {
+        if self.cfg.live_restore || berth_bus::service::detached() {
             return;
         }
         let mut tasks = Vec::new();

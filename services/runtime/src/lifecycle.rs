@@ -640,6 +640,9 @@ impl Runtime {
             return;
         }
         e.update(|c| c.state.status = Status::Removing);
+        // the exit gave the sandbox back already, unless the network service could not
+        // be reached then (idempotent: nothing to do in the network service otherwise)
+        let _ = self.network.sandbox_remove(SandboxRemove { container_id: c.id.clone() }).await;
         self.give_back(e, &c, Some(volumes)).await;
         self.forget(&c.id);
         for id in &c.exec_ids {

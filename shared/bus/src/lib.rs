@@ -272,13 +272,137 @@ fn decode_reply<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, BusError>
 }
 
 
-/// Helpers every service binary uses: connect with retries, stop on a signal.
+/// Helpers every service binary uses: connect with retries, one instance per data
+/// root, stop on a signal or when `berth up` lets go.
 pub mod service {
     use super::*;
+    use std::sync::{Mutex, OnceLock};
+
+    /// Why a service stops.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Stop {
+        /// SIGTERM or SIGINT: an orderly stop (without live-restore the runtime stops
+        /// its containers, as dockerd does).
+        Orderly,
+        /// The supervisor is gone (`berth up` crashed or was killed) or let this
+        /// instance go (an upgrade replaces it): stop serving and leave every
+        /// container, sandbox and mount as it is for the next instance to adopt.
+        Detach,
+    }
+
+    static STOP: OnceLock<Stop> = OnceLock::new();
+    static SUPERVISOR: OnceLock<Mutex<Option<std::os::unix::net::UnixStream>>> = OnceLock::new();
+    static INSTANCE_LOCK: OnceLock<std::fs::File> = OnceLock::new();
+
+    /// Why this service is stopping, once it is.
+    pub fn stop_reason() -> Option<Stop> {
+        STOP.get().copied()
+    }
+
+    /// Stopping without touching containers (see [`Stop::Detach`]).
+    pub fn detached() -> bool {
+        stop_reason() == Some(Stop::Detach)
+    }
+
+    /// This process's end of the link to `berth up` ([`berth_config::env::SUPERVISOR_FD`]),
+    /// taken once and kept close-on-exec so no shim or container inherits it.
+    fn supervisor() -> &'static Mutex<Option<std::os::unix::net::UnixStream>> {
+        SUPERVISOR.get_or_init(|| {
+            let fd = std::env::var(berth_config::env::SUPERVISOR_FD).ok().and_then(|v| v.parse::<i32>().ok());
+            Mutex::new(fd.filter(|fd| *fd > 2).and_then(|fd| {
+                use std::os::fd::FromRawFd;
+                // SAFETY: `berth up` passed this fd to this process for this purpose only
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                    return None;
+                }
+                Some(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+            }))
+        })
+    }
+
+    /// Tell `berth up` this instance serves (it waits for this before it retires the
+    /// instance this one replaces). Without a supervisor, nothing.
+    pub fn ready() {
+        use std::io::Write;
+        if let Some(s) = supervisor().lock().unwrap().as_mut() {
+            let _ = s.write_all(b"R");
+        }
+    }
+
+    /// Resolves when the supervisor's end closes (never without a supervisor).
+    async fn supervisor_gone() {
+        let s = supervisor().lock().unwrap().as_ref().and_then(|s| s.try_clone().ok());
+        let Some(s) = s else { return std::future::pending().await };
+        if s.set_nonblocking(true).is_err() {
+            return std::future::pending().await;
+        }
+        let Ok(s) = tokio::net::UnixStream::from_std(s) else { return std::future::pending().await };
+        let mut buf = [0u8; 16];
+        loop {
+            let _ = s.readable().await;
+            match s.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// One instance of a backend service per data root: waits (up to 20 s) for an
+    /// instance still finishing — a node killed and started again, or an upgrade's
+    /// handover — to exit. The lock is `<root>/run/<service>.lock`, held for life.
+    pub async fn claim_instance(svc: Service) -> Result<(), BusError> {
+        use std::os::fd::AsRawFd;
+        let Some(root) = std::env::var_os(berth_config::env::ROOT) else { return Ok(()) };
+        let dir = std::path::Path::new(&root).join("run");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{}.lock", svc.name()));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BusError::internal(format!("opening {}: {e}", path.display())))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut said = false;
+        // SAFETY: flock on an fd this function owns
+        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(BusError::unavailable(format!(
+                    "another {} service runs on {} (it holds {})",
+                    svc.name(),
+                    std::path::Path::new(&root).display(),
+                    path.display()
+                )));
+            }
+            if !said {
+                tracing::info!("waiting for the previous {} instance to exit", svc.name());
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = INSTANCE_LOCK.set(f);
+        Ok(())
+    }
 
     /// Connect with the environment `berth up` set, retrying for a while: the bus may
-    /// still be starting.
+    /// still be starting. A backend first claims its data root (see [`claim_instance`])
+    /// and opens its records' folder (see [`berth_config::records`]).
     pub async fn connect(svc: Service) -> Result<Bus, BusError> {
+        connect_with(svc, &[]).await
+    }
+
+    /// [`connect`] for a service whose records have `migrations` from older formats.
+    pub async fn connect_with(svc: Service, migrations: &[berth_config::records::Migration]) -> Result<Bus, BusError> {
+        supervisor();
+        if svc != Service::Gateway {
+            claim_instance(svc).await?;
+            if let Some(root) = std::env::var_os(berth_config::env::ROOT) {
+                let dir = std::path::Path::new(&root).join(svc.name());
+                berth_config::records::open(&dir, svc.name(), migrations).map_err(|e| BusError::internal(e.to_string()))?;
+            }
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             match Bus::from_env(svc.name()).await {
@@ -292,18 +416,26 @@ pub mod service {
         }
     }
 
-    /// Resolves on SIGTERM or SIGINT.
-    pub async fn shutdown_signal() {
+    /// Resolves on SIGTERM or SIGINT ([`Stop::Orderly`]) or when the supervisor lets go
+    /// ([`Stop::Detach`]), and records which.
+    pub async fn shutdown_signal() -> Stop {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let why = tokio::select! {
+            _ = term.recv() => Stop::Orderly,
+            _ = int.recv() => Stop::Orderly,
+            _ = supervisor_gone() => Stop::Detach,
+        };
+        let _ = STOP.set(why);
+        match why {
+            Stop::Orderly => tracing::info!("stopping"),
+            Stop::Detach => tracing::info!("the supervisor let go: stopping, leaving containers as they are"),
         }
+        why
     }
 
-    /// Run `fut` until it ends or a shutdown signal arrives.
+    /// Run `fut` until it ends or a shutdown arrives (see [`shutdown_signal`]).
     pub async fn until_shutdown<F, T>(fut: F) -> Option<T>
     where
         F: std::future::Future<Output = T>,
