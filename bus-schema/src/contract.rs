@@ -266,6 +266,24 @@ pub fn stream_subject(publisher: &str, subscriber: &str, id: &str) -> String {
     format!("{STREAM_PREFIX}.{publisher}.{subscriber}.{id}")
 }
 
+/// Payloads larger than one bus message are fetched in chunks from
+/// `_L.<holder>.<receiver>.<id>`: the holder subscribes there and answers each chunk
+/// request through `allow_responses`; only the receiver may publish there.
+pub const LARGE_PREFIX: &str = "_L";
+
+pub fn large_subject(holder: &str, receiver: &str, id: &str) -> String {
+    format!("{LARGE_PREFIX}.{holder}.{receiver}.{id}")
+}
+
+/// The holder and receiver of a large-payload subject.
+pub fn large_parties(subject: &str) -> Option<(&str, &str)> {
+    let mut t = subject.splitn(4, '.');
+    match (t.next(), t.next(), t.next(), t.next()) {
+        (Some(LARGE_PREFIX), Some(h), Some(r), Some(id)) if !h.is_empty() && !r.is_empty() && !id.is_empty() => Some((h, r)),
+        _ => None,
+    }
+}
+
 /// The publisher and subscriber of a stream subject.
 pub fn stream_parties(subject: &str) -> Option<(&str, &str)> {
     let mut t = subject.splitn(4, '.');
@@ -320,6 +338,33 @@ pub fn stream_peers(who: Caller) -> Vec<Caller> {
     v
 }
 
+/// The users `who` exchanges requests and replies with (either way): the services
+/// it calls and the callers of its own operations, system requests included. Any of
+/// them may hold a payload too large for one message that `who` fetches.
+pub fn bus_peers(who: Caller) -> Vec<Caller> {
+    let mut v: Vec<Caller> = Vec::new();
+    for op in all_calls() {
+        let callee = Caller::of(op.service);
+        if op.callers.contains(&who) {
+            v.push(callee);
+        }
+        if callee == who {
+            v.extend(op.callers.iter().copied());
+        }
+    }
+    for (_, callers) in SYSTEM_CALLERS {
+        if callers.contains(&who) {
+            v.extend(Service::BACKENDS.into_iter().map(Caller::of));
+        }
+        if who.service().is_some_and(|s| Service::BACKENDS.contains(&s)) {
+            v.extend(callers.iter().copied());
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// What `who` may do on the bus of `node`:
 ///
 /// * publish: the subject of every operation whose callers include it, the system
@@ -327,8 +372,12 @@ pub fn stream_peers(who: Caller) -> Vec<Caller> {
 ///   ([`crate::event::OWNERS`]), stream subjects towards its stream peers, and the
 ///   JetStream API it needs. Replies need no allow entry: `allow_responses` lets a
 ///   service answer exactly the requests it received, once.
+///   Large payloads: chunk requests to what its bus peers hold for it
+///   (`_L.<peer>.<who>.>`). Instance notices: a service announces its own start
+///   (`berth.v1.instance.<node>.<svc>.started`), only admin (`berth up`) exits.
 /// * subscribe: its own service's operations and system requests, its inbox, stream
-///   subjects addressed to it, and (gateway, admin) the events.
+///   subjects addressed to it, what it holds for others (`_L.<who>.>`), every
+///   instance notice, and (gateway, admin) the events.
 pub fn permissions(who: Caller, node: &str) -> Permissions {
     let mut p = Permissions::default();
     for op in all_calls() {
@@ -352,6 +401,13 @@ pub fn permissions(who: Caller, node: &str) -> Permissions {
         p.publish.push(format!("{STREAM_PREFIX}.{}.{}.>", who.user(), peer.user()));
     }
     p.publish.extend(jetstream_subjects(who));
+    for peer in bus_peers(who) {
+        p.publish.push(format!("{LARGE_PREFIX}.{}.{}.>", peer.user(), who.user()));
+    }
+    match who.service() {
+        Some(svc) => p.publish.push(subject::instance_subject(node, svc, subject::InstanceEvent::Started)),
+        None => p.publish.push(format!("{}.instance.{node}.*.{}", subject::PREFIX, subject::InstanceEvent::Exited.token())),
+    }
 
     if let Some(svc) = who.service() {
         if Service::BACKENDS.contains(&svc) {
@@ -362,6 +418,8 @@ pub fn permissions(who: Caller, node: &str) -> Permissions {
     if !stream_peers(who).is_empty() {
         p.subscribe.push(format!("{STREAM_PREFIX}.*.{}.>", who.user()));
     }
+    p.subscribe.push(format!("{LARGE_PREFIX}.{}.>", who.user()));
+    p.subscribe.push(format!("{}.instance.>", subject::PREFIX));
     if matches!(who, Caller::Gateway | Caller::Admin) {
         p.subscribe.push(subject::EVENTS_WILDCARD.to_string());
     }
@@ -516,6 +574,18 @@ mod tests {
         assert!(g.publish.contains(&"berth.v1.runtime.n1.ContainerKill".to_string()));
         assert!(g.subscribe.contains(&subject::EVENTS_WILDCARD.to_string()));
         assert!(!g.publish.iter().any(|s| s.starts_with("berth.v1.events")));
+        // instance notices: a service announces its own start, only admin exits
+        assert!(p.publish.contains(&"berth.v1.instance.n1.images.started".to_string()));
+        assert!(!p.publish.iter().any(|s| s.contains("exited") || s.contains("runtime.started")));
+        assert!(p.subscribe.contains(&"berth.v1.instance.>".to_string()));
+        let a = permissions(Caller::Admin, "n1");
+        assert!(a.publish.contains(&"berth.v1.instance.n1.*.exited".to_string()));
+        assert!(!a.publish.iter().any(|s| s.ends_with("started")));
+        // large payloads: chunk requests only to what a peer holds for this user
+        assert!(p.publish.contains(&"_L.storage.images.>".to_string()));
+        assert!(p.publish.contains(&"_L.gateway.images.>".to_string()));
+        assert!(!p.publish.iter().any(|s| s.starts_with("_L.") && !s.contains(".images.>")));
+        assert!(p.subscribe.contains(&"_L.images.>".to_string()));
         let conf = nats_authorization("n1", |c| format!("pw-{}", c.user()));
         assert_eq!(conf.matches("user: ").count(), Caller::ALL.len());
         assert!(conf.contains("allow_responses: { max: 1, expires: \"7200s\" }"));
@@ -527,5 +597,9 @@ mod tests {
         assert_eq!(s, "_S.storage.images.abc");
         assert_eq!(stream_parties(&s), Some(("storage", "images")));
         assert_eq!(stream_parties("_I.x.y"), None);
+        let l = large_subject("runtime", "gateway", "abc");
+        assert_eq!(large_parties(&l), Some(("runtime", "gateway")));
+        assert_eq!(large_parties("_I.gateway.abc.d"), None);
+        assert_eq!(large_parties("_L.runtime.gateway"), None);
     }
 }

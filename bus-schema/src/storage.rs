@@ -141,6 +141,18 @@ pub struct RwLayerSize {
     pub id: String,
 }
 
+/// Every container read-write layer and how many times it is mounted: the runtime
+/// and the builder reconcile theirs with it (orphans of a create or a removal that a
+/// fault interrupted, mounts of containers that no longer run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwLayerList {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwLayerState {
+    pub id: String,
+    pub mounts: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RwSize {
     pub rw: i64,
@@ -256,6 +268,7 @@ macro_rules! storage_table {
                 volume_acquire(VolumeAcquire) -> VolumeMounted; callers [Runtime], timeout |_| $crate::secs(600);
                 volume_release_ref(VolumeReleaseRef) -> (); callers [Runtime];
                 storage_df(StorageDf) -> StorageUsage; callers [Gateway], timeout |_| $crate::secs(300);
+                rw_layer_list(RwLayerList) -> Vec<RwLayerState>; callers [Runtime];
             }
         }
     };
@@ -316,6 +329,8 @@ mod tests {
         roundtrip(RwLayerCommit { id: "x".into() });
         roundtrip(RwLayerSize { id: "x".into() });
         roundtrip(RwSize { rw: 1, root_fs: 2 });
+        roundtrip(RwLayerList {});
+        roundtrip(RwLayerState { id: "x".into(), mounts: 1 });
         roundtrip(VolumeCreate {
             name: Some("v".into()),
             driver: "local".into(),

@@ -478,14 +478,18 @@ impl Supervisor {
         let _ = berth_config::paths::write_atomic(&self.paths.run().join("node.json"), serde_json::to_string_pretty(&st).unwrap().as_bytes());
     }
 
-    /// Restart what died; reap what an upgrade retired.
-    fn supervise(&mut self) {
+    /// Restart what died (telling the node first that its instance is gone); reap
+    /// what an upgrade retired.
+    async fn supervise(&mut self, admin: &Bus) {
         let mut changed = false;
         if let Some(p) = self.nats.as_mut() {
-            changed |= supervise(p, &self.paths);
+            changed |= supervise(p, &self.paths).is_some();
         }
         for p in self.procs.iter_mut() {
-            changed |= supervise(p, &self.paths);
+            if let Some(pid) = supervise(p, &self.paths) {
+                changed = true;
+                announce_exit(admin, &self.node, &p.name, pid).await;
+            }
         }
         self.retiring.retain_mut(|p| reap(p).is_none());
         if changed {
@@ -792,6 +796,7 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let admin = connect_admin(&sup.nats_url, &sup.creds_dir, &sup.node).await?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -806,7 +811,7 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
                 sup.write_state();
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
-            _ = tick.tick() => sup.supervise(),
+            _ = tick.tick() => sup.supervise(&admin).await,
         }
     }
 
@@ -900,8 +905,9 @@ fn reap(p: &mut Proc) -> Option<std::process::ExitStatus> {
 }
 
 /// Restart a process that died: at once the first time, then with doubling delays
-/// up to 5 s; the delay resets after 30 s of good health.
-fn supervise(p: &mut Proc, paths: &Paths) -> bool {
+/// up to 5 s; the delay resets after 30 s of good health. Some(pid) when it found the
+/// process dead, Some(0) when it restarted it.
+fn supervise(p: &mut Proc, paths: &Paths) -> Option<i32> {
     if let Some(at) = p.next_start {
         if Instant::now() >= at {
             p.next_start = None;
@@ -913,10 +919,11 @@ fn supervise(p: &mut Proc, paths: &Paths) -> bool {
                     p.next_start = Some(Instant::now() + Duration::from_secs(1));
                 }
             }
-            return true;
+            return Some(0);
         }
-        return false;
+        return None;
     }
+    let pid = p.pid.unwrap_or(0);
     if let Some(status) = reap(p) {
         if p.started.elapsed() > Duration::from_secs(30) {
             p.restarts = 0;
@@ -926,9 +933,21 @@ fn supervise(p: &mut Proc, paths: &Paths) -> bool {
         p.total_restarts += 1;
         eprintln!("berth: {} exited ({status}); restarting in {:?}", p.name, delay);
         p.next_start = Some(Instant::now() + delay);
-        return true;
+        return Some(pid);
     }
-    false
+    None
+}
+
+/// Tell the node that a service's instance is gone: requests and streams it served
+/// fail at once (see berth_bus's liveness). Published before the next instance starts.
+async fn announce_exit(admin: &Bus, node: &str, name: &str, pid: i32) {
+    let Some(service) = Service::from_name(name).filter(|_| pid > 0) else { return };
+    let n = bus_schema::system::ServiceExited { service, node: node.to_string(), pid: pid as u32, at_mono_ns: berth_bus::mono_ns() };
+    let subject = bus_schema::subject::instance_subject(node, service, bus_schema::subject::InstanceEvent::Exited);
+    if let Ok(b) = bus_schema::encode(&n) {
+        // no flush: with the bus down it would wait, and this loop restarts the bus
+        let _ = admin.client().publish(subject, b.into()).await;
+    }
 }
 
 /// SIGTERM, then SIGKILL after `grace`.

@@ -59,6 +59,17 @@ pub fn upgrade_response(tty: bool, multiplexed_ok: bool) -> Response {
         .unwrap()
 }
 
+/// An error after the answer started, told in the stream: a multiplexed stream gets
+/// a `systemerr` frame (stream 3: the docker CLI and Go clients end with "error from
+/// daemon in stream: <message>" and fail), a TTY stream (no frames) the bare text.
+pub fn error_in_stream(tty: bool, message: &str) -> Vec<u8> {
+    if tty {
+        format!("\r\n{message}\r\n").into_bytes()
+    } else {
+        frame(3, message.as_bytes())
+    }
+}
+
 fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + data.len());
     v.extend_from_slice(&[stream, 0, 0, 0]);
@@ -156,7 +167,9 @@ pub async fn pump(
                         }
                     }
                     Some(Err(e)) => {
+                        // the service serving it died, or the bus dropped
                         tracing::warn!(error = %e, "attach stream ended with an error");
+                        let _ = wr.write_all(&error_in_stream(tty, &e.message)).await;
                         break;
                     }
                     None => break,
@@ -192,5 +205,7 @@ mod tests {
     #[test]
     fn frames_like_docker() {
         assert_eq!(frame(1, b"hi"), vec![1, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+        assert_eq!(error_in_stream(false, "x"), vec![3, 0, 0, 0, 0, 0, 0, 1, b'x']);
+        assert_eq!(error_in_stream(true, "x"), b"\r\nx\r\n");
     }
 }

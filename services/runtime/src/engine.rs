@@ -103,6 +103,12 @@ pub struct Runtime {
     /// Held (read) by work that goes on after an answer (`--rm` giving back its
     /// sandbox and layers); the service's shutdown takes it (write) to let it finish.
     pub background: Arc<tokio::sync::RwLock<()>>,
+    /// Containers gone for the API whose layers storage could not take back yet
+    /// (their records say Removing): finished when storage is back.
+    pub pending_removals: Mutex<HashMap<String, (Arc<Entry>, Option<bool>)>>,
+    /// Containers whose sandbox the network service could not take back (it was
+    /// down): given back when it is back, unless the container runs again.
+    pub pending_sandboxes: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runtime {
@@ -132,6 +138,8 @@ impl Runtime {
             index: RwLock::new(Index::default()),
             execs: Mutex::new(HashMap::new()),
             background: Default::default(),
+            pending_removals: Default::default(),
+            pending_sandboxes: Default::default(),
         }
     }
 
@@ -227,6 +235,12 @@ impl Runtime {
         if ix.by_name.get(name).map(|x| x == id).unwrap_or(false) {
             ix.by_name.remove(name);
         }
+    }
+
+    /// A container with this exact id is recorded, or being created (its name is held).
+    pub fn knows(&self, id: &str) -> bool {
+        let ix = self.index.read().unwrap();
+        ix.by_id.contains_key(id) || ix.by_name.values().any(|v| v == id)
     }
 
     pub fn name_taken(&self, name: &str) -> bool {

@@ -21,6 +21,7 @@ pub mod mounts;
 pub mod names;
 pub mod netconn;
 pub mod query;
+pub mod reconcile;
 pub mod state;
 pub mod stats;
 pub mod top;
@@ -33,7 +34,6 @@ pub mod shim_client;
 pub mod spec;
 pub mod user;
 
-use berth_bus::network::NetworkApi as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
     rt.cgroup_parent = rt.node_cgroup_parent()?;
     let rt = Arc::new(rt);
     rt.recover().await;
+    rt.reconcile().await;
+    rt.follow_peers();
 
     macro_rules! h {
         ($m:ident) => {{
@@ -211,10 +213,18 @@ impl Runtime {
             match c.state.status {
                 state::Status::Removing => {
                     // an interrupted removal (`--rm` gives back in the background)
-                    e.update(|c| c.state.status = state::Status::Dead);
-                    let _ = self.network.sandbox_remove(bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
-                    let anon = c.host_config.auto_remove.unwrap_or(false);
-                    self.remove_entry(&e, anon).await;
+                    self.remove_sandbox(&c.id).await;
+                    if c.host_config.auto_remove.unwrap_or(false) {
+                        // gone for the API already
+                        self.forget(&c.id);
+                        let rt = self.clone();
+                        tokio::spawn(async move { rt.finish_removal(&e, Some(true)).await });
+                    } else {
+                        e.update(|c| c.state.status = state::Status::Dead);
+                        if let Err(err) = self.remove_entry(&e, false).await {
+                            tracing::warn!(id = %c.id, error = %err, "finishing an interrupted removal");
+                        }
+                    }
                 }
                 s if c.state.running() || s == state::Status::Restarting => {
                     let bundle = self.bundle_dir(&c.id);

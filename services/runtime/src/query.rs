@@ -198,7 +198,10 @@ impl Runtime {
             if let Some((rw, _)) = self.sizes(&c.id).await {
                 reclaimed += rw;
             }
-            self.remove_entry(&e, false).await;
+            if let Err(err) = self.remove_entry(&e, false).await {
+                tracing::warn!(id = %c.id, error = %err, "prune could not remove a container");
+                continue;
+            }
             deleted.push(c.id.clone());
         }
         if !deleted.is_empty() {

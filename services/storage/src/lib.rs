@@ -184,6 +184,10 @@ impl StorageApi for Storage {
         blocking(move || rw.remove(&req.id)).await
     }
 
+    async fn rw_layer_list(&self, _req: RwLayerList) -> Result<Vec<RwLayerState>, BusError> {
+        Ok(self.rw.list())
+    }
+
     async fn rw_layer_changes(&self, req: RwLayerChanges) -> Result<Vec<Change>, BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.changes(&req.id)).await

@@ -2,11 +2,11 @@
 //! service, so several instances share the load), one task per request, each in a
 //! span that continues the caller's trace.
 
-use crate::{stream::StreamReader, stream::StreamWriter, trace, Bus};
+use crate::{large, liveness::Peer, stream::StreamReader, stream::StreamWriter, trace, Bus};
 use bus_schema::{
     docker,
-    stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM},
-    system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, SystemInfoPart},
+    stream::{DEFAULT_CREDIT, HDR_CALLER, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_INSTANCE, HDR_STREAM},
+    system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, ServiceStarted, SystemInfoPart},
     BusError, BusStream, DuplexRpc, ErrorKind, Rpc, Service, StreamRpc, SystemRpc, WireResult,
 };
 use futures_util::{future::BoxFuture, StreamExt};
@@ -76,17 +76,17 @@ impl Server {
         Fut: Future<Output = Result<R::Reply, BusError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        let client = self.bus.client.clone();
+        let bus = self.bus.clone();
         let subject = R::subject(&self.bus.node);
         let h: Handler = Arc::new(move |msg: async_nats::Message| {
             let f = f.clone();
-            let client = client.clone();
+            let bus = bus.clone();
             Box::pin(async move {
-                let res = match bus_schema::decode::<R>(&msg.payload) {
+                let res = match decode_request::<R>(&bus, &msg).await {
                     Ok(req) => f(req).await,
-                    Err(e) => Err(BusError::invalid(format!("bad {} request: {e}", R::OP))),
+                    Err(e) => Err(e),
                 };
-                respond(&client, &msg, &res, async_nats::HeaderMap::new()).await;
+                respond(&bus, &msg, &res, async_nats::HeaderMap::new()).await;
             })
         });
         self.handlers.push((subject, h));
@@ -109,11 +109,11 @@ impl Server {
             let f = f.clone();
             let bus = bus.clone();
             Box::pin(async move {
-                let req = match bus_schema::decode::<R>(&msg.payload) {
+                let req = match decode_request::<R>(&bus, &msg).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let err: WireResult<R::Reply> = Err(BusError::invalid(format!("bad {} request: {e}", R::OP)));
-                        respond(&bus.client, &msg, &err, async_nats::HeaderMap::new()).await;
+                        let err: WireResult<R::Reply> = Err(e);
+                        respond(&bus, &msg, &err, async_nats::HeaderMap::new()).await;
                         return;
                     }
                 };
@@ -127,7 +127,7 @@ impl Server {
                         Err(e) => Err(e),
                         Ok(()) => Err(BusError::internal(format!("{} handler neither replied nor failed", R::OP))),
                     };
-                    respond(&bus.client, &m, &res, async_nats::HeaderMap::new()).await;
+                    respond(&bus, &m, &res, async_nats::HeaderMap::new()).await;
                 } else if let Err(e) = res {
                     tracing::debug!(error = %e, op = R::OP, "stream handler ended with an error after accepting");
                 }
@@ -183,7 +183,7 @@ impl Server {
         let Server { bus, service, started, mut handlers, info, metrics } = self;
         // System requests every service answers.
         let node = bus.node.clone();
-        let ping_client = bus.client.clone();
+        let ping_client = bus.clone();
         let pong = ServicePong {
             service,
             node: node.clone(),
@@ -199,7 +199,7 @@ impl Server {
                 Box::pin(async move { respond::<ServicePong>(&c, &msg, &Ok(p), async_nats::HeaderMap::new()).await })
             }),
         ));
-        let info_client = bus.client.clone();
+        let info_client = bus.clone();
         handlers.push((
             SystemInfoPart::subject(service, &node),
             Arc::new(move |msg| {
@@ -212,7 +212,7 @@ impl Server {
             }),
         ));
 
-        let metrics_client = bus.client.clone();
+        let metrics_client = bus.clone();
         handlers.push((
             ServiceMetrics::subject(service, &node),
             Arc::new(move |msg| {
@@ -246,22 +246,60 @@ impl Server {
         }
         bus.client.flush().await.map_err(|e| BusError::unavailable(format!("bus flush: {e}")))?;
         tracing::info!(service = %service, node = %node, "serving on the bus");
+        announce(&bus, service).await;
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
 }
 
+/// Tell the node's services this instance serves (they reconcile with it).
+async fn announce(bus: &Bus, service: Service) {
+    let n = ServiceStarted { service, node: bus.node.clone(), pid: std::process::id() };
+    let subject = bus_schema::subject::instance_subject(&bus.node, service, bus_schema::subject::InstanceEvent::Started);
+    if let Ok(b) = bus_schema::encode(&n) {
+        if let Err(e) = bus.client.publish(subject, b.into()).await {
+            tracing::warn!(error = %e, "announcing the service failed");
+        }
+    }
+}
+
+/// The caller named in `Berth-Caller`, if any.
+fn caller(msg: &async_nats::Message) -> Peer {
+    header(msg, HDR_CALLER).and_then(|c| Peer::parse_caller(&c)).unwrap_or(Peer::Unknown)
+}
+
+/// Decode a request, fetching it first if it came in chunks.
+async fn decode_request<R: Rpc>(bus: &Bus, msg: &async_nats::Message) -> Result<R, BusError> {
+    let mut w = bus.live.watch(caller(msg));
+    let body = large::fetch(&bus.client, msg.headers.as_ref(), w.gone()).await?;
+    bus_schema::decode::<R>(body.as_deref().unwrap_or(&msg.payload))
+        .map_err(|e| BusError::invalid(format!("bad {} request: {e}", R::OP)))
+}
+
+/// Answer `msg` (nothing if it wants no answer). Names this instance in
+/// `Berth-Instance`; an answer too large for one message is offered in chunks.
 async fn respond<T: serde::Serialize>(
-    client: &async_nats::Client,
+    bus: &Bus,
     msg: &async_nats::Message,
     res: &WireResult<T>,
-    headers: async_nats::HeaderMap,
+    mut headers: async_nats::HeaderMap,
 ) {
     let Some(reply) = msg.reply.clone() else { return };
-    let payload = match bus_schema::encode(res) {
+    let mut payload = match bus_schema::encode(res) {
         Ok(b) => b,
         Err(e) => bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
     };
+    let client = &bus.client;
+    headers.insert(HDR_INSTANCE, std::process::id().to_string());
+    if payload.len() > large::limit(client) {
+        // the holder task ends once the caller fetched it all, or idles out
+        // the caller is the bus user whose inbox the reply goes to (`_I.<user>.…`)
+        let receiver = reply.strip_prefix("_I.").and_then(|r| r.split('.').next()).unwrap_or("_");
+        match large::offer(client, &bus.user, receiver, std::mem::take(&mut payload), &mut headers).await {
+            Ok(_) => {}
+            Err(e) => payload = bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
+        }
+    }
     if let Err(e) = client.publish_with_headers(reply, headers, payload.into()).await {
         tracing::warn!(error = %e, "reply failed");
     }
@@ -281,6 +319,11 @@ pub struct Responder<R: StreamRpc> {
 impl<R: StreamRpc> Responder<R> {
     fn take(&self) -> Result<async_nats::Message, BusError> {
         self.pending.lock().unwrap().take().ok_or_else(|| BusError::internal("stream already accepted"))
+    }
+
+    /// The caller of the request being answered (still pending).
+    fn pending_caller(&self) -> Result<Peer, BusError> {
+        self.pending.lock().unwrap().as_ref().map(caller).ok_or_else(|| BusError::internal("stream already accepted"))
     }
 
     /// The request being answered (still pending).
@@ -303,7 +346,8 @@ impl<R: StreamRpc> Responder<R> {
         let credit = header(msg, HDR_CREDIT).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CREDIT);
         let ctrl = self.from_caller(Some(&data));
         let sub = self.bus.subscribe_raw(&ctrl).await?;
-        Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit), ctrl))
+        let reader = self.bus.live.watch(caller(msg));
+        Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit, reader), ctrl))
     }
 
     /// Send `reply` and return the writer for the items.
@@ -312,7 +356,7 @@ impl<R: StreamRpc> Responder<R> {
         let (writer, ctrl) = self.open_writer(&msg).await?;
         let mut h = async_nats::HeaderMap::new();
         h.insert(HDR_CTRL, ctrl.as_str());
-        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        respond::<R::Reply>(&self.bus, &msg, &Ok(reply), h).await;
         Ok(writer)
     }
 }
@@ -326,7 +370,8 @@ impl<R: DuplexRpc> Responder<R> {
             .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
         let input = self.from_caller(self.peek_header(HDR_STREAM).as_deref());
         let sub = self.bus.subscribe_raw(&input).await?;
-        Ok((input.clone(), StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT)))
+        let watch = self.bus.live.watch(self.pending_caller()?);
+        Ok((input.clone(), StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT, watch)))
     }
 
     /// Send `reply` naming the input subject opened by [`Self::open_input`].
@@ -336,7 +381,7 @@ impl<R: DuplexRpc> Responder<R> {
         let mut h = async_nats::HeaderMap::new();
         h.insert(HDR_CTRL, ctrl.as_str());
         h.insert(HDR_INPUT, input.as_str());
-        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        respond::<R::Reply>(&self.bus, &msg, &Ok(reply), h).await;
         Ok(writer)
     }
 

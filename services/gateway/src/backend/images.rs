@@ -38,10 +38,10 @@ impl crate::routes::images::Backend for BusBackend {
         Ok(self.bus.with_timeout(SLOW).request_stream(&req).await?.1)
     }
     async fn image_list(&self, req: ImageList) -> Result<Vec<docker::ImageSummary>, BusError> {
-        self.bus.request(&req).await
+        self.bus.request_idempotent(&req).await
     }
     async fn image_inspect(&self, req: ImageInspect) -> Result<docker::ImageInspect, BusError> {
-        self.bus.request(&req).await
+        self.bus.request_idempotent(&req).await
     }
     async fn image_history(
         &self,

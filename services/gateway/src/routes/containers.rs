@@ -297,7 +297,15 @@ async fn logs<B: Backend>(
     let tty = info.tty;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
-            let Ok(c) = item else { return };
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    // the runtime died or the bus dropped: say so in the stream (the
+                    // headers are gone), then end it
+                    let _ = tx.send(Ok(bytes::Bytes::from(crate::hijack::error_in_stream(tty, &e.message)))).await;
+                    return;
+                }
+            };
             let bytes = if tty {
                 c.data
             } else {
