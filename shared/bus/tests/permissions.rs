@@ -6,8 +6,12 @@
 //!   permissions violation otherwise (images' credentials cannot send ContainerKill);
 //! * a service cannot read or forge another user's replies or stream frames, nor read
 //!   another service's requests;
+//! * large payloads: a user fetches chunks only from what a peer holds for it
+//!   (`_L.<holder>.<receiver>.*`), and holds its own where only it subscribes;
+//! * instance notices: a service announces only its own start, only admin exits;
 //! * the generated clients and adapters still work under these permissions: a unary
-//!   call, a stream and a duplex stream from the gateway to the runtime.
+//!   call, a stream and a duplex stream from the gateway to the runtime, and a request
+//!   and a reply too large for one message.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +22,7 @@ use berth_bus::async_nats;
 use berth_bus::runtime::{serve_runtime, RuntimeApi, RuntimeClient};
 use berth_bus::{Bus, Creds, Server};
 use berth_test_support::Nats;
-use bus_schema::contract::{all_calls, nats_authorization, stream_subject, Caller};
+use bus_schema::contract::{all_calls, large_subject, nats_authorization, stream_subject, Caller};
 use bus_schema::runtime::*;
 use bus_schema::stream::{StdinChunk, StdioChunk};
 use bus_schema::{subject, BusError, BusStream, Service};
@@ -130,8 +134,25 @@ async fn nobody_reads_or_forges_anothers_replies_streams_or_requests() {
     // events it does not own
     assert!(refused(&images, &mut errs, "berth.v1.events.container.die").await, "images may publish container events");
     assert!(!refused(&images, &mut errs, "berth.v1.events.image.pull").await);
-    // read the gateway's replies or frames, or the runtime's requests
-    for s in ["_I.gateway.>", "_S.runtime.gateway.>", &Service::Runtime.wildcard(NODE)] {
+    // fetch what the gateway holds for the runtime, or hold under another's name
+    assert!(refused(&images, &mut errs, &large_subject("gateway", "runtime", "abc")).await, "images may fetch another's large payload");
+    assert!(refused(&images, &mut errs, &large_subject("runtime", "gateway", "abc")).await);
+    // what storage (whose operations it calls) holds for it
+    assert!(!refused(&images, &mut errs, &large_subject("storage", "images", "abc")).await);
+    // instance notices: its own start only; exits are berth up's (admin)
+    let notice = |svc, what| subject::instance_subject(NODE, svc, what);
+    assert!(!refused(&images, &mut errs, &notice(Service::Images, subject::InstanceEvent::Started)).await);
+    assert!(refused(&images, &mut errs, &notice(Service::Runtime, subject::InstanceEvent::Started)).await, "images may announce the runtime");
+    assert!(refused(&images, &mut errs, &notice(Service::Images, subject::InstanceEvent::Exited)).await, "images may announce exits");
+    let (admin, mut admin_errs) = raw(&nats, Caller::Admin).await;
+    assert!(!refused(&admin, &mut admin_errs, &notice(Service::Runtime, subject::InstanceEvent::Exited)).await);
+    assert!(refused(&admin, &mut admin_errs, &notice(Service::Runtime, subject::InstanceEvent::Started)).await);
+    // everyone hears the notices
+    let _sub = images.subscribe(subject::instance_wildcard(NODE)).await.unwrap();
+    images.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), errs.recv()).await.is_err(), "images may not hear instance notices");
+    // read the gateway's replies, frames or large payloads, or the runtime's requests
+    for s in ["_I.gateway.>", "_S.runtime.gateway.>", "_L.gateway.>", &Service::Runtime.wildcard(NODE)] {
         let _sub = images.subscribe(s.to_string()).await.unwrap();
         images.flush().await.unwrap();
         let e = tokio::time::timeout(Duration::from_secs(2), errs.recv()).await.ok().flatten();
@@ -148,6 +169,12 @@ struct Fake {
 }
 
 impl RuntimeApi for Fake {
+    /// One container whose id is as long as the filter asks (larger than a message).
+    async fn container_list(&self, req: ContainerList) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
+        let n: usize = req.filters.get("len").and_then(|v| v.first()).and_then(|l| l.parse().ok()).unwrap_or(1);
+        Ok(vec![bus_schema::docker::ContainerSummary { id: Some("c".repeat(n)), ..Default::default() }])
+    }
+
     async fn container_kill(&self, _req: ContainerKill) -> Result<(), BusError> {
         self.kills.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -221,4 +248,11 @@ async fn generated_clients_work_under_the_permissions() {
     assert_eq!(out.next().await.unwrap().unwrap().data, b"ping");
     drop(tx);
     assert!(out.next().await.is_none());
+
+    // a request and a reply larger than one message (nats-server's 1 MiB): fetched
+    // in chunks from _L.gateway.runtime.* and _L.runtime.gateway.*
+    let big = 3 << 20;
+    let list = ContainerList { all: true, limit: None, size: false, filters: [("len".to_string(), vec![big.to_string(), "x".repeat(big)])].into() };
+    let got = gateway.container_list(list).await.unwrap();
+    assert_eq!(got[0].id.as_deref().map(str::len), Some(big));
 }
