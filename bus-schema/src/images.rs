@@ -228,6 +228,24 @@ pub struct ImageCreateFromLayer {
     pub record_parent: bool,
 }
 
+/// An image as `docker image inspect` shows it, with what Docker's current model
+/// no longer has but the API sends before 1.52: `Parent` (images the classic
+/// builder and commit made) and `DockerVersion`. Empty when there is none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageDetails {
+    pub inspect: docker::ImageInspect,
+    pub parent: String,
+    pub docker_version: String,
+}
+
+/// `GET /distribution/{name}/json`: what the registry (a mirror first) holds under
+/// `reference`: the top manifest's descriptor and the platforms it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionInspect {
+    pub reference: String,
+    pub auth: Option<RegistryAuth>,
+}
+
 /// Images and their sizes for `docker system df`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDf {}
@@ -243,7 +261,7 @@ macro_rules! images_table {
                 image_push(ImagePush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
                 registry_login(RegistryLogin) -> docker::AuthResponse; callers [Gateway], timeout |_| $crate::secs(60);
                 image_list(ImageList) -> Vec<docker::ImageSummary>; callers [Gateway];
-                image_inspect(ImageInspect) -> docker::ImageInspect; callers [Gateway, Builder];
+                image_inspect(ImageInspect) -> ImageDetails; callers [Gateway, Builder];
                 image_history(ImageHistory) -> Vec<docker::ImageHistoryResponseItem>; callers [Gateway];
                 image_tag(ImageTag) -> (); callers [Gateway, Builder];
                 image_remove(ImageRemove) -> Vec<docker::ImageDeleteResponseItem>; callers [Gateway], timeout |_| $crate::secs(120);
@@ -254,6 +272,7 @@ macro_rules! images_table {
                 image_resolve(ImageResolve) -> ResolvedImage; callers [Runtime, Builder];
                 image_create_from_layer(ImageCreateFromLayer) -> String; callers [Builder];
                 image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300);
+                distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);
             }
         }
     };

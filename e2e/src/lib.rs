@@ -3,6 +3,7 @@
 //! it and removes what it left: mounts, cgroups, processes, the root.
 
 pub mod fixtures;
+pub mod pytest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -449,4 +450,91 @@ fn remove_cgroup_tree(dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One HTTP/1.1 exchange on a unix socket, the way a strict client sees it: the
+/// status, the header lines as sent, and the body (de-chunked). The connection is
+/// closed by the request (`Connection: close`) or by the server after an upgrade.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send `method path` (with `extra` header lines and a JSON `body`) to the API on `sock`.
+pub fn http(sock: &Path, method: &str, path: &str, extra: &[(&str, &str)], body: Option<&str>) -> HttpAnswer {
+    http_raw(sock, method, path, extra, body.map(|b| (b.as_bytes(), "application/json")))
+}
+
+/// [`http`] with a body of any type: (bytes, content type).
+pub fn http_raw(sock: &Path, method: &str, path: &str, extra: &[(&str, &str)], body: Option<(&[u8], &str)>) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: docker\r\n");
+    let upgrade = extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("upgrade"));
+    if !upgrade {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let b: &[u8] = body.map(|(b, _)| b).unwrap_or(b"");
+    if let Some((_, ct)) = body {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(b).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_http(&raw)
+}
+
+fn parse_http(raw: &[u8]) -> HttpAnswer {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..i]).trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[i + 2..(i + 2 + n).min(rest.len())]);
+            rest = &rest[(i + 4 + n).min(rest.len())..];
+        }
+        body = out;
+    }
+    HttpAnswer { status, headers, body }
+}
+
+/// Docker's multiplexed stream `[stream, 0, 0, 0, size BE]` split into frames.
+pub fn demux(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 8 {
+        let n = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        out.push((b[0], b[8..(8 + n).min(b.len())].to_vec()));
+        b = &b[(8 + n).min(b.len())..];
+    }
+    out
 }

@@ -66,6 +66,9 @@ struct Stage {
 struct Out<'a> {
     w: &'a mut StreamWriter<JsonMessage>,
     quiet: bool,
+    /// `--cache-from`: when given, only these images and their parents serve the
+    /// cache (Moby's classic builder then ignores the local cache).
+    cache_sources: Vec<String>,
 }
 
 impl Out<'_> {
@@ -144,16 +147,21 @@ impl Builder {
         let _ = std::fs::remove_file(&tar);
 
         let dfname = if req.dockerfile.is_empty() { "Dockerfile".to_string() } else { req.dockerfile.clone() };
-        let dfrel = context::clean_rel(&dfname).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
+        let mut dfrel = context::clean_rel(&dfname).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
+        // the default name falls back to `dockerfile`, as Moby's does
+        if dfname == "Dockerfile" && !ctx.join(&dfrel).exists() && ctx.join("dockerfile").exists() {
+            dfrel = "dockerfile".into();
+        }
         let text = std::fs::read_to_string(ctx.join(&dfrel)).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
         let df = dockerfile::parse(&text).map_err(|e| e.to_string())?;
+        crate::dockerignore::remove_ignored_build_files(&ctx, &dfrel)?;
         let res = self.run(&req, &df, &ctx, w).await;
         drop(guard);
         res
     }
 
     async fn run(self: &Arc<Self>, req: &ImageBuild, df: &dockerfile::Dockerfile, ctx: &Path, w: &mut StreamWriter<JsonMessage>) -> R<String> {
-        let mut out = Out { w, quiet: req.quiet };
+        let mut out = Out { w, quiet: req.quiet, cache_sources: req.cache_from.clone() };
         let total = df.instructions.len();
         let esc = df.escape;
         // build args given by the user, and which were used
@@ -353,7 +361,7 @@ impl Builder {
                 let applied = apply(&mut st.config, ins, &vars, esc, &mut st.cmd_set)?;
                 let key = cache_key(st.image.as_deref(), &applied.created_by, "");
                 if !req.no_cache {
-                    if let Some(id) = self.cached(&key).await {
+                    if let Some(id) = self.cached(&key, &out.cache_sources).await {
                         st.image = Some(id.clone());
                         out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;
                         return Ok(());
@@ -367,13 +375,35 @@ impl Builder {
         }
     }
 
-    async fn cached(&self, key: &str) -> Option<String> {
+    async fn cached(&self, key: &str, sources: &[String]) -> Option<String> {
         let id = self.cache_get(key)?;
-        let hit = self.images.image_inspect(ImageInspect { name: id.clone() }).await.ok().map(|_| id);
-        if hit.is_some() {
-            step_metric("hit");
+        self.images.image_inspect(ImageInspect { name: id.clone() }).await.ok()?;
+        if !sources.is_empty() && !self.in_cache_sources(&id, sources).await {
+            return None;
         }
-        hit
+        step_metric("hit");
+        Some(id)
+    }
+
+    /// Is `id` one of `sources` or a parent of one (the images `--cache-from` names)?
+    async fn in_cache_sources(&self, id: &str, sources: &[String]) -> bool {
+        for s in sources {
+            let mut cur = match self.images.image_inspect(ImageInspect { name: s.clone() }).await {
+                Ok(i) => i,
+                Err(_) => continue,
+            };
+            for _ in 0..10_000 {
+                if cur.inspect.id.as_deref() == Some(id) {
+                    return true;
+                }
+                let Some(p) = Some(cur.parent.clone()).filter(|p| !p.is_empty()) else { break };
+                cur = match self.images.image_inspect(ImageInspect { name: p }).await {
+                    Ok(i) => i,
+                    Err(_) => break,
+                };
+            }
+        }
+        false
     }
 
     /// A new image for the stage: its config and, optionally, a new layer.
@@ -416,7 +446,7 @@ impl Builder {
         let argsig: String = argkeys.iter().map(|k| format!("{k}={}", st.args[*k])).collect::<Vec<_>>().join(" ");
         let key = cache_key(st.image.as_deref(), &created_by, &argsig);
         if !req.no_cache {
-            if let Some(id) = self.cached(&key).await {
+            if let Some(id) = self.cached(&key, &out.cache_sources).await {
                 if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                     st.image = Some(id.clone());
                     st.chain = img.chain_id;
@@ -497,7 +527,10 @@ impl Builder {
         self.runtime.container_start(ContainerStart { id: cid.to_string() }).await?;
         while let Some(c) = rd.next().await {
             let Ok(c) = c else { break };
-            out.say(String::from_utf8_lossy(&c.data).into_owned()).await?;
+            let text = String::from_utf8_lossy(&c.data).into_owned();
+            // stderr in red, each write wrapped as Moby's NewStderrWriter wraps it
+            let text = if c.stream == 2 { format!("\x1b[91m{text}\x1b[0m") } else { text };
+            out.say(text).await?;
         }
         let code = match wait.next().await {
             Some(Ok(r)) => r.status_code,
@@ -609,7 +642,7 @@ impl Builder {
         let chown = ins.flag("chown").map(str::to_string).unwrap_or_default();
         let chmod = ins.flag("chmod").map(str::to_string).unwrap_or_default();
         let key = cache_key(st.image.as_deref(), &created_by, &format!("{chown}|{chmod}"));
-        if let Some(id) = self.cached(&key).await {
+        if let Some(id) = self.cached(&key, &out.cache_sources).await {
             if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                 st.image = Some(id.clone());
                 st.chain = img.chain_id;

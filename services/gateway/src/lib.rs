@@ -30,7 +30,7 @@ where
         .merge(routes::volumes::router(b.clone()))
         .merge(routes::images::router(b.clone()))
         .merge(routes::networks::router(b.clone()))
-        .fallback(|| async { error::ApiError::not_found("page not found") });
+        .fallback(routes::unserved::fallback);
     with_limits(r)
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))

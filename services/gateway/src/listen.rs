@@ -212,6 +212,8 @@ where
             // the CLI shuts its write side right after a hijack without stdin; the
             // connection must live on for the output
             .half_close(true)
+            // Go writes canonical header names (`Api-Version`, `Content-Type`)
+            .title_case_headers(true)
             .serve_connection(TokioIo::new(io), hyper_svc)
             .with_upgrades();
         tokio::pin!(conn);

@@ -35,29 +35,7 @@ impl NetworkService {
                 .values()
                 .any(|n| n.name == name && n.driver == driver)
             {
-                let n = NetworkRecord {
-                    id: store::new_id(),
-                    name: name.into(),
-                    driver: driver.into(),
-                    created: store::now_rfc3339(),
-                    internal: false,
-                    attachable: false,
-                    options: BTreeMap::new(),
-                    labels: BTreeMap::new(),
-                    ipam_options: BTreeMap::new(),
-                    subnet: None,
-                    gateway: None,
-                    ip_range: None,
-                    aux: BTreeMap::new(),
-                    user_ipam: false,
-                    bridge: String::new(),
-                    default_bridge: false,
-                    masquerade: false,
-                    icc: true,
-                    mtu: 0,
-                    host_ip: Ipv4Addr::UNSPECIFIED,
-                    last_ip: None,
-                };
+                let n = NetworkRecord::builtin(name, driver);
                 self.store.save_network(&n)?;
                 st.networks.insert(n.id.clone(), n);
             }
@@ -85,27 +63,10 @@ impl NetworkService {
             _ => self.choose_default_bridge().await?,
         };
         let mut n = existing.clone().unwrap_or_else(|| NetworkRecord {
-            id: store::new_id(),
-            name: "bridge".into(),
-            driver: DRIVER_BRIDGE.into(),
-            created: store::now_rfc3339(),
-            internal: false,
-            attachable: false,
-            options: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            ipam_options: BTreeMap::new(),
-            subnet: None,
-            gateway: None,
-            ip_range: None,
-            aux: BTreeMap::new(),
-            user_ipam: false,
             bridge: dev.clone(),
             default_bridge: true,
             masquerade: true,
-            icc: true,
-            mtu: 0,
-            host_ip: Ipv4Addr::UNSPECIFIED,
-            last_ip: None,
+            ..NetworkRecord::builtin("bridge", DRIVER_BRIDGE)
         });
         if !in_use {
             if n.bridge != dev {

@@ -207,6 +207,7 @@ impl Runtime {
                     kind: if m.typ == "tmpfs" { MountKind::Tmpfs { options: m.options.clone() } } else { MountKind::Bind },
                     read_only: !m.rw,
                     propagation: if m.propagation.is_empty() { None } else { Some(m.propagation.clone()) },
+                    subpath: m.subpath.clone(),
                 })
                 .collect();
             let cgroup_path = format!("{}/{}", self.cgroup_parent, c.id);
@@ -539,7 +540,21 @@ impl Runtime {
         if c.state.status == Status::Paused && sig == 9 {
             let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
         }
-        self.send_signal(&e, sig).await
+        if sig != 9 {
+            return self.send_signal(&e, sig).await;
+        }
+        // SIGKILL answers once the container is dead, as Moby's `daemon.Kill` does, so
+        // a `kill` then `rm` is not refused "container is running"
+        let mut life = e.life.subscribe();
+        let exits = life.borrow().exits;
+        self.send_signal(&e, sig).await?;
+        if tokio::time::timeout(Duration::from_secs(30), life.wait_for(|l| l.exits > exits || !l.running))
+            .await
+            .is_err()
+        {
+            return Err(BusError::internal(format!("could not kill container {}: it did not exit within 30 s of SIGKILL", c.id)));
+        }
+        Ok(())
     }
 
     /// `docker restart`: stop (if running), then start.
@@ -578,7 +593,14 @@ impl Runtime {
             if c.state.status != Status::Running {
                 return Err(BusError::conflict(format!("container {} is not running", c.id)));
             }
-            crate::cgroupfs::freeze(&self.cgroup_rel(&c.id)).map_err(|err| BusError::internal(format!("cannot pause container {}: {err}", c.id)))?;
+            if let Err(err) = crate::cgroupfs::freeze(&self.cgroup_rel(&c.id)) {
+                // its cgroup is gone: the process exited and its exit is not
+                // recorded yet (a `start` then `commit` of a short command)
+                if err.kind() == std::io::ErrorKind::NotFound {
+                    return Err(BusError::conflict(format!("container {} is not running", c.id)));
+                }
+                return Err(BusError::internal(format!("cannot pause container {}: {err}", c.id)));
+            }
             e.update(|c| c.state.status = Status::Paused);
         } else {
             if c.state.status != Status::Paused {

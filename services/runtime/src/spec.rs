@@ -49,6 +49,8 @@ pub struct ResolvedMount {
     pub read_only: bool,
     /// rprivate (default), rshared, rslave, private, shared, slave.
     pub propagation: Option<String>,
+    /// A directory inside `source` to mount instead (a volume's subpath).
+    pub subpath: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,6 +444,9 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
                 ];
                 if m.read_only {
                     o.push("ro".into());
+                }
+                if let Some(sp) = &m.subpath {
+                    o.push(format!("{}{sp}", berth_shim::oci::SUBPATH_OPTION));
                 }
                 user_mounts.push(Mount {
                     destination: m.destination.clone(),
@@ -1167,6 +1172,7 @@ mod tests {
                 kind: MountKind::Bind,
                 read_only: true,
                 propagation: None,
+                subpath: None,
             },
             ResolvedMount {
                 source: "/v/d".into(),
@@ -1174,6 +1180,7 @@ mod tests {
                 kind: MountKind::Bind,
                 read_only: false,
                 propagation: Some("rslave".into()),
+                subpath: None,
             },
             ResolvedMount {
                 source: String::new(),
@@ -1183,6 +1190,7 @@ mod tests {
                 },
                 read_only: false,
                 propagation: None,
+                subpath: None,
             },
         ];
         let s = build_with(&f, &cfg(&["sh"]), &hc, &mounts).unwrap();

@@ -7,4 +7,5 @@ pub mod events;
 pub mod images;
 pub mod networks;
 pub mod system;
+pub mod unserved;
 pub mod volumes;

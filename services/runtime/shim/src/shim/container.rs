@@ -235,6 +235,8 @@ struct MountOpts {
     clear: libc::c_ulong,
     propagation: libc::c_ulong,
     data: Vec<String>,
+    /// Bind this directory inside the source instead (`SUBPATH_OPTION`).
+    subpath: Option<String>,
 }
 
 fn parse_options(opts: &[String]) -> MountOpts {
@@ -243,6 +245,7 @@ fn parse_options(opts: &[String]) -> MountOpts {
         clear: 0,
         propagation: 0,
         data: vec![],
+        subpath: None,
     };
     for o in opts {
         let (set, clr): (libc::c_ulong, libc::c_ulong) = match o.as_str() {
@@ -302,6 +305,10 @@ fn parse_options(opts: &[String]) -> MountOpts {
                 continue;
             }
             "tmpcopyup" | "defaults" => continue,
+            other if other.starts_with(berth_shim::oci::SUBPATH_OPTION) => {
+                m.subpath = Some(other[berth_shim::oci::SUBPATH_OPTION.len()..].to_string());
+                continue;
+            }
             other => {
                 m.data.push(other.to_string());
                 continue;
@@ -411,6 +418,15 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
     let again = || -> CResult<OwnedFd> { root.resolve(&m.destination).ctx(|| format!("resolving {}", m.destination)) };
     if is_bind {
         let src = PathBuf::from(m.source.as_deref().unwrap_or(""));
+        // held open until the bind is made: the subpath the mount follows
+        let sub_fd = match &o.subpath {
+            Some(rel) => Some(open_subpath(&src, rel).ctx(|| format!("cannot access subpath {rel} of {}", src.display()))?),
+            None => None,
+        };
+        let src = match &sub_fd {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
+            None => src,
+        };
         let meta = fs::metadata(&src).ctx(|| format!("stat {}", src.display()))?;
         let fd = mount_point(root, &m.destination, meta.is_dir()).ctx(|| format!("creating {}", m.destination))?;
         let rec = o.flags & libc::MS_REC;
@@ -470,6 +486,27 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
         sys::mount(None, &dest, None, o.propagation, None).ctx(|| "setting propagation".into())?;
     }
     Ok(())
+}
+
+/// `rel` inside `base`, resolved by the kernel as if `base` were the root (symlinks
+/// and `..` cannot leave it), as an `O_PATH` descriptor.
+fn open_subpath(base: &Path, rel: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let root = fs::File::open(base)?;
+    let c = std::ffi::CString::new(std::ffi::OsStr::new(rel).as_bytes()).map_err(std::io::Error::other)?;
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+    // SAFETY: a plain syscall with a valid fd, a NUL-terminated path and its struct
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Flags a bind remount must keep (the kernel refuses to drop them when locked and
