@@ -287,6 +287,47 @@ impl Node {
         out
     }
 
+    /// [`leftovers`](Self::leftovers) and what storage and the network hold for
+    /// containers: container layers (the records of each storage driver), veths on the
+    /// node's bridge and DNAT rules in the node's nft table. Empty once every container
+    /// is gone; a stopped container keeps only its layer.
+    pub fn leftovers_all(&self) -> Vec<String> {
+        let mut out = self.leftovers();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("storage")) {
+            for d in rd.flatten() {
+                for r in std::fs::read_dir(d.path().join("mounts")).into_iter().flatten().flatten() {
+                    out.push(format!("container layer {}", r.path().display()));
+                }
+            }
+        }
+        for e in std::fs::read_dir(format!("/sys/class/net/be{}/brif", self.name)).into_iter().flatten().flatten() {
+            out.push(format!("veth {}", e.file_name().to_string_lossy()));
+        }
+        let id = std::fs::read_to_string(self.root.join("node-id")).unwrap_or_default();
+        if !id.trim().is_empty() {
+            let nft = Command::new("nft").args(["list", "table", "ip", &format!("berth_{}", id.trim())]).output();
+            if let Ok(o) = nft {
+                for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("dnat to")) {
+                    out.push(format!("nft rule {}", l.trim()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every process of the node answers (`berth status` says ok for each).
+    pub fn healthy(&self) -> bool {
+        let o = Command::new(bin_dir().join("berth"))
+            .args(["status", "--root"])
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
+    }
+
     /// The tail of every log of the node, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

@@ -232,11 +232,13 @@ impl Runtime {
                         Ok(shim) => {
                             let shim = Arc::new(shim);
                             e.set_shim(Some(shim.clone()));
+                            self.recover_execs(&e, Some(&shim)).await;
                             self.spawn_health(e.clone());
                             let rt = self.clone();
                             tokio::spawn(async move { rt.monitor(e, shim).await });
                         }
                         Err(_) => {
+                            self.recover_execs(&e, None).await;
                             let st = shim_client::read_exit(&bundle).unwrap_or(shim_client::ExitStatus {
                                 code: 255,
                                 signal: None,
@@ -253,6 +255,17 @@ impl Runtime {
                     }
                 }
                 _ => {
+                    // a start the previous instance did not finish recording (it died
+                    // between the shim's `go` and the record): the container runs for
+                    // no record. The start did not happen for the API (its client got
+                    // an error, inspect says not running): its process goes, and the
+                    // reconciliation then gives its mount back (seen in the fault soak)
+                    if let Ok(shim) = shim_client::Shim::connect(&self.bundle_dir(&c.id)).await {
+                        tracing::warn!(id = %c.id, "killing the container of a start that was never recorded");
+                        let _ = shim.kill(libc::SIGKILL, true).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), shim.wait()).await;
+                    }
+                    self.recover_execs(&e, None).await;
                     // stopped by a node shutdown: the policy may bring it back
                     let rp = c.host_config.restart_policy.as_ref().and_then(|p| p.name).map(|n| n.to_string()).unwrap_or_default();
                     if c.has_been_started && !c.manually_stopped && (rp == "always" || rp == "unless-stopped") {

@@ -618,6 +618,11 @@ impl Runtime {
     /// `docker rm`.
     pub async fn remove(self: &Arc<Self>, key: &str, force: bool, volumes: bool) -> Result<(), BusError> {
         let e = self.find(key)?;
+        // an operation in progress decides whether the container runs (a start whose
+        // client left — its gateway or the bus died — goes on): wait for it, or the
+        // removal below would take the layer and the record of a container whose shim
+        // still runs (seen in the fault soak)
+        drop(e.op.lock().await);
         let c = e.get();
         if c.state.running() || c.state.status == Status::Restarting {
             if !force {
@@ -676,6 +681,13 @@ impl Runtime {
         let c = e.get();
         if c.state.status == Status::Removing {
             return Ok(());
+        }
+        if c.state.running() || c.state.status == Status::Restarting {
+            // started again since the caller looked (a start took the lock first)
+            return Err(BusError::conflict(format!(
+                "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                c.name
+            )));
         }
         e.update(|c| c.state.status = Status::Removing);
         // the exit gave the sandbox back already, unless the network service could not
