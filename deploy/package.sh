@@ -55,8 +55,7 @@ Version: $version
 Architecture: amd64
 Maintainer: berth developers <berth@localhost>
 Installed-Size: $size
-Depends: libc6 (>= $glibc), libgcc-s1, nats-server (>= 2.9), nftables, iptables, procps, passwd
-Recommends: ca-certificates
+Depends: libc6 (>= $glibc), libgcc-s1, nats-server (>= 2.9), nftables, iptables, procps, passwd, ca-certificates
 Suggests: btrfs-progs, docker-cli | docker.io
 Section: admin
 Priority: optional
