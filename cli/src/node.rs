@@ -829,7 +829,9 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
     }
     let (users, rest): (Vec<_>, Vec<_>) =
         std::mem::take(&mut sup.procs).into_iter().partition(|p| matches!(p.name.as_str(), "runtime" | "builder" | "swarm"));
-    for (wave, grace) in [(users, 4), (rest, 3)] {
+    // daemon.json `shutdown-timeout`: the runtime stops containers for that long
+    let users_grace = load_config(&sup.cfg_path).ok().and_then(|c| c.shutdown_timeout).map_or(4, |t| t as u64 + 4);
+    for (wave, grace) in [(users, users_grace), (rest, 3)] {
         let mut stops = Vec::new();
         for mut p in wave {
             stops.push(tokio::spawn(async move { stop(&mut p, Duration::from_secs(grace)).await }));
