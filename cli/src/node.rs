@@ -49,6 +49,13 @@ pub struct UpArgs {
     /// Debug logging in every service.
     #[arg(short = 'D', long)]
     pub debug: bool,
+    /// Rotate a process's log in <root>/logs once larger than this (Docker's max-size
+    /// syntax: 10m, 1g).
+    #[arg(long, default_value = "20m", value_parser = crate::logs::parse_size)]
+    pub log_max_size: u64,
+    /// Log files kept per process, the live one included (Docker's max-file).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_max_file: u32,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/berth/daemon.json";
@@ -127,7 +134,7 @@ fn node_id(paths: &Paths) -> anyhow::Result<String> {
 
 /// A service's binary: beside `berth` (a build tree), in `../libexec/berth` (the
 /// package: /usr/bin/berth, /usr/libexec/berth/berth-*), else from PATH.
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             for p in [dir.join(name), dir.join("../libexec/berth").join(name)] {
@@ -240,7 +247,9 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     let root = a.root.clone().unwrap_or_else(|| cfg.data_root());
     let paths = Paths::new(&root);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rotation = crate::logs::Rotation { max_size: a.log_max_size, max_file: a.log_max_file };
     if let Ok(h) = std::env::var(HANDOVER) {
+        crate::logs::spawn_rotation(paths.logs(), rotation);
         // this process re-executed itself for an upgrade: take over, replace the
         // services one by one
         let h: Handover = serde_json::from_str(&h).context("the handover state")?;
@@ -272,6 +281,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(paths.root(), std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_root(&paths)?;
+    crate::logs::spawn_rotation(paths.logs(), rotation);
     let node = node_id(&paths)?;
     // records newer than this berth (a downgrade): refuse before anything starts
     for (svc, _) in berth_config::records::FORMATS {
