@@ -7,7 +7,7 @@
 //! The chroot is cached (outside git) as target/e2e-fixtures/debian-<suite>.tgz: the
 //! first run pays debootstrap (~2-3 min here), later ones unpack it (~10 s).
 
-use berth_e2e::{free_port, http_get, require_root, uniq};
+use berth_e2e::{bin_dir, free_port, http_get, require_root, uniq};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -214,7 +214,8 @@ fn build_package(out: &Path, version: Option<&str>) -> PathBuf {
     let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/package.sh"));
     c.arg("--no-build").arg("--out").arg(out);
     if let Some(v) = version {
-        c.args(["--version", v]);
+        // the upgrade's package: the same files, uncompressed (quicker to make)
+        c.args(["--version", v, "--no-compress"]);
     }
     let stdout = ok(c.output().unwrap(), "deploy/package.sh");
     PathBuf::from(stdout.lines().last().expect("the package's path"))
@@ -228,9 +229,14 @@ fn the_package_installs_activates_upgrades_and_removes_cleanly() {
     eprintln!("chroot ready: {:?}", t_all.elapsed());
     // N and N+1: the same binaries, a higher version
     let debs = c.path("/tmp");
+    let version = ok(Command::new(bin_dir().join("berth")).arg("--version").output().unwrap(), "berth --version").trim().trim_start_matches("berth ").to_string();
+    let next = {
+        let (debs, v) = (debs.clone(), format!("{version}+1"));
+        std::thread::spawn(move || build_package(&debs, Some(&v)))
+    };
     let deb = build_package(&debs, None);
-    let version = deb.file_name().unwrap().to_str().unwrap().split('_').nth(1).unwrap().to_string();
-    let next = build_package(&debs, Some(&format!("{version}+1")));
+    assert!(deb.ends_with(format!("berth_{version}_amd64.deb")), "{}", deb.display());
+    let next = next.join().unwrap();
     let deb_in = format!("/tmp/{}", deb.file_name().unwrap().to_str().unwrap());
     let next_in = format!("/tmp/{}", next.file_name().unwrap().to_str().unwrap());
     let fresh = c.files();
