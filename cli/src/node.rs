@@ -282,6 +282,10 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(paths.root(), std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_root(&paths)?;
     crate::logs::spawn_rotation(paths.logs(), rotation);
+    // daemon.json `pidfile`, as dockerd writes it (removed at an orderly stop)
+    if let Some(f) = pidfile(&cfg) {
+        std::fs::write(&f, format!("{}", std::process::id())).with_context(|| format!("writing the pidfile {}", f.display()))?;
+    }
     let node = node_id(&paths)?;
     // records newer than this berth (a downgrade): refuse before anything starts
     for (svc, _) in berth_config::records::FORMATS {
@@ -854,12 +858,19 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
         stop(&mut p, Duration::from_secs(1)).await;
     }
     let _ = std::fs::remove_file(sup.paths.run().join("node.json"));
+    if let Some(f) = load_config(&sup.cfg_path).ok().as_ref().and_then(pidfile) {
+        let _ = std::fs::remove_file(f);
+    }
     for s in &sup.sockets {
         if let Some(p) = &s.own_file {
             let _ = std::fs::remove_file(p);
         }
     }
     Ok(Exit::Orderly)
+}
+
+fn pidfile(cfg: &DaemonConfig) -> Option<PathBuf> {
+    cfg.other.get("pidfile").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(PathBuf::from)
 }
 
 /// Tell systemd (`Type=notify`) when run by it; nothing otherwise.

@@ -18,6 +18,9 @@ fn daemon_json_options_berth_does_not_implement_stop_the_start_naming_them() {
         ("userns-remap", json!("default")),
         ("seccomp-profile", json!("/etc/docker/seccomp.json")),
         ("exec-opts", json!(["native.cgroupdriver=systemd"])),
+        ("ipv6", json!(true)),
+        ("features", json!({"buildkit": true})),
+        ("exec-root", json!("/run/elsewhere")),
     ] {
         let mut o = NodeOpts::default();
         o.config.insert(key.into(), value.clone());
@@ -37,10 +40,14 @@ fn daemon_json_defaults_work_and_container_options_berth_lacks_are_refused() {
         ("shutdown-timeout", json!(6)),
         ("userland-proxy", json!(false)),
         ("exec-opts", json!(["native.cgroupdriver=cgroupfs"])),
+        ("ipv6", json!(false)),
     ] {
         o.config.insert(k.into(), v);
     }
+    let pidfile = std::env::temp_dir().join(format!("berth-e2e-{}.pid", berth_e2e::uniq()));
+    o.config.insert("pidfile".into(), json!(pidfile));
     let (mut node, _reg, img) = node_with_busybox_opts(o);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), node.up_pid().unwrap().to_string());
     let run = |args: &[&str]| node.docker(&[&["run", "--rm"][..], args].concat());
     let out = |o: std::process::Output| (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
 
@@ -87,5 +94,6 @@ fn daemon_json_defaults_work_and_container_options_berth_lacks_are_refused() {
     }
     let st = node.shutdown().unwrap();
     assert!(st.success(), "{st}\n{}", node.logs());
+    assert!(!pidfile.exists(), "the pidfile stays after an orderly stop");
     assert_eq!(std::fs::read_to_string(out_dir.join("done")).unwrap_or_default(), "clean\n", "the container was killed before shutdown-timeout");
 }

@@ -49,6 +49,35 @@ pub const KNOWN_KEYS: &[&str] = &[
 pub const RUNTIMES: [&str; 3] = ["runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"];
 pub const DEFAULT_RUNTIME: &str = "runc";
 
+/// dockerd's keys berth has no behaviour for: accepted only when off (false, 0, "", [],
+/// {}, null, or an object of such values: dockerd's defaults), refused naming the key
+/// otherwise. Keys berth implements are read where they act (typed fields above, or
+/// `other` in the network and runtime services); `pidfile` by `berth up`.
+pub const NOT_IMPLEMENTED: &[&str] = &[
+    "allow-direct-routing", "allow-nondistributable-artifacts", "api-cors-header",
+    "authorization-plugins", "bip6", "cdi-spec-dirs", "containerd", "containerd-namespace",
+    "containerd-plugins-namespace", "cpu-rt-period", "cpu-rt-runtime", "default-gateway",
+    "default-gateway-v6", "default-network-opts", "default-ulimits", "exec-root", "features",
+    "firewall-backend", "fixed-cidr-v6", "host-gateway-ip", "host-gateway-ips", "http-proxy",
+    "https-proxy", "init-path", "ip-forward-no-drop", "ip6tables", "ipv6",
+    "max-download-attempts", "network-control-plane-mtu", "network-diagnostic-port",
+    "no-proxy", "node-generic-resources", "oom-score-adjust", "proxies", "raw-logs",
+    "runtimes", "selinux-enabled", "swarm-default-advertise-addr",
+];
+
+/// Off, as a daemon.json value: what leaves dockerd's default behaviour.
+fn is_off(v: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match v {
+        Null => true,
+        Bool(b) => !b,
+        Number(n) => n.as_f64() == Some(0.0),
+        String(s) => s.is_empty(),
+        Array(a) => a.is_empty(),
+        Object(o) => o.values().all(is_off),
+    }
+}
+
 /// Storage drivers berth implements.
 pub const STORAGE_DRIVERS: &[&str] = &["overlay2", "btrfs", "vfs"];
 
@@ -235,6 +264,22 @@ impl DaemonConfig {
                 "a daemon-wide seccomp profile is not supported by berth (its default is Docker's); give one per container with --security-opt seccomp=<file>".into(),
             ));
         }
+        for k in NOT_IMPLEMENTED {
+            if other(k).is_some_and(|v| !is_off(v)) {
+                return Some((k, "not implemented by berth; remove the key (or leave it at dockerd's default, off)".into()));
+            }
+        }
+        match other("log-format").and_then(|v| v.as_str()) {
+            None | Some("" | "text") => {}
+            Some(f) => return Some(("log-format", format!("{f:?} is not implemented by berth (its logs are text); remove the key"))),
+        }
+        for (k, how) in [("default-ipc-mode", "private"), ("default-cgroupns-mode", if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "private" } else { "host" })] {
+            match other(k).and_then(|v| v.as_str()) {
+                None | Some("") => {}
+                Some(m) if m == how => {}
+                Some(m) => return Some((k, format!("{m:?} is not implemented by berth (its containers get {how:?} here); remove the key"))),
+            }
+        }
         for o in &self.exec_opts {
             let (k, v) = o.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((o.as_str(), ""));
             match (k, v) {
@@ -328,6 +373,12 @@ mod tests {
         refused(r#"{"seccomp-profile":"unconfined"}"#, "seccomp-profile");
         refused(r#"{"exec-opts":["native.cgroupdriver=systemd"]}"#, "exec-opts");
         refused(r#"{"exec-opts":["isolation=hyperv"]}"#, "exec-opts");
+        refused(r#"{"ipv6":true}"#, "ipv6");
+        refused(r#"{"features":{"buildkit":true}}"#, "features");
+        refused(r#"{"exec-root":"/run/x"}"#, "exec-root");
+        refused(r#"{"log-format":"json"}"#, "log-format");
+        refused(r#"{"default-ipc-mode":"shareable"}"#, "default-ipc-mode");
+        DaemonConfig::parse(r#"{"ipv6":false,"ip6tables":false,"features":{"buildkit":false},"selinux-enabled":false,"runtimes":{},"log-format":"text","default-ipc-mode":"private","pidfile":"/run/b.pid"}"#, "t").unwrap();
         // what berth does (or does anyway) is accepted
         let c = DaemonConfig::parse(
             r#"{"default-runtime":"runc","default-shm-size":"128M","userland-proxy":false,"userns-remap":"",
