@@ -400,6 +400,7 @@ impl Runtime {
             config: &c.config,
             host_config: &c.host_config,
             exec: &exec,
+            no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
         };
         crate::spec::exec_process(&input).map_err(|e| BusError::invalid(e.to_string()))
     }

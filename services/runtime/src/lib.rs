@@ -324,6 +324,12 @@ impl Runtime {
         if self.cfg.live_restore || berth_bus::service::detached() {
             return;
         }
+        // daemon.json `shutdown-timeout` given: each container gets its stop timeout, at
+        // most that long (`berth up` waits for it); else 3 s, to stop within 10 s
+        let (cap, budget) = match self.cfg.shutdown_timeout {
+            Some(t) => (t as i64, Duration::from_secs(t as u64 + 2)),
+            None => (3, Duration::from_secs(5)),
+        };
         let mut tasks = Vec::new();
         for e in self.all() {
             if !e.get().state.running() {
@@ -332,7 +338,7 @@ impl Runtime {
             let rt = self.clone();
             tasks.push(tokio::spawn(async move {
                 let c = e.get();
-                let t = c.config.stop_timeout.unwrap_or(10).clamp(0, 3);
+                let t = c.config.stop_timeout.unwrap_or(10).clamp(0, cap);
                 let manually = c.manually_stopped;
                 let _ = rt.stop_entry(&e, None, Some(t)).await;
                 // a shutdown is not a manual stop: restart policies apply at the next start
@@ -340,6 +346,6 @@ impl Runtime {
                 let _ = e.save();
             }));
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(tasks)).await;
+        let _ = tokio::time::timeout(budget, futures_util::future::join_all(tasks)).await;
     }
 }

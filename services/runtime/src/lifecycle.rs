@@ -233,8 +233,12 @@ impl Runtime {
                 mounts: &resolved,
                 cgroup_path: &cgroup_path,
                 init_binary: init.as_deref(),
+                no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
             };
-            crate::spec::build(&input).map_err(|err| BusError::invalid(err.to_string()))
+            crate::spec::build(&input).map_err(|err| match err {
+                crate::spec::SpecError::NoDeviceDriver(m) => BusError::internal(m),
+                err => BusError::invalid(err.to_string()),
+            })
         });
         let spec = match prep {
             Ok(s) => s,
