@@ -61,7 +61,10 @@ impl Layout {
         Ok(l)
     }
 
-    /// Parses /proc/self/mountinfo (v2 controllers left empty).
+    /// Parses /proc/self/mountinfo (v2 controllers left empty). Each hierarchy once:
+    /// its first mount, as for v1 (a chroot with the host's /sys bound in, e.g. a
+    /// debootstrap, shows the unified hierarchy a second time; mounting it twice in a
+    /// container fails with EBUSY).
     pub fn from_mountinfo(text: &str) -> Layout {
         let mut hs: Vec<Hierarchy> = Vec::new();
         for line in text.lines() {
@@ -75,7 +78,7 @@ impl Layout {
             }
             let mount = PathBuf::from(unescape(pre[4]));
             match post[0] {
-                "cgroup2" => hs.push(Hierarchy {
+                "cgroup2" if !hs.iter().any(|h| h.v2) => hs.push(Hierarchy {
                     mount,
                     controllers: vec![],
                     v2: true,
@@ -802,6 +805,11 @@ mod tests {
         );
         assert_eq!(l.hierarchies[3].controllers, vec!["name=systemd"]);
         assert!(l.with("pids").is_none());
+        // the same hierarchies again under a chroot's bound /sys: each once
+        let chroot = HYBRID.replace("/sys/fs/cgroup", "/var/tmp/x/root/sys/fs/cgroup");
+        let l = Layout::from_mountinfo(&format!("{HYBRID}{chroot}"));
+        assert_eq!(l.hierarchies.len(), 5);
+        assert_eq!(l.hierarchies[4].mount, Path::new("/sys/fs/cgroup/unified"));
         let v2 = Layout::from_mountinfo(
             "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
         );
