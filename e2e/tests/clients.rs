@@ -59,6 +59,40 @@ fn exec_answers_and_streams_as_docker() {
     assert_eq!((a.status, a.json()["message"].as_str()), (404, Some("No such exec instance: nope")));
 }
 
+/// A client that reads the 101 late and through a buffered reader, as docker-py does
+/// (it then reads the raw socket: whatever came with the 101 is lost, docker-py issue
+/// 1799), still gets the whole output: the exec's process starts once the client has
+/// read the 101. Without that, `echo hello` answers in the same read as the 101.
+#[test]
+fn exec_starts_after_the_client_read_the_101() {
+    use std::io::{Read, Write};
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+    let sock = &node.sock;
+    for tty in [false, true] {
+        let a = http(sock, "POST", &format!("/v1.51/containers/{cid}/exec"), &[], Some(&format!(r#"{{"Cmd":["echo","hello"],"AttachStdout":true,"AttachStderr":true,"Tty":{tty}}}"#)));
+        let id = a.json()["Id"].as_str().expect("Id").to_string();
+        let body = format!(r#"{{"Detach":false,"Tty":{tty}}}"#);
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        write!(s, "POST /v1.51/exec/{id}/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        // the engine answers meanwhile; a loaded client reads this late
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101") && head.ends_with("\r\n\r\n"), "tty {tty}: the output came with the 101: {head:?}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        if tty {
+            assert_eq!(String::from_utf8_lossy(&rest), "hello\r\n");
+        } else {
+            assert_eq!(demux(&rest), vec![(1u8, b"hello\n".to_vec())]);
+        }
+    }
+}
+
 /// `kill` (SIGKILL) answers once the container is dead, so a `remove` right after is
 /// not refused "container is running"; `commit` with `pause=true` of a stopped
 /// container commits it; `--runtime runc` is kept as asked and an unknown runtime is

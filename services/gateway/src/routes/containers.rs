@@ -523,8 +523,10 @@ async fn exec_start<B: Backend>(
             }
         };
     };
+    let client = crate::listen::ClientConn::current().hold();
     tokio::spawn(async move {
-        // the process starts once the 101 is on the wire, as Moby's does
+        // the process starts once the 101 is on the wire, as Moby's does, and the
+        // client has read it (see `HeldConn::read_all`)
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -532,6 +534,9 @@ async fn exec_start<B: Backend>(
                 return;
             }
         };
+        client.read_all(std::time::Duration::from_secs(1)).await;
+        // its copy of the socket would keep the connection open past the stream's end
+        drop(client);
         let io = hyper_util::rt::TokioIo::new(upgraded);
         match b.exec_start(r).await {
             Ok((_, out, input)) => hijack::pump_io(io, out, Some(input), session).await,
