@@ -147,7 +147,7 @@ async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, bo
     let config: Option<docker::ContainerConfig> = if body.iter().all(|c| c.is_ascii_whitespace()) || &body[..] == b"null" {
         None
     } else {
-        Some(serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
+        Some(crate::gojson::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
     };
     let r = ContainerCommit {
         container,

@@ -166,7 +166,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResul
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    crate::gojson::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 async fn create<B: Backend>(
