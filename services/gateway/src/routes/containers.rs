@@ -202,7 +202,42 @@ async fn inspect<B: Backend>(
     let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
     legacy_network_fields(&mut j, v);
+    endpoint_keys(&mut j, v);
     Ok(Json(j))
+}
+
+/// Every endpoint of `NetworkSettings.Networks` has all of Go's keys, unset ones as
+/// their zero value (`"Aliases": null`, `"MacAddress": ""`): strict clients index
+/// them (docker-py reads `Aliases` of a network it gave none).
+fn endpoint_keys(j: &mut serde_json::Value, v: ApiVersion) {
+    use serde_json::{json, Value};
+    let Some(nets) = j.pointer_mut("/NetworkSettings/Networks").and_then(|n| n.as_object_mut()) else { return };
+    let mut keys: Vec<(&str, Value)> = vec![
+        ("IPAMConfig", Value::Null),
+        ("Links", Value::Null),
+        ("Aliases", Value::Null),
+        ("MacAddress", json!("")),
+        ("DriverOpts", Value::Null),
+        ("NetworkID", json!("")),
+        ("EndpointID", json!("")),
+        ("Gateway", json!("")),
+        ("IPAddress", json!("")),
+        ("IPPrefixLen", json!(0)),
+        ("IPv6Gateway", json!("")),
+        ("GlobalIPv6Address", json!("")),
+        ("GlobalIPv6PrefixLen", json!(0)),
+    ];
+    if !v.less_than("1.44") {
+        keys.push(("DNSNames", Value::Null));
+    }
+    if !v.less_than("1.48") {
+        keys.push(("GwPriority", json!(0)));
+    }
+    for ep in nets.values_mut().filter_map(|e| e.as_object_mut()) {
+        for (k, zero) in &keys {
+            ep.entry(*k).or_insert_with(|| zero.clone());
+        }
+    }
 }
 
 /// Before API 1.52 Docker also sent the default network's address at the top of
