@@ -1,5 +1,6 @@
 //! Streams of a container: wait, logs, attach, exec.
 
+use bus_schema::event::Action;
 use std::sync::{Arc, Mutex};
 
 use berth_bus::Responder;
@@ -147,7 +148,7 @@ impl Runtime {
         let c = e.get();
         let ended = run_ended(&e);
         let (mut w, mut input) = resp.accept_duplex(StreamInfo { tty: c.is_tty() }).await?;
-        self.event(&c, "attach", &[]).await;
+        self.event(&c, Action::Attach, &[]).await;
         let attach_stdin = r.stdin && c.config.open_stdin.unwrap_or(false);
         let stdin_once = c.config.stdin_once.unwrap_or(false);
 
@@ -237,7 +238,7 @@ impl Runtime {
         let text = cmd_text(&ex.config);
         self.execs.lock().unwrap().insert(id.clone(), ex);
         e.update(|c| c.exec_ids.push(id.clone()));
-        self.event(&c, &format!("exec_create: {text}"), &[("execID", id.clone())]).await;
+        self.event_with(&c, Action::ExecCreate, &text, &[("execID", id.clone())]).await;
         Ok(docker::IdResponse { id })
     }
 
@@ -299,7 +300,7 @@ impl Runtime {
         }
         *ex.handle.lock().unwrap() = Some(exec.clone());
         let text = cmd_text(&ex.config);
-        self.event(&c, &format!("exec_start: {text}"), &[("execID", ex.id.clone())]).await;
+        self.event_with(&c, Action::ExecStart, &text, &[("execID", ex.id.clone())]).await;
 
         let (mut w, mut input) = resp.accept_duplex(StreamInfo { tty }).await?;
         let ex_in = exec.clone();
@@ -343,7 +344,7 @@ impl Runtime {
             st.running = false;
             st.exit_code = Some(code);
         }
-        self.event(&c, "exec_die", &[("execID", ex.id.clone()), ("exitCode", code.to_string())]).await;
+        self.event(&c, Action::ExecDie, &[("execID", ex.id.clone()), ("exitCode", code.to_string())]).await;
         match res {
             Ok(()) => w.end().await,
             Err(err) => Err(err),

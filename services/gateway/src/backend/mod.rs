@@ -21,12 +21,13 @@ mod networks;
 
 pub struct BusBackend {
     pub bus: Bus,
+    pub storage: berth_bus::storage::StorageClient,
     pub host: HostFacts,
 }
 
 impl BusBackend {
     pub fn new(bus: Bus, host: HostFacts) -> Arc<BusBackend> {
-        Arc::new(BusBackend { bus, host })
+        Arc::new(BusBackend { storage: berth_bus::storage::StorageClient::new(bus.clone()), bus, host })
     }
 }
 

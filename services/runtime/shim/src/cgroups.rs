@@ -61,10 +61,7 @@ impl Layout {
         Ok(l)
     }
 
-    /// Parses /proc/self/mountinfo (v2 controllers left empty). Each hierarchy once:
-    /// its first mount, as for v1 (a chroot with the host's /sys bound in, e.g. a
-    /// debootstrap, shows the unified hierarchy a second time; mounting it twice in a
-    /// container fails with EBUSY).
+    /// Parses /proc/self/mountinfo (v2 controllers left empty).
     pub fn from_mountinfo(text: &str) -> Layout {
         let mut hs: Vec<Hierarchy> = Vec::new();
         for line in text.lines() {
@@ -78,6 +75,10 @@ impl Layout {
             }
             let mount = PathBuf::from(unescape(pre[4]));
             match post[0] {
+                // the first mount of each hierarchy only: a second mount of the
+                // same one (a bind into another root on the host, such as a test's
+                // chroot) is not another hierarchy, and mounting it twice at the
+                // same place in a container fails with EBUSY
                 "cgroup2" if !hs.iter().any(|h| h.v2) => hs.push(Hierarchy {
                     mount,
                     controllers: vec![],
@@ -805,11 +806,14 @@ mod tests {
         );
         assert_eq!(l.hierarchies[3].controllers, vec!["name=systemd"]);
         assert!(l.with("pids").is_none());
-        // the same hierarchies again under a chroot's bound /sys: each once
-        let chroot = HYBRID.replace("/sys/fs/cgroup", "/var/tmp/x/root/sys/fs/cgroup");
-        let l = Layout::from_mountinfo(&format!("{HYBRID}{chroot}"));
-        assert_eq!(l.hierarchies.len(), 5);
-        assert_eq!(l.hierarchies[4].mount, Path::new("/sys/fs/cgroup/unified"));
+        // a hierarchy mounted again elsewhere (another root's /sys/fs/cgroup) counts once
+        let again = format!(
+            "{HYBRID}170 160 0:38 / /var/tmp/x/root/sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+             171 160 0:32 / /var/tmp/x/root/sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        );
+        let l2 = Layout::from_mountinfo(&again);
+        assert_eq!(l2.hierarchies.len(), l.hierarchies.len());
+        assert_eq!(l2.hierarchies.iter().filter(|h| h.v2).count(), l.hierarchies.iter().filter(|h| h.v2).count());
         let v2 = Layout::from_mountinfo(
             "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
         );
