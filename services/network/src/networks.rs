@@ -404,12 +404,7 @@ impl NetworkService {
             attachable: body.attachable.unwrap_or(false),
             options,
             labels,
-            ipam_options: ipam
-                .options
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            ipam_options: ipam.options.clone().map(|o| o.into_iter().collect()),
             subnet: Some(subnet),
             gateway: Some(gateway),
             ip_range,

@@ -1309,7 +1309,7 @@ mod tests {
             strs(&["PATH=/custom", "HOSTNAME=h", "TERM=xterm", "A=1"])
         );
         assert_eq!((p.user.uid, p.user.gid), (1000, 1000));
-        assert_eq!(p.user.additional_gids, vec![10]);
+        assert_eq!(p.user.additional_gids, vec![1000, 10]);
         assert_eq!(p.cwd, "/w");
         assert_eq!(p.terminal, Some(true));
         assert_eq!(p.console_size.unwrap().width, 80);
