@@ -60,6 +60,7 @@ pub struct Node {
     child: Option<Child>,
     pub env: Vec<(String, String)>,
     nofile: Option<u64>,
+    hosts: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -72,6 +73,8 @@ pub struct NodeOpts {
     pub dir: Option<PathBuf>,
     /// Start `berth up` with this soft open-files limit (at most the hard one).
     pub nofile: Option<u64>,
+    /// More `-H` addresses besides the node's unix socket (`tcp://...`).
+    pub hosts: Vec<String>,
 }
 
 impl Node {
@@ -101,7 +104,7 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile }
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, hosts: opts.hosts }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
@@ -136,6 +139,7 @@ impl Node {
             .arg(format!("unix://{}", self.sock.display()))
             .arg("--config")
             .arg(&self.config)
+            .args(self.hosts.iter().flat_map(|h| ["-H", h.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
