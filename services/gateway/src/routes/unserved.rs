@@ -163,11 +163,7 @@ fn answer_for(a: Answer, query: &str) -> ApiError {
             ApiError::not_found("page not found")
         }
         Answer::SwarmLogs => {
-            let q: crate::util::Query = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let q = crate::util::Params::parse(query).first;
             if !crate::util::bool_value(&q, "stdout") && !crate::util::bool_value(&q, "stderr") {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Bad parameters: you must choose at least one stream")
             } else {
