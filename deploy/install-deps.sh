@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages berth and its tests use, if missing. Idempotent.
-# Runtime: nats-server, iptables/nftables, btrfs-progs, libseccomp (build).
+# Runtime: nats-server, iptables/nftables, btrfs-progs; gcc and pkg-config build C
+# parts of crates (zstd). No libseccomp: the shim compiles its seccomp filters itself.
 # Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus; the package
 # test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate); the
 # docker-py suite and testcontainers-python: python3-venv (their venvs' packages come
 # from PyPI); docker-compose (Debian's 1.29); node and npm for dockerode (from npm).
 set -euo pipefail
-pkgs=(nats-server iptables nftables btrfs-progs libseccomp-dev pkg-config gcc curl
+pkgs=(nats-server iptables nftables btrfs-progs pkg-config gcc curl
       docker-registry busybox-static umoci skopeo prometheus ca-certificates
       debootstrap systemd python3-venv docker-compose)
 # node and npm: Debian's, unless a node is already there (e.g. from NodeSource)
