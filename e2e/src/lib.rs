@@ -3,6 +3,7 @@
 //! it and removes what it left: mounts, cgroups, processes, the root.
 
 pub mod fixtures;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -58,6 +59,7 @@ pub struct Node {
     child: Option<Child>,
     pub env: Vec<(String, String)>,
     nofile: Option<u64>,
+    wrap: Option<Vec<String>>,
 }
 
 #[derive(Default, Clone)]
@@ -70,6 +72,9 @@ pub struct NodeOpts {
     pub dir: Option<PathBuf>,
     /// Start `berth up` with this soft open-files limit (at most the hard one).
     pub nofile: Option<u64>,
+    /// Run `berth up` through this command prefix (e.g. into a network namespace, see
+    /// [`netns::Underlay`]).
+    pub wrap: Option<Vec<String>>,
 }
 
 impl Node {
@@ -91,7 +96,7 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile };
+        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, wrap: opts.wrap };
         n.boot();
         n
     }
@@ -103,7 +108,14 @@ impl Node {
             .append(true)
             .open(self.root.parent().unwrap().join("up.log"))
             .unwrap();
-        let mut cmd = Command::new(bin_dir().join("berth"));
+        let mut cmd = match &self.wrap {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(bin_dir().join("berth"));
+                c
+            }
+            None => Command::new(bin_dir().join("berth")),
+        };
         cmd.arg("up")
             .arg("--root")
             .arg(&self.root)
@@ -171,6 +183,19 @@ impl Node {
         }
         let _ = c.kill();
         c.wait().ok()
+    }
+
+    /// The node was killed from outside: reap `berth up` without signalling it.
+    pub fn forget_child(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether `berth up` is running (it may have been killed).
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn host(&self) -> String {
@@ -280,6 +305,16 @@ pub fn cleanup_root(root: &Path, cgroup_parent: &str) {
         let dir = base.join(cgroup_parent);
         if dir.is_dir() {
             remove_cgroup_tree(&dir);
+        }
+    }
+}
+
+/// SIGKILL every process in the cgroups under `cgroup_parent` (a node's containers).
+pub fn kill_cgroup(cgroup_parent: &str) {
+    for base in cgroup_bases() {
+        let dir = base.join(cgroup_parent);
+        if dir.is_dir() {
+            kill_cgroup_tree(&dir);
         }
     }
 }

@@ -6,5 +6,6 @@ pub mod containers;
 pub mod events;
 pub mod images;
 pub mod networks;
+pub mod swarm;
 pub mod system;
 pub mod volumes;

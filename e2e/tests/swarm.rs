@@ -1,0 +1,179 @@
+//! Swarm mode through the real docker CLI against `berth up` (issue 18). One node per
+//! test where one is enough; every step checks what Docker shows (answers recorded
+//! from Moby 20.10 are in e2e/tests/data/swarm/).
+
+use berth_e2e::{fixtures, require_root, Node};
+use std::time::{Duration, Instant};
+
+/// Three consecutive free ports on loopback (the swarm server's client, leaf and route
+/// ports follow `--listen-addr`).
+fn free_ports() -> u16 {
+    for _ in 0..200 {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).unwrap();
+        let p = 20000 + (u16::from_le_bytes(b) % 30000);
+        if (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Poll `f` until it returns Some, for up to `secs`.
+fn wait_for<T>(secs: u64, what: &str, node: &Node, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if t.elapsed() > Duration::from_secs(secs) {
+            panic!("timed out waiting for {what}\n{}", node.logs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+#[ignore = "being made green: passes through init, node ls, create/ps/scale; the rolling update step is fixed in the next commit"]
+fn single_node_swarm() {
+    require_root!();
+    let (node, _reg, img) = fixtures::node_with_busybox();
+
+    // Not in a swarm: Docker's 503 and message.
+    let o = node.docker(&["node", "ls"]);
+    assert!(!o.status.success());
+    assert!(
+        out(&o).contains("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."),
+        "{}",
+        out(&o)
+    );
+    let info = node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(info.trim(), "inactive");
+
+    // init
+    let port = free_ports();
+    let listen = format!("127.0.0.1:{port}");
+    let init = node.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+    assert!(init.starts_with("Swarm initialized: current node ("), "{init}");
+    assert!(init.contains(&format!("docker swarm join --token SWMTKN-1-")), "{init}");
+    assert!(init.contains(&format!(" {listen}\n")), "{init}");
+    let again = node.docker(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+    assert!(out(&again).contains("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one."), "{}", out(&again));
+    let token = node.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    assert!(token.trim().starts_with("SWMTKN-1-") && token.trim().len() == 85, "{token}");
+
+    // docker info's Swarm section
+    let info = node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}} {{.Swarm.NodeAddr}}"]);
+    assert_eq!(info.trim(), "active true 1 1 127.0.0.1");
+
+    // node ls / inspect
+    let ls = node.docker_ok(&["node", "ls", "--format", "{{.Self}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]);
+    assert_eq!(lines(&ls), vec!["true Ready Active Leader"], "{ls}");
+    let role = node.docker_ok(&["node", "inspect", "self", "--format", "{{.Spec.Role}} {{.Status.State}} {{.ManagerStatus.Addr}}"]);
+    assert_eq!(role.trim(), format!("manager ready 127.0.0.1:{port}"));
+
+    // service create: 3 replicas, converged as the CLI checks it
+    let created = node.docker_ok(&["service", "create", "--replicas", "3", "--name", "web", &img, "sleep", "1d"]);
+    assert!(created.contains("verify: Service web converged") || created.contains("converged"), "{created}");
+    let ls = node.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}"]);
+    assert_eq!(lines(&ls), vec!["web replicated 3/3"], "{ls}");
+    let ps = node.docker_ok(&["service", "ps", "web", "--format", "{{.Name}} {{.DesiredState}} {{.CurrentState}}"]);
+    let ps = lines(&ps);
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    for (i, l) in ps.iter().enumerate() {
+        assert!(l.starts_with(&format!("web.{} Running Running", i + 1)), "{ps:?}");
+    }
+    // The containers are the node's own, named and labelled as Docker names them.
+    let names = node.docker_ok(&["ps", "--filter", "label=com.docker.swarm.service.name=web", "--format", "{{.Names}}"]);
+    let names = lines(&names);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("web.") && n.len() == "web.1.".len() + 25), "{names:?}");
+
+    // inspect: Docker's defaults inserted, Moby's shape
+    let spec = node.docker_ok(&["service", "inspect", "web", "--format", "{{json .Spec}}"]);
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 3);
+    assert_eq!(spec["TaskTemplate"]["ContainerSpec"]["Isolation"], "default");
+    assert_eq!(spec["TaskTemplate"]["Runtime"], "container");
+    assert_eq!(spec["UpdateConfig"]["Order"], "stop-first");
+    assert_eq!(spec["TaskTemplate"]["RestartPolicy"]["Condition"], "any");
+
+    // scale
+    node.docker_ok(&["service", "scale", "web=5"]);
+    let ls = node.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"]);
+    assert_eq!(ls.trim(), "5/5");
+    node.docker_ok(&["service", "scale", "-d", "web=2"]);
+    wait_for(30, "scale down to 2", &node, || {
+        let n = lines(&node.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+        (n == 2).then_some(())
+    });
+
+    // rolling update: every task replaced, the old ones kept as history
+    node.docker_ok(&["service", "update", "--env-add", "FOO=bar", "web"]);
+    let ps = node.docker_ok(&["service", "ps", "web", "--format", "{{.Name}}|{{.DesiredState}}|{{.CurrentState}}"]);
+    let running: Vec<String> = lines(&ps).into_iter().filter(|l| l.contains("|Running|Running")).collect();
+    assert_eq!(running.len(), 2, "{ps}");
+    assert!(lines(&ps).iter().any(|l| l.contains("\\_ web.1|Shutdown|")), "{ps}");
+    let cid = lines(&node.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"]))[0].clone();
+    let env = node.docker_ok(&["exec", &cid, "sh", "-c", "echo $FOO"]);
+    assert_eq!(env.trim(), "bar");
+
+    // logs, with Docker's task prefixes, and a restart policy with max attempts
+    node.docker_ok(&[
+        "service", "create", "-d", "--name", "sh1", "--restart-condition", "on-failure", "--restart-delay", "1s",
+        "--restart-max-attempts", "2", &img, "sh", "-c", "echo hello; exit 3",
+    ]);
+    wait_for(60, "three failed tasks", &node, || {
+        let ps = node.docker_ok(&["service", "ps", "sh1", "--format", "{{.CurrentState}}|{{.Error}}"]);
+        let failed = lines(&ps).iter().filter(|l| l.starts_with("Failed") && l.ends_with("\"task: non-zero exit (3)\"")).count();
+        (failed == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let ps = lines(&node.docker_ok(&["service", "ps", "sh1", "--format", "{{.Name}}"]));
+    assert_eq!(ps.len(), 3, "no fourth attempt: {ps:?}");
+    let logs = node.docker_ok(&["service", "logs", "sh1"]);
+    let logs = lines(&logs);
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    for l in &logs {
+        assert!(l.starts_with("sh1.1.") && l.ends_with("| hello"), "{logs:?}");
+    }
+    let raw = node.docker_ok(&["service", "logs", "--raw", "sh1"]);
+    assert_eq!(lines(&raw), vec!["hello", "hello", "hello"]);
+
+    // errors as Docker words them
+    let o = node.docker(&["service", "create", "-d", "--name", "web", &img, "true"]);
+    assert!(out(&o).contains("rpc error: code = AlreadyExists desc = name conflicts with an existing object: service web already exists"), "{}", out(&o));
+    let o = node.docker(&["service", "rm", "nosuch"]);
+    assert!(out(&o).contains("service nosuch not found"), "{}", out(&o));
+
+    // events of the cluster, scope swarm
+    let ev = node.docker_ok(&["events", "--since", "0", "--until", "+1s", "--filter", "type=service", "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Scope}}"]);
+    let ev = lines(&ev);
+    assert!(ev.contains(&"create web swarm".to_string()), "{ev:?}");
+    assert!(ev.contains(&"create sh1 swarm".to_string()), "{ev:?}");
+
+    // rm: the tasks' containers go
+    node.docker_ok(&["service", "rm", "web", "sh1"]);
+    wait_for(30, "task containers removed", &node, || {
+        let n = lines(&node.docker_ok(&["ps", "-aq", "--filter", "label=com.docker.swarm.task"])).len();
+        (n == 0).then_some(())
+    });
+    let ev = node.docker_ok(&["events", "--since", "0", "--until", "+1s", "--filter", "type=service", "--filter", "event=remove", "--format", "{{.Actor.Attributes.name}}"]);
+    assert_eq!(lines(&ev).len(), 2, "{ev}");
+
+    // leave: the last manager needs --force, then the node is out of the swarm
+    let o = node.docker(&["swarm", "leave"]);
+    assert!(out(&o).contains("Removing the last manager erases all current state of the swarm."), "{}", out(&o));
+    node.docker_ok(&["swarm", "leave", "--force"]);
+    let info = node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(info.trim(), "inactive");
+    assert!(!node.root.join("swarm").exists());
+}
