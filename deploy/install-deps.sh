@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages berth and its tests use, if missing. Idempotent.
 # Runtime: nats-server, iptables/nftables, btrfs-progs, libseccomp (build).
-# Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus.
+# Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus; the package
+# test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate).
 set -euo pipefail
 pkgs=(nats-server iptables nftables btrfs-progs libseccomp-dev pkg-config gcc curl
-      docker-registry busybox-static umoci skopeo prometheus ca-certificates)
+      docker-registry busybox-static umoci skopeo prometheus ca-certificates
+      debootstrap systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

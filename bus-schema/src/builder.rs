@@ -32,6 +32,9 @@ pub struct ImageBuild {
     pub cpu_shares: Option<i64>,
     pub shm_size: Option<i64>,
     pub extra_hosts: Vec<String>,
+    /// `--cache-from` images (Docker's `cachefrom`).
+    #[serde(default)]
+    pub cache_from: Vec<String>,
 }
 
 /// `POST /commit`: a new image from a container's changes.

@@ -228,6 +228,24 @@ pub struct ImageCreateFromLayer {
     pub record_parent: bool,
 }
 
+/// An image as `docker image inspect` shows it, with what Docker's current model
+/// no longer has but the API sends before 1.52: `Parent` (images the classic
+/// builder and commit made) and `DockerVersion`. Empty when there is none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageDetails {
+    pub inspect: docker::ImageInspect,
+    pub parent: String,
+    pub docker_version: String,
+}
+
+/// `GET /distribution/{name}/json`: what the registry (a mirror first) holds under
+/// `reference`: the top manifest's descriptor and the platforms it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionInspect {
+    pub reference: String,
+    pub auth: Option<RegistryAuth>,
+}
+
 /// Images and their sizes for `docker system df`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDf {}
@@ -237,7 +255,7 @@ crate::rpcs!(Images {
     ImagePush => (), stream JsonMessage;
     RegistryLogin => docker::AuthResponse;
     ImageList => Vec<docker::ImageSummary>;
-    ImageInspect => docker::ImageInspect;
+    ImageInspect => ImageDetails;
     ImageHistory => Vec<docker::ImageHistoryResponseItem>;
     ImageTag => ();
     ImageRemove => Vec<docker::ImageDeleteResponseItem>;
@@ -248,6 +266,7 @@ crate::rpcs!(Images {
     ImageResolve => ResolvedImage;
     ImageCreateFromLayer => String;
     ImageDf => Vec<docker::ImageSummary>;
+    DistributionInspect => docker::DistributionInspect;
 });
 
 #[cfg(test)]

@@ -141,6 +141,18 @@ pub struct RwLayerSize {
     pub id: String,
 }
 
+/// Every container read-write layer and how many times it is mounted: the runtime
+/// and the builder reconcile theirs with it (orphans of a create or a removal that a
+/// fault interrupted, mounts of containers that no longer run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwLayerList {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RwLayerState {
+    pub id: String,
+    pub mounts: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RwSize {
     pub rw: i64,
@@ -250,6 +262,7 @@ crate::rpcs!(Storage {
     VolumeAcquire => VolumeMounted;
     VolumeReleaseRef => ();
     StorageDf => StorageUsage;
+    RwLayerList => Vec<RwLayerState>;
 });
 
 #[cfg(test)]
@@ -306,6 +319,8 @@ mod tests {
         roundtrip(RwLayerCommit { id: "x".into() });
         roundtrip(RwLayerSize { id: "x".into() });
         roundtrip(RwSize { rw: 1, root_fs: 2 });
+        roundtrip(RwLayerList {});
+        roundtrip(RwLayerState { id: "x".into(), mounts: 1 });
         roundtrip(VolumeCreate {
             name: Some("v".into()),
             driver: "local".into(),

@@ -31,6 +31,18 @@ pub const HDR_INPUT_CTRL: &str = "Berth-Input-Ctrl";
 /// Request header: the caller's deadline for the whole request, in milliseconds.
 pub const HDR_TIMEOUT_MS: &str = "Berth-Timeout-Ms";
 
+/// Request header: who asks, `<bus user>.<pid>`: a stream's writer stops when that
+/// instance exits.
+pub const HDR_CALLER: &str = "Berth-Caller";
+/// Reply header: the pid of the instance that answered: a stream's reader fails when
+/// it exits.
+pub const HDR_INSTANCE: &str = "Berth-Instance";
+/// Request or reply header: the payload was too large for one bus message. It is
+/// fetched in chunks from the subject named here (see `berth_bus`'s `large` module);
+/// [`HDR_LARGE_LEN`] gives its length in bytes.
+pub const HDR_LARGE: &str = "Berth-Large";
+pub const HDR_LARGE_LEN: &str = "Berth-Large-Len";
+
 /// The window a reader grants by default.
 pub const DEFAULT_CREDIT: u32 = 64;
 /// Frames of raw bytes stay well under nats-server's 1 MiB max payload.

@@ -116,6 +116,33 @@ pub const EVENTS_WILDCARD: &str = "berth.v1.events.>";
 /// The JetStream stream that keeps events for `docker events --since`.
 pub const EVENTS_STREAM: &str = "BERTH_EVENTS";
 
+/// Lifecycle notices of a node's service instances:
+/// `berth.v1.instance.<node>.<service>.exited` (published by `berth up` the moment it
+/// reaps the process) and `...started` (published by the service once it serves).
+pub fn instance_subject(node: &str, svc: Service, what: InstanceEvent) -> String {
+    format!("{PREFIX}.instance.{node}.{}.{}", svc.name(), what.token())
+}
+
+/// Every instance notice of `node`.
+pub fn instance_wildcard(node: &str) -> String {
+    format!("{PREFIX}.instance.{node}.>")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceEvent {
+    Started,
+    Exited,
+}
+
+impl InstanceEvent {
+    pub fn token(self) -> &'static str {
+        match self {
+            InstanceEvent::Started => "started",
+            InstanceEvent::Exited => "exited",
+        }
+    }
+}
+
 /// Per-user inbox prefix: a bus user may only read replies addressed to it.
 pub fn inbox_prefix(user: &str) -> String {
     format!("_I.{user}")

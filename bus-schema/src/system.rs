@@ -48,6 +48,30 @@ impl SystemRpc for SystemInfoPart {
     type Reply = InfoPart;
 }
 
+/// A service instance exited. `berth up` publishes it on
+/// [`crate::subject::instance_subject`] (`exited`) the moment it reaps the process;
+/// every request still waiting for that service and every stream that instance was
+/// writing or reading fails at once instead of waiting for its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceExited {
+    pub service: Service,
+    pub node: String,
+    pub pid: u32,
+    /// CLOCK_MONOTONIC nanoseconds when it was reaped. The node's processes share one
+    /// host, so a request sent before this instant was sent to the dead instance (the
+    /// next one is started only after it).
+    pub at_mono_ns: u64,
+}
+
+/// A service instance is serving (published by the service itself once its handlers
+/// are subscribed): peers reconcile what they hold with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStarted {
+    pub service: Service,
+    pub node: String,
+    pub pid: u32,
+}
+
 pub const OPS: &[&str] = &[ServicePing::OP, SystemInfoPart::OP, ServiceMetrics::OP];
 
 #[cfg(test)]
@@ -66,6 +90,8 @@ mod tests {
             started: 1,
         });
         roundtrip(SystemInfoPart {});
+        roundtrip(ServiceExited { service: Service::Runtime, node: "n1".into(), pid: 7, at_mono_ns: 123 });
+        roundtrip(ServiceStarted { service: Service::Storage, node: "n1".into(), pid: 8 });
         roundtrip(ServiceMetrics {});
         roundtrip(InfoPart {
             service: Service::Storage,

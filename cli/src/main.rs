@@ -1,11 +1,12 @@
 //! `berth`: start and inspect a node.
 
+mod control;
 mod events;
 mod nats;
 mod node;
 mod status;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -41,6 +42,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand the running node over to the berth binaries now installed (an upgrade).
+    ///
+    /// `berth up` re-executes itself and replaces its services one at a time;
+    /// containers, their logs and the API socket stay. Waits until done.
+    Upgrade(control::Target),
+    /// Stop the running node as SIGTERM does (without live-restore, its containers stop).
+    Down(control::Target),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
@@ -49,6 +61,12 @@ fn main() {
         Cmd::Up(a) => node::up(a),
         Cmd::Status { root, config } => status::status(root, config),
         Cmd::Events { root, config, filter, json } => events::events(root, config, filter, json),
+        Cmd::Upgrade(t) => control::upgrade(t),
+        Cmd::Down(t) => control::down(t),
+        Cmd::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(())
+        }
     };
     if let Err(e) = res {
         eprintln!("berth: {e:#}");

@@ -45,8 +45,26 @@ pub fn permissions(user: &str, node: &str) -> (Vec<String>, Vec<String>, Vec<Str
         _ => (vec![">".into()], vec![], vec![">".into()]),
     };
     publish.push(inbox_all);
+    let (mut publish, mut deny) = (publish, deny);
     if user != "admin" {
         subscribe.push(own_inbox);
+        // instance notices: everyone hears them; `exited` comes from `berth up`
+        // (admin) only, `started` from the service itself
+        subscribe.push(format!("{}.instance.>", bus_schema::subject::PREFIX));
+        if let Some(svc) = Service::from_name(user) {
+            let own = bus_schema::subject::instance_subject(node, svc, bus_schema::subject::InstanceEvent::Started);
+            if publish.iter().any(|p| p == "berth.v1.>") {
+                deny.push(format!("{}.instance.*.*.{}", bus_schema::subject::PREFIX, bus_schema::subject::InstanceEvent::Exited.token()));
+                deny.extend(
+                    Service::ALL
+                        .into_iter()
+                        .filter(|o| *o != svc)
+                        .map(|o| bus_schema::subject::instance_subject("*", o, bus_schema::subject::InstanceEvent::Started)),
+                );
+            } else {
+                publish.push(own);
+            }
+        }
     }
     (publish, deny, subscribe)
 }
@@ -72,6 +90,17 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Write fresh credentials and the server config; returns the config path.
 pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(write_config_with(bus_dir, port, node, false)?.0)
+}
+
+/// The config for a running server after an upgrade: the users keep their passwords
+/// (the services connected with them), the permissions are this version's. Returns the
+/// path and whether the text changed (then nats-server is told to reload it).
+pub fn write_config_keeping(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<(std::path::PathBuf, bool)> {
+    write_config_with(bus_dir, port, node, true)
+}
+
+fn write_config_with(bus_dir: &Path, port: u16, node: &str, keep: bool) -> anyhow::Result<(std::path::PathBuf, bool)> {
     let creds = bus_dir.join("creds");
     std::fs::create_dir_all(&creds)?;
     use std::os::unix::fs::PermissionsExt;
@@ -79,8 +108,21 @@ pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700))?;
     let mut users = String::new();
     for u in USERS {
-        let pw = random_secret();
-        write_private(&creds.join(u), &format!("{u}:{pw}\n"))?;
+        let kept = if keep {
+            std::fs::read_to_string(creds.join(u))
+                .ok()
+                .and_then(|t| t.trim().strip_prefix(&format!("{u}:")).map(str::to_string))
+        } else {
+            None
+        };
+        let pw = match kept {
+            Some(pw) => pw,
+            None => {
+                let pw = random_secret();
+                write_private(&creds.join(u), &format!("{u}:{pw}\n"))?;
+                pw
+            }
+        };
         let (publish, deny, subscribe) = permissions(u, node);
         let deny = if deny.is_empty() { String::new() } else { format!(", deny: [{}]", q(&deny)) };
         users.push_str(&format!(
@@ -95,8 +137,11 @@ pub fn write_config(bus_dir: &Path, port: u16, node: &str) -> anyhow::Result<std
         js.display()
     );
     let path = bus_dir.join("nats.conf");
-    write_private(&path, &conf).context("writing nats.conf")?;
-    Ok(path)
+    let changed = std::fs::read_to_string(&path).map(|old| old != conf).unwrap_or(true);
+    if changed {
+        write_private(&path, &conf).context("writing nats.conf")?;
+    }
+    Ok((path, changed))
 }
 
 pub fn nats_server_bin() -> anyhow::Result<std::path::PathBuf> {
@@ -121,5 +166,12 @@ mod tests {
         assert!(!p.iter().any(|x| x == ">" || x == "berth.v1.>"));
         let (_, deny, _) = permissions("gateway", "n1");
         assert!(deny.contains(&"berth.v1.events.>".to_string()));
+        // only berth up announces exits; a service announces its own start
+        assert!(deny.contains(&"berth.v1.instance.*.*.exited".to_string()));
+        assert!(deny.contains(&"berth.v1.instance.*.runtime.started".to_string()));
+        let (p, _, s) = permissions("runtime", "n1");
+        assert!(p.contains(&"berth.v1.instance.n1.runtime.started".to_string()));
+        assert!(!p.iter().any(|x| x.contains("exited")));
+        assert!(s.contains(&"berth.v1.instance.>".to_string()));
     }
 }

@@ -39,7 +39,8 @@ benchbox_tar() {
   echo "$img"
 }
 
-have_moby() { command -v dockerd >/dev/null 2>&1; }
+# MOBY=0: berth alone (no reference engine is started).
+have_moby() { [ "${MOBY:-1}" != 0 ] && command -v dockerd >/dev/null 2>&1; }
 
 start_moby() { # [extra dockerd args]; MOBY_NET=1 keeps Moby's docker0, iptables and docker-proxy
   have_moby || return 1

@@ -8,6 +8,9 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 DUR=${BENCH_WRK_SECONDS:-10}
+# berth's bridge and the published host ports (unique ones when others bench on the host)
+BRIDGE=${BENCH_BRIDGE:-bbench0}
+PORT=${BENCH_PORT:-18080}
 FIRST_RUNS=${BENCH_FIRST_RUNS:-15}
 trap 'stop_berth; stop_moby' EXIT
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 1; }
@@ -68,14 +71,14 @@ bench_engine() { # name sock port
 declare -A PUB DIRECT FIRST
 moby=""
 if MOBY_NET=1 start_moby; then moby=1; fi
-start_berth '{"bridge": "bbench0"}'
+start_berth "{\"bridge\": \"$BRIDGE\"}"
 if [ -n "$moby" ]; then
-  echo "berth beside Moby: docker0 $(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}'), berth's bridge $(ip -4 -o addr show bbench0 | awk '{print $4}')"
+  echo "berth beside Moby: docker0 $(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}'), berth's bridge $(ip -4 -o addr show "$BRIDGE" | awk '{print $4}')"
 fi
-bench_engine berth "$BERTH_SOCK" 18080
+bench_engine berth "$BERTH_SOCK" "$PORT"
 stop_berth
 if [ -n "$moby" ]; then
-  bench_engine moby "$MOBY_SOCK" 18081
+  bench_engine moby "$MOBY_SOCK" $((PORT + 1))
   echo "berth published / Moby docker-proxy: $(ratio "${PUB[berth]}" "${PUB[moby]}") (target >= 1.5);" \
     "berth published / direct: $(ratio "${PUB[berth]}" "${DIRECT[berth]}") (>= 0.9);" \
     "first answer berth/moby: $(ratio "${FIRST[berth]}" "${FIRST[moby]}") (<= 0.3)"

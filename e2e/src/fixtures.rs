@@ -229,3 +229,49 @@ pub fn node_with_busybox_opts(opts: crate::NodeOpts) -> (crate::Node, Registry, 
 pub fn node_with_busybox() -> (crate::Node, Registry, String) {
     node_with_busybox_opts(crate::NodeOpts::default())
 }
+
+/// alpine's /etc/passwd and /etc/group (alpine 3.10): docker-py's suite runs
+/// `whoami` as `postgres` in its `alpine:3.10`.
+const ALPINE_PASSWD: &str = "root:x:0:0:root:/root:/bin/ash\nbin:x:1:1:bin:/bin:/sbin/nologin\ndaemon:x:2:2:daemon:/sbin:/sbin/nologin\nadm:x:3:4:adm:/var/adm:/sbin/nologin\nlp:x:4:7:lp:/var/spool/lpd:/sbin/nologin\nsync:x:5:0:sync:/sbin:/bin/sync\nshutdown:x:6:0:shutdown:/sbin:/sbin/shutdown\nhalt:x:7:0:halt:/sbin:/sbin/halt\nmail:x:8:12:mail:/var/spool/mail:/sbin/nologin\nnews:x:9:13:news:/usr/lib/news:/sbin/nologin\noperator:x:11:0:operator:/root:/sbin/nologin\nftp:x:21:21::/var/lib/ftp:/sbin/nologin\nsshd:x:22:22:sshd:/dev/null:/sbin/nologin\ngames:x:35:35:games:/usr/games:/sbin/nologin\npostgres:x:70:70::/var/lib/postgresql:/bin/sh\nntp:x:123:123:NTP:/var/empty:/sbin/nologin\nguest:x:405:100:guest:/dev/null:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n";
+const ALPINE_GROUP: &str = "root:x:0:root\nbin:x:1:root,bin,daemon\ndaemon:x:2:root,bin,daemon\nsys:x:3:root,bin,adm\nadm:x:4:root,adm,daemon\ntty:x:5:\ndisk:x:6:root,adm\nlp:x:7:lp\nmail:x:12:mail\nnews:x:13:news\nwheel:x:10:root\nftp:x:21:\nsshd:x:22:\ngames:x:35:\npostgres:x:70:\nntp:x:123:\nusers:x:100:games\nnogroup:x:65533:\nnobody:x:65534:\n";
+
+/// An `alpine:<release>` stand-in: busybox with alpine's users, groups and
+/// directories, and its release file (so each release's image ID differs from
+/// busybox's and from the other's, as the real images' do: Moby's `image prune -a`
+/// untags an image used by a container when another tag still names it).
+pub fn alpine_layout(release: &str) -> PathBuf {
+    let rel = release.to_string();
+    umoci_image(
+        &format!("alpine-{release}"),
+        move |rootfs| {
+            busybox_rootfs(rootfs);
+            std::fs::write(rootfs.join("etc/passwd"), ALPINE_PASSWD).unwrap();
+            std::fs::write(rootfs.join("etc/group"), ALPINE_GROUP).unwrap();
+            std::fs::write(rootfs.join("etc/alpine-release"), format!("{rel}\n")).unwrap();
+            for d in ["var/opt", "var/lib/postgresql", "home", "mnt", "opt", "srv", "usr/local/bin", "usr/sbin", "lib"] {
+                std::fs::create_dir_all(rootfs.join(d)).unwrap();
+            }
+        },
+        &["--config.cmd", "/bin/sh", "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    )
+}
+
+/// A registry holding what clients' own test suites pull from Docker Hub:
+/// `library/busybox:latest`, `library/alpine:{3.10,latest}`, `library/hello-world:latest`.
+/// A node whose daemon.json names it in `registry-mirrors` pulls them by their Hub names.
+pub fn hub_mirror() -> Registry {
+    let reg = Registry::start();
+    reg.push_oci(&busybox_layout(), "latest", "library/busybox:latest");
+    reg.push_oci(&alpine_layout("3.10.9"), "latest", "library/alpine:3.10");
+    reg.push_oci(&alpine_layout("3.22.0"), "latest", "library/alpine:latest");
+    reg.push_oci(&hello_layout(), "latest", "library/hello-world:latest");
+    reg
+}
+
+/// daemon.json keys that make `reg` the node's docker.io mirror.
+pub fn mirror_config(reg: &Registry) -> serde_json::Map<String, serde_json::Value> {
+    let mut cfg = serde_json::Map::new();
+    cfg.insert("registry-mirrors".into(), serde_json::json!([format!("http://{}", reg.addr())]));
+    cfg.insert("insecure-registries".into(), serde_json::json!([reg.addr()]));
+    cfg
+}

@@ -3,7 +3,7 @@
 //! it and removes what it left: mounts, cgroups, processes, the root.
 
 pub mod fixtures;
-pub mod netns;
+pub mod pytest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -59,7 +59,6 @@ pub struct Node {
     child: Option<Child>,
     pub env: Vec<(String, String)>,
     nofile: Option<u64>,
-    wrap: Option<Vec<String>>,
 }
 
 #[derive(Default, Clone)]
@@ -72,9 +71,6 @@ pub struct NodeOpts {
     pub dir: Option<PathBuf>,
     /// Start `berth up` with this soft open-files limit (at most the hard one).
     pub nofile: Option<u64>,
-    /// Run `berth up` through this command prefix (e.g. into a network namespace, see
-    /// [`netns::Underlay`]).
-    pub wrap: Option<Vec<String>>,
 }
 
 impl Node {
@@ -83,6 +79,14 @@ impl Node {
     }
 
     pub fn start_opts(opts: NodeOpts) -> Node {
+        let mut n = Self::prepare(opts);
+        n.boot();
+        n
+    }
+
+    /// A node's files and daemon.json, not started. A key set to `null` in
+    /// `opts.config` (`bridge`, `cgroup-parent`) leaves berth's default.
+    fn prepare(opts: NodeOpts) -> Node {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir_in(tmp_base()).unwrap();
         let base = opts.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
         let name = uniq();
@@ -96,26 +100,34 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        let mut n = Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, wrap: opts.wrap };
-        n.boot();
-        n
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
     pub fn boot(&mut self) {
+        if let Err(e) = self.try_boot() {
+            panic!("{e}");
+        }
+    }
+
+    /// A node whose `berth up` is expected to refuse to start: its stderr when it
+    /// exits before `ready` (Err with the logs when it becomes ready).
+    pub fn start_failing(opts: NodeOpts) -> Result<String, String> {
+        let mut n = Self::prepare(opts);
+        match n.try_boot() {
+            Ok(()) => Err(format!("berth up started:\n{}", n.logs())),
+            Err(_) => Ok(std::fs::read_to_string(n.root.parent().unwrap().join("up.log")).unwrap_or_default()),
+        }
+    }
+
+    /// [`boot`](Self::boot), with the failure as an error.
+    pub fn try_boot(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.root.parent().unwrap().join("up.log"))
             .unwrap();
-        let mut cmd = match &self.wrap {
-            Some(w) => {
-                let mut c = Command::new(&w[0]);
-                c.args(&w[1..]).arg(bin_dir().join("berth"));
-                c
-            }
-            None => Command::new(bin_dir().join("berth")),
-        };
+        let mut cmd = Command::new(bin_dir().join("berth"));
         cmd.arg("up")
             .arg("--root")
             .arg(&self.root)
@@ -158,16 +170,18 @@ impl Node {
                 Ok(_) => {}
                 Err(_) => {
                     if let Ok(Some(st)) = child.try_wait() {
-                        panic!("berth up exited ({st}) before ready:\n{}", self.logs());
+                        return Err(format!("berth up exited ({st}) before ready:\n{}", self.logs()));
                     }
                     if t.elapsed() > Duration::from_secs(60) {
                         let _ = child.kill();
-                        panic!("berth up not ready in 60 s:\n{}", self.logs());
+                        let _ = child.wait();
+                        return Err(format!("berth up not ready in 60 s:\n{}", self.logs()));
                     }
                 }
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Stop `berth up` with SIGTERM and wait for it (as a user would with ^C).
@@ -185,17 +199,17 @@ impl Node {
         c.wait().ok()
     }
 
-    /// The node was killed from outside: reap `berth up` without signalling it.
-    pub fn forget_child(&mut self) {
+    /// SIGKILL `berth up` (a crash) and reap it; its services are left to notice.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Whether `berth up` is running (it may have been killed).
-    pub fn is_up(&self) -> bool {
-        self.child.is_some()
+    /// The pid of `berth up`, while it runs.
+    pub fn up_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn host(&self) -> String {
@@ -243,6 +257,36 @@ impl Node {
         self.state()["services"][name].as_i64().map(|p| p as i32)
     }
 
+    /// What the node's containers hold on the host: mounts under the root (but the
+    /// network service's own netns directory), berth-shim processes of this root, and
+    /// cgroups under the node's cgroup parent. Empty once every container is gone.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let rs = self.root.to_string_lossy().to_string();
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for m in mi.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
+                out.push(format!("mount {m}"));
+            }
+        }
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("berth-shim") && cmd.contains(&rs) {
+                out.push(format!("shim {cmd}"));
+            }
+        }
+        let parent = format!("berth-e2e-{}", self.name);
+        for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+            if let Ok(rd) = std::fs::read_dir(Path::new(base).join(&parent)) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        out
+    }
+
     /// The tail of every log of the node, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -263,6 +307,39 @@ fn tail(p: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A free TCP port on 127.0.0.1 (for published ports in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the body of a 200 answer, or None.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+}
+
+/// Processes whose environment names `root` as their data root (a node's services),
+/// as (pid, executable name).
+pub fn processes_of_root(root: &Path) -> Vec<(i32, String)> {
+    let want = format!("BERTH_ROOT={}", root.display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
 /// Temp dirs for nodes: on the root filesystem (overlayfs cannot stack on tmpfs
 /// upper dirs in every kernel, and /tmp may be tmpfs).
 pub fn tmp_base() -> PathBuf {
@@ -274,7 +351,26 @@ pub fn tmp_base() -> PathBuf {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
-        cleanup_root(&self.root, &format!("berth-e2e-{}", self.name));
+        // a node on berth's default cgroup parent records the one it got
+        match std::fs::read_to_string(self.root.join("runtime/cgroup-parent")) {
+            // `berth` may be shared with nodes of others: only this node's containers
+            Ok(p) if p.trim() == "berth" => {
+                let ids: Vec<String> = std::fs::read_dir(self.root.join("runtime"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|d| std::fs::read_dir(d.path().join("containers")).ok())
+                    .flatten()
+                    .flatten()
+                    .map(|c| c.file_name().to_string_lossy().into_owned())
+                    .collect();
+                for id in ids {
+                    cleanup_root(&self.root, &format!("berth/{id}"));
+                }
+            }
+            Ok(p) => cleanup_root(&self.root, p.trim()),
+            Err(_) => cleanup_root(&self.root, &format!("berth-e2e-{}", self.name)),
+        }
     }
 }
 
@@ -305,16 +401,6 @@ pub fn cleanup_root(root: &Path, cgroup_parent: &str) {
         let dir = base.join(cgroup_parent);
         if dir.is_dir() {
             remove_cgroup_tree(&dir);
-        }
-    }
-}
-
-/// SIGKILL every process in the cgroups under `cgroup_parent` (a node's containers).
-pub fn kill_cgroup(cgroup_parent: &str) {
-    for base in cgroup_bases() {
-        let dir = base.join(cgroup_parent);
-        if dir.is_dir() {
-            kill_cgroup_tree(&dir);
         }
     }
 }
@@ -364,4 +450,91 @@ fn remove_cgroup_tree(dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One HTTP/1.1 exchange on a unix socket, the way a strict client sees it: the
+/// status, the header lines as sent, and the body (de-chunked). The connection is
+/// closed by the request (`Connection: close`) or by the server after an upgrade.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send `method path` (with `extra` header lines and a JSON `body`) to the API on `sock`.
+pub fn http(sock: &Path, method: &str, path: &str, extra: &[(&str, &str)], body: Option<&str>) -> HttpAnswer {
+    http_raw(sock, method, path, extra, body.map(|b| (b.as_bytes(), "application/json")))
+}
+
+/// [`http`] with a body of any type: (bytes, content type).
+pub fn http_raw(sock: &Path, method: &str, path: &str, extra: &[(&str, &str)], body: Option<(&[u8], &str)>) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: docker\r\n");
+    let upgrade = extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("upgrade"));
+    if !upgrade {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let b: &[u8] = body.map(|(b, _)| b).unwrap_or(b"");
+    if let Some((_, ct)) = body {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(b).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_http(&raw)
+}
+
+fn parse_http(raw: &[u8]) -> HttpAnswer {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..i]).trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[i + 2..(i + 2 + n).min(rest.len())]);
+            rest = &rest[(i + 4 + n).min(rest.len())..];
+        }
+        body = out;
+    }
+    HttpAnswer { status, headers, body }
+}
+
+/// Docker's multiplexed stream `[stream, 0, 0, 0, size BE]` split into frames.
+pub fn demux(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 8 {
+        let n = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        out.push((b[0], b[8..(8 + n).min(b.len())].to_vec()));
+        b = &b[(8 + n).min(b.len())..];
+    }
+    out
 }

@@ -4,7 +4,6 @@
 
 use berth_e2e::fixtures::{node_with_busybox, node_with_busybox_opts};
 use berth_e2e::{require_root, Node, NodeOpts};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -13,41 +12,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Mounts under `root`, berth-shim processes of this node, and cgroups under the
-/// node's cgroup parent that still hold a container.
-fn leftovers(node: &Node) -> Vec<String> {
-    let mut out = Vec::new();
-    let rs = node.root.to_string_lossy().to_string();
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for l in mi.lines() {
-        if let Some(m) = l.split(' ').nth(4) {
-            // the network service's namespace directory is the node's own mount
-            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
-                out.push(format!("mount {m}"));
-            }
-        }
-    }
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("berth-shim") && cmd.contains(&rs) {
-            out.push(format!("shim {cmd}"));
-        }
-    }
-    let parent = format!("berth-e2e-{}", node.name);
-    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
-        let d = Path::new(base).join(&parent);
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if e.path().is_dir() {
-                    out.push(format!("cgroup {}", e.path().display()));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -77,7 +41,7 @@ fn a_container_outlives_a_killed_runtime_and_loses_no_line() {
         assert_eq!(*l, format!("line-{i}"), "gap or reorder in the log at {i}");
     }
     node.docker_ok(&["rm", "ticker"]);
-    assert!(leftovers(&node).is_empty(), "{:?}", leftovers(&node));
+    assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
 }
 
 #[test]
@@ -92,7 +56,7 @@ fn two_hundred_cycles_leave_nothing_behind() {
         node.docker_ok(&["rm", &name]);
     }
     assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
-    assert!(leftovers(&node).is_empty(), "{:?}", leftovers(&node));
+    assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
     // no veth stays on the node's bridge (the kernel deletes them with their
     // namespaces, in the background)
     let brif = format!("/sys/class/net/be{}/brif", node.name);
@@ -190,7 +154,7 @@ fn restart_policies_apply_when_the_node_restarts() {
     node.docker_ok(&["stop", "-t", "0", "unless-stopped-by-hand"]);
     node.docker_ok(&["run", "-d", "--name", "nopolicy", &img, "sleep", "600"]);
     node.shutdown();
-    assert!(leftovers(&node).iter().all(|l| !l.starts_with("shim")), "the shutdown stops containers: {:?}", leftovers(&node));
+    assert!(node.leftovers().iter().all(|l| !l.starts_with("shim")), "the shutdown stops containers: {:?}", node.leftovers());
     node.boot();
     let state = |n: &str| node.docker_ok(&["inspect", "-f", "{{.State.Status}}", n]).trim().to_string();
     wait_for("the policies to start containers", || state("always") == "running" && state("unless") == "running");

@@ -3,7 +3,7 @@
 //! node's `metrics-addr` and answering the container count through its query API.
 
 use berth_e2e::fixtures::{node_with_busybox_opts, Registry};
-use berth_e2e::{require_root, Node, NodeOpts};
+use berth_e2e::{free_port, http_get, require_root, Node, NodeOpts};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,22 +69,6 @@ fn events_of_run_rm_in_order_and_live() {
     let _ = ev.wait();
     assert_eq!(got.expect("a live start event"), format!("start {live}"));
     node.docker_ok(&["rm", "-f", &live]);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A GET on loopback with the std library (the body, or None on any failure).
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut b = String::new();
-    s.read_to_string(&mut b).ok()?;
-    let (head, body) = b.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
 }
 
 struct Prometheus(Child, tempfile::TempDir);

@@ -59,6 +59,9 @@ struct Stage {
 struct Out<'a> {
     w: &'a mut StreamWriter<JsonMessage>,
     quiet: bool,
+    /// `--cache-from`: when given, only these images and their parents serve the
+    /// cache (Moby's classic builder then ignores the local cache).
+    cache_sources: Vec<String>,
 }
 
 impl Out<'_> {
@@ -130,16 +133,21 @@ impl Builder {
         let _ = std::fs::remove_file(&tar);
 
         let dfname = if req.dockerfile.is_empty() { "Dockerfile".to_string() } else { req.dockerfile.clone() };
-        let dfrel = context::clean_rel(&dfname).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
+        let mut dfrel = context::clean_rel(&dfname).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
+        // the default name falls back to `dockerfile`, as Moby's does
+        if dfname == "Dockerfile" && !ctx.join(&dfrel).exists() && ctx.join("dockerfile").exists() {
+            dfrel = "dockerfile".into();
+        }
         let text = std::fs::read_to_string(ctx.join(&dfrel)).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
         let df = dockerfile::parse(&text).map_err(|e| e.to_string())?;
+        crate::dockerignore::remove_ignored_build_files(&ctx, &dfrel)?;
         let res = self.run(&req, &df, &ctx, w).await;
         drop(guard);
         res
     }
 
     async fn run(self: &Arc<Self>, req: &ImageBuild, df: &dockerfile::Dockerfile, ctx: &Path, w: &mut StreamWriter<JsonMessage>) -> R<String> {
-        let mut out = Out { w, quiet: req.quiet };
+        let mut out = Out { w, quiet: req.quiet, cache_sources: req.cache_from.clone() };
         let total = df.instructions.len();
         let esc = df.escape;
         // build args given by the user, and which were used
@@ -340,7 +348,7 @@ impl Builder {
                 let applied = apply(&mut st.config, ins, &vars, esc, &mut st.cmd_set)?;
                 let key = cache_key(st.image.as_deref(), &applied.created_by, "");
                 if !req.no_cache {
-                    if let Some(id) = self.cached(&key).await {
+                    if let Some(id) = self.cached(&key, &out.cache_sources).await {
                         st.image = Some(id.clone());
                         out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;
                         return Ok(());
@@ -354,13 +362,35 @@ impl Builder {
         }
     }
 
-    async fn cached(&self, key: &str) -> Option<String> {
+    async fn cached(&self, key: &str, sources: &[String]) -> Option<String> {
         let id = self.cache_get(key)?;
-        let hit = self.bus.request(&ImageInspect { name: id.clone() }).await.ok().map(|_| id);
-        if hit.is_some() {
-            step_metric("hit");
+        self.bus.request(&ImageInspect { name: id.clone() }).await.ok()?;
+        if !sources.is_empty() && !self.in_cache_sources(&id, sources).await {
+            return None;
         }
-        hit
+        step_metric("hit");
+        Some(id)
+    }
+
+    /// Is `id` one of `sources` or a parent of one (the images `--cache-from` names)?
+    async fn in_cache_sources(&self, id: &str, sources: &[String]) -> bool {
+        for s in sources {
+            let mut cur = match self.bus.request(&ImageInspect { name: s.clone() }).await {
+                Ok(i) => i,
+                Err(_) => continue,
+            };
+            for _ in 0..10_000 {
+                if cur.inspect.id.as_deref() == Some(id) {
+                    return true;
+                }
+                let Some(p) = Some(cur.parent.clone()).filter(|p| !p.is_empty()) else { break };
+                cur = match self.bus.request(&ImageInspect { name: p }).await {
+                    Ok(i) => i,
+                    Err(_) => break,
+                };
+            }
+        }
+        false
     }
 
     /// A new image for the stage: its config and, optionally, a new layer.
@@ -403,7 +433,7 @@ impl Builder {
         let argsig: String = argkeys.iter().map(|k| format!("{k}={}", st.args[*k])).collect::<Vec<_>>().join(" ");
         let key = cache_key(st.image.as_deref(), &created_by, &argsig);
         if !req.no_cache {
-            if let Some(id) = self.cached(&key).await {
+            if let Some(id) = self.cached(&key, &out.cache_sources).await {
                 if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
                     st.image = Some(id.clone());
                     st.chain = img.chain_id;
@@ -481,7 +511,10 @@ impl Builder {
         self.bus.with_timeout(std::time::Duration::from_secs(120)).request(&ContainerStart { id: cid.to_string() }).await?;
         while let Some(c) = rd.next().await {
             let Ok(c) = c else { break };
-            out.say(String::from_utf8_lossy(&c.data).into_owned()).await?;
+            let text = String::from_utf8_lossy(&c.data).into_owned();
+            // stderr in red, each write wrapped as Moby's NewStderrWriter wraps it
+            let text = if c.stream == 2 { format!("\x1b[91m{text}\x1b[0m") } else { text };
+            out.say(text).await?;
         }
         let code = match wait.next().await {
             Some(Ok(r)) => r.status_code,
@@ -561,11 +594,12 @@ impl Builder {
                 continue;
             }
             let found = if from_image {
-                let p = berth_fsutil::resolve_in_root(src_root, s).map_err(|e| e.to_string())?;
-                if std::fs::symlink_metadata(&p).is_err() {
+                // the stage's root resolves its own links (the kernel, inside that root)
+                let root = berth_fsutil::InRoot::open(src_root).map_err(|e| e.to_string())?;
+                if root.resolve_nofollow(s).is_err() {
                     return Err(format!("{what} failed: stat {s}: file does not exist").into());
                 }
-                vec![p.strip_prefix(src_root).unwrap_or(&p).to_string_lossy().into_owned()]
+                vec![berth_fsutil::clean(s).trim_start_matches('/').to_string()]
             } else {
                 context::matches(src_root, s).map_err(|e| format!("{what} failed: {e}"))?
             };
@@ -581,12 +615,18 @@ impl Builder {
             let (root, m) = (src_root.to_path_buf(), matched.clone());
             tokio::task::spawn_blocking(move || context::hash(&root, &m)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
         };
-        let kind = if matched.len() == 1 && src_root.join(&matched[0]).is_file() { "file" } else { "dir" };
+        let is_file = |m: &str| {
+            berth_fsutil::InRoot::open(src_root)
+                .and_then(|r| r.resolve(m))
+                .and_then(|fd| berth_fsutil::at::fstat(std::os::fd::AsFd::as_fd(&fd)))
+                .is_ok_and(|st| berth_fsutil::at::file_type(&st) == rustix::fs::FileType::RegularFile)
+        };
+        let kind = if matched.len() == 1 && is_file(&matched[0]) { "file" } else { "dir" };
         let created_by = format!("/bin/sh -c #(nop) {what} {kind}:{hash} in {dest} ");
         let chown = ins.flag("chown").map(str::to_string).unwrap_or_default();
         let chmod = ins.flag("chmod").map(str::to_string).unwrap_or_default();
         let key = cache_key(st.image.as_deref(), &created_by, &format!("{chown}|{chmod}"));
-        if let Some(id) = self.cached(&key).await {
+        if let Some(id) = self.cached(&key, &out.cache_sources).await {
             if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
                 st.image = Some(id.clone());
                 st.chain = img.chain_id;
@@ -605,36 +645,28 @@ impl Builder {
             let r2 = root.clone();
             let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let opts = context::CopyOpts { owner, chmod: chmod_v };
+                // both sides resolved by the kernel inside their roots, copied on descriptors
+                let from = berth_fsutil::InRoot::open(&src_root).map_err(|e| e.to_string())?;
+                let into = berth_fsutil::InRoot::open(&r2).map_err(|e| e.to_string())?;
                 for m in &matched {
-                    let src = src_root.join(m);
-                    let is_dir = std::fs::symlink_metadata(&src).map(|md| md.is_dir()).unwrap_or(false);
+                    let src = format!("/{m}");
+                    let is_dir = from
+                        .parent(&src)
+                        .ok()
+                        .and_then(|(d, n)| berth_fsutil::at::lstat(std::os::fd::AsFd::as_fd(&d), std::ffi::OsStr::new(&n)).ok().flatten())
+                        .is_some_and(|st| berth_fsutil::at::is_dir(&st));
                     let target_rel = if is_dir || !dest_is_dir {
                         dest_abs.clone()
                     } else {
                         format!("{}/{}", dest_abs.trim_end_matches('/'), Path::new(m).file_name().unwrap_or_default().to_string_lossy())
                     };
-                    if let Some(parent) = Path::new(&target_rel).parent() {
-                        berth_fsutil::mkdir_in_root(&r2, &parent.to_string_lossy()).map_err(|e| e.to_string())?;
-                    }
-                    if is_dir {
-                        berth_fsutil::mkdir_in_root(&r2, &target_rel).map_err(|e| e.to_string())?;
-                    }
-                    let dst = if is_dir {
-                        berth_fsutil::resolve_in_root_follow(&r2, &target_rel).map_err(|e| e.to_string())?
-                    } else {
-                        berth_fsutil::resolve_in_root(&r2, &target_rel).map_err(|e| e.to_string())?
-                    };
                     if is_add && !is_dir && !remote.contains(m) {
-                        let into = if dest_is_dir {
-                            berth_fsutil::resolve_in_root_follow(&r2, &dest_abs).map_err(|e| e.to_string())?
-                        } else {
-                            dst.clone()
-                        };
-                        if context::extract_archive(&src, &into, &opts).map_err(|e| e.to_string())? {
+                        let into_dir = if dest_is_dir { dest_abs.clone() } else { target_rel.clone() };
+                        if context::extract_archive(&from, &src, &into, &into_dir, &opts).map_err(|e| e.to_string())? {
                             continue;
                         }
                     }
-                    context::copy_into(&src, &dst, &opts).map_err(|e| e.to_string())?;
+                    context::copy_into(&from, &src, &into, &target_rel, &opts).map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })
@@ -675,9 +707,24 @@ async fn download(url: &str, dir: &Path, ctx: &Path) -> Result<String, String> {
     if !resp.status().is_success() {
         return Err(format!("invalid response status {}", resp.status().as_u16()));
     }
+    // the directory sits in the context the client sent: whatever the client put there
+    // under that name (a link to a host directory) goes first; nothing else writes there
+    // (the builder is the context's only writer once unpacked: removing, then creating
+    // with O_EXCL, leaves no link to follow)
+    let remove = |p: &Path| -> Result<(), String> {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).map_err(|e| e.to_string()),
+            Ok(_) => std::fs::remove_file(p).map_err(|e| e.to_string()),
+            Err(_) => Ok(()),
+        }
+    };
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        remove(dir)?;
+    }
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let path = dir.join(&name);
-    let mut f = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+    remove(&path)?;
+    let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await.map_err(|e| e.to_string())?;
     let mut resp = resp;
     use tokio::io::AsyncWriteExt;
     while let Some(chunk) = resp.chunk().await.map_err(|e| format!("error downloading {url}: {e}"))? {
@@ -732,7 +779,7 @@ pub fn split_tag(t: &str) -> (String, String) {
 /// `--chown user[:group]` resolved in the image's /etc/passwd and /etc/group.
 fn resolve_owner(root: &Path, spec: &str) -> Result<context::Owner, String> {
     let (u, g) = spec.split_once(':').unwrap_or((spec, ""));
-    let read = |f: &str| berth_fsutil::resolve_in_root_follow(root, f).ok().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    let read = |f: &str| berth_fsutil::read_in_root(root, f).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lookup = |text: &str, name: &str, field: usize| -> Option<u32> {
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();

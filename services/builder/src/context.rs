@@ -3,8 +3,10 @@
 //! hashed for the cache, and copied into a container's root filesystem.
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use berth_fsutil::{at, InRoot};
 
 use sha2::{Digest, Sha256};
 
@@ -157,65 +159,67 @@ pub struct CopyOpts {
     pub chmod: Option<u32>,
 }
 
-/// Copy `src` (file, dir or symlink on the host) to `dst` (a host path already
-/// resolved inside the rootfs). Directories copy their contents; ownership is root
-/// (or `--chown`), modes are kept (or `--chmod`), times kept.
-pub fn copy_into(src: &Path, dst: &Path, o: &CopyOpts) -> std::io::Result<()> {
-    let md = std::fs::symlink_metadata(src)?;
-    let (uid, gid) = o.owner.as_ref().map(|w| (w.uid, w.gid)).unwrap_or((0, 0));
-    if md.file_type().is_symlink() {
-        let t = std::fs::read_link(src)?;
-        let _ = std::fs::remove_file(dst);
-        std::os::unix::fs::symlink(t, dst)?;
-        std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
-    } else if md.is_dir() {
-        if std::fs::symlink_metadata(dst).map(|m| !m.is_dir()).unwrap_or(false) {
-            std::fs::remove_file(dst)?;
-        }
-        let fresh = !dst.exists();
-        std::fs::create_dir_all(dst)?;
-        if fresh {
-            std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
-            std::fs::set_permissions(dst, std::fs::Permissions::from_mode(o.chmod.unwrap_or(md.mode() & 0o7777)))?;
-        }
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            let d = dst.join(e.file_name());
-            let emd = std::fs::symlink_metadata(e.path())?;
-            if emd.is_dir() {
-                std::fs::create_dir_all(&d)?;
-                std::os::unix::fs::chown(&d, Some(uid), Some(gid))?;
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(o.chmod.unwrap_or(emd.mode() & 0o7777)))?;
-            }
-            copy_into(&e.path(), &d, o)?;
-        }
-    } else {
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if std::fs::symlink_metadata(dst).is_ok() {
-            if dst.is_dir() {
-                return Err(std::io::Error::other(format!("cannot overwrite directory {} with a file", dst.display())));
-            }
-            std::fs::remove_file(dst)?;
-        }
-        std::fs::copy(src, dst)?;
-        std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
-        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(o.chmod.unwrap_or(md.mode() & 0o7777)))?;
-    }
-    // keep the source's modification time
-    let times = [
-        libc::timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() },
-        libc::timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
-    ];
-    let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).unwrap();
-    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    Ok(())
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
-/// Extract a local archive for ADD (tar, tar.gz); false when `src` is not one.
-pub fn extract_archive(src: &Path, dst: &Path, o: &CopyOpts) -> std::io::Result<bool> {
-    let mut f = std::fs::File::open(src)?;
+/// Copy `src_path` of `src` (a context or another stage's root) to `dst_path` of `dst`
+/// (the build container's root). Both paths are resolved by the kernel inside their
+/// roots and the copy walks descriptors (berth_fsutil::copy): a symlink in the context
+/// or in a layer can never make the build read or write the host. Directories copy
+/// their contents (the destination gets the source's owner and mode when it is made);
+/// ownership is root (or `--chown`), modes are kept (or `--chmod`), times kept.
+pub fn copy_into(src: &InRoot, src_path: &str, dst: &InRoot, dst_path: &str, o: &CopyOpts) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let (sdir, sname) = src.parent(src_path)?;
+    let sname = std::ffi::OsString::from(sname);
+    let st = at::lstat(sdir.as_fd(), &sname)?.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+    let (uid, gid) = o.owner.as_ref().map(|w| (w.uid, w.gid)).unwrap_or((0, 0));
+    let opts = berth_fsutil::copy::CopyOpts { devices: false, xattrs: true, owner: Some((uid, gid)), one_filesystem: false, mode: o.chmod };
+    let mut c = berth_fsutil::copy::Copier::new(opts);
+    if at::is_dir(&st) {
+        let fresh = match dst.resolve(dst_path) {
+            Ok(fd) => !at::is_dir(&at::fstat(fd.as_fd())?),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        if fresh {
+            // a non-directory there is replaced
+            let (ddir, dname) = dst.parent(dst_path).or_else(|_| {
+                let (d, n) = berth_fsutil::split(dst_path);
+                dst.mkdir_all(&d, 0o755).map(|fd| (fd, n))
+            })?;
+            if dname != "." {
+                at::remove_all(ddir.as_fd(), std::ffi::OsStr::new(&dname))?;
+            }
+        }
+        let dfd = dst.mkdir_all(dst_path, 0o755)?;
+        let dfd = at::open_dir(dfd.as_fd(), std::ffi::OsStr::new("."))?;
+        let sfd = at::open_dir(sdir.as_fd(), &sname)?;
+        if fresh {
+            c.copy_dir(sfd.as_fd(), dfd.as_fd())
+        } else {
+            c.copy_children(sfd.as_fd(), dfd.as_fd())
+        }
+    } else {
+        let (d, n) = berth_fsutil::split(dst_path);
+        let ddir = dst.mkdir_all(&d, 0o755)?;
+        let dname = std::ffi::OsString::from(n);
+        if at::lstat(ddir.as_fd(), &dname)?.is_some_and(|e| at::is_dir(&e)) {
+            return Err(io_err(format!("cannot overwrite directory {dst_path} with a file")));
+        }
+        c.copy_entry(sdir.as_fd(), &sname, &st, ddir.as_fd(), &dname)
+    }
+}
+
+/// Extract a local archive for ADD (tar, tar.gz) at `src_path` of `src` into the
+/// directory `into` of `dst` (resolved inside it, as Moby's untar in a chroot); false
+/// when it is not an archive.
+pub fn extract_archive(src: &InRoot, src_path: &str, dst: &InRoot, into: &str, o: &CopyOpts) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsFd;
+    let fd = src.resolve(src_path)?;
+    let mut f = at::reopen_file(fd.as_fd())?;
     let mut head = vec![0u8; 512];
     let n = f.read(&mut head)?;
     head.truncate(n);
@@ -224,11 +228,10 @@ pub fn extract_archive(src: &Path, dst: &Path, o: &CopyOpts) -> std::io::Result<
     if !gz && !is_tar {
         return Ok(false);
     }
-    let f = std::fs::File::open(src)?;
-    let r: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
     if gz {
         // a gzip that is not a tar is copied as is
-        let mut probe = flate2::read::GzDecoder::new(std::fs::File::open(src)?);
+        f.seek(SeekFrom::Start(0))?;
+        let mut probe = flate2::read::GzDecoder::new(&mut f);
         let mut h = vec![0u8; 512];
         let mut got = 0;
         while got < 512 {
@@ -242,11 +245,11 @@ pub fn extract_archive(src: &Path, dst: &Path, o: &CopyOpts) -> std::io::Result<
             return Ok(false);
         }
     }
-    std::fs::create_dir_all(dst)?;
-    let mut a = tar::Archive::new(r);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(o.owner.is_none());
-    a.unpack(dst)?;
+    f.seek(SeekFrom::Start(0))?;
+    let r: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+    dst.mkdir_all(into, 0o755)?;
+    let opts = berth_fsutil::untar::UntarOpts { no_overwrite_dir_non_dir: false, owner: o.owner.as_ref().map(|w| (w.uid, w.gid)) };
+    berth_fsutil::untar::untar(dst, into, r, &opts).map_err(io_err)?;
     Ok(true)
 }
 

@@ -6,6 +6,7 @@ pub mod build;
 pub mod config;
 pub mod context;
 pub mod dockerfile;
+pub mod dockerignore;
 pub mod shell;
 
 use std::sync::Arc;
@@ -68,9 +69,16 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
     let c = bus.request(&ContainerInspect { id: r.container.clone(), size: false }).await?;
     let id = c.id.clone().unwrap_or_default();
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-    let pause = r.pause && running && !c.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
+    let mut pause = r.pause && running && !c.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
     if pause {
-        bus.request(&ContainerPause { id: id.clone() }).await?;
+        if let Err(e) = bus.request(&ContainerPause { id: id.clone() }).await {
+            // it exited since the inspect (a `start` then `commit` of a short
+            // command): Docker commits a stopped container as it is
+            if e.kind != bus_schema::ErrorKind::Conflict {
+                return Err(e);
+            }
+            pause = false;
+        }
     }
     let layer = bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: id.clone() }).await;
     if pause {

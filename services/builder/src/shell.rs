@@ -29,7 +29,7 @@ pub fn expand(s: &str, vars: &HashMap<String, String>, escape: char) -> Result<S
         }
         if c == '$' && !in_single && i + 1 < chars.len() {
             if chars[i + 1] == '{' {
-                let end = chars[i + 2..].iter().position(|&x| x == '}').ok_or_else(|| format!("missing '}}' in '{s}'"))?;
+                let end = closing_brace(&chars[i + 2..], escape).ok_or_else(|| format!("missing '}}' in '{s}'"))?;
                 let inner: String = chars[i + 2..i + 2 + end].iter().collect();
                 out.push_str(&braced(&inner, vars, escape)?);
                 i += 3 + end;
@@ -50,6 +50,54 @@ pub fn expand(s: &str, vars: &HashMap<String, String>, escape: char) -> Result<S
         i += 1;
     }
     Ok(out)
+}
+
+/// Where the `}` closing a `${` is in `rest` (what follows the `${`): nested `${...}`
+/// are skipped whole, as are quoted parts and escaped characters (Moby's lexer
+/// expands the word after a modifier recursively, so `${A:-${B:-x}}` nests).
+fn closing_brace(rest: &[char], escape: char) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut quote: Option<char> = None;
+    while i < rest.len() {
+        let c = rest[i];
+        match quote {
+            Some('\'') => {
+                if c == '\'' {
+                    quote = None;
+                }
+            }
+            Some(_) => {
+                if c == escape {
+                    i += 1;
+                } else if c == '"' {
+                    quote = None;
+                } else if c == '$' && rest.get(i + 1) == Some(&'{') {
+                    depth += 1;
+                    i += 1;
+                } else if c == '}' && depth > 0 {
+                    depth -= 1;
+                }
+            }
+            None => {
+                if c == escape {
+                    i += 1;
+                } else if c == '\'' || c == '"' {
+                    quote = Some(c);
+                } else if c == '$' && rest.get(i + 1) == Some(&'{') {
+                    depth += 1;
+                    i += 1;
+                } else if c == '}' {
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                    depth -= 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 fn braced(inner: &str, vars: &HashMap<String, String>, escape: char) -> Result<String, String> {
@@ -109,5 +157,26 @@ mod tests {
         assert_eq!(x("'$A'"), "'$A'");
         assert_eq!(x("$UNSET-x"), "-x");
         assert!(expand("${", &v, '\\').is_err());
+    }
+
+    #[test]
+    fn nested() {
+        let v: HashMap<String, String> = [("A", "1"), ("C", "3"), ("E", "")].into_iter().map(|(a, b)| (a.into(), b.into())).collect();
+        let x = |s: &str| expand(s, &v, '\\').unwrap();
+        // Moby's lexer: the word after a modifier is itself expanded
+        assert_eq!(x("${B:-${C:-x}}"), "3");
+        assert_eq!(x("${B:-${D:-x}}"), "x");
+        assert_eq!(x("${A:-${C:-x}}"), "1");
+        assert_eq!(x("${A:+${C}}"), "3");
+        assert_eq!(x("${B:+${C}}"), "");
+        assert_eq!(x("${E:-${B:-${C:+deep}}}"), "deep");
+        assert_eq!(x("${B:-${C}}/${A}"), "3/1");
+        assert_eq!(x("${B-$C}"), "3");
+        // an escaped brace is part of the word, not its end
+        assert_eq!(x("${B:-a\\}b}"), "a\\}b");
+        assert_eq!(x("${B:-'}'}"), "'}'");
+        assert!(expand("${B:-${C}", &v, '\\').is_err());
+        // the escape token of the Dockerfile is honoured
+        assert_eq!(expand("${B:-${C:-x}}", &v, '`').unwrap(), "3");
     }
 }

@@ -22,7 +22,7 @@ pub fn app<B>(b: Arc<B>) -> Router
 where
     B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend + routes::swarm::Backend,
 {
-    Router::new()
+    let r = Router::new()
         .merge(routes::system::router(b.clone()))
         .merge(routes::containers::router(b.clone()))
         .merge(routes::events::router(b.clone()))
@@ -31,9 +31,41 @@ where
         .merge(routes::images::router(b.clone()))
         .merge(routes::networks::router(b.clone()))
         .merge(routes::swarm::router(b.clone()))
-        .fallback(|| async { error::ApiError::not_found("page not found") })
+        .fallback(routes::unserved::fallback);
+    with_limits(r)
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))
+}
+
+/// The largest JSON body the API reads (a create with megabytes of labels). Moby
+/// reads a body whole with no limit of its own; this bound keeps one request from
+/// taking the node's memory. Bodies that stream (build contexts, image loads,
+/// archives) have no limit.
+pub const MAX_BODY: usize = 256 << 20;
+
+/// Bodies up to [`MAX_BODY`]; every error as Docker's JSON.
+pub fn with_limits(r: Router) -> Router {
+    r.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).layer(axum::middleware::from_fn(json_errors))
+}
+
+/// axum's own rejections (a body over [`MAX_BODY`], an unreadable query) are plain
+/// text; Docker answers every error as `{"message": "..."}`.
+async fn json_errors(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let res = next.run(req).await;
+    let st = res.status();
+    let plain = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(st.is_client_error() || st.is_server_error()) || !plain {
+        return res;
+    }
+    let body = axum::body::to_bytes(res.into_body(), 64 << 10).await.unwrap_or_default();
+    let mut msg = String::from_utf8_lossy(&body).trim().to_string();
+    if st == http::StatusCode::PAYLOAD_TOO_LARGE {
+        msg = format!("request body is larger than the {} MiB this API reads", MAX_BODY >> 20);
+    }
+    error::ApiError::new(st, msg).into_response()
 }
 
 /// Wrap the router so versioned paths are rewritten before routing.
@@ -115,5 +147,37 @@ mod opentelemetry_http_headers {
         fn keys(&self) -> Vec<&str> {
             self.0.keys().map(|k| k.as_str()).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn post(app: &Router, body: Vec<u8>) -> (u16, String, String) {
+        let req = http::Request::builder().method("POST").uri("/c").body(Body::from(body)).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let st = res.status().as_u16();
+        let ct = res.headers().get(http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let b = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (st, ct, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Bodies of megabytes are read (axum's default stopped at 2 MB, in plain text);
+    /// beyond the limit the answer is 413 in Docker's JSON.
+    #[tokio::test]
+    async fn large_bodies_are_read_and_too_large_ones_answered_in_json() {
+        let app = with_limits(Router::new().route(
+            "/c",
+            axum::routing::post(|b: axum::body::Bytes| async move { b.len().to_string() }),
+        ));
+        let (st, _, body) = post(&app, vec![b'x'; 10 << 20]).await;
+        assert_eq!((st, body.as_str()), (200, "10485760"));
+        let (st, ct, body) = post(&app, vec![0; MAX_BODY + 1]).await;
+        assert_eq!(st, 413);
+        assert_eq!(ct, "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["message"].as_str().unwrap().contains("larger than"), "{body}");
     }
 }

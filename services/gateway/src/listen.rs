@@ -2,41 +2,21 @@
 //! only. Every connection is HTTP/1.1 with upgrades (hijacked attach/exec streams).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::extract::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use hyper_util::service::TowerToHyperService;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub use berth_config::hosts::{Host, DEFAULT_SOCKET};
 
 pub fn parse_host(h: &str) -> anyhow::Result<Host> {
-    if let Some(p) = h.strip_prefix("unix://") {
-        let p = if p.is_empty() { DEFAULT_SOCKET } else { p };
-        return Ok(Host::Unix(PathBuf::from(p)));
-    }
-    if let Some(a) = h.strip_prefix("tcp://") {
-        let a = if a.contains(':') {
-            a.to_string()
-        } else {
-            format!("{a}:2376")
-        };
-        return Ok(Host::Tcp(a));
-    }
-    if h.starts_with('/') {
-        return Ok(Host::Unix(PathBuf::from(h)));
-    }
-    bail!("invalid host {h:?}: use unix:///path or tcp://host:port")
+    Ok(berth_config::hosts::parse_host(h)?)
 }
 
 /// TLS settings from daemon.json (`tlscert`, `tlskey`, `tlscacert`, `tlsverify`).
@@ -57,40 +37,89 @@ pub fn tls_from_config(cfg: &berth_config::DaemonConfig) -> Option<Tls> {
     })
 }
 
-fn docker_gid() -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        if f.next()? == "docker" {
-            f.next();
-            f.next()?.parse().ok()
-        } else {
-            None
+/// A socket the API is served on.
+pub enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// What [`open`] gives: the listeners and the socket files this process made (removed
+/// when it stops; sockets handed over by `berth up` or systemd are theirs).
+pub struct Opened {
+    pub listeners: Vec<(String, Listener)>,
+    pub own_files: Vec<PathBuf>,
+}
+
+fn refuse_tcp_without_tls(addr: &str, tls: bool) -> anyhow::Result<()> {
+    if !tls {
+        bail!("refusing to listen on tcp://{addr} without TLS: set tlscert and tlskey (and tlsverify, tlscacert) in daemon.json");
+    }
+    Ok(())
+}
+
+/// A listening socket inherited as fd `fd` (from systemd or `berth up`).
+fn inherited(fd: RawFd, tls: bool) -> anyhow::Result<(String, Listener)> {
+    use berth_config::hosts::{socket_kind, SocketKind};
+    // SAFETY: a borrowed look before taking ownership
+    let kind = socket_kind(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    // SAFETY: the fd was handed to this process to serve on; nothing else owns it
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(match kind {
+        SocketKind::Unix(p) => {
+            let l = std::os::unix::net::UnixListener::from(owned);
+            l.set_nonblocking(true)?;
+            (format!("fd://{fd} (unix://{})", p.display()), Listener::Unix(tokio::net::UnixListener::from_std(l)?))
+        }
+        SocketKind::Tcp(a) => {
+            refuse_tcp_without_tls(&a.to_string(), tls)?;
+            let l = std::net::TcpListener::from(owned);
+            l.set_nonblocking(true)?;
+            (format!("fd://{fd} (tcp://{a})"), Listener::Tcp(tokio::net::TcpListener::from_std(l)?))
         }
     })
 }
 
-/// Bind a unix socket: replace a stale socket file, set mode 0660 and group `docker`.
-pub fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another engine", path.display());
+/// Open every host as dockerd does: unix sockets bound 0660 with group `group`, TCP
+/// only with TLS, `fd://` and `fd://N` from the sockets systemd passed, or (`fd://N`
+/// without systemd's variables) a listening socket `berth up` handed over.
+pub fn open(hosts: &[Host], group: &str, tls: bool) -> anyhow::Result<Opened> {
+    use berth_config::hosts as h;
+    let activated = h::activated_fds();
+    let mut out = Opened { listeners: Vec::new(), own_files: Vec::new() };
+    for host in hosts {
+        match host {
+            Host::Unix(p) => {
+                let (l, warning) = h::bind_unix(p, group)?;
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+                l.set_nonblocking(true)?;
+                out.own_files.push(p.clone());
+                out.listeners.push((format!("unix://{}", p.display()), Listener::Unix(tokio::net::UnixListener::from_std(l)?)));
+            }
+            Host::Tcp(addr) => {
+                refuse_tcp_without_tls(addr, tls)?;
+                let l = h::bind_tcp(addr)?;
+                l.set_nonblocking(true)?;
+                out.listeners.push((format!("tcp://{addr}"), Listener::Tcp(tokio::net::TcpListener::from_std(l)?)));
+            }
+            Host::Fd(n) => {
+                let fds = if activated.is_empty() {
+                    match n {
+                        Some(n) => vec![*n],
+                        None => return Err(h::HostError::NoActivatedSockets.into()),
+                    }
+                } else {
+                    h::select_activated(*n, &activated)?
+                };
+                for fd in fds {
+                    out.listeners.push(inherited(fd, tls)?);
+                }
+            }
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let l = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = docker_gid() {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::chown(c.as_ptr(), 0, gid) };
-    }
-    Ok(l)
+    Ok(out)
 }
 
 fn load_tls(t: &Tls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
@@ -166,11 +195,11 @@ impl ClientConn {
     }
 }
 
-fn serve_conn<IO>(io: IO, fd: RawFd, svc: Svc)
+fn serve_conn<IO>(conns: &tokio_util::task::TaskTracker, io: IO, fd: RawFd, svc: Svc, mut drain: tokio::sync::watch::Receiver<bool>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
+    conns.spawn(async move {
         let own = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().ok().map(Arc::new);
         let client = ClientConn(own.as_ref().map(Arc::downgrade));
         let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -178,69 +207,86 @@ where
             CLIENT.scope(client.clone(), tower::ServiceExt::oneshot(svc, req))
         });
         let hyper_svc = TowerToHyperService::new(svc);
-        let _ = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             // the CLI shuts its write side right after a hijack without stdin; the
             // connection must live on for the output
             .half_close(true)
+            // Go writes canonical header names (`Api-Version`, `Content-Type`)
+            .title_case_headers(true)
             .serve_connection(TokioIo::new(io), hyper_svc)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
+                // finish the request in flight, then close
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
         drop(own);
     });
-    let _ = TokioExecutor::new();
 }
 
 /// Serve `router` on every host until the future is dropped.
-pub async fn serve_all(
-    hosts: Vec<Host>,
+pub async fn serve_all(hosts: Vec<Host>, tls: Option<Tls>, router: axum::Router) -> anyhow::Result<()> {
+    let opened = open(&hosts, berth_config::hosts::DEFAULT_GROUP, tls.is_some())?;
+    serve_until(opened.listeners, tls, router, std::future::pending()).await
+}
+
+/// Serve `router` on `listeners` until `stop` resolves (to how long to drain); then
+/// stop accepting, let each connection finish the request it serves (idle keep-alive
+/// connections close), and wait that long for them. Tells `berth up` once it serves.
+pub async fn serve_until(
+    listeners: Vec<(String, Listener)>,
     tls: Option<Tls>,
     router: axum::Router,
+    stop: impl std::future::Future<Output = Duration>,
 ) -> anyhow::Result<()> {
     let inner = crate::service(router);
     let svc: Svc = tower::util::BoxCloneSyncService::new(tower::ServiceExt::map_request(
         inner,
         |r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
     ));
+    let acceptor = match &tls {
+        Some(t) if listeners.iter().any(|(_, l)| matches!(l, Listener::Tcp(_))) => Some(load_tls(t)?),
+        _ => None,
+    };
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let conns = tokio_util::task::TaskTracker::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for h in hosts {
-        match h {
-            Host::Unix(p) => {
-                let l = bind_unix(&p)?;
-                tracing::info!(socket = %p.display(), "API listening");
-                let svc = svc.clone();
+    for (name, l) in listeners {
+        let svc = svc.clone();
+        let conns = conns.clone();
+        let drain_rx = drain_rx.clone();
+        match l {
+            Listener::Unix(l) => {
+                tracing::info!(socket = %name, "API listening");
                 tasks.spawn(async move {
                     loop {
                         match l.accept().await {
                             Ok((s, _)) => {
                                 let fd = s.as_raw_fd();
-                                serve_conn(s, fd, svc.clone())
+                                serve_conn(&conns, s, fd, svc.clone(), drain_rx.clone())
                             }
                             Err(e) => tracing::warn!(error = %e, "accept failed"),
                         }
                     }
                 });
             }
-            Host::Tcp(addr) => {
-                let Some(t) = tls.as_ref() else {
-                    bail!("refusing to listen on tcp://{addr} without TLS: set tlscert and tlskey (and tlsverify, tlscacert) in daemon.json");
-                };
-                let acceptor = load_tls(t)?;
-                let l = tokio::net::TcpListener::bind(&addr)
-                    .await
-                    .with_context(|| format!("binding tcp://{addr}"))?;
-                tracing::info!(addr = %addr, "API listening with TLS");
-                let svc = svc.clone();
+            Listener::Tcp(l) => {
+                let acc = acceptor.clone().expect("TLS checked when opened");
+                tracing::info!(addr = %name, "API listening with TLS");
                 tasks.spawn(async move {
                     loop {
                         match l.accept().await {
                             Ok((s, _)) => {
-                                let acc = acceptor.clone();
-                                let svc = svc.clone();
-                                tokio::spawn(async move {
+                                let (acc, svc, drain_rx, c) = (acc.clone(), svc.clone(), drain_rx.clone(), conns.clone());
+                                conns.spawn(async move {
                                     let fd = s.as_raw_fd();
                                     if let Ok(tls) = acc.accept(s).await {
-                                        serve_conn(tls, fd, svc);
+                                        serve_conn(&c, tls, fd, svc, drain_rx);
                                     }
                                 });
                             }
@@ -251,7 +297,19 @@ pub async fn serve_all(
             }
         }
     }
+    berth_bus::service::ready();
+    let drain = tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => Duration::ZERO,
+        d = stop => d,
+    };
+    // stop accepting (the listening sockets close unless `berth up` holds them too),
+    // then drain
+    tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    drop(svc);
+    let _ = drain_tx.send(true);
+    conns.close();
+    let _ = tokio::time::timeout(drain, conns.wait()).await;
     Ok(())
 }
 
@@ -260,18 +318,25 @@ mod tests {
     use super::*;
     #[test]
     fn parses_hosts() {
-        assert_eq!(
-            parse_host("unix:///tmp/a.sock").unwrap(),
-            Host::Unix("/tmp/a.sock".into())
-        );
-        assert_eq!(
-            parse_host("unix://").unwrap(),
-            Host::Unix(DEFAULT_SOCKET.into())
-        );
-        assert_eq!(
-            parse_host("tcp://0.0.0.0").unwrap(),
-            Host::Tcp("0.0.0.0:2376".into())
-        );
+        assert_eq!(parse_host("unix:///tmp/a.sock").unwrap(), Host::Unix("/tmp/a.sock".into()));
+        assert_eq!(parse_host("fd://3").unwrap(), Host::Fd(Some(3)));
         assert!(parse_host("ftp://x").is_err());
+    }
+
+    #[tokio::test]
+    async fn serves_a_socket_handed_over_by_fd_and_refuses_tcp_without_tls() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("api.sock");
+        let (l, _) = berth_config::hosts::bind_unix(&p, "").unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
+        let opened = open(&[Host::Fd(Some(fd))], "", false).unwrap();
+        assert!(opened.own_files.is_empty());
+        assert!(opened.listeners[0].0.contains(&p.display().to_string()), "{}", opened.listeners[0].0);
+        let t = berth_config::hosts::bind_tcp("127.0.0.1:0").unwrap();
+        let tfd = std::os::fd::IntoRawFd::into_raw_fd(t);
+        let e = open(&[Host::Fd(Some(tfd))], "", false).err().unwrap();
+        assert!(e.to_string().contains("without TLS"), "{e}");
+        let e = open(&[Host::Fd(None)], "", false).err().unwrap();
+        assert_eq!(e.to_string(), "no sockets found via socket activation: make sure the service was started by systemd");
     }
 }

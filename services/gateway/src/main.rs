@@ -28,14 +28,19 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let app = berth_gateway::app(BusBackend::new(bus, host));
-    match berth_bus::service::until_shutdown(listen::serve_all(hosts.clone(), tls, app)).await {
-        Some(r) => r?,
-        None => tracing::info!("shutting down"),
-    }
-    for h in hosts {
-        if let listen::Host::Unix(p) = h {
-            let _ = std::fs::remove_file(p);
+    let group = cfg.group.clone().unwrap_or_else(|| berth_config::hosts::DEFAULT_GROUP.to_string());
+    let opened = listen::open(&hosts, &group, tls.is_some())?;
+    let stop = async {
+        match berth_bus::service::shutdown_signal().await {
+            // `berth up` hands the sockets to a new gateway: finish what is in flight
+            berth_bus::service::Stop::Detach => std::time::Duration::from_secs(10),
+            berth_bus::service::Stop::Orderly => std::time::Duration::from_millis(500),
         }
+    };
+    let r = listen::serve_until(opened.listeners, tls, app, stop).await;
+    tracing::info!("shutting down");
+    for p in opened.own_files {
+        let _ = std::fs::remove_file(p);
     }
-    Ok(())
+    r
 }

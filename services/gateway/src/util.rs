@@ -12,6 +12,12 @@ use http::{HeaderMap, StatusCode};
 
 use crate::error::ApiError;
 
+/// Docker's IdResponse, `{"Id": "..."}` (exec create, commit): bollard's model
+/// serializes its field as `id`, which strict clients (docker-py) do not read.
+pub fn id_json(r: &bus_schema::docker::IdResponse) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "Id": r.id }))
+}
+
 /// Raw query parameters (last value wins, as Go's `r.Form.Get`).
 pub type Query = HashMap<String, String>;
 

@@ -192,9 +192,14 @@ pub fn server<A: ImagesApi + Clone>(
         let a = a.clone();
         async move { a.create_from_layer(req).await }
     });
-    let a = api;
-    s.rpc(move |req: ImageDf| {
+    let a = api.clone();
+    let s = s.rpc(move |req: ImageDf| {
         let a = a.clone();
         async move { a.df(req).await }
+    });
+    let a = api;
+    s.rpc(move |req: DistributionInspect| {
+        let a = a.clone();
+        async move { a.distribution(req).await }
     })
 }

@@ -35,7 +35,7 @@ pub trait ImagesApi: Send + Sync + 'static {
     fn inspect(
         &self,
         req: ImageInspect,
-    ) -> impl Future<Output = Result<docker::ImageInspect, BusError>> + Send;
+    ) -> impl Future<Output = Result<ImageDetails, BusError>> + Send;
     fn history(
         &self,
         req: ImageHistory,
@@ -78,6 +78,10 @@ pub trait ImagesApi: Send + Sync + 'static {
         &self,
         req: ImageDf,
     ) -> impl Future<Output = Result<Vec<docker::ImageSummary>, BusError>> + Send;
+    fn distribution(
+        &self,
+        req: DistributionInspect,
+    ) -> impl Future<Output = Result<docker::DistributionInspect, BusError>> + Send;
     fn info(&self) -> docker::SystemInfo;
 }
 
@@ -102,7 +106,7 @@ impl ImagesApi for Arc<Images> {
     async fn list(&self, req: ImageList) -> Result<Vec<docker::ImageSummary>, BusError> {
         Images::list(self, &req).await
     }
-    async fn inspect(&self, req: ImageInspect) -> Result<docker::ImageInspect, BusError> {
+    async fn inspect(&self, req: ImageInspect) -> Result<ImageDetails, BusError> {
         Images::inspect(self, &req.name)
     }
     async fn history(
@@ -150,6 +154,12 @@ impl ImagesApi for Arc<Images> {
     }
     async fn df(&self, _req: ImageDf) -> Result<Vec<docker::ImageSummary>, BusError> {
         Images::df(self).await
+    }
+    async fn distribution(
+        &self,
+        req: DistributionInspect,
+    ) -> Result<docker::DistributionInspect, BusError> {
+        Images::distribution(self, &req).await
     }
     fn info(&self) -> docker::SystemInfo {
         docker::SystemInfo {

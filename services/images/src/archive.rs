@@ -718,7 +718,15 @@ fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, BusError> {
     {
         return Err(BusError::invalid(format!("invalid path in archive: {rel}")));
     }
-    Ok(dir.join(p))
+    // an entry may be a symlink the archive carries: it is followed inside the
+    // unpacked archive only (the kernel resolves it there), never to a host file
+    let root = berth_fsutil::InRoot::open(dir)?;
+    let fd = root
+        .resolve(rel)
+        .map_err(|e| BusError::invalid(format!("invalid path in archive: {rel}: {e}")))?;
+    let real = berth_fsutil::at::fd_path(std::os::fd::AsFd::as_fd(&fd))?;
+    // the unpacked archive is this service's private directory: its path is stable
+    Ok(PathBuf::from(real))
 }
 
 fn read_docker_archive(dir: &Path) -> Result<Vec<ArchiveImage>, BusError> {

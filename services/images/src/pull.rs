@@ -9,10 +9,10 @@
 //! discard, and everything the pull had taken is given back.
 
 use berth_bus::StreamWriter;
-use bus_schema::images::{ImagePull, JsonMessage};
+use bus_schema::images::{DistributionInspect, ImagePull, JsonMessage};
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
-use bus_schema::{BusError, ErrorKind};
+use bus_schema::{docker, BusError, ErrorKind};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::layers::applied;
 use crate::manifest::{self, chain_ids, Descriptor, ImageConfigFile, Manifest, Parsed, Wanted};
 use crate::progress::{progress, status_id, Progress};
 use crate::reference::Reference;
-use crate::registry::{RegistryError, Repo};
+use crate::registry::{FetchedManifest, RegistryError, Repo};
 use crate::service::Images;
 use crate::store::{BlobRef, ImageMeta, LayerMeta};
 
@@ -152,6 +152,37 @@ impl Images {
             t0.elapsed().as_secs_f64(),
         );
         res
+    }
+
+    /// `GET /distribution/{name}/json`: the top manifest of `reference` in the first
+    /// registry that has it (mirrors first, as pulls go) and its platforms: an
+    /// index's entries, or a single manifest's config (Moby reads it for Docker's
+    /// schema 2; OCI manifests are read the same way here).
+    pub async fn distribution(
+        self: &Arc<Self>,
+        req: &DistributionInspect,
+    ) -> Result<docker::DistributionInspect, BusError> {
+        let r = Reference::parse_normalized(&req.reference)?.with_default_tag();
+        let reference = r.digest.clone().or_else(|| r.tag.clone()).unwrap_or_else(|| "latest".into());
+        let mut last = None;
+        for ep in self.registry.endpoints(&r.domain, true).await {
+            let mirror = ep.mirror;
+            let repo = self.registry.repo(ep, &r.path, req.auth.clone(), false);
+            match repo.manifest(&reference).await {
+                Ok(top) => return distribution_of(&repo, top).await.map_err(|e| pull_error(&r, e)),
+                Err(e) => {
+                    let fallback = mirror || e.is_unreachable();
+                    last = Some(e);
+                    if !fallback {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => pull_error(&r, e),
+            None => BusError::internal("no endpoint to ask"),
+        })
     }
 
     async fn resolve_remote(
@@ -722,4 +753,40 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
 
 fn cancelled() -> BusError {
     BusError::new(ErrorKind::Cancelled, "pull cancelled")
+}
+
+async fn distribution_of(repo: &Repo, top: FetchedManifest) -> Result<docker::DistributionInspect, RegistryError> {
+    let platform = |p: &manifest::Platform| docker::OciPlatform {
+        architecture: Some(p.architecture.clone()),
+        os: Some(p.os.clone()),
+        os_version: p.os_version.clone(),
+        os_features: p.os_features.clone(),
+        variant: p.variant.clone(),
+    };
+    let platforms = match manifest::parse(&top.media_type, &top.body) {
+        Ok(Parsed::Index(idx)) => idx.manifests.iter().filter_map(|d| d.platform.as_ref()).map(platform).collect(),
+        Ok(Parsed::Manifest(m)) => match repo.blob_bytes(&m.config.digest).await {
+            Ok(raw) => match serde_json::from_slice::<ImageConfigFile>(&raw) {
+                Ok(c) if !c.os.is_empty() || !c.architecture.is_empty() => vec![docker::OciPlatform {
+                    architecture: Some(c.architecture),
+                    os: Some(c.os),
+                    os_version: c.os_version,
+                    os_features: None,
+                    variant: c.variant,
+                }],
+                _ => vec![],
+            },
+            Err(_) => vec![],
+        },
+        Err(e) => return Err(RegistryError::Invalid(e.to_string())),
+    };
+    Ok(docker::DistributionInspect {
+        descriptor: docker::OciDescriptor {
+            media_type: Some(top.media_type.clone()),
+            digest: Some(top.digest.clone()),
+            size: Some(top.body.len() as i64),
+            ..Default::default()
+        },
+        platforms,
+    })
 }

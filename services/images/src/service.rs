@@ -157,9 +157,13 @@ impl Images {
         (tags, digests)
     }
 
-    pub fn inspect(&self, name: &str) -> Result<docker::ImageInspect, BusError> {
+    pub fn inspect(&self, name: &str) -> Result<bus_schema::images::ImageDetails, BusError> {
         let img = self.find(name)?;
-        Ok(self.inspect_image(&img))
+        Ok(bus_schema::images::ImageDetails {
+            inspect: self.inspect_image(&img),
+            parent: img.meta.parent.clone().unwrap_or_default(),
+            docker_version: img.config.docker_version.clone().unwrap_or_default(),
+        })
     }
 
     fn inspect_image(&self, img: &Image) -> docker::ImageInspect {

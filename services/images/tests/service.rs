@@ -54,7 +54,7 @@ async fn inspect(
     e: &Env,
     name: &str,
 ) -> Result<bus_schema::docker::ImageInspect, bus_schema::BusError> {
-    e.client.request(&ImageInspect { name: name.into() }).await
+    e.client.request(&ImageInspect { name: name.into() }).await.map(|d| d.inspect)
 }
 
 async fn rmi(

@@ -23,7 +23,7 @@ async fn main() {
         let f = std::fs::File::open(&p).unwrap();
         let v = veth_name();
         let ip = Ipv4Addr::new(10, 249, 0, 2 + i as u8);
-        nl.add_veth(&v, idx, 0, "eth0", mac_for(ip), &f)
+        nl.add_veth(&v, "berth:timing", idx, 0, "eth0", mac_for(ip), &f)
             .await
             .unwrap();
         t_veth += t.elapsed().as_micros();

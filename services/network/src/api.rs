@@ -1,5 +1,5 @@
 //! The network service's contract as a Rust trait. The library implements it
-//! ([`crate::core::NetworkService`]), the bus adapter ([`crate::bus`]) serves it, and
+//! ([`crate::service::NetworkService`]), the bus adapter ([`crate::bus`]) serves it, and
 //! [`crate::client::NetworkClient`] implements it over the bus, so callers never
 //! care whether the service is local.
 //!

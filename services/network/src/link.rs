@@ -183,12 +183,14 @@ impl Netlink {
         }
     }
 
-    /// Create a veth pair: `host` on the bridge `bridge` (up, hairpin on, so a
-    /// container reaches its own published ports), and `peer` with `mac` inside the
-    /// namespace `ns`.
+    /// Create a veth pair: `host` (marked with `alias`) on the bridge `bridge` (up,
+    /// hairpin on, so a container reaches its own published ports), and `peer` with
+    /// `mac` inside the namespace `ns`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_veth(
         &self,
         host: &str,
+        alias: &str,
         bridge: u32,
         mtu: u32,
         peer: &str,
@@ -219,6 +221,8 @@ impl Netlink {
                 .execute()
                 .await;
         }
+        // the kernel takes no alias in RTM_NEWLINK: sysfs, as for bridges
+        let _ = set_alias(host, alias);
         Ok(())
     }
 
@@ -387,6 +391,7 @@ mod tests {
         let f = std::fs::File::open(&p).unwrap();
         nlh.add_veth(
             &veth,
+            "berth:test",
             idx,
             0,
             "eth0",

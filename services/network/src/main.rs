@@ -13,8 +13,11 @@ async fn main() -> anyhow::Result<()> {
     let (server, svc) = berth_network::start(bus, cfg).await?;
     let r = berth_bus::service::until_shutdown(server.run()).await;
     // Stopping: with no sandbox left, take the node's bridges and rules away; the
-    // records stay and the next start puts them back.
-    svc.shutdown().await;
+    // records stay and the next start puts them back. Detached (`berth up` gone or
+    // handing over to a new instance), everything stays as it is for the next one.
+    if !berth_bus::service::detached() {
+        svc.shutdown().await;
+    }
     if let Some(r) = r {
         r?;
     }

@@ -150,6 +150,34 @@ pub fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Undo [`prepare_dir`]: unmount the directory's bind mount of itself (when nothing
+/// is pinned under it any more). Idempotent.
+pub fn release_dir(dir: &Path) -> std::io::Result<()> {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Whether a process lives in the namespace pinned at `path` (a thread's namespace
+/// is its process's for every process berth's containers run).
+pub fn in_use(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    let want = format!("net:[{}]", m.ino());
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .any(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .is_ok_and(|l| l.as_os_str() == want.as_str())
+        })
+}
+
 /// Whether `path` is a live namespace file (a mount of an nsfs inode).
 pub fn is_pinned(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -69,6 +69,34 @@ fn any() -> Ipv4Addr {
 }
 
 impl NetworkRecord {
+    /// A network the node makes itself (`host`, `none`, the default `bridge`): a new
+    /// id, no options, labels or IPAM of the user's.
+    pub fn builtin(name: &str, driver: &str) -> NetworkRecord {
+        NetworkRecord {
+            id: new_id(),
+            name: name.into(),
+            driver: driver.into(),
+            created: now_rfc3339(),
+            internal: false,
+            attachable: false,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ipam_options: BTreeMap::new(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux: BTreeMap::new(),
+            user_ipam: false,
+            bridge: String::new(),
+            default_bridge: false,
+            masquerade: false,
+            icc: true,
+            mtu: 0,
+            host_ip: Ipv4Addr::UNSPECIFIED,
+            last_ip: None,
+        }
+    }
+
     pub fn predefined(&self) -> bool {
         self.default_bridge || self.driver == DRIVER_HOST || self.driver == DRIVER_NULL
     }

@@ -1,10 +1,20 @@
-//! `docker cp` through the archive API: paths are resolved inside the container's
-//! view (its rootfs, with volumes and binds on top), symlinks never lead out of it.
+//! `docker cp` through the archive API (HEAD/GET/PUT). The work runs in the container's
+//! view (its rootfs with its volumes, binds and network files on top, assembled in a
+//! private mount namespace: berth_fsutil::view), every path resolved by the kernel
+//! inside it (openat2 RESOLVE_IN_ROOT) and every operation done on descriptors, so a
+//! container racing symlinks and renames can never make it read or write the host.
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use berth_fsutil::at::{self, Stat};
+use berth_fsutil::tree::TarWriter;
+use berth_fsutil::untar::{untar, UntarError, UntarOpts};
+use berth_fsutil::view::ViewMount;
+use berth_fsutil::InRoot;
 
 use berth_bus::Responder;
 use bus_schema::runtime::{ContainerArchiveGet, ContainerArchivePut, PathStat};
@@ -26,24 +36,17 @@ const MODE_SETGID: u32 = 1 << 22;
 const MODE_CHARDEV: u32 = 1 << 21;
 const MODE_STICKY: u32 = 1 << 20;
 
-fn go_mode(m: &std::fs::Metadata) -> u32 {
-    let mode = m.mode();
+fn go_mode(mode: u32) -> u32 {
     let mut out = mode & 0o777;
-    let ft = m.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        out |= MODE_DIR;
-    } else if ft.is_symlink() {
-        out |= MODE_SYMLINK;
-    } else if ft.is_char_device() {
-        out |= MODE_DEVICE | MODE_CHARDEV;
-    } else if ft.is_block_device() {
-        out |= MODE_DEVICE;
-    } else if ft.is_fifo() {
-        out |= MODE_PIPE;
-    } else if ft.is_socket() {
-        out |= MODE_SOCKET;
-    }
+    out |= match mode & libc::S_IFMT {
+        libc::S_IFDIR => MODE_DIR,
+        libc::S_IFLNK => MODE_SYMLINK,
+        libc::S_IFCHR => MODE_DEVICE | MODE_CHARDEV,
+        libc::S_IFBLK => MODE_DEVICE,
+        libc::S_IFIFO => MODE_PIPE,
+        libc::S_IFSOCK => MODE_SOCKET,
+        _ => 0,
+    };
     if mode & 0o4000 != 0 {
         out |= MODE_SETUID;
     }
@@ -56,76 +59,76 @@ fn go_mode(m: &std::fs::Metadata) -> u32 {
     out
 }
 
-/// The container's filesystem view: the rootfs and the mounts on top of it.
-struct View {
-    rootfs: PathBuf,
-    mounts: Vec<(String, PathBuf)>,
-}
-
-impl View {
-    fn new(rootfs: &str, c: &Container) -> View {
-        let mut mounts: Vec<(String, PathBuf)> = c
-            .mounts
-            .iter()
-            .filter(|m| m.typ != "tmpfs" && !m.source.is_empty())
-            .map(|m| (m.destination.clone(), PathBuf::from(&m.source)))
-            .collect();
-        mounts.sort_by_key(|(d, _)| std::cmp::Reverse(d.len()));
-        View { rootfs: PathBuf::from(rootfs), mounts }
-    }
-
-    /// (base dir on the host, path relative to it) for a container path.
-    fn split(&self, path: &str) -> (PathBuf, String) {
-        let clean = clean(path);
-        for (dst, src) in &self.mounts {
-            if clean == *dst {
-                return (src.clone(), "/".into());
-            }
-            if let Some(rest) = clean.strip_prefix(&format!("{}/", dst.trim_end_matches('/'))) {
-                return (src.clone(), format!("/{rest}"));
-            }
+/// The mounts a `docker cp` sees on top of the rootfs, as Moby mounts them for it:
+/// volumes and binds (not tmpfs), and the engine's /etc/hostname, /etc/hosts and
+/// /etc/resolv.conf once the container has them (unless a mount of the user's is there).
+fn view_mounts(c: &Container) -> Vec<ViewMount> {
+    let mut out: Vec<ViewMount> = c
+        .mounts
+        .iter()
+        .filter(|m| m.typ != "tmpfs" && !m.source.is_empty())
+        .map(|m| ViewMount { source: PathBuf::from(&m.source), destination: clean(&m.destination), read_only: !m.rw })
+        .collect();
+    let ro = c.host_config.readonly_rootfs.unwrap_or(false);
+    for (dst, src) in [("/etc/hostname", &c.hostname_path), ("/etc/hosts", &c.hosts_path), ("/etc/resolv.conf", &c.resolv_path)] {
+        if !src.is_empty() && Path::new(src).is_file() && !out.iter().any(|m| m.destination == dst) {
+            out.push(ViewMount { source: PathBuf::from(src), destination: dst.into(), read_only: ro });
         }
-        (self.rootfs.clone(), clean)
     }
-
-    /// Host path of `path`, following symlinks (inside the view) in all but the last part.
-    fn resolve(&self, path: &str) -> std::io::Result<PathBuf> {
-        let (base, rel) = self.split(path);
-        // resolve the parent inside the rootfs (a link may cross into a mount; keep to the base)
-        berth_fsutil::resolve_in_root(&base, &rel)
-    }
+    out
 }
 
 fn clean(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            x => out.push(x),
-        }
-    }
-    format!("/{}", out.join("/"))
+    berth_fsutil::clean(p)
 }
 
-fn stat_of(host: &Path, container_path: &str) -> Result<PathStat, BusError> {
-    let md = std::fs::symlink_metadata(host)
-        .map_err(|_| BusError::not_found(format!("Could not find the file {container_path} in container")))?;
-    let link_target = if md.file_type().is_symlink() {
-        std::fs::read_link(host).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default()
+fn not_found(path: &str, container: &str) -> BusError {
+    BusError::not_found(format!("Could not find the file {path} in container {container}"))
+}
+
+fn io_to_bus(e: std::io::Error, path: &str, container: &str) -> BusError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => not_found(path, container),
+        Some(libc::EROFS) => BusError::forbidden("mounted volume is marked read-only"),
+        _ => BusError::internal(format!("{path}: {e}")),
+    }
+}
+
+/// The entry a container path names, as (its directory, its name): the directory is
+/// resolved by the kernel inside the view, the name is not followed (Moby's
+/// `ResolvePath`), except with a trailing `/` or `/.`, where the whole path is
+/// followed and the name is `.`.
+fn locate(r: &InRoot, path: &str) -> std::io::Result<(OwnedFd, OsString, Stat)> {
+    let follow_all = path.len() > 1 && (path.ends_with('/') || path.ends_with("/."));
+    let (dir, name) = if follow_all {
+        (r.resolve(path)?, OsString::from("."))
+    } else {
+        let (d, n) = r.parent(path)?;
+        (d, OsString::from(n))
+    };
+    let st = at::lstat(dir.as_fd(), &name)?.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+    Ok((dir, name, st))
+}
+
+fn path_stat(r: &InRoot, path: &str, st: &Stat) -> PathStat {
+    let name = match berth_fsutil::components(path).pop() {
+        Some(n) if !path.ends_with("/.") => n,
+        Some(_) if path.ends_with("/.") => ".".into(),
+        _ => "/".into(),
+    };
+    let link_target = if at::file_type(st) == rustix::fs::FileType::Symlink {
+        // Docker's linkTarget is the link fully evaluated inside the container
+        r.real_path(path).unwrap_or_default()
     } else {
         String::new()
     };
-    let name = Path::new(container_path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into());
-    Ok(PathStat {
+    PathStat {
         name,
-        size: md.len() as i64,
-        mode: go_mode(&md),
-        mtime: berth_config::clock::rfc3339(md.mtime(), md.mtime_nsec() as u32),
+        size: st.st_size,
+        mode: go_mode(st.st_mode),
+        mtime: berth_config::clock::rfc3339(st.st_mtime, st.st_mtime_nsec as u32),
         link_target,
-    })
+    }
 }
 
 /// A writer that sends what it gets as bus chunks (from a blocking thread).
@@ -152,71 +155,98 @@ impl Write for ChunkWriter {
 }
 
 impl Runtime {
-    async fn with_rootfs<T>(&self, id: &str, f: impl std::future::Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
-        let r = f.await;
+    /// The container's rootfs mounted by storage and the mounts to show on top.
+    async fn view_of(&self, c: &Container) -> Result<(PathBuf, Vec<ViewMount>), BusError> {
+        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
+        Ok((PathBuf::from(rootfs), view_mounts(c)))
+    }
+
+    async fn unmount_rootfs(&self, id: &str) {
         let _ = self.bus.request(&RwLayerUnmount { id: id.to_string() }).await;
-        r
+    }
+
+    /// Run `f` in the container's view on a thread of its own (see berth_fsutil::view).
+    async fn in_view<T: Send + 'static>(
+        rootfs: PathBuf,
+        mounts: Vec<ViewMount>,
+        f: impl FnOnce(&InRoot) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        tokio::task::spawn_blocking(move || berth_fsutil::view::in_view(&rootfs, &mounts, f))
+            .await
+            .map_err(|e| BusError::internal(e.to_string()))?
+            .map_err(|e| BusError::internal(format!("container filesystem: {e}")))?
     }
 
     pub async fn archive_stat(self: &Arc<Self>, key: &str, path: &str) -> Result<PathStat, BusError> {
         let e = self.find(key)?;
         let c = e.get();
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
-        self.with_rootfs(&c.id, async {
-            let view = View::new(&rootfs, &c);
-            let host = view.resolve(path).map_err(|err| BusError::invalid(err.to_string()))?;
-            stat_of(&host, path)
+        let (rootfs, mounts) = self.view_of(&c).await?;
+        let (p, k) = (path.to_string(), key.to_string());
+        let r = Self::in_view(rootfs, mounts, move |r| {
+            let (_, _, st) = locate(r, &p).map_err(|err| io_to_bus(err, &p, &k))?;
+            Ok(path_stat(r, &p, &st))
         })
-        .await
+        .await;
+        self.unmount_rootfs(&c.id).await;
+        r
     }
 
     pub async fn archive_get(self: &Arc<Self>, r: ContainerArchiveGet, resp: Responder<ContainerArchiveGet>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
-        let view = View::new(&rootfs, &c);
-        let prep = (|| {
-            let host = view.resolve(&r.path).map_err(|err| BusError::invalid(err.to_string()))?;
-            let st = stat_of(&host, &r.path)?;
-            Ok::<_, BusError>((host, st))
-        })();
-        let (host, st) = match prep {
-            Ok(x) => x,
+        let (rootfs, mounts) = self.view_of(&c).await?;
+        let (st_tx, st_rx) = tokio::sync::oneshot::channel::<Result<PathStat, BusError>>();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let (path, key) = (r.path.clone(), r.id.clone());
+        let task = tokio::spawn(Self::in_view(rootfs, mounts, move |root| -> Result<(), BusError> {
+            let (dir, name, st) = match locate(root, &path) {
+                Ok(x) => x,
+                Err(err) => {
+                    let _ = st_tx.send(Err(io_to_bus(err, &path, &key)));
+                    return Ok(());
+                }
+            };
+            let ps = path_stat(root, &path, &st);
+            let arc_name = ps.name.clone();
+            if st_tx.send(Ok(ps)).is_err() {
+                return Ok(());
+            }
+            let mut w = TarWriter::new(ChunkWriter { tx, buf: Vec::new() });
+            // `path/.` copies the directory's content; otherwise the entry itself by its name
+            // `path/.` gives `./` and `./name` entries, as Moby's rebase to "." does; `/` its content
+            let contents_only = arc_name == "/";
+            let res = if contents_only && at::is_dir(&st) {
+                at::open_dir(dir.as_fd(), &name).and_then(|d| w.append_dir_fd(d.as_fd(), &st, Path::new(""), true))
+            } else {
+                w.append(dir.as_fd(), &name, Path::new(&arc_name), true)
+            };
+            res.and_then(|_| w.finish()).and_then(|mut inner| inner.flush()).map_err(|err| BusError::internal(format!("archiving {path}: {err}")))
+        }));
+        let st = match st_rx.await {
+            Ok(Ok(st)) => st,
+            Ok(Err(err)) => {
+                let _ = task.await;
+                self.unmount_rootfs(&c.id).await;
+                return Err(err);
+            }
+            Err(_) => {
+                let res = task.await;
+                self.unmount_rootfs(&c.id).await;
+                return Err(match res {
+                    Ok(Err(err)) => err,
+                    _ => BusError::internal("archiving failed"),
+                });
+            }
+        };
+        let mut w = match resp.accept(st).await {
+            Ok(w) => w,
             Err(err) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+                drop(rx);
+                let _ = task.await;
+                self.unmount_rootfs(&c.id).await;
                 return Err(err);
             }
         };
-        let mut w = resp.accept(st.clone()).await?;
-        // `path/.` copies the directory's content; otherwise the entry itself by its name
-        let contents_only = r.path.ends_with("/.") || r.path == ".";
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let name = st.name.clone();
-        let task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut b = tar::Builder::new(ChunkWriter { tx, buf: Vec::new() });
-            b.follow_symlinks(false);
-            let md = std::fs::symlink_metadata(&host)?;
-            if md.is_dir() {
-                if contents_only {
-                    for entry in std::fs::read_dir(&host)? {
-                        let entry = entry?;
-                        let p = entry.path();
-                        let n = entry.file_name();
-                        if entry.file_type()?.is_dir() {
-                            b.append_dir_all(&n, &p)?;
-                        } else {
-                            b.append_path_with_name(&p, &n)?;
-                        }
-                    }
-                } else {
-                    b.append_dir_all(&name, &host)?;
-                }
-            } else {
-                b.append_path_with_name(&host, &name)?;
-            }
-            let mut inner = b.into_inner()?;
-            inner.flush()
-        });
         let mut res = Ok(());
         while let Some(chunk) = rx.recv().await {
             if let Err(err) = w.send(ByteChunk(chunk)).await {
@@ -226,11 +256,11 @@ impl Runtime {
         }
         drop(rx);
         let built = task.await;
-        let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+        self.unmount_rootfs(&c.id).await;
         res?;
         match built {
             Ok(Ok(())) => w.end().await,
-            Ok(Err(err)) => w.fail(BusError::internal(format!("archiving {}: {err}", r.path))).await,
+            Ok(Err(err)) => w.fail(err).await,
             Err(err) => w.fail(BusError::internal(err.to_string())).await,
         }
     }
@@ -238,61 +268,91 @@ impl Runtime {
     pub async fn archive_put(self: &Arc<Self>, r: ContainerArchivePut, resp: Responder<ContainerArchivePut>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
-        if c.host_config.readonly_rootfs.unwrap_or(false) && c.mounts.iter().all(|m| !clean(&r.path).starts_with(&m.destination)) {
+        let dest = clean(&r.path);
+        let to_volume = c.mounts.iter().any(|m| m.typ != "tmpfs" && (dest == clean(&m.destination) || dest.starts_with(&format!("{}/", clean(&m.destination).trim_end_matches('/')))));
+        if c.host_config.readonly_rootfs.unwrap_or(false) && !to_volume {
             return Err(BusError::forbidden("container rootfs is marked read-only"));
         }
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
-        let view = View::new(&rootfs, &c);
-        let (base, rel) = view.split(&r.path);
-        let dest = match berth_fsutil::resolve_in_root_follow(&base, &rel) {
-            Ok(d) => d,
+        let (rootfs, mounts) = self.view_of(&c).await?;
+        // the extraction point must be a directory (its last link followed, as Moby does)
+        let (p, k) = (r.path.clone(), r.id.clone());
+        let checked = Self::in_view(rootfs.clone(), mounts.clone(), move |root| {
+            let fd = root.resolve(&p).map_err(|err| io_to_bus(err, &p, &k))?;
+            let st = at::fstat(fd.as_fd()).map_err(|err| io_to_bus(err, &p, &k))?;
+            if !at::is_dir(&st) {
+                // Moby 20.10 answers 500 here
+                return Err(BusError::internal("extraction point is not a directory"));
+            }
+            if rustix::fs::fstatvfs(&fd).is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)) {
+                return Err(BusError::forbidden("mounted volume is marked read-only"));
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(err) = checked {
+            self.unmount_rootfs(&c.id).await;
+            return Err(err);
+        }
+        let (w, mut input) = match resp.accept_duplex(()).await {
+            Ok(x) => x,
             Err(err) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
-                return Err(BusError::invalid(err.to_string()));
+                self.unmount_rootfs(&c.id).await;
+                return Err(err);
             }
         };
-        match std::fs::metadata(&dest) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
-                return Err(BusError::invalid("extraction point is not a directory"));
-            }
-            Err(_) => {
-                let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
-                return Err(BusError::not_found(format!("Could not find the file {} in container {}", r.path, c.name)));
-            }
-        }
-        let (w, mut input) = resp.accept_duplex(()).await?;
-        // spool the tar, then extract it entry by entry inside the view
+        // spool the tar (a host file of the runtime's own), then extract it in the view
         let spool = self.dir.join("tmp");
         let _ = std::fs::create_dir_all(&spool);
         let tmp = spool.join(crate::names::new_id());
         let mut recv_err = None;
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            while let Some(item) = input.next().await {
-                match item {
-                    Ok(ch) => f.write_all(&ch.0)?,
-                    Err(err) => {
-                        recv_err = Some(err);
-                        break;
+        let spooled = (|| -> std::io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
+            let _ = std::fs::remove_file(&tmp);
+            Ok(f)
+        })();
+        let result = match spooled {
+            Err(err) => Err(BusError::internal(format!("spooling the archive: {err}"))),
+            Ok(mut f) => {
+                while let Some(item) = input.next().await {
+                    match item {
+                        Ok(ch) => {
+                            if let Err(err) = f.write_all(&ch.0) {
+                                recv_err = Some(BusError::internal(format!("spooling the archive: {err}")));
+                                break;
+                            }
+                        }
+                        Err(err) => {
+                            recv_err = Some(err);
+                            break;
+                        }
                     }
                 }
+                if let Some(err) = recv_err {
+                    Err(err)
+                } else {
+                    let opts = UntarOpts {
+                        no_overwrite_dir_non_dir: r.no_overwrite_dir_non_dir,
+                        owner: if r.copy_uid_gid { None } else { Some((0, 0)) },
+                    };
+                    let (p, k) = (r.path.clone(), r.id.clone());
+                    Self::in_view(rootfs, mounts, move |root| {
+                        use std::io::Seek;
+                        f.seek(std::io::SeekFrom::Start(0)).map_err(|err| BusError::internal(err.to_string()))?;
+                        // Moby's untar runs in a child process: its errors are 500s with this prefix
+                        untar(root, &p, std::io::BufReader::new(f), &opts).map(|_| ()).map_err(|err| match err {
+                            UntarError::Invalid(m) => BusError::internal(format!("Error processing tar file(exit status 1): {m}")),
+                            UntarError::Io(ctx, err) => match err.raw_os_error() {
+                                Some(libc::EROFS) => BusError::forbidden("mounted volume is marked read-only"),
+                                Some(libc::ENOENT) if ctx.starts_with("mkdir") => not_found(&p, &k),
+                                _ => BusError::internal(format!("Error processing tar file(exit status 1): {ctx}: {err}")),
+                            },
+                        })
+                    })
+                    .await
+                }
             }
-        }
-        let result = if let Some(err) = recv_err {
-            Err(err)
-        } else {
-            let (tmp2, base2, rel2) = (tmp.clone(), base.clone(), rel.clone());
-            let no_over = r.no_overwrite_dir_non_dir;
-            let keep_owner = r.copy_uid_gid;
-            tokio::task::spawn_blocking(move || extract(&tmp2, &base2, &rel2, no_over, keep_owner))
-                .await
-                .map_err(|err| BusError::internal(err.to_string()))
-                .and_then(|x| x)
         };
-        let _ = std::fs::remove_file(&tmp);
-        let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+        self.unmount_rootfs(&c.id).await;
         match result {
             Ok(()) => {
                 self.event(&c, "extract-to-dir", &[("path", r.path.clone())]).await;
@@ -303,93 +363,33 @@ impl Runtime {
     }
 }
 
-/// Extract a tar at `rel` under `base`, resolving every entry's parent inside `base`.
-fn extract(tar_path: &Path, base: &Path, rel: &str, no_overwrite_dir_non_dir: bool, keep_owner: bool) -> Result<(), BusError> {
-    let f = std::fs::File::open(tar_path)?;
-    let mut a = tar::Archive::new(f);
-    a.set_preserve_permissions(true);
-    a.set_preserve_mtime(true);
-    a.set_unpack_xattrs(false);
-    for entry in a.entries().map_err(|e| BusError::invalid(format!("Error processing tar file: {e}")))? {
-        let mut entry = entry.map_err(|e| BusError::invalid(format!("Error processing tar file: {e}")))?;
-        let p = entry.path().map_err(|e| BusError::invalid(e.to_string()))?.to_string_lossy().into_owned();
-        if p.split('/').any(|c| c == "..") {
-            return Err(BusError::invalid(format!("Error processing tar file: invalid path {p:?}")));
-        }
-        let full = format!("{}/{}", rel.trim_end_matches('/'), p.trim_start_matches("./").trim_start_matches('/'));
-        let full = clean(&full);
-        let (parent, name) = match full.rsplit_once('/') {
-            Some((pa, n)) => (if pa.is_empty() { "/".to_string() } else { pa.to_string() }, n.to_string()),
-            None => ("/".into(), full.clone()),
-        };
-        if name.is_empty() {
-            continue;
-        }
-        berth_fsutil::mkdir_in_root(base, &parent).map_err(|e| BusError::invalid(e.to_string()))?;
-        let dir = berth_fsutil::resolve_in_root_follow(base, &parent).map_err(|e| BusError::invalid(e.to_string()))?;
-        let target = dir.join(&name);
-        let existing = std::fs::symlink_metadata(&target).ok();
-        let is_dir_entry = entry.header().entry_type().is_dir();
-        if let Some(m) = &existing {
-            if no_overwrite_dir_non_dir && m.is_dir() != is_dir_entry {
-                let msg = if m.is_dir() {
-                    format!("cannot overwrite directory \"{full}\" with non-directory \"{p}\"")
-                } else {
-                    format!("cannot overwrite non-directory \"{full}\" with directory \"{p}\"")
-                };
-                return Err(BusError::invalid(msg));
-            }
-            if m.file_type().is_symlink() || (!m.is_dir() && !is_dir_entry) {
-                let _ = std::fs::remove_file(&target);
-            }
-        }
-        if is_dir_entry && existing.as_ref().is_some_and(|m| m.is_dir()) {
-            continue;
-        }
-        // hard links must point inside the extraction
-        if entry.header().entry_type().is_hard_link() {
-            let lt = entry.link_name().ok().flatten().map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
-            if lt.split('/').any(|c| c == "..") || lt.starts_with('/') {
-                return Err(BusError::invalid(format!("Error processing tar file: invalid hardlink {lt:?}")));
-            }
-            let src = berth_fsutil::resolve_in_root(base, &clean(&format!("{}/{}", rel.trim_end_matches('/'), lt)))
-                .map_err(|e| BusError::invalid(e.to_string()))?;
-            std::fs::hard_link(&src, &target)?;
-            continue;
-        }
-        entry.unpack(&target).map_err(|e| BusError::invalid(format!("Error processing tar file: {e}")))?;
-        if !keep_owner {
-            let _ = std::os::unix::fs::lchown(&target, Some(0), Some(0));
-        } else {
-            let (u, g) = (entry.header().uid().unwrap_or(0) as u32, entry.header().gid().unwrap_or(0) as u32);
-            let _ = std::os::unix::fs::lchown(&target, Some(u), Some(g));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[test]
-    fn extracts_inside_only() {
+    fn go_modes() {
+        assert_eq!(go_mode(libc::S_IFDIR | 0o755), MODE_DIR | 0o755);
+        assert_eq!(go_mode(libc::S_IFLNK | 0o777), MODE_SYMLINK | 0o777);
+        assert_eq!(go_mode(libc::S_IFREG | 0o4755), MODE_SETUID | 0o755);
+        assert_eq!(go_mode(libc::S_IFCHR | 0o666), MODE_DEVICE | MODE_CHARDEV | 0o666);
+    }
+
+    #[test]
+    fn locates_without_following_the_last_link() {
         let d = tempfile::tempdir().unwrap();
-        let base = d.path().join("root");
-        std::fs::create_dir_all(base.join("tmp")).unwrap();
-        // a container symlink pointing at the host's /etc must not be followed out
-        std::os::unix::fs::symlink("/etc", base.join("tmp/evil")).unwrap();
-        let tarp = d.path().join("t.tar");
-        {
-            let mut b = tar::Builder::new(std::fs::File::create(&tarp).unwrap());
-            let mut h = tar::Header::new_gnu();
-            h.set_size(3);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, "evil/x.txt", &b"hi\n"[..]).unwrap();
-            b.finish().unwrap();
-        }
-        extract(&tarp, &base, "/tmp", false, false).unwrap();
-        assert!(base.join("etc/x.txt").exists(), "resolved inside the root");
-        assert!(!std::path::Path::new("/etc/x.txt").exists());
+        let root = d.path();
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::os::unix::fs::symlink("/real", root.join("link")).unwrap();
+        let r = InRoot::open(root).unwrap();
+        let (_, name, st) = locate(&r, "/link").unwrap();
+        assert_eq!(name, "link");
+        assert_eq!(at::file_type(&st), rustix::fs::FileType::Symlink);
+        assert_eq!(path_stat(&r, "/link", &st).link_target, "/real");
+        let (_, name, st) = locate(&r, "/link/").unwrap();
+        assert_eq!(name, ".");
+        assert!(at::is_dir(&st));
+        assert_eq!(path_stat(&r, "/link/.", &st).name, ".");
+        assert_eq!(locate(&r, "/nope/x").unwrap_err().raw_os_error(), Some(libc::ENOENT));
     }
 }

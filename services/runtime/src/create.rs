@@ -59,12 +59,14 @@ pub fn merge_config(user: &docker::ContainerCreateBody, img: &docker::ImageConfi
         }
     }
     c.volumes = if vols.is_empty() { None } else { Some(vols) };
-    // env: the image's, overridden per key by the user's
-    let mut env: Vec<String> = img.env.clone().unwrap_or_default();
-    for e in c.env.clone().unwrap_or_default() {
-        let key = e.split('=').next().unwrap_or(&e).to_string();
-        env.retain(|x| x.split('=').next() != Some(key.as_str()));
-        env.push(e);
+    // env: the user's, then the image's whose keys the user did not set (Docker's
+    // order, which `docker inspect` shows)
+    let mut env: Vec<String> = c.env.clone().unwrap_or_default();
+    for e in img.env.clone().unwrap_or_default() {
+        let key = e.split('=').next().unwrap_or(&e);
+        if !env.iter().any(|u| u.split('=').next() == Some(key)) {
+            env.push(e);
+        }
     }
     c.env = Some(env);
     // labels: the image's, overridden by the user's
@@ -290,7 +292,7 @@ mod tests {
             ..Default::default()
         };
         let c = merge_config(&user, &img);
-        assert_eq!(c.env.unwrap(), vec!["PATH=/bin".to_string(), "A=2".into()]);
+        assert_eq!(c.env.unwrap(), vec!["A=2".to_string(), "PATH=/bin".into()]);
         assert_eq!(c.cmd.unwrap(), vec!["echo".to_string(), "hi".into()]);
         assert_eq!(c.working_dir.as_deref(), Some("/w"));
         assert_eq!(c.labels.unwrap().len(), 2);

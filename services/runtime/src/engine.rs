@@ -97,6 +97,12 @@ pub struct Runtime {
     /// Held (read) by work that goes on after an answer (`--rm` giving back its
     /// sandbox and layers); the service's shutdown takes it (write) to let it finish.
     pub background: Arc<tokio::sync::RwLock<()>>,
+    /// Containers gone for the API whose layers storage could not take back yet
+    /// (their records say Removing): finished when storage is back.
+    pub pending_removals: Mutex<HashMap<String, (Arc<Entry>, Option<bool>)>>,
+    /// Containers whose sandbox the network service could not take back (it was
+    /// down): given back when it is back, unless the container runs again.
+    pub pending_sandboxes: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runtime {
@@ -123,7 +129,36 @@ impl Runtime {
             index: RwLock::new(Index::default()),
             execs: Mutex::new(HashMap::new()),
             background: Default::default(),
+            pending_removals: Default::default(),
+            pending_sandboxes: Default::default(),
         }
+    }
+
+    /// The cgroup parent of this node's containers, claimed host-wide so that two
+    /// nodes on one host never share one (see `claims`); remembered in the data root
+    /// so that a node keeps its own across restarts.
+    pub fn node_cgroup_parent(&self) -> anyhow::Result<String> {
+        let configured = self
+            .cfg
+            .other
+            .get("cgroup-parent")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim_matches('/').to_string())
+            .filter(|s| !s.is_empty());
+        let file = self.paths.runtime().join("cgroup-parent");
+        let previous = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string());
+        let p = crate::claims::cgroup_parent(
+            std::path::Path::new(crate::claims::DIR),
+            configured.as_deref(),
+            previous.as_deref(),
+            self.bus.node(),
+            self.paths.root(),
+        )
+        .map_err(|t| anyhow::anyhow!("{t}: give this node a \"cgroup-parent\" of its own in daemon.json"))?;
+        if configured.is_none() && previous.as_deref() != Some(p.as_str()) {
+            berth_config::paths::write_atomic(&file, p.as_bytes())?;
+        }
+        Ok(p)
     }
 
     pub fn containers_dir(&self) -> PathBuf {
@@ -191,6 +226,12 @@ impl Runtime {
         if ix.by_name.get(name).map(|x| x == id).unwrap_or(false) {
             ix.by_name.remove(name);
         }
+    }
+
+    /// A container with this exact id is recorded, or being created (its name is held).
+    pub fn knows(&self, id: &str) -> bool {
+        let ix = self.index.read().unwrap();
+        ix.by_id.contains_key(id) || ix.by_name.values().any(|v| v == id)
     }
 
     pub fn name_taken(&self, name: &str) -> bool {

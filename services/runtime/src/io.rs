@@ -265,7 +265,9 @@ impl Runtime {
             return Err(BusError::conflict(format!("container {} is not running", c.id)));
         }
         let shim = e.shim().ok_or_else(|| BusError::conflict(format!("container {} is not running", c.id)))?;
-        let tty = ex.config.tty.unwrap_or(false) || r.tty;
+        // the process's terminal is the exec's (`ec.Tty` in Moby); the start
+        // request's Tty only says how the gateway frames the output
+        let tty = ex.config.tty.unwrap_or(false);
         let process = self.exec_process(&c, &ex.config, tty)?;
         let stdin = ex.config.attach_stdin.unwrap_or(false) && !r.detach;
         let exec = match shim.exec(ExecSpec { exec_id: ex.id.clone(), process, stdin, detach: r.detach }).await {

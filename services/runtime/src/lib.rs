@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod cgroupfs;
+pub mod claims;
 pub mod create;
 pub mod engine;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod mounts;
 pub mod names;
 pub mod netconn;
 pub mod query;
+pub mod reconcile;
 pub mod state;
 pub mod stats;
 pub mod top;
@@ -49,9 +51,13 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
 
 pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<Runtime>)> {
     let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());
-    let rt = Arc::new(Runtime::new(bus.clone(), cfg, Paths::new(root)));
+    let mut rt = Runtime::new(bus.clone(), cfg, Paths::new(root));
     std::fs::create_dir_all(rt.containers_dir())?;
+    rt.cgroup_parent = rt.node_cgroup_parent()?;
+    let rt = Arc::new(rt);
     rt.recover().await;
+    rt.reconcile().await;
+    rt.follow_peers();
 
     macro_rules! h {
         ($m:ident) => {{
@@ -194,15 +200,31 @@ impl Runtime {
     /// run, record the exits of those that ended meanwhile, finish interrupted
     /// removals, and start containers whose restart policy says so.
     pub async fn recover(self: &Arc<Self>) {
+        let mut others_ready = false;
         for e in self.load() {
             let c = e.get();
+            // giving back (below) needs the storage and network services, which may
+            // still be starting with this one (a node started again)
+            let gives_back = c.state.status == state::Status::Removing || c.state.running() || c.state.status == state::Status::Restarting;
+            if gives_back && !others_ready {
+                self.wait_for_give_back_services().await;
+                others_ready = true;
+            }
             match c.state.status {
                 state::Status::Removing => {
                     // an interrupted removal (`--rm` gives back in the background)
-                    e.update(|c| c.state.status = state::Status::Dead);
-                    let _ = self.bus.request(&bus_schema::network::SandboxRemove { container_id: c.id.clone() }).await;
-                    let anon = c.host_config.auto_remove.unwrap_or(false);
-                    self.remove_entry(&e, anon).await;
+                    self.remove_sandbox(&c.id).await;
+                    if c.host_config.auto_remove.unwrap_or(false) {
+                        // gone for the API already
+                        self.forget(&c.id);
+                        let rt = self.clone();
+                        tokio::spawn(async move { rt.finish_removal(&e, Some(true)).await });
+                    } else {
+                        e.update(|c| c.state.status = state::Status::Dead);
+                        if let Err(err) = self.remove_entry(&e, false).await {
+                            tracing::warn!(id = %c.id, error = %err, "finishing an interrupted removal");
+                        }
+                    }
                 }
                 s if c.state.running() || s == state::Status::Restarting => {
                     let bundle = self.bundle_dir(&c.id);
@@ -268,12 +290,25 @@ impl Runtime {
         }
     }
 
+    /// Waits (up to 30 s in all) until the storage and network services answer.
+    async fn wait_for_give_back_services(&self) {
+        let t0 = std::time::Instant::now();
+        let bus = self.bus.with_timeout(Duration::from_millis(500));
+        for svc in [Service::Storage, Service::Network] {
+            while bus.request_system(svc, &bus_schema::system::ServicePing {}).await.is_err() && t0.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// On SIGTERM without live-restore: stop every container (their stop signal, a
-    /// short grace, then SIGKILL) so the node stops within its 10 s budget.
+    /// short grace, then SIGKILL) so the node stops within its 10 s budget. With
+    /// live-restore, or when `berth up` is gone or hands over to a new instance
+    /// (detached), containers keep running for the next instance to adopt.
     pub async fn shutdown(self: &Arc<Self>) {
         // removals answered already but still giving back (`--rm`) finish first
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.write()).await;
-        if self.cfg.live_restore {
+        if self.cfg.live_restore || berth_bus::service::detached() {
             return;
         }
         let mut tasks = Vec::new();

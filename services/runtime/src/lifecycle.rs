@@ -116,7 +116,9 @@ impl Runtime {
                 if c.host_config.auto_remove.unwrap_or(false) {
                     let rt = self.clone();
                     let e2 = e.clone();
-                    tokio::spawn(async move { rt.remove_entry(&e2, true).await });
+                    tokio::spawn(async move {
+                        let _ = rt.remove_entry(&e2, true).await;
+                    });
                 }
                 Err(err)
             }
@@ -156,19 +158,22 @@ impl Runtime {
         let undo_mount = || async {
             let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
         };
-        let undo_sandbox = || async {
-            let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
-        };
+        let undo_sandbox = || self.remove_sandbox(&c.id);
         let (rootfs, sandbox) = match (mounted, sandbox) {
             (Ok(m), Ok(s)) => (m.path, s),
             (Err(err), s) => {
-                if s.is_ok() {
+                // a sandbox made by a network service that died before answering
+                // may exist: give it back (now, or when the network is back)
+                if s.is_ok() || s.as_ref().is_err_and(maybe_done) {
                     undo_sandbox().await;
                 }
                 return Err(fail(err));
             }
             (Ok(_), Err(err)) => {
                 undo_mount().await;
+                if maybe_done(&err) {
+                    undo_sandbox().await;
+                }
                 return Err(fail(err));
             }
         };
@@ -200,6 +205,7 @@ impl Runtime {
                     kind: if m.typ == "tmpfs" { MountKind::Tmpfs { options: m.options.clone() } } else { MountKind::Bind },
                     read_only: !m.rw,
                     propagation: if m.propagation.is_empty() { None } else { Some(m.propagation.clone()) },
+                    subpath: m.subpath.clone(),
                 })
                 .collect();
             let cgroup_path = format!("{}/{}", self.cgroup_parent, c.id);
@@ -386,8 +392,10 @@ impl Runtime {
             // `--rm`: the network and the layer go with the removal (auto_remove)
             let auto_remove = c.host_config.auto_remove.unwrap_or(false);
             if !auto_remove {
-                let (net, layer) = (SandboxRemove { container_id: c.id.clone() }, RwLayerUnmount { id: c.id.clone() });
-                let _ = tokio::join!(self.bus.request(&net), self.bus.request(&layer));
+                // an unmount that storage cannot do now is done when it is back
+                // (reconcile_storage), and so is a sandbox the network cannot remove
+                let layer = RwLayerUnmount { id: c.id.clone() };
+                let _ = tokio::join!(self.remove_sandbox(&c.id), self.bus.request(&layer));
             }
             e.set_shim(None);
             e.update(|c| {
@@ -530,7 +538,21 @@ impl Runtime {
         if c.state.status == Status::Paused && sig == 9 {
             let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
         }
-        self.send_signal(&e, sig).await
+        if sig != 9 {
+            return self.send_signal(&e, sig).await;
+        }
+        // SIGKILL answers once the container is dead, as Moby's `daemon.Kill` does, so
+        // a `kill` then `rm` is not refused "container is running"
+        let mut life = e.life.subscribe();
+        let exits = life.borrow().exits;
+        self.send_signal(&e, sig).await?;
+        if tokio::time::timeout(Duration::from_secs(30), life.wait_for(|l| l.exits > exits || !l.running))
+            .await
+            .is_err()
+        {
+            return Err(BusError::internal(format!("could not kill container {}: it did not exit within 30 s of SIGKILL", c.id)));
+        }
+        Ok(())
     }
 
     /// `docker restart`: stop (if running), then start.
@@ -569,7 +591,14 @@ impl Runtime {
             if c.state.status != Status::Running {
                 return Err(BusError::conflict(format!("container {} is not running", c.id)));
             }
-            crate::cgroupfs::freeze(&self.cgroup_rel(&c.id)).map_err(|err| BusError::internal(format!("cannot pause container {}: {err}", c.id)))?;
+            if let Err(err) = crate::cgroupfs::freeze(&self.cgroup_rel(&c.id)) {
+                // its cgroup is gone: the process exited and its exit is not
+                // recorded yet (a `start` then `commit` of a short command)
+                if err.kind() == std::io::ErrorKind::NotFound {
+                    return Err(BusError::conflict(format!("container {} is not running", c.id)));
+                }
+                return Err(BusError::internal(format!("cannot pause container {}: {err}", c.id)));
+            }
             e.update(|c| c.state.status = Status::Paused);
         } else {
             if c.state.status != Status::Paused {
@@ -608,8 +637,7 @@ impl Runtime {
         if c.state.status == Status::Removing {
             return Err(BusError::conflict(format!("removal of container {} is already in progress", c.id)));
         }
-        self.remove_entry(&e, volumes).await;
-        Ok(())
+        self.remove_entry(&e, volumes).await
     }
 
     async fn kill_and_wait(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), BusError> {
@@ -620,7 +648,13 @@ impl Runtime {
         if c.state.status == Status::Paused {
             let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
         }
-        self.send_signal(e, 9).await?;
+        if let Err(err) = self.send_signal(e, 9).await {
+            // a shim that went away with its container (the exit is being recorded:
+            // `rm -f` racing the container's own end, or a shim that died) is not an
+            // error when the exit follows
+            let exited = tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.exits > exits || !l.running)).await;
+            return if exited.is_ok_and(|r| r.is_ok()) { Ok(()) } else { Err(err) };
+        }
         if tokio::time::timeout(Duration::from_secs(30), life.wait_for(|l| l.exits > exits || !l.running))
             .await
             .is_err()
@@ -630,21 +664,41 @@ impl Runtime {
         Ok(())
     }
 
-    /// Remove a stopped container: its layers, volume references, files, record.
-    pub(crate) async fn remove_entry(self: &Arc<Self>, e: &Arc<Entry>, volumes: bool) {
+    /// Remove a stopped container: its layers, volume references, files, record. The
+    /// record says Removing on disk first (a restart finishes the removal). When
+    /// storage cannot give the layers back (it is down), nothing is lost or leaked:
+    /// the container stays, marked Dead with the error, as Docker marks it, and a
+    /// later `docker rm` tries again.
+    pub(crate) async fn remove_entry(self: &Arc<Self>, e: &Arc<Entry>, volumes: bool) -> Result<(), BusError> {
         let _g = e.op.lock().await;
         let c = e.get();
         if c.state.status == Status::Removing {
-            return;
+            return Ok(());
         }
         e.update(|c| c.state.status = Status::Removing);
-        self.give_back(e, &c, Some(volumes)).await;
+        // the exit gave the sandbox back already, unless the network service could not
+        // be reached then (idempotent: nothing to do in the network service otherwise)
+        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+        let _ = e.save();
+        if let Err(err) = self.give_back(e, &c, Some(volumes)).await {
+            let err = BusError::internal(format!(
+                "container {}: driver \"{}\" failed to remove root filesystem: {}",
+                c.id, self.driver, err.message
+            ));
+            e.update(|c| {
+                c.state.status = Status::Dead;
+                c.state.error = err.message.clone();
+            });
+            let _ = e.save();
+            return Err(err);
+        }
         self.forget(&c.id);
         for id in &c.exec_ids {
             self.execs.lock().unwrap().remove(id);
         }
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
+        Ok(())
     }
 
     /// `--rm` after the exit: the container is gone for the API at once (record
@@ -672,31 +726,63 @@ impl Runtime {
         crate::mounts::release(self, &c.id, &c.mounts, true).await;
         // the network goes before the answer too: a node stopped right after must not
         // find the sandbox still there (its table and FORWARD rules would stay)
-        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+        self.remove_sandbox(&c.id).await;
         self.event(&c, "destroy", &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
         let bg = self.background.clone().read_owned().await;
         tokio::spawn(async move {
             let _bg = bg;
-            let _g = e.op.lock().await;
-            rt.give_back(&e, &c, None).await;
+            rt.finish_removal(&e, None).await;
         });
+    }
+
+    /// Give back what a container that is gone for the API (Removing) held. When
+    /// storage cannot take its layers now, the record stays Removing and the removal
+    /// is finished when storage is back ([`Runtime::reconcile`]).
+    pub(crate) async fn finish_removal(self: &Arc<Self>, e: &Arc<Entry>, volumes: Option<bool>) {
+        let _g = e.op.lock().await;
+        let c = e.get();
+        match self.give_back(e, &c, volumes).await {
+            Ok(()) => {
+                self.pending_removals.lock().unwrap().remove(&c.id);
+            }
+            Err(err) => {
+                tracing::warn!(id = %c.id, error = %err, "giving back a removed container's layers failed; again when storage is back");
+                self.pending_removals.lock().unwrap().insert(c.id.clone(), (e.clone(), volumes));
+            }
+        }
     }
 
     /// What a removed container held: its layers, volume references (and anonymous
     /// volumes with `Some(true)`; None when they were given back already), its files.
-    async fn give_back(self: &Arc<Self>, e: &Arc<Entry>, c: &Container, volumes: Option<bool>) {
-        if let Err(err) = self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
-            if !err.is(ErrorKind::NotFound) {
-                tracing::warn!(id = %c.id, error = %err, "removing the container's layers");
-            }
+    /// Nothing but the layers is touched when they cannot be given back.
+    async fn give_back(self: &Arc<Self>, e: &Arc<Entry>, c: &Container, volumes: Option<bool>) -> Result<(), BusError> {
+        match self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
+            Ok(()) => {}
+            Err(err) if err.is(ErrorKind::NotFound) => {}
+            Err(err) => return Err(err),
         }
         if let Some(v) = volumes {
             crate::mounts::release(self, &c.id, &c.mounts, v).await;
         }
         let _ = std::fs::remove_dir_all(&e.dir);
         let _ = std::fs::remove_dir_all(self.bundle_dir(&c.id));
+        Ok(())
+    }
+
+    /// Give a container's sandbox back to the network service; when it cannot take it
+    /// now (down, or it died under the request), again when it is back
+    /// ([`Runtime::reconcile_network`]).
+    pub(crate) async fn remove_sandbox(&self, id: &str) {
+        match self.bus.request(&SandboxRemove { container_id: id.to_string() }).await {
+            Ok(()) => {}
+            Err(err) if err.is(ErrorKind::NotFound) => {}
+            Err(err) => {
+                tracing::warn!(id, error = %err, "giving back a sandbox failed; again when the network is back");
+                self.pending_sandboxes.lock().unwrap().insert(id.to_string());
+            }
+        }
     }
 
     /// `docker rename`.
@@ -725,6 +811,12 @@ impl Runtime {
         self.event(&c, "rename", &[("oldName", format!("/{old}"))]).await;
         Ok(())
     }
+}
+
+/// An error that leaves unknown whether the other side did the work (it died under
+/// the request, or the bus dropped, or it did not answer in time).
+fn maybe_done(e: &BusError) -> bool {
+    matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
 }
 
 /// How long to wait before restarting, or None when the policy says no.

@@ -26,6 +26,7 @@ fn record(m: MountSpec) -> MountRecord {
         options: m.tmpfs_options,
         anonymous,
         copy_image_content: m.copy_data,
+        subpath: m.volume_subpath,
     }
 }
 

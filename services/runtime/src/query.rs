@@ -195,7 +195,10 @@ impl Runtime {
             if let Some((rw, _)) = self.sizes(&c.id).await {
                 reclaimed += rw;
             }
-            self.remove_entry(&e, false).await;
+            if let Err(err) = self.remove_entry(&e, false).await {
+                tracing::warn!(id = %c.id, error = %err, "prune could not remove a container");
+                continue;
+            }
             deleted.push(c.id.clone());
         }
         if !deleted.is_empty() {
@@ -250,7 +253,9 @@ impl Runtime {
         let has = |p: &str| std::path::Path::new(p).exists();
         let mem = if v1 { has("/sys/fs/cgroup/memory/memory.limit_in_bytes") } else { true };
         let mut runtimes = HashMap::new();
-        runtimes.insert("berth".to_string(), docker::Runtime { path: Some(self.shim_bin.display().to_string()), ..Default::default() });
+        for name in crate::validate::RUNTIMES {
+            runtimes.insert(name.to_string(), docker::Runtime { path: Some(self.shim_bin.display().to_string()), ..Default::default() });
+        }
         docker::SystemInfo {
             containers: Some(total),
             containers_running: Some(running),
@@ -264,7 +269,7 @@ impl Runtime {
             cpu_set: Some(true),
             pids_limit: Some(true),
             oom_kill_disable: Some(v1),
-            default_runtime: Some("berth".into()),
+            default_runtime: Some(crate::validate::DEFAULT_RUNTIME.into()),
             runtimes: Some(runtimes),
             init_binary: Some("berth-init".into()),
             plugins: Some(docker::PluginsInfo { log: Some(vec!["json-file".into(), "none".into()]), ..Default::default() }),

@@ -49,6 +49,8 @@ pub struct ResolvedMount {
     pub read_only: bool,
     /// rprivate (default), rshared, rslave, private, shared, slave.
     pub propagation: Option<String>,
+    /// A directory inside `source` to mount instead (a volume's subpath).
+    pub subpath: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +445,9 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
                 if m.read_only {
                     o.push("ro".into());
                 }
+                if let Some(sp) = &m.subpath {
+                    o.push(format!("{}{sp}", berth_shim::oci::SUBPATH_OPTION));
+                }
                 user_mounts.push(Mount {
                     destination: m.destination.clone(),
                     typ: Some("bind".into()),
@@ -537,7 +542,11 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
             access: Some("rwm".into()),
         }]
     } else {
-        default_device_rules()
+        let mut rules = default_device_rules();
+        for r in hc.device_cgroup_rules.iter().flatten() {
+            rules.push(parse_device_cgroup_rule(r)?);
+        }
+        rules
     };
     let memory = hc.memory.unwrap_or(0);
     let mem = Memory {
@@ -613,6 +622,13 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
     let mut devices = Vec::new();
     if privileged {
         devices = host_devices();
+    } else {
+        // --device: the node in the container and its cgroup rule
+        for d in hc.devices.iter().flatten() {
+            let (dev, rule) = device_mapping(d)?;
+            res.devices.push(rule);
+            devices.push(dev);
+        }
     }
     let sysctl: BTreeMap<String, String> = hc
         .sysctls
@@ -692,6 +708,48 @@ pub fn default_device_rules() -> Vec<DeviceCgroup> {
         r("c", Some(136), None, "rwm"),
         r("c", Some(10), Some(200), "rwm"),
     ]
+}
+
+/// `--device-cgroup-rule 'c 1:3 rwm'` (Docker's format: type, major:minor with `*`
+/// wildcards, access).
+fn parse_device_cgroup_rule(r: &str) -> Result<DeviceCgroup, SpecError> {
+    let bad = || SpecError::Invalid(format!("invalid device cgroup format '{r}'"));
+    let f: Vec<&str> = r.split_whitespace().collect();
+    let [t, nums, acc] = f.as_slice() else { return Err(bad()) };
+    if !matches!(*t, "a" | "b" | "c") || acc.is_empty() || acc.len() > 3 || !acc.chars().all(|c| "rwm".contains(c)) {
+        return Err(bad());
+    }
+    let (ma, mi) = nums.split_once(':').ok_or_else(bad)?;
+    let num = |x: &str| -> Result<Option<i64>, SpecError> {
+        if x == "*" {
+            Ok(None)
+        } else {
+            x.parse::<i64>().map(Some).map_err(|_| bad())
+        }
+    };
+    Ok(DeviceCgroup { allow: true, typ: Some(t.to_string()), major: num(ma)?, minor: num(mi)?, access: Some(acc.to_string()) })
+}
+
+/// `--device /dev/x[:/dev/y[:rwm]]`: the host node's type and numbers.
+fn device_mapping(d: &bus_schema::docker::DeviceMapping) -> Result<(lean::Device, DeviceCgroup), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let host = d.path_on_host.clone().unwrap_or_default();
+    let inside = d.path_in_container.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| host.clone());
+    let m = std::fs::metadata(&host).map_err(|e| SpecError::Invalid(format!("error gathering device information while adding custom device \"{host}\": {e}")))?;
+    let ft = m.file_type();
+    let typ = if ft.is_char_device() {
+        "c"
+    } else if ft.is_block_device() {
+        "b"
+    } else {
+        return Err(SpecError::Invalid(format!("error gathering device information while adding custom device \"{host}\": not a device node")));
+    };
+    let (ma, mi) = (libc::major(m.rdev()) as i64, libc::minor(m.rdev()) as i64);
+    let perms = d.cgroup_permissions.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "rwm".into());
+    Ok((
+        lean::Device { path: inside, typ: typ.into(), major: ma, minor: mi, file_mode: Some(m.mode() & 0o7777), uid: Some(m.uid()), gid: Some(m.gid()) },
+        DeviceCgroup { allow: true, typ: Some(typ.into()), major: Some(ma), minor: Some(mi), access: Some(perms) },
+    ))
 }
 
 /// Every device node of the host, for --privileged.
@@ -1114,6 +1172,7 @@ mod tests {
                 kind: MountKind::Bind,
                 read_only: true,
                 propagation: None,
+                subpath: None,
             },
             ResolvedMount {
                 source: "/v/d".into(),
@@ -1121,6 +1180,7 @@ mod tests {
                 kind: MountKind::Bind,
                 read_only: false,
                 propagation: Some("rslave".into()),
+                subpath: None,
             },
             ResolvedMount {
                 source: String::new(),
@@ -1130,6 +1190,7 @@ mod tests {
                 },
                 read_only: false,
                 propagation: None,
+                subpath: None,
             },
         ];
         let s = build_with(&f, &cfg(&["sh"]), &hc, &mounts).unwrap();

@@ -85,6 +85,9 @@ pub struct MountRecord {
     pub anonymous: bool,
     /// Bind source created by the engine because it was missing (`-v` semantics).
     pub copy_image_content: bool,
+    /// `VolumeOptions.Subpath`: the directory inside the volume to mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,9 +1,9 @@
 //! `-u user[:group]` and `--group-add`, resolved inside the container's rootfs as
 //! Docker does: /etc/passwd and /etc/group of the image, numeric ids accepted as they
-//! are, supplementary groups from the user's memberships. Files are looked up with
-//! symlinks resolved inside the rootfs, never outside it.
+//! are, supplementary groups from the user's memberships. Files are read with their
+//! path resolved by the kernel inside the rootfs (a running container may be swapping
+//! /etc/passwd for a link to the host's while an exec looks it up).
 
-use berth_shim::fsutil::secure_join;
 use std::path::Path;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,10 +40,7 @@ struct Group {
 }
 
 fn read_in_rootfs(rootfs: &Path, path: &str) -> String {
-    match secure_join(rootfs, Path::new(path)) {
-        Ok(p) => std::fs::read_to_string(p).unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+    berth_fsutil::read_in_root(rootfs, path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 fn parse_passwd(text: &str) -> Vec<Passwd> {

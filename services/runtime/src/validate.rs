@@ -3,6 +3,15 @@
 use berth_config::DaemonConfig;
 use bus_schema::{docker, BusError};
 
+/// The runtime names Docker lists in `docker info` (Moby 20.10's), all served by
+/// berth's shim: clients (docker-py, compose files) name `runc` explicitly.
+pub const RUNTIMES: [&str; 3] = ["runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"];
+pub const DEFAULT_RUNTIME: &str = "runc";
+
+/// The logging drivers built into Docker; a name not among them is a plugin's.
+const DOCKER_LOG_DRIVERS: [&str; 12] =
+    ["awslogs", "etwlogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "none", "splunk", "syslog"];
+
 pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
     // restart policy
     let mut rp = hc.restart_policy.clone().unwrap_or_default();
@@ -97,7 +106,11 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     }
     match lc.typ.as_deref() {
         Some("json-file") | Some("none") | Some("local") => {}
-        Some(t) => return Err(BusError::invalid(format!("logging driver \"{t}\" is not supported by this engine; use json-file or none"))),
+        Some(t) if DOCKER_LOG_DRIVERS.contains(&t) => {
+            return Err(BusError::invalid(format!("logging driver \"{t}\" is not supported by this engine; use json-file or none")))
+        }
+        // any other name is a logging plugin to Docker
+        Some(t) => return Err(BusError::invalid(format!("error looking up logging plugin {t}: plugin \"{t}\" not found"))),
         None => {}
     }
     lc.config.get_or_insert_with(Default::default);
@@ -126,7 +139,11 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     hc.userns_mode.get_or_insert_with(String::new);
     hc.cgroup.get_or_insert_with(String::new);
     hc.volume_driver.get_or_insert_with(String::new);
-    hc.runtime.get_or_insert_with(|| "berth".into());
+    match hc.runtime.as_deref().filter(|r| !r.is_empty()) {
+        None => hc.runtime = Some(DEFAULT_RUNTIME.into()),
+        Some(r) if RUNTIMES.contains(&r) => {}
+        Some(r) => return Err(BusError::invalid(format!("Unknown runtime specified {r}"))),
+    }
     hc.isolation.get_or_insert(docker::HostConfigIsolationEnum::EMPTY);
     hc.port_bindings.get_or_insert_with(Default::default);
     Ok(())
@@ -154,5 +171,33 @@ mod tests {
         assert!(host_config(&mut hc, &cfg).unwrap_err().message.contains("AutoRemove"));
         let mut hc = docker::HostConfig { memory: Some(1024), ..Default::default() };
         assert_eq!(host_config(&mut hc, &cfg).unwrap_err().message, "Minimum memory limit allowed is 6MB");
+    }
+
+    #[test]
+    fn runtimes_as_docker_names_them() {
+        let cfg = DaemonConfig::default();
+        let mut hc = docker::HostConfig::default();
+        host_config(&mut hc, &cfg).unwrap();
+        assert_eq!(hc.runtime.as_deref(), Some("runc"));
+        let mut hc = docker::HostConfig { runtime: Some("io.containerd.runc.v2".into()), ..Default::default() };
+        host_config(&mut hc, &cfg).unwrap();
+        assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
+        let mut hc = docker::HostConfig { runtime: Some("nvidia".into()), ..Default::default() };
+        assert_eq!(host_config(&mut hc, &cfg).unwrap_err().message, "Unknown runtime specified nvidia");
+    }
+
+    #[test]
+    fn unknown_log_drivers_are_plugins_to_docker() {
+        let cfg = DaemonConfig::default();
+        let lc = |t: &str| docker::HostConfig {
+            log_config: Some(docker::HostConfigLogConfig { typ: Some(t.into()), config: None }),
+            ..Default::default()
+        };
+        assert_eq!(
+            host_config(&mut lc("asdf"), &cfg).unwrap_err().message,
+            "error looking up logging plugin asdf: plugin \"asdf\" not found"
+        );
+        assert!(host_config(&mut lc("syslog"), &cfg).unwrap_err().message.contains("not supported by this engine"));
+        host_config(&mut lc("json-file"), &cfg).unwrap();
     }
 }

@@ -107,6 +107,9 @@ impl StorageApi for StorageClient {
     async fn rw_size(&self, req: RwLayerSize) -> Result<RwSize, BusError> {
         self.bus.request(&req).await
     }
+    async fn rw_list(&self, req: RwLayerList) -> Result<Vec<RwLayerState>, BusError> {
+        self.bus.request(&req).await
+    }
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
         self.bus.request(&req).await
     }

@@ -86,6 +86,7 @@ pub trait StorageApi: Send + Sync + 'static {
         req: RwLayerCommit,
     ) -> impl Future<Output = Result<LayerApplied, BusError>> + Send;
     fn rw_size(&self, req: RwLayerSize) -> impl Future<Output = Result<RwSize, BusError>> + Send;
+    fn rw_list(&self, req: RwLayerList) -> impl Future<Output = Result<Vec<RwLayerState>, BusError>> + Send;
     fn volume_create(
         &self,
         req: VolumeCreate,
@@ -243,6 +244,10 @@ impl StorageApi for Storage {
     async fn rw_remove(&self, req: RwLayerRemove) -> Result<(), BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.remove(&req.id)).await
+    }
+
+    async fn rw_list(&self, _req: RwLayerList) -> Result<Vec<RwLayerState>, BusError> {
+        Ok(self.rw.list())
     }
 
     async fn rw_changes(&self, req: RwLayerChanges) -> Result<Vec<Change>, BusError> {
@@ -468,6 +473,7 @@ pub fn adapter<A: StorageApi>(server: Server, api: Arc<A>) -> Server {
     let server = rpc!(server, VolumeAcquire, volume_acquire);
     let server = rpc!(server, VolumeReleaseRef, volume_release_ref);
     let server = rpc!(server, StorageDf, df);
+    let server = rpc!(server, RwLayerList, rw_list);
 
     let a = api.clone();
     let server = server.stream(

@@ -157,6 +157,20 @@ impl RwLayers {
         self.state.lock().unwrap().keys().cloned().collect()
     }
 
+    /// Every container layer and its mount count.
+    pub fn list(&self) -> Vec<bus_schema::storage::RwLayerState> {
+        let st = self.state.lock().unwrap();
+        let mut v: Vec<_> = st
+            .values()
+            .map(|r| bus_schema::storage::RwLayerState {
+                id: r.id.clone(),
+                mounts: r.mounts,
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     pub fn create(&self, id: &str, parent: Option<&str>) -> Result<(), BusError> {
         if !valid_id(id) {
             return Err(BusError::invalid(format!(

@@ -533,49 +533,32 @@ fn mount_volume(opts: &HashMap<String, String>, data: &Path) -> Result<(), Strin
     Ok(())
 }
 
-/// Copy `src` (a path inside the container's rootfs, resolved inside it) into the
-/// empty volume. Answers whether there was anything to copy. Devices are skipped.
+/// Copy `src` (a path inside the container's rootfs) into the empty volume. Answers
+/// whether there was anything to copy. Devices are skipped. The source is resolved by
+/// the kernel inside the rootfs and both trees are walked by descriptors
+/// (berth_fsutil::copy): the volume may already be in use by a running container that
+/// plants symlinks in it, and nothing it plants is followed.
 fn copy_into_volume(rootfs: &Path, src: &str, data: &Path) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let root = crate::apply::open_root(rootfs)?;
-    let rel = src.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    let c = std::ffi::CString::new(rel).map_err(std::io::Error::other)?;
-    // Symlinks inside the container resolve inside its root, as they would in it.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    use berth_fsutil::at;
+    use std::os::fd::AsFd;
+    let root = berth_fsutil::InRoot::open(rootfs)?;
+    let not_there = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR));
+    let sdir = match root.resolve(src).and_then(|fd| at::open_dir(fd.as_fd(), std::ffi::OsStr::new("."))) {
+        Ok(fd) => fd,
+        Err(e) if not_there(&e) => return Ok(false),
+        Err(e) => return Err(e),
     };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(false),
-            _ => Err(e),
-        };
-    }
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let src_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let real = std::fs::read_link(&src_path)?;
-    if std::fs::read_dir(&real)?.next().is_none() {
+    if at::list(sdir.as_fd())?.is_empty() {
         return Ok(false);
     }
-    crate::copy::copy_tree(
-        &real,
-        data,
-        crate::copy::CopyOpts {
-            devices: false,
-            xattrs: true,
-        },
-    )?;
-    drop(fd);
+    let ddir = std::fs::File::open(data)?;
+    berth_fsutil::copy::Copier::new(berth_fsutil::copy::CopyOpts {
+        devices: false,
+        xattrs: true,
+        one_filesystem: true,
+        ..Default::default()
+    })
+    .copy_dir(sdir.as_fd(), ddir.as_fd())?;
     Ok(true)
 }
 

@@ -2,11 +2,11 @@
 //! service, so several instances share the load), one task per request, each in a
 //! span that continues the caller's trace.
 
-use crate::{stream::StreamReader, stream::StreamWriter, trace, Bus};
+use crate::{large, liveness::Peer, stream::StreamReader, stream::StreamWriter, trace, Bus};
 use bus_schema::{
     docker,
-    stream::{DEFAULT_CREDIT, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_STREAM},
-    system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, SystemInfoPart},
+    stream::{DEFAULT_CREDIT, HDR_CALLER, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_INSTANCE, HDR_STREAM},
+    system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, ServiceStarted, SystemInfoPart},
     BusError, DuplexRpc, Rpc, Service, StreamRpc, SystemRpc, WireResult,
 };
 use futures_util::{future::BoxFuture, StreamExt};
@@ -76,17 +76,17 @@ impl Server {
         Fut: Future<Output = Result<R::Reply, BusError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        let client = self.bus.client.clone();
+        let bus = self.bus.clone();
         let subject = R::subject(&self.bus.node);
         let h: Handler = Arc::new(move |msg: async_nats::Message| {
             let f = f.clone();
-            let client = client.clone();
+            let bus = bus.clone();
             Box::pin(async move {
-                let res = match bus_schema::decode::<R>(&msg.payload) {
+                let res = match decode_request::<R>(&bus, &msg).await {
                     Ok(req) => f(req).await,
-                    Err(e) => Err(BusError::invalid(format!("bad {} request: {e}", R::OP))),
+                    Err(e) => Err(e),
                 };
-                respond(&client, &msg, &res, async_nats::HeaderMap::new()).await;
+                respond(&bus.client, &msg, &res, async_nats::HeaderMap::new()).await;
             })
         });
         self.handlers.push((subject, h));
@@ -109,10 +109,10 @@ impl Server {
             let f = f.clone();
             let bus = bus.clone();
             Box::pin(async move {
-                let req = match bus_schema::decode::<R>(&msg.payload) {
+                let req = match decode_request::<R>(&bus, &msg).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let err: WireResult<R::Reply> = Err(BusError::invalid(format!("bad {} request: {e}", R::OP)));
+                        let err: WireResult<R::Reply> = Err(e);
                         respond(&bus.client, &msg, &err, async_nats::HeaderMap::new()).await;
                         return;
                     }
@@ -205,22 +205,57 @@ impl Server {
         }
         bus.client.flush().await.map_err(|e| BusError::unavailable(format!("bus flush: {e}")))?;
         tracing::info!(service = %service, node = %node, "serving on the bus");
+        announce(&bus, service).await;
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
 }
 
+/// Tell the node's services this instance serves (they reconcile with it).
+async fn announce(bus: &Bus, service: Service) {
+    let n = ServiceStarted { service, node: bus.node.clone(), pid: std::process::id() };
+    let subject = bus_schema::subject::instance_subject(&bus.node, service, bus_schema::subject::InstanceEvent::Started);
+    if let Ok(b) = bus_schema::encode(&n) {
+        if let Err(e) = bus.client.publish(subject, b.into()).await {
+            tracing::warn!(error = %e, "announcing the service failed");
+        }
+    }
+}
+
+/// The caller named in `Berth-Caller`, if any.
+fn caller(msg: &async_nats::Message) -> Peer {
+    header(msg, HDR_CALLER).and_then(|c| Peer::parse_caller(&c)).unwrap_or(Peer::Unknown)
+}
+
+/// Decode a request, fetching it first if it came in chunks.
+async fn decode_request<R: Rpc>(bus: &Bus, msg: &async_nats::Message) -> Result<R, BusError> {
+    let mut w = bus.live.watch(caller(msg));
+    let body = large::fetch(&bus.client, msg.headers.as_ref(), w.gone()).await?;
+    bus_schema::decode::<R>(body.as_deref().unwrap_or(&msg.payload))
+        .map_err(|e| BusError::invalid(format!("bad {} request: {e}", R::OP)))
+}
+
+/// Answer `msg` (nothing if it wants no answer). Names this instance in
+/// `Berth-Instance`; an answer too large for one message is offered in chunks.
 async fn respond<T: serde::Serialize>(
     client: &async_nats::Client,
     msg: &async_nats::Message,
     res: &WireResult<T>,
-    headers: async_nats::HeaderMap,
+    mut headers: async_nats::HeaderMap,
 ) {
     let Some(reply) = msg.reply.clone() else { return };
-    let payload = match bus_schema::encode(res) {
+    let mut payload = match bus_schema::encode(res) {
         Ok(b) => b,
         Err(e) => bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
     };
+    headers.insert(HDR_INSTANCE, std::process::id().to_string());
+    if payload.len() > large::limit(client) {
+        // the holder task ends once the caller fetched it all, or idles out
+        match large::offer(client, std::mem::take(&mut payload), &mut headers).await {
+            Ok(_) => {}
+            Err(e) => payload = bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
+        }
+    }
     if let Err(e) = client.publish_with_headers(reply, headers, payload.into()).await {
         tracing::warn!(error = %e, "reply failed");
     }
@@ -248,7 +283,8 @@ impl<R: StreamRpc> Responder<R> {
         let credit = header(msg, HDR_CREDIT).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CREDIT);
         let ctrl = self.bus.client.new_inbox();
         let sub = self.bus.subscribe_raw(&ctrl).await?;
-        Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit), ctrl))
+        let reader = self.bus.live.watch(caller(msg));
+        Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit, reader), ctrl))
     }
 
     /// Send `reply` and return the writer for the items.
@@ -274,7 +310,7 @@ impl<R: DuplexRpc> Responder<R> {
             .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
         let input = self.bus.client.new_inbox();
         let sub = self.bus.subscribe_raw(&input).await?;
-        let reader = StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT);
+        let reader = StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT, self.bus.live.watch(caller(&msg)));
         let mut h = async_nats::HeaderMap::new();
         h.insert(HDR_CTRL, ctrl.as_str());
         h.insert(HDR_INPUT, input.as_str());

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+use crate::liveness::Watch;
+
 /// How often a reader tells its writer it is still there.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 /// A writer that hears nothing from its reader for this long stops.
@@ -44,8 +46,15 @@ pub struct StreamWriter<T> {
 }
 
 impl<T: Serialize> StreamWriter<T> {
-    /// `ctrl` is the writer's own subscription on which the reader sends credits.
-    pub(crate) fn new(client: async_nats::Client, data: String, mut ctrl: async_nats::Subscriber, initial: u32) -> Self {
+    /// `ctrl` is the writer's own subscription on which the reader sends credits;
+    /// `reader` watches the reader's instance: the writer stops when it exits.
+    pub(crate) fn new(
+        client: async_nats::Client,
+        data: String,
+        mut ctrl: async_nats::Subscriber,
+        initial: u32,
+        mut reader: Watch,
+    ) -> Self {
         let credits = Arc::new(Semaphore::new(initial as usize));
         let cancelled = Arc::new(AtomicBool::new(false));
         let heard = Arc::new(AtomicU64::new(0));
@@ -70,6 +79,10 @@ impl<T: Serialize> StreamWriter<T> {
                         if start.elapsed().saturating_sub(last) > READER_GONE {
                             break;
                         }
+                    }
+                    e = reader.gone() => {
+                        tracing::debug!(error = %e, peer = ?reader.peer(), "a stream's reader is gone");
+                        break;
                     }
                 }
             }
@@ -165,6 +178,8 @@ impl<T> Drop for StreamWriter<T> {
 pub struct StreamReader<T> {
     client: async_nats::Client,
     sub: async_nats::Subscriber,
+    /// The writer's instance: the stream fails when it exits.
+    writer: Watch,
     ctrl: String,
     next_seq: u64,
     window: u32,
@@ -175,7 +190,7 @@ pub struct StreamReader<T> {
 }
 
 impl<T: DeserializeOwned> StreamReader<T> {
-    pub(crate) fn new(client: async_nats::Client, sub: async_nats::Subscriber, ctrl: String, window: u32) -> Self {
+    pub(crate) fn new(client: async_nats::Client, sub: async_nats::Subscriber, ctrl: String, window: u32, writer: Watch) -> Self {
         let (c2, ctl2) = (client.clone(), ctrl.clone());
         let keepalive = tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEEPALIVE);
@@ -189,7 +204,7 @@ impl<T: DeserializeOwned> StreamReader<T> {
                 }
             }
         });
-        StreamReader { client, sub, ctrl, next_seq: 0, window, consumed: 0, done: false, keepalive, _t: PhantomData }
+        StreamReader { client, sub, writer, ctrl, next_seq: 0, window, consumed: 0, done: false, keepalive, _t: PhantomData }
     }
 
     /// The next item; `None` after a normal end. An error ends the stream.
@@ -197,7 +212,16 @@ impl<T: DeserializeOwned> StreamReader<T> {
         if self.done {
             return None;
         }
-        let msg = match self.sub.next().await {
+        let next = tokio::select! {
+            biased;
+            m = self.sub.next() => m,
+            e = self.writer.gone() => {
+                self.done = true;
+                self.keepalive.abort();
+                return Some(Err(e));
+            }
+        };
+        let msg = match next {
             Some(m) => m,
             None => {
                 self.done = true;

@@ -246,3 +246,151 @@ async fn idle_writer_learns_its_reader_is_gone() {
     let flagged = tokio::time::timeout(Duration::from_secs(5), rx).await.expect("writer noticed").unwrap();
     assert!(flagged);
 }
+
+/// What `berth up` publishes when it reaps a service.
+async fn announce_exit(b: &Bus, svc: Service) {
+    let n = bus_schema::system::ServiceExited {
+        service: svc,
+        node: "n1".into(),
+        pid: std::process::id(),
+        at_mono_ns: berth_bus::mono_ns(),
+    };
+    let subject = bus_schema::subject::instance_subject("n1", svc, bus_schema::subject::InstanceEvent::Exited);
+    b.client().publish(subject, bus_schema::encode(&n).unwrap().into()).await.unwrap();
+    b.client().flush().await.unwrap();
+}
+
+/// A request whose service instance exits under it fails at once with Unavailable
+/// (it used to wait for its whole deadline); one sent after the exit is not touched.
+#[tokio::test]
+async fn a_request_fails_when_its_instance_exits() {
+    let n = Nats::start();
+    let b = bus(&n).await;
+    serve(b.clone(), Service::Network, |s| {
+        s.rpc(|_: TestSlow| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        })
+    })
+    .await;
+    let b2 = b.clone();
+    let pending = tokio::spawn(async move { b2.request(&TestSlow {}).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce_exit(&b, Service::Network).await;
+    // without liveness the request is answered (Ok) once the handler is done
+    let e = pending.await.unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("network service exited"), "{e}");
+    // the notice is about the past: a later request is answered
+    b.request(&TestSlow {}).await.unwrap();
+    // a notice about another service does not touch it
+    let b2 = b.clone();
+    let pending = tokio::spawn(async move { b2.request(&TestSlow {}).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce_exit(&b, Service::Images).await;
+    pending.await.unwrap().unwrap();
+}
+
+/// A stream's reader fails when the writer's instance exits, and a writer stops when
+/// its reader's instance exits.
+#[tokio::test]
+async fn streams_end_when_either_instance_exits() {
+    let n = Nats::start();
+    let b = bus(&n).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    serve(b.clone(), Service::Storage, move |s| {
+        s.stream(move |r: TestCount, resp: berth_bus::Responder<TestCount>| {
+            let tx = tx.clone();
+            async move {
+                let w = resp.accept(0).await?;
+                w.cancelled().await;
+                let _ = tx.send(r.n);
+                Ok(())
+            }
+        })
+    })
+    .await;
+    // the writer's instance exits: its reader fails
+    let (_, mut rd) = b.request_stream(&TestCount { n: 1 }).await.unwrap();
+    let reader = tokio::spawn(async move { (rd.next().await, rd) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    announce_exit(&b, Service::Storage).await;
+    // hang guard: without liveness the reader waits forever
+    let (got, _rd) = tokio::time::timeout(Duration::from_secs(20), reader).await.expect("the reader noticed").unwrap();
+    let e = got.unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+
+    // the reader's instance (a service: the gateway, say) exits: its writer stops,
+    // though the reader never cancelled
+    let gw = Bus::connect(&n.url(), None, "n1", "gateway").await.unwrap();
+    let (_, _rd2) = gw.request_stream(&TestCount { n: 2 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    announce_exit(&b, Service::Gateway).await;
+    let mut seen = Vec::new();
+    while !seen.contains(&2) {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the writer noticed").unwrap();
+        seen.push(n);
+    }
+}
+
+/// nats-server killed: requests in flight fail at once, the clients reconnect when it
+/// is back, and requests work again.
+#[tokio::test]
+async fn a_bus_restart_fails_what_was_in_flight_and_recovers() {
+    let mut n = Nats::start();
+    let b = bus(&n).await;
+    serve(b.clone(), Service::Network, |s| {
+        s.rpc(|_: TestSlow| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        })
+    })
+    .await;
+    // a deadline far beyond the hang guard: without liveness the request waits for it
+    let b2 = b.with_timeout(Duration::from_secs(300));
+    let pending = tokio::spawn(async move { b2.request(&TestSlow {}).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    n.crash();
+    let e = tokio::time::timeout(Duration::from_secs(30), pending).await.expect("failed before its deadline").unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("bus connection was lost"), "{e}");
+    n.restart();
+    let t1 = std::time::Instant::now();
+    loop {
+        match b.with_timeout(Duration::from_secs(10)).request(&TestSlow {}).await {
+            Ok(()) => break,
+            // hang guard only
+            Err(e) => assert!(t1.elapsed() < Duration::from_secs(60), "not back: {e}"),
+        }
+    }
+}
+
+/// A request sent while its service is not yet there (restarting) waits for it.
+#[tokio::test]
+async fn a_request_waits_a_moment_for_a_restarting_service() {
+    let n = Nats::start();
+    let b = bus(&n).await;
+    let b2 = b.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        serve(b2, Service::Images, |s| s.rpc(|r: TestEcho| async move { Ok(r.text) })).await;
+    });
+    assert_eq!(b.request(&TestEcho { text: "late".into(), fail: false }).await.unwrap(), "late");
+}
+
+/// Requests and replies larger than one bus message (1 MiB) travel in chunks.
+#[tokio::test]
+async fn large_requests_and_replies_travel_in_chunks() {
+    let n = Nats::start();
+    let b = bus(&n).await;
+    serve(b.clone(), Service::Images, |s| {
+        s.rpc(|r: TestEcho| async move { Ok(format!("{}{}", r.text, r.text)) })
+    })
+    .await;
+    let big: String = (0..5_000_000u32).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let got = b.request(&TestEcho { text: big.clone(), fail: false }).await.unwrap();
+    assert_eq!(got.len(), 10_000_000);
+    assert_eq!(got, format!("{big}{big}"));
+    // small ones are untouched
+    assert_eq!(b.request(&TestEcho { text: "x".into(), fail: false }).await.unwrap(), "xx");
+}

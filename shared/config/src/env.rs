@@ -21,5 +21,11 @@ pub const SHIM: &str = "BERTH_SHIM";
 /// (the shim reads it under this name).
 pub const CONTAINER_NOFILE: &str = "BERTH_CONTAINER_NOFILE";
 
+/// The service's end of its link to `berth up` (a unix socket pair, by fd number). End
+/// of file on it means the supervisor is gone or let this instance go (an upgrade
+/// replaces it): the service stops serving and leaves containers as they are. The
+/// service writes `R` on it once it serves.
+pub const SUPERVISOR_FD: &str = "BERTH_SUPERVISOR_FD";
+
 /// Standard OpenTelemetry variable: OTLP export is on when it is set.
 pub const OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

@@ -4,7 +4,9 @@
 pub mod clock;
 pub mod daemon;
 pub mod env;
+pub mod hosts;
 pub mod paths;
+pub mod records;
 
 pub use daemon::{ConfigError, DaemonConfig};
 pub use paths::Paths;

@@ -1,130 +1,291 @@
-//! Paths inside a container's root filesystem, as the engine walks them on the host:
-//! symlinks are resolved as the container would see them, so nothing a container
-//! wrote (a link to `/etc` or `../../..`) can send the engine outside the root.
+//! Paths inside a container's root filesystem (or a layer, or a volume), as the engine
+//! walks them on the host. The kernel resolves every path: [`InRoot`] wraps a
+//! directory descriptor of the root and resolves with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` (through libpathrs), so a symlink to `/` or `../../..`
+//! that a container planted lands inside the root, atomically, even while the
+//! container renames things under us. Everything after resolution is done with `*at`
+//! calls on the descriptors obtained that way ([`at`]), never with a host path string.
+//!
+//! - [`at`]: the descriptor-relative calls (stat, open without following, mkdir,
+//!   remove a tree, list a directory).
+//! - [`tree`]: a tree (or one entry) written as a tar by walking descriptors.
+//! - [`untar`]: a tar extracted into a directory of a root, parents resolved in the
+//!   root, every entry created with `*at` calls that never follow its last component.
+//! - [`copy`]: a tree copied from one descriptor to another (volume copy-up, builds).
+//! - [`view`]: a container's filesystem as a process inside it sees it (its rootfs with
+//!   its volumes and bind mounts on top), assembled in a private mount namespace of a
+//!   short-lived thread.
 
-use std::path::{Path, PathBuf};
+pub mod at;
+pub mod copy;
+pub mod tree;
+pub mod untar;
+pub mod view;
 
-/// Make `rel` (an absolute path inside the container) a directory under `rootfs`,
-/// creating missing parts; symlinks are resolved inside the rootfs, never out of it.
-pub fn mkdir_in_root(rootfs: &Path, rel: &str) -> std::io::Result<()> {
-    mkdir_walk(rootfs, Vec::new(), rel, 0).map(|_| ())
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// A root directory that paths are resolved in, as the kernel resolves them for a
+/// process chrooted there.
+pub struct InRoot {
+    root: pathrs::Root,
 }
 
-fn push_components(base: &mut Vec<String>, path: &str) {
-    for part in path.split('/') {
+/// A pathrs error as an io::Error, keeping the errno when there is one.
+pub fn io_err(e: pathrs::error::Error) -> io::Error {
+    match e.kind() {
+        pathrs::error::ErrorKind::OsError(Some(n)) => io::Error::from_raw_os_error(n),
+        _ => io::Error::other(e.to_string()),
+    }
+}
+
+/// `p` as a relative path under the root (leading slashes dropped; `""` is the root).
+fn rel(p: &str) -> &str {
+    let r = p.trim_start_matches('/');
+    if r.is_empty() {
+        "."
+    } else {
+        r
+    }
+}
+
+impl InRoot {
+    /// Open `path` (a trusted host path: a mounted rootfs, a layer, a volume) as a root.
+    pub fn open(path: &Path) -> io::Result<InRoot> {
+        Ok(InRoot { root: pathrs::Root::open(path).map_err(io_err)? })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// An O_PATH descriptor of `path`, following symlinks (the last one too) inside the root.
+    pub fn resolve(&self, path: &str) -> io::Result<OwnedFd> {
+        self.root.resolve(rel(path)).map(OwnedFd::from).map_err(io_err)
+    }
+
+    /// Like [`InRoot::resolve`], not following a symlink in the last component.
+    pub fn resolve_nofollow(&self, path: &str) -> io::Result<OwnedFd> {
+        self.root.resolve_nofollow(rel(path)).map(OwnedFd::from).map_err(io_err)
+    }
+
+    /// `path` as a directory (created with `mode` where missing, symlinks resolved in
+    /// the root), as a descriptor.
+    pub fn mkdir_all(&self, path: &str, mode: u32) -> io::Result<OwnedFd> {
+        self.root
+            .mkdir_all(rel(path), &std::fs::Permissions::from_mode(mode & 0o1777))
+            .map(OwnedFd::from)
+            .map_err(io_err)
+    }
+
+    /// The directory holding `path`'s last component (resolved in the root, following
+    /// symlinks) and that component. `/` and paths ending in `.` have no parent: their
+    /// name is `.` in the directory itself.
+    pub fn parent(&self, path: &str) -> io::Result<(OwnedFd, String)> {
+        let (dir, name) = split(path);
+        Ok((self.resolve(&dir)?, name))
+    }
+
+    /// Where `path` leads inside the root, following every symlink, as an absolute path
+    /// in the root's terms (Docker's `linkTarget`, also for a dangling link): a string to
+    /// show, never used for I/O here (a client that uses it sends it back as a new path,
+    /// resolved by the kernel again). Each component is looked up without following it
+    /// and links are expanded by reading them, as Moby's FollowSymlinkInScope does.
+    pub fn real_path(&self, path: &str) -> io::Result<String> {
+        use std::collections::VecDeque;
+        let mut todo: VecDeque<String> = path.split('/').map(str::to_string).collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut links = 0;
+        let mut exists = true;
+        while let Some(c) = todo.pop_front() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+            if !exists {
+                continue;
+            }
+            let p = format!("/{}", cur.join("/"));
+            let fd = match self.resolve_nofollow(&p) {
+                Ok(fd) => fd,
+                Err(_) => {
+                    exists = false;
+                    continue;
+                }
+            };
+            let st = at::fstat(fd.as_fd())?;
+            if at::file_type(&st) != rustix::fs::FileType::Symlink {
+                continue;
+            }
+            links += 1;
+            if links > 255 {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = rustix::fs::readlinkat(fd.as_fd(), "", Vec::new())?;
+            let target = String::from_utf8_lossy(target.as_bytes()).into_owned();
+            cur.pop();
+            if target.starts_with('/') {
+                cur.clear();
+            }
+            for (i, part) in target.split('/').enumerate() {
+                todo.insert(i, part.to_string());
+            }
+        }
+        Ok(format!("/{}", cur.join("/")))
+    }
+}
+
+/// The clean components of a path (`.` dropped, `..` applied, never above the root).
+pub fn components(p: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in p.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                base.pop();
+                out.pop();
             }
-            p => base.push(p.to_string()),
+            x => out.push(x.to_string()),
         }
     }
+    out
 }
 
-fn mkdir_walk(rootfs: &Path, mut cur: Vec<String>, rel: &str, depth: u32) -> std::io::Result<Vec<String>> {
-    use std::os::unix::fs::DirBuilderExt;
-    if depth > 40 {
-        return Err(std::io::Error::other("too many levels of symbolic links"));
-    }
-    let mut parts = Vec::new();
-    push_components(&mut parts, rel);
-    for part in parts {
-        let here = |c: &Vec<String>| c.iter().fold(rootfs.to_path_buf(), |p, x| p.join(x));
-        let mut next = cur.clone();
-        next.push(part);
-        let path = here(&next);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&path)?.to_string_lossy().to_string();
-                let base = if target.starts_with('/') { Vec::new() } else { cur.clone() };
-                cur = mkdir_walk(rootfs, base, &target, depth + 1)?;
-            }
-            Ok(m) if m.is_dir() => cur = next,
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("{} is not a directory", path.display()),
-                ))
-            }
-            Err(_) => {
-                std::fs::DirBuilder::new().mode(0o755).create(&path)?;
-                cur = next;
-            }
-        }
-    }
-    Ok(cur)
+/// `p` made absolute and clean, as a path inside a root.
+pub fn clean(p: &str) -> String {
+    format!("/{}", components(p).join("/"))
 }
 
-/// The host path of `rel` inside `rootfs`, resolving symlinks in every component but
-/// the last within the root. Missing components are allowed (nothing is created).
-pub fn resolve_in_root(rootfs: &Path, rel: &str) -> std::io::Result<PathBuf> {
-    let mut parts = Vec::new();
-    push_components(&mut parts, rel);
-    let Some(last) = parts.pop() else { return Ok(rootfs.to_path_buf()) };
-    let parent = resolve_dir(rootfs, Vec::new(), &parts.join("/"), 0)?;
-    Ok(parent.iter().fold(rootfs.to_path_buf(), |p, x| p.join(x)).join(last))
+/// (parent directory, last component) of a path inside a root. The last component
+/// is taken as written (a trailing `..` is applied first, so never `..`); `/` and a
+/// trailing `/.` give `.`.
+pub fn split(path: &str) -> (String, String) {
+    if path.ends_with("/.") || path == "." {
+        return (clean(path), ".".into());
+    }
+    let mut parts = components(path);
+    match parts.pop() {
+        None => ("/".into(), ".".into()),
+        Some(last) => (format!("/{}", parts.join("/")), last),
+    }
 }
 
-/// Like [`resolve_in_root`], following a symlink in the last component too.
-pub fn resolve_in_root_follow(rootfs: &Path, rel: &str) -> std::io::Result<PathBuf> {
-    let mut parts = Vec::new();
-    push_components(&mut parts, rel);
-    let p = resolve_dir(rootfs, Vec::new(), &parts.join("/"), 0)?;
-    Ok(p.iter().fold(rootfs.to_path_buf(), |p, x| p.join(x)))
+/// Make `rel` (an absolute path inside the container) a directory under `rootfs`,
+/// creating missing parts (0755); symlinks are resolved inside the rootfs by the kernel.
+pub fn mkdir_in_root(rootfs: &Path, rel: &str) -> io::Result<()> {
+    InRoot::open(rootfs)?.mkdir_all(rel, 0o755).map(|_| ())
 }
 
-fn resolve_dir(rootfs: &Path, mut cur: Vec<String>, rel: &str, depth: u32) -> std::io::Result<Vec<String>> {
-    if depth > 40 {
-        return Err(std::io::Error::other("too many levels of symbolic links"));
+/// Read a whole file at `path` inside `rootfs` (symlinks resolved inside it).
+pub fn read_in_root(rootfs: &Path, path: &str) -> io::Result<Vec<u8>> {
+    let r = InRoot::open(rootfs)?;
+    r.read(path)
+}
+
+impl InRoot {
+    /// The content of the regular file at `path` (symlinks followed inside the root).
+    pub fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let fd = self.resolve(path)?;
+        let mut f = at::reopen_file(fd.as_fd())?;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v)?;
+        Ok(v)
     }
-    let mut parts = Vec::new();
-    push_components(&mut parts, rel);
-    for part in parts {
-        let mut next = cur.clone();
-        next.push(part);
-        let path = next.iter().fold(rootfs.to_path_buf(), |p, x| p.join(x));
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&path)?.to_string_lossy().to_string();
-                let base = if target.starts_with('/') { Vec::new() } else { cur.clone() };
-                cur = resolve_dir(rootfs, base, &target, depth + 1)?;
-            }
-            _ => cur = next,
-        }
-    }
-    Ok(cur)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root() -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("root");
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/passwd"), b"inside\n").unwrap();
+        (d, r)
+    }
+
     #[test]
     fn mkdir_stays_inside() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::os::unix::fs::symlink("/../../../../tmp", root.join("evil")).unwrap();
+        let (_d, root) = root();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        symlink("/../../../../tmp", root.join("evil")).unwrap();
         mkdir_in_root(&root, "/evil/x/y").unwrap();
+        // a dangling link is not a directory to create through (as in a chroot)
+        symlink("/nowhere", root.join("dangling")).unwrap();
+        assert!(mkdir_in_root(&root, "/dangling/x").is_err());
         assert!(root.join("tmp/x/y").is_dir());
         mkdir_in_root(&root, "/app/work").unwrap();
         assert!(root.join("app/work").is_dir());
         assert!(mkdir_in_root(&root, "/etc/../../..").is_ok());
     }
-}
 
-#[cfg(test)]
-mod resolve_tests {
-    use super::*;
     #[test]
-    fn resolves_inside() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        std::fs::create_dir_all(root.join("real")).unwrap();
-        std::os::unix::fs::symlink("/../../real", root.join("link")).unwrap();
-        assert_eq!(resolve_in_root(&root, "/link/f").unwrap(), root.join("real/f"));
-        assert_eq!(resolve_in_root(&root, "/link").unwrap(), root.join("link"));
-        assert_eq!(resolve_in_root_follow(&root, "/link").unwrap(), root.join("real"));
-        assert_eq!(resolve_in_root(&root, "/../../etc/passwd").unwrap(), root.join("etc/passwd"));
+    fn absolute_and_relative_links_resolve_inside() {
+        let (d, root) = root();
+        // a marker beside the root that an escape would reach
+        std::fs::write(d.path().join("outside"), b"host\n").unwrap();
+        symlink("/", root.join("up")).unwrap();
+        symlink("../../../..", root.join("etc/dotdot")).unwrap();
+        symlink("/etc/passwd", root.join("abs")).unwrap();
+        let r = InRoot::open(&root).unwrap();
+        assert_eq!(r.read("/abs").unwrap(), b"inside\n");
+        assert_eq!(r.read("/up/etc/passwd").unwrap(), b"inside\n");
+        assert_eq!(r.read("/etc/dotdot/etc/passwd").unwrap(), b"inside\n");
+        assert_eq!(r.read("/../../../etc/passwd").unwrap(), b"inside\n");
+        assert!(r.read("/../outside").is_err());
+        assert!(r.read("/etc/dotdot/outside").is_err());
+        assert_eq!(r.real_path("/abs").unwrap(), "/etc/passwd");
+        assert_eq!(r.real_path("/etc/dotdot/etc").unwrap(), "/etc");
+        assert_eq!(r.real_path("/up/nope/x").unwrap(), "/nope/x");
+        symlink("/nowhere/x", root.join("dangling")).unwrap();
+        assert_eq!(r.real_path("/dangling").unwrap(), "/nowhere/x");
+        assert_eq!(r.real_path("/etc/dotdot/dangling/../y").unwrap(), "/nowhere/y");
+    }
+
+    #[test]
+    fn loops_fail() {
+        let (_d, root) = root();
+        symlink("loop", root.join("loop")).unwrap();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        let r = InRoot::open(&root).unwrap();
+        assert_eq!(r.resolve("/loop").unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(r.resolve("/a/x").unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert!(r.resolve_nofollow("/loop").is_ok());
+        assert!(mkdir_in_root(&root, "/a/x").is_err());
+    }
+
+    #[test]
+    fn magic_links_refused() {
+        let (_d, root) = root();
+        // a container's link into the host's procfs must never be followed
+        std::fs::create_dir_all(root.join("p")).unwrap();
+        symlink("/proc/self/root", root.join("self-root")).unwrap();
+        let r = InRoot::open(&root).unwrap();
+        // inside the root /proc/self/root does not exist
+        assert!(r.resolve("/self-root/etc/passwd").is_err());
+        // and a root that is procfs itself refuses magic links
+        let p = InRoot::open(Path::new("/proc")).unwrap();
+        let e = p.resolve("/self/root/etc/passwd").unwrap_err();
+        assert!(matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)), "{e}");
+    }
+
+    #[test]
+    fn split_paths() {
+        assert_eq!(split("/a/b"), ("/a".into(), "b".into()));
+        assert_eq!(split("/a/b/."), ("/a/b".into(), ".".into()));
+        assert_eq!(split("/"), ("/".into(), ".".into()));
+        assert_eq!(split("/a/../.."), ("/".into(), ".".into()));
+        assert_eq!(split("a//b/"), ("/a".into(), "b".into()));
+        assert_eq!(clean("/a/../../b/./c/"), "/b/c");
     }
 }

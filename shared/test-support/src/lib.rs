@@ -26,6 +26,7 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    conf: PathBuf,
 }
 
 impl Nats {
@@ -48,16 +49,32 @@ impl Nats {
             ),
         )
         .unwrap();
-        let child = Command::new(nats_server_bin())
+        let child = Self::spawn(&conf);
+        let n = Nats { child, port, dir, conf };
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(conf: &Path) -> Child {
+        Command::new(nats_server_bin())
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn nats-server");
-        let n = Nats { child, port, dir };
-        n.wait_ready();
-        n
+            .expect("spawn nats-server")
+    }
+
+    /// SIGKILL the server, as a crash would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port (after [`Nats::crash`]); waits until it listens.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.conf);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

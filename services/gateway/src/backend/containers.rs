@@ -43,15 +43,15 @@ impl Backend for BusBackend {
     }
 
     fn inspect(&self, r: rt::ContainerInspect) -> Fut<'_, docker::ContainerInspectResponse> {
-        Box::pin(async move { self.bus.request(&r).await })
+        Box::pin(async move { self.bus.request_idempotent(&r).await })
     }
 
     fn list(&self, r: rt::ContainerList) -> Fut<'_, Vec<docker::ContainerSummary>> {
-        Box::pin(async move { self.bus.request(&r).await })
+        Box::pin(async move { self.bus.request_idempotent(&r).await })
     }
 
     fn logs(&self, r: rt::ContainerLogs) -> Fut<'_, (rt::StreamInfo, berth_bus::StreamReader<bus_schema::stream::StdioChunk>)> {
-        Box::pin(async move { self.bus.request_stream(&r).await })
+        Box::pin(async move { self.bus.request_stream_idempotent(&r).await })
     }
 
     fn attach(
@@ -87,11 +87,11 @@ impl Backend for BusBackend {
     }
 
     fn exec_inspect(&self, r: rt::ExecInspect) -> Fut<'_, docker::ExecInspectResponse> {
-        Box::pin(async move { self.bus.request(&r).await })
+        Box::pin(async move { self.bus.request_idempotent(&r).await })
     }
 
     fn top(&self, r: rt::ContainerTop) -> Fut<'_, docker::ContainerTopResponse> {
-        Box::pin(async move { self.bus.request(&r).await })
+        Box::pin(async move { self.bus.request_idempotent(&r).await })
     }
 
     fn stats(&self, r: rt::ContainerStats) -> Fut<'_, berth_bus::StreamReader<serde_json::Value>> {

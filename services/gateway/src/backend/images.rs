@@ -38,10 +38,10 @@ impl crate::routes::images::Backend for BusBackend {
         Ok(self.bus.with_timeout(SLOW).request_stream(&req).await?.1)
     }
     async fn image_list(&self, req: ImageList) -> Result<Vec<docker::ImageSummary>, BusError> {
-        self.bus.request(&req).await
+        self.bus.request_idempotent(&req).await
     }
-    async fn image_inspect(&self, req: ImageInspect) -> Result<docker::ImageInspect, BusError> {
-        self.bus.request(&req).await
+    async fn image_inspect(&self, req: ImageInspect) -> Result<ImageDetails, BusError> {
+        self.bus.request_idempotent(&req).await
     }
     async fn image_history(
         &self,
@@ -60,6 +60,9 @@ impl crate::routes::images::Backend for BusBackend {
     }
     async fn image_prune(&self, req: ImagePrune) -> Result<docker::ImagePruneResponse, BusError> {
         self.bus.with_timeout(SLOW).request(&req).await
+    }
+    async fn distribution(&self, req: DistributionInspect) -> Result<docker::DistributionInspect, BusError> {
+        self.bus.with_timeout(Duration::from_secs(60)).request(&req).await
     }
     async fn registry_login(&self, req: RegistryLogin) -> Result<docker::AuthResponse, BusError> {
         self.bus

@@ -16,7 +16,7 @@ impl crate::routes::networks::Backend for BusBackend {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<docker::NetworkInspect>, BusError> {
-        self.bus.request(&NetworkList { filters }).await
+        self.bus.request_idempotent(&NetworkList { filters }).await
     }
 
     async fn network_inspect(
@@ -24,7 +24,7 @@ impl crate::routes::networks::Backend for BusBackend {
         id: String,
         verbose: bool,
     ) -> Result<docker::NetworkInspect, BusError> {
-        self.bus.request(&NetworkInspect { id, verbose }).await
+        self.bus.request_idempotent(&NetworkInspect { id, verbose }).await
     }
 
     async fn network_create(

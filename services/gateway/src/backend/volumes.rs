@@ -14,7 +14,7 @@ impl crate::routes::volumes::Backend for BusBackend {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<docker::Volume>, BusError> {
-        self.bus.request(&VolumeList { filters }).await
+        self.bus.request_idempotent(&VolumeList { filters }).await
     }
 
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
@@ -22,7 +22,7 @@ impl crate::routes::volumes::Backend for BusBackend {
     }
 
     async fn volume_inspect(&self, name: String) -> Result<docker::Volume, BusError> {
-        self.bus.request(&VolumeInspect { name }).await
+        self.bus.request_idempotent(&VolumeInspect { name }).await
     }
 
     async fn volume_remove(&self, name: String, force: bool) -> Result<(), BusError> {
@@ -43,21 +43,21 @@ impl crate::routes::volumes::Backend for BusBackend {
     async fn storage_usage(&self) -> Result<StorageUsage, BusError> {
         self.bus
             .with_timeout(std::time::Duration::from_secs(300))
-            .request(&StorageDf {})
+            .request_idempotent(&StorageDf {})
             .await
     }
 
     async fn image_df(&self) -> Result<Vec<docker::ImageSummary>, BusError> {
         self.bus
             .with_timeout(std::time::Duration::from_secs(300))
-            .request(&bus_schema::images::ImageDf {})
+            .request_idempotent(&bus_schema::images::ImageDf {})
             .await
     }
 
     async fn container_df(&self) -> Result<Vec<docker::ContainerSummary>, BusError> {
         self.bus
             .with_timeout(std::time::Duration::from_secs(300))
-            .request(&bus_schema::runtime::ContainerDf {})
+            .request_idempotent(&bus_schema::runtime::ContainerDf {})
             .await
     }
 }

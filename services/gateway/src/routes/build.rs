@@ -122,7 +122,9 @@ async fn build<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, hea
         memory: int_value(&q, "memory")?,
         cpu_shares: int_value(&q, "cpushares")?,
         shm_size: int_value(&q, "shmsize")?,
-        extra_hosts: q.get("extrahosts").map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+        // every `extrahosts` value (Moby reads r.Form["extrahosts"]), each `host:ip`
+        extra_hosts: all.get("extrahosts").cloned().unwrap_or_default().into_iter().filter(|x| !x.is_empty()).collect(),
+        cache_from: json_map::<Option<Vec<String>>>(&q, "cachefrom")?.unwrap_or_default(),
     };
     for t in &r.tags {
         if t.chars().any(|c| c.is_ascii_uppercase()) && !t.contains('/') {
@@ -158,7 +160,7 @@ async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, bo
         config,
     };
     let id = b.commit(r).await?;
-    Ok((StatusCode::CREATED, Json(id)).into_response())
+    Ok((StatusCode::CREATED, crate::util::id_json(&id)).into_response())
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .route("/containers/{id}", axum::routing::delete(remove::<B>))
         .route("/containers/{id}/logs", get(logs::<B>))
         .route("/containers/{id}/attach", post(attach::<B>))
+        .route("/containers/{id}/attach/ws", get(attach_ws::<B>))
         .route("/containers/{id}/exec", post(exec_create::<B>))
         .route("/containers/{id}/top", get(top::<B>))
         .route("/containers/{id}/stats", get(stats::<B>))
@@ -89,6 +90,78 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .with_state(b)
 }
 
+/// A create body as the client's API version means it (moby's container router):
+/// fields a version did not have are ignored, defaults it had kept, options it
+/// cannot express refused with Docker's words.
+pub fn create_for_version(body: &mut docker::ContainerCreateBody, v: ApiVersion) -> ApiResult<()> {
+    use docker::MountType;
+    let hc = body.host_config.get_or_insert_with(Default::default);
+    let mounts = hc.mounts.get_or_insert_with(Vec::new);
+    if v.less_than("1.40") {
+        for m in mounts.iter_mut() {
+            if let Some(bo) = m.bind_options.as_mut() {
+                bo.non_recursive = None;
+            }
+        }
+        // older clients expect the default to be shareable
+        if hc.ipc_mode.as_deref().is_none_or(str::is_empty) {
+            hc.ipc_mode = Some("shareable".into());
+        }
+    }
+    if v.less_than("1.42") {
+        for m in mounts.iter_mut() {
+            if let Some(bo) = m.bind_options.as_mut() {
+                bo.create_mountpoint = None;
+            }
+            // invalid combinations older versions did not check
+            if m.typ != Some(MountType::VOLUME) {
+                m.volume_options = None;
+            }
+            if m.typ != Some(MountType::TMPFS) {
+                m.tmpfs_options = None;
+            }
+        }
+        hc.console_size = None;
+    } else {
+        for m in mounts.iter() {
+            let t = m.typ.map(|t| t.to_string()).unwrap_or_default();
+            if m.volume_options.is_some() && m.typ != Some(MountType::VOLUME) {
+                return Err(ApiError::bad_request(format!("VolumeOptions must not be specified on mount type \"{t}\"")));
+            }
+            if m.bind_options.is_some() && m.typ != Some(MountType::BIND) {
+                return Err(ApiError::bad_request(format!("BindOptions must not be specified on mount type \"{t}\"")));
+            }
+            if m.tmpfs_options.is_some() && m.typ != Some(MountType::TMPFS) {
+                return Err(ApiError::bad_request(format!("TmpfsOptions must not be specified on mount type \"{t}\"")));
+            }
+        }
+    }
+    if v.less_than("1.43") {
+        hc.annotations = None;
+    }
+    if v.less_than("1.44") {
+        for m in mounts.iter() {
+            if m.typ == Some(MountType::BIND) && m.bind_options.as_ref().and_then(|b| b.read_only_force_recursive).unwrap_or(false) {
+                return Err(ApiError::bad_request("BindOptions.ReadOnlyForceRecursive needs API v1.44 or newer"));
+            }
+        }
+    }
+    if v.less_than("1.45")
+        && mounts.iter().any(|m| m.volume_options.as_ref().and_then(|o| o.subpath.as_ref()).is_some_and(|s| !s.is_empty()))
+    {
+        return Err(ApiError::bad_request("VolumeOptions.Subpath needs API v1.45 or newer"));
+    }
+    if mounts.is_empty() {
+        hc.mounts = None;
+    }
+    if v.less_than("1.44") {
+        if let Some(h) = body.healthcheck.as_mut() {
+            h.start_interval = None;
+        }
+    }
+    Ok(())
+}
+
 fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -96,8 +169,14 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResul
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
-async fn create<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>, body: axum::body::Bytes) -> ApiResult<Response> {
-    let body: docker::ContainerCreateBody = json_body(&body)?;
+async fn create<B: Backend>(
+    State(b): State<Arc<B>>,
+    Query(q): Query<Q>,
+    Extension(v): Extension<ApiVersion>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let mut body: docker::ContainerCreateBody = json_body(&body)?;
+    create_for_version(&mut body, v)?;
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
     let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
     let r = b.create(rt::ContainerCreate { name, body, platform }).await?;
@@ -297,7 +376,15 @@ async fn logs<B: Backend>(
     let tty = info.tty;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
-            let Ok(c) = item else { return };
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    // the runtime died or the bus dropped: say so in the stream (the
+                    // headers are gone), then end it
+                    let _ = tx.send(Ok(bytes::Bytes::from(crate::hijack::error_in_stream(tty, &e.message)))).await;
+                    return;
+                }
+            };
             let bytes = if tty {
                 c.data
             } else {
@@ -323,21 +410,58 @@ async fn attach<B: Backend>(
     mut req: Request,
 ) -> ApiResult<Response> {
     let detach = hijack::detach_keys(q.get("detachKeys").map(|s| s.as_str())).map_err(ApiError::bad_request)?;
-    let r = rt::ContainerAttach {
-        id,
-        stream: bool_value(&q, "stream"),
-        logs: bool_value(&q, "logs"),
-        stdin: bool_value(&q, "stdin"),
-        stdout: bool_value(&q, "stdout"),
-        stderr: bool_value(&q, "stderr"),
-        detach_keys: opt(&q, "detachKeys"),
-    };
+    let r = attach_request(id, &q);
     let want_stdin = r.stdin;
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
     let (info, out, input) = b.attach(r).await?;
+    let session = hijack::Session::new(info.tty, detach);
+    let Some(on_upgrade) = on_upgrade else {
+        let _ = input.end().await;
+        return Ok(hijack::body_response(out, session));
+    };
     let input = if want_stdin { Some(input) } else { let _ = input.end().await; None };
-    tokio::spawn(hijack::pump(on_upgrade, out, input, info.tty, detach));
+    tokio::spawn(hijack::pump(on_upgrade, out, input, session));
     Ok(hijack::upgrade_response(info.tty, !v.less_than("1.42")))
+}
+
+/// The attach options of a `/attach` or `/attach/ws` query.
+fn attach_request(id: String, q: &Q) -> rt::ContainerAttach {
+    rt::ContainerAttach {
+        id,
+        stream: bool_value(q, "stream"),
+        logs: bool_value(q, "logs"),
+        stdin: bool_value(q, "stdin"),
+        stdout: bool_value(q, "stdout"),
+        stderr: bool_value(q, "stderr"),
+        detach_keys: opt(q, "detachKeys"),
+    }
+}
+
+/// `GET /containers/{id}/attach/ws`: the container's output as WebSocket messages
+/// (raw, never multiplexed; binary frames from API 1.28 on, text before, as Moby
+/// sends them), each message from the client to its stdin. The container is
+/// looked up before the handshake, so a missing one is Docker's 404.
+async fn attach_ws<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(q): Query<Q>,
+    Extension(v): Extension<ApiVersion>,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let r = attach_request(id, &q);
+    let want_stdin = r.stdin;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            // the container first, as Moby looks it up before the handshake
+            b.inspect(rt::ContainerInspect { id: r.id, size: false }).await?;
+            return Err(ApiError::bad_request(e.body_text()));
+        }
+    };
+    let (_, out, input) = b.attach(r).await?;
+    let input = if want_stdin { Some(input) } else { let _ = input.end().await; None };
+    let binary = !v.less_than("1.28");
+    Ok(ws.on_upgrade(move |socket| hijack::pump_ws(socket, out, input, binary)))
 }
 
 async fn exec_create<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Response> {
@@ -346,36 +470,75 @@ async fn exec_create<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
         return Err(ApiError::bad_request("No exec command specified"));
     }
     let r = b.exec_create(rt::ExecCreate { container: id, config }).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok((StatusCode::CREATED, crate::util::id_json(&r)).into_response())
 }
 
+/// As Moby: an unknown exec is an error; otherwise the connection is hijacked (101,
+/// or 200 without an `Upgrade` header) before the process starts, and a process
+/// that cannot start is reported on the stream's stdout. The output is framed
+/// unless this request asks for a TTY; the detach keys are the exec's.
 async fn exec_start<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
     Extension(v): Extension<ApiVersion>,
     mut req: Request,
 ) -> ApiResult<Response> {
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
     let body = axum::body::to_bytes(std::mem::replace(req.body_mut(), Body::empty()), 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let cfg: docker::ExecStartConfig = json_body(&body)?;
     let detach = cfg.detach.unwrap_or(false);
+    let tty = cfg.tty.unwrap_or(false);
     let r = rt::ExecStart {
-        id,
+        id: id.clone(),
         detach,
-        tty: cfg.tty.unwrap_or(false),
-        console_size: cfg.console_size.as_ref().filter(|c| c.len() == 2).map(|c| (c[0] as u16, c[1] as u16)),
+        tty,
+        console_size: cfg
+            .console_size
+            .as_ref()
+            .filter(|c| c.len() == 2 && tty && !v.less_than("1.42"))
+            .map(|c| (c[0] as u16, c[1] as u16)),
     };
-    let (info, mut out, input) = b.exec_start(r).await?;
     if detach {
+        let (_, mut out, input) = b.exec_start(r).await?;
         let _ = input.end().await;
         out.cancel().await;
         return Ok(StatusCode::OK.into_response());
     }
-    let keys = hijack::detach_keys(None).unwrap_or_default();
-    tokio::spawn(hijack::pump(on_upgrade, out, Some(input), info.tty, keys));
-    Ok(hijack::upgrade_response(info.tty, !v.less_than("1.42")))
+    let ex = b.exec_inspect(rt::ExecInspect { id }).await?;
+    let exec_tty = ex.process_config.as_ref().and_then(|p| p.tty).unwrap_or(false);
+    let keys = hijack::detach_keys(ex.detach_keys.as_deref()).unwrap_or_default();
+    let session = hijack::Session { framed: !tty, detach: if exec_tty { keys } else { Vec::new() } };
+    let Some(on_upgrade) = on_upgrade else {
+        return match b.exec_start(r).await {
+            Ok((_, out, input)) => {
+                let _ = input.end().await;
+                Ok(hijack::body_response(out, session))
+            }
+            Err(e) => {
+                let line = format!("{}\r\n", e.message);
+                let bytes = if session.framed { hijack::frame(1, line.as_bytes()) } else { line.into_bytes() };
+                Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/vnd.docker.raw-stream")], bytes).into_response())
+            }
+        };
+    };
+    tokio::spawn(async move {
+        // the process starts once the 101 is on the wire, as Moby's does
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        match b.exec_start(r).await {
+            Ok((_, out, input)) => hijack::pump_io(io, out, Some(input), session).await,
+            Err(e) => hijack::write_error(io, &session, &e.message).await,
+        }
+    });
+    Ok(hijack::upgrade_response(tty, !v.less_than("1.42")))
 }
 
 async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::ExecInspectResponse>> {
@@ -464,4 +627,35 @@ async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
     let _ = pump.await;
     result?;
     Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(j: serde_json::Value) -> docker::ContainerCreateBody {
+        serde_json::from_value(j).unwrap()
+    }
+
+    #[test]
+    fn create_follows_the_api_version() {
+        let mut b = body(serde_json::json!({"Image": "x", "HostConfig": {"ConsoleSize": [10, 20]}}));
+        create_for_version(&mut b, ApiVersion(1, 39)).unwrap();
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.ipc_mode.as_deref(), Some("shareable"));
+        assert_eq!(hc.console_size, None);
+        let mut b = body(serde_json::json!({"Image": "x", "HostConfig": {"ConsoleSize": [10, 20]}}));
+        create_for_version(&mut b, ApiVersion(1, 51)).unwrap();
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.ipc_mode, None);
+        assert_eq!(hc.console_size, Some(vec![10, 20]));
+        let sub = serde_json::json!({"Image": "x", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/m", "VolumeOptions": {"Subpath": "d"}}]}});
+        assert_eq!(create_for_version(&mut body(sub.clone()), ApiVersion(1, 44)).unwrap_err().message, "VolumeOptions.Subpath needs API v1.45 or newer");
+        create_for_version(&mut body(sub), ApiVersion(1, 45)).unwrap();
+        let bad = serde_json::json!({"Image": "x", "HostConfig": {"Mounts": [{"Type": "bind", "Source": "/", "Target": "/m", "VolumeOptions": {}}]}});
+        assert_eq!(create_for_version(&mut body(bad.clone()), ApiVersion(1, 42)).unwrap_err().message, "VolumeOptions must not be specified on mount type \"bind\"");
+        let mut b = body(bad);
+        create_for_version(&mut b, ApiVersion(1, 41)).unwrap();
+        assert!(b.host_config.unwrap().mounts.unwrap()[0].volume_options.is_none());
+    }
 }

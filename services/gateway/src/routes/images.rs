@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use berth_bus::{StreamReader, StreamWriter};
 use bus_schema::images::*;
 use bus_schema::stream::ByteChunk;
@@ -19,6 +19,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::util::{self, Query};
+use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
     fn image_pull(
@@ -50,7 +51,7 @@ pub trait Backend: Send + Sync + 'static {
     fn image_inspect(
         &self,
         req: ImageInspect,
-    ) -> impl Future<Output = Result<docker::ImageInspect, BusError>> + Send;
+    ) -> impl Future<Output = Result<ImageDetails, BusError>> + Send;
     fn image_history(
         &self,
         req: ImageHistory,
@@ -64,6 +65,10 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         req: ImagePrune,
     ) -> impl Future<Output = Result<docker::ImagePruneResponse, BusError>> + Send;
+    fn distribution(
+        &self,
+        req: DistributionInspect,
+    ) -> impl Future<Output = Result<docker::DistributionInspect, BusError>> + Send;
     fn registry_login(
         &self,
         req: RegistryLogin,
@@ -82,6 +87,7 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
             get(by_name::<B>).post(by_name::<B>).delete(by_name::<B>),
         )
         .route("/auth", post(auth::<B>))
+        .route("/distribution/{*rest}", get(distribution::<B>))
         .with_state(b)
 }
 
@@ -184,14 +190,87 @@ async fn create<B: Backend>(
     Ok(util::json_stream(rd))
 }
 
+/// `/images/json` as the client's API version has it (moby's image router):
+/// untagged images are `<none>:<none>` before 1.43 (`[]` since), `VirtualSize`
+/// before 1.44, no `Descriptor` before 1.48, `Containers` -1 before 1.51.
+pub fn image_list_for_version(mut list: Vec<serde_json::Value>, v: ApiVersion) -> Vec<serde_json::Value> {
+    use serde_json::{json, Value};
+    for img in list.iter_mut() {
+        let Some(o) = img.as_object_mut() else { continue };
+        let empty = |x: Option<&Value>| x.and_then(|v| v.as_array()).is_none_or(|a| a.is_empty());
+        if v.less_than("1.43") {
+            if empty(o.get("RepoTags")) && empty(o.get("RepoDigests")) {
+                o.insert("RepoTags".into(), json!(["<none>:<none>"]));
+                o.insert("RepoDigests".into(), json!(["<none>@<none>"]));
+            }
+        } else {
+            for k in ["RepoTags", "RepoDigests"] {
+                if o.get(k).is_none_or(|x| x.is_null()) {
+                    o.insert(k.into(), json!([]));
+                }
+            }
+        }
+        if v.less_than("1.44") {
+            let size = o.get("Size").cloned().unwrap_or(json!(0));
+            o.insert("VirtualSize".into(), size);
+        }
+        if v.less_than("1.48") {
+            o.remove("Descriptor");
+        }
+        if v.less_than("1.51") {
+            o.insert("Containers".into(), json!(-1));
+        }
+    }
+    list
+}
+
+/// `/images/{name}/json` as the client's API version has it: `VirtualSize` before
+/// 1.44; `Container` and `ContainerConfig` before 1.45; no `Descriptor` before 1.48;
+/// `Parent`, `Comment`, `DockerVersion`, `Author` always before 1.52.
+pub fn image_inspect_for_version(mut img: serde_json::Value, v: ApiVersion) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let Some(o) = img.as_object_mut() else { return img };
+    for k in ["RepoTags", "RepoDigests"] {
+        if o.get(k).is_none_or(|x| x.is_null()) {
+            o.insert(k.into(), json!([]));
+        }
+    }
+    if v.less_than("1.44") {
+        let size = o.get("Size").cloned().unwrap_or(json!(0));
+        o.insert("VirtualSize".into(), size);
+        if o.get("Created").is_none_or(|c| c.as_str().is_none_or(str::is_empty)) {
+            o.insert("Created".into(), json!("0001-01-01T00:00:00Z"));
+        }
+    }
+    if v.less_than("1.45") {
+        o.entry("Container").or_insert(json!(""));
+        if !o.contains_key("ContainerConfig") {
+            let c = o.get("Config").cloned().unwrap_or(Value::Null);
+            o.insert("ContainerConfig".into(), c);
+        }
+    }
+    if v.less_than("1.48") {
+        o.remove("Descriptor");
+    }
+    if v.less_than("1.52") {
+        for k in ["Parent", "Comment", "DockerVersion", "Author"] {
+            if o.get(k).is_none_or(|x| x.is_null()) {
+                o.insert(k.into(), json!(""));
+            }
+        }
+    }
+    img
+}
+
 async fn list<B: Backend>(
     State(b): State<Arc<B>>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Vec<docker::ImageSummary>>> {
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let q = last(&query_all(raw.as_deref()));
     let mut filters = util::filters(&q)?;
     // the pre-1.25 `filter=name` parameter
-    if let Some(f) = q.get("filter").filter(|f| !f.is_empty()) {
+    if let Some(f) = q.get("filter").filter(|f| !f.is_empty() && v.less_than("1.25") && !filters.contains_key("reference")) {
         filters
             .entry("reference".into())
             .or_default()
@@ -202,7 +281,9 @@ async fn list<B: Backend>(
         digests: util::bool_value(&q, "digests"),
         filters,
     };
-    Ok(Json(b.image_list(req).await?))
+    let list = b.image_list(req).await?;
+    let list: Vec<serde_json::Value> = list.iter().filter_map(|i| serde_json::to_value(i).ok()).collect();
+    Ok(Json(image_list_for_version(list, v)))
 }
 
 async fn prune<B: Backend>(
@@ -250,6 +331,7 @@ async fn save<B: Backend>(b: Arc<B>, names: Vec<String>) -> ApiResult<Response> 
 /// `/images/{name}/json|history|tag|push|get` and `DELETE /images/{name}`.
 async fn by_name<B: Backend>(
     State(b): State<Arc<B>>,
+    Extension(v): Extension<ApiVersion>,
     method: Method,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
@@ -270,7 +352,18 @@ async fn by_name<B: Backend>(
     };
     match (method, op) {
         (Method::GET, "json") => {
-            Ok(Json(b.image_inspect(ImageInspect { name }).await?).into_response())
+            let d = b.image_inspect(ImageInspect { name }).await?;
+            let mut img = serde_json::to_value(&d.inspect).map_err(|e| BusError::internal(e.to_string()))?;
+            // present when set at any version (moby's inspect); always before 1.52
+            if let Some(o) = img.as_object_mut() {
+                if !d.parent.is_empty() {
+                    o.insert("Parent".into(), d.parent.clone().into());
+                }
+                if !d.docker_version.is_empty() {
+                    o.insert("DockerVersion".into(), d.docker_version.clone().into());
+                }
+            }
+            Ok(Json(image_inspect_for_version(img, v)).into_response())
         }
         (Method::GET, "history") => {
             Ok(Json(b.image_history(ImageHistory { name }).await?).into_response())
@@ -301,6 +394,26 @@ async fn by_name<B: Backend>(
     }
 }
 
+/// `GET /distribution/{name}/json` (the name may hold slashes). Platforms are
+/// `null` when the registry says none, as Moby writes them.
+async fn distribution<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(name) = rest.strip_suffix("/json").filter(|n| !n.is_empty()) else {
+        return Err(ApiError::not_found("page not found"));
+    };
+    let r = b
+        .distribution(DistributionInspect { reference: name.to_string(), auth: util::registry_auth(&headers) })
+        .await?;
+    let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
+    if r.platforms.is_empty() {
+        j["Platforms"] = serde_json::Value::Null;
+    }
+    Ok(Json(j))
+}
+
 async fn auth<B: Backend>(
     State(b): State<Arc<B>>,
     body: Bytes,
@@ -327,6 +440,30 @@ mod tests {
         );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(pull_reference("x", &d), format!("x@{d}"));
+    }
+
+    #[test]
+    fn image_fields_follow_the_api_version() {
+        use serde_json::json;
+        let img = json!({"Id": "sha256:a", "RepoTags": [], "RepoDigests": [], "Size": 5, "Containers": 2, "Descriptor": {}});
+        let old = image_list_for_version(vec![img.clone()], ApiVersion(1, 41));
+        assert_eq!(old[0]["RepoTags"], json!(["<none>:<none>"]));
+        assert_eq!(old[0]["RepoDigests"], json!(["<none>@<none>"]));
+        assert_eq!(old[0]["VirtualSize"], 5);
+        assert_eq!(old[0]["Containers"], -1);
+        assert!(old[0].get("Descriptor").is_none());
+        let new = image_list_for_version(vec![img], ApiVersion(1, 51));
+        assert_eq!(new[0]["RepoTags"], json!([]));
+        assert!(new[0].get("VirtualSize").is_none());
+        assert_eq!(new[0]["Containers"], 2);
+        assert!(new[0].get("Descriptor").is_some());
+        let i = image_inspect_for_version(json!({"Id": "x", "Size": 1, "Config": {"Env": []}}), ApiVersion(1, 41));
+        assert_eq!((i["Parent"].as_str(), i["Comment"].as_str(), i["Author"].as_str()), (Some(""), Some(""), Some("")));
+        assert_eq!(i["RepoTags"], json!([]));
+        assert_eq!(i["VirtualSize"], 1);
+        assert_eq!(i["Container"], "");
+        let i = image_inspect_for_version(json!({"Id": "x", "Size": 1}), ApiVersion(1, 52));
+        assert!(i.get("Parent").is_none() && i.get("VirtualSize").is_none());
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod images;
 pub mod networks;
 pub mod swarm;
 pub mod system;
+pub mod unserved;
 pub mod volumes;

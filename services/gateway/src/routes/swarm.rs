@@ -191,7 +191,8 @@ async fn service_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 fn log_options(q: &Q) -> ApiResult<LogOptions> {
     let (stdout, stderr) = (bool_value(q, "stdout"), bool_value(q, "stderr"));
     if !stdout && !stderr {
-        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+        // Moby checks the streams before the swarm: 500, in or out of a swarm
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Bad parameters: you must choose at least one stream"));
     }
     let since = match q.get("since").filter(|s| !s.is_empty()) {
         None => 0.0,

@@ -110,15 +110,19 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<R
     }
     let c: CreateBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let name = c.name.filter(|n| !n.is_empty());
+    // a volume created without a name is anonymous (Moby labels it so), and so
+    // pruned by API 1.42+ without `all`
+    let anonymous = name.is_none();
     let req = VolumeCreate {
-        name: c.name.filter(|n| !n.is_empty()),
+        name,
         driver: c
             .driver
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| "local".into()),
         driver_opts: c.driver_opts.unwrap_or_default(),
         labels: c.labels.unwrap_or_default(),
-        anonymous: false,
+        anonymous,
     };
     let v = b.volume_create(req).await?;
     Ok((StatusCode::CREATED, Json(volume_json(&v))).into_response())

@@ -250,7 +250,7 @@ pub fn cid() -> String {
     berth_network::store::new_id()
 }
 
-/// Links whose alias marks them as the node's.
+/// Links whose alias marks them as the node's (bridges and veths' host ends).
 pub fn node_links(node: &str) -> Vec<String> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
@@ -308,8 +308,21 @@ pub fn mounts_under(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The node's links once none is left or the kernel has had 10 s to delete the veths
+/// of namespaces that are gone (it does that in the background).
+pub fn node_links_settled(node: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let l = node_links(node);
+        if l.is_empty() || std::time::Instant::now() > deadline {
+            return l;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn assert_clean(node: &str, root: &Path) {
-    assert_eq!(node_links(node), Vec::<String>::new(), "links left");
+    assert_eq!(node_links_settled(node), Vec::<String>::new(), "links left");
     assert!(
         nft_table(&berth_network::firewall::table_name(node)).is_none(),
         "firewall table left"

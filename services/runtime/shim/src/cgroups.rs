@@ -440,6 +440,11 @@ impl Cgroup {
                     write(&d.join(f), &device_rule(dev))?;
                 }
             }
+            // v2 has no devices files: a BPF program on the cgroup does it (on a hybrid
+            // host the kernel applies both, so both are set)
+            if let Some(h) = self.layout.hierarchies.iter().find(|h| h.v2) {
+                crate::devfilter::apply(&self.dir(h), &r.devices)?;
+            }
         }
         if let Some(u) = &r.unified {
             if let Some(h) = self.layout.hierarchies.iter().find(|h| h.v2) {

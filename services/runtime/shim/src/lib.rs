@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod caps;
 pub mod cgroups;
+pub mod devfilter;
 pub mod fsutil;
 pub mod jsonlog;
 pub mod oci;

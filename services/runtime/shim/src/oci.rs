@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// A bind mount option naming a directory inside the source to bind instead
+/// (`VolumeOptions.Subpath`): the shim opens it with `openat2(RESOLVE_IN_ROOT)` from
+/// the source, so a symlink the container left in its volume cannot lead outside it.
+pub const SUBPATH_OPTION: &str = "x-berth.subpath=";
+
 /// `<bundle>/shim.json`: what the runtime tells the shim besides config.json.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShimConfig {

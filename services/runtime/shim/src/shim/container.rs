@@ -235,6 +235,8 @@ struct MountOpts {
     clear: libc::c_ulong,
     propagation: libc::c_ulong,
     data: Vec<String>,
+    /// Bind this directory inside the source instead (`SUBPATH_OPTION`).
+    subpath: Option<String>,
 }
 
 fn parse_options(opts: &[String]) -> MountOpts {
@@ -243,6 +245,7 @@ fn parse_options(opts: &[String]) -> MountOpts {
         clear: 0,
         propagation: 0,
         data: vec![],
+        subpath: None,
     };
     for o in opts {
         let (set, clr): (libc::c_ulong, libc::c_ulong) = match o.as_str() {
@@ -302,6 +305,10 @@ fn parse_options(opts: &[String]) -> MountOpts {
                 continue;
             }
             "tmpcopyup" | "defaults" => continue,
+            other if other.starts_with(berth_shim::oci::SUBPATH_OPTION) => {
+                m.subpath = Some(other[berth_shim::oci::SUBPATH_OPTION.len()..].to_string());
+                continue;
+            }
             other => {
                 m.data.push(other.to_string());
                 continue;
@@ -342,11 +349,15 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
     .ctx(|| "binding the rootfs".into())?;
 
     let mut dev_is_tmpfs = false;
+    // mount points are resolved by the kernel inside the rootfs (openat2
+    // RESOLVE_IN_ROOT) and made on descriptors: a volume shared with a running
+    // container may have links swapped into it while this one starts
+    let root = berth_fsutil::InRoot::open(rootfs).ctx(|| "opening the rootfs".into())?;
     for m in &spec.mounts {
         if m.destination == "/dev" && m.typ.as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(rootfs, m, cgroupns, layout).map_err(|e| {
+        mount_one(&root, m, cgroupns, layout).map_err(|e| {
             ChildError::other(format!(
                 "error mounting \"{}\" to rootfs at \"{}\": {}",
                 m.source.as_deref().unwrap_or(""),
@@ -365,35 +376,65 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
     Ok(())
 }
 
-fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
+/// The magic link naming an open descriptor: a path for mount(2) that leads to that
+/// inode and nowhere else.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The mount point `dest` inside the root: a directory (made where missing) or, for a
+/// file bind, a file (made empty where missing), as a descriptor.
+fn mount_point(root: &berth_fsutil::InRoot, dest: &str, dir: bool) -> io::Result<OwnedFd> {
+    if dir {
+        return root.mkdir_all(dest, 0o755);
+    }
+    match root.resolve(dest) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (parent, name) = berth_fsutil::split(dest);
+            let d = root.mkdir_all(&parent, 0o755)?;
+            use std::os::fd::AsFd;
+            let flags = rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::EXCL;
+            match berth_fsutil::at::open(d.as_fd(), std::ffi::OsStr::new(&name), flags, 0o644) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            root.resolve(dest)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
     let typ = m.typ.as_deref().unwrap_or("none");
     let o = parse_options(&m.options);
-    let dest = secure_join(rootfs, Path::new(&m.destination))
-        .ctx(|| "resolving the destination".into())?;
     let is_bind = o.flags & libc::MS_BIND != 0 || typ == "bind";
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(&dest, &o, cgroupns, layout);
+        return mount_cgroups(root, &m.destination, &o, cgroupns, layout);
     }
+    // after mounting, the destination is resolved again: the descriptor taken before
+    // names the directory under the new mount, remounts and propagation go to the mount
+    let again = || -> CResult<OwnedFd> { root.resolve(&m.destination).ctx(|| format!("resolving {}", m.destination)) };
     if is_bind {
         let src = PathBuf::from(m.source.as_deref().unwrap_or(""));
+        // held open until the bind is made: the subpath the mount follows
+        let sub_fd = match &o.subpath {
+            Some(rel) => Some(open_subpath(&src, rel).ctx(|| format!("cannot access subpath {rel} of {}", src.display()))?),
+            None => None,
+        };
+        let src = match &sub_fd {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
+            None => src,
+        };
         let meta = fs::metadata(&src).ctx(|| format!("stat {}", src.display()))?;
-        if meta.is_dir() {
-            fs::create_dir_all(&dest).ctx(|| format!("mkdir {}", dest.display()))?;
-        } else if !dest.exists() {
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).ctx(|| format!("mkdir {}", parent.display()))?;
-            }
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&dest)
-                .ctx(|| format!("creating {}", dest.display()))?;
-        }
+        let fd = mount_point(root, &m.destination, meta.is_dir()).ctx(|| format!("creating {}", m.destination))?;
         let rec = o.flags & libc::MS_REC;
-        sys::mount(Some(&src), &dest, None, libc::MS_BIND | rec, None).ctx(|| "bind".into())?;
+        sys::mount(Some(&src), &fd_path(&fd), None, libc::MS_BIND | rec, None).ctx(|| "bind".into())?;
         let extra = o.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
+            let top = again()?; // open while its magic link is used
+            let dest = fd_path(&top);
             let keep = locked_flags(&dest);
             sys::mount(
                 None,
@@ -405,7 +446,8 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool, layout: Option<&Layout>) 
             .ctx(|| "remount".into())?;
         }
     } else {
-        fs::create_dir_all(&dest).ctx(|| format!("mkdir {}", dest.display()))?;
+        let fd = mount_point(root, &m.destination, true).ctx(|| format!("mkdir {}", m.destination))?;
+        let dest = fd_path(&fd);
         let src = m.source.as_deref().map(Path::new).unwrap_or(Path::new(typ));
         let data = o.data.join(",");
         let r = sys::mount(Some(src), &dest, Some(typ), o.flags, Some(&data));
@@ -424,6 +466,8 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool, layout: Option<&Layout>) 
                     None,
                 )
                 .ctx(|| "bind /sys".into())?;
+                let top = again()?; // open while its magic link is used
+            let dest = fd_path(&top);
                 sys::mount(
                     None,
                     &dest,
@@ -437,9 +481,32 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroupns: bool, layout: Option<&Layout>) 
         }
     }
     if o.propagation != 0 {
+        let top = again()?; // open while its magic link is used
+            let dest = fd_path(&top);
         sys::mount(None, &dest, None, o.propagation, None).ctx(|| "setting propagation".into())?;
     }
     Ok(())
+}
+
+/// `rel` inside `base`, resolved by the kernel as if `base` were the root (symlinks
+/// and `..` cannot leave it), as an `O_PATH` descriptor.
+fn open_subpath(base: &Path, rel: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let root = fs::File::open(base)?;
+    let c = std::ffi::CString::new(std::ffi::OsStr::new(rel).as_bytes()).map_err(std::io::Error::other)?;
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+    // SAFETY: a plain syscall with a valid fd, a NUL-terminated path and its struct
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Flags a bind remount must keep (the kernel refuses to drop them when locked and
@@ -484,7 +551,13 @@ fn remount_ro(p: &Path) -> io::Result<()> {
 /// /sys/fs/cgroup in the container: with a cgroup namespace each hierarchy is mounted
 /// anew (so the container sees its own cgroup as the root); without one, the host's
 /// hierarchies are bound.
-fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
+fn mount_cgroups(
+    root: &berth_fsutil::InRoot,
+    destination: &str,
+    o: &MountOpts,
+    cgroupns: bool,
+    layout: Option<&Layout>,
+) -> CResult<()> {
     let detected;
     let layout = match layout {
         Some(l) => l,
@@ -495,7 +568,10 @@ fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool, layout: Option<&Lay
     };
     let flags = o.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME);
     let ro = o.flags & libc::MS_RDONLY;
-    fs::create_dir_all(dest).ctx(|| format!("mkdir {}", dest.display()))?;
+    let point = mount_point(root, destination, true).ctx(|| format!("mkdir {destination}"))?;
+    let dest = &fd_path(&point);
+    // the mount on the point, once made (see mount_one)
+    let mounted = || -> CResult<OwnedFd> { root.resolve(destination).ctx(|| format!("resolving {destination}")) };
     if layout.is_pure_v2() {
         if cgroupns {
             sys::mount(
@@ -516,9 +592,10 @@ fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool, layout: Option<&Lay
                 None,
             )
             .ctx(|| "bind cgroup2".into())?;
+            let top = mounted()?;
             sys::mount(
                 None,
-                dest,
+                &fd_path(&top),
                 None,
                 libc::MS_BIND | libc::MS_REMOUNT | flags | ro,
                 None,
@@ -535,6 +612,9 @@ fn mount_cgroups(dest: &Path, o: &MountOpts, cgroupns: bool, layout: Option<&Lay
         Some("mode=755"),
     )
     .ctx(|| "mount cgroup tmpfs".into())?;
+    // the tmpfs itself from here on
+    let top = mounted()?;
+    let dest = &fd_path(&top);
     for h in &layout.hierarchies {
         let name = h
             .mount

@@ -1,0 +1,149 @@
+//! What strict clients (docker-py, compose, testcontainers, dockerode) see that the
+//! docker CLI forgives: exact key names, Docker's order of operations, Docker's
+//! messages. Each test drives a node started by `berth up` over raw HTTP on its
+//! socket (as a strict client parses it) or through the docker CLI.
+
+use berth_e2e::fixtures::node_with_busybox;
+use berth_e2e::{demux, http};
+
+/// `POST /containers/{id}/exec` answers `{"Id"}`; the exec start is hijacked before
+/// the process starts, so a command that cannot start is reported on the stream's
+/// stdout (`OCI runtime exec failed...\r\n`) with exit code 127, as Moby does; a
+/// start without `Upgrade` gets the output as a 200 body; the output is framed
+/// unless the start request asks for a TTY.
+#[test]
+fn exec_answers_and_streams_as_docker() {
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+    let sock = &node.sock;
+    let create = |cmd: &str, tty: bool| {
+        let a = http(sock, "POST", &format!("/v1.51/containers/{cid}/exec"), &[], Some(&format!(r#"{{"Cmd":{cmd},"AttachStdout":true,"AttachStderr":true,"Tty":{tty}}}"#)));
+        assert_eq!(a.status, 201, "{}", a.text());
+        let j = a.json();
+        assert!(j.get("id").is_none(), "Docker's key is Id: {j}");
+        j["Id"].as_str().expect("Id").to_string()
+    };
+    let upgrade = [("Connection", "Upgrade"), ("Upgrade", "tcp")];
+
+    // a missing command: 101, then the error on stdout, then exit code 127
+    let id = create(r#"["non-existent"]"#, false);
+    let a = http(sock, "POST", &format!("/v1.51/exec/{id}/start"), &upgrade, Some(r#"{"Detach":false,"Tty":false}"#));
+    assert_eq!(a.status, 101);
+    assert_eq!(a.header("Content-Type"), Some("application/vnd.docker.multiplexed-stream"));
+    let frames = demux(&a.body);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].0, 1);
+    let msg = String::from_utf8_lossy(&frames[0].1).to_string();
+    assert!(msg.starts_with("OCI runtime exec failed: exec failed: unable to start container process: ") && msg.ends_with("\r\n"), "{msg:?}");
+    let j = http(sock, "GET", &format!("/exec/{id}/json"), &[], None).json();
+    assert_eq!(j["ExitCode"], 127, "{j}");
+    assert_eq!(j["Running"], false);
+
+    // an exec made with a TTY, started without one: Moby frames by the start request
+    let id = create(r#"["printf","hi"]"#, true);
+    let a = http(sock, "POST", &format!("/v1.51/exec/{id}/start"), &upgrade, Some(r#"{"Detach":false,"Tty":false}"#));
+    assert_eq!(demux(&a.body), vec![(1u8, b"hi".to_vec())]);
+
+    // no Upgrade header: 200 with the raw-stream type and the output as the body
+    let id = create(r#"["sh","-c","echo out; echo err >&2"]"#, false);
+    let a = http(sock, "POST", &format!("/v1.51/exec/{id}/start"), &[], Some(r#"{"Detach":false,"Tty":false}"#));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("Content-Type"), Some("application/vnd.docker.raw-stream"));
+    let mut frames = demux(&a.body);
+    frames.sort();
+    assert_eq!(frames, vec![(1u8, b"out\n".to_vec()), (2u8, b"err\n".to_vec())]);
+
+    // an unknown exec is an error before any hijack
+    let a = http(sock, "POST", "/v1.51/exec/nope/start", &upgrade, Some(r#"{"Detach":false,"Tty":false}"#));
+    assert_eq!((a.status, a.json()["message"].as_str()), (404, Some("No such exec instance: nope")));
+}
+
+/// `kill` (SIGKILL) answers once the container is dead, so a `remove` right after is
+/// not refused "container is running"; `commit` with `pause=true` of a stopped
+/// container commits it; `--runtime runc` is kept as asked and an unknown runtime is
+/// refused with Moby's message; `Config.Env` lists the user's variables before the
+/// image's (Docker's merge order); a log driver Docker does not have is a plugin to
+/// Docker, and refused as one.
+#[test]
+fn lifecycle_answers_as_docker() {
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let sock = &node.sock;
+    for _ in 0..5 {
+        let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+        let a = http(sock, "POST", &format!("/v1.51/containers/{cid}/kill"), &[], None);
+        assert_eq!(a.status, 204, "{}", a.text());
+        let a = http(sock, "DELETE", &format!("/v1.51/containers/{cid}"), &[], None);
+        assert_eq!(a.status, 204, "remove right after kill: {}", a.text());
+    }
+
+    let cid = node.docker_ok(&["run", "-d", &img, "touch", "/committed"]).trim().to_string();
+    node.docker_ok(&["wait", &cid]);
+    let a = http(sock, "POST", &format!("/v1.51/commit?container={cid}&pause=1&repo=committed"), &[], Some("{}"));
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert!(a.json()["Id"].as_str().is_some_and(|i| i.starts_with("sha256:")), "{}", a.text());
+    node.docker_ok(&["run", "--rm", "committed", "ls", "/committed"]);
+    // docker-py's order: start, then commit while the command may be exiting
+    for _ in 0..10 {
+        let a = http(sock, "POST", "/v1.51/containers/create", &[], Some(&format!(r#"{{"Image":"{img}","Cmd":["touch","/x"]}}"#)));
+        let id = a.json()["Id"].as_str().unwrap().to_string();
+        assert_eq!(http(sock, "POST", &format!("/v1.51/containers/{id}/start"), &[], None).status, 204);
+        let a = http(sock, "POST", &format!("/v1.51/commit?container={id}"), &[], Some("{}"));
+        assert_eq!(a.status, 201, "commit of a container exiting: {}", a.text());
+    }
+
+    let body = format!(r#"{{"Image":"{img}","HostConfig":{{"Runtime":"runc"}}}}"#);
+    let a = http(sock, "POST", "/v1.51/containers/create", &[], Some(&body));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = a.json()["Id"].as_str().unwrap().to_string();
+    let j = http(sock, "GET", &format!("/v1.51/containers/{id}/json"), &[], None).json();
+    assert_eq!(j["HostConfig"]["Runtime"], "runc");
+    let a = http(sock, "POST", "/v1.51/containers/create", &[], Some(&format!(r#"{{"Image":"{img}"}}"#)));
+    let id = a.json()["Id"].as_str().unwrap().to_string();
+    let j = http(sock, "GET", &format!("/v1.51/containers/{id}/json"), &[], None).json();
+    assert_eq!(j["HostConfig"]["Runtime"], "runc", "the default runtime is Docker's name");
+    let o = node.docker(&["create", "--runtime", "nvidia", &img]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Unknown runtime specified nvidia"), "{}", String::from_utf8_lossy(&o.stderr));
+    // Config.Env: the user's variables in the order sent, then the image's
+    let a = http(sock, "POST", "/v1.51/containers/create", &[], Some(&format!(r#"{{"Image":"{img}","Env":["A=1","PATH=/bin","B=2"]}}"#)));
+    let id = a.json()["Id"].as_str().unwrap().to_string();
+    let j = http(sock, "GET", &format!("/v1.51/containers/{id}/json"), &[], None).json();
+    assert_eq!(j["Config"]["Env"], serde_json::json!(["A=1", "PATH=/bin", "B=2"]));
+    let cid = node.docker_ok(&["create", "-e", "A=1", &img]).trim().to_string();
+    let env = node.docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &cid]);
+    assert_eq!(env.trim(), r#"["A=1","PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]"#);
+    let o = node.docker(&["create", "--log-driver", "asdf", &img]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("error looking up logging plugin asdf: plugin \"asdf\" not found"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Docker's routes berth does not serve answer as Moby does with the feature off
+/// (swarm inactive); headers are written in Go's canonical case.
+#[test]
+fn unserved_routes_answer_as_moby_with_the_feature_off() {
+    berth_e2e::require_root!();
+    let node = berth_e2e::Node::start();
+    let sock = &node.sock;
+    let not_manager = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+    for (m, p) in [("GET", "/v1.41/swarm"), ("GET", "/services"), ("GET", "/v1.51/nodes/x"), ("POST", "/secrets/create"), ("DELETE", "/configs/x")] {
+        let a = http(sock, m, p, &[], None);
+        assert_eq!((a.status, a.json()["message"].as_str()), (503, Some(not_manager)), "{m} {p}");
+    }
+    let a = http(sock, "POST", "/v1.51/swarm/leave?force=1", &[], None);
+    assert_eq!((a.status, a.json()["message"].as_str()), (503, Some("This node is not part of a swarm")));
+    let a = http(sock, "GET", "/v1.51/tasks/x/logs", &[], None);
+    assert_eq!((a.status, a.json()["message"].as_str()), (500, Some("Bad parameters: you must choose at least one stream")));
+    let a = http(sock, "GET", "/v1.51/nope", &[], None);
+    assert_eq!((a.status, a.json()["message"].as_str()), (404, Some("page not found")));
+    let a = http(sock, "GET", "/v1.51/swarm/leave", &[], None);
+    assert_eq!(a.status, 404, "another method is Moby's 404");
+    let a = http(sock, "GET", "/_ping", &[], None);
+    let names: Vec<&str> = a.headers.iter().map(|(k, _)| k.as_str()).collect();
+    for h in ["Api-Version", "Docker-Experimental", "Ostype", "Server", "Content-Type"] {
+        assert!(names.contains(&h), "{h} in {names:?}");
+    }
+}

@@ -1,0 +1,377 @@
+//! A bad day: a service (or nats-server) SIGKILLed under a client's call. The client
+//! answers (an error is an answer) instead of hanging; the container and its log are
+//! intact; once the node has reconciled, nothing is left behind.
+//!
+//! A call is caught "in flight" for sure by freezing the service (SIGSTOP) before the
+//! call, so the request waits in its socket, then SIGKILLing it. The time each client
+//! took to answer after the kill is printed (`answered in`); the test only fails on a
+//! hang (no answer in [`HANG`]); e2e/bench/soak.sh measures the numbers.
+
+use berth_e2e::fixtures::{node_with_busybox, Registry};
+use berth_e2e::{bin_dir, require_root, Node};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A client that has not answered by then hangs (it used to: 30 s to forever).
+const HANG: Duration = Duration::from_secs(10);
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_docker(node: &Node, args: &[&str]) -> Child {
+    node.cmd().args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Wait for a client; panics when it hangs.
+fn answer(mut c: Child, what: &str) -> Output {
+    let t = Instant::now();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return c.wait_with_output().unwrap();
+        }
+        if t.elapsed() > HANG {
+            let _ = c.kill();
+            let o = c.wait_with_output().unwrap();
+            panic!("{what}: no answer in {HANG:?} (hung)\nstdout: {}\nstderr: {}", text(&o.stdout), text(&o.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every process of the node answers (`berth status` says ok for each).
+fn healthy(node: &Node) -> bool {
+    let o = Command::new(bin_dir().join("berth"))
+        .args(["status", "--root"])
+        .arg(&node.root)
+        .arg("--config")
+        .arg(&node.config)
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
+}
+
+/// SIGKILL `target` (a process of node.json: a service or nats-server) while the
+/// docker call `args` is in its hands; `freeze` holds it (SIGSTOP) from before the
+/// call, `settle` is how long the call runs before the kill. Returns the client's
+/// output once the node is healthy again.
+fn kill_under(node: &Node, target: &str, freeze: bool, settle: Duration, args: &[&str]) -> Output {
+    let old = node.service_pid(target).unwrap_or_else(|| panic!("no {target} in node.json"));
+    if freeze {
+        unsafe { libc::kill(old, libc::SIGSTOP) };
+    }
+    let c = spawn_docker(node, args);
+    std::thread::sleep(settle);
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    let t = Instant::now();
+    let what = format!("{target} killed under docker {}", args.join(" "));
+    let o = answer(c, &what);
+    eprintln!(
+        "{what}: answered in {:?} (exit {}): {}",
+        t.elapsed(),
+        o.status.code().unwrap_or(-1),
+        text(&o.stderr).trim()
+    );
+    wait_for(&format!("a new {target}"), || node.service_pid(target).is_some_and(|p| p != old));
+    wait_for("the node to be healthy again", || healthy(node));
+    o
+}
+
+/// A container printing `line-<i>` every 50 ms: its log must never have a gap.
+fn ticker(node: &Node, img: &str, name: &str) {
+    node.docker_ok(&["run", "-d", "--name", name, img, "sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.05; done"]);
+}
+
+fn assert_log_intact(node: &Node, name: &str) {
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", name]).trim(), "running", "{name} still runs");
+    let logs = node.docker_ok(&["logs", name]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() > 20, "too few lines: {}", lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("line-{i}"), "gap or reorder in {name}'s log at line {i}");
+    }
+}
+
+/// Mounts under the node's root, shims, container cgroups, container layers, veths
+/// on its bridge.
+fn leftovers(node: &Node) -> Vec<String> {
+    let mut out = Vec::new();
+    let rs = node.root.to_string_lossy().to_string();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in mi.lines() {
+        if let Some(m) = l.split(' ').nth(4) {
+            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
+                out.push(format!("mount {m}"));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        if cmd.contains("berth-shim") && cmd.contains(&rs) {
+            out.push(format!("shim {cmd}"));
+        }
+    }
+    let parent = format!("berth-e2e-{}", node.name);
+    for base in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
+        if let Ok(rd) = std::fs::read_dir(Path::new(base).join(&parent)) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                out.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    // container layers (records of the storage driver in use)
+    if let Ok(rd) = std::fs::read_dir(node.root.join("storage")) {
+        for d in rd.flatten() {
+            for r in std::fs::read_dir(d.path().join("mounts")).into_iter().flatten().flatten() {
+                out.push(format!("container layer {}", r.path().display()));
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/be{}/brif", node.name)) {
+        for e in rd.flatten() {
+            out.push(format!("veth {}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Remove every container and check that nothing stays (the kernel deletes veths with
+/// their namespaces in the background: wait a little for them).
+fn assert_clean(node: &Node) {
+    let ids = node.docker_ok(&["ps", "-aq"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        node.docker_ok(&args);
+    }
+    let t = Instant::now();
+    while !leftovers(node).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(leftovers(node).is_empty(), "left behind: {:?}\n{}", leftovers(node), node.logs());
+}
+
+/// The runtime dies under exec, logs -f, stop and an attached run.
+#[test]
+fn runtime_killed_under_exec_logs_stop_and_run() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    ticker(&node, &img, "tick");
+    // PID 1 ignores SIGTERM: a stop waits its whole timeout
+    node.docker_ok(&["run", "-d", "--name", "sleeper", &img, "sleep", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    const GONE: &str = "the runtime service exited";
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["exec", "tick", "sleep", "3"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["logs", "-f", "tick"]);
+    assert!(text(&o.stdout).starts_with("line-0\n"), "logs -f printed the log before the fault");
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(&format!("error from daemon in stream: {GONE}")), "{}", text(&o.stderr));
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["stop", "-t", "3", "sleeper"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
+    // the stop either happened or did not: inspect tells, and a second stop finishes it
+    let st = node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "sleeper"]);
+    assert!(["running", "exited"].contains(&st.trim()), "{st}");
+    node.docker_ok(&["stop", "-t", "1", "sleeper"]);
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(700), &["run", "--name", "att", &img, "sh", "-c", "echo hi; sleep 2"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
+    node.docker_ok(&["inspect", "att"]);
+    assert_log_intact(&node, "tick");
+    assert_clean(&node);
+}
+
+/// nats-server dies under exec, logs -f, stop and run: calls in flight fail at once,
+/// every process reconnects, and the node works on.
+#[test]
+fn bus_killed_under_exec_logs_stop_and_run() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    ticker(&node, &img, "tick");
+    node.docker_ok(&["run", "-d", "--name", "sleeper", &img, "sleep", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    const LOST: &str = "the bus connection was lost";
+    for args in [
+        &["exec", "tick", "sleep", "3"][..],
+        &["logs", "-f", "tick"],
+        &["stop", "-t", "3", "sleeper"],
+        &["run", "--name", "att", &img, "sh", "-c", "echo hi; sleep 2"],
+    ] {
+        let o = kill_under(&node, "nats-server", false, Duration::from_millis(600), args);
+        // an error that says what happened (it used to be silence for 30 s, or an exit 0)
+        assert!(!o.status.success(), "docker {args:?}: {}", text(&o.stdout));
+        assert!(text(&o.stderr).contains(LOST), "docker {args:?}: {}", text(&o.stderr));
+    }
+    node.docker_ok(&["stop", "-t", "1", "sleeper"]);
+    node.docker_ok(&["inspect", "att"]);
+    // a new container works end to end after the bus came back
+    assert_eq!(node.docker_ok(&["run", "--rm", &img, "echo", "after"]).trim(), "after");
+    assert_log_intact(&node, "tick");
+    assert_clean(&node);
+}
+
+/// The network, storage and images services die under the calls that need them.
+#[test]
+fn network_storage_and_images_killed_under_run_stop_and_pull() {
+    require_root!();
+    let (node, reg, img) = node_with_busybox();
+    ticker(&node, &img, "tick");
+
+    // create: the runtime waits for the frozen storage (the container's layer)
+    let o = kill_under(&node, "storage", true, Duration::from_millis(400), &["create", "--name", "made", &img, "sleep", "1000"]);
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    assert!(!node.docker(&["inspect", "made"]).status.success(), "a failed create leaves no container");
+    // start: the runtime waits for the frozen network (sandbox) or storage (mount)
+    for target in ["network", "storage"] {
+        let name = format!("start-{target}");
+        node.docker_ok(&["create", "--name", &name, &img, "sleep", "1000"]);
+        let o = kill_under(&node, target, true, Duration::from_millis(400), &["start", &name]);
+        assert!(!o.status.success(), "{}", text(&o.stdout));
+        // the start failed and gave back what it took; a second start works
+        node.docker_ok(&["start", &name]);
+        node.docker_ok(&["rm", "-f", &name]);
+    }
+    // stop: the exit gives the sandbox back to a frozen network
+    node.docker_ok(&["run", "-d", "--name", "stop-net", &img, "sleep", "1000"]);
+    kill_under(&node, "network", true, Duration::from_millis(400), &["stop", "-t", "0", "stop-net"]);
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "stop-net"]).trim(), "exited");
+
+    // pull: the images service (the stream), then storage (the layer apply)
+    for (i, target) in ["images", "storage"].into_iter().enumerate() {
+        let tag = format!("{}/fault{i}:latest", reg.addr());
+        push_distinct(&reg, &format!("fault{i}"));
+        let o = kill_under(&node, target, true, Duration::from_millis(400), &["pull", &tag]);
+        assert!(!o.status.success(), "{}", text(&o.stdout));
+        // nothing half-made stays: a second pull works
+        node.docker_ok(&["pull", "-q", &tag]);
+        node.docker_ok(&["run", "--rm", &tag, "cat", "/fault"]);
+    }
+    assert_log_intact(&node, "tick");
+    assert_clean(&node);
+}
+
+/// An image with a layer of its own (busybox plus `/fault`), pushed as `<name>:latest`.
+fn push_distinct(reg: &Registry, name: &str) {
+    let layout = berth_e2e::fixtures::umoci_image(
+        name,
+        |rootfs| {
+            berth_e2e::fixtures::busybox_rootfs(rootfs);
+            std::fs::write(rootfs.join("fault"), name).unwrap();
+        },
+        &["--config.cmd", "sh"],
+    );
+    reg.push_oci(&layout, "latest", &format!("{name}:latest"));
+}
+
+/// A label file of about `bytes` bytes (1 KiB labels).
+fn label_file(dir: &Path, name: &str, bytes: usize) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let v = "v".repeat(1000);
+    let s: String = (0..bytes / 1024).map(|i| format!("l{i}={v}\n")).collect();
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// 10 MB of labels over two containers: the create bodies (5 MB each), `ps -a`,
+/// `inspect` and `system df` answer as on Moby (they failed with 500 after 30 s,
+/// `max payload size exceeded`: one bus message is 1 MiB).
+#[test]
+fn answers_and_bodies_larger_than_one_bus_message() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    for c in ["big1", "big2"] {
+        let f = label_file(node.dir.path(), c, 5 << 20);
+        node.docker_ok(&["create", "--name", c, "--label-file", f.to_str().unwrap(), &img, "true"]);
+    }
+    let ps = node.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Label \"l4000\"}}"]);
+    let mut lines: Vec<&str> = ps.lines().collect();
+    lines.sort();
+    let v = "v".repeat(1000);
+    assert_eq!(lines, vec![format!("big1 {v}"), format!("big2 {v}")]);
+    let n = node.docker_ok(&["inspect", "-f", "{{len .Config.Labels}}", "big1", "big2"]);
+    assert_eq!(n.split_whitespace().collect::<Vec<_>>(), vec!["5120", "5120"]);
+    let df = node.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.lines().any(|l| l == "Containers 2"), "{df}");
+    let o = node.docker_ok(&["ps", "-aq", "--no-trunc", "--filter", "label=l5000"]);
+    assert_eq!(o.lines().count(), 2);
+    // their events are published (without the labels that do not fit one message)
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let ev = node.docker_ok(&["events", "--since", "0", "--until", &until, "--filter", "event=create", "--format", "{{.Actor.Attributes.name}}"]);
+    let mut names: Vec<&str> = ev.lines().collect();
+    names.sort();
+    assert_eq!(names, vec!["big1", "big2"]);
+    node.docker_ok(&["rm", "big1", "big2"]);
+}
+
+/// `docker rm` while storage cannot give the layers back: the removal fails with
+/// Docker's message (the container stays, Dead, as Moby marks it) instead of
+/// succeeding and leaking the layers; a later `rm` removes it. A `--rm` container
+/// whose layers storage could not take back is finished when storage is back.
+#[test]
+fn rm_while_storage_is_down_leaks_nothing() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["create", "--name", "victim", &img, "true"]);
+    let o = kill_under(&node, "storage", true, Duration::from_millis(400), &["rm", "victim"]);
+    assert!(!o.status.success(), "rm with storage dying under it must not claim success");
+    let err = text(&o.stderr);
+    assert!(err.contains("failed to remove root filesystem") && err.contains("storage service exited"), "{err}");
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.State.Status}}", "victim"]).trim(), "dead");
+    node.docker_ok(&["rm", "victim"]);
+
+    // --rm: gone for the API at the exit; its layers go when storage is back
+    node.docker_ok(&["run", "-d", "--rm", "--name", "auto", &img, "sleep", "1"]);
+    let st = node.service_pid("storage").unwrap();
+    unsafe { libc::kill(st, libc::SIGSTOP) };
+    wait_for("the --rm container to be gone", || !node.docker(&["inspect", "auto"]).status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(st, libc::SIGKILL) };
+    wait_for("a new storage", || node.service_pid("storage").is_some_and(|p| p != st));
+    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the --rm container's layers to go", || leftovers(&node).is_empty());
+    assert_clean(&node);
+}
+
+/// A container layer no record knows (a create cut in two: storage made the layer,
+/// the runtime died before writing its record) is removed when the runtime starts.
+#[test]
+fn runtime_restart_removes_orphan_layers() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["create", "--name", "kept", &img, "true"]);
+    let url = node.state()["nats_url"].as_str().unwrap().to_string();
+    let id = node.state()["node"].as_str().unwrap().to_string();
+    let creds = berth_bus::Creds::load(&node.root.join("bus/creds/runtime")).unwrap();
+    let orphan = "ab".repeat(32);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let bus = berth_bus::Bus::connect(&url, Some(creds), &id, "runtime").await.unwrap();
+        bus.request(&bus_schema::storage::RwLayerCreate { id: orphan.clone(), parent: None }).await.unwrap();
+    });
+    let layers = |n: &Node| leftovers(n).into_iter().filter(|l| l.starts_with("container layer")).collect::<Vec<_>>();
+    assert!(layers(&node).iter().any(|l| l.contains(&orphan)), "the orphan was made: {:?}", layers(&node));
+    let old = node.service_pid("runtime").unwrap();
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for("a new runtime", || node.service_pid("runtime").is_some_and(|p| p != old));
+    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the orphan layer to go", || !layers(&node).iter().any(|l| l.contains(&orphan)));
+    // the recorded container keeps its layer and starts
+    assert_eq!(layers(&node).len(), 1, "{:?}", layers(&node));
+    node.docker_ok(&["start", "kept"]);
+    assert_clean(&node);
+}

@@ -1,0 +1,128 @@
+//! Routes of Docker's API that berth does not serve, answered as Moby answers them
+//! with the feature off (no plugins, no BuildKit), never with a bare 404 "page not
+//! found" for a route Docker has. This is the app's fallback: a route an area serves
+//! always wins, so the area that starts serving one of these only adds its router,
+//! and the entry here goes dead (remove it then; `docs/api.md`'s test reports the
+//! route as served either way). The swarm routes are served (routes::swarm): the
+//! swarm service answers Moby's 503s when the node is in no swarm.
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode};
+
+use crate::error::ApiError;
+
+/// How an unserved route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// No plugin installed: an empty list.
+    NoPlugins,
+    /// No plugin installed: 404 `plugin "<name>" not found`.
+    PluginNotFound,
+    /// Installing or making plugins: not available yet (501).
+    PluginsUnavailable,
+    /// BuildKit's session: Moby's 400 without an upgrade; berth has no BuildKit.
+    Session,
+}
+
+/// Docker's routes berth does not serve, with their answer. Path segments in braces
+/// match any one segment.
+pub const UNSERVED: &[(&str, &str, Answer)] = &[
+    ("GET", "/plugins", Answer::NoPlugins),
+    ("GET", "/plugins/privileges", Answer::NoPlugins),
+    ("POST", "/plugins/pull", Answer::PluginsUnavailable),
+    ("POST", "/plugins/create", Answer::PluginsUnavailable),
+    ("GET", "/plugins/{*name}/json", Answer::PluginNotFound),
+    ("DELETE", "/plugins/{*name}", Answer::PluginNotFound),
+    ("POST", "/plugins/{*name}/enable", Answer::PluginNotFound),
+    ("POST", "/plugins/{*name}/disable", Answer::PluginNotFound),
+    ("POST", "/plugins/{*name}/upgrade", Answer::PluginNotFound),
+    ("POST", "/plugins/{*name}/push", Answer::PluginNotFound),
+    ("POST", "/plugins/{*name}/set", Answer::PluginNotFound),
+    ("POST", "/session", Answer::Session),
+];
+
+/// Does `path` match `pattern`? `{x}` is one non-empty segment, `{*x}` one or more
+/// (a plugin's name, `vieux/sshfs:latest`).
+pub fn matches(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    fn m(p: &[&str], s: &[&str]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(a), Some(_)) if a.starts_with("{*") => (1..=s.len()).any(|n| s[..n].iter().all(|x| !x.is_empty()) && m(&p[1..], &s[n..])),
+            (Some(a), Some(b)) if a.starts_with('{') => !b.is_empty() && m(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    m(&p, &s)
+}
+
+/// The unserved route `method path` is, if any.
+pub fn lookup(method: &Method, path: &str) -> Option<Answer> {
+    UNSERVED.iter().find(|(m, p, _)| method.as_str() == *m && matches(p, path)).map(|(_, _, a)| *a)
+}
+
+/// Marks a response the fallback gave (a response extension: clients never see
+/// it), with the unserved route's answer if the route is Docker's; the API table
+/// test tells served routes from the others by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback(pub Option<Answer>);
+
+/// The fallback: Docker's answer for an unserved route, else Moby's 404 (which it
+/// also gives for a known path with another method).
+pub async fn fallback(req: Request) -> Response {
+    let path = req.uri().path();
+    let answer = lookup(req.method(), path);
+    let mut res = match answer {
+        Some(Answer::NoPlugins) => (StatusCode::OK, axum::Json(serde_json::json!([]))).into_response(),
+        Some(Answer::PluginNotFound) => {
+            let name = plugin_name(req.method(), path);
+            ApiError::not_found(format!("plugin \"{name}\" not found")).into_response()
+        }
+        Some(Answer::Session) if !req.headers().contains_key(http::header::UPGRADE) => {
+            ApiError::bad_request("no upgrade proto in request").into_response()
+        }
+        Some(Answer::Session) => {
+            ApiError::bad_request("BuildKit is not supported by this engine: use the classic builder (DOCKER_BUILDKIT=0)").into_response()
+        }
+        Some(Answer::PluginsUnavailable) => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "installing plugins is not supported by this engine yet").into_response()
+        }
+        None => ApiError::not_found("page not found").into_response(),
+    };
+    res.extensions_mut().insert(Fallback(answer));
+    res
+}
+
+/// The plugin name in `/plugins/<name>[/op]` (it may hold slashes).
+fn plugin_name(method: &Method, path: &str) -> String {
+    let rest = path.trim_start_matches("/plugins/");
+    if *method == Method::DELETE {
+        return rest.to_string();
+    }
+    rest.rsplit_once('/').map(|(n, _)| n).unwrap_or(rest).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("/nodes/{id}", "/nodes/abc"));
+        assert!(matches("/nodes/{id}", "/nodes/abc/"));
+        assert!(!matches("/nodes/{id}", "/nodes/"));
+        assert!(!matches("/nodes/{id}", "/nodes/a/b"));
+        assert!(matches("/session", "/session"));
+        assert!(!matches("/session", "/session/x"));
+        assert_eq!(lookup(&Method::POST, "/session"), Some(Answer::Session));
+        assert_eq!(lookup(&Method::GET, "/session"), None);
+        assert_eq!(lookup(&Method::GET, "/plugins/vieux/sshfs:latest/json"), Some(Answer::PluginNotFound));
+        assert_eq!(lookup(&Method::DELETE, "/plugins/a/b"), Some(Answer::PluginNotFound));
+        assert_eq!(lookup(&Method::GET, "/plugins/json"), None);
+        assert_eq!(plugin_name(&Method::GET, "/plugins/vieux/sshfs:latest/json"), "vieux/sshfs:latest");
+        assert_eq!(plugin_name(&Method::DELETE, "/plugins/vieux/sshfs"), "vieux/sshfs");
+    }
+}

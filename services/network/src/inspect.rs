@@ -1,0 +1,320 @@
+//! What clients see: Docker's network inspect JSON, a container's endpoint settings,
+//! the sandbox reply, and the filters of `network ls` and `network prune`.
+
+use bus_schema::network::Sandbox;
+use bus_schema::{docker, BusError};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::ports;
+use crate::service::NetworkService;
+use crate::state::State;
+use crate::store::{EndpointRecord, NetworkRecord, SandboxRecord};
+
+impl NetworkService {
+    pub(crate) fn inspect_of(
+        &self,
+        st: &State,
+        n: &NetworkRecord,
+        with_containers: bool,
+    ) -> docker::NetworkInspect {
+        let mut cfgs = Vec::new();
+        if let Some(sub) = n.subnet {
+            cfgs.push(docker::IpamConfig {
+                subnet: Some(sub.to_string()),
+                ip_range: n.ip_range.map(|r| r.to_string()),
+                gateway: n.gateway.map(|g| g.to_string()),
+                auxiliary_addresses: if n.aux.is_empty() {
+                    None
+                } else {
+                    Some(
+                        n.aux
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.to_string()))
+                            .collect(),
+                    )
+                },
+            });
+        }
+        let mut containers = HashMap::new();
+        if with_containers {
+            for (s, e) in st.endpoints_on(&n.id) {
+                containers.insert(
+                    s.container_id.clone(),
+                    docker::EndpointResource {
+                        name: Some(s.name.clone()),
+                        endpoint_id: Some(e.endpoint_id.clone()),
+                        mac_address: Some(e.mac.clone()),
+                        ipv4_address: Some(
+                            e.ip.map(|ip| format!("{ip}/{}", e.prefix))
+                                .unwrap_or_default(),
+                        ),
+                        ipv6_address: Some(String::new()),
+                    },
+                );
+            }
+        }
+        docker::NetworkInspect {
+            name: Some(n.name.clone()),
+            id: Some(n.id.clone()),
+            created: Some(n.created.clone()),
+            scope: Some("local".into()),
+            driver: Some(n.driver.clone()),
+            enable_ipv4: Some(true),
+            enable_ipv6: Some(false),
+            ipam: Some(docker::Ipam {
+                driver: Some("default".into()),
+                config: Some(cfgs),
+                options: if n.is_bridge() {
+                    Some(n.ipam_options.clone().into_iter().collect())
+                } else {
+                    None
+                },
+            }),
+            internal: Some(n.internal),
+            attachable: Some(n.attachable),
+            ingress: Some(false),
+            config_from: Some(docker::ConfigReference {
+                network: Some(String::new()),
+            }),
+            config_only: Some(false),
+            options: Some(n.options.clone().into_iter().collect()),
+            labels: Some(n.labels.clone().into_iter().collect()),
+            peers: None,
+            containers: Some(containers),
+            services: None,
+            status: None,
+        }
+    }
+
+    pub(crate) fn endpoint_settings(
+        &self,
+        st: &State,
+        e: &EndpointRecord,
+    ) -> docker::EndpointSettings {
+        let n = st.networks.get(&e.network_id);
+        docker::EndpointSettings {
+            ipam_config: e
+                .requested_ip
+                .as_ref()
+                .map(|ip| docker::EndpointIpamConfig {
+                    ipv4_address: Some(ip.clone()),
+                    ..Default::default()
+                }),
+            links: if e.links.is_empty() {
+                None
+            } else {
+                Some(e.links.clone())
+            },
+            mac_address: Some(e.mac.clone()),
+            aliases: if e.aliases.is_empty() {
+                None
+            } else {
+                Some(e.aliases.clone())
+            },
+            driver_opts: if e.driver_opts.is_empty() {
+                None
+            } else {
+                Some(e.driver_opts.clone().into_iter().collect())
+            },
+            gw_priority: Some(e.gw_priority),
+            network_id: Some(e.network_id.clone()),
+            endpoint_id: Some(e.endpoint_id.clone()),
+            gateway: Some(
+                n.and_then(|n| n.gateway)
+                    .filter(|_| e.ip.is_some())
+                    .map(|g| g.to_string())
+                    .unwrap_or_default(),
+            ),
+            ip_address: Some(e.ip.map(|i| i.to_string()).unwrap_or_default()),
+            ip_prefix_len: Some(e.prefix as i64),
+            ipv6_gateway: Some(String::new()),
+            global_ipv6_address: Some(String::new()),
+            global_ipv6_prefix_len: Some(0),
+            dns_names: if e.dns_names.is_empty() {
+                None
+            } else {
+                Some(e.dns_names.clone())
+            },
+        }
+    }
+
+    pub(crate) fn sandbox_reply(&self, st: &State, s: &SandboxRecord) -> Sandbox {
+        let mut networks = HashMap::new();
+        for e in &s.endpoints {
+            if let Some(n) = st.networks.get(&e.network_id) {
+                networks.insert(n.name.clone(), self.endpoint_settings(st, e));
+            }
+        }
+        Sandbox {
+            key: s.key.clone(),
+            networks,
+            ports: ports::port_map(&s.all_ports, &s.ports),
+            resolv_conf: s.resolv_conf.clone(),
+            hosts: s.hosts.clone(),
+        }
+    }
+    pub(crate) fn list_filtered(
+        &self,
+        st: &State,
+        filters: &HashMap<String, Vec<String>>,
+    ) -> Result<Vec<docker::NetworkInspect>, BusError> {
+        for k in filters.keys() {
+            if !["driver", "id", "label", "name", "scope", "type", "dangling"].contains(&k.as_str())
+            {
+                return Err(BusError::invalid(format!("invalid filter '{k}'")));
+            }
+        }
+        if let Some(v) = filters.get("type") {
+            for t in v {
+                if t != "custom" && t != "builtin" {
+                    return Err(BusError::invalid(format!("invalid filter: 'type'='{t}'")));
+                }
+            }
+        }
+        let dangling = match filters.get("dangling").and_then(|v| v.first()) {
+            None => None,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" => Some(true),
+                "false" | "0" => Some(false),
+                _ => return Err(BusError::invalid(format!("invalid filter 'dangling={v}'"))),
+            },
+        };
+        let mut out = Vec::new();
+        let mut nets: Vec<&NetworkRecord> = st.networks.values().collect();
+        nets.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+        for n in nets {
+            let any = |k: &str, f: &dyn Fn(&str) -> bool| {
+                filters
+                    .get(k)
+                    .is_none_or(|v| v.is_empty() || v.iter().any(|x| f(x)))
+            };
+            if !any("driver", &|d| n.driver == d) {
+                continue;
+            }
+            if !any("id", &|i| n.id.starts_with(i)) {
+                continue;
+            }
+            if !any("name", &|x| n.name.contains(x)) {
+                continue;
+            }
+            if !any("scope", &|s| s == "local") {
+                continue;
+            }
+            if !any("type", &|t| (t == "builtin") == n.predefined()) {
+                continue;
+            }
+            if let Some(ls) = filters.get("label") {
+                if !ls.iter().all(|l| label_match(&n.labels, l)) {
+                    continue;
+                }
+            }
+            if let Some(d) = dangling {
+                let used = st.endpoints_on(&n.id).next().is_some();
+                let is_dangling = !used && !n.predefined();
+                if d != is_dangling {
+                    continue;
+                }
+            }
+            out.push(self.inspect_of(st, n, false));
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn label_match(labels: &BTreeMap<String, String>, f: &str) -> bool {
+    match f.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(f),
+    }
+}
+
+/// `until`: a Unix timestamp, an RFC 3339 time, or a Go duration (`24h`, `10m`) ago.
+fn parse_until(s: &str) -> Option<i64> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Ok(t) = s.parse::<f64>() {
+        return Some(t as i64);
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "ms" => n / 1000.0,
+        _ => return None,
+    };
+    Some(now - secs as i64)
+}
+
+/// The networks `docker network prune` removes: user networks without endpoints
+/// that the filters (`until`, `label`, `label!`) select.
+pub(crate) fn prune_candidates(
+    st: &State,
+    filters: &HashMap<String, Vec<String>>,
+) -> Result<Vec<NetworkRecord>, BusError> {
+    for k in filters.keys() {
+        if !["until", "label", "label!"].contains(&k.as_str()) {
+            return Err(BusError::invalid(format!("invalid filter '{k}'")));
+        }
+    }
+    let until = match filters.get("until").and_then(|v| v.first()) {
+        None => None,
+        Some(u) => Some(
+            parse_until(u)
+                .ok_or_else(|| BusError::invalid(format!("invalid filter 'until={u}'")))?,
+        ),
+    };
+    Ok(st
+        .networks
+        .values()
+        .filter(|n| !n.predefined())
+        .filter(|n| st.endpoints_on(&n.id).next().is_none())
+        .filter(|n| {
+            filters
+                .get("label")
+                .is_none_or(|ls| ls.iter().all(|l| label_match(&n.labels, l)))
+        })
+        .filter(|n| {
+            filters
+                .get("label!")
+                .is_none_or(|ls| ls.iter().all(|l| !label_match(&n.labels, l)))
+        })
+        .filter(|n| {
+            until.is_none_or(|u| {
+                time::OffsetDateTime::parse(
+                    &n.created,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|c| c.unix_timestamp() < u)
+                .unwrap_or(false)
+            })
+        })
+        .cloned()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_forms() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert_eq!(parse_until("1700000000"), Some(1_700_000_000));
+        assert!((parse_until("1h").unwrap() - (now - 3600)).abs() < 5);
+        assert_eq!(parse_until("2024-01-01T00:00:00Z"), Some(1_704_067_200));
+        assert_eq!(parse_until("x"), None);
+    }
+
+    #[test]
+    fn labels() {
+        let l = BTreeMap::from([("a".to_string(), "b".to_string())]);
+        assert!(label_match(&l, "a"));
+        assert!(label_match(&l, "a=b"));
+        assert!(!label_match(&l, "a=c"));
+        assert!(!label_match(&l, "c"));
+    }
+}
