@@ -463,23 +463,7 @@ fn setup_init(upper: &Path, below: &Below) -> std::io::Result<()> {
             match below.lookup(upper, &cur) {
                 Some(m) if m.is_dir() => {
                     std::fs::create_dir(&p)?;
-                    let src = match below {
-                        Below::Layers(ls) => ls
-                            .iter()
-                            .map(|l| l.join(&cur))
-                            .find(|x| x.exists())
-                            .unwrap_or_else(|| p.clone()),
-                        Below::Same => p.clone(),
-                    };
-                    crate::copy::copy_meta(
-                        &src,
-                        &p,
-                        &m,
-                        crate::copy::CopyOpts {
-                            devices: false,
-                            xattrs: false,
-                        },
-                    )?;
+                    crate::copy::copy_meta(&p, &m)?;
                 }
                 Some(_) => break, // e.g. a symlinked /etc: leave it to the image
                 None => {

@@ -111,9 +111,7 @@ fn base_layer_keeps_everything() {
         std::fs::metadata(d.path().join("opaque")).unwrap().mode() & 0o777,
         0o700
     );
-    let p = std::ffi::CString::new(d.path().join("xattr-file").to_str().unwrap()).unwrap();
-    let v =
-        berth_storage::copy::get_xattr(&p, &std::ffi::CString::new("user.berth").unwrap()).unwrap();
+    let v = xattr(d.path(), "xattr-file", "user.berth");
     assert_eq!(v.as_deref(), Some(&b"yes"[..]));
 }
 
@@ -129,12 +127,7 @@ fn overlay_whiteouts_are_devices_and_xattrs() {
         m.file_type().is_char_device() && m.rdev() == 0,
         "0/0 whiteout"
     );
-    let p = std::ffi::CString::new(d.path().join("opaque").to_str().unwrap()).unwrap();
-    let v = berth_storage::copy::get_xattr(
-        &p,
-        &std::ffi::CString::new("trusted.overlay.opaque").unwrap(),
-    )
-    .unwrap();
+    let v = xattr(d.path(), "opaque", "trusted.overlay.opaque");
     assert_eq!(v.as_deref(), Some(&b"y"[..]));
     assert_eq!(std::fs::read(d.path().join("opaque/new")).unwrap(), b"new");
 }
@@ -175,4 +168,11 @@ fn tar_split_reproduces_the_stream() {
     .unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "replayed stream differs");
+}
+
+/// The extended attribute `attr` of `dir/name` (not following a link).
+fn xattr(dir: &std::path::Path, name: &str, attr: &str) -> Option<Vec<u8>> {
+    use std::os::fd::AsFd;
+    let d = std::fs::File::open(dir).unwrap();
+    berth_fsutil::at::lgetxattr(d.as_fd(), std::ffi::OsStr::new(name), attr).unwrap()
 }

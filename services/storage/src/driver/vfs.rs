@@ -7,7 +7,20 @@ use super::{
     check_opts, Capabilities, CommitOpts, DiffSource, Driver, DriverError, Info, Kind, MetaStore,
     Mount, Result, Usage, Whiteouts, WholeDirs,
 };
-use crate::copy::{copy_tree, CopyOpts};
+
+/// A snapshot's parent copied into it with everything a layer carries (devices and
+/// xattrs included), walked by descriptors like every other copy of the engine.
+fn copy_layer(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let (s, d) = (std::fs::File::open(src)?, std::fs::File::open(dst)?);
+    berth_fsutil::copy::Copier::new(berth_fsutil::copy::CopyOpts {
+        devices: true,
+        xattrs: true,
+        one_filesystem: true,
+        ..Default::default()
+    })
+    .copy_dir(s.as_fd(), d.as_fd())
+}
 
 pub struct Vfs {
     home: PathBuf,
@@ -56,14 +69,7 @@ impl Vfs {
                 .map_err(DriverError::io(format!("creating snapshot {key}")))?;
             if let Some(p) = parent {
                 let pi = self.meta.get(p)?;
-                copy_tree(
-                    &self.dir(&pi.id),
-                    &dir,
-                    CopyOpts {
-                        devices: true,
-                        xattrs: true,
-                    },
-                )
+                copy_layer(&self.dir(&pi.id), &dir)
                 .map_err(DriverError::io(format!("copying {p} into snapshot {key}")))?;
             } else {
                 use std::os::unix::fs::PermissionsExt;
