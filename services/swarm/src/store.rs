@@ -296,7 +296,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
     /// up with the bucket's present). The stream ends when the watch breaks (the bus
     /// went away); callers start again from a fresh `watch_all`.
     pub async fn watch_all(&self) -> Result<impl futures_util::Stream<Item = Result<(Change<T>, bool), StoreError>> + Send + 'static + use<T>, StoreError> {
-        let w = self.kv.watch_all().await.map_err(|e| classify(e.to_string()))?;
+        // every key's last value first, then changes (async-nats' `watch_all` delivers
+        // only new ones: a restarted service would start from empty tables)
+        let w = self.kv.watch_with_history(">").await.map_err(|e| classify(e.to_string()))?;
         Ok(w.map(|e| {
             let e = e.map_err(|e| classify(e.to_string()))?;
             let done = e.delta == 0;
