@@ -2,11 +2,12 @@
 # Installs the Debian packages berth and its tests use, if missing. Idempotent.
 # Runtime: nats-server, iptables/nftables, btrfs-progs, libseccomp (build).
 # Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus; the package
-# test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate).
+# test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate); the
+# docker-py suite: python3-venv (its venv's packages come from PyPI).
 set -euo pipefail
 pkgs=(nats-server iptables nftables btrfs-progs libseccomp-dev pkg-config gcc curl
       docker-registry busybox-static umoci skopeo prometheus ca-certificates
-      debootstrap systemd)
+      debootstrap systemd python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

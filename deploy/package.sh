@@ -2,19 +2,20 @@
 # Builds berth's Debian package from the workspace's release binaries with dpkg-deb
 # (nothing but Debian's own tools) and prints the .deb's path on its last line.
 #
-#   deploy/package.sh [--version V] [--out DIR] [--no-build]
+#   deploy/package.sh [--version V] [--out DIR] [--no-build] [--no-compress]
 #
 # --version: the package version (default: the workspace version); an upgrade test
-# builds the same binaries again with a higher one.
+# builds the same binaries again with a higher one (--no-compress: quicker, same files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=""; out="$PWD/target/deb"; build=1
+version=""; out="$PWD/target/deb"; build=1; compress="-Zgzip -z6"
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) version="$2"; shift 2;;
     --out) out="$2"; shift 2;;
     --no-build) build=0; shift;;
-    *) echo "usage: $0 [--version V] [--out DIR] [--no-build]" >&2; exit 2;;
+    --no-compress) compress="-Znone"; shift;;
+    *) echo "usage: $0 [--version V] [--out DIR] [--no-build] [--no-compress]" >&2; exit 2;;
   esac
 done
 [ -n "$version" ] || version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
@@ -55,8 +56,7 @@ Version: $version
 Architecture: amd64
 Maintainer: berth developers <berth@localhost>
 Installed-Size: $size
-Depends: libc6 (>= $glibc), libgcc-s1, nats-server (>= 2.9), nftables, iptables, procps, passwd
-Recommends: ca-certificates
+Depends: libc6 (>= $glibc), libgcc-s1, nats-server (>= 2.9), nftables, iptables, procps, passwd, ca-certificates
 Suggests: btrfs-progs, docker-cli | docker.io
 Section: admin
 Priority: optional
@@ -72,5 +72,6 @@ mkdir -p "$out"
 deb="$out/berth_${version}_amd64.deb"
 # root-owned files without fakeroot (--root-owner-group); gzip: every dpkg reads it, and
 # it takes seconds where xz takes minutes on a busy machine
-dpkg-deb --root-owner-group -Zgzip -z6 --build "$stage" "$deb" >&2
+# shellcheck disable=SC2086
+dpkg-deb --root-owner-group $compress --build "$stage" "$deb" >&2
 echo "$deb"

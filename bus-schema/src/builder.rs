@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-use crate::images::{JsonMessage, RegistryAuth};
+use crate::docker;
+pub use crate::images::{JsonMessage, RegistryAuth};
 use crate::stream::ByteChunk;
 
 /// `POST /build`: the caller streams the context tar (as sent by the CLI, possibly
@@ -49,7 +50,7 @@ pub struct ContainerCommit {
     /// Dockerfile instructions (`-c`).
     pub changes: Vec<String>,
     /// Config overrides sent in the body.
-    pub config: Option<crate::docker::ContainerConfig>,
+    pub config: Option<docker::ContainerConfig>,
 }
 
 /// `docker builder prune` / build cache usage.
@@ -58,11 +59,21 @@ pub struct BuildPrune {
     pub all: bool,
 }
 
-crate::rpcs!(Builder {
-    ImageBuild => (), stream JsonMessage, input ByteChunk;
-    ContainerCommit => crate::docker::IdResponse;
-    BuildPrune => crate::docker::BuildPruneResponse;
-});
+/// The builder's table of calls (see [`crate::contract`]).
+#[macro_export]
+macro_rules! builder_table {
+    ($gen:path) => {
+        $gen! {
+            service: Builder, api: BuilderApi, client: BuilderClient, serve: serve_builder, module: builder,
+            ops {
+                image_build(ImageBuild) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
+                container_commit(ContainerCommit) -> docker::IdResponse; callers [Gateway], timeout |_| $crate::secs(600);
+                build_prune(BuildPrune) -> docker::BuildPruneResponse; callers [Gateway];
+            }
+        }
+    };
+}
+crate::builder_table!(crate::__api);
 
 #[cfg(test)]
 mod tests {

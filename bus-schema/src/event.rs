@@ -3,6 +3,141 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::contract::Caller;
+
+/// Docker's event types that berth publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Container,
+    Image,
+    Volume,
+    Network,
+    Service,
+    Node,
+    Secret,
+    Config,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Container => "container",
+            EventType::Image => "image",
+            EventType::Volume => "volume",
+            EventType::Network => "network",
+            EventType::Service => "service",
+            EventType::Node => "node",
+            EventType::Secret => "secret",
+            EventType::Config => "config",
+        }
+    }
+}
+
+/// Docker's event actions (`docker events` prints them as they are spelled here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Attach,
+    Commit,
+    Connect,
+    Create,
+    Delete,
+    Destroy,
+    Die,
+    Disconnect,
+    ExecCreate,
+    ExecDie,
+    ExecStart,
+    Export,
+    ExtractToDir,
+    HealthStatus,
+    Import,
+    Kill,
+    Load,
+    Mount,
+    Oom,
+    Pause,
+    Prune,
+    Pull,
+    Push,
+    Remove,
+    Rename,
+    Restart,
+    Save,
+    Start,
+    Stop,
+    Tag,
+    Unmount,
+    Unpause,
+    Untag,
+    Update,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Attach => "attach",
+            Action::Commit => "commit",
+            Action::Connect => "connect",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::Destroy => "destroy",
+            Action::Die => "die",
+            Action::Disconnect => "disconnect",
+            Action::ExecCreate => "exec_create",
+            Action::ExecDie => "exec_die",
+            Action::ExecStart => "exec_start",
+            Action::Export => "export",
+            Action::ExtractToDir => "extract-to-dir",
+            Action::HealthStatus => "health_status",
+            Action::Import => "import",
+            Action::Kill => "kill",
+            Action::Load => "load",
+            Action::Mount => "mount",
+            Action::Oom => "oom",
+            Action::Pause => "pause",
+            Action::Prune => "prune",
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Remove => "remove",
+            Action::Rename => "rename",
+            Action::Restart => "restart",
+            Action::Save => "save",
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Tag => "tag",
+            Action::Unmount => "unmount",
+            Action::Unpause => "unpause",
+            Action::Untag => "untag",
+            Action::Update => "update",
+        }
+    }
+}
+
+macro_rules! owners {
+    ($( $owner:ident publishes $typ:ident [$($action:ident),* $(,)?]; )*) => {
+        /// Who publishes which event: only the owner may (the bus permissions are
+        /// generated from this).
+        pub const OWNERS: &[(EventType, Action, Caller)] = &[
+            $( $( (EventType::$typ, Action::$action, Caller::$owner), )* )*
+        ];
+    };
+}
+
+owners! {
+    Runtime publishes Container [
+        Attach, Create, Destroy, Die, ExecCreate, ExecDie, ExecStart, Export, ExtractToDir,
+        HealthStatus, Kill, Oom, Pause, Prune, Rename, Restart, Start, Stop, Unpause, Update,
+    ];
+    Builder publishes Container [Commit];
+    Images publishes Image [Delete, Import, Load, Prune, Pull, Push, Save, Tag, Untag];
+    Storage publishes Volume [Create, Destroy, Mount, Unmount];
+    Network publishes Network [Connect, Create, Destroy, Disconnect];
+    Swarm publishes Service [Create, Update, Remove];
+    Swarm publishes Node [Create, Update, Remove];
+    Swarm publishes Secret [Create, Update, Remove];
+    Swarm publishes Config [Create, Update, Remove];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     #[serde(rename = "ID")]
@@ -32,14 +167,14 @@ pub struct Event {
 
 impl Event {
     /// A local-scope event stamped now.
-    pub fn now(typ: &str, action: impl Into<String>, id: impl Into<String>) -> Event {
+    pub fn now(typ: EventType, action: Action, id: impl Into<String>) -> Event {
         let ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         Event {
-            typ: typ.to_string(),
-            action: action.into(),
+            typ: typ.as_str().to_string(),
+            action: action.as_str().to_string(),
             actor: Actor {
                 id: id.into(),
                 attributes: BTreeMap::new(),
@@ -48,6 +183,12 @@ impl Event {
             time: ns / 1_000_000_000,
             time_nano: ns,
         }
+    }
+
+    /// Docker's detail after the action: `exec_start: sh -c true`, `health_status: healthy`.
+    pub fn detail(mut self, text: &str) -> Event {
+        self.action = format!("{}: {text}", self.action);
+        self
     }
 
     pub fn attr(mut self, k: impl Into<String>, v: impl Into<String>) -> Event {
@@ -101,17 +242,18 @@ mod tests {
 
     #[test]
     fn event_roundtrip_and_subject() {
-        let e = Event::now("container", "exec_start: sh -c true", "abc").attr("image", "busybox");
+        let e = Event::now(EventType::Container, Action::ExecStart, "abc").detail("sh -c true").attr("image", "busybox");
         crate::testutil::roundtrip(e.clone());
         assert_eq!(e.subject(), "berth.v1.events.container.exec_start");
-        let h = Event::now("container", "health_status: healthy", "abc");
+        let h = Event::now(EventType::Container, Action::HealthStatus, "abc").detail("healthy");
+        assert_eq!(h.action, "health_status: healthy");
         assert_eq!(h.subject(), "berth.v1.events.container.health_status");
     }
 
     #[test]
     fn filters_like_docker() {
         use std::collections::HashMap;
-        let ev = Event::now("container", "start", "abcdef").attr("name", "web").attr("image", "busybox").attr("tier", "x");
+        let ev = Event::now(EventType::Container, Action::Start, "abcdef").attr("name", "web").attr("image", "busybox").attr("tier", "x");
         let f = |k: &str, v: &str| HashMap::from([(k.to_string(), vec![v.to_string()])]);
         assert!(matches(&ev, &f("container", "web")));
         assert!(matches(&ev, &f("container", "abc")));
@@ -125,7 +267,7 @@ mod tests {
 
     #[test]
     fn json_shape_is_dockers() {
-        let e = Event::now("image", "pull", "busybox:latest");
+        let e = Event::now(EventType::Image, Action::Pull, "busybox:latest");
         let j = serde_json::to_value(&e).unwrap();
         for k in ["Type", "Action", "Actor", "scope", "time", "timeNano"] {
             assert!(j.get(k).is_some(), "{k}");

@@ -250,24 +250,34 @@ pub struct DistributionInspect {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDf {}
 
-crate::rpcs!(Images {
-    ImagePull => (), stream JsonMessage;
-    ImagePush => (), stream JsonMessage;
-    RegistryLogin => docker::AuthResponse;
-    ImageList => Vec<docker::ImageSummary>;
-    ImageInspect => ImageDetails;
-    ImageHistory => Vec<docker::ImageHistoryResponseItem>;
-    ImageTag => ();
-    ImageRemove => Vec<docker::ImageDeleteResponseItem>;
-    ImagePrune => docker::ImagePruneResponse;
-    ImageSave => (), stream ByteChunk;
-    ImageLoad => (), stream JsonMessage, input ByteChunk;
-    ImageImport => (), stream JsonMessage, input ByteChunk;
-    ImageResolve => ResolvedImage;
-    ImageCreateFromLayer => String;
-    ImageDf => Vec<docker::ImageSummary>;
-    DistributionInspect => docker::DistributionInspect;
-});
+/// The images service's table of calls (see [`crate::contract`]).
+#[macro_export]
+macro_rules! images_table {
+    ($gen:path) => {
+        $gen! {
+            service: Images, api: ImagesApi, client: ImagesClient, serve: serve_images, module: images,
+            ops {
+                image_pull(ImagePull) -> (), stream JsonMessage; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                image_push(ImagePush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
+                registry_login(RegistryLogin) -> docker::AuthResponse; callers [Gateway], timeout |_| $crate::secs(60);
+                image_list(ImageList) -> Vec<docker::ImageSummary>; callers [Gateway];
+                image_inspect(ImageInspect) -> ImageDetails; callers [Gateway, Builder];
+                image_history(ImageHistory) -> Vec<docker::ImageHistoryResponseItem>; callers [Gateway];
+                image_tag(ImageTag) -> (); callers [Gateway, Builder];
+                image_remove(ImageRemove) -> Vec<docker::ImageDeleteResponseItem>; callers [Gateway], timeout |_| $crate::secs(120);
+                image_prune(ImagePrune) -> docker::ImagePruneResponse; callers [Gateway], timeout |_| $crate::secs(120);
+                image_save(ImageSave) -> (), stream ByteChunk; callers [Gateway], timeout |_| $crate::secs(120);
+                image_load(ImageLoad) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
+                image_import(ImageImport) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
+                image_resolve(ImageResolve) -> ResolvedImage; callers [Runtime, Builder, Swarm];
+                image_create_from_layer(ImageCreateFromLayer) -> String; callers [Builder];
+                image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300);
+                distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);
+            }
+        }
+    };
+}
+crate::images_table!(crate::__api);
 
 #[cfg(test)]
 mod tests {

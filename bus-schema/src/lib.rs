@@ -2,12 +2,16 @@
 //!
 //! A request type implements [`Rpc`]: it names its service, its operation (Docker's
 //! NounVerb, e.g. `ContainerCreate`), whether it is node-local, and its reply type.
+//! These impls, each service's API trait, its typed client and server adapter (in
+//! `shared/bus`) and the bus permissions are all generated from one table of calls
+//! per service: see [`contract`].
 //! Payloads are MessagePack with named fields ([`encode`]/[`decode`]). Replies travel
 //! as [`WireResult`] so that errors cross the bus as a [`ErrorKind`] plus a message.
 //!
 //! Streams (pull progress, logs, attach/exec stdio, build output) use [`stream`]'s
 //! framing: sequence numbers, an end marker and reader-granted credits.
 
+pub mod contract;
 pub mod error;
 pub mod event;
 pub mod stream;
@@ -21,6 +25,7 @@ pub mod runtime;
 pub mod storage;
 pub mod swarm;
 
+pub use contract::{secs, BusStream, Caller};
 pub use error::{BusError, ErrorKind};
 pub use subject::{Scope, Service};
 
@@ -40,6 +45,12 @@ pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     const OP: &'static str;
     /// The reply sent back on success.
     type Reply: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// How long the caller waits for the reply, when the table says (else the bus
+    /// default, 30 s).
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// The subject for this request on `node` (ignored for cluster-wide services).
     fn subject(node: &str) -> String {
@@ -68,8 +79,11 @@ pub trait SystemRpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
-/// Declares `impl Rpc` (and optionally `StreamRpc`/`DuplexRpc`) for a request type.
-/// The operation name is the type's own name, which keeps Docker's NounVerb naming.
+/// Declares `impl Rpc` (and optionally `StreamRpc`/`DuplexRpc`) for an ad-hoc request
+/// type: only for tests and benchmarks of the bus itself. A service's operations
+/// belong in its table (see [`contract`]), which the permissions are generated from:
+/// nobody may call an operation declared here on a node started by `berth up`.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! rpc {
     ($svc:ident, $req:ident => $reply:ty) => {
@@ -90,17 +104,6 @@ macro_rules! rpc {
         impl $crate::DuplexRpc for $req {
             type Input = $input;
         }
-    };
-}
-
-/// Declares the requests of one service and lists their operations in `OPS`, which
-/// the golden subject test reads.
-#[macro_export]
-macro_rules! rpcs {
-    ($svc:ident { $( $req:ident => $reply:ty $(, stream $item:ty)? $(, input $input:ty)? ; )* }) => {
-        $( $crate::rpc!($svc, $req => $reply $(, stream $item)? $(, input $input)?); )*
-        /// Every operation of this service, in declaration order.
-        pub const OPS: &[&str] = &[ $( stringify!($req) ),* ];
     };
 }
 

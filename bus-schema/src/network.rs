@@ -6,6 +6,13 @@
 //! The runtime asks for a sandbox when a container starts ([`SandboxCreate`]) and
 //! gives it back when the container stops ([`SandboxRemove`]); the sandbox's `key`
 //! is the network namespace path the container joins.
+//!
+//! Lifecycle: networks are created (`network_create`), inspected and listed, and
+//! removed when no endpoint is left. A container's sandbox is created when it starts
+//! (`sandbox_create`: namespace, one endpoint per network, ports, DNS names, its
+//! resolv.conf and hosts), may gain or lose endpoints while it runs
+//! (`endpoint_create`/`endpoint_remove`), follows a rename (`sandbox_rename`), and is
+//! given back when it stops (`sandbox_remove`, idempotent).
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -139,19 +146,29 @@ pub struct NetworkRef {
     pub driver: String,
 }
 
-crate::rpcs!(Network {
-    NetworkCreate => docker::NetworkCreateResponse;
-    NetworkInspect => docker::NetworkInspect;
-    NetworkList => Vec<docker::NetworkInspect>;
-    NetworkRemove => ();
-    NetworkPrune => docker::NetworkPruneResponse;
-    NetworkResolve => NetworkRef;
-    SandboxCreate => Sandbox;
-    SandboxRemove => ();
-    SandboxRename => ();
-    EndpointCreate => docker::EndpointSettings;
-    EndpointRemove => ();
-});
+/// The network service's table of calls (see [`crate::contract`]).
+#[macro_export]
+macro_rules! network_table {
+    ($gen:path) => {
+        $gen! {
+            service: Network, api: NetworkApi, client: NetworkClient, serve: serve_network, module: network,
+            ops {
+                network_create(NetworkCreate) -> docker::NetworkCreateResponse; callers [Gateway];
+                network_inspect(NetworkInspect) -> docker::NetworkInspect; callers [Gateway];
+                network_list(NetworkList) -> Vec<docker::NetworkInspect>; callers [Gateway];
+                network_remove(NetworkRemove) -> (); callers [Gateway];
+                network_prune(NetworkPrune) -> docker::NetworkPruneResponse; callers [Gateway];
+                network_resolve(NetworkResolve) -> NetworkRef; callers [Runtime];
+                sandbox_create(SandboxCreate) -> Sandbox; callers [Runtime];
+                sandbox_remove(SandboxRemove) -> (); callers [Runtime];
+                sandbox_rename(SandboxRename) -> (); callers [Runtime];
+                endpoint_create(EndpointCreate) -> docker::EndpointSettings; callers [Runtime];
+                endpoint_remove(EndpointRemove) -> (); callers [Runtime];
+            }
+        }
+    };
+}
+crate::network_table!(crate::__api);
 
 #[cfg(test)]
 mod tests {

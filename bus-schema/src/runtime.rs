@@ -254,40 +254,59 @@ pub struct ContainerNetworkDisconnect {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerDf {}
 
-crate::rpcs!(Runtime {
-    ContainerCreate => docker::ContainerCreateResponse;
-    ContainerStart => ();
-    ContainerStop => ();
-    ContainerRestart => ();
-    ContainerKill => ();
-    ContainerWait => (), stream docker::ContainerWaitResponse;
-    ContainerRemove => ();
-    ContainerInspect => docker::ContainerInspectResponse;
-    ContainerList => Vec<docker::ContainerSummary>;
-    ContainerLogs => StreamInfo, stream StdioChunk;
-    ContainerAttach => StreamInfo, stream StdioChunk, input StdinChunk;
-    ContainerResize => ();
-    ExecCreate => docker::IdResponse;
-    ExecStart => StreamInfo, stream StdioChunk, input StdinChunk;
-    ExecResize => ();
-    ExecInspect => docker::ExecInspectResponse;
-    ContainerTop => docker::ContainerTopResponse;
-    ContainerStats => (), stream serde_json::Value;
-    ContainerUpdate => docker::ContainerUpdateResponse;
-    ContainerRename => ();
-    ContainerPause => ();
-    ContainerUnpause => ();
-    ContainerPrune => docker::ContainerPruneResponse;
-    ContainerChanges => Vec<docker::FilesystemChange>;
-    ContainerExport => (), stream ByteChunk;
-    ContainerArchiveStat => PathStat;
-    ContainerArchiveGet => PathStat, stream ByteChunk;
-    ContainerArchivePut => (), stream (), input ByteChunk;
-    ContainersUsingImage => Vec<String>;
-    ContainerNetworkConnect => ();
-    ContainerNetworkDisconnect => ();
-    ContainerDf => Vec<docker::ContainerSummary>;
-});
+/// How long a caller waits for a stop: the container's grace period (Docker's
+/// default 10 s), then the kill, with room to spare.
+pub fn stop_wait(timeout: Option<i64>) -> std::time::Duration {
+    std::time::Duration::from_secs(timeout.unwrap_or(10).clamp(0, 3600) as u64 + 30)
+}
+
+/// A `docker stats` sample, as Docker's JSON.
+pub type StatsSample = serde_json::Value;
+
+/// The runtime service's table of calls (see [`crate::contract`]).
+#[macro_export]
+macro_rules! runtime_table {
+    ($gen:path) => {
+        $gen! {
+            service: Runtime, api: RuntimeApi, client: RuntimeClient, serve: serve_runtime, module: runtime,
+            ops {
+                container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_stop(ContainerStop) -> (); callers [Gateway, Swarm], timeout |r| $crate::runtime::stop_wait(r.timeout);
+                container_restart(ContainerRestart) -> (); callers [Gateway], timeout |r| $crate::runtime::stop_wait(r.timeout) + $crate::secs(60);
+                container_kill(ContainerKill) -> (); callers [Gateway];
+                container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder, Swarm];
+                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm];
+                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm];
+                container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm];
+                container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
+                container_resize(ContainerResize) -> (); callers [Gateway];
+                exec_create(ExecCreate) -> docker::IdResponse; callers [Gateway];
+                exec_start(ExecStart) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway], timeout |_| $crate::secs(60);
+                exec_resize(ExecResize) -> (); callers [Gateway];
+                exec_inspect(ExecInspect) -> docker::ExecInspectResponse; callers [Gateway];
+                container_top(ContainerTop) -> docker::ContainerTopResponse; callers [Gateway];
+                container_stats(ContainerStats) -> (), stream StatsSample; callers [Gateway];
+                container_update(ContainerUpdate) -> docker::ContainerUpdateResponse; callers [Gateway];
+                container_rename(ContainerRename) -> (); callers [Gateway];
+                container_pause(ContainerPause) -> (); callers [Gateway, Builder];
+                container_unpause(ContainerUnpause) -> (); callers [Gateway, Builder];
+                container_prune(ContainerPrune) -> docker::ContainerPruneResponse; callers [Gateway], timeout |_| $crate::secs(300);
+                container_changes(ContainerChanges) -> Vec<docker::FilesystemChange>; callers [Gateway], timeout |_| $crate::secs(120);
+                container_export(ContainerExport) -> (), stream ByteChunk; callers [Gateway];
+                container_archive_stat(ContainerArchiveStat) -> PathStat; callers [Gateway];
+                container_archive_get(ContainerArchiveGet) -> PathStat, stream ByteChunk; callers [Gateway];
+                container_archive_put(ContainerArchivePut) -> (), stream (), input ByteChunk; callers [Gateway];
+                containers_using_image(ContainersUsingImage) -> Vec<String>; callers [Images];
+                container_network_connect(ContainerNetworkConnect) -> (); callers [Gateway];
+                container_network_disconnect(ContainerNetworkDisconnect) -> (); callers [Gateway];
+                container_df(ContainerDf) -> Vec<docker::ContainerSummary>; callers [Gateway], timeout |_| $crate::secs(300);
+            }
+        }
+    };
+}
+crate::runtime_table!(crate::__api);
 
 #[cfg(test)]
 mod tests {

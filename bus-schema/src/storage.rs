@@ -240,30 +240,40 @@ pub struct StorageUsage {
     pub volumes: Vec<docker::Volume>,
 }
 
-crate::rpcs!(Storage {
-    LayerApply => (), stream LayerApplied, input ByteChunk;
-    LayerStat => LayerInfo;
-    LayerRetain => LayerInfo;
-    LayerRelease => Vec<String>;
-    LayerExport => (), stream ByteChunk;
-    RwLayerCreate => ();
-    RwLayerMount => RwMount;
-    RwLayerUnmount => ();
-    RwLayerRemove => ();
-    RwLayerChanges => Vec<Change>;
-    RwLayerExport => (), stream ByteChunk;
-    RwLayerCommit => LayerApplied;
-    RwLayerSize => RwSize;
-    VolumeCreate => docker::Volume;
-    VolumeInspect => docker::Volume;
-    VolumeList => Vec<docker::Volume>;
-    VolumeRemove => ();
-    VolumePrune => docker::VolumePruneResponse;
-    VolumeAcquire => VolumeMounted;
-    VolumeReleaseRef => ();
-    StorageDf => StorageUsage;
-    RwLayerList => Vec<RwLayerState>;
-});
+/// The storage service's table of calls (see [`crate::contract`]).
+#[macro_export]
+macro_rules! storage_table {
+    ($gen:path) => {
+        $gen! {
+            service: Storage, api: StorageApi, client: StorageClient, serve: serve_storage, module: storage,
+            ops {
+                layer_apply(LayerApply) -> (), stream LayerApplied, input ByteChunk; callers [Images], timeout |_| $crate::secs(120);
+                layer_stat(LayerStat) -> LayerInfo; callers [Images], timeout |_| $crate::secs(120);
+                layer_retain(LayerRetain) -> LayerInfo; callers [Images], timeout |_| $crate::secs(120);
+                layer_release(LayerRelease) -> Vec<String>; callers [Images], timeout |_| $crate::secs(120);
+                layer_export(LayerExport) -> (), stream ByteChunk; callers [Images], timeout |_| $crate::secs(120);
+                rw_layer_create(RwLayerCreate) -> (); callers [Runtime, Builder];
+                rw_layer_mount(RwLayerMount) -> RwMount; callers [Runtime, Builder];
+                rw_layer_unmount(RwLayerUnmount) -> (); callers [Runtime, Builder];
+                rw_layer_remove(RwLayerRemove) -> (); callers [Runtime, Builder];
+                rw_layer_changes(RwLayerChanges) -> Vec<Change>; callers [Runtime];
+                rw_layer_export(RwLayerExport) -> (), stream ByteChunk; callers [Runtime];
+                rw_layer_commit(RwLayerCommit) -> LayerApplied; callers [Builder], timeout |_| $crate::secs(3600);
+                rw_layer_size(RwLayerSize) -> RwSize; callers [Runtime];
+                volume_create(VolumeCreate) -> docker::Volume; callers [Gateway, Runtime];
+                volume_inspect(VolumeInspect) -> docker::Volume; callers [Gateway];
+                volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway];
+                volume_remove(VolumeRemove) -> (); callers [Gateway, Runtime];
+                volume_prune(VolumePrune) -> docker::VolumePruneResponse; callers [Gateway], timeout |_| $crate::secs(300);
+                volume_acquire(VolumeAcquire) -> VolumeMounted; callers [Runtime], timeout |_| $crate::secs(600);
+                volume_release_ref(VolumeReleaseRef) -> (); callers [Runtime];
+                storage_df(StorageDf) -> StorageUsage; callers [Gateway], timeout |_| $crate::secs(300);
+                rw_layer_list(RwLayerList) -> Vec<RwLayerState>; callers [Runtime];
+            }
+        }
+    };
+}
+crate::storage_table!(crate::__api);
 
 #[cfg(test)]
 mod tests {

@@ -143,7 +143,9 @@ impl InstanceEvent {
     }
 }
 
-/// Per-user inbox prefix: a bus user may only read replies addressed to it.
+/// Per-user inbox prefix: replies to a user's requests arrive under `_I.<user>.`.
+/// Only that user may subscribe there, and nobody may publish there except a service
+/// answering a request it received from that user (nats-server's `allow_responses`).
 pub fn inbox_prefix(user: &str) -> String {
     format!("_I.{user}")
 }

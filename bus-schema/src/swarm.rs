@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use crate::docker;
 use crate::runtime::StreamInfo;
-use crate::stream::StdioChunk;
 
 /// `POST /swarm/init`: the new node's ID.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,39 +285,50 @@ pub struct SwarmObject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwarmStatus {}
 
-crate::rpcs!(Swarm {
-    SwarmInit => String;
-    SwarmJoin => ();
-    SwarmLeave => ();
-    SwarmInspect => SwarmObject;
-    SwarmUpdate => ();
-    SwarmUnlockKey => docker::UnlockKeyResponse;
-    SwarmUnlock => ();
-    SwarmStatus => String;
-    NodeList => Vec<docker::Node>;
-    NodeInspect => docker::Node;
-    NodeUpdate => ();
-    NodeRemove => ();
-    ServiceCreate => docker::ServiceCreateResponse;
-    ServiceList => Vec<ServiceObject>;
-    ServiceInspect => ServiceObject;
-    ServiceUpdate => docker::ServiceUpdateResponse;
-    ServiceRemove => ();
-    ServiceLogs => StreamInfo, stream StdioChunk;
-    TaskList => Vec<docker::Task>;
-    TaskInspect => docker::Task;
-    TaskLogs => StreamInfo, stream StdioChunk;
-    SecretCreate => docker::IdResponse;
-    SecretList => Vec<docker::Secret>;
-    SecretInspect => docker::Secret;
-    SecretUpdate => ();
-    SecretRemove => ();
-    ConfigCreate => docker::IdResponse;
-    ConfigList => Vec<docker::Config>;
-    ConfigInspect => docker::Config;
-    ConfigUpdate => ();
-    ConfigRemove => ();
-});
+/// The swarm service's table of calls (see [`crate::contract`]): the gateway asks its
+/// own node's swarm service.
+#[macro_export]
+macro_rules! swarm_table {
+    ($gen:path) => {
+        $gen! {
+            service: Swarm, api: SwarmApi, client: SwarmClient, serve: serve_swarm, module: swarm,
+            ops {
+                swarm_init(SwarmInit) -> String; callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_join(SwarmJoin) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_leave(SwarmLeave) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_inspect(SwarmInspect) -> SwarmObject; callers [Gateway];
+                swarm_update(SwarmUpdate) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_unlock_key(SwarmUnlockKey) -> docker::UnlockKeyResponse; callers [Gateway];
+                swarm_unlock(SwarmUnlock) -> (); callers [Gateway];
+                swarm_status(SwarmStatus) -> String; callers [Gateway];
+                node_list(NodeList) -> Vec<docker::Node>; callers [Gateway];
+                node_inspect(NodeInspect) -> docker::Node; callers [Gateway];
+                node_update(NodeUpdate) -> (); callers [Gateway];
+                node_remove(NodeRemove) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                service_create(ServiceCreate) -> docker::ServiceCreateResponse; callers [Gateway], timeout |_| $crate::secs(60);
+                service_list(ServiceList) -> Vec<ServiceObject>; callers [Gateway];
+                service_inspect(ServiceInspect) -> ServiceObject; callers [Gateway];
+                service_update(ServiceUpdate) -> docker::ServiceUpdateResponse; callers [Gateway], timeout |_| $crate::secs(60);
+                service_remove(ServiceRemove) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                service_logs(ServiceLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
+                task_list(TaskList) -> Vec<docker::Task>; callers [Gateway];
+                task_inspect(TaskInspect) -> docker::Task; callers [Gateway];
+                task_logs(TaskLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
+                secret_create(SecretCreate) -> docker::IdResponse; callers [Gateway];
+                secret_list(SecretList) -> Vec<docker::Secret>; callers [Gateway];
+                secret_inspect(SecretInspect) -> docker::Secret; callers [Gateway];
+                secret_update(SecretUpdate) -> (); callers [Gateway];
+                secret_remove(SecretRemove) -> (); callers [Gateway];
+                config_create(ConfigCreate) -> docker::IdResponse; callers [Gateway];
+                config_list(ConfigList) -> Vec<docker::Config>; callers [Gateway];
+                config_inspect(ConfigInspect) -> docker::Config; callers [Gateway];
+                config_update(ConfigUpdate) -> (); callers [Gateway];
+                config_remove(ConfigRemove) -> (); callers [Gateway];
+            }
+        }
+    };
+}
+crate::swarm_table!(crate::__api);
 
 /// The swarm bus: the NATS system the swarm services of a cluster share (each node's
 /// swarm server: cluster members on managers, leaf nodes on workers). Subjects are

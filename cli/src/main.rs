@@ -1,7 +1,9 @@
 //! `berth`: start and inspect a node.
 
 mod control;
+mod doctor;
 mod events;
+mod logs;
 mod nats;
 mod node;
 mod status;
@@ -49,6 +51,8 @@ enum Cmd {
     Upgrade(control::Target),
     /// Stop the running node as SIGTERM does (without live-restore, its containers stop).
     Down(control::Target),
+    /// Check what a node needs from this host; print a fix for each problem.
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         shell: clap_complete::Shell,
@@ -63,6 +67,7 @@ fn main() {
         Cmd::Events { root, config, filter, json } => events::events(root, config, filter, json),
         Cmd::Upgrade(t) => control::upgrade(t),
         Cmd::Down(t) => control::down(t),
+        Cmd::Doctor(a) => doctor::doctor(a),
         Cmd::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(())

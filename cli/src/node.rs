@@ -49,6 +49,13 @@ pub struct UpArgs {
     /// Debug logging in every service.
     #[arg(short = 'D', long)]
     pub debug: bool,
+    /// Rotate a process's log in <root>/logs once larger than this (Docker's max-size
+    /// syntax: 10m, 1g).
+    #[arg(long, default_value = "20m", value_parser = crate::logs::parse_size)]
+    pub log_max_size: u64,
+    /// Log files kept per process, the live one included (Docker's max-file).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_max_file: u32,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/berth/daemon.json";
@@ -127,7 +134,7 @@ fn node_id(paths: &Paths) -> anyhow::Result<String> {
 
 /// A service's binary: beside `berth` (a build tree), in `../libexec/berth` (the
 /// package: /usr/bin/berth, /usr/libexec/berth/berth-*), else from PATH.
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             for p in [dir.join(name), dir.join("../libexec/berth").join(name)] {
@@ -240,7 +247,9 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     let root = a.root.clone().unwrap_or_else(|| cfg.data_root());
     let paths = Paths::new(&root);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rotation = crate::logs::Rotation { max_size: a.log_max_size, max_file: a.log_max_file };
     if let Ok(h) = std::env::var(HANDOVER) {
+        crate::logs::spawn_rotation(paths.logs(), rotation);
         // this process re-executed itself for an upgrade: take over, replace the
         // services one by one
         let h: Handover = serde_json::from_str(&h).context("the handover state")?;
@@ -272,6 +281,11 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(paths.root(), std::fs::Permissions::from_mode(0o711))?;
     let lock = lock_root(&paths)?;
+    crate::logs::spawn_rotation(paths.logs(), rotation);
+    // daemon.json `pidfile`, as dockerd writes it (removed at an orderly stop)
+    if let Some(f) = pidfile(&cfg) {
+        std::fs::write(&f, format!("{}", std::process::id())).with_context(|| format!("writing the pidfile {}", f.display()))?;
+    }
     let node = node_id(&paths)?;
     // records newer than this berth (a downgrade): refuse before anything starts
     for (svc, _) in berth_config::records::FORMATS {
@@ -829,7 +843,9 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
     }
     let (users, rest): (Vec<_>, Vec<_>) =
         std::mem::take(&mut sup.procs).into_iter().partition(|p| matches!(p.name.as_str(), "runtime" | "builder" | "swarm"));
-    for (wave, grace) in [(users, 4), (rest, 3)] {
+    // daemon.json `shutdown-timeout`: the runtime stops containers for that long
+    let users_grace = load_config(&sup.cfg_path).ok().and_then(|c| c.shutdown_timeout).map_or(4, |t| t as u64 + 4);
+    for (wave, grace) in [(users, users_grace), (rest, 3)] {
         let mut stops = Vec::new();
         for mut p in wave {
             stops.push(tokio::spawn(async move { stop(&mut p, Duration::from_secs(grace)).await }));
@@ -842,12 +858,19 @@ async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
         stop(&mut p, Duration::from_secs(1)).await;
     }
     let _ = std::fs::remove_file(sup.paths.run().join("node.json"));
+    if let Some(f) = load_config(&sup.cfg_path).ok().as_ref().and_then(pidfile) {
+        let _ = std::fs::remove_file(f);
+    }
     for s in &sup.sockets {
         if let Some(p) = &s.own_file {
             let _ = std::fs::remove_file(p);
         }
     }
     Ok(Exit::Orderly)
+}
+
+fn pidfile(cfg: &DaemonConfig) -> Option<PathBuf> {
+    cfg.other.get("pidfile").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(PathBuf::from)
 }
 
 /// Tell systemd (`Type=notify`) when run by it; nothing otherwise.

@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod pytest;
+pub mod shapes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -59,6 +60,7 @@ pub struct Node {
     child: Option<Child>,
     pub env: Vec<(String, String)>,
     nofile: Option<u64>,
+    hosts: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -71,6 +73,8 @@ pub struct NodeOpts {
     pub dir: Option<PathBuf>,
     /// Start `berth up` with this soft open-files limit (at most the hard one).
     pub nofile: Option<u64>,
+    /// More `-H` addresses besides the node's unix socket (`tcp://...`).
+    pub hosts: Vec<String>,
 }
 
 impl Node {
@@ -100,7 +104,7 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile }
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, hosts: opts.hosts }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
@@ -135,6 +139,7 @@ impl Node {
             .arg(format!("unix://{}", self.sock.display()))
             .arg("--config")
             .arg(&self.config)
+            .args(self.hosts.iter().flat_map(|h| ["-H", h.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -285,6 +290,47 @@ impl Node {
             }
         }
         out
+    }
+
+    /// [`leftovers`](Self::leftovers) and what storage and the network hold for
+    /// containers: container layers (the records of each storage driver), veths on the
+    /// node's bridge and DNAT rules in the node's nft table. Empty once every container
+    /// is gone; a stopped container keeps only its layer.
+    pub fn leftovers_all(&self) -> Vec<String> {
+        let mut out = self.leftovers();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("storage")) {
+            for d in rd.flatten() {
+                for r in std::fs::read_dir(d.path().join("mounts")).into_iter().flatten().flatten() {
+                    out.push(format!("container layer {}", r.path().display()));
+                }
+            }
+        }
+        for e in std::fs::read_dir(format!("/sys/class/net/be{}/brif", self.name)).into_iter().flatten().flatten() {
+            out.push(format!("veth {}", e.file_name().to_string_lossy()));
+        }
+        let id = std::fs::read_to_string(self.root.join("node-id")).unwrap_or_default();
+        if !id.trim().is_empty() {
+            let nft = Command::new("nft").args(["list", "table", "ip", &format!("berth_{}", id.trim())]).output();
+            if let Ok(o) = nft {
+                for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("dnat to")) {
+                    out.push(format!("nft rule {}", l.trim()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every process of the node answers (`berth status` says ok for each).
+    pub fn healthy(&self) -> bool {
+        let o = Command::new(bin_dir().join("berth"))
+            .args(["status", "--root"])
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
     }
 
     /// The tail of every log of the node, for failure messages.
@@ -496,8 +542,11 @@ pub fn http_raw(sock: &Path, method: &str, path: &str, extra: &[(&str, &str)], b
         req.push_str(&format!("Content-Type: {ct}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(b).unwrap();
+    // an engine may answer (an error) and close before reading the whole body, as
+    // Go's server does: the answer is what counts, not a write that found it closed
+    if let Err(e) = s.write_all(req.as_bytes()).and_then(|_| s.write_all(b)) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the request: {e}");
+    }
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     parse_http(&raw)

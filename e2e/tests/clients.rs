@@ -59,6 +59,93 @@ fn exec_answers_and_streams_as_docker() {
     assert_eq!((a.status, a.json()["message"].as_str()), (404, Some("No such exec instance: nope")));
 }
 
+/// A client that reads the 101 late and through a buffered reader, as docker-py does
+/// (it then reads the raw socket: whatever came with the 101 is lost, docker-py issue
+/// 1799), still gets the whole output: the exec's process starts once the client has
+/// read the 101. Without that, `echo hello` answers in the same read as the 101.
+#[test]
+fn exec_starts_after_the_client_read_the_101() {
+    use std::io::{Read, Write};
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+    let sock = &node.sock;
+    for tty in [false, true] {
+        let a = http(sock, "POST", &format!("/v1.51/containers/{cid}/exec"), &[], Some(&format!(r#"{{"Cmd":["echo","hello"],"AttachStdout":true,"AttachStderr":true,"Tty":{tty}}}"#)));
+        let id = a.json()["Id"].as_str().expect("Id").to_string();
+        let body = format!(r#"{{"Detach":false,"Tty":{tty}}}"#);
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        write!(s, "POST /v1.51/exec/{id}/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        // the engine answers meanwhile; a loaded client reads this late
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101") && head.ends_with("\r\n\r\n"), "tty {tty}: the output came with the 101: {head:?}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        if tty {
+            assert_eq!(String::from_utf8_lossy(&rest), "hello\r\n");
+        } else {
+            assert_eq!(demux(&rest), vec![(1u8, b"hello\n".to_vec())]);
+        }
+    }
+}
+
+/// Bodies are decoded as Go decodes them for Moby: a key names a field
+/// case-insensitively (docker-py sends exec create's `detachKeys`), a map's keys stay
+/// as sent; a container's endpoints have all of Go's keys (docker-py reads
+/// `Aliases`); a network's `IPAM.Options` is `null` unless the create gave options
+/// (docker-py gives none, the CLI gives `{}`).
+#[test]
+fn bodies_decode_as_go_and_ipam_options_as_given() {
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let sock = &node.sock;
+    let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+    let a = http(sock, "POST", &format!("/v1.51/containers/{cid}/exec"), &[], Some(r#"{"Cmd":["cat"],"attachStdin":true,"detachKeys":"ctrl-p","Tty":true}"#));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = a.json()["Id"].as_str().unwrap().to_string();
+    let j = http(sock, "GET", &format!("/v1.51/exec/{id}/json"), &[], None).json();
+    assert_eq!(j["DetachKeys"], "ctrl-p", "{j}");
+    assert_eq!(j["OpenStdin"], true, "{j}");
+    // an endpoint has every key of Go's EndpointSettings, unset ones null or zero
+    let j = http(sock, "GET", &format!("/v1.51/containers/{cid}/json"), &[], None).json();
+    let ep = j["NetworkSettings"]["Networks"]["bridge"].as_object().expect("bridge endpoint").clone();
+    for k in ["IPAMConfig", "Links", "Aliases", "MacAddress", "DriverOpts", "NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "DNSNames"] {
+        assert!(ep.contains_key(k), "no {k} in {ep:?}");
+    }
+    assert_eq!(ep["DriverOpts"], serde_json::Value::Null);
+
+    let a = http(sock, "POST", "/v1.51/networks/create", &[], Some(r#"{"Name":"ipam-none","IPAM":{"Driver":"default","Config":[]},"labels":{"lower":"kept"}}"#));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let j = http(sock, "GET", "/v1.51/networks/ipam-none", &[], None).json();
+    assert_eq!(j["IPAM"]["Options"], serde_json::Value::Null, "{j}");
+    assert_eq!(j["Labels"], serde_json::json!({"lower": "kept"}), "{j}");
+    node.docker_ok(&["network", "create", "ipam-cli"]);
+    let j = http(sock, "GET", "/v1.51/networks/ipam-cli", &[], None).json();
+    assert_eq!(j["IPAM"]["Options"], serde_json::json!({}), "{j}");
+    let j = http(sock, "GET", "/v1.51/networks/bridge", &[], None).json();
+    assert_eq!(j["IPAM"]["Options"], serde_json::Value::Null, "{j}");
+}
+
+/// The process's supplementary groups are Moby's (20.10.18 and later): the primary
+/// group first, then the user's groups from the image's /etc/group (when no group is
+/// given), then `--group-add`; for `run` and for `exec`.
+#[test]
+fn supplementary_groups_as_docker() {
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let id = |args: &[&str]| node.docker_ok(args).trim().to_string();
+    assert_eq!(id(&["run", "--rm", "-u", "1234:5678", &img, "id"]), "uid=1234 gid=5678 groups=5678");
+    assert_eq!(id(&["run", "--rm", "-u", "1234", &img, "id"]), "uid=1234 gid=0(root) groups=0(root)");
+    assert_eq!(id(&["run", "--rm", "-u", "nobody", "--group-add", "777", &img, "id"]), "uid=65534(nobody) gid=65534(nogroup) groups=777,65534(nogroup)");
+    let cid = id(&["run", "-d", "-u", "1234:5678", &img, "sleep", "300"]);
+    assert_eq!(id(&["exec", &cid, "id"]), "uid=1234 gid=5678 groups=5678");
+    assert_eq!(id(&["exec", "-u", "0", &cid, "id"]), "uid=0(root) gid=0(root) groups=0(root)");
+}
+
 /// `kill` (SIGKILL) answers once the container is dead, so a `remove` right after is
 /// not refused "container is running"; `commit` with `pause=true` of a stopped
 /// container commits it; `--runtime runc` is kept as asked and an unknown runtime is

@@ -8,9 +8,9 @@
 //! hang (no answer in [`HANG`]); e2e/bench/soak.sh measures the numbers.
 
 use berth_e2e::fixtures::{node_with_busybox, Registry};
-use berth_e2e::{bin_dir, require_root, Node};
+use berth_e2e::{require_root, Node};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A client that has not answered by then hangs (it used to: 30 s to forever).
@@ -48,18 +48,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Every process of the node answers (`berth status` says ok for each).
-fn healthy(node: &Node) -> bool {
-    let o = Command::new(bin_dir().join("berth"))
-        .args(["status", "--root"])
-        .arg(&node.root)
-        .arg("--config")
-        .arg(&node.config)
-        .output()
-        .unwrap();
-    let out = text(&o.stdout);
-    o.status.success() && out.lines().skip(2).count() >= 8 && out.lines().skip(2).all(|l| l.trim_end().ends_with(" ok"))
-}
 
 /// SIGKILL `target` (a process of node.json: a service or nats-server) while the
 /// docker call `args` is in its hands; `freeze` holds it (SIGSTOP) from before the
@@ -83,7 +71,7 @@ fn kill_under(node: &Node, target: &str, freeze: bool, settle: Duration, args: &
         text(&o.stderr).trim()
     );
     wait_for(&format!("a new {target}"), || node.service_pid(target).is_some_and(|p| p != old));
-    wait_for("the node to be healthy again", || healthy(node));
+    wait_for("the node to be healthy again", || node.healthy());
     o
 }
 
@@ -102,49 +90,6 @@ fn assert_log_intact(node: &Node, name: &str) {
     }
 }
 
-/// Mounts under the node's root, shims, container cgroups, container layers, veths
-/// on its bridge.
-fn leftovers(node: &Node) -> Vec<String> {
-    let mut out = Vec::new();
-    let rs = node.root.to_string_lossy().to_string();
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for l in mi.lines() {
-        if let Some(m) = l.split(' ').nth(4) {
-            if m.starts_with(&rs) && !m.ends_with("/network/netns") {
-                out.push(format!("mount {m}"));
-            }
-        }
-    }
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
-        if cmd.contains("berth-shim") && cmd.contains(&rs) {
-            out.push(format!("shim {cmd}"));
-        }
-    }
-    let parent = format!("berth-e2e-{}", node.name);
-    for base in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified"] {
-        if let Ok(rd) = std::fs::read_dir(Path::new(base).join(&parent)) {
-            for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                out.push(format!("cgroup {}", e.path().display()));
-            }
-        }
-    }
-    // container layers (records of the storage driver in use)
-    if let Ok(rd) = std::fs::read_dir(node.root.join("storage")) {
-        for d in rd.flatten() {
-            for r in std::fs::read_dir(d.path().join("mounts")).into_iter().flatten().flatten() {
-                out.push(format!("container layer {}", r.path().display()));
-            }
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/be{}/brif", node.name)) {
-        for e in rd.flatten() {
-            out.push(format!("veth {}", e.file_name().to_string_lossy()));
-        }
-    }
-    out
-}
-
 /// Remove every container and check that nothing stays (the kernel deletes veths with
 /// their namespaces in the background: wait a little for them).
 fn assert_clean(node: &Node) {
@@ -156,10 +101,10 @@ fn assert_clean(node: &Node) {
         node.docker_ok(&args);
     }
     let t = Instant::now();
-    while !leftovers(node).is_empty() && t.elapsed() < Duration::from_secs(10) {
+    while !node.leftovers_all().is_empty() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(leftovers(node).is_empty(), "left behind: {:?}\n{}", leftovers(node), node.logs());
+    assert!(node.leftovers_all().is_empty(), "left behind: {:?}\n{}", node.leftovers_all(), node.logs());
 }
 
 /// The runtime dies under exec, logs -f, stop and an attached run.
@@ -173,9 +118,27 @@ fn runtime_killed_under_exec_logs_stop_and_run() {
     std::thread::sleep(Duration::from_millis(300));
 
     const GONE: &str = "the runtime service exited";
-    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["exec", "tick", "sleep", "3"]);
+    // a detached exec runs through the kill too: both keep their records
+    node.docker_ok(&["exec", "-d", "tick", "sh", "-c", "sleep 3; exit 3"]);
+    let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["exec", "tick", "sleep", "2"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
+    // `exec inspect` answers for both (it was 404: the records were in memory only),
+    // and records their ends, which came after the restart or during it
+    let ids = node.docker_ok(&["inspect", "-f", "{{range .ExecIDs}}{{.}} {{end}}", "tick"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for (id, code) in ids.iter().zip([3, 0]) {
+        let mut last = serde_json::Value::Null;
+        wait_for(&format!("exec {id} to end"), || {
+            let a = berth_e2e::http(&node.sock, "GET", &format!("/exec/{id}/json"), &[], None);
+            assert_eq!(a.status, 200, "exec inspect {id}: {}", a.text());
+            last = a.json();
+            last["Running"] == false
+        });
+        assert_eq!(last["ExitCode"], code, "{last}");
+        assert!(last["Pid"].as_i64().unwrap() > 0, "{last}");
+    }
     let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["logs", "-f", "tick"]);
     assert!(text(&o.stdout).starts_with("line-0\n"), "logs -f printed the log before the fault");
     assert!(!o.status.success());
@@ -342,8 +305,8 @@ fn rm_while_storage_is_down_leaks_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(st, libc::SIGKILL) };
     wait_for("a new storage", || node.service_pid("storage").is_some_and(|p| p != st));
-    wait_for("the node to be healthy again", || healthy(&node));
-    wait_for("the --rm container's layers to go", || leftovers(&node).is_empty());
+    wait_for("the node to be healthy again", || node.healthy());
+    wait_for("the --rm container's layers to go", || node.leftovers_all().is_empty());
     assert_clean(&node);
 }
 
@@ -363,15 +326,60 @@ fn runtime_restart_removes_orphan_layers() {
         let bus = berth_bus::Bus::connect(&url, Some(creds), &id, "runtime").await.unwrap();
         bus.request(&bus_schema::storage::RwLayerCreate { id: orphan.clone(), parent: None }).await.unwrap();
     });
-    let layers = |n: &Node| leftovers(n).into_iter().filter(|l| l.starts_with("container layer")).collect::<Vec<_>>();
+    let layers = |n: &Node| n.leftovers_all().into_iter().filter(|l| l.starts_with("container layer")).collect::<Vec<_>>();
     assert!(layers(&node).iter().any(|l| l.contains(&orphan)), "the orphan was made: {:?}", layers(&node));
     let old = node.service_pid("runtime").unwrap();
     unsafe { libc::kill(old, libc::SIGKILL) };
     wait_for("a new runtime", || node.service_pid("runtime").is_some_and(|p| p != old));
-    wait_for("the node to be healthy again", || healthy(&node));
+    wait_for("the node to be healthy again", || node.healthy());
     wait_for("the orphan layer to go", || !layers(&node).iter().any(|l| l.contains(&orphan)));
     // the recorded container keeps its layer and starts
     assert_eq!(layers(&node).len(), 1, "{:?}", layers(&node));
     node.docker_ok(&["start", "kept"]);
+    assert_clean(&node);
+}
+
+/// Each process a pull or a build goes through, SIGKILLed under it (held first, so the
+/// call is in its hands for sure; the gateway and nats-server are killed as they run):
+/// the client answers, nothing half-made stays (the same pull or build again works, its
+/// image runs), the counter's log is whole and nothing is left behind.
+#[test]
+fn every_process_killed_under_pull_and_build() {
+    require_root!();
+    let (node, reg, img) = node_with_busybox();
+    ticker(&node, &img, "tick");
+    push_distinct(&reg, "pulled");
+    let tag = format!("{}/pulled:latest", reg.addr());
+    let ctx = node.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {img}\nRUN sleep 0.3 && echo built > /built\n")).unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let table: &[(&str, &[&str])] = &[
+        ("pull", &["images", "storage", "gateway", "nats-server"]),
+        ("build", &["builder", "images", "storage", "runtime", "gateway", "nats-server"]),
+    ];
+    for (op, targets) in table {
+        for target in *targets {
+            let freeze = !matches!(*target, "gateway" | "nats-server");
+            let (call, again): (Vec<&str>, Vec<&str>) = match *op {
+                "pull" => {
+                    let _ = node.docker(&["rmi", "-f", &tag]);
+                    (vec!["pull", &tag], vec!["run", "--rm", &tag, "cat", "/fault"])
+                }
+                _ => (vec!["build", "--no-cache", "-t", "built", ctx], vec!["run", "--rm", "built", "cat", "/built"]),
+            };
+            let o = kill_under(&node, target, freeze, Duration::from_millis(400), &call);
+            if freeze {
+                assert!(!o.status.success(), "{op} with {target} killed under it: {}", text(&o.stdout));
+            }
+            // again, then its image runs
+            let mut retry = call.clone();
+            retry.insert(1, "-q");
+            node.docker_ok(&retry);
+            node.docker_ok(&again);
+        }
+    }
+    assert_log_intact(&node, "tick");
+    // no build container, layer or mount of the builds stays
     assert_clean(&node);
 }

@@ -407,7 +407,12 @@ fn socket_activation_starts_the_node_and_serves_the_api() {
     let i = args.iter().position(|a| a == "--config").unwrap();
     args.drain(i..i + 2);
     args.extend(["--root".into(), root.display().to_string(), "--config".into(), cfg.display().to_string()]);
+    // Type=notify: systemd's notification socket, here the test's
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     let mut act = std::process::Command::new("systemd-socket-activate")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", dir.path().join("notify.sock").display()))
         .arg("-l")
         .arg(&sock)
         .args(&args)
@@ -430,6 +435,11 @@ fn socket_activation_starts_the_node_and_serves_the_api() {
     let log = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
     assert!(v.status.success(), "{}\n{}", String::from_utf8_lossy(&v.stderr), log());
     eprintln!("socket activation: the first `docker version` answered in {first:?}");
+    // Type=notify: READY=1 once every service and the API answer
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("no sd_notify message: {e}\n{}", log()));
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     let hello = docker(&["run", "--rm", "hello-world"]);
     assert!(String::from_utf8_lossy(&hello.stdout).contains("Hello from Docker!"), "{}\n{}", String::from_utf8_lossy(&hello.stderr), log());
     // systemd-socket-activate became `berth up` (same pid): an orderly stop

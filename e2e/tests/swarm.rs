@@ -161,6 +161,21 @@ fn single_node_swarm() {
     let ev = lines(&ev);
     assert!(ev.contains(&"create web swarm".to_string()), "{ev:?}");
 
+    // restart policy: on-failure with at most 2 restarts runs the task 3 times, then the
+    // slot stays empty (0/1), as swarmkit leaves a dead slot until the service changes
+    node.docker_ok(&["service", "create", "-d", "--name", "crash", "--restart-condition", "on-failure", "--restart-max-attempts", "2", "--restart-delay", "200ms", &img, "sh", "-c", "exit 3"]);
+    let ps_crash = || lines(&node.docker_ok(&["service", "ps", "crash", "--format", "{{.DesiredState}}|{{.CurrentState}}|{{.Error}}"]));
+    wait_for(60, "3 failed tasks of crash", &node, || {
+        let ps = ps_crash();
+        (ps.len() == 3 && ps.iter().all(|l| l.starts_with("Shutdown|Failed") && l.ends_with("|task: non-zero exit (3)"))).then_some(())
+    });
+    // well past the restart delay: no fourth run
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ps_crash().len(), 3, "{:?}", ps_crash());
+    let ls = node.docker_ok(&["service", "ls", "--filter", "name=crash", "--format", "{{.Replicas}}"]);
+    assert_eq!(ls.trim(), "0/1");
+    node.docker_ok(&["service", "rm", "crash"]);
+
     // rm: the tasks' containers go
     node.docker_ok(&["service", "rm", "web"]);
     wait_for(30, "task containers removed", &node, || {

@@ -5,7 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_bus::images::{ImagesApi, ImagesClient};
+use berth_bus::runtime::{RuntimeApi, RuntimeClient};
+use berth_bus::storage::{StorageApi, StorageClient};
 use berth_bus::{Bus, StreamReader, StreamWriter};
+use futures_util::StreamExt;
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, ImageInspect, ImagePull, ImageResolve, ImageTag, JsonMessage, ResolvedImage};
 use bus_schema::runtime::{ContainerAttach, ContainerCreate, ContainerRemove, ContainerStart, ContainerWait};
 use bus_schema::storage::{LayerApplied, RwLayerCommit, RwLayerCreate, RwLayerMount, RwLayerRemove, RwLayerUnmount};
@@ -23,6 +27,9 @@ const PREDEFINED_ARGS: &[&str] = &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "h
 
 pub struct Builder {
     pub bus: Bus,
+    pub storage: StorageClient,
+    pub images: ImagesClient,
+    pub runtime: RuntimeClient,
     pub dir: PathBuf,
     cache: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -81,7 +88,14 @@ fn short(id: &str) -> &str {
 impl Builder {
     pub fn new(bus: Bus, dir: PathBuf) -> Builder {
         let cache = std::fs::read(dir.join("cache.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Builder { bus, dir, cache: std::sync::Mutex::new(cache) }
+        Builder {
+            storage: StorageClient::new(bus.clone()),
+            images: ImagesClient::new(bus.clone()),
+            runtime: RuntimeClient::new(bus.clone()),
+            bus,
+            dir,
+            cache: std::sync::Mutex::new(cache),
+        }
     }
 
     fn cache_get(&self, key: &str) -> Option<String> {
@@ -243,7 +257,7 @@ impl Builder {
         out.say(format!("Successfully built {}\n", short(&id))).await?;
         for t in &req.tags {
             let (repo, tag) = split_tag(t);
-            self.bus.request(&ImageTag { source: id.clone(), repo: repo.clone(), tag: Some(tag.clone()) }).await?;
+            self.images.image_tag(ImageTag { source: id.clone(), repo: repo.clone(), tag: Some(tag.clone()) }).await?;
             out.say(format!("Successfully tagged {repo}:{tag}\n")).await?;
         }
         Ok(id)
@@ -288,16 +302,15 @@ impl Builder {
 
     async fn resolve_or_pull(&self, reference: &str, pull: bool, platform: Option<&str>, out: &mut Out<'_>) -> R<ResolvedImage> {
         if !pull {
-            match self.bus.request(&ImageResolve { reference: reference.to_string() }).await {
+            match self.images.image_resolve(ImageResolve { reference: reference.to_string() }).await {
                 Ok(i) => return Ok(i),
                 Err(e) if e.is(ErrorKind::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         let (_, mut rd) = self
-            .bus
-            .with_timeout(std::time::Duration::from_secs(60))
-            .request_stream(&ImagePull { reference: reference.to_string(), platform: platform.map(str::to_string), auth: None })
+            .images
+            .image_pull(ImagePull { reference: reference.to_string(), platform: platform.map(str::to_string), auth: None })
             .await?;
         while let Some(m) = rd.next().await {
             let m = m?;
@@ -305,7 +318,7 @@ impl Builder {
                 out.w.send(m).await?;
             }
         }
-        Ok(self.bus.request(&ImageResolve { reference: reference.to_string() }).await?)
+        Ok(self.images.image_resolve(ImageResolve { reference: reference.to_string() }).await?)
     }
 
     /// The variables visible to substitution: stage ARGs, then ENV (ENV wins).
@@ -364,7 +377,7 @@ impl Builder {
 
     async fn cached(&self, key: &str, sources: &[String]) -> Option<String> {
         let id = self.cache_get(key)?;
-        self.bus.request(&ImageInspect { name: id.clone() }).await.ok()?;
+        self.images.image_inspect(ImageInspect { name: id.clone() }).await.ok()?;
         if !sources.is_empty() && !self.in_cache_sources(&id, sources).await {
             return None;
         }
@@ -375,7 +388,7 @@ impl Builder {
     /// Is `id` one of `sources` or a parent of one (the images `--cache-from` names)?
     async fn in_cache_sources(&self, id: &str, sources: &[String]) -> bool {
         for s in sources {
-            let mut cur = match self.bus.request(&ImageInspect { name: s.clone() }).await {
+            let mut cur = match self.images.image_inspect(ImageInspect { name: s.clone() }).await {
                 Ok(i) => i,
                 Err(_) => continue,
             };
@@ -384,7 +397,7 @@ impl Builder {
                     return true;
                 }
                 let Some(p) = Some(cur.parent.clone()).filter(|p| !p.is_empty()) else { break };
-                cur = match self.bus.request(&ImageInspect { name: p }).await {
+                cur = match self.images.image_inspect(ImageInspect { name: p }).await {
                     Ok(i) => i,
                     Err(_) => break,
                 };
@@ -399,8 +412,8 @@ impl Builder {
         let empty = layer.is_none();
         let new_chain = layer.as_ref().map(|l| l.chain_id.clone());
         let id = self
-            .bus
-            .request(&ImageCreateFromLayer {
+            .images
+            .image_create_from_layer(ImageCreateFromLayer {
                 parent: st.image.clone(),
                 layer,
                 config: st.config.clone(),
@@ -434,7 +447,7 @@ impl Builder {
         let key = cache_key(st.image.as_deref(), &created_by, &argsig);
         if !req.no_cache {
             if let Some(id) = self.cached(&key, &out.cache_sources).await {
-                if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
+                if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                     st.image = Some(id.clone());
                     st.chain = img.chain_id;
                     out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;
@@ -463,7 +476,7 @@ impl Builder {
             }),
             ..Default::default()
         };
-        let created = self.bus.request(&ContainerCreate { name: None, body, platform: None }).await?;
+        let created = self.runtime.container_create(ContainerCreate { name: None, body, platform: None }).await?;
         let cid = created.id;
         out.say(format!(" ---> Running in {}\n", &cid[..12])).await?;
         let res = self.run_container(&cid, out).await;
@@ -480,7 +493,7 @@ impl Builder {
             }
             return Err(BuildError { message: format!("The command '{created_by}' returned a non-zero code: {code}"), code });
         }
-        let layer = self.bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: cid.clone() }).await;
+        let layer = self.storage.rw_layer_commit(RwLayerCommit { id: cid.clone() }).await;
         if req.rm || req.force_rm {
             self.remove_container(&cid).await;
             out.say(format!("Removing intermediate container {}\n", &cid[..12])).await?;
@@ -494,21 +507,24 @@ impl Builder {
 
     /// Attach, wait, start, stream the output; answers the exit code.
     async fn run_container(&self, cid: &str, out: &mut Out<'_>) -> R<i64> {
-        let (_, mut rd, input) = self
-            .bus
-            .request_duplex(&ContainerAttach {
-                id: cid.to_string(),
-                stream: true,
-                logs: false,
-                stdin: false,
-                stdout: true,
-                stderr: true,
-                detach_keys: None,
-            })
+        // no stdin: the input ends at once
+        let (_, mut rd) = self
+            .runtime
+            .container_attach(
+                ContainerAttach {
+                    id: cid.to_string(),
+                    stream: true,
+                    logs: false,
+                    stdin: false,
+                    stdout: true,
+                    stderr: true,
+                    detach_keys: None,
+                },
+                Box::pin(futures_util::stream::empty()),
+            )
             .await?;
-        let _ = input.end().await;
-        let (_, mut wait) = self.bus.request_stream(&ContainerWait { id: cid.to_string(), condition: "next-exit".into() }).await?;
-        self.bus.with_timeout(std::time::Duration::from_secs(120)).request(&ContainerStart { id: cid.to_string() }).await?;
+        let (_, mut wait) = self.runtime.container_wait(ContainerWait { id: cid.to_string(), condition: "next-exit".into() }).await?;
+        self.runtime.container_start(ContainerStart { id: cid.to_string() }).await?;
         while let Some(c) = rd.next().await {
             let Ok(c) = c else { break };
             let text = String::from_utf8_lossy(&c.data).into_owned();
@@ -525,7 +541,7 @@ impl Builder {
     }
 
     async fn remove_container(&self, cid: &str) {
-        let _ = self.bus.request(&ContainerRemove { id: cid.to_string(), force: true, volumes: true }).await;
+        let _ = self.runtime.container_remove(ContainerRemove { id: cid.to_string(), force: true, volumes: true }).await;
     }
 
     async fn copy_step(&self, ins: &Instruction, st: &mut Stage, ctx: &Path, esc: char, out: &mut Out<'_>, done: &[Stage]) -> R<()> {
@@ -555,16 +571,16 @@ impl Builder {
                 };
                 let _ = image;
                 let lid = format!("build-from-{}", crate::new_id());
-                self.bus.request(&RwLayerCreate { id: lid.clone(), parent: chain }).await?;
-                let path = self.bus.request(&RwLayerMount { id: lid.clone() }).await?.path;
+                self.storage.rw_layer_create(RwLayerCreate { id: lid.clone(), parent: chain }).await?;
+                let path = self.storage.rw_layer_mount(RwLayerMount { id: lid.clone() }).await?.path;
                 from_layer = Some((lid, PathBuf::from(&path)));
                 PathBuf::from(path)
             }
         };
         let result = self.copy_into_new_layer(ins, st, &src_root, from.is_some(), srcs, &dest, is_add, out).await;
         if let Some((lid, _)) = from_layer {
-            let _ = self.bus.request(&RwLayerUnmount { id: lid.clone() }).await;
-            let _ = self.bus.request(&RwLayerRemove { id: lid }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: lid.clone() }).await;
+            let _ = self.storage.rw_layer_remove(RwLayerRemove { id: lid }).await;
         }
         result
     }
@@ -627,7 +643,7 @@ impl Builder {
         let chmod = ins.flag("chmod").map(str::to_string).unwrap_or_default();
         let key = cache_key(st.image.as_deref(), &created_by, &format!("{chown}|{chmod}"));
         if let Some(id) = self.cached(&key, &out.cache_sources).await {
-            if let Ok(img) = self.bus.request(&ImageResolve { reference: id.clone() }).await {
+            if let Ok(img) = self.images.image_resolve(ImageResolve { reference: id.clone() }).await {
                 st.image = Some(id.clone());
                 st.chain = img.chain_id;
                 out.say(format!(" ---> Using cache\n ---> {}\n", short(&id))).await?;
@@ -636,9 +652,9 @@ impl Builder {
         }
         // a scratch layer on top of the stage's image
         let lid = format!("build-{}", crate::new_id());
-        self.bus.request(&RwLayerCreate { id: lid.clone(), parent: st.chain.clone() }).await?;
+        self.storage.rw_layer_create(RwLayerCreate { id: lid.clone(), parent: st.chain.clone() }).await?;
         let res: R<LayerApplied> = async {
-            let root = PathBuf::from(self.bus.request(&RwLayerMount { id: lid.clone() }).await?.path);
+            let root = PathBuf::from(self.storage.rw_layer_mount(RwLayerMount { id: lid.clone() }).await?.path);
             let chmod_v = if chmod.is_empty() { None } else { Some(u32::from_str_radix(&chmod, 8).map_err(|_| format!("invalid chmod parameter: {chmod}"))?) };
             let owner = if chown.is_empty() { None } else { Some(resolve_owner(&root, &chown)?) };
             let (src_root, matched, dest_abs, remote) = (src_root.to_path_buf(), matched.clone(), dest_abs.clone(), remote.clone());
@@ -672,12 +688,12 @@ impl Builder {
             })
             .await
             .map_err(|e| e.to_string())?;
-            let _ = self.bus.request(&RwLayerUnmount { id: lid.clone() }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: lid.clone() }).await;
             copied.map_err(|e| format!("{what} failed: {e}"))?;
-            Ok(self.bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: lid.clone() }).await?)
+            Ok(self.storage.rw_layer_commit(RwLayerCommit { id: lid.clone() }).await?)
         }
         .await;
-        let _ = self.bus.request(&RwLayerRemove { id: lid }).await;
+        let _ = self.storage.rw_layer_remove(RwLayerRemove { id: lid }).await;
         let layer = res?;
         let id = self.commit(st, Some(layer), created_by).await?;
         self.cache_put(key, id.clone());

@@ -11,6 +11,9 @@ pub mod shell;
 
 use std::sync::Arc;
 
+use berth_bus::images::{ImagesApi, ImagesClient};
+use berth_bus::runtime::{RuntimeApi, RuntimeClient};
+use berth_bus::storage::{StorageApi, StorageClient};
 use berth_bus::{Bus, Responder, Server};
 use berth_config::{DaemonConfig, Paths};
 use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
@@ -66,12 +69,13 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
 /// `docker commit`: the container's changes as a layer on its image, with its config
 /// (and `-c` changes) as the new image's config.
 pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse, BusError> {
-    let c = bus.request(&ContainerInspect { id: r.container.clone(), size: false }).await?;
+    let (runtime, images, storage) = (RuntimeClient::new(bus.clone()), ImagesClient::new(bus.clone()), StorageClient::new(bus.clone()));
+    let c = runtime.container_inspect(ContainerInspect { id: r.container.clone(), size: false }).await?;
     let id = c.id.clone().unwrap_or_default();
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let mut pause = r.pause && running && !c.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
     if pause {
-        if let Err(e) = bus.request(&ContainerPause { id: id.clone() }).await {
+        if let Err(e) = runtime.container_pause(ContainerPause { id: id.clone() }).await {
             // it exited since the inspect (a `start` then `commit` of a short
             // command): Docker commits a stopped container as it is
             if e.kind != bus_schema::ErrorKind::Conflict {
@@ -80,9 +84,9 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
             pause = false;
         }
     }
-    let layer = bus.with_timeout(std::time::Duration::from_secs(600)).request(&RwLayerCommit { id: id.clone() }).await;
+    let layer = storage.rw_layer_commit(RwLayerCommit { id: id.clone() }).await;
     if pause {
-        let _ = bus.request(&ContainerUnpause { id: id.clone() }).await;
+        let _ = runtime.container_unpause(ContainerUnpause { id: id.clone() }).await;
     }
     let layer = layer?;
     let mut cfg = config::from_container(&r.config.clone().or(c.config.clone()).unwrap_or_default());
@@ -113,8 +117,8 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
     if let Some(repo) = r.repo.as_deref().filter(|s| !s.is_empty()) {
         tags.push(format!("{repo}:{}", r.tag.as_deref().filter(|t| !t.is_empty()).unwrap_or("latest")));
     }
-    let image = bus
-        .request(&ImageCreateFromLayer {
+    let image = images
+        .image_create_from_layer(ImageCreateFromLayer {
             parent: c.image.clone(),
             layer: Some(layer),
             config: cfg,
@@ -131,7 +135,7 @@ pub async fn commit(bus: &Bus, r: ContainerCommit) -> Result<docker::IdResponse,
         })
         .await?;
     let name = c.name.clone().unwrap_or_default().trim_start_matches('/').to_string();
-    let ev = bus_schema::event::Event::now("container", "commit", id).attr("comment", r.comment.clone().unwrap_or_default()).attr("name", name);
+    let ev = bus_schema::event::Event::now(bus_schema::event::EventType::Container, bus_schema::event::Action::Commit, id).attr("comment", r.comment.clone().unwrap_or_default()).attr("name", name);
     bus.publish_event(&ev).await;
     Ok(docker::IdResponse { id: image })
 }

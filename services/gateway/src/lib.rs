@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod gojson;
 pub mod hijack;
 pub mod host;
 pub mod listen;

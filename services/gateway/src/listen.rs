@@ -173,6 +173,12 @@ impl ClientConn {
         CLIENT.try_with(|c| c.clone()).unwrap_or_default()
     }
 
+    /// A copy of the connection's socket that outlives hyper's hold on it (a hijack
+    /// ends hyper's connection task, and with it this handle's fd).
+    pub fn hold(&self) -> HeldConn {
+        HeldConn(self.0.as_ref().and_then(|w| w.upgrade()).and_then(|fd| fd.try_clone().ok()))
+    }
+
     /// Resolves once the client has closed the connection or shut its writing side
     /// (which Go's server, and so Moby, takes for the same); never without one.
     pub async fn gone(self) {
@@ -191,6 +197,32 @@ impl ClientConn {
             }
             // data (a pipelined request) is hyper's to read: wait for the next change
             ready.clear_ready();
+        }
+    }
+}
+
+/// See [`ClientConn::hold`].
+pub struct HeldConn(Option<OwnedFd>);
+
+impl HeldConn {
+    /// Resolves once the client has read everything written to it so far (the
+    /// socket's send queue is empty: SIOCOUTQ, which on a unix socket counts what
+    /// the peer has not read yet), or after `max`. A hijacked stream starts its
+    /// process after this: clients that parse the 101 through a buffered reader and
+    /// then read the raw socket (docker-py, its issue 1799) lose whatever arrived
+    /// with the 101. Moby's slower exec start hides that race; berth's shim starts a
+    /// process in a few milliseconds. Immediate without a connection.
+    pub async fn read_all(&self, max: Duration) {
+        let Some(fd) = self.0.as_ref() else { return };
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ writes one int; the fd is ours and open
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+            if r != 0 || queued <= 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }

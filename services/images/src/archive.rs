@@ -8,10 +8,12 @@
 //! gzip, zstd or uncompressed). Import makes a one-layer image from a root
 //! filesystem tarball, with Dockerfile `--change`s applied to its config.
 
+use bus_schema::event::Action;
 use bus_schema::images::{ImageImport, ImageLoad, ImageSave, JsonMessage};
 use bus_schema::storage::{LayerApplied, LayerApply};
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
 use bus_schema::{docker, BusError};
+use futures_util::StreamExt;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -292,7 +294,7 @@ impl Images {
         }
         out.send(vec![0u8; 1024]).await?;
         for s in &images {
-            self.event("save", &s.img.id, &s.name).await;
+            self.event(Action::Save, &s.img.id, &s.name).await;
         }
         Ok(())
     }
@@ -482,7 +484,7 @@ impl Images {
                 )))
                 .await?;
             }
-            self.event("load", &id, &id).await;
+            self.event(Action::Load, &id, &id).await;
         }
         Ok(())
     }
@@ -679,7 +681,7 @@ impl Images {
         let (id, _) = self.commit_image(&raw, meta, &refs).await?;
         drop(_g);
         out.send(JsonMessage::status(id.clone())).await?;
-        self.event("import", &id, &id).await;
+        self.event(Action::Import, &id, &id).await;
         Ok(())
     }
 }

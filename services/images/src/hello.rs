@@ -3,6 +3,7 @@
 //! `docker.io/library/hello-world` cannot be pulled because no registry is
 //! reachable, so `docker run hello-world` works on an offline node.
 
+use bus_schema::event::Action;
 use bus_schema::images::JsonMessage;
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
@@ -160,7 +161,7 @@ impl Images {
             r.familiar_string()
         )))
         .await?;
-        self.event("pull", &r.familiar_string(), &r.familiar_name())
+        self.event(Action::Pull, &r.familiar_string(), &r.familiar_name())
             .await;
         Ok(())
     }

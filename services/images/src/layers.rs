@@ -1,36 +1,26 @@
-//! The storage service's layer store, over the bus: the few calls the images
-//! service makes (stat, apply, retain, release, export).
+//! The storage service's layer store, through its generated client: the few calls
+//! the images service makes (stat, apply, retain, release, export), with the
+//! answers images wants (a missing layer is `None`, releasing a gone one is fine).
 
-use berth_bus::{Bus, StreamReader, StreamWriter};
-use bus_schema::storage::{
-    LayerApplied, LayerApply, LayerExport, LayerInfo, LayerRelease, LayerRetain, LayerStat,
-};
+use berth_bus::storage::{StorageApi, StorageClient};
+use berth_bus::{Bus, Emitter};
+use bus_schema::storage::{LayerApplied, LayerApply, LayerExport, LayerInfo, LayerRelease, LayerRetain, LayerStat};
 use bus_schema::stream::ByteChunk;
-use bus_schema::{BusError, ErrorKind};
-use std::time::Duration;
+use bus_schema::{BusError, BusStream, ErrorKind};
 
 #[derive(Clone)]
 pub struct Layers {
-    bus: Bus,
+    storage: StorageClient,
 }
 
 impl Layers {
     pub fn new(bus: Bus) -> Layers {
-        // Applying a large layer can take a while before storage answers.
-        Layers {
-            bus: bus.with_timeout(Duration::from_secs(120)),
-        }
+        Layers { storage: StorageClient::new(bus) }
     }
 
     /// The layer, or None when storage does not have it.
     pub async fn stat(&self, chain_id: &str) -> Result<Option<LayerInfo>, BusError> {
-        match self
-            .bus
-            .request(&LayerStat {
-                chain_id: chain_id.to_string(),
-            })
-            .await
-        {
+        match self.storage.layer_stat(LayerStat { chain_id: chain_id.to_string() }).await {
             Ok(i) => Ok(Some(i)),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -38,22 +28,12 @@ impl Layers {
     }
 
     pub async fn retain(&self, chain_id: &str) -> Result<LayerInfo, BusError> {
-        self.bus
-            .request(&LayerRetain {
-                chain_id: chain_id.to_string(),
-            })
-            .await
+        self.storage.layer_retain(LayerRetain { chain_id: chain_id.to_string() }).await
     }
 
     /// Drop a reference; a layer that is already gone is not an error.
     pub async fn release(&self, chain_id: &str) -> Result<Vec<String>, BusError> {
-        match self
-            .bus
-            .request(&LayerRelease {
-                chain_id: chain_id.to_string(),
-            })
-            .await
-        {
+        match self.storage.layer_release(LayerRelease { chain_id: chain_id.to_string() }).await {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(vec![]),
             r => r,
         }
@@ -66,39 +46,40 @@ impl Layers {
         }
     }
 
-    /// Open a layer apply: write the blob into the writer, then read one item.
-    pub async fn apply(
-        &self,
-        req: LayerApply,
-    ) -> Result<(StreamReader<LayerApplied>, StreamWriter<ByteChunk>), BusError> {
-        let ((), rd, wr) = self.bus.request_duplex(&req).await?;
-        Ok((rd, wr))
+    /// Open a layer apply: write the blob into the feed, end it, then wait for the
+    /// result with [`applied`].
+    pub async fn apply(&self, req: LayerApply) -> Result<(BusStream<LayerApplied>, Feed), BusError> {
+        let (tx, input) = berth_bus::channel(4);
+        let ((), items) = self.storage.layer_apply(req, input).await?;
+        Ok((items, Feed(tx)))
     }
 
-    pub async fn export(&self, chain_id: &str) -> Result<StreamReader<ByteChunk>, BusError> {
-        let ((), rd) = self
-            .bus
-            .request_stream(&LayerExport {
-                chain_id: chain_id.to_string(),
-            })
-            .await?;
-        Ok(rd)
+    pub async fn export(&self, chain_id: &str) -> Result<BusStream<ByteChunk>, BusError> {
+        Ok(self.storage.layer_export(LayerExport { chain_id: chain_id.to_string() }).await?.1)
+    }
+}
+
+/// The bytes of a layer apply.
+pub struct Feed(Emitter<ByteChunk>);
+
+impl Feed {
+    pub async fn send(&mut self, c: ByteChunk) -> Result<(), BusError> {
+        self.0.send(c).await
+    }
+
+    /// Abort the apply: storage keeps nothing.
+    pub async fn fail(self, e: BusError) -> Result<(), BusError> {
+        self.0.fail(e).await;
+        Ok(())
+    }
+
+    /// The blob is complete.
+    pub async fn end(self) -> Result<(), BusError> {
+        Ok(())
     }
 }
 
 /// Wait for the one `LayerApplied` an apply answers.
-pub async fn applied(mut rd: StreamReader<LayerApplied>) -> Result<LayerApplied, BusError> {
-    let item = match rd.next().await {
-        Some(r) => r?,
-        None => {
-            return Err(BusError::internal(
-                "the storage service ended the layer apply without an answer",
-            ))
-        }
-    };
-    // drain the end marker
-    while let Some(r) = rd.next().await {
-        r?;
-    }
-    Ok(item)
+pub async fn applied(rd: BusStream<LayerApplied>) -> Result<LayerApplied, BusError> {
+    berth_bus::single(rd, "the storage service's layer apply").await
 }

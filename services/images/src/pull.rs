@@ -8,7 +8,7 @@
 //! that fails its digest is refused: its ingest is removed, storage is told to
 //! discard, and everything the pull had taken is given back.
 
-use berth_bus::StreamWriter;
+use bus_schema::event::Action;
 use bus_schema::images::{DistributionInspect, ImagePull, JsonMessage};
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
@@ -377,7 +377,7 @@ impl Images {
             r.familiar_string()
         )))
         .await?;
-        self.event("pull", &r.familiar_string(), &r.familiar_name())
+        self.event(Action::Pull, &r.familiar_string(), &r.familiar_name())
             .await;
         Ok(())
     }
@@ -637,7 +637,7 @@ impl Images {
     async fn feed_local(
         &self,
         digest: &str,
-        wr: &mut StreamWriter<ByteChunk>,
+        wr: &mut crate::layers::Feed,
         cancel: &CancellationToken,
     ) -> Result<(), BusError> {
         let mut f = tokio::fs::File::open(self.content.path(digest)?).await?;
@@ -660,7 +660,7 @@ impl Images {
         &self,
         repo: &Repo,
         job: &Job,
-        wr: &mut StreamWriter<ByteChunk>,
+        wr: &mut crate::layers::Feed,
         cancel: &CancellationToken,
         send: &impl Fn(JsonMessage),
         total: u64,

@@ -5,6 +5,7 @@
 //! bytes kept in the content store for next time. Then the config and the
 //! manifest; the pushed digest becomes a RepoDigest.
 
+use bus_schema::event::Action;
 use bus_schema::images::{ImagePush, JsonMessage};
 use bus_schema::stream::MAX_CHUNK;
 use bus_schema::BusError;
@@ -231,7 +232,7 @@ impl Images {
             ..Default::default()
         })
         .await?;
-        self.event("push", &r.familiar_string(), &r.familiar_name())
+        self.event(Action::Push, &r.familiar_string(), &r.familiar_name())
             .await;
         Ok(())
     }

@@ -3,9 +3,10 @@
 //! inspect, list, history, tag, remove, prune, resolve, images from layers).
 //! Registry and archive operations live in `pull`, `push` and `archive`.
 
+use berth_bus::runtime::RuntimeApi as _;
 use berth_bus::Bus;
 use berth_config::DaemonConfig;
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::images::{
     ImageCreateFromLayer, ImageList, ImagePrune, ImageRemove, ImageTag, ResolvedImage,
 };
@@ -99,9 +100,9 @@ impl Images {
         self.store.count()
     }
 
-    pub(crate) async fn event(&self, action: &str, id: &str, name: &str) {
+    pub(crate) async fn event(&self, action: Action, id: &str, name: &str) {
         self.bus
-            .publish_event(&Event::now("image", action, id).attr("name", name))
+            .publish_event(&Event::now(EventType::Image, action, id).attr("name", name))
             .await;
     }
 
@@ -364,15 +365,14 @@ impl Images {
         }
         let _g = self.refs_lock.lock().await;
         self.store.set_ref(&r, &img.id)?;
-        self.event("tag", &img.id, &r.familiar_string()).await;
+        self.event(Action::Tag, &img.id, &r.familiar_string()).await;
         Ok(())
     }
 
     /// Container IDs using an image; none when the runtime is not there.
     pub async fn containers_using(&self, id: &str) -> Result<Vec<String>, BusError> {
-        match self
-            .bus
-            .request(&ContainersUsingImage {
+        match berth_bus::runtime::RuntimeClient::new(self.bus.clone())
+            .containers_using_image(ContainersUsingImage {
                 image_id: id.to_string(),
             })
             .await
@@ -419,7 +419,7 @@ impl Images {
             }
             self.store.remove_ref(&parsed)?;
             records.push(untagged(&parsed));
-            self.event("untag", &id, &parsed.familiar_string()).await;
+            self.event(Action::Untag, &id, &parsed.familiar_string()).await;
             repo_refs = self.store.refs_of(&id);
             if parsed.digest.is_none() {
                 let has_tag_in_repo = repo_refs
@@ -469,7 +469,7 @@ impl Images {
                 for r in &repo_refs {
                     self.store.remove_ref(r)?;
                     records.push(untagged(r));
-                    self.event("untag", &id, &r.familiar_string()).await;
+                    self.event(Action::Untag, &id, &r.familiar_string()).await;
                 }
             }
         }
@@ -518,7 +518,7 @@ impl Images {
             for r in refs {
                 self.store.remove_ref(&r)?;
                 records.push(untagged(&r));
-                self.event("untag", id, &r.familiar_string()).await;
+                self.event(Action::Untag, id, &r.familiar_string()).await;
             }
             let Some(img) = self.store.delete(id)? else {
                 return Ok(());
@@ -536,7 +536,7 @@ impl Images {
                 }
             }
             self.gc_blobs();
-            self.event("delete", id, id).await;
+            self.event(Action::Delete, id, id).await;
             if prune {
                 if let Some(parent) = img.meta.parent.as_deref() {
                     if self.store.get(parent).is_some()
@@ -641,7 +641,7 @@ impl Images {
             for r in &refs {
                 self.store.remove_ref(r)?;
                 records.push(untagged(r));
-                self.event("untag", &img.id, &r.familiar_string()).await;
+                self.event(Action::Untag, &img.id, &r.familiar_string()).await;
             }
             match self
                 .delete_helper(&img.id, &mut records, false, true, false)
@@ -657,7 +657,7 @@ impl Images {
         }
         self.bus
             .publish_event(
-                &Event::now("image", "prune", "").attr("reclaimed", reclaimed.to_string()),
+                &Event::now(EventType::Image, Action::Prune, "").attr("reclaimed", reclaimed.to_string()),
             )
             .await;
         Ok(docker::ImagePruneResponse {
@@ -777,7 +777,7 @@ impl Images {
         for t in &req.tags {
             let r = Reference::parse_normalized(t)?.with_default_tag();
             self.store.set_ref(&r, &id)?;
-            self.event("tag", &id, &r.familiar_string()).await;
+            self.event(Action::Tag, &id, &r.familiar_string()).await;
         }
         Ok(id)
     }
@@ -814,7 +814,7 @@ impl Images {
             if prev.as_deref() != Some(id.as_str()) {
                 updated = true;
                 if r.tag.is_some() {
-                    self.event("tag", &id, &r.familiar_string()).await;
+                    self.event(Action::Tag, &id, &r.familiar_string()).await;
                 }
             }
         }

@@ -64,11 +64,8 @@ impl NetworkService {
             ipam: Some(docker::Ipam {
                 driver: Some("default".into()),
                 config: Some(cfgs),
-                options: if n.is_bridge() {
-                    Some(n.ipam_options.clone().into_iter().collect())
-                } else {
-                    None
-                },
+                // Moby's nil map unless the create gave options (the CLI sends {})
+                options: n.ipam_options.clone().map(|o| o.into_iter().collect()),
             }),
             internal: Some(n.internal),
             attachable: Some(n.attachable),

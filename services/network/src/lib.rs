@@ -3,17 +3,16 @@
 //! endpoints), published ports forwarded in the kernel, the embedded DNS of user
 //! networks, and network events.
 //!
-//! Layout: [`service::NetworkService`] implements [`api::NetworkApi`]; its logic is
+//! Layout: [`service::NetworkService`] implements `bus_schema::network::NetworkApi`
+//! (generated from the network table, as are `berth_bus::network::NetworkClient` and
+//! the bus adapter `berth_bus::network::serve_network`); its logic is
 //! split by concern ([`networks`], [`sandboxes`], [`reconcile`], [`inspect`], with
 //! the settings in [`config`] and the records in [`state`] and [`store`]) and reaches
 //! the kernel only through the traits of [`kernel`] (real: [`link`], [`netns`],
 //! [`firewall`]; in unit tests an in-memory fake). [`dns`] and [`ports`] are the
-//! embedded DNS and host port reservations; [`bus`] serves the service on the bus and
-//! [`client`] calls it over the bus.
+//! embedded DNS and host port reservations; [`bus`] is its part of `docker info`.
 
-pub mod api;
 pub mod bus;
-pub mod client;
 pub mod config;
 pub mod dns;
 #[cfg(test)]
@@ -33,6 +32,7 @@ pub mod service;
 mod state;
 pub mod store;
 
+use berth_bus::runtime::RuntimeApi as _;
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::Service;
@@ -40,7 +40,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::api::NetworkApi;
+pub use berth_bus::network::{NetworkApi, NetworkClient};
 pub use crate::config::Config;
 pub use crate::service::{Events, NetworkService};
 
@@ -64,7 +64,7 @@ pub async fn start_with(bus: Bus, config: Config) -> anyhow::Result<(Server, Arc
     let svc = NetworkService::start(config, bus_events(bus.clone())).await?;
     follow_runtime(bus.clone(), svc.clone());
     let server = Server::new(bus, Service::Network).info(|| async { bus::info() });
-    Ok((bus::register(server, svc.clone()), svc))
+    Ok((berth_bus::network::serve_network(server, svc.clone()), svc))
 }
 
 /// How long a sandbox stays stale (no process, its container not running) before
@@ -102,7 +102,7 @@ fn follow_runtime(bus: Bus, svc: Arc<NetworkService>) {
                 size: false,
                 filters: Default::default(),
             };
-            let running: BTreeSet<String> = match bus.request(&list).await {
+            let running: BTreeSet<String> = match berth_bus::runtime::RuntimeClient::new(bus.clone()).container_list(list).await {
                 Ok(l) => l.into_iter().filter_map(|c| c.id).collect(),
                 Err(e) => {
                     // at a node's start the runtime may not serve yet: said once it

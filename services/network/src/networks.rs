@@ -2,6 +2,7 @@
 //! bridges; each bridge network has a bridge device marked as the node's, a subnet
 //! from the pools (or the user's), and its embedded DNS.
 
+use bus_schema::event::Action;
 use bus_schema::{docker, BusError};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
@@ -403,12 +404,7 @@ impl NetworkService {
             attachable: body.attachable.unwrap_or(false),
             options,
             labels,
-            ipam_options: ipam
-                .options
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            ipam_options: ipam.options.clone().map(|o| o.into_iter().collect()),
             subnet: Some(subnet),
             gateway: Some(gateway),
             ip_range,
@@ -439,7 +435,7 @@ impl NetworkService {
         if let Err(e) = self.dns.start(&n.id, gateway, self.cfg.dns_port).await {
             tracing::warn!(network = %n.name, error = %e, "cannot start the embedded DNS");
         }
-        self.event("create", &n, None);
+        self.event(Action::Create, &n, None);
         Ok(docker::NetworkCreateResponse {
             id,
             warning: String::new(),
@@ -467,7 +463,7 @@ impl NetworkService {
             tracing::warn!(error = %e, "firewall update after network removal failed");
         }
         self.delete_bridge(&n.bridge).await;
-        self.event("destroy", &n, None);
+        self.event(Action::Destroy, &n, None);
         Ok(())
     }
 

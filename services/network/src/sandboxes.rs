@@ -4,6 +4,7 @@
 //! content of its /etc/resolv.conf and /etc/hosts.
 
 use bus_schema::network::*;
+use bus_schema::event::Action;
 use bus_schema::{docker, BusError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -442,7 +443,7 @@ impl NetworkService {
         }
         for e in &rec.endpoints {
             if let Some(n) = st.networks.get(&e.network_id) {
-                self.event("connect", n, Some(&cid));
+                self.event(Action::Connect, n, Some(&cid));
             }
         }
         Ok(self.sandbox_reply(st, &rec))
@@ -517,7 +518,7 @@ impl NetworkService {
         self.store.delete_sandbox(cid)?;
         for e in &rec.endpoints {
             if let Some(n) = st.networks.get(&e.network_id) {
-                self.event("disconnect", n, Some(cid));
+                self.event(Action::Disconnect, n, Some(cid));
             }
         }
         Ok(())
@@ -608,7 +609,7 @@ impl NetworkService {
         self.store.save_sandbox(&rec)?;
         st.sandboxes.insert(rec.container_id.clone(), rec.clone());
         self.dns_register(st, &rec);
-        self.event("connect", &n, Some(&rec.container_id));
+        self.event(Action::Connect, &n, Some(&rec.container_id));
         let ep = rec.endpoints.last().expect("attached");
         Ok(self.endpoint_settings(st, ep))
     }
@@ -651,7 +652,7 @@ impl NetworkService {
         }
         self.store.save_sandbox(&rec)?;
         self.dns_register(st, &rec);
-        self.event("disconnect", &n, Some(&rec.container_id));
+        self.event(Action::Disconnect, &n, Some(&rec.container_id));
         Ok(())
     }
 }

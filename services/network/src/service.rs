@@ -8,7 +8,7 @@
 //! one lock (reads share it); the kernel is reached only through [`Kernel`], so the
 //! whole service runs on fakes in unit tests.
 
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::network::*;
 use bus_schema::{docker, BusError};
 use std::sync::Arc;
@@ -95,8 +95,8 @@ impl NetworkService {
         &self.table
     }
 
-    pub(crate) fn event(&self, action: &str, net: &NetworkRecord, container: Option<&str>) {
-        let mut e = Event::now("network", action, net.id.clone())
+    pub(crate) fn event(&self, action: Action, net: &NetworkRecord, container: Option<&str>) {
+        let mut e = Event::now(EventType::Network, action, net.id.clone())
             .attr("name", net.name.clone())
             .attr("type", net.driver.clone());
         if let Some(c) = container {
@@ -137,7 +137,7 @@ impl Drop for HostLock {
     }
 }
 
-impl crate::api::NetworkApi for NetworkService {
+impl bus_schema::network::NetworkApi for NetworkService {
     async fn network_create(
         &self,
         r: NetworkCreate,

@@ -31,8 +31,9 @@ pub struct NetworkRecord {
     pub options: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// As given at create: none (`"Options": null`, Moby's nil map) or a map.
     #[serde(default)]
-    pub ipam_options: BTreeMap<String, String>,
+    pub ipam_options: Option<BTreeMap<String, String>>,
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Ipv4Net>,
@@ -81,7 +82,7 @@ impl NetworkRecord {
             attachable: false,
             options: BTreeMap::new(),
             labels: BTreeMap::new(),
-            ipam_options: BTreeMap::new(),
+            ipam_options: None,
             subnet: None,
             gateway: None,
             ip_range: None,
@@ -307,7 +308,7 @@ mod tests {
             attachable: false,
             options: BTreeMap::new(),
             labels: BTreeMap::from([("a".into(), "b".into())]),
-            ipam_options: BTreeMap::new(),
+            ipam_options: None,
             subnet: Some("172.18.0.0/16".parse().unwrap()),
             gateway: Some(Ipv4Addr::new(172, 18, 0, 1)),
             ip_range: None,

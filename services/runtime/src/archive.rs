@@ -16,7 +16,9 @@ use berth_fsutil::untar::{untar, UntarError, UntarOpts};
 use berth_fsutil::view::ViewMount;
 use berth_fsutil::InRoot;
 
+use berth_bus::storage::StorageApi as _;
 use berth_bus::Responder;
+use bus_schema::event::Action;
 use bus_schema::runtime::{ContainerArchiveGet, ContainerArchivePut, PathStat};
 use bus_schema::storage::{RwLayerMount, RwLayerUnmount};
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
@@ -157,12 +159,12 @@ impl Write for ChunkWriter {
 impl Runtime {
     /// The container's rootfs mounted by storage and the mounts to show on top.
     async fn view_of(&self, c: &Container) -> Result<(PathBuf, Vec<ViewMount>), BusError> {
-        let rootfs = self.bus.request(&RwLayerMount { id: c.id.clone() }).await?.path;
+        let rootfs = self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }).await?.path;
         Ok((PathBuf::from(rootfs), view_mounts(c)))
     }
 
     async fn unmount_rootfs(&self, id: &str) {
-        let _ = self.bus.request(&RwLayerUnmount { id: id.to_string() }).await;
+        let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: id.to_string() }).await;
     }
 
     /// Run `f` in the container's view on a thread of its own (see berth_fsutil::view).
@@ -355,7 +357,7 @@ impl Runtime {
         self.unmount_rootfs(&c.id).await;
         match result {
             Ok(()) => {
-                self.event(&c, "extract-to-dir", &[("path", r.path.clone())]).await;
+                self.event(&c, Action::ExtractToDir, &[("path", r.path.clone())]).await;
                 w.end().await
             }
             Err(err) => w.fail(err).await,

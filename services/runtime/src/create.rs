@@ -1,6 +1,9 @@
 //! `docker create`: validate, resolve the image, merge its config as Docker does,
 //! reserve the name, create the read-write layer, record the container.
 
+use berth_bus::images::ImagesApi as _;
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -125,7 +128,7 @@ impl Runtime {
         let mut host_config = body.host_config.clone().unwrap_or_default();
         crate::validate::host_config(&mut host_config, &self.cfg)?;
 
-        let img: ResolvedImage = match self.bus.request(&ImageResolve { reference: image_ref.clone() }).await {
+        let img: ResolvedImage = match self.images.image_resolve(ImageResolve { reference: image_ref.clone() }).await {
             Ok(i) => i,
             Err(e) if e.is(ErrorKind::NotFound) => {
                 return Err(BusError::not_found(format!("No such image: {}", display_ref(&image_ref))))
@@ -181,7 +184,7 @@ impl Runtime {
         let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv).await;
         match res {
             Ok(c) => {
-                self.event(&c, "create", &[]).await;
+                self.event(&c, Action::Create, &[]).await;
                 Ok(docker::ContainerCreateResponse { id, warnings: vec![] })
             }
             Err(e) => {
@@ -211,7 +214,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        if let Err(e) = self.bus.request(&RwLayerCreate { id: id.to_string(), parent: img.chain_id.clone() }).await {
+        if let Err(e) = self.storage.rw_layer_create(RwLayerCreate { id: id.to_string(), parent: img.chain_id.clone() }).await {
             crate::mounts::release(self, id, &mounts, true).await;
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);

@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use berth_bus::images::ImagesClient;
+use berth_bus::network::NetworkClient;
+use berth_bus::storage::StorageClient;
 use berth_bus::Bus;
 use berth_config::{DaemonConfig, Paths};
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::BusError;
 use tokio::sync::watch;
 
@@ -85,6 +88,9 @@ struct Index {
 
 pub struct Runtime {
     pub bus: Bus,
+    pub storage: StorageClient,
+    pub network: NetworkClient,
+    pub images: ImagesClient,
     pub cfg: DaemonConfig,
     pub paths: Paths,
     /// `<root>/runtime/<driver>`: containers are recorded per storage driver.
@@ -119,6 +125,9 @@ impl Runtime {
             .map(|s| s.trim_matches('/').to_string())
             .unwrap_or_else(|| "berth".to_string());
         Runtime {
+            storage: StorageClient::new(bus.clone()),
+            network: NetworkClient::new(bus.clone()),
+            images: ImagesClient::new(bus.clone()),
             bus,
             cfg,
             paths,
@@ -267,8 +276,17 @@ impl Runtime {
     }
 
     /// Publish a container event with Docker's attributes (image, name, labels, extra).
-    pub async fn event(&self, c: &Container, action: &str, extra: &[(&str, String)]) {
-        let mut ev = Event::now("container", action, c.id.clone())
+    pub async fn event(&self, c: &Container, action: Action, extra: &[(&str, String)]) {
+        self.publish(c, Event::now(EventType::Container, action, c.id.clone()), extra).await
+    }
+
+    /// An event whose action carries Docker's detail (`exec_start: sh -c true`).
+    pub async fn event_with(&self, c: &Container, action: Action, detail: &str, extra: &[(&str, String)]) {
+        self.publish(c, Event::now(EventType::Container, action, c.id.clone()).detail(detail), extra).await
+    }
+
+    async fn publish(&self, c: &Container, ev: Event, extra: &[(&str, String)]) {
+        let mut ev = ev
             .attr("image", c.config.image.clone().unwrap_or_default())
             .attr("name", c.name.clone());
         if let Some(l) = &c.config.labels {

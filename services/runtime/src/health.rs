@@ -1,6 +1,7 @@
 //! Healthchecks (image HEALTHCHECK and `--health-*`): a probe exec'd in the
 //! container on Docker's schedule, `State.Health`, and `health_status` events.
 
+use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,7 +110,7 @@ impl Runtime {
                 if old != new {
                     if let Some(s) = new {
                         let c = e.get();
-                        rt.event(&c, &format!("health_status: {s}"), &[]).await;
+                        rt.event_with(&c, Action::HealthStatus, &s.to_string(), &[]).await;
                     }
                 }
             }

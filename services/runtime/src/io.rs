@@ -1,6 +1,10 @@
 //! Streams of a container: wait, logs, attach, exec.
 
+use bus_schema::event::Action;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use berth_bus::Responder;
 use bus_schema::runtime::{ContainerAttach, ContainerLogs, ContainerWait, ExecCreate, ExecInspect, ExecStart, StreamInfo};
@@ -13,21 +17,67 @@ use crate::logs::{read_log, LogOptions};
 use crate::shim_client::{Exec, ExecSpec, StartError};
 use crate::state::Status;
 
-/// An exec instance (Docker keeps them in memory only).
+/// An exec instance, kept for the container's life (`docker exec inspect`). Recorded
+/// on disk beside the container's record (`execs/<id>.json`) so that a runtime that
+/// restarts still answers for it: an exec that ran meanwhile is adopted from the shim,
+/// one that ended has its exit in the bundle.
 pub struct ExecEntry {
     pub id: String,
     pub container_id: String,
     pub config: docker::ExecConfig,
     pub state: Mutex<ExecState>,
     pub handle: Mutex<Option<Arc<Exec>>>,
+    /// Where the record is kept.
+    pub record: PathBuf,
+    created: u128,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct ExecState {
     pub started: bool,
     pub running: bool,
     pub exit_code: Option<i64>,
     pub pid: u32,
+}
+
+/// An exec's record on disk.
+#[derive(Serialize, Deserialize)]
+struct ExecRecord {
+    id: String,
+    container_id: String,
+    config: docker::ExecConfig,
+    /// Nanoseconds since the epoch at its create: the order of the container's ExecIDs.
+    #[serde(default)]
+    created: u128,
+    #[serde(flatten)]
+    state: ExecState,
+}
+
+impl ExecEntry {
+    fn new(id: String, container_id: String, config: docker::ExecConfig, container_dir: &Path) -> ExecEntry {
+        let record = container_dir.join("execs").join(format!("{id}.json"));
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        ExecEntry { id, container_id, config, state: Mutex::new(ExecState::default()), handle: Mutex::new(None), record, created }
+    }
+
+    /// Change the state and persist it (a failure to persist is logged: the exec
+    /// itself goes on, only a restart would forget it).
+    pub fn set(&self, f: impl FnOnce(&mut ExecState)) {
+        let state = {
+            let mut st = self.state.lock().unwrap();
+            f(&mut st);
+            st.clone()
+        };
+        let rec = ExecRecord { id: self.id.clone(), container_id: self.container_id.clone(), config: self.config.clone(), created: self.created, state };
+        let res = std::fs::create_dir_all(self.record.parent().unwrap()).and_then(|()| {
+            let text = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+            // a runtime's crash is what it outlives, not the machine's: no fsync
+            berth_config::paths::write_replace(&self.record, &text)
+        });
+        if let Err(e) = res {
+            tracing::warn!(exec = %self.id, error = %e, "recording an exec");
+        }
+    }
 }
 
 /// Resolves when the container's current (or next, if it is not running) run ends,
@@ -147,7 +197,7 @@ impl Runtime {
         let c = e.get();
         let ended = run_ended(&e);
         let (mut w, mut input) = resp.accept_duplex(StreamInfo { tty: c.is_tty() }).await?;
-        self.event(&c, "attach", &[]).await;
+        self.event(&c, Action::Attach, &[]).await;
         let attach_stdin = r.stdin && c.config.open_stdin.unwrap_or(false);
         let stdin_once = c.config.stdin_once.unwrap_or(false);
 
@@ -227,17 +277,12 @@ impl Runtime {
             _ => return Err(BusError::conflict(format!("container {} is not running", c.id))),
         }
         let id = crate::names::new_id();
-        let ex = Arc::new(ExecEntry {
-            id: id.clone(),
-            container_id: c.id.clone(),
-            config: r.config,
-            state: Mutex::new(ExecState::default()),
-            handle: Mutex::new(None),
-        });
+        let ex = Arc::new(ExecEntry::new(id.clone(), c.id.clone(), r.config, &e.dir));
+        ex.set(|_| {});
         let text = cmd_text(&ex.config);
         self.execs.lock().unwrap().insert(id.clone(), ex);
         e.update(|c| c.exec_ids.push(id.clone()));
-        self.event(&c, &format!("exec_create: {text}"), &[("execID", id.clone())]).await;
+        self.event_with(&c, Action::ExecCreate, &text, &[("execID", id.clone())]).await;
         Ok(docker::IdResponse { id })
     }
 
@@ -278,10 +323,7 @@ impl Runtime {
                     StartError::PermissionDenied(m) => (126, m.clone()),
                     StartError::Other(m) => (126, m.clone()),
                 };
-                {
-                    let mut st = ex.state.lock().unwrap();
-                    st.exit_code = Some(code);
-                }
+                ex.set(|st| st.exit_code = Some(code));
                 return Err(BusError::invalid(format!(
                     "OCI runtime exec failed: exec failed: unable to start container process: {m}: unknown"
                 )));
@@ -292,14 +334,13 @@ impl Runtime {
                 let _ = exec.resize(h, w).await;
             }
         }
-        {
-            let mut st = ex.state.lock().unwrap();
+        ex.set(|st| {
             st.running = true;
             st.pid = exec.pid();
-        }
+        });
         *ex.handle.lock().unwrap() = Some(exec.clone());
         let text = cmd_text(&ex.config);
-        self.event(&c, &format!("exec_start: {text}"), &[("execID", ex.id.clone())]).await;
+        self.event_with(&c, Action::ExecStart, &text, &[("execID", ex.id.clone())]).await;
 
         let (mut w, mut input) = resp.accept_duplex(StreamInfo { tty }).await?;
         let ex_in = exec.clone();
@@ -338,12 +379,11 @@ impl Runtime {
         }
         let code = exec.wait().await.unwrap_or(126) as i64;
         stdin_task.abort();
-        {
-            let mut st = ex.state.lock().unwrap();
+        ex.set(|st| {
             st.running = false;
             st.exit_code = Some(code);
-        }
-        self.event(&c, "exec_die", &[("execID", ex.id.clone()), ("exitCode", code.to_string())]).await;
+        });
+        self.event(&c, Action::ExecDie, &[("execID", ex.id.clone()), ("exitCode", code.to_string())]).await;
         match res {
             Ok(()) => w.end().await,
             Err(err) => Err(err),
@@ -360,6 +400,7 @@ impl Runtime {
             config: &c.config,
             host_config: &c.host_config,
             exec: &exec,
+            no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
         };
         crate::spec::exec_process(&input).map_err(|e| BusError::invalid(e.to_string()))
     }
@@ -387,6 +428,69 @@ impl Runtime {
             container_id: Some(ex.container_id.clone()),
             pid: Some(st.pid as i64),
         })
+    }
+
+    /// After a restart: the container's exec records, back in the index. Those that
+    /// were running are adopted from the shim when it still runs them (their end is
+    /// recorded when it comes), or get the exit the shim recorded for them.
+    pub(crate) async fn recover_execs(self: &Arc<Self>, e: &Arc<Entry>, shim: Option<&Arc<crate::shim_client::Shim>>) {
+        let Ok(rd) = std::fs::read_dir(e.dir.join("execs")) else { return };
+        let bundle = self.bundle_dir(&e.id);
+        let mut recs = Vec::new();
+        for f in rd.flatten().filter(|f| f.path().extension().is_some_and(|x| x == "json")) {
+            match std::fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<ExecRecord>(&b).map_err(|e| e.to_string())) {
+                Ok(r) => recs.push(r),
+                Err(err) => tracing::warn!(file = %f.path().display(), error = %err, "unreadable exec record"),
+            }
+        }
+        // the records are the container's execs (its own record is not saved at each)
+        recs.sort_by_key(|r| r.created);
+        e.update(|c| c.exec_ids = recs.iter().map(|r| r.id.clone()).collect());
+        for rec in recs {
+            let mut ex = ExecEntry::new(rec.id.clone(), rec.container_id, rec.config, &e.dir);
+            ex.created = rec.created;
+            let ex = Arc::new(ex);
+            *ex.state.lock().unwrap() = rec.state.clone();
+            self.execs.lock().unwrap().insert(rec.id.clone(), ex.clone());
+            if !rec.state.running {
+                continue;
+            }
+            let adopted = match shim {
+                Some(s) => s.exec_wait(&ex.id).await.ok().flatten(),
+                None => None,
+            };
+            match adopted {
+                Some(exec) => {
+                    let exec = Arc::new(exec);
+                    *ex.handle.lock().unwrap() = Some(exec.clone());
+                    let rt = self.clone();
+                    let e = e.clone();
+                    let ex = ex.clone();
+                    tokio::spawn(async move {
+                        // its client is gone: the output goes nowhere
+                        drop(exec.take_output());
+                        let code = exec.wait().await.unwrap_or(126) as i64;
+                        ex.set(|st| {
+                            st.running = false;
+                            st.exit_code = Some(code);
+                        });
+                        rt.event(&e.get(), Action::ExecDie, &[("execID", ex.id.clone()), ("exitCode", code.to_string())]).await;
+                    });
+                }
+                None => {
+                    // ended meanwhile; without a recorded exit (the container went
+                    // with the shim) it was killed with the container
+                    let code = crate::shim_client::read_exec_exit(&bundle, &ex.id).map(|st| st.code).unwrap_or(137);
+                    ex.set(|st| {
+                        st.running = false;
+                        st.exit_code = Some(code as i64);
+                    });
+                }
+            }
+            if let Some(p) = berth_shim::proto::exec_exit_file(&bundle, &ex.id) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
     }
 
     pub async fn exec_resize(self: &Arc<Self>, id: &str, h: u16, w: u16) -> Result<(), BusError> {

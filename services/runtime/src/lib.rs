@@ -232,11 +232,13 @@ impl Runtime {
                         Ok(shim) => {
                             let shim = Arc::new(shim);
                             e.set_shim(Some(shim.clone()));
+                            self.recover_execs(&e, Some(&shim)).await;
                             self.spawn_health(e.clone());
                             let rt = self.clone();
                             tokio::spawn(async move { rt.monitor(e, shim).await });
                         }
                         Err(_) => {
+                            self.recover_execs(&e, None).await;
                             let st = shim_client::read_exit(&bundle).unwrap_or(shim_client::ExitStatus {
                                 code: 255,
                                 signal: None,
@@ -253,6 +255,17 @@ impl Runtime {
                     }
                 }
                 _ => {
+                    // a start the previous instance did not finish recording (it died
+                    // between the shim's `go` and the record): the container runs for
+                    // no record. The start did not happen for the API (its client got
+                    // an error, inspect says not running): its process goes, and the
+                    // reconciliation then gives its mount back (seen in the fault soak)
+                    if let Ok(shim) = shim_client::Shim::connect(&self.bundle_dir(&c.id)).await {
+                        tracing::warn!(id = %c.id, "killing the container of a start that was never recorded");
+                        let _ = shim.kill(libc::SIGKILL, true).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), shim.wait()).await;
+                    }
+                    self.recover_execs(&e, None).await;
                     // stopped by a node shutdown: the policy may bring it back
                     let rp = c.host_config.restart_policy.as_ref().and_then(|p| p.name).map(|n| n.to_string()).unwrap_or_default();
                     if c.has_been_started && !c.manually_stopped && (rp == "always" || rp == "unless-stopped") {
@@ -311,6 +324,12 @@ impl Runtime {
         if self.cfg.live_restore || berth_bus::service::detached() {
             return;
         }
+        // daemon.json `shutdown-timeout` given: each container gets its stop timeout, at
+        // most that long (`berth up` waits for it); else 3 s, to stop within 10 s
+        let (cap, budget) = match self.cfg.shutdown_timeout {
+            Some(t) => (t as i64, Duration::from_secs(t as u64 + 2)),
+            None => (3, Duration::from_secs(5)),
+        };
         let mut tasks = Vec::new();
         for e in self.all() {
             if !e.get().state.running() {
@@ -319,7 +338,7 @@ impl Runtime {
             let rt = self.clone();
             tasks.push(tokio::spawn(async move {
                 let c = e.get();
-                let t = c.config.stop_timeout.unwrap_or(10).clamp(0, 3);
+                let t = c.config.stop_timeout.unwrap_or(10).clamp(0, cap);
                 let manually = c.manually_stopped;
                 let _ = rt.stop_entry(&e, None, Some(t)).await;
                 // a shutdown is not a manual stop: restart policies apply at the next start
@@ -327,6 +346,6 @@ impl Runtime {
                 let _ = e.save();
             }));
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(tasks)).await;
+        let _ = tokio::time::timeout(budget, futures_util::future::join_all(tasks)).await;
     }
 }

@@ -5,6 +5,9 @@
 //! the container's `life` signal without it, so the exit monitor can take the lock
 //! to record the exit.
 
+use berth_bus::network::NetworkApi as _;
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -149,14 +152,13 @@ impl Runtime {
         // shim makes the bundle directory, gets ready and waits for `go` (after
         // config.json); dropped instead, it exits without doing anything.
         let mode = c.network_mode();
-        let mount_req = RwLayerMount { id: c.id.clone() };
         let (mounted, sandbox, pending) = tokio::join!(
-            self.bus.request(&mount_req),
+            self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }),
             self.sandbox(c, &mode),
             Shim::spawn(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.spawn"))
         );
         let undo_mount = || async {
-            let _ = self.bus.request(&RwLayerUnmount { id: c.id.clone() }).await;
+            let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
         };
         let undo_sandbox = || self.remove_sandbox(&c.id);
         let (rootfs, sandbox) = match (mounted, sandbox) {
@@ -231,8 +233,12 @@ impl Runtime {
                 mounts: &resolved,
                 cgroup_path: &cgroup_path,
                 init_binary: init.as_deref(),
+                no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
             };
-            crate::spec::build(&input).map_err(|err| BusError::invalid(err.to_string()))
+            crate::spec::build(&input).map_err(|err| match err {
+                crate::spec::SpecError::NoDeviceDriver(m) => BusError::internal(m),
+                err => BusError::invalid(err.to_string()),
+            })
         });
         let spec = match prep {
             Ok(s) => s,
@@ -296,7 +302,7 @@ impl Runtime {
         let e2 = e.clone();
         tokio::spawn(async move { rt.monitor(e2, shim).await });
         let c2 = e.get();
-        self.event(&c2, "start", &[]).await;
+        self.event(&c2, Action::Start, &[]).await;
         self.spawn_health(e.clone());
         Ok(())
     }
@@ -329,8 +335,8 @@ impl Runtime {
             }
         }
         let hc = &c.host_config;
-        self.bus
-            .request(&SandboxCreate {
+        self.network
+            .sandbox_create(SandboxCreate {
                 container_id: c.id.clone(),
                 name: c.name.clone(),
                 hostname: c.config.hostname.clone().unwrap_or_default(),
@@ -395,7 +401,7 @@ impl Runtime {
                 // an unmount that storage cannot do now is done when it is back
                 // (reconcile_storage), and so is a sandbox the network cannot remove
                 let layer = RwLayerUnmount { id: c.id.clone() };
-                let _ = tokio::join!(self.remove_sandbox(&c.id), self.bus.request(&layer));
+                let _ = tokio::join!(self.remove_sandbox(&c.id), self.storage.rw_layer_unmount(layer));
             }
             e.set_shim(None);
             e.update(|c| {
@@ -419,9 +425,9 @@ impl Runtime {
             e.get()
         };
         if st.oom_killed {
-            self.event(&c, "oom", &[]).await;
+            self.event(&c, Action::Oom, &[]).await;
         }
-        self.event(&c, "die", &[("exitCode", st.code.to_string())]).await;
+        self.event(&c, Action::Die, &[("exitCode", st.code.to_string())]).await;
         e.signal(|l| {
             l.exits += 1;
             l.running = false;
@@ -451,7 +457,7 @@ impl Runtime {
                     tracing::warn!(id = %e2.id, error = %err, "restart failed");
                 } else {
                     let c = e2.get();
-                    rt.event(&c, "restart", &[]).await;
+                    rt.event(&c, Action::Restart, &[]).await;
                 }
             });
         }
@@ -466,7 +472,7 @@ impl Runtime {
         }
         self.stop_entry(&e, signal, timeout).await?;
         let c = e.get();
-        self.event(&c, "stop", &[]).await;
+        self.event(&c, Action::Stop, &[]).await;
         Ok(())
     }
 
@@ -519,7 +525,7 @@ impl Runtime {
         } else if c.state.pid > 0 {
             unsafe { libc::kill(c.state.pid as i32, sig) };
         }
-        self.event(&c, "kill", &[("signal", sig.to_string())]).await;
+        self.event(&c, Action::Kill, &[("signal", sig.to_string())]).await;
         Ok(())
     }
 
@@ -561,7 +567,7 @@ impl Runtime {
         if e.get().state.running() {
             self.stop_entry(&e, signal, timeout).await?;
             let c = e.get();
-            self.event(&c, "stop", &[]).await;
+            self.event(&c, Action::Stop, &[]).await;
         }
         let _g = e.op.lock().await;
         e.update(|c| {
@@ -572,7 +578,7 @@ impl Runtime {
         });
         self.start_locked(&e).await?;
         let c = e.get();
-        self.event(&c, "restart", &[]).await;
+        self.event(&c, Action::Restart, &[]).await;
         Ok(())
     }
 
@@ -609,13 +615,18 @@ impl Runtime {
         }
         let _ = e.save();
         let c = e.get();
-        self.event(&c, if pause { "pause" } else { "unpause" }, &[]).await;
+        self.event(&c, if pause { Action::Pause } else { Action::Unpause }, &[]).await;
         Ok(())
     }
 
     /// `docker rm`.
     pub async fn remove(self: &Arc<Self>, key: &str, force: bool, volumes: bool) -> Result<(), BusError> {
         let e = self.find(key)?;
+        // an operation in progress decides whether the container runs (a start whose
+        // client left — its gateway or the bus died — goes on): wait for it, or the
+        // removal below would take the layer and the record of a container whose shim
+        // still runs (seen in the fault soak)
+        drop(e.op.lock().await);
         let c = e.get();
         if c.state.running() || c.state.status == Status::Restarting {
             if !force {
@@ -675,10 +686,17 @@ impl Runtime {
         if c.state.status == Status::Removing {
             return Ok(());
         }
+        if c.state.running() || c.state.status == Status::Restarting {
+            // started again since the caller looked (a start took the lock first)
+            return Err(BusError::conflict(format!(
+                "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                c.name
+            )));
+        }
         e.update(|c| c.state.status = Status::Removing);
         // the exit gave the sandbox back already, unless the network service could not
         // be reached then (idempotent: nothing to do in the network service otherwise)
-        let _ = self.bus.request(&SandboxRemove { container_id: c.id.clone() }).await;
+        let _ = self.network.sandbox_remove(SandboxRemove { container_id: c.id.clone() }).await;
         let _ = e.save();
         if let Err(err) = self.give_back(e, &c, Some(volumes)).await {
             let err = BusError::internal(format!(
@@ -696,7 +714,7 @@ impl Runtime {
         for id in &c.exec_ids {
             self.execs.lock().unwrap().remove(id);
         }
-        self.event(&c, "destroy", &[]).await;
+        self.event(&c, Action::Destroy, &[]).await;
         e.signal(|l| l.removed = true);
         Ok(())
     }
@@ -727,7 +745,7 @@ impl Runtime {
         // the network goes before the answer too: a node stopped right after must not
         // find the sandbox still there (its table and FORWARD rules would stay)
         self.remove_sandbox(&c.id).await;
-        self.event(&c, "destroy", &[]).await;
+        self.event(&c, Action::Destroy, &[]).await;
         e.signal(|l| l.removed = true);
         let (rt, e) = (self.clone(), e.clone());
         let bg = self.background.clone().read_owned().await;
@@ -758,7 +776,7 @@ impl Runtime {
     /// volumes with `Some(true)`; None when they were given back already), its files.
     /// Nothing but the layers is touched when they cannot be given back.
     async fn give_back(self: &Arc<Self>, e: &Arc<Entry>, c: &Container, volumes: Option<bool>) -> Result<(), BusError> {
-        match self.bus.request(&RwLayerRemove { id: c.id.clone() }).await {
+        match self.storage.rw_layer_remove(RwLayerRemove { id: c.id.clone() }).await {
             Ok(()) => {}
             Err(err) if err.is(ErrorKind::NotFound) => {}
             Err(err) => return Err(err),
@@ -775,7 +793,7 @@ impl Runtime {
     /// now (down, or it died under the request), again when it is back
     /// ([`Runtime::reconcile_network`]).
     pub(crate) async fn remove_sandbox(&self, id: &str) {
-        match self.bus.request(&SandboxRemove { container_id: id.to_string() }).await {
+        match self.network.sandbox_remove(SandboxRemove { container_id: id.to_string() }).await {
             Ok(()) => {}
             Err(err) if err.is(ErrorKind::NotFound) => {}
             Err(err) => {
@@ -803,12 +821,12 @@ impl Runtime {
         let _ = e.save();
         if e.get().state.running() {
             let _ = self
-                .bus
-                .request(&bus_schema::network::SandboxRename { container_id: e.id.clone(), name: new.to_string() })
+                .network
+                .sandbox_rename(bus_schema::network::SandboxRename { container_id: e.id.clone(), name: new.to_string() })
                 .await;
         }
         let c = e.get();
-        self.event(&c, "rename", &[("oldName", format!("/{old}"))]).await;
+        self.event(&c, Action::Rename, &[("oldName", format!("/{old}"))]).await;
         Ok(())
     }
 }

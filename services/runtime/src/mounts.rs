@@ -1,6 +1,7 @@
 //! Mounts of a container: `-v`/`--mount`/`--tmpfs` and the image's VOLUMEs, planned
 //! at create (volumes created through storage), acquired at start, released at rm.
 
+use berth_bus::storage::StorageApi as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -89,8 +90,8 @@ pub async fn plan(
         match m.typ.as_str() {
             "volume" => {
                 let vol = rt
-                    .bus
-                    .request(&VolumeCreate {
+                    .storage
+                    .volume_create(VolumeCreate {
                         name: if m.anonymous { None } else { Some(m.name.clone()) },
                         driver: "local".into(),
                         driver_opts: HashMap::new(),
@@ -124,8 +125,8 @@ pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) ->
         // a path inside the container's rootfs: storage resolves it in the RW layer
         let copy_from = if m.copy_image_content { Some(m.destination.clone()) } else { None };
         let got = rt
-            .bus
-            .request(&VolumeAcquire {
+            .storage
+            .volume_acquire(VolumeAcquire {
                 name: m.name.clone(),
                 container_id: id.to_string(),
                 copy_from,
@@ -143,9 +144,9 @@ pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) ->
 /// anonymous volumes too (`docker rm -v`).
 pub async fn release(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord], remove_anonymous: bool) {
     for m in mounts.iter().filter(|m| m.typ == "volume") {
-        let _ = rt.bus.request(&VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string() }).await;
+        let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string() }).await;
         if remove_anonymous && m.anonymous {
-            let _ = rt.bus.request(&VolumeRemove { name: m.name.clone(), force: false }).await;
+            let _ = rt.storage.volume_remove(VolumeRemove { name: m.name.clone(), force: false }).await;
         }
     }
 }

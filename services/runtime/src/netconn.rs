@@ -1,6 +1,7 @@
 //! `docker network connect/disconnect`: recorded in the container, and attached or
 //! detached live through the network service while it runs.
 
+use berth_bus::network::NetworkApi as _;
 use std::sync::Arc;
 
 use bus_schema::network::{EndpointCreate, EndpointRemove, EndpointRequest, NetworkResolve};
@@ -19,7 +20,7 @@ impl Runtime {
                 "container sharing network namespace with another container or host cannot be connected to any other network",
             ));
         }
-        let net = self.bus.request(&NetworkResolve { id: r.network.clone() }).await?;
+        let net = self.network.network_resolve(NetworkResolve { id: r.network.clone() }).await?;
         if net.name == "host" || net.name == "none" {
             return Err(BusError::forbidden(
                 "container cannot be disconnected from host network or connected to host network",
@@ -31,8 +32,8 @@ impl Runtime {
         let settings = r.endpoint.unwrap_or_default();
         if c.state.running() {
             let ep = self
-                .bus
-                .request(&EndpointCreate {
+                .network
+                .endpoint_create(EndpointCreate {
                     container_id: c.id.clone(),
                     endpoint: EndpointRequest { network: net.name.clone(), settings: settings.clone() },
                 })
@@ -53,7 +54,7 @@ impl Runtime {
     pub async fn network_disconnect(self: &Arc<Self>, r: ContainerNetworkDisconnect) -> Result<(), BusError> {
         let e = self.find(&r.container)?;
         let c = e.get();
-        let name = match self.bus.request(&NetworkResolve { id: r.network.clone() }).await {
+        let name = match self.network.network_resolve(NetworkResolve { id: r.network.clone() }).await {
             Ok(n) => n.name,
             // a network already gone can still be dropped from a container with -f
             Err(err) if r.force => {
@@ -73,7 +74,7 @@ impl Runtime {
             return Err(BusError::forbidden(format!("container {} is not connected to network {}", c.id, r.network)));
         }
         if c.state.running() {
-            self.bus.request(&EndpointRemove { container_id: c.id.clone(), network: name.clone() }).await?;
+            self.network.endpoint_remove(EndpointRemove { container_id: c.id.clone(), network: name.clone() }).await?;
         }
         e.update(|c| {
             c.networks.remove(&name);

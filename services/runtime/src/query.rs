@@ -1,6 +1,9 @@
 //! Read-side requests: inspect, ps with Docker's filters, prune, changes, export,
 //! containers using an image, `/info` counts.
 
+use futures_util::StreamExt as _;
+use berth_bus::storage::StorageApi as _;
+use bus_schema::event::Action;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,7 +49,7 @@ impl Runtime {
     }
 
     async fn sizes(&self, id: &str) -> Option<(i64, i64)> {
-        self.bus.request(&RwLayerSize { id: id.to_string() }).await.ok().map(|s| (s.rw, s.root_fs))
+        self.storage.rw_layer_size(RwLayerSize { id: id.to_string() }).await.ok().map(|s| (s.rw, s.root_fs))
     }
 
     pub async fn list(self: &Arc<Self>, r: ContainerList) -> Result<Vec<docker::ContainerSummary>, BusError> {
@@ -202,7 +205,7 @@ impl Runtime {
             deleted.push(c.id.clone());
         }
         if !deleted.is_empty() {
-            let ev = bus_schema::event::Event::now("container", "prune", "").attr("reclaimed", reclaimed.to_string());
+            let ev = bus_schema::event::Event::now(bus_schema::event::EventType::Container, bus_schema::event::Action::Prune, "").attr("reclaimed", reclaimed.to_string());
             self.bus.publish_event(&ev).await;
         }
         Ok(docker::ContainerPruneResponse { containers_deleted: Some(deleted), space_reclaimed: Some(reclaimed) })
@@ -210,7 +213,7 @@ impl Runtime {
 
     pub async fn changes(self: &Arc<Self>, key: &str) -> Result<Vec<docker::FilesystemChange>, BusError> {
         let e = self.find(key)?;
-        let list = self.bus.request(&RwLayerChanges { id: e.id.clone() }).await?;
+        let list = self.storage.rw_layer_changes(RwLayerChanges { id: e.id.clone() }).await?;
         Ok(list
             .into_iter()
             .map(|c| docker::FilesystemChange {
@@ -226,7 +229,7 @@ impl Runtime {
 
     pub async fn export(self: &Arc<Self>, r: ContainerExport, resp: Responder<ContainerExport>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
-        let ((), mut rd) = self.bus.request_stream(&RwLayerExport { id: e.id.clone() }).await?;
+        let ((), mut rd) = self.storage.rw_layer_export(RwLayerExport { id: e.id.clone() }).await?;
         let mut w = resp.accept(()).await?;
         while let Some(item) = rd.next().await {
             match item {
@@ -235,7 +238,7 @@ impl Runtime {
             }
         }
         let c = e.get();
-        self.event(&c, "export", &[]).await;
+        self.event(&c, Action::Export, &[]).await;
         w.end().await
     }
 

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use berth_bus::storage::StorageApi as _;
 use bus_schema::storage::{RwLayerList, RwLayerRemove, RwLayerUnmount};
 use bus_schema::Service;
 use futures_util::StreamExt;
@@ -65,7 +66,7 @@ impl Runtime {
         for (e, volumes) in pending {
             self.finish_removal(&e, volumes).await;
         }
-        let layers = match self.bus.request(&RwLayerList {}).await {
+        let layers = match self.storage.rw_layer_list(RwLayerList {}).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list container layers");
@@ -75,7 +76,7 @@ impl Runtime {
         for l in layers.into_iter().filter(|l| is_container_id(&l.id)) {
             if !self.knows(&l.id) && !self.pending_removals.lock().unwrap().contains_key(&l.id) {
                 tracing::info!(id = %l.id, "removing a container layer no record knows");
-                if let Err(e) = self.bus.request(&RwLayerRemove { id: l.id.clone() }).await {
+                if let Err(e) = self.storage.rw_layer_remove(RwLayerRemove { id: l.id.clone() }).await {
                     tracing::warn!(id = %l.id, error = %e, "removing an orphan container layer");
                 }
                 continue;
@@ -91,7 +92,7 @@ impl Runtime {
             }
             tracing::info!(id = %l.id, "unmounting the layer of a container that does not run");
             for _ in 0..l.mounts {
-                if let Err(err) = self.bus.request(&RwLayerUnmount { id: l.id.clone() }).await {
+                if let Err(err) = self.storage.rw_layer_unmount(RwLayerUnmount { id: l.id.clone() }).await {
                     tracing::warn!(id = %l.id, error = %err, "unmounting a stray container layer");
                     break;
                 }

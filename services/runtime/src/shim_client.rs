@@ -396,17 +396,40 @@ impl Shim {
                 )))
             }
         };
+        Ok(self.exec_conn(r, w, pid))
+    }
+
+    /// Becomes the client of an exec that a previous runtime started: None when the
+    /// shim runs no such exec (it ended: [`read_exec_exit`]).
+    pub async fn exec_wait(&self, exec_id: &str) -> io::Result<Option<Exec>> {
+        let s = UnixStream::connect(self.bundle.join("shim.sock")).await?;
+        let (mut r, mut w) = s.into_split();
+        w.write_all(&Request::ExecWait { exec_id: exec_id.to_string() }.to_bytes())
+            .await?;
+        match read_event(&mut r).await? {
+            Event::ExecStarted { pid } => Ok(Some(self.exec_conn(r, w, pid))),
+            _ => Ok(None),
+        }
+    }
+
+    fn exec_conn(&self, r: OwnedReadHalf, w: OwnedWriteHalf, pid: u32) -> Exec {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let (etx, erx) = watch::channel(None);
         let b = self.bundle.clone();
         tokio::spawn(pump(r, Some(tx), Some(etx), b));
-        Ok(Exec {
+        Exec {
             pid,
             output: std::sync::Mutex::new(Some(rx)),
             w: Arc::new(Mutex::new(w)),
             exit: erx,
-        })
+        }
     }
+}
+
+/// The exit of an exec that ended while no runtime was its client (the shim wrote it).
+pub fn read_exec_exit(bundle: &Path, exec_id: &str) -> Option<ExitStatus> {
+    let b = std::fs::read(berth_shim::proto::exec_exit_file(bundle, exec_id)?).ok()?;
+    serde_json::from_slice(&b).ok()
 }
 
 /// What `Shim::exec` runs.

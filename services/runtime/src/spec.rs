@@ -39,6 +39,9 @@ pub struct SpecInput<'a> {
     /// paths (e.g. /proc/<pid>/ns/ipc). None: a new namespace, or the host's for "host".
     pub ipc_ns: Option<&'a str>,
     pub pid_ns: Option<&'a str>,
+    /// daemon.json `no-new-privileges`: the default when the container's security
+    /// options do not say.
+    pub no_new_privileges: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,10 @@ pub enum SpecError {
     User(#[from] UserError),
     #[error("building the OCI spec: {0}")]
     Internal(String),
+    /// No device driver for a DeviceRequest (`--gpus`): dockerd 20.10 answers it with a
+    /// 500 at start.
+    #[error("{0}")]
+    NoDeviceDriver(String),
 }
 
 /// Docker's default capabilities.
@@ -208,6 +215,20 @@ pub fn container_env(config: &ContainerConfig) -> Vec<String> {
     env
 }
 
+/// `--gpus` (DeviceRequests): berth has no device driver (dockerd's nvidia, amd, cdi),
+/// so any request fails at start as dockerd fails it when no driver matches.
+fn device_requests(hc: &HostConfig) -> Result<(), SpecError> {
+    if let Some(r) = hc.device_requests.iter().flatten().next() {
+        // Go's %v of [][]string
+        let caps = r.capabilities.iter().flatten().map(|c| format!("[{}]", c.join(" "))).collect::<Vec<_>>().join(" ");
+        return Err(SpecError::NoDeviceDriver(format!(
+            "could not select device driver {:?} with capabilities: [{caps}]",
+            r.driver.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
 fn has_security_opt(hc: &HostConfig, name: &str) -> Option<String> {
     hc.security_opt.iter().flatten().find_map(|o| {
         let (k, v) = o.split_once(['=', ':']).unwrap_or((o.as_str(), ""));
@@ -285,6 +306,7 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
         c.user.as_deref().unwrap_or(""),
         hc.group_add.as_deref().unwrap_or(&[]),
     )?;
+    device_requests(hc)?;
     let cap_set = capabilities(hc, host_bounding)?;
     let mut args: Vec<String> = c
         .entrypoint
@@ -315,8 +337,9 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
         });
     }
     let nnp = match has_security_opt(hc, "no-new-privileges") {
-        Some(v) => v.is_empty() || v == "true",
-        None => false,
+        // Go's strconv.ParseBool, as dockerd reads it (validate.rs refuses the rest)
+        Some(v) => ["", "1", "t", "T", "true", "TRUE", "True"].contains(&v.as_str()),
+        None => input.no_new_privileges,
     };
     let console_size = match (&hc.console_size, tty) {
         (Some(cs), true) if cs.len() == 2 && cs[0] > 0 && cs[1] > 0 => Some(ConsoleSize {
@@ -836,6 +859,8 @@ pub struct ExecInput<'a> {
     pub config: &'a ContainerConfig,
     pub host_config: &'a HostConfig,
     pub exec: &'a bus_schema::docker::ExecConfig,
+    /// daemon.json `no-new-privileges` (see [`SpecInput::no_new_privileges`]).
+    pub no_new_privileges: bool,
 }
 
 pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, SpecError> {
@@ -883,10 +908,11 @@ pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, Spe
         }),
         _ => None,
     };
-    let nnp = matches!(
-        has_security_opt(hc, "no-new-privileges").as_deref(),
-        Some("" | "true")
-    );
+    let nnp = match has_security_opt(hc, "no-new-privileges").as_deref() {
+        // Go's strconv.ParseBool, as dockerd reads it (validate.rs refuses the rest)
+        Some(v) => ["", "1", "t", "T", "true", "TRUE", "True"].contains(&v),
+        None => input.no_new_privileges,
+    };
     let p = lean::Process {
         terminal: Some(tty),
         console_size,
@@ -974,9 +1000,26 @@ mod tests {
             init_binary: Some(Path::new("/usr/lib/berth/berth-init")),
             ipc_ns: None,
             pid_ns: None,
+            no_new_privileges: false,
         };
         // A host that lacks CAP_SYS_RESOURCE, like this one.
         build_lean_with(&input, 0x1fffeffffff)
+    }
+
+    #[test]
+    fn gpus_are_refused_at_start_as_dockerd_refuses_them() {
+        let f = fx();
+        let hc = HostConfig {
+            device_requests: Some(vec![bus_schema::docker::DeviceRequest {
+                driver: Some(String::new()),
+                count: Some(-1),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let e = build_with(&f, &cfg(&["sh"]), &hc, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "could not select device driver \"\" with capabilities: [[gpu]]");
     }
 
     fn dests(s: &lean::Spec) -> Vec<String> {
@@ -1266,7 +1309,7 @@ mod tests {
             strs(&["PATH=/custom", "HOSTNAME=h", "TERM=xterm", "A=1"])
         );
         assert_eq!((p.user.uid, p.user.gid), (1000, 1000));
-        assert_eq!(p.user.additional_gids, vec![10]);
+        assert_eq!(p.user.additional_gids, vec![1000, 10]);
         assert_eq!(p.cwd, "/w");
         assert_eq!(p.terminal, Some(true));
         assert_eq!(p.console_size.unwrap().width, 80);
@@ -1317,6 +1360,7 @@ mod tests {
             config: &c,
             host_config: &hc,
             exec: &e,
+            no_new_privileges: false,
         })
         .unwrap();
         let j = serde_json::to_value(&p).unwrap();

@@ -1,6 +1,7 @@
 //! `docker stats` (cgroup counters, the netns's interfaces) and `docker update`
 //! (limits applied to the running cgroup and recorded in HostConfig).
 
+use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,7 +204,7 @@ impl Runtime {
         });
         e.save()?;
         let c = e.get();
-        self.event(&c, "update", &[]).await;
+        self.event(&c, Action::Update, &[]).await;
         Ok(docker::ContainerUpdateResponse { warnings: Some(vec![]) })
     }
 }

@@ -149,6 +149,11 @@ pub fn resolve(rootfs: &Path, user: &str, group_add: &[String]) -> Result<ExecUs
             }
         }
     }
+    // the primary group is a supplementary group too, as in Moby since 20.10.18
+    // (CVE-2022-36109: without it, a file's group-deny bits could be bypassed by
+    // dropping the group); `id` prints `groups=5678` for `-u 1234:5678`
+    out.additional_gids.retain(|g| *g != out.gid);
+    out.additional_gids.insert(0, out.gid);
     for ga in group_add {
         let gid = match groups.iter().find(|x| x.name == *ga) {
             Some(x) => x.gid,
@@ -188,30 +193,30 @@ mod tests {
             ExecUser {
                 uid: 0,
                 gid: 0,
-                additional_gids: vec![],
+                additional_gids: vec![0],
                 home: "/root".into()
             }
         );
         let u = resolve(p, "user", &[]).unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1001, vec![2000, 29])
+            (1000, 1001, vec![1001, 2000, 29])
         );
         assert_eq!(u.home, "/home/user");
         let u = resolve(p, "1000", &[]).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 1001));
-        // An explicit group: no supplementary groups.
+        // An explicit group: it is the only supplementary group.
         let u = resolve(p, "user:extra", &[]).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids.len()), (1000, 2000, 0));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 2000, vec![2000]));
         let u = resolve(p, "4242:4343", &[]).unwrap();
-        assert_eq!((u.uid, u.gid), (4242, 4343));
-        let u = resolve(p, "4242", &[]).unwrap();
-        assert_eq!((u.uid, u.gid), (4242, 0));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (4242, 4343, vec![4343]));
+        let u = resolve(p, "4242", &["29".into()]).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (4242, 0, vec![0, 29]));
         // A user named like a number wins over the uid.
         let u = resolve(p, "2000", &[]).unwrap();
         assert_eq!(u.uid, 3000);
         let u = resolve(p, "root", &["audio".into(), "777".into()]).unwrap();
-        assert_eq!(u.additional_gids, vec![29, 777]);
+        assert_eq!(u.additional_gids, vec![0, 29, 777]);
     }
 
     #[test]

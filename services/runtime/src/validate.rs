@@ -3,10 +3,7 @@
 use berth_config::DaemonConfig;
 use bus_schema::{docker, BusError};
 
-/// The runtime names Docker lists in `docker info` (Moby 20.10's), all served by
-/// berth's shim: clients (docker-py, compose files) name `runc` explicitly.
-pub const RUNTIMES: [&str; 3] = ["runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"];
-pub const DEFAULT_RUNTIME: &str = "runc";
+pub use berth_config::daemon::{DEFAULT_RUNTIME, RUNTIMES};
 
 /// The logging drivers built into Docker; a name not among them is a plugin's.
 const DOCKER_LOG_DRIVERS: [&str; 12] =
@@ -93,6 +90,8 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
         }
     }
 
+    security_opts(hc)?;
+
     // defaults as Docker shows them in inspect
     if hc.network_mode.as_deref().is_none_or(|m| m.is_empty() || m == "default") {
         hc.network_mode = Some("bridge".into());
@@ -116,7 +115,8 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     lc.config.get_or_insert_with(Default::default);
     hc.log_config = Some(lc);
     if hc.shm_size.is_none_or(|s| s <= 0) {
-        hc.shm_size = Some(64 * 1024 * 1024);
+        // daemon.json `default-shm-size` (checked at start-up), else Docker's 64 MiB
+        hc.shm_size = Some(cfg.default_shm_size_bytes().unwrap_or(64 << 20));
     }
     hc.ipc_mode.get_or_insert_with(|| "private".into());
     hc.cgroupns_mode.get_or_insert(if berth_cgroup_v2() {
@@ -140,12 +140,46 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     hc.cgroup.get_or_insert_with(String::new);
     hc.volume_driver.get_or_insert_with(String::new);
     match hc.runtime.as_deref().filter(|r| !r.is_empty()) {
-        None => hc.runtime = Some(DEFAULT_RUNTIME.into()),
+        None => hc.runtime = Some(cfg.default_runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_RUNTIME.into())),
         Some(r) if RUNTIMES.contains(&r) => {}
         Some(r) => return Err(BusError::invalid(format!("Unknown runtime specified {r}"))),
     }
     hc.isolation.get_or_insert(docker::HostConfigIsolationEnum::EMPTY);
     hc.port_bindings.get_or_insert_with(Default::default);
+    Ok(())
+}
+
+/// `--security-opt` as dockerd parses it (daemon/create.go parseSecurityOpt, with its
+/// messages), except that what dockerd would ignore on this host is refused: berth has
+/// neither AppArmor nor SELinux, so a profile or label asked for cannot be applied, and
+/// a container that believes it is confined must not run unconfined.
+fn security_opts(hc: &docker::HostConfig) -> Result<(), BusError> {
+    for opt in hc.security_opt.iter().flatten() {
+        if opt == "no-new-privileges" || opt == "disable" {
+            continue;
+        }
+        let Some((k, v)) = opt.split_once('=').or_else(|| opt.split_once(':')) else {
+            // dockerd 20.10 answers these two with a 500
+            return Err(BusError::internal(format!("invalid --security-opt 1: {opt:?}")));
+        };
+        match k {
+            "label" if v == "disable" => {}
+            "label" => {
+                return Err(BusError::invalid(format!(
+                    "SELinux label {v:?} cannot be applied: SELinux is not enabled on this host (berth supports only label=disable)"
+                )))
+            }
+            "apparmor" if v == "unconfined" => {}
+            "apparmor" => {
+                return Err(BusError::invalid(format!(
+                    "AppArmor profile {v:?} cannot be applied: AppArmor is not enabled on this host (berth supports only apparmor=unconfined)"
+                )))
+            }
+            "seccomp" => {}
+            "no-new-privileges" if ["1", "t", "T", "true", "TRUE", "True", "0", "f", "F", "false", "FALSE", "False"].contains(&v) => {}
+            _ => return Err(BusError::internal(format!("invalid --security-opt 2: {opt:?}"))),
+        }
+    }
     Ok(())
 }
 
@@ -184,6 +218,33 @@ mod tests {
         assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
         let mut hc = docker::HostConfig { runtime: Some("nvidia".into()), ..Default::default() };
         assert_eq!(host_config(&mut hc, &cfg).unwrap_err().message, "Unknown runtime specified nvidia");
+    }
+
+    #[test]
+    fn security_opts_are_applied_or_refused() {
+        let cfg = DaemonConfig::default();
+        let so = |o: &[&str]| docker::HostConfig { security_opt: Some(o.iter().map(|s| s.to_string()).collect()), ..Default::default() };
+        for ok in [&["no-new-privileges"][..], &["no-new-privileges=false"], &["label=disable"], &["apparmor=unconfined"], &["seccomp=unconfined"], &["label:disable"]] {
+            host_config(&mut so(ok), &cfg).unwrap();
+        }
+        let err = |o: &str| host_config(&mut so(&[o]), &cfg).unwrap_err().message;
+        assert_eq!(err("apparmor=docker-default"), "AppArmor profile \"docker-default\" cannot be applied: AppArmor is not enabled on this host (berth supports only apparmor=unconfined)");
+        assert!(err("label=type:svirt_apache_t").starts_with("SELinux label \"type:svirt_apache_t\" cannot be applied"));
+        assert_eq!(err("bogus"), "invalid --security-opt 1: \"bogus\"");
+        assert_eq!(err("foo=bar"), "invalid --security-opt 2: \"foo=bar\"");
+        assert_eq!(err("no-new-privileges=maybe"), "invalid --security-opt 2: \"no-new-privileges=maybe\"");
+    }
+
+    #[test]
+    fn daemon_json_defaults_apply() {
+        let cfg = DaemonConfig::parse(r#"{"default-shm-size":"128m","default-runtime":"io.containerd.runc.v2"}"#, "t").unwrap();
+        let mut hc = docker::HostConfig::default();
+        host_config(&mut hc, &cfg).unwrap();
+        assert_eq!(hc.shm_size, Some(128 << 20));
+        assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
+        let mut hc = docker::HostConfig { shm_size: Some(1 << 20), ..Default::default() };
+        host_config(&mut hc, &cfg).unwrap();
+        assert_eq!(hc.shm_size, Some(1 << 20));
     }
 
     #[test]

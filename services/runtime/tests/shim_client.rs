@@ -121,6 +121,7 @@ fn prepare(config: &ContainerConfig, hc: &HostConfig) -> Ctr {
         init_binary: Some(&init),
         ipc_ns: None,
         pid_ns: None,
+        no_new_privileges: false,
     };
     let s = spec::build(&input).unwrap();
     s.save(dir.path().join("config.json")).unwrap();
@@ -232,6 +233,7 @@ async fn exec_attach_kill_and_reconnect() {
         config: &config,
         host_config: &hc,
         exec: &e,
+        no_new_privileges: false,
     })
     .unwrap();
     let ex = shim

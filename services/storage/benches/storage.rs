@@ -100,7 +100,7 @@ async fn apply_one(s: &Storage, parent: Option<String>, l: &Layer) -> LayerAppli
         }
     });
     let r = s
-        .layer_apply(
+        .apply_layer(
             LayerApply {
                 parent,
                 media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
@@ -276,19 +276,19 @@ fn main() {
             let id = format!("bench{i:04}");
             let t = Instant::now();
             let c = cpu_time();
-            s.rw_create(RwLayerCreate {
+            s.rw_layer_create(RwLayerCreate {
                 id: id.clone(),
                 parent: Some(img.clone()),
             })
             .await
             .unwrap();
-            s.rw_mount(RwLayerMount { id: id.clone() }).await.unwrap();
+            s.rw_layer_mount(RwLayerMount { id: id.clone() }).await.unwrap();
             times.push(t.elapsed());
             cpu.push(cpu_time() - c);
-            s.rw_unmount(RwLayerUnmount { id: id.clone() })
+            s.rw_layer_unmount(RwLayerUnmount { id: id.clone() })
                 .await
                 .unwrap();
-            s.rw_remove(RwLayerRemove { id }).await.unwrap();
+            s.rw_layer_remove(RwLayerRemove { id }).await.unwrap();
         }
     });
     println!(
@@ -307,22 +307,22 @@ fn main() {
     rt.block_on(async {
         for i in 0..200 {
             let id = format!("stopped{i:03}");
-            s.rw_create(RwLayerCreate {
+            s.rw_layer_create(RwLayerCreate {
                 id: id.clone(),
                 parent: Some(img.clone()),
             })
             .await
             .unwrap();
-            let m = s.rw_mount(RwLayerMount { id: id.clone() }).await.unwrap();
+            let m = s.rw_layer_mount(RwLayerMount { id: id.clone() }).await.unwrap();
             std::fs::write(std::path::Path::new(&m.path).join("written"), b"state").unwrap();
-            s.rw_unmount(RwLayerUnmount { id }).await.unwrap();
+            s.rw_layer_unmount(RwLayerUnmount { id }).await.unwrap();
         }
     });
     let t = Instant::now();
     let c = cpu_time();
     rt.block_on(async {
         for i in 0..200 {
-            s.rw_remove(RwLayerRemove {
+            s.rw_layer_remove(RwLayerRemove {
                 id: format!("stopped{i:03}"),
             })
             .await

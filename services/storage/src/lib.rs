@@ -1,15 +1,16 @@
 //! The storage service: drivers (overlay2, btrfs, vfs), the layer store, container
 //! read-write layers and volumes.
 //!
-//! [`Storage`] is the library core behind [`StorageApi`], usable in-process; [`serve`]
-//! is the thin bus adapter mapping every request of `bus_schema::storage` onto it.
+//! [`Storage`] is the library core behind `bus_schema::storage::StorageApi`, usable
+//! in-process; [`serve`] serves it on the bus with the adapter generated from the
+//! storage table (`berth_bus::storage::serve_storage`); callers use
+//! `berth_bus::storage::StorageClient`.
 //! One module per concern: `driver` (snapshotters), `apply` (tar apply, shared by all
 //! drivers), `layers` (layer store), `diff` (tars and change lists out of layers),
 //! `rw` (container layers), `volumes`, `mountspec` (`-v`/`--mount` parsing for the
 //! runtime, pure).
 
 pub mod apply;
-pub mod client;
 pub mod copy;
 pub mod diff;
 pub mod driver;
@@ -21,7 +22,6 @@ pub mod tarfmt;
 pub mod util;
 pub mod volumes;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,94 +29,11 @@ use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::storage::*;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
-use bus_schema::{docker, BusError, Service};
+use bus_schema::{docker, BusError, BusStream, Service};
+use futures_util::StreamExt;
 
-pub use client::StorageClient;
+pub use bus_schema::storage::StorageApi;
 pub use layers::Input;
-
-/// Chunks of an output stream (exports), fed from a blocking thread.
-pub type Output = tokio::sync::mpsc::Sender<Vec<u8>>;
-
-/// The storage service's operations, one per bus request.
-///
-/// Layers: `layer_apply` creates a layer (the caller holds one reference),
-/// `layer_retain`/`layer_release` count image references, unreferenced layers without
-/// children or containers on them are collected. Containers: `rw_create` ->
-/// `rw_mount` (counted) -> ... -> `rw_unmount` -> `rw_remove`. Volumes: create, then
-/// `volume_acquire`/`volume_release_ref` per container; in use means no removal.
-pub trait StorageApi: Send + Sync + 'static {
-    fn layer_apply(
-        &self,
-        req: LayerApply,
-        input: Input,
-    ) -> impl Future<Output = Result<LayerApplied, BusError>> + Send;
-    fn layer_stat(
-        &self,
-        req: LayerStat,
-    ) -> impl Future<Output = Result<LayerInfo, BusError>> + Send;
-    fn layer_retain(
-        &self,
-        req: LayerRetain,
-    ) -> impl Future<Output = Result<LayerInfo, BusError>> + Send;
-    fn layer_release(
-        &self,
-        req: LayerRelease,
-    ) -> impl Future<Output = Result<Vec<String>, BusError>> + Send;
-    fn layer_export(
-        &self,
-        req: LayerExport,
-        out: Output,
-    ) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn rw_create(&self, req: RwLayerCreate) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn rw_mount(&self, req: RwLayerMount)
-        -> impl Future<Output = Result<RwMount, BusError>> + Send;
-    fn rw_unmount(&self, req: RwLayerUnmount) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn rw_remove(&self, req: RwLayerRemove) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn rw_changes(
-        &self,
-        req: RwLayerChanges,
-    ) -> impl Future<Output = Result<Vec<Change>, BusError>> + Send;
-    fn rw_export(
-        &self,
-        req: RwLayerExport,
-        out: Output,
-    ) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn rw_commit(
-        &self,
-        req: RwLayerCommit,
-    ) -> impl Future<Output = Result<LayerApplied, BusError>> + Send;
-    fn rw_size(&self, req: RwLayerSize) -> impl Future<Output = Result<RwSize, BusError>> + Send;
-    fn rw_list(&self, req: RwLayerList) -> impl Future<Output = Result<Vec<RwLayerState>, BusError>> + Send;
-    fn volume_create(
-        &self,
-        req: VolumeCreate,
-    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
-    fn volume_inspect(
-        &self,
-        req: VolumeInspect,
-    ) -> impl Future<Output = Result<docker::Volume, BusError>> + Send;
-    fn volume_list(
-        &self,
-        req: VolumeList,
-    ) -> impl Future<Output = Result<Vec<docker::Volume>, BusError>> + Send;
-    fn volume_remove(&self, req: VolumeRemove)
-        -> impl Future<Output = Result<(), BusError>> + Send;
-    fn volume_prune(
-        &self,
-        req: VolumePrune,
-    ) -> impl Future<Output = Result<docker::VolumePruneResponse, BusError>> + Send;
-    fn volume_acquire(
-        &self,
-        req: VolumeAcquire,
-    ) -> impl Future<Output = Result<VolumeMounted, BusError>> + Send;
-    fn volume_release_ref(
-        &self,
-        req: VolumeReleaseRef,
-    ) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn df(&self, req: StorageDf) -> impl Future<Output = Result<StorageUsage, BusError>> + Send;
-    /// This service's part of `docker info`.
-    fn info(&self) -> impl Future<Output = docker::SystemInfo> + Send;
-}
 
 /// The library core: one driver, its layer store, container layers, volumes.
 pub struct Storage {
@@ -183,17 +100,33 @@ impl volumes::RootfsLookup for RwRootfs {
     }
 }
 
+/// Layers: `layer_apply` creates a layer (the caller holds one reference),
+/// `layer_retain`/`layer_release` count image references, unreferenced layers without
+/// children or containers on them are collected. Containers: `rw_layer_create` ->
+/// `rw_layer_mount` (counted) -> ... -> `rw_layer_unmount` -> `rw_layer_remove`.
+/// Volumes: create, then `volume_acquire`/`volume_release_ref` per container; in use
+/// means no removal.
 impl StorageApi for Storage {
-    async fn layer_apply(&self, req: LayerApply, input: Input) -> Result<LayerApplied, BusError> {
-        self.layers
-            .apply(
-                req.parent,
-                req.media_type,
-                req.compressed_digest,
-                req.diff_id,
-                input,
-            )
-            .await
+    async fn layer_apply(&self, req: LayerApply, input: BusStream<ByteChunk>) -> Result<((), BusStream<LayerApplied>), BusError> {
+        let layers = self.layers.clone();
+        let items = berth_bus::produce(move |out| async move {
+            let storage_layers = layers;
+            // the apply reads a channel from a blocking thread
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let pump = tokio::spawn(async move {
+                let mut input = input;
+                while let Some(c) = input.next().await {
+                    let failed = c.is_err();
+                    if tx.send(c.map(|b| b.0)).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let res = apply_layer(&storage_layers, req, rx).await;
+            pump.abort();
+            out.send(res?).await
+        });
+        Ok(((), items))
     }
 
     async fn layer_stat(&self, req: LayerStat) -> Result<LayerInfo, BusError> {
@@ -210,23 +143,28 @@ impl StorageApi for Storage {
         blocking(move || l.release(&req.chain_id)).await
     }
 
-    async fn layer_export(&self, req: LayerExport, out: Output) -> Result<(), BusError> {
+    async fn layer_export(&self, req: LayerExport) -> Result<((), BusStream<ByteChunk>), BusError> {
+        // a missing layer is the request's error, not the stream's
+        self.layers.stat(&req.chain_id)?;
         let l = self.layers.clone();
-        blocking(move || {
-            l.export(&req.chain_id, MAX_CHUNK, &mut |c| {
-                out.blocking_send(c)
-                    .map_err(|_| std::io::Error::other("reader went away"))
-            })
-        })
-        .await
+        Ok((
+            (),
+            berth_bus::produce(move |out| {
+                blocking(move || {
+                    l.export(&req.chain_id, MAX_CHUNK, &mut |c| {
+                        out.blocking_send(ByteChunk(c)).map_err(|_| std::io::Error::other("reader went away"))
+                    })
+                })
+            }),
+        ))
     }
 
-    async fn rw_create(&self, req: RwLayerCreate) -> Result<(), BusError> {
+    async fn rw_layer_create(&self, req: RwLayerCreate) -> Result<(), BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.create(&req.id, req.parent.as_deref())).await
     }
 
-    async fn rw_mount(&self, req: RwLayerMount) -> Result<RwMount, BusError> {
+    async fn rw_layer_mount(&self, req: RwLayerMount) -> Result<RwMount, BusError> {
         let rw = self.rw.clone();
         blocking(move || {
             rw.mount(&req.id).map(|p| RwMount {
@@ -236,41 +174,48 @@ impl StorageApi for Storage {
         .await
     }
 
-    async fn rw_unmount(&self, req: RwLayerUnmount) -> Result<(), BusError> {
+    async fn rw_layer_unmount(&self, req: RwLayerUnmount) -> Result<(), BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.unmount(&req.id)).await
     }
 
-    async fn rw_remove(&self, req: RwLayerRemove) -> Result<(), BusError> {
+    async fn rw_layer_remove(&self, req: RwLayerRemove) -> Result<(), BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.remove(&req.id)).await
     }
 
-    async fn rw_list(&self, _req: RwLayerList) -> Result<Vec<RwLayerState>, BusError> {
+    async fn rw_layer_list(&self, _req: RwLayerList) -> Result<Vec<RwLayerState>, BusError> {
         Ok(self.rw.list())
     }
 
-    async fn rw_changes(&self, req: RwLayerChanges) -> Result<Vec<Change>, BusError> {
+    async fn rw_layer_changes(&self, req: RwLayerChanges) -> Result<Vec<Change>, BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.changes(&req.id)).await
     }
 
-    async fn rw_export(&self, req: RwLayerExport, out: Output) -> Result<(), BusError> {
+    async fn rw_layer_export(&self, req: RwLayerExport) -> Result<((), BusStream<ByteChunk>), BusError> {
+        // a missing container layer is the request's error, not the stream's
         let rw = self.rw.clone();
-        blocking(move || {
-            let path = rw.mount(&req.id)?;
-            let res = diff::write_tree_tar(&path, &mut |c| {
-                out.blocking_send(c)
-                    .map_err(|_| std::io::Error::other("reader went away"))
-            });
-            let un = rw.unmount(&req.id);
-            res.map_err(|e| BusError::internal(format!("exporting {}: {e}", req.id)))?;
-            un
-        })
-        .await
+        let id = req.id.clone();
+        blocking(move || rw.size(&id)).await?;
+        let rw = self.rw.clone();
+        Ok((
+            (),
+            berth_bus::produce(move |out| {
+                blocking(move || {
+                    let path = rw.mount(&req.id)?;
+                    let res = diff::write_tree_tar(&path, &mut |c| {
+                        out.blocking_send(ByteChunk(c)).map_err(|_| std::io::Error::other("reader went away"))
+                    });
+                    let un = rw.unmount(&req.id);
+                    res.map_err(|e| BusError::internal(format!("exporting {}: {e}", req.id)))?;
+                    un
+                })
+            }),
+        ))
     }
 
-    async fn rw_commit(&self, req: RwLayerCommit) -> Result<LayerApplied, BusError> {
+    async fn rw_layer_commit(&self, req: RwLayerCommit) -> Result<LayerApplied, BusError> {
         let rw = self.rw.clone();
         let id = req.id.clone();
         let (parent, src) = blocking(move || Ok((rw.parent(&id)?, rw.diff_source(&id)?))).await?;
@@ -301,7 +246,7 @@ impl StorageApi for Storage {
         res
     }
 
-    async fn rw_size(&self, req: RwLayerSize) -> Result<RwSize, BusError> {
+    async fn rw_layer_size(&self, req: RwLayerSize) -> Result<RwSize, BusError> {
         let rw = self.rw.clone();
         blocking(move || rw.size(&req.id)).await
     }
@@ -364,7 +309,7 @@ impl StorageApi for Storage {
         blocking(move || v.release(&req.name, &req.container_id)).await
     }
 
-    async fn df(&self, _req: StorageDf) -> Result<StorageUsage, BusError> {
+    async fn storage_df(&self, _req: StorageDf) -> Result<StorageUsage, BusError> {
         let l = self.layers.clone();
         let v = self.volumes.clone();
         blocking(move || {
@@ -380,8 +325,21 @@ impl StorageApi for Storage {
         })
         .await
     }
+}
 
-    async fn info(&self) -> docker::SystemInfo {
+/// Apply a layer from `input` (what `layer_apply` does, for in-process callers).
+pub async fn apply_layer(layers: &Arc<layers::LayerStore>, req: LayerApply, input: Input) -> Result<LayerApplied, BusError> {
+    layers.apply(req.parent, req.media_type, req.compressed_digest, req.diff_id, input).await
+}
+
+impl Storage {
+    /// Apply a layer from a channel (`layer_apply` without the bus streams).
+    pub async fn apply_layer(&self, req: LayerApply, input: Input) -> Result<LayerApplied, BusError> {
+        apply_layer(&self.layers, req, input).await
+    }
+
+    /// This service's part of `docker info`.
+    pub fn info(&self) -> docker::SystemInfo {
         docker::SystemInfo {
             driver: Some(self.driver.name().to_string()),
             driver_status: Some(
@@ -433,126 +391,11 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
         .await?
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     tracing::info!(driver = storage.driver.name(), "storage ready");
-    Ok(adapter(
-        Server::new(bus, Service::Storage),
-        Arc::new(storage),
-    ))
-}
-
-/// Map every storage request onto `api`.
-pub fn adapter<A: StorageApi>(server: Server, api: Arc<A>) -> Server {
-    let a = api.clone();
-    let server = server.info(move || {
-        let a = a.clone();
-        async move { a.info().await }
+    let storage = Arc::new(storage);
+    let info = storage.clone();
+    let server = Server::new(bus, Service::Storage).info(move || {
+        let info = info.clone();
+        async move { info.info() }
     });
-    macro_rules! rpc {
-        ($server:expr, $req:ty, $m:ident) => {{
-            let a = api.clone();
-            $server.rpc(move |r: $req| {
-                let a = a.clone();
-                async move { a.$m(r).await }
-            })
-        }};
-    }
-    let server = rpc!(server, LayerStat, layer_stat);
-    let server = rpc!(server, LayerRetain, layer_retain);
-    let server = rpc!(server, LayerRelease, layer_release);
-    let server = rpc!(server, RwLayerCreate, rw_create);
-    let server = rpc!(server, RwLayerMount, rw_mount);
-    let server = rpc!(server, RwLayerUnmount, rw_unmount);
-    let server = rpc!(server, RwLayerRemove, rw_remove);
-    let server = rpc!(server, RwLayerChanges, rw_changes);
-    let server = rpc!(server, RwLayerCommit, rw_commit);
-    let server = rpc!(server, RwLayerSize, rw_size);
-    let server = rpc!(server, VolumeCreate, volume_create);
-    let server = rpc!(server, VolumeInspect, volume_inspect);
-    let server = rpc!(server, VolumeList, volume_list);
-    let server = rpc!(server, VolumeRemove, volume_remove);
-    let server = rpc!(server, VolumePrune, volume_prune);
-    let server = rpc!(server, VolumeAcquire, volume_acquire);
-    let server = rpc!(server, VolumeReleaseRef, volume_release_ref);
-    let server = rpc!(server, StorageDf, df);
-    let server = rpc!(server, RwLayerList, rw_list);
-
-    let a = api.clone();
-    let server = server.stream(
-        move |req: LayerApply, resp: berth_bus::Responder<LayerApply>| {
-            let a = a.clone();
-            async move {
-                let (mut w, mut input) = resp.accept_duplex(()).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(16);
-                let pump = tokio::spawn(async move {
-                    while let Some(c) = input.next().await {
-                        let failed = c.is_err();
-                        if tx.send(c.map(|b| b.0)).await.is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                let res = a.layer_apply(req, rx).await;
-                pump.abort();
-                match res {
-                    Ok(applied) => {
-                        w.send(applied).await?;
-                        w.end().await
-                    }
-                    Err(e) => w.fail(e).await,
-                }
-            }
-        },
-    );
-    let a = api.clone();
-    let server = server.stream(
-        move |req: LayerExport, resp: berth_bus::Responder<LayerExport>| {
-            let a = a.clone();
-            async move {
-                a.layer_stat(LayerStat {
-                    chain_id: req.chain_id.clone(),
-                })
-                .await?;
-                let w = resp.accept(()).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(8);
-                let job = a.layer_export(req, tx);
-                stream_out(w, rx, job).await
-            }
-        },
-    );
-    let a = api.clone();
-    server.stream(
-        move |req: RwLayerExport, resp: berth_bus::Responder<RwLayerExport>| {
-            let a = a.clone();
-            async move {
-                a.rw_size(RwLayerSize { id: req.id.clone() })
-                    .await
-                    .map(|_| ())?;
-                let w = resp.accept(()).await?;
-                let (tx, rx) = tokio::sync::mpsc::channel(8);
-                let job = a.rw_export(req, tx);
-                stream_out(w, rx, job).await
-            }
-        },
-    )
-}
-
-/// Forward chunks from a producing job to a stream writer; the job's result ends it.
-async fn stream_out(
-    mut w: berth_bus::StreamWriter<ByteChunk>,
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    job: impl Future<Output = Result<(), BusError>>,
-) -> Result<(), BusError> {
-    let fwd = async {
-        // Owned here: when the reader goes away, dropping it stops the producer.
-        let mut rx = rx;
-        while let Some(c) = rx.recv().await {
-            w.send(ByteChunk(c)).await?;
-        }
-        Ok::<_, BusError>(())
-    };
-    let (res, sent) = tokio::join!(job, fwd);
-    match (res, sent) {
-        (Ok(()), Ok(())) => w.end().await,
-        (Err(e), _) => w.fail(e).await,
-        (Ok(()), Err(e)) => Err(e),
-    }
+    Ok(berth_bus::storage::serve_storage(server, storage))
 }

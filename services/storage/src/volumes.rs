@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bus_schema::event::Event;
+use bus_schema::event::{Action, Event, EventType};
 use bus_schema::{docker, BusError};
 use serde::{Deserialize, Serialize};
 
@@ -173,7 +173,7 @@ impl Volumes {
         st.insert(name.clone(), r);
         drop(st);
         self.events
-            .publish(Event::now("volume", "create", &name).attr("driver", "local"));
+            .publish(Event::now(EventType::Volume, Action::Create, &name).attr("driver", "local"));
         Ok(v)
     }
 
@@ -243,7 +243,7 @@ impl Volumes {
             tracing::warn!(volume = name, error = %e, "removing volume data failed");
         }
         self.events
-            .publish(Event::now("volume", "destroy", name).attr("driver", "local"));
+            .publish(Event::now(EventType::Volume, Action::Destroy, name).attr("driver", "local"));
         Ok(())
     }
 
@@ -344,7 +344,7 @@ impl Volumes {
         self.persist(&r)?;
         st.insert(name.to_string(), r);
         drop(st);
-        let mut ev = Event::now("volume", "mount", name)
+        let mut ev = Event::now(EventType::Volume, Action::Mount, name)
             .attr("driver", "local")
             .attr("container", container);
         ev = ev
@@ -376,7 +376,7 @@ impl Volumes {
         }
         drop(st);
         self.events.publish(
-            Event::now("volume", "unmount", name)
+            Event::now(EventType::Volume, Action::Unmount, name)
                 .attr("driver", "local")
                 .attr("container", container),
         );

@@ -25,7 +25,7 @@ async fn apply(s: &Storage, parent: Option<String>, tar: &[u8]) -> LayerApplied 
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(Ok(tar.to_vec())).await.unwrap();
     drop(tx);
-    s.layer_apply(
+    s.apply_layer(
         LayerApply {
             parent,
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
@@ -64,7 +64,7 @@ fn a_half_applied_layer_is_gone_after_a_restart() {
         let s2 = s.clone();
         rt.spawn(async move {
             let _ = s2
-                .layer_apply(
+                .apply_layer(
                     LayerApply {
                         parent: None,
                         media_type: "application/vnd.oci.image.layer.v1.tar".into(),
@@ -119,12 +119,12 @@ fn interrupted_commits_and_creates_are_reconciled() {
     let chain = {
         let s = Storage::open(root.path(), "overlay2", &[], Arc::new(NoEvents)).unwrap();
         let l = rt.block_on(apply(&s, None, &layer_tar("a", 10)));
-        rt.block_on(s.rw_create(RwLayerCreate {
+        rt.block_on(s.rw_layer_create(RwLayerCreate {
             id: "c1".into(),
             parent: Some(l.chain_id.clone()),
         }))
         .unwrap();
-        rt.block_on(s.rw_mount(RwLayerMount { id: "c1".into() }))
+        rt.block_on(s.rw_layer_mount(RwLayerMount { id: "c1".into() }))
             .unwrap();
         // A container create that died after its snapshots but before its record.
         s.driver.prepare("c2-init", Some(&l.chain_id)).unwrap();
@@ -150,10 +150,10 @@ fn interrupted_commits_and_creates_are_reconciled() {
     );
     // The mounted container is still mounted and its count continues.
     let m = rt
-        .block_on(s.rw_mount(RwLayerMount { id: "c1".into() }))
+        .block_on(s.rw_layer_mount(RwLayerMount { id: "c1".into() }))
         .unwrap();
     assert!(std::path::Path::new(&m.path).join("a").exists());
-    rt.block_on(s.rw_remove(RwLayerRemove { id: "c1".into() }))
+    rt.block_on(s.rw_layer_remove(RwLayerRemove { id: "c1".into() }))
         .unwrap();
     // The layer is still referenced by its image (one reference from the apply).
     assert_eq!(
@@ -182,7 +182,7 @@ fn switching_drivers_hides_and_brings_back_layers() {
     {
         let s = Storage::open(root.path(), "overlay2", &[], Arc::new(NoEvents)).unwrap();
         rt.block_on(apply(&s, None, &tar));
-        rt.block_on(s.rw_create(RwLayerCreate {
+        rt.block_on(s.rw_layer_create(RwLayerCreate {
             id: "ov".into(),
             parent: Some(diff.clone()),
         }))

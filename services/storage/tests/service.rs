@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use berth_bus::Bus;
+use berth_bus::storage::{StorageApi, StorageClient};
+use berth_bus::{Bus, SystemClient};
+use futures_util::StreamExt;
 use berth_config::DaemonConfig;
 use berth_test_support::Nats;
 use bus_schema::storage::*;
@@ -49,6 +51,7 @@ struct Node {
     _nats: Nats,
     _root: tempfile::TempDir,
     bus: Bus,
+    storage: StorageClient,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -77,13 +80,14 @@ async fn start(driver: &str) -> Node {
     Node {
         _nats: nats,
         _root: root,
+        storage: StorageClient::new(bus.clone()),
         bus,
         task,
     }
 }
 
 async fn apply(
-    bus: &Bus,
+    c: &StorageClient,
     parent: Option<&str>,
     blob: &[u8],
     diff_id: Option<String>,
@@ -94,19 +98,20 @@ async fn apply(
         compressed_digest: Some(digest(blob)),
         diff_id,
     };
-    let ((), mut out, mut input) = bus.request_duplex(&req).await?;
-    for c in blob.chunks(50_000) {
-        input.send(ByteChunk(c.to_vec())).await?;
+    let (tx, input) = berth_bus::channel(4);
+    let ((), mut out) = c.layer_apply(req, input).await?;
+    for part in blob.chunks(50_000) {
+        tx.send(ByteChunk(part.to_vec())).await?;
     }
-    input.end().await?;
+    drop(tx);
     let item = out.next().await.expect("one item")?;
     assert!(out.next().await.is_none());
     Ok(item)
 }
 
-async fn export(bus: &Bus, chain: &str) -> Vec<u8> {
-    let ((), mut rd) = bus
-        .request_stream(&LayerExport {
+async fn export(c: &StorageClient, chain: &str) -> Vec<u8> {
+    let ((), mut rd) = c
+        .layer_export(LayerExport {
             chain_id: chain.into(),
         })
         .await
@@ -120,11 +125,11 @@ async fn export(bus: &Bus, chain: &str) -> Vec<u8> {
 
 async fn layers_and_containers(driver: &str) {
     let n = start(driver).await;
-    let b = &n.bus;
+    let b = &n.storage;
 
     // docker info part.
-    let info = b
-        .request_system(Service::Storage, &bus_schema::system::SystemInfoPart {})
+    let info = SystemClient::new(n.bus.clone())
+        .info_part(Service::Storage)
         .await
         .unwrap();
     assert_eq!(info.info.driver.as_deref(), Some(driver));
@@ -174,7 +179,7 @@ async fn layers_and_containers(driver: &str) {
     .unwrap_err();
     assert!(bad.message.contains("diff_id mismatch"), "{bad}");
     let e = b
-        .request(&LayerStat {
+        .layer_stat(LayerStat {
             chain_id: "sha256:nope".into(),
         })
         .await
@@ -182,14 +187,14 @@ async fn layers_and_containers(driver: &str) {
     assert_eq!(e.kind, ErrorKind::NotFound);
 
     // A container on top: mount, write, diff, size, commit, export.
-    b.request(&RwLayerCreate {
+    b.rw_layer_create(RwLayerCreate {
         id: "ctr1".into(),
         parent: Some(c2.clone()),
     })
     .await
     .unwrap();
     let e = b
-        .request(&RwLayerCreate {
+        .rw_layer_create(RwLayerCreate {
             id: "ctr1".into(),
             parent: Some(c2.clone()),
         })
@@ -197,7 +202,7 @@ async fn layers_and_containers(driver: &str) {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Conflict);
     let m = b
-        .request(&RwLayerMount { id: "ctr1".into() })
+        .rw_layer_mount(RwLayerMount { id: "ctr1".into() })
         .await
         .unwrap();
     let root = std::path::PathBuf::from(&m.path);
@@ -212,16 +217,16 @@ async fn layers_and_containers(driver: &str) {
     std::fs::remove_file(root.join("bin/tool")).unwrap();
     // Mounts are counted.
     let m2 = b
-        .request(&RwLayerMount { id: "ctr1".into() })
+        .rw_layer_mount(RwLayerMount { id: "ctr1".into() })
         .await
         .unwrap();
     assert_eq!(m2.path, m.path);
-    b.request(&RwLayerUnmount { id: "ctr1".into() })
+    b.rw_layer_unmount(RwLayerUnmount { id: "ctr1".into() })
         .await
         .unwrap();
     assert!(root.join("etc/new").exists(), "still mounted once");
     let ch = b
-        .request(&RwLayerChanges { id: "ctr1".into() })
+        .rw_layer_changes(RwLayerChanges { id: "ctr1".into() })
         .await
         .unwrap();
     let got: Vec<(String, u8)> = ch.into_iter().map(|c| (c.path, c.kind)).collect();
@@ -235,11 +240,11 @@ async fn layers_and_containers(driver: &str) {
         ],
         "docker diff"
     );
-    let sz = b.request(&RwLayerSize { id: "ctr1".into() }).await.unwrap();
+    let sz = b.rw_layer_size(RwLayerSize { id: "ctr1".into() }).await.unwrap();
     assert_eq!(sz.rw, 4);
     assert_eq!(sz.root_fs, 4 + 17 + 3);
     let ((), mut rd) = b
-        .request_stream(&RwLayerExport { id: "ctr1".into() })
+        .rw_layer_export(RwLayerExport { id: "ctr1".into() })
         .await
         .unwrap();
     let mut tarball = Vec::new();
@@ -257,7 +262,7 @@ async fn layers_and_containers(driver: &str) {
     );
     assert!(!names.iter().any(|n| n == "bin/tool"));
     let committed = b
-        .request(&RwLayerCommit { id: "ctr1".into() })
+        .rw_layer_commit(RwLayerCommit { id: "ctr1".into() })
         .await
         .unwrap();
     assert_eq!(
@@ -265,7 +270,7 @@ async fn layers_and_containers(driver: &str) {
         committed.diff_id
     );
     let info = b
-        .request(&LayerStat {
+        .layer_stat(LayerStat {
             chain_id: committed.chain_id.clone(),
         })
         .await
@@ -276,19 +281,19 @@ async fn layers_and_containers(driver: &str) {
     );
 
     // df sees the layers.
-    let df = b.request(&StorageDf {}).await.unwrap();
+    let df = b.storage_df(StorageDf {}).await.unwrap();
     assert_eq!(df.layers.len(), 3);
 
     // Releasing: the image layers stay while a container stands on them.
     let removed = b
-        .request(&LayerRelease {
+        .layer_release(LayerRelease {
             chain_id: committed.chain_id.clone(),
         })
         .await
         .unwrap();
     assert_eq!(removed, vec![committed.chain_id.clone()]);
     assert!(
-        b.request(&LayerRelease {
+        b.layer_release(LayerRelease {
             chain_id: c2.clone()
         })
         .await
@@ -297,7 +302,7 @@ async fn layers_and_containers(driver: &str) {
         "c2 still holds ctr1"
     );
     assert!(
-        b.request(&LayerRelease {
+        b.layer_release(LayerRelease {
             chain_id: c1.clone()
         })
         .await
@@ -305,14 +310,14 @@ async fn layers_and_containers(driver: &str) {
         .is_empty(),
         "c1 has a child"
     );
-    b.request(&RwLayerUnmount { id: "ctr1".into() })
+    b.rw_layer_unmount(RwLayerUnmount { id: "ctr1".into() })
         .await
         .unwrap();
-    b.request(&RwLayerRemove { id: "ctr1".into() })
+    b.rw_layer_remove(RwLayerRemove { id: "ctr1".into() })
         .await
         .unwrap();
     let e = b
-        .request(&LayerStat {
+        .layer_stat(LayerStat {
             chain_id: c1.clone(),
         })
         .await
@@ -323,7 +328,7 @@ async fn layers_and_containers(driver: &str) {
         "the chain went with its last container"
     );
     let e = b
-        .request(&RwLayerMount { id: "ctr1".into() })
+        .rw_layer_mount(RwLayerMount { id: "ctr1".into() })
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
@@ -351,9 +356,9 @@ async fn volumes_over_the_bus() {
         return;
     }
     let n = start("overlay2").await;
-    let b = &n.bus;
+    let b = &n.storage;
     let v = b
-        .request(&VolumeCreate {
+        .volume_create(VolumeCreate {
             name: Some("data1".into()),
             driver: "local".into(),
             driver_opts: Default::default(),
@@ -364,7 +369,7 @@ async fn volumes_over_the_bus() {
         .unwrap();
     assert_eq!(v.scope, Some(bus_schema::docker::VolumeScopeEnum::LOCAL));
     let tmpfs = b
-        .request(&VolumeCreate {
+        .volume_create(VolumeCreate {
             name: Some("scratch".into()),
             driver: "local".into(),
             driver_opts: [("type", "tmpfs"), ("device", "tmpfs"), ("o", "size=1m")]
@@ -379,17 +384,17 @@ async fn volumes_over_the_bus() {
     // A container layer with content to copy into the volume.
     let l = layer(&[("srv/seed/hello", b"from image")], &[]);
     let r = apply(b, None, &gzip(&l), None).await.unwrap();
-    b.request(&RwLayerCreate {
+    b.rw_layer_create(RwLayerCreate {
         id: "ctrv".into(),
         parent: Some(r.chain_id.clone()),
     })
     .await
     .unwrap();
-    b.request(&RwLayerMount { id: "ctrv".into() })
+    b.rw_layer_mount(RwLayerMount { id: "ctrv".into() })
         .await
         .unwrap();
     let got = b
-        .request(&VolumeAcquire {
+        .volume_acquire(VolumeAcquire {
             name: "data1".into(),
             container_id: "ctrv".into(),
             copy_from: Some("/srv/seed".into()),
@@ -402,7 +407,7 @@ async fn volumes_over_the_bus() {
         b"from image"
     );
     let t = b
-        .request(&VolumeAcquire {
+        .volume_acquire(VolumeAcquire {
             name: "scratch".into(),
             container_id: "ctrv".into(),
             ..Default::default()
@@ -414,7 +419,7 @@ async fn volumes_over_the_bus() {
         "tmpfs mounted on acquire"
     );
     let e = b
-        .request(&VolumeRemove {
+        .volume_remove(VolumeRemove {
             name: "data1".into(),
             force: false,
         })
@@ -427,7 +432,7 @@ async fn volumes_over_the_bus() {
             "remove data1: volume is in use - [ctrv]"
         )
     );
-    b.request(&VolumeReleaseRef {
+    b.volume_release_ref(VolumeReleaseRef {
         name: "scratch".into(),
         container_id: "ctrv".into(),
     })
@@ -437,24 +442,24 @@ async fn volumes_over_the_bus() {
         !berth_storage::util::is_mountpoint(std::path::Path::new(&tmpfs.mountpoint)),
         "unmounted with its last user"
     );
-    b.request(&VolumeReleaseRef {
+    b.volume_release_ref(VolumeReleaseRef {
         name: "data1".into(),
         container_id: "ctrv".into(),
     })
     .await
     .unwrap();
     let list = b
-        .request(&VolumeList {
+        .volume_list(VolumeList {
             filters: [("label".to_string(), vec!["team=a".to_string()])].into(),
         })
         .await
         .unwrap();
     assert_eq!(list.len(), 1);
-    let df = b.request(&StorageDf {}).await.unwrap();
+    let df = b.storage_df(StorageDf {}).await.unwrap();
     let d1 = df.volumes.iter().find(|v| v.name == "data1").unwrap();
     assert!(d1.usage_data.as_ref().unwrap().size > 0);
     let p = b
-        .request(&VolumePrune {
+        .volume_prune(VolumePrune {
             filters: [("all".to_string(), vec!["true".to_string()])].into(),
         })
         .await
@@ -462,22 +467,21 @@ async fn volumes_over_the_bus() {
     let mut del = p.volumes_deleted.unwrap();
     del.sort();
     assert_eq!(del, vec!["data1", "scratch"]);
-    b.request(&RwLayerRemove { id: "ctrv".into() })
+    b.rw_layer_remove(RwLayerRemove { id: "ctrv".into() })
         .await
         .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bus_client_is_the_same_api() {
+async fn the_generated_client_streams_both_ways() {
     if !is_root() {
         return;
     }
-    use berth_storage::{StorageApi, StorageClient};
     let n = start("overlay2").await;
-    let c = StorageClient::new(n.bus.clone());
+    let c = &n.storage;
     let tar = layer(&[("hello", b"world")], &[]);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Ok(gzip(&tar))).await.unwrap();
+    let (tx, input) = berth_bus::channel(4);
+    tx.send(ByteChunk(gzip(&tar))).await.unwrap();
     drop(tx);
     let req = LayerApply {
         parent: None,
@@ -485,35 +489,25 @@ async fn the_bus_client_is_the_same_api() {
         compressed_digest: None,
         diff_id: Some(digest(&tar)),
     };
-    let applied = c.layer_apply(req, rx).await.unwrap();
+    let ((), items) = c.layer_apply(req, input).await.unwrap();
+    let applied = berth_bus::single(items, "the apply").await.unwrap();
     assert_eq!(applied.diff_id, digest(&tar));
-    let (otx, mut orx) = tokio::sync::mpsc::channel(4);
-    let exp = tokio::spawn({
-        let c = c.clone();
-        let chain = applied.chain_id.clone();
-        async move { c.layer_export(LayerExport { chain_id: chain }, otx).await }
-    });
-    let mut back = Vec::new();
-    while let Some(b) = orx.recv().await {
-        back.extend_from_slice(&b);
-    }
-    exp.await.unwrap().unwrap();
-    assert_eq!(back, tar);
-    assert_eq!(c.info().await.driver.as_deref(), Some("overlay2"));
+    assert_eq!(export(c, &applied.chain_id).await, tar);
+    // A missing layer is the request's error, not the stream's.
+    let e = c.layer_export(LayerExport { chain_id: "sha256:none".into() }).await.err().expect("an error");
+    assert_eq!(e.kind, ErrorKind::NotFound);
     // A failed input fails the apply with the caller's error and keeps nothing.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Ok(gzip(&tar)[..10].to_vec())).await.unwrap();
-    tx.send(Err(bus_schema::BusError::internal("download broke")))
-        .await
-        .unwrap();
-    drop(tx);
+    let (tx, input) = berth_bus::channel(4);
+    tx.send(ByteChunk(gzip(&tar)[..10].to_vec())).await.unwrap();
+    tx.fail(bus_schema::BusError::internal("download broke")).await;
     let req = LayerApply {
         parent: None,
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         compressed_digest: None,
         diff_id: None,
     };
-    let e = c.layer_apply(req, rx).await.unwrap_err();
+    let ((), items) = c.layer_apply(req, input).await.unwrap();
+    let e = berth_bus::single(items, "the apply").await.unwrap_err();
     assert!(e.message.contains("download broke"), "{e}");
     assert_eq!(
         c.layer_release(LayerRelease {

@@ -10,11 +10,10 @@
 use crate::cluster::Cluster;
 use crate::model::*;
 use crate::store::{buckets, Bucket};
-use berth_bus::Responder;
-use bus_schema::runtime::StreamInfo;
 use bus_schema::stream::StdioChunk;
 use bus_schema::swarm::LogOptions;
-use bus_schema::{docker, BusError, StreamRpc};
+use bus_schema::{docker, BusError, BusStream};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -374,48 +373,41 @@ pub fn container_body(c: &Cluster, t: &TaskRecord) -> docker::ContainerCreateBod
 }
 
 /// `docker service logs` / `docker task logs`: each task's container log, one line per
-/// frame, prefixed with the task's IDs when `details` (the CLI asks for them).
-pub async fn stream_logs<R>(c: Arc<Cluster>, tasks: Vec<TaskRecord>, opts: LogOptions, resp: Responder<R>) -> Result<(), BusError>
-where
-    R: StreamRpc<Reply = StreamInfo, Item = StdioChunk>,
-{
-    let me = c.node_id();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<StdioChunk>(256);
-    let mut readers = Vec::new();
-    for t in tasks {
-        let Some(node) = t.node_id.clone() else { continue };
-        let status = c.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r.status);
-        let Some(ctr) = status.and_then(|s| s.container_id) else { continue };
-        if node != me {
-            // Tasks on other nodes are read through their node's agent (multi-node).
-            continue;
-        }
-        let details = format!("{LABEL_NODE}={node},{LABEL_SERVICE_ID}={},{LABEL_TASK_ID}={}", t.service_id, t.id);
-        let nb = c.node_bus().clone();
-        let tx = tx.clone();
-        let o = opts.clone();
-        readers.push(tokio::spawn(async move {
-            let Ok((_, mut rd)) = nb.logs(&ctr, &o).await else { return };
-            while let Some(Ok(chunk)) = rd.next().await {
-                let data = if o.details { add_details(&chunk.data, &details, o.timestamps) } else { chunk.data };
-                if tx.send(StdioChunk { stream: chunk.stream, data }).await.is_err() {
-                    rd.cancel().await;
-                    return;
-                }
+/// item, prefixed with the task's IDs when `details` (the CLI asks for them). Dropping
+/// the stream stops every reader.
+pub fn stream_logs(c: Arc<Cluster>, tasks: Vec<TaskRecord>, opts: LogOptions) -> BusStream<StdioChunk> {
+    berth_bus::produce(move |em| async move {
+        let me = c.node_id();
+        let mut readers = tokio::task::JoinSet::new();
+        for t in tasks {
+            let Some(node) = t.node_id.clone() else { continue };
+            let status = c.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r.status);
+            let Some(ctr) = status.and_then(|s| s.container_id) else { continue };
+            if node != me {
+                // Tasks on other nodes are read through their node's agent (multi-node).
+                continue;
             }
-        }));
-    }
-    drop(tx);
-    let mut w = resp.accept(StreamInfo { tty: false }).await?;
-    while let Some(chunk) = rx.recv().await {
-        if w.send(chunk).await.is_err() {
-            break;
+            let details = format!("{LABEL_NODE}={node},{LABEL_SERVICE_ID}={},{LABEL_TASK_ID}={}", t.service_id, t.id);
+            let nb = c.node_bus().clone();
+            let em = em.clone();
+            let o = opts.clone();
+            readers.spawn(async move {
+                let Ok((_, mut items)) = nb.logs(&ctr, &o).await else { return };
+                while let Some(Ok(chunk)) = items.next().await {
+                    let data = if o.details { add_details(&chunk.data, &details, o.timestamps) } else { chunk.data };
+                    if em.send(StdioChunk { stream: chunk.stream, data }).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
-    }
-    for r in readers {
-        r.abort();
-    }
-    w.end().await
+        // until every log ends or the reader goes away (the JoinSet aborts the rest)
+        tokio::select! {
+            _ = async { while readers.join_next().await.is_some() {} } => {}
+            _ = em.closed() => {}
+        }
+        Ok(())
+    })
 }
 
 /// `<timestamp >details line` as Moby writes service log lines.

@@ -9,10 +9,11 @@ use crate::convert;
 use crate::filters::{self, Filters};
 use crate::model::*;
 use crate::store::{buckets, StoreError};
-use berth_bus::Responder;
 use bus_schema::docker;
+use bus_schema::runtime::StreamInfo;
+use bus_schema::stream::StdioChunk;
 use bus_schema::swarm::*;
-use bus_schema::BusError;
+use bus_schema::{BusError, BusStream};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -383,16 +384,16 @@ impl Cluster {
         Ok(convert::task(&t, rev, rep.as_ref()))
     }
 
-    pub async fn service_logs(self: Arc<Self>, r: ServiceLogs, resp: Responder<ServiceLogs>) -> Result<(), BusError> {
+    pub async fn service_logs(self: Arc<Self>, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
         let (s, _) = self.find_service(&r.id)?;
         let tasks = self.t.tasks.filter(|t| t.service_id == s.id);
-        crate::agent::stream_logs(self, tasks, r.opts, resp).await
+        Ok((StreamInfo { tty: false }, crate::agent::stream_logs(self, tasks, r.opts)))
     }
 
-    pub async fn task_logs(self: Arc<Self>, r: TaskLogs, resp: Responder<TaskLogs>) -> Result<(), BusError> {
+    pub async fn task_logs(self: Arc<Self>, r: TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
         let items = self.t.tasks.values();
         let (t, _) = resolve(&items, &r.id, |_| String::new(), "task")?;
-        crate::agent::stream_logs(self, vec![t], r.opts, resp).await
+        Ok((StreamInfo { tty: false }, crate::agent::stream_logs(self, vec![t], r.opts)))
     }
 
     // Secrets and configs share their records and rules.

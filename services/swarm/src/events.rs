@@ -5,17 +5,17 @@
 use crate::cache::Table;
 use crate::cluster::Cluster;
 use crate::model::*;
-use bus_schema::event::{Actor, Event};
+use bus_schema::event::{Action, Actor, Event, EventType};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-fn event(typ: &str, action: &str, id: &str, attrs: BTreeMap<String, String>, at: &str) -> Event {
+fn event(typ: EventType, action: Action, id: &str, attrs: BTreeMap<String, String>, at: &str) -> Event {
     let ns = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp_nanos() as i64)
         .unwrap_or_else(|_| crate::now_ms() as i64 * 1_000_000);
     Event {
-        typ: typ.into(),
-        action: action.into(),
+        typ: typ.as_str().into(),
+        action: action.as_str().into(),
         actor: Actor { id: id.into(), attributes: attrs },
         scope: "swarm".into(),
         time: ns / 1_000_000_000,
@@ -152,36 +152,36 @@ pub async fn run(c: Arc<Cluster>) {
         let mut out = Vec::new();
         let (cr, up, rm) = svcs.next(&t.services);
         for (id, s) in cr {
-            out.push(event("service", "create", &id, name_attr(s.spec.name.clone().unwrap_or_default()), &s.created_at));
+            out.push(event(EventType::Service, Action::Create, &id, name_attr(s.spec.name.clone().unwrap_or_default()), &s.created_at));
         }
         for (id, o, n) in up {
-            out.push(event("service", "update", &id, service_update_attrs(&o, &n), &n.updated_at));
+            out.push(event(EventType::Service, Action::Update, &id, service_update_attrs(&o, &n), &n.updated_at));
         }
         for (id, s) in rm {
-            out.push(event("service", "remove", &id, name_attr(s.spec.name.clone().unwrap_or_default()), &crate::now()));
+            out.push(event(EventType::Service, Action::Remove, &id, name_attr(s.spec.name.clone().unwrap_or_default()), &crate::now()));
         }
         let leader = c.leader_id();
         let (cr, up, rm) = nodes.next(&t.nodes);
         for (id, n) in cr {
-            out.push(event("node", "create", &id, name_attr(node_name(&n)), &n.created_at));
+            out.push(event(EventType::Node, Action::Create, &id, name_attr(node_name(&n)), &n.created_at));
         }
         for (id, o, n) in up {
             let is = leader.as_deref() == Some(id.as_str());
-            out.push(event("node", "update", &id, node_update_attrs(&o, &n, is, is), &n.updated_at));
+            out.push(event(EventType::Node, Action::Update, &id, node_update_attrs(&o, &n, is, is), &n.updated_at));
         }
         for (id, n) in rm {
-            out.push(event("node", "remove", &id, name_attr(node_name(&n)), &crate::now()));
+            out.push(event(EventType::Node, Action::Remove, &id, name_attr(node_name(&n)), &crate::now()));
         }
-        for (typ, diff, table) in [("secret", &mut secrets, &t.secrets), ("config", &mut configs, &t.configs)] {
+        for (typ, diff, table) in [(EventType::Secret, &mut secrets, &t.secrets), (EventType::Config, &mut configs, &t.configs)] {
             let (cr, up, rm) = diff.next(table);
             for (id, b) in cr {
-                out.push(event(typ, "create", &id, name_attr(b.name.clone()), &b.created_at));
+                out.push(event(typ, Action::Create, &id, name_attr(b.name.clone()), &b.created_at));
             }
             for (id, _, b) in up {
-                out.push(event(typ, "update", &id, name_attr(b.name.clone()), &b.updated_at));
+                out.push(event(typ, Action::Update, &id, name_attr(b.name.clone()), &b.updated_at));
             }
             for (id, b) in rm {
-                out.push(event(typ, "remove", &id, name_attr(b.name.clone()), &crate::now()));
+                out.push(event(typ, Action::Remove, &id, name_attr(b.name.clone()), &crate::now()));
             }
         }
         for e in out {

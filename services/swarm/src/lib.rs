@@ -33,7 +33,9 @@ pub mod tls;
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
 use bus_schema::swarm::*;
-use bus_schema::{docker, BusError, Service};
+use bus_schema::runtime::StreamInfo;
+use bus_schema::stream::StdioChunk;
+use bus_schema::{docker, BusError, BusStream, Service};
 use std::sync::{Arc, RwLock};
 
 /// Docker's answer when this node is in no swarm (503).
@@ -112,7 +114,7 @@ impl SwarmService {
     pub fn new(bus: Bus, root: &std::path::Path) -> Arc<SwarmService> {
         let paths = berth_config::Paths::new(root);
         Arc::new(SwarmService {
-            nb: node_bus::NodeBus { bus },
+            nb: node_bus::NodeBus::new(bus),
             files: natsconf::Files::new(&paths.swarm()),
             logs: paths.logs(),
             host: HostFacts::probe(),
@@ -256,58 +258,108 @@ pub async fn start(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<S
     Ok((register(server, svc.clone()), svc))
 }
 
-macro_rules! route {
-    ($server:ident, $svc:ident, $req:ty, |$s:ident, $r:ident| $body:expr) => {{
-        let sv = $svc.clone();
-        $server.rpc(move |$r: $req| {
-            let $s = sv.clone();
-            async move { $body }
-        })
-    }};
+/// The swarm table's operations, answered by this node's swarm service: the
+/// membership requests by the service itself, the rest by the manager (Docker's 503
+/// on a worker or outside a swarm).
+struct Api(Arc<SwarmService>);
+
+impl SwarmApi for Api {
+    async fn swarm_init(&self, r: SwarmInit) -> Result<String, BusError> {
+        self.0.init(r.req).await
+    }
+    async fn swarm_join(&self, r: SwarmJoin) -> Result<(), BusError> {
+        self.0.join(r.req).await
+    }
+    async fn swarm_leave(&self, r: SwarmLeave) -> Result<(), BusError> {
+        self.0.leave(r.force).await
+    }
+    async fn swarm_inspect(&self, _r: SwarmInspect) -> Result<SwarmObject, BusError> {
+        self.0.manager()?.swarm_inspect().await
+    }
+    async fn swarm_update(&self, r: SwarmUpdate) -> Result<(), BusError> {
+        self.0.manager()?.swarm_update(r).await
+    }
+    async fn swarm_unlock_key(&self, _r: SwarmUnlockKey) -> Result<docker::UnlockKeyResponse, BusError> {
+        self.0.manager()?.swarm_unlock_key().await
+    }
+    async fn swarm_unlock(&self, _r: SwarmUnlock) -> Result<(), BusError> {
+        Err(BusError::conflict("swarm is not locked"))
+    }
+    async fn swarm_status(&self, _r: SwarmStatus) -> Result<String, BusError> {
+        Ok(self.0.status())
+    }
+    async fn node_list(&self, r: NodeList) -> Result<Vec<docker::Node>, BusError> {
+        self.0.manager()?.node_list(r.filters).await
+    }
+    async fn node_inspect(&self, r: NodeInspect) -> Result<docker::Node, BusError> {
+        self.0.manager()?.node_inspect(&r.id).await
+    }
+    async fn node_update(&self, r: NodeUpdate) -> Result<(), BusError> {
+        self.0.manager()?.node_update(r).await
+    }
+    async fn node_remove(&self, r: NodeRemove) -> Result<(), BusError> {
+        self.0.manager()?.node_remove(&r.id, r.force).await
+    }
+    async fn service_create(&self, r: ServiceCreate) -> Result<docker::ServiceCreateResponse, BusError> {
+        self.0.manager()?.service_create(r.spec, r.auth).await
+    }
+    async fn service_list(&self, r: ServiceList) -> Result<Vec<ServiceObject>, BusError> {
+        self.0.manager()?.service_list(r.filters, r.status).await
+    }
+    async fn service_inspect(&self, r: ServiceInspect) -> Result<ServiceObject, BusError> {
+        self.0.manager()?.service_inspect(&r.id, r.insert_defaults).await
+    }
+    async fn service_update(&self, r: ServiceUpdate) -> Result<docker::ServiceUpdateResponse, BusError> {
+        self.0.manager()?.service_update(r).await
+    }
+    async fn service_remove(&self, r: ServiceRemove) -> Result<(), BusError> {
+        self.0.manager()?.service_remove(&r.id).await
+    }
+    async fn service_logs(&self, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        self.0.manager()?.service_logs(r).await
+    }
+    async fn task_list(&self, r: TaskList) -> Result<Vec<docker::Task>, BusError> {
+        self.0.manager()?.task_list(r.filters).await
+    }
+    async fn task_inspect(&self, r: TaskInspect) -> Result<docker::Task, BusError> {
+        self.0.manager()?.task_inspect(&r.id).await
+    }
+    async fn task_logs(&self, r: TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        self.0.manager()?.task_logs(r).await
+    }
+    async fn secret_create(&self, r: SecretCreate) -> Result<docker::IdResponse, BusError> {
+        self.0.manager()?.secret_create(r.spec).await
+    }
+    async fn secret_list(&self, r: SecretList) -> Result<Vec<docker::Secret>, BusError> {
+        self.0.manager()?.secret_list(r.filters).await
+    }
+    async fn secret_inspect(&self, r: SecretInspect) -> Result<docker::Secret, BusError> {
+        self.0.manager()?.secret_inspect(&r.id).await
+    }
+    async fn secret_update(&self, r: SecretUpdate) -> Result<(), BusError> {
+        self.0.manager()?.secret_update(r).await
+    }
+    async fn secret_remove(&self, r: SecretRemove) -> Result<(), BusError> {
+        self.0.manager()?.secret_remove(&r.id).await
+    }
+    async fn config_create(&self, r: ConfigCreate) -> Result<docker::IdResponse, BusError> {
+        self.0.manager()?.config_create(r.spec).await
+    }
+    async fn config_list(&self, r: ConfigList) -> Result<Vec<docker::Config>, BusError> {
+        self.0.manager()?.config_list(r.filters).await
+    }
+    async fn config_inspect(&self, r: ConfigInspect) -> Result<docker::Config, BusError> {
+        self.0.manager()?.config_inspect(&r.id).await
+    }
+    async fn config_update(&self, r: ConfigUpdate) -> Result<(), BusError> {
+        self.0.manager()?.config_update(r).await
+    }
+    async fn config_remove(&self, r: ConfigRemove) -> Result<(), BusError> {
+        self.0.manager()?.config_remove(&r.id).await
+    }
 }
 
 /// Serve every swarm request on `server` with `svc`.
 pub fn register(server: Server, svc: Arc<SwarmService>) -> Server {
-    let server = route!(server, svc, SwarmInit, |s, r| s.init(r.req).await);
-    let server = route!(server, svc, SwarmJoin, |s, r| s.join(r.req).await);
-    let server = route!(server, svc, SwarmLeave, |s, r| s.leave(r.force).await);
-    let server = route!(server, svc, SwarmStatus, |s, _r| Ok(s.status()));
-    let server = route!(server, svc, SwarmInspect, |s, _r| s.manager()?.swarm_inspect().await);
-    let server = route!(server, svc, SwarmUpdate, |s, r| s.manager()?.swarm_update(r).await);
-    let server = route!(server, svc, SwarmUnlockKey, |s, _r| s.manager()?.swarm_unlock_key().await);
-    let server = route!(server, svc, SwarmUnlock, |s, _r| {
-        let _ = s;
-        Err::<(), _>(BusError::conflict("swarm is not locked"))
-    });
-    let server = route!(server, svc, NodeList, |s, r| s.manager()?.node_list(r.filters).await);
-    let server = route!(server, svc, NodeInspect, |s, r| s.manager()?.node_inspect(&r.id).await);
-    let server = route!(server, svc, NodeUpdate, |s, r| s.manager()?.node_update(r).await);
-    let server = route!(server, svc, NodeRemove, |s, r| s.manager()?.node_remove(&r.id, r.force).await);
-    let server = route!(server, svc, ServiceCreate, |s, r| s.manager()?.service_create(r.spec, r.auth).await);
-    let server = route!(server, svc, ServiceList, |s, r| s.manager()?.service_list(r.filters, r.status).await);
-    let server = route!(server, svc, ServiceInspect, |s, r| s.manager()?.service_inspect(&r.id, r.insert_defaults).await);
-    let server = route!(server, svc, ServiceUpdate, |s, r| s.manager()?.service_update(r).await);
-    let server = route!(server, svc, ServiceRemove, |s, r| s.manager()?.service_remove(&r.id).await);
-    let server = route!(server, svc, TaskList, |s, r| s.manager()?.task_list(r.filters).await);
-    let server = route!(server, svc, TaskInspect, |s, r| s.manager()?.task_inspect(&r.id).await);
-    let server = route!(server, svc, SecretCreate, |s, r| s.manager()?.secret_create(r.spec).await);
-    let server = route!(server, svc, SecretList, |s, r| s.manager()?.secret_list(r.filters).await);
-    let server = route!(server, svc, SecretInspect, |s, r| s.manager()?.secret_inspect(&r.id).await);
-    let server = route!(server, svc, SecretUpdate, |s, r| s.manager()?.secret_update(r).await);
-    let server = route!(server, svc, SecretRemove, |s, r| s.manager()?.secret_remove(&r.id).await);
-    let server = route!(server, svc, ConfigCreate, |s, r| s.manager()?.config_create(r.spec).await);
-    let server = route!(server, svc, ConfigList, |s, r| s.manager()?.config_list(r.filters).await);
-    let server = route!(server, svc, ConfigInspect, |s, r| s.manager()?.config_inspect(&r.id).await);
-    let server = route!(server, svc, ConfigUpdate, |s, r| s.manager()?.config_update(r).await);
-    let server = route!(server, svc, ConfigRemove, |s, r| s.manager()?.config_remove(&r.id).await);
-    let sv = svc.clone();
-    let server = server.stream(move |r: ServiceLogs, resp| {
-        let s = sv.clone();
-        async move { s.manager()?.service_logs(r, resp).await }
-    });
-    let sv = svc.clone();
-    server.stream(move |r: TaskLogs, resp| {
-        let s = sv.clone();
-        async move { s.manager()?.task_logs(r, resp).await }
-    })
+    berth_bus::swarm::serve_swarm(server, Arc::new(Api(svc)))
 }

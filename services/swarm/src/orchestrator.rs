@@ -40,6 +40,11 @@ fn is_global(s: &ServiceRecord) -> bool {
     s.spec.mode.as_ref().and_then(|m| m.global.as_ref()).is_some()
 }
 
+/// The restart history's key of a task: its service and slot, or node for a global one.
+fn slot_key(s: &ServiceRecord, slot: u64, node: Option<&str>) -> (String, String) {
+    (s.id.clone(), if is_global(s) { node.unwrap_or_default().to_string() } else { slot.to_string() })
+}
+
 fn replicas(s: &ServiceRecord) -> u64 {
     s.spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas).unwrap_or(1).max(0) as u64
 }
@@ -61,6 +66,11 @@ struct Leader {
     updates: HashMap<String, Updating>,
     /// Restarts per (service, slot or node), for max attempts.
     restarts: HashMap<(String, String), (u64, u64)>,
+    /// Slots (or global nodes) whose last task ended and that the restart policy does
+    /// not run again, with the spec version they ended at: left empty until the
+    /// service changes (swarmkit's dead slots; in memory as its restart history is, so
+    /// a new leader fills them again, as Docker's does).
+    done: HashMap<(String, String), u64>,
 }
 
 pub async fn run(c: Arc<Cluster>) {
@@ -70,7 +80,7 @@ pub async fn run(c: Arc<Cluster>) {
     c.t.services.wait_ready().await;
     c.t.tasks.wait_ready().await;
     c.t.task_status.wait_ready().await;
-    let mut l = Leader { c: c.clone(), seen: HashMap::new(), since: Instant::now(), updates: HashMap::new(), restarts: HashMap::new() };
+    let mut l = Leader { c: c.clone(), seen: HashMap::new(), since: Instant::now(), updates: HashMap::new(), restarts: HashMap::new(), done: HashMap::new() };
     let mut rx = [c.t.services.subscribe(), c.t.tasks.subscribe(), c.t.task_status.subscribe(), c.t.nodes.subscribe(), c.t.heartbeats.subscribe()];
     loop {
         if let Err(e) = l.pass().await {
@@ -273,7 +283,7 @@ impl Leader {
         if !again {
             return None;
         }
-        let key = (s.id.clone(), if is_global(s) { t.node_id.clone().unwrap_or_default() } else { t.slot.to_string() });
+        let key = slot_key(s, t.slot, t.node_id.as_deref());
         let max = rp.max_attempts.unwrap_or(0).max(0) as u64;
         if max > 0 && !node_lost {
             let e = self.restarts.entry(key).or_insert((t.spec_version, 0));
@@ -291,11 +301,19 @@ impl Leader {
         Some(delay)
     }
 
+    /// Did this slot's (global: node's) last task end for good at the current spec?
+    fn ended_for_good(&self, s: &ServiceRecord, slot: u64, node: Option<&str>) -> bool {
+        self.done.get(&slot_key(s, slot, node)) == Some(&s.spec_version)
+    }
+
     async fn reconcile(&mut self) -> Result<(), BusError> {
         let services: Vec<ServiceRecord> = self.c.t.services.values().into_iter().map(|(_, s, _)| s).collect();
         let nodes: HashMap<String, NodeRecord> = self.c.t.nodes.values().into_iter().map(|(id, n, _)| (id, n)).collect();
         let all: Vec<TaskRecord> = self.c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
         let now_ms = crate::now_ms();
+
+        self.done.retain(|(sid, _), _| services.iter().any(|s| &s.id == sid));
+        self.restarts.retain(|(sid, _), _| services.iter().any(|s| &s.id == sid));
 
         // Tasks of removed services go.
         for t in &all {
@@ -324,6 +342,9 @@ impl Leader {
                 let node_for = if is_global(s) { t.node_id.clone() } else { None };
                 if is_global(s) && (drained || node_down) {
                     continue; // a global task does not move
+                }
+                if restart.is_none() {
+                    self.done.insert(slot_key(s, t.slot, t.node_id.as_deref()), s.spec_version);
                 }
                 if let Some(delay) = restart {
                     if delay == 0 {
@@ -384,7 +405,7 @@ impl Leader {
                     let eligible = n.state == "ready"
                         && n.spec.availability != Some(docker::NodeSpecAvailabilityEnum::DRAIN)
                         && constraints.iter().all(|c| constraint_ok(c, n));
-                    let has = active.iter().any(|t| t.node_id.as_deref() == Some(id.as_str()));
+                    let has = active.iter().any(|t| t.node_id.as_deref() == Some(id.as_str())) || self.ended_for_good(s, 0, Some(id));
                     let paused = n.spec.availability == Some(docker::NodeSpecAvailabilityEnum::PAUSE);
                     if eligible && !has && !paused {
                         self.new_task(s, 0, Some(id.clone()), TaskState::Running, None).await?;
@@ -402,7 +423,7 @@ impl Leader {
                     by_slot.entry(t.slot).or_default().push(t);
                 }
                 for slot in 1..=want {
-                    if !by_slot.contains_key(&slot) {
+                    if !by_slot.contains_key(&slot) && !self.ended_for_good(s, slot, None) {
                         self.new_task(s, slot, None, TaskState::Running, None).await?;
                     }
                 }

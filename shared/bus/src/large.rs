@@ -1,8 +1,10 @@
 //! Payloads larger than one bus message (nats-server's `max_payload`, 1 MiB on a
-//! node). The side that holds the bytes subscribes a fresh inbox of its own, sends
-//! the message empty with `Berth-Large: <inbox>` and `Berth-Large-Len: <bytes>`, and
-//! answers requests for chunk `i` (the index as text) on that inbox with the chunk's
-//! bytes; the receiver fetches the chunks in order and carries on with the whole
+//! node). The side that holds the bytes subscribes a fresh subject
+//! `_L.<holder>.<receiver>.<id>` ([`bus_schema::contract::large_subject`]: only the
+//! holder may subscribe there, only the receiver publish), sends the message empty
+//! with `Berth-Large: <subject>` and `Berth-Large-Len: <bytes>`, and answers requests
+//! for chunk `i` (the index as text) there with the chunk's bytes (a response, which
+//! `allow_responses` lets through); the receiver fetches the chunks in order and carries on with the whole
 //! payload. Requests (a create body with megabytes of labels) and replies (`docker
 //! ps` over such containers, `system df`, inspect) go the same way, so no operation
 //! has to care. Pulling chunk by chunk is its own flow control: nothing is sent
@@ -25,9 +27,6 @@ const IDLE: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receivers refuse more than this (a message claiming terabytes is an error).
 pub const MAX_LARGE: usize = 2 << 30;
-/// Where holders offer their bytes: their connection's inboxes (`client.new_inbox()`
-/// under the per-user prefix `_I.<user>`).
-const INBOXES: &str = "_I.";
 
 /// The largest payload sent as one message on this connection.
 pub(crate) fn limit(client: &async_nats::Client) -> usize {
@@ -38,15 +37,18 @@ pub(crate) fn limit(client: &async_nats::Client) -> usize {
     max.saturating_sub(HEADROOM).max(4096)
 }
 
-/// Serves `bytes` in chunks from a fresh inbox until fetched or idle; returns the
-/// headers naming it. The task ends on its own; the handle may abort it earlier.
+/// Serves `bytes` in chunks, from a fresh subject that only bus user `receiver` may
+/// send to, until fetched or idle; `holder` is this connection's bus user. Names the
+/// subject in `headers`. The task ends on its own; the handle may abort it earlier.
 pub(crate) async fn offer(
     client: &async_nats::Client,
+    holder: &str,
+    receiver: &str,
     bytes: Vec<u8>,
     headers: &mut async_nats::HeaderMap,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let chunk = limit(client);
-    let inbox = client.new_inbox();
+    let inbox = bus_schema::contract::large_subject(holder, receiver, &nuid::next());
     let mut sub = client
         .subscribe(inbox.clone())
         .await
@@ -96,10 +98,11 @@ pub(crate) async fn fetch(
     if len > MAX_LARGE {
         return Err(BusError::invalid(format!("message of {len} bytes is too large")));
     }
-    // the chunks are fetched from the sender's own inbox, never from a subject it
-    // names at will (that would make this side send requests where the sender says)
-    if !subject.starts_with(INBOXES) {
-        return Err(BusError::invalid(format!("a large message offered from {subject:?}, not an inbox")));
+    // the chunks are fetched from a large-payload subject only, never from a subject
+    // the sender names at will (that would make this side send requests where the
+    // sender says); the bus lets this side publish only to those offered to it
+    if bus_schema::contract::large_parties(&subject).is_none() {
+        return Err(BusError::invalid(format!("a large message offered from {subject:?}, not a large-payload subject")));
     }
     let fetching = async {
         // grows as chunks arrive: a length in a header is a claim, not memory to set aside
@@ -161,7 +164,7 @@ mod tests {
 
     #[test]
     fn an_event_too_large_loses_its_largest_attributes() {
-        let mut ev = bus_schema::event::Event::now("container", "create", "c1").attr("name", "n").attr("image", "i");
+        let mut ev = bus_schema::event::Event::now(bus_schema::event::EventType::Container, bus_schema::event::Action::Create, "c1").attr("name", "n").attr("image", "i");
         for i in 0..50 {
             ev = ev.attr(format!("l{i}"), "x".repeat(1000));
         }

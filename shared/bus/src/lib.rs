@@ -15,17 +15,45 @@
 //!   [`NO_RESPONDERS_WAIT`].
 //! * Payloads larger than one bus message travel in chunks ([`large`]).
 
+mod contract;
 mod large;
 mod liveness;
 mod server;
 mod stream;
 mod trace;
 
+pub use contract::{channel, first_item, into_stream, produce, single, Emitter, SystemClient};
+#[doc(hidden)]
+pub mod __contract {
+    pub use crate::contract::{call, call_duplex, call_stream};
+}
 pub use large::MAX_LARGE;
 pub use liveness::mono_ns;
 
 pub use server::{Responder, Server};
 pub use stream::{StreamReader, StreamWriter};
+
+/// Typed clients and server adapters, generated from `bus-schema`'s tables: for each
+/// service `<Svc>Client` (implements `<Svc>Api` over the bus) and `serve_<svc>`
+/// (serves any `<Svc>Api` on the bus).
+pub mod storage {
+    bus_schema::storage_table!(crate::__client);
+}
+pub mod images {
+    bus_schema::images_table!(crate::__client);
+}
+pub mod runtime {
+    bus_schema::runtime_table!(crate::__client);
+}
+pub mod network {
+    bus_schema::network_table!(crate::__client);
+}
+pub mod builder {
+    bus_schema::builder_table!(crate::__client);
+}
+pub mod swarm {
+    bus_schema::swarm_table!(crate::__client);
+}
 
 use bus_schema::{
     stream::{
@@ -80,6 +108,8 @@ impl Creds {
 pub struct Bus {
     client: async_nats::Client,
     node: String,
+    /// The bus user (names the stream subjects this connection reads).
+    user: std::sync::Arc<str>,
     timeout: Duration,
     live: Arc<Liveness>,
     /// `<node>.<name>.<pid>`, sent as `Berth-Caller`.
@@ -118,7 +148,7 @@ impl Bus {
             .map_err(|e| BusError::unavailable(format!("cannot connect to the bus at {url}: {e}")))?;
         liveness::follow_exits(&client, live.clone()).await?;
         let caller = format!("{node}.{name}.{}", std::process::id()).into();
-        Ok(Bus { client, node: node.to_string(), timeout: DEFAULT_TIMEOUT, live, caller })
+        Ok(Bus { client, node: node.to_string(), user: user.into(), timeout: DEFAULT_TIMEOUT, live, caller })
     }
 
     /// Connect with the settings `berth up` passes in the environment.
@@ -141,9 +171,25 @@ impl Bus {
         &self.client
     }
 
+    /// The bus user this connection authenticated as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// A copy with a different default timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Bus {
         Bus { timeout, ..self.clone() }
+    }
+
+    /// A copy whose requests go to the services of `node`.
+    pub fn with_node(&self, node: &str) -> Bus {
+        Bus { node: node.to_string(), ..self.clone() }
+    }
+
+    /// A fresh subject for frames `publisher` sends to this connection
+    /// (`_S.<publisher>.<user>.<id>`): only `publisher` may publish there.
+    pub(crate) fn stream_inbox(&self, publisher: &str) -> String {
+        bus_schema::contract::stream_subject(publisher, &self.user, &nuid::next())
     }
 
     /// Send a request to the service on this node and wait for the typed reply.
@@ -180,7 +226,7 @@ impl Bus {
 
     /// Send a request answered by a reply and then a stream of items.
     pub async fn request_stream<R: StreamRpc>(&self, req: &R) -> Result<(R::Reply, StreamReader<R::Item>), BusError> {
-        let data = self.client.new_inbox();
+        let data = self.stream_inbox(R::SERVICE.name());
         let sub = self.subscribe_raw(&data).await?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_STREAM, data.as_str());
@@ -197,9 +243,9 @@ impl Bus {
         &self,
         req: &R,
     ) -> Result<(R::Reply, StreamReader<R::Item>, StreamWriter<R::Input>), BusError> {
-        let data = self.client.new_inbox();
+        let data = self.stream_inbox(R::SERVICE.name());
         let sub = self.subscribe_raw(&data).await?;
-        let input_ctrl = self.client.new_inbox();
+        let input_ctrl = self.stream_inbox(R::SERVICE.name());
         let input_ctrl_sub = self.subscribe_raw(&input_ctrl).await?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HDR_STREAM, data.as_str());
@@ -302,7 +348,8 @@ impl Bus {
     ) -> Result<async_nats::Message, BusError> {
         let node = subject_node(svc, &subject, &self.node);
         let (payload, _offer): (bytes::Bytes, _) = if payload.len() > large::limit(&self.client) {
-            (bytes::Bytes::new(), Some(AbortOnDrop(large::offer(&self.client, payload, &mut headers).await?)))
+            let offer = large::offer(&self.client, &self.user, svc.name(), payload, &mut headers).await?;
+            (bytes::Bytes::new(), Some(AbortOnDrop(offer)))
         } else {
             (payload.into(), None)
         };

@@ -7,7 +7,7 @@ use bus_schema::{
     docker,
     stream::{DEFAULT_CREDIT, HDR_CALLER, HDR_CREDIT, HDR_CTRL, HDR_INPUT, HDR_INPUT_CTRL, HDR_INSTANCE, HDR_STREAM},
     system::{InfoPart, ServiceMetrics, ServicePing, ServicePong, ServiceStarted, SystemInfoPart},
-    BusError, DuplexRpc, Rpc, Service, StreamRpc, SystemRpc, WireResult,
+    BusError, BusStream, DuplexRpc, ErrorKind, Rpc, Service, StreamRpc, SystemRpc, WireResult,
 };
 use futures_util::{future::BoxFuture, StreamExt};
 use std::future::Future;
@@ -86,7 +86,7 @@ impl Server {
                     Ok(req) => f(req).await,
                     Err(e) => Err(e),
                 };
-                respond(&bus.client, &msg, &res, async_nats::HeaderMap::new()).await;
+                respond(&bus, &msg, &res, async_nats::HeaderMap::new()).await;
             })
         });
         self.handlers.push((subject, h));
@@ -113,7 +113,7 @@ impl Server {
                     Ok(r) => r,
                     Err(e) => {
                         let err: WireResult<R::Reply> = Err(e);
-                        respond(&bus.client, &msg, &err, async_nats::HeaderMap::new()).await;
+                        respond(&bus, &msg, &err, async_nats::HeaderMap::new()).await;
                         return;
                     }
                 };
@@ -127,7 +127,7 @@ impl Server {
                         Err(e) => Err(e),
                         Ok(()) => Err(BusError::internal(format!("{} handler neither replied nor failed", R::OP))),
                     };
-                    respond(&bus.client, &m, &res, async_nats::HeaderMap::new()).await;
+                    respond(&bus, &m, &res, async_nats::HeaderMap::new()).await;
                 } else if let Err(e) = res {
                     tracing::debug!(error = %e, op = R::OP, "stream handler ended with an error after accepting");
                 }
@@ -137,12 +137,53 @@ impl Server {
         self
     }
 
+    /// Serve a stream operation whose handler answers `(reply, items)` (the API
+    /// traits' shape): an error from the handler is the reply; the items follow the
+    /// reply, and an error item ends the stream with that error.
+    pub fn serve_stream<R, F, Fut>(self, f: F) -> Self
+    where
+        R: StreamRpc,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R::Reply, BusStream<R::Item>), BusError>> + Send + 'static,
+    {
+        self.stream::<R, _, _>(move |req, resp| {
+            let answer = f(req);
+            async move {
+                let (reply, items) = answer.await?;
+                let w = resp.accept(reply).await?;
+                pump(w, items).await
+            }
+        })
+    }
+
+    /// Serve a duplex operation whose handler reads the caller's input as a stream and
+    /// answers `(reply, items)`. The input subject is open before the handler runs;
+    /// the caller starts writing when the reply arrives, so a handler must reply
+    /// without waiting for input (do the reading in the items stream).
+    pub fn serve_duplex<R, F, Fut>(self, f: F) -> Self
+    where
+        R: DuplexRpc,
+        F: Fn(R, BusStream<R::Input>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(R::Reply, BusStream<R::Item>), BusError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.stream::<R, _, _>(move |req, resp| {
+            let f = f.clone();
+            async move {
+                let (input, reader) = resp.open_input().await?;
+                let (reply, items) = f(req, crate::into_stream(reader)).await?;
+                let w = resp.accept_input(reply, input).await?;
+                pump(w, items).await
+            }
+        })
+    }
+
     /// Subscribe every handler and serve until the connection closes.
     pub async fn run(self) -> Result<(), BusError> {
         let Server { bus, service, started, mut handlers, info, metrics } = self;
         // System requests every service answers.
         let node = bus.node.clone();
-        let ping_client = bus.client.clone();
+        let ping_client = bus.clone();
         let pong = ServicePong {
             service,
             node: node.clone(),
@@ -158,7 +199,7 @@ impl Server {
                 Box::pin(async move { respond::<ServicePong>(&c, &msg, &Ok(p), async_nats::HeaderMap::new()).await })
             }),
         ));
-        let info_client = bus.client.clone();
+        let info_client = bus.clone();
         handlers.push((
             SystemInfoPart::subject(service, &node),
             Arc::new(move |msg| {
@@ -171,7 +212,7 @@ impl Server {
             }),
         ));
 
-        let metrics_client = bus.client.clone();
+        let metrics_client = bus.clone();
         handlers.push((
             ServiceMetrics::subject(service, &node),
             Arc::new(move |msg| {
@@ -238,7 +279,7 @@ async fn decode_request<R: Rpc>(bus: &Bus, msg: &async_nats::Message) -> Result<
 /// Answer `msg` (nothing if it wants no answer). Names this instance in
 /// `Berth-Instance`; an answer too large for one message is offered in chunks.
 async fn respond<T: serde::Serialize>(
-    client: &async_nats::Client,
+    bus: &Bus,
     msg: &async_nats::Message,
     res: &WireResult<T>,
     mut headers: async_nats::HeaderMap,
@@ -248,10 +289,13 @@ async fn respond<T: serde::Serialize>(
         Ok(b) => b,
         Err(e) => bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
     };
+    let client = &bus.client;
     headers.insert(HDR_INSTANCE, std::process::id().to_string());
     if payload.len() > large::limit(client) {
         // the holder task ends once the caller fetched it all, or idles out
-        match large::offer(client, std::mem::take(&mut payload), &mut headers).await {
+        // the caller is the bus user whose inbox the reply goes to (`_I.<user>.…`)
+        let receiver = reply.strip_prefix("_I.").and_then(|r| r.split('.').next()).unwrap_or("_");
+        match large::offer(client, &bus.user, receiver, std::mem::take(&mut payload), &mut headers).await {
             Ok(_) => {}
             Err(e) => payload = bus_schema::encode::<WireResult<()>>(&Err(e)).unwrap_or_default(),
         }
@@ -277,11 +321,30 @@ impl<R: StreamRpc> Responder<R> {
         self.pending.lock().unwrap().take().ok_or_else(|| BusError::internal("stream already accepted"))
     }
 
+    /// The caller of the request being answered (still pending).
+    fn pending_caller(&self) -> Result<Peer, BusError> {
+        self.pending.lock().unwrap().as_ref().map(caller).ok_or_else(|| BusError::internal("stream already accepted"))
+    }
+
+    /// The request being answered (still pending).
+    fn peek_header(&self, name: &str) -> Option<String> {
+        self.pending.lock().unwrap().as_ref().and_then(|m| header(m, name))
+    }
+
+    /// A subject the caller publishes to and this service reads: `_S.<caller>.<me>.<id>`,
+    /// the caller named by the request's stream subject (`_S.<me>.<caller>.<id>`).
+    fn from_caller(&self, msg_stream: Option<&str>) -> String {
+        match msg_stream.and_then(bus_schema::contract::stream_parties) {
+            Some((_, caller)) => self.bus.stream_inbox(caller),
+            None => self.bus.client.new_inbox(),
+        }
+    }
+
     async fn open_writer(&self, msg: &async_nats::Message) -> Result<(StreamWriter<R::Item>, String), BusError> {
         let data = header(msg, HDR_STREAM)
             .ok_or_else(|| BusError::invalid(format!("{} is a stream request: send it with request_stream", R::OP)))?;
         let credit = header(msg, HDR_CREDIT).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_CREDIT);
-        let ctrl = self.bus.client.new_inbox();
+        let ctrl = self.from_caller(Some(&data));
         let sub = self.bus.subscribe_raw(&ctrl).await?;
         let reader = self.bus.live.watch(caller(msg));
         Ok((StreamWriter::new(self.bus.client.clone(), data, sub, credit, reader), ctrl))
@@ -293,28 +356,59 @@ impl<R: StreamRpc> Responder<R> {
         let (writer, ctrl) = self.open_writer(&msg).await?;
         let mut h = async_nats::HeaderMap::new();
         h.insert(HDR_CTRL, ctrl.as_str());
-        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        respond::<R::Reply>(&self.bus, &msg, &Ok(reply), h).await;
         Ok(writer)
     }
 }
 
 impl<R: DuplexRpc> Responder<R> {
+    /// Subscribe the subject of the caller's input before replying: returns the
+    /// subject (sent in the reply) and the reader of the input.
+    async fn open_input(&self) -> Result<(String, StreamReader<R::Input>), BusError> {
+        let input_ctrl = self
+            .peek_header(HDR_INPUT_CTRL)
+            .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
+        let input = self.from_caller(self.peek_header(HDR_STREAM).as_deref());
+        let sub = self.bus.subscribe_raw(&input).await?;
+        let watch = self.bus.live.watch(self.pending_caller()?);
+        Ok((input.clone(), StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT, watch)))
+    }
+
+    /// Send `reply` naming the input subject opened by [`Self::open_input`].
+    async fn accept_input(self, reply: R::Reply, input: String) -> Result<StreamWriter<R::Item>, BusError> {
+        let msg = self.take()?;
+        let (writer, ctrl) = self.open_writer(&msg).await?;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(HDR_CTRL, ctrl.as_str());
+        h.insert(HDR_INPUT, input.as_str());
+        respond::<R::Reply>(&self.bus, &msg, &Ok(reply), h).await;
+        Ok(writer)
+    }
+
     /// Send `reply` and return the writer for the items and the reader of the caller's input.
     pub async fn accept_duplex(
         self,
         reply: R::Reply,
     ) -> Result<(StreamWriter<R::Item>, StreamReader<R::Input>), BusError> {
-        let msg = self.take()?;
-        let (writer, ctrl) = self.open_writer(&msg).await?;
-        let input_ctrl = header(&msg, HDR_INPUT_CTRL)
-            .ok_or_else(|| BusError::invalid(format!("{} is a duplex request: send it with request_duplex", R::OP)))?;
-        let input = self.bus.client.new_inbox();
-        let sub = self.bus.subscribe_raw(&input).await?;
-        let reader = StreamReader::new(self.bus.client.clone(), sub, input_ctrl, DEFAULT_CREDIT, self.bus.live.watch(caller(&msg)));
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(HDR_CTRL, ctrl.as_str());
-        h.insert(HDR_INPUT, input.as_str());
-        respond::<R::Reply>(&self.bus.client, &msg, &Ok(reply), h).await;
+        let (input, reader) = self.open_input().await?;
+        let writer = self.accept_input(reply, input).await?;
         Ok((writer, reader))
+    }
+}
+
+/// Send a stream's items to its reader until the stream ends, fails, or the reader
+/// goes away (then the stream is dropped, which tells its producer to stop).
+pub(crate) async fn pump<T: serde::Serialize>(mut w: StreamWriter<T>, mut items: BusStream<T>) -> Result<(), BusError> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = items.next() => n,
+            _ = w.cancelled() => return Err(BusError::new(ErrorKind::Cancelled, "the reader went away")),
+        };
+        match next {
+            Some(Ok(item)) => w.send(item).await?,
+            Some(Err(e)) => return w.fail(e).await,
+            None => return w.end().await,
+        }
     }
 }

@@ -15,6 +15,10 @@ pub enum ConfigError {
     UnknownKeys { path: String, keys: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A key dockerd knows, with a value berth does not implement: refused at start-up,
+    /// naming the key, rather than accepted and ignored.
+    #[error("unable to configure the berth daemon with file {path}: {key}: {why}")]
+    Unsupported { path: String, key: String, why: String },
 }
 
 /// Every key dockerd's daemon.json accepts (moby `daemon/config`). Keys berth does
@@ -39,6 +43,40 @@ pub const KNOWN_KEYS: &[&str] = &[
     "storage-opts", "swarm-default-advertise-addr", "tls", "tlscacert", "tlscert", "tlskey",
     "tlsverify", "userland-proxy", "userland-proxy-path", "userns-remap",
 ];
+
+/// The runtime names Docker lists in `docker info` (Moby 20.10's), all served by
+/// berth's shim: clients (docker-py, compose files) name `runc` explicitly.
+pub const RUNTIMES: [&str; 3] = ["runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"];
+pub const DEFAULT_RUNTIME: &str = "runc";
+
+/// dockerd's keys berth has no behaviour for: accepted only when off (false, 0, "", [],
+/// {}, null, or an object of such values: dockerd's defaults), refused naming the key
+/// otherwise. Keys berth implements are read where they act (typed fields above, or
+/// `other` in the network and runtime services); `pidfile` by `berth up`.
+pub const NOT_IMPLEMENTED: &[&str] = &[
+    "allow-direct-routing", "allow-nondistributable-artifacts", "api-cors-header",
+    "authorization-plugins", "bip6", "cdi-spec-dirs", "containerd", "containerd-namespace",
+    "containerd-plugins-namespace", "cpu-rt-period", "cpu-rt-runtime", "default-gateway",
+    "default-gateway-v6", "default-network-opts", "default-ulimits", "exec-root", "features",
+    "firewall-backend", "fixed-cidr-v6", "host-gateway-ip", "host-gateway-ips", "http-proxy",
+    "https-proxy", "init-path", "ip-forward-no-drop", "ip6tables", "ipv6",
+    "max-download-attempts", "network-control-plane-mtu", "network-diagnostic-port",
+    "no-proxy", "node-generic-resources", "oom-score-adjust", "proxies", "raw-logs",
+    "runtimes", "selinux-enabled", "swarm-default-advertise-addr",
+];
+
+/// Off, as a daemon.json value: what leaves dockerd's default behaviour.
+fn is_off(v: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match v {
+        Null => true,
+        Bool(b) => !b,
+        Number(n) => n.as_f64() == Some(0.0),
+        String(s) => s.is_empty(),
+        Array(a) => a.is_empty(),
+        Object(o) => o.values().all(is_off),
+    }
+}
 
 /// Storage drivers berth implements.
 pub const STORAGE_DRIVERS: &[&str] = &["overlay2", "btrfs", "vfs"];
@@ -101,6 +139,8 @@ pub struct DaemonConfig {
     pub init: Option<bool>,
     pub no_new_privileges: Option<bool>,
     pub default_runtime: Option<String>,
+    #[serde(default)]
+    pub exec_opts: Vec<String>,
     /// The rest of the accepted keys, kept verbatim.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -128,6 +168,9 @@ impl DaemonConfig {
         let cfg: DaemonConfig = serde_json::from_value(raw)
             .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         cfg.validate()?;
+        if let Some((key, why)) = cfg.unsupported() {
+            return Err(ConfigError::Unsupported { path: path.into(), key: key.into(), why });
+        }
         Ok(cfg)
     }
 
@@ -191,6 +234,80 @@ impl DaemonConfig {
         Ok(())
     }
 
+    /// The first key whose value berth does not implement, and why (nothing dockerd
+    /// accepts is silently ignored: issue 17).
+    pub fn unsupported(&self) -> Option<(&'static str, String)> {
+        let other = |k: &str| self.other.get(k).filter(|v| !v.is_null());
+        if let Some(r) = self.default_runtime.as_deref().filter(|r| !r.is_empty()) {
+            if !RUNTIMES.contains(&r) {
+                // dockerd's words for a runtime it does not know
+                return Some(("default-runtime", format!("specified default runtime '{r}' does not exist (berth runs {})", RUNTIMES.join(", "))));
+            }
+        }
+        if let Some(s) = &self.default_shm_size {
+            if self.default_shm_size_bytes().is_none() {
+                return Some(("default-shm-size", format!("invalid size: '{s}'")));
+            }
+        }
+        if self.userland_proxy == Some(true) {
+            return Some(("userland-proxy", "berth publishes ports with nftables rules only, as dockerd does with \"userland-proxy\": false; set it to false or remove it".into()));
+        }
+        if other("userland-proxy-path").is_some() {
+            return Some(("userland-proxy-path", "berth has no userland proxy; remove the key".into()));
+        }
+        if other("userns-remap").is_some_and(|v| v.as_str() != Some("")) {
+            return Some(("userns-remap", "user namespace remapping is not supported by berth; remove the key".into()));
+        }
+        if other("seccomp-profile").is_some_and(|v| !matches!(v.as_str(), Some("" | "builtin"))) {
+            return Some((
+                "seccomp-profile",
+                "a daemon-wide seccomp profile is not supported by berth (its default is Docker's); give one per container with --security-opt seccomp=<file>".into(),
+            ));
+        }
+        for k in NOT_IMPLEMENTED {
+            if other(k).is_some_and(|v| !is_off(v)) {
+                return Some((k, "not implemented by berth; remove the key (or leave it at dockerd's default, off)".into()));
+            }
+        }
+        match other("log-format").and_then(|v| v.as_str()) {
+            None | Some("" | "text") => {}
+            Some(f) => return Some(("log-format", format!("{f:?} is not implemented by berth (its logs are text); remove the key"))),
+        }
+        for (k, how) in [("default-ipc-mode", "private"), ("default-cgroupns-mode", if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "private" } else { "host" })] {
+            match other(k).and_then(|v| v.as_str()) {
+                None | Some("") => {}
+                Some(m) if m == how => {}
+                Some(m) => return Some((k, format!("{m:?} is not implemented by berth (its containers get {how:?} here); remove the key"))),
+            }
+        }
+        for o in &self.exec_opts {
+            let (k, v) = o.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((o.as_str(), ""));
+            match (k, v) {
+                ("native.cgroupdriver", "cgroupfs") => {}
+                ("native.cgroupdriver", d) => {
+                    return Some(("exec-opts", format!("native.cgroupdriver={d} is not supported: berth manages cgroups itself (native.cgroupdriver=cgroupfs)")))
+                }
+                // dockerd: "run exec-opts: unknown option"
+                _ => return Some(("exec-opts", format!("unknown option {k}"))),
+            }
+        }
+        None
+    }
+
+    /// `default-shm-size` in bytes (Docker's size strings: `64M`, `1g`, `65536`).
+    pub fn default_shm_size_bytes(&self) -> Option<i64> {
+        match &self.default_shm_size {
+            None => Some(64 << 20),
+            Some(s) => berth_mountspec::parse_size(s).ok().filter(|n| *n > 0),
+        }
+    }
+
+    /// `shutdown-timeout`: how long an orderly stop waits for each container (dockerd's
+    /// default: 15 s).
+    pub fn shutdown_timeout(&self) -> u32 {
+        self.shutdown_timeout.unwrap_or(15)
+    }
+
     pub fn storage_driver(&self) -> &str {
         self.storage_driver.as_deref().unwrap_or("overlay2")
     }
@@ -239,6 +356,41 @@ mod tests {
             e.to_string(),
             "unable to configure the berth daemon with file /etc/x.json: the following directives don't match any configuration option: also-bad, no-such"
         );
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_implement_naming_the_key() {
+        let refused = |json: &str, key: &str| {
+            let e = DaemonConfig::parse(json, "/etc/d.json").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("unable to configure the berth daemon with file /etc/d.json: {key}: ")), "{json}: {e}");
+        };
+        refused(r#"{"default-runtime":"nvidia"}"#, "default-runtime");
+        refused(r#"{"default-shm-size":"lots"}"#, "default-shm-size");
+        refused(r#"{"userland-proxy":true}"#, "userland-proxy");
+        refused(r#"{"userland-proxy-path":"/usr/bin/docker-proxy"}"#, "userland-proxy-path");
+        refused(r#"{"userns-remap":"default"}"#, "userns-remap");
+        refused(r#"{"seccomp-profile":"/etc/docker/seccomp.json"}"#, "seccomp-profile");
+        refused(r#"{"seccomp-profile":"unconfined"}"#, "seccomp-profile");
+        refused(r#"{"exec-opts":["native.cgroupdriver=systemd"]}"#, "exec-opts");
+        refused(r#"{"exec-opts":["isolation=hyperv"]}"#, "exec-opts");
+        refused(r#"{"ipv6":true}"#, "ipv6");
+        refused(r#"{"features":{"buildkit":true}}"#, "features");
+        refused(r#"{"exec-root":"/run/x"}"#, "exec-root");
+        refused(r#"{"log-format":"json"}"#, "log-format");
+        refused(r#"{"default-ipc-mode":"shareable"}"#, "default-ipc-mode");
+        DaemonConfig::parse(r#"{"ipv6":false,"ip6tables":false,"features":{"buildkit":false},"selinux-enabled":false,"runtimes":{},"log-format":"text","default-ipc-mode":"private","pidfile":"/run/b.pid"}"#, "t").unwrap();
+        // what berth does (or does anyway) is accepted
+        let c = DaemonConfig::parse(
+            r#"{"default-runtime":"runc","default-shm-size":"128M","userland-proxy":false,"userns-remap":"",
+                "seccomp-profile":"builtin","exec-opts":["native.cgroupdriver=cgroupfs"],"no-new-privileges":true,
+                "shutdown-timeout":3}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.default_shm_size_bytes(), Some(128 << 20));
+        assert_eq!(c.shutdown_timeout(), 3);
+        assert_eq!(DaemonConfig::default().default_shm_size_bytes(), Some(64 << 20));
+        assert_eq!(DaemonConfig::default().shutdown_timeout(), 15);
     }
 
     #[test]

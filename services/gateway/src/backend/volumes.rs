@@ -1,5 +1,6 @@
 //! The bus implementation of the volumes backend: requests to the storage service.
 
+use berth_bus::storage::StorageApi as _;
 use std::collections::HashMap;
 
 use bus_schema::storage::{
@@ -18,7 +19,7 @@ impl crate::routes::volumes::Backend for BusBackend {
     }
 
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
-        self.bus.request(&req).await
+        self.storage.volume_create(req).await
     }
 
     async fn volume_inspect(&self, name: String) -> Result<docker::Volume, BusError> {
@@ -26,18 +27,14 @@ impl crate::routes::volumes::Backend for BusBackend {
     }
 
     async fn volume_remove(&self, name: String, force: bool) -> Result<(), BusError> {
-        self.bus.request(&VolumeRemove { name, force }).await
+        self.storage.volume_remove(VolumeRemove { name, force }).await
     }
 
     async fn volume_prune(
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<docker::VolumePruneResponse, BusError> {
-        // Pruning measures every volume: give it longer than a plain request.
-        self.bus
-            .with_timeout(std::time::Duration::from_secs(300))
-            .request(&VolumePrune { filters })
-            .await
+        self.storage.volume_prune(VolumePrune { filters }).await
     }
 
     async fn storage_usage(&self) -> Result<StorageUsage, BusError> {

@@ -35,13 +35,15 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
 
 /// All values of every key, decoded (`t` and `changes` repeat).
 fn multi_query(raw: &Option<String>) -> (HashMap<String, String>, HashMap<String, Vec<String>>) {
-    let mut last = HashMap::new();
+    // one value: the first, as Go's `url.Values.Get` (docker-py sends a Dockerfile
+    // from outside the context as `dockerfile=<name>&dockerfile=<its text>`)
+    let mut first = HashMap::new();
     let mut all: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in form_urlencoded_pairs(raw.as_deref().unwrap_or("")) {
         all.entry(k.clone()).or_default().push(v.clone());
-        last.insert(k, v);
+        first.entry(k).or_insert(v);
     }
-    (last, all)
+    (first, all)
 }
 
 fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
@@ -147,7 +149,7 @@ async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, bo
     let config: Option<docker::ContainerConfig> = if body.iter().all(|c| c.is_ascii_whitespace()) || &body[..] == b"null" {
         None
     } else {
-        Some(serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
+        Some(crate::gojson::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
     };
     let r = ContainerCommit {
         container,
@@ -170,5 +172,8 @@ mod tests {
         let (q, all) = super::multi_query(&Some("t=a%3A1&t=b&buildargs=%7B%22X%22%3A%221%22%7D&q=1".into()));
         assert_eq!(all["t"], vec!["a:1", "b"]);
         assert_eq!(q["buildargs"], r#"{"X":"1"}"#);
+        // docker-py's Dockerfile from outside the context: its name, then its text
+        let (q, _) = super::multi_query(&Some("dockerfile=.dockerfile.ab&dockerfile=FROM+busybox%0ACOPY+.+%2Fsrc".into()));
+        assert_eq!(q["dockerfile"], ".dockerfile.ab");
     }
 }

@@ -166,7 +166,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResul
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    crate::gojson::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 async fn create<B: Backend>(
@@ -202,7 +202,42 @@ async fn inspect<B: Backend>(
     let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
     legacy_network_fields(&mut j, v);
+    endpoint_keys(&mut j, v);
     Ok(Json(j))
+}
+
+/// Every endpoint of `NetworkSettings.Networks` has all of Go's keys, unset ones as
+/// their zero value (`"Aliases": null`, `"MacAddress": ""`): strict clients index
+/// them (docker-py reads `Aliases` of a network it gave none).
+fn endpoint_keys(j: &mut serde_json::Value, v: ApiVersion) {
+    use serde_json::{json, Value};
+    let Some(nets) = j.pointer_mut("/NetworkSettings/Networks").and_then(|n| n.as_object_mut()) else { return };
+    let mut keys: Vec<(&str, Value)> = vec![
+        ("IPAMConfig", Value::Null),
+        ("Links", Value::Null),
+        ("Aliases", Value::Null),
+        ("MacAddress", json!("")),
+        ("DriverOpts", Value::Null),
+        ("NetworkID", json!("")),
+        ("EndpointID", json!("")),
+        ("Gateway", json!("")),
+        ("IPAddress", json!("")),
+        ("IPPrefixLen", json!(0)),
+        ("IPv6Gateway", json!("")),
+        ("GlobalIPv6Address", json!("")),
+        ("GlobalIPv6PrefixLen", json!(0)),
+    ];
+    if !v.less_than("1.44") {
+        keys.push(("DNSNames", Value::Null));
+    }
+    if !v.less_than("1.48") {
+        keys.push(("GwPriority", json!(0)));
+    }
+    for ep in nets.values_mut().filter_map(|e| e.as_object_mut()) {
+        for (k, zero) in &keys {
+            ep.entry(*k).or_insert_with(|| zero.clone());
+        }
+    }
 }
 
 /// Before API 1.52 Docker also sent the default network's address at the top of
@@ -523,8 +558,10 @@ async fn exec_start<B: Backend>(
             }
         };
     };
+    let client = crate::listen::ClientConn::current().hold();
     tokio::spawn(async move {
-        // the process starts once the 101 is on the wire, as Moby's does
+        // the process starts once the 101 is on the wire, as Moby's does, and the
+        // client has read it (see `HeldConn::read_all`)
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -532,6 +569,9 @@ async fn exec_start<B: Backend>(
                 return;
             }
         };
+        client.read_all(std::time::Duration::from_secs(1)).await;
+        // its copy of the socket would keep the connection open past the stream's end
+        drop(client);
         let io = hyper_util::rt::TokioIo::new(upgraded);
         match b.exec_start(r).await {
             Ok((_, out, input)) => hijack::pump_io(io, out, Some(input), session).await,

@@ -127,7 +127,8 @@ mod tests {
     use super::*;
     #[test]
     fn filters_like_docker() {
-        let ev = Event::now("container", "start", "abcdef").attr("name", "web").attr("image", "busybox").attr("tier", "x");
+        use bus_schema::event::{Action, EventType};
+        let ev = Event::now(EventType::Container, Action::Start, "abcdef").attr("name", "web").attr("image", "busybox").attr("tier", "x");
         let j = to_json(&ev);
         assert_eq!(j["status"], "start");
         assert_eq!(j["from"], "busybox");

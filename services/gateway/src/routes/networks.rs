@@ -66,7 +66,7 @@ fn json_body<T: serde::de::DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("invalid JSON: request body is empty"));
     }
-    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    crate::gojson::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 async fn list<B: Backend>(

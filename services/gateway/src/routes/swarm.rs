@@ -2,7 +2,6 @@
 //! request goes to this node's swarm service, which answers from the cluster's store
 //! when the node is a manager and with Docker's 503 when it is not.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::{
@@ -13,11 +12,10 @@ use axum::{
     routing::{get, post},
     Extension, Json, Router,
 };
-use berth_bus::StreamReader;
-use bus_schema::runtime::StreamInfo;
 use bus_schema::stream::StdioChunk;
 use bus_schema::swarm::*;
-use bus_schema::{docker, BusError, Rpc, StreamRpc};
+use bus_schema::{docker, BusStream};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
@@ -25,13 +23,9 @@ use crate::util::{self, bool_value, Query as Q};
 use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
-    /// A request to this node's swarm service.
-    fn swarm<R: Rpc>(&self, r: R) -> impl Future<Output = Result<R::Reply, BusError>> + Send;
-    /// A streamed request (logs) to this node's swarm service.
-    fn swarm_stream<R: StreamRpc<Reply = StreamInfo, Item = StdioChunk>>(
-        &self,
-        r: R,
-    ) -> impl Future<Output = Result<(StreamInfo, StreamReader<StdioChunk>), BusError>> + Send;
+    type Swarm: SwarmApi;
+    /// This node's swarm service (its typed client over the bus).
+    fn swarm(&self) -> &Self::Swarm;
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
@@ -85,29 +79,29 @@ fn ok_empty() -> Response {
 }
 
 async fn swarm_inspect<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<SwarmObject>> {
-    Ok(Json(b.swarm(SwarmInspect {}).await?))
+    Ok(Json(b.swarm().swarm_inspect(SwarmInspect {}).await?))
 }
 
 async fn swarm_init<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Json<String>> {
     let req: docker::SwarmInitRequest = body(&raw)?;
-    Ok(Json(b.swarm(SwarmInit { req }).await?))
+    Ok(Json(b.swarm().swarm_init(SwarmInit { req }).await?))
 }
 
 async fn swarm_join<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
     let req: docker::SwarmJoinRequest = body(&raw)?;
-    b.swarm(SwarmJoin { req }).await?;
+    b.swarm().swarm_join(SwarmJoin { req }).await?;
     Ok(ok_empty())
 }
 
 async fn swarm_leave<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Response> {
-    b.swarm(SwarmLeave { force: bool_value(&q, "force") }).await?;
+    b.swarm().swarm_leave(SwarmLeave { force: bool_value(&q, "force") }).await?;
     Ok(ok_empty())
 }
 
 async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::SwarmSpec = body(&raw)?;
     let version = version(&q, "swarm")?;
-    b.swarm(SwarmUpdate {
+    b.swarm().swarm_update(SwarmUpdate {
         version,
         spec,
         rotate_worker_token: bool_value(&q, "rotateWorkerToken"),
@@ -119,32 +113,32 @@ async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>, r
 }
 
 async fn swarm_unlock_key<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<docker::UnlockKeyResponse>> {
-    Ok(Json(b.swarm(SwarmUnlockKey {}).await?))
+    Ok(Json(b.swarm().swarm_unlock_key(SwarmUnlockKey {}).await?))
 }
 
 async fn swarm_unlock<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
     let req: docker::SwarmUnlockRequest = body(&raw)?;
-    b.swarm(SwarmUnlock { key: req.unlock_key.unwrap_or_default() }).await?;
+    b.swarm().swarm_unlock(SwarmUnlock { key: req.unlock_key.unwrap_or_default() }).await?;
     Ok(ok_empty())
 }
 
 async fn node_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Node>>> {
-    Ok(Json(b.swarm(NodeList { filters: util::filters(&q)? }).await?))
+    Ok(Json(b.swarm().node_list(NodeList { filters: util::filters(&q)? }).await?))
 }
 
 async fn node_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Node>> {
-    Ok(Json(b.swarm(NodeInspect { id }).await?))
+    Ok(Json(b.swarm().node_inspect(NodeInspect { id }).await?))
 }
 
 async fn node_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::NodeSpec = body(&raw)?;
     let version = version(&q, "node")?;
-    b.swarm(NodeUpdate { id, version, spec }).await?;
+    b.swarm().node_update(NodeUpdate { id, version, spec }).await?;
     Ok(ok_empty())
 }
 
 async fn node_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
-    b.swarm(NodeRemove { id, force: bool_value(&q, "force") }).await?;
+    b.swarm().node_remove(NodeRemove { id, force: bool_value(&q, "force") }).await?;
     Ok(ok_empty())
 }
 
@@ -154,23 +148,23 @@ fn registry_auth(h: &HeaderMap) -> Option<String> {
 
 async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ServiceSpec = body(&raw)?;
-    let r = b.swarm(ServiceCreate { spec, auth: registry_auth(&headers) }).await?;
+    let r = b.swarm().service_create(ServiceCreate { spec, auth: registry_auth(&headers) }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
 async fn service_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<ServiceObject>>> {
-    Ok(Json(b.swarm(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?))
+    Ok(Json(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?))
 }
 
 async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Json<ServiceObject>> {
-    Ok(Json(b.swarm(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?))
+    Ok(Json(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?))
 }
 
 async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ServiceSpec = body(&raw)?;
     let version = version(&q, "service")?;
     let r = b
-        .swarm(ServiceUpdate {
+        .swarm().service_update(ServiceUpdate {
             id,
             version,
             spec,
@@ -184,7 +178,7 @@ async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 }
 
 async fn service_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.swarm(ServiceRemove { id }).await?;
+    b.swarm().service_remove(ServiceRemove { id }).await?;
     Ok(ok_empty())
 }
 
@@ -210,7 +204,8 @@ fn log_options(q: &Q) -> ApiResult<LogOptions> {
 }
 
 /// Log lines as multiplexed frames (Moby sends no Content-Type before API 1.42).
-fn log_response(mut rd: StreamReader<StdioChunk>, v: ApiVersion) -> Response {
+fn log_response(mut rd: BusStream<StdioChunk>, v: ApiVersion) -> Response {
+    // dropping `rd` (client gone) stops the swarm service's readers
     let s = util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
             let Ok(c) = item else { return };
@@ -218,7 +213,6 @@ fn log_response(mut rd: StreamReader<StdioChunk>, v: ApiVersion) -> Response {
             frame.extend_from_slice(&(c.data.len() as u32).to_be_bytes());
             frame.extend_from_slice(&c.data);
             if tx.send(Ok(bytes::Bytes::from(frame))).await.is_err() {
-                rd.cancel().await;
                 return;
             }
         }
@@ -232,73 +226,73 @@ fn log_response(mut rd: StreamReader<StdioChunk>, v: ApiVersion) -> Response {
 
 async fn service_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
     let opts = log_options(&q)?;
-    let (_, rd) = b.swarm_stream(ServiceLogs { id, opts }).await?;
+    let (_, rd) = b.swarm().service_logs(ServiceLogs { id, opts }).await?;
     Ok(log_response(rd, v))
 }
 
 async fn task_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
     let opts = log_options(&q)?;
-    let (_, rd) = b.swarm_stream(TaskLogs { id, opts }).await?;
+    let (_, rd) = b.swarm().task_logs(TaskLogs { id, opts }).await?;
     Ok(log_response(rd, v))
 }
 
 async fn task_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Task>>> {
-    Ok(Json(b.swarm(TaskList { filters: util::filters(&q)? }).await?))
+    Ok(Json(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?))
 }
 
 async fn task_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Task>> {
-    Ok(Json(b.swarm(TaskInspect { id }).await?))
+    Ok(Json(b.swarm().task_inspect(TaskInspect { id }).await?))
 }
 
 async fn secret_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Secret>>> {
-    Ok(Json(b.swarm(SecretList { filters: util::filters(&q)? }).await?))
+    Ok(Json(b.swarm().secret_list(SecretList { filters: util::filters(&q)? }).await?))
 }
 
 async fn secret_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::SecretSpec = body(&raw)?;
-    let r = b.swarm(SecretCreate { spec }).await?;
+    let r = b.swarm().secret_create(SecretCreate { spec }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
 async fn secret_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Secret>> {
-    Ok(Json(b.swarm(SecretInspect { id }).await?))
+    Ok(Json(b.swarm().secret_inspect(SecretInspect { id }).await?))
 }
 
 async fn secret_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::SecretSpec = body(&raw)?;
     let version = version(&q, "secret")?;
-    b.swarm(SecretUpdate { id, version, spec }).await?;
+    b.swarm().secret_update(SecretUpdate { id, version, spec }).await?;
     Ok(ok_empty())
 }
 
 async fn secret_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.swarm(SecretRemove { id }).await?;
+    b.swarm().secret_remove(SecretRemove { id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn config_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Config>>> {
-    Ok(Json(b.swarm(ConfigList { filters: util::filters(&q)? }).await?))
+    Ok(Json(b.swarm().config_list(ConfigList { filters: util::filters(&q)? }).await?))
 }
 
 async fn config_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ConfigSpec = body(&raw)?;
-    let r = b.swarm(ConfigCreate { spec }).await?;
+    let r = b.swarm().config_create(ConfigCreate { spec }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
 async fn config_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Config>> {
-    Ok(Json(b.swarm(ConfigInspect { id }).await?))
+    Ok(Json(b.swarm().config_inspect(ConfigInspect { id }).await?))
 }
 
 async fn config_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ConfigSpec = body(&raw)?;
     let version = version(&q, "config")?;
-    b.swarm(ConfigUpdate { id, version, spec }).await?;
+    b.swarm().config_update(ConfigUpdate { id, version, spec }).await?;
     Ok(ok_empty())
 }
 
 async fn config_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.swarm(ConfigRemove { id }).await?;
+    b.swarm().config_remove(ConfigRemove { id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -109,7 +109,7 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<R
         return Err(ApiError::bad_request("got EOF while reading request body"));
     }
     let c: CreateBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        crate::gojson::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = c.name.filter(|n| !n.is_empty());
     // a volume created without a name is anonymous (Moby labels it so), and so
     // pruned by API 1.42+ without `all`

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use berth_bus::Bus;
-use berth_network::client::NetworkClient;
+use berth_network::NetworkClient;
 use berth_network::{Config, NetworkApi, NetworkService};
 use berth_test_support::Nats;
 use bus_schema::network::*;

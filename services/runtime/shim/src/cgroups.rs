@@ -75,7 +75,11 @@ impl Layout {
             }
             let mount = PathBuf::from(unescape(pre[4]));
             match post[0] {
-                "cgroup2" => hs.push(Hierarchy {
+                // the first mount of each hierarchy only: a second mount of the
+                // same one (a bind into another root on the host, such as a test's
+                // chroot) is not another hierarchy, and mounting it twice at the
+                // same place in a container fails with EBUSY
+                "cgroup2" if !hs.iter().any(|h| h.v2) => hs.push(Hierarchy {
                     mount,
                     controllers: vec![],
                     v2: true,
@@ -802,6 +806,14 @@ mod tests {
         );
         assert_eq!(l.hierarchies[3].controllers, vec!["name=systemd"]);
         assert!(l.with("pids").is_none());
+        // a hierarchy mounted again elsewhere (another root's /sys/fs/cgroup) counts once
+        let again = format!(
+            "{HYBRID}170 160 0:38 / /var/tmp/x/root/sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+             171 160 0:32 / /var/tmp/x/root/sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        );
+        let l2 = Layout::from_mountinfo(&again);
+        assert_eq!(l2.hierarchies.len(), l.hierarchies.len());
+        assert_eq!(l2.hierarchies.iter().filter(|h| h.v2).count(), l.hierarchies.iter().filter(|h| h.v2).count());
         let v2 = Layout::from_mountinfo(
             "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
         );

@@ -38,6 +38,7 @@ mod tag {
     pub const EXEC: u8 = 6;
     pub const STATE: u8 = 7;
     pub const WAIT: u8 = 8;
+    pub const EXEC_WAIT: u8 = 9;
 
     pub const STARTED: u8 = 65;
     pub const START_FAILED: u8 = 66;
@@ -48,6 +49,18 @@ mod tag {
     pub const STATE_REPLY: u8 = 71;
     pub const EXEC_STARTED: u8 = 72;
     pub const EXEC_EXITED: u8 = 73;
+}
+
+/// Where the shim records the exit of an exec that ended without a client (the
+/// runtime was gone): `<bundle>/exec-<id>.exit.json`. None for an id that is not a
+/// plain name (it becomes a file name).
+pub fn exec_exit_file(bundle: &std::path::Path, exec_id: &str) -> Option<std::path::PathBuf> {
+    let plain = !exec_id.is_empty()
+        && exec_id.len() <= 128
+        && exec_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then(|| bundle.join(format!("exec-{exec_id}.exit.json")))
 }
 
 /// How a container's (or exec's) process ended. Stored as `<bundle>/exit.json`.
@@ -125,6 +138,11 @@ pub enum Request {
     Exec(Box<ExecRequest>),
     State,
     Wait,
+    /// Become the client of a running exec whose client went away (a runtime that
+    /// restarted): `ExecStarted` with its pid, then its `ExecExited`; `Error` when no
+    /// such exec runs (its exit, if it ended meanwhile, is in the bundle:
+    /// [`exec_exit_file`]).
+    ExecWait { exec_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +223,7 @@ impl Request {
             Request::Exec(e) => frame(out, tag::EXEC, &json(e)),
             Request::State => frame(out, tag::STATE, &[]),
             Request::Wait => frame(out, tag::WAIT, &[]),
+            Request::ExecWait { exec_id } => frame(out, tag::EXEC_WAIT, exec_id.as_bytes()),
         }
     }
 
@@ -233,6 +252,9 @@ impl Request {
             tag::EXEC => Request::Exec(Box::new(from_json(p, "exec request")?)),
             tag::STATE => Request::State,
             tag::WAIT => Request::Wait,
+            tag::EXEC_WAIT => Request::ExecWait {
+                exec_id: String::from_utf8(p.to_vec()).map_err(|_| bad("exec id"))?,
+            },
             _ => return Err(bad("request")),
         })
     }
@@ -364,6 +386,20 @@ mod tests {
         })));
         rt_req(Request::State);
         rt_req(Request::Wait);
+        rt_req(Request::ExecWait {
+            exec_id: "e1".into(),
+        });
+    }
+
+    #[test]
+    fn exec_exit_files_are_plain_names_in_the_bundle() {
+        let b = std::path::Path::new("/b");
+        assert_eq!(
+            exec_exit_file(b, "ab12-x_"),
+            Some(std::path::PathBuf::from("/b/exec-ab12-x_.exit.json"))
+        );
+        assert_eq!(exec_exit_file(b, "../x"), None);
+        assert_eq!(exec_exit_file(b, ""), None);
     }
 
     #[test]

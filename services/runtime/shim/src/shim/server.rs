@@ -536,6 +536,25 @@ impl Server {
                     self.send_exited(i, x);
                 }
             }
+            Request::ExecWait { exec_id } => {
+                let found = self.execs.iter().position(|x| {
+                    x.as_ref()
+                        .is_some_and(|x| x.id == exec_id && x.conn.is_none())
+                });
+                match found {
+                    Some(idx) if exec.is_none() => {
+                        let x = self.execs[idx].as_mut().unwrap();
+                        x.conn = Some(i);
+                        let pid = x.pid as u32;
+                        self.conns[i].as_mut().unwrap().exec = Some(idx);
+                        self.send(i, &Event::ExecStarted { pid });
+                    }
+                    _ => self.send(
+                        i,
+                        &Event::Error(format!("no exec {exec_id} without a client")),
+                    ),
+                }
+            }
         }
     }
 
@@ -698,12 +717,22 @@ impl Server {
                 oom_killed: false,
                 finished_at: Time::now().format(false),
             };
-            if let Some(ci) = x.conn {
-                self.send(ci, &Event::ExecExited(st));
-                if let Some(c) = self.conns[ci].as_mut() {
-                    c.exec = None;
+            match x.conn {
+                Some(ci) => {
+                    self.send(ci, &Event::ExecExited(st));
+                    if let Some(c) = self.conns[ci].as_mut() {
+                        c.exec = None;
+                    }
+                    self.flush_conn(ci);
                 }
-                self.flush_conn(ci);
+                // its client (the runtime) is gone: the next one reads the exit here
+                None => {
+                    if let Some(p) = proto::exec_exit_file(&self.bundle, &x.id) {
+                        if let Err(e) = write_json_atomic(&p, &st) {
+                            log!("writing {}: {e}", p.display());
+                        }
+                    }
+                }
             }
         }
         while matches!(self.execs.last(), Some(None)) {
@@ -927,10 +956,14 @@ fn exec_child(
 
 /// `<bundle>/exit.json`, atomically (no fsync: atomicity matters, not durability).
 pub fn write_exit(bundle: &Path, st: &ExitStatus) -> io::Result<()> {
-    let tmp = bundle.join(".exit.json.tmp");
+    write_json_atomic(&bundle.join("exit.json"), st)
+}
+
+fn write_json_atomic(p: &Path, st: &ExitStatus) -> io::Result<()> {
+    let tmp = p.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(st).map_err(io::Error::other)?)?;
     }
-    std::fs::rename(&tmp, bundle.join("exit.json"))
+    std::fs::rename(&tmp, p)
 }
