@@ -183,6 +183,36 @@ fn single_node_swarm() {
     assert_eq!(ls.trim(), "0/1");
     node.docker_ok(&["service", "rm", "crash"]);
 
+    // secrets and configs through the CLI, mounted in a task: the secret read-only on
+    // a tmpfs at /run/secrets/NAME, the config at its target
+    let sf = node.dir.path().join("s1.txt");
+    std::fs::write(&sf, "top-secret\n").unwrap();
+    let sid = node.docker_ok(&["secret", "create", "s1", sf.to_str().unwrap()]);
+    let cf = node.dir.path().join("c1.txt");
+    std::fs::write(&cf, "k=v\n").unwrap();
+    node.docker_ok(&["config", "create", "c1", cf.to_str().unwrap()]);
+    assert_eq!(node.docker_ok(&["secret", "ls", "--format", "{{.ID}} {{.Name}}"]).trim(), format!("{} s1", sid.trim()));
+    assert_eq!(node.docker_ok(&["secret", "inspect", "s1", "--format", "{{.Spec.Name}} {{.Spec.Data}}"]).trim(), "s1 []", "a secret's data never comes back");
+    assert_eq!(node.docker_ok(&["config", "inspect", "c1", "--format", "{{printf \"%s\" .Spec.Data}}"]).trim(), "k=v");
+    node.docker_ok(&["service", "create", "--name", "sec", "--secret", "s1", "--config", "source=c1,target=/etc/c1.conf", &img, "sleep", "1d"]);
+    let cid = lines(&node.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=sec"]))[0].clone();
+    assert_eq!(node.docker_ok(&["exec", &cid, "cat", "/run/secrets/s1", "/etc/c1.conf"]), "top-secret\nk=v\n");
+    let mounts = node.docker_ok(&["exec", &cid, "cat", "/proc/mounts"]);
+    let m = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/run/secrets/s1")).unwrap_or_else(|| panic!("{mounts}"));
+    assert!(m.contains(" tmpfs ") && m.contains("ro,"), "{m}");
+    assert!(!node.docker(&["exec", &cid, "sh", "-c", "echo x > /run/secrets/s1"]).status.success(), "the secret is writable");
+    let o = node.docker(&["secret", "rm", "s1"]);
+    assert!(out(&o).contains("secret 's1' is in use by the following service: sec"), "{}", out(&o));
+    node.docker_ok(&["service", "rm", "sec"]);
+    wait_for(30, "the task files released", &node, || {
+        let left = std::fs::read_dir(node.root.join("run/swarm-files")).map(|d| d.count()).unwrap_or(0);
+        let ctrs = lines(&node.docker_ok(&["ps", "-aq", "--filter", "label=com.docker.swarm.service.name=sec"])).len();
+        (left == 0 && ctrs == 0).then_some(())
+    });
+    node.docker_ok(&["secret", "rm", "s1"]);
+    node.docker_ok(&["config", "rm", "c1"]);
+    assert_eq!(node.docker_ok(&["secret", "ls", "-q"]).trim(), "");
+
     // rm: the tasks' containers go
     node.docker_ok(&["service", "rm", "web"]);
     wait_for(30, "task containers removed", &node, || {
@@ -190,7 +220,7 @@ fn single_node_swarm() {
         (n == 0).then_some(())
     });
     let ev = node.docker_ok(&["events", "--since", "0", "--until", "+1s", "--filter", "type=service", "--filter", "event=remove", "--format", "{{.Actor.Attributes.name}}"]);
-    assert_eq!(lines(&ev), vec!["crash", "web"], "{ev}");
+    assert_eq!(lines(&ev), vec!["crash", "sec", "web"], "{ev}");
 
     // leave: the last manager needs --force, then the node is out of the swarm
     let o = node.docker(&["swarm", "leave"]);

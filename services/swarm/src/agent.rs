@@ -165,10 +165,11 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
     let mut waiter: Option<tokio::task::JoinHandle<Option<i64>>> = None;
     loop {
         let Some(t) = rx.borrow().clone() else {
-            // Gone from the store: so is its container.
+            // Gone from the store: so are its container and its files.
             if let Some(id) = &container {
                 let _ = nb.remove(id).await;
             }
+            crate::taskfiles::release(&c.svc.task_files, &first.id);
             return;
         };
         let past = rep.last.as_ref().map(|s| s.state).unwrap_or(TaskState::Assigned);
@@ -294,7 +295,12 @@ async fn prepare(c: &Cluster, t: &TaskRecord) -> Result<String, BusError> {
         nb.pull(&image, None).await.map_err(|e| BusError::not_found(format!("No such image: {image}")).context(e.message).context("pull"))?;
     }
     let name = task_name(t);
-    let body = container_body(c, t);
+    let mut body = container_body(c, t);
+    let binds = crate::taskfiles::prepare(c, &c.svc.task_files, t)?;
+    if !binds.is_empty() {
+        let hc = body.host_config.get_or_insert_with(Default::default);
+        hc.binds.get_or_insert_with(Vec::new).extend(binds);
+    }
     match nb.create(&name, body.clone()).await {
         Ok(id) => Ok(id),
         Err(e) if e.is(bus_schema::ErrorKind::Conflict) => {

@@ -232,6 +232,7 @@ impl Cluster {
                 }
             }
         }
+        crate::taskfiles::release_all(&self.svc.task_files);
         std::fs::remove_dir_all(&self.svc.files.dir).map_err(internal)?;
         Ok(())
     }

@@ -13,6 +13,15 @@ fn version(rev: u64) -> Option<docker::ObjectVersion> {
 /// What swarmkit adds to a service spec on the way in: the container runtime and the
 /// default isolation.
 pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
+    // Moby's convert: no mode is replicated, a replicated mode without a count runs 1
+    // (the CLI sends `"Replicated":{}` when --replicas is not given)
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if mode.replicated.is_none() && mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
+        mode.replicated = Some(Default::default());
+    }
+    if let Some(r) = mode.replicated.as_mut() {
+        r.replicas.get_or_insert(1);
+    }
     let tt = spec.task_template.get_or_insert_with(Default::default);
     normalize_task_spec(tt);
     if tt.runtime.is_none() {

@@ -28,6 +28,7 @@ pub mod node_bus;
 pub mod orchestrator;
 pub mod server;
 pub mod store;
+pub mod taskfiles;
 pub mod tls;
 
 use berth_bus::{Bus, Server};
@@ -102,6 +103,8 @@ pub struct SwarmService {
     pub(crate) nb: node_bus::NodeBus,
     pub(crate) files: natsconf::Files,
     pub(crate) logs: std::path::PathBuf,
+    /// Where tasks' secrets and configs are mounted (tmpfs each, see [`taskfiles`]).
+    pub(crate) task_files: std::path::PathBuf,
     pub(crate) host: HostFacts,
     /// Serialises init, join, leave and start-up.
     transition: tokio::sync::Mutex<()>,
@@ -117,6 +120,7 @@ impl SwarmService {
             nb: node_bus::NodeBus::new(bus),
             files: natsconf::Files::new(&paths.swarm()),
             logs: paths.logs(),
+            task_files: paths.run().join("swarm-files"),
             host: HostFacts::probe(),
             transition: tokio::sync::Mutex::new(()),
             active: RwLock::new(None),
