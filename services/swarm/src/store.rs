@@ -288,8 +288,10 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
-        let st = self.kv.status().await.map_err(|e| classify(e.to_string()))?;
-        Ok(st.info.state.messages == 0)
+        // asked of the server: async-nats' `status()` answers the info cached when the
+        // handle was made (a bucket empty then stayed "empty": list() answered nothing)
+        let info = self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?;
+        Ok(info.state.messages == 0)
     }
 
     /// Every change from the latest value of each key on: items are (change, caught
