@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -93,12 +93,12 @@ async fn swarm_join<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResul
     Ok(ok_empty())
 }
 
-async fn swarm_leave<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn swarm_leave<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Response> {
     b.swarm().swarm_leave(SwarmLeave { force: bool_value(&q, "force") }).await?;
     Ok(ok_empty())
 }
 
-async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
+async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::SwarmSpec = body(&raw)?;
     let version = version(&q, "swarm")?;
     b.swarm().swarm_update(SwarmUpdate {
@@ -122,7 +122,7 @@ async fn swarm_unlock<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiRes
     Ok(ok_empty())
 }
 
-async fn node_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Node>>> {
+async fn node_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Node>>> {
     Ok(Json(b.swarm().node_list(NodeList { filters: util::filters(&q)? }).await?))
 }
 
@@ -130,14 +130,14 @@ async fn node_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
     Ok(Json(b.swarm().node_inspect(NodeInspect { id }).await?))
 }
 
-async fn node_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
+async fn node_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::NodeSpec = body(&raw)?;
     let version = version(&q, "node")?;
     b.swarm().node_update(NodeUpdate { id, version, spec }).await?;
     Ok(ok_empty())
 }
 
-async fn node_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn node_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Response> {
     b.swarm().node_remove(NodeRemove { id, force: bool_value(&q, "force") }).await?;
     Ok(ok_empty())
 }
@@ -152,15 +152,15 @@ async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap,
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn service_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<ServiceObject>>> {
+async fn service_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<ServiceObject>>> {
     Ok(Json(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?))
 }
 
-async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Json<ServiceObject>> {
+async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<ServiceObject>> {
     Ok(Json(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?))
 }
 
-async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
+async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ServiceSpec = body(&raw)?;
     let version = version(&q, "service")?;
     let r = b
@@ -224,19 +224,19 @@ fn log_response(mut rd: BusStream<StdioChunk>, v: ApiVersion) -> Response {
     res
 }
 
-async fn service_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
+async fn service_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
     let opts = log_options(&q)?;
     let (_, rd) = b.swarm().service_logs(ServiceLogs { id, opts }).await?;
     Ok(log_response(rd, v))
 }
 
-async fn task_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
+async fn task_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, Extension(v): Extension<ApiVersion>) -> ApiResult<Response> {
     let opts = log_options(&q)?;
     let (_, rd) = b.swarm().task_logs(TaskLogs { id, opts }).await?;
     Ok(log_response(rd, v))
 }
 
-async fn task_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Task>>> {
+async fn task_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Task>>> {
     Ok(Json(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?))
 }
 
@@ -244,7 +244,7 @@ async fn task_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
     Ok(Json(b.swarm().task_inspect(TaskInspect { id }).await?))
 }
 
-async fn secret_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Secret>>> {
+async fn secret_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Secret>>> {
     Ok(Json(b.swarm().secret_list(SecretList { filters: util::filters(&q)? }).await?))
 }
 
@@ -258,7 +258,7 @@ async fn secret_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
     Ok(Json(b.swarm().secret_inspect(SecretInspect { id }).await?))
 }
 
-async fn secret_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
+async fn secret_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::SecretSpec = body(&raw)?;
     let version = version(&q, "secret")?;
     b.swarm().secret_update(SecretUpdate { id, version, spec }).await?;
@@ -270,7 +270,7 @@ async fn secret_remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Strin
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn config_list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::Config>>> {
+async fn config_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Config>>> {
     Ok(Json(b.swarm().config_list(ConfigList { filters: util::filters(&q)? }).await?))
 }
 
@@ -284,7 +284,7 @@ async fn config_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
     Ok(Json(b.swarm().config_inspect(ConfigInspect { id }).await?))
 }
 
-async fn config_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, raw: Bytes) -> ApiResult<Response> {
+async fn config_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
     let spec: docker::ConfigSpec = body(&raw)?;
     let version = version(&q, "config")?;
     b.swarm().config_update(ConfigUpdate { id, version, spec }).await?;
