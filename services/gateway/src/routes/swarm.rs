@@ -306,12 +306,28 @@ mod tests {
     /// A swarm service that is in no swarm: every request gets Docker's 503.
     struct NoSwarm;
 
+    const NO: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+
     impl Backend for NoSwarm {
-        async fn swarm<R: Rpc>(&self, _r: R) -> Result<R::Reply, BusError> {
-            Err(BusError::unavailable("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."))
+        type Swarm = NoSwarm;
+        fn swarm(&self) -> &NoSwarm {
+            self
         }
-        async fn swarm_stream<R: StreamRpc<Reply = StreamInfo, Item = StdioChunk>>(&self, _r: R) -> Result<(StreamInfo, StreamReader<StdioChunk>), BusError> {
-            Err(BusError::unavailable("no"))
+    }
+
+    // the operations the test calls (bus-schema's `fakes` answer the others)
+    impl SwarmApi for NoSwarm {
+        async fn node_list(&self, _r: NodeList) -> Result<Vec<docker::Node>, bus_schema::BusError> {
+            Err(bus_schema::BusError::unavailable(NO))
+        }
+        async fn service_list(&self, _r: ServiceList) -> Result<Vec<ServiceObject>, bus_schema::BusError> {
+            Err(bus_schema::BusError::unavailable(NO))
+        }
+        async fn swarm_inspect(&self, _r: SwarmInspect) -> Result<SwarmObject, bus_schema::BusError> {
+            Err(bus_schema::BusError::unavailable(NO))
+        }
+        async fn secret_create(&self, _r: SecretCreate) -> Result<docker::IdResponse, bus_schema::BusError> {
+            Err(bus_schema::BusError::unavailable(NO))
         }
     }
 
@@ -339,7 +355,9 @@ mod tests {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
         let (st, _) = call("POST", "/services/x/update", "{}").await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
+        // Moby checks the streams first, with a 500
         let (st, body) = call("GET", "/services/x/logs", "").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(body.contains("you must choose at least one stream"), "{body}");
     }
 }
