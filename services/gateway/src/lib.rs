@@ -21,7 +21,7 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend,
+    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend + routes::swarm::Backend,
 {
     let r = Router::new()
         .merge(routes::system::router(b.clone()))
@@ -31,6 +31,7 @@ where
         .merge(routes::volumes::router(b.clone()))
         .merge(routes::images::router(b.clone()))
         .merge(routes::networks::router(b.clone()))
+        .merge(routes::swarm::router(b.clone()))
         .fallback(routes::unserved::fallback);
     with_limits(r)
         .layer(axum::middleware::from_fn(trace_request))
