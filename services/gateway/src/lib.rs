@@ -54,6 +54,11 @@ pub fn with_limits(r: Router) -> Router {
 async fn json_errors(req: Request, next: axum::middleware::Next) -> axum::response::Response {
     let res = next.run(req).await;
     let st = res.status();
+    // Moby's router answers a known path asked with another method as an unknown
+    // path (its MethodNotAllowedHandler is the not-found one)
+    if st == http::StatusCode::METHOD_NOT_ALLOWED {
+        return error::ApiError::not_found("page not found").into_response();
+    }
     let plain = res
         .headers()
         .get(http::header::CONTENT_TYPE)
