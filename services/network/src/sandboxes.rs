@@ -50,6 +50,7 @@ impl NetworkService {
                 Some(DnsEntry {
                     network_id: e.network_id.clone(),
                     ip: e.ip?,
+                    ip6: e.ip6,
                     names: e.dns_names.clone(),
                     links: e.links.iter().filter_map(|l| dns::parse_link(l)).collect(),
                 })
