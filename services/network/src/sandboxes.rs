@@ -902,7 +902,7 @@ pub(crate) mod tests {
             assert_eq!(ns.gateway6, Some("2001:389::ffff".parse().unwrap()));
         }
         // the same address again, one outside the subnet, a link-local that is not
-        let mut bad = |id: &str, v6: Option<&str>, ll: Option<&str>| {
+        let bad = |id: &str, v6: Option<&str>, ll: Option<&str>| {
             let mut r = req(id, "six");
             r.endpoints.push(EndpointRequest {
                 network: "six".into(),

@@ -326,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn volume_routes_match_moby() {
         let fake = Arc::new(Fake::default());
-        let app = router(fake.clone()).layer(Extension(crate::version::ApiVersion::parse("1.41").unwrap()));
+        let app = router(fake.clone());
         let (s, j) = call(
             &app,
             "POST",
