@@ -557,8 +557,6 @@ fn ipv6_link_local_and_links_on_a_user_network() {
     let up = node.docker_ok(&["inspect", "up", "--format", f]);
     assert_eq!(up.trim(), format!("{again} 64 fd00:{p}::1 {{\"IPv6Address\":\"{again}\"}}"));
     node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", &again]);
-    let ns = node.docker_ok(&["exec", "down", "nslookup", "-type=aaaa", "up.v6"]);
-    assert!(ns.contains(&format!("Address: {again}")), "{ns}");
     node.docker_ok(&["rm", "-f", "up", "down"]);
     node.docker_ok(&["network", "rm", "v6"]);
 }
