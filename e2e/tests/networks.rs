@@ -546,6 +546,10 @@ fn ipv6_link_local_and_links_on_a_user_network() {
     assert!(ns.contains(&format!("Address: {}", up_ip.trim())), "{ns}");
     let o = node.docker(&["exec", "up", "nslookup", "bar"]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains(up_ip.trim()), "bar resolved for up");
+    // AAAA records: the IPv6 address by link alias and by name (ping -6 resolves it)
+    let ns = node.docker_ok(&["exec", "down", "nslookup", "-type=aaaa", "bar"]);
+    assert!(ns.contains(&format!("Address: fd00:{p}::2")), "{ns}");
+    node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", "up"]);
     // `network connect --ip6` of a running container, as asked
     node.docker_ok(&["network", "disconnect", "v6", "up"]);
     let again = format!("fd00:{p}::beef");
