@@ -201,6 +201,33 @@ fn single_node_swarm() {
     let m = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/run/secrets/s1")).unwrap_or_else(|| panic!("{mounts}"));
     assert!(m.contains(" tmpfs ") && m.contains("ro,"), "{m}");
     assert!(!node.docker(&["exec", &cid, "sh", "-c", "echo x > /run/secrets/s1"]).status.success(), "the secret is writable");
+    // The swarm service SIGKILLed: the task files of a task gone from the store (a
+    // tmpfs it could not release, stood for by one mounted here) are swept when `berth
+    // up` restarts it; the live task keeps its own and its secret.
+    let files = node.root.join("run/swarm-files");
+    let live_dir = std::fs::read_dir(&files).unwrap().flatten().next().expect("the task's files").path();
+    let stray = files.join("0leftoverofakilledservice");
+    std::fs::create_dir(&stray).unwrap();
+    let st = std::ffi::CString::new(stray.to_str().unwrap()).unwrap();
+    let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), st.as_ptr(), c"tmpfs".as_ptr(), 0, c"size=64k".as_ptr() as *const libc::c_void) };
+    assert_eq!(rc, 0, "mount the stray tmpfs: {}", std::io::Error::last_os_error());
+    let mounted = |p: &std::path::Path| {
+        let p = p.to_string_lossy().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    };
+    assert!(mounted(&stray) && mounted(&live_dir));
+    let old = node.service_pid("swarm").expect("swarm service pid");
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for(30, "the swarm service restarted, the stray tmpfs swept", &node, || {
+        let back = node.service_pid("swarm").is_some_and(|p| p != old) && node.docker(&["service", "ls"]).status.success();
+        (back && !mounted(&stray) && !stray.exists()).then_some(())
+    });
+    assert!(mounted(&live_dir), "the live task's files were swept");
+    wait_for(30, "the node Ready again after the restart", &node, || {
+        let ls = node.docker(&["node", "ls", "--format", "{{.Status}} {{.ManagerStatus}}"]);
+        (out(&ls).trim() == "Ready Leader").then_some(())
+    });
+    assert_eq!(node.docker_ok(&["exec", &cid, "cat", "/run/secrets/s1"]), "top-secret\n");
     let o = node.docker(&["secret", "rm", "s1"]);
     assert!(out(&o).contains("secret 's1' is in use by the following service: sec"), "{}", out(&o));
     node.docker_ok(&["service", "rm", "sec"]);
@@ -224,7 +251,7 @@ fn single_node_swarm() {
 
     // leave: the last manager needs --force, then the node is out of the swarm
     let o = node.docker(&["swarm", "leave"]);
-    assert!(out(&o).contains("Removing the last manager erases all current state of the swarm."), "{}", out(&o));
+    assert!(out(&o).contains("Removing the last manager erases all current state of the swarm."), "{}\n{}\n{}", out(&o), out(&node.docker(&["node", "ls"])), node.logs());
     node.docker_ok(&["swarm", "leave", "--force"]);
     let info = node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
     assert_eq!(info.trim(), "inactive");

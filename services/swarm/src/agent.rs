@@ -58,6 +58,12 @@ pub async fn run(c: Arc<Cluster>) {
             }
         }
     }
+    // Task files a killed service left behind: a task the store no longer gives this
+    // node has no business with them (a live task keeps its own: its container may run).
+    let live = c.t.tasks.filter(|t| t.node_id.as_deref() == Some(me.as_str())).into_iter().map(|t| t.id).collect();
+    for id in crate::taskfiles::sweep(&c.svc.task_files, &live) {
+        tracing::info!(task = %id, "released the files of a task this node no longer runs");
+    }
     let mut rx = c.t.tasks.subscribe();
     loop {
         let mine: HashMap<String, TaskRecord> = c.t.tasks.filter(|t| t.node_id.as_deref() == Some(me.as_str())).into_iter().map(|t| (t.id.clone(), t)).collect();

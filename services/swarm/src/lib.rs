@@ -147,7 +147,11 @@ impl SwarmService {
         let _g = self.transition.lock().await;
         let local = match local::LocalState::load(&self.files.state()) {
             Ok(Some(l)) => l,
-            Ok(None) => return,
+            Ok(None) => {
+                // In no swarm: no task of this node is live, none of their files is.
+                crate::taskfiles::release_all(&self.task_files);
+                return;
+            }
             Err(e) => {
                 *self.error.write().unwrap() = format!("reading swarm state: {e}");
                 return;
@@ -196,6 +200,7 @@ impl SwarmService {
         let Some(c) = self.active() else {
             if self.files.state().exists() {
                 // A membership that never came back up: leaving forgets it.
+                crate::taskfiles::release_all(&self.task_files);
                 let _ = std::fs::remove_dir_all(&self.files.dir);
                 return Ok(());
             }

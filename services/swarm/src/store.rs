@@ -300,10 +300,16 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
     pub async fn watch_all(&self) -> Result<impl futures_util::Stream<Item = Result<(Change<T>, bool), StoreError>> + Send + 'static + use<T>, StoreError> {
         // every key's last value first, then changes (async-nats' `watch_all` delivers
         // only new ones: a restarted service would start from empty tables)
+        // Caught up at the stream's last message as the watch starts, or when the
+        // server says nothing is pending: a bucket whose key is rewritten all the time
+        // (heartbeats) after a restart got a pending count that never reached 0 in its
+        // first deliveries (seen with nats-server 2.9 here: its copy never became ready, the node showed Down).
+        let info = self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?;
+        let last = info.state.last_sequence;
         let w = self.kv.watch_with_history(">").await.map_err(|e| classify(e.to_string()))?;
-        Ok(w.map(|e| {
+        Ok(w.map(move |e| {
             let e = e.map_err(|e| classify(e.to_string()))?;
-            let done = e.delta == 0;
+            let done = e.delta == 0 || e.revision >= last;
             let ch = match e.operation {
                 kv::Operation::Put => Change::Put { value: Self::dec(&e.key, &e.value)?, key: e.key, revision: e.revision },
                 kv::Operation::Delete | kv::Operation::Purge => Change::Delete { key: e.key, revision: e.revision },

@@ -91,18 +91,55 @@ pub fn prepare(c: &Cluster, root: &Path, t: &TaskRecord) -> Result<Vec<String>, 
 /// Unmount and remove a task's tmpfs, if it has one.
 pub fn release(root: &Path, task_id: &str) {
     let dir = task_dir(root, task_id);
-    if dir.exists() {
-        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    if dir.symlink_metadata().is_ok() {
+        // every mount stacked there (a leftover under a later attempt's); umount2 on a
+        // directory that is no mount point answers EINVAL and ends the loop
+        for _ in 0..16 {
+            if nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW).is_err() {
+                break;
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
-/// Every task's tmpfs (the node leaves the swarm).
+/// Every task's tmpfs (the node leaves the swarm, or is in none).
 pub fn release_all(root: &Path) {
+    sweep(root, &std::collections::HashSet::new());
+    let _ = std::fs::remove_dir(root);
+}
+
+/// The tmpfs of every task not in `live` (the tasks of this node the store still
+/// has): what a swarm service SIGKILLed before it could release them left mounted.
+/// Run before any task is prepared. Returns the task IDs released.
+pub fn sweep(root: &Path, live: &std::collections::HashSet<String>) -> Vec<String> {
+    let mut gone = Vec::new();
     if let Ok(rd) = std::fs::read_dir(root) {
         for e in rd.flatten() {
-            release(root, &e.file_name().to_string_lossy());
+            let id = e.file_name().to_string_lossy().to_string();
+            if !live.contains(&id) {
+                release(root, &id);
+                gone.push(id);
+            }
         }
     }
-    let _ = std::fs::remove_dir(root);
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_keeps_the_live_tasks_files() {
+        let d = tempfile::tempdir().unwrap();
+        for id in ["live", "dead"] {
+            std::fs::create_dir(d.path().join(id)).unwrap();
+            std::fs::write(d.path().join(id).join("0"), "x").unwrap();
+        }
+        let live = ["live".to_string()].into_iter().collect();
+        assert_eq!(sweep(d.path(), &live), vec!["dead".to_string()]);
+        assert!(d.path().join("live/0").exists());
+        assert!(!d.path().join("dead").exists());
+    }
 }
