@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages berth and its tests use, if missing. Idempotent.
-# Runtime: nats-server, iptables/nftables, btrfs-progs, libseccomp (build).
+# Runtime: nats-server, iptables/nftables, btrfs-progs; gcc and pkg-config build C
+# parts of crates (zstd). No libseccomp: the shim compiles its seccomp filters itself.
 # Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus; the package
 # test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate); the
 # docker-py suite: python3-venv (its venv's packages come from PyPI).
 set -euo pipefail
-pkgs=(nats-server iptables nftables btrfs-progs libseccomp-dev pkg-config gcc curl
+pkgs=(nats-server iptables nftables btrfs-progs pkg-config gcc curl
       docker-registry busybox-static umoci skopeo prometheus ca-certificates
       debootstrap systemd python3-venv)
 missing=()
