@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README): builds every binary, runs unit and service tests, then
 # the e2e tests that drive the real docker CLI against nodes started by `berth up`.
-# Needs root for the tests that use kernel features (they skip themselves otherwise).
+# Needs root: the tests that use kernel features fail without it (see
+# berth_test_support::require_root), so the script refuses to start instead.
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+    echo "e2e/test.sh: needs root (mounts, namespaces, cgroups, nftables); run it as root" >&2
+    exit 1
+fi
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 jobs=${BERTH_TEST_THREADS:-2}

@@ -36,20 +36,9 @@ pub fn uniq() -> String {
     hex::encode(b)
 }
 
-pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Skip (return early) when not root: such tests run in CI, which is root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+/// `require_root!()` first in a test that needs root: it fails when not root (CI
+/// is root) unless `BERTH_SKIP_ROOT_TESTS=1` asks to skip.
+pub use berth_test_support::{is_root, require_root};
 
 pub struct Node {
     pub dir: tempfile::TempDir,

@@ -379,10 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn nft_accepts_the_rules() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        berth_test_support::require_root!();
         let t = table_name(&format!("test_{}", &crate::store::new_id()[..8]));
         apply(&render(&t, &nets(), &ports())).await.unwrap();
         let l = list(&t).await.unwrap();

@@ -374,10 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn bridge_and_veth_into_a_namespace() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        berth_test_support::require_root!();
         let nlh = Netlink::host().unwrap();
         let br = format!("bt{}", &crate::store::new_id()[..8]);
         let gw = Ipv4Addr::new(10, 250, 77, 1);

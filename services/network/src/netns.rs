@@ -193,16 +193,9 @@ pub fn is_pinned(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     #[tokio::test]
     async fn create_enter_remove() {
-        if !root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        berth_test_support::require_root!();
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("netns");
         prepare_dir(&dir).unwrap();

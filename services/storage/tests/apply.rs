@@ -7,9 +7,6 @@ use std::path::Path;
 use berth_storage::apply::{apply_tar, ApplyOpts};
 use berth_storage::driver::Whiteouts;
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn hdr(typ: tar::EntryType, mode: u32, uid: u64, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
@@ -117,9 +114,7 @@ fn base_layer_keeps_everything() {
 
 #[test]
 fn overlay_whiteouts_are_devices_and_xattrs() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let d = tempfile::tempdir_in("/var/tmp").unwrap();
     apply(&child_layer(), d.path(), Whiteouts::Overlay);
     let m = std::fs::symlink_metadata(d.path().join("etc/passwd")).unwrap();

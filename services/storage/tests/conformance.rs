@@ -1,6 +1,6 @@
 //! One conformance suite for every storage driver (containerd's snapshotter testsuite
 //! shape): overlay2 and vfs in a temp dir, btrfs on a loop-mounted btrfs image file.
-//! Needs root (mounts); skipped otherwise.
+//! Needs root (mounts); fails otherwise (BERTH_SKIP_ROOT_TESTS=1 skips).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,6 @@ use std::process::Command;
 
 use berth_storage::driver::{self, CommitOpts, DiffSource, Driver, DriverError, Kind};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// Unmounts its target when dropped, so a failed assertion leaves no mount behind.
 struct Mounted(PathBuf);
@@ -174,10 +171,7 @@ fn run(name: &str, storage: &Path) {
 
 #[test]
 fn conformance_overlay2() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    berth_test_support::require_root!();
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     run("overlay2", root.path());
     let d = driver::open("overlay2", root.path(), &[]).unwrap();
@@ -196,10 +190,7 @@ fn conformance_overlay2() {
 
 #[test]
 fn conformance_vfs() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    berth_test_support::require_root!();
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     run("vfs", root.path());
 }
@@ -251,10 +242,7 @@ impl Drop for BtrfsLoop {
 
 #[test]
 fn conformance_btrfs() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    berth_test_support::require_root!();
     let Some(lp) = BtrfsLoop::new() else { return };
     let storage = lp.mnt.join("storage");
     run("btrfs", &storage);

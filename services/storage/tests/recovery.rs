@@ -1,5 +1,5 @@
 //! What a crash leaves and what a restart does with it; switching drivers on one root.
-//! Needs root (overlay2); skipped otherwise.
+//! Needs root (overlay2); fails otherwise (BERTH_SKIP_ROOT_TESTS=1 skips).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,6 @@ use berth_storage::{volumes::NoEvents, Storage, StorageApi};
 use bus_schema::storage::*;
 use sha2::{Digest, Sha256};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn layer_tar(name: &str, size: usize) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -47,9 +44,7 @@ fn snapshots(s: &Storage) -> Vec<String> {
 
 #[test]
 fn a_half_applied_layer_is_gone_after_a_restart() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let tar = layer_tar("big", 4 << 20);
     {
@@ -107,9 +102,7 @@ fn a_half_applied_layer_is_gone_after_a_restart() {
 
 #[test]
 fn interrupted_commits_and_creates_are_reconciled() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,9 +161,7 @@ fn interrupted_commits_and_creates_are_reconciled() {
 
 #[test]
 fn switching_drivers_hides_and_brings_back_layers() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let root = tempfile::tempdir_in("/var/tmp").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

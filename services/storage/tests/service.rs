@@ -1,5 +1,5 @@
 //! The storage service on a real nats-server: every kind of request through the bus.
-//! Needs root (mounts, ownership); skipped otherwise.
+//! Needs root (mounts, ownership); fails otherwise (BERTH_SKIP_ROOT_TESTS=1 skips).
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,9 +14,6 @@ use bus_schema::stream::ByteChunk;
 use bus_schema::{ErrorKind, Service};
 use sha2::{Digest, Sha256};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn digest(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -336,25 +333,19 @@ async fn layers_and_containers(driver: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay2_over_the_bus() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     layers_and_containers("overlay2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vfs_over_the_bus() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     layers_and_containers("vfs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_over_the_bus() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let n = start("overlay2").await;
     let b = &n.storage;
     let v = b
@@ -474,9 +465,7 @@ async fn volumes_over_the_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_client_streams_both_ways() {
-    if !is_root() {
-        return;
-    }
+    berth_test_support::require_root!();
     let n = start("overlay2").await;
     let c = &n.storage;
     let tar = layer(&[("hello", b"world")], &[]);

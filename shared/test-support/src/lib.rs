@@ -6,6 +6,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `BERTH_SKIP_ROOT_TESTS=1`: tests that need root skip themselves (and say so)
+/// instead of failing. Unset (CI, which runs as root), they fail when not root.
+pub fn skip_root_tests() -> bool {
+    std::env::var("BERTH_SKIP_ROOT_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// The first line of a test that needs root: fails when not root, so a run without
+/// root never counts such a test as passed; returns early (a skip, printed) only
+/// when `BERTH_SKIP_ROOT_TESTS=1` asks for it.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            assert!(
+                $crate::skip_root_tests(),
+                "this test needs root (run as root, or set BERTH_SKIP_ROOT_TESTS=1 to skip the tests that need it)"
+            );
+            eprintln!("skipped: needs root (BERTH_SKIP_ROOT_TESTS=1)");
+            return;
+        }
+    };
+}
+
 /// A free TCP port on 127.0.0.1 (released before returning; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

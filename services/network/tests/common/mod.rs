@@ -17,19 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+pub use berth_test_support::{is_root, require_root};
 
 pub fn hex(n: usize) -> String {
     berth_network::store::new_id()[..n].to_string()
