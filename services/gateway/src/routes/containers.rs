@@ -394,7 +394,10 @@ async fn logs<B: Backend>(
     let time = |k: &str| -> ApiResult<f64> {
         match q.get(k).filter(|s| !s.is_empty()) {
             None => Ok(0.0),
-            Some(s) => s.parse::<f64>().map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s}"))),
+            // Moby's ParseTimestamps: seconds with an optional fraction (no `1e9`, `inf`)
+            Some(s) => berth_rules::clock::parse_timestamp(s)
+                .map(|ns| ns as f64 / 1e9)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s}"))),
         }
     };
     let r = rt::ContainerLogs {
