@@ -48,62 +48,54 @@ pub const fn secs(n: u64) -> Duration {
 /// and the bus lets a service answer a request for this long (`allow_responses`).
 pub const MAX_REPLY_WAIT: Duration = Duration::from_secs(2 * 3600);
 
-/// Who may call: the services, and `Admin` (the `berth` CLI). One bus user each.
+/// Who may call: a service, or `Admin` (the `berth` CLI). One bus user each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Caller {
-    Gateway,
-    Images,
-    Storage,
-    Runtime,
-    Network,
-    Builder,
-    Swarm,
+    Service(Service),
     Admin,
 }
 
+/// The services by name, as the tables write them (`callers [Gateway, Runtime]`).
+#[allow(non_upper_case_globals)]
 impl Caller {
-    pub const ALL: [Caller; 8] = [
-        Caller::Gateway,
-        Caller::Images,
-        Caller::Storage,
-        Caller::Runtime,
-        Caller::Network,
-        Caller::Builder,
-        Caller::Swarm,
-        Caller::Admin,
-    ];
+    pub const Gateway: Caller = Caller::Service(Service::Gateway);
+    pub const Images: Caller = Caller::Service(Service::Images);
+    pub const Storage: Caller = Caller::Service(Service::Storage);
+    pub const Runtime: Caller = Caller::Service(Service::Runtime);
+    pub const Network: Caller = Caller::Service(Service::Network);
+    pub const Builder: Caller = Caller::Service(Service::Builder);
+    pub const Swarm: Caller = Caller::Service(Service::Swarm);
+}
+
+impl Caller {
+    /// Every service, then `Admin`.
+    pub const ALL: [Caller; Service::ALL.len() + 1] = {
+        let mut all = [Caller::Admin; Service::ALL.len() + 1];
+        let mut i = 0;
+        while i < Service::ALL.len() {
+            all[i] = Caller::Service(Service::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 
     /// The bus user name (the service's name, or `admin`).
     pub fn user(self) -> &'static str {
-        match self.service() {
-            Some(s) => s.name(),
-            None => "admin",
+        match self {
+            Caller::Service(s) => s.name(),
+            Caller::Admin => "admin",
         }
     }
 
     pub fn service(self) -> Option<Service> {
-        Some(match self {
-            Caller::Gateway => Service::Gateway,
-            Caller::Images => Service::Images,
-            Caller::Storage => Service::Storage,
-            Caller::Runtime => Service::Runtime,
-            Caller::Network => Service::Network,
-            Caller::Builder => Service::Builder,
-            Caller::Swarm => Service::Swarm,
-            Caller::Admin => return None,
-        })
+        match self {
+            Caller::Service(s) => Some(s),
+            Caller::Admin => None,
+        }
     }
 
     pub fn of(svc: Service) -> Caller {
-        match svc {
-            Service::Gateway => Caller::Gateway,
-            Service::Images => Caller::Images,
-            Service::Storage => Caller::Storage,
-            Service::Runtime => Caller::Runtime,
-            Service::Network => Caller::Network,
-            Service::Builder => Caller::Builder,
-            Service::Swarm => Caller::Swarm,
-        }
+        Caller::Service(svc)
     }
 
     pub fn from_user(user: &str) -> Option<Caller> {
