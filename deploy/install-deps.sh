@@ -4,11 +4,15 @@
 # parts of crates (zstd). No libseccomp: the shim compiles its seccomp filters itself.
 # Tests: docker-registry, busybox-static, umoci, skopeo, curl, prometheus; the package
 # test: debootstrap (a fresh Debian chroot), systemd (systemd-socket-activate); the
-# docker-py suite: python3-venv (its venv's packages come from PyPI).
+# docker-py suite and testcontainers-python: python3-venv (their venvs' packages come
+# from PyPI); docker-compose (Debian's 1.29); node and npm for dockerode (from npm).
 set -euo pipefail
 pkgs=(nats-server iptables nftables btrfs-progs pkg-config gcc curl
       docker-registry busybox-static umoci skopeo prometheus ca-certificates
-      debootstrap systemd python3-venv)
+      debootstrap systemd python3-venv docker-compose)
+# node and npm: Debian's, unless a node is already there (e.g. from NodeSource)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -402,6 +402,11 @@ impl Drop for Node {
                 for id in ids {
                     cleanup_root(&self.root, &format!("berth/{id}"));
                 }
+                // and `berth` itself once empty (rmdir refuses a cgroup with children
+                // or processes, so another node's stays)
+                for base in cgroup_bases() {
+                    let _ = std::fs::remove_dir(base.join("berth"));
+                }
             }
             Ok(p) => cleanup_root(&self.root, p.trim()),
             Err(_) => cleanup_root(&self.root, &format!("berth-e2e-{}", self.name)),

@@ -216,8 +216,19 @@ impl Registry {
                 .pool_max_idle_per_host(16)
                 .tcp_nodelay(true)
                 .tls_danger_accept_invalid_certs(skip)
-                .build()
-                .expect("http client")
+        };
+        // The verifying client needs the host's CA certificates; a host without them
+        // (no ca-certificates package) still serves local and insecure registries, and
+        // TLS pulls fail with an unknown-authority error instead of the service not
+        // starting at all.
+        let build = |skip: bool| {
+            build(skip).build().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no CA certificates: TLS registries will be refused (install ca-certificates)");
+                build(skip)
+                    .tls_certs_only(std::iter::empty())
+                    .build()
+                    .expect("http client without CA certificates")
+            })
         };
         Arc::new(Registry {
             secure: build(false),
@@ -1075,6 +1086,32 @@ pub fn repo_path(r: &Reference) -> &str {
 
 #[cfg(test)]
 mod tests {
+    /// A host without CA certificates: the service starts (it used to panic) and a
+    /// TLS request fails with a certificate error. Runs itself in a child process
+    /// with the CA locations pointed at nothing (the environment is per process).
+    #[test]
+    fn no_ca_certificates_on_the_host() {
+        if std::env::var_os("BERTH_TEST_NO_CA").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "registry::tests::no_ca_certificates_on_the_host", "--nocapture"])
+                .env("BERTH_TEST_NO_CA", "1")
+                .env("SSL_CERT_FILE", "/nonexistent/berth-no-ca.pem")
+                .env("SSL_CERT_DIR", "/nonexistent/berth-no-ca")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        // the premise: a verifying client cannot be built here (the old code's panic)
+        assert!(reqwest::Client::builder().build().is_err(), "the CA locations were not emptied");
+        let reg = super::Registry::new(super::RegistrySettings::default());
+        // the insecure client still works (it verifies nothing) and the verifying one exists
+        let _ = reg.http();
+    }
+
     use super::*;
 
     #[test]

@@ -28,6 +28,48 @@ fn alive(node: &str, root: &Path) -> bool {
     std::fs::read_to_string(root.join("node-id")).is_ok_and(|s| s.trim() == node)
 }
 
+/// Open and lock the claim file at `path`, retrying when a [`prune`] removed the file
+/// between our open and our lock (the locked inode must still be the one at `path`,
+/// or what we write would go to an unlinked file and the claim would be lost).
+fn open_locked(path: &Path, create: bool) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let f = match std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path) {
+            Ok(f) => f,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: flock on an fd we own; released when `f` closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let held = f.metadata()?;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok(Some(f)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create {
+                    continue;
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The owner (node id, data root) a claim file names, if any.
+fn owner(f: &mut std::fs::File) -> std::io::Result<Option<(String, PathBuf)>> {
+    let mut text = String::new();
+    f.rewind()?;
+    f.read_to_string(&mut text)?;
+    let mut it = text.lines();
+    Ok(match (it.next(), it.next()) {
+        (Some(n), Some(r)) => Some((n.to_string(), PathBuf::from(r))),
+        _ => None,
+    })
+}
+
 /// Claim `name` of `kind` for `node` (data root `root`) under `dir`.
 pub fn claim(
     dir: &Path,
@@ -38,29 +80,12 @@ pub fn claim(
 ) -> std::io::Result<Result<(), Taken>> {
     let d = dir.join(kind);
     std::fs::create_dir_all(&d)?;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(d.join(name.replace('/', "%")))?;
-    // SAFETY: flock on an fd we own; released when `f` closes.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    let mut it = text.lines();
-    if let (Some(owner), Some(owner_root)) = (it.next(), it.next()) {
-        if owner != node && alive(owner, Path::new(owner_root)) {
-            return Ok(Err(Taken {
-                kind: kind.to_string(),
-                name: name.to_string(),
-                node: owner.to_string(),
-                root: PathBuf::from(owner_root),
-            }));
+    let mut f = open_locked(&d.join(name.replace('/', "%")), true)?.expect("created");
+    if let Some((owner, owner_root)) = owner(&mut f)? {
+        if owner != node && alive(&owner, &owner_root) {
+            return Ok(Err(Taken { kind: kind.to_string(), name: name.to_string(), node: owner, root: owner_root }));
         }
-        if owner == node && Path::new(owner_root) == root {
+        if owner == node && owner_root == root {
             return Ok(Ok(()));
         }
     }
@@ -68,6 +93,29 @@ pub fn claim(
     f.rewind()?;
     f.write_all(format!("{node}\n{}\n", root.display()).as_bytes())?;
     Ok(Ok(()))
+}
+
+/// Delete the claims of `kind` whose nodes are gone (their data root no longer holds
+/// their id), so that a host that ran many nodes (tests, reinstalls) does not keep a
+/// file for each forever. Each file is removed under its lock; a claimer that opened
+/// it before sees the inode unlinked and opens a fresh one ([`open_locked`]).
+/// Returns how many were removed.
+pub fn prune(dir: &Path, kind: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir.join(kind)) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let path = e.path();
+        let Ok(Some(mut f)) = open_locked(&path, false) else { continue };
+        let dead = match owner(&mut f) {
+            Ok(Some((node, root))) => !alive(&node, &root),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if dead && std::fs::remove_file(&path).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The node's cgroup parent: the one daemon.json names (refused when another node
@@ -88,6 +136,10 @@ pub fn cgroup_parent(
             Ok(())
         }
     };
+    let pruned = prune(dir, "cgroup-parent");
+    if pruned > 0 {
+        tracing::debug!(pruned, "removed the cgroup-parent claims of nodes that are gone");
+    }
     if let Some(c) = configured {
         try_claim(c)?;
         return Ok(c.to_string());
@@ -140,5 +192,48 @@ mod tests {
         std::fs::remove_dir_all(&a).unwrap();
         assert_eq!(cgroup_parent(&claims, None, Some("berth-bbb"), "bbb", &b).unwrap(), "berth-bbb");
         assert_eq!(cgroup_parent(&claims, None, None, "ccc", &node(d.path(), "ccc")).unwrap(), "berth");
+    }
+
+    #[test]
+    fn claims_of_nodes_that_are_gone_are_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let claims = d.path().join("claims");
+        let (a, b) = (node(d.path(), "aaa"), node(d.path(), "bbb"));
+        assert_eq!(cgroup_parent(&claims, None, None, "aaa", &a).unwrap(), "berth");
+        assert_eq!(cgroup_parent(&claims, None, None, "bbb", &b).unwrap(), "berth-bbb");
+        let files = |c: &Path| std::fs::read_dir(c.join("cgroup-parent")).unwrap().count();
+        assert_eq!(files(&claims), 2);
+        // both alive: nothing pruned
+        assert_eq!(prune(&claims, "cgroup-parent"), 0);
+        std::fs::remove_dir_all(&b).unwrap();
+        // a malformed (empty) claim is garbage too
+        std::fs::write(claims.join("cgroup-parent/junk"), "").unwrap();
+        assert_eq!(prune(&claims, "cgroup-parent"), 2);
+        assert_eq!(files(&claims), 1);
+        // the live one still holds `berth`
+        let c = node(d.path(), "ccc");
+        assert_eq!(cgroup_parent(&claims, None, None, "ccc", &c).unwrap(), "berth-ccc");
+    }
+
+    #[test]
+    fn a_claim_races_a_prune_and_is_never_lost() {
+        // claimers and pruners in parallel on one name: every claim that returned Ok
+        // must be readable afterwards while its node lives
+        let d = tempfile::tempdir().unwrap();
+        let claims = std::sync::Arc::new(d.path().join("claims"));
+        let live = node(d.path(), "live");
+        let dead_root = d.path().join("dead");
+        for i in 0..300 {
+            let name = format!("x{i}");
+            let _ = claim(&claims, "cgroup-parent", &name, "dead", &dead_root);
+            let t = std::thread::spawn({
+                let claims = claims.clone();
+                move || prune(&claims, "cgroup-parent")
+            });
+            assert_eq!(claim(&claims, "cgroup-parent", &name, "live", &live).unwrap(), Ok(()));
+            t.join().unwrap();
+            let text = std::fs::read_to_string(claims.join("cgroup-parent").join(&name)).unwrap();
+            assert!(text.starts_with("live\n"), "{text:?}");
+        }
     }
 }

@@ -361,9 +361,8 @@ async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query
     let mut rd = b.wait(rt::ContainerWait { id, condition }).await?;
     let s = crate::util::async_stream(move |tx| async move {
         let body = match rd.next().await {
-            Some(Ok(r)) => serde_json::to_vec(&r).unwrap_or_default(),
-            Some(Err(e)) => serde_json::to_vec(&serde_json::json!({"StatusCode": -1, "Error": {"Message": e.message}}))
-                .unwrap_or_default(),
+            Some(Ok(r)) => wait_body(r.status_code, r.error.and_then(|e| e.message)),
+            Some(Err(e)) => wait_body(-1, Some(e.message)),
             None => return,
         };
         let mut body = body;
@@ -371,6 +370,13 @@ async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query
         let _ = tx.send(Ok(bytes::Bytes::from(body))).await;
     });
     Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response())
+}
+
+/// Moby's ContainerWaitOKBody: `Error` is always there, `null` without an error
+/// (bollard's type leaves it out, which strict clients read as a different answer).
+fn wait_body(status: i64, error: Option<String>) -> Vec<u8> {
+    let error = error.map(|m| serde_json::json!({ "Message": m }));
+    serde_json::to_vec(&serde_json::json!({ "Error": error, "StatusCode": status })).unwrap_or_default()
 }
 
 fn stream_content_type(tty: bool, v: ApiVersion) -> &'static str {
@@ -674,6 +680,12 @@ async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wait_answers_error_null_as_moby() {
+        assert_eq!(super::wait_body(0, None), br#"{"Error":null,"StatusCode":0}"#);
+        assert_eq!(super::wait_body(-1, Some("x".into())), br#"{"Error":{"Message":"x"},"StatusCode":-1}"#);
+    }
+
     use super::*;
 
     fn body(j: serde_json::Value) -> docker::ContainerCreateBody {
