@@ -458,7 +458,8 @@ mod tests {
         assert_eq!(parse_duration("s").unwrap_err(), "time: invalid duration \"s\"");
         assert_eq!(parse_duration("1").unwrap_err(), "time: missing unit in duration \"1\"");
         assert_eq!(parse_duration("1d").unwrap_err(), "time: unknown unit \"d\" in duration \"1d\"");
-        assert_eq!(parse_duration("1h-5m").unwrap_err(), "time: invalid duration \"1h-5m\"");
+        // Go reads a unit up to the next digit or dot
+        assert_eq!(parse_duration("1h-5m").unwrap_err(), "time: unknown unit \"h-\" in duration \"1h-5m\"");
     }
 
     #[test]
