@@ -12,6 +12,10 @@ pub enum EventType {
     Image,
     Volume,
     Network,
+    Service,
+    Node,
+    Secret,
+    Config,
 }
 
 impl EventType {
@@ -21,6 +25,10 @@ impl EventType {
             EventType::Image => "image",
             EventType::Volume => "volume",
             EventType::Network => "network",
+            EventType::Service => "service",
+            EventType::Node => "node",
+            EventType::Secret => "secret",
+            EventType::Config => "config",
         }
     }
 }
@@ -51,6 +59,7 @@ pub enum Action {
     Prune,
     Pull,
     Push,
+    Remove,
     Rename,
     Restart,
     Save,
@@ -89,6 +98,7 @@ impl Action {
             Action::Prune => "prune",
             Action::Pull => "pull",
             Action::Push => "push",
+            Action::Remove => "remove",
             Action::Rename => "rename",
             Action::Restart => "restart",
             Action::Save => "save",
@@ -122,6 +132,10 @@ owners! {
     Images publishes Image [Delete, Import, Load, Prune, Pull, Push, Save, Tag, Untag];
     Storage publishes Volume [Create, Destroy, Mount, Unmount];
     Network publishes Network [Connect, Create, Destroy, Disconnect];
+    Swarm publishes Service [Create, Update, Remove];
+    Swarm publishes Node [Create, Update, Remove];
+    Swarm publishes Secret [Create, Update, Remove];
+    Swarm publishes Config [Create, Update, Remove];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -257,7 +257,7 @@ macro_rules! images_table {
         $gen! {
             service: Images, api: ImagesApi, client: ImagesClient, serve: serve_images, module: images,
             ops {
-                image_pull(ImagePull) -> (), stream JsonMessage; callers [Gateway, Builder], timeout |_| $crate::secs(120);
+                image_pull(ImagePull) -> (), stream JsonMessage; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
                 image_push(ImagePush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
                 registry_login(RegistryLogin) -> docker::AuthResponse; callers [Gateway], timeout |_| $crate::secs(60);
                 image_list(ImageList) -> Vec<docker::ImageSummary>; callers [Gateway];
@@ -269,7 +269,7 @@ macro_rules! images_table {
                 image_save(ImageSave) -> (), stream ByteChunk; callers [Gateway], timeout |_| $crate::secs(120);
                 image_load(ImageLoad) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
                 image_import(ImageImport) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
-                image_resolve(ImageResolve) -> ResolvedImage; callers [Runtime, Builder];
+                image_resolve(ImageResolve) -> ResolvedImage; callers [Runtime, Builder, Swarm];
                 image_create_from_layer(ImageCreateFromLayer) -> String; callers [Builder];
                 image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300);
                 distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);

@@ -270,16 +270,16 @@ macro_rules! runtime_table {
         $gen! {
             service: Runtime, api: RuntimeApi, client: RuntimeClient, serve: serve_runtime, module: runtime,
             ops {
-                container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder], timeout |_| $crate::secs(120);
-                container_start(ContainerStart) -> (); callers [Gateway, Builder], timeout |_| $crate::secs(120);
-                container_stop(ContainerStop) -> (); callers [Gateway], timeout |r| $crate::runtime::stop_wait(r.timeout);
+                container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_stop(ContainerStop) -> (); callers [Gateway, Swarm], timeout |r| $crate::runtime::stop_wait(r.timeout);
                 container_restart(ContainerRestart) -> (); callers [Gateway], timeout |r| $crate::runtime::stop_wait(r.timeout) + $crate::secs(60);
                 container_kill(ContainerKill) -> (); callers [Gateway];
-                container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder];
-                container_remove(ContainerRemove) -> (); callers [Gateway, Builder], timeout |_| $crate::secs(120);
-                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder];
-                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network];
-                container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway];
+                container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder, Swarm];
+                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm];
+                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm];
+                container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm];
                 container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
                 container_resize(ContainerResize) -> (); callers [Gateway];
                 exec_create(ExecCreate) -> docker::IdResponse; callers [Gateway];

@@ -1,5 +1,7 @@
-//! Subject names. `berth.v1.<service>.<op>` for cluster-wide services,
-//! `berth.v1.<service>.<node>.<op>` for node-local ones.
+//! Subject names: `berth.v1.<service>.<node>.<op>`. Every service on a node's bus is
+//! node-local, swarm included (a node's swarm service answers for that node; the
+//! cluster's traffic has its own NATS system, see `swarm::cluster`). `Scope::Cluster`
+//! (`berth.v1.<service>.<op>`) remains for a service shared by several nodes' buses.
 //!
 //! Images and builder are node-local as well as storage, runtime and network: their
 //! work (unpacking layers, running build steps) happens in the node's own storage.
@@ -62,11 +64,11 @@ impl Service {
         Service::ALL.into_iter().find(|x| x.name() == s)
     }
 
+    /// Every service is node-local on a node's bus: even the swarm service answers
+    /// for its own node (a worker refuses manager requests, as Docker's does); the
+    /// cluster's traffic travels on the swarm bus (`swarm::cluster`).
     pub fn scope(self) -> Scope {
-        match self {
-            Service::Swarm => Scope::Cluster,
-            _ => Scope::Node,
-        }
+        Scope::Node
     }
 
     /// Every subject of this service on `node` (`berth.v1.runtime.<node>.>`).

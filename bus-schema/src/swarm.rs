@@ -1,18 +1,409 @@
-//! Requests served by the swarm service.
+//! Requests served by the swarm service of a node (`berth.v1.swarm.<node>.<Op>` on the
+//! node's bus): the gateway asks its own node, which answers from the cluster's store
+//! when it is a manager and with Docker's 503 when it is not (see docs/swarm.md).
+//!
+//! The cluster's own traffic (between the swarm services of different nodes) travels on
+//! the swarm bus, a separate NATS system; its subjects are spelled in [`cluster`].
 
-#[allow(unused_imports)]
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-/// The swarm service's table of calls (see [`crate::contract`]). Empty for now: add
-/// a row per operation, as the other tables do.
+use crate::docker;
+use crate::runtime::StreamInfo;
+
+/// `POST /swarm/init`: the new node's ID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmInit {
+    pub req: docker::SwarmInitRequest,
+}
+
+/// `POST /swarm/join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmJoin {
+    pub req: docker::SwarmJoinRequest,
+}
+
+/// `POST /swarm/leave`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmLeave {
+    pub force: bool,
+}
+
+/// `GET /swarm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmInspect {}
+
+/// `POST /swarm/update`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmUpdate {
+    pub version: u64,
+    pub spec: docker::SwarmSpec,
+    pub rotate_worker_token: bool,
+    pub rotate_manager_token: bool,
+    pub rotate_manager_unlock_key: bool,
+}
+
+/// `GET /swarm/unlockkey`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmUnlockKey {}
+
+/// `POST /swarm/unlock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmUnlock {
+    pub key: String,
+}
+
+/// `GET /nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `GET /nodes/{id}` (ID, ID prefix or hostname).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInspect {
+    pub id: String,
+}
+
+/// `POST /nodes/{id}/update?version=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    pub id: String,
+    pub version: u64,
+    pub spec: docker::NodeSpec,
+}
+
+/// `DELETE /nodes/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRemove {
+    pub id: String,
+    pub force: bool,
+}
+
+/// `POST /services/create`. `auth` is the X-Registry-Auth header as sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCreate {
+    pub spec: docker::ServiceSpec,
+    pub auth: Option<String>,
+}
+
+/// `GET /services`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub filters: HashMap<String, Vec<String>>,
+    /// Include ServiceStatus (running/desired task counts).
+    pub status: bool,
+}
+
+/// `GET /services/{id}` (ID, ID prefix or name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInspect {
+    pub id: String,
+    pub insert_defaults: bool,
+}
+
+/// `POST /services/{id}/update?version=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    pub id: String,
+    pub version: u64,
+    pub spec: docker::ServiceSpec,
+    /// `previous` to roll back to the previous spec.
+    pub rollback: Option<String>,
+    /// `spec` or `previous-spec`: where the registry auth comes from when none is sent.
+    pub registry_auth_from: Option<String>,
+    pub auth: Option<String>,
+}
+
+/// `DELETE /services/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRemove {
+    pub id: String,
+}
+
+/// Log options shared by `GET /services/{id}/logs` and `GET /tasks/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Unix seconds (with fraction), 0 for none.
+    pub since: f64,
+    pub timestamps: bool,
+    /// "all" or a number of lines.
+    pub tail: String,
+    /// Prefix each line with the task's node, service and task IDs (the CLI asks).
+    pub details: bool,
+}
+
+/// `GET /services/{id}/logs`: one frame per line, multiplexed (stream 1/2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceLogs {
+    pub id: String,
+    pub opts: LogOptions,
+}
+
+/// `GET /tasks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `GET /tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInspect {
+    pub id: String,
+}
+
+/// `GET /tasks/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    pub id: String,
+    pub opts: LogOptions,
+}
+
+/// `POST /secrets/create`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretCreate {
+    pub spec: docker::SecretSpec,
+}
+
+/// `GET /secrets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `GET /secrets/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInspect {
+    pub id: String,
+}
+
+/// `POST /secrets/{id}/update?version=N`: only labels may change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretUpdate {
+    pub id: String,
+    pub version: u64,
+    pub spec: docker::SecretSpec,
+}
+
+/// `DELETE /secrets/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRemove {
+    pub id: String,
+}
+
+/// `POST /configs/create`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigCreate {
+    pub spec: docker::ConfigSpec,
+}
+
+/// `GET /configs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigList {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `GET /configs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigInspect {
+    pub id: String,
+}
+
+/// `POST /configs/{id}/update?version=N`: only labels may change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigUpdate {
+    pub id: String,
+    pub version: u64,
+    pub spec: docker::ConfigSpec,
+}
+
+/// `DELETE /configs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRemove {
+    pub id: String,
+}
+
+/// Docker's `Service` object. bollard's model has no `PreviousSpec`, which `docker
+/// service inspect` shows and rollbacks read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceObject {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Version")]
+    pub version: docker::ObjectVersion,
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    #[serde(rename = "UpdatedAt")]
+    pub updated_at: String,
+    #[serde(rename = "Spec")]
+    pub spec: docker::ServiceSpec,
+    #[serde(rename = "PreviousSpec", skip_serializing_if = "Option::is_none", default)]
+    pub previous_spec: Option<docker::ServiceSpec>,
+    #[serde(rename = "Endpoint")]
+    pub endpoint: docker::ServiceEndpoint,
+    #[serde(rename = "UpdateStatus", skip_serializing_if = "Option::is_none", default)]
+    pub update_status: Option<docker::ServiceUpdateStatus>,
+    #[serde(rename = "ServiceStatus", skip_serializing_if = "Option::is_none", default)]
+    pub service_status: Option<docker::ServiceServiceStatus>,
+    #[serde(rename = "JobStatus", skip_serializing_if = "Option::is_none", default)]
+    pub job_status: Option<docker::ServiceJobStatus>,
+}
+
+/// Docker's `Swarm` object, in Moby's key order and with `DefaultAddrPool: null` when
+/// none was set (bollard's model drops it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmObject {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Version")]
+    pub version: docker::ObjectVersion,
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    #[serde(rename = "UpdatedAt")]
+    pub updated_at: String,
+    #[serde(rename = "Spec")]
+    pub spec: docker::SwarmSpec,
+    #[serde(rename = "TLSInfo")]
+    pub tls_info: docker::TlsInfo,
+    #[serde(rename = "RootRotationInProgress")]
+    pub root_rotation_in_progress: bool,
+    #[serde(rename = "DefaultAddrPool")]
+    pub default_addr_pool: Option<Vec<String>>,
+    #[serde(rename = "SubnetSize")]
+    pub subnet_size: u32,
+    #[serde(rename = "DataPathPort")]
+    pub data_path_port: u32,
+    #[serde(rename = "JoinTokens", skip_serializing_if = "Option::is_none", default)]
+    pub join_tokens: Option<docker::JoinTokens>,
+}
+
+/// This node's swarm state for `/_ping`'s `Swarm` header: `inactive`, `active/manager`,
+/// `active/worker` (Docker's values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmStatus {}
+
+/// The swarm service's table of calls (see [`crate::contract`]): the gateway asks its
+/// own node's swarm service.
 #[macro_export]
 macro_rules! swarm_table {
     ($gen:path) => {
         $gen! {
             service: Swarm, api: SwarmApi, client: SwarmClient, serve: serve_swarm, module: swarm,
             ops {
+                swarm_init(SwarmInit) -> String; callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_join(SwarmJoin) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_leave(SwarmLeave) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_inspect(SwarmInspect) -> SwarmObject; callers [Gateway];
+                swarm_update(SwarmUpdate) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_unlock_key(SwarmUnlockKey) -> docker::UnlockKeyResponse; callers [Gateway];
+                swarm_unlock(SwarmUnlock) -> (); callers [Gateway];
+                swarm_status(SwarmStatus) -> String; callers [Gateway];
+                node_list(NodeList) -> Vec<docker::Node>; callers [Gateway];
+                node_inspect(NodeInspect) -> docker::Node; callers [Gateway];
+                node_update(NodeUpdate) -> (); callers [Gateway];
+                node_remove(NodeRemove) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                service_create(ServiceCreate) -> docker::ServiceCreateResponse; callers [Gateway], timeout |_| $crate::secs(60);
+                service_list(ServiceList) -> Vec<ServiceObject>; callers [Gateway];
+                service_inspect(ServiceInspect) -> ServiceObject; callers [Gateway];
+                service_update(ServiceUpdate) -> docker::ServiceUpdateResponse; callers [Gateway], timeout |_| $crate::secs(60);
+                service_remove(ServiceRemove) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                service_logs(ServiceLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
+                task_list(TaskList) -> Vec<docker::Task>; callers [Gateway];
+                task_inspect(TaskInspect) -> docker::Task; callers [Gateway];
+                task_logs(TaskLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
+                secret_create(SecretCreate) -> docker::IdResponse; callers [Gateway];
+                secret_list(SecretList) -> Vec<docker::Secret>; callers [Gateway];
+                secret_inspect(SecretInspect) -> docker::Secret; callers [Gateway];
+                secret_update(SecretUpdate) -> (); callers [Gateway];
+                secret_remove(SecretRemove) -> (); callers [Gateway];
+                config_create(ConfigCreate) -> docker::IdResponse; callers [Gateway];
+                config_list(ConfigList) -> Vec<docker::Config>; callers [Gateway];
+                config_inspect(ConfigInspect) -> docker::Config; callers [Gateway];
+                config_update(ConfigUpdate) -> (); callers [Gateway];
+                config_remove(ConfigRemove) -> (); callers [Gateway];
             }
         }
     };
 }
 crate::swarm_table!(crate::__api);
+
+/// The swarm bus: the NATS system the swarm services of a cluster share (each node's
+/// swarm server: cluster members on managers, leaf nodes on workers). Subjects are
+/// `berth.swarm.v1.…`; nothing here travels on a node's own bus.
+pub mod cluster {
+    use super::*;
+
+    pub const PREFIX: &str = "berth.swarm.v1";
+
+    /// A request to the swarm service of one node (its agent), by swarm node ID.
+    pub trait NodeRpc: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+        const OP: &'static str;
+        type Reply: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
+        fn subject(node_id: &str) -> String {
+            format!("{PREFIX}.node.{node_id}.{}", Self::OP)
+        }
+    }
+
+    /// The join handshake, answered by any manager: the token proves the role; the
+    /// answer carries the node's credentials, the CA and where the managers are.
+    pub const JOIN: &str = "berth.swarm.v1.join";
+
+    /// The logs of a task's container on the node that runs it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AgentTaskLogs {
+        pub task_id: String,
+        pub container_id: String,
+        pub opts: LogOptions,
+    }
+
+    impl NodeRpc for AgentTaskLogs {
+        const OP: &'static str = "AgentTaskLogs";
+        type Reply = StreamInfo;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::roundtrip;
+
+    #[test]
+    fn swarm_messages_roundtrip() {
+        roundtrip(SwarmInit {
+            req: docker::SwarmInitRequest {
+                listen_addr: Some("0.0.0.0:2377".into()),
+                advertise_addr: Some("10.0.0.1".into()),
+                ..Default::default()
+            },
+        });
+        roundtrip(SwarmLeave { force: true });
+        roundtrip(ServiceCreate {
+            spec: docker::ServiceSpec {
+                name: Some("web".into()),
+                mode: Some(docker::ServiceSpecMode {
+                    replicated: Some(docker::ServiceSpecModeReplicated { replicas: Some(3) }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            auth: None,
+        });
+        roundtrip(ServiceLogs {
+            id: "web".into(),
+            opts: LogOptions {
+                follow: false,
+                stdout: true,
+                stderr: true,
+                since: 0.0,
+                timestamps: false,
+                tail: "all".into(),
+                details: true,
+            },
+        });
+        roundtrip(NodeUpdate { id: "n".into(), version: 3, spec: docker::NodeSpec::default() });
+        assert_eq!(<cluster::AgentTaskLogs as cluster::NodeRpc>::subject("abc"), "berth.swarm.v1.node.abc.AgentTaskLogs");
+    }
+}

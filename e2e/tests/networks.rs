@@ -486,3 +486,73 @@ fn disconnect_from_the_mode_network_survives_a_restart() {
     assert!(!ip.trim().is_empty(), "back on bridge after connect");
     node.docker_ok(&["rm", "-f", "detach"]);
 }
+
+/// IPv6 user networks, link-local addresses and links on a user network, through the
+/// docker CLI, with Moby 20.10's answers: an IPv6 address for every endpoint (auto and
+/// `--ip6`), the gateway's, `IPAMConfig` as asked, the addresses in the sandbox, and
+/// a link alias only the linking container resolves.
+#[test]
+fn ipv6_link_local_and_links_on_a_user_network() {
+    require_root!();
+    let (node, reg) = node_with_registry();
+    let img = busybox(&node, &reg);
+    // no default IPv6 pools, as Moby 20.10
+    let o = node.docker(&["network", "create", "--ipv6", "nov6"]);
+    assert!(
+        err(&o).contains("could not find an available, non-overlapping IPv6 address pool among the defaults"),
+        "{}",
+        err(&o)
+    );
+    let p = &berth_e2e::uniq()[..4];
+    let sub = format!("fd00:{p}::/64");
+    node.docker_ok(&["network", "create", "--ipv6", "--subnet", &sub, "v6"]);
+    let ipam = node.docker_ok(&["network", "inspect", "v6", "--format", "{{.EnableIPv6}} {{json .IPAM.Config}}"]);
+    // an IPv4 subnet is picked as well; the IPv6 one is listed as given (no gateway)
+    assert!(ipam.starts_with("true [{\"Subnet\":\""), "{ipam}");
+    assert!(ipam.trim().ends_with(&format!(",{{\"Subnet\":\"{sub}\"}}]")), "{ipam}");
+
+    node.docker_ok(&["run", "-d", "--name", "up", "--network", "v6", &img, "sleep", "300"]);
+    let f = "{{with .NetworkSettings.Networks.v6}}{{.GlobalIPv6Address}} {{.GlobalIPv6PrefixLen}} {{.IPv6Gateway}} {{json .IPAMConfig}}{{end}}";
+    let up = node.docker_ok(&["inspect", "up", "--format", f]);
+    assert_eq!(up.trim(), format!("fd00:{p}::2 64 fd00:{p}::1 null"));
+    let fixed = format!("fd00:{p}::f00d");
+    node.docker_ok(&[
+        "run", "-d", "--name", "down", "--network", "v6", "--ip6", &fixed, "--link-local-ip", "169.254.8.8",
+        "--link", "up:bar", &img, "sleep", "300",
+    ]);
+    let down = node.docker_ok(&["inspect", "down", "--format", f]);
+    assert_eq!(
+        down.trim(),
+        format!("{fixed} 64 fd00:{p}::1 {{\"IPv6Address\":\"{fixed}\",\"LinkLocalIPs\":[\"169.254.8.8\"]}}")
+    );
+    let links = node.docker_ok(&["inspect", "down", "--format", "{{json .NetworkSettings.Networks.v6.Links}} {{json .HostConfig.Links}}"]);
+    assert_eq!(links.trim(), "[\"up:bar\"] null");
+    // in the sandbox: both addresses on eth0, the default IPv6 route, the hosts line
+    let addrs = node.docker_ok(&["exec", "down", "ip", "addr", "show", "eth0"]);
+    assert!(addrs.contains(&format!("inet6 {fixed}/64")), "{addrs}");
+    assert!(addrs.contains("inet 169.254.8.8/16"), "{addrs}");
+    let routes = node.docker_ok(&["exec", "down", "ip", "-6", "route"]);
+    assert!(routes.contains(&format!("default via fd00:{p}::1 dev eth0")), "{routes}");
+    let hosts = node.docker_ok(&["exec", "down", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{fixed}\t")), "{hosts}");
+    // IPv6 between the two containers and to the gateway
+    node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", &format!("fd00:{p}::2")]);
+    node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", &format!("fd00:{p}::1")]);
+    // the link alias: for `down` only
+    let up_ip = node.docker_ok(&["inspect", "up", "--format", "{{.NetworkSettings.Networks.v6.IPAddress}}"]);
+    let ns = node.docker_ok(&["exec", "down", "nslookup", "bar"]);
+    assert!(ns.contains(&format!("Address: {}", up_ip.trim())), "{ns}");
+    let ns = node.docker_ok(&["exec", "down", "nslookup", "bar.v6"]);
+    assert!(ns.contains(&format!("Address: {}", up_ip.trim())), "{ns}");
+    let o = node.docker(&["exec", "up", "nslookup", "bar"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(up_ip.trim()), "bar resolved for up");
+    // `network connect --ip6` of a running container, as asked
+    node.docker_ok(&["network", "disconnect", "v6", "up"]);
+    let again = format!("fd00:{p}::beef");
+    node.docker_ok(&["network", "connect", "--ip6", &again, "v6", "up"]);
+    let up = node.docker_ok(&["inspect", "up", "--format", f]);
+    assert_eq!(up.trim(), format!("{again} 64 fd00:{p}::1 {{\"IPv6Address\":\"{again}\"}}"));
+    node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", &again]);
+    node.docker_ok(&["rm", "-f", "up", "down"]);
+    node.docker_ok(&["network", "rm", "v6"]);
+}

@@ -21,7 +21,7 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend,
+    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend + routes::swarm::Backend,
 {
     let r = Router::new()
         .merge(routes::system::router(b.clone()))
@@ -31,6 +31,7 @@ where
         .merge(routes::volumes::router(b.clone()))
         .merge(routes::images::router(b.clone()))
         .merge(routes::networks::router(b.clone()))
+        .merge(routes::swarm::router(b.clone()))
         .fallback(routes::unserved::fallback);
     with_limits(r)
         .layer(axum::middleware::from_fn(trace_request))
@@ -53,6 +54,11 @@ pub fn with_limits(r: Router) -> Router {
 async fn json_errors(req: Request, next: axum::middleware::Next) -> axum::response::Response {
     let res = next.run(req).await;
     let st = res.status();
+    // Moby's router answers a known path asked with another method as an unknown
+    // path (its MethodNotAllowedHandler is the not-found one)
+    if st == http::StatusCode::METHOD_NOT_ALLOWED {
+        return error::ApiError::not_found("page not found").into_response();
+    }
     let plain = res
         .headers()
         .get(http::header::CONTENT_TYPE)

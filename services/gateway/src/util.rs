@@ -18,8 +18,57 @@ pub fn id_json(r: &bus_schema::docker::IdResponse) -> axum::Json<serde_json::Val
     axum::Json(serde_json::json!({ "Id": r.id }))
 }
 
-/// Raw query parameters (last value wins, as Go's `r.Form.Get`).
+/// Query parameters, one value per key: the FIRST, as Go's `r.Form.Get` (docker-py
+/// repeats keys: `dockerfile=<name>&dockerfile=<text>`). Read them with [`Params`].
 pub type Query = HashMap<String, String>;
+
+/// Every value of every query parameter, in order (`r.Form[k]`: `t`, `changes`,
+/// `extrahosts`, `type` repeat).
+pub type QueryAll = HashMap<String, Vec<String>>;
+
+/// The query string decoded once, as dockerd's `r.ParseForm` sees it: `first` per
+/// key (`r.Form.Get`) and `all` values (`r.Form[k]`). The only way routes read a
+/// query: axum's `Query<HashMap>` keeps the LAST of repeated keys.
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    pub first: Query,
+    pub all: QueryAll,
+}
+
+impl Params {
+    pub fn parse(raw: &str) -> Params {
+        let mut p = Params::default();
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            p.all.entry(k.to_string()).or_default().push(v.to_string());
+            p.first.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+        p
+    }
+
+    /// All values of `k` (none: empty).
+    pub fn values(&self, k: &str) -> &[String] {
+        self.all.get(k).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Params::parse(parts.uri.query().unwrap_or("")))
+    }
+}
+
+/// The first value of each query parameter (see [`Params`]).
+pub struct FirstQuery(pub Query);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for FirstQuery {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(FirstQuery(Params::parse(parts.uri.query().unwrap_or("")).first))
+    }
+}
 
 /// Docker's `httputils.BoolValue`: empty, 0, false, no, off, none are false.
 pub fn bool_value(q: &Query, k: &str) -> bool {
@@ -234,6 +283,55 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go's `url.ParseQuery`: `+` and `%xx` decoded, a key without `=` is empty,
+    /// `Get` is the first value and `Form[k]` all of them in order.
+    #[test]
+    fn params_keep_the_first_value_and_all_values() {
+        let p = Params::parse("dockerfile=.dockerfile.ab&dockerfile=FROM+busybox%0ACOPY+.+%2Fsrc&t=a%3A1&t=b&q&all=0&all=1");
+        assert_eq!(p.first["dockerfile"], ".dockerfile.ab");
+        assert_eq!(p.values("dockerfile")[1], "FROM busybox\nCOPY . /src");
+        assert_eq!(p.values("t"), ["a:1", "b"]);
+        assert_eq!(p.first["q"], "");
+        assert!(!bool_value(&p.first, "all"));
+        assert!(p.values("missing").is_empty());
+        assert!(Params::parse("").first.is_empty());
+    }
+
+    /// Through a router, as every route reads its query: the first of repeated keys
+    /// (axum's `Query<HashMap>` kept the last: `?all=0&all=1` listed all containers).
+    #[tokio::test]
+    async fn routes_read_the_first_value() {
+        use tower::ServiceExt;
+        let app = axum::Router::new().route(
+            "/q",
+            axum::routing::get(|FirstQuery(q): FirstQuery| async move { q.get("all").cloned().unwrap_or_default() }),
+        );
+        let req = http::Request::get("/q?all=0&all=1").body(Body::empty()).unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"0");
+    }
+
+    /// No route reads the query another way (axum's Query, a hand split of the raw string).
+    #[test]
+    fn every_route_reads_its_query_through_params() {
+        for (name, src) in [
+            ("build", include_str!("routes/build.rs")),
+            ("containers", include_str!("routes/containers.rs")),
+            ("events", include_str!("routes/events.rs")),
+            ("images", include_str!("routes/images.rs")),
+            ("mod", include_str!("routes/mod.rs")),
+            ("networks", include_str!("routes/networks.rs")),
+            ("system", include_str!("routes/system.rs")),
+            ("unserved", include_str!("routes/unserved.rs")),
+            ("volumes", include_str!("routes/volumes.rs")),
+        ] {
+            for bad in ["extract::Query", "Query<", "RawQuery", "split('&')"] {
+                assert!(!src.contains(bad), "routes/{name}.rs reads its query with {bad}: use util::Params / FirstQuery");
+            }
+        }
+    }
 
     /// A client gone (the body dropped) ends the feeding task even while it waits.
     #[tokio::test]

@@ -17,11 +17,6 @@ fn sample(path: &str) -> String {
 fn status_text(f: Option<&Fallback>) -> Result<&'static str, String> {
     match f {
         None => Ok("served"),
-        Some(Fallback(Some(Answer::NotAManager))) | Some(Fallback(Some(Answer::SwarmLogs))) => {
-            Ok("swarm off: 503 \"This node is not a swarm manager...\"")
-        }
-        Some(Fallback(Some(Answer::NotInSwarm))) => Ok("swarm off: 503 \"This node is not part of a swarm\""),
-        Some(Fallback(Some(Answer::NoSwarmMode))) => Ok("swarm off: 503, berth cannot start or join a swarm yet"),
         Some(Fallback(Some(Answer::NoPlugins))) => Ok("no plugins: 200 `[]`"),
         Some(Fallback(Some(Answer::PluginNotFound))) => Ok("no plugins: 404 \"plugin ... not found\""),
         Some(Fallback(Some(Answer::PluginsUnavailable))) => Ok("not yet: 501"),

@@ -119,7 +119,10 @@ impl Images {
             Ok(AnyRef::Id(id)) => self.store.get(&id).ok_or_else(|| no_such_image(name)),
             Ok(AnyRef::Named(r)) => {
                 let full = r.clone().with_default_tag();
-                if let Some(img) = self.store.lookup(&full).and_then(|id| self.store.get(&id)) {
+                // `name:tag@digest` (what a swarm service's spec holds): the digest
+                // wins, as Moby's reference store looks it up
+                let key = if full.digest.is_some() { Reference { tag: None, ..full.clone() } } else { full.clone() };
+                if let Some(img) = self.store.lookup(&key).and_then(|id| self.store.get(&id)) {
                     return Ok(img);
                 }
                 if r.is_name_only() && is_hex_prefix(name) {

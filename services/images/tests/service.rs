@@ -173,6 +173,9 @@ async fn pull_by_tag_then_up_to_date_then_by_digest() {
         &format!("Status: Image is up to date for {by_digest}")
     );
     assert_eq!(inspect(&e, &by_digest).await.unwrap().id.unwrap(), id);
+    // name:tag@digest (a swarm service's pinned image): the digest wins, as Moby's
+    let tag_and_digest = format!("{}/r/app:v1@{digest}", reg.addr());
+    assert_eq!(inspect(&e, &tag_and_digest).await.unwrap().id.unwrap(), id);
 
     // remove and pull by digest again: layers come back, same image
     let r = rmi(&e, &name, false).await.unwrap();

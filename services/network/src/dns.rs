@@ -28,6 +28,17 @@ pub struct DnsEntry {
     pub network_id: String,
     pub ip: Ipv4Addr,
     pub names: Vec<String>,
+    /// Links on this network (`--link target:alias`): `alias` -> `target`, names only
+    /// this container resolves (Moby's per-sandbox link aliases on user networks).
+    pub links: Vec<(String, String)>,
+}
+
+/// `target:alias` or `target` (alias = target) as clients give links, `/` prefixes off.
+pub fn parse_link(l: &str) -> Option<(String, String)> {
+    let (target, alias) = l.split_once(':').unwrap_or((l, l));
+    let (target, alias) = (target.trim_start_matches('/'), alias.trim_start_matches('/'));
+    let alias = alias.rsplit('/').next().unwrap_or(alias);
+    (!target.is_empty() && !alias.is_empty()).then(|| (alias.to_ascii_lowercase(), target.to_ascii_lowercase()))
 }
 
 #[derive(Debug, Default)]
@@ -246,7 +257,17 @@ impl NetHandler {
                     .map(|x| x.0.to_ascii_lowercase())
                     .unwrap_or_default();
                 let short = name.strip_suffix(&format!(".{netname}")).unwrap_or(&name);
-                if let Some(ips) = m.get(&name).or_else(|| m.get(short)) {
+                // the client's own link aliases on this network first
+                let linked = client
+                    .as_ref()
+                    .and_then(|cid| t.sandboxes.get(cid))
+                    .into_iter()
+                    .flat_map(|(entries, _)| entries.iter())
+                    .filter(|e| &e.network_id == id)
+                    .flat_map(|e| e.links.iter())
+                    .find(|(alias, _)| alias == &name || alias == short)
+                    .and_then(|(_, target)| m.get(target));
+                if let Some(ips) = linked.or_else(|| m.get(&name)).or_else(|| m.get(short)) {
                     return match qtype {
                         RecordType::A => Answer::Addrs(ips.clone()),
                         _ => Answer::Empty,
@@ -525,7 +546,48 @@ mod tests {
             network_id: net.into(),
             ip: Ipv4Addr::from(ip),
             names: names.iter().map(|s| s.to_string()).collect(),
+            links: vec![],
         }
+    }
+
+    /// `--link upstream:bar` on a user network: `bar` (and `bar.<net>`) resolve to
+    /// the target for the linking container only, even when the target came later.
+    #[test]
+    fn link_aliases_resolve_for_the_linking_container() {
+        let table: Arc<RwLock<Table>> = Arc::default();
+        let h = NetHandler {
+            net_id: "n1".into(),
+            table: table.clone(),
+            host_forwarders: Arc::default(),
+            own: Ipv4Addr::new(172, 18, 0, 1),
+        };
+        {
+            let mut t = table.write().unwrap();
+            t.nets.insert("n1".into(), ("net1".into(), false));
+            let mut a = entry("n1", [172, 18, 0, 2], &["a"]);
+            a.links = ["upstream:bar", "/solo"].iter().filter_map(|l| parse_link(l)).collect();
+            t.sandboxes.insert("ca".into(), (vec![a], vec![]));
+            t.sandboxes.insert("cb".into(), (vec![entry("n1", [172, 18, 0, 3], &["b"])], vec![]));
+            t.reindex();
+        }
+        let from_a = IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2));
+        let from_b = IpAddr::V4(Ipv4Addr::new(172, 18, 0, 3));
+        // the target is not there yet: not resolved (forwarded: none here, refused)
+        assert_eq!(h.resolve(from_a, "bar.", RecordType::A), Answer::Refuse);
+        {
+            let mut t = table.write().unwrap();
+            t.sandboxes.insert("cu".into(), (vec![entry("n1", [172, 18, 0, 4], &["upstream"])], vec![]));
+            t.sandboxes.insert("cs".into(), (vec![entry("n1", [172, 18, 0, 5], &["solo"])], vec![]));
+            t.reindex();
+        }
+        let up = Answer::Addrs(vec![Ipv4Addr::new(172, 18, 0, 4)]);
+        assert_eq!(h.resolve(from_a, "bar.", RecordType::A), up);
+        assert_eq!(h.resolve(from_a, "BAR.net1.", RecordType::A), up);
+        assert_eq!(h.resolve(from_a, "solo.", RecordType::A), Answer::Addrs(vec![Ipv4Addr::new(172, 18, 0, 5)]));
+        assert_eq!(h.resolve(from_b, "bar.", RecordType::A), Answer::Refuse);
+        assert_eq!(parse_link("x"), Some(("x".into(), "x".into())));
+        assert_eq!(parse_link("/x:/a/y"), Some(("y".into(), "x".into())));
+        assert_eq!(parse_link(":y"), None);
     }
 
     #[test]

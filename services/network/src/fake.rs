@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,6 +39,9 @@ pub struct FakeIface {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeNs {
     pub lo_up: bool,
+    /// `add_addresses`: per interface, the addresses; and the IPv6 default route.
+    pub extra: BTreeMap<String, Vec<(IpAddr, u8)>>,
+    pub gateway6: Option<Ipv6Addr>,
     pub ifaces: BTreeMap<String, FakeIface>,
     /// A process lives in it.
     pub in_use: bool,
@@ -54,6 +57,8 @@ pub struct World {
     pub forward: BTreeMap<String, Vec<String>>,
     pub routes: Vec<Ipv4Net>,
     pub sysctls: BTreeMap<String, String>,
+    /// Addresses added to host links with `add_address`.
+    pub addresses: BTreeMap<String, Vec<(IpAddr, u8)>>,
     /// Operations that fail from now on (`add_veth`, `configure`, `apply`, ...).
     pub fail: BTreeSet<&'static str>,
 }
@@ -216,6 +221,18 @@ impl Links for Fake {
             },
         ))
     }
+    async fn add_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
+        let mut w = self.world();
+        w.check("add_address")?;
+        if !w.links.contains_key(name) {
+            return Err(LinkError::Netlink(format!("{name} not found")));
+        }
+        let v = w.addresses.entry(name.to_string()).or_default();
+        if !v.contains(&(addr, prefix)) {
+            v.push((addr, prefix));
+        }
+        Ok(())
+    }
     async fn delete(&self, name: &str) -> Result<(), LinkError> {
         let mut w = self.world();
         w.check("delete")?;
@@ -349,6 +366,27 @@ impl NsLinks for FakeNsLinks {
         i.addr = Some((ip, prefix));
         i.gateway = gw;
         i.up = true;
+        Ok(())
+    }
+    async fn add_addresses(
+        &self,
+        ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        gw6: Option<Ipv6Addr>,
+    ) -> Result<(), LinkError> {
+        let mut w = self.world.world();
+        w.check("add_addresses")?;
+        let n = w
+            .namespaces
+            .get_mut(&self.path)
+            .ok_or_else(|| LinkError::Netlink("namespace gone".into()))?;
+        if !n.ifaces.contains_key(ifname) {
+            return Err(LinkError::Netlink(format!("{ifname} not found in sandbox")));
+        }
+        n.extra.entry(ifname.to_string()).or_default().extend_from_slice(addrs);
+        if gw6.is_some() {
+            n.gateway6 = gw6;
+        }
         Ok(())
     }
 }

@@ -178,12 +178,13 @@ pub fn extra_host_line(entry: &str, host_gateway: Option<Ipv4Addr>) -> Result<St
 
 /// /etc/hosts for a container with its own namespace: localhost entries, the
 /// `--add-host` entries, and its own address with its hostname.
-pub fn hosts(ip: Option<Ipv4Addr>, hostname: &str, domainname: &str, extra: &[String]) -> String {
+/// The container's own lines follow, one per address (IPv4, then IPv6 as Moby).
+pub fn hosts(ips: &[std::net::IpAddr], hostname: &str, domainname: &str, extra: &[String]) -> String {
     let mut s = HOSTS_HEAD.to_string();
     for e in extra {
         s.push_str(e);
     }
-    if let Some(ip) = ip {
+    for ip in ips {
         if !hostname.is_empty() {
             if domainname.is_empty() {
                 s.push_str(&format!("{ip}\t{hostname}\n"));
@@ -271,17 +272,18 @@ mod tests {
     #[test]
     fn hosts_files() {
         let extra = vec![extra_host_line("db:10.0.0.5", None).unwrap()];
-        let h = hosts(Some(Ipv4Addr::new(172, 18, 0, 2)), "abc", "", &extra);
+        let h = hosts(&[Ipv4Addr::new(172, 18, 0, 2).into(), "fd00::2".parse().unwrap()], "abc", "", &extra);
+        assert!(h.ends_with("172.18.0.2\tabc\nfd00::2\tabc\n"), "{h}");
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.contains("10.0.0.5\tdb\n172.18.0.2\tabc\n"), "{h}");
         let h = hosts(
-            Some(Ipv4Addr::new(172, 18, 0, 2)),
+            &[Ipv4Addr::new(172, 18, 0, 2).into()],
             "web",
             "example.com",
             &[],
         );
         assert!(h.ends_with("172.18.0.2\tweb.example.com web\n"), "{h}");
-        assert!(!hosts(None, "abc", "", &[]).contains("abc"));
+        assert!(!hosts(&[], "abc", "", &[]).contains("abc"));
         assert_eq!(
             extra_host_line("gw:host-gateway", Some(Ipv4Addr::new(172, 17, 0, 1))).unwrap(),
             "172.17.0.1\tgw\n"

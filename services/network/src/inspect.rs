@@ -37,6 +37,15 @@ impl NetworkService {
                 },
             });
         }
+        if let Some(s6) = &n.subnet6 {
+            // as given: an unset gateway stays unset (Moby lists only what was asked)
+            cfgs.push(docker::IpamConfig {
+                subnet: Some(s6.subnet.to_string()),
+                ip_range: s6.given_range.clone(),
+                gateway: s6.given_gateway.clone(),
+                auxiliary_addresses: None,
+            });
+        }
         let mut containers = HashMap::new();
         if with_containers {
             for (s, e) in st.endpoints_on(&n.id) {
@@ -50,7 +59,12 @@ impl NetworkService {
                             e.ip.map(|ip| format!("{ip}/{}", e.prefix))
                                 .unwrap_or_default(),
                         ),
-                        ipv6_address: Some(String::new()),
+                        ipv6_address: Some(
+                            e.ip6
+                                .zip(n.subnet6.as_ref())
+                                .map(|(ip, s)| format!("{ip}/{}", s.subnet.prefix_len()))
+                                .unwrap_or_default(),
+                        ),
                     },
                 );
             }
@@ -62,7 +76,7 @@ impl NetworkService {
             scope: Some("local".into()),
             driver: Some(n.driver.clone()),
             enable_ipv4: Some(true),
-            enable_ipv6: Some(false),
+            enable_ipv6: Some(n.enable_ipv6),
             ipam: Some(docker::Ipam {
                 driver: Some("default".into()),
                 config: Some(cfgs),
@@ -92,13 +106,16 @@ impl NetworkService {
     ) -> docker::EndpointSettings {
         let n = st.networks.get(&e.network_id);
         docker::EndpointSettings {
-            ipam_config: e
-                .requested_ip
-                .as_ref()
-                .map(|ip| docker::EndpointIpamConfig {
-                    ipv4_address: Some(ip.clone()),
-                    ..Default::default()
-                }),
+            // Moby's EndpointIPAMConfig: null unless something was asked, then only
+            // the keys asked (`omitempty`)
+            ipam_config: (e.requested_ip.is_some()
+                || e.requested_ip6.is_some()
+                || !e.link_local.is_empty())
+            .then(|| docker::EndpointIpamConfig {
+                ipv4_address: e.requested_ip.clone(),
+                ipv6_address: e.requested_ip6.clone(),
+                link_local_ips: Some(e.link_local.clone()).filter(|l| !l.is_empty()),
+            }),
             links: if e.links.is_empty() {
                 None
             } else {
@@ -126,9 +143,19 @@ impl NetworkService {
             ),
             ip_address: Some(e.ip.map(|i| i.to_string()).unwrap_or_default()),
             ip_prefix_len: Some(e.prefix as i64),
-            ipv6_gateway: Some(String::new()),
-            global_ipv6_address: Some(String::new()),
-            global_ipv6_prefix_len: Some(0),
+            ipv6_gateway: Some(
+                n.and_then(|n| n.subnet6.as_ref())
+                    .filter(|_| e.ip6.is_some())
+                    .map(|s| s.gateway.to_string())
+                    .unwrap_or_default(),
+            ),
+            global_ipv6_address: Some(e.ip6.map(|i| i.to_string()).unwrap_or_default()),
+            global_ipv6_prefix_len: Some(
+                n.and_then(|n| n.subnet6.as_ref())
+                    .filter(|_| e.ip6.is_some())
+                    .map(|s| s.subnet.prefix_len() as i64)
+                    .unwrap_or(0),
+            ),
             dns_names: if e.dns_names.is_empty() {
                 None
             } else {

@@ -1,10 +1,10 @@
-//! IPv4 address management: subnet pools for new networks (skipping subnets the
+//! Address management (IPv4; IPv6 subnets the user gives, [`Subnet6`]): subnet pools for new networks (skipping subnets the
 //! host already routes and those other networks use) and addresses within a subnet.
 //! Pure logic; the caller supplies the host's routes and what is in use.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
@@ -185,6 +185,89 @@ pub fn check_addr(
     Ok(())
 }
 
+/// An IPv6 subnet of a network (`--ipv6 --subnet fd00::/64`): there are no default
+/// IPv6 pools (as in Moby 20.10), so the user always gives it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subnet6 {
+    pub subnet: Ipv6Net,
+    /// The bridge's address: the given gateway or the subnet's first host.
+    pub gateway: Ipv6Addr,
+    pub ip_range: Option<Ipv6Net>,
+    /// As the user wrote them (inspect shows them back; an unset gateway stays unset).
+    #[serde(default)]
+    pub given_range: Option<String>,
+    #[serde(default)]
+    pub given_gateway: Option<String>,
+}
+
+impl Subnet6 {
+    /// From the user's IPAM config: `subnet`, optional `range` and `gateway`.
+    pub fn parse(subnet: &str, range: Option<&str>, gateway: Option<&str>) -> Result<Subnet6, IpamError> {
+        let bad = |s: &str| IpamError::BadSubnet(s.to_string(), "invalid CIDR address".into());
+        let sub: Ipv6Net = subnet.parse().map_err(|_| bad(subnet))?;
+        let sub = sub.trunc();
+        if sub.prefix_len() > 126 {
+            return Err(IpamError::BadSubnet(subnet.to_string(), "too small a subnet".into()));
+        }
+        let ip_range = match range {
+            Some(r) => {
+                let n: Ipv6Net = r.parse().map_err(|_| bad(r))?;
+                if !sub.contains(&n.network()) || n.prefix_len() < sub.prefix_len() {
+                    return Err(IpamError::OutOfRange(r.to_string()));
+                }
+                Some(n.trunc())
+            }
+            None => None,
+        };
+        let gw = match gateway {
+            Some(g) => {
+                let a: Ipv6Addr = g.parse().map_err(|_| IpamError::OutOfRange(g.to_string()))?;
+                if !sub.contains(&a) || a == sub.network() {
+                    return Err(IpamError::OutOfRange(g.to_string()));
+                }
+                a
+            }
+            None => Ipv6Addr::from(u128::from(sub.network()) + 1),
+        };
+        Ok(Subnet6 {
+            subnet: sub,
+            gateway: gw,
+            ip_range,
+            given_range: range.map(str::to_string),
+            given_gateway: gateway.map(str::to_string),
+        })
+    }
+
+    /// The lowest free address of the range (or subnet), never the subnet-router
+    /// anycast address (the network's), the gateway or one in `used`.
+    pub fn alloc(&self, used: &BTreeSet<Ipv6Addr>) -> Result<Ipv6Addr, IpamError> {
+        let r = self.ip_range.unwrap_or(self.subnet);
+        let lo = u128::from(r.network()).max(u128::from(self.subnet.network()) + 1);
+        let hi = u128::from(r.broadcast()).min(u128::from(self.subnet.broadcast()));
+        // bounded: a /64 has more addresses than any node will ever use
+        (lo..=hi)
+            .take(used.len() + 2)
+            .map(Ipv6Addr::from)
+            .find(|a| *a != self.gateway && !used.contains(a))
+            .ok_or_else(|| IpamError::AddressesExhausted(self.subnet.to_string()))
+    }
+
+    /// Check an address the user asked for (`--ip6`).
+    pub fn check(&self, ip: Ipv6Addr, used: &BTreeSet<Ipv6Addr>) -> Result<(), IpamError> {
+        if !self.subnet.contains(&ip) || ip == self.subnet.network() {
+            return Err(IpamError::OutOfRange(ip.to_string()));
+        }
+        if ip == self.gateway || used.contains(&ip) {
+            return Err(IpamError::AddressInUse);
+        }
+        Ok(())
+    }
+
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        self.subnet.contains(&other.network()) || other.contains(&self.subnet.network())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +423,29 @@ mod tests {
         ));
         assert_eq!(parse_net("10.1.2.3/16").unwrap(), n("10.1.0.0/16"));
         assert!(parse_net("10.1.2.3").is_err());
+    }
+
+    #[test]
+    fn ipv6_subnets_and_addresses() {
+        // docker-py's: range 2001:389::/96, gateway ::ffff (inside the range, skipped)
+        let s = Subnet6::parse("2001:389::/64", Some("2001:389::0/96"), Some("2001:389::ffff")).unwrap();
+        let mut used = BTreeSet::new();
+        assert_eq!(s.alloc(&used).unwrap(), "2001:389::1".parse::<Ipv6Addr>().unwrap());
+        used.insert("2001:389::1".parse().unwrap());
+        assert_eq!(s.alloc(&used).unwrap(), "2001:389::2".parse::<Ipv6Addr>().unwrap());
+        assert!(s.check("2001:389::f00d".parse().unwrap(), &used).is_ok());
+        assert_eq!(s.check("2001:389::ffff".parse().unwrap(), &used), Err(IpamError::AddressInUse));
+        assert!(matches!(s.check("2001:388::1".parse().unwrap(), &used), Err(IpamError::OutOfRange(_))));
+        // no gateway given: the first host, not shown back
+        let s = Subnet6::parse("fd00:2::/64", None, None).unwrap();
+        assert_eq!(s.gateway, "fd00:2::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(s.alloc(&BTreeSet::new()).unwrap(), "fd00:2::2".parse::<Ipv6Addr>().unwrap());
+        assert!(s.given_gateway.is_none());
+        assert!(Subnet6::parse("fd00:2::/127", None, None).is_err());
+        assert!(Subnet6::parse("10.0.0.0/8", None, None).is_err());
+        assert!(Subnet6::parse("fd00:2::/64", Some("fd00:3::/96"), None).is_err());
+        assert!(Subnet6::parse("fd00:2::/64", None, Some("fd00:3::1")).is_err());
+        assert!(s.overlaps(&"fd00:2:0:0:1::/80".parse().unwrap()));
+        assert!(!s.overlaps(&"fd00:3::/64".parse().unwrap()));
     }
 }

@@ -12,7 +12,7 @@
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +32,8 @@ pub trait Links: Send + Sync {
         prefix: u8,
         mtu: u32,
     ) -> Result<u32, LinkError>;
+    /// One more address on the link `name` (a bridge's IPv6 gateway). Idempotent.
+    async fn add_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<(), LinkError>;
     /// Delete a link by name. Idempotent.
     async fn delete(&self, name: &str) -> Result<(), LinkError>;
     /// A veth pair: `host` on the bridge with index `bridge`, `peer` (with `mac`)
@@ -69,6 +71,14 @@ pub trait NsLinks: Send + Sync {
         ip: Ipv4Addr,
         prefix: u8,
         gw: Option<Ipv4Addr>,
+    ) -> Result<(), LinkError>;
+    /// More addresses on `ifname` (its IPv6 address, link-local ones), IPv6 turned on
+    /// for it first when one is IPv6, and the default IPv6 route via `gw6` when given.
+    async fn add_addresses(
+        &self,
+        ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        gw6: Option<Ipv6Addr>,
     ) -> Result<(), LinkError>;
 }
 
@@ -156,6 +166,14 @@ impl Links for HostLinks {
     ) -> Result<u32, LinkError> {
         self.nl.ensure_bridge(name, addr, prefix, mtu).await
     }
+    async fn add_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
+        if addr.is_ipv6() {
+            // the gateway answers at once (no duplicate address detection first)
+            let _ = crate::link::sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0");
+            let _ = crate::link::sysctl(&format!("net/ipv6/conf/{name}/accept_dad"), "0");
+        }
+        self.nl.add_address(name, addr, prefix).await
+    }
     async fn delete(&self, name: &str) -> Result<(), LinkError> {
         self.nl.delete(name).await
     }
@@ -219,8 +237,8 @@ fn delete_links_blocking(names: &[String]) {
     });
 }
 
-/// [`NsLinks`] over a netlink socket opened inside the namespace.
-struct InnerLinks(Netlink);
+/// [`NsLinks`] over a netlink socket opened inside the namespace pinned at the path.
+struct InnerLinks(Netlink, PathBuf);
 
 #[async_trait]
 impl NsLinks for InnerLinks {
@@ -235,6 +253,29 @@ impl NsLinks for InnerLinks {
         gw: Option<Ipv4Addr>,
     ) -> Result<(), LinkError> {
         self.0.configure(ifname, ip, prefix, gw, false).await
+    }
+    async fn add_addresses(
+        &self,
+        ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        gw6: Option<Ipv6Addr>,
+    ) -> Result<(), LinkError> {
+        if addrs.iter().any(|(a, _)| a.is_ipv6()) {
+            // the namespace's interfaces come in without IPv6 (netns::create): turn it
+            // on for this one, without duplicate address detection (usable at once, as
+            // Moby adds them with IFA_F_NODAD); sysctls are per namespace
+            if ifname.is_empty() || ifname.contains(['/', '.']) {
+                return Err(LinkError::Netlink(format!("bad interface name {ifname:?}")));
+            }
+            let dir = format!("/proc/sys/net/ipv6/conf/{ifname}");
+            crate::netns::run_in(self.1.clone(), move || {
+                std::fs::write(format!("{dir}/accept_dad"), "0")?;
+                std::fs::write(format!("{dir}/disable_ipv6"), "0")
+            })
+            .await
+            .map_err(|e| LinkError::Netlink(format!("cannot turn IPv6 on for {ifname}: {e}")))?;
+        }
+        self.0.add_addresses(ifname, addrs, gw6).await
     }
 }
 
@@ -252,7 +293,7 @@ impl Namespaces for HostNamespaces {
     async fn create(&self, path: PathBuf) -> std::io::Result<Ns> {
         let sock = crate::netns::create(path.clone()).await?;
         let res = (|| {
-            let links = Box::new(InnerLinks(Netlink::from_fd(sock)?));
+            let links = Box::new(InnerLinks(Netlink::from_fd(sock)?, path.clone()));
             let file = std::fs::File::open(&path)?;
             Ok(Ns {
                 path: path.clone(),
@@ -267,7 +308,7 @@ impl Namespaces for HostNamespaces {
     }
     async fn open(&self, path: PathBuf) -> std::io::Result<Ns> {
         let sock = crate::netns::netlink_in(path.clone()).await?;
-        let links = Box::new(InnerLinks(Netlink::from_fd(sock)?));
+        let links = Box::new(InnerLinks(Netlink::from_fd(sock)?, path.clone()));
         let file = std::fs::File::open(&path)?;
         Ok(Ns {
             path,

@@ -9,7 +9,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{
     LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +264,42 @@ impl Netlink {
             .map_err(nl)?;
         if let Some(gw) = gw {
             let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(l.index)
+                .build();
+            self.h.route().add(r).execute().await.map_err(nl)?;
+        }
+        Ok(())
+    }
+
+    /// One more address on `name`. Idempotent (EEXIST is success).
+    pub async fn add_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
+        let l = self
+            .link(name)
+            .await?
+            .ok_or_else(|| LinkError::Netlink(format!("{name} not found")))?;
+        match self.h.address().add(l.index, addr, prefix).execute().await.map_err(nl) {
+            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Inside a sandbox: more addresses on `ifname` and the default IPv6 route.
+    pub async fn add_addresses(
+        &self,
+        ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        gw6: Option<Ipv6Addr>,
+    ) -> Result<(), LinkError> {
+        for (a, p) in addrs {
+            self.add_address(ifname, *a, *p).await?;
+        }
+        if let Some(gw) = gw6 {
+            let l = self
+                .link(ifname)
+                .await?
+                .ok_or_else(|| LinkError::Netlink(format!("{ifname} not found in sandbox")))?;
+            let r = RouteMessageBuilder::<Ipv6Addr>::new()
                 .gateway(gw)
                 .output_interface(l.index)
                 .build();

@@ -202,6 +202,12 @@ impl NetworkService {
             .ensure_bridge(&n.bridge, gw, sub.prefix_len(), n.mtu)
             .await?;
         let _ = self.k.links.set_alias(&n.bridge, &self.cfg.mark());
+        if let Some(s6) = n.subnet6.as_ref().filter(|_| n.enable_ipv6) {
+            self.k
+                .links
+                .add_address(&n.bridge, s6.gateway.into(), s6.subnet.prefix_len())
+                .await?;
+        }
         // 127.0.0.1 -> published port: the DNATed packet leaves with a loopback source
         let _ = self
             .k
@@ -236,11 +242,6 @@ impl NetworkService {
                 )))
             }
             other => return Err(BusError::not_found(format!("plugin \"{other}\" not found"))),
-        }
-        if body.enable_ipv6 == Some(true) {
-            return Err(BusError::invalid(
-                "berth networks are IPv4 only: IPv6 is not supported",
-            ));
         }
         if body.enable_ipv4 == Some(false) {
             return Err(BusError::invalid("berth bridge networks need IPv4"));
@@ -323,12 +324,49 @@ impl NetworkService {
             )));
         }
 
-        // IPAM: one IPv4 config at most.
-        let mut cfgs = ipam.config.clone().unwrap_or_default();
-        cfgs.retain(|c| !c.subnet.as_deref().is_some_and(|s| s.contains(':')));
+        // IPAM: one IPv4 config at most, one IPv6 config at most.
+        let (cfgs6, mut cfgs): (Vec<_>, Vec<_>) = ipam
+            .config
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| c.subnet.as_deref().is_some_and(|s| s.contains(':')));
         if cfgs.len() > 1 {
             return Err(BusError::invalid("berth networks take one IPv4 subnet"));
         }
+        if cfgs6.len() > 1 {
+            return Err(BusError::invalid("berth networks take one IPv6 subnet"));
+        }
+        let enable_ipv6 = body.enable_ipv6 == Some(true);
+        let subnet6 = match cfgs6.first() {
+            Some(c) => {
+                let given = |o: &Option<String>| o.clone().filter(|s| !s.is_empty());
+                let s6 = ipam::Subnet6::parse(
+                    c.subnet.as_deref().unwrap_or_default(),
+                    given(&c.ip_range).as_deref(),
+                    given(&c.gateway).as_deref(),
+                )
+                .map_err(|e| BusError::invalid(e.to_string()))?;
+                if st
+                    .networks
+                    .values()
+                    .filter_map(|n| n.subnet6.as_ref())
+                    .any(|o| o.overlaps(&s6.subnet))
+                {
+                    return Err(BusError::forbidden(
+                        "Pool overlaps with other one on this address space",
+                    ));
+                }
+                Some(s6)
+            }
+            // Moby 20.10 has no default IPv6 pools
+            None if enable_ipv6 => {
+                return Err(BusError::not_found(
+                    "could not find an available, non-overlapping IPv6 address pool among the defaults to assign to the network",
+                ))
+            }
+            None => None,
+        };
         let user = cfgs.pop().unwrap_or_default();
         let others: Vec<Ipv4Net> = st.networks.values().filter_map(|n| n.subnet).collect();
         let _lock = HostLock::take();
@@ -417,6 +455,8 @@ impl NetworkService {
             mtu,
             host_ip,
             last_ip: None,
+            enable_ipv6,
+            subnet6,
         };
         self.ensure_bridge(&n).await.map_err(internal)?;
         drop(_lock);

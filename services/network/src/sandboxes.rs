@@ -7,7 +7,7 @@ use bus_schema::network::*;
 use bus_schema::event::Action;
 use bus_schema::{docker, BusError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use crate::dns::{self, DnsEntry};
@@ -51,6 +51,7 @@ impl NetworkService {
                     network_id: e.network_id.clone(),
                     ip: e.ip?,
                     names: e.dns_names.clone(),
+                    links: e.links.iter().filter_map(|l| dns::parse_link(l)).collect(),
                 })
             })
             .collect();
@@ -145,23 +146,12 @@ impl NetworkService {
                 .filter(|e| e.network_id == net.id)
                 .filter_map(|e| e.ip),
         );
-        let requested = settings
-            .ipam_config
-            .as_ref()
-            .and_then(|c| c.ipv4_address.clone())
-            .filter(|s| !s.is_empty());
+        let ipam_cfg = settings.ipam_config.clone().unwrap_or_default();
+        let requested = ipam_cfg.ipv4_address.clone().filter(|s| !s.is_empty());
+        let requested6 = ipam_cfg.ipv6_address.clone().filter(|s| !s.is_empty());
+        user_ip_allowed(&net, requested.is_some(), requested6.is_some())?;
         let ip = match &requested {
             Some(s) => {
-                if net.default_bridge {
-                    return Err(BusError::invalid(
-                        "user specified IP address is supported on user defined networks only",
-                    ));
-                }
-                if !net.user_ipam {
-                    return Err(BusError::invalid(
-                        "user specified IP address is supported only when connecting to networks with user configured subnets",
-                    ));
-                }
                 let ip: Ipv4Addr = s
                     .parse()
                     .map_err(|_| BusError::invalid(format!("invalid IPv4 address: {s}")))?;
@@ -181,6 +171,54 @@ impl NetworkService {
                 ip
             }
         };
+        // IPv6 (EnableIPv6 networks only: a request elsewhere is ignored, as
+        // libnetwork does, and only shown back)
+        let ip6 = match net.subnet6.as_ref().filter(|_| net.enable_ipv6) {
+            None => None,
+            Some(s6) => {
+                let mut used6 = st.used_ips6(&net);
+                used6.extend(
+                    rec.endpoints
+                        .iter()
+                        .filter(|e| e.network_id == net.id)
+                        .filter_map(|e| e.ip6),
+                );
+                Some(match &requested6 {
+                    Some(s) => {
+                        let a: Ipv6Addr = s
+                            .parse()
+                            .map_err(|_| BusError::invalid(format!("invalid IPv6 address: {s}")))?;
+                        s6.check(a, &used6).map_err(|e| match e {
+                            ipam::IpamError::AddressInUse => BusError::forbidden("Address already in use"),
+                            other => BusError::invalid(other.to_string()),
+                        })?;
+                        a
+                    }
+                    None => s6.alloc(&used6).map_err(|e| BusError::unavailable(e.to_string()))?,
+                })
+            }
+        };
+        let link_local = ipam_cfg.link_local_ips.clone().unwrap_or_default();
+        let mut extra: Vec<(IpAddr, u8)> = Vec::new();
+        if let (Some(a), Some(s6)) = (ip6, net.subnet6.as_ref()) {
+            extra.push((a.into(), s6.subnet.prefix_len()));
+        }
+        for l in &link_local {
+            let a: IpAddr = l
+                .parse()
+                .map_err(|_| BusError::invalid(format!("invalid link-local IP address: {l}")))?;
+            let ok = match a {
+                IpAddr::V4(v) => v.is_link_local(),
+                IpAddr::V6(v) => v.segments()[0] & 0xffc0 == 0xfe80,
+            };
+            if !ok {
+                return Err(BusError::invalid(format!(
+                    "invalid link-local IP address: {l}: not a link-local address"
+                )));
+            }
+            // Moby's prefixes: 169.254.0.0/16, fe80::/64
+            extra.push((a, if a.is_ipv4() { 16 } else { 64 }));
+        }
         let mac = settings
             .mac_address
             .as_deref()
@@ -231,6 +269,9 @@ impl NetworkService {
                 .collect(),
             gw_priority: settings.gw_priority.unwrap_or(0),
             requested_ip: requested,
+            ip6,
+            requested_ip6: requested6,
+            link_local,
         });
         ns.links
             .configure(
@@ -241,6 +282,13 @@ impl NetworkService {
             )
             .await
             .map_err(internal)?;
+        if !extra.is_empty() {
+            let gw6 = net.subnet6.as_ref().filter(|_| want_gw && ip6.is_some()).map(|s| s.gateway);
+            ns.links
+                .add_addresses(ifname, &extra, gw6)
+                .await
+                .map_err(internal)?;
+        }
         Ok(())
     }
 
@@ -353,7 +401,7 @@ impl NetworkService {
                 }
                 let (rc, _) = self.host_files();
                 rec.resolv_conf = files::resolv_conf_legacy(&ResolvConf::parse(&rc), &o);
-                rec.hosts = files::hosts(None, &r.hostname, &r.domainname, &extra);
+                rec.hosts = files::hosts(&[], &r.hostname, &r.domainname, &extra);
             }
             _ => {
                 let first = first_net.expect("bridge mode has a network");
@@ -411,8 +459,13 @@ impl NetworkService {
                     .and_then(|e| st.networks.get(&e.network_id))
                     .and_then(|n| n.gateway);
                 let extra = self.extra_hosts(st, &r.extra_hosts, first_gw)?;
+                let own: Vec<IpAddr> = rec
+                    .endpoints
+                    .first()
+                    .map(|e| e.ip.map(IpAddr::from).into_iter().chain(e.ip6.map(IpAddr::from)).collect())
+                    .unwrap_or_default();
                 rec.hosts = files::hosts(
-                    rec.endpoints.first().and_then(|e| e.ip),
+                    &own,
                     &r.hostname,
                     &r.domainname,
                     &extra,
@@ -657,6 +710,25 @@ impl NetworkService {
     }
 }
 
+/// Moby's checks of `--ip`/`--ip6`: user networks only, each family on a network
+/// with a subnet of that family given by the user.
+fn user_ip_allowed(net: &crate::store::NetworkRecord, v4: bool, v6: bool) -> Result<(), BusError> {
+    if !v4 && !v6 {
+        return Ok(());
+    }
+    if net.default_bridge {
+        return Err(BusError::invalid(
+            "user specified IP address is supported on user defined networks only",
+        ));
+    }
+    if (v4 && !net.user_ipam) || (v6 && net.subnet6.is_none()) {
+        return Err(BusError::invalid(
+            "user specified IP address is supported only when connecting to networks with user configured subnets",
+        ));
+    }
+    Ok(())
+}
+
 fn empty_endpoint(net_id: &str) -> EndpointRecord {
     EndpointRecord {
         network_id: net_id.to_string(),
@@ -673,6 +745,9 @@ fn empty_endpoint(net_id: &str) -> EndpointRecord {
         driver_opts: BTreeMap::new(),
         gw_priority: 0,
         requested_ip: None,
+        ip6: None,
+        requested_ip6: None,
+        link_local: Vec::new(),
     }
 }
 
@@ -735,6 +810,125 @@ pub(crate) mod tests {
             })
             .await
             .unwrap();
+    }
+
+    /// IPv6 networks as Moby 20.10: no default pool, the bridge gets the gateway,
+    /// each endpoint an address (auto or asked) and the default route, shown back;
+    /// link-local addresses go on the interface and into IPAMConfig.
+    #[tokio::test]
+    async fn ipv6_and_link_local_endpoints() {
+        let t = TestService::start().await;
+        let create = |name: &str, v6: bool, cfg: Vec<docker::IpamConfig>| docker::NetworkCreateRequest {
+            name: name.into(),
+            enable_ipv6: Some(v6),
+            ipam: Some(docker::Ipam { config: Some(cfg), ..Default::default() }),
+            ..Default::default()
+        };
+        let e = t.svc.network_create(NetworkCreate { body: create("nov6", true, vec![]) }).await.unwrap_err();
+        assert_eq!(e.kind, bus_schema::ErrorKind::NotFound, "{e:?}");
+        assert!(e.message.starts_with("could not find an available, non-overlapping IPv6"), "{e:?}");
+        let v6 = |sub: &str, range: Option<&str>, gw: Option<&str>| docker::IpamConfig {
+            subnet: Some(sub.into()),
+            ip_range: range.map(Into::into),
+            gateway: gw.map(Into::into),
+            ..Default::default()
+        };
+        t.svc
+            .network_create(NetworkCreate {
+                body: create("six", true, vec![v6("2001:389::/64", Some("2001:389::0/96"), Some("2001:389::ffff"))]),
+            })
+            .await
+            .unwrap();
+        let e = t
+            .svc
+            .network_create(NetworkCreate { body: create("again", true, vec![v6("2001:389::/80", None, None)]) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, bus_schema::ErrorKind::Forbidden, "{e:?}");
+        let i = t
+            .svc
+            .network_inspect(NetworkInspect { id: "six".into(), verbose: false })
+            .await
+            .unwrap();
+        let bridge = {
+            assert_eq!(i.enable_ipv6, Some(true));
+            let cfg = i.ipam.unwrap().config.unwrap();
+            assert_eq!(cfg.len(), 2, "an IPv4 subnet is picked too: {cfg:?}");
+            assert_eq!(cfg[1].subnet.as_deref(), Some("2001:389::/64"));
+            assert_eq!(cfg[1].ip_range.as_deref(), Some("2001:389::0/96"));
+            assert_eq!(cfg[1].gateway.as_deref(), Some("2001:389::ffff"));
+            format!("br-{}", &i.id.as_deref().unwrap()[..12])
+        };
+        assert_eq!(
+            t.fake.world().addresses[&bridge],
+            vec![("2001:389::ffff".parse::<std::net::IpAddr>().unwrap(), 64)]
+        );
+        let s = t.svc.sandbox_create(on(req("c1", "six"), &["six"])).await.unwrap();
+        let ep = &s.networks["six"];
+        assert_eq!(ep.global_ipv6_address.as_deref(), Some("2001:389::1"));
+        assert_eq!(ep.global_ipv6_prefix_len, Some(64));
+        assert_eq!(ep.ipv6_gateway.as_deref(), Some("2001:389::ffff"));
+        assert_eq!(ep.ipam_config, None);
+        assert!(s.hosts.contains("2001:389::1\tc1"), "{}", s.hosts);
+        let mut r = req("c2", "six");
+        r.endpoints.push(EndpointRequest {
+            network: "six".into(),
+            settings: docker::EndpointSettings {
+                ipam_config: Some(docker::EndpointIpamConfig {
+                    ipv6_address: Some("2001:389::f00d".into()),
+                    link_local_ips: Some(vec!["169.254.8.8".into(), "fe80::8".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        });
+        let s2 = t.svc.sandbox_create(r).await.unwrap();
+        let ep = &s2.networks["six"];
+        assert_eq!(ep.global_ipv6_address.as_deref(), Some("2001:389::f00d"));
+        assert_eq!(
+            ep.ipam_config,
+            Some(docker::EndpointIpamConfig {
+                ipv4_address: None,
+                ipv6_address: Some("2001:389::f00d".into()),
+                link_local_ips: Some(vec!["169.254.8.8".into(), "fe80::8".into()]),
+            })
+        );
+        {
+            let w = t.fake.world();
+            let ns = &w.namespaces[&PathBuf::from(&s2.key)];
+            let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+            assert_eq!(ns.extra["eth0"], vec![(ip("2001:389::f00d"), 64), (ip("169.254.8.8"), 16), (ip("fe80::8"), 64)]);
+            assert_eq!(ns.gateway6, Some("2001:389::ffff".parse().unwrap()));
+        }
+        // the same address again, one outside the subnet, a link-local that is not
+        let mut bad = |id: &str, v6: Option<&str>, ll: Option<&str>| {
+            let mut r = req(id, "six");
+            r.endpoints.push(EndpointRequest {
+                network: "six".into(),
+                settings: docker::EndpointSettings {
+                    ipam_config: Some(docker::EndpointIpamConfig {
+                        ipv6_address: v6.map(Into::into),
+                        link_local_ips: ll.map(|l| vec![l.to_string()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            });
+            r
+        };
+        let e = t.svc.sandbox_create(bad("c3", Some("2001:389::f00d"), None)).await.unwrap_err();
+        assert_eq!(e.kind, bus_schema::ErrorKind::Forbidden, "{e:?}");
+        let e = t.svc.sandbox_create(bad("c4", Some("2001:388::1"), None)).await.unwrap_err();
+        assert_eq!(e.kind, bus_schema::ErrorKind::InvalidArgument, "{e:?}");
+        let e = t.svc.sandbox_create(bad("c5", None, Some("10.0.0.1"))).await.unwrap_err();
+        assert_eq!(e.kind, bus_schema::ErrorKind::InvalidArgument, "{e:?}");
+        // --ip6 on a network without an IPv6 subnet: Moby's refusal
+        user_net(&t, "four", "10.99.0.0/24").await;
+        let mut r = bad("c6", Some("2001:389::7"), None);
+        r.endpoints[0].network = "four".into();
+        r.network_mode = "four".into();
+        let e = t.svc.sandbox_create(r).await.unwrap_err();
+        assert!(e.message.contains("user configured subnets"), "{e:?}");
     }
 
     #[tokio::test]

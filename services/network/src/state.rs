@@ -79,6 +79,11 @@ impl State {
         u
     }
 
+    /// IPv6 addresses of the endpoints on `net`.
+    pub fn used_ips6(&self, net: &NetworkRecord) -> BTreeSet<std::net::Ipv6Addr> {
+        self.endpoints_on(&net.id).filter_map(|(_, e)| e.ip6).collect()
+    }
+
     pub fn port_taken(&self, proto: ports::Proto, ip: Ipv4Addr, port: u16) -> bool {
         self.sandboxes
             .values()

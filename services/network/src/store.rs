@@ -60,6 +60,12 @@ pub struct NetworkRecord {
     /// Last address handed out, so a freed one is not reused at once.
     #[serde(default)]
     pub last_ip: Option<Ipv4Addr>,
+    /// `EnableIPv6`: endpoints get an address of `subnet6` too.
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// The IPv6 subnet given at create (listed in IPAM even without EnableIPv6, as Moby).
+    #[serde(default)]
+    pub subnet6: Option<crate::ipam::Subnet6>,
 }
 
 fn yes() -> bool {
@@ -95,6 +101,8 @@ impl NetworkRecord {
             mtu: 0,
             host_ip: Ipv4Addr::UNSPECIFIED,
             last_ip: None,
+            enable_ipv6: false,
+            subnet6: None,
         }
     }
 
@@ -139,6 +147,15 @@ pub struct EndpointRecord {
     /// `--ip` as asked (shown back as IPAMConfig).
     #[serde(default)]
     pub requested_ip: Option<String>,
+    /// The IPv6 address (networks with EnableIPv6), prefix of the network's subnet6.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    /// `--ip6` as asked.
+    #[serde(default)]
+    pub requested_ip6: Option<String>,
+    /// `--link-local-ip`s as asked, each on the interface too.
+    #[serde(default)]
+    pub link_local: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +327,8 @@ mod tests {
             mtu: 1500,
             host_ip: Ipv4Addr::UNSPECIFIED,
             last_ip: None,
+            enable_ipv6: true,
+            subnet6: Some(crate::ipam::Subnet6::parse("fd00:1::/64", None, Some("fd00:1::fe")).unwrap()),
         };
         s.save_network(&n).unwrap();
         assert_eq!(s.load_networks(), vec![n.clone()]);

@@ -201,7 +201,7 @@ impl Runtime {
         name: &str,
         img: ResolvedImage,
         config: docker::ContainerConfig,
-        host_config: docker::HostConfig,
+        mut host_config: docker::HostConfig,
         networking: Option<docker::NetworkingConfig>,
         argv: Vec<String>,
     ) -> Result<Container, BusError> {
@@ -224,6 +224,7 @@ impl Runtime {
             // the CLI names the default network `default`; Docker stores it as `bridge`
             endpoints.extend(n.into_iter().map(|(k, v)| if k == "default" { ("bridge".to_string(), v) } else { (k, v) }));
         }
+        move_user_network_links(&mut host_config, &mut endpoints);
         let c = Container {
             id: id.to_string(),
             name: name.to_string(),
@@ -273,9 +274,52 @@ pub fn display_ref(r: &str) -> String {
     }
 }
 
+/// `--link` on a user-defined network is the endpoint's link (a name its DNS answers
+/// for this container), not a legacy link: Moby keeps it in
+/// `NetworkSettings.Networks.<net>.Links` only and answers `HostConfig.Links: null`.
+fn move_user_network_links(hc: &mut docker::HostConfig, endpoints: &mut HashMap<String, docker::EndpointSettings>) {
+    let mode = hc.network_mode.clone().unwrap_or_default();
+    if matches!(mode.as_str(), "" | "default" | "bridge" | "host" | "none") || mode.starts_with("container:") {
+        return;
+    }
+    let Some(links) = hc.links.take().filter(|l| !l.is_empty()) else { return };
+    let ep = endpoints.entry(mode).or_default();
+    if ep.links.as_ref().is_none_or(|l| l.is_empty()) {
+        ep.links = Some(links);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_on_a_user_network_are_the_endpoints() {
+        let hc = |mode: &str| docker::HostConfig {
+            network_mode: Some(mode.into()),
+            links: Some(vec!["up:bar".into()]),
+            ..Default::default()
+        };
+        let mut h = hc("app");
+        let mut eps = HashMap::new();
+        move_user_network_links(&mut h, &mut eps);
+        assert_eq!(h.links, None);
+        assert_eq!(eps["app"].links, Some(vec!["up:bar".to_string()]));
+        // the endpoint's own links win; legacy links on the default bridge stay
+        let mut h = hc("app");
+        let mut eps = HashMap::from([(
+            "app".to_string(),
+            docker::EndpointSettings { links: Some(vec!["x:y".into()]), ..Default::default() },
+        )]);
+        move_user_network_links(&mut h, &mut eps);
+        assert_eq!(eps["app"].links, Some(vec!["x:y".to_string()]));
+        for mode in ["bridge", "default", "", "container:abc"] {
+            let mut h = hc(mode);
+            let mut eps = HashMap::new();
+            move_user_network_links(&mut h, &mut eps);
+            assert!(h.links.is_some() && eps.is_empty(), "{mode}");
+        }
+    }
 
     #[test]
     fn merges_like_docker() {

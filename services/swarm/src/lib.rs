@@ -1,9 +1,369 @@
-//! The swarm service: managers and workers, services reconciled into tasks.
+//! The swarm service of a node: swarm mode on NATS clustering and JetStream.
+//!
+//! Layout (docs/swarm.md has the whole picture):
+//! - [`SwarmService`] answers the node's gateway (`berth.v1.swarm.<node>.<Op>`): init,
+//!   join, leave, and — when this node is a manager — the cluster API from the store.
+//! - [`cluster::Cluster`] is a running membership: the node's swarm server
+//!   ([`server`], configured by [`natsconf`]), the store ([`store`]) and its watched
+//!   copies ([`cache`]), and the loops: heartbeat, the agent ([`agent`]), and on
+//!   managers the leader lease with the orchestrator and scheduler ([`leader`],
+//!   [`orchestrator`]), events ([`events`]) and the server's user list.
+//! - [`api`] is Docker's manager API over the store; [`convert`] shapes its answers.
+//! - [`node_bus`] is every request made on the node's own bus (runtime, images).
+
+pub mod agent;
+pub mod api;
+pub mod ca;
+pub mod cache;
+pub mod cluster;
+pub mod convert;
+pub mod events;
+pub mod filters;
+pub mod ids;
+pub mod leader;
+pub mod local;
+pub mod model;
+pub mod natsconf;
+pub mod node_bus;
+pub mod orchestrator;
+pub mod server;
+pub mod store;
+pub mod taskfiles;
+pub mod tls;
 
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;
-use bus_schema::Service;
+use bus_schema::swarm::*;
+use bus_schema::runtime::StreamInfo;
+use bus_schema::stream::StdioChunk;
+use bus_schema::{docker, BusError, BusStream, Service};
+use std::sync::{Arc, RwLock};
 
-pub async fn serve(bus: Bus, _cfg: DaemonConfig) -> anyhow::Result<Server> {
-    Ok(Server::new(bus, Service::Swarm))
+/// Docker's answer when this node is in no swarm (503).
+pub const ERR_NO_SWARM_MANAGER: &str =
+    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+/// Docker's answer on a worker (503).
+pub const ERR_WORKER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+/// Docker's answer to init/join when already in a swarm (503).
+pub const ERR_SWARM_EXISTS: &str = "This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.";
+/// Docker's answer to leave when in no swarm (503).
+pub const ERR_NO_SWARM: &str = "This node is not part of a swarm";
+
+/// RFC 3339 with nanoseconds, UTC (Docker's timestamps).
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What the node describes of itself in `docker node inspect`.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub ncpu: i64,
+    pub memory: i64,
+}
+
+impl HostFacts {
+    pub fn probe() -> HostFacts {
+        let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+        let ncpu = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+        HostFacts { hostname, ncpu, memory: berth_config::host_mem_total() as i64 }
+    }
+
+    pub fn description(&self) -> docker::NodeDescription {
+        let plugin = |t: &str, n: &str| docker::EngineDescriptionPlugins { typ: Some(t.into()), name: Some(n.into()) };
+        docker::NodeDescription {
+            hostname: Some(self.hostname.clone()),
+            platform: Some(docker::Platform { architecture: Some(std::env::consts::ARCH.into()), os: Some("linux".into()) }),
+            resources: Some(docker::ResourceObject { nano_cpus: Some(self.ncpu * 1_000_000_000), memory_bytes: Some(self.memory), generic_resources: None }),
+            engine: Some(docker::EngineDescription {
+                engine_version: Some(berth_config::VERSION.into()),
+                labels: None,
+                plugins: Some(vec![
+                    plugin("Log", "json-file"),
+                    plugin("Network", "bridge"),
+                    plugin("Network", "host"),
+                    plugin("Network", "null"),
+                    plugin("Network", "overlay"),
+                    plugin("Volume", "local"),
+                ]),
+            }),
+            tls_info: None,
+        }
+    }
+}
+
+/// The swarm service of this node.
+pub struct SwarmService {
+    pub(crate) nb: node_bus::NodeBus,
+    pub(crate) files: natsconf::Files,
+    pub(crate) logs: std::path::PathBuf,
+    /// Where tasks' secrets and configs are mounted (tmpfs each, see [`taskfiles`]).
+    pub(crate) task_files: std::path::PathBuf,
+    pub(crate) host: HostFacts,
+    /// Serialises init, join, leave and start-up.
+    transition: tokio::sync::Mutex<()>,
+    active: RwLock<Option<Arc<cluster::Cluster>>>,
+    /// Why the swarm this node belongs to is not running (Docker's `Swarm.Error`).
+    error: RwLock<String>,
+}
+
+impl SwarmService {
+    pub fn new(bus: Bus, root: &std::path::Path) -> Arc<SwarmService> {
+        let paths = berth_config::Paths::new(root);
+        Arc::new(SwarmService {
+            nb: node_bus::NodeBus::new(bus),
+            files: natsconf::Files::new(&paths.swarm()),
+            logs: paths.logs(),
+            task_files: paths.run().join("swarm-files"),
+            host: HostFacts::probe(),
+            transition: tokio::sync::Mutex::new(()),
+            active: RwLock::new(None),
+            error: RwLock::new(String::new()),
+        })
+    }
+
+    /// The running membership, if any.
+    pub fn active(&self) -> Option<Arc<cluster::Cluster>> {
+        self.active.read().unwrap().clone()
+    }
+
+    /// The running membership when this node is a manager; Docker's 503 otherwise.
+    pub fn manager(&self) -> Result<Arc<cluster::Cluster>, BusError> {
+        match self.active() {
+            None => Err(BusError::unavailable(ERR_NO_SWARM_MANAGER)),
+            Some(c) if !c.is_manager() => Err(BusError::unavailable(ERR_WORKER)),
+            Some(c) => Ok(c),
+        }
+    }
+
+    /// Rejoin the swarm this node was part of (after a restart of the service or node).
+    pub async fn resume(self: &Arc<Self>) {
+        let _g = self.transition.lock().await;
+        let local = match local::LocalState::load(&self.files.state()) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                *self.error.write().unwrap() = format!("reading swarm state: {e}");
+                return;
+            }
+        };
+        loop {
+            match cluster::Cluster::start(self.clone(), local.clone()).await {
+                Ok(c) => {
+                    *self.active.write().unwrap() = Some(c);
+                    self.error.write().unwrap().clear();
+                    tracing::info!(node = %local.node_id, role = %local.role, "rejoined the swarm");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejoining the swarm failed; trying again");
+                    *self.error.write().unwrap() = e.to_string();
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn init(self: &Arc<Self>, req: docker::SwarmInitRequest) -> Result<String, BusError> {
+        let _g = self.transition.lock().await;
+        if self.active().is_some() || self.files.state().exists() {
+            return Err(BusError::unavailable(ERR_SWARM_EXISTS));
+        }
+        let c = cluster::init(self.clone(), req).await?;
+        let id = c.node_id();
+        *self.active.write().unwrap() = Some(c);
+        Ok(id)
+    }
+
+    pub async fn join(self: &Arc<Self>, req: docker::SwarmJoinRequest) -> Result<(), BusError> {
+        let _g = self.transition.lock().await;
+        if self.active().is_some() || self.files.state().exists() {
+            return Err(BusError::unavailable(ERR_SWARM_EXISTS));
+        }
+        let c = cluster::join(self.clone(), req).await?;
+        *self.active.write().unwrap() = Some(c);
+        Ok(())
+    }
+
+    pub async fn leave(self: &Arc<Self>, force: bool) -> Result<(), BusError> {
+        let _g = self.transition.lock().await;
+        let Some(c) = self.active() else {
+            if self.files.state().exists() {
+                // A membership that never came back up: leaving forgets it.
+                let _ = std::fs::remove_dir_all(&self.files.dir);
+                return Ok(());
+            }
+            return Err(BusError::unavailable(ERR_NO_SWARM));
+        };
+        c.leave(force).await?;
+        *self.active.write().unwrap() = None;
+        Ok(())
+    }
+
+    /// `docker info`'s Swarm section.
+    pub async fn info(&self) -> docker::SystemInfo {
+        let swarm = match self.active() {
+            Some(c) => c.info().await,
+            None => docker::SwarmInfo {
+                node_id: Some(String::new()),
+                node_addr: Some(String::new()),
+                local_node_state: Some(if self.error.read().unwrap().is_empty() { docker::LocalNodeState::INACTIVE } else { docker::LocalNodeState::ERROR }),
+                control_available: Some(false),
+                error: Some(self.error.read().unwrap().clone()),
+                remote_managers: None,
+                ..Default::default()
+            },
+        };
+        docker::SystemInfo { swarm: Some(swarm), ..Default::default() }
+    }
+
+    /// `/_ping`'s `Swarm` header.
+    pub fn status(&self) -> String {
+        match self.active() {
+            None => "inactive".into(),
+            Some(c) if c.is_manager() => "active/manager".into(),
+            Some(_) => "active/worker".into(),
+        }
+    }
+
+    /// Stop the membership's loops and server (the service is stopping; the node stays
+    /// in the swarm).
+    pub async fn shutdown(&self) {
+        if let Some(c) = self.active.write().unwrap().take() {
+            c.stop().await;
+        }
+    }
+}
+
+/// Start the service on `bus`: rejoin a swarm this node is part of, serve requests.
+pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
+    Ok(start(bus, cfg).await?.0)
+}
+
+/// Like [`serve`], also returning the service (for [`SwarmService::shutdown`]).
+pub async fn start(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<SwarmService>)> {
+    let root = std::env::var_os(berth_config::env::ROOT).map(std::path::PathBuf::from).unwrap_or_else(|| cfg.data_root());
+    let svc = SwarmService::new(bus.clone(), &root);
+    {
+        let s = svc.clone();
+        tokio::spawn(async move { s.resume().await });
+    }
+    let s = svc.clone();
+    let server = Server::new(bus, Service::Swarm).info(move || {
+        let s = s.clone();
+        async move { s.info().await }
+    });
+    Ok((register(server, svc.clone()), svc))
+}
+
+/// The swarm table's operations, answered by this node's swarm service: the
+/// membership requests by the service itself, the rest by the manager (Docker's 503
+/// on a worker or outside a swarm).
+struct Api(Arc<SwarmService>);
+
+impl SwarmApi for Api {
+    async fn swarm_init(&self, r: SwarmInit) -> Result<String, BusError> {
+        self.0.init(r.req).await
+    }
+    async fn swarm_join(&self, r: SwarmJoin) -> Result<(), BusError> {
+        self.0.join(r.req).await
+    }
+    async fn swarm_leave(&self, r: SwarmLeave) -> Result<(), BusError> {
+        self.0.leave(r.force).await
+    }
+    async fn swarm_inspect(&self, _r: SwarmInspect) -> Result<SwarmObject, BusError> {
+        self.0.manager()?.swarm_inspect().await
+    }
+    async fn swarm_update(&self, r: SwarmUpdate) -> Result<(), BusError> {
+        self.0.manager()?.swarm_update(r).await
+    }
+    async fn swarm_unlock_key(&self, _r: SwarmUnlockKey) -> Result<docker::UnlockKeyResponse, BusError> {
+        self.0.manager()?.swarm_unlock_key().await
+    }
+    async fn swarm_unlock(&self, _r: SwarmUnlock) -> Result<(), BusError> {
+        Err(BusError::conflict("swarm is not locked"))
+    }
+    async fn swarm_status(&self, _r: SwarmStatus) -> Result<String, BusError> {
+        Ok(self.0.status())
+    }
+    async fn node_list(&self, r: NodeList) -> Result<Vec<docker::Node>, BusError> {
+        self.0.manager()?.node_list(r.filters).await
+    }
+    async fn node_inspect(&self, r: NodeInspect) -> Result<docker::Node, BusError> {
+        self.0.manager()?.node_inspect(&r.id).await
+    }
+    async fn node_update(&self, r: NodeUpdate) -> Result<(), BusError> {
+        self.0.manager()?.node_update(r).await
+    }
+    async fn node_remove(&self, r: NodeRemove) -> Result<(), BusError> {
+        self.0.manager()?.node_remove(&r.id, r.force).await
+    }
+    async fn service_create(&self, r: ServiceCreate) -> Result<docker::ServiceCreateResponse, BusError> {
+        self.0.manager()?.service_create(r.spec, r.auth).await
+    }
+    async fn service_list(&self, r: ServiceList) -> Result<Vec<ServiceObject>, BusError> {
+        self.0.manager()?.service_list(r.filters, r.status).await
+    }
+    async fn service_inspect(&self, r: ServiceInspect) -> Result<ServiceObject, BusError> {
+        self.0.manager()?.service_inspect(&r.id, r.insert_defaults).await
+    }
+    async fn service_update(&self, r: ServiceUpdate) -> Result<docker::ServiceUpdateResponse, BusError> {
+        self.0.manager()?.service_update(r).await
+    }
+    async fn service_remove(&self, r: ServiceRemove) -> Result<(), BusError> {
+        self.0.manager()?.service_remove(&r.id).await
+    }
+    async fn service_logs(&self, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        self.0.manager()?.service_logs(r).await
+    }
+    async fn task_list(&self, r: TaskList) -> Result<Vec<docker::Task>, BusError> {
+        self.0.manager()?.task_list(r.filters).await
+    }
+    async fn task_inspect(&self, r: TaskInspect) -> Result<docker::Task, BusError> {
+        self.0.manager()?.task_inspect(&r.id).await
+    }
+    async fn task_logs(&self, r: TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        self.0.manager()?.task_logs(r).await
+    }
+    async fn secret_create(&self, r: SecretCreate) -> Result<docker::IdResponse, BusError> {
+        self.0.manager()?.secret_create(r.spec).await
+    }
+    async fn secret_list(&self, r: SecretList) -> Result<Vec<docker::Secret>, BusError> {
+        self.0.manager()?.secret_list(r.filters).await
+    }
+    async fn secret_inspect(&self, r: SecretInspect) -> Result<docker::Secret, BusError> {
+        self.0.manager()?.secret_inspect(&r.id).await
+    }
+    async fn secret_update(&self, r: SecretUpdate) -> Result<(), BusError> {
+        self.0.manager()?.secret_update(r).await
+    }
+    async fn secret_remove(&self, r: SecretRemove) -> Result<(), BusError> {
+        self.0.manager()?.secret_remove(&r.id).await
+    }
+    async fn config_create(&self, r: ConfigCreate) -> Result<docker::IdResponse, BusError> {
+        self.0.manager()?.config_create(r.spec).await
+    }
+    async fn config_list(&self, r: ConfigList) -> Result<Vec<docker::Config>, BusError> {
+        self.0.manager()?.config_list(r.filters).await
+    }
+    async fn config_inspect(&self, r: ConfigInspect) -> Result<docker::Config, BusError> {
+        self.0.manager()?.config_inspect(&r.id).await
+    }
+    async fn config_update(&self, r: ConfigUpdate) -> Result<(), BusError> {
+        self.0.manager()?.config_update(r).await
+    }
+    async fn config_remove(&self, r: ConfigRemove) -> Result<(), BusError> {
+        self.0.manager()?.config_remove(&r.id).await
+    }
+}
+
+/// Serve every swarm request on `server` with `svc`.
+pub fn register(server: Server, svc: Arc<SwarmService>) -> Server {
+    berth_bus::swarm::serve_swarm(server, Arc::new(Api(svc)))
 }

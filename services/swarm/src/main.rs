@@ -8,8 +8,12 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = berth_telemetry::init("swarm");
     let cfg = berth_config::DaemonConfig::from_env()?;
     let bus = berth_bus::service::connect(Service::Swarm).await.context("connecting to the bus")?;
-    let server = berth_swarm::serve(bus, cfg).await?;
-    if let Some(r) = berth_bus::service::until_shutdown(server.run()).await {
+    // The swarm server is our child (spawned from this thread: PDEATHSIG follows the
+    // thread that forked), so the runtime stays single-threaded.
+    let (server, svc) = berth_swarm::start(bus, cfg).await?;
+    let r = berth_bus::service::until_shutdown(server.run()).await;
+    svc.shutdown().await;
+    if let Some(r) = r {
         r?;
     }
     Ok(())

@@ -11,7 +11,9 @@
 //! * instance notices: a service announces only its own start, only admin exits;
 //! * the generated clients and adapters still work under these permissions: a unary
 //!   call, a stream and a duplex stream from the gateway to the runtime, and a request
-//!   and a reply too large for one message.
+//!   and a reply too large for one message;
+//! * the swarm service as a server (only the gateway asks it) and as a caller (the
+//!   runtime operations its agent uses, no others), and its swarm-scope events.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -255,4 +257,73 @@ async fn generated_clients_work_under_the_permissions() {
     let list = ContainerList { all: true, limit: None, size: false, filters: [("len".to_string(), vec![big.to_string(), "x".repeat(big)])].into() };
     let got = gateway.container_list(list).await.unwrap();
     assert_eq!(got[0].id.as_deref().map(str::len), Some(big));
+}
+
+/// A swarm service that knows one service and streams one log line per task.
+#[derive(Clone, Default)]
+struct FakeSwarm;
+
+impl berth_bus::swarm::SwarmApi for FakeSwarm {
+    async fn service_list(&self, _req: bus_schema::swarm::ServiceList) -> Result<Vec<bus_schema::swarm::ServiceObject>, BusError> {
+        Ok(vec![bus_schema::swarm::ServiceObject { id: "s1".into(), ..Default::default() }])
+    }
+
+    async fn task_logs(&self, _req: bus_schema::swarm::TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        let lines = [Ok(StdioChunk { stream: 1, data: b"task\n".to_vec() })];
+        Ok((StreamInfo { tty: false }, Box::pin(futures_util::stream::iter(lines))))
+    }
+}
+
+/// The swarm service as a server (the gateway asks it; nobody else may) and as a
+/// caller (of the runtime operations its agent runs tasks with, and no others), and
+/// the swarm events it alone publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_serves_the_gateway_and_calls_the_runtime_under_the_permissions() {
+    use berth_bus::swarm::{serve_swarm, SwarmApi, SwarmClient};
+    use bus_schema::swarm::{LogOptions, ServiceList, TaskLogs};
+
+    let nats = start();
+    let fake = Fake::default();
+    tokio::spawn(serve_runtime(Server::new(bus_as(&nats, Caller::Runtime).await, Service::Runtime), Arc::new(fake.clone())).run());
+    tokio::spawn(serve_swarm(Server::new(bus_as(&nats, Caller::Swarm).await, Service::Swarm), Arc::new(FakeSwarm)).run());
+
+    // as a server: the gateway's client lists services and reads a task's log
+    let gateway = SwarmClient::new(bus_as(&nats, Caller::Gateway).await).with_timeout(Duration::from_secs(5));
+    let mut listed = None;
+    for _ in 0..100 {
+        if let Ok(l) = gateway.service_list(ServiceList::default()).await {
+            listed = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed.expect("the gateway cannot list services").first().map(|s| s.id.as_str()), Some("s1"));
+    let opts = LogOptions { follow: false, stdout: true, stderr: true, since: 0.0, timestamps: false, tail: "all".into(), details: false };
+    let (_, items) = gateway.task_logs(TaskLogs { id: "t1".into(), opts }).await.unwrap();
+    let text: Vec<u8> = items.map(|c| c.unwrap().data).concat().await;
+    assert_eq!(text, b"task\n");
+    // the runtime's credentials may not ask the swarm service
+    let runtime = SwarmClient::new(bus_as(&nats, Caller::Runtime).await).with_timeout(Duration::from_secs(1));
+    assert!(runtime.service_list(ServiceList::default()).await.is_err(), "the runtime may ask the swarm service");
+
+    // as a caller: the agent's calls reach the runtime (a stream too), others do not
+    let swarm = RuntimeClient::new(bus_as(&nats, Caller::Swarm).await).with_timeout(Duration::from_secs(5));
+    let logs = ContainerLogs { id: "c1".into(), follow: false, stdout: true, stderr: true, since: 0.0, until: 0.0, timestamps: false, tail: "all".into() };
+    let (_, items) = swarm.container_logs(logs).await.unwrap();
+    let text: Vec<u8> = items.map(|c| c.unwrap().data).concat().await;
+    assert_eq!(text, b"one\ntwo\n");
+    let listed = swarm.container_list(ContainerList { all: true, limit: None, size: false, filters: Default::default() }).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let swarm = swarm.with_timeout(Duration::from_secs(1));
+    assert!(swarm.container_kill(ContainerKill { id: "c1".into(), signal: None }).await.is_err());
+    assert_eq!(fake.kills.load(Ordering::SeqCst), 0, "the swarm service's ContainerKill reached the runtime");
+
+    // events: the cluster's objects are the swarm service's, containers are not
+    let (sw, mut errs) = raw(&nats, Caller::Swarm).await;
+    for ev in ["berth.v1.events.service.create", "berth.v1.events.node.update", "berth.v1.events.secret.remove", "berth.v1.events.config.create"] {
+        assert!(!refused(&sw, &mut errs, ev).await, "the swarm service may not publish {ev}");
+    }
+    assert!(refused(&sw, &mut errs, "berth.v1.events.container.die").await, "the swarm service may publish container events");
+    let (rt, mut rt_errs) = raw(&nats, Caller::Runtime).await;
+    assert!(refused(&rt, &mut rt_errs, "berth.v1.events.service.create").await, "the runtime may publish service events");
 }

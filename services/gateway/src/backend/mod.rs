@@ -18,16 +18,23 @@ use crate::host::HostFacts;
 
 mod images;
 mod networks;
+mod swarm;
 
 pub struct BusBackend {
     pub bus: Bus,
     pub storage: berth_bus::storage::StorageClient,
+    pub swarm: berth_bus::swarm::SwarmClient,
     pub host: HostFacts,
 }
 
 impl BusBackend {
     pub fn new(bus: Bus, host: HostFacts) -> Arc<BusBackend> {
-        Arc::new(BusBackend { storage: berth_bus::storage::StorageClient::new(bus.clone()), bus, host })
+        Arc::new(BusBackend {
+            storage: berth_bus::storage::StorageClient::new(bus.clone()),
+            swarm: berth_bus::swarm::SwarmClient::new(bus.clone()),
+            bus,
+            host,
+        })
     }
 }
 

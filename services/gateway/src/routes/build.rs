@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -17,7 +17,7 @@ use bus_schema::{docker, BusError};
 use http::{HeaderMap, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{bool_or, bool_value, int_value, json_stream, pump_body};
+use crate::util::{bool_or, bool_value, int_value, json_stream, pump_body, FirstQuery, Params};
 
 pub trait Backend: Send + Sync + 'static {
     fn build(&self, r: ImageBuild) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>> + Send;
@@ -31,52 +31,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .route("/build/prune", post(prune::<B>))
         .route("/commit", post(commit::<B>))
         .with_state(b)
-}
-
-/// All values of every key, decoded (`t` and `changes` repeat).
-fn multi_query(raw: &Option<String>) -> (HashMap<String, String>, HashMap<String, Vec<String>>) {
-    // one value: the first, as Go's `url.Values.Get` (docker-py sends a Dockerfile
-    // from outside the context as `dockerfile=<name>&dockerfile=<its text>`)
-    let mut first = HashMap::new();
-    let mut all: HashMap<String, Vec<String>> = HashMap::new();
-    for (k, v) in form_urlencoded_pairs(raw.as_deref().unwrap_or("")) {
-        all.entry(k.clone()).or_default().push(v.clone());
-        first.entry(k).or_insert(v);
-    }
-    (first, all)
-}
-
-fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_map<T: serde::de::DeserializeOwned + Default>(q: &HashMap<String, String>, k: &str) -> ApiResult<T> {
@@ -98,8 +52,7 @@ fn registry_config(h: &HeaderMap) -> HashMap<String, RegistryAuth> {
         .collect()
 }
 
-async fn build<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let (q, all) = multi_query(&raw);
+async fn build<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Params, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     if bool_value(&q, "squash") {
         return Err(ApiError::bad_request("squash is only supported with experimental mode"));
     }
@@ -138,13 +91,11 @@ async fn build<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, hea
     Ok(json_stream(rd))
 }
 
-async fn prune<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery) -> ApiResult<Json<docker::BuildPruneResponse>> {
-    let (q, _) = multi_query(&raw);
+async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::BuildPruneResponse>> {
     Ok(Json(b.build_prune(BuildPrune { all: bool_value(&q, "all") }).await?))
 }
 
-async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, body: axum::body::Bytes) -> ApiResult<Response> {
-    let (q, all) = multi_query(&raw);
+async fn commit<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Params, body: axum::body::Bytes) -> ApiResult<Response> {
     let container = q.get("container").filter(|c| !c.is_empty()).cloned().ok_or_else(|| ApiError::bad_request("container is required"))?;
     let config: Option<docker::ContainerConfig> = if body.iter().all(|c| c.is_ascii_whitespace()) || &body[..] == b"null" {
         None
@@ -163,17 +114,4 @@ async fn commit<B: Backend>(State(b): State<Arc<B>>, RawQuery(raw): RawQuery, bo
     };
     let id = b.commit(r).await?;
     Ok((StatusCode::CREATED, crate::util::id_json(&id)).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decodes_queries() {
-        let (q, all) = super::multi_query(&Some("t=a%3A1&t=b&buildargs=%7B%22X%22%3A%221%22%7D&q=1".into()));
-        assert_eq!(all["t"], vec!["a:1", "b"]);
-        assert_eq!(q["buildargs"], r#"{"X":"1"}"#);
-        // docker-py's Dockerfile from outside the context: its name, then its text
-        let (q, _) = super::multi_query(&Some("dockerfile=.dockerfile.ab&dockerfile=FROM+busybox%0ACOPY+.+%2Fsrc".into()));
-        assert_eq!(q["dockerfile"], ".dockerfile.ab");
-    }
 }

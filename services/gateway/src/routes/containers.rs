@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
 use axum::{Extension, Json, Router};
@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::hijack;
-use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, pump_body, Query as Q};
+use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, pump_body, FirstQuery, Query as Q};
 use crate::version::ApiVersion;
 
 type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
@@ -171,7 +171,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResul
 
 async fn create<B: Backend>(
     State(b): State<Arc<B>>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -183,7 +183,7 @@ async fn create<B: Backend>(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Vec<docker::ContainerSummary>>> {
+async fn list<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<Vec<docker::ContainerSummary>>> {
     let r = rt::ContainerList {
         all: bool_value(&q, "all"),
         limit: int_value(&q, "limit")?,
@@ -196,7 +196,7 @@ async fn list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiRes
 async fn inspect<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
@@ -289,19 +289,19 @@ async fn start<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> A
     Ok(no_content())
 }
 
-async fn stop<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn stop<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
     b.simple(Simple::Stop(rt::ContainerStop { id, signal: opt(&q, "signal"), timeout })).await?;
     Ok(no_content())
 }
 
-async fn restart<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn restart<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
     b.simple(Simple::Restart(rt::ContainerRestart { id, signal: opt(&q, "signal"), timeout })).await?;
     Ok(no_content())
 }
 
-async fn kill<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn kill<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     b.simple(Simple::Kill(rt::ContainerKill { id, signal: opt(&q, "signal") })).await?;
     Ok(no_content())
 }
@@ -316,7 +316,7 @@ async fn unpause<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) ->
     Ok(no_content())
 }
 
-async fn rename<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn rename<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let name = opt(&q, "name").ok_or_else(|| ApiError::bad_request("Neither old nor new names may be empty"))?;
     b.simple(Simple::Rename(rt::ContainerRename { id, name })).await?;
     Ok(no_content())
@@ -331,19 +331,19 @@ fn dims(q: &Q) -> ApiResult<(u16, u16)> {
     Ok((h as u16, w as u16))
 }
 
-async fn resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (height, width) = dims(&q)?;
     b.simple(Simple::Resize(rt::ContainerResize { id, height, width })).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn exec_resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn exec_resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (height, width) = dims(&q)?;
     b.simple(Simple::ExecResize(rt::ExecResize { id, height, width })).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     if bool_value(&q, "link") {
         return Err(ApiError::bad_request("legacy links are not supported"));
     }
@@ -353,7 +353,7 @@ async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Que
 }
 
 /// The status is sent at once and the body when the condition is met, as Docker does.
-async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let condition = opt(&q, "condition").unwrap_or_else(|| "not-running".into());
     if !["not-running", "next-exit", "removed"].contains(&condition.as_str()) {
         return Err(ApiError::bad_request(format!("invalid condition: \"{condition}\"")));
@@ -390,7 +390,7 @@ fn stream_content_type(tty: bool, v: ApiVersion) -> &'static str {
 async fn logs<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
 ) -> ApiResult<Response> {
     let (stdout, stderr) = (bool_value(&q, "stdout"), bool_value(&q, "stderr"));
@@ -449,7 +449,7 @@ async fn logs<B: Backend>(
 async fn attach<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
     mut req: Request,
 ) -> ApiResult<Response> {
@@ -488,7 +488,7 @@ fn attach_request(id: String, q: &Q) -> rt::ContainerAttach {
 async fn attach_ws<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
     ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -594,11 +594,11 @@ async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
     Ok(Json(b.exec_inspect(rt::ExecInspect { id }).await?))
 }
 
-async fn top<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Json<docker::ContainerTopResponse>> {
+async fn top<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerTopResponse>> {
     Ok(Json(b.top(rt::ContainerTop { id, ps_args: opt(&q, "ps_args") }).await?))
 }
 
-async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let stream = bool_or(&q, "stream", true);
     let mut rd = b.stats(rt::ContainerStats { id, stream, one_shot: bool_value(&q, "one-shot") }).await?;
     let s = crate::util::async_stream(move |tx| async move {
@@ -619,7 +619,7 @@ async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, bod
     Ok(Json(b.update(rt::ContainerUpdate { id, body }).await?))
 }
 
-async fn prune<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<docker::ContainerPruneResponse>> {
+async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerPruneResponse>> {
     Ok(Json(b.prune(rt::ContainerPrune { filters: filters(&q)? }).await?))
 }
 
@@ -642,21 +642,21 @@ fn archive_path(q: &Q) -> ApiResult<String> {
     opt(q, "path").ok_or_else(|| ApiError::bad_request("path is required"))
 }
 
-async fn archive_head<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn archive_head<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let st = b.archive_stat(rt::ContainerArchiveStat { id, path: archive_path(&q)? }).await?;
     let mut h = HeaderMap::new();
     h.insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok((StatusCode::OK, h).into_response())
 }
 
-async fn archive_get<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn archive_get<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (st, rd) = b.archive_get(rt::ContainerArchiveGet { id, path: archive_path(&q)? }).await?;
     let mut res = bytes_stream(rd, "application/x-tar");
     res.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok(res)
 }
 
-async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Query(q): Query<Q>, body: Body) -> ApiResult<Response> {
+async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery, body: Body) -> ApiResult<Response> {
     let r = rt::ContainerArchivePut {
         id,
         path: archive_path(&q)?,

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -14,7 +14,7 @@ use bus_schema::BusError;
 use http::StatusCode;
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{filters, Query as Q};
+use crate::util::{filters, FirstQuery};
 
 /// Where events come from: history since a time, then live ones.
 pub trait Backend: Send + Sync + 'static {
@@ -57,7 +57,7 @@ pub fn to_json(ev: &Event) -> serde_json::Value {
     j
 }
 
-async fn events<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Response> {
+async fn events<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let f = filters(&q)?;
     for k in f.keys() {
         if !KEYS.contains(&k.as_str()) {

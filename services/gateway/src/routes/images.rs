@@ -2,12 +2,11 @@
 //! history, tag, remove, prune, and registry login. Image names contain slashes,
 //! so `/images/{name}/<op>` is matched as moby does, on the path's last segment.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -18,7 +17,7 @@ use bus_schema::{docker, BusError};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{self, Query};
+use crate::util;
 use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
@@ -91,46 +90,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .with_state(b)
 }
 
-/// Every value of every query parameter, in order (`changes`, `names` repeat).
-pub fn query_all(raw: Option<&str>) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(decode(k)).or_default().push(decode(v));
-    }
-    out
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn last(q: &HashMap<String, Vec<String>>) -> Query {
-    q.iter()
-        .filter_map(|(k, v)| v.last().map(|x| (k.clone(), x.clone())))
-        .collect()
-}
-
 /// `fromImage` + `tag` as Moby combines them: a digest tag makes `name@digest`.
 pub fn pull_reference(image: &str, tag: &str) -> String {
     if tag.is_empty() {
@@ -151,12 +110,10 @@ pub fn pull_reference(image: &str, tag: &str) -> String {
 
 async fn create<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    util::Params { first: q, all }: util::Params,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let all = query_all(raw.as_deref());
-    let q = last(&all);
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     let platform = Some(get("platform")).filter(|p| !p.is_empty());
     let from_image = get("fromImage");
@@ -271,10 +228,9 @@ pub fn image_inspect_for_version(mut img: serde_json::Value, v: ApiVersion) -> s
 
 async fn list<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    util::FirstQuery(q): util::FirstQuery,
     Extension(v): Extension<ApiVersion>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    let q = last(&query_all(raw.as_deref()));
     let mut filters = util::filters(&q)?;
     // the pre-1.25 `filter=name` parameter
     if let Some(f) = q.get("filter").filter(|f| !f.is_empty() && v.less_than("1.25") && !filters.contains_key("reference")) {
@@ -295,9 +251,8 @@ async fn list<B: Backend>(
 
 async fn prune<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    util::FirstQuery(q): util::FirstQuery,
 ) -> ApiResult<Json<docker::ImagePruneResponse>> {
-    let q = last(&query_all(raw.as_deref()));
     Ok(Json(
         b.image_prune(ImagePrune {
             filters: util::filters(&q)?,
@@ -308,10 +263,9 @@ async fn prune<B: Backend>(
 
 async fn load<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    util::FirstQuery(q): util::FirstQuery,
     body: Body,
 ) -> ApiResult<Response> {
-    let q = last(&query_all(raw.as_deref()));
     let (rd, w) = b
         .image_load(ImageLoad {
             quiet: util::bool_value(&q, "quiet"),
@@ -323,10 +277,9 @@ async fn load<B: Backend>(
 
 async fn save_many<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    p: util::Params,
 ) -> ApiResult<Response> {
-    let all = query_all(raw.as_deref());
-    let names = all.get("names").cloned().unwrap_or_default();
+    let names = p.values("names").to_vec();
     save(b, names).await
 }
 
@@ -341,10 +294,9 @@ async fn by_name<B: Backend>(
     Extension(v): Extension<ApiVersion>,
     method: Method,
     Path(rest): Path<String>,
-    RawQuery(raw): RawQuery,
+    util::FirstQuery(q): util::FirstQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let q = last(&query_all(raw.as_deref()));
     if method == Method::DELETE {
         let req = ImageRemove {
             name: rest,
@@ -471,14 +423,5 @@ mod tests {
         assert_eq!(i["Container"], "");
         let i = image_inspect_for_version(json!({"Id": "x", "Size": 1}), ApiVersion(1, 52));
         assert!(i.get("Parent").is_none() && i.get("VirtualSize").is_none());
-    }
-
-    #[test]
-    fn repeated_query_values() {
-        let q = query_all(Some(
-            "changes=CMD+%5B%22sh%22%5D&changes=ENV+A%3Db&names=a&names=b%2Fc",
-        ));
-        assert_eq!(q["changes"], vec!["CMD [\"sh\"]", "ENV A=b"]);
-        assert_eq!(q["names"], vec!["a", "b/c"]);
     }
 }

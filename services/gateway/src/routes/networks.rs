@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -71,7 +71,7 @@ fn json_body<T: serde::de::DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
 
 async fn list<B: Backend>(
     State(b): State<Arc<B>>,
-    Query(q): Query<util::Query>,
+    util::FirstQuery(q): util::FirstQuery,
 ) -> ApiResult<Json<Vec<docker::NetworkInspect>>> {
     let filters = util::filters(&q)?;
     Ok(Json(b.network_list(filters).await?))
@@ -80,7 +80,7 @@ async fn list<B: Backend>(
 async fn inspect<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<util::Query>,
+    util::FirstQuery(q): util::FirstQuery,
 ) -> ApiResult<Json<docker::NetworkInspect>> {
     let n = b
         .network_inspect(id.clone(), util::bool_value(&q, "verbose"))
@@ -110,7 +110,7 @@ async fn remove<B: Backend>(
 
 async fn prune<B: Backend>(
     State(b): State<Arc<B>>,
-    Query(q): Query<util::Query>,
+    util::FirstQuery(q): util::FirstQuery,
 ) -> ApiResult<Json<docker::NetworkPruneResponse>> {
     let filters = util::filters(&q)?;
     let mut r = b.network_prune(filters).await?;

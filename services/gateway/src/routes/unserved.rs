@@ -1,9 +1,10 @@
 //! Routes of Docker's API that berth does not serve, answered as Moby answers them
-//! with the feature off (swarm inactive), never with a bare 404 "page not found"
-//! for a route Docker has. This is the app's fallback: a route an area serves always
-//! wins, so the area that starts serving one of these (swarm) only adds its router,
+//! with the feature off (no plugins, no BuildKit), never with a bare 404 "page not
+//! found" for a route Docker has. This is the app's fallback: a route an area serves
+//! always wins, so the area that starts serving one of these only adds its router,
 //! and the entry here goes dead (remove it then; `docs/api.md`'s test reports the
-//! route as served either way).
+//! route as served either way). The swarm routes are served (routes::swarm): the
+//! swarm service answers Moby's 503s when the node is in no swarm.
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -11,26 +12,9 @@ use http::{Method, StatusCode};
 
 use crate::error::ApiError;
 
-/// Moby's answer to the swarm endpoints on a node that is not a manager.
-pub const NOT_A_MANAGER: &str =
-    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
-/// Moby's answer to `POST /swarm/leave` on a node outside any swarm.
-pub const NOT_IN_SWARM: &str = "This node is not part of a swarm";
-/// What berth answers to `swarm init` and `swarm join` until it has swarm mode.
-pub const NO_SWARM_MODE: &str = "swarm mode is not available on this berth node: it cannot init or join a swarm";
-
 /// How an unserved route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// 503, [`NOT_A_MANAGER`].
-    NotAManager,
-    /// 503, [`NOT_IN_SWARM`].
-    NotInSwarm,
-    /// 503, [`NO_SWARM_MODE`].
-    NoSwarmMode,
-    /// Service and task logs: Moby checks the streams before the swarm (500 "Bad
-    /// parameters" without stdout/stderr), then answers as [`Answer::NotAManager`].
-    SwarmLogs,
     /// No plugin installed: an empty list.
     NoPlugins,
     /// No plugin installed: 404 `plugin "<name>" not found`.
@@ -44,36 +28,6 @@ pub enum Answer {
 /// Docker's routes berth does not serve, with their answer. Path segments in braces
 /// match any one segment.
 pub const UNSERVED: &[(&str, &str, Answer)] = &[
-    ("GET", "/swarm", Answer::NotAManager),
-    ("POST", "/swarm/init", Answer::NoSwarmMode),
-    ("POST", "/swarm/join", Answer::NoSwarmMode),
-    ("POST", "/swarm/leave", Answer::NotInSwarm),
-    ("POST", "/swarm/update", Answer::NotAManager),
-    ("GET", "/swarm/unlockkey", Answer::NotAManager),
-    ("POST", "/swarm/unlock", Answer::NotAManager),
-    ("GET", "/nodes", Answer::NotAManager),
-    ("GET", "/nodes/{id}", Answer::NotAManager),
-    ("DELETE", "/nodes/{id}", Answer::NotAManager),
-    ("POST", "/nodes/{id}/update", Answer::NotAManager),
-    ("GET", "/services", Answer::NotAManager),
-    ("POST", "/services/create", Answer::NotAManager),
-    ("GET", "/services/{id}", Answer::NotAManager),
-    ("DELETE", "/services/{id}", Answer::NotAManager),
-    ("POST", "/services/{id}/update", Answer::NotAManager),
-    ("GET", "/services/{id}/logs", Answer::SwarmLogs),
-    ("GET", "/tasks", Answer::NotAManager),
-    ("GET", "/tasks/{id}", Answer::NotAManager),
-    ("GET", "/tasks/{id}/logs", Answer::SwarmLogs),
-    ("GET", "/secrets", Answer::NotAManager),
-    ("POST", "/secrets/create", Answer::NotAManager),
-    ("GET", "/secrets/{id}", Answer::NotAManager),
-    ("DELETE", "/secrets/{id}", Answer::NotAManager),
-    ("POST", "/secrets/{id}/update", Answer::NotAManager),
-    ("GET", "/configs", Answer::NotAManager),
-    ("POST", "/configs/create", Answer::NotAManager),
-    ("GET", "/configs/{id}", Answer::NotAManager),
-    ("DELETE", "/configs/{id}", Answer::NotAManager),
-    ("POST", "/configs/{id}/update", Answer::NotAManager),
     ("GET", "/plugins", Answer::NoPlugins),
     ("GET", "/plugins/privileges", Answer::NoPlugins),
     ("POST", "/plugins/pull", Answer::PluginsUnavailable),
@@ -121,7 +75,6 @@ pub struct Fallback(pub Option<Answer>);
 pub async fn fallback(req: Request) -> Response {
     let path = req.uri().path();
     let answer = lookup(req.method(), path);
-    let q = req.uri().query().unwrap_or("");
     let mut res = match answer {
         Some(Answer::NoPlugins) => (StatusCode::OK, axum::Json(serde_json::json!([]))).into_response(),
         Some(Answer::PluginNotFound) => {
@@ -137,7 +90,6 @@ pub async fn fallback(req: Request) -> Response {
         Some(Answer::PluginsUnavailable) => {
             ApiError::new(StatusCode::NOT_IMPLEMENTED, "installing plugins is not supported by this engine yet").into_response()
         }
-        Some(a) => answer_for(a, q).into_response(),
         None => ApiError::not_found("page not found").into_response(),
     };
     res.extensions_mut().insert(Fallback(answer));
@@ -153,30 +105,6 @@ fn plugin_name(method: &Method, path: &str) -> String {
     rest.rsplit_once('/').map(|(n, _)| n).unwrap_or(rest).to_string()
 }
 
-fn answer_for(a: Answer, query: &str) -> ApiError {
-    let unavailable = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
-    match a {
-        Answer::NotAManager => unavailable(NOT_A_MANAGER),
-        Answer::NotInSwarm => unavailable(NOT_IN_SWARM),
-        Answer::NoSwarmMode => unavailable(NO_SWARM_MODE),
-        Answer::NoPlugins | Answer::PluginNotFound | Answer::PluginsUnavailable | Answer::Session => {
-            ApiError::not_found("page not found")
-        }
-        Answer::SwarmLogs => {
-            let q: crate::util::Query = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if !crate::util::bool_value(&q, "stdout") && !crate::util::bool_value(&q, "stderr") {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Bad parameters: you must choose at least one stream")
-            } else {
-                unavailable(NOT_A_MANAGER)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,25 +115,14 @@ mod tests {
         assert!(matches("/nodes/{id}", "/nodes/abc/"));
         assert!(!matches("/nodes/{id}", "/nodes/"));
         assert!(!matches("/nodes/{id}", "/nodes/a/b"));
-        assert!(matches("/swarm", "/swarm"));
-        assert!(!matches("/swarm", "/swarm/init"));
-        assert_eq!(lookup(&Method::POST, "/swarm/leave"), Some(Answer::NotInSwarm));
-        assert_eq!(lookup(&Method::GET, "/swarm/leave"), None);
-        assert_eq!(lookup(&Method::GET, "/services/x/logs"), Some(Answer::SwarmLogs));
+        assert!(matches("/session", "/session"));
+        assert!(!matches("/session", "/session/x"));
+        assert_eq!(lookup(&Method::POST, "/session"), Some(Answer::Session));
+        assert_eq!(lookup(&Method::GET, "/session"), None);
         assert_eq!(lookup(&Method::GET, "/plugins/vieux/sshfs:latest/json"), Some(Answer::PluginNotFound));
         assert_eq!(lookup(&Method::DELETE, "/plugins/a/b"), Some(Answer::PluginNotFound));
         assert_eq!(lookup(&Method::GET, "/plugins/json"), None);
         assert_eq!(plugin_name(&Method::GET, "/plugins/vieux/sshfs:latest/json"), "vieux/sshfs:latest");
         assert_eq!(plugin_name(&Method::DELETE, "/plugins/vieux/sshfs"), "vieux/sshfs");
-    }
-
-    #[test]
-    fn answers_as_moby() {
-        let e = answer_for(Answer::NotAManager, "");
-        assert_eq!((e.status, e.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, NOT_A_MANAGER));
-        let e = answer_for(Answer::SwarmLogs, "follow=1");
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
-        let e = answer_for(Answer::SwarmLogs, "stdout=1");
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

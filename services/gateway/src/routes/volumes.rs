@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, RawQuery, State},
+    extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{self, Query as Q};
+use crate::util::{self, FirstQuery};
 use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
@@ -82,7 +82,7 @@ pub fn volume_json(v: &docker::Volume) -> Value {
     j
 }
 
-async fn list<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<Q>) -> ApiResult<Json<Value>> {
+async fn list<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<Value>> {
     let filters = util::filters(&q)?;
     let vols = b.volume_list(filters).await?;
     Ok(Json(serde_json::json!({
@@ -138,7 +138,7 @@ async fn inspect<B: Backend>(
 async fn remove<B: Backend>(
     State(b): State<Arc<B>>,
     Path(name): Path<String>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
 ) -> ApiResult<StatusCode> {
     b.volume_remove(name, util::bool_value(&q, "force")).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -147,7 +147,7 @@ async fn remove<B: Backend>(
 async fn prune<B: Backend>(
     State(b): State<Arc<B>>,
     version: Option<Extension<ApiVersion>>,
-    Query(q): Query<Q>,
+    FirstQuery(q): FirstQuery,
 ) -> ApiResult<Json<docker::VolumePruneResponse>> {
     let mut filters = util::filters(&q)?;
     // API 1.42 made prune remove only anonymous volumes; older clients keep "all".
@@ -165,17 +165,10 @@ async fn prune<B: Backend>(
 /// its cache as images, so BuildCache is empty, as Moby's is without BuildKit.
 async fn df<B: Backend>(
     State(b): State<Arc<B>>,
-    RawQuery(raw): RawQuery,
+    p: util::Params,
 ) -> ApiResult<Json<Value>> {
-    let types: Vec<String> = raw
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| *k == "type")
-        .map(|(_, v)| v.to_string())
-        .collect();
-    for t in &types {
+    let types = p.values("type");
+    for t in types {
         if !matches!(t.as_str(), "container" | "image" | "volume" | "build-cache") {
             return Err(ApiError::bad_request(format!("unknown object type: {t}")));
         }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use berth_test_support::require_root;
+pub use berth_test_support::{is_root, require_root};
 
 pub fn hex(n: usize) -> String {
     berth_network::store::new_id()[..n].to_string()

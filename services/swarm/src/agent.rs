@@ -1,0 +1,446 @@
+//! The agent of a node: runs the tasks the store assigns to it through the node's own
+//! runtime and reports their state (`swarm_task_status/<node>.<task>`), as swarmkit's
+//! agent and Moby's executor do.
+//!
+//! One runner per task drives it: accepted → preparing (image) → ready (container
+//! created) → starting → running → complete/failed, and shutdown when the desired state
+//! says so. A restarted service adopts the containers it finds by their labels; a
+//! container whose task left the store is removed.
+
+use crate::cluster::Cluster;
+use crate::model::*;
+use crate::store::{buckets, Bucket};
+use bus_schema::stream::StdioChunk;
+use bus_schema::swarm::LogOptions;
+use bus_schema::{docker, BusError, BusStream};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const LABEL_NODE: &str = "com.docker.swarm.node.id";
+pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
+pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
+pub const LABEL_TASK: &str = "com.docker.swarm.task";
+pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
+
+/// The container name of a task: `<service>.<slot>.<task>` (global: the node ID).
+pub fn task_name(t: &TaskRecord) -> String {
+    if t.slot > 0 {
+        format!("{}.{}.{}", t.service_name, t.slot, t.id)
+    } else {
+        format!("{}.{}.{}", t.service_name, t.node_id.clone().unwrap_or_default(), t.id)
+    }
+}
+
+pub async fn run(c: Arc<Cluster>) {
+    c.t.tasks.wait_ready().await;
+    let me = c.node_id();
+    let mut runners: HashMap<String, (watch::Sender<Option<TaskRecord>>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    // Containers this node already runs for tasks (a restarted service adopts them).
+    let mut adopt: HashMap<String, String> = HashMap::new();
+    loop {
+        match c.node_bus().list_labelled(&format!("{LABEL_NODE}={me}")).await {
+            Ok(list) => {
+                for ct in list {
+                    let labels = ct.labels.clone().unwrap_or_default();
+                    if let (Some(task), Some(id)) = (labels.get(LABEL_TASK_ID), ct.id.clone()) {
+                        adopt.insert(task.clone(), id);
+                    }
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "listing task containers; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let mut rx = c.t.tasks.subscribe();
+    loop {
+        let mine: HashMap<String, TaskRecord> = c.t.tasks.filter(|t| t.node_id.as_deref() == Some(me.as_str())).into_iter().map(|t| (t.id.clone(), t)).collect();
+        for (id, t) in &mine {
+            match runners.get(id) {
+                Some((tx, h)) if !h.is_finished() => {
+                    if tx.borrow().as_ref() != Some(t) {
+                        tx.send_replace(Some(t.clone()));
+                    }
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(Some(t.clone()));
+                    let h = tokio::spawn(runner(c.clone(), rx, adopt.remove(id)));
+                    runners.insert(id.clone(), (tx, h));
+                }
+            }
+        }
+        // Tasks gone from the store: their runner removes the container and ends.
+        runners.retain(|id, (tx, h)| {
+            if !mine.contains_key(id) {
+                tx.send_replace(None);
+            }
+            !h.is_finished() || mine.contains_key(id)
+        });
+        // Containers of tasks the store no longer has (left behind while the service was down).
+        for (task, ctr) in adopt.drain() {
+            if !mine.contains_key(&task) {
+                let nb = c.node_bus().clone();
+                tokio::spawn(async move {
+                    let _ = nb.remove(&ctr).await;
+                });
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn status_bucket(c: &Cluster) -> Bucket<TaskStatusRecord> {
+    c.bucket(buckets::TASK_STATUS)
+}
+
+struct Reporter {
+    c: Arc<Cluster>,
+    key: String,
+    task_id: String,
+    node_id: String,
+    last: Option<Status>,
+}
+
+impl Reporter {
+    async fn report(&mut self, st: Status) {
+        if let Some(l) = &self.last {
+            if l.state > st.state || (l.state == st.state && l.err == st.err && l.container_id == st.container_id) {
+                return;
+            }
+        }
+        let rec = TaskStatusRecord { task_id: self.task_id.clone(), node_id: self.node_id.clone(), status: st.clone() };
+        for attempt in 0..50 {
+            match status_bucket(&self.c).put(&self.key, &rec).await {
+                Ok(rev) => {
+                    self.c.t.task_status.note_put(&self.key, rec, rev);
+                    break;
+                }
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::warn!(task = %self.task_id, error = %e, "reporting task status; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        self.last = Some(st);
+    }
+}
+
+fn with_container(mut s: Status, id: &str, pid: Option<i64>, exit: Option<i64>) -> Status {
+    s.container_id = Some(id.to_string());
+    s.pid = pid;
+    s.exit_code = exit;
+    s
+}
+
+/// Drive one task until its record leaves the store.
+async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, adopted: Option<String>) {
+    let Some(first) = rx.borrow().clone() else { return };
+    let me = c.node_id();
+    let key = format!("{me}.{}", first.id);
+    let prev = c.t.task_status.get(&key).map(|(r, _)| r.status).or(status_bucket(&c).get(&key).await.ok().flatten().map(|(r, _)| r.status));
+    let mut rep = Reporter { c: c.clone(), key, task_id: first.id.clone(), node_id: me.clone(), last: prev };
+    let nb = c.node_bus().clone();
+    let mut container = adopted;
+    let mut started = false;
+    let mut exited = false;
+    if let Some(id) = &container {
+        if let Ok(i) = nb.inspect(id).await {
+            let st = i.state.clone().unwrap_or_default();
+            started = st.running == Some(true) || st.finished_at.as_deref().map(|f| !f.starts_with("0001")).unwrap_or(false);
+            exited = started && st.running != Some(true);
+        } else {
+            container = None;
+        }
+    }
+    let mut waiter: Option<tokio::task::JoinHandle<Option<i64>>> = None;
+    loop {
+        let Some(t) = rx.borrow().clone() else {
+            // Gone from the store: so are its container and its files.
+            if let Some(id) = &container {
+                let _ = nb.remove(id).await;
+            }
+            crate::taskfiles::release(&c.svc.task_files, &first.id);
+            return;
+        };
+        let past = rep.last.as_ref().map(|s| s.state).unwrap_or(TaskState::Assigned);
+        if t.desired_state >= TaskState::Shutdown {
+            if let Some(id) = &container {
+                if started && !exited {
+                    let grace = t.spec.container_spec.as_ref().and_then(|c| c.stop_grace_period).map(|ns| (ns / 1_000_000_000).max(0));
+                    let _ = nb.stop(id, grace.or(Some(10)), None).await;
+                    exited = true;
+                }
+            }
+            if !past.terminal() {
+                let mut s = Status::now(TaskState::Shutdown, "shutdown");
+                if let Some(id) = &container {
+                    s = with_container(s, id, None, None);
+                }
+                rep.report(s).await;
+            }
+            if t.desired_state == TaskState::Remove {
+                if let Some(id) = container.take() {
+                    let _ = nb.remove(&id).await;
+                }
+            }
+        } else if !past.terminal() {
+            // Prepare: the image, then the container.
+            if container.is_none() {
+                rep.report(Status::now(TaskState::Accepted, "accepted")).await;
+                rep.report(Status::now(TaskState::Preparing, "preparing")).await;
+                match prepare(&c, &t).await {
+                    Ok(id) => {
+                        container = Some(id.clone());
+                        rep.report(with_container(Status::now(TaskState::Ready, "prepared"), &id, None, None)).await;
+                    }
+                    Err(e) => {
+                        let mut s = Status::now(TaskState::Rejected, "preparing");
+                        s.err = Some(e.message.clone());
+                        rep.report(s).await;
+                        continue_or_wait(&mut rx).await;
+                        continue;
+                    }
+                }
+            }
+            let id = container.clone().unwrap();
+            if t.desired_state == TaskState::Running && !started {
+                rep.report(with_container(Status::now(TaskState::Starting, "starting"), &id, None, None)).await;
+                match nb.start(&id).await {
+                    Ok(()) => {
+                        started = true;
+                        let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
+                        rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await;
+                    }
+                    Err(e) => {
+                        let mut s = with_container(Status::now(TaskState::Failed, "starting"), &id, None, None);
+                        s.err = Some(e.message.clone());
+                        rep.report(s).await;
+                    }
+                }
+            } else if started && !exited && past < TaskState::Running {
+                let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
+                rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await;
+            }
+            if started && !exited && waiter.is_none() {
+                let nb = nb.clone();
+                let id = id.clone();
+                waiter = Some(tokio::spawn(async move { nb.wait_exit(&id).await }));
+            }
+            if started && exited && !rep.last.as_ref().map(|s| s.state.terminal()).unwrap_or(false) {
+                let code = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.exit_code)).unwrap_or(0);
+                rep.report(ended(&id, code)).await;
+            }
+        }
+        // Wait for the desired state to change or the container to exit.
+        match waiter.as_mut() {
+            Some(w) => {
+                tokio::select! {
+                    r = rx.changed() => { if r.is_err() { return; } }
+                    code = w => {
+                        waiter = None;
+                        match code {
+                            Ok(Some(code)) => {
+                                exited = true;
+                                let id = container.clone().unwrap_or_default();
+                                let desired = rx.borrow().as_ref().map(|t| t.desired_state).unwrap_or(TaskState::Remove);
+                                if desired <= TaskState::Running {
+                                    rep.report(ended(&id, code)).await;
+                                }
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                        }
+                    }
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn continue_or_wait(rx: &mut watch::Receiver<Option<TaskRecord>>) {
+    let _ = rx.changed().await;
+}
+
+/// The status of a container that exited with `code` while it should run.
+fn ended(id: &str, code: i64) -> Status {
+    if code == 0 {
+        with_container(Status::now(TaskState::Complete, "finished"), id, None, Some(0))
+    } else {
+        let mut s = with_container(Status::now(TaskState::Failed, "started"), id, None, Some(code));
+        s.err = Some(format!("task: non-zero exit ({code})"));
+        s
+    }
+}
+
+/// The image (pulled when the node lacks it), then the container.
+async fn prepare(c: &Cluster, t: &TaskRecord) -> Result<String, BusError> {
+    let nb = c.node_bus();
+    let cs = t.spec.container_spec.clone().unwrap_or_default();
+    let image = cs.image.clone().unwrap_or_default();
+    if !nb.image_present(&image).await {
+        nb.pull(&image, None).await.map_err(|e| BusError::not_found(format!("No such image: {image}")).context(e.message).context("pull"))?;
+    }
+    let name = task_name(t);
+    let mut body = container_body(c, t);
+    let binds = crate::taskfiles::prepare(c, &c.svc.task_files, t)?;
+    if !binds.is_empty() {
+        let hc = body.host_config.get_or_insert_with(Default::default);
+        hc.binds.get_or_insert_with(Vec::new).extend(binds);
+    }
+    match nb.create(&name, body.clone()).await {
+        Ok(id) => Ok(id),
+        Err(e) if e.is(bus_schema::ErrorKind::Conflict) => {
+            // A container of this task from before a restart: start over with it.
+            let _ = nb.remove(&name).await;
+            nb.create(&name, body).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The container Moby's executor makes for a task.
+pub fn container_body(c: &Cluster, t: &TaskRecord) -> docker::ContainerCreateBody {
+    let cs = t.spec.container_spec.clone().unwrap_or_default();
+    let mut labels: HashMap<String, String> = cs.labels.clone().unwrap_or_default();
+    labels.insert(LABEL_NODE.into(), c.node_id());
+    labels.insert(LABEL_SERVICE_ID.into(), t.service_id.clone());
+    labels.insert(LABEL_SERVICE_NAME.into(), t.service_name.clone());
+    labels.insert(LABEL_TASK.into(), String::new());
+    labels.insert(LABEL_TASK_ID.into(), t.id.clone());
+    labels.insert(LABEL_TASK_NAME.into(), task_name(t));
+    let res = t.spec.resources.clone().unwrap_or_default();
+    let limits = res.limits.unwrap_or_default();
+    let reservations = res.reservations.unwrap_or_default();
+    let dns = cs.dns_config.clone().unwrap_or_default();
+    let hosts = cs.hosts.clone().map(|v| {
+        // Docker's "IP host [alias...]" becomes "host:IP" entries.
+        v.iter()
+            .flat_map(|h| {
+                let mut it = h.split_whitespace();
+                let ip = it.next().unwrap_or("").to_string();
+                it.map(move |n| format!("{n}:{ip}")).collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    });
+    let host_config = docker::HostConfig {
+        mounts: cs.mounts.clone(),
+        readonly_rootfs: cs.read_only,
+        extra_hosts: hosts,
+        dns: dns.nameservers.clone(),
+        dns_search: dns.search.clone(),
+        dns_options: dns.options.clone(),
+        init: cs.init,
+        sysctls: cs.sysctls.clone(),
+        cap_add: cs.capability_add.clone(),
+        cap_drop: cs.capability_drop.clone(),
+        ulimits: cs.ulimits.clone().map(|v| v.into_iter().map(|u| docker::ResourcesUlimits { name: u.name, soft: u.soft, hard: u.hard }).collect()),
+        oom_score_adj: cs.oom_score_adj,
+        group_add: cs.groups.clone(),
+        memory: limits.memory_bytes.filter(|m| *m > 0),
+        nano_cpus: limits.nano_cpus.filter(|m| *m > 0),
+        pids_limit: limits.pids.filter(|m| *m > 0),
+        memory_reservation: reservations.memory_bytes.filter(|m| *m > 0),
+        network_mode: Some("default".into()),
+        log_config: t.spec.log_driver.clone().map(|l| docker::HostConfigLogConfig { typ: l.name, config: l.options }),
+        ..Default::default()
+    };
+    let grace = cs.stop_grace_period.map(|ns| ns / 1_000_000_000);
+    docker::ContainerCreateBody {
+        hostname: cs.hostname.clone(),
+        user: cs.user.clone(),
+        tty: cs.tty,
+        open_stdin: cs.open_stdin,
+        env: cs.env.clone(),
+        cmd: cs.args.clone(),
+        entrypoint: cs.command.clone(),
+        image: cs.image.clone(),
+        labels: Some(labels),
+        working_dir: cs.dir.clone(),
+        stop_signal: cs.stop_signal.clone(),
+        stop_timeout: grace,
+        healthcheck: cs.health_check.clone(),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// `docker service logs` / `docker task logs`: each task's container log, one line per
+/// item, prefixed with the task's IDs when `details` (the CLI asks for them). Dropping
+/// the stream stops every reader.
+pub fn stream_logs(c: Arc<Cluster>, tasks: Vec<TaskRecord>, opts: LogOptions) -> BusStream<StdioChunk> {
+    berth_bus::produce(move |em| async move {
+        let me = c.node_id();
+        let mut readers = tokio::task::JoinSet::new();
+        for t in tasks {
+            let Some(node) = t.node_id.clone() else { continue };
+            let status = c.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r.status);
+            let Some(ctr) = status.and_then(|s| s.container_id) else { continue };
+            if node != me {
+                // Tasks on other nodes are read through their node's agent (multi-node).
+                continue;
+            }
+            let details = format!("{LABEL_NODE}={node},{LABEL_SERVICE_ID}={},{LABEL_TASK_ID}={}", t.service_id, t.id);
+            let nb = c.node_bus().clone();
+            let em = em.clone();
+            let o = opts.clone();
+            readers.spawn(async move {
+                let Ok((_, mut items)) = nb.logs(&ctr, &o).await else { return };
+                while let Some(Ok(chunk)) = items.next().await {
+                    let data = if o.details { add_details(&chunk.data, &details, o.timestamps) } else { chunk.data };
+                    if em.send(StdioChunk { stream: chunk.stream, data }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        // until every log ends or the reader goes away (the JoinSet aborts the rest)
+        tokio::select! {
+            _ = async { while readers.join_next().await.is_some() {} } => {}
+            _ = em.closed() => {}
+        }
+        Ok(())
+    })
+}
+
+/// `<timestamp >details line` as Moby writes service log lines.
+fn add_details(line: &[u8], details: &str, timestamps: bool) -> Vec<u8> {
+    let (ts, rest) = if timestamps {
+        match line.iter().position(|b| *b == b' ') {
+            Some(i) => (&line[..=i], &line[i + 1..]),
+            None => (&line[..0], line),
+        }
+    } else {
+        (&line[..0], line)
+    };
+    let mut out = Vec::with_capacity(line.len() + details.len() + 1);
+    out.extend_from_slice(ts);
+    out.extend_from_slice(details.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_go_after_the_timestamp() {
+        assert_eq!(add_details(b"hello\n", "a=1", false), b"a=1 hello\n");
+        assert_eq!(add_details(b"2020-01-01T00:00:00Z hello\n", "a=1", true), b"2020-01-01T00:00:00Z a=1 hello\n");
+    }
+}

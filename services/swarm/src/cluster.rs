@@ -1,0 +1,573 @@
+//! A running swarm membership: this node's swarm server, the bus connection to it,
+//! the store and its watched copies, and the loops that act on them.
+//!
+//! [`init`] makes a new swarm (CA, tokens, the store), [`join`] enters one through a
+//! manager's join handshake, [`Cluster::start`] brings a membership up from what the
+//! node remembers (`<root>/swarm/`), which is also how a restarted service resumes.
+
+use crate::cache::{self, Table};
+use crate::local::{self, LocalState, ManagerAddr};
+use crate::model::*;
+use crate::natsconf::{self, Kind, ServerConfig};
+use crate::server::SwarmServer;
+use crate::store::{self, buckets, Bucket, Store};
+use crate::{ids, SwarmService};
+use async_nats::jetstream;
+use bus_schema::{docker, BusError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// How often a node writes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A node whose heartbeat has not moved for this long is down.
+pub const NODE_DOWN_AFTER: Duration = Duration::from_millis(2500);
+
+/// The watched copies of the buckets.
+pub struct Tables {
+    pub cluster: Arc<Table<ClusterRecord>>,
+    pub nodes: Arc<Table<NodeRecord>>,
+    pub heartbeats: Arc<Table<Heartbeat>>,
+    pub services: Arc<Table<ServiceRecord>>,
+    pub tasks: Arc<Table<TaskRecord>>,
+    pub task_status: Arc<Table<TaskStatusRecord>>,
+    pub secrets: Arc<Table<BlobRecord>>,
+    pub configs: Arc<Table<BlobRecord>>,
+    pub leader: Arc<Table<Lease>>,
+}
+
+pub struct Cluster {
+    pub svc: Arc<SwarmService>,
+    pub local: RwLock<LocalState>,
+    pub client: async_nats::Client,
+    pub store: Store,
+    pub t: Tables,
+    pub server: tokio::sync::Mutex<SwarmServer>,
+    /// Whether this node holds the leader lease now.
+    pub is_leader: tokio::sync::watch::Sender<bool>,
+    loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> BusError {
+    BusError::internal(e.to_string())
+}
+
+/// The address to dial a server listening on `addr` from this host.
+fn dial(addr: &str) -> String {
+    let (ip, port) = local::host_port(addr);
+    let ip = if ip == "0.0.0.0" || ip.is_empty() { "127.0.0.1".to_string() } else if ip == "::" { "::1".to_string() } else { ip };
+    local::join(&ip, port)
+}
+
+impl Cluster {
+    pub fn node_id(&self) -> String {
+        self.local.read().unwrap().node_id.clone()
+    }
+
+    pub fn is_manager(&self) -> bool {
+        self.local.read().unwrap().is_manager()
+    }
+
+    pub fn leader_id(&self) -> Option<String> {
+        self.t.leader.get("leader").map(|(l, _)| l.node_id)
+    }
+
+    pub fn node_bus(&self) -> &crate::node_bus::NodeBus {
+        &self.svc.nb
+    }
+
+    fn server_config(local: &LocalState, files: &natsconf::Files, users: Vec<natsconf::User>) -> ServerConfig {
+        let kind = if local.is_manager() {
+            let (client, leaf, route) = local.ports();
+            let routes: Vec<String> = if local.clustered {
+                local.managers.iter().filter(|m| m.node_id != local.node_id).map(|m| m.route.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            Kind::Manager {
+                client,
+                leaf,
+                route,
+                routes,
+                cluster_name: format!("berth-swarm-{}", &local.cluster_id[..local.cluster_id.len().min(12)]),
+                route_user: local.route_user.clone(),
+                route_password: local.route_password.clone(),
+                users,
+                sys_password: local.sys_password.clone(),
+            }
+        } else {
+            Kind::Worker {
+                client: format!("127.0.0.1:{}", local.local_port),
+                managers: local.managers.iter().map(|m| m.leaf.clone()).collect(),
+                user: local.user.clone(),
+                password: local.password.clone(),
+            }
+        };
+        ServerConfig {
+            node_id: local.node_id.clone(),
+            files: files.clone(),
+            kind,
+            local_user: local.local_user.clone(),
+            local_password: local.local_password.clone(),
+            store_key: local.store_key.clone(),
+        }
+    }
+
+    fn probe_addr(local: &LocalState) -> String {
+        if local.is_manager() {
+            dial(&local.ports().0)
+        } else {
+            format!("127.0.0.1:{}", local.local_port)
+        }
+    }
+
+    /// Bring the membership up from `local` (and the files next to it).
+    pub async fn start(svc: Arc<SwarmService>, local: LocalState) -> Result<Arc<Cluster>, BusError> {
+        let files = svc.files.clone();
+        // The users other nodes log in with come from the store once connected; the
+        // config keeps the last list it had until then.
+        let users = previous_users(&files);
+        let conf = Self::server_config(&local, &files, users);
+        natsconf::write_private(&files.conf(), &natsconf::render(&conf)).map_err(internal)?;
+        let probe = Self::probe_addr(&local);
+        let server = SwarmServer::start(&files.conf(), &svc.logs.join("swarm-server.log"), &probe).await.map_err(internal)?;
+        let client = connect(&local, &files, &probe).await?;
+        let mut js = if local.is_manager() { jetstream::new(client.clone()) } else { jetstream::with_domain(client.clone(), natsconf::DOMAIN) };
+        js.set_timeout(Duration::from_secs(5));
+        let store = open_store(&js, &local).await?;
+        let t = Tables {
+            cluster: Table::new(),
+            nodes: Table::new(),
+            heartbeats: Table::new(),
+            services: Table::new(),
+            tasks: Table::new(),
+            task_status: Table::new(),
+            secrets: Table::new(),
+            configs: Table::new(),
+            leader: Table::new(),
+        };
+        let c = Arc::new(Cluster {
+            svc,
+            local: RwLock::new(local),
+            client,
+            store,
+            t,
+            server: tokio::sync::Mutex::new(server),
+            is_leader: tokio::sync::watch::channel(false).0,
+            loops: Mutex::new(Vec::new()),
+        });
+        c.spawn_loops();
+        Ok(c)
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.loops.lock().unwrap().push(tokio::spawn(f));
+    }
+
+    fn follow<T>(&self, bucket: &str, table: &Arc<Table<T>>)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let b: Bucket<T> = self.store.bucket(bucket);
+        self.spawn(cache::follow(b, table.clone()));
+    }
+
+    fn spawn_loops(self: &Arc<Self>) {
+        let manager = self.is_manager();
+        self.follow(buckets::TASKS, &self.t.tasks);
+        self.follow(buckets::CLUSTER, &self.t.cluster);
+        self.follow(buckets::LEADER, &self.t.leader);
+        self.follow(buckets::NODES, &self.t.nodes);
+        if manager {
+            self.follow(buckets::HEARTBEATS, &self.t.heartbeats);
+            self.follow(buckets::SERVICES, &self.t.services);
+            self.follow(buckets::TASK_STATUS, &self.t.task_status);
+            self.follow(buckets::SECRETS, &self.t.secrets);
+            self.follow(buckets::CONFIGS, &self.t.configs);
+            self.spawn(crate::leader::run(self.clone()));
+            self.spawn(crate::events::run(self.clone()));
+            self.spawn(sync_server(self.clone()));
+        }
+        self.spawn(heartbeat(self.clone()));
+        self.spawn(crate::agent::run(self.clone()));
+        self.spawn(watch_server(self.clone()));
+    }
+
+    /// Stop the loops and the server; the node stays a member (files kept).
+    pub async fn stop(&self) {
+        for h in self.loops.lock().unwrap().drain(..) {
+            h.abort();
+        }
+        self.server.lock().await.stop().await;
+    }
+
+    /// `docker swarm leave`: Docker's refusals for managers without `--force`, then
+    /// this node's task containers go, the server stops and the node forgets the swarm.
+    pub async fn leave(self: &Arc<Self>, force: bool) -> Result<(), BusError> {
+        if self.is_manager() && !force {
+            let managers = self.t.nodes.filter(|n| n.role == "manager");
+            let reachable = managers.iter().filter(|n| n.state == "ready").count();
+            let unreachable = managers.len() - reachable;
+            let mut msg = String::from("You are attempting to leave the swarm on a node that is participating as a manager. ");
+            if reachable <= 1 && unreachable == 0 {
+                msg += "Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ";
+                return Err(BusError::unavailable(msg));
+            }
+            if reachable - 1 <= (reachable + unreachable) / 2 {
+                msg += &format!(
+                    "Removing this node leaves {} managers out of {}. Without a Raft quorum your swarm will be inaccessible. ",
+                    reachable - 1,
+                    reachable + unreachable
+                );
+            }
+            msg += "The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.";
+            return Err(BusError::unavailable(msg));
+        }
+        let me = self.node_id();
+        self.stop().await;
+        // Docker removes the node's task containers when it leaves.
+        if let Ok(list) = self.node_bus().list_labelled(&format!("com.docker.swarm.node.id={me}")).await {
+            for c in list {
+                if let Some(id) = c.id {
+                    let _ = self.node_bus().remove(&id).await;
+                }
+            }
+        }
+        crate::taskfiles::release_all(&self.svc.task_files);
+        std::fs::remove_dir_all(&self.svc.files.dir).map_err(internal)?;
+        Ok(())
+    }
+
+    /// `docker info`'s Swarm section.
+    pub async fn info(&self) -> docker::SwarmInfo {
+        let local = self.local.read().unwrap().clone();
+        let remote: Vec<docker::PeerNode> = local
+            .managers
+            .iter()
+            .map(|m| docker::PeerNode { node_id: Some(m.node_id.clone()), addr: Some(m.client.clone()) })
+            .collect();
+        let mut info = docker::SwarmInfo {
+            node_id: Some(local.node_id.clone()),
+            node_addr: Some(local.advertise_addr.clone()),
+            local_node_state: Some(docker::LocalNodeState::ACTIVE),
+            control_available: Some(local.is_manager()),
+            error: Some(String::new()),
+            remote_managers: Some(remote),
+            ..Default::default()
+        };
+        if local.is_manager() {
+            let nodes = self.t.nodes.values();
+            info.nodes = Some(nodes.len() as i64);
+            info.managers = Some(nodes.iter().filter(|(_, n, _)| n.role == "manager").count() as i64);
+            if let Some((c, rev)) = self.t.cluster.get("swarm") {
+                let s = crate::convert::swarm(&c, rev, false);
+                info.cluster = Some(docker::ClusterInfo {
+                    id: Some(s.id),
+                    version: Some(s.version),
+                    created_at: Some(s.created_at),
+                    updated_at: Some(s.updated_at),
+                    spec: Some(s.spec),
+                    tls_info: Some(s.tls_info),
+                    root_rotation_in_progress: Some(false),
+                    data_path_port: Some(s.data_path_port),
+                    default_addr_pool: s.default_addr_pool,
+                    subnet_size: Some(s.subnet_size),
+                });
+            }
+        }
+        info
+    }
+
+    pub fn bucket<T>(&self, name: &str) -> Bucket<T> {
+        self.store.bucket(name)
+    }
+}
+
+/// The users of the last config written (kept until the store answers).
+fn previous_users(_files: &natsconf::Files) -> Vec<natsconf::User> {
+    Vec::new()
+}
+
+async fn connect(local: &LocalState, files: &natsconf::Files, addr: &str) -> Result<async_nats::Client, BusError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("swarm-{}", local.node_id))
+        .user_and_password(local.local_user.clone(), local.local_password.clone())
+        .custom_inbox_prefix(bus_schema::subject::inbox_prefix(&local.local_user))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .ignore_discovered_servers()
+        .max_reconnects(None);
+    let url = if local.is_manager() {
+        let ca = std::fs::read_to_string(files.ca()).map_err(internal)?;
+        opts = opts.tls_client_config(crate::tls::client_config(&ca, None).map_err(BusError::internal)?).require_tls(true);
+        format!("tls://{addr}")
+    } else {
+        format!("nats://{addr}")
+    };
+    opts.connect(url).await.map_err(|e| BusError::unavailable(format!("connecting to the swarm server: {e}")))
+}
+
+async fn open_store(js: &jetstream::Context, local: &LocalState) -> Result<Store, BusError> {
+    // A manager makes the buckets (first start) or scales them (managers came or went);
+    // JetStream may need a moment after its server starts.
+    let replicas = if local.clustered { local.managers.len().clamp(1, 3) } else { 1 };
+    let mut last = None;
+    for _ in 0..100 {
+        let r = if local.is_manager() { store::open(js, replicas).await } else { store::bind(js).await };
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "store not ready yet");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(last.map(BusError::from).unwrap_or_else(|| BusError::internal("store not ready")))
+}
+
+/// Write this node's heartbeat every [`HEARTBEAT`].
+async fn heartbeat(c: Arc<Cluster>) {
+    let b: Bucket<Heartbeat> = c.bucket(buckets::HEARTBEATS);
+    let id = c.node_id();
+    let mut seq = 0u64;
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        seq += 1;
+        if let Err(e) = b.put(&id, &Heartbeat { node_id: id.clone(), at_ms: crate::now_ms(), seq }).await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+    }
+}
+
+/// Restart the swarm server if it dies.
+async fn watch_server(c: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = c.server.lock().await.ensure().await {
+            tracing::warn!(error = %e, "the swarm server could not be started again");
+        }
+    }
+}
+
+/// Managers: keep the server's user list (every node's credentials) in step with the
+/// nodes in the store; a change is a reload (SIGHUP).
+async fn sync_server(c: Arc<Cluster>) {
+    let mut rx = c.t.nodes.subscribe();
+    let mut last = String::new();
+    c.t.nodes.wait_ready().await;
+    loop {
+        let users: Vec<natsconf::User> = c
+            .t
+            .nodes
+            .values()
+            .into_iter()
+            .map(|(_, n, _)| natsconf::User {
+                name: n.bus.user.clone(),
+                password: n.bus.password_hash.clone(),
+                role: if n.role == "manager" { natsconf::Role::Manager } else { natsconf::Role::Worker },
+            })
+            .filter(|u| !u.name.is_empty())
+            .collect();
+        let local = c.local.read().unwrap().clone();
+        let text = natsconf::render(&Cluster::server_config(&local, &c.svc.files, users));
+        if text != last {
+            match natsconf::write_private(&c.svc.files.conf(), &text) {
+                Ok(()) => {
+                    c.server.lock().await.reload();
+                    last = text;
+                }
+                Err(e) => tracing::warn!(error = %e, "writing the swarm server config"),
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The IP to advertise when none is given: the listen IP, else the address of the
+/// interface of the default route.
+fn default_advertise(listen_ip: &str) -> Result<String, BusError> {
+    if listen_ip != "0.0.0.0" && listen_ip != "::" && !listen_ip.is_empty() {
+        return Ok(listen_ip.to_string());
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    });
+    if let Some(i) = iface {
+        if let Some(ip) = iface_ip(&i) {
+            return Ok(ip);
+        }
+    }
+    Err(BusError::invalid("could not find the system's IP address - specify one with --advertise-addr"))
+}
+
+fn iface_ip(name: &str) -> Option<String> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != name {
+            return None;
+        }
+        a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip().to_string()))
+    })
+}
+
+/// An `--advertise-addr` as Docker takes it: an IP, `ip:port`, or an interface name.
+fn advertise_ip(given: &str, listen_ip: &str) -> Result<String, BusError> {
+    if given.is_empty() {
+        return default_advertise(listen_ip);
+    }
+    let (host, _) = local::host_port(given);
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(host);
+    }
+    iface_ip(&host).ok_or_else(|| BusError::invalid(format!("interface {host} has no usable IPv4 address")))
+}
+
+/// `docker swarm init`.
+pub async fn init(svc: Arc<SwarmService>, req: docker::SwarmInitRequest) -> Result<Arc<Cluster>, BusError> {
+    let listen = req.listen_addr.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0:2377".into());
+    let (lip, lport) = local::host_port(&listen);
+    let listen = local::join(&lip, lport);
+    let advertise = advertise_ip(req.advertise_addr.as_deref().unwrap_or(""), &lip)?;
+    let cluster_id = ids::new_id();
+    let node_id = ids::new_id();
+    let ca = crate::ca::Ca::generate().map_err(BusError::internal)?;
+    let cert = ca.sign_node(&node_id, &cluster_id, true, &[advertise.clone(), lip.clone()]).map_err(BusError::internal)?;
+    let files = svc.files.clone();
+    let cleanup = |e: BusError| {
+        let _ = std::fs::remove_dir_all(&files.dir);
+        e
+    };
+    write_tls(&files, &ca.cert_pem, &cert.chain_pem, &cert.key_pem).map_err(|e| cleanup(internal(e)))?;
+    let local = LocalState {
+        node_id: node_id.clone(),
+        cluster_id: cluster_id.clone(),
+        role: "manager".into(),
+        advertise_addr: advertise.clone(),
+        listen_addr: listen.clone(),
+        user: format!("n-{node_id}"),
+        password: ids::random_hex(24),
+        local_user: "local".into(),
+        local_password: ids::random_hex(24),
+        store_key: ids::random_hex(32),
+        sys_password: ids::random_hex(24),
+        route_user: "route".into(),
+        route_password: ids::random_hex(24),
+        managers: Vec::new(),
+        clustered: false,
+        local_port: 0,
+    };
+    let mut local = local;
+    local.managers = vec![local.own_addr()];
+    local.save(&files.state()).map_err(|e| cleanup(internal(e)))?;
+    let c = match Cluster::start(svc.clone(), local.clone()).await {
+        Ok(c) => c,
+        Err(e) => return Err(cleanup(e)),
+    };
+    if let Err(e) = seed(&c, &req, &ca, &local).await {
+        c.stop().await;
+        return Err(cleanup(e));
+    }
+    Ok(c)
+}
+
+fn write_tls(files: &natsconf::Files, ca: &str, chain: &str, key: &str) -> std::io::Result<()> {
+    natsconf::write_private(&files.ca(), ca)?;
+    natsconf::write_private(&files.cert(), chain)?;
+    natsconf::write_private(&files.key(), key)
+}
+
+/// Docker's defaults for a new swarm's spec, over what the client sent.
+fn swarm_spec(given: Option<docker::SwarmSpec>) -> docker::SwarmSpec {
+    let mut s = given.unwrap_or_default();
+    if s.name.as_deref().unwrap_or("").is_empty() {
+        s.name = Some("default".into());
+    }
+    s.labels.get_or_insert_with(Default::default);
+    let o = s.orchestration.get_or_insert_with(Default::default);
+    if o.task_history_retention_limit.is_none() {
+        o.task_history_retention_limit = Some(5);
+    }
+    let r = s.raft.get_or_insert_with(Default::default);
+    r.snapshot_interval = Some(r.snapshot_interval.filter(|v| *v > 0).unwrap_or(10000));
+    r.keep_old_snapshots.get_or_insert(0);
+    r.log_entries_for_slow_followers = Some(r.log_entries_for_slow_followers.filter(|v| *v > 0).unwrap_or(500));
+    r.election_tick = Some(r.election_tick.filter(|v| *v > 0).unwrap_or(10));
+    r.heartbeat_tick = Some(r.heartbeat_tick.filter(|v| *v > 0).unwrap_or(1));
+    let d = s.dispatcher.get_or_insert_with(Default::default);
+    d.heartbeat_period = Some(d.heartbeat_period.filter(|v| *v > 0).unwrap_or(5_000_000_000));
+    let ca = s.ca_config.get_or_insert_with(Default::default);
+    ca.node_cert_expiry = Some(ca.node_cert_expiry.filter(|v| *v > 0).unwrap_or(7_776_000_000_000_000));
+    s.task_defaults.get_or_insert_with(Default::default);
+    let e = s.encryption_config.get_or_insert_with(Default::default);
+    e.auto_lock_managers.get_or_insert(false);
+    s
+}
+
+/// The first records of a new swarm: the cluster, the PKI, this node.
+async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::Ca, local: &LocalState) -> Result<(), BusError> {
+    let now = crate::now();
+    let digest = crate::tls::ca_digest(&ca.cert_pem).map_err(BusError::internal)?;
+    let (subject, pk) = ca.issuer_info().map_err(BusError::internal)?;
+    let spec = swarm_spec(req.spec.clone());
+    let rec = ClusterRecord {
+        id: local.cluster_id.clone(),
+        created_at: now.clone(),
+        updated_at: now.clone(),
+        spec,
+        ca_cert: ca.cert_pem.clone(),
+        ca_subject: subject,
+        ca_public_key: pk,
+        worker_token: ids::join_token(&digest),
+        manager_token: ids::join_token(&digest),
+        default_addr_pool: req.default_addr_pool.clone().unwrap_or_default(),
+        subnet_size: req.subnet_size.filter(|s| *s > 0).unwrap_or(24),
+        data_path_port: req.data_path_port.filter(|p| *p > 0).unwrap_or(4789),
+        managers_epoch: 1,
+    };
+    let rev = c.bucket::<ClusterRecord>(buckets::CLUSTER).put("swarm", &rec).await?;
+    c.t.cluster.note_put("swarm", rec, rev);
+    let pki = PkiRecord { ca_key: ca.key_pem.clone(), route_user: local.route_user.clone(), route_password: local.route_password.clone() };
+    c.bucket::<PkiRecord>(buckets::PKI).put("ca", &pki).await?;
+    let node = self_record(c, local, "manager", docker::NodeSpecAvailabilityEnum::ACTIVE)?;
+    let rev = c.bucket::<NodeRecord>(buckets::NODES).put(&local.node_id, &node).await?;
+    c.t.nodes.note_put(&local.node_id, node, rev);
+    Ok(())
+}
+
+/// This node's record as it joins (or inits) with `role`.
+pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: docker::NodeSpecAvailabilityEnum) -> Result<NodeRecord, BusError> {
+    let now = crate::now();
+    let own: ManagerAddr = local.own_addr();
+    Ok(NodeRecord {
+        id: local.node_id.clone(),
+        created_at: now.clone(),
+        updated_at: now,
+        spec: docker::NodeSpec {
+            name: None,
+            labels: Some(Default::default()),
+            role: Some(if role == "manager" { docker::NodeSpecRoleEnum::MANAGER } else { docker::NodeSpecRoleEnum::WORKER }),
+            availability: Some(availability),
+        },
+        description: c.svc.host.description(),
+        state: "ready".into(),
+        message: String::new(),
+        addr: local.advertise_addr.clone(),
+        role: role.into(),
+        bus: NodeBus {
+            user: local.user.clone(),
+            password_hash: bcrypt::hash(&local.password, 6).map_err(internal)?,
+            client_addr: own.client,
+            leaf_addr: own.leaf,
+            route_addr: own.route,
+        },
+    })
+}
+
+/// `docker swarm join` (slice 2: the handshake over the swarm bus).
+pub async fn join(_svc: Arc<SwarmService>, _req: docker::SwarmJoinRequest) -> Result<Arc<Cluster>, BusError> {
+    Err(BusError::not_implemented("joining a swarm is not implemented yet"))
+}

@@ -1,0 +1,207 @@
+//! Records to Docker's API objects, with the normalisation Moby's round trip through
+//! swarmkit applies (compared against Moby 20.10's answers, recorded in
+//! e2e/tests/data/swarm/).
+
+use crate::model::*;
+use bus_schema::docker;
+use bus_schema::swarm::{ServiceObject, SwarmObject};
+
+fn version(rev: u64) -> Option<docker::ObjectVersion> {
+    Some(docker::ObjectVersion { index: Some(rev) })
+}
+
+/// What swarmkit adds to a service spec on the way in: the container runtime and the
+/// default isolation.
+pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
+    // Moby's convert: no mode is replicated, a replicated mode without a count runs 1
+    // (the CLI sends `"Replicated":{}` when --replicas is not given)
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if mode.replicated.is_none() && mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
+        mode.replicated = Some(Default::default());
+    }
+    if let Some(r) = mode.replicated.as_mut() {
+        r.replicas.get_or_insert(1);
+    }
+    let tt = spec.task_template.get_or_insert_with(Default::default);
+    normalize_task_spec(tt);
+    if tt.runtime.is_none() {
+        tt.runtime = Some("container".into());
+    }
+    if spec.labels.is_none() {
+        spec.labels = Some(Default::default());
+    }
+}
+
+pub fn normalize_task_spec(tt: &mut docker::TaskSpec) {
+    if let Some(cs) = tt.container_spec.as_mut() {
+        if cs.isolation.is_none() {
+            cs.isolation = Some(docker::TaskSpecContainerSpecIsolationEnum::DEFAULT);
+        }
+    }
+}
+
+/// swarmkit's defaults (`api/defaults`), inserted when a client asks `insertDefaults`.
+pub fn insert_defaults(spec: &mut docker::ServiceSpec) {
+    let tt = spec.task_template.get_or_insert_with(Default::default);
+    if let Some(cs) = tt.container_spec.as_mut() {
+        cs.stop_grace_period.get_or_insert(10_000_000_000);
+        cs.dns_config.get_or_insert_with(Default::default);
+    }
+    tt.resources.get_or_insert_with(Default::default);
+    let rp = tt.restart_policy.get_or_insert_with(Default::default);
+    rp.condition.get_or_insert(docker::TaskSpecRestartPolicyConditionEnum::ANY);
+    rp.delay.get_or_insert(5_000_000_000);
+    rp.max_attempts.get_or_insert(0);
+    tt.placement.get_or_insert_with(Default::default);
+    let up = spec.update_config.get_or_insert_with(Default::default);
+    fill_update(up);
+    let rb = spec.rollback_config.get_or_insert_with(Default::default);
+    fill_rollback(rb);
+}
+
+fn fill_update(u: &mut docker::ServiceSpecUpdateConfig) {
+    u.parallelism.get_or_insert(1);
+    u.failure_action.get_or_insert(docker::ServiceSpecUpdateConfigFailureActionEnum::PAUSE);
+    u.monitor.get_or_insert(5_000_000_000);
+    u.max_failure_ratio.get_or_insert(0.0);
+    u.order.get_or_insert(docker::ServiceSpecUpdateConfigOrderEnum::STOP_FIRST);
+}
+
+fn fill_rollback(u: &mut docker::ServiceSpecRollbackConfig) {
+    u.parallelism.get_or_insert(1);
+    u.failure_action.get_or_insert(docker::ServiceSpecRollbackConfigFailureActionEnum::PAUSE);
+    u.monitor.get_or_insert(5_000_000_000);
+    u.max_failure_ratio.get_or_insert(0.0);
+    u.order.get_or_insert(docker::ServiceSpecRollbackConfigOrderEnum::STOP_FIRST);
+}
+
+pub fn service(s: &ServiceRecord, rev: u64, insert: bool, status: Option<docker::ServiceServiceStatus>) -> ServiceObject {
+    let mut spec = s.spec.clone();
+    let mut previous = s.previous_spec.clone();
+    if insert {
+        insert_defaults(&mut spec);
+        if let Some(p) = previous.as_mut() {
+            insert_defaults(p);
+        }
+    }
+    ServiceObject {
+        id: s.id.clone(),
+        version: docker::ObjectVersion { index: Some(rev) },
+        created_at: s.created_at.clone(),
+        updated_at: s.updated_at.clone(),
+        spec,
+        previous_spec: previous,
+        endpoint: s.endpoint.clone().unwrap_or(docker::ServiceEndpoint { spec: Some(Default::default()), ..Default::default() }),
+        update_status: s.update_status.clone(),
+        service_status: status,
+        job_status: None,
+    }
+}
+
+pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> docker::Task {
+    let st = effective_status(t, reported);
+    let container_status = st.container_id.as_ref().map(|c| docker::ContainerStatus {
+        container_id: Some(c.clone()),
+        pid: Some(st.pid.unwrap_or(0)),
+        exit_code: Some(st.exit_code.unwrap_or(0)),
+    });
+    let mut spec = t.spec.clone();
+    normalize_task_spec(&mut spec);
+    docker::Task {
+        id: Some(t.id.clone()),
+        version: version(rev),
+        created_at: Some(t.created_at.clone()),
+        updated_at: Some(t.updated_at.clone()),
+        name: None,
+        labels: Some(Default::default()),
+        spec: Some(spec),
+        service_id: Some(t.service_id.clone()),
+        slot: if t.slot > 0 { Some(t.slot as i64) } else { None },
+        node_id: t.node_id.clone(),
+        assigned_generic_resources: None,
+        status: Some(docker::TaskStatus {
+            timestamp: Some(st.timestamp.clone()),
+            state: Some(st.state.docker()),
+            message: Some(st.message.clone()),
+            err: st.err.clone(),
+            container_status,
+            port_status: Some(Default::default()),
+        }),
+        desired_state: Some(t.desired_state.docker()),
+        job_iteration: None,
+    }
+}
+
+pub fn node(n: &NodeRecord, rev: u64, leader: Option<&str>, ca: &docker::TlsInfo) -> docker::Node {
+    let manager_status = (n.role == "manager").then(|| docker::ManagerStatus {
+        leader: (leader == Some(n.id.as_str())).then_some(true),
+        reachability: Some(if n.state == "ready" { docker::Reachability::REACHABLE } else { docker::Reachability::UNREACHABLE }),
+        addr: Some(n.bus.client_addr.clone()),
+    });
+    let mut desc = n.description.clone();
+    desc.tls_info = Some(ca.clone());
+    docker::Node {
+        id: Some(n.id.clone()),
+        version: version(rev),
+        created_at: Some(n.created_at.clone()),
+        updated_at: Some(n.updated_at.clone()),
+        spec: Some(n.spec.clone()),
+        description: Some(desc),
+        status: Some(docker::NodeStatus {
+            state: serde_json::from_value(serde_json::Value::String(n.state.clone())).ok(),
+            message: (!n.message.is_empty()).then(|| n.message.clone()),
+            addr: Some(n.addr.clone()),
+        }),
+        manager_status,
+    }
+}
+
+pub fn tls_info(c: &ClusterRecord) -> docker::TlsInfo {
+    docker::TlsInfo {
+        trust_root: Some(c.ca_cert.clone()),
+        cert_issuer_subject: Some(c.ca_subject.clone()),
+        cert_issuer_public_key: Some(c.ca_public_key.clone()),
+    }
+}
+
+pub fn swarm(c: &ClusterRecord, rev: u64, tokens: bool) -> SwarmObject {
+    SwarmObject {
+        id: c.id.clone(),
+        version: docker::ObjectVersion { index: Some(rev) },
+        created_at: c.created_at.clone(),
+        updated_at: c.updated_at.clone(),
+        spec: c.spec.clone(),
+        tls_info: tls_info(c),
+        root_rotation_in_progress: false,
+        default_addr_pool: (!c.default_addr_pool.is_empty()).then(|| c.default_addr_pool.clone()),
+        subnet_size: c.subnet_size,
+        data_path_port: c.data_path_port,
+        join_tokens: tokens.then(|| docker::JoinTokens { worker: Some(c.worker_token.clone()), manager: Some(c.manager_token.clone()) }),
+    }
+}
+
+pub fn blob_secret(b: &BlobRecord, rev: u64) -> docker::Secret {
+    docker::Secret {
+        id: Some(b.id.clone()),
+        version: version(rev),
+        created_at: Some(b.created_at.clone()),
+        updated_at: Some(b.updated_at.clone()),
+        spec: Some(docker::SecretSpec {
+            name: Some(b.name.clone()),
+            labels: Some(b.labels.clone()),
+            data: None,
+            driver: b.driver.clone(),
+            templating: b.templating.clone(),
+        }),
+    }
+}
+
+pub fn blob_config(b: &BlobRecord, rev: u64) -> docker::Config {
+    docker::Config {
+        id: Some(b.id.clone()),
+        version: version(rev),
+        created_at: Some(b.created_at.clone()),
+        updated_at: Some(b.updated_at.clone()),
+        spec: Some(docker::ConfigSpec { name: Some(b.name.clone()), labels: Some(b.labels.clone()), data: Some(b.data.clone()), templating: b.templating.clone() }),
+    }
+}

@@ -1,0 +1,270 @@
+//! What the store holds: one record type per bucket (see docs/swarm.md). Docker's API
+//! types are kept inside as they are (specs as the client sent them, normalised), so
+//! the API answers are the records plus their revision.
+
+use bus_schema::docker;
+use serde::{Deserialize, Serialize};
+
+/// Docker's task states in order (swarmkit's `TaskState`): a task only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Pending,
+    Assigned,
+    Accepted,
+    Preparing,
+    Ready,
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+    Remove,
+    Orphaned,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Remove => "remove",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        use TaskState::*;
+        [New, Pending, Assigned, Accepted, Preparing, Ready, Starting, Running, Complete, Shutdown, Failed, Rejected, Remove, Orphaned]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
+    /// Past running: the task's container is gone or going.
+    pub fn terminal(self) -> bool {
+        self > TaskState::Running
+    }
+
+    pub fn docker(self) -> docker::TaskState {
+        serde_json::from_value(serde_json::Value::String(self.as_str().into())).unwrap_or_default()
+    }
+}
+
+/// An observed task status (Docker's `TaskStatus` with our state type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: TaskState,
+    pub timestamp: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub err: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+}
+
+impl Status {
+    pub fn now(state: TaskState, message: impl Into<String>) -> Status {
+        Status { state, timestamp: crate::now(), message: message.into(), err: None, container_id: None, pid: None, exit_code: None }
+    }
+}
+
+/// `swarm_cluster/swarm`: the swarm object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: docker::SwarmSpec,
+    /// The root CA certificate (PEM): `TLSInfo.TrustRoot`, and its issuer's subject and
+    /// public key (base64 DER) as `TLSInfo` shows them.
+    pub ca_cert: String,
+    pub ca_subject: String,
+    pub ca_public_key: String,
+    pub worker_token: String,
+    pub manager_token: String,
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    #[serde(default = "default_subnet_size")]
+    pub subnet_size: u32,
+    #[serde(default = "default_data_path_port")]
+    pub data_path_port: u32,
+    /// Bumped whenever the set of managers changes (bucket replicas follow it).
+    #[serde(default)]
+    pub managers_epoch: u64,
+}
+
+fn default_subnet_size() -> u32 {
+    24
+}
+fn default_data_path_port() -> u32 {
+    4789
+}
+
+/// `swarm_pki/ca`: what only managers read — the CA key, the route credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PkiRecord {
+    pub ca_key: String,
+    pub route_user: String,
+    pub route_password: String,
+}
+
+/// The bus credentials and addresses of a node's swarm server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeBus {
+    /// The node's user on every swarm server (managers check it; workers use it on
+    /// their leaf connection).
+    pub user: String,
+    /// bcrypt hash of its password (the password itself is only on the node).
+    pub password_hash: String,
+    /// Where its swarm server listens: client (join handshake), leaf, route (host:port).
+    pub client_addr: String,
+    pub leaf_addr: String,
+    pub route_addr: String,
+}
+
+/// `swarm_nodes/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: docker::NodeSpec,
+    pub description: docker::NodeDescription,
+    /// ready, down, unknown, disconnected.
+    pub state: String,
+    #[serde(default)]
+    pub message: String,
+    /// The address other nodes reach it at (`Status.Addr`).
+    pub addr: String,
+    /// `manager` or `worker`: the role it runs as now (the spec says the wanted one).
+    pub role: String,
+    pub bus: NodeBus,
+}
+
+/// `swarm_heartbeats/<id>`: written by each node every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    /// Unix milliseconds, the node's clock (only compared to the node's own previous).
+    pub at_ms: u64,
+    pub seq: u64,
+}
+
+/// `swarm_leader/leader`: the lease of the manager that runs the orchestrator,
+/// scheduler and node health. Renewed every second; expires after [`crate::store::LEASE_TTL`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub node_id: String,
+    pub term: u64,
+}
+
+/// `swarm_services/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: docker::ServiceSpec,
+    #[serde(default)]
+    pub previous_spec: Option<docker::ServiceSpec>,
+    /// Bumped on every spec change; tasks made from this spec carry it (`_up-to-date`).
+    pub spec_version: u64,
+    #[serde(default)]
+    pub endpoint: Option<docker::ServiceEndpoint>,
+    #[serde(default)]
+    pub update_status: Option<docker::ServiceUpdateStatus>,
+}
+
+/// `swarm_tasks/<id>`: written by managers only (desired state, placement).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub service_id: String,
+    pub service_name: String,
+    /// Replicated services: 1..=replicas; global: 0 (one per node).
+    pub slot: u64,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    pub spec: docker::TaskSpec,
+    pub spec_version: u64,
+    pub desired_state: TaskState,
+    /// The manager's view (new, pending, assigned, orphaned); the node reports the rest.
+    pub status: Status,
+    /// Service labels copied at creation (container labels of the task come from the spec).
+    #[serde(default)]
+    pub service_labels: std::collections::HashMap<String, String>,
+    /// A restart's delayed start (unix ms, the leader's clock): desired Ready until then.
+    #[serde(default)]
+    pub start_at: Option<u64>,
+}
+
+/// `swarm_task_status/<node>.<task>`: written by the node that runs the task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusRecord {
+    pub task_id: String,
+    pub node_id: String,
+    pub status: Status,
+}
+
+/// `swarm_secrets/<id>` and `swarm_configs/<id>`. The managers' JetStream store is
+/// encrypted at rest (natsconf: `cipher`/`key`), so the data never reaches a disk in
+/// clear; workers keep no store and mount it on tmpfs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::HashMap<String, String>,
+    /// The data, base64.
+    pub data: String,
+    #[serde(default)]
+    pub driver: Option<docker::Driver>,
+    #[serde(default)]
+    pub templating: Option<docker::Driver>,
+}
+
+/// The status shown for a task: the node's report unless the manager has the last word
+/// (orphaned), else the manager's own.
+pub fn effective_status<'a>(t: &'a TaskRecord, reported: Option<&'a TaskStatusRecord>) -> &'a Status {
+    match reported {
+        Some(r) if t.status.state != TaskState::Orphaned && r.status.state >= t.status.state => &r.status,
+        _ => &t.status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_order_and_names() {
+        assert!(TaskState::Running > TaskState::Starting);
+        assert!(TaskState::Failed.terminal());
+        assert!(!TaskState::Running.terminal());
+        for s in ["new", "pending", "assigned", "running", "shutdown", "orphaned"] {
+            assert_eq!(TaskState::parse(s).unwrap().as_str(), s);
+        }
+        assert_eq!(serde_json::to_string(&TaskState::Running).unwrap(), "\"running\"");
+    }
+}

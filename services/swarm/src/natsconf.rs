@@ -1,0 +1,330 @@
+//! The swarm server's configuration: the nats-server a node runs for the swarm bus
+//! (never the node's own bus, see docs/swarm.md).
+//!
+//! - A lone manager: JetStream standalone (nats-server cannot elect a meta leader with
+//!   fewer than two peers), client port (TLS) for the join handshake and the local
+//!   swarm service, leaf port (mutual TLS) for the other nodes.
+//! - Managers of a cluster: the same plus `cluster {}` with routes to the other
+//!   managers (mutual TLS, a route user), JetStream clustered, replicas follow the
+//!   number of managers.
+//! - A worker: no JetStream, a client port on loopback for its swarm service, and a
+//!   leaf remote to every manager (mutual TLS, its own user).
+//!
+//! Every store user lives in account `SWARM`; managers' JetStream domain is `swarm`, so a
+//! worker reaches the store through its leaf with the `$JS.swarm.API` prefix. The store
+//! is encrypted at rest (`cipher`, `key`): secrets never reach a manager's disk in clear.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The JetStream domain of the managers.
+pub const DOMAIN: &str = "swarm";
+/// The account of every swarm bus user.
+pub const ACCOUNT: &str = "SWARM";
+/// The join handshake's user: it may only ask the join subject.
+pub const JOIN_USER: &str = "join";
+pub const JOIN_PASSWORD: &str = "join";
+
+/// Files of a node's swarm server under `<root>/swarm/`.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub dir: PathBuf,
+}
+
+impl Files {
+    pub fn new(swarm_dir: &Path) -> Files {
+        Files { dir: swarm_dir.to_path_buf() }
+    }
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("server").join("nats.conf")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("server").join("js")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("tls").join("node.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("tls").join("node-key.pem")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+}
+
+/// A bus user on the managers' swarm servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    /// A bcrypt hash (or, for local users, the password itself).
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The manager's own swarm service, and other managers' leaf connections.
+    Manager,
+    /// A worker's leaf connection.
+    Worker,
+    /// The join handshake.
+    Join,
+}
+
+/// What a server config needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: String,
+    pub files: Files,
+    pub kind: Kind,
+    /// The local swarm service's user (plain password: the file is 0600 on this node).
+    pub local_user: String,
+    pub local_password: String,
+    /// The JetStream encryption key (hex), managers only.
+    pub store_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Manager {
+        /// `ip:port` of the client port (join handshake, local service).
+        client: String,
+        /// `ip:port` of the leaf port.
+        leaf: String,
+        /// `ip:port` of the route port; `routes` the other managers' (empty: standalone).
+        route: String,
+        routes: Vec<String>,
+        cluster_name: String,
+        route_user: String,
+        route_password: String,
+        /// Every node's user (all roles), from the store.
+        users: Vec<User>,
+        sys_password: String,
+    },
+    Worker {
+        /// `127.0.0.1:port` for the local swarm service.
+        client: String,
+        /// Every manager's leaf address (`ip:port`).
+        managers: Vec<String>,
+        user: String,
+        password: String,
+    },
+}
+
+fn q(s: &str) -> String {
+    // nats-server config strings: double-quoted, backslash and quote escaped.
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn list(v: &[String]) -> String {
+    v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+}
+
+/// (publish allow, subscribe allow) of a role on the managers' servers.
+pub fn permissions(role: Role, user: &str) -> (Vec<String>, Vec<String>) {
+    match role {
+        // Managers run the store and call every node.
+        Role::Manager => (vec![">".into()], vec![">".into()]),
+        // A worker reads the store through its leaf (the JetStream API of the swarm
+        // domain), writes its own task status and heartbeat, and answers requests for
+        // its node. Everything else is refused by its managers.
+        Role::Worker => (
+            vec![
+                format!("$JS.{DOMAIN}.API.>"),
+                "$JS.API.>".into(),
+                "$KV.>".into(),
+                "_INBOX.>".into(),
+                "_I.>".into(),
+                format!("{}.>", bus_schema::swarm::cluster::PREFIX),
+            ],
+            vec![">".into()],
+        ),
+        Role::Join => (vec![bus_schema::swarm::cluster::JOIN.into()], vec![format!("_I.{user}.>"), "_INBOX.>".into()]),
+    }
+}
+
+fn user_entry(out: &mut String, u: &User) {
+    let (publ, sub) = permissions(u.role, &u.name);
+    let _ = writeln!(
+        out,
+        "      {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}, allow_responses: true }} }}",
+        q(&u.name),
+        q(&u.password),
+        list(&publ),
+        list(&sub)
+    );
+}
+
+fn tls_block(out: &mut String, indent: &str, f: &Files, verify: bool) {
+    let _ = writeln!(out, "{indent}tls {{");
+    let _ = writeln!(out, "{indent}  cert_file: {}", q(&f.cert().display().to_string()));
+    let _ = writeln!(out, "{indent}  key_file: {}", q(&f.key().display().to_string()));
+    let _ = writeln!(out, "{indent}  ca_file: {}", q(&f.ca().display().to_string()));
+    if verify {
+        let _ = writeln!(out, "{indent}  verify: true");
+    }
+    let _ = writeln!(out, "{indent}  timeout: 5");
+    let _ = writeln!(out, "{indent}}}");
+}
+
+/// The config file's text.
+pub fn render(c: &ServerConfig) -> String {
+    let mut out = String::from("# generated by berth-swarm; do not edit\n");
+    let _ = writeln!(out, "server_name: {}", q(&format!("swarm-{}", c.node_id)));
+    let _ = writeln!(out, "max_payload: 1048576");
+    match &c.kind {
+        Kind::Manager { client, leaf, route, routes, cluster_name, route_user, route_password, users, sys_password } => {
+            let _ = writeln!(out, "listen: {}", q(client));
+            tls_block(&mut out, "", &c.files, false);
+            let _ = writeln!(out, "jetstream {{");
+            let _ = writeln!(out, "  store_dir: {}", q(&c.files.store().display().to_string()));
+            let _ = writeln!(out, "  domain: {}", q(DOMAIN));
+            let _ = writeln!(out, "  cipher: chachapoly");
+            let _ = writeln!(out, "  key: {}", q(&c.store_key));
+            let _ = writeln!(out, "  max_memory_store: 64MB");
+            let _ = writeln!(out, "  max_file_store: 1GB");
+            let _ = writeln!(out, "}}");
+            let _ = writeln!(out, "leafnodes {{");
+            let _ = writeln!(out, "  listen: {}", q(leaf));
+            tls_block(&mut out, "  ", &c.files, true);
+            let _ = writeln!(out, "}}");
+            if !routes.is_empty() {
+                let _ = writeln!(out, "cluster {{");
+                let _ = writeln!(out, "  name: {}", q(cluster_name));
+                let _ = writeln!(out, "  listen: {}", q(route));
+                let _ = writeln!(out, "  authorization {{ user: {}, password: {} }}", q(route_user), q(route_password));
+                let urls: Vec<String> = routes.iter().map(|r| format!("nats-route://{route_user}:{route_password}@{r}")).collect();
+                let _ = writeln!(out, "  routes: [{}]", list(&urls));
+                tls_block(&mut out, "  ", &c.files, true);
+                let _ = writeln!(out, "}}");
+            }
+            let _ = writeln!(out, "accounts {{");
+            let _ = writeln!(out, "  {ACCOUNT} {{");
+            let _ = writeln!(out, "    jetstream: enabled");
+            let _ = writeln!(out, "    users: [");
+            user_entry(&mut out, &User { name: c.local_user.clone(), password: c.local_password.clone(), role: Role::Manager });
+            user_entry(&mut out, &User { name: JOIN_USER.into(), password: JOIN_PASSWORD.into(), role: Role::Join });
+            for u in users {
+                if u.name != c.local_user && u.name != JOIN_USER {
+                    user_entry(&mut out, u);
+                }
+            }
+            let _ = writeln!(out, "    ]");
+            let _ = writeln!(out, "  }}");
+            let _ = writeln!(out, "  SYS {{ users: [ {{ user: \"sys\", password: {} }} ] }}", q(sys_password));
+            let _ = writeln!(out, "}}");
+            let _ = writeln!(out, "system_account: SYS");
+        }
+        Kind::Worker { client, managers, user, password } => {
+            let _ = writeln!(out, "listen: {}", q(client));
+            let urls: Vec<String> = managers.iter().map(|m| format!("nats-leaf://{user}:{password}@{m}")).collect();
+            let _ = writeln!(out, "leafnodes {{");
+            let _ = writeln!(out, "  reconnect: 1");
+            let _ = writeln!(out, "  remotes: [");
+            let _ = writeln!(out, "    {{");
+            let _ = writeln!(out, "      urls: [{}]", list(&urls));
+            let _ = writeln!(out, "      account: {ACCOUNT}");
+            tls_block(&mut out, "      ", &c.files, false);
+            let _ = writeln!(out, "    }}");
+            let _ = writeln!(out, "  ]");
+            let _ = writeln!(out, "}}");
+            let _ = writeln!(out, "accounts {{");
+            let _ = writeln!(out, "  {ACCOUNT} {{ users: [");
+            user_entry(&mut out, &User { name: c.local_user.clone(), password: c.local_password.clone(), role: Role::Manager });
+            let _ = writeln!(out, "  ] }}");
+            let _ = writeln!(out, "}}");
+        }
+    }
+    out
+}
+
+/// Write `text` to `path` with mode 0600, atomically.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> Files {
+        Files::new(Path::new("/r/swarm"))
+    }
+
+    #[test]
+    fn lone_manager_is_standalone_with_encrypted_store() {
+        let c = ServerConfig {
+            node_id: "n1".into(),
+            files: files(),
+            kind: Kind::Manager {
+                client: "0.0.0.0:2377".into(),
+                leaf: "0.0.0.0:2378".into(),
+                route: "0.0.0.0:2379".into(),
+                routes: vec![],
+                cluster_name: "c".into(),
+                route_user: "r".into(),
+                route_password: "rp".into(),
+                users: vec![User { name: "n-w1".into(), password: "$2b$hash".into(), role: Role::Worker }],
+                sys_password: "s".into(),
+            },
+            local_user: "local".into(),
+            local_password: "pw".into(),
+            store_key: "k".repeat(32),
+        };
+        let t = render(&c);
+        assert!(t.contains("cipher: chachapoly"));
+        assert!(t.contains("domain: \"swarm\""));
+        assert!(!t.contains("cluster {"), "{t}");
+        assert!(t.contains("user: \"n-w1\""));
+        assert!(t.contains("verify: true"));
+    }
+
+    #[test]
+    fn managers_route_to_each_other() {
+        let mut c = ServerConfig {
+            node_id: "n1".into(),
+            files: files(),
+            kind: Kind::Manager {
+                client: "10.0.0.1:2377".into(),
+                leaf: "10.0.0.1:2378".into(),
+                route: "10.0.0.1:2379".into(),
+                routes: vec!["10.0.0.2:2379".into()],
+                cluster_name: "c".into(),
+                route_user: "r".into(),
+                route_password: "rp".into(),
+                users: vec![],
+                sys_password: "s".into(),
+            },
+            local_user: "local".into(),
+            local_password: "pw".into(),
+            store_key: "k".into(),
+        };
+        let t = render(&c);
+        assert!(t.contains("nats-route://r:rp@10.0.0.2:2379"), "{t}");
+        c.kind = Kind::Worker { client: "127.0.0.1:1".into(), managers: vec!["10.0.0.1:2378".into()], user: "n-w".into(), password: "p".into() };
+        let t = render(&c);
+        assert!(t.contains("nats-leaf://n-w:p@10.0.0.1:2378"), "{t}");
+        assert!(!t.contains("jetstream"), "{t}");
+    }
+
+    #[test]
+    fn join_user_may_only_ask_to_join() {
+        let (p, _) = permissions(Role::Join, "join");
+        assert_eq!(p, vec![bus_schema::swarm::cluster::JOIN.to_string()]);
+    }
+}

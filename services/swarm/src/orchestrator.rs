@@ -1,0 +1,687 @@
+//! The leader's duties, after swarmkit's orchestrators: node health from heartbeats,
+//! services reconciled into tasks (replicated slots, global nodes), restarts by policy,
+//! rolling updates, placement (the scheduler), and the task reaper. Everything is
+//! decided from the watched copies of the store and written back to it; a new leader
+//! picks up from the store where the last one stopped (delayed starts are timestamps
+//! in the task records, not timers).
+
+use crate::cluster::{Cluster, NODE_DOWN_AFTER};
+use crate::model::*;
+use crate::store::buckets;
+use bus_schema::{docker, BusError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Docker's default restart delay.
+const RESTART_DELAY_NS: i64 = 5_000_000_000;
+
+/// Whether `t` was made from another spec than the service's current one.
+pub fn task_dirty(s: &ServiceRecord, t: &TaskRecord) -> bool {
+    let mut want = s.spec.task_template.clone().unwrap_or_default();
+    crate::convert::normalize_task_spec(&mut want);
+    let mut have = t.spec.clone();
+    crate::convert::normalize_task_spec(&mut have);
+    // Runtime is a service-level field Docker does not keep in the task's spec.
+    want.runtime = None;
+    have.runtime = None;
+    want != have
+}
+
+/// The task spec a new task of `s` gets.
+fn task_spec(s: &ServiceRecord) -> docker::TaskSpec {
+    let mut t = s.spec.task_template.clone().unwrap_or_default();
+    crate::convert::normalize_task_spec(&mut t);
+    t.runtime = None;
+    t
+}
+
+fn is_global(s: &ServiceRecord) -> bool {
+    s.spec.mode.as_ref().and_then(|m| m.global.as_ref()).is_some()
+}
+
+/// The restart history's key of a task: its service and slot, or node for a global one.
+fn slot_key(s: &ServiceRecord, slot: u64, node: Option<&str>) -> (String, String) {
+    (s.id.clone(), if is_global(s) { node.unwrap_or_default().to_string() } else { slot.to_string() })
+}
+
+fn replicas(s: &ServiceRecord) -> u64 {
+    s.spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas).unwrap_or(1).max(0) as u64
+}
+
+/// Per-service state of a rolling update (in memory: a new leader restarts the update
+/// from the store, which still says which tasks are out of date).
+#[derive(Default)]
+struct Updating {
+    next_batch: Option<Instant>,
+    version: u64,
+    started: bool,
+}
+
+struct Leader {
+    c: Arc<Cluster>,
+    /// Heartbeat sequence last seen per node and when it moved (this manager's clock).
+    seen: HashMap<String, (u64, Instant)>,
+    since: Instant,
+    updates: HashMap<String, Updating>,
+    /// Restarts per (service, slot or node), for max attempts.
+    restarts: HashMap<(String, String), (u64, u64)>,
+    /// Slots (or global nodes) whose last task ended and that the restart policy does
+    /// not run again, with the spec version they ended at: left empty until the
+    /// service changes (swarmkit's dead slots; in memory as its restart history is, so
+    /// a new leader fills them again, as Docker's does).
+    done: HashMap<(String, String), u64>,
+}
+
+pub async fn run(c: Arc<Cluster>) {
+    for t in [c.t.nodes.clone()] {
+        t.wait_ready().await;
+    }
+    c.t.services.wait_ready().await;
+    c.t.tasks.wait_ready().await;
+    c.t.task_status.wait_ready().await;
+    let mut l = Leader { c: c.clone(), seen: HashMap::new(), since: Instant::now(), updates: HashMap::new(), restarts: HashMap::new(), done: HashMap::new() };
+    let mut rx = [c.t.services.subscribe(), c.t.tasks.subscribe(), c.t.task_status.subscribe(), c.t.nodes.subscribe(), c.t.heartbeats.subscribe()];
+    loop {
+        if let Err(e) = l.pass().await {
+            tracing::debug!(error = %e, "orchestrator pass failed");
+        }
+        // Wake on any change, and at least every 250 ms (health, delayed starts).
+        let [a, b, d, e, f] = &mut rx;
+        tokio::select! {
+            _ = a.changed() => {}
+            _ = b.changed() => {}
+            _ = d.changed() => {}
+            _ = e.changed() => {}
+            _ = f.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Leader {
+    async fn pass(&mut self) -> Result<(), BusError> {
+        self.health().await?;
+        self.reconcile().await?;
+        self.reap().await?;
+        Ok(())
+    }
+
+    /// Nodes whose heartbeat stopped are down; a heartbeat brings them back.
+    async fn health(&mut self) -> Result<(), BusError> {
+        let now = Instant::now();
+        for (id, hb, _) in self.c.t.heartbeats.values() {
+            match self.seen.get(&id) {
+                Some((seq, _)) if *seq == hb.seq => {}
+                _ => {
+                    self.seen.insert(id, (hb.seq, now));
+                }
+            }
+        }
+        let nodes = self.c.bucket::<NodeRecord>(buckets::NODES);
+        for (id, n, _) in self.c.t.nodes.values() {
+            let last = self.seen.get(&id).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
+            let alive = now.duration_since(last) < NODE_DOWN_AFTER;
+            let want = if alive { "ready" } else { "down" };
+            if n.state != want {
+                tracing::info!(node = %id, state = want, "node state");
+                let r = nodes
+                    .modify(&id, |n| {
+                        if n.state == want {
+                            return Ok(false);
+                        }
+                        n.state = want.into();
+                        n.message = if alive { String::new() } else { "heartbeat failure".into() };
+                        n.updated_at = crate::now();
+                        Ok(true)
+                    })
+                    .await?;
+                if let Some((n, rev)) = r {
+                    self.c.t.nodes.note_put(&id, n, rev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn node_ok(n: &NodeRecord) -> bool {
+        n.state == "ready" && n.spec.availability.unwrap_or(docker::NodeSpecAvailabilityEnum::ACTIVE) == docker::NodeSpecAvailabilityEnum::ACTIVE
+    }
+
+    fn observed(&self, t: &TaskRecord) -> Status {
+        let rep = t.node_id.as_ref().and_then(|n| self.c.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);
+        effective_status(t, rep.as_ref()).clone()
+    }
+
+    async fn set_desired(&self, id: &str, to: TaskState) -> Result<(), BusError> {
+        let b = self.c.bucket::<TaskRecord>(buckets::TASKS);
+        if let Some((t, rev)) = b
+            .modify(id, |t| {
+                if t.desired_state >= to {
+                    return Ok(false);
+                }
+                t.desired_state = to;
+                t.updated_at = crate::now();
+                Ok(true)
+            })
+            .await?
+        {
+            self.c.t.tasks.note_put(id, t, rev);
+        }
+        Ok(())
+    }
+
+    /// A new task for `slot` (replicated) or `node` (global), placed at once when a node
+    /// fits. `desired` Ready with `start_at` for a delayed restart.
+    async fn new_task(&self, s: &ServiceRecord, slot: u64, node: Option<String>, desired: TaskState, start_at: Option<u64>) -> Result<(), BusError> {
+        let now = crate::now();
+        let spec = task_spec(s);
+        let (node_id, status) = match node {
+            Some(n) => (Some(n), Status::now(TaskState::Assigned, "scheduler assigned task to node")),
+            None => match self.place(s, &spec) {
+                Ok(n) => (Some(n), Status::now(TaskState::Assigned, "scheduler assigned task to node")),
+                Err(why) => (None, Status { err: Some(why), ..Status::now(TaskState::Pending, "pending task scheduling") }),
+            },
+        };
+        let id = crate::ids::new_id();
+        let t = TaskRecord {
+            id: id.clone(),
+            created_at: now.clone(),
+            updated_at: now,
+            service_id: s.id.clone(),
+            service_name: s.spec.name.clone().unwrap_or_default(),
+            slot,
+            node_id,
+            spec,
+            spec_version: s.spec_version,
+            desired_state: desired,
+            status,
+            service_labels: s.spec.labels.clone().unwrap_or_default(),
+            start_at,
+        };
+        let rev = self.c.bucket::<TaskRecord>(buckets::TASKS).create(&id, &t).await?;
+        self.c.t.tasks.note_put(&id, t, rev);
+        Ok(())
+    }
+
+    /// The scheduler: the eligible node with the fewest tasks of this service, then the
+    /// fewest tasks (spread); Docker's reason when none fits.
+    fn place(&self, s: &ServiceRecord, spec: &docker::TaskSpec) -> Result<String, String> {
+        let nodes = self.c.t.nodes.values();
+        let tasks = self.c.t.tasks.values();
+        let active: Vec<&TaskRecord> = tasks.iter().map(|(_, t, _)| t).filter(|t| t.desired_state <= TaskState::Running && t.node_id.is_some()).collect();
+        let placement = spec.placement.clone().unwrap_or_default();
+        let constraints = placement.constraints.clone().unwrap_or_default();
+        let max_replicas = placement.max_replicas.unwrap_or(0).max(0) as usize;
+        let res = spec.resources.as_ref().and_then(|r| r.reservations.clone()).unwrap_or_default();
+        let mut best: Option<(usize, usize, String)> = None;
+        let (mut n_avail, mut n_constraint, mut n_res, mut n_max) = (0, 0, 0, 0);
+        for (id, n, _) in &nodes {
+            if !Self::node_ok(n) {
+                n_avail += 1;
+                continue;
+            }
+            if !constraints.iter().all(|c| constraint_ok(c, n)) {
+                n_constraint += 1;
+                continue;
+            }
+            let on_node: Vec<&&TaskRecord> = active.iter().filter(|t| t.node_id.as_deref() == Some(id.as_str())).collect();
+            let of_service = on_node.iter().filter(|t| t.service_id == s.id).count();
+            if max_replicas > 0 && of_service >= max_replicas {
+                n_max += 1;
+                continue;
+            }
+            if res.nano_cpus.unwrap_or(0) > 0 || res.memory_bytes.unwrap_or(0) > 0 {
+                let used = |f: &dyn Fn(&docker::ResourceObject) -> i64| -> i64 {
+                    on_node.iter().map(|t| t.spec.resources.as_ref().and_then(|r| r.reservations.as_ref()).map(f).unwrap_or(0)).sum()
+                };
+                let cap = n.description.resources.clone().unwrap_or_default();
+                let cpu_free = cap.nano_cpus.unwrap_or(0) - used(&|r| r.nano_cpus.unwrap_or(0));
+                let mem_free = cap.memory_bytes.unwrap_or(0) - used(&|r| r.memory_bytes.unwrap_or(0));
+                if res.nano_cpus.unwrap_or(0) > cpu_free || res.memory_bytes.unwrap_or(0) > mem_free {
+                    n_res += 1;
+                    continue;
+                }
+            }
+            let key = (of_service, on_node.len(), id.clone());
+            if best.as_ref().map(|b| key < *b).unwrap_or(true) {
+                best = Some(key);
+            }
+        }
+        if let Some((_, _, id)) = best {
+            return Ok(id);
+        }
+        let mut why = Vec::new();
+        let plural = |n: usize| if n == 1 { "node" } else { "nodes" };
+        if n_avail > 0 {
+            why.push(format!("{n_avail} {} not available for new tasks", plural(n_avail)));
+        }
+        if n_constraint > 0 {
+            why.push(format!("scheduling constraints not satisfied on {n_constraint} {}", plural(n_constraint)));
+        }
+        if n_res > 0 {
+            why.push(format!("insufficient resources on {n_res} {}", plural(n_res)));
+        }
+        if n_max > 0 {
+            why.push(format!("max replicas per node limit exceed on {n_max} {}", plural(n_max)));
+        }
+        Err(format!("no suitable node ({})", why.join("; ")))
+    }
+
+    /// Restart policy of a task: whether it runs again after ending in `st`, and the delay.
+    fn should_restart(&mut self, s: &ServiceRecord, t: &TaskRecord, st: TaskState, node_lost: bool) -> Option<u64> {
+        let rp = t.spec.restart_policy.clone().unwrap_or_default();
+        let cond = rp.condition.unwrap_or(docker::TaskSpecRestartPolicyConditionEnum::ANY);
+        let again = node_lost
+            || match cond {
+                docker::TaskSpecRestartPolicyConditionEnum::NONE => false,
+                docker::TaskSpecRestartPolicyConditionEnum::ON_FAILURE => st != TaskState::Complete,
+                _ => true,
+            };
+        if !again {
+            return None;
+        }
+        let key = slot_key(s, t.slot, t.node_id.as_deref());
+        let max = rp.max_attempts.unwrap_or(0).max(0) as u64;
+        if max > 0 && !node_lost {
+            let e = self.restarts.entry(key).or_insert((t.spec_version, 0));
+            if e.0 != t.spec_version {
+                *e = (t.spec_version, 0);
+            }
+            if e.1 >= max {
+                return None;
+            }
+            e.1 += 1;
+        }
+        // A lost node is no crash loop: its tasks start elsewhere at once (swarmkit
+        // applies the policy's delay here too; issue 18 wants them back within 10 s).
+        let delay = if node_lost { 0 } else { rp.delay.unwrap_or(RESTART_DELAY_NS).max(0) as u64 / 1_000_000 };
+        Some(delay)
+    }
+
+    /// Did this slot's (global: node's) last task end for good at the current spec?
+    fn ended_for_good(&self, s: &ServiceRecord, slot: u64, node: Option<&str>) -> bool {
+        self.done.get(&slot_key(s, slot, node)) == Some(&s.spec_version)
+    }
+
+    async fn reconcile(&mut self) -> Result<(), BusError> {
+        let services: Vec<ServiceRecord> = self.c.t.services.values().into_iter().map(|(_, s, _)| s).collect();
+        let nodes: HashMap<String, NodeRecord> = self.c.t.nodes.values().into_iter().map(|(id, n, _)| (id, n)).collect();
+        let all: Vec<TaskRecord> = self.c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
+        let now_ms = crate::now_ms();
+
+        self.done.retain(|(sid, _), _| services.iter().any(|s| &s.id == sid));
+        self.restarts.retain(|(sid, _), _| services.iter().any(|s| &s.id == sid));
+
+        // Tasks of removed services go.
+        for t in &all {
+            if t.desired_state < TaskState::Remove && !services.iter().any(|s| s.id == t.service_id) {
+                self.set_desired(&t.id, TaskState::Remove).await?;
+            }
+        }
+
+        for s in &services {
+            let tasks: Vec<&TaskRecord> = all.iter().filter(|t| t.service_id == s.id).collect();
+            // 1. Active tasks that ended, lost their node or sit on a drained node.
+            for t in &tasks {
+                if t.desired_state > TaskState::Running {
+                    continue;
+                }
+                let obs = self.observed(t).state;
+                let node = t.node_id.as_ref().and_then(|n| nodes.get(n));
+                let node_down = t.node_id.is_some() && node.map(|n| n.state == "down").unwrap_or(true);
+                let drained = node.map(|n| n.spec.availability == Some(docker::NodeSpecAvailabilityEnum::DRAIN)).unwrap_or(false);
+                let ended = obs.terminal();
+                if !(ended || node_down || drained) {
+                    continue;
+                }
+                self.set_desired(&t.id, TaskState::Shutdown).await?;
+                let restart = if drained || node_down { Some(0) } else { self.should_restart(s, t, obs, false) };
+                let node_for = if is_global(s) { t.node_id.clone() } else { None };
+                if is_global(s) && (drained || node_down) {
+                    continue; // a global task does not move
+                }
+                if restart.is_none() {
+                    self.done.insert(slot_key(s, t.slot, t.node_id.as_deref()), s.spec_version);
+                }
+                if let Some(delay) = restart {
+                    if delay == 0 {
+                        self.new_task(s, t.slot, node_for, TaskState::Running, None).await?;
+                    } else {
+                        self.new_task(s, t.slot, node_for, TaskState::Ready, Some(now_ms + delay)).await?;
+                    }
+                }
+            }
+            let all_now: Vec<TaskRecord> = self.c.t.tasks.filter(|t| t.service_id == s.id);
+            let active: Vec<&TaskRecord> = all_now.iter().filter(|t| t.desired_state <= TaskState::Running).collect();
+
+            // 2. Delayed starts whose time has come.
+            for t in &active {
+                if t.desired_state == TaskState::Ready && t.start_at.map(|at| at <= now_ms).unwrap_or(true) && !self.update_holds(s, t, &all_now) {
+                    self.set_desired(&t.id, TaskState::Running).await?;
+                }
+            }
+
+            // 3. Placement of pending tasks.
+            for t in &active {
+                if t.node_id.is_none() {
+                    let spec = t.spec.clone();
+                    let placed = self.place(s, &spec);
+                    let b = self.c.bucket::<TaskRecord>(buckets::TASKS);
+                    let r = b
+                        .modify(&t.id, |t| {
+                            if t.node_id.is_some() {
+                                return Ok(false);
+                            }
+                            match &placed {
+                                Ok(n) => {
+                                    t.node_id = Some(n.clone());
+                                    t.status = Status::now(TaskState::Assigned, "scheduler assigned task to node");
+                                }
+                                Err(why) => {
+                                    if t.status.err.as_deref() == Some(why.as_str()) {
+                                        return Ok(false);
+                                    }
+                                    t.status = Status { err: Some(why.clone()), ..Status::now(TaskState::Pending, "pending task scheduling") };
+                                }
+                            }
+                            t.updated_at = crate::now();
+                            Ok(true)
+                        })
+                        .await?;
+                    if let Some((t, rev)) = r {
+                        self.c.t.tasks.note_put(&t.id.clone(), t, rev);
+                    }
+                }
+            }
+
+            // 4. Replicas or nodes: add and remove.
+            if is_global(s) {
+                let spec = task_spec(s);
+                let constraints = spec.placement.clone().unwrap_or_default().constraints.unwrap_or_default();
+                for (id, n) in &nodes {
+                    let eligible = n.state == "ready"
+                        && n.spec.availability != Some(docker::NodeSpecAvailabilityEnum::DRAIN)
+                        && constraints.iter().all(|c| constraint_ok(c, n));
+                    let has = active.iter().any(|t| t.node_id.as_deref() == Some(id.as_str())) || self.ended_for_good(s, 0, Some(id));
+                    let paused = n.spec.availability == Some(docker::NodeSpecAvailabilityEnum::PAUSE);
+                    if eligible && !has && !paused {
+                        self.new_task(s, 0, Some(id.clone()), TaskState::Running, None).await?;
+                    }
+                    if !eligible && n.state == "ready" {
+                        for t in active.iter().filter(|t| t.node_id.as_deref() == Some(id.as_str())) {
+                            self.set_desired(&t.id, TaskState::Shutdown).await?;
+                        }
+                    }
+                }
+            } else {
+                let want = replicas(s);
+                let mut by_slot: BTreeMap<u64, Vec<&TaskRecord>> = BTreeMap::new();
+                for t in &active {
+                    by_slot.entry(t.slot).or_default().push(t);
+                }
+                for slot in 1..=want {
+                    if !by_slot.contains_key(&slot) && !self.ended_for_good(s, slot, None) {
+                        self.new_task(s, slot, None, TaskState::Running, None).await?;
+                    }
+                }
+                for (slot, ts) in &by_slot {
+                    if *slot > want {
+                        for t in ts {
+                            self.set_desired(&t.id, TaskState::Remove).await?;
+                        }
+                    }
+                }
+            }
+
+            // 5. Rolling update of out-of-date tasks.
+            self.update(s, &nodes).await?;
+        }
+        Ok(())
+    }
+
+    /// Stop-first updates: the new task of a slot waits until the old one has stopped.
+    fn update_holds(&self, s: &ServiceRecord, t: &TaskRecord, all: &[TaskRecord]) -> bool {
+        if t.start_at.is_some() {
+            return false; // a restart's delay, not an update
+        }
+        all.iter().any(|o| {
+            o.id != t.id
+                && o.slot == t.slot
+                && (is_global(s) == false || o.node_id == t.node_id)
+                && o.desired_state == TaskState::Shutdown
+                && !self.observed(o).state.terminal()
+                && o.node_id.as_ref().and_then(|n| self.c.t.nodes.get(n)).map(|(n, _)| n.state != "down").unwrap_or(false)
+        })
+    }
+
+    async fn update(&mut self, s: &ServiceRecord, _nodes: &HashMap<String, NodeRecord>) -> Result<(), BusError> {
+        let tasks: Vec<TaskRecord> = self.c.t.tasks.filter(|t| t.service_id == s.id);
+        let active: Vec<&TaskRecord> = tasks.iter().filter(|t| t.desired_state <= TaskState::Running).collect();
+        let dirty: Vec<&&TaskRecord> = active.iter().filter(|t| task_dirty(s, t)).collect();
+        {
+            let st = self.updates.entry(s.id.clone()).or_default();
+            if st.version != s.spec_version {
+                *st = Updating { version: s.spec_version, ..Default::default() };
+            }
+        }
+        let (started, next_batch) = {
+            let st = &self.updates[&s.id];
+            (st.started, st.next_batch)
+        };
+        // Slots whose replacement is on its way (a clean task not running yet).
+        let in_flight = active.iter().filter(|t| !task_dirty(s, t) && self.observed(t).state < TaskState::Running).count();
+        if dirty.is_empty() {
+            // Done when the last replacement runs (the CLI stops watching at "completed").
+            if started && in_flight == 0 {
+                self.updates.get_mut(&s.id).unwrap().started = false;
+                let b = self.c.bucket::<ServiceRecord>(buckets::SERVICES);
+                let rollback = s.update_status.as_ref().and_then(|u| u.state) == Some(docker::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED);
+                if let Some((svc, rev)) = b
+                    .modify(&s.id, |svc| {
+                        let Some(u) = svc.update_status.as_mut() else { return Ok(false) };
+                        u.state = Some(if rollback { docker::ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED } else { docker::ServiceUpdateStatusStateEnum::COMPLETED });
+                        u.completed_at = Some(crate::now());
+                        u.message = Some(if rollback { "rollback completed".into() } else { "update completed".into() });
+                        Ok(true)
+                    })
+                    .await?
+                {
+                    self.c.t.services.note_put(&s.id, svc, rev);
+                }
+            }
+            return Ok(());
+        }
+        let uc = s.spec.update_config.clone().unwrap_or_default();
+        let parallelism = uc.parallelism.unwrap_or(1).max(0) as usize;
+        let delay = Duration::from_nanos(uc.delay.unwrap_or(0).max(0) as u64);
+        let start_first = uc.order == Some(docker::ServiceSpecUpdateConfigOrderEnum::START_FIRST);
+        if !started {
+            self.updates.get_mut(&s.id).unwrap().started = true;
+            // Docker records the update only when tasks change.
+            let b = self.c.bucket::<ServiceRecord>(buckets::SERVICES);
+            if let Some((svc, rev)) = b
+                .modify(&s.id, |svc| {
+                    if svc.update_status.as_ref().and_then(|u| u.state) == Some(docker::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED) {
+                        return Ok(false);
+                    }
+                    svc.update_status = Some(docker::ServiceUpdateStatus {
+                        state: Some(docker::ServiceUpdateStatusStateEnum::UPDATING),
+                        started_at: Some(crate::now()),
+                        completed_at: None,
+                        message: Some("update in progress".into()),
+                    });
+                    Ok(true)
+                })
+                .await?
+            {
+                self.c.t.services.note_put(&s.id, svc, rev);
+            }
+        }
+        let room = if parallelism == 0 { usize::MAX } else { parallelism.saturating_sub(in_flight) };
+        if room == 0 {
+            return Ok(());
+        }
+        if in_flight == 0 {
+            if let Some(at) = next_batch {
+                if Instant::now() < at {
+                    return Ok(());
+                }
+            }
+        }
+        let mut batch: Vec<&&&TaskRecord> = dirty.iter().collect();
+        batch.sort_by_key(|t| (t.slot, t.node_id.clone()));
+        // A slot with both a clean and a dirty task is mid start-first: leave it.
+        let clean_slots: Vec<(u64, Option<String>)> = active.iter().filter(|t| !task_dirty(s, t)).map(|t| (t.slot, if is_global(s) { t.node_id.clone() } else { None })).collect();
+        let mut n = 0;
+        for t in batch {
+            if n >= room {
+                break;
+            }
+            let key = (t.slot, if is_global(s) { t.node_id.clone() } else { None });
+            if clean_slots.contains(&key) {
+                if start_first && self.observed_running_clean(s, &key) {
+                    self.set_desired(&t.id, TaskState::Shutdown).await?;
+                }
+                continue;
+            }
+            let node_for = if is_global(s) { t.node_id.clone() } else { None };
+            if start_first {
+                self.new_task(s, t.slot, node_for, TaskState::Running, None).await?;
+            } else {
+                self.set_desired(&t.id, TaskState::Shutdown).await?;
+                self.new_task(s, t.slot, node_for, TaskState::Ready, None).await?;
+            }
+            n += 1;
+        }
+        if n > 0 {
+            let st = self.updates.get_mut(&s.id).unwrap();
+            st.next_batch = Some(Instant::now() + delay);
+        }
+        Ok(())
+    }
+
+    fn observed_running_clean(&self, s: &ServiceRecord, key: &(u64, Option<String>)) -> bool {
+        self.c
+            .t
+            .tasks
+            .filter(|t| t.service_id == s.id && t.desired_state <= TaskState::Running && t.slot == key.0 && (key.1.is_none() || t.node_id == key.1))
+            .iter()
+            .any(|t| !task_dirty(s, t) && self.observed(t).state == TaskState::Running)
+    }
+
+    /// Delete removed tasks once stopped, and old tasks past the history limit.
+    async fn reap(&mut self) -> Result<(), BusError> {
+        let limit = self
+            .c
+            .t
+            .cluster
+            .get("swarm")
+            .and_then(|(c, _)| c.spec.orchestration.and_then(|o| o.task_history_retention_limit))
+            .unwrap_or(5)
+            .max(0) as usize;
+        let tasks: Vec<TaskRecord> = self.c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
+        let b = self.c.bucket::<TaskRecord>(buckets::TASKS);
+        let sb = self.c.bucket::<TaskStatusRecord>(buckets::TASK_STATUS);
+        let mut gone = Vec::new();
+        for t in &tasks {
+            if t.desired_state == TaskState::Remove {
+                let obs = self.observed(t).state;
+                let node_down = t.node_id.as_ref().map(|n| self.c.t.nodes.get(n).map(|(n, _)| n.state == "down").unwrap_or(true)).unwrap_or(true);
+                if obs.terminal() || node_down || obs < TaskState::Assigned {
+                    gone.push(t.clone());
+                }
+            }
+        }
+        // History: per slot (or node), keep `limit` tasks that are not active, newest first.
+        let mut groups: HashMap<(String, u64, Option<String>), Vec<&TaskRecord>> = HashMap::new();
+        for t in tasks.iter().filter(|t| t.desired_state > TaskState::Running && t.desired_state != TaskState::Remove) {
+            let key = (t.service_id.clone(), t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
+            groups.entry(key).or_default().push(t);
+        }
+        for (_, mut v) in groups {
+            let active_in_slot = 1; // the slot's running task counts toward the limit
+            if v.len() + active_in_slot > limit {
+                v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+                for t in v.into_iter().skip(limit.saturating_sub(active_in_slot)) {
+                    if self.observed(t).state.terminal() || t.node_id.as_ref().and_then(|n| self.c.t.nodes.get(n)).map(|(n, _)| n.state == "down").unwrap_or(true) {
+                        gone.push(t.clone());
+                    }
+                }
+            }
+        }
+        for t in gone {
+            b.delete(&t.id).await?;
+            self.c.t.tasks.note_delete(&t.id);
+            if let Some(n) = &t.node_id {
+                let key = format!("{n}.{}", t.id);
+                if self.c.t.task_status.get(&key).is_some() {
+                    sb.delete(&key).await?;
+                    self.c.t.task_status.note_delete(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One placement constraint (`node.labels.x==y`, `node.role!=manager`, ...).
+pub fn constraint_ok(c: &str, n: &NodeRecord) -> bool {
+    let (key, want, eq) = if let Some((k, v)) = c.split_once("==") {
+        (k.trim(), v.trim(), true)
+    } else if let Some((k, v)) = c.split_once("!=") {
+        (k.trim(), v.trim(), false)
+    } else {
+        return false;
+    };
+    let have: Option<String> = match key {
+        "node.id" => Some(n.id.clone()),
+        "node.hostname" => n.description.hostname.clone(),
+        "node.role" => Some(n.role.clone()),
+        "node.platform.os" => n.description.platform.as_ref().and_then(|p| p.os.clone()),
+        "node.platform.arch" => n.description.platform.as_ref().and_then(|p| p.architecture.clone()),
+        k if k.starts_with("node.labels.") => n.spec.labels.as_ref().and_then(|l| l.get(&k["node.labels.".len()..]).cloned()),
+        k if k.starts_with("engine.labels.") => n.description.engine.as_ref().and_then(|e| e.labels.as_ref()).and_then(|l| l.get(&k["engine.labels.".len()..]).cloned()),
+        _ => None,
+    };
+    let matches = have.map(|h| h.eq_ignore_ascii_case(want)).unwrap_or(false);
+    if eq {
+        matches
+    } else {
+        !matches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(labels: &[(&str, &str)]) -> NodeRecord {
+        NodeRecord {
+            id: "n1".into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            spec: docker::NodeSpec { labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()), ..Default::default() },
+            description: docker::NodeDescription { hostname: Some("h1".into()), ..Default::default() },
+            state: "ready".into(),
+            message: String::new(),
+            addr: String::new(),
+            role: "worker".into(),
+            bus: Default::default(),
+        }
+    }
+
+    #[test]
+    fn constraints() {
+        let n = node(&[("zone", "a")]);
+        assert!(constraint_ok("node.labels.zone==a", &n));
+        assert!(!constraint_ok("node.labels.zone==b", &n));
+        assert!(constraint_ok("node.labels.zone!=b", &n));
+        assert!(constraint_ok("node.role==worker", &n));
+        assert!(!constraint_ok("node.role==manager", &n));
+        assert!(constraint_ok("node.hostname == h1", &n));
+        assert!(constraint_ok("node.labels.none!=x", &n));
+    }
+}

@@ -1,0 +1,84 @@
+//! The store against a real nats-server 2.9 (Debian's): buckets made as that version
+//! accepts them, compare-and-set, watched copies, and the leader lease's expiry.
+
+use berth_swarm::cache::{self, Table};
+use berth_swarm::model::Lease;
+use berth_swarm::store::{self, buckets, StoreError};
+use berth_test_support::Nats;
+use std::time::{Duration, Instant};
+
+async fn store(n: &Nats) -> store::Store {
+    let c = async_nats::connect(n.url()).await.unwrap();
+    let js = async_nats::jetstream::new(c);
+    store::open(&js, 1).await.unwrap()
+}
+
+#[tokio::test]
+async fn buckets_compare_and_set() {
+    let n = Nats::start();
+    let s = store(&n).await;
+    let b = s.bucket::<String>(buckets::SERVICES);
+    let r1 = b.create("a", &"one".to_string()).await.unwrap();
+    assert!(matches!(b.create("a", &"two".to_string()).await, Err(StoreError::Exists(_))));
+    let r2 = b.update("a", &"two".to_string(), r1).await.unwrap();
+    assert!(r2 > r1);
+    // A writer holding the old revision loses.
+    assert!(matches!(b.update("a", &"three".to_string(), r1).await, Err(StoreError::Conflict)));
+    assert_eq!(b.get("a").await.unwrap(), Some(("two".to_string(), r2)));
+    b.create("b", &"x".to_string()).await.unwrap();
+    b.delete("b").await.unwrap();
+    let all: Vec<String> = b.list().await.unwrap().into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(all, vec!["a".to_string()]);
+    // modify retries its compare-and-set.
+    let (v, _) = b.modify("a", |v| { v.push('!'); Ok(true) }).await.unwrap().unwrap();
+    assert_eq!(v, "two!");
+    // A second open (a restarted manager) binds the same buckets.
+    let s2 = store(&n).await;
+    assert_eq!(s2.bucket::<String>(buckets::SERVICES).get("a").await.unwrap().unwrap().0, "two!");
+}
+
+#[tokio::test]
+async fn watched_copies_follow_the_bucket() {
+    let n = Nats::start();
+    let s = store(&n).await;
+    let b = s.bucket::<String>(buckets::NODES);
+    b.put("old", &"x".to_string()).await.unwrap();
+    let t: std::sync::Arc<Table<String>> = Table::new();
+    let h = tokio::spawn(cache::follow(b.clone(), t.clone()));
+    tokio::time::timeout(Duration::from_secs(5), t.wait_ready()).await.unwrap();
+    assert_eq!(t.get("old").unwrap().0, "x");
+    b.put("new", &"y".to_string()).await.unwrap();
+    b.delete("old").await.unwrap();
+    let t0 = Instant::now();
+    while t.get("old").is_some() || t.get("new").is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "copy did not follow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.abort();
+}
+
+#[tokio::test]
+async fn an_unrenewed_lease_expires_and_another_takes_it() {
+    let n = Nats::start();
+    let s = store(&n).await;
+    let b = s.bucket::<Lease>(buckets::LEADER);
+    let a = Lease { node_id: "a".into(), term: 1 };
+    let r = b.create("leader", &a).await.unwrap();
+    // Held: nobody else can create it; the holder renews by revision.
+    assert!(b.create("leader", &Lease { node_id: "b".into(), term: 2 }).await.is_err());
+    let r = b.update("leader", &a, r).await.unwrap();
+    // Not renewed for the lease's life: gone, and `b` takes it.
+    let t0 = Instant::now();
+    loop {
+        match b.create("leader", &Lease { node_id: "b".into(), term: 2 }).await {
+            Ok(_) => break,
+            Err(_) => {
+                assert!(t0.elapsed() < store::LEASE_TTL + Duration::from_secs(5), "lease never expired");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(t0.elapsed() >= store::LEASE_TTL - Duration::from_secs(1));
+    // The old holder's renewal now fails: it must step down.
+    assert!(matches!(b.update("leader", &a, r).await, Err(StoreError::Conflict)));
+}
