@@ -16,7 +16,6 @@ use bus_schema::stream::StdioChunk;
 use bus_schema::swarm::*;
 use bus_schema::{docker, BusStream};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 use crate::util::{self, bool_value, Query as Q};
@@ -60,13 +59,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
 }
 
 /// A JSON body; empty is an error, as Moby's `httputils.ReadJSON`.
-fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
-    if b.iter().all(|c| c.is_ascii_whitespace()) {
-        return Err(ApiError::bad_request("invalid JSON: request body is empty"));
-    }
-    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
-}
-
 /// `?version=N`, required by updates (Moby: "invalid swarm version").
 fn version(q: &Q, what: &str) -> ApiResult<u64> {
     q.get("version")
@@ -83,12 +75,12 @@ async fn swarm_inspect<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<Sw
 }
 
 async fn swarm_init<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Json<String>> {
-    let req: docker::SwarmInitRequest = body(&raw)?;
+    let req: docker::SwarmInitRequest = util::json_body(&raw)?;
     Ok(Json(b.swarm().swarm_init(SwarmInit { req }).await?))
 }
 
 async fn swarm_join<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let req: docker::SwarmJoinRequest = body(&raw)?;
+    let req: docker::SwarmJoinRequest = util::json_body(&raw)?;
     b.swarm().swarm_join(SwarmJoin { req }).await?;
     Ok(ok_empty())
 }
@@ -99,7 +91,7 @@ async fn swarm_leave<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SwarmSpec = body(&raw)?;
+    let spec: docker::SwarmSpec = util::json_body(&raw)?;
     let version = version(&q, "swarm")?;
     b.swarm().swarm_update(SwarmUpdate {
         version,
@@ -117,7 +109,7 @@ async fn swarm_unlock_key<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json
 }
 
 async fn swarm_unlock<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let req: docker::SwarmUnlockRequest = body(&raw)?;
+    let req: docker::SwarmUnlockRequest = util::json_body(&raw)?;
     b.swarm().swarm_unlock(SwarmUnlock { key: req.unlock_key.unwrap_or_default() }).await?;
     Ok(ok_empty())
 }
@@ -131,7 +123,7 @@ async fn node_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
 }
 
 async fn node_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::NodeSpec = body(&raw)?;
+    let spec: docker::NodeSpec = util::json_body(&raw)?;
     let version = version(&q, "node")?;
     b.swarm().node_update(NodeUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -147,7 +139,7 @@ fn registry_auth(h: &HeaderMap) -> Option<String> {
 }
 
 async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ServiceSpec = body(&raw)?;
+    let spec: docker::ServiceSpec = util::json_body(&raw)?;
     let r = b.swarm().service_create(ServiceCreate { spec, auth: registry_auth(&headers) }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -161,7 +153,7 @@ async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Str
 }
 
 async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ServiceSpec = body(&raw)?;
+    let spec: docker::ServiceSpec = util::json_body(&raw)?;
     let version = version(&q, "service")?;
     let r = b
         .swarm().service_update(ServiceUpdate {
@@ -249,7 +241,7 @@ async fn secret_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn secret_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SecretSpec = body(&raw)?;
+    let spec: docker::SecretSpec = util::json_body(&raw)?;
     let r = b.swarm().secret_create(SecretCreate { spec }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -259,7 +251,7 @@ async fn secret_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 }
 
 async fn secret_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SecretSpec = body(&raw)?;
+    let spec: docker::SecretSpec = util::json_body(&raw)?;
     let version = version(&q, "secret")?;
     b.swarm().secret_update(SecretUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -275,7 +267,7 @@ async fn config_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn config_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ConfigSpec = body(&raw)?;
+    let spec: docker::ConfigSpec = util::json_body(&raw)?;
     let r = b.swarm().config_create(ConfigCreate { spec }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -285,7 +277,7 @@ async fn config_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 }
 
 async fn config_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ConfigSpec = body(&raw)?;
+    let spec: docker::ConfigSpec = util::json_body(&raw)?;
     let version = version(&q, "config")?;
     b.swarm().config_update(ConfigUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -352,7 +344,12 @@ mod tests {
     #[tokio::test]
     async fn bad_bodies_and_versions_are_400() {
         let (st, body) = call("POST", "/services/create", "").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!((st, body.as_str()), (StatusCode::BAD_REQUEST, r#"{"message":"got EOF while reading request body"}"#));
+        // Moby decodes before it sees the swarm is off; the rest of the body is unread
+        let (st, body) = call("POST", "/secrets/create", "{invalid json").await;
+        assert_eq!((st, body.as_str()), (StatusCode::BAD_REQUEST, r#"{"message":"invalid character 'i' looking for beginning of object key string"}"#));
+        let (st, _) = call("POST", "/secrets/create", "{}x").await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
         let (st, _) = call("POST", "/services/x/update", "{}").await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         // Moby checks the streams first, with a 500
