@@ -9,7 +9,11 @@
 //! layer_stat(LayerStat) -> LayerInfo; callers [Images, Runtime];
 //! layer_export(LayerExport) -> (), stream ByteChunk; callers [Images];
 //! layer_apply(LayerApply) -> (), stream LayerApplied, input ByteChunk; callers [Images], timeout |_| secs(120);
+//! volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway], idempotent;
 //! ```
+//!
+//! `idempotent` marks an operation that only reads: the typed client sends it once
+//! more when the instance serving it died under the first request.
 //!
 //! A table macro takes the path of a generator macro and hands it its rows (the
 //! callback pattern), so one table feeds several generators:
@@ -125,6 +129,10 @@ pub struct Op {
     pub kind: Kind,
     /// Who may call it (the permissions are generated from this).
     pub callers: &'static [Caller],
+    /// Marked `idempotent` in the table: asking twice does no harm (it only reads), so
+    /// the typed client asks once more when the serving instance died under the
+    /// first request (see `Rpc::IDEMPOTENT`).
+    pub idempotent: bool,
 }
 
 impl Op {
@@ -156,10 +164,10 @@ macro_rules! __api {
         service: $svc:ident, api: $api:ident, client: $client:ident, serve: $serve:ident, module: $module:ident,
         ops {
             $( $m:ident ($req:ident) -> $reply:ty $(, stream $item:ty $(, input $input:ty)?)? ;
-               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? ; )*
+               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? $(, idempotent $($never:ident)?)? ; )*
         }
     ) => {
-        $( $crate::__api!(@rpc $svc, $req, $reply, [$($item $(, $input)?)?], [$($t)?]); )*
+        $( $crate::__api!(@rpc $svc, $req, $reply, [$($item $(, $input)?)?], [$($t)?], [$( idempotent $($never)? )?]); )*
 
         /// Every operation of this service, in table order.
         pub const OPS: &[&str] = &[ $( stringify!($req) ),* ];
@@ -172,6 +180,7 @@ macro_rules! __api {
                 method: stringify!($m),
                 kind: $crate::__api!(@kind [$($item $(, $input)?)?]),
                 callers: &[ $( $crate::contract::Caller::$c ),* ],
+                idempotent: $crate::__api!(@idempotent [$( idempotent $($never)? )?]),
             }
         ),* ];
 
@@ -183,10 +192,11 @@ macro_rules! __api {
         }
     };
 
-    (@rpc $svc:ident, $req:ident, $reply:ty, [$($rest:tt)*], [$($t:expr)?]) => {
+    (@rpc $svc:ident, $req:ident, $reply:ty, [$($rest:tt)*], [$($t:expr)?], [$($idem:ident)?]) => {
         impl $crate::Rpc for $req {
             const SERVICE: $crate::Service = $crate::Service::$svc;
             const OP: &'static str = stringify!($req);
+            const IDEMPOTENT: bool = $crate::__api!(@idempotent [$($idem)?]);
             type Reply = $reply;
             $(
                 fn timeout(&self) -> Option<::std::time::Duration> {
@@ -209,6 +219,9 @@ macro_rules! __api {
             type Input = $input;
         }
     };
+
+    (@idempotent []) => { false };
+    (@idempotent [idempotent]) => { true };
 
     (@kind []) => { $crate::contract::Kind::Unary };
     (@kind [$item:ty]) => { $crate::contract::Kind::Stream };
@@ -524,6 +537,18 @@ mod tests {
             c.dedup();
             assert_eq!(c.len(), op.callers.len(), "{}: callers listed twice", op.name);
         }
+    }
+
+    /// `idempotent` reaches the Rpc impl; an operation that reads the caller's input
+    /// cannot be sent again (the input is gone).
+    #[test]
+    fn idempotent_marks() {
+        assert!(<crate::network::NetworkList as crate::Rpc>::IDEMPOTENT);
+        assert!(!<crate::network::NetworkCreate as crate::Rpc>::IDEMPOTENT);
+        for op in all_calls() {
+            assert!(!(op.idempotent && op.kind == Kind::Duplex), "{}: a duplex operation cannot be sent again", op.name);
+        }
+        assert!(all_calls().filter(|o| o.idempotent).count() >= 12);
     }
 
     #[test]
