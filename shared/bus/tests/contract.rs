@@ -31,17 +31,23 @@ impl Fake {
     }
 }
 
-impl StorageApi for Fake {
+fn volume(name: &str) -> bus_schema::docker::Volume {
+    // what the storage service sends: scope and creation time set
+    let scope = Some(bus_schema::docker::VolumeScopeEnum::LOCAL);
+    bus_schema::docker::Volume { name: name.into(), scope, created_at: Some("2026-01-01T00:00:00Z".into()), ..Default::default() }
+}
+
+impl bus_schema::storage::Fake for Fake {
     /// Marked `idempotent` in the storage table.
     async fn volume_list(&self, _req: VolumeList) -> Result<Vec<bus_schema::docker::Volume>, BusError> {
         self.first_is_slow().await;
-        Ok(vec![bus_schema::docker::Volume { name: "v".into(), ..Default::default() }])
+        Ok(vec![volume("v")])
     }
 
     /// Not idempotent.
     async fn volume_create(&self, req: VolumeCreate) -> Result<bus_schema::docker::Volume, BusError> {
         self.first_is_slow().await;
-        Ok(bus_schema::docker::Volume { name: req.name.unwrap_or_default(), ..Default::default() })
+        Ok(volume(&req.name.unwrap_or_default()))
     }
 
     async fn layer_stat(&self, req: LayerStat) -> Result<LayerInfo, BusError> {
@@ -117,7 +123,7 @@ async fn unary_calls_and_their_errors() {
     assert_eq!(c.layer_stat(LayerStat { chain_id: "a".into() }).await.unwrap().size, 3);
     let e = c.layer_stat(LayerStat { chain_id: "missing".into() }).await.unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, "layer missing does not exist"));
-    // a method the fake does not implement answers NotImplemented (the `fakes` feature)
+    // a method the fake does not implement answers NotImplemented (the table's `Fake` trait)
     let e = c.layer_retain(LayerRetain { chain_id: "a".into() }).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotImplemented);
     // another node: nobody serves it

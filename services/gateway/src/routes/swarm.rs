@@ -307,8 +307,8 @@ mod tests {
         }
     }
 
-    // the operations the test calls (bus-schema's `fakes` answer the others)
-    impl SwarmApi for NoSwarm {
+    // the operations the test calls (the table's `Fake` answers the others)
+    impl bus_schema::swarm::Fake for NoSwarm {
         async fn node_list(&self, _r: NodeList) -> Result<Vec<docker::Node>, bus_schema::BusError> {
             Err(bus_schema::BusError::unavailable(NO))
         }
