@@ -94,7 +94,8 @@ pub fn service(s: &ServiceRecord, rev: u64, insert: bool, status: Option<docker:
         endpoint: s.endpoint.clone().unwrap_or(docker::ServiceEndpoint { spec: Some(Default::default()), ..Default::default() }),
         update_status: s.update_status.clone(),
         service_status: status,
-        job_status: None,
+        // Jobs: the execution is the spec version its tasks were made from.
+        job_status: crate::orchestrator::is_job(s).then(|| docker::ServiceJobStatus { job_iteration: version(s.spec_version), last_execution: Some(s.updated_at.clone()) }),
     }
 }
 
@@ -128,7 +129,7 @@ pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> do
             port_status: Some(Default::default()),
         }),
         desired_state: Some(t.desired_state.docker()),
-        job_iteration: None,
+        job_iteration: t.job_iteration.and_then(version),
     }
 }
 
