@@ -286,6 +286,9 @@ fn jobs_run_to_completion() {
     let port = free_ports();
     let listen = format!("127.0.0.1:{port}");
     node.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+    // The CLI sends an empty pool: Moby 20.10 then shows none, with /24 subnets.
+    let pool = node.docker_ok(&["info", "--format", "{{json .Swarm.Cluster.DefaultAddrPool}} {{.Swarm.Cluster.SubnetSize}}"]);
+    assert_eq!(pool.trim(), "null 24");
 
     // The CLI waits for the job as it waits for a service to converge.
     let o = node.docker(&["service", "create", "--mode", "replicated-job", "--replicas", "3", "--max-concurrent", "2", "--name", "job", &img, "sh", "-c", "sleep 1"]);

@@ -22,6 +22,12 @@ pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
     if let Some(r) = mode.replicated.as_mut() {
         r.replicas.get_or_insert(1);
     }
+    // Moby's convert: a replicated job's MaxConcurrent defaults to 1 and its
+    // TotalCompletions to MaxConcurrent; both are always answered (the CLI reads both)
+    if let Some(j) = mode.replicated_job.as_mut() {
+        let max = *j.max_concurrent.get_or_insert(1);
+        j.total_completions.get_or_insert(max);
+    }
     let tt = spec.task_template.get_or_insert_with(Default::default);
     normalize_task_spec(tt);
     if tt.runtime.is_none() {

@@ -464,10 +464,11 @@ impl Leader {
                     }
                 }
             } else if let Some((max, total)) = replicated_job(s) {
-                // A replicated job: slots 1..=TotalCompletions, at most MaxConcurrent
-                // running at once, each until it completes.
+                // A replicated job: slots 0..TotalCompletions (swarmkit counts a job's
+                // slots from 0: the CLI's progress reads slots 0..n and shows Slot+1),
+                // at most MaxConcurrent running at once, each until it completes.
                 let mut running = active.len() as u64;
-                for slot in 1..=total {
+                for slot in 0..total {
                     if running >= max {
                         break;
                     }
