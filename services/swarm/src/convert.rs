@@ -39,6 +39,8 @@ pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
 }
 
 pub fn normalize_task_spec(tt: &mut docker::TaskSpec) {
+    // Go's `ForceUpdate uint64` has no omitempty: Moby always answers it (docker-py checks)
+    tt.force_update.get_or_insert(0);
     if let Some(cs) = tt.container_spec.as_mut() {
         if cs.isolation.is_none() {
             cs.isolation = Some(docker::TaskSpecContainerSpecIsolationEnum::DEFAULT);

@@ -144,12 +144,12 @@ async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap,
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn service_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<ServiceObject>>> {
-    Ok(Json(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?))
+async fn service_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
+    moby_keys(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?)
 }
 
-async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<ServiceObject>> {
-    Ok(Json(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?))
+async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
+    moby_keys(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?)
 }
 
 async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
@@ -228,12 +228,36 @@ async fn task_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, 
     Ok(log_response(rd, v))
 }
 
-async fn task_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Task>>> {
-    Ok(Json(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?))
+async fn task_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
+    moby_keys(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?)
 }
 
-async fn task_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Task>> {
-    Ok(Json(b.swarm().task_inspect(TaskInspect { id }).await?))
+async fn task_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    moby_keys(b.swarm().task_inspect(TaskInspect { id }).await?)
+}
+
+/// Services and tasks with the keys Moby's Go structs write where the API reference (and
+/// so bollard's model) spells them otherwise: a ContainerSpec's health check is
+/// `Healthcheck` (swarm.ContainerSpec), not the swagger's `HealthCheck` (docker-py reads
+/// `Healthcheck`; Go clients accept either).
+fn moby_keys<T: serde::Serialize>(v: T) -> ApiResult<Json<serde_json::Value>> {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(cs) = o.get_mut("ContainerSpec").and_then(|c| c.as_object_mut()) {
+                    if let Some(h) = cs.remove("HealthCheck") {
+                        cs.insert("Healthcheck".into(), h);
+                    }
+                }
+                o.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut j = serde_json::to_value(v).map_err(|e| bus_schema::BusError::internal(e.to_string()))?;
+    walk(&mut j);
+    Ok(Json(j))
 }
 
 async fn secret_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<Vec<docker::Secret>>> {
