@@ -424,6 +424,13 @@ fn host_and_none_modes_behave_as_dockers() {
     ]);
     assert_eq!(a, b);
     node.docker_ok(&["rm", "-f", "base"]);
+    // --mac-address (the container-wide Config.MacAddress) is the default network's
+    // interface address, in inspect too (docker-py's test_create_with_mac_address)
+    node.docker_ok(&["run", "-d", "--name", "mac", "--mac-address", "02:42:ac:11:00:0a", &img, "sleep", "300"]);
+    assert_eq!(node.docker_ok(&["exec", "mac", "cat", "/sys/class/net/eth0/address"]).trim(), "02:42:ac:11:00:0a");
+    let i = node.docker_ok(&["inspect", "-f", "{{.NetworkSettings.MacAddress}} {{.NetworkSettings.Networks.bridge.MacAddress}}", "mac"]);
+    assert_eq!(i.trim(), "02:42:ac:11:00:0a 02:42:ac:11:00:0a");
+    node.docker_ok(&["rm", "-f", "mac"]);
 }
 
 #[test]

@@ -168,12 +168,37 @@ async fn create<B: Backend>(
     Extension(v): Extension<ApiVersion>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let mut body: docker::ContainerCreateBody = crate::util::config_body(&body, false)?.unwrap_or_default();
+    let raw = body;
+    let mut body: docker::ContainerCreateBody = crate::util::config_body(&raw, false)?.unwrap_or_default();
     create_for_version(&mut body, v)?;
+    container_mac_address(&raw, &mut body);
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
     let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
     let r = b.create(rt::ContainerCreate { name, body, platform }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+/// The container-wide `MacAddress` of a create body (`docker run --mac-address`,
+/// docker-py's `mac_address`; the API model berth decodes into no longer has it) is
+/// the address on the container's first network, as Moby applies it.
+fn container_mac_address(raw: &[u8], body: &mut docker::ContainerCreateBody) {
+    #[derive(serde::Deserialize, Default)]
+    struct Legacy {
+        #[serde(rename = "MacAddress", default)]
+        mac_address: Option<String>,
+    }
+    let Ok(l) = crate::gojson::from_slice::<Legacy>(raw) else { return };
+    let Some(mac) = l.mac_address.filter(|m| !m.is_empty()) else { return };
+    let mode = body.host_config.as_ref().and_then(|h| h.network_mode.clone()).unwrap_or_default();
+    if matches!(mode.as_str(), "host" | "none") || mode.starts_with("container:") {
+        return;
+    }
+    let net = if mode.is_empty() || mode == "default" { "bridge".to_string() } else { mode };
+    let eps = body.networking_config.get_or_insert_with(Default::default).endpoints_config.get_or_insert_with(Default::default);
+    let ep = eps.entry(net).or_default();
+    if ep.mac_address.as_deref().is_none_or(str::is_empty) {
+        ep.mac_address = Some(mac);
+    }
 }
 
 async fn list<B: Backend>(
