@@ -35,6 +35,7 @@ where
         .merge(routes::swarm::router(b.clone()))
         .fallback(routes::unserved::fallback);
     with_limits(r)
+        .layer(axum::middleware::from_fn(json_content_type))
         .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::middleware::from_fn(version::headers))
 }
@@ -73,6 +74,54 @@ async fn json_errors(req: Request, next: axum::middleware::Next) -> axum::respon
         msg = format!("request body is larger than the {} MiB this API reads", MAX_BODY >> 20);
     }
     error::ApiError::new(st, msg).into_response()
+}
+
+/// Moby's `CheckForJSON` on the routes whose handlers call it (dockerd 20.10.24, asked
+/// side by side): a body with another Content-Type, or with none, is 400 "Content-Type
+/// specified (<it>) must be 'application/json'"; no Content-Type with an empty body
+/// passes (the handler then answers the missing body).
+async fn json_content_type(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    if req.method() == http::Method::POST && checks_json(req.uri().path()) {
+        let ct = req.headers().get(http::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+        // an HTTP/1.1 request has a body when it says so: a length above 0 or chunks
+        let h = req.headers();
+        let length = h.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let empty = length == Some(0) || (length.is_none() && !h.contains_key(http::header::TRANSFER_ENCODING));
+        let ok = match ct.as_deref() {
+            None | Some("") => empty,
+            Some(ct) => is_json_media_type(ct),
+        };
+        if !ok {
+            return error::ApiError::bad_request(format!("Content-Type specified ({}) must be 'application/json'", ct.unwrap_or_default())).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The routes (versions already cut off) whose Moby handlers check the Content-Type.
+fn checks_json(path: &str) -> bool {
+    let seg: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    matches!(
+        seg.as_slice(),
+        ["containers", "create"] | ["commit"] | ["networks", "create"] | ["volumes", "create"] | ["exec", _, "start"] | ["containers", _, "exec" | "update"] | ["networks", _, "connect" | "disconnect"]
+    )
+}
+
+/// Go's `mime.ParseMediaType(ct)` gives `application/json` without error: the type in
+/// any case, parameters each `key=value` (a lone trailing `;` allowed).
+fn is_json_media_type(ct: &str) -> bool {
+    let mut parts = ct.split(';');
+    if !parts.next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    let rest: Vec<&str> = parts.collect();
+    rest.iter().enumerate().all(|(i, p)| {
+        let p = p.trim();
+        if p.is_empty() {
+            return i + 1 == rest.len();
+        }
+        matches!(p.split_once('='), Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty())
+    })
 }
 
 /// Wrap the router so versioned paths are rewritten before routing.
@@ -189,5 +238,22 @@ mod tests {
         assert_eq!(ct, "application/json");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(v["message"].as_str().unwrap().contains("larger than"), "{body}");
+    }
+}
+
+#[cfg(test)]
+mod content_type_tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_as_go_parses_them() {
+        for ok in ["application/json", "APPLICATION/JSON", "application/json; charset=utf-8", "application/json;"] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in ["text/plain", "application/json;;bad", "application/x-www-form-urlencoded", "application/jsonx", "application/json; charset"] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+        assert!(checks_json("/containers/create") && checks_json("/exec/abc/start") && checks_json("/networks/n/connect"));
+        assert!(!checks_json("/containers/x/start") && !checks_json("/build") && !checks_json("/swarm/init"));
     }
 }
