@@ -275,3 +275,49 @@ fn single_node_swarm() {
     node.docker_ok(&["swarm", "leave", "--force"]);
     assert_eq!(swarm_servers(&node), 0);
 }
+
+/// Two nodes, each a `berth up` in a network namespace of its own on an underlay the
+/// test makes: a worker joins a manager with the real CLI (token → credentials and CA,
+/// its swarm server a leaf of the manager's) and both see it as Docker shows it.
+#[test]
+fn worker_joins_over_the_underlay() {
+    require_root!();
+    // declared first, dropped last: the nodes stop before their namespaces go
+    let u = berth_e2e::netns::Underlay::new(2);
+    let mgr = u.start_node(0, Default::default());
+    let wkr = u.start_node(1, Default::default());
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+
+    // a token of this CA with a wrong secret: Docker's refusal, nothing joined
+    let mut bad = token.clone();
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'a' { 'b' } else { 'a' });
+    let o = wkr.docker(&["swarm", "join", "--token", &bad, &addr]);
+    assert!(out(&o).contains("A valid join token is necessary to join this cluster"), "{}", out(&o));
+    assert_eq!(wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "inactive");
+
+    let j = wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a worker.");
+    let info = wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}"]);
+    assert_eq!(info.trim(), format!("active false {}", u.addrs[1]));
+    let o = wkr.docker(&["node", "ls"]);
+    assert!(out(&o).contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."), "{}", out(&o));
+
+    // the manager sees both, Ready and Active, with their roles and hostnames
+    let want = vec![format!("bsw{}-1 Ready Active Leader", u.id), format!("bsw{}-2 Ready Active ", u.id).trim().to_string()];
+    let mut ls = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]));
+        ls.sort();
+        if ls == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ls, want, "{}\n{}", mgr.logs(), wkr.logs());
+    let role = mgr.docker_ok(&["node", "inspect", &format!("bsw{}-2", u.id), "--format", "{{.Spec.Role}} {{.Status.Addr}}"]);
+    assert_eq!(role.trim(), format!("worker {}", u.addrs[1]));
+}

@@ -6,7 +6,7 @@
 //! node remembers (`<root>/swarm/`), which is also how a restarted service resumes.
 
 use crate::cache::{self, Table};
-use crate::local::{self, LocalState, ManagerAddr};
+use crate::local::{self, LocalState};
 use crate::model::*;
 use crate::natsconf::{self, Kind, ServerConfig};
 use crate::server::SwarmServer;
@@ -186,6 +186,7 @@ impl Cluster {
             self.spawn(crate::leader::run(self.clone()));
             self.spawn(crate::events::run(self.clone()));
             self.spawn(sync_server(self.clone()));
+            self.spawn(crate::join::serve(self.clone()));
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));
@@ -415,7 +416,7 @@ fn iface_ip(name: &str) -> Option<String> {
 }
 
 /// An `--advertise-addr` as Docker takes it: an IP, `ip:port`, or an interface name.
-fn advertise_ip(given: &str, listen_ip: &str) -> Result<String, BusError> {
+pub(crate) fn advertise_ip(given: &str, listen_ip: &str) -> Result<String, BusError> {
     if given.is_empty() {
         return default_advertise(listen_ip);
     }
@@ -474,7 +475,7 @@ pub async fn init(svc: Arc<SwarmService>, req: docker::SwarmInitRequest) -> Resu
     Ok(c)
 }
 
-fn write_tls(files: &natsconf::Files, ca: &str, chain: &str, key: &str) -> std::io::Result<()> {
+pub(crate) fn write_tls(files: &natsconf::Files, ca: &str, chain: &str, key: &str) -> std::io::Result<()> {
     natsconf::write_private(&files.ca(), ca)?;
     natsconf::write_private(&files.cert(), chain)?;
     natsconf::write_private(&files.key(), key)
@@ -538,12 +539,29 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
     Ok(())
 }
 
-/// This node's record as it joins (or inits) with `role`.
+/// This node's record as it inits with `role` (what [`node_record`] makes of it).
 pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: docker::NodeSpecAvailabilityEnum) -> Result<NodeRecord, BusError> {
+    node_record(&local.node_id, role, availability, c.svc.host.description(), &local.advertise_addr, &local.listen_addr, &local.user, &local.password)
+}
+
+/// A node's record as it enters the swarm (init, or a manager accepting its join):
+/// its spec, its description, its address and its bus user on the managers' servers
+/// (the password kept only as a bcrypt hash).
+#[allow(clippy::too_many_arguments)]
+pub fn node_record(
+    node_id: &str,
+    role: &str,
+    availability: docker::NodeSpecAvailabilityEnum,
+    description: docker::NodeDescription,
+    advertise_addr: &str,
+    listen_addr: &str,
+    user: &str,
+    password: &str,
+) -> Result<NodeRecord, BusError> {
     let now = crate::now();
-    let own: ManagerAddr = local.own_addr();
+    let (client, leaf, route) = local::advertised(listen_addr, advertise_addr);
     Ok(NodeRecord {
-        id: local.node_id.clone(),
+        id: node_id.to_string(),
         created_at: now.clone(),
         updated_at: now,
         spec: docker::NodeSpec {
@@ -552,22 +570,18 @@ pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: do
             role: Some(if role == "manager" { docker::NodeSpecRoleEnum::MANAGER } else { docker::NodeSpecRoleEnum::WORKER }),
             availability: Some(availability),
         },
-        description: c.svc.host.description(),
+        description,
         state: "ready".into(),
         message: String::new(),
-        addr: local.advertise_addr.clone(),
+        addr: advertise_addr.to_string(),
         role: role.into(),
         bus: NodeBus {
-            user: local.user.clone(),
-            password_hash: bcrypt::hash(&local.password, 6).map_err(internal)?,
-            client_addr: own.client,
-            leaf_addr: own.leaf,
-            route_addr: own.route,
+            user: user.to_string(),
+            password_hash: bcrypt::hash(password, 6).map_err(internal)?,
+            client_addr: client,
+            leaf_addr: leaf,
+            route_addr: route,
         },
     })
 }
 
-/// `docker swarm join` (slice 2: the handshake over the swarm bus).
-pub async fn join(_svc: Arc<SwarmService>, _req: docker::SwarmJoinRequest) -> Result<Arc<Cluster>, BusError> {
-    Err(BusError::not_implemented("joining a swarm is not implemented yet"))
-}

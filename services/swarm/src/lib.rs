@@ -20,6 +20,7 @@ pub mod convert;
 pub mod events;
 pub mod filters;
 pub mod ids;
+pub mod join;
 pub mod leader;
 pub mod local;
 pub mod model;
@@ -190,7 +191,7 @@ impl SwarmService {
         if self.active().is_some() || self.files.state().exists() {
             return Err(BusError::unavailable(ERR_SWARM_EXISTS));
         }
-        let c = cluster::join(self.clone(), req).await?;
+        let c = join::join(self.clone(), req).await?;
         *self.active.write().unwrap() = Some(c);
         Ok(())
     }
