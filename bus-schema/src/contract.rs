@@ -189,6 +189,17 @@ macro_rules! __api {
         pub trait $api: Send + Sync + 'static {
             $( $crate::__api!(@method $m, $req, $reply, [$($item $(, $input)?)?]); )*
         }
+
+        #[doc = concat!("For unit-test fakes: the methods of [`", stringify!($api), "`] with a default body answering ")]
+        #[doc = "NotImplemented, so a fake implements only what its test calls; every `Fake` is an"]
+        #[doc = concat!("[`", stringify!($api), "`]. A service implements the API trait itself, where every method is required.")]
+        pub trait Fake: Send + Sync + 'static {
+            $( $crate::__api!(@fake $m, $req, $reply, [$($item $(, $input)?)?]); )*
+        }
+
+        impl<T: Fake> $api for T {
+            $( $crate::__api!(@forward $m, $req, $reply, [$($item $(, $input)?)?]); )*
+        }
     };
 
     (@rpc $svc:ident, $req:ident, $reply:ty, [$($rest:tt)*], [$($t:expr)?]) => {
@@ -235,19 +246,46 @@ macro_rules! __api {
             (req: $req, input: $crate::BusStream<$input>), Result<($reply, $crate::BusStream<$item>), $crate::BusError>);
     };
 
-    // Without the `fakes` feature every method is required, so a service cannot
-    // forget one (the release build has it off). Test fakes enable it and implement
-    // only what they use; the rest answer NotImplemented.
-    (@fn $m:ident, $doc:expr, $req:ident, ($($arg:ident : $argty:ty),*), $out:ty) => {
-        #[doc = $doc]
-        #[cfg(not(feature = "fakes"))]
-        fn $m(&self, $($arg: $argty),*) -> impl ::core::future::Future<Output = $out> + Send;
-        #[doc = $doc]
-        #[cfg(feature = "fakes")]
+    (@fake $m:ident, $req:ident, $reply:ty, []) => {
+        $crate::__api!(@fakefn $m, $req, (req: $req), Result<$reply, $crate::BusError>);
+    };
+    (@fake $m:ident, $req:ident, $reply:ty, [$item:ty]) => {
+        $crate::__api!(@fakefn $m, $req, (req: $req), Result<($reply, $crate::BusStream<$item>), $crate::BusError>);
+    };
+    (@fake $m:ident, $req:ident, $reply:ty, [$item:ty, $input:ty]) => {
+        $crate::__api!(@fakefn $m, $req, (req: $req, input: $crate::BusStream<$input>),
+            Result<($reply, $crate::BusStream<$item>), $crate::BusError>);
+    };
+    (@fakefn $m:ident, $req:ident, ($($arg:ident : $argty:ty),*), $out:ty) => {
         fn $m(&self, $($arg: $argty),*) -> impl ::core::future::Future<Output = $out> + Send {
             $( let _ = $arg; )*
             async { Err($crate::BusError::not_implemented(concat!(stringify!($req), " is not implemented by this fake"))) }
         }
+    };
+
+    (@forward $m:ident, $req:ident, $reply:ty, []) => {
+        $crate::__api!(@fwdfn $m, (req: $req), Result<$reply, $crate::BusError>);
+    };
+    (@forward $m:ident, $req:ident, $reply:ty, [$item:ty]) => {
+        $crate::__api!(@fwdfn $m, (req: $req), Result<($reply, $crate::BusStream<$item>), $crate::BusError>);
+    };
+    (@forward $m:ident, $req:ident, $reply:ty, [$item:ty, $input:ty]) => {
+        $crate::__api!(@fwdfn $m, (req: $req, input: $crate::BusStream<$input>),
+            Result<($reply, $crate::BusStream<$item>), $crate::BusError>);
+    };
+    (@fwdfn $m:ident, ($($arg:ident : $argty:ty),*), $out:ty) => {
+        fn $m(&self, $($arg: $argty),*) -> impl ::core::future::Future<Output = $out> + Send {
+            <T as Fake>::$m(self, $($arg),*)
+        }
+    };
+
+    // Every method is required: a service cannot forget one. (Test fakes implement
+    // the table's `Fake` trait instead, whose methods have defaults; a cargo feature
+    // for that would give the test build other features than the release build and
+    // compile the whole workspace twice in CI.)
+    (@fn $m:ident, $doc:expr, $req:ident, ($($arg:ident : $argty:ty),*), $out:ty) => {
+        #[doc = $doc]
+        fn $m(&self, $($arg: $argty),*) -> impl ::core::future::Future<Output = $out> + Send;
     };
 }
 

@@ -118,15 +118,23 @@ fn runtime_killed_under_exec_logs_stop_and_run() {
     std::thread::sleep(Duration::from_millis(300));
 
     const GONE: &str = "the runtime service exited";
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 1;
     // a detached exec runs through the kill too: both keep their records
     node.docker_ok(&["exec", "-d", "tick", "sh", "-c", "sleep 3; exit 3"]);
     let o = kill_under(&node, "runtime", false, Duration::from_millis(500), &["exec", "tick", "sleep", "2"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains(GONE), "{}", text(&o.stderr));
     // `exec inspect` answers for both (it was 404: the records were in memory only),
-    // and records their ends, which came after the restart or during it
-    let ids = node.docker_ok(&["inspect", "-f", "{{range .ExecIDs}}{{.}} {{end}}", "tick"]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
+    // and records their ends, which came after the restart or during it. Their IDs
+    // come from the exec_create events (ExecIDs lists running execs only, as Moby's).
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ev = berth_e2e::http(&node.sock, "GET", &format!("/events?since={since}&until={until}"), &[], None);
+    let ids: Vec<String> = serde_json::Deserializer::from_slice(ev.text().as_bytes())
+        .into_iter::<serde_json::Value>()
+        .filter_map(Result::ok)
+        .filter(|e| e["Action"].as_str().is_some_and(|a| a.starts_with("exec_create")))
+        .filter_map(|e| e["Actor"]["Attributes"]["execID"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     for (id, code) in ids.iter().zip([3, 0]) {
         let mut last = serde_json::Value::Null;

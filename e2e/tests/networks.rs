@@ -503,7 +503,9 @@ fn ipv6_link_local_and_links_on_a_user_network() {
         "{}",
         err(&o)
     );
-    let p = &berth_e2e::uniq()[..4];
+    // a group without leading zeros: Docker lists the subnet in its canonical form
+    // ("fd00:06ba::" is shown as "fd00:6ba::")
+    let p = format!("{:x}", u16::from_str_radix(&berth_e2e::uniq()[..4], 16).unwrap().max(1));
     let sub = format!("fd00:{p}::/64");
     node.docker_ok(&["network", "create", "--ipv6", "--subnet", &sub, "v6"]);
     let ipam = node.docker_ok(&["network", "inspect", "v6", "--format", "{{.EnableIPv6}} {{json .IPAM.Config}}"]);
@@ -546,6 +548,10 @@ fn ipv6_link_local_and_links_on_a_user_network() {
     assert!(ns.contains(&format!("Address: {}", up_ip.trim())), "{ns}");
     let o = node.docker(&["exec", "up", "nslookup", "bar"]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains(up_ip.trim()), "bar resolved for up");
+    // AAAA records: the IPv6 address by link alias and by name (ping -6 resolves it)
+    let ns = node.docker_ok(&["exec", "down", "nslookup", "-type=aaaa", "bar"]);
+    assert!(ns.contains(&format!("Address: fd00:{p}::2")), "{ns}");
+    node.docker_ok(&["exec", "down", "ping", "-6", "-c", "1", "-W", "3", "up"]);
     // `network connect --ip6` of a running container, as asked
     node.docker_ok(&["network", "disconnect", "v6", "up"]);
     let again = format!("fd00:{p}::beef");

@@ -86,6 +86,7 @@ impl HostFacts {
             ("Experimental", "false"),
             ("GitCommit", option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown")),
             ("GoVersion", "n/a (Rust)"),
+            ("BuildTime", ""),
         ] {
             details.insert(k.to_string(), v.to_string());
         }
@@ -105,7 +106,8 @@ impl HostFacts {
             os: Some("linux".into()),
             arch: Some("amd64".into()),
             kernel_version: Some(self.kernel.clone()),
-            experimental: Some(false),
+            // `omitempty` in Moby's types.Version: not sent when false
+            experimental: None,
             build_time: Some(String::new()),
         }
     }
@@ -159,10 +161,15 @@ impl HostFacts {
                 remote_managers: None,
                 ..Default::default()
             }),
-            warnings: Some(Vec::new()),
+            warnings: None,
             ..Default::default()
         }
     }
+}
+
+/// `net.bridge.bridge-nf-call-{iptables,ip6tables}` (false when br_netfilter is not loaded).
+pub fn bridge_nf(which: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/bridge/bridge-nf-call-{which}")).is_ok_and(|s| s.trim() == "1")
 }
 
 fn count_fds() -> i64 {

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod error;
 pub mod gojson;
+pub mod goshape;
 pub mod hijack;
 pub mod host;
 pub mod listen;
@@ -96,9 +97,12 @@ pub fn service(
     })
 }
 
+/// Moby's answer to a version it does not serve: Api-Version, Ostype and Server,
+/// no Docker-Experimental (its version middleware answers before that one).
 fn version_headers(h: &mut http::HeaderMap) {
     h.insert("Api-Version", http::HeaderValue::from_static(berth_config::API_VERSION));
     h.insert("Ostype", http::HeaderValue::from_static("linux"));
+    h.insert(http::header::SERVER, version::server_header());
 }
 
 /// One span per API request, continuing a `traceparent` the client sent.

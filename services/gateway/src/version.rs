@@ -96,11 +96,13 @@ pub async fn headers(req: Request, next: Next) -> Response {
     );
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     h.insert("Ostype", HeaderValue::from_static("linux"));
-    h.insert(
-        http::header::SERVER,
-        HeaderValue::from_str(&format!("berth/{} (linux)", berth_config::VERSION)).unwrap(),
-    );
+    h.insert(http::header::SERVER, server_header());
     res
+}
+
+/// `Server: berth/<version> (linux)`, as dockerd's `Docker/<version> (<os>)`.
+pub fn server_header() -> HeaderValue {
+    HeaderValue::from_str(&format!("berth/{} (linux)", berth_config::VERSION)).unwrap_or(HeaderValue::from_static("berth"))
 }
 
 pub fn not_found_status() -> StatusCode {

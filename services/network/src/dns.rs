@@ -4,17 +4,23 @@
 //! also as `<name>.<network>`), and forwards everything else to the container's
 //! `--dns` servers or the host's resolvers. Internal networks do not forward.
 //!
+//! A name with an IPv6 address (a container on a network with `--ipv6`) answers AAAA
+//! queries with it; a name with no IPv6 address answers an AAAA query NOERROR with no
+//! records (Moby's resolver does the same, so that clients fall back to its A record
+//! instead of asking the outside world for it). PTR answers `in-addr.arpa` and
+//! `ip6.arpa` names.
+//!
 //! The asking container is known by its source address, so a container on several
 //! networks resolves the names of all of them, the asked network's first.
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Message, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, PTR};
+use hickory_server::proto::rr::rdata::{A, AAAA, PTR};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,6 +33,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct DnsEntry {
     pub network_id: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on an IPv6 network.
+    pub ip6: Option<Ipv6Addr>,
     pub names: Vec<String>,
     /// Links on this network (`--link target:alias`): `alias` -> `target`, names only
     /// this container resolves (Moby's per-sandbox link aliases on user networks).
@@ -41,6 +49,22 @@ pub fn parse_link(l: &str) -> Option<(String, String)> {
     (!target.is_empty() && !alias.is_empty()).then(|| (alias.to_ascii_lowercase(), target.to_ascii_lowercase()))
 }
 
+/// The addresses of one name on one network.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Addrs {
+    v4: Vec<Ipv4Addr>,
+    v6: Vec<Ipv6Addr>,
+}
+
+impl Addrs {
+    fn has(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v) => self.v4.contains(&v),
+            IpAddr::V6(v) => self.v6.contains(&v),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     /// network id -> (network name, internal)
@@ -48,8 +72,8 @@ struct Table {
     /// container id -> (entries, forwarders)
     sandboxes: HashMap<String, (Vec<DnsEntry>, Vec<SocketAddr>)>,
     // derived
-    names: HashMap<String, HashMap<String, Vec<Ipv4Addr>>>,
-    ptr: HashMap<Ipv4Addr, String>,
+    names: HashMap<String, HashMap<String, Addrs>>,
+    ptr: HashMap<IpAddr, String>,
     clients: HashMap<Ipv4Addr, String>,
 }
 
@@ -66,8 +90,11 @@ impl Table {
                 let m = self.names.entry(e.network_id.clone()).or_default();
                 for n in &e.names {
                     let v = m.entry(n.to_ascii_lowercase()).or_default();
-                    if !v.contains(&e.ip) {
-                        v.push(e.ip);
+                    if !v.v4.contains(&e.ip) {
+                        v.v4.push(e.ip);
+                    }
+                    if let Some(ip6) = e.ip6.filter(|a| !v.v6.contains(a)) {
+                        v.v6.push(ip6);
                     }
                 }
                 if let Some(first) = e.names.first() {
@@ -76,7 +103,10 @@ impl Table {
                         .get(&e.network_id)
                         .map(|x| x.0.clone())
                         .unwrap_or_default();
-                    self.ptr.insert(e.ip, format!("{first}.{net}"));
+                    self.ptr.insert(IpAddr::V4(e.ip), format!("{first}.{net}"));
+                    if let Some(ip6) = e.ip6 {
+                        self.ptr.insert(IpAddr::V6(ip6), format!("{first}.{net}"));
+                    }
                 }
                 self.clients.insert(e.ip, cid.clone());
             }
@@ -87,9 +117,9 @@ impl Table {
 /// What a query resolves to.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
-    Addrs(Vec<Ipv4Addr>),
+    Addrs(Vec<IpAddr>),
     Ptr(String),
-    /// Known name, no record of that type (AAAA of a container).
+    /// Known name, no record of that type (AAAA of a container without IPv6, MX…).
     Empty,
     Forward(Vec<SocketAddr>),
     Refuse,
@@ -240,7 +270,7 @@ impl NetHandler {
                     let on_mine = nets.iter().any(|id| {
                         t.names
                             .get(id)
-                            .map(|m| m.values().any(|v| v.contains(&ip)))
+                            .map(|m| m.values().any(|v| v.has(ip)))
                             .unwrap_or(false)
                     });
                     if on_mine {
@@ -269,7 +299,10 @@ impl NetHandler {
                     .and_then(|(_, target)| m.get(target));
                 if let Some(ips) = linked.or_else(|| m.get(&name)).or_else(|| m.get(short)) {
                     return match qtype {
-                        RecordType::A => Answer::Addrs(ips.clone()),
+                        RecordType::A => Answer::Addrs(ips.v4.iter().map(|a| IpAddr::V4(*a)).collect()),
+                        RecordType::AAAA if !ips.v6.is_empty() => {
+                            Answer::Addrs(ips.v6.iter().map(|a| IpAddr::V6(*a)).collect())
+                        }
                         _ => Answer::Empty,
                     };
                 }
@@ -294,17 +327,30 @@ impl NetHandler {
     }
 }
 
-fn parse_arpa(name: &str) -> Option<Ipv4Addr> {
-    let rest = name.strip_suffix(".in-addr.arpa")?;
-    let mut o: Vec<u8> = rest
+/// The address of a reverse name: `d.c.b.a.in-addr.arpa` or the 32 reversed nibbles
+/// of an IPv6 address under `ip6.arpa`.
+fn parse_arpa(name: &str) -> Option<IpAddr> {
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let mut o: Vec<u8> = rest
+            .split('.')
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        if o.len() != 4 {
+            return None;
+        }
+        o.reverse();
+        return Some(IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3])));
+    }
+    let rest = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = rest
         .split('.')
-        .map(|x| x.parse().ok())
+        .map(|x| (x.len() == 1).then(|| u8::from_str_radix(x, 16).ok()).flatten())
         .collect::<Option<_>>()?;
-    if o.len() != 4 {
+    if nibbles.len() != 32 {
         return None;
     }
-    o.reverse();
-    Some(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+    let v = nibbles.iter().rev().fold(0u128, |acc, n| (acc << 4) | u128::from(*n));
+    Some(IpAddr::V6(Ipv6Addr::from(v)))
 }
 
 #[async_trait::async_trait]
@@ -327,7 +373,13 @@ impl RequestHandler for NetHandler {
                 let name = Name::from(info.query.name().clone());
                 let recs: Vec<Record> = ips
                     .into_iter()
-                    .map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(ip))))
+                    .map(|ip| {
+                        let data = match ip {
+                            IpAddr::V4(a) => RData::A(A(a)),
+                            IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                        };
+                        Record::from_rdata(name.clone(), TTL, data)
+                    })
                     .collect();
                 meta.authoritative = true;
                 let resp = MessageResponseBuilder::from_message_request(request).build(
@@ -545,6 +597,7 @@ mod tests {
         DnsEntry {
             network_id: net.into(),
             ip: Ipv4Addr::from(ip),
+            ip6: None,
             names: names.iter().map(|s| s.to_string()).collect(),
             links: vec![],
         }
@@ -580,22 +633,101 @@ mod tests {
             t.sandboxes.insert("cs".into(), (vec![entry("n1", [172, 18, 0, 5], &["solo"])], vec![]));
             t.reindex();
         }
-        let up = Answer::Addrs(vec![Ipv4Addr::new(172, 18, 0, 4)]);
+        let up = Answer::Addrs(vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 4))]);
         assert_eq!(h.resolve(from_a, "bar.", RecordType::A), up);
         assert_eq!(h.resolve(from_a, "BAR.net1.", RecordType::A), up);
-        assert_eq!(h.resolve(from_a, "solo.", RecordType::A), Answer::Addrs(vec![Ipv4Addr::new(172, 18, 0, 5)]));
+        assert_eq!(h.resolve(from_a, "solo.", RecordType::A), Answer::Addrs(vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 5))]));
         assert_eq!(h.resolve(from_b, "bar.", RecordType::A), Answer::Refuse);
         assert_eq!(parse_link("x"), Some(("x".into(), "x".into())));
         assert_eq!(parse_link("/x:/a/y"), Some(("y".into(), "x".into())));
         assert_eq!(parse_link(":y"), None);
     }
 
+    /// A container on an IPv6 network answers AAAA with its IPv6 address (by name,
+    /// alias, link alias and `<name>.<network>`), PTR of its `ip6.arpa` name; a name
+    /// with only an IPv4 address answers AAAA with no records (Moby's `ipv6Miss`),
+    /// never forwarded.
+    #[tokio::test]
+    async fn aaaa_for_ipv6_endpoints_and_empty_for_ipv4_only_names() {
+        let dns = Dns::new(vec![]);
+        dns.set_network("n6", "net6", false);
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let mut web = entry("n6", [127, 0, 6, 2], &["web", "www"]);
+        web.ip6 = Some(v6("fd00:6::2"));
+        web.links = ["db:store"].iter().filter_map(|l| parse_link(l)).collect();
+        let mut db = entry("n6", [127, 0, 6, 3], &["db"]);
+        db.ip6 = Some(v6("fd00:6::3"));
+        dns.set_sandbox("web", vec![web], vec![]);
+        dns.set_sandbox("db", vec![db], vec![]);
+        // a v4-only name on a second network of web's
+        dns.set_network("n4", "net4", false);
+        dns.set_sandbox("old", vec![entry("n4", [127, 0, 4, 3], &["old"])], vec![]);
+        dns.set_sandbox("web2", vec![entry("n4", [127, 0, 4, 2], &["web2"])], vec![]);
+        let p = free_udp_port(Ipv4Addr::new(127, 0, 6, 1));
+        dns.start("n6", Ipv4Addr::new(127, 0, 6, 1), p).await.unwrap();
+        let s = SocketAddr::from((Ipv4Addr::new(127, 0, 6, 1), p));
+        let from_web = Some(Ipv4Addr::new(127, 0, 6, 2));
+        let aaaa = |m: Message| -> Vec<Ipv6Addr> {
+            m.answers
+                .iter()
+                .filter_map(|r| if let RData::AAAA(a) = &r.data { Some(a.0) } else { None })
+                .collect()
+        };
+        for name in ["db", "DB.net6.", "store", "store.net6"] {
+            let m = query(s, name, RecordType::AAAA, from_web).await.unwrap();
+            assert_eq!(aaaa(m), vec![v6("fd00:6::3")], "{name}");
+        }
+        assert_eq!(
+            aaaa(query(s, "www", RecordType::AAAA, from_web).await.unwrap()),
+            vec![v6("fd00:6::2")]
+        );
+        // A still answers the IPv4 address
+        assert_eq!(query_a(s, "db", from_web).await.unwrap(), vec![Ipv4Addr::new(127, 0, 6, 3)]);
+        // the link alias is web's only: db asks, nothing of ours, nowhere to forward
+        let from_db = Some(Ipv4Addr::new(127, 0, 6, 3));
+        assert_eq!(
+            query(s, "store", RecordType::AAAA, from_db).await.unwrap_err(),
+            ResponseCode::ServFail
+        );
+        // a name with only an IPv4 address: NOERROR, no records, not forwarded
+        let from_web2 = Some(Ipv4Addr::new(127, 0, 4, 2));
+        let p4 = free_udp_port(Ipv4Addr::new(127, 0, 4, 1));
+        dns.start("n4", Ipv4Addr::new(127, 0, 4, 1), p4).await.unwrap();
+        let s4 = SocketAddr::from((Ipv4Addr::new(127, 0, 4, 1), p4));
+        let m = query(s4, "old", RecordType::AAAA, from_web2).await.unwrap();
+        assert!(m.answers.is_empty());
+        assert!(m.metadata.authoritative);
+        // PTR of the IPv6 address
+        let m = query(
+            s,
+            "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.0.0.0.0.0.d.f.ip6.arpa",
+            RecordType::PTR,
+            from_web,
+        )
+        .await
+        .unwrap();
+        let ptrs: Vec<String> = m
+            .answers
+            .iter()
+            .filter_map(|r| if let RData::PTR(p) = &r.data { Some(p.0.to_string()) } else { None })
+            .collect();
+        assert_eq!(ptrs, vec!["db.net6.".to_string()]);
+        dns.remove_network("n6");
+        dns.remove_network("n4");
+    }
+
     #[test]
     fn arpa_names() {
         assert_eq!(
             parse_arpa("2.0.18.172.in-addr.arpa"),
-            Some(Ipv4Addr::new(172, 18, 0, 2))
+            Some(IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)))
         );
+        assert_eq!(
+            parse_arpa("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.0.0.d.f.ip6.arpa"),
+            Some(IpAddr::V6("fd00:2::2".parse().unwrap()))
+        );
+        assert_eq!(parse_arpa("2.0.ip6.arpa"), None);
+        assert_eq!(parse_arpa("x.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.0.0.d.f.ip6.arpa"), None);
         assert_eq!(parse_arpa("example.com"), None);
     }
 

@@ -50,6 +50,7 @@ impl NetworkService {
                 Some(DnsEntry {
                     network_id: e.network_id.clone(),
                     ip: e.ip?,
+                    ip6: e.ip6,
                     names: e.dns_names.clone(),
                     links: e.links.iter().filter_map(|l| dns::parse_link(l)).collect(),
                 })
@@ -901,7 +902,7 @@ pub(crate) mod tests {
             assert_eq!(ns.gateway6, Some("2001:389::ffff".parse().unwrap()));
         }
         // the same address again, one outside the subnet, a link-local that is not
-        let mut bad = |id: &str, v6: Option<&str>, ll: Option<&str>| {
+        let bad = |id: &str, v6: Option<&str>, ll: Option<&str>| {
             let mut r = req(id, "six");
             r.endpoints.push(EndpointRequest {
                 network: "six".into(),

@@ -505,6 +505,8 @@ impl Runtime {
     pub async fn resize(self: &Arc<Self>, key: &str, h: u16, w: u16) -> Result<(), BusError> {
         let e = self.find(key)?;
         match e.shim() {
+            // no terminal to resize: nothing to do (containerd's runc shim answers nil)
+            Some(_) if e.get().config.tty != Some(true) => Ok(()),
             Some(s) => s.resize(h, w).await.map_err(|err| BusError::internal(err.to_string())),
             None => Err(BusError::conflict(format!("Container {} is not running", e.id))),
         }

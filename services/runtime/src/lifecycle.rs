@@ -535,7 +535,7 @@ impl Runtime {
         let sig = parse_signal(signal.as_deref().filter(|s| !s.is_empty()).unwrap_or("KILL"))?;
         let c = e.get();
         if !c.state.running() {
-            return Err(BusError::conflict(format!("cannot kill container: {}: container {} is not running", key, c.id)));
+            return Err(BusError::conflict(format!("Cannot kill container: {}: Container {} is not running", key, c.id)));
         }
         if sig == 9 || sig == 15 || sig == 2 {
             e.update(|c| c.manually_stopped = true);
@@ -592,7 +592,7 @@ impl Runtime {
         let c = e.get();
         if pause {
             if c.state.status == Status::Paused {
-                return Err(BusError::conflict(format!("container {} is already paused", c.id)));
+                return Err(BusError::conflict(format!("Container {} is already paused", c.id)));
             }
             if c.state.status != Status::Running {
                 return Err(BusError::conflict(format!("container {} is not running", c.id)));

@@ -45,7 +45,24 @@ impl Runtime {
         let e = self.find(key)?;
         let c = e.get();
         let sz = if size { self.sizes(&c.id).await } else { None };
-        Ok(c.inspect(sz))
+        let mut r = c.inspect(sz);
+        // Moby's ExecIDs are the execs that have not ended: an exec leaves the
+        // container's list when it exits (its own inspect stays), so `null` once none runs.
+        let live: Vec<String> = {
+            let execs = self.execs.lock().unwrap();
+            c.exec_ids
+                .iter()
+                .filter(|id| {
+                    execs.get(*id).is_some_and(|x| {
+                        let st = x.state.lock().unwrap();
+                        !(st.started && !st.running)
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        r.exec_ids = (!live.is_empty()).then_some(live);
+        Ok(r)
     }
 
     async fn sizes(&self, id: &str) -> Option<(i64, i64)> {

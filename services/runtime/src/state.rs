@@ -248,6 +248,13 @@ impl Container {
         if hc.network_mode.as_deref().is_none_or(|m| m.is_empty()) {
             hc.network_mode = Some("bridge".into());
         }
+        // the paths the container's spec masks and makes read-only (Moby records its
+        // defaults in the HostConfig of an unprivileged container)
+        if hc.privileged != Some(true) {
+            let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            hc.masked_paths.get_or_insert_with(|| strs(&crate::spec::MASKED_PATHS));
+            hc.readonly_paths.get_or_insert_with(|| strs(&crate::spec::READONLY_PATHS));
+        }
         docker::ContainerInspectResponse {
             id: Some(self.id.clone()),
             created: Some(self.created.clone()),

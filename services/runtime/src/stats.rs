@@ -53,6 +53,34 @@ fn networks(pid: u32) -> Option<Value> {
     Some(Value::Object(m))
 }
 
+/// Moby's BlkioStats: every list is there. cgroup v1 reads each blkio file (empty
+/// lists when nothing was counted); v2 has io.stat only, the other lists `null`.
+/// `io` is the service-bytes list, `None` for a container that is not running.
+fn blkio(io: Option<Vec<Value>>) -> Value {
+    const OTHERS: [&str; 7] = [
+        "io_serviced_recursive",
+        "io_queue_recursive",
+        "io_service_time_recursive",
+        "io_wait_time_recursive",
+        "io_merged_recursive",
+        "io_time_recursive",
+        "sectors_recursive",
+    ];
+    let v1 = io.is_some() && !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "io_service_bytes_recursive".into(),
+        match io {
+            Some(l) if v1 || !l.is_empty() => Value::Array(l),
+            _ => Value::Null,
+        },
+    );
+    for k in OTHERS {
+        m.insert(k.into(), if v1 { json!([]) } else { Value::Null });
+    }
+    Value::Object(m)
+}
+
 fn zero_cpu() -> Value {
     json!({"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}})
@@ -65,7 +93,7 @@ impl Runtime {
         if !c.state.running() || c.state.pid == 0 {
             return json!({
                 "read": "0001-01-01T00:00:00Z", "preread": "0001-01-01T00:00:00Z",
-                "pids_stats": {}, "blkio_stats": {"io_service_bytes_recursive": null},
+                "pids_stats": {}, "blkio_stats": blkio(None),
                 "num_procs": 0, "storage_stats": {}, "cpu_stats": zero_cpu(), "precpu_stats": zero_cpu(),
                 "memory_stats": {}, "name": name, "id": c.id,
             });
@@ -91,7 +119,7 @@ impl Runtime {
             "read": clock::now_rfc3339(),
             "preread": "0001-01-01T00:00:00Z",
             "pids_stats": pids,
-            "blkio_stats": {"io_service_bytes_recursive": if io.is_empty() { Value::Null } else { Value::Array(io) }},
+            "blkio_stats": blkio(Some(io)),
             "num_procs": 0,
             "storage_stats": {},
             "cpu_stats": {"cpu_usage": cpu_usage, "system_cpu_usage": sys, "online_cpus": cpus,
@@ -104,7 +132,10 @@ impl Runtime {
         });
         if st.memory_max_usage > 0 {
             v["memory_stats"]["max_usage"] = json!(st.memory_max_usage);
-            v["memory_stats"]["failcnt"] = json!(st.memory_failcnt);
+            // `omitempty` in Moby's MemoryStats
+            if st.memory_failcnt > 0 {
+                v["memory_stats"]["failcnt"] = json!(st.memory_failcnt);
+            }
         }
         if c.network_mode() != "host" {
             if let Some(n) = networks(c.state.pid) {

@@ -125,7 +125,7 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
         docker::HostConfigCgroupnsModeEnum::HOST
     });
     hc.console_size.get_or_insert_with(|| vec![0, 0]);
-    hc.binds.get_or_insert_with(Vec::new);
+    // Binds and PortBindings stay unset (`null`) unless given, as Moby keeps them.
     hc.auto_remove.get_or_insert(false);
     hc.privileged.get_or_insert(false);
     hc.publish_all_ports.get_or_insert(false);
@@ -145,7 +145,6 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
         Some(r) => return Err(BusError::invalid(format!("Unknown runtime specified {r}"))),
     }
     hc.isolation.get_or_insert(docker::HostConfigIsolationEnum::EMPTY);
-    hc.port_bindings.get_or_insert_with(Default::default);
     Ok(())
 }
 

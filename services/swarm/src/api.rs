@@ -43,12 +43,23 @@ fn out_of_sequence() -> BusError {
 
 /// A service or network name: a DNS label (swarmkit's `validateAnnotations`).
 fn valid_dns_label(name: &str) -> bool {
+    // swarmkit's isValidDNSName `^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`: letters and
+    // digits, '-' and '_' only between them (the length is checked apart)
     let b = name.as_bytes();
     !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// swarmkit's isValidConfigOrSecretName `^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$`, at most 64.
+fn valid_blob_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
 impl Cluster {
@@ -400,8 +411,11 @@ impl Cluster {
 
     async fn blob_create(&self, bucket: &str, kind: &str, name: Option<String>, labels: Option<HashMap<String, String>>, data: Option<String>, driver: Option<docker::Driver>, templating: Option<docker::Driver>) -> Result<docker::IdResponse, BusError> {
         let name = name.unwrap_or_default();
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) || !name.chars().next().map(|c| c.is_ascii_alphanumeric()).unwrap_or(false) {
-            return Err(BusError::invalid(rpc("InvalidArgument", format!("invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]"))));
+        if name.is_empty() {
+            return Err(BusError::invalid(rpc("InvalidArgument", "name must be provided")));
+        }
+        if !valid_blob_name(&name) {
+            return Err(BusError::invalid(rpc("InvalidArgument", "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]")));
         }
         use base64::Engine;
         let data = data.unwrap_or_default();
@@ -531,8 +545,14 @@ impl Cluster {
 /// messages.
 pub fn validate_service_spec(spec: &docker::ServiceSpec) -> Result<(), BusError> {
     let name = spec.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(BusError::invalid(rpc("InvalidArgument", "meta: name must be provided")));
+    }
     if !valid_dns_label(&name) {
         return Err(BusError::invalid(rpc("InvalidArgument", "name must be valid as a DNS name component")));
+    }
+    if name.len() > 63 {
+        return Err(BusError::invalid(rpc("InvalidArgument", "name must be 63 characters or fewer")));
     }
     let tt = spec.task_template.as_ref();
     let cs = tt.and_then(|t| t.container_spec.as_ref());
@@ -571,6 +591,15 @@ mod tests {
         assert!(valid_dns_label("web-1"));
         assert!(!valid_dns_label("bad name"));
         assert!(!valid_dns_label("-x"));
+        // docker-py names its services dockerpytest_<hex>: '_' is valid inside a name
+        assert!(valid_dns_label("dockerpytest_5c2d"));
+        assert!(!valid_dns_label("x_"));
+        assert!(!valid_dns_label("a.b"));
+        let long = docker::ServiceSpec { name: Some("a".repeat(64)), ..Default::default() };
+        assert_eq!(validate_service_spec(&long).unwrap_err().message, "rpc error: code = InvalidArgument desc = name must be 63 characters or fewer");
+        assert!(valid_blob_name("favorite_character.v1"));
+        assert!(!valid_blob_name("trailing."));
+        assert!(!valid_blob_name(&"a".repeat(65)));
         let spec = docker::ServiceSpec { name: Some("bad name".into()), ..Default::default() };
         assert_eq!(validate_service_spec(&spec).unwrap_err().message, "rpc error: code = InvalidArgument desc = name must be valid as a DNS name component");
     }

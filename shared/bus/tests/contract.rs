@@ -21,7 +21,7 @@ struct Fake {
     export_stopped: Arc<AtomicBool>,
 }
 
-impl StorageApi for Fake {
+impl bus_schema::storage::Fake for Fake {
     async fn layer_stat(&self, req: LayerStat) -> Result<LayerInfo, BusError> {
         if req.chain_id == "missing" {
             return Err(BusError::not_found("layer missing does not exist"));
@@ -95,7 +95,7 @@ async fn unary_calls_and_their_errors() {
     assert_eq!(c.layer_stat(LayerStat { chain_id: "a".into() }).await.unwrap().size, 3);
     let e = c.layer_stat(LayerStat { chain_id: "missing".into() }).await.unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NotFound, "layer missing does not exist"));
-    // a method the fake does not implement answers NotImplemented (the `fakes` feature)
+    // a method the fake does not implement answers NotImplemented (the table's `Fake` trait)
     let e = c.layer_retain(LayerRetain { chain_id: "a".into() }).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotImplemented);
     // another node: nobody serves it

@@ -170,7 +170,7 @@ struct Fake {
     kills: Arc<AtomicUsize>,
 }
 
-impl RuntimeApi for Fake {
+impl bus_schema::runtime::Fake for Fake {
     /// One container whose id is as long as the filter asks (larger than a message).
     async fn container_list(&self, req: ContainerList) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
         let n: usize = req.filters.get("len").and_then(|v| v.first()).and_then(|l| l.parse().ok()).unwrap_or(1);
@@ -263,7 +263,7 @@ async fn generated_clients_work_under_the_permissions() {
 #[derive(Clone, Default)]
 struct FakeSwarm;
 
-impl berth_bus::swarm::SwarmApi for FakeSwarm {
+impl bus_schema::swarm::Fake for FakeSwarm {
     async fn service_list(&self, _req: bus_schema::swarm::ServiceList) -> Result<Vec<bus_schema::swarm::ServiceObject>, BusError> {
         Ok(vec![bus_schema::swarm::ServiceObject { id: "s1".into(), ..Default::default() }])
     }

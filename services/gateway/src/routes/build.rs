@@ -91,8 +91,13 @@ async fn build<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Pa
     Ok(json_stream(rd))
 }
 
-async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::BuildPruneResponse>> {
-    Ok(Json(b.build_prune(BuildPrune { all: bool_value(&q, "all") }).await?))
+async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<serde_json::Value>> {
+    let r = b.build_prune(BuildPrune { all: bool_value(&q, "all") }).await?;
+    // nothing deleted: Go's nil slice, as Moby answers
+    Ok(Json(serde_json::json!({
+        "CachesDeleted": r.caches_deleted.filter(|c| !c.is_empty()),
+        "SpaceReclaimed": r.space_reclaimed.unwrap_or(0),
+    })))
 }
 
 async fn commit<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Params, body: axum::body::Bytes) -> ApiResult<Response> {

@@ -183,14 +183,22 @@ async fn create<B: Backend>(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn list<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<Vec<docker::ContainerSummary>>> {
+async fn list<B: Backend>(
+    State(b): State<Arc<B>>,
+    FirstQuery(q): FirstQuery,
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
     let r = rt::ContainerList {
         all: bool_value(&q, "all"),
         limit: int_value(&q, "limit")?,
         size: bool_value(&q, "size"),
         filters: filters(&q)?,
     };
-    Ok(Json(b.list(r).await?))
+    let mut j = serde_json::to_value(b.list(r).await?).map_err(|e| BusError::internal(e.to_string()))?;
+    for c in j.as_array_mut().into_iter().flatten() {
+        crate::goshape::container_summary(c, v);
+    }
+    Ok(Json(j))
 }
 
 async fn inspect<B: Backend>(
@@ -202,42 +210,8 @@ async fn inspect<B: Backend>(
     let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
     legacy_network_fields(&mut j, v);
-    endpoint_keys(&mut j, v);
+    crate::goshape::container_inspect(&mut j, v);
     Ok(Json(j))
-}
-
-/// Every endpoint of `NetworkSettings.Networks` has all of Go's keys, unset ones as
-/// their zero value (`"Aliases": null`, `"MacAddress": ""`): strict clients index
-/// them (docker-py reads `Aliases` of a network it gave none).
-fn endpoint_keys(j: &mut serde_json::Value, v: ApiVersion) {
-    use serde_json::{json, Value};
-    let Some(nets) = j.pointer_mut("/NetworkSettings/Networks").and_then(|n| n.as_object_mut()) else { return };
-    let mut keys: Vec<(&str, Value)> = vec![
-        ("IPAMConfig", Value::Null),
-        ("Links", Value::Null),
-        ("Aliases", Value::Null),
-        ("MacAddress", json!("")),
-        ("DriverOpts", Value::Null),
-        ("NetworkID", json!("")),
-        ("EndpointID", json!("")),
-        ("Gateway", json!("")),
-        ("IPAddress", json!("")),
-        ("IPPrefixLen", json!(0)),
-        ("IPv6Gateway", json!("")),
-        ("GlobalIPv6Address", json!("")),
-        ("GlobalIPv6PrefixLen", json!(0)),
-    ];
-    if !v.less_than("1.44") {
-        keys.push(("DNSNames", Value::Null));
-    }
-    if !v.less_than("1.48") {
-        keys.push(("GwPriority", json!(0)));
-    }
-    for ep in nets.values_mut().filter_map(|e| e.as_object_mut()) {
-        for (k, zero) in &keys {
-            ep.entry(*k).or_insert_with(|| zero.clone());
-        }
-    }
 }
 
 /// Before API 1.52 Docker also sent the default network's address at the top of
@@ -587,8 +561,20 @@ async fn exec_start<B: Backend>(
     Ok(hijack::upgrade_response(tty, !v.less_than("1.42")))
 }
 
-async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::ExecInspectResponse>> {
-    Ok(Json(b.exec_inspect(rt::ExecInspect { id }).await?))
+/// Moby's ExecInspect: `ExitCode` null until the exec ends, `ProcessConfig.user`
+/// only when set (`omitempty`).
+async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let r = b.exec_inspect(rt::ExecInspect { id }).await?;
+    let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
+    if let Some(o) = j.as_object_mut() {
+        crate::goshape::fill(o, &[("ExitCode", serde_json::Value::Null)]);
+        if let Some(pc) = o.get_mut("ProcessConfig").and_then(|p| p.as_object_mut()) {
+            if pc.get("user").is_some_and(|u| u.as_str().is_none_or(str::is_empty)) {
+                pc.remove("user");
+            }
+        }
+    }
+    Ok(Json(j))
 }
 
 async fn top<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerTopResponse>> {
@@ -611,22 +597,28 @@ async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Firs
     Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], Body::from_stream(s)).into_response())
 }
 
-async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<docker::ContainerUpdateResponse>> {
+async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<serde_json::Value>> {
     let body: docker::ContainerUpdateBody = json_body(&body)?;
-    Ok(Json(b.update(rt::ContainerUpdate { id, body }).await?))
+    let r = b.update(rt::ContainerUpdate { id, body }).await?;
+    // no warnings: Go's nil slice
+    let w = r.warnings.filter(|w| !w.is_empty());
+    Ok(Json(serde_json::json!({ "Warnings": w })))
 }
 
 async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerPruneResponse>> {
     Ok(Json(b.prune(rt::ContainerPrune { filters: filters(&q)? }).await?))
 }
 
-async fn changes<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<Vec<docker::FilesystemChange>>> {
-    Ok(Json(b.changes(rt::ContainerChanges { id }).await?))
+/// No changes: `null` (Go's nil slice), as Moby answers.
+async fn changes<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<Option<Vec<docker::FilesystemChange>>>> {
+    let c = b.changes(rt::ContainerChanges { id }).await?;
+    Ok(Json((!c.is_empty()).then_some(c)))
 }
 
+/// Moby sends the export as `application/octet-stream` (archive GET is x-tar).
 async fn export<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
     let rd = b.export(rt::ContainerExport { id }).await?;
-    Ok(bytes_stream(rd, "application/x-tar"))
+    Ok(bytes_stream(rd, "application/octet-stream"))
 }
 
 fn stat_header(st: &rt::PathStat) -> HeaderValue {

@@ -159,6 +159,9 @@ pub fn image_list_for_version(mut list: Vec<serde_json::Value>, v: ApiVersion) -
             if empty(o.get("RepoTags")) && empty(o.get("RepoDigests")) {
                 o.insert("RepoTags".into(), json!(["<none>:<none>"]));
                 o.insert("RepoDigests".into(), json!(["<none>@<none>"]));
+            } else if empty(o.get("RepoDigests")) {
+                // a tagged image without digests: Moby 20.10's nil slice
+                o.insert("RepoDigests".into(), Value::Null);
             }
         } else {
             for k in ["RepoTags", "RepoDigests"] {
@@ -176,6 +179,10 @@ pub fn image_list_for_version(mut list: Vec<serde_json::Value>, v: ApiVersion) -
         }
         if v.less_than("1.51") {
             o.insert("Containers".into(), json!(-1));
+        }
+        // an image without labels: Go's nil map
+        if o.get("Labels").is_none_or(|l| l.as_object().is_some_and(|m| m.is_empty())) {
+            o.insert("Labels".into(), Value::Null);
         }
     }
     list
@@ -201,9 +208,14 @@ pub fn image_inspect_for_version(mut img: serde_json::Value, v: ApiVersion) -> s
     }
     if v.less_than("1.45") {
         o.entry("Container").or_insert(json!(""));
-        if !o.contains_key("ContainerConfig") {
-            let c = o.get("Config").cloned().unwrap_or(Value::Null);
-            o.insert("ContainerConfig".into(), c);
+        // an image config without container_config: Moby's zero container.Config
+        if o.get("ContainerConfig").is_none_or(Value::is_null) {
+            o.insert("ContainerConfig".into(), crate::goshape::zero_container_config());
+        }
+    }
+    for k in ["Config", "ContainerConfig"] {
+        if let Some(c) = o.get_mut(k).and_then(Value::as_object_mut) {
+            crate::goshape::fill(c, &crate::goshape::container_config_keys());
         }
     }
     if v.less_than("1.48") {
@@ -304,7 +316,13 @@ async fn by_name<B: Backend>(
     };
     match (method, op) {
         (Method::GET, "json") => {
-            let d = b.image_inspect(ImageInspect { name }).await?;
+            // Moby 20.10 wraps the lookup's error with the name as asked
+            let d = b.image_inspect(ImageInspect { name: name.clone() }).await.map_err(|mut e| {
+                if e.kind == bus_schema::ErrorKind::NotFound && e.message.starts_with("No such image: ") {
+                    e.message = format!("no such image: {name}: {}", e.message);
+                }
+                e
+            })?;
             let mut img = serde_json::to_value(&d.inspect).map_err(|e| BusError::internal(e.to_string()))?;
             // present when set at any version (moby's inspect); always before 1.52
             if let Some(o) = img.as_object_mut() {
@@ -313,12 +331,28 @@ async fn by_name<B: Backend>(
                 }
                 if !d.docker_version.is_empty() {
                     o.insert("DockerVersion".into(), d.docker_version.clone().into());
+                    // Docker's classic builder and commit (they write DockerVersion)
+                    // record the container's config as `container_config`; berth keeps
+                    // none, so its Config stands for it. An image from elsewhere
+                    // (BuildKit, umoci) has none: the zero config below.
+                    if v.less_than("1.45") && !o.contains_key("ContainerConfig") {
+                        let c = o.get("Config").cloned().unwrap_or(serde_json::Value::Null);
+                        o.insert("ContainerConfig".into(), c);
+                    }
                 }
             }
             Ok(Json(image_inspect_for_version(img, v)).into_response())
         }
         (Method::GET, "history") => {
-            Ok(Json(b.image_history(ImageHistory { name }).await?).into_response())
+            let h = b.image_history(ImageHistory { name }).await?;
+            let mut j = serde_json::to_value(&h).map_err(|e| BusError::internal(e.to_string()))?;
+            // a layer without tags: Go's nil slice
+            for item in j.as_array_mut().into_iter().flatten().filter_map(|i| i.as_object_mut()) {
+                if item.get("Tags").is_some_and(|t| t.as_array().is_some_and(|a| a.is_empty())) {
+                    item.insert("Tags".into(), serde_json::Value::Null);
+                }
+            }
+            Ok(Json(j).into_response())
         }
         (Method::GET, "get") => save(b, vec![name]).await,
         (Method::POST, "tag") => {
@@ -369,9 +403,14 @@ async fn distribution<B: Backend>(
 async fn auth<B: Backend>(
     State(b): State<Arc<B>>,
     body: Bytes,
-) -> ApiResult<Json<docker::AuthResponse>> {
+) -> ApiResult<Json<serde_json::Value>> {
     let auth = util::auth_from_json(&body).unwrap_or_default();
-    Ok(Json(b.registry_login(RegistryLogin { auth }).await?))
+    let r = b.registry_login(RegistryLogin { auth }).await?;
+    // Moby always sends IdentityToken, "" when the registry gave none
+    Ok(Json(serde_json::json!({
+        "IdentityToken": r.identity_token.unwrap_or_default(),
+        "Status": r.status,
+    })))
 }
 
 #[cfg(test)]

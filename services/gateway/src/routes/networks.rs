@@ -12,12 +12,13 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use bus_schema::{docker, BusError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::util;
+use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
     fn network_list(
@@ -69,19 +70,37 @@ fn json_body<T: serde::de::DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
     crate::gojson::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
+/// A network as Moby writes `types.NetworkResource` for the client's version:
+/// `IPAM.Options` always (`null` when none), no `EnableIPv4` before API 1.47.
+fn network_json(n: &docker::NetworkInspect, v: ApiVersion) -> ApiResult<serde_json::Value> {
+    let mut j = serde_json::to_value(n).map_err(|e| BusError::internal(e.to_string()))?;
+    if let Some(o) = j.as_object_mut() {
+        if v.less_than("1.47") {
+            o.remove("EnableIPv4");
+        }
+        if let Some(ipam) = o.get_mut("IPAM").and_then(|i| i.as_object_mut()) {
+            crate::goshape::fill(ipam, &[("Options", serde_json::Value::Null)]);
+        }
+    }
+    Ok(j)
+}
+
 async fn list<B: Backend>(
     State(b): State<Arc<B>>,
     util::FirstQuery(q): util::FirstQuery,
-) -> ApiResult<Json<Vec<docker::NetworkInspect>>> {
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let filters = util::filters(&q)?;
-    Ok(Json(b.network_list(filters).await?))
+    let list = b.network_list(filters).await?;
+    Ok(Json(list.iter().map(|n| network_json(n, v)).collect::<ApiResult<_>>()?))
 }
 
 async fn inspect<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
     util::FirstQuery(q): util::FirstQuery,
-) -> ApiResult<Json<docker::NetworkInspect>> {
+    Extension(v): Extension<ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
     let n = b
         .network_inspect(id.clone(), util::bool_value(&q, "verbose"))
         .await?;
@@ -91,7 +110,7 @@ async fn inspect<B: Backend>(
             return Err(ApiError::not_found(format!("network {id} not found")));
         }
     }
-    Ok(Json(n))
+    Ok(Json(network_json(&n, v)?))
 }
 
 async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
@@ -163,6 +182,8 @@ mod tests {
             id: Some(format!("{name}-id")),
             created: Some("2024-01-01T00:00:00.000000001Z".into()),
             containers: Some(HashMap::new()),
+            enable_ipv4: Some(true),
+            ipam: Some(docker::Ipam { driver: Some("default".into()), ..Default::default() }),
             ..Default::default()
         }
     }
@@ -257,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn routes_and_status_codes() {
         let f = Arc::new(Fake::default());
-        let app = router(f.clone());
+        let app = router(f.clone()).layer(axum::Extension(ApiVersion::parse("1.41").unwrap()));
         let (s, b) = call(
             &app,
             "GET",
@@ -270,6 +291,12 @@ mod tests {
         assert_eq!(v[0]["Name"], "bridge");
         assert_eq!(v[0]["Containers"], serde_json::json!({}));
         assert_eq!(v[0]["Created"], "2024-01-01T00:00:00.000000001Z");
+        // Moby 20.10's types.NetworkResource: IPAM.Options null, no EnableIPv4 (1.47)
+        assert_eq!(v[0]["IPAM"]["Options"], serde_json::Value::Null);
+        assert!(v[0].get("EnableIPv4").is_none(), "{b}");
+        let app47 = router(f.clone()).layer(axum::Extension(ApiVersion::parse("1.47").unwrap()));
+        let (_, b47) = call(&app47, "GET", "/networks/web", "").await;
+        assert!(b47.contains("\"EnableIPv4\":true"), "{b47}");
         assert!(f.calls.lock().unwrap()[0].contains("web"));
 
         let (s, b) = call(&app, "GET", "/networks/web", "").await;

@@ -248,10 +248,39 @@ async fn secret_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
     Ok(Json(b.swarm().secret_list(SecretList { filters: util::filters(&q)? }).await?))
 }
 
+/// A secret's or config's create answer: `{"ID": ...}` (Moby's SecretCreateResponse /
+/// ConfigCreateResponse; docker-py reads `ID`).
+fn created_id(r: docker::IdResponse) -> Response {
+    (StatusCode::CREATED, Json(serde_json::json!({ "ID": r.id }))).into_response()
+}
+
+/// Go's encoding/json matches keys without regard to case (docker-py sends
+/// `Templating: {"name": "golang"}`); serde does not. The driver objects of a secret or
+/// config spec get their keys' canonical case before decoding.
+fn canonical_driver_keys(raw: &Bytes) -> ApiResult<Bytes> {
+    let mut v: serde_json::Value = body(raw)?;
+    if let Some(o) = v.as_object_mut() {
+        for k in ["Driver", "Templating"] {
+            let found = o.keys().find(|x| x.eq_ignore_ascii_case(k)).cloned();
+            let Some(mut d) = found.and_then(|f| o.remove(&f)) else { continue };
+            if let Some(dm) = d.as_object_mut() {
+                for want in ["Name", "Options"] {
+                    if let Some(got) = dm.keys().find(|x| x.eq_ignore_ascii_case(want) && x.as_str() != want).cloned() {
+                        let val = dm.remove(&got).unwrap_or_default();
+                        dm.insert(want.to_string(), val);
+                    }
+                }
+            }
+            o.insert(k.to_string(), d);
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
 async fn secret_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SecretSpec = body(&raw)?;
+    let spec: docker::SecretSpec = body(&canonical_driver_keys(&raw)?)?;
     let r = b.swarm().secret_create(SecretCreate { spec }).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok(created_id(r))
 }
 
 async fn secret_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Secret>> {
@@ -275,9 +304,9 @@ async fn config_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn config_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ConfigSpec = body(&raw)?;
+    let spec: docker::ConfigSpec = body(&canonical_driver_keys(&raw)?)?;
     let r = b.swarm().config_create(ConfigCreate { spec }).await?;
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok(created_id(r))
 }
 
 async fn config_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<docker::Config>> {
@@ -315,8 +344,8 @@ mod tests {
         }
     }
 
-    // the operations the test calls (bus-schema's `fakes` answer the others)
-    impl SwarmApi for NoSwarm {
+    // the operations the test calls (the table's `Fake` answers the others)
+    impl bus_schema::swarm::Fake for NoSwarm {
         async fn node_list(&self, _r: NodeList) -> Result<Vec<docker::Node>, bus_schema::BusError> {
             Err(bus_schema::BusError::unavailable(NO))
         }
@@ -328,6 +357,11 @@ mod tests {
         }
         async fn secret_create(&self, _r: SecretCreate) -> Result<docker::IdResponse, bus_schema::BusError> {
             Err(bus_schema::BusError::unavailable(NO))
+        }
+        // (answers as if it were a manager: the id tells what the spec held)
+        async fn config_create(&self, r: ConfigCreate) -> Result<docker::IdResponse, bus_schema::BusError> {
+            let t = r.spec.templating.map(|t| t.name).unwrap_or_default();
+            Ok(docker::IdResponse { id: format!("{}-{t}", r.spec.name.unwrap_or_default()) })
         }
     }
 
@@ -347,6 +381,14 @@ mod tests {
             assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{m} {u}: {body}");
             assert!(body.contains("This node is not a swarm manager"), "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn configs_answer_id_and_read_keys_as_go_does() {
+        // docker-py sends the templating driver's name as `name`: Go's decoder takes it
+        let (st, body) = call("POST", "/configs/create", r#"{"Name":"c","Data":"","Templating":{"name":"golang"}}"#).await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        assert_eq!(body, r#"{"ID":"c-golang"}"#);
     }
 
     #[tokio::test]

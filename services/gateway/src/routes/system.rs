@@ -44,7 +44,10 @@ async fn version<B: Backend>(State(b): State<Arc<B>>) -> Json<docker::SystemVers
     Json(b.host().version())
 }
 
-async fn info<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<serde_json::Value>> {
+async fn info<B: Backend>(
+    State(b): State<Arc<B>>,
+    axum::Extension(v): axum::Extension<crate::version::ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
     let mut info =
         serde_json::to_value(b.host().info()).map_err(|e| BusError::internal(e.to_string()))?;
     let mut warnings: Vec<serde_json::Value> = Vec::new();
@@ -66,11 +69,56 @@ async fn info<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<serde_json:
             .unwrap()
             .entry("Warnings")
             .or_insert_with(|| serde_json::json!([]));
+        if w.is_null() {
+            *w = serde_json::json!([]);
+        }
         if let Some(a) = w.as_array_mut() {
             a.extend(warnings);
         }
     }
+    info_keys(&mut info, v);
     Ok(Json(info))
+}
+
+/// The keys of Moby's types.Info that berth has no value of its own for, as Moby
+/// writes them when unset (API 1.41): commits of containerd/runc/init (berth runs
+/// neither: empty), nil slices, and no `Warnings` list when there is none.
+fn info_keys(info: &mut serde_json::Value, v: crate::version::ApiVersion) {
+    use serde_json::{json, Value};
+    let Some(o) = info.as_object_mut() else { return };
+    let commit = json!({"ID": "", "Expected": ""});
+    let mut keys = vec![
+        ("BridgeNfIptables", json!(crate::host::bridge_nf("iptables"))),
+        ("BridgeNfIp6tables", json!(crate::host::bridge_nf("ip6tables"))),
+        ("ContainerdCommit", commit.clone()),
+        ("RuncCommit", commit.clone()),
+        ("InitCommit", commit),
+        ("GenericResources", Value::Null),
+        ("Warnings", Value::Null),
+    ];
+    if v.less_than("1.42") {
+        // cgroup kernel memory accounting: berth sets no kmem limit
+        keys.push(("KernelMemory", json!(false)));
+        keys.push(("KernelMemoryTCP", json!(false)));
+    }
+    crate::goshape::fill(o, &keys);
+    if o.get("Warnings").is_some_and(|w| w.as_array().is_some_and(|a| a.is_empty())) {
+        o.insert("Warnings".into(), Value::Null);
+    }
+    if let Some(p) = o.get_mut("Plugins").and_then(Value::as_object_mut) {
+        crate::goshape::fill(p, &[("Authorization", Value::Null)]);
+    }
+    if let Some(s) = o.get_mut("Swarm").and_then(Value::as_object_mut) {
+        crate::goshape::fill(s, &[("RemoteManagers", Value::Null)]);
+    }
+    if v.less_than("1.44") {
+        if let Some(r) = o.get_mut("RegistryConfig").and_then(Value::as_object_mut) {
+            crate::goshape::fill(
+                r,
+                &[("AllowNondistributableArtifactsCIDRs", json!([])), ("AllowNondistributableArtifactsHostnames", json!([]))],
+            );
+        }
+    }
 }
 
 /// Merge a service's part into the whole: objects merge, lists concatenate, and a

@@ -165,6 +165,7 @@ async fn prune<B: Backend>(
 /// its cache as images, so BuildCache is empty, as Moby's is without BuildKit.
 async fn df<B: Backend>(
     State(b): State<Arc<B>>,
+    Extension(v): Extension<crate::version::ApiVersion>,
     p: util::Params,
 ) -> ApiResult<Json<Value>> {
     let types = p.values("type");
@@ -183,10 +184,14 @@ async fn df<B: Backend>(
     let mut out = serde_json::Map::new();
     if want("image") {
         out.insert("LayersSize".into(), u.layers.values().sum::<i64>().into());
-        out.insert("Images".into(), serde_json::to_value(images?).unwrap_or(Value::Array(vec![])));
+        out.insert("Images".into(), Value::Array(df_images(images?, v)));
     }
     if want("container") {
-        out.insert("Containers".into(), serde_json::to_value(containers?).unwrap_or(Value::Array(vec![])));
+        let mut cs = serde_json::to_value(containers?).unwrap_or(Value::Array(vec![]));
+        for c in cs.as_array_mut().into_iter().flatten() {
+            crate::goshape::container_summary(c, v);
+        }
+        out.insert("Containers".into(), cs);
     }
     if want("volume") {
         out.insert(
@@ -195,10 +200,25 @@ async fn df<B: Backend>(
         );
     }
     if want("build-cache") {
-        out.insert("BuildCache".into(), Value::Array(vec![]));
+        // Moby without BuildKit: no cache records, a nil slice
+        out.insert("BuildCache".into(), Value::Null);
         out.insert("BuilderSize".into(), 0.into());
     }
     Ok(Json(Value::Object(out)))
+}
+
+/// df's images as Moby writes them: the image list's shape for the version, with
+/// the real container counts (df counts them, the list says -1 before 1.51).
+fn df_images(images: Vec<docker::ImageSummary>, v: crate::version::ApiVersion) -> Vec<Value> {
+    let counts: Vec<Value> = images.iter().map(|i| i.containers.into()).collect();
+    let list = images.iter().filter_map(|i| serde_json::to_value(i).ok()).collect();
+    let mut list = crate::routes::images::image_list_for_version(list, v);
+    for (img, n) in list.iter_mut().zip(counts) {
+        if let Some(o) = img.as_object_mut() {
+            o.insert("Containers".into(), n);
+        }
+    }
+    list
 }
 
 #[cfg(test)]
@@ -381,6 +401,8 @@ mod tests {
         let (s, j) = call(&app, "GET", "/system/df", "").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(j["LayersSize"], 7);
+        // no BuildKit: Moby's nil slice
+        assert_eq!(j["BuildCache"], serde_json::Value::Null);
         assert_eq!(
             j["Volumes"][0]["UsageData"],
             serde_json::json!({"Size": 5, "RefCount": 1})
