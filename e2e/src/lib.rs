@@ -457,6 +457,16 @@ pub fn cleanup_root(root: &Path, cgroup_parent: &str) {
     }
 }
 
+/// SIGKILL every process in the cgroups under `cgroup_parent` (a node's containers).
+pub fn kill_cgroup(cgroup_parent: &str) {
+    for base in cgroup_bases() {
+        let dir = base.join(cgroup_parent);
+        if dir.is_dir() {
+            kill_cgroup_tree(&dir);
+        }
+    }
+}
+
 fn unescape_mount(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }

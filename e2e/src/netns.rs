@@ -92,6 +92,19 @@ exec nsenter --net=/run/netns/$ns unshare --mount --uts --propagation private sh
     }
 }
 
+impl Underlay {
+    /// SIGKILL node `i` whole: every process in its network namespace (`berth up`, its
+    /// services, its nats-servers, the shims) and its containers (by its cgroup parent).
+    pub fn kill_node(&self, i: usize, node: &mut Node) {
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.nodes[i])).map(|m| std::os::linux::fs::MetadataExt::st_ino(&m)).ok();
+        for p in pids_in_netns(ino) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        node.kill();
+        crate::kill_cgroup(&format!("berth-e2e-{}", node.name));
+    }
+}
+
 fn pids_in_netns(ino: Option<u64>) -> Vec<i32> {
     let Some(ino) = ino else { return Vec::new() };
     let mut v = Vec::new();

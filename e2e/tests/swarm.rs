@@ -318,6 +318,77 @@ fn worker_joins_over_the_underlay() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(ls, want, "{}\n{}", mgr.logs(), wkr.logs());
-    let role = mgr.docker_ok(&["node", "inspect", &format!("bsw{}-2", u.id), "--format", "{{.Spec.Role}} {{.Status.Addr}}"]);
+    let wname = format!("bsw{}-2", u.id);
+    let mname = format!("bsw{}-1", u.id);
+    let role = mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Spec.Role}} {{.Status.Addr}}"]);
     assert_eq!(role.trim(), format!("worker {}", u.addrs[1]));
+
+    // The image on both nodes without a registry (the namespaces reach none): a
+    // docker-archive of the busybox fixture, loaded with the CLI.
+    let tar = berth_e2e::netns::path(&u, "busybox.tar");
+    fixtures::run(std::process::Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci:{}:latest", fixtures::busybox_layout().display())).arg(format!("docker-archive:{}:busybox:latest", tar.display())));
+    for n in [&mgr, &wkr] {
+        n.docker_ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    }
+
+    // A replicated service spreads over both nodes: the worker's agent runs its tasks
+    // with its own runtime, reading the store through its leaf.
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "4", "--name", "web", "busybox:latest", "sleep", "1d"]);
+    assert!(created.contains("converged"), "{created}");
+    let on = |want: &[(&str, usize)]| {
+        let ps = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"]));
+        let mut ok = ps.iter().all(|l| l.contains(" Running "));
+        for (node, n) in want {
+            ok &= ps.iter().filter(|l| l.starts_with(&format!("{node} "))).count() == *n;
+        }
+        ok &= ps.len() == want.iter().map(|(_, n)| n).sum::<usize>();
+        (ok, ps)
+    };
+    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+    let (ok, ps) = on(&[(&mname, 2), (&wname, 2)]);
+    assert!(ok, "{ps:?}");
+    assert_eq!(running(&wkr), 2);
+    assert_eq!(running(&mgr), 2);
+
+    // Drain: the worker's tasks move to the manager; its containers go.
+    mgr.docker_ok(&["node", "update", "--availability", "drain", &wname]);
+    wait_for(30, "tasks moved off the drained worker", &mgr, || (on(&[(&mname, 4)]).0 && running(&wkr) == 0).then_some(()));
+    assert_eq!(running(&mgr), 4);
+    mgr.docker_ok(&["node", "update", "--availability", "active", &wname]);
+    // Docker does not move running tasks back; new ones go to the emptier node.
+    mgr.docker_ok(&["service", "scale", "web=6"]);
+    let (ok, ps) = on(&[(&mname, 4), (&wname, 2)]);
+    assert!(ok, "{ps:?}");
+    assert_eq!(running(&wkr), 2);
+
+    // The worker's whole node is SIGKILLed: the manager marks it Down and its tasks run
+    // on the manager again, the old ones shut down.
+    let mut wkr = wkr;
+    u.kill_node(1, &mut wkr);
+    let killed = Instant::now();
+    wait_for(30, "the worker Down and its tasks rescheduled", &mgr, || {
+        let st = mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Status.State}}"]);
+        (st.trim() == "down" && on(&[(&mname, 6)]).0).then_some(())
+    });
+    eprintln!("worker SIGKILLed -> Down and its 2 tasks running on the manager: {:?}", killed.elapsed());
+    let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+    assert!(ls.contains(&format!("{wname} Down")), "{ls:?}");
+    // the worker's tasks: 2 drained earlier, 2 lost with it, all shut down
+    let old = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", &format!("node={wname}"), "--format", "{{.DesiredState}}"]));
+    assert_eq!(old, vec!["Shutdown"; 4], "{old:?}");
+    assert_eq!(running(&mgr), 6);
+
+    // The worker comes back (its state kept on disk): Ready again over its leaf, and
+    // nothing it ran before runs twice.
+    wkr.boot();
+    wait_for(30, "the restarted worker Ready", &mgr, || {
+        (mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Status.State}}"]).trim() == "ready").then_some(())
+    });
+    assert_eq!(wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "active");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running(&wkr), 0);
+    let (ok, ps) = on(&[(&mname, 6)]);
+    assert!(ok, "{ps:?}");
+    mgr.docker_ok(&["service", "rm", "web"]);
+    wait_for(30, "the service's containers removed", &mgr, || (running(&mgr) == 0).then_some(()));
 }
