@@ -276,6 +276,16 @@ fn single_node_swarm() {
     assert_eq!(swarm_servers(&node), 0);
 }
 
+/// `busybox:latest` on `nodes` without a registry (the namespaces reach none): a
+/// docker-archive of the busybox fixture, loaded with the CLI.
+fn load_busybox(u: &berth_e2e::netns::Underlay, nodes: &[&Node]) {
+    let tar = berth_e2e::netns::path(u, "busybox.tar");
+    fixtures::run(std::process::Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci:{}:latest", fixtures::busybox_layout().display())).arg(format!("docker-archive:{}:busybox:latest", tar.display())));
+    for n in nodes {
+        n.docker_ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    }
+}
+
 /// Two nodes, each a `berth up` in a network namespace of its own on an underlay the
 /// test makes: a worker joins a manager with the real CLI (token → credentials and CA,
 /// its swarm server a leaf of the manager's) and both see it as Docker shows it.
@@ -325,11 +335,7 @@ fn worker_joins_over_the_underlay() {
 
     // The image on both nodes without a registry (the namespaces reach none): a
     // docker-archive of the busybox fixture, loaded with the CLI.
-    let tar = berth_e2e::netns::path(&u, "busybox.tar");
-    fixtures::run(std::process::Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci:{}:latest", fixtures::busybox_layout().display())).arg(format!("docker-archive:{}:busybox:latest", tar.display())));
-    for n in [&mgr, &wkr] {
-        n.docker_ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
-    }
+    load_busybox(&u, &[&mgr, &wkr]);
 
     // A replicated service spreads over both nodes: the worker's agent runs its tasks
     // with its own runtime, reading the store through its leaf.
@@ -391,4 +397,58 @@ fn worker_joins_over_the_underlay() {
     assert!(ok, "{ps:?}");
     mgr.docker_ok(&["service", "rm", "web"]);
     wait_for(30, "the service's containers removed", &mgr, || (running(&mgr) == 0).then_some(()));
+}
+
+/// Three nodes on an underlay: a second manager joins (the first moves the store into a
+/// JetStream cluster of the two, replicated), then a worker; both managers show the
+/// three nodes with their roles, and a service spreads one task per node.
+#[test]
+fn a_manager_and_a_worker_join_over_the_underlay() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(3);
+    let m1 = u.start_node(0, Default::default());
+    let m2 = u.start_node(1, Default::default());
+    let w = u.start_node(2, Default::default());
+    let addr = format!("{}:2377", u.addrs[0]);
+    m1.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let mtoken = m1.docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
+    let wtoken = m1.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let t = Instant::now();
+    let j = m2.docker_ok(&["swarm", "join", "--token", &mtoken, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a manager.");
+    eprintln!("manager join (store moved into the managers' cluster): {:?}", t.elapsed());
+    let j = w.docker_ok(&["swarm", "join", "--token", &wtoken, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a worker.");
+
+    let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
+    for m in [&m1, &m2] {
+        let ls = wait_for(60, "three nodes Ready on a manager", m, || {
+            let mut ls = lines(&m.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]));
+            ls.sort();
+            let ok = ls.len() == 3
+                && ls[0].starts_with(&format!("{} Ready Active ", host(0)))
+                && ls[1].starts_with(&format!("{} Ready Active ", host(1)))
+                && ls[2] == format!("{} Ready Active", host(2))
+                && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
+                && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 1;
+            ok.then_some(ls)
+        });
+        eprintln!("{ls:?}");
+        let info = m.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}}"]);
+        assert_eq!(info.trim(), "active true 3 2");
+    }
+
+    load_busybox(&u, &[&m1, &m2, &w]);
+    let created = m2.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "3", "--name", "web", "busybox:latest", "sleep", "1d"]);
+    assert!(created.contains("converged"), "{created}");
+    let mut on = lines(&m1.docker_ok(&["service", "ps", "web", "--format", "{{.Node}} {{.CurrentState}}"]));
+    on.sort();
+    assert_eq!(on.len(), 3, "{on:?}");
+    for (i, l) in on.iter().enumerate() {
+        assert!(l.starts_with(&format!("{} Running ", host(i))), "{on:?}");
+    }
+    for n in [&m1, &m2, &w] {
+        assert_eq!(lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len(), 1);
+    }
+    m1.docker_ok(&["service", "rm", "web"]);
 }

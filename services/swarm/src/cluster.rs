@@ -122,6 +122,14 @@ impl Cluster {
 
     /// Bring the membership up from `local` (and the files next to it).
     pub async fn start(svc: Arc<SwarmService>, local: LocalState) -> Result<Arc<Cluster>, BusError> {
+        let c = Self::start_quiet(svc, local).await?;
+        c.start_loops();
+        Ok(c)
+    }
+
+    /// The server, the connection and the store, without the loops (the store's move
+    /// writes its records back before anything acts on them, see [`crate::migrate`]).
+    pub async fn start_quiet(svc: Arc<SwarmService>, local: LocalState) -> Result<Arc<Cluster>, BusError> {
         let files = svc.files.clone();
         // The users other nodes log in with come from the store once connected; the
         // config keeps the last list it had until then.
@@ -155,8 +163,18 @@ impl Cluster {
             is_leader: tokio::sync::watch::channel(false).0,
             loops: Mutex::new(Vec::new()),
         });
-        c.spawn_loops();
         Ok(c)
+    }
+
+    pub fn start_loops(self: &Arc<Self>) {
+        self.spawn_loops();
+    }
+
+    /// Stop the loops; the server keeps running.
+    pub fn stop_loops(&self) {
+        for h in self.loops.lock().unwrap().drain(..) {
+            h.abort();
+        }
     }
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
@@ -187,6 +205,9 @@ impl Cluster {
             self.spawn(crate::events::run(self.clone()));
             self.spawn(sync_server(self.clone()));
             self.spawn(crate::join::serve(self.clone()));
+            if !self.local.read().unwrap().clustered {
+                self.spawn(crate::migrate::watch(self.clone()));
+            }
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));
@@ -195,9 +216,7 @@ impl Cluster {
 
     /// Stop the loops and the server; the node stays a member (files kept).
     pub async fn stop(&self) {
-        for h in self.loops.lock().unwrap().drain(..) {
-            h.abort();
-        }
+        self.stop_loops();
         self.server.lock().await.stop().await;
     }
 

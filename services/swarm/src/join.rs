@@ -80,7 +80,20 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
-    let (cluster, _) = c.bucket::<ClusterRecord>(buckets::CLUSTER).get("swarm").await?.ok_or_else(|| BusError::unavailable("the swarm's store is not ready"))?;
+    // Right after a manager joined, the store is being written back into the managers'
+    // cluster (see crate::migrate), the swarm record last: wait for it a while.
+    let mut tries = 0;
+    let (cluster, _) = loop {
+        match c.bucket::<ClusterRecord>(buckets::CLUSTER).get("swarm").await {
+            Ok(Some(r)) => break r,
+            Ok(None) | Err(_) if tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(None) => return Err(BusError::unavailable("the swarm's store is not ready")),
+            Err(e) => return Err(e.into()),
+        }
+    };
     let role = if same(&req.token, &cluster.manager_token) {
         "manager"
     } else if same(&req.token, &cluster.worker_token) {
@@ -88,11 +101,6 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     } else {
         return Err(BusError::invalid(ERR_BAD_TOKEN));
     };
-    if role == "manager" {
-        // A second manager needs the store moved into a JetStream cluster (not done
-        // yet): refused before anything is written.
-        return Err(BusError::unavailable("joining as a manager is not supported by berth yet: join as a worker"));
-    }
     let (pki, _) = c.bucket::<PkiRecord>(buckets::PKI).get("ca").await?.ok_or_else(|| BusError::internal("the swarm's CA is missing"))?;
     let ca = crate::ca::Ca { cert_pem: cluster.ca_cert.clone(), key_pem: pki.ca_key.clone() };
     let node_id = ids::new_id();

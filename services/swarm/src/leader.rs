@@ -22,6 +22,16 @@ pub async fn run(c: Arc<Cluster>) {
     let mut duties: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_ok: Option<Instant> = None;
     let mut term = 0u64;
+    // The swarm record is the store's first (init) and its move's last record: no
+    // manager leads a store without it (a new one, or one being written back).
+    while c.t.cluster.get("swarm").is_none() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the watched copies of the other buckets catch up with what came before it
+    // (only a clustered store is ever written back).
+    if c.local.read().unwrap().clustered {
+        tokio::time::sleep(RENEW).await;
+    }
     loop {
         let res: Result<bool, StoreError> = match lease.get("leader").await {
             Ok(Some((l, rev))) if l.node_id == me => lease.update("leader", &l, rev).await.map(|r| {

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod local;
+pub mod migrate;
 pub mod model;
 pub mod natsconf;
 pub mod node_bus;
@@ -158,6 +159,10 @@ impl SwarmService {
                 return;
             }
         };
+        // Killed in the middle of moving the store into the managers' cluster: finish it.
+        if local.is_manager() && local.clustered && self.resume_move(local.clone()).await {
+            return;
+        }
         loop {
             match cluster::Cluster::start(self.clone(), local.clone()).await {
                 Ok(c) => {
