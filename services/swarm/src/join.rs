@@ -191,10 +191,17 @@ pub async fn join(svc: Arc<SwarmService>, req: docker::SwarmJoinRequest) -> Resu
     };
     local.save(&files.state()).map_err(|e| cleanup(BusError::internal(e.to_string())))?;
     // The managers reload their users from the store; a leaf may need a moment.
-    match crate::cluster::Cluster::start(svc.clone(), local).await {
-        Ok(c) => Ok(c),
-        Err(e) => Err(cleanup(e)),
+    let c = crate::cluster::Cluster::start(svc.clone(), local).await.map_err(cleanup)?;
+    if manager {
+        // Joined once the swarm's records are in the managers' store (the first manager
+        // writes them back after the move, the swarm record last): as Docker's join
+        // returns once the new manager has the raft's state.
+        let t = std::time::Instant::now();
+        while c.t.cluster.get("swarm").is_none() && t.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+    Ok(c)
 }
 
 fn free_port() -> Result<u16, BusError> {

@@ -86,6 +86,7 @@ impl SwarmService {
         if c.local.read().unwrap().clustered {
             return;
         }
+        self.moving.store(true, std::sync::atomic::Ordering::SeqCst);
         c.stop_loops();
         let snap = loop {
             match snapshot(&c.store).await {
@@ -122,6 +123,7 @@ impl SwarmService {
                         let _ = std::fs::remove_dir_all(standalone_dir(self));
                         c.start_loops();
                         *self.active.write().unwrap() = Some(c);
+                        self.moving.store(false, std::sync::atomic::Ordering::SeqCst);
                         tracing::info!("the store is now replicated across the managers");
                         return;
                     }
@@ -168,6 +170,7 @@ impl SwarmService {
             local_password: local.local_password.clone(),
             store_key: local.store_key.clone(),
         };
+        self.moving.store(true, std::sync::atomic::Ordering::SeqCst);
         let text = natsconf::render(&cfg).replace(&format!("{:?}", files.store().display().to_string()), &format!("{:?}", keep.display().to_string()));
         if natsconf::write_private(&conf_path, &text).is_err() {
             return false;
@@ -198,7 +201,10 @@ impl SwarmService {
                 self.finish_move(local, s).await;
                 true
             }
-            None => false,
+            None => {
+                self.moving.store(false, std::sync::atomic::Ordering::SeqCst);
+                false
+            }
         }
     }
 }
