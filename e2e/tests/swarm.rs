@@ -461,5 +461,35 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
     for n in [&m1, &m2, &w] {
         assert_eq!(running(n), 2);
     }
+
+    // One of two managers dies: no quorum. The other refuses changes with Docker's
+    // error; the tasks of the living nodes keep running.
+    let mut m2 = m2;
+    u.kill_node(1, &mut m2);
+    // (a harmless change: one made while the quorum is lost is committed when it is back)
+    let m1name = host(0);
+    let refused = wait_for(30, "no quorum on the last manager", &m1, || {
+        let o = m1.docker(&["node", "update", "--label-add", "probe=1", &m1name]);
+        (!o.status.success()).then(|| out(&o))
+    });
+    assert!(refused.contains("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."), "{refused}");
+    assert_eq!((running(&m1), running(&w)), (2, 2));
+
+    // It comes back: the quorum too, and the service converges again without duplicates.
+    m2.boot();
+    let t = Instant::now();
+    loop {
+        let ls = m1.docker(&["service", "ls", "--format", "{{.Replicas}}"]);
+        if out(&ls).trim() == "6/6" && running(&m1) + running(&m2) + running(&w) == 6 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let ps = out(&m1.docker(&["service", "ps", "web", "--no-trunc", "--format", "{{.ID}} {{.Node}} {{.DesiredState}} {{.CurrentState}} {{.Error}}"]));
+            let nodes = out(&m1.docker(&["node", "ls"]));
+            panic!("not 6/6 again after the manager came back: {}\n{ps}\n{nodes}\n{}\n=== m2\n{}\n=== w\n{}", out(&ls), m1.logs(), m2.logs(), w.logs());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("6/6 again {:?} after the manager's restart", t.elapsed());
     m1.docker_ok(&["service", "rm", "web"]);
 }
