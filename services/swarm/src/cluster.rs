@@ -491,6 +491,9 @@ pub async fn init(svc: Arc<SwarmService>, req: docker::SwarmInitRequest) -> Resu
         c.stop().await;
         return Err(cleanup(e));
     }
+    // Docker's init answers once the node leads its new swarm.
+    let mut leading = c.is_leader.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(5), leading.wait_for(|l| *l)).await;
     Ok(c)
 }
 

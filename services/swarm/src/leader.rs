@@ -33,7 +33,7 @@ pub async fn run(c: Arc<Cluster>) {
     // The swarm record is the store's first (init) and its move's last record: no
     // manager leads a store without it (a new one, or one being written back).
     while c.t.cluster.get("swarm").is_none() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the watched copies of the other buckets catch up with what came before it
     // (only a clustered store is ever written back).

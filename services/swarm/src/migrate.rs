@@ -54,6 +54,23 @@ pub async fn restore(s: &Store, snap: &Snapshot) -> Result<(), BusError> {
     Ok(())
 }
 
+/// [`restore`], again while the new buckets' streams elect their leaders (a put
+/// answers "no stream found" until then); the server is restarted only after that.
+async fn restore_patiently(s: &Store, snap: &Snapshot) -> Result<(), BusError> {
+    let mut last = None;
+    for _ in 0..60 {
+        match restore(s, snap).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e.message, "restoring the store; trying again");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| BusError::internal("restoring the store")))
+}
+
 fn standalone_dir(svc: &SwarmService) -> std::path::PathBuf {
     svc.files.dir.join("server").join("js-standalone")
 }
@@ -118,7 +135,7 @@ impl SwarmService {
     async fn finish_move(self: &Arc<Self>, local: crate::local::LocalState, snap: Snapshot) {
         loop {
             match Cluster::start_quiet(self.clone(), local.clone()).await {
-                Ok(c) => match restore(&c.store, &snap).await {
+                Ok(c) => match restore_patiently(&c.store, &snap).await {
                     Ok(()) => {
                         let _ = std::fs::remove_dir_all(standalone_dir(self));
                         c.start_loops();
