@@ -3,6 +3,7 @@
 //! it and removes what it left: mounts, cgroups, processes, the root.
 
 pub mod fixtures;
+pub mod netns;
 pub mod pytest;
 pub mod shapes;
 
@@ -50,6 +51,7 @@ pub struct Node {
     pub env: Vec<(String, String)>,
     nofile: Option<u64>,
     hosts: Vec<String>,
+    wrap: Option<Vec<String>>,
 }
 
 #[derive(Default, Clone)]
@@ -64,6 +66,9 @@ pub struct NodeOpts {
     pub nofile: Option<u64>,
     /// More `-H` addresses besides the node's unix socket (`tcp://...`).
     pub hosts: Vec<String>,
+    /// Run `berth up` through this command prefix (into a network namespace of the
+    /// test's, see [`netns::Underlay`]).
+    pub wrap: Option<Vec<String>>,
 }
 
 impl Node {
@@ -93,7 +98,7 @@ impl Node {
             cfg.insert(k, v);
         }
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, hosts: opts.hosts }
+        Node { dir, root, sock, config, name, child: None, env: opts.env, nofile: opts.nofile, hosts: opts.hosts, wrap: opts.wrap }
     }
 
     /// Start (or start again) `berth up` on this node's root; waits for `ready`.
@@ -120,7 +125,14 @@ impl Node {
             .append(true)
             .open(self.root.parent().unwrap().join("up.log"))
             .unwrap();
-        let mut cmd = Command::new(bin_dir().join("berth"));
+        let mut cmd = match &self.wrap {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(bin_dir().join("berth"));
+                c
+            }
+            None => Command::new(bin_dir().join("berth")),
+        };
         cmd.arg("up")
             .arg("--root")
             .arg(&self.root)
@@ -441,6 +453,16 @@ pub fn cleanup_root(root: &Path, cgroup_parent: &str) {
         let dir = base.join(cgroup_parent);
         if dir.is_dir() {
             remove_cgroup_tree(&dir);
+        }
+    }
+}
+
+/// SIGKILL every process in the cgroups under `cgroup_parent` (a node's containers).
+pub fn kill_cgroup(cgroup_parent: &str) {
+    for base in cgroup_bases() {
+        let dir = base.join(cgroup_parent);
+        if dir.is_dir() {
+            kill_cgroup_tree(&dir);
         }
     }
 }

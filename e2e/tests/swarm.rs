@@ -340,4 +340,220 @@ fn jobs_run_to_completion() {
 
     node.docker_ok(&["service", "rm", "job", "gjob"]);
     node.docker_ok(&["swarm", "leave", "--force"]);
+/// `busybox:latest` on `nodes` without a registry (the namespaces reach none): a
+/// docker-archive of the busybox fixture, loaded with the CLI.
+fn load_busybox(u: &berth_e2e::netns::Underlay, nodes: &[&Node]) {
+    let tar = berth_e2e::netns::path(u, "busybox.tar");
+    fixtures::run(std::process::Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci:{}:latest", fixtures::busybox_layout().display())).arg(format!("docker-archive:{}:busybox:latest", tar.display())));
+    for n in nodes {
+        n.docker_ok(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    }
+}
+
+/// Two nodes, each a `berth up` in a network namespace of its own on an underlay the
+/// test makes: a worker joins a manager with the real CLI (token → credentials and CA,
+/// its swarm server a leaf of the manager's) and both see it as Docker shows it.
+#[test]
+fn worker_joins_over_the_underlay() {
+    require_root!();
+    // declared first, dropped last: the nodes stop before their namespaces go
+    let u = berth_e2e::netns::Underlay::new(2);
+    let mgr = u.start_node(0, Default::default());
+    let wkr = u.start_node(1, Default::default());
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+
+    // a token of this CA with a wrong secret: Docker's refusal, nothing joined
+    let mut bad = token.clone();
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'a' { 'b' } else { 'a' });
+    let o = wkr.docker(&["swarm", "join", "--token", &bad, &addr]);
+    assert!(out(&o).contains("A valid join token is necessary to join this cluster"), "{}", out(&o));
+    assert_eq!(wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "inactive");
+
+    let j = wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a worker.");
+    let info = wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}"]);
+    assert_eq!(info.trim(), format!("active false {}", u.addrs[1]));
+    let o = wkr.docker(&["node", "ls"]);
+    assert!(out(&o).contains("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."), "{}", out(&o));
+
+    // the manager sees both, Ready and Active, with their roles and hostnames
+    let want = vec![format!("bsw{}-1 Ready Active Leader", u.id), format!("bsw{}-2 Ready Active ", u.id).trim().to_string()];
+    let mut ls = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]));
+        ls.sort();
+        if ls == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ls, want, "{}\n{}", mgr.logs(), wkr.logs());
+    let wname = format!("bsw{}-2", u.id);
+    let mname = format!("bsw{}-1", u.id);
+    let role = mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Spec.Role}} {{.Status.Addr}}"]);
+    assert_eq!(role.trim(), format!("worker {}", u.addrs[1]));
+
+    // The image on both nodes without a registry (the namespaces reach none): a
+    // docker-archive of the busybox fixture, loaded with the CLI.
+    load_busybox(&u, &[&mgr, &wkr]);
+
+    // A replicated service spreads over both nodes: the worker's agent runs its tasks
+    // with its own runtime, reading the store through its leaf.
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "4", "--name", "web", "busybox:latest", "sleep", "1d"]);
+    assert!(created.contains("converged"), "{created}");
+    let on = |want: &[(&str, usize)]| {
+        let ps = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"]));
+        let mut ok = ps.iter().all(|l| l.contains(" Running "));
+        for (node, n) in want {
+            ok &= ps.iter().filter(|l| l.starts_with(&format!("{node} "))).count() == *n;
+        }
+        ok &= ps.len() == want.iter().map(|(_, n)| n).sum::<usize>();
+        (ok, ps)
+    };
+    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+    let (ok, ps) = on(&[(&mname, 2), (&wname, 2)]);
+    assert!(ok, "{ps:?}");
+    assert_eq!(running(&wkr), 2);
+    assert_eq!(running(&mgr), 2);
+
+    // Drain: the worker's tasks move to the manager; its containers go.
+    mgr.docker_ok(&["node", "update", "--availability", "drain", &wname]);
+    wait_for(30, "tasks moved off the drained worker", &mgr, || (on(&[(&mname, 4)]).0 && running(&wkr) == 0).then_some(()));
+    assert_eq!(running(&mgr), 4);
+    mgr.docker_ok(&["node", "update", "--availability", "active", &wname]);
+    // Docker does not move running tasks back; new ones go to the emptier node.
+    mgr.docker_ok(&["service", "scale", "web=6"]);
+    let (ok, ps) = on(&[(&mname, 4), (&wname, 2)]);
+    assert!(ok, "{ps:?}");
+    assert_eq!(running(&wkr), 2);
+
+    // The worker's whole node is SIGKILLed: the manager marks it Down and its tasks run
+    // on the manager again, the old ones shut down.
+    let mut wkr = wkr;
+    u.kill_node(1, &mut wkr);
+    let killed = Instant::now();
+    wait_for(30, "the worker Down and its tasks rescheduled", &mgr, || {
+        let st = mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Status.State}}"]);
+        (st.trim() == "down" && on(&[(&mname, 6)]).0).then_some(())
+    });
+    eprintln!("worker SIGKILLed -> Down and its 2 tasks running on the manager: {:?}", killed.elapsed());
+    let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+    assert!(ls.contains(&format!("{wname} Down")), "{ls:?}");
+    // the worker's tasks: 2 drained earlier, 2 lost with it, all shut down
+    let old = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", &format!("node={wname}"), "--format", "{{.DesiredState}}"]));
+    assert_eq!(old, vec!["Shutdown"; 4], "{old:?}");
+    assert_eq!(running(&mgr), 6);
+
+    // The worker comes back (its state kept on disk): Ready again over its leaf, and
+    // nothing it ran before runs twice.
+    wkr.boot();
+    wait_for(30, "the restarted worker Ready", &mgr, || {
+        (mgr.docker_ok(&["node", "inspect", &wname, "--format", "{{.Status.State}}"]).trim() == "ready").then_some(())
+    });
+    assert_eq!(wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "active");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running(&wkr), 0);
+    let (ok, ps) = on(&[(&mname, 6)]);
+    assert!(ok, "{ps:?}");
+    mgr.docker_ok(&["service", "rm", "web"]);
+    wait_for(30, "the service's containers removed", &mgr, || (running(&mgr) == 0).then_some(()));
+}
+
+/// Three nodes on an underlay: a worker joins a lone manager and runs a task; then a
+/// second manager joins (the first moves the store into a JetStream cluster of the two,
+/// replicated, under the worker's feet); both managers show the three nodes with their
+/// roles, and the service scales onto all three, the worker's tasks included.
+#[test]
+fn a_manager_and_a_worker_join_over_the_underlay() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(3);
+    let m1 = u.start_node(0, Default::default());
+    let m2 = u.start_node(1, Default::default());
+    let w = u.start_node(2, Default::default());
+    load_busybox(&u, &[&m1, &m2, &w]);
+    let addr = format!("{}:2377", u.addrs[0]);
+    m1.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let mtoken = m1.docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
+    let wtoken = m1.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let j = w.docker_ok(&["swarm", "join", "--token", &wtoken, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a worker.");
+    let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
+    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+    let created = m1.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "web", "busybox:latest", "sleep", "1d"]);
+    assert!(created.contains("converged"), "{created}");
+    assert_eq!((running(&m1), running(&w)), (1, 1));
+
+    let t = Instant::now();
+    let j = m2.docker_ok(&["swarm", "join", "--token", &mtoken, &addr]);
+    assert_eq!(j.trim(), "This node joined a swarm as a manager.");
+    eprintln!("manager join (store moved into the managers' cluster): {:?}", t.elapsed());
+
+    for m in [&m1, &m2] {
+        let ls = wait_for(60, "three nodes Ready on a manager", m, || {
+            // (the first manager answers "no leader" for the moment its store moves)
+            let mut ls = lines(&String::from_utf8_lossy(&m.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]).stdout));
+            ls.sort();
+            let ok = ls.len() == 3
+                && ls[0].starts_with(&format!("{} Ready Active ", host(0)))
+                && ls[1].starts_with(&format!("{} Ready Active ", host(1)))
+                && ls[2] == format!("{} Ready Active", host(2))
+                && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
+                && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 1;
+            ok.then_some(ls)
+        });
+        eprintln!("{ls:?}");
+        let info = m.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}}"]);
+        assert_eq!(info.trim(), "active true 3 2");
+    }
+    // the service came through the move: its two tasks, not restarted
+    let ps = lines(&m2.docker_ok(&["service", "ps", "web", "--format", "{{.Node}} {{.DesiredState}}"]));
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    assert_eq!((running(&m1), running(&w)), (1, 1));
+
+    // scaled from the other manager: the new tasks spread, the worker's included
+    m2.docker_ok(&["service", "scale", "web=6"]);
+    let mut on = lines(&m1.docker_ok(&["service", "ps", "web", "--format", "{{.Node}} {{.CurrentState}}"]));
+    on.sort();
+    assert_eq!(on.len(), 6, "{on:?}");
+    for (i, l) in on.iter().enumerate() {
+        assert!(l.starts_with(&format!("{} Running ", host(i / 2))), "{on:?}");
+    }
+    for n in [&m1, &m2, &w] {
+        assert_eq!(running(n), 2);
+    }
+
+    // One of two managers dies: no quorum. The other refuses changes with Docker's
+    // error; the tasks of the living nodes keep running.
+    let mut m2 = m2;
+    u.kill_node(1, &mut m2);
+    // (a harmless change: one made while the quorum is lost is committed when it is back)
+    let m1name = host(0);
+    let refused = wait_for(30, "no quorum on the last manager", &m1, || {
+        let o = m1.docker(&["node", "update", "--label-add", "probe=1", &m1name]);
+        (!o.status.success()).then(|| out(&o))
+    });
+    assert!(refused.contains("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."), "{refused}");
+    assert_eq!((running(&m1), running(&w)), (2, 2));
+
+    // It comes back: the quorum too, and the service converges again without duplicates.
+    m2.boot();
+    let t = Instant::now();
+    loop {
+        let ls = m1.docker(&["service", "ls", "--format", "{{.Replicas}}"]);
+        if out(&ls).trim() == "6/6" && running(&m1) + running(&m2) + running(&w) == 6 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let ps = out(&m1.docker(&["service", "ps", "web", "--no-trunc", "--format", "{{.ID}} {{.Node}} {{.DesiredState}} {{.CurrentState}} {{.Error}}"]));
+            let nodes = out(&m1.docker(&["node", "ls"]));
+            panic!("not 6/6 again after the manager came back: {}\n{ps}\n{nodes}\n{}\n=== m2\n{}\n=== w\n{}", out(&ls), m1.logs(), m2.logs(), w.logs());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("6/6 again {:?} after the manager's restart", t.elapsed());
+    m1.docker_ok(&["service", "rm", "web"]);
 }

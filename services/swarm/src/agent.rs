@@ -213,7 +213,10 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                         let mut s = Status::now(TaskState::Rejected, "preparing");
                         s.err = Some(e.message.clone());
                         rep.report(s).await;
-                        continue_or_wait(&mut rx).await;
+                        // the agent stopped (its sender dropped): so does this runner
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
                         continue;
                     }
                 }
@@ -275,10 +278,6 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
             }
         }
     }
-}
-
-async fn continue_or_wait(rx: &mut watch::Receiver<Option<TaskRecord>>) {
-    let _ = rx.changed().await;
 }
 
 /// The status of a container that exited with `code` while it should run.

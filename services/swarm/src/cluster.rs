@@ -6,7 +6,7 @@
 //! node remembers (`<root>/swarm/`), which is also how a restarted service resumes.
 
 use crate::cache::{self, Table};
-use crate::local::{self, LocalState, ManagerAddr};
+use crate::local::{self, LocalState};
 use crate::model::*;
 use crate::natsconf::{self, Kind, ServerConfig};
 use crate::server::SwarmServer;
@@ -122,6 +122,14 @@ impl Cluster {
 
     /// Bring the membership up from `local` (and the files next to it).
     pub async fn start(svc: Arc<SwarmService>, local: LocalState) -> Result<Arc<Cluster>, BusError> {
+        let c = Self::start_quiet(svc, local).await?;
+        c.start_loops();
+        Ok(c)
+    }
+
+    /// The server, the connection and the store, without the loops (the store's move
+    /// writes its records back before anything acts on them, see [`crate::migrate`]).
+    pub async fn start_quiet(svc: Arc<SwarmService>, local: LocalState) -> Result<Arc<Cluster>, BusError> {
         let files = svc.files.clone();
         // The users other nodes log in with come from the store once connected; the
         // config keeps the last list it had until then.
@@ -155,8 +163,18 @@ impl Cluster {
             is_leader: tokio::sync::watch::channel(false).0,
             loops: Mutex::new(Vec::new()),
         });
-        c.spawn_loops();
         Ok(c)
+    }
+
+    pub fn start_loops(self: &Arc<Self>) {
+        self.spawn_loops();
+    }
+
+    /// Stop the loops; the server keeps running.
+    pub fn stop_loops(&self) {
+        for h in self.loops.lock().unwrap().drain(..) {
+            h.abort();
+        }
     }
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
@@ -186,6 +204,10 @@ impl Cluster {
             self.spawn(crate::leader::run(self.clone()));
             self.spawn(crate::events::run(self.clone()));
             self.spawn(sync_server(self.clone()));
+            self.spawn(crate::join::serve(self.clone()));
+            if !self.local.read().unwrap().clustered {
+                self.spawn(crate::migrate::watch(self.clone()));
+            }
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));
@@ -194,9 +216,7 @@ impl Cluster {
 
     /// Stop the loops and the server; the node stays a member (files kept).
     pub async fn stop(&self) {
-        for h in self.loops.lock().unwrap().drain(..) {
-            h.abort();
-        }
+        self.stop_loops();
         self.server.lock().await.stop().await;
     }
 
@@ -415,7 +435,7 @@ fn iface_ip(name: &str) -> Option<String> {
 }
 
 /// An `--advertise-addr` as Docker takes it: an IP, `ip:port`, or an interface name.
-fn advertise_ip(given: &str, listen_ip: &str) -> Result<String, BusError> {
+pub(crate) fn advertise_ip(given: &str, listen_ip: &str) -> Result<String, BusError> {
     if given.is_empty() {
         return default_advertise(listen_ip);
     }
@@ -471,10 +491,13 @@ pub async fn init(svc: Arc<SwarmService>, req: docker::SwarmInitRequest) -> Resu
         c.stop().await;
         return Err(cleanup(e));
     }
+    // Docker's init answers once the node leads its new swarm.
+    let mut leading = c.is_leader.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(5), leading.wait_for(|l| *l)).await;
     Ok(c)
 }
 
-fn write_tls(files: &natsconf::Files, ca: &str, chain: &str, key: &str) -> std::io::Result<()> {
+pub(crate) fn write_tls(files: &natsconf::Files, ca: &str, chain: &str, key: &str) -> std::io::Result<()> {
     natsconf::write_private(&files.ca(), ca)?;
     natsconf::write_private(&files.cert(), chain)?;
     natsconf::write_private(&files.key(), key)
@@ -538,12 +561,29 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
     Ok(())
 }
 
-/// This node's record as it joins (or inits) with `role`.
+/// This node's record as it inits with `role` (what [`node_record`] makes of it).
 pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: docker::NodeSpecAvailabilityEnum) -> Result<NodeRecord, BusError> {
+    node_record(&local.node_id, role, availability, c.svc.host.description(), &local.advertise_addr, &local.listen_addr, &local.user, &local.password)
+}
+
+/// A node's record as it enters the swarm (init, or a manager accepting its join):
+/// its spec, its description, its address and its bus user on the managers' servers
+/// (the password kept only as a bcrypt hash).
+#[allow(clippy::too_many_arguments)]
+pub fn node_record(
+    node_id: &str,
+    role: &str,
+    availability: docker::NodeSpecAvailabilityEnum,
+    description: docker::NodeDescription,
+    advertise_addr: &str,
+    listen_addr: &str,
+    user: &str,
+    password: &str,
+) -> Result<NodeRecord, BusError> {
     let now = crate::now();
-    let own: ManagerAddr = local.own_addr();
+    let (client, leaf, route) = local::advertised(listen_addr, advertise_addr);
     Ok(NodeRecord {
-        id: local.node_id.clone(),
+        id: node_id.to_string(),
         created_at: now.clone(),
         updated_at: now,
         spec: docker::NodeSpec {
@@ -552,24 +592,19 @@ pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: do
             role: Some(if role == "manager" { docker::NodeSpecRoleEnum::MANAGER } else { docker::NodeSpecRoleEnum::WORKER }),
             availability: Some(availability),
         },
-        description: c.svc.host.description(),
+        description,
         state: "ready".into(),
         message: String::new(),
-        addr: local.advertise_addr.clone(),
+        addr: advertise_addr.to_string(),
         role: role.into(),
         bus: NodeBus {
-            user: local.user.clone(),
-            password_hash: bcrypt::hash(&local.password, 6).map_err(internal)?,
-            client_addr: own.client,
-            leaf_addr: own.leaf,
-            route_addr: own.route,
+            user: user.to_string(),
+            password_hash: bcrypt::hash(password, 6).map_err(internal)?,
+            client_addr: client,
+            leaf_addr: leaf,
+            route_addr: route,
         },
     })
-}
-
-/// `docker swarm join` (slice 2: the handshake over the swarm bus).
-pub async fn join(_svc: Arc<SwarmService>, _req: docker::SwarmJoinRequest) -> Result<Arc<Cluster>, BusError> {
-    Err(BusError::not_implemented("joining a swarm is not implemented yet"))
 }
 
 /// The default address pool a swarm keeps from `swarm init`, as Moby 20.10 keeps it

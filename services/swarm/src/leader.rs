@@ -19,9 +19,27 @@ pub const RENEW: Duration = Duration::from_secs(1);
 pub async fn run(c: Arc<Cluster>) {
     let lease: Bucket<Lease> = c.bucket(buckets::LEADER);
     let me = c.node_id();
-    let mut duties: Option<tokio::task::JoinHandle<()>> = None;
+    // The orchestrator stops with this loop (aborted when the membership stops or its
+    // store moves): a task outlives the task that spawned it otherwise.
+    struct Duties(tokio::task::JoinHandle<()>);
+    impl Drop for Duties {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut duties: Option<Duties> = None;
     let mut last_ok: Option<Instant> = None;
     let mut term = 0u64;
+    // The swarm record is the store's first (init) and its move's last record: no
+    // manager leads a store without it (a new one, or one being written back).
+    while c.t.cluster.get("swarm").is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the watched copies of the other buckets catch up with what came before it
+    // (only a clustered store is ever written back).
+    if c.local.read().unwrap().clustered {
+        tokio::time::sleep(RENEW).await;
+    }
     loop {
         let res: Result<bool, StoreError> = match lease.get("leader").await {
             Ok(Some((l, rev))) if l.node_id == me => lease.update("leader", &l, rev).await.map(|r| {
@@ -62,13 +80,11 @@ pub async fn run(c: Arc<Cluster>) {
         }
         match (leading, duties.is_some()) {
             (true, false) => {
-                duties = Some(tokio::spawn(crate::orchestrator::run(c.clone())));
+                duties = Some(Duties(tokio::spawn(crate::orchestrator::run(c.clone()))));
                 c.is_leader.send_replace(true);
             }
             (false, true) => {
-                if let Some(d) = duties.take() {
-                    d.abort();
-                }
+                duties = None;
                 c.is_leader.send_replace(false);
                 tracing::info!(node = %me, "not the leader any more");
             }

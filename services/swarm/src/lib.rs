@@ -20,8 +20,10 @@ pub mod convert;
 pub mod events;
 pub mod filters;
 pub mod ids;
+pub mod join;
 pub mod leader;
 pub mod local;
+pub mod migrate;
 pub mod model;
 pub mod natsconf;
 pub mod node_bus;
@@ -109,6 +111,9 @@ pub struct SwarmService {
     /// Serialises init, join, leave and start-up.
     transition: tokio::sync::Mutex<()>,
     active: RwLock<Option<Arc<cluster::Cluster>>>,
+    /// The store is being moved into the managers' cluster ([`migrate`]): the manager
+    /// API answers as Docker's does while its raft has no leader.
+    pub(crate) moving: std::sync::atomic::AtomicBool,
     /// Why the swarm this node belongs to is not running (Docker's `Swarm.Error`).
     error: RwLock<String>,
 }
@@ -124,6 +129,7 @@ impl SwarmService {
             host: HostFacts::probe(),
             transition: tokio::sync::Mutex::new(()),
             active: RwLock::new(None),
+            moving: std::sync::atomic::AtomicBool::new(false),
             error: RwLock::new(String::new()),
         })
     }
@@ -136,6 +142,7 @@ impl SwarmService {
     /// The running membership when this node is a manager; Docker's 503 otherwise.
     pub fn manager(&self) -> Result<Arc<cluster::Cluster>, BusError> {
         match self.active() {
+            None if self.moving.load(std::sync::atomic::Ordering::SeqCst) => Err(BusError::internal(store::NO_QUORUM)),
             None => Err(BusError::unavailable(ERR_NO_SWARM_MANAGER)),
             Some(c) if !c.is_manager() => Err(BusError::unavailable(ERR_WORKER)),
             Some(c) => Ok(c),
@@ -157,6 +164,10 @@ impl SwarmService {
                 return;
             }
         };
+        // Killed in the middle of moving the store into the managers' cluster: finish it.
+        if local.is_manager() && local.clustered && self.resume_move(local.clone()).await {
+            return;
+        }
         loop {
             match cluster::Cluster::start(self.clone(), local.clone()).await {
                 Ok(c) => {
@@ -190,7 +201,7 @@ impl SwarmService {
         if self.active().is_some() || self.files.state().exists() {
             return Err(BusError::unavailable(ERR_SWARM_EXISTS));
         }
-        let c = cluster::join(self.clone(), req).await?;
+        let c = join::join(self.clone(), req).await?;
         *self.active.write().unwrap() = Some(c);
         Ok(())
     }

@@ -151,6 +151,15 @@ impl Leader {
                 }
             }
         }
+        // A leader that does not see its own heartbeat move sees the store late (its
+        // watch stalled while the managers had no quorum): it judges no other node by
+        // that view, and gives them all a fresh grace once it sees again.
+        let me = self.c.node_id();
+        let own = self.seen.get(&me).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
+        if now.duration_since(own) >= NODE_DOWN_AFTER {
+            self.since = now;
+            return Ok(());
+        }
         let nodes = self.c.bucket::<NodeRecord>(buckets::NODES);
         for (id, n, _) in self.c.t.nodes.values() {
             let last = self.seen.get(&id).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);

@@ -90,7 +90,9 @@ fn classify(msg: String) -> StoreError {
     // JetStream without a leader answers 503 "JetStream system temporarily
     // unavailable", or nothing at all (timeouts, no responders).
     let l = msg.to_lowercase();
-    if l.contains("timed out") || l.contains("timeout") || l.contains("no responders") || l.contains("unavailable") || l.contains("503") {
+    // A replicated bucket whose stream has lost its leader answers "no stream found"
+    // too (the buckets exist from the swarm's first moment on).
+    if l.contains("timed out") || l.contains("timeout") || l.contains("no responders") || l.contains("unavailable") || l.contains("503") || l.contains("no stream found") {
         StoreError::Unavailable(msg)
     } else {
         StoreError::Other(msg)
