@@ -340,6 +340,8 @@ fn jobs_run_to_completion() {
 
     node.docker_ok(&["service", "rm", "job", "gjob"]);
     node.docker_ok(&["swarm", "leave", "--force"]);
+}
+
 /// `busybox:latest` on `nodes` without a registry (the namespaces reach none): a
 /// docker-archive of the busybox fixture, loaded with the CLI.
 fn load_busybox(u: &berth_e2e::netns::Underlay, nodes: &[&Node]) {
