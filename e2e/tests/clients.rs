@@ -232,6 +232,14 @@ fn unserved_routes_answer_as_moby_with_the_feature_off() {
         let a = http(sock, "POST", p, &[], Some(body));
         assert_eq!((a.status, a.json()["message"].as_str()), (want.0, Some(want.1)), "POST {p} {body:?}");
     }
+    // Moby's CheckForJSON: another Content-Type, or none with a body, is refused on the
+    // routes that check it (dockerd 20.10.24's answers); others do not look at it
+    for (p, ct) in [("/v1.41/volumes/create", "text/plain"), ("/v1.41/containers/create", "application/x-www-form-urlencoded"), ("/v1.41/networks/create", "application/json;;bad"), ("/v1.41/exec/x/start", "")] {
+        let a = berth_e2e::http_raw(sock, "POST", p, &[], Some((b"{}", ct)));
+        assert_eq!((a.status, a.json()["message"].as_str()), (400, Some(format!("Content-Type specified ({ct}) must be 'application/json'").as_str())), "POST {p} {ct}");
+    }
+    let a = berth_e2e::http_raw(sock, "POST", "/v1.41/volumes/create", &[], Some((br#"{"Name":"ct-ok"}"#, "APPLICATION/JSON; charset=utf-8")));
+    assert_eq!(a.status, 201);
     let a = http(sock, "POST", "/v1.51/swarm/leave?force=1", &[], None);
     assert_eq!((a.status, a.json()["message"].as_str()), (503, Some("This node is not part of a swarm")));
     let a = http(sock, "GET", "/v1.51/tasks/x/logs", &[], None);
