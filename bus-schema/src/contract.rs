@@ -9,7 +9,11 @@
 //! layer_stat(LayerStat) -> LayerInfo; callers [Images, Runtime];
 //! layer_export(LayerExport) -> (), stream ByteChunk; callers [Images];
 //! layer_apply(LayerApply) -> (), stream LayerApplied, input ByteChunk; callers [Images], timeout |_| secs(120);
+//! volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway], idempotent;
 //! ```
+//!
+//! `idempotent` marks an operation that only reads: the typed client sends it once
+//! more when the instance serving it died under the first request.
 //!
 //! A table macro takes the path of a generator macro and hands it its rows (the
 //! callback pattern), so one table feeds several generators:
@@ -48,62 +52,54 @@ pub const fn secs(n: u64) -> Duration {
 /// and the bus lets a service answer a request for this long (`allow_responses`).
 pub const MAX_REPLY_WAIT: Duration = Duration::from_secs(2 * 3600);
 
-/// Who may call: the services, and `Admin` (the `berth` CLI). One bus user each.
+/// Who may call: a service, or `Admin` (the `berth` CLI). One bus user each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Caller {
-    Gateway,
-    Images,
-    Storage,
-    Runtime,
-    Network,
-    Builder,
-    Swarm,
+    Service(Service),
     Admin,
 }
 
+/// The services by name, as the tables write them (`callers [Gateway, Runtime]`).
+#[allow(non_upper_case_globals)]
 impl Caller {
-    pub const ALL: [Caller; 8] = [
-        Caller::Gateway,
-        Caller::Images,
-        Caller::Storage,
-        Caller::Runtime,
-        Caller::Network,
-        Caller::Builder,
-        Caller::Swarm,
-        Caller::Admin,
-    ];
+    pub const Gateway: Caller = Caller::Service(Service::Gateway);
+    pub const Images: Caller = Caller::Service(Service::Images);
+    pub const Storage: Caller = Caller::Service(Service::Storage);
+    pub const Runtime: Caller = Caller::Service(Service::Runtime);
+    pub const Network: Caller = Caller::Service(Service::Network);
+    pub const Builder: Caller = Caller::Service(Service::Builder);
+    pub const Swarm: Caller = Caller::Service(Service::Swarm);
+}
+
+impl Caller {
+    /// Every service, then `Admin`.
+    pub const ALL: [Caller; Service::ALL.len() + 1] = {
+        let mut all = [Caller::Admin; Service::ALL.len() + 1];
+        let mut i = 0;
+        while i < Service::ALL.len() {
+            all[i] = Caller::Service(Service::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 
     /// The bus user name (the service's name, or `admin`).
     pub fn user(self) -> &'static str {
-        match self.service() {
-            Some(s) => s.name(),
-            None => "admin",
+        match self {
+            Caller::Service(s) => s.name(),
+            Caller::Admin => "admin",
         }
     }
 
     pub fn service(self) -> Option<Service> {
-        Some(match self {
-            Caller::Gateway => Service::Gateway,
-            Caller::Images => Service::Images,
-            Caller::Storage => Service::Storage,
-            Caller::Runtime => Service::Runtime,
-            Caller::Network => Service::Network,
-            Caller::Builder => Service::Builder,
-            Caller::Swarm => Service::Swarm,
-            Caller::Admin => return None,
-        })
+        match self {
+            Caller::Service(s) => Some(s),
+            Caller::Admin => None,
+        }
     }
 
     pub fn of(svc: Service) -> Caller {
-        match svc {
-            Service::Gateway => Caller::Gateway,
-            Service::Images => Caller::Images,
-            Service::Storage => Caller::Storage,
-            Service::Runtime => Caller::Runtime,
-            Service::Network => Caller::Network,
-            Service::Builder => Caller::Builder,
-            Service::Swarm => Caller::Swarm,
-        }
+        Caller::Service(svc)
     }
 
     pub fn from_user(user: &str) -> Option<Caller> {
@@ -133,6 +129,10 @@ pub struct Op {
     pub kind: Kind,
     /// Who may call it (the permissions are generated from this).
     pub callers: &'static [Caller],
+    /// Marked `idempotent` in the table: asking twice does no harm (it only reads), so
+    /// the typed client asks once more when the serving instance died under the
+    /// first request (see `Rpc::IDEMPOTENT`).
+    pub idempotent: bool,
 }
 
 impl Op {
@@ -164,10 +164,10 @@ macro_rules! __api {
         service: $svc:ident, api: $api:ident, client: $client:ident, serve: $serve:ident, module: $module:ident,
         ops {
             $( $m:ident ($req:ident) -> $reply:ty $(, stream $item:ty $(, input $input:ty)?)? ;
-               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? ; )*
+               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? $(, idempotent $($never:ident)?)? ; )*
         }
     ) => {
-        $( $crate::__api!(@rpc $svc, $req, $reply, [$($item $(, $input)?)?], [$($t)?]); )*
+        $( $crate::__api!(@rpc $svc, $req, $reply, [$($item $(, $input)?)?], [$($t)?], [$( idempotent $($never)? )?]); )*
 
         /// Every operation of this service, in table order.
         pub const OPS: &[&str] = &[ $( stringify!($req) ),* ];
@@ -180,6 +180,7 @@ macro_rules! __api {
                 method: stringify!($m),
                 kind: $crate::__api!(@kind [$($item $(, $input)?)?]),
                 callers: &[ $( $crate::contract::Caller::$c ),* ],
+                idempotent: $crate::__api!(@idempotent [$( idempotent $($never)? )?]),
             }
         ),* ];
 
@@ -202,10 +203,11 @@ macro_rules! __api {
         }
     };
 
-    (@rpc $svc:ident, $req:ident, $reply:ty, [$($rest:tt)*], [$($t:expr)?]) => {
+    (@rpc $svc:ident, $req:ident, $reply:ty, [$($rest:tt)*], [$($t:expr)?], [$($idem:ident)?]) => {
         impl $crate::Rpc for $req {
             const SERVICE: $crate::Service = $crate::Service::$svc;
             const OP: &'static str = stringify!($req);
+            const IDEMPOTENT: bool = $crate::__api!(@idempotent [$($idem)?]);
             type Reply = $reply;
             $(
                 fn timeout(&self) -> Option<::std::time::Duration> {
@@ -228,6 +230,9 @@ macro_rules! __api {
             type Input = $input;
         }
     };
+
+    (@idempotent []) => { false };
+    (@idempotent [idempotent]) => { true };
 
     (@kind []) => { $crate::contract::Kind::Unary };
     (@kind [$item:ty]) => { $crate::contract::Kind::Stream };
@@ -570,6 +575,18 @@ mod tests {
             c.dedup();
             assert_eq!(c.len(), op.callers.len(), "{}: callers listed twice", op.name);
         }
+    }
+
+    /// `idempotent` reaches the Rpc impl; an operation that reads the caller's input
+    /// cannot be sent again (the input is gone).
+    #[test]
+    fn idempotent_marks() {
+        assert!(<crate::network::NetworkList as crate::Rpc>::IDEMPOTENT);
+        assert!(!<crate::network::NetworkCreate as crate::Rpc>::IDEMPOTENT);
+        for op in all_calls() {
+            assert!(!(op.idempotent && op.kind == Kind::Duplex), "{}: a duplex operation cannot be sent again", op.name);
+        }
+        assert!(all_calls().filter(|o| o.idempotent).count() >= 12);
     }
 
     #[test]

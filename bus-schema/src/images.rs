@@ -261,8 +261,8 @@ macro_rules! images_table {
                 image_pull(ImagePull) -> (), stream JsonMessage; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
                 image_push(ImagePush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
                 registry_login(RegistryLogin) -> docker::AuthResponse; callers [Gateway], timeout |_| $crate::secs(60);
-                image_list(ImageList) -> Vec<docker::ImageSummary>; callers [Gateway];
-                image_inspect(ImageInspect) -> ImageDetails; callers [Gateway, Builder];
+                image_list(ImageList) -> Vec<docker::ImageSummary>; callers [Gateway], idempotent;
+                image_inspect(ImageInspect) -> ImageDetails; callers [Gateway, Builder], idempotent;
                 image_history(ImageHistory) -> Vec<docker::ImageHistoryResponseItem>; callers [Gateway];
                 image_tag(ImageTag) -> (); callers [Gateway, Builder];
                 image_remove(ImageRemove) -> Vec<docker::ImageDeleteResponseItem>; callers [Gateway], timeout |_| $crate::secs(120);
@@ -272,7 +272,7 @@ macro_rules! images_table {
                 image_import(ImageImport) -> (), stream JsonMessage, input ByteChunk; callers [Gateway];
                 image_resolve(ImageResolve) -> ResolvedImage; callers [Runtime, Builder, Swarm];
                 image_create_from_layer(ImageCreateFromLayer) -> String; callers [Builder];
-                image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300);
+                image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
                 distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);
                 plugin_create(PluginCreate) -> (), stream (), input ByteChunk; callers [Gateway], timeout |_| $crate::secs(120);
                 plugin_list(PluginList) -> Vec<Plugin>; callers [Gateway];

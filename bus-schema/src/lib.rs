@@ -47,6 +47,9 @@ pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     const OP: &'static str;
     /// The reply sent back on success.
     type Reply: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Marked `idempotent` in its table: it only reads, so a caller may send it again
+    /// when the instance serving it died under the first request.
+    const IDEMPOTENT: bool = false;
 
     /// How long the caller waits for the reply, when the table says (else the bus
     /// default, 30 s).

@@ -154,8 +154,8 @@ macro_rules! network_table {
             service: Network, api: NetworkApi, client: NetworkClient, serve: serve_network, module: network,
             ops {
                 network_create(NetworkCreate) -> docker::NetworkCreateResponse; callers [Gateway];
-                network_inspect(NetworkInspect) -> docker::NetworkInspect; callers [Gateway];
-                network_list(NetworkList) -> Vec<docker::NetworkInspect>; callers [Gateway];
+                network_inspect(NetworkInspect) -> docker::NetworkInspect; callers [Gateway], idempotent;
+                network_list(NetworkList) -> Vec<docker::NetworkInspect>; callers [Gateway], idempotent;
                 network_remove(NetworkRemove) -> (); callers [Gateway];
                 network_prune(NetworkPrune) -> docker::NetworkPruneResponse; callers [Gateway];
                 network_resolve(NetworkResolve) -> NetworkRef; callers [Runtime];

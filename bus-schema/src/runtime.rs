@@ -277,9 +277,9 @@ macro_rules! runtime_table {
                 container_kill(ContainerKill) -> (); callers [Gateway];
                 container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder, Swarm];
                 container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
-                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm];
-                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm];
-                container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm];
+                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm], idempotent;
+                container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm], idempotent;
+                container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm], idempotent;
                 container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
                 container_resize(ContainerResize) -> (); callers [Gateway];
                 exec_create(ExecCreate) -> docker::IdResponse; callers [Gateway];
@@ -301,7 +301,7 @@ macro_rules! runtime_table {
                 containers_using_image(ContainersUsingImage) -> Vec<String>; callers [Images];
                 container_network_connect(ContainerNetworkConnect) -> (); callers [Gateway];
                 container_network_disconnect(ContainerNetworkDisconnect) -> (); callers [Gateway];
-                container_df(ContainerDf) -> Vec<docker::ContainerSummary>; callers [Gateway], timeout |_| $crate::secs(300);
+                container_df(ContainerDf) -> Vec<docker::ContainerSummary>; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
             }
         }
     };

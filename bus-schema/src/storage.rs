@@ -261,13 +261,13 @@ macro_rules! storage_table {
                 rw_layer_commit(RwLayerCommit) -> LayerApplied; callers [Builder], timeout |_| $crate::secs(3600);
                 rw_layer_size(RwLayerSize) -> RwSize; callers [Runtime];
                 volume_create(VolumeCreate) -> docker::Volume; callers [Gateway, Runtime];
-                volume_inspect(VolumeInspect) -> docker::Volume; callers [Gateway];
-                volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway];
+                volume_inspect(VolumeInspect) -> docker::Volume; callers [Gateway], idempotent;
+                volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway], idempotent;
                 volume_remove(VolumeRemove) -> (); callers [Gateway, Runtime];
                 volume_prune(VolumePrune) -> docker::VolumePruneResponse; callers [Gateway], timeout |_| $crate::secs(300);
                 volume_acquire(VolumeAcquire) -> VolumeMounted; callers [Runtime], timeout |_| $crate::secs(600);
                 volume_release_ref(VolumeReleaseRef) -> (); callers [Runtime];
-                storage_df(StorageDf) -> StorageUsage; callers [Gateway], timeout |_| $crate::secs(300);
+                storage_df(StorageDf) -> StorageUsage; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
                 rw_layer_list(RwLayerList) -> Vec<RwLayerState>; callers [Runtime];
             }
         }

@@ -33,7 +33,7 @@ pub fn events(root: Option<PathBuf>, config: Option<PathBuf>, filters: Vec<Strin
             if json {
                 println!("{}", serde_json::to_string(&ev)?);
             } else {
-                let t = berth_config::clock::rfc3339(ev.time, (ev.time_nano % 1_000_000_000) as u32);
+                let t = berth_rules::clock::rfc3339_nano_fixed(ev.time, (ev.time_nano % 1_000_000_000) as u32);
                 let mut attrs: Vec<String> = ev.actor.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 attrs.sort();
                 println!("{t} {:<9} {:<12} {} ({})  [{}]", ev.typ, ev.action, ev.actor.id, attrs.join(", "), m.subject);

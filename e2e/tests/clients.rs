@@ -222,6 +222,16 @@ fn unserved_routes_answer_as_moby_with_the_feature_off() {
         let a = http(sock, m, p, &[], body);
         assert_eq!((a.status, a.json()["message"].as_str()), (503, Some(not_manager)), "{m} {p}");
     }
+    // a body that is not JSON: Moby 20.10's answers (gateway util::json_body, config_body)
+    for (p, body, want) in [
+        ("/v1.41/secrets/create", "", (400, "got EOF while reading request body")),
+        ("/v1.41/networks/create", " ", (400, "got EOF while reading request body")),
+        ("/v1.41/volumes/create", "{invalid json", (400, "invalid character 'i' looking for beginning of object key string")),
+        ("/v1.41/containers/create", "", (500, "EOF")),
+    ] {
+        let a = http(sock, "POST", p, &[], Some(body));
+        assert_eq!((a.status, a.json()["message"].as_str()), (want.0, Some(want.1)), "POST {p} {body:?}");
+    }
     let a = http(sock, "POST", "/v1.51/swarm/leave?force=1", &[], None);
     assert_eq!((a.status, a.json()["message"].as_str()), (503, Some("This node is not part of a swarm")));
     let a = http(sock, "GET", "/v1.51/tasks/x/logs", &[], None);

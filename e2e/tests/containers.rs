@@ -197,3 +197,38 @@ fn the_node_raises_its_open_files_limit_but_not_its_containers() {
     let (s, h) = nofile(&runtime);
     assert_eq!(s, h, "the runtime's open-files limit");
 }
+
+/// `until` in prune filters takes what Moby's `GetTimestamp` takes, the same in every
+/// service (the runtime, images and network services each had their own parser, and
+/// refused forms the others took), and `label!` excludes only what every `label!`
+/// value matches (Moby's `matchLabels`).
+#[test]
+fn prune_filters_read_until_and_label_not_as_moby_does() {
+    require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    node.docker_ok(&["create", "--name", "old", "--label", "a=1", &img, "true"]);
+    node.docker_ok(&["network", "create", "spare"]);
+    // dates cut short, in the daemon's zone or with one: nothing was created before 2000
+    for until in ["2000-01-01", "2000-01-01T00", "2000-01-01T00:00", "2000-01-01T00:00:00.5", "2000-01-01Z", "946684800.5"] {
+        let f = format!("until={until}");
+        let o = node.docker_ok(&["container", "prune", "-f", "--filter", &f]);
+        assert!(!o.contains("Deleted Containers"), "{until}: {o}");
+        node.docker_ok(&["network", "prune", "-f", "--filter", &f]);
+        node.docker_ok(&["image", "prune", "-f", "--filter", &f]);
+    }
+    assert_eq!(node.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "old");
+    assert!(node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]).contains("spare"));
+    // a bad value is the client's error, with Moby's words
+    for cmd in [["container", "prune"], ["network", "prune"], ["image", "prune"]] {
+        let o = node.docker(&[cmd[0], cmd[1], "-f", "--filter", "until=soon"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("invalid value for 'until' filter"), "{cmd:?}: {err}");
+    }
+    // label!=a and label!=b: "old" has a but not b, so Docker prunes it
+    let o = node.docker_ok(&["container", "prune", "-f", "--filter", "label!=a", "--filter", "label!=b", "--filter", "until=2999-01-01T00:00"]);
+    assert!(o.contains("Deleted Containers:"), "{o}");
+    assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
+    node.docker_ok(&["network", "prune", "-f", "--filter", "until=-1h"]);
+    assert!(!node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]).contains("spare"));
+    assert!(node.leftovers().is_empty(), "{:?}", node.leftovers());
+}

@@ -275,3 +275,69 @@ fn single_node_swarm() {
     node.docker_ok(&["swarm", "leave", "--force"]);
     assert_eq!(swarm_servers(&node), 0);
 }
+
+/// Job modes (API 1.41): tasks run to completion, at most MaxConcurrent at once, and are
+/// not run again, also after the swarm service restarts; a forced update runs the job
+/// again (a new JobIteration); a global job runs once per node.
+#[test]
+fn jobs_run_to_completion() {
+    require_root!();
+    let (node, _reg, img) = fixtures::node_with_busybox();
+    let port = free_ports();
+    let listen = format!("127.0.0.1:{port}");
+    node.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+    // The CLI sends an empty pool: Moby 20.10 then shows none, with /24 subnets.
+    let pool = node.docker_ok(&["info", "--format", "{{json .Swarm.Cluster.DefaultAddrPool}} {{.Swarm.Cluster.SubnetSize}}"]);
+    assert_eq!(pool.trim(), "null 24");
+
+    // The CLI waits for the job as it waits for a service to converge.
+    let o = node.docker(&["service", "create", "--mode", "replicated-job", "--replicas", "3", "--max-concurrent", "2", "--name", "job", &img, "sh", "-c", "sleep 1"]);
+    assert!(o.status.success(), "{}\n{}", out(&o), node.logs());
+    let completed = |node: &Node, name: &str| -> Vec<String> {
+        let ps = node.docker_ok(&["service", "ps", name, "--format", "{{.Name}} {{.DesiredState}} {{.CurrentState}}"]);
+        lines(&ps)
+    };
+    let ps = completed(&node, "job");
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    assert!(ps.iter().all(|l| l.contains(" Complete Complete")), "{ps:?}");
+    let ls = node.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}"]);
+    assert!(ls.contains("job replicated job") && ls.contains("(3/3 completed)"), "{ls}");
+    let spec = node.docker_ok(&["service", "inspect", "job", "--format", "{{json .Spec.Mode}} {{.JobStatus.JobIteration.Index}}"]);
+    assert!(spec.starts_with(r#"{"ReplicatedJob":{"MaxConcurrent":2,"TotalCompletions":3}} "#), "{spec}");
+    let iteration: u64 = spec.split_whitespace().last().unwrap().parse().unwrap();
+    let ids = node.docker_ok(&["service", "ps", "job", "-q"]);
+    for id in lines(&ids) {
+        let it = node.docker_ok(&["inspect", "--type", "task", "--format", "{{.JobIteration.Index}}", &id]);
+        assert_eq!(it.trim(), iteration.to_string());
+    }
+
+    // The swarm service SIGKILLed: a completed job is not run again.
+    let old = node.service_pid("swarm").expect("swarm service pid");
+    unsafe { libc::kill(old, libc::SIGKILL) };
+    wait_for(30, "the swarm service back", &node, || (node.service_pid("swarm").is_some_and(|p| p != old) && node.docker(&["service", "ls"]).status.success()).then_some(()));
+    std::thread::sleep(Duration::from_secs(3));
+    let ps = completed(&node, "job");
+    assert_eq!(ps.len(), 3, "a completed job ran again after a restart: {ps:?}");
+
+    // A forced update is a new execution: three more completions, a higher iteration.
+    let o = node.docker(&["service", "update", "--force", "job"]);
+    assert!(o.status.success(), "{}", out(&o));
+    wait_for(60, "the second execution", &node, || {
+        let ps = completed(&node, "job");
+        (ps.iter().filter(|l| l.contains(" Complete Complete")).count() == 6).then_some(())
+    });
+    let again: u64 = node.docker_ok(&["service", "inspect", "job", "--format", "{{.JobStatus.JobIteration.Index}}"]).trim().parse().unwrap();
+    assert!(again > iteration, "{again} after {iteration}");
+
+    // A global job: one task on the (only) node, complete.
+    let o = node.docker(&["service", "create", "--mode", "global-job", "--name", "gjob", &img, "true"]);
+    assert!(o.status.success(), "{}\n{}", out(&o), node.logs());
+    let ps = completed(&node, "gjob");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert!(ps[0].contains(" Complete Complete"), "{ps:?}");
+    let ls = node.docker_ok(&["service", "ls", "--filter", "mode=global-job", "--format", "{{.Name}}"]);
+    assert_eq!(lines(&ls), vec!["gjob"]);
+
+    node.docker_ok(&["service", "rm", "job", "gjob"]);
+    node.docker_ok(&["swarm", "leave", "--force"]);
+}

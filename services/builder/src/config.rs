@@ -8,48 +8,7 @@ use bus_schema::docker;
 use crate::dockerfile::{key_values, split_words, unquote, Instruction};
 use crate::shell::expand;
 
-/// Go-style durations (`30s`, `1m30s`, `500ms`, `1h`) to nanoseconds.
-pub fn parse_duration(s: &str) -> Result<i64, String> {
-    let mut total: f64 = 0.0;
-    let mut num = String::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            i += 1;
-            continue;
-        }
-        let mut unit = String::new();
-        while i < chars.len() && chars[i].is_alphabetic() {
-            unit.push(chars[i]);
-            i += 1;
-        }
-        let n: f64 = num.parse().map_err(|_| format!("time: invalid duration \"{s}\""))?;
-        num.clear();
-        let mult = match unit.as_str() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(format!("time: unknown unit \"{unit}\" in duration \"{s}\"")),
-        };
-        total += n * mult;
-    }
-    if !num.is_empty() {
-        if num == "0" {
-            return Ok(0);
-        }
-        return Err(format!("time: missing unit in duration \"{s}\""));
-    }
-    Ok(total as i64)
-}
+pub use berth_rules::clock::parse_duration;
 
 /// Exec form as is; shell form wrapped in the stage's shell.
 pub fn command(ins: &Instruction, shell: &[String]) -> Vec<String> {

@@ -19,30 +19,7 @@ pub struct Matcher {
     patterns: Vec<Pattern>,
 }
 
-/// `filepath.Clean` for slash paths.
-fn clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|l| *l != "..") {
-                    out.pop();
-                } else if !rooted {
-                    out.push("..");
-                }
-            }
-            x => out.push(x),
-        }
-    }
-    let s = out.join("/");
-    match (rooted, s.is_empty()) {
-        (true, _) => format!("/{s}"),
-        (false, true) => ".".into(),
-        (false, false) => s,
-    }
-}
+use berth_rules::path::clean;
 
 /// The lines of a `.dockerignore` as patterns: trimmed, comments and blank lines
 /// skipped, `!` kept in front of the cleaned path, a leading `/` dropped.

@@ -22,11 +22,7 @@ use bus_schema::runtime::{ContainerInspect, ContainerPause, ContainerUnpause};
 use bus_schema::storage::RwLayerCommit;
 use bus_schema::{docker, BusError, Service};
 
-pub fn new_id() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("random");
-    hex::encode(b)
-}
+pub use berth_rules::id::new_id;
 
 pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
     let root = std::env::var(berth_config::env::ROOT).map(Into::into).unwrap_or_else(|_| cfg.data_root());

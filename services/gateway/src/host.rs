@@ -176,5 +176,5 @@ fn count_fds() -> i64 {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0)
 }
 
-pub use berth_config::clock::now_rfc3339;
+pub use berth_rules::clock::now_rfc3339;
 

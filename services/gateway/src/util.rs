@@ -18,6 +18,31 @@ pub fn id_json(r: &bus_schema::docker::IdResponse) -> axum::Json<serde_json::Val
     axum::Json(serde_json::json!({ "Id": r.id }))
 }
 
+/// A required JSON request body, as Moby 20.10's network, volume, exec and swarm routes
+/// read theirs (`json.NewDecoder(r.Body).Decode`, `io.EOF` as InvalidParameter): no
+/// value is a 400 "got EOF while reading request body", a body that does not decode a
+/// 400 with Go's message; the first value is read and what follows ignored, `null`
+/// is the zero value (see [`crate::gojson::decode_first`]).
+pub fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    match crate::gojson::decode_first(bytes) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(ApiError::bad_request("got EOF while reading request body")),
+        Err(m) => Err(ApiError::bad_request(m)),
+    }
+}
+
+/// A container config body, as Moby 20.10's container create and update read theirs:
+/// the decoder's error is returned as is, a 500 (`EOF` when there is no value). With
+/// `empty_ok` (commit) no value is `None`.
+pub fn config_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8], empty_ok: bool) -> Result<Option<T>, ApiError> {
+    match crate::gojson::decode_first(bytes) {
+        Ok(None) if empty_ok => Ok(None),
+        Ok(None) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "EOF")),
+        Ok(v) => Ok(v),
+        Err(m) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)),
+    }
+}
+
 /// Query parameters, one value per key: the FIRST, as Go's `r.Form.Get` (docker-py
 /// repeats keys: `dockerfile=<name>&dockerfile=<text>`). Read them with [`Params`].
 pub type Query = HashMap<String, String>;
@@ -320,6 +345,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Moby 20.10's answers to the bodies of network, volume, exec and swarm routes
+    /// (recorded side by side: notes/contract-moby-json-bodies.txt).
+    #[test]
+    fn required_bodies_answer_as_moby() {
+        let msg = |b: &str| json_body::<bus_schema::docker::NetworkCreateRequest>(b.as_bytes()).map_err(|e| (e.status.as_u16(), e.message));
+        for empty in ["", " ", "\n"] {
+            assert_eq!(msg(empty).unwrap_err(), (400, "got EOF while reading request body".to_string()));
+        }
+        assert_eq!(msg("{invalid json").unwrap_err(), (400, "invalid character 'i' looking for beginning of object key string".to_string()));
+        assert_eq!(msg(r#"{"Name":"x","#).unwrap_err(), (400, "unexpected EOF".to_string()));
+        assert_eq!(msg("[]").unwrap_err().0, 400);
+        assert_eq!(msg(r#"{"Name":1}"#).unwrap_err().0, 400);
+        // the value decoded, the rest unread; null is the zero value
+        assert_eq!(msg(r#"{"name":"web"}x"#).unwrap().name, "web");
+        assert_eq!(msg("null").unwrap().name, "");
+    }
+
+    /// Container create/update return the decoder's error as is (a 500, "EOF");
+    /// commit takes no body.
+    #[test]
+    fn config_bodies_answer_as_moby() {
+        type C = bus_schema::docker::ContainerUpdateBody;
+        let e = config_body::<C>(b"", false).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.message.as_str()), (500, "EOF"));
+        let e = config_body::<C>(b"{invalid json", false).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.message.as_str()), (500, "invalid character 'i' looking for beginning of object key string"));
+        assert!(config_body::<C>(b" ", true).unwrap().is_none());
+        assert!(config_body::<Option<C>>(b"null", true).unwrap().flatten().is_none());
+        assert!(config_body::<Option<C>>(b"{}", true).unwrap().flatten().is_some());
+    }
 
     /// Go's `url.ParseQuery`: `+` and `%xx` decoded, a key without `=` is empty,
     /// `Get` is the first value and `Form[k]` all of them in order.

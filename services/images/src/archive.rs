@@ -28,7 +28,8 @@ use crate::manifest::{
 use crate::progress::{progress, Progress};
 use crate::reference::{parse_any, AnyRef, Reference};
 use crate::service::Images;
-use crate::store::{now_rfc3339, Image, ImageMeta, LayerMeta};
+use crate::store::{Image, ImageMeta, LayerMeta};
+use berth_rules::clock::now_rfc3339;
 
 /// Where an archive's bytes go (save).
 pub trait ByteSink: Send {
@@ -1040,34 +1041,7 @@ fn healthcheck(s: &str) -> Result<docker::HealthConfig, BusError> {
 
 /// Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds.
 fn go_duration(s: &str) -> Result<i64, BusError> {
-    let bad = || BusError::invalid(format!("time: invalid duration \"{s}\""));
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let i = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..i].parse().map_err(|_| bad())?;
-        rest = &rest[i..];
-        let j = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let mult = match &rest[..j] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += n * mult;
-        rest = &rest[j..];
-    }
-    Ok(total as i64)
+    berth_rules::clock::parse_duration(s).map_err(BusError::invalid)
 }
 
 /// The config Moby's `docker import` records, for tests and `docker commit -c`.

@@ -22,7 +22,9 @@ use crate::layers::Layers;
 use crate::manifest::{History, ImageConfigFile, RootFs};
 use crate::reference::{is_hex_prefix, parse_any, AnyRef, Reference};
 use crate::registry::{Registry, RegistrySettings};
-use crate::store::{now_rfc3339, Image, ImageMeta, ImageStore, LayerMeta};
+use crate::store::{Image, ImageMeta, ImageStore, LayerMeta};
+use berth_rules::clock::{self, now_rfc3339};
+use berth_rules::filters::{labels_match, labels_select};
 
 pub struct Images {
     pub(crate) bus: Bus,
@@ -277,7 +279,7 @@ impl Images {
             None => None,
         };
         let until = match f.get("until").and_then(|v| v.first()) {
-            Some(u) => Some(parse_until(u)?),
+            Some(u) => Some(clock::parse_until(u, clock::now()).map_err(BusError::invalid)?),
             None => None,
         };
         let patterns = f.get("reference").cloned().unwrap_or_default();
@@ -301,7 +303,7 @@ impl Images {
             let created = img.created_unix();
             if before.is_some_and(|b| created >= b)
                 || since.is_some_and(|s| created <= s)
-                || until.is_some_and(|u| created > u)
+                || until.is_some_and(|u| img.created_nanos() > u)
             {
                 continue;
             }
@@ -602,10 +604,7 @@ impl Images {
                 _ => return Err(BusError::invalid(format!("Invalid filter 'dangling={v}'"))),
             },
         };
-        let until = match f.get("until").and_then(|v| v.first()) {
-            Some(u) => Some(parse_until(u)?),
-            None => None,
-        };
+        let until = berth_rules::filters::prune_until(f).map_err(BusError::invalid)?;
         let labels = f.get("label").cloned().unwrap_or_default();
         let not_labels = f.get("label!").cloned().unwrap_or_default();
         let _g = self.refs_lock.lock().await;
@@ -623,13 +622,11 @@ impl Images {
             if dangling_only && tagged {
                 continue;
             }
-            if until.is_some_and(|u| img.created_unix() >= u) {
+            // Moby keeps what was created after `until`
+            if until.is_some_and(|u| img.created_nanos() > u) {
                 continue;
             }
-            if !labels.is_empty() && !labels_match(&img.labels(), &labels) {
-                continue;
-            }
-            if !not_labels.is_empty() && labels_match(&img.labels(), &not_labels) {
+            if !labels_select(&img.labels(), &labels, &not_labels) {
                 continue;
             }
             if !self.containers_using(&img.id).await?.is_empty()
@@ -857,41 +854,6 @@ fn single_repo(refs: &[Reference]) -> bool {
     refs.windows(2).all(|w| w[0].name() == w[1].name())
 }
 
-/// `label=key` or `label=key=value` filters: all must match.
-pub fn labels_match(labels: &HashMap<String, String>, filters: &[String]) -> bool {
-    filters.iter().all(|f| match f.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(f.as_str()),
-    })
-}
-
-/// `until`: a unix timestamp, an RFC 3339 time or a Go duration (`10m`, `24h`).
-pub fn parse_until(s: &str) -> Result<i64, BusError> {
-    if let Ok(n) = s.parse::<f64>() {
-        return Ok(n as i64);
-    }
-    if let Some(t) = crate::store::parse_time(s) {
-        return Ok(t);
-    }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| BusError::invalid(format!("failed to parse value {s} as a timestamp")))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "ms" => n / 1000.0,
-        _ => {
-            return Err(BusError::invalid(format!(
-                "failed to parse value {s} as a timestamp"
-            )))
-        }
-    };
-    Ok(now - secs as i64)
-}
-
 /// Docker's `FamiliarMatch`: the pattern against `name:tag`, then against the name.
 pub fn familiar_match(pattern: &str, familiar: &str) -> bool {
     if glob(pattern, familiar) {
@@ -986,16 +948,4 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn label_filters_and_until() {
-        let l = HashMap::from([("a".to_string(), "1".to_string())]);
-        assert!(labels_match(&l, &["a".into()]));
-        assert!(labels_match(&l, &["a=1".into()]));
-        assert!(!labels_match(&l, &["a=2".into()]));
-        assert!(!labels_match(&l, &["b".into()]));
-        assert_eq!(parse_until("1700000000").unwrap(), 1700000000);
-        assert_eq!(parse_until("2024-01-01T00:00:00Z").unwrap(), 1704067200);
-        assert!(parse_until("1h").unwrap() < time::OffsetDateTime::now_utc().unix_timestamp());
-        assert!(parse_until("junk").is_err());
-    }
 }

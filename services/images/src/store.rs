@@ -18,6 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use berth_rules::clock::{self, now_rfc3339};
 use crate::manifest::ImageConfigFile;
 use crate::reference::Reference;
 
@@ -91,6 +92,10 @@ impl Image {
             .and_then(parse_time)
             .unwrap_or(0)
     }
+    /// `created` in nanoseconds since the epoch (0 when missing), for `until`.
+    pub fn created_nanos(&self) -> i128 {
+        self.config.created.as_deref().and_then(clock::rfc3339_to_nanos).unwrap_or(0)
+    }
     pub fn labels(&self) -> HashMap<String, String> {
         self.config
             .config
@@ -102,16 +107,7 @@ impl Image {
 
 /// RFC 3339 to unix seconds.
 pub fn parse_time(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
-}
-
-/// Now in RFC 3339 with nanoseconds, as Docker writes times.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    clock::parse_rfc3339(s).map(|t| t.0)
 }
 
 #[derive(Default)]

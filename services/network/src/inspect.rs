@@ -3,12 +3,14 @@
 
 use bus_schema::network::Sandbox;
 use bus_schema::{docker, BusError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::ports;
 use crate::service::NetworkService;
 use crate::state::State;
 use crate::store::{EndpointRecord, NetworkRecord, SandboxRecord};
+use berth_rules::clock;
+use berth_rules::filters::{labels_match, labels_select};
 
 impl NetworkService {
     pub(crate) fn inspect_of(
@@ -228,7 +230,7 @@ impl NetworkService {
                 continue;
             }
             if let Some(ls) = filters.get("label") {
-                if !ls.iter().all(|l| label_match(&n.labels, l)) {
+                if !labels_match(&n.labels, ls) {
                     continue;
                 }
             }
@@ -245,34 +247,6 @@ impl NetworkService {
     }
 }
 
-pub(crate) fn label_match(labels: &BTreeMap<String, String>, f: &str) -> bool {
-    match f.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(f),
-    }
-}
-
-/// `until`: a Unix timestamp, an RFC 3339 time, or a Go duration (`24h`, `10m`) ago.
-fn parse_until(s: &str) -> Option<i64> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if let Ok(t) = s.parse::<f64>() {
-        return Some(t as i64);
-    }
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Some(t.unix_timestamp());
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "ms" => n / 1000.0,
-        _ => return None,
-    };
-    Some(now - secs as i64)
-}
-
 /// The networks `docker network prune` removes: user networks without endpoints
 /// that the filters (`until`, `label`, `label!`) select.
 pub(crate) fn prune_candidates(
@@ -284,61 +258,18 @@ pub(crate) fn prune_candidates(
             return Err(BusError::invalid(format!("invalid filter '{k}'")));
         }
     }
-    let until = match filters.get("until").and_then(|v| v.first()) {
-        None => None,
-        Some(u) => Some(
-            parse_until(u)
-                .ok_or_else(|| BusError::invalid(format!("invalid filter 'until={u}'")))?,
-        ),
-    };
+    let until = berth_rules::filters::prune_until(filters).map_err(BusError::invalid)?;
+    let none = Vec::new();
+    let label = filters.get("label").unwrap_or(&none);
+    let not_label = filters.get("label!").unwrap_or(&none);
     Ok(st
         .networks
         .values()
         .filter(|n| !n.predefined())
         .filter(|n| st.endpoints_on(&n.id).next().is_none())
-        .filter(|n| {
-            filters
-                .get("label")
-                .is_none_or(|ls| ls.iter().all(|l| label_match(&n.labels, l)))
-        })
-        .filter(|n| {
-            filters
-                .get("label!")
-                .is_none_or(|ls| ls.iter().all(|l| !label_match(&n.labels, l)))
-        })
-        .filter(|n| {
-            until.is_none_or(|u| {
-                time::OffsetDateTime::parse(
-                    &n.created,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map(|c| c.unix_timestamp() < u)
-                .unwrap_or(false)
-            })
-        })
+        .filter(|n| labels_select(&n.labels, label, not_label))
+        // Moby keeps what was created after `until`
+        .filter(|n| until.is_none_or(|u| clock::rfc3339_to_nanos(&n.created).is_some_and(|c| c <= u)))
         .cloned()
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn until_forms() {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        assert_eq!(parse_until("1700000000"), Some(1_700_000_000));
-        assert!((parse_until("1h").unwrap() - (now - 3600)).abs() < 5);
-        assert_eq!(parse_until("2024-01-01T00:00:00Z"), Some(1_704_067_200));
-        assert_eq!(parse_until("x"), None);
-    }
-
-    #[test]
-    fn labels() {
-        let l = BTreeMap::from([("a".to_string(), "b".to_string())]);
-        assert!(label_match(&l, "a"));
-        assert!(label_match(&l, "a=b"));
-        assert!(!label_match(&l, "a=c"));
-        assert!(!label_match(&l, "c"));
-    }
 }

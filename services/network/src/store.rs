@@ -294,19 +294,8 @@ fn load_all<T: DeserializeOwned>(dir: &Path) -> Vec<T> {
     v
 }
 
-/// A random 64-hex ID, as Docker's.
-pub fn new_id() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("random");
-    hex::encode(b)
-}
-
-/// Now, RFC 3339 with nanoseconds (Docker's `Created`).
-pub fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use berth_rules::clock::now_rfc3339;
+pub use berth_rules::id::new_id;
 
 #[cfg(test)]
 mod tests {

@@ -80,9 +80,7 @@ fn view_mounts(c: &Container) -> Vec<ViewMount> {
     out
 }
 
-fn clean(p: &str) -> String {
-    berth_fsutil::clean(p)
-}
+use berth_rules::path::clean_in_root as clean;
 
 fn not_found(path: &str, container: &str) -> BusError {
     BusError::not_found(format!("Could not find the file {path} in container {container}"))
@@ -128,7 +126,7 @@ fn path_stat(r: &InRoot, path: &str, st: &Stat) -> PathStat {
         name,
         size: st.st_size,
         mode: go_mode(st.st_mode),
-        mtime: berth_config::clock::rfc3339(st.st_mtime, st.st_mtime_nsec as u32),
+        mtime: berth_rules::clock::rfc3339_nano(st.st_mtime, st.st_mtime_nsec as u32),
         link_target,
     }
 }

@@ -7,7 +7,7 @@ use bus_schema::event::Action;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_config::clock;
+use berth_rules::clock;
 use bus_schema::images::{ImageResolve, ResolvedImage};
 use bus_schema::runtime::ContainerCreate;
 use bus_schema::storage::RwLayerCreate;

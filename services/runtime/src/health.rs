@@ -5,7 +5,7 @@ use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_config::clock;
+use berth_rules::clock;
 use bus_schema::docker;
 
 use crate::engine::{Entry, Runtime};

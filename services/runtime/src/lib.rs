@@ -243,7 +243,7 @@ impl Runtime {
                                 code: 255,
                                 signal: None,
                                 oom_killed: false,
-                                finished_at: berth_config::clock::now_rfc3339(),
+                                finished_at: berth_rules::clock::now_rfc3339(),
                             });
                             e.update(|c| {
                                 if c.state.status == state::Status::Restarting {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-use berth_config::clock;
+use berth_rules::clock;
 use bus_schema::network::{EndpointRequest, SandboxCreate, SandboxRemove};
 use bus_schema::storage::{RwLayerMount, RwLayerRemove, RwLayerUnmount};
 use bus_schema::{docker, BusError, ErrorKind};

@@ -52,9 +52,7 @@ pub fn from_mount(m: &docker::Mount) -> Result<MountRecord, BusError> {
     Ok(record(spec))
 }
 
-fn clean(p: &str) -> String {
-    berth_mountspec::clean_path(p)
-}
+use berth_rules::path::clean;
 
 /// Every mount of a new container; named and anonymous volumes are created now.
 pub async fn plan(

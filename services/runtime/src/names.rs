@@ -61,11 +61,7 @@ pub fn random(retry: u32) -> String {
 }
 
 /// A new 64-hex container or exec ID.
-pub fn new_id() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("random");
-    hex::encode(b)
-}
+pub use berth_rules::id::new_id;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,8 @@ use bus_schema::{docker, BusError};
 
 use crate::engine::Runtime;
 use crate::state::{Container, Status};
+use berth_rules::clock;
+use berth_rules::filters::{labels_match, labels_select};
 
 const FILTERS: &[&str] = &[
     "id", "name", "label", "status", "exited", "ancestor", "network", "volume", "before", "since", "health", "is-task",
@@ -29,15 +31,8 @@ fn name_match(pattern: &str, name: &str) -> bool {
     }
 }
 
-fn label_match(want: &[String], labels: &HashMap<String, String>) -> bool {
-    want.iter().all(|w| match w.split_once('=') {
-        Some((k, v)) => labels.get(k).map(|x| x == v).unwrap_or(false),
-        None => labels.contains_key(w.as_str()),
-    })
-}
-
 fn created_secs(c: &Container) -> (i64, u32) {
-    berth_config::clock::parse_rfc3339(&c.created).unwrap_or((0, 0))
+    clock::parse_rfc3339(&c.created).unwrap_or((0, 0))
 }
 
 impl Runtime {
@@ -112,7 +107,7 @@ impl Runtime {
                 continue;
             }
             if let Some(l) = f.get("label") {
-                if !label_match(l, &c.config.labels.clone().unwrap_or_default()) {
+                if !labels_match(&c.config.labels, l) {
                     continue;
                 }
             }
@@ -187,10 +182,10 @@ impl Runtime {
                 return Err(BusError::invalid(format!("invalid filter '{k}'")));
             }
         }
-        let until = match r.filters.get("until").and_then(|v| v.first()) {
-            Some(u) => Some(parse_until(u)?),
-            None => None,
-        };
+        let until = berth_rules::filters::prune_until(&r.filters).map_err(BusError::invalid)?;
+        let no_labels = Vec::new();
+        let label = r.filters.get("label").unwrap_or(&no_labels);
+        let not_label = r.filters.get("label!").unwrap_or(&no_labels);
         let mut deleted = Vec::new();
         let mut reclaimed = 0i64;
         for e in self.all() {
@@ -198,18 +193,11 @@ impl Runtime {
             if !matches!(c.state.status, Status::Exited | Status::Created | Status::Dead) {
                 continue;
             }
-            let labels = c.config.labels.clone().unwrap_or_default();
-            if let Some(l) = r.filters.get("label") {
-                if !label_match(l, &labels) {
-                    continue;
-                }
+            if !labels_select(&c.config.labels, label, not_label) {
+                continue;
             }
-            if let Some(l) = r.filters.get("label!") {
-                if l.iter().any(|x| label_match(std::slice::from_ref(x), &labels)) {
-                    continue;
-                }
-            }
-            if until.is_some_and(|u| created_secs(&c).0 >= u) {
+            // Moby keeps what was created after `until`
+            if until.is_some_and(|u| clock::nanos(created_secs(&c)) > u) {
                 continue;
             }
             if let Some((rw, _)) = self.sizes(&c.id).await {
@@ -298,22 +286,3 @@ impl Runtime {
     }
 }
 
-/// `until` in prune filters: a Unix timestamp or a Go duration like `24h`.
-pub fn parse_until(s: &str) -> Result<i64, BusError> {
-    if let Ok(t) = s.parse::<f64>() {
-        return Ok(t as i64);
-    }
-    if let Some((secs, _)) = berth_config::clock::parse_rfc3339(s) {
-        return Ok(secs);
-    }
-    let now = berth_config::clock::now().0;
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| BusError::invalid(format!("invalid filter 'until={s}'")))?;
-    let mult = match unit {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(BusError::invalid(format!("invalid filter 'until={s}'"))),
-    };
-    Ok(now - (n * mult) as i64)
-}

@@ -1,7 +1,7 @@
 //! A container as the runtime records it (`config.v2.json`), its state machine, and
 //! the Docker views of it (inspect, ps).
 
-use berth_config::clock;
+use berth_rules::clock;
 use bus_schema::docker;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_bus::Responder;
-use berth_config::clock;
+use berth_rules::clock;
 use bus_schema::runtime::{ContainerStats, ContainerUpdate};
 use bus_schema::{docker, BusError};
 use serde_json::{json, Value};

@@ -112,7 +112,7 @@ impl Volumes {
             name: r.name.clone(),
             driver: r.driver.clone(),
             mountpoint: self.data(&r.name).to_string_lossy().into_owned(),
-            created_at: Some(crate::util::rfc3339(r.created)),
+            created_at: Some(berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))),
             labels: r.labels.clone(),
             options: r.options.clone(),
             scope: Some(docker::VolumeScopeEnum::LOCAL),
@@ -431,25 +431,10 @@ fn matches(r: &VolRecord, f: &HashMap<String, Vec<String>>) -> bool {
     label_filters(r, f)
 }
 
-fn label_match(r: &VolRecord, l: &str) -> bool {
-    match l.split_once('=') {
-        Some((k, v)) => r.labels.get(k).is_some_and(|x| x == v),
-        None => r.labels.contains_key(l),
-    }
-}
-
+/// `label` and `label!` as Moby's volume filters apply them.
 fn label_filters(r: &VolRecord, f: &HashMap<String, Vec<String>>) -> bool {
-    if let Some(ls) = f.get("label") {
-        if !ls.iter().all(|l| label_match(r, l)) {
-            return false;
-        }
-    }
-    if let Some(ls) = f.get("label!") {
-        if ls.iter().any(|l| label_match(r, l)) {
-            return false;
-        }
-    }
-    true
+    let none = Vec::new();
+    berth_rules::filters::labels_select(&r.labels, f.get("label").unwrap_or(&none), f.get("label!").unwrap_or(&none))
 }
 
 /// Moby's local driver option rules.

@@ -236,11 +236,19 @@ impl Cluster {
             .filter(|t| t.node_id.as_ref().map(|n| !down.contains(n)).unwrap_or(true))
             .filter(|t| self.task_state(t) == TaskState::Running)
             .count() as u64;
-        let desired = match s.spec.mode.as_ref().and_then(|m| m.replicated.as_ref()) {
-            Some(r) => r.replicas.unwrap_or(1) as u64,
-            None => tasks.iter().filter(|t| t.desired_state == TaskState::Running).count() as u64,
+        // A job's completed tasks: those of its current execution.
+        let completed = tasks.iter().filter(|t| t.spec_version == s.spec_version && t.job_iteration.is_some() && self.task_state(t) == TaskState::Complete).count() as u64;
+        let mode = s.spec.mode.clone().unwrap_or_default();
+        let desired = if let Some(r) = mode.replicated.as_ref() {
+            r.replicas.unwrap_or(1) as u64
+        } else if let Some(j) = mode.replicated_job.as_ref() {
+            // what is left to run, at most MaxConcurrent at once
+            let (max, total) = crate::orchestrator::job_counts(j);
+            max.min(total.saturating_sub(completed))
+        } else {
+            tasks.iter().filter(|t| t.desired_state == TaskState::Running).count() as u64
         };
-        docker::ServiceServiceStatus { running_tasks: Some(running), desired_tasks: Some(desired), completed_tasks: Some(0) }
+        docker::ServiceServiceStatus { running_tasks: Some(running), desired_tasks: Some(desired), completed_tasks: Some(completed) }
     }
 
     /// The state a task shows (the node's report, or the manager's).
@@ -254,7 +262,16 @@ impl Cluster {
         let mut out = Vec::new();
         for (id, s, rev) in self.t.services.values() {
             let name = s.spec.name.clone().unwrap_or_default();
-            let mode = if s.spec.mode.as_ref().and_then(|m| m.global.as_ref()).is_some() { "global" } else { "replicated" };
+            let m = s.spec.mode.clone().unwrap_or_default();
+            let mode = if m.global.is_some() {
+                "global"
+            } else if m.replicated_job.is_some() {
+                "replicated-job"
+            } else if m.global_job.is_some() {
+                "global-job"
+            } else {
+                "replicated"
+            };
             let ok = filters::pass(&f, "id", |v| id.starts_with(v))
                 && filters::pass(&f, "name", |v| name.starts_with(v))
                 && filters::pass(&f, "mode", |v| v == mode)
@@ -564,9 +581,6 @@ pub fn validate_service_spec(spec: &docker::ServiceSpec) -> Result<(), BusError>
         let n = [m.replicated.is_some(), m.global.is_some(), m.replicated_job.is_some(), m.global_job.is_some()].iter().filter(|x| **x).count();
         if n > 1 {
             return Err(BusError::invalid(rpc("InvalidArgument", "ServiceSpec: only one mode may be specified")));
-        }
-        if m.replicated_job.is_some() || m.global_job.is_some() {
-            return Err(BusError::not_implemented("job-mode services are not implemented by berth yet"));
         }
     }
     Ok(())

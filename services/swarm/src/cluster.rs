@@ -523,8 +523,8 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
         ca_public_key: pk,
         worker_token: ids::join_token(&digest),
         manager_token: ids::join_token(&digest),
-        default_addr_pool: req.default_addr_pool.clone().unwrap_or_default(),
-        subnet_size: req.subnet_size.filter(|s| *s > 0).unwrap_or(24),
+        default_addr_pool: addr_pool(req.default_addr_pool.as_deref(), req.subnet_size).0,
+        subnet_size: addr_pool(req.default_addr_pool.as_deref(), req.subnet_size).1,
         data_path_port: req.data_path_port.filter(|p| *p > 0).unwrap_or(4789),
         managers_epoch: 1,
     };
@@ -570,4 +570,34 @@ pub fn self_record(c: &Cluster, local: &LocalState, role: &str, availability: do
 /// `docker swarm join` (slice 2: the handshake over the swarm bus).
 pub async fn join(_svc: Arc<SwarmService>, _req: docker::SwarmJoinRequest) -> Result<Arc<Cluster>, BusError> {
     Err(BusError::not_implemented("joining a swarm is not implemented yet"))
+}
+
+/// The default address pool a swarm keeps from `swarm init`, as Moby 20.10 keeps it
+/// (answers recorded side by side): no pool (absent or null) is swarmkit's default
+/// 10.0.0.0/8 with /24 subnets, whatever SubnetSize says; a pool given, even an empty
+/// one (the docker CLI sends `[]`: `docker info` then shows `null`), is kept as given
+/// with SubnetSize as given (0 when absent: docker-py fills 24 itself).
+pub fn addr_pool(pool: Option<&[String]>, subnet_size: Option<u32>) -> (Vec<String>, u32) {
+    match pool {
+        None => (vec!["10.0.0.0/8".to_string()], 24),
+        Some(p) => (p.to_vec(), subnet_size.unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod addr_pool_tests {
+    use super::addr_pool;
+
+    #[test]
+    fn default_address_pool_as_moby_keeps_it() {
+        let v = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (request, what Moby 20.10.24 answered in GET /swarm)
+        assert_eq!(addr_pool(None, None), (v(&["10.0.0.0/8"]), 24));
+        assert_eq!(addr_pool(None, Some(0)), (v(&["10.0.0.0/8"]), 24));
+        assert_eq!(addr_pool(None, Some(16)), (v(&["10.0.0.0/8"]), 24));
+        assert_eq!(addr_pool(Some(&[]), None), (v(&[]), 0));
+        assert_eq!(addr_pool(Some(&[]), Some(24)), (v(&[]), 24));
+        assert_eq!(addr_pool(Some(&[]), Some(20)), (v(&[]), 20));
+        assert_eq!(addr_pool(Some(&v(&["2.0.0.0/16"])), None), (v(&["2.0.0.0/16"]), 0));
+    }
 }

@@ -22,6 +22,12 @@ pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
     if let Some(r) = mode.replicated.as_mut() {
         r.replicas.get_or_insert(1);
     }
+    // Moby's convert: a replicated job's MaxConcurrent defaults to 1 and its
+    // TotalCompletions to MaxConcurrent; both are always answered (the CLI reads both)
+    if let Some(j) = mode.replicated_job.as_mut() {
+        let max = *j.max_concurrent.get_or_insert(1);
+        j.total_completions.get_or_insert(max);
+    }
     let tt = spec.task_template.get_or_insert_with(Default::default);
     normalize_task_spec(tt);
     if tt.runtime.is_none() {
@@ -94,7 +100,8 @@ pub fn service(s: &ServiceRecord, rev: u64, insert: bool, status: Option<docker:
         endpoint: s.endpoint.clone().unwrap_or(docker::ServiceEndpoint { spec: Some(Default::default()), ..Default::default() }),
         update_status: s.update_status.clone(),
         service_status: status,
-        job_status: None,
+        // Jobs: the execution is the spec version its tasks were made from.
+        job_status: crate::orchestrator::is_job(s).then(|| docker::ServiceJobStatus { job_iteration: version(s.spec_version), last_execution: Some(s.updated_at.clone()) }),
     }
 }
 
@@ -128,7 +135,7 @@ pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> do
             port_status: Some(Default::default()),
         }),
         desired_state: Some(t.desired_state.docker()),
-        job_iteration: None,
+        job_iteration: t.job_iteration.and_then(version),
     }
 }
 

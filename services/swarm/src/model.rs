@@ -215,6 +215,10 @@ pub struct TaskRecord {
     /// A restart's delayed start (unix ms, the leader's clock): desired Ready until then.
     #[serde(default)]
     pub start_at: Option<u64>,
+    /// Job-mode services: the execution this task belongs to (the service's spec
+    /// version when it was made: Docker's `JobIteration`).
+    #[serde(default)]
+    pub job_iteration: Option<u64>,
 }
 
 /// `swarm_task_status/<node>.<task>`: written by the node that runs the task.

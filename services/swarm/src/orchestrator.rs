@@ -36,8 +36,39 @@ fn task_spec(s: &ServiceRecord) -> docker::TaskSpec {
     t
 }
 
+/// One task per node: global services and global jobs.
 fn is_global(s: &ServiceRecord) -> bool {
-    s.spec.mode.as_ref().and_then(|m| m.global.as_ref()).is_some()
+    s.spec.mode.as_ref().map(|m| m.global.is_some() || m.global_job.is_some()).unwrap_or(false)
+}
+
+/// A job-mode service: its tasks run to completion and are not run again once complete.
+pub fn is_job(s: &ServiceRecord) -> bool {
+    s.spec.mode.as_ref().map(|m| m.replicated_job.is_some() || m.global_job.is_some()).unwrap_or(false)
+}
+
+/// A replicated job's (MaxConcurrent, TotalCompletions).
+fn replicated_job(s: &ServiceRecord) -> Option<(u64, u64)> {
+    let j = s.spec.mode.as_ref()?.replicated_job.as_ref()?;
+    Some(job_counts(j))
+}
+
+/// (MaxConcurrent, TotalCompletions) of a replicated job: an empty MaxConcurrent is 1
+/// and an empty TotalCompletions is MaxConcurrent (Moby's types and swagger).
+pub fn job_counts(j: &docker::ServiceSpecModeReplicatedJob) -> (u64, u64) {
+    let max = j.max_concurrent.filter(|m| *m > 0).unwrap_or(1) as u64;
+    let total = j.total_completions.filter(|t| *t > 0).map(|t| t as u64).unwrap_or(max);
+    (max, total)
+}
+
+/// Tasks of the current execution of a job that completed: they count toward the job
+/// and their slot (node, for a global job) is not run again until the spec changes.
+/// Read from the store, so a new leader or a restarted swarm service does not rerun them.
+fn job_completed(s: &ServiceRecord, tasks: &[TaskRecord]) -> Vec<(u64, Option<String>)> {
+    tasks
+        .iter()
+        .filter(|t| t.service_id == s.id && t.spec_version == s.spec_version && t.desired_state == TaskState::Complete)
+        .map(|t| (t.slot, if is_global(s) { t.node_id.clone() } else { None }))
+        .collect()
 }
 
 /// The restart history's key of a task: its service and slot, or node for a global one.
@@ -200,6 +231,7 @@ impl Leader {
             status,
             service_labels: s.spec.labels.clone().unwrap_or_default(),
             start_at,
+            job_iteration: is_job(s).then_some(s.spec_version),
         };
         let rev = self.c.bucket::<TaskRecord>(buckets::TASKS).create(&id, &t).await?;
         self.c.t.tasks.note_put(&id, t, rev);
@@ -337,6 +369,11 @@ impl Leader {
                 if !(ended || node_down || drained) {
                     continue;
                 }
+                if is_job(s) && obs == TaskState::Complete && !(drained || node_down) {
+                    // A job's task that finished its work: complete, never run again.
+                    self.set_desired(&t.id, TaskState::Complete).await?;
+                    continue;
+                }
                 self.set_desired(&t.id, TaskState::Shutdown).await?;
                 let restart = if drained || node_down { Some(0) } else { self.should_restart(s, t, obs, false) };
                 let node_for = if is_global(s) { t.node_id.clone() } else { None };
@@ -354,8 +391,16 @@ impl Leader {
                     }
                 }
             }
+            // A job whose spec changed runs again (a new execution): the previous one's
+            // unfinished tasks stop.
+            if is_job(s) {
+                for t in self.c.t.tasks.filter(|t| t.service_id == s.id && t.desired_state <= TaskState::Running && t.spec_version != s.spec_version) {
+                    self.set_desired(&t.id, TaskState::Shutdown).await?;
+                }
+            }
             let all_now: Vec<TaskRecord> = self.c.t.tasks.filter(|t| t.service_id == s.id);
             let active: Vec<&TaskRecord> = all_now.iter().filter(|t| t.desired_state <= TaskState::Running).collect();
+            let completed = if is_job(s) { job_completed(s, &all_now) } else { Vec::new() };
 
             // 2. Delayed starts whose time has come.
             for t in &active {
@@ -405,7 +450,9 @@ impl Leader {
                     let eligible = n.state == "ready"
                         && n.spec.availability != Some(docker::NodeSpecAvailabilityEnum::DRAIN)
                         && constraints.iter().all(|c| constraint_ok(c, n));
-                    let has = active.iter().any(|t| t.node_id.as_deref() == Some(id.as_str())) || self.ended_for_good(s, 0, Some(id));
+                    let has = active.iter().any(|t| t.node_id.as_deref() == Some(id.as_str()))
+                        || self.ended_for_good(s, 0, Some(id))
+                        || completed.contains(&(0, Some(id.clone())));
                     let paused = n.spec.availability == Some(docker::NodeSpecAvailabilityEnum::PAUSE);
                     if eligible && !has && !paused {
                         self.new_task(s, 0, Some(id.clone()), TaskState::Running, None).await?;
@@ -414,6 +461,21 @@ impl Leader {
                         for t in active.iter().filter(|t| t.node_id.as_deref() == Some(id.as_str())) {
                             self.set_desired(&t.id, TaskState::Shutdown).await?;
                         }
+                    }
+                }
+            } else if let Some((max, total)) = replicated_job(s) {
+                // A replicated job: slots 0..TotalCompletions (swarmkit counts a job's
+                // slots from 0: the CLI's progress reads slots 0..n and shows Slot+1),
+                // at most MaxConcurrent running at once, each until it completes.
+                let mut running = active.len() as u64;
+                for slot in 0..total {
+                    if running >= max {
+                        break;
+                    }
+                    let busy = active.iter().any(|t| t.slot == slot);
+                    if !busy && !completed.contains(&(slot, None)) && !self.ended_for_good(s, slot, None) {
+                        self.new_task(s, slot, None, TaskState::Running, None).await?;
+                        running += 1;
                     }
                 }
             } else {
@@ -436,8 +498,10 @@ impl Leader {
                 }
             }
 
-            // 5. Rolling update of out-of-date tasks.
-            self.update(s, &nodes).await?;
+            // 5. Rolling update of out-of-date tasks (a job reruns instead: above).
+            if !is_job(s) {
+                self.update(s, &nodes).await?;
+            }
         }
         Ok(())
     }

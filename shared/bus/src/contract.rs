@@ -118,12 +118,18 @@ fn timed<'a, R: Rpc>(bus: &'a Bus, over: Option<Duration>, req: &R) -> std::borr
 
 #[doc(hidden)]
 pub async fn call<R: Rpc>(bus: &Bus, over: Option<Duration>, req: R) -> Result<R::Reply, BusError> {
-    timed(bus, over, &req).request(&req).await
+    let bus = timed(bus, over, &req);
+    if R::IDEMPOTENT {
+        bus.request_idempotent(&req).await
+    } else {
+        bus.request(&req).await
+    }
 }
 
 #[doc(hidden)]
 pub async fn call_stream<R: StreamRpc>(bus: &Bus, over: Option<Duration>, req: R) -> Result<(R::Reply, BusStream<R::Item>), BusError> {
-    let (reply, rd) = timed(bus, over, &req).request_stream(&req).await?;
+    let bus = timed(bus, over, &req);
+    let (reply, rd) = if R::IDEMPOTENT { bus.request_stream_idempotent(&req).await? } else { bus.request_stream(&req).await? };
     Ok((reply, into_stream(rd)))
 }
 
@@ -183,7 +189,7 @@ macro_rules! __client {
         service: $svc:ident, api: $api:ident, client: $client:ident, serve: $serve:ident, module: $module:ident,
         ops {
             $( $m:ident ($req:ident) -> $reply:ty $(, stream $item:ty $(, input $input:ty)?)? ;
-               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? ; )*
+               callers [$($c:ident),* $(,)?] $(, timeout $t:expr)? $(, idempotent $($never:ident)?)? ; )*
         }
     ) => {
         #[allow(unused_imports)]

@@ -3,7 +3,7 @@
 //! of operation (request/reply, stream, duplex), errors before and after the reply,
 //! and a dropped stream stopping its producer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +19,37 @@ use futures_util::StreamExt;
 struct Fake {
     /// Set when the export's producer saw its reader go.
     export_stopped: Arc<AtomicBool>,
+    /// Volume calls so far: the first of each is slow (its instance "dies" under it).
+    volume_calls: Arc<AtomicU32>,
+}
+
+impl Fake {
+    async fn first_is_slow(&self) {
+        if self.volume_calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+}
+
+fn volume(name: &str) -> bus_schema::docker::Volume {
+    // what the storage service sends: scope and creation time set
+    let scope = Some(bus_schema::docker::VolumeScopeEnum::LOCAL);
+    bus_schema::docker::Volume { name: name.into(), scope, created_at: Some("2026-01-01T00:00:00Z".into()), ..Default::default() }
 }
 
 impl bus_schema::storage::Fake for Fake {
+    /// Marked `idempotent` in the storage table.
+    async fn volume_list(&self, _req: VolumeList) -> Result<Vec<bus_schema::docker::Volume>, BusError> {
+        self.first_is_slow().await;
+        Ok(vec![volume("v")])
+    }
+
+    /// Not idempotent.
+    async fn volume_create(&self, req: VolumeCreate) -> Result<bus_schema::docker::Volume, BusError> {
+        self.first_is_slow().await;
+        Ok(volume(&req.name.unwrap_or_default()))
+    }
+
     async fn layer_stat(&self, req: LayerStat) -> Result<LayerInfo, BusError> {
         if req.chain_id == "missing" {
             return Err(BusError::not_found("layer missing does not exist"));
@@ -158,4 +186,33 @@ async fn duplex_reads_the_callers_input() {
     let (_tx, input) = berth_bus::channel::<ByteChunk>(4);
     let e = c.layer_apply(req("bad"), input).await.err().unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}
+
+/// What `berth up` publishes when it reaps a service.
+async fn announce_exit(c: &StorageClient) {
+    let n = bus_schema::system::ServiceExited { service: Service::Storage, node: "n1".into(), pid: std::process::id(), at_mono_ns: berth_bus::mono_ns() };
+    let subject = bus_schema::subject::instance_subject("n1", Service::Storage, bus_schema::subject::InstanceEvent::Exited);
+    c.bus().client().publish(subject, bus_schema::encode(&n).unwrap().into()).await.unwrap();
+    c.bus().client().flush().await.unwrap();
+}
+
+/// An operation marked `idempotent` in its table is sent once more by the typed
+/// client when the instance serving it dies under it; any other fails (it may or may
+/// not have taken effect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_calls_are_sent_again_when_their_instance_dies() {
+    assert!(<VolumeList as bus_schema::Rpc>::IDEMPOTENT && !<VolumeCreate as bus_schema::Rpc>::IDEMPOTENT);
+    assert!(CALLS.iter().any(|op| op.name == "VolumeList" && op.idempotent));
+    let (_n, c, _) = setup().await;
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move { c2.volume_list(VolumeList { filters: Default::default() }).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce_exit(&c).await;
+    assert_eq!(pending.await.unwrap().unwrap()[0].name, "v", "asked again");
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move { c2.volume_create(VolumeCreate { name: Some("w".into()), driver: "local".into(), driver_opts: Default::default(), labels: Default::default(), anonymous: false }).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    announce_exit(&c).await;
+    let e = pending.await.unwrap().unwrap_err();
+    assert!(e.is(ErrorKind::Unavailable) && e.message.contains("storage service exited"), "{e}");
 }

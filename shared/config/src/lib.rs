@@ -1,7 +1,8 @@
 //! Node configuration: Docker's `daemon.json` keys, the environment contract between
 //! `berth up` and the services it starts, and the layout of the data root.
 
-pub mod clock;
+/// Moved to `berth_rules::clock`; kept here for code written against this path.
+pub use berth_rules::clock;
 pub mod daemon;
 pub mod env;
 pub mod hosts;

@@ -158,9 +158,7 @@ pub fn components(p: &str) -> Vec<String> {
 }
 
 /// `p` made absolute and clean, as a path inside a root.
-pub fn clean(p: &str) -> String {
-    format!("/{}", components(p).join("/"))
-}
+pub use berth_rules::path::clean_in_root as clean;
 
 /// (parent directory, last component) of a path inside a root. The last component
 /// is taken as written (a trailing `..` is applied first, so never `..`); `/` and a

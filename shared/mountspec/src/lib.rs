@@ -122,26 +122,7 @@ fn is_abs(p: &str) -> bool {
     p.starts_with('/')
 }
 
-/// Clean a path lexically (Go's `path.Clean` for absolute paths).
-pub fn clean_path(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    if is_abs(p) {
-        format!("/{}", out.join("/"))
-    } else if out.is_empty() {
-        ".".into()
-    } else {
-        out.join("/")
-    }
-}
+pub use berth_rules::path::clean as clean_path;
 
 fn validate_target(kind: &str, target: &str) -> Result<(), MountSpecError> {
     if target.is_empty() {

@@ -29,7 +29,7 @@ impl crate::routes::events::Backend for BusBackend {
             .await
             .map_err(|e| BusError::unavailable(format!("events consumer: {e}")))?;
         let mut msgs = consumer.messages().await.map_err(|e| BusError::unavailable(format!("events: {e}")))?;
-        let now = berth_config::clock::now();
+        let now = berth_rules::clock::now();
         let now_ns = now.0 as i128 * 1_000_000_000 + now.1 as i128;
         let history_only = until.is_some_and(|u| u <= now_ns);
         if history_only {

@@ -24,6 +24,9 @@ mod swarm;
 pub struct BusBackend {
     pub bus: Bus,
     pub storage: berth_bus::storage::StorageClient,
+    pub network: berth_bus::network::NetworkClient,
+    pub runtime: berth_bus::runtime::RuntimeClient,
+    pub images: berth_bus::images::ImagesClient,
     pub swarm: berth_bus::swarm::SwarmClient,
     pub host: HostFacts,
 }
@@ -32,6 +35,9 @@ impl BusBackend {
     pub fn new(bus: Bus, host: HostFacts) -> Arc<BusBackend> {
         Arc::new(BusBackend {
             storage: berth_bus::storage::StorageClient::new(bus.clone()),
+            network: berth_bus::network::NetworkClient::new(bus.clone()),
+            runtime: berth_bus::runtime::RuntimeClient::new(bus.clone()),
+            images: berth_bus::images::ImagesClient::new(bus.clone()),
             swarm: berth_bus::swarm::SwarmClient::new(bus.clone()),
             bus,
             host,

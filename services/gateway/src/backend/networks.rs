@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use berth_bus::network::NetworkApi as _;
+use berth_bus::runtime::RuntimeApi as _;
 use bus_schema::network::{
     NetworkCreate, NetworkInspect, NetworkList, NetworkPrune, NetworkRemove,
 };
@@ -16,7 +18,7 @@ impl crate::routes::networks::Backend for BusBackend {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<docker::NetworkInspect>, BusError> {
-        self.bus.request_idempotent(&NetworkList { filters }).await
+        self.network.network_list(NetworkList { filters }).await
     }
 
     async fn network_inspect(
@@ -24,25 +26,25 @@ impl crate::routes::networks::Backend for BusBackend {
         id: String,
         verbose: bool,
     ) -> Result<docker::NetworkInspect, BusError> {
-        self.bus.request_idempotent(&NetworkInspect { id, verbose }).await
+        self.network.network_inspect(NetworkInspect { id, verbose }).await
     }
 
     async fn network_create(
         &self,
         body: docker::NetworkCreateRequest,
     ) -> Result<docker::NetworkCreateResponse, BusError> {
-        self.bus.request(&NetworkCreate { body }).await
+        self.network.network_create(NetworkCreate { body }).await
     }
 
     async fn network_remove(&self, id: String) -> Result<(), BusError> {
-        self.bus.request(&NetworkRemove { id }).await
+        self.network.network_remove(NetworkRemove { id }).await
     }
 
     async fn network_prune(
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<docker::NetworkPruneResponse, BusError> {
-        self.bus.request(&NetworkPrune { filters }).await
+        self.network.network_prune(NetworkPrune { filters }).await
     }
 
     async fn network_connect(
@@ -50,8 +52,8 @@ impl crate::routes::networks::Backend for BusBackend {
         id: String,
         req: docker::NetworkConnectRequest,
     ) -> Result<(), BusError> {
-        self.bus
-            .request(&ContainerNetworkConnect {
+        self.runtime
+            .container_network_connect(ContainerNetworkConnect {
                 container: req.container,
                 network: id,
                 endpoint: req.endpoint_config,
@@ -64,8 +66,8 @@ impl crate::routes::networks::Backend for BusBackend {
         id: String,
         req: docker::NetworkDisconnectRequest,
     ) -> Result<(), BusError> {
-        self.bus
-            .request(&ContainerNetworkDisconnect {
+        self.runtime
+            .container_network_disconnect(ContainerNetworkDisconnect {
                 container: req.container,
                 network: id,
                 force: req.force.unwrap_or(false),

@@ -1,5 +1,7 @@
 //! The bus implementation of the volumes backend: requests to the storage service.
 
+use berth_bus::images::ImagesApi as _;
+use berth_bus::runtime::RuntimeApi as _;
 use berth_bus::storage::StorageApi as _;
 use std::collections::HashMap;
 
@@ -15,7 +17,7 @@ impl crate::routes::volumes::Backend for BusBackend {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<docker::Volume>, BusError> {
-        self.bus.request_idempotent(&VolumeList { filters }).await
+        self.storage.volume_list(VolumeList { filters }).await
     }
 
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
@@ -23,7 +25,7 @@ impl crate::routes::volumes::Backend for BusBackend {
     }
 
     async fn volume_inspect(&self, name: String) -> Result<docker::Volume, BusError> {
-        self.bus.request_idempotent(&VolumeInspect { name }).await
+        self.storage.volume_inspect(VolumeInspect { name }).await
     }
 
     async fn volume_remove(&self, name: String, force: bool) -> Result<(), BusError> {
@@ -38,23 +40,14 @@ impl crate::routes::volumes::Backend for BusBackend {
     }
 
     async fn storage_usage(&self) -> Result<StorageUsage, BusError> {
-        self.bus
-            .with_timeout(std::time::Duration::from_secs(300))
-            .request_idempotent(&StorageDf {})
-            .await
+        self.storage.storage_df(StorageDf {}).await
     }
 
     async fn image_df(&self) -> Result<Vec<docker::ImageSummary>, BusError> {
-        self.bus
-            .with_timeout(std::time::Duration::from_secs(300))
-            .request_idempotent(&bus_schema::images::ImageDf {})
-            .await
+        self.images.image_df(bus_schema::images::ImageDf {}).await
     }
 
     async fn container_df(&self) -> Result<Vec<docker::ContainerSummary>, BusError> {
-        self.bus
-            .with_timeout(std::time::Duration::from_secs(300))
-            .request_idempotent(&bus_schema::runtime::ContainerDf {})
-            .await
+        self.runtime.container_df(bus_schema::runtime::ContainerDf {}).await
     }
 }

@@ -102,11 +102,8 @@ async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -
 
 async fn commit<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Params, body: axum::body::Bytes) -> ApiResult<Response> {
     let container = q.get("container").filter(|c| !c.is_empty()).cloned().ok_or_else(|| ApiError::bad_request("container is required"))?;
-    let config: Option<docker::ContainerConfig> = if body.iter().all(|c| c.is_ascii_whitespace()) || &body[..] == b"null" {
-        None
-    } else {
-        Some(crate::gojson::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?)
-    };
+    // Moby: no body or `null` is no config; one that does not decode is its 500
+    let config = crate::util::config_body::<Option<docker::ContainerConfig>>(&body, true)?.flatten();
     let r = ContainerCommit {
         container,
         repo: q.get("repo").filter(|s| !s.is_empty()).cloned(),

@@ -163,20 +163,13 @@ pub fn create_for_version(body: &mut docker::ContainerCreateBody, v: ApiVersion)
     Ok(())
 }
 
-fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    crate::gojson::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
-}
-
 async fn create<B: Backend>(
     State(b): State<Arc<B>>,
     FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let mut body: docker::ContainerCreateBody = json_body(&body)?;
+    let mut body: docker::ContainerCreateBody = crate::util::config_body(&body, false)?.unwrap_or_default();
     create_for_version(&mut body, v)?;
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
     let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
@@ -375,7 +368,10 @@ async fn logs<B: Backend>(
     let time = |k: &str| -> ApiResult<f64> {
         match q.get(k).filter(|s| !s.is_empty()) {
             None => Ok(0.0),
-            Some(s) => s.parse::<f64>().map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s}"))),
+            // Moby's ParseTimestamps: seconds with an optional fraction (no `1e9`, `inf`)
+            Some(s) => berth_rules::clock::parse_timestamp(s)
+                .map(|ns| ns as f64 / 1e9)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s}"))),
         }
     };
     let r = rt::ContainerLogs {
@@ -481,7 +477,7 @@ async fn attach_ws<B: Backend>(
 }
 
 async fn exec_create<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Response> {
-    let config: docker::ExecConfig = json_body(&body)?;
+    let config: docker::ExecConfig = crate::util::json_body(&body)?;
     if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
         return Err(ApiError::bad_request("No exec command specified"));
     }
@@ -503,7 +499,7 @@ async fn exec_start<B: Backend>(
     let body = axum::body::to_bytes(std::mem::replace(req.body_mut(), Body::empty()), 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let cfg: docker::ExecStartConfig = json_body(&body)?;
+    let cfg: docker::ExecStartConfig = crate::util::json_body(&body)?;
     let detach = cfg.detach.unwrap_or(false);
     let tty = cfg.tty.unwrap_or(false);
     let r = rt::ExecStart {
@@ -599,7 +595,7 @@ async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Firs
 }
 
 async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<serde_json::Value>> {
-    let body: docker::ContainerUpdateBody = json_body(&body)?;
+    let body: docker::ContainerUpdateBody = crate::util::config_body(&body, false)?.unwrap_or_default();
     let r = b.update(rt::ContainerUpdate { id, body }).await?;
     // no warnings: Go's nil slice
     let w = r.warnings.filter(|w| !w.is_empty());

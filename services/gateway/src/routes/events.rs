@@ -34,17 +34,10 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
 
 use bus_schema::event::FILTER_KEYS as KEYS;
 
-/// Docker's `--since`/`--until` values: Unix seconds with an optional fraction.
+/// Docker's `--since`/`--until` values: Unix seconds with an optional fraction
+/// (the CLI converts durations and dates before sending).
 fn parse_time(s: &str) -> Result<i128, ApiError> {
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i128 = sec.parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp: {s}")))?;
-    let mut f = frac.to_string();
-    f.truncate(9);
-    while f.len() < 9 {
-        f.push('0');
-    }
-    let nanos: i128 = if frac.is_empty() { 0 } else { f.parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp: {s}")))? };
-    Ok(secs * 1_000_000_000 + nanos)
+    berth_rules::clock::parse_timestamp(s).map_err(ApiError::bad_request)
 }
 
 /// An event as `GET /events` sends it, with the legacy fields (`status`, `id`, `from`)
@@ -71,7 +64,7 @@ async fn events<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) 
             return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
         }
     }
-    let now = berth_config::clock::now();
+    let now = berth_rules::clock::now();
     let now_ns = now.0 as i128 * 1_000_000_000 + now.1 as i128;
     let since = q.get("since").filter(|s| !s.is_empty()).map(|s| parse_time(s)).transpose()?;
     let until = q.get("until").filter(|s| !s.is_empty()).map(|s| parse_time(s)).transpose()?;

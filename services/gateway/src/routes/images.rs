@@ -147,6 +147,23 @@ async fn create<B: Backend>(
     Ok(util::json_stream(rd))
 }
 
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// `RepoTags` and `RepoDigests` are lists, never `null` (list and inspect).
+fn repo_lists_not_null(o: &mut JsonObject) {
+    for k in ["RepoTags", "RepoDigests"] {
+        if o.get(k).is_none_or(|x| x.is_null()) {
+            o.insert(k.into(), serde_json::json!([]));
+        }
+    }
+}
+
+/// `VirtualSize` (= `Size`), which API versions before 1.44 have (list and inspect).
+fn add_virtual_size(o: &mut JsonObject) {
+    let size = o.get("Size").cloned().unwrap_or(serde_json::json!(0));
+    o.insert("VirtualSize".into(), size);
+}
+
 /// `/images/json` as the client's API version has it (moby's image router):
 /// untagged images are `<none>:<none>` before 1.43 (`[]` since), `VirtualSize`
 /// before 1.44, no `Descriptor` before 1.48, `Containers` -1 before 1.51.
@@ -164,15 +181,10 @@ pub fn image_list_for_version(mut list: Vec<serde_json::Value>, v: ApiVersion) -
                 o.insert("RepoDigests".into(), Value::Null);
             }
         } else {
-            for k in ["RepoTags", "RepoDigests"] {
-                if o.get(k).is_none_or(|x| x.is_null()) {
-                    o.insert(k.into(), json!([]));
-                }
-            }
+            repo_lists_not_null(o);
         }
         if v.less_than("1.44") {
-            let size = o.get("Size").cloned().unwrap_or(json!(0));
-            o.insert("VirtualSize".into(), size);
+            add_virtual_size(o);
         }
         if v.less_than("1.48") {
             o.remove("Descriptor");
@@ -194,14 +206,9 @@ pub fn image_list_for_version(mut list: Vec<serde_json::Value>, v: ApiVersion) -
 pub fn image_inspect_for_version(mut img: serde_json::Value, v: ApiVersion) -> serde_json::Value {
     use serde_json::{json, Value};
     let Some(o) = img.as_object_mut() else { return img };
-    for k in ["RepoTags", "RepoDigests"] {
-        if o.get(k).is_none_or(|x| x.is_null()) {
-            o.insert(k.into(), json!([]));
-        }
-    }
+    repo_lists_not_null(o);
     if v.less_than("1.44") {
-        let size = o.get("Size").cloned().unwrap_or(json!(0));
-        o.insert("VirtualSize".into(), size);
+        add_virtual_size(o);
         if o.get("Created").is_none_or(|c| c.as_str().is_none_or(str::is_empty)) {
             o.insert("Created".into(), json!("0001-01-01T00:00:00Z"));
         }

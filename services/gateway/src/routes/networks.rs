@@ -62,14 +62,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .with_state(b)
 }
 
-/// A JSON body as Docker reads it: empty is an error for requests that need one.
-fn json_body<T: serde::de::DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
-    if b.iter().all(|c| c.is_ascii_whitespace()) {
-        return Err(ApiError::bad_request("invalid JSON: request body is empty"));
-    }
-    crate::gojson::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
-}
-
 /// A network as Moby writes `types.NetworkResource` for the client's version:
 /// `IPAM.Options` always (`null` when none), no `EnableIPv4` before API 1.47.
 fn network_json(n: &docker::NetworkInspect, v: ApiVersion) -> ApiResult<serde_json::Value> {
@@ -114,7 +106,7 @@ async fn inspect<B: Backend>(
 }
 
 async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
-    let req: docker::NetworkCreateRequest = json_body(&body)?;
+    let req: docker::NetworkCreateRequest = util::json_body(&body)?;
     let r = b.network_create(req).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -142,7 +134,7 @@ async fn connect<B: Backend>(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let req: docker::NetworkConnectRequest = json_body(&body)?;
+    let req: docker::NetworkConnectRequest = util::json_body(&body)?;
     if req.container.is_empty() {
         return Err(ApiError::bad_request("no container specified"));
     }
@@ -155,7 +147,7 @@ async fn disconnect<B: Backend>(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let req: docker::NetworkDisconnectRequest = json_body(&body)?;
+    let req: docker::NetworkDisconnectRequest = util::json_body(&body)?;
     if req.container.is_empty() {
         return Err(ApiError::bad_request("no container specified"));
     }
@@ -326,10 +318,13 @@ mod tests {
         assert_eq!(b, r#"{"Id":"web-id","Warning":""}"#);
         let (s, _) = call(&app, "POST", "/networks/create", r#"{"Name":"dup"}"#).await;
         assert_eq!(s, 409);
-        let (s, _) = call(&app, "POST", "/networks/create", "").await;
-        assert_eq!(s, 400);
-        let (s, _) = call(&app, "POST", "/networks/create", "{nope").await;
-        assert_eq!(s, 400);
+        // Moby 20.10's words (util::json_body)
+        let (s, b) = call(&app, "POST", "/networks/create", "").await;
+        assert_eq!((s, b.as_str()), (400, r#"{"message":"got EOF while reading request body"}"#));
+        let (s, b) = call(&app, "POST", "/networks/create", "{nope").await;
+        assert_eq!((s, b.as_str()), (400, r#"{"message":"invalid character 'n' looking for beginning of object key string"}"#));
+        let (s, b) = call(&app, "POST", "/networks/web/connect", " ").await;
+        assert_eq!((s, b.as_str()), (400, r#"{"message":"got EOF while reading request body"}"#));
 
         let (s, b) = call(&app, "DELETE", "/networks/web", "").await;
         assert_eq!((s, b.as_str()), (204, ""));

@@ -16,7 +16,6 @@ use bus_schema::stream::StdioChunk;
 use bus_schema::swarm::*;
 use bus_schema::{docker, BusStream};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 use crate::util::{self, bool_value, Query as Q};
@@ -60,13 +59,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
 }
 
 /// A JSON body; empty is an error, as Moby's `httputils.ReadJSON`.
-fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
-    if b.iter().all(|c| c.is_ascii_whitespace()) {
-        return Err(ApiError::bad_request("invalid JSON: request body is empty"));
-    }
-    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
-}
-
 /// `?version=N`, required by updates (Moby: "invalid swarm version").
 fn version(q: &Q, what: &str) -> ApiResult<u64> {
     q.get("version")
@@ -83,12 +75,12 @@ async fn swarm_inspect<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json<Sw
 }
 
 async fn swarm_init<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Json<String>> {
-    let req: docker::SwarmInitRequest = body(&raw)?;
+    let req: docker::SwarmInitRequest = util::json_body(&raw)?;
     Ok(Json(b.swarm().swarm_init(SwarmInit { req }).await?))
 }
 
 async fn swarm_join<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let req: docker::SwarmJoinRequest = body(&raw)?;
+    let req: docker::SwarmJoinRequest = util::json_body(&raw)?;
     b.swarm().swarm_join(SwarmJoin { req }).await?;
     Ok(ok_empty())
 }
@@ -99,7 +91,7 @@ async fn swarm_leave<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn swarm_update<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SwarmSpec = body(&raw)?;
+    let spec: docker::SwarmSpec = util::json_body(&raw)?;
     let version = version(&q, "swarm")?;
     b.swarm().swarm_update(SwarmUpdate {
         version,
@@ -117,7 +109,7 @@ async fn swarm_unlock_key<B: Backend>(State(b): State<Arc<B>>) -> ApiResult<Json
 }
 
 async fn swarm_unlock<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let req: docker::SwarmUnlockRequest = body(&raw)?;
+    let req: docker::SwarmUnlockRequest = util::json_body(&raw)?;
     b.swarm().swarm_unlock(SwarmUnlock { key: req.unlock_key.unwrap_or_default() }).await?;
     Ok(ok_empty())
 }
@@ -131,7 +123,7 @@ async fn node_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
 }
 
 async fn node_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::NodeSpec = body(&raw)?;
+    let spec: docker::NodeSpec = util::json_body(&raw)?;
     let version = version(&q, "node")?;
     b.swarm().node_update(NodeUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -147,7 +139,7 @@ fn registry_auth(h: &HeaderMap) -> Option<String> {
 }
 
 async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ServiceSpec = body(&raw)?;
+    let spec: docker::ServiceSpec = util::json_body(&raw)?;
     let r = b.swarm().service_create(ServiceCreate { spec, auth: registry_auth(&headers) }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -161,7 +153,7 @@ async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Str
 }
 
 async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ServiceSpec = body(&raw)?;
+    let spec: docker::ServiceSpec = util::json_body(&raw)?;
     let version = version(&q, "service")?;
     let r = b
         .swarm().service_update(ServiceUpdate {
@@ -254,31 +246,8 @@ fn created_id(r: docker::IdResponse) -> Response {
     (StatusCode::CREATED, Json(serde_json::json!({ "ID": r.id }))).into_response()
 }
 
-/// Go's encoding/json matches keys without regard to case (docker-py sends
-/// `Templating: {"name": "golang"}`); serde does not. The driver objects of a secret or
-/// config spec get their keys' canonical case before decoding.
-fn canonical_driver_keys(raw: &Bytes) -> ApiResult<Bytes> {
-    let mut v: serde_json::Value = body(raw)?;
-    if let Some(o) = v.as_object_mut() {
-        for k in ["Driver", "Templating"] {
-            let found = o.keys().find(|x| x.eq_ignore_ascii_case(k)).cloned();
-            let Some(mut d) = found.and_then(|f| o.remove(&f)) else { continue };
-            if let Some(dm) = d.as_object_mut() {
-                for want in ["Name", "Options"] {
-                    if let Some(got) = dm.keys().find(|x| x.eq_ignore_ascii_case(want) && x.as_str() != want).cloned() {
-                        let val = dm.remove(&got).unwrap_or_default();
-                        dm.insert(want.to_string(), val);
-                    }
-                }
-            }
-            o.insert(k.to_string(), d);
-        }
-    }
-    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
-}
-
 async fn secret_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SecretSpec = body(&canonical_driver_keys(&raw)?)?;
+    let spec: docker::SecretSpec = util::json_body(&raw)?;
     let r = b.swarm().secret_create(SecretCreate { spec }).await?;
     Ok(created_id(r))
 }
@@ -288,7 +257,7 @@ async fn secret_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 }
 
 async fn secret_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::SecretSpec = body(&raw)?;
+    let spec: docker::SecretSpec = util::json_body(&raw)?;
     let version = version(&q, "secret")?;
     b.swarm().secret_update(SecretUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -304,7 +273,7 @@ async fn config_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): u
 }
 
 async fn config_create<B: Backend>(State(b): State<Arc<B>>, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ConfigSpec = body(&canonical_driver_keys(&raw)?)?;
+    let spec: docker::ConfigSpec = util::json_body(&raw)?;
     let r = b.swarm().config_create(ConfigCreate { spec }).await?;
     Ok(created_id(r))
 }
@@ -314,7 +283,7 @@ async fn config_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<Stri
 }
 
 async fn config_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, raw: Bytes) -> ApiResult<Response> {
-    let spec: docker::ConfigSpec = body(&raw)?;
+    let spec: docker::ConfigSpec = util::json_body(&raw)?;
     let version = version(&q, "config")?;
     b.swarm().config_update(ConfigUpdate { id, version, spec }).await?;
     Ok(ok_empty())
@@ -394,7 +363,12 @@ mod tests {
     #[tokio::test]
     async fn bad_bodies_and_versions_are_400() {
         let (st, body) = call("POST", "/services/create", "").await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!((st, body.as_str()), (StatusCode::BAD_REQUEST, r#"{"message":"got EOF while reading request body"}"#));
+        // Moby decodes before it sees the swarm is off; the rest of the body is unread
+        let (st, body) = call("POST", "/secrets/create", "{invalid json").await;
+        assert_eq!((st, body.as_str()), (StatusCode::BAD_REQUEST, r#"{"message":"invalid character 'i' looking for beginning of object key string"}"#));
+        let (st, _) = call("POST", "/secrets/create", "{}x").await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
         let (st, _) = call("POST", "/services/x/update", "{}").await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         // Moby checks the streams first, with a 500

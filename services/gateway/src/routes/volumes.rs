@@ -105,11 +105,7 @@ struct CreateBody {
 }
 
 async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request("got EOF while reading request body"));
-    }
-    let c: CreateBody =
-        crate::gojson::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let c: CreateBody = util::json_body(&body)?;
     let name = c.name.filter(|n| !n.is_empty());
     // a volume created without a name is anonymous (Moby labels it so), and so
     // pruned by API 1.42+ without `all`
@@ -346,6 +342,16 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 Some("got EOF while reading request body")
             )
+        );
+        // Go's Decoder reads the first value: Moby creates an anonymous volume for these
+        for body in ["null", "{}x"] {
+            let (s, j) = call(&app, "POST", "/volumes/create", body).await;
+            assert_eq!(s, StatusCode::CREATED, "{body}: {j}");
+        }
+        let (s, j) = call(&app, "POST", "/volumes/create", "{invalid json").await;
+        assert_eq!(
+            (s, j["message"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid character 'i' looking for beginning of object key string"))
         );
         let (s, j) = call(&app, "GET", "/volumes", "").await;
         assert_eq!(s, StatusCode::OK);

@@ -7,6 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use berth_rules::clock;
+
 /// Docker's copier emits a message at most this long (a longer line becomes several).
 pub const MAX_MESSAGE: usize = 16 * 1024;
 
@@ -19,17 +21,8 @@ pub struct Time {
 
 impl Time {
     pub fn now() -> Time {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe {
-            libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
-        }
-        Time {
-            secs: ts.tv_sec,
-            nanos: ts.tv_nsec as u32,
-        }
+        let (secs, nanos) = clock::now();
+        Time { secs, nanos }
     }
 
     pub fn as_f64(&self) -> f64 {
@@ -40,110 +33,17 @@ impl Time {
     /// RFC3339NanoFixed, used by `docker logs -t`); else Go's RFC3339Nano, trailing
     /// zeros dropped (the json-file "time" field).
     pub fn format(&self, fixed: bool) -> String {
-        let days = self.secs.div_euclid(86400);
-        let rem = self.secs.rem_euclid(86400);
-        let (y, m, d) = civil_from_days(days);
-        let mut s = format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        );
         if fixed {
-            s.push_str(&format!(".{:09}", self.nanos));
-        } else if self.nanos != 0 {
-            let f = format!("{:09}", self.nanos);
-            s.push('.');
-            s.push_str(f.trim_end_matches('0'));
+            clock::rfc3339_nano_fixed(self.secs, self.nanos)
+        } else {
+            clock::rfc3339_nano(self.secs, self.nanos)
         }
-        s.push('Z');
-        s
     }
 
     /// Parses RFC 3339 (`Z` or `+hh:mm` offsets, any number of fraction digits).
     pub fn parse(s: &str) -> Option<Time> {
-        let b = s.as_bytes();
-        if b.len() < 20
-            || b[4] != b'-'
-            || b[7] != b'-'
-            || (b[10] != b'T' && b[10] != b't')
-            || b[13] != b':'
-            || b[16] != b':'
-        {
-            return None;
-        }
-        let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-        let (y, mo, d, h, mi, se) = (
-            num(0..4)?,
-            num(5..7)?,
-            num(8..10)?,
-            num(11..13)?,
-            num(14..16)?,
-            num(17..19)?,
-        );
-        let mut i = 19;
-        let mut nanos = 0u32;
-        if b[i] == b'.' {
-            i += 1;
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            let digits = &s[start..i];
-            if digits.is_empty() {
-                return None;
-            }
-            let mut n: u64 = 0;
-            for (k, c) in digits.bytes().enumerate() {
-                if k < 9 {
-                    n = n * 10 + (c - b'0') as u64;
-                }
-            }
-            for _ in digits.len()..9 {
-                n *= 10;
-            }
-            nanos = n as u32;
-        }
-        let offset = match &s[i..] {
-            "Z" | "z" => 0,
-            o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-                let v = o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60;
-                if o.starts_with('-') {
-                    -v
-                } else {
-                    v
-                }
-            }
-            _ => return None,
-        };
-        let secs =
-            days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + se - offset;
-        Some(Time { secs, nanos })
+        clock::parse_rfc3339(s).map(|(secs, nanos)| Time { secs, nanos })
     }
-}
-
-/// Howard Hinnant's days-from-civil and its inverse.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// Appends `data` as a JSON string the way Docker's json-file writer does: `<`, `>`,
