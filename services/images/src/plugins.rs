@@ -345,8 +345,12 @@ impl Plugins {
             .await
             .map_err(|e| BusError::internal(e.to_string()))??;
         let config = config.ok_or_else(|| BusError::internal("config not found"))?;
-        let mut cfg: PluginConfig =
-            bus_schema::gojson::from_slice(&config).map_err(|e| BusError::internal(format!("failed to parse config: {e}")))?;
+        // Moby's json.Unmarshal: Go's wording of a syntax error
+        let mut cfg: PluginConfig = match bus_schema::gojson::decode_first(&config) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(BusError::internal("failed to parse config: unexpected end of JSON input")),
+            Err(m) => return Err(BusError::internal(format!("failed to parse config: {m}"))),
+        };
         let applied = self.apply_layer(layer_tar).await?;
         cfg.rootfs = Some(PluginConfigRootfs { diff_ids: Some(vec![applied.diff_id.clone()]), typ: "layers".into() });
         cfg.docker_version = berth_config::VERSION.into();

@@ -71,10 +71,11 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, 
 
 /// Go's `json.Decoder.Decode(&[]string)` of the set body, with Moby's answers.
 fn set_args(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("got EOF while reading request body"));
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let v: Value = match crate::gojson::decode_first::<Value>(body) {
+        Ok(None) => return Err(ApiError::bad_request("got EOF while reading request body")),
+        Ok(Some(v)) => v,
+        Err(m) => return Err(ApiError::bad_request(m)),
+    };
     let kind = |v: &Value| match v {
         Value::Object(_) => "object",
         Value::String(_) => "string",
@@ -158,6 +159,6 @@ mod tests {
         assert_eq!(set_args(b"").unwrap_err().message, "got EOF while reading request body");
         assert_eq!(set_args(br#"{"a":1}"#).unwrap_err().message, "json: cannot unmarshal object into Go value of type []string");
         assert_eq!(set_args(b"[1]").unwrap_err().message, "json: cannot unmarshal number into Go value of type string");
-        assert_eq!(set_args(b"garbage").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(set_args(b"garbage").unwrap_err().message, "invalid character 'g' looking for beginning of value");
     }
 }
