@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::docker;
+pub use crate::plugin::{Plugin, PluginCreate, PluginDisable, PluginEnable, PluginInspect, PluginList, PluginRemove, PluginSet};
 use crate::storage::LayerApplied;
 use crate::stream::ByteChunk;
 
@@ -273,6 +274,13 @@ macro_rules! images_table {
                 image_create_from_layer(ImageCreateFromLayer) -> String; callers [Builder];
                 image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
                 distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);
+                plugin_create(PluginCreate) -> (), stream (), input ByteChunk; callers [Gateway], timeout |_| $crate::secs(120);
+                plugin_list(PluginList) -> Vec<Plugin>; callers [Gateway];
+                plugin_inspect(PluginInspect) -> Plugin; callers [Gateway];
+                plugin_set(PluginSet) -> (); callers [Gateway];
+                plugin_enable(PluginEnable) -> (); callers [Gateway];
+                plugin_disable(PluginDisable) -> (); callers [Gateway];
+                plugin_remove(PluginRemove) -> (); callers [Gateway], timeout |_| $crate::secs(120);
             }
         }
     };

@@ -14,6 +14,7 @@
 pub mod contract;
 pub mod error;
 pub mod event;
+pub mod gojson;
 pub mod stream;
 pub mod subject;
 pub mod system;
@@ -21,6 +22,7 @@ pub mod system;
 pub mod builder;
 pub mod images;
 pub mod network;
+pub mod plugin;
 pub mod runtime;
 pub mod storage;
 pub mod swarm;

@@ -3,7 +3,7 @@
 
 pub mod backend;
 pub mod error;
-pub mod gojson;
+pub use bus_schema::gojson;
 pub mod goshape;
 pub mod hijack;
 pub mod host;
@@ -22,7 +22,7 @@ use tower::ServiceExt;
 /// Each area adds one bound and one `merge` line here.
 pub fn app<B>(b: Arc<B>) -> Router
 where
-    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend + routes::swarm::Backend,
+    B: routes::system::Backend + routes::containers::Backend + routes::events::Backend + routes::build::Backend + routes::volumes::Backend + routes::images::Backend + routes::networks::Backend + routes::swarm::Backend + routes::plugins::Backend,
 {
     let r = Router::new()
         .merge(routes::system::router(b.clone()))
@@ -33,6 +33,7 @@ where
         .merge(routes::images::router(b.clone()))
         .merge(routes::networks::router(b.clone()))
         .merge(routes::swarm::router(b.clone()))
+        .merge(routes::plugins::router(b.clone()))
         .fallback(routes::unserved::fallback);
     with_limits(r)
         .layer(axum::middleware::from_fn(json_content_type))

@@ -278,6 +278,43 @@ pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(),
     w.end().await
 }
 
+/// [`pump_body`], and when the service stops reading before the body ends (it
+/// answered an error first), the rest of the body read and dropped, up to 256 KiB, as
+/// Go's server does for a handler that did not read it: the client's write then
+/// succeeds and it reads the answer instead of a broken pipe.
+pub async fn pump_body_draining(body: Body, w: StreamWriter<ByteChunk>) {
+    let mut stream = body.into_data_stream();
+    let mut w = Some(w);
+    let mut dropped = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(b) = chunk else {
+            if let Some(w) = w.take() {
+                let _ = w.fail(BusError::invalid("reading request body failed")).await;
+            }
+            return;
+        };
+        match w.as_mut() {
+            Some(wr) => {
+                for part in b.chunks(bus_schema::stream::MAX_CHUNK) {
+                    if wr.send(ByteChunk(part.to_vec())).await.is_err() {
+                        w = None;
+                        break;
+                    }
+                }
+            }
+            None => {
+                dropped += b.len();
+                if dropped > 256 << 10 {
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(w) = w {
+        let _ = w.end().await;
+    }
+}
+
 /// A body stream fed by a task; the task is dropped as soon as the client goes away
 /// (it closes the connection, or hyper drops the body), even while it waits for
 /// something to send: a `docker run -d` leaves its `wait` behind that way, and the bus

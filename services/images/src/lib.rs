@@ -15,6 +15,7 @@ pub mod error;
 pub mod hello;
 pub mod layers;
 pub mod manifest;
+pub mod plugins;
 pub mod progress;
 pub mod pull;
 pub mod push;
@@ -36,7 +37,8 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
         .map(PathBuf::from)
         .unwrap_or_else(|| cfg.data_root());
     let images = Images::open(bus.clone(), &cfg, &root)?;
-    Ok(adapter::server(bus, images, registry_info(&cfg)))
+    let plugins = plugins::Plugins::open(layers::Layers::new(bus.clone()), &root.join("images"), cfg.storage_driver())?;
+    Ok(plugins::serve(adapter::server(bus, images, registry_info(&cfg)), std::sync::Arc::new(plugins)))
 }
 
 /// `RegistryConfig` as `docker info` shows it: insecure CIDRs (127.0.0.0/8 always,

@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use bus_schema::runtime as rt;
-use bus_schema::{docker, BusError};
+use bus_schema::docker;
 
 use super::BusBackend;
-use crate::routes::containers::{Backend, Simple};
-
-type Fut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, BusError>> + Send + 'a>>;
+use crate::routes::containers::{Backend, Fut, Simple};
 
 /// Stops may wait for the container's own timeout before the kill.
 fn stop_timeout(t: Option<i64>) -> Duration {

@@ -18,6 +18,7 @@ use crate::host::HostFacts;
 
 mod images;
 mod networks;
+mod plugins;
 mod swarm;
 
 pub struct BusBackend {

@@ -19,7 +19,8 @@ use crate::hijack;
 use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, pump_body, FirstQuery, Query as Q};
 use crate::version::ApiVersion;
 
-type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
+/// A backend call's future.
+pub type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
 
 /// What the container routes need from the runtime.
 pub trait Backend: Send + Sync + 'static {

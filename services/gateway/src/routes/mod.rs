@@ -6,6 +6,7 @@ pub mod containers;
 pub mod events;
 pub mod images;
 pub mod networks;
+pub mod plugins;
 pub mod swarm;
 pub mod system;
 pub mod unserved;

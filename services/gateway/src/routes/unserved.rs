@@ -1,5 +1,5 @@
 //! Routes of Docker's API that berth does not serve, answered as Moby answers them
-//! with the feature off (no plugins, no BuildKit), never with a bare 404 "page not
+//! with the feature off (no plugin install from a registry, no BuildKit), never with a bare 404 "page not
 //! found" for a route Docker has. This is the app's fallback: a route an area serves
 //! always wins, so the area that starts serving one of these only adds its router,
 //! and the entry here goes dead (remove it then; `docs/api.md`'s test reports the
@@ -15,9 +15,10 @@ use crate::error::ApiError;
 /// How an unserved route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// No plugin installed: an empty list.
+    /// Nothing to list (privileges of a remote plugin: installing is not served).
     NoPlugins,
-    /// No plugin installed: 404 `plugin "<name>" not found`.
+    /// Push/upgrade (not served) of an unknown plugin: 404 `plugin "<name>" not
+    /// found`, as Moby's first check (routes::plugins answers 501 for a known one).
     PluginNotFound,
     /// Installing or making plugins: not available yet (501).
     PluginsUnavailable,
@@ -28,17 +29,10 @@ pub enum Answer {
 /// Docker's routes berth does not serve, with their answer. Path segments in braces
 /// match any one segment.
 pub const UNSERVED: &[(&str, &str, Answer)] = &[
-    ("GET", "/plugins", Answer::NoPlugins),
     ("GET", "/plugins/privileges", Answer::NoPlugins),
     ("POST", "/plugins/pull", Answer::PluginsUnavailable),
-    ("POST", "/plugins/create", Answer::PluginsUnavailable),
-    ("GET", "/plugins/{*name}/json", Answer::PluginNotFound),
-    ("DELETE", "/plugins/{*name}", Answer::PluginNotFound),
-    ("POST", "/plugins/{*name}/enable", Answer::PluginNotFound),
-    ("POST", "/plugins/{*name}/disable", Answer::PluginNotFound),
     ("POST", "/plugins/{*name}/upgrade", Answer::PluginNotFound),
     ("POST", "/plugins/{*name}/push", Answer::PluginNotFound),
-    ("POST", "/plugins/{*name}/set", Answer::PluginNotFound),
     ("POST", "/session", Answer::Session),
 ];
 
@@ -119,9 +113,9 @@ mod tests {
         assert!(!matches("/session", "/session/x"));
         assert_eq!(lookup(&Method::POST, "/session"), Some(Answer::Session));
         assert_eq!(lookup(&Method::GET, "/session"), None);
-        assert_eq!(lookup(&Method::GET, "/plugins/vieux/sshfs:latest/json"), Some(Answer::PluginNotFound));
-        assert_eq!(lookup(&Method::DELETE, "/plugins/a/b"), Some(Answer::PluginNotFound));
-        assert_eq!(lookup(&Method::GET, "/plugins/json"), None);
+        assert_eq!(lookup(&Method::POST, "/plugins/vieux/sshfs:latest/push"), Some(Answer::PluginNotFound));
+        assert_eq!(lookup(&Method::POST, "/plugins/a/b/upgrade"), Some(Answer::PluginNotFound));
+        assert_eq!(lookup(&Method::GET, "/plugins/vieux/sshfs/json"), None);
         assert_eq!(plugin_name(&Method::GET, "/plugins/vieux/sshfs:latest/json"), "vieux/sshfs:latest");
         assert_eq!(plugin_name(&Method::DELETE, "/plugins/vieux/sshfs"), "vieux/sshfs");
     }

@@ -1,0 +1,234 @@
+//! Managed plugins (`/plugins`): `docker plugin create/ls/inspect/set/enable/disable/rm`
+//! through the real docker CLI, and the same requests over raw HTTP compared with
+//! Moby 20.10's answers, recorded once from a dockerd 20.10.24 on its own socket
+//! (`e2e/clients/plugins-moby-20.10.json`; `BERTH_PLUGINS_RECORD=<moby socket>`
+//! records it again, dev only). The plugin is docker-py's dummy plugin
+//! (tests/integration/testdata/dummy-plugin: a config.json and an empty-file rootfs).
+//!
+//! Enabling a plugin records the state only: berth does not run the plugin's
+//! process yet (docs/status.md section 16), so this test never needs a plugin
+//! binary. Moby cannot enable the dummy plugin either (its `/dummy` is a directory),
+//! so "rm of an enabled plugin" is checked against Moby's source (enabledError:
+//! `plugin <name> is enabled`, 409), not a recording.
+
+use std::path::{Path, PathBuf};
+
+use berth_e2e::{http_raw, Node};
+use serde_json::{json, Value};
+
+/// docker-py's dummy plugin config, as in its testdata.
+const DUMMY_CONFIG: &str = r#"{
+    "description": "Dummy test plugin for docker python SDK",
+    "documentation": "https://github.com/docker/docker-py",
+    "entrypoint": ["/dummy"],
+    "network": {
+        "type": "host"
+    },
+    "interface" : {
+        "types": ["docker.volumedriver/1.0"],
+        "socket": "dummy.sock"
+    },
+    "env": [
+        {
+        "name":"DEBUG",
+        "settable":["value"],
+        "value":"0"
+        }
+    ]
+}
+"#;
+
+const RECORDING: &str = "clients/plugins-moby-20.10.json";
+
+/// A plugin data dir: `config.json` (if any) and `rootfs/dummy/file.txt` (if asked).
+fn plugin_dir(base: &Path, name: &str, config: Option<&str>, rootfs: bool) -> PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    if let Some(c) = config {
+        std::fs::write(d.join("config.json"), c).unwrap();
+    }
+    if rootfs {
+        std::fs::create_dir_all(d.join("rootfs/dummy")).unwrap();
+        std::fs::write(d.join("rootfs/dummy/file.txt"), "").unwrap();
+    }
+    d
+}
+
+/// The tar `docker plugin create` sends: the dir's entries, names relative to it.
+fn tar_of(dir: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    if dir.join("config.json").exists() {
+        b.append_path_with_name(dir.join("config.json"), "config.json").unwrap();
+    }
+    if dir.join("rootfs").exists() {
+        b.append_dir_all("rootfs", dir.join("rootfs")).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// What differs by engine and run: the ID, the engine's version, the rootfs digest
+/// (Moby digests its own gzip of the rootfs; berth the layer's tar).
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("Id") && o.contains_key("Config") {
+                o.insert("Id".into(), json!("<id>"));
+            }
+            if o.contains_key("DockerVersion") {
+                o.insert("DockerVersion".into(), json!("<version>"));
+            }
+            if o.contains_key("diff_ids") {
+                o.insert("diff_ids".into(), json!(["<diff id>"]));
+            }
+            o.values_mut().for_each(normalize);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// The requests, in order (they build on each other), and each answer as
+/// `{"req", "status", "body"}` (the body as JSON when it is JSON, else as text).
+fn exchange(sock: &Path, dirs: &Path) -> Vec<Value> {
+    let dummy = tar_of(&plugin_dir(dirs, "dummy", Some(DUMMY_CONFIG), true));
+    let no_config = tar_of(&plugin_dir(dirs, "noconfig", None, true));
+    let no_rootfs = tar_of(&plugin_dir(dirs, "norootfs", Some(DUMMY_CONFIG), false));
+    let bad_config = tar_of(&plugin_dir(dirs, "badconfig", Some("{bad"), true));
+    let digest = format!("x@sha256:{}", "0".repeat(64));
+    let filters = |f: &str| format!("/v1.41/plugins?filters={}", f.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace('[', "%5B").replace(']', "%5D").replace(':', "%3A"));
+    let tar = |b: &[u8]| Some((b.to_vec(), "application/x-tar"));
+    let js = |s: &str| Some((s.as_bytes().to_vec(), "application/json"));
+    let steps: Vec<(&str, &str, String, Option<(Vec<u8>, &str)>)> = vec![
+        ("list, none", "GET", "/v1.41/plugins".into(), None),
+        ("create", "POST", "/v1.41/plugins/create?name=docker-sdk-py/dummy".into(), tar(&dummy)),
+        ("create again", "POST", "/v1.41/plugins/create?name=docker-sdk-py/dummy:latest".into(), tar(&dummy)),
+        ("create without a name", "POST", "/v1.41/plugins/create".into(), tar(&dummy)),
+        ("create with an upper-case name", "POST", "/v1.41/plugins/create?name=Bad/Name".into(), tar(&dummy)),
+        ("create with a digest", "POST", format!("/v1.41/plugins/create?name={digest}"), tar(&dummy)),
+        ("create without config", "POST", "/v1.41/plugins/create?name=other".into(), tar(&no_config)),
+        ("create without rootfs", "POST", "/v1.41/plugins/create?name=other".into(), tar(&no_rootfs)),
+        ("create with bad config", "POST", "/v1.41/plugins/create?name=other".into(), tar(&bad_config)),
+        ("create from nothing", "POST", "/v1.41/plugins/create?name=other".into(), tar(b"")),
+        ("inspect", "GET", "/v1.41/plugins/docker-sdk-py/dummy/json".into(), None),
+        ("inspect with tag", "GET", "/v1.41/plugins/docker-sdk-py/dummy:latest/json".into(), None),
+        ("list", "GET", "/v1.41/plugins".into(), None),
+        ("list disabled", "GET", filters(r#"{"enabled":["false"]}"#), None),
+        ("list enabled", "GET", filters(r#"{"enabled":["true"]}"#), None),
+        ("list by capability", "GET", filters(r#"{"capability":["volumedriver"]}"#), None),
+        ("list by another capability", "GET", filters(r#"{"capability":["logdriver"]}"#), None),
+        ("list with an unknown filter", "GET", filters(r#"{"foo":["x"]}"#), None),
+        ("inspect unknown", "GET", "/v1.41/plugins/nope/json".into(), None),
+        ("inspect other tag", "GET", "/v1.41/plugins/docker-sdk-py/dummy:v2/json".into(), None),
+        ("enable unknown", "POST", "/v1.41/plugins/nope/enable?timeout=0".into(), None),
+        ("enable without timeout", "POST", "/v1.41/plugins/nope/enable".into(), None),
+        ("enable with a bad timeout", "POST", "/v1.41/plugins/docker-sdk-py/dummy/enable?timeout=abc".into(), None),
+        ("disable unknown", "POST", "/v1.41/plugins/nope/disable".into(), None),
+        ("disable a disabled plugin", "POST", "/v1.41/plugins/docker-sdk-py/dummy/disable".into(), None),
+        ("remove unknown", "DELETE", "/v1.41/plugins/nope".into(), None),
+        ("set unknown plugin", "POST", "/v1.41/plugins/nope/set".into(), js(r#"["DEBUG=1"]"#)),
+        ("set", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"["DEBUG=1"]"#)),
+        ("inspect after set", "GET", "/v1.41/plugins/docker-sdk-py/dummy/json".into(), None),
+        ("set without value", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"["DEBUG"]"#)),
+        ("inspect after set without value", "GET", "/v1.41/plugins/docker-sdk-py/dummy/json".into(), None),
+        ("set unknown key", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"["NOPE=1"]"#)),
+        ("set without name", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"["=1"]"#)),
+        ("set unknown mount", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"["mnt.source=/x"]"#)),
+        ("set an object", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js(r#"{"a":1}"#)),
+        ("set nothing", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js("")),
+        ("set garbage", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js("garbage")),
+        ("set null", "POST", "/v1.41/plugins/docker-sdk-py/dummy/set".into(), js("null")),
+        ("remove", "DELETE", "/v1.41/plugins/docker-sdk-py/dummy".into(), None),
+        ("list after remove", "GET", "/v1.41/plugins".into(), None),
+        ("create by full name", "POST", "/v1.41/plugins/create?name=docker.io/library/c".into(), tar(&dummy)),
+        ("inspect by short name", "GET", "/v1.41/plugins/c/json".into(), None),
+        ("remove by full name", "DELETE", "/v1.41/plugins/docker.io/library/c:latest".into(), None),
+    ];
+    steps
+        .into_iter()
+        .map(|(label, method, path, body)| {
+            let a = http_raw(sock, method, &path, &[], body.as_ref().map(|(b, ct)| (&b[..], *ct)));
+            let text = a.text();
+            let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+            json!({"req": label, "status": a.status, "body": body})
+        })
+        .collect()
+}
+
+#[test]
+fn plugins_as_moby_over_http() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(RECORDING);
+    if let Some(moby) = std::env::var_os("BERTH_PLUGINS_RECORD") {
+        let mut got = exchange(Path::new(&moby), dirs.path());
+        got.iter_mut().for_each(normalize);
+        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+        return;
+    }
+    let want: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let node = Node::start();
+    let mut got = exchange(&node.sock, dirs.path());
+    got.iter_mut().for_each(normalize);
+    assert_eq!(got.len(), want.len());
+    let mut diffs = Vec::new();
+    for (g, w) in got.iter().zip(&want) {
+        let label = w["req"].as_str().unwrap();
+        assert_eq!(g["req"], w["req"]);
+        if g != w {
+            diffs.push(format!("{label}:\n  berth: {g}\n  moby:  {w}"));
+        }
+    }
+    assert!(diffs.is_empty(), "answers that differ from Moby 20.10's:\n{}\n{}", diffs.join("\n"), node.logs());
+}
+
+fn fails_with(node: &Node, args: &[&str], msg: &str) {
+    let o = node.docker(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(msg), "docker {args:?}: {}\nstderr: {err}", o.status);
+}
+
+#[test]
+fn docker_plugin_commands() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(dirs.path(), "dummy", Some(DUMMY_CONFIG), true);
+    let mut node = Node::start();
+    let p = "docker-sdk-py/dummy";
+    assert_eq!(node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]).trim(), p);
+    fails_with(&node, &["plugin", "create", p, dir.to_str().unwrap()], "plugin docker-sdk-py/dummy:latest already exists");
+    let ls = |node: &Node| node.docker_ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}} {{.Description}}"]);
+    assert_eq!(ls(&node).trim(), "docker-sdk-py/dummy:latest false Dummy test plugin for docker python SDK");
+    let inspect = |node: &Node, f: &str| node.docker_ok(&["plugin", "inspect", "-f", f, p]).trim().to_string();
+    assert_eq!(inspect(&node, "{{.Config.Entrypoint}} {{.Settings.Env}} {{.Config.Interface.Socket}}"), "[/dummy] [DEBUG=0] dummy.sock");
+    let id = inspect(&node, "{{.Id}}");
+    assert_eq!(id.len(), 64, "{id}");
+    // by ID prefix, as Moby resolves it
+    assert_eq!(node.docker_ok(&["plugin", "inspect", "-f", "{{.Name}}", &id[..12]]).trim(), "docker-sdk-py/dummy:latest");
+
+    node.docker_ok(&["plugin", "set", p, "DEBUG=1"]);
+    assert_eq!(inspect(&node, "{{.Settings.Env}}"), "[DEBUG=1]");
+    fails_with(&node, &["plugin", "set", p, "NOPE=1"], "setting \"NOPE\" not found in the plugin configuration");
+
+    node.docker_ok(&["plugin", "enable", p]);
+    assert_eq!(inspect(&node, "{{.Enabled}}"), "true");
+    fails_with(&node, &["plugin", "enable", p], "plugin already enabled: plugin docker-sdk-py/dummy:latest is enabled");
+    fails_with(&node, &["plugin", "set", p, "DEBUG=2"], "cannot set on an active plugin, disable plugin before setting");
+    fails_with(&node, &["plugin", "rm", p], "plugin docker-sdk-py/dummy:latest is enabled");
+    node.docker_ok(&["plugin", "disable", p]);
+    fails_with(&node, &["plugin", "disable", p], "plugin is already disabled: plugin docker-sdk-py/dummy:latest found but disabled");
+
+    // stored: a restarted node has it, with its settings
+    node.docker_ok(&["plugin", "enable", p]);
+    node.shutdown();
+    node.boot();
+    assert_eq!(ls(&node).trim(), "docker-sdk-py/dummy:latest true Dummy test plugin for docker python SDK");
+    assert_eq!(inspect(&node, "{{.Id}} {{.Settings.Env}}"), format!("{id} [DEBUG=1]"));
+
+    // rm -f of an enabled plugin
+    assert_eq!(node.docker_ok(&["plugin", "rm", "-f", p]).trim(), p);
+    assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
+    fails_with(&node, &["plugin", "inspect", p], "not found");
+    // the name is free again
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    node.docker_ok(&["plugin", "rm", p]);
+}
