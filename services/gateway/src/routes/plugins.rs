@@ -71,11 +71,7 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, 
 
 /// Go's `json.Decoder.Decode(&[]string)` of the set body, with Moby's answers.
 fn set_args(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let v: Value = match crate::gojson::decode_first::<Value>(body) {
-        Ok(None) => return Err(ApiError::bad_request("got EOF while reading request body")),
-        Ok(Some(v)) => v,
-        Err(m) => return Err(ApiError::bad_request(m)),
-    };
+    let v: Value = util::json_body(body)?;
     let kind = |v: &Value| match v {
         Value::Object(_) => "object",
         Value::String(_) => "string",
