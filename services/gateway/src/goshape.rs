@@ -201,6 +201,19 @@ pub fn container_summary(j: &mut Value, v: ApiVersion) {
     }
 }
 
+/// A swarm service or task: a ContainerSpec's health check under the key Moby's
+/// swarm.ContainerSpec writes, `Healthcheck` (the swagger, and so bollard's model,
+/// spells it `HealthCheck`; docker-py reads `Healthcheck`, Go clients either).
+pub fn swarm_object(j: &mut Value) {
+    for p in ["/Spec/TaskTemplate/ContainerSpec", "/PreviousSpec/TaskTemplate/ContainerSpec", "/Spec/ContainerSpec"] {
+        if let Some(cs) = j.pointer_mut(p).and_then(Value::as_object_mut) {
+            if let Some(h) = cs.remove("HealthCheck") {
+                cs.insert("Healthcheck".into(), h);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

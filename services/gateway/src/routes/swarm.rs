@@ -58,7 +58,6 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .with_state(b)
 }
 
-/// A JSON body; empty is an error, as Moby's `httputils.ReadJSON`.
 /// `?version=N`, required by updates (Moby: "invalid swarm version").
 fn version(q: &Q, what: &str) -> ApiResult<u64> {
     q.get("version")
@@ -145,11 +144,11 @@ async fn service_create<B: Backend>(State(b): State<Arc<B>>, headers: HeaderMap,
 }
 
 async fn service_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
-    moby_keys(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?)
+    swarm_json(b.swarm().service_list(ServiceList { filters: util::filters(&q)?, status: bool_value(&q, "status") }).await?)
 }
 
 async fn service_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
-    moby_keys(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?)
+    swarm_json(b.swarm().service_inspect(ServiceInspect { id, insert_defaults: bool_value(&q, "insertDefaults") }).await?)
 }
 
 async fn service_update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, util::FirstQuery(q): util::FirstQuery, headers: HeaderMap, raw: Bytes) -> ApiResult<Response> {
@@ -229,34 +228,20 @@ async fn task_logs<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, 
 }
 
 async fn task_list<B: Backend>(State(b): State<Arc<B>>, util::FirstQuery(q): util::FirstQuery) -> ApiResult<Json<serde_json::Value>> {
-    moby_keys(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?)
+    swarm_json(b.swarm().task_list(TaskList { filters: util::filters(&q)? }).await?)
 }
 
 async fn task_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    moby_keys(b.swarm().task_inspect(TaskInspect { id }).await?)
+    swarm_json(b.swarm().task_inspect(TaskInspect { id }).await?)
 }
 
-/// Services and tasks with the keys Moby's Go structs write where the API reference (and
-/// so bollard's model) spells them otherwise: a ContainerSpec's health check is
-/// `Healthcheck` (swarm.ContainerSpec), not the swagger's `HealthCheck` (docker-py reads
-/// `Healthcheck`; Go clients accept either).
-fn moby_keys<T: serde::Serialize>(v: T) -> ApiResult<Json<serde_json::Value>> {
-    fn walk(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(o) => {
-                if let Some(cs) = o.get_mut("ContainerSpec").and_then(|c| c.as_object_mut()) {
-                    if let Some(h) = cs.remove("HealthCheck") {
-                        cs.insert("Healthcheck".into(), h);
-                    }
-                }
-                o.values_mut().for_each(walk);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
+/// A service or task (or a list of them) as Moby writes it ([`crate::goshape::swarm_object`]).
+fn swarm_json<T: serde::Serialize>(v: T) -> ApiResult<Json<serde_json::Value>> {
     let mut j = serde_json::to_value(v).map_err(|e| bus_schema::BusError::internal(e.to_string()))?;
-    walk(&mut j);
+    match j.as_array_mut() {
+        Some(items) => items.iter_mut().for_each(crate::goshape::swarm_object),
+        None => crate::goshape::swarm_object(&mut j),
+    }
     Ok(Json(j))
 }
 
