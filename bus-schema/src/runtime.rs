@@ -56,6 +56,9 @@ pub struct ContainerRemove {
     pub id: String,
     pub force: bool,
     pub volumes: bool,
+    /// `?link=1`: remove the legacy link named `id` (`<parent>/<alias>`), not a container.
+    #[serde(default)]
+    pub link: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +354,7 @@ mod tests {
             id: "x".into(),
             force: true,
             volumes: true,
+            link: false,
         });
         roundtrip(ContainerInspect {
             id: "x".into(),

@@ -541,7 +541,7 @@ impl Builder {
     }
 
     async fn remove_container(&self, cid: &str) {
-        let _ = self.runtime.container_remove(ContainerRemove { id: cid.to_string(), force: true, volumes: true }).await;
+        let _ = self.runtime.container_remove(ContainerRemove { id: cid.to_string(), force: true, volumes: true, link: false }).await;
     }
 
     async fn copy_step(&self, ins: &Instruction, st: &mut Stage, ctx: &Path, esc: char, out: &mut Out<'_>, done: &[Stage]) -> R<()> {

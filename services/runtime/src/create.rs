@@ -181,13 +181,23 @@ impl Runtime {
             }
         };
 
-        let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv).await;
+        // legacy links (the default bridge): the targets are checked and their link
+        // names taken now; the record keeps them as the parent's links
+        let links = match self.register_links(&name, &host_config) {
+            Ok(l) => l,
+            Err(e) => {
+                self.release_name(&name, &id);
+                return Err(e);
+            }
+        };
+        let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv, links.clone()).await;
         match res {
             Ok(c) => {
                 self.event(&c, Action::Create, &[]).await;
                 Ok(docker::ContainerCreateResponse { id, warnings: vec![] })
             }
             Err(e) => {
+                self.release_links(&name, &links);
                 self.release_name(&name, &id);
                 Err(e)
             }
@@ -204,6 +214,7 @@ impl Runtime {
         mut host_config: docker::HostConfig,
         networking: Option<docker::NetworkingConfig>,
         argv: Vec<String>,
+        links: Vec<crate::state::Link>,
     ) -> Result<Container, BusError> {
         let dir = self.containers_dir().join(id);
         std::fs::create_dir_all(&dir)?;
@@ -225,6 +236,9 @@ impl Runtime {
             endpoints.extend(n.into_iter().map(|(k, v)| if k == "default" { ("bridge".to_string(), v) } else { (k, v) }));
         }
         move_user_network_links(&mut host_config, &mut endpoints);
+        // legacy links live in `links` (inspect shows them from there, as Moby shows
+        // its link graph, not the request)
+        host_config.links = None;
         let c = Container {
             id: id.to_string(),
             name: name.to_string(),
@@ -253,6 +267,7 @@ impl Runtime {
             resolv_path: dir.join("resolv.conf").display().to_string(),
             exec_ids: Vec::new(),
             rootfs: String::new(),
+            links,
         };
         let entry = Entry::new(c.clone(), dir);
         entry.save()?;

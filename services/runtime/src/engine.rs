@@ -196,6 +196,10 @@ impl Runtime {
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unreadable container record"),
             }
         }
+        // link names once every child is known
+        for e in &out {
+            self.restore_links(&e.get());
+        }
         out
     }
 
@@ -206,6 +210,9 @@ impl Runtime {
         ix.by_id.insert(e.id.clone(), e);
     }
 
+    /// Drop a container from the index with its names: its own, its links' (as the
+    /// parent) and the link names that name it (as a child; the parent keeps the link,
+    /// which then fails its start as Moby's does).
     pub fn forget(&self, id: &str) {
         let mut ix = self.index.write().unwrap();
         if let Some(e) = ix.by_id.remove(id) {
@@ -213,6 +220,8 @@ impl Runtime {
             if ix.by_name.get(&name).map(|x| x == id).unwrap_or(false) {
                 ix.by_name.remove(&name);
             }
+            let prefix = format!("{name}/");
+            ix.by_name.retain(|n, v| !(n.contains('/') && (v.as_str() == id || n.starts_with(&prefix))));
         }
     }
 
@@ -245,6 +254,22 @@ impl Runtime {
 
     pub fn name_taken(&self, name: &str) -> bool {
         self.index.read().unwrap().by_name.contains_key(name)
+    }
+
+    /// Find by name only (with or without its leading '/'; link names too).
+    pub fn find_name(&self, name: &str) -> Option<Arc<Entry>> {
+        let ix = self.index.read().unwrap();
+        let id = ix.by_name.get(name.strip_prefix('/').unwrap_or(name))?;
+        ix.by_id.get(id).cloned()
+    }
+
+    /// Link names (`/<parent>/<alias>`) by the ID of the container they name.
+    pub fn link_names(&self) -> HashMap<String, Vec<String>> {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for (n, id) in self.index.read().unwrap().by_name.iter().filter(|(n, _)| n.contains('/')) {
+            m.entry(id.clone()).or_default().push(format!("/{n}"));
+        }
+        m
     }
 
     /// Find by full ID, name (with or without '/'), or unique ID prefix.

@@ -395,12 +395,16 @@ impl Runtime {
     pub(crate) fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<oci_spec::runtime::Process, BusError> {
         let mut exec = cfg.clone();
         exec.tty = Some(tty);
+        // the links' variables as they are now (Moby's exec computes them again: a
+        // child that stopped fails the exec)
+        let links = self.link_plan(c)?;
         let input = crate::spec::ExecInput {
             rootfs: std::path::Path::new(&c.rootfs),
             config: &c.config,
             host_config: &c.host_config,
             exec: &exec,
             no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
+            linked_env: &links.env,
         };
         crate::spec::exec_process(&input).map_err(|e| BusError::invalid(e.to_string()))
     }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod health;
 pub mod io;
 pub mod lifecycle;
+pub mod links;
 pub mod mounts;
 pub mod names;
 pub mod netconn;
@@ -137,6 +138,9 @@ impl Runtime {
         self.kill(&r.id, r.signal).await
     }
     async fn h_remove(self: Arc<Self>, r: ContainerRemove) -> Result<(), BusError> {
+        if r.link {
+            return self.remove_link(&r.id).await;
+        }
         self.remove(&r.id, r.force, r.volumes).await
     }
     async fn h_inspect(self: Arc<Self>, r: ContainerInspect) -> Result<bus_schema::docker::ContainerInspectResponse, BusError> {

@@ -152,9 +152,11 @@ impl Runtime {
         // shim makes the bundle directory, gets ready and waits for `go` (after
         // config.json); dropped instead, it exits without doing anything.
         let mode = c.network_mode();
+        // legacy links: every child running, before anything is taken
+        let links = self.link_plan(c).map_err(fail)?;
         let (mounted, sandbox, pending) = tokio::join!(
             self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }),
-            self.sandbox(c, &mode),
+            self.sandbox(c, &mode, &links.hosts),
             Shim::spawn(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.spawn"))
         );
         let undo_mount = || async {
@@ -234,6 +236,7 @@ impl Runtime {
                 cgroup_path: &cgroup_path,
                 init_binary: init.as_deref(),
                 no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
+                linked_env: &links.env,
             };
             crate::spec::build(&input).map_err(|err| match err {
                 crate::spec::SpecError::NoDeviceDriver(m) => BusError::internal(m),
@@ -308,7 +311,14 @@ impl Runtime {
     }
 
     /// The endpoints a container asks for, then the sandbox from the network service.
-    async fn sandbox(self: &Arc<Self>, c: &Container, mode: &str) -> Result<bus_schema::network::Sandbox, BusError> {
+    /// `link_hosts`: the /etc/hosts entries of its legacy links, after the
+    /// `--add-host` ones (Moby gives both to libnetwork as extra hosts).
+    async fn sandbox(
+        self: &Arc<Self>,
+        c: &Container,
+        mode: &str,
+        link_hosts: &[String],
+    ) -> Result<bus_schema::network::Sandbox, BusError> {
         let mut network_mode = mode.to_string();
         let mut endpoints = Vec::new();
         if let Some(other) = mode.strip_prefix("container:") {
@@ -349,7 +359,7 @@ impl Runtime {
                 dns: hc.dns.clone().unwrap_or_default(),
                 dns_search: hc.dns_search.clone().unwrap_or_default(),
                 dns_options: hc.dns_options.clone().unwrap_or_default(),
-                extra_hosts: hc.extra_hosts.clone().unwrap_or_default(),
+                extra_hosts: hc.extra_hosts.iter().flatten().chain(link_hosts).cloned().collect(),
             })
             .await
     }
@@ -817,7 +827,10 @@ impl Runtime {
         }
         self.reserve_name(new, &e.id)?;
         self.release_name(&old, &e.id);
+        // its link names follow (`/<new>/<alias>`), as Moby moves them
+        self.release_links(&old, &e.get().links);
         e.update(|c| c.name = new.to_string());
+        self.restore_links(&e.get());
         let _ = e.save();
         if e.get().state.running() {
             let _ = self

@@ -41,6 +41,9 @@ impl Runtime {
         let c = e.get();
         let sz = if size { self.sizes(&c.id).await } else { None };
         let mut r = c.inspect(sz);
+        if let Some(hc) = r.host_config.as_mut() {
+            hc.links = self.links_view(&c);
+        }
         // Moby's ExecIDs are the execs that have not ended: an exec leaves the
         // container's list when it exits (its own inspect stays), so `null` once none runs.
         let live: Vec<String> = {
@@ -93,6 +96,7 @@ impl Runtime {
         };
         let f = &r.filters;
         let any = |k: &str, pred: &dyn Fn(&str) -> bool| -> bool { f.get(k).is_none_or(|vs| vs.is_empty() || vs.iter().any(|v| pred(v))) };
+        let link_names = self.link_names();
         let mut out = Vec::new();
         for c in all {
             let status = c.state.status.as_str();
@@ -166,7 +170,13 @@ impl Runtime {
             }
             let size = if r.size { self.sizes(&c.id).await } else { None };
             let image = c.config.image.clone().unwrap_or_else(|| c.image_id.clone());
-            out.push(c.summary(&image, size));
+            let mut sum = c.summary(&image, size);
+            // the link names that name it too, all sorted by name as Moby lists them
+            if let (Some(names), Some(links)) = (sum.names.as_mut(), link_names.get(&c.id)) {
+                names.extend(links.iter().cloned());
+                names.sort();
+            }
+            out.push(sum);
             if let Some(n) = r.limit.filter(|n| *n > 0) {
                 if out.len() as i64 >= n {
                     break;

@@ -42,6 +42,8 @@ pub struct SpecInput<'a> {
     /// daemon.json `no-new-privileges`: the default when the container's security
     /// options do not say.
     pub no_new_privileges: bool,
+    /// The legacy links' variables (see [`container_env`]).
+    pub linked_env: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,9 +196,9 @@ pub fn capabilities(hc: &HostConfig, host_bounding: u64) -> Result<Vec<String>, 
     Ok(set)
 }
 
-/// Docker's daemon environment: PATH, HOSTNAME and TERM (with a tty), overridden by
-/// the container's own.
-pub fn container_env(config: &ContainerConfig) -> Vec<String> {
+/// Docker's daemon environment: PATH, HOSTNAME and TERM (with a tty), the legacy
+/// links' variables, all overridden by the container's own.
+pub fn container_env(config: &ContainerConfig, linked: &[String]) -> Vec<String> {
     let mut env = vec![DEFAULT_PATH_ENV.to_string()];
     if let Some(h) = config.hostname.as_deref().filter(|h| !h.is_empty()) {
         env.push(format!("HOSTNAME={h}"));
@@ -204,6 +206,7 @@ pub fn container_env(config: &ContainerConfig) -> Vec<String> {
     if config.tty == Some(true) {
         env.push("TERM=xterm".into());
     }
+    env.extend(linked.iter().cloned());
     for kv in config.env.iter().flatten() {
         let key = kv.split('=').next().unwrap_or(kv);
         if let Some(i) = env.iter().position(|e| e.split('=').next() == Some(key)) {
@@ -358,7 +361,7 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
             additional_gids: u.additional_gids,
         },
         args,
-        env: container_env(c),
+        env: container_env(c, input.linked_env),
         cwd: c
             .working_dir
             .clone()
@@ -861,6 +864,8 @@ pub struct ExecInput<'a> {
     pub exec: &'a bus_schema::docker::ExecConfig,
     /// daemon.json `no-new-privileges` (see [`SpecInput::no_new_privileges`]).
     pub no_new_privileges: bool,
+    /// The legacy links' variables (see [`container_env`]).
+    pub linked_env: &'a [String],
 }
 
 pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, SpecError> {
@@ -888,7 +893,7 @@ pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, Spe
     if args.is_empty() {
         return Err(SpecError::Invalid("No exec command specified".into()));
     }
-    let mut env = container_env(c);
+    let mut env = container_env(c, input.linked_env);
     for kv in e.env.iter().flatten() {
         let key = kv.split('=').next().unwrap_or(kv);
         if let Some(i) = env.iter().position(|x| x.split('=').next() == Some(key)) {
@@ -1001,6 +1006,7 @@ mod tests {
             ipc_ns: None,
             pid_ns: None,
             no_new_privileges: false,
+            linked_env: &[],
         };
         // A host that lacks CAP_SYS_RESOURCE, like this one.
         build_lean_with(&input, 0x1fffeffffff)
@@ -1361,6 +1367,7 @@ mod tests {
             host_config: &hc,
             exec: &e,
             no_new_privileges: false,
+            linked_env: &[],
         })
         .unwrap();
         let j = serde_json::to_value(&p).unwrap();

@@ -130,6 +130,21 @@ pub struct Container {
     /// The mounted root filesystem while running.
     #[serde(default)]
     pub rootfs: String,
+    /// Legacy links on the default bridge (`--link child:alias`), this container
+    /// the parent: Moby's link graph, kept with the parent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// One legacy link: the parent reaches `child` as `alias` (its link name is
+/// `/<parent>/<alias>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub alias: String,
+    /// The child's ID.
+    pub child: String,
+    /// The child's name when linked (what inspect shows once the child is gone).
+    pub child_name: String,
 }
 
 impl Container {

@@ -10,6 +10,16 @@ const DOCKER_LOG_DRIVERS: [&str; 12] =
     ["awslogs", "etwlogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "none", "splunk", "syslog"];
 
 pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
+    // legacy links need a network of the container's own (Moby's validateNetMode)
+    if hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
+        let mode = hc.network_mode.as_deref().unwrap_or_default();
+        if mode == "host" {
+            return Err(BusError::invalid(crate::links::HOST_AND_LINKS));
+        }
+        if mode.starts_with("container:") {
+            return Err(BusError::invalid(crate::links::CONTAINER_AND_LINKS));
+        }
+    }
     // restart policy
     let mut rp = hc.restart_policy.clone().unwrap_or_default();
     let name = rp.name.map(|n| n.to_string()).unwrap_or_default();

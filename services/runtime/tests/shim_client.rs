@@ -121,6 +121,7 @@ fn prepare(config: &ContainerConfig, hc: &HostConfig) -> Ctr {
         ipc_ns: None,
         pid_ns: None,
         no_new_privileges: false,
+        linked_env: &[],
     };
     let s = spec::build(&input).unwrap();
     s.save(dir.path().join("config.json")).unwrap();
@@ -233,6 +234,7 @@ async fn exec_attach_kill_and_reconnect() {
         host_config: &hc,
         exec: &e,
         no_new_privileges: false,
+        linked_env: &[],
     })
     .unwrap();
     let ex = shim

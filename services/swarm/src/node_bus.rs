@@ -45,7 +45,7 @@ impl NodeBus {
     }
 
     pub async fn remove(&self, id: &str) -> Result<(), BusError> {
-        match self.runtime.container_remove(rt::ContainerRemove { id: id.to_string(), force: true, volumes: false }).await {
+        match self.runtime.container_remove(rt::ContainerRemove { id: id.to_string(), force: true, volumes: false, link: false }).await {
             Err(e) if e.is(bus_schema::ErrorKind::NotFound) => Ok(()),
             r => r,
         }

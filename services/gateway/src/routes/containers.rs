@@ -75,6 +75,8 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
         .route("/containers/{id}/resize", post(resize::<B>))
         .route("/containers/{id}/wait", post(wait::<B>))
         .route("/containers/{id}", axum::routing::delete(remove::<B>))
+        .route("/containers/{id}/{alias}", axum::routing::delete(remove_by_link_name::<B>))
+        .route("/containers/{id}/{alias}/json", get(inspect_by_link_name::<B>))
         .route("/containers/{id}/logs", get(logs::<B>))
         .route("/containers/{id}/attach", post(attach::<B>))
         .route("/containers/{id}/attach/ws", get(attach_ws::<B>))
@@ -233,6 +235,17 @@ async fn inspect<B: Backend>(
     Ok(Json(j))
 }
 
+/// `GET /containers/<parent>/<alias>/json`: inspect of the container a legacy link
+/// names (`docker inspect parent/alias`).
+async fn inspect_by_link_name<B: Backend>(
+    state: State<Arc<B>>,
+    Path((parent, alias)): Path<(String, String)>,
+    q: FirstQuery,
+    v: Extension<ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
+    inspect(state, Path(format!("{parent}/{alias}")), q, v).await
+}
+
 /// Before API 1.52 Docker also sent the default network's address at the top of
 /// NetworkSettings (`IPAddress`, `Gateway`, `MacAddress`, `Bridge`...). Version
 /// differences live in the router, as in moby.
@@ -337,12 +350,19 @@ async fn exec_resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
 }
 
 async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
-    if bool_value(&q, "link") {
-        return Err(ApiError::bad_request("legacy links are not supported"));
-    }
-    b.simple(Simple::Remove(rt::ContainerRemove { id, force: bool_value(&q, "force"), volumes: bool_value(&q, "v") }))
-        .await?;
+    let r = rt::ContainerRemove { id, force: bool_value(&q, "force"), volumes: bool_value(&q, "v"), link: bool_value(&q, "link") };
+    b.simple(Simple::Remove(r)).await?;
     Ok(no_content())
+}
+
+/// `DELETE /containers/<parent>/<alias>`: a legacy link's name has a slash (Moby's
+/// route takes any path); with `?link=1` the link goes, else the container it names.
+async fn remove_by_link_name<B: Backend>(
+    state: State<Arc<B>>,
+    Path((parent, alias)): Path<(String, String)>,
+    q: FirstQuery,
+) -> ApiResult<Response> {
+    remove(state, Path(format!("{parent}/{alias}")), q).await
 }
 
 /// The status is sent at once and the body when the condition is met, as Docker does.
