@@ -28,6 +28,7 @@ pub struct BusBackend {
     pub runtime: berth_bus::runtime::RuntimeClient,
     pub images: berth_bus::images::ImagesClient,
     pub swarm: berth_bus::swarm::SwarmClient,
+    pub builder: berth_bus::builder::BuilderClient,
     pub host: HostFacts,
 }
 
@@ -39,6 +40,7 @@ impl BusBackend {
             runtime: berth_bus::runtime::RuntimeClient::new(bus.clone()),
             images: berth_bus::images::ImagesClient::new(bus.clone()),
             swarm: berth_bus::swarm::SwarmClient::new(bus.clone()),
+            builder: berth_bus::builder::BuilderClient::new(bus.clone()),
             bus,
             host,
         })
