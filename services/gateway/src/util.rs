@@ -206,9 +206,18 @@ pub fn auth_from_json(bytes: &[u8]) -> Option<RegistryAuth> {
 /// Stream Docker JSON messages as the response body (one JSON object per line).
 /// A stream error becomes a final `{"errorDetail":..., "error":...}` message, as
 /// Docker reports errors after the 200 status has been sent.
-pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
+pub fn json_stream(rd: StreamReader<JsonMessage>) -> Response {
+    json_stream_after(None, rd)
+}
+
+/// [`json_stream`] of `first` (an item already read) and the rest of `rd`.
+pub fn json_stream_after(first: Option<JsonMessage>, mut rd: StreamReader<JsonMessage>) -> Response {
     let s = async_stream(move |tx| async move {
-        while let Some(item) = rd.next().await {
+        let mut pending = first.map(Ok);
+        while let Some(item) = match pending.take() {
+            Some(i) => Some(i),
+            None => rd.next().await,
+        } {
             let msg = match item {
                 Ok(m) => m,
                 Err(e) => JsonMessage::error(e.message),

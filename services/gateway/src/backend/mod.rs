@@ -58,4 +58,12 @@ impl crate::routes::system::Backend for BusBackend {
     fn host(&self) -> &HostFacts {
         &self.host
     }
+
+    async fn swarm_status(&self) -> String {
+        use bus_schema::swarm::{SwarmApi as _, SwarmStatus};
+        match tokio::time::timeout(Duration::from_millis(200), self.swarm.swarm_status(SwarmStatus {})).await {
+            Ok(Ok(s)) => s,
+            _ => "inactive".into(),
+        }
+    }
 }

@@ -17,7 +17,7 @@ use bus_schema::{docker, BusError};
 use http::{HeaderMap, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{bool_or, bool_value, int_value, json_stream, pump_body, FirstQuery, Params};
+use crate::util::{bool_or, bool_value, int_value, json_stream_after, pump_body, FirstQuery, Params};
 
 pub trait Backend: Send + Sync + 'static {
     fn build(&self, r: ImageBuild) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>> + Send;
@@ -86,9 +86,15 @@ async fn build<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Pa
             return Err(ApiError::bad_request(format!("invalid reference format: repository name (library/{t}) must be lowercase")));
         }
     }
-    let (rd, input) = b.build(r).await?;
+    let (mut rd, input) = b.build(r).await?;
     tokio::spawn(pump_body(body, input));
-    Ok(json_stream(rd))
+    // Moby reads the context and parses the Dockerfile before it answers: a failure
+    // there is an HTTP status (400 parse error, 500 no Dockerfile), not a 200 stream.
+    let first = match rd.next().await {
+        Some(Err(e)) => return Err(e.into()),
+        first => first.and_then(Result::ok),
+    };
+    Ok(json_stream_after(first, rd))
 }
 
 async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<serde_json::Value>> {
