@@ -226,6 +226,31 @@ pub struct ConfigRemove {
     pub id: String,
 }
 
+/// `POST /networks/create` with a swarm-scoped driver (`overlay`): the network goes to
+/// the swarm's store (managers only, Docker's words otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmNetworkCreate {
+    pub req: docker::NetworkCreateRequest,
+}
+
+/// The swarm's networks for `GET /networks` (empty when this node is in no swarm).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNetworkList {
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+/// `GET /networks/{id}` of a swarm network (ID, name or unique ID prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNetworkInspect {
+    pub id: String,
+}
+
+/// `DELETE /networks/{id}` of a swarm network: refused while a service uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNetworkRemove {
+    pub id: String,
+}
+
 /// Docker's `Service` object. bollard's model has no `PreviousSpec`, which `docker
 /// service inspect` shows and rollbacks read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -324,6 +349,10 @@ macro_rules! swarm_table {
                 config_inspect(ConfigInspect) -> docker::Config; callers [Gateway];
                 config_update(ConfigUpdate) -> (); callers [Gateway];
                 config_remove(ConfigRemove) -> (); callers [Gateway];
+                swarm_network_create(SwarmNetworkCreate) -> docker::NetworkCreateResponse; callers [Gateway];
+                swarm_network_list(SwarmNetworkList) -> Vec<docker::NetworkInspect>; callers [Gateway];
+                swarm_network_inspect(SwarmNetworkInspect) -> docker::NetworkInspect; callers [Gateway];
+                swarm_network_remove(SwarmNetworkRemove) -> (); callers [Gateway];
             }
         }
     };

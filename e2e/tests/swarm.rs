@@ -667,3 +667,67 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
     eprintln!("6/6 again {:?} after the manager's restart", t.elapsed());
     m1.docker_ok(&["service", "rm", "web"]);
 }
+
+/// Overlay networks through the docker CLI (Moby 20.10's answers): only a manager makes
+/// them, init makes `ingress`, they live in the swarm's store (scope swarm, a subnet from
+/// the default pool, a VXLAN ID), services keep their attachments by network ID and get
+/// a virtual IP on each, a network in use is not removed, leave takes them away.
+#[test]
+fn overlay_networks_in_the_swarm_store() {
+    require_root!();
+    let node = Node::start();
+    let o = node.docker(&["network", "create", "-d", "overlay", "ov1"]);
+    assert!(out(&o).contains("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."), "{}", out(&o));
+    let port = free_ports();
+    let listen = format!("127.0.0.1:{port}");
+    node.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+
+    let ls = node.docker_ok(&["network", "ls", "--filter", "scope=swarm", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"]);
+    assert_eq!(lines(&ls), vec!["ingress overlay swarm"], "{ls}");
+    let ing = node.docker_ok(&["network", "inspect", "ingress", "--format", "{{.Ingress}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]);
+    assert_eq!(ing.trim(), "true 10.0.0.0/24 10.0.0.1 4096");
+
+    let id = node.docker_ok(&["network", "create", "-d", "overlay", "--attachable", "--label", "a=b", "ov1"]).trim().to_string();
+    assert_eq!(id.len(), 25, "a swarm ID: {id}");
+    let o = node.docker(&["network", "create", "-d", "overlay", "ov1"]);
+    assert!(out(&o).contains("network with name ov1 already exists"), "{}", out(&o));
+    let o = node.docker(&["network", "create", "-d", "overlay", "--scope", "local", "ov2"]);
+    assert!(out(&o).contains("cannot downgrade network scope for overlay networks"), "{}", out(&o));
+    let o = node.docker(&["network", "create", "-d", "overlay", "--ingress", "ing2"]);
+    assert!(out(&o).contains("is already present"), "{}", out(&o));
+    let v: serde_json::Value = serde_json::from_str(&node.docker_ok(&["network", "inspect", "ov1"])).unwrap();
+    let n = &v[0];
+    assert_eq!((n["Id"].as_str(), n["Scope"].as_str(), n["Driver"].as_str(), n["Attachable"].as_bool()), (Some(id.as_str()), Some("swarm"), Some("overlay"), Some(true)));
+    assert_eq!(n["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
+    assert_eq!(n["Options"]["com.docker.network.driver.overlay.vxlanid_list"], "4097");
+    assert_eq!(n["Labels"]["a"], "b");
+    assert_eq!(n["Containers"], serde_json::Value::Null);
+    let o = node.docker(&["network", "inspect", "--format", "{{.Name}}", "ov1"]);
+    assert_eq!(out(&o).trim(), "ov1");
+    // scope narrows the lookup (docker-py's inspect_network(scope=))
+    let a = berth_e2e::http(&node.sock, "GET", "/v1.41/networks/ov1?scope=local", &[], None);
+    assert_eq!(a.status, 404, "{}", a.text());
+    let a = berth_e2e::http(&node.sock, "GET", "/v1.41/networks/ov1?scope=swarm", &[], None);
+    assert_eq!(a.status, 200, "{}", a.text());
+
+    // a service on it: the target answered as the network's ID, a virtual IP on it
+    node.docker_ok(&["service", "create", "--detach", "--no-resolve-image", "--replicas", "0", "--name", "onet", "--network", "name=ov1,alias=web", "busybox", "true"]);
+    let nets = node.docker_ok(&["service", "inspect", "onet", "--format", "{{json .Spec.TaskTemplate.Networks}} {{json .Endpoint.VirtualIPs}}"]);
+    assert_eq!(nets.trim(), format!(r#"[{{"Target":"{id}","Aliases":["web"]}}] [{{"NetworkID":"{id}","Addr":"10.0.1.2/24"}}]"#));
+    let o = node.docker(&["network", "rm", "ov1"]);
+    assert!(out(&o).contains(&format!("network {id} is in use by service")), "{}", out(&o));
+    let o = node.docker(&["service", "create", "--detach", "--no-resolve-image", "--replicas", "0", "--name", "bad", "--network", "nosuch", "busybox", "true"]);
+    assert!(out(&o).contains("network nosuch not found"), "{}", out(&o));
+    node.docker_ok(&["service", "rm", "onet"]);
+    node.docker_ok(&["network", "rm", "ov1"]);
+    // (the CLI asks before removing the routing mesh's network)
+    let a = berth_e2e::http(&node.sock, "DELETE", "/v1.41/networks/ingress", &[], None);
+    assert_eq!(a.status, 204, "{}", a.text());
+    let ls = node.docker_ok(&["network", "ls", "--filter", "driver=overlay", "-q"]);
+    assert_eq!(ls.trim(), "");
+    node.docker_ok(&["network", "create", "-d", "overlay", "ov3"]);
+    // leave: the swarm's networks are not the node's
+    node.docker_ok(&["swarm", "leave", "--force"]);
+    let ls = node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.contains("ov3") && !ls.contains("ingress"), "{ls}");
+}

@@ -220,9 +220,11 @@ impl Cluster {
         if self.t.services.values().iter().any(|(_, s, _)| s.spec.name.as_deref() == Some(name.as_str())) {
             return Err(BusError::conflict(rpc("AlreadyExists", format!("name conflicts with an existing object: service {name} already exists"))));
         }
+        self.resolve_attachments(&mut spec)?;
         convert::normalize_service_spec(&mut spec);
         let now = crate::now();
         let id = crate::ids::new_id();
+        let endpoint = self.service_endpoint(&id, &spec, None).await?;
         let rec = ServiceRecord {
             id: id.clone(),
             created_at: now.clone(),
@@ -230,7 +232,7 @@ impl Cluster {
             spec,
             previous_spec: None,
             spec_version: 1,
-            endpoint: None,
+            endpoint,
             update_status: None,
         };
         let rev = self.bucket::<ServiceRecord>(buckets::SERVICES).create(&id, &rec).await?;
@@ -334,7 +336,9 @@ impl Cluster {
             return Err(BusError::invalid(rpc("Unimplemented", "renaming services is not supported")));
         }
         validate_service_spec(&spec)?;
+        self.resolve_attachments(&mut spec)?;
         convert::normalize_service_spec(&mut spec);
+        cur.endpoint = self.service_endpoint(&cur.id, &spec, cur.endpoint.as_ref()).await?;
         let rollback = r.rollback.as_deref() == Some("previous");
         cur.previous_spec = Some(std::mem::replace(&mut cur.spec, spec));
         cur.spec_version += 1;
@@ -361,6 +365,12 @@ impl Cluster {
         let (s, _) = self.find_service(input)?;
         self.bucket::<ServiceRecord>(buckets::SERVICES).delete(&s.id).await?;
         self.t.services.note_delete(&s.id);
+        for v in s.endpoint.and_then(|e| e.virtual_ips).unwrap_or_default() {
+            if let Some(n) = v.network_id {
+                // the network may be gone with it; its addresses go with it
+                let _ = self.release_addresses(&n, &format!("vip.{}", s.id)).await;
+            }
+        }
         Ok(())
     }
 

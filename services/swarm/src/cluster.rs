@@ -32,6 +32,7 @@ pub struct Tables {
     pub task_status: Arc<Table<TaskStatusRecord>>,
     pub secrets: Arc<Table<BlobRecord>>,
     pub configs: Arc<Table<BlobRecord>>,
+    pub networks: Arc<Table<NetworkRecord>>,
     pub leader: Arc<Table<Lease>>,
 }
 
@@ -152,6 +153,7 @@ impl Cluster {
             task_status: Table::new(),
             secrets: Table::new(),
             configs: Table::new(),
+            networks: Table::new(),
             leader: Table::new(),
         };
         let c = Arc::new(Cluster {
@@ -196,6 +198,7 @@ impl Cluster {
         self.follow(buckets::CLUSTER, &self.t.cluster);
         self.follow(buckets::LEADER, &self.t.leader);
         self.follow(buckets::NODES, &self.t.nodes);
+        self.follow(buckets::NETWORKS, &self.t.networks);
         if manager {
             self.follow(buckets::HEARTBEATS, &self.t.heartbeats);
             self.follow(buckets::SERVICES, &self.t.services);
@@ -610,7 +613,7 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
     let node = self_record(c, local, "manager", docker::NodeSpecAvailabilityEnum::ACTIVE)?;
     let rev = c.bucket::<NodeRecord>(buckets::NODES).put(&local.node_id, &node).await?;
     c.t.nodes.note_put(&local.node_id, node, rev);
-    Ok(())
+    c.create_ingress().await
 }
 
 /// This node's record as it inits with `role` (what [`node_record`] makes of it).

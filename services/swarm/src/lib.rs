@@ -27,6 +27,7 @@ pub mod lock;
 pub mod migrate;
 pub mod model;
 pub mod natsconf;
+pub mod networks;
 pub mod node_bus;
 pub mod orchestrator;
 pub mod server;
@@ -428,6 +429,32 @@ impl SwarmApi for Api {
     }
     async fn config_remove(&self, r: ConfigRemove) -> Result<(), BusError> {
         self.0.manager()?.config_remove(&r.id).await
+    }
+    async fn swarm_network_create(&self, r: SwarmNetworkCreate) -> Result<docker::NetworkCreateResponse, BusError> {
+        // Moby's daemon answers this (500) on a worker as in no swarm
+        match self.0.active() {
+            Some(c) if c.is_manager() => c.network_create(r.req).await,
+            _ => Err(BusError::internal(ERR_NO_SWARM_MANAGER)),
+        }
+    }
+    async fn swarm_network_list(&self, r: SwarmNetworkList) -> Result<Vec<docker::NetworkInspect>, BusError> {
+        match self.0.active() {
+            Some(c) => c.network_list(&r.filters),
+            None => Ok(Vec::new()),
+        }
+    }
+    async fn swarm_network_inspect(&self, r: SwarmNetworkInspect) -> Result<docker::NetworkInspect, BusError> {
+        match self.0.active() {
+            Some(c) => c.network_inspect(&r.id),
+            None => Err(BusError::not_found(format!("network {} not found", r.id))),
+        }
+    }
+    async fn swarm_network_remove(&self, r: SwarmNetworkRemove) -> Result<(), BusError> {
+        match self.0.active() {
+            Some(c) if c.is_manager() => c.network_remove(&r.id).await,
+            Some(_) => Err(BusError::unavailable(ERR_WORKER)),
+            None => Err(BusError::not_found(format!("network {} not found", r.id))),
+        }
     }
 }
 

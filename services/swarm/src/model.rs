@@ -253,6 +253,40 @@ pub struct BlobRecord {
 
 /// The status shown for a task: the node's report unless the manager has the last word
 /// (orphaned), else the manager's own.
+/// `swarm_networks/<id>`: an overlay network of the swarm. Its subnet comes from the
+/// swarm's default address pool unless the client gave one; `vni` is its VXLAN ID;
+/// `allocated` the addresses handed out in it (address -> owner: `vip.<service ID>`
+/// for a service's virtual IP, a task ID for a task's address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default)]
+    pub ingress: bool,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    pub ipam_driver: String,
+    #[serde(default)]
+    pub ipam_options: Option<std::collections::HashMap<String, String>>,
+    /// (subnet, gateway)
+    pub subnets: Vec<(String, String)>,
+    /// The client's driver options (the VNI is added on the way out).
+    #[serde(default)]
+    pub options: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    pub labels: Option<std::collections::HashMap<String, String>>,
+    pub vni: u32,
+    #[serde(default)]
+    pub allocated: std::collections::BTreeMap<String, String>,
+}
+
 pub fn effective_status<'a>(t: &'a TaskRecord, reported: Option<&'a TaskStatusRecord>) -> &'a Status {
     match reported {
         Some(r) if t.status.state != TaskState::Orphaned && r.status.state >= t.status.state => &r.status,

@@ -25,10 +25,13 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> impl Future<Output = Result<Vec<docker::NetworkInspect>, BusError>> + Send;
+    /// `scope` (`local`, `swarm`, `global`) narrows the lookup; none looks at this
+    /// node's networks, then the swarm's.
     fn network_inspect(
         &self,
         id: String,
         verbose: bool,
+        scope: Option<String>,
     ) -> impl Future<Output = Result<docker::NetworkInspect, BusError>> + Send;
     fn network_create(
         &self,
@@ -73,6 +76,10 @@ fn network_json(n: &docker::NetworkInspect, v: ApiVersion) -> ApiResult<serde_js
         if let Some(ipam) = o.get_mut("IPAM").and_then(|i| i.as_object_mut()) {
             crate::goshape::fill(ipam, &[("Options", serde_json::Value::Null)]);
         }
+        // a swarm network with no endpoint on this node: Moby's nil map and labels
+        if o.get("Scope").and_then(|s| s.as_str()) == Some("swarm") {
+            crate::goshape::fill(o, &[("Containers", serde_json::Value::Null), ("Labels", serde_json::Value::Null)]);
+        }
     }
     Ok(j)
 }
@@ -93,15 +100,10 @@ async fn inspect<B: Backend>(
     util::FirstQuery(q): util::FirstQuery,
     Extension(v): Extension<ApiVersion>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let scope = q.get("scope").filter(|s| !s.is_empty()).cloned();
     let n = b
-        .network_inspect(id.clone(), util::bool_value(&q, "verbose"))
+        .network_inspect(id, util::bool_value(&q, "verbose"), scope)
         .await?;
-    // `scope` narrows the lookup; every berth network is local.
-    if let Some(s) = q.get("scope").filter(|s| !s.is_empty()) {
-        if s != "local" {
-            return Err(ApiError::not_found(format!("network {id} not found")));
-        }
-    }
     Ok(Json(network_json(&n, v)?))
 }
 
@@ -195,9 +197,18 @@ mod tests {
             &self,
             id: String,
             _v: bool,
+            scope: Option<String>,
         ) -> Result<docker::NetworkInspect, BusError> {
-            if id == "nosuch" {
+            if id == "nosuch" || scope.is_some_and(|s| s != "local") {
                 return Err(BusError::not_found("network nosuch not found"));
+            }
+            if id == "ov" {
+                return Ok(docker::NetworkInspect {
+                    scope: Some("swarm".into()),
+                    containers: None,
+                    labels: None,
+                    ..net(&id)
+                });
             }
             Ok(net(&id))
         }
@@ -306,6 +317,12 @@ mod tests {
         );
         let (s, _) = call(&app, "GET", "/networks/web?scope=swarm", "").await;
         assert_eq!(s, 404);
+        // a swarm network with no endpoint here: Moby's nil Containers and Labels
+        let (s, b) = call(&app, "GET", "/networks/ov", "").await;
+        assert_eq!(s, 200, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!((v["Containers"].clone(), v["Labels"].clone()), (serde_json::Value::Null, serde_json::Value::Null), "{b}");
+        assert!(v.as_object().unwrap().contains_key("Labels"), "{b}");
 
         let (s, b) = call(
             &app,

@@ -1,0 +1,362 @@
+//! The swarm's overlay networks (`swarm_networks`): create, list, inspect and remove as
+//! Moby 20.10 answers them, their subnets from the swarm's default address pool, their
+//! VXLAN IDs, and the addresses handed out in them (services' virtual IPs). Answers
+//! compared with Moby 20.10.24 (notes in docs/swarm.md).
+
+use crate::cluster::Cluster;
+use crate::filters::{self, Filters};
+use crate::model::*;
+use crate::store::buckets;
+use bus_schema::{docker, BusError};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+/// The driver option Moby answers with each overlay network's VXLAN ID.
+pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// The first VXLAN ID swarmkit hands out.
+const FIRST_VNI: u32 = 4096;
+
+fn rpc(code: &str, desc: impl std::fmt::Display) -> String {
+    format!("rpc error: code = {code} desc = {desc}")
+}
+
+/// `a.b.c.d/n` as (network address, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(u32, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((u32::from(ip) & mask, len))
+}
+
+fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    a.0 & mask == b.0 & mask
+}
+
+/// The first subnet of `size` bits in `pool` that overlaps none of `used`.
+pub fn next_subnet(pool: &[String], size: u32, used: &[(u32, u8)]) -> Option<(u32, u8)> {
+    for p in pool {
+        let (base, plen) = parse_cidr(p)?;
+        let size = size as u8;
+        if size < plen || size > 30 {
+            continue;
+        }
+        let count: u64 = 1u64 << (size - plen);
+        for i in 0..count {
+            let net = base + ((i as u32) << (32 - size));
+            if !used.iter().any(|u| overlaps(*u, (net, size))) {
+                return Some((net, size));
+            }
+        }
+    }
+    None
+}
+
+/// The first free host address of `subnet` (the gateway and `taken` excluded).
+pub fn next_address(subnet: &str, gateway: &str, taken: &BTreeMap<String, String>) -> Option<String> {
+    let (net, len) = parse_cidr(subnet)?;
+    let hosts: u32 = if len >= 31 { 0 } else { (1u32 << (32 - len)) - 2 };
+    for i in 1..=hosts {
+        let a = Ipv4Addr::from(net + i).to_string();
+        if a != gateway && !taken.contains_key(&a) {
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// Moby's `types.NetworkResource` of a swarm network, as listed and inspected on a node
+/// with no endpoint in it (`Containers` and an absent `Labels` are `null`: the gateway
+/// writes them so).
+pub fn resource(n: &NetworkRecord) -> docker::NetworkInspect {
+    let mut options = n.options.clone();
+    options.insert(VXLANID_OPTION.into(), n.vni.to_string());
+    docker::NetworkInspect {
+        name: Some(n.name.clone()),
+        id: Some(n.id.clone()),
+        created: Some(n.created_at.clone()),
+        scope: Some("swarm".into()),
+        driver: Some(n.driver.clone()),
+        enable_ipv6: Some(n.enable_ipv6),
+        ipam: Some(docker::Ipam {
+            driver: Some(n.ipam_driver.clone()),
+            options: n.ipam_options.clone(),
+            config: Some(
+                n.subnets
+                    .iter()
+                    .map(|(s, g)| docker::IpamConfig { subnet: Some(s.clone()), gateway: Some(g.clone()), ..Default::default() })
+                    .collect(),
+            ),
+        }),
+        internal: Some(n.internal),
+        attachable: Some(n.attachable),
+        ingress: Some(n.ingress),
+        config_from: Some(docker::ConfigReference { network: Some(String::new()) }),
+        config_only: Some(false),
+        options: Some(options),
+        labels: n.labels.clone(),
+        ..Default::default()
+    }
+}
+
+/// The targets of a service spec's network attachments (TaskTemplate.Networks and the
+/// deprecated Spec.Networks).
+pub fn spec_targets(spec: &docker::ServiceSpec) -> Vec<String> {
+    let tt = spec.task_template.as_ref().and_then(|t| t.networks.as_ref()).cloned().unwrap_or_default();
+    let old = spec.networks.clone().unwrap_or_default();
+    tt.iter().chain(old.iter()).filter_map(|a| a.target.clone()).collect()
+}
+
+impl Cluster {
+    fn find_network(&self, input: &str) -> Result<(NetworkRecord, u64), BusError> {
+        crate::api::resolve(&self.t.networks.values(), input, |n| n.name.clone(), "network")
+    }
+
+    pub async fn network_create(&self, req: docker::NetworkCreateRequest) -> Result<docker::NetworkCreateResponse, BusError> {
+        let driver = req.driver.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "overlay".into());
+        if req.scope.as_deref() == Some("local") {
+            return Err(BusError::forbidden("cannot downgrade network scope for overlay networks"));
+        }
+        if self.t.networks.values().iter().any(|(_, n, _)| n.name == req.name) {
+            return Err(BusError::conflict(format!("network with name {} already exists", req.name)));
+        }
+        let ingress = req.ingress.unwrap_or(false);
+        if ingress {
+            if let Some((id, _, _)) = self.t.networks.values().into_iter().find(|(_, n, _)| n.ingress) {
+                return Err(BusError::conflict(rpc("AlreadyExists", format!("ingress network ({id}) is already present"))));
+            }
+        }
+        let ipam = req.ipam.clone().unwrap_or_default();
+        let nets = self.t.networks.values();
+        let mut used: Vec<(u32, u8)> = nets.iter().flat_map(|(_, n, _)| n.subnets.iter().filter_map(|(s, _)| parse_cidr(s))).collect();
+        let mut subnets = Vec::new();
+        for c in ipam.config.clone().unwrap_or_default() {
+            let Some(s) = c.subnet.clone().filter(|s| !s.is_empty()) else { continue };
+            let (net, len) = parse_cidr(&s).ok_or_else(|| BusError::invalid(format!("invalid CIDR address: {s}")))?;
+            let gw = c.gateway.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| Ipv4Addr::from(net + 1).to_string());
+            used.push((net, len));
+            subnets.push((format!("{}/{len}", Ipv4Addr::from(net)), gw));
+        }
+        if subnets.is_empty() {
+            let (pool, size) = self.t.cluster.get("swarm").map(|(c, _)| (c.default_addr_pool, c.subnet_size)).unwrap_or_default();
+            let (pool, size) = if pool.is_empty() { (vec!["10.0.0.0/8".to_string()], if size == 0 { 24 } else { size }) } else { (pool, if size == 0 { 24 } else { size }) };
+            let (net, len) = next_subnet(&pool, size, &used).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")))?;
+            subnets.push((format!("{}/{len}", Ipv4Addr::from(net)), Ipv4Addr::from(net + 1).to_string()));
+        }
+        let mut vni = FIRST_VNI;
+        while nets.iter().any(|(_, n, _)| n.vni == vni) {
+            vni += 1;
+        }
+        let now = crate::now();
+        let id = crate::ids::new_id();
+        let rec = NetworkRecord {
+            id: id.clone(),
+            created_at: now.clone(),
+            updated_at: now,
+            name: req.name.clone(),
+            driver,
+            attachable: req.attachable.unwrap_or(false),
+            ingress,
+            internal: req.internal.unwrap_or(false),
+            enable_ipv6: req.enable_ipv6.unwrap_or(false),
+            ipam_driver: ipam.driver.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "default".into()),
+            ipam_options: ipam.options.clone(),
+            subnets,
+            options: req.options.clone().unwrap_or_default(),
+            labels: req.labels.clone().filter(|l| !l.is_empty()),
+            vni,
+            allocated: BTreeMap::new(),
+        };
+        let rev = self.bucket::<NetworkRecord>(buckets::NETWORKS).create(&id, &rec).await?;
+        self.t.networks.note_put(&id, rec, rev);
+        Ok(docker::NetworkCreateResponse { id, warning: String::new() })
+    }
+
+    pub fn network_list(&self, f: &Filters) -> Result<Vec<docker::NetworkInspect>, BusError> {
+        filters::validate(f, &["dangling", "driver", "id", "label", "name", "scope", "type"])?;
+        let mut out = Vec::new();
+        for (id, n, _) in self.t.networks.values() {
+            let ok = filters::pass(f, "id", |v| id.starts_with(v))
+                && filters::pass(f, "name", |v| n.name.contains(v))
+                && filters::pass(f, "driver", |v| v == n.driver)
+                && filters::pass(f, "scope", |v| v == "swarm")
+                && filters::pass(f, "type", |v| v == "custom")
+                && filters::labels_pass(f, "label", n.labels.as_ref().unwrap_or(&HashMap::new()));
+            if ok {
+                out.push(resource(&n));
+            }
+        }
+        // swarmkit's store order: by ID
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn network_inspect(&self, input: &str) -> Result<docker::NetworkInspect, BusError> {
+        Ok(resource(&self.find_network(input)?.0))
+    }
+
+    pub async fn network_remove(&self, input: &str) -> Result<(), BusError> {
+        let (n, _) = self.find_network(input)?;
+        if let Some((sid, _, _)) = self.t.services.values().into_iter().find(|(_, s, _)| spec_targets(&s.spec).contains(&n.id)) {
+            return Err(BusError::invalid(rpc("FailedPrecondition", format!("network {} is in use by service {sid}", n.id))));
+        }
+        self.bucket::<NetworkRecord>(buckets::NETWORKS).delete(&n.id).await?;
+        self.t.networks.note_delete(&n.id);
+        Ok(())
+    }
+
+    /// A service spec's attachments with their targets as network IDs (Moby answers
+    /// IDs whatever the client sent); Moby's error for a network it does not know.
+    pub fn resolve_attachments(&self, spec: &mut docker::ServiceSpec) -> Result<(), BusError> {
+        let fix = |list: &mut Option<Vec<docker::NetworkAttachmentConfig>>| -> Result<(), BusError> {
+            for a in list.iter_mut().flatten() {
+                let t = a.target.clone().unwrap_or_default();
+                let (n, _) = self.find_network(&t).map_err(|_| BusError::internal(format!("network {t} not found")))?;
+                a.target = Some(n.id);
+            }
+            Ok(())
+        };
+        if let Some(tt) = spec.task_template.as_mut() {
+            fix(&mut tt.networks)?;
+        }
+        fix(&mut spec.networks)
+    }
+
+    /// An address for `owner` in network `net_id` (the one it holds already, if any),
+    /// as `a.b.c.d/len`.
+    pub async fn allocate_address(&self, net_id: &str, owner: &str) -> Result<String, BusError> {
+        let mut got = None;
+        let b = self.bucket::<NetworkRecord>(buckets::NETWORKS);
+        let r = b
+            .modify(net_id, |n| {
+                let (subnet, gw) = n.subnets.first().cloned().ok_or_else(|| BusError::internal(format!("network {net_id} has no subnet")))?;
+                let len = subnet.split('/').nth(1).unwrap_or("32").to_string();
+                if let Some((a, _)) = n.allocated.iter().find(|(_, o)| o.as_str() == owner) {
+                    got = Some(format!("{a}/{len}"));
+                    return Ok(false);
+                }
+                let a = next_address(&subnet, &gw, &n.allocated).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", format!("could not allocate an address in network {net_id}"))))?;
+                n.allocated.insert(a.clone(), owner.to_string());
+                got = Some(format!("{a}/{len}"));
+                Ok(true)
+            })
+            .await?;
+        let (n, rev) = r.ok_or_else(|| BusError::not_found(format!("network {net_id} not found")))?;
+        self.t.networks.note_put(net_id, n, rev);
+        got.ok_or_else(|| BusError::internal("no address"))
+    }
+
+    /// Give back every address `owner` holds in network `net_id`.
+    pub async fn release_addresses(&self, net_id: &str, owner: &str) -> Result<(), BusError> {
+        let b = self.bucket::<NetworkRecord>(buckets::NETWORKS);
+        if let Some((n, rev)) = b
+            .modify(net_id, |n| {
+                let before = n.allocated.len();
+                n.allocated.retain(|_, o| o != owner);
+                Ok(n.allocated.len() != before)
+            })
+            .await?
+        {
+            self.t.networks.note_put(net_id, n, rev);
+        }
+        Ok(())
+    }
+
+    /// The service's endpoint: its endpoint spec and, in VIP mode, one virtual IP per
+    /// attached network (kept across updates, released for networks it left).
+    pub async fn service_endpoint(&self, service_id: &str, spec: &docker::ServiceSpec, old: Option<&docker::ServiceEndpoint>) -> Result<Option<docker::ServiceEndpoint>, BusError> {
+        let owner = format!("vip.{service_id}");
+        let targets = spec_targets(spec);
+        let old_vips: Vec<String> = old.and_then(|e| e.virtual_ips.clone()).unwrap_or_default().into_iter().filter_map(|v| v.network_id).collect();
+        for gone in old_vips.iter().filter(|n| !targets.contains(n)) {
+            self.release_addresses(gone, &owner).await?;
+        }
+        let dnsrr = spec.endpoint_spec.as_ref().and_then(|e| e.mode).map(|m| m == docker::EndpointSpecModeEnum::DNSRR).unwrap_or(false);
+        if targets.is_empty() && old.is_none() {
+            return Ok(None);
+        }
+        let mut vips = Vec::new();
+        if !dnsrr {
+            for t in &targets {
+                let addr = self.allocate_address(t, &owner).await?;
+                vips.push(docker::ServiceEndpointVirtualIps { network_id: Some(t.clone()), addr: Some(addr) });
+            }
+        } else {
+            for t in &targets {
+                self.release_addresses(t, &owner).await?;
+            }
+        }
+        let mut ep = old.cloned().unwrap_or_default();
+        ep.spec = Some(spec.endpoint_spec.clone().unwrap_or_default());
+        ep.virtual_ips = (!vips.is_empty()).then_some(vips);
+        Ok(Some(ep))
+    }
+
+    /// The swarm's ingress network, made at init as Moby does.
+    pub async fn create_ingress(&self) -> Result<(), BusError> {
+        let req = docker::NetworkCreateRequest { name: "ingress".into(), driver: Some("overlay".into()), ingress: Some(true), ..Default::default() };
+        self.network_create(req).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_from_the_pool_as_moby_hands_them_out() {
+        let pool = vec!["10.0.0.0/8".to_string()];
+        let a = next_subnet(&pool, 24, &[]).unwrap();
+        assert_eq!((Ipv4Addr::from(a.0).to_string(), a.1), ("10.0.0.0".into(), 24));
+        let b = next_subnet(&pool, 24, &[a]).unwrap();
+        assert_eq!(Ipv4Addr::from(b.0).to_string(), "10.0.1.0");
+        // a client's subnet inside the pool is skipped
+        let c = next_subnet(&pool, 24, &[a, parse_cidr("10.0.1.0/25").unwrap()]).unwrap();
+        assert_eq!(Ipv4Addr::from(c.0).to_string(), "10.0.2.0");
+        assert!(next_subnet(&["10.0.0.0/24".to_string()], 24, &[a]).is_none());
+    }
+
+    #[test]
+    fn addresses_skip_the_gateway_and_the_taken() {
+        let mut taken = BTreeMap::new();
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken).as_deref(), Some("10.0.1.2"));
+        taken.insert("10.0.1.2".to_string(), "vip.x".to_string());
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken).as_deref(), Some("10.0.1.3"));
+        assert!(next_address("10.0.1.0/31", "10.0.1.1", &taken).is_none());
+    }
+
+    #[test]
+    fn resource_has_mobys_fields() {
+        let n = NetworkRecord {
+            id: "abc".into(),
+            created_at: "2026-12-06T10:11:39.622607575Z".into(),
+            updated_at: String::new(),
+            name: "n1".into(),
+            driver: "overlay".into(),
+            attachable: true,
+            ingress: false,
+            internal: false,
+            enable_ipv6: false,
+            ipam_driver: "default".into(),
+            ipam_options: None,
+            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
+            options: HashMap::from([("o".to_string(), "v".to_string())]),
+            labels: None,
+            vni: 4097,
+            allocated: BTreeMap::new(),
+        };
+        let j = serde_json::to_value(resource(&n)).unwrap();
+        assert_eq!(j["Scope"], "swarm");
+        assert_eq!(j["Options"][VXLANID_OPTION], "4097");
+        assert_eq!(j["Options"]["o"], "v");
+        assert_eq!(j["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
+        assert_eq!(j["IPAM"]["Config"][0]["Gateway"], "10.0.1.1");
+        assert_eq!(j["ConfigFrom"]["Network"], "");
+        assert_eq!(j["Attachable"], true);
+    }
+}
