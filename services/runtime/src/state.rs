@@ -130,6 +130,10 @@ pub struct Container {
     /// The mounted root filesystem while running.
     #[serde(default)]
     pub rootfs: String,
+    /// A managed plugin's container (bus_schema::runtime::ContainerCreate::plugin):
+    /// left out of lists, prune and events.
+    #[serde(default)]
+    pub plugin: bool,
 }
 
 impl Container {

@@ -38,6 +38,14 @@ struct VolRecord {
     populated: bool,
     /// Containers using the volume.
     refs: BTreeSet<String>,
+    /// A plugin's volume: where it is on the host, as last answered by the plugin
+    /// (empty for `local`, whose data is `_data` beside the record).
+    #[serde(default)]
+    mountpoint: String,
+    /// A plugin's volume: the containers it is mounted for now (Mount answered, no
+    /// Unmount yet).
+    #[serde(default)]
+    mounted: BTreeSet<String>,
 }
 
 pub struct Volumes {
@@ -111,7 +119,7 @@ impl Volumes {
         docker::Volume {
             name: r.name.clone(),
             driver: r.driver.clone(),
-            mountpoint: self.data(&r.name).to_string_lossy().into_owned(),
+            mountpoint: if r.driver == "local" { self.data(&r.name).to_string_lossy().into_owned() } else { r.mountpoint.clone() },
             created_at: Some(berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))),
             labels: r.labels.clone(),
             options: r.options.clone(),
@@ -145,6 +153,11 @@ impl Volumes {
         }
         let mut st = self.state.lock().unwrap();
         if let Some(r) = st.get(&name) {
+            // a plugin's volume named by a container's `-v name:/dst` (Docker uses the
+            // volume's own driver then)
+            if r.driver != driver {
+                return Ok(self.to_docker(r));
+            }
             if r.options != opts {
                 return Err(BusError::conflict(format!(
                     "create {name}: a volume with the same name already exists with different options"
@@ -161,6 +174,8 @@ impl Volumes {
             anonymous,
             populated: false,
             refs: BTreeSet::new(),
+            mountpoint: String::new(),
+            mounted: BTreeSet::new(),
         };
         let data = self.data(&name);
         std::fs::create_dir_all(&data)
@@ -274,7 +289,7 @@ impl Volumes {
             let st = self.state.lock().unwrap();
             let mut v: Vec<&VolRecord> = st
                 .values()
-                .filter(|r| r.refs.is_empty())
+                .filter(|r| r.refs.is_empty() && r.driver == "local")
                 .filter(|r| all || r.labels.contains_key(ANONYMOUS_LABEL))
                 .filter(|r| label_filters(r, filters))
                 .collect();
@@ -406,6 +421,127 @@ impl Volumes {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The driver of an existing volume.
+    pub fn driver_of(&self, name: &str) -> Option<String> {
+        self.state.lock().unwrap().get(name).map(|r| r.driver.clone())
+    }
+
+    /// Record a volume a plugin made (`driver` the plugin's name). An existing one
+    /// of the same driver is answered as it is.
+    pub fn insert_plugin_volume(
+        &self,
+        name: &str,
+        driver: &str,
+        opts: HashMap<String, String>,
+        labels: HashMap<String, String>,
+    ) -> Result<docker::Volume, BusError> {
+        let mut st = self.state.lock().unwrap();
+        if let Some(r) = st.get(name) {
+            return Ok(self.to_docker(r));
+        }
+        let r = VolRecord {
+            name: name.to_string(),
+            driver: driver.to_string(),
+            labels,
+            options: opts,
+            created: crate::util::now_unix_nanos(),
+            anonymous: false,
+            populated: true,
+            refs: BTreeSet::new(),
+            mountpoint: String::new(),
+            mounted: BTreeSet::new(),
+        };
+        std::fs::create_dir_all(self.dir(name)).map_err(|e| BusError::internal(format!("create {name}: {e}")))?;
+        if let Err(e) = self.persist(&r) {
+            let _ = crate::util::remove_tree(&self.dir(name));
+            return Err(e);
+        }
+        let v = self.to_docker(&r);
+        st.insert(name.to_string(), r);
+        drop(st);
+        self.events.publish(Event::now(EventType::Volume, Action::Create, name).attr("driver", driver));
+        Ok(v)
+    }
+
+    /// A plugin's volume as Docker shows it, with what the plugin answered.
+    /// (The plugin's Status is not shown: the API model here keeps its keys only.)
+    pub fn plugin_volume(&self, name: &str, mountpoint: Option<&Path>) -> Result<docker::Volume, BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        if let Some(m) = mountpoint {
+            let m = m.to_string_lossy().into_owned();
+            if r.mountpoint != m {
+                r.mountpoint = m;
+                let r = r.clone();
+                self.persist(&r)?;
+            }
+        }
+        Ok(self.to_docker(st.get(name).unwrap()))
+    }
+
+    /// A container uses a plugin's volume the plugin mounted at `mountpoint`.
+    pub fn plugin_acquired(&self, name: &str, container: &str, mountpoint: &Path, opts: &AcquireOpts<'_>) -> Result<(), BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        r.refs.insert(container.to_string());
+        r.mounted.insert(container.to_string());
+        r.mountpoint = mountpoint.to_string_lossy().into_owned();
+        let r = r.clone();
+        self.persist(&r)?;
+        drop(st);
+        self.events.publish(
+            Event::now(EventType::Volume, Action::Mount, name)
+                .attr("driver", r.driver.clone())
+                .attr("container", container)
+                .attr("destination", opts.destination.or(opts.copy_from).unwrap_or(""))
+                .attr("read/write", opts.read_write.to_string())
+                .attr("propagation", opts.propagation),
+        );
+        Ok(())
+    }
+
+    /// A container stopped (`unmount_only`) or no longer refers to a plugin's
+    /// volume: true if the plugin is to be told (it had mounted it for the container).
+    pub fn plugin_released(&self, name: &str, container: &str, unmount_only: bool) -> Result<bool, BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        let unref = !unmount_only && r.refs.remove(container);
+        let unmount = r.mounted.remove(container);
+        if !unref && !unmount {
+            return Ok(false);
+        }
+        let r = r.clone();
+        self.persist(&r)?;
+        drop(st);
+        if unmount {
+            self.events.publish(Event::now(EventType::Volume, Action::Unmount, name).attr("driver", r.driver.clone()).attr("container", container));
+        }
+        Ok(unmount)
+    }
+
+    /// Refused while a container uses it (the plugin is not asked then).
+    pub fn check_unused(&self, name: &str) -> Result<(), BusError> {
+        let st = self.state.lock().unwrap();
+        let r = st.get(name).ok_or_else(|| no_such(name))?;
+        if !r.refs.is_empty() {
+            let ids: Vec<&str> = r.refs.iter().map(String::as_str).collect();
+            return Err(BusError::conflict(format!("remove {name}: volume is in use - [{}]", ids.join(" "))));
+        }
+        Ok(())
+    }
+
+    /// Forget a plugin's volume (the plugin removed it).
+    pub fn forget_plugin_volume(&self, name: &str) -> Result<(), BusError> {
+        let mut st = self.state.lock().unwrap();
+        let Some(r) = st.remove(name) else { return Ok(()) };
+        drop(st);
+        if let Err(e) = crate::util::remove_tree(&self.dir(name)) {
+            tracing::warn!(volume = name, error = %e, "removing the volume's record failed");
+        }
+        self.events.publish(Event::now(EventType::Volume, Action::Destroy, name).attr("driver", r.driver));
+        Ok(())
     }
 }
 
