@@ -17,10 +17,11 @@
 //! (`berth_config::Paths::plugin_run`) is bound at `/run/docker/plugins`; the
 //! plugin's socket appears there, and berth activates the plugin through it
 //! (`/Plugin.Activate`, its `Implements` checked against the config's types).
-//! Disabling stops and removes that container; a node that starts again runs the
-//! plugins that were enabled. A plugin process that dies is not restarted (Moby
-//! restarts it): calls to it answer a connect error until it is disabled and
-//! enabled again.
+//! Disabling stops that container (it stays, with the plugin's rootfs changes,
+//! until `set` or `rm`); a node that starts again runs the plugins that were
+//! enabled. A plugin process that dies is restarted as Moby restarts it (the
+//! container's restart policy `always`); calls made meanwhile answer a connect
+//! error at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write};
@@ -127,6 +128,8 @@ fn container_body(p: &Plugin, run: &Path) -> Result<docker::ContainerCreateBody,
             pid_mode: host(c.pid_host),
             ipc_mode: host(c.ipc_host),
             devices: if devices.is_empty() { None } else { Some(devices) },
+            // Moby restarts a plugin whose process ends (until it is disabled)
+            restart_policy: Some(docker::RestartPolicy { name: Some(docker::RestartPolicyNameEnum::ALWAYS), maximum_retry_count: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -417,7 +420,11 @@ impl Plugins {
         let res = async {
             if !running {
                 let _ = std::fs::remove_file(run.join("sock").join(&p.config.interface.socket));
-                r.runtime.container_start(ContainerStart { id: id.to_string() }).await?;
+                match r.runtime.container_start(ContainerStart { id: id.to_string() }).await {
+                    // started meanwhile by its restart policy (a node starting again)
+                    Err(e) if e.kind == bus_schema::ErrorKind::NotModified => {}
+                    r => r?,
+                }
             }
             self.activate(r, id, p, &run).await
         }

@@ -66,7 +66,12 @@ impl Drivers {
 
     /// The enabled volume-driver plugin `driver` (a name as the user gives it).
     async fn plugin(&self, op: &str, vol: &str, driver: &str) -> Result<Plugin, BusError> {
-        let lookup = |m: String| format!("{op} {vol}: error looking up volume plugin {driver}: {m}");
+        // Moby's words: a create looks the driver up; anything else on an existing
+        // volume checks it with its driver first
+        let lookup = |m: String| match op {
+            "create" => format!("create {vol}: error looking up volume plugin {driver}: {m}"),
+            _ => format!("get {vol}: error while checking if volume {vol:?} exists in driver {driver:?}: error looking up volume plugin {driver}: {m}"),
+        };
         let p = match self.images.plugin_inspect(PluginInspect { name: driver.to_string() }).await {
             Ok(p) => p,
             Err(e) if e.is(ErrorKind::NotFound) => return Err(BusError::not_found(lookup(format!("plugin {driver:?} not found")))),
@@ -107,15 +112,21 @@ impl Drivers {
             None => {}
         }
         p.driver.create(&name, &opts).await.map_err(|e| driver_err("create", &name, e))?;
-        self.volumes.insert_plugin_volume(&name, &p.name, opts, labels)
+        // where it is on the host, for `ls` (Moby's ls shows the plugin's List scoped)
+        let host = match p.driver.path(&name).await {
+            Ok(m) if !m.is_empty() => p.host_path(&m).to_string_lossy().into_owned(),
+            _ => String::new(),
+        };
+        self.volumes.insert_plugin_volume(&name, &p.name, opts, labels, host)
     }
 
-    /// `docker volume inspect`: the plugin's Get (its mountpoint).
+    /// `docker volume inspect`: the plugin's Get (Moby shows its mountpoint as the
+    /// plugin answered it, not the host path that `ls` shows).
     pub async fn inspect(&self, name: &str, driver: &str) -> Result<docker::Volume, BusError> {
         let p = self.plugin("get", name, driver).await?;
         let v = p.driver.get(name).await.map_err(|e| driver_err("get", name, e))?;
-        let mp = Some(v.mountpoint).filter(|m| !m.is_empty()).map(|m| p.host_path(&m));
-        self.volumes.plugin_volume(name, mp.as_deref())
+        let host = Some(&v.mountpoint).filter(|m| !m.is_empty()).map(|m| p.host_path(m));
+        self.volumes.plugin_volume(name, &v.mountpoint, host.as_deref(), &v.created_at)
     }
 
     /// `docker volume rm`: refused while in use, then the plugin's Remove. Forced,

@@ -15,6 +15,8 @@ use crate::mountspec::validate_volume_name;
 
 pub const ANONYMOUS_LABEL: &str = "com.docker.volume.anonymous";
 const RECORD: &str = "volume.json";
+/// Go's zero `time.Time` as Moby writes it.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// Where volume events go (the bus in the service, a collector in tests).
 pub trait EventSink: Send + Sync + 'static {
@@ -120,7 +122,13 @@ impl Volumes {
             name: r.name.clone(),
             driver: r.driver.clone(),
             mountpoint: if r.driver == "local" { self.data(&r.name).to_string_lossy().into_owned() } else { r.mountpoint.clone() },
-            created_at: Some(berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))),
+            // a plugin's volume: the time its plugin says (Go's zero time when it does
+            // not), as Moby shows it
+            created_at: Some(if r.driver == "local" {
+                berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))
+            } else {
+                GO_ZERO_TIME.to_string()
+            }),
             labels: r.labels.clone(),
             options: r.options.clone(),
             scope: Some(docker::VolumeScopeEnum::LOCAL),
@@ -436,6 +444,7 @@ impl Volumes {
         driver: &str,
         opts: HashMap<String, String>,
         labels: HashMap<String, String>,
+        mountpoint: String,
     ) -> Result<docker::Volume, BusError> {
         let mut st = self.state.lock().unwrap();
         if let Some(r) = st.get(name) {
@@ -450,7 +459,7 @@ impl Volumes {
             anonymous: false,
             populated: true,
             refs: BTreeSet::new(),
-            mountpoint: String::new(),
+            mountpoint,
             mounted: BTreeSet::new(),
         };
         std::fs::create_dir_all(self.dir(name)).map_err(|e| BusError::internal(format!("create {name}: {e}")))?;
@@ -466,11 +475,14 @@ impl Volumes {
     }
 
     /// A plugin's volume as Docker shows it, with what the plugin answered.
-    /// (The plugin's Status is not shown: the API model here keeps its keys only.)
-    pub fn plugin_volume(&self, name: &str, mountpoint: Option<&Path>) -> Result<docker::Volume, BusError> {
+    /// `docker volume inspect` of a plugin's volume as Moby 20.10 answers it from the
+    /// plugin's Get: the mountpoint as the plugin sees it (`host` is kept for
+    /// `ls`, which shows the host path), its CreatedAt. (The plugin's Status is not
+    /// shown: the API model here keeps its keys only.)
+    pub fn plugin_volume(&self, name: &str, inside: &str, host: Option<&Path>, created_at: &str) -> Result<docker::Volume, BusError> {
         let mut st = self.state.lock().unwrap();
         let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
-        if let Some(m) = mountpoint {
+        if let Some(m) = host {
             let m = m.to_string_lossy().into_owned();
             if r.mountpoint != m {
                 r.mountpoint = m;
@@ -478,7 +490,12 @@ impl Volumes {
                 self.persist(&r)?;
             }
         }
-        Ok(self.to_docker(st.get(name).unwrap()))
+        let mut v = self.to_docker(st.get(name).unwrap());
+        v.mountpoint = inside.to_string();
+        if !created_at.is_empty() {
+            v.created_at = Some(created_at.to_string());
+        }
+        Ok(v)
     }
 
     /// A container uses a plugin's volume the plugin mounted at `mountpoint`.
