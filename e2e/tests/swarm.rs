@@ -276,6 +276,114 @@ fn single_node_swarm() {
     assert_eq!(swarm_servers(&node), 0);
 }
 
+/// Autolock (`swarm init --autolock`): the manager's keys at rest (the store's key, the
+/// node's TLS key) are sealed with the unlock key; after a restart the node is locked,
+/// answering as Moby 20.10 does (recorded side by side), until `docker swarm unlock`
+/// opens them; rotation and `--autolock=false` follow.
+#[test]
+fn autolock_seals_the_keys_until_unlocked() {
+    require_root!();
+    let mut node = Node::start();
+    let listen = format!("127.0.0.1:{}", free_ports());
+    let sock = node.sock.clone();
+    let status_body = |method: &str, path: &str, body: Option<&str>| {
+        let a = berth_e2e::http(&sock, method, path, &[], body);
+        (a.status, a.text().trim().to_string())
+    };
+    let not_manager = r#"{"message":"This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."}"#;
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(r#"{"UnlockKey":"x"}"#)), (503, not_manager.to_string()));
+
+    let o = node.docker(&["swarm", "init", "--autolock", "--advertise-addr", "127.0.0.1", "--listen-addr", &listen]);
+    assert!(o.status.success(), "{}\n{}", out(&o), node.logs());
+    let key = node.docker_ok(&["swarm", "unlock-key", "-q"]).trim().to_string();
+    assert!(out(&o).contains(&key) && key.starts_with("SWMKEY-1-") && key.len() == 52, "{key}\n{}", out(&o));
+    assert_eq!(node.docker_ok(&["info", "--format", "{{.Swarm.Cluster.Spec.EncryptionConfig.AutoLockManagers}}"]).trim(), "true");
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(r#"{"UnlockKey":"x"}"#)), (409, r#"{"message":"swarm is not locked"}"#.into()));
+    let secret_file = node.root.parent().unwrap().join("s1.txt");
+    std::fs::write(&secret_file, "top-secret").unwrap();
+    node.docker_ok(&["secret", "create", "s1", secret_file.to_str().unwrap()]);
+
+    // Nothing that opens the store is on disk in clear.
+    let swarm = node.root.join("swarm");
+    let state = std::fs::read_to_string(swarm.join("state.json")).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(st["store_key"], "", "{state}");
+    assert!(st["sealed"].as_str().is_some_and(|s| !s.is_empty()), "{state}");
+    assert!(!swarm.join("tls/node-key.pem").exists(), "the TLS key stayed on disk");
+    let conf = std::fs::read_to_string(swarm.join("server/nats.conf")).unwrap();
+    assert!(conf.contains("key: $BERTH_SWARM_STORE_KEY") && conf.contains("/proc/"), "{conf}");
+    assert!(!walk_contains(&swarm, "PRIVATE KEY"), "a private key in clear under {}", swarm.display());
+
+    // Restarted: locked, with Moby's answers.
+    node.shutdown();
+    node.boot();
+    let locked = r#"{"message":"Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it."}"#;
+    wait_for(30, "the node locked after the restart", &node, || (status_body("GET", "/v1.41/nodes", None) == (503, locked.to_string())).then_some(()));
+    assert_eq!(status_body("GET", "/v1.41/swarm", None), (503, locked.into()));
+    assert_eq!(status_body("GET", "/v1.41/swarm/unlockkey", None), (503, locked.into()));
+    let info = node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}|{{.Swarm.NodeID}}|{{.Swarm.NodeAddr}}|{{.Swarm.ControlAvailable}}|{{.Swarm.Error}}"]);
+    assert_eq!(info.trim(), "locked||127.0.0.1|false|Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.");
+    let ping = berth_e2e::http(&sock, "GET", "/_ping", &[], None);
+    assert_eq!(ping.header("Swarm"), Some("locked"));
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(r#"{"UnlockKey":"x"}"#)), (400, r#"{"message":"invalid key string"}"#.into()));
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some("{}")), (400, r#"{"message":"invalid key string"}"#.into()));
+    let wrong = r#"{"UnlockKey":"SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8"}"#;
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(wrong)), (401, r#"{"message":"swarm could not be unlocked: invalid key provided"}"#.into()));
+    assert_eq!(
+        status_body("POST", "/v1.41/swarm/leave", None),
+        (503, r#"{"message":"Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message."}"#.into())
+    );
+    // still sealed after the failed attempts
+    assert!(!swarm.join("tls/node-key.pem").exists());
+
+    // The CLI reads the key from stdin.
+    let unlock = |node: &Node, k: &str| {
+        use std::io::Write;
+        let mut c = node.cmd().args(["swarm", "unlock"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(format!("{k}\n").as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = unlock(&node, "wrong");
+    assert!(!o.status.success() && out(&o).contains("invalid key string"), "{}", out(&o));
+    let o = unlock(&node, &key);
+    assert!(o.status.success(), "{}\n{}", out(&o), node.logs());
+    assert_eq!(node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "active");
+    wait_for(30, "the node Ready after unlock", &node, || (out(&node.docker(&["node", "ls", "--format", "{{.Status}} {{.ManagerStatus}}"])).trim() == "Ready Leader").then_some(()));
+    assert_eq!(node.docker_ok(&["secret", "ls", "--format", "{{.Name}}"]).trim(), "s1", "the store came back whole");
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(&format!(r#"{{"UnlockKey":"{key}"}}"#))), (409, r#"{"message":"swarm is not locked"}"#.into()));
+
+    // Rotation: a new key, and the old one no longer opens the node.
+    let o = node.docker(&["swarm", "unlock-key", "--rotate", "-q"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let key2 = node.docker_ok(&["swarm", "unlock-key", "-q"]).trim().to_string();
+    assert!(key2 != key && key2.starts_with("SWMKEY-1-"), "{key2}");
+    node.shutdown();
+    node.boot();
+    wait_for(30, "locked again", &node, || (node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim() == "locked").then_some(()));
+    assert_eq!(status_body("POST", "/v1.41/swarm/unlock", Some(&format!(r#"{{"UnlockKey":"{key}"}}"#))).0, 401);
+    let o = unlock(&node, &key2);
+    assert!(o.status.success(), "{}\n{}", out(&o), node.logs());
+
+    // Autolock off: no key, the keys back on disk, a restart needs no unlock.
+    node.docker_ok(&["swarm", "update", "--autolock=false"]);
+    let o = node.docker(&["swarm", "unlock-key"]);
+    assert!(!o.status.success() && out(&o).contains("no unlock key is set"), "{}", out(&o));
+    assert_eq!(status_body("GET", "/v1.41/swarm/unlockkey", None), (200, r#"{"UnlockKey":""}"#.into()));
+    assert!(swarm.join("tls/node-key.pem").exists());
+    node.shutdown();
+    node.boot();
+    wait_for(30, "active after a restart without autolock", &node, || (node.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim() == "active").then_some(()));
+    node.docker_ok(&["swarm", "leave", "--force"]);
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn walk_contains(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).map(|d| d.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() { walk_contains(&p, needle) } else { std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) }
+    })).unwrap_or(false)
+}
+
 /// Job modes (API 1.41): tasks run to completion, at most MaxConcurrent at once, and are
 /// not run again, also after the swarm service restarts; a forced update runs the job
 /// again (a new JobIteration); a global job runs once per node.

@@ -38,17 +38,26 @@ pub struct Builder {
 pub struct BuildError {
     pub message: String,
     pub code: i64,
+    /// Failed before the first step (the context, the Dockerfile): Moby answers these
+    /// with an HTTP status (parse errors 400, no Dockerfile 500), not a 200 stream.
+    pub early: Option<ErrorKind>,
 }
 
 impl From<BusError> for BuildError {
     fn from(e: BusError) -> Self {
-        BuildError { message: e.message, code: 1 }
+        BuildError { message: e.message, code: 1, early: None }
     }
 }
 
 impl From<String> for BuildError {
     fn from(message: String) -> Self {
-        BuildError { message, code: 1 }
+        BuildError { message, code: 1, early: None }
+    }
+}
+
+impl BuildError {
+    fn early(kind: ErrorKind, message: impl Into<String>) -> BuildError {
+        BuildError { message: message.into(), code: 1, early: Some(kind) }
     }
 }
 
@@ -120,7 +129,18 @@ impl Builder {
 
     /// Run a build: receive the context, then the steps. The output ends with the
     /// image ID in `aux` or with an error message carrying Docker's code.
-    pub async fn build(self: &Arc<Self>, req: ImageBuild, mut input: StreamReader<ByteChunk>, w: &mut StreamWriter<JsonMessage>) -> R<String> {
+    pub async fn build(self: &Arc<Self>, req: ImageBuild, input: StreamReader<ByteChunk>, w: &mut StreamWriter<JsonMessage>) -> R<String> {
+        let (ctx, df, guard) = self.prepare(&req, input).await.map_err(|mut e| {
+            e.early.get_or_insert(ErrorKind::Internal);
+            e
+        })?;
+        let res = self.run(&req, &df, &ctx, w).await;
+        drop(guard);
+        res
+    }
+
+    /// The context unpacked and the Dockerfile parsed, before anything is streamed.
+    async fn prepare(&self, req: &ImageBuild, mut input: StreamReader<ByteChunk>) -> R<(PathBuf, dockerfile::Dockerfile, TmpGuard)> {
         let id = crate::new_id();
         let tmp = context::tmp_dir(&self.dir, &id);
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
@@ -153,11 +173,9 @@ impl Builder {
             dfrel = "dockerfile".into();
         }
         let text = std::fs::read_to_string(ctx.join(&dfrel)).map_err(|_| format!("Cannot locate specified Dockerfile: {dfname}"))?;
-        let df = dockerfile::parse(&text).map_err(|e| e.to_string())?;
+        let df = dockerfile::parse(&text).map_err(|e| BuildError::early(ErrorKind::InvalidArgument, e.to_string()))?;
         crate::dockerignore::remove_ignored_build_files(&ctx, &dfrel)?;
-        let res = self.run(&req, &df, &ctx, w).await;
-        drop(guard);
-        res
+        Ok((ctx, df, guard))
     }
 
     async fn run(self: &Arc<Self>, req: &ImageBuild, df: &dockerfile::Dockerfile, ctx: &Path, w: &mut StreamWriter<JsonMessage>) -> R<String> {
@@ -491,7 +509,7 @@ impl Builder {
             if req.force_rm {
                 self.remove_container(&cid).await;
             }
-            return Err(BuildError { message: format!("The command '{created_by}' returned a non-zero code: {code}"), code });
+            return Err(BuildError { message: format!("The command '{created_by}' returned a non-zero code: {code}"), code, early: None });
         }
         let layer = self.storage.rw_layer_commit(RwLayerCommit { id: cid.clone() }).await;
         if req.rm || req.force_rm {

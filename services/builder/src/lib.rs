@@ -20,7 +20,7 @@ use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, JsonMessage};
 use bus_schema::runtime::{ContainerInspect, ContainerPause, ContainerUnpause};
 use bus_schema::storage::RwLayerCommit;
-use bus_schema::{docker, BusError, Service};
+use bus_schema::{docker, BusError, ErrorKind, Service};
 
 pub use berth_rules::id::new_id;
 
@@ -38,6 +38,8 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
                 let (mut w, input) = resp.accept_duplex(()).await?;
                 match b.build(req, input, &mut w).await {
                     Ok(_) => w.end().await,
+                    // before the first step: the gateway answers it as Moby does, with a status
+                    Err(e) if e.early.is_some() => w.fail(BusError::new(e.early.unwrap_or(ErrorKind::Internal), e.message)).await,
                     Err(e) => {
                         let mut m = JsonMessage::error(e.message);
                         if let Some(d) = m.error_detail.as_mut() {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use berth_bus::{StreamReader, StreamWriter};
-use bus_schema::{images::JsonMessage, images::RegistryAuth, stream::ByteChunk, BusError};
+use berth_bus::StreamWriter;
+use bus_schema::{images::JsonMessage, images::RegistryAuth, stream::ByteChunk, BusError, BusStream};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 
@@ -205,8 +205,9 @@ pub fn auth_from_json(bytes: &[u8]) -> Option<RegistryAuth> {
 
 /// Stream Docker JSON messages as the response body (one JSON object per line).
 /// A stream error becomes a final `{"errorDetail":..., "error":...}` message, as
-/// Docker reports errors after the 200 status has been sent.
-pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
+/// Docker reports errors after the 200 status has been sent. Dropping the stream (the
+/// client went away) cancels it at the service.
+pub fn json_stream(mut rd: BusStream<JsonMessage>) -> Response {
     let s = async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
             let msg = match item {
@@ -216,7 +217,6 @@ pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
             let mut line = serde_json::to_vec(&msg).unwrap_or_default();
             line.push(b'\n');
             if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
-                rd.cancel().await;
                 return;
             }
         }
@@ -230,13 +230,12 @@ pub fn json_stream(mut rd: StreamReader<JsonMessage>) -> Response {
 }
 
 /// Stream raw bytes (tar archives) as the response body.
-pub fn bytes_stream(mut rd: StreamReader<ByteChunk>, content_type: &'static str) -> Response {
+pub fn bytes_stream(mut rd: BusStream<ByteChunk>, content_type: &'static str) -> Response {
     let s = async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
             match item {
                 Ok(c) => {
                     if tx.send(Ok(bytes::Bytes::from(c.0))).await.is_err() {
-                        rd.cancel().await;
                         return;
                     }
                 }
@@ -256,23 +255,27 @@ pub fn bytes_stream(mut rd: StreamReader<ByteChunk>, content_type: &'static str)
         .into_response()
 }
 
-/// Pump a request body into a bus input stream, in chunks under the bus limit.
-/// Ends the stream when the body ends, fails it when the body errors.
-pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(), BusError> {
-    let mut stream = body.into_data_stream();
+/// A request body as a bus input stream, in chunks under the bus limit; a body that
+/// fails ends the stream with an error.
+pub fn body_input(body: Body) -> BusStream<ByteChunk> {
     let max = bus_schema::stream::MAX_CHUNK;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => {
-                for part in b.chunks(max) {
-                    w.send(ByteChunk(part.to_vec())).await?;
-                }
-            }
-            Err(e) => {
-                return w
-                    .fail(BusError::invalid(format!("reading request body: {e}")))
-                    .await
-            }
+    Box::pin(body.into_data_stream().flat_map(move |chunk| {
+        let items: Vec<Result<ByteChunk, BusError>> = match chunk {
+            Ok(b) => b.chunks(max).map(|part| Ok(ByteChunk(part.to_vec()))).collect(),
+            Err(e) => vec![Err(BusError::invalid(format!("reading request body: {e}")))],
+        };
+        futures_util::stream::iter(items)
+    }))
+}
+
+/// Pump a request body into a bus input stream ([`body_input`]'s chunks). Ends the
+/// stream when the body ends, fails it when the body errors.
+pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(), BusError> {
+    let mut input = body_input(body);
+    while let Some(item) = input.next().await {
+        match item {
+            Ok(c) => w.send(c).await?,
+            Err(e) => return w.fail(e).await,
         }
     }
     w.end().await
@@ -283,27 +286,27 @@ pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(),
 /// Go's server does for a handler that did not read it: the client's write then
 /// succeeds and it reads the answer instead of a broken pipe.
 pub async fn pump_body_draining(body: Body, w: StreamWriter<ByteChunk>) {
-    let mut stream = body.into_data_stream();
+    let mut input = body_input(body);
     let mut w = Some(w);
     let mut dropped = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let Ok(b) = chunk else {
-            if let Some(w) = w.take() {
-                let _ = w.fail(BusError::invalid("reading request body failed")).await;
+    while let Some(item) = input.next().await {
+        let c = match item {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(w) = w.take() {
+                    let _ = w.fail(e).await;
+                }
+                return;
             }
-            return;
         };
         match w.as_mut() {
             Some(wr) => {
-                for part in b.chunks(bus_schema::stream::MAX_CHUNK) {
-                    if wr.send(ByteChunk(part.to_vec())).await.is_err() {
-                        w = None;
-                        break;
-                    }
+                if wr.send(c).await.is_err() {
+                    w = None;
                 }
             }
             None => {
-                dropped += b.len();
+                dropped += c.0.len();
                 if dropped > 256 << 10 {
                     return;
                 }

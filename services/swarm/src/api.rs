@@ -99,12 +99,29 @@ impl Cluster {
             StoreError::Conflict => out_of_sequence(),
             e => e.into(),
         })?;
+        let autolock = c.spec.encryption_config.as_ref().and_then(|e| e.auto_lock_managers).unwrap_or(false);
         self.t.cluster.note_put("swarm", c, nrev);
+        // Autolock on: a key (a new one when asked to rotate); off: none (swarmkit's rules).
+        let pb = self.bucket::<PkiRecord>(buckets::PKI);
+        if let Some((mut pki, prev)) = pb.get("ca").await? {
+            let key = match (autolock, pki.unlock_key.is_empty() || r.rotate_manager_unlock_key) {
+                (false, _) => String::new(),
+                (true, true) => crate::lock::new_unlock_key(),
+                (true, false) => pki.unlock_key.clone(),
+            };
+            if key != pki.unlock_key {
+                pki.unlock_key = key.clone();
+                pb.update("ca", &pki, prev).await?;
+            }
+            self.apply_unlock_key(&key)?;
+        }
         Ok(())
     }
 
+    /// `GET /swarm/unlockkey`: the key, or `""` when autolock is off (as Moby answers).
     pub async fn swarm_unlock_key(&self) -> Result<docker::UnlockKeyResponse, BusError> {
-        Ok(docker::UnlockKeyResponse { unlock_key: Some(String::new()) })
+        let pki = self.bucket::<PkiRecord>(buckets::PKI).get("ca").await?;
+        Ok(docker::UnlockKeyResponse { unlock_key: Some(pki.map(|(p, _)| p.unlock_key).unwrap_or_default()) })
     }
 
     fn tls(&self) -> docker::TlsInfo {

@@ -109,6 +109,7 @@ impl Cluster {
             local_user: local.local_user.clone(),
             local_password: local.local_password.clone(),
             store_key: local.store_key.clone(),
+            key_file: local.key_file(files),
         }
     }
 
@@ -137,7 +138,7 @@ impl Cluster {
         let conf = Self::server_config(&local, &files, users);
         natsconf::write_private(&files.conf(), &natsconf::render(&conf)).map_err(internal)?;
         let probe = Self::probe_addr(&local);
-        let server = SwarmServer::start(&files.conf(), &svc.logs.join("swarm-server.log"), &probe).await.map_err(internal)?;
+        let server = SwarmServer::start(&files.conf(), &svc.logs.join("swarm-server.log"), &probe, conf.env()).await.map_err(internal)?;
         let client = connect(&local, &files, &probe).await?;
         let mut js = if local.is_manager() { jetstream::new(client.clone()) } else { jetstream::with_domain(client.clone(), natsconf::DOMAIN) };
         js.set_timeout(Duration::from_secs(5));
@@ -204,6 +205,7 @@ impl Cluster {
             self.spawn(crate::leader::run(self.clone()));
             self.spawn(crate::events::run(self.clone()));
             self.spawn(sync_server(self.clone()));
+            self.spawn(follow_unlock_key(self.clone()));
             self.spawn(crate::join::serve(self.clone()));
             if !self.local.read().unwrap().clustered {
                 self.spawn(crate::migrate::watch(self.clone()));
@@ -370,14 +372,10 @@ async fn watch_server(c: Arc<Cluster>) {
     }
 }
 
-/// Managers: keep the server's user list (every node's credentials) in step with the
-/// nodes in the store; a change is a reload (SIGHUP).
-async fn sync_server(c: Arc<Cluster>) {
-    let mut rx = c.t.nodes.subscribe();
-    let mut last = String::new();
-    c.t.nodes.wait_ready().await;
-    loop {
-        let users: Vec<natsconf::User> = c
+impl Cluster {
+    /// The swarm server's config as it should be now: this node's state, every node's user.
+    fn server_config_text(&self) -> String {
+        let users: Vec<natsconf::User> = self
             .t
             .nodes
             .values()
@@ -389,8 +387,53 @@ async fn sync_server(c: Arc<Cluster>) {
             })
             .filter(|u| !u.name.is_empty())
             .collect();
-        let local = c.local.read().unwrap().clone();
-        let text = natsconf::render(&Cluster::server_config(&local, &c.svc.files, users));
+        let local = self.local.read().unwrap().clone();
+        natsconf::render(&Cluster::server_config(&local, &self.svc.files, users))
+    }
+
+    /// Autolock: seal this manager's keys at rest with the swarm's unlock key (empty:
+    /// autolock off, keys back in clear). The TLS key moves to memory and the config
+    /// names it there before the key file goes (the running server keeps its keys).
+    pub fn apply_unlock_key(&self, unlock_key: &str) -> Result<(), BusError> {
+        let want = if unlock_key.is_empty() { None } else { Some(crate::lock::kek(unlock_key).map_err(internal)?) };
+        if self.local.read().unwrap().kek == want {
+            return Ok(());
+        }
+        let files = &self.svc.files;
+        self.local.write().unwrap().set_unlock_key(files, unlock_key).map_err(internal)?;
+        natsconf::write_private(&files.conf(), &self.server_config_text()).map_err(internal)?;
+        let local = self.local.read().unwrap().clone();
+        local.save(&files.state()).map_err(internal)?;
+        tracing::info!(autolock = want.is_some(), "this manager's keys at rest follow the swarm's unlock key");
+        Ok(())
+    }
+}
+
+/// Managers: follow the swarm's unlock key (set, rotated or cleared on any manager).
+async fn follow_unlock_key(c: Arc<Cluster>) {
+    let b: Bucket<PkiRecord> = c.bucket(buckets::PKI);
+    loop {
+        match b.get("ca").await {
+            Ok(Some((pki, _))) => {
+                if let Err(e) = c.apply_unlock_key(&pki.unlock_key) {
+                    tracing::warn!(error = %e, "sealing this manager's keys");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the unlock key"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Managers: keep the server's user list (every node's credentials) in step with the
+/// nodes in the store; a change is a reload (SIGHUP).
+async fn sync_server(c: Arc<Cluster>) {
+    let mut rx = c.t.nodes.subscribe();
+    let mut last = String::new();
+    c.t.nodes.wait_ready().await;
+    loop {
+        let text = c.server_config_text();
         if text != last {
             match natsconf::write_private(&c.svc.files.conf(), &text) {
                 Ok(()) => {
@@ -479,6 +522,8 @@ pub async fn init(svc: Arc<SwarmService>, req: docker::SwarmInitRequest) -> Resu
         managers: Vec::new(),
         clustered: false,
         local_port: 0,
+
+        ..Default::default()
     };
     let mut local = local;
     local.managers = vec![local.own_addr()];
@@ -536,6 +581,7 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
     let digest = crate::tls::ca_digest(&ca.cert_pem).map_err(BusError::internal)?;
     let (subject, pk) = ca.issuer_info().map_err(BusError::internal)?;
     let spec = swarm_spec(req.spec.clone());
+    let unlock_key = if spec.encryption_config.as_ref().and_then(|e| e.auto_lock_managers).unwrap_or(false) { crate::lock::new_unlock_key() } else { String::new() };
     let rec = ClusterRecord {
         id: local.cluster_id.clone(),
         created_at: now.clone(),
@@ -553,8 +599,14 @@ async fn seed(c: &Arc<Cluster>, req: &docker::SwarmInitRequest, ca: &crate::ca::
     };
     let rev = c.bucket::<ClusterRecord>(buckets::CLUSTER).put("swarm", &rec).await?;
     c.t.cluster.note_put("swarm", rec, rev);
-    let pki = PkiRecord { ca_key: ca.key_pem.clone(), route_user: local.route_user.clone(), route_password: local.route_password.clone() };
+    let pki = PkiRecord {
+        ca_key: ca.key_pem.clone(),
+        route_user: local.route_user.clone(),
+        route_password: local.route_password.clone(),
+        unlock_key: unlock_key.clone(),
+    };
     c.bucket::<PkiRecord>(buckets::PKI).put("ca", &pki).await?;
+    c.apply_unlock_key(&unlock_key)?;
     let node = self_record(c, local, "manager", docker::NodeSpecAvailabilityEnum::ACTIVE)?;
     let rev = c.bucket::<NodeRecord>(buckets::NODES).put(&local.node_id, &node).await?;
     c.t.nodes.note_put(&local.node_id, node, rev);

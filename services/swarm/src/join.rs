@@ -188,6 +188,8 @@ pub async fn join(svc: Arc<SwarmService>, req: docker::SwarmJoinRequest) -> Resu
         managers: a.managers.clone(),
         clustered: a.clustered,
         local_port: if manager { 0 } else { free_port().map_err(|e| cleanup(e))? },
+
+        ..Default::default()
     };
     local.save(&files.state()).map_err(|e| cleanup(BusError::internal(e.to_string())))?;
     // The managers reload their users from the store; a leaf may need a moment.

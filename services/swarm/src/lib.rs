@@ -23,6 +23,7 @@ pub mod ids;
 pub mod join;
 pub mod leader;
 pub mod local;
+pub mod lock;
 pub mod migrate;
 pub mod model;
 pub mod natsconf;
@@ -116,6 +117,8 @@ pub struct SwarmService {
     pub(crate) moving: std::sync::atomic::AtomicBool,
     /// Why the swarm this node belongs to is not running (Docker's `Swarm.Error`).
     error: RwLock<String>,
+    /// A manager restarted with autolock on: its sealed state, until `swarm unlock`.
+    locked: RwLock<Option<local::LocalState>>,
 }
 
 impl SwarmService {
@@ -131,6 +134,7 @@ impl SwarmService {
             active: RwLock::new(None),
             moving: std::sync::atomic::AtomicBool::new(false),
             error: RwLock::new(String::new()),
+            locked: RwLock::new(None),
         })
     }
 
@@ -142,11 +146,37 @@ impl SwarmService {
     /// The running membership when this node is a manager; Docker's 503 otherwise.
     pub fn manager(&self) -> Result<Arc<cluster::Cluster>, BusError> {
         match self.active() {
+            None if self.is_locked() => Err(BusError::unavailable(lock::ERR_LOCKED)),
             None if self.moving.load(std::sync::atomic::Ordering::SeqCst) => Err(BusError::internal(store::NO_QUORUM)),
             None => Err(BusError::unavailable(ERR_NO_SWARM_MANAGER)),
             Some(c) if !c.is_manager() => Err(BusError::unavailable(ERR_WORKER)),
             Some(c) => Ok(c),
         }
+    }
+
+    /// Whether this manager waits for `docker swarm unlock`.
+    pub fn is_locked(&self) -> bool {
+        self.locked.read().unwrap().is_some()
+    }
+
+    /// `docker swarm unlock`: open the sealed keys with `key` and rejoin; Docker's
+    /// answers when nothing is locked (409), for a malformed key (400), the wrong one (401).
+    pub async fn unlock(self: &Arc<Self>, key: &str) -> Result<(), BusError> {
+        let _g = self.transition.lock().await;
+        let Some(mut local) = self.locked.read().unwrap().clone() else {
+            return match self.active() {
+                Some(c) if c.is_manager() => Err(BusError::conflict(lock::ERR_NOT_LOCKED)),
+                Some(_) => Err(BusError::unavailable(ERR_WORKER)),
+                None => Err(BusError::unavailable(ERR_NO_SWARM_MANAGER)),
+            };
+        };
+        local.unseal(key)?;
+        let c = cluster::Cluster::start(self.clone(), local.clone()).await?;
+        *self.active.write().unwrap() = Some(c);
+        *self.locked.write().unwrap() = None;
+        self.error.write().unwrap().clear();
+        tracing::info!(node = %local.node_id, "unlocked; rejoined the swarm");
+        Ok(())
     }
 
     /// Rejoin the swarm this node was part of (after a restart of the service or node).
@@ -164,6 +194,12 @@ impl SwarmService {
                 return;
             }
         };
+        // Autolock: the keys stay sealed until `docker swarm unlock` (its tasks keep running).
+        if local.is_manager() && local.is_sealed() {
+            tracing::info!(node = %local.node_id, "the swarm is locked: waiting for `docker swarm unlock`");
+            *self.locked.write().unwrap() = Some(local);
+            return;
+        }
         // Killed in the middle of moving the store into the managers' cluster: finish it.
         if local.is_manager() && local.clustered && self.resume_move(local.clone()).await {
             return;
@@ -209,6 +245,10 @@ impl SwarmService {
     pub async fn leave(self: &Arc<Self>, force: bool) -> Result<(), BusError> {
         let _g = self.transition.lock().await;
         let Some(c) = self.active() else {
+            if self.is_locked() && !force {
+                return Err(BusError::unavailable(lock::ERR_LEAVE_LOCKED));
+            }
+            *self.locked.write().unwrap() = None;
             if self.files.state().exists() {
                 // A membership that never came back up: leaving forgets it.
                 crate::taskfiles::release_all(&self.task_files);
@@ -224,8 +264,19 @@ impl SwarmService {
 
     /// `docker info`'s Swarm section.
     pub async fn info(&self) -> docker::SystemInfo {
+        let locked = self.locked.read().unwrap().as_ref().map(|l| l.advertise_addr.clone());
         let swarm = match self.active() {
             Some(c) => c.info().await,
+            // Moby's answer while locked: no node ID yet, its address, the lock as the error
+            None if locked.is_some() => docker::SwarmInfo {
+                node_id: Some(String::new()),
+                node_addr: locked,
+                local_node_state: Some(docker::LocalNodeState::LOCKED),
+                control_available: Some(false),
+                error: Some(lock::ERR_LOCKED.into()),
+                remote_managers: None,
+                ..Default::default()
+            },
             None => docker::SwarmInfo {
                 node_id: Some(String::new()),
                 node_addr: Some(String::new()),
@@ -242,6 +293,7 @@ impl SwarmService {
     /// `/_ping`'s `Swarm` header.
     pub fn status(&self) -> String {
         match self.active() {
+            None if self.is_locked() => "locked".into(),
             None => "inactive".into(),
             Some(c) if c.is_manager() => "active/manager".into(),
             Some(_) => "active/worker".into(),
@@ -302,8 +354,8 @@ impl SwarmApi for Api {
     async fn swarm_unlock_key(&self, _r: SwarmUnlockKey) -> Result<docker::UnlockKeyResponse, BusError> {
         self.0.manager()?.swarm_unlock_key().await
     }
-    async fn swarm_unlock(&self, _r: SwarmUnlock) -> Result<(), BusError> {
-        Err(BusError::conflict("swarm is not locked"))
+    async fn swarm_unlock(&self, r: SwarmUnlock) -> Result<(), BusError> {
+        self.0.unlock(&r.key).await
     }
     async fn swarm_status(&self, _r: SwarmStatus) -> Result<String, BusError> {
         Ok(self.0.status())

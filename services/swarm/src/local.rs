@@ -14,7 +14,7 @@ pub struct ManagerAddr {
     pub route: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LocalState {
     /// The swarm node ID.
     pub node_id: String,
@@ -48,6 +48,16 @@ pub struct LocalState {
     /// Workers: the loopback port of their leaf server.
     #[serde(default)]
     pub local_port: u16,
+    /// Autolock: the store key and the node's TLS key sealed with the unlock key
+    /// ([`crate::lock`]); on disk `store_key` is then empty and the key file absent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sealed: String,
+    /// In memory: the key-encryption key while autolock is on ([`LocalState::save`] seals).
+    #[serde(skip)]
+    pub kek: Option<[u8; 32]>,
+    /// In memory: the node's TLS key once it left the disk (autolock on, or unlocked).
+    #[serde(skip)]
+    pub node_key: Option<std::sync::Arc<crate::lock::SecretFile>>,
 }
 
 impl LocalState {
@@ -59,8 +69,77 @@ impl LocalState {
         }
     }
 
+    /// Write the state (0600, atomically). With autolock on the secrets go sealed and the
+    /// node's TLS key file is removed; with it off they go in clear and the key file is
+    /// written back from memory if it had left the disk.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        crate::natsconf::write_private(path, &serde_json::to_string_pretty(self).map_err(std::io::Error::other)?)
+        let files = crate::natsconf::Files::new(path.parent().unwrap_or(Path::new("/")));
+        let mut disk = self.clone();
+        match &self.kek {
+            Some(kek) => {
+                let node_key_pem = match &self.node_key {
+                    Some(f) => f.read()?,
+                    None => std::fs::read_to_string(files.key())?,
+                };
+                disk.sealed = crate::lock::seal(kek, &crate::lock::Sealed { store_key: self.store_key.clone(), node_key_pem });
+                disk.store_key.clear();
+            }
+            None => {
+                disk.sealed.clear();
+                if let Some(f) = &self.node_key {
+                    if !files.key().exists() {
+                        crate::natsconf::write_private(&files.key(), &f.read()?)?;
+                    }
+                }
+            }
+        }
+        crate::natsconf::write_private(path, &serde_json::to_string_pretty(&disk).map_err(std::io::Error::other)?)?;
+        if self.kek.is_some() {
+            match std::fs::remove_file(files.key()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the state on disk is sealed (a locked manager until unlocked).
+    pub fn is_sealed(&self) -> bool {
+        !self.sealed.is_empty() && self.kek.is_none()
+    }
+
+    /// Open the sealed secrets with `unlock_key`: Docker's errors for a malformed key
+    /// (invalid argument) and for the wrong one (unauthorized).
+    pub fn unseal(&mut self, unlock_key: &str) -> Result<(), bus_schema::BusError> {
+        use bus_schema::{BusError, ErrorKind};
+        let kek = crate::lock::kek(unlock_key).map_err(BusError::invalid)?;
+        let s = crate::lock::open(&kek, &self.sealed).ok_or_else(|| BusError::new(ErrorKind::Unauthorized, crate::lock::ERR_WRONG_KEY))?;
+        self.node_key = Some(std::sync::Arc::new(crate::lock::SecretFile::new(&s.node_key_pem).map_err(|e| BusError::internal(e.to_string()))?));
+        self.store_key = s.store_key;
+        self.kek = Some(kek);
+        Ok(())
+    }
+
+    /// Turn sealing on (with `unlock_key`) or off (empty): the TLS key moves to memory
+    /// first so the running server keeps reading it; the caller saves.
+    pub fn set_unlock_key(&mut self, files: &crate::natsconf::Files, unlock_key: &str) -> std::io::Result<()> {
+        if unlock_key.is_empty() {
+            self.kek = None;
+            return Ok(());
+        }
+        if self.node_key.is_none() {
+            self.node_key = Some(std::sync::Arc::new(crate::lock::SecretFile::new(&std::fs::read_to_string(files.key())?)?));
+        }
+        self.kek = Some(crate::lock::kek(unlock_key).map_err(std::io::Error::other)?);
+        Ok(())
+    }
+
+    /// The TLS key file the swarm server reads.
+    pub fn key_file(&self, files: &crate::natsconf::Files) -> std::path::PathBuf {
+        match &self.node_key {
+            Some(f) => f.path(),
+            None => files.key(),
+        }
     }
 
     pub fn is_manager(&self) -> bool {

@@ -186,6 +186,7 @@ impl SwarmService {
             local_user: local.local_user.clone(),
             local_password: local.local_password.clone(),
             store_key: local.store_key.clone(),
+            key_file: local.key_file(&files),
         };
         self.moving.store(true, std::sync::atomic::Ordering::SeqCst);
         let text = natsconf::render(&cfg).replace(&format!("{:?}", files.store().display().to_string()), &format!("{:?}", keep.display().to_string()));
@@ -193,7 +194,7 @@ impl SwarmService {
             return false;
         }
         let snap = async {
-            let mut srv = SwarmServer::start(&conf_path, &self.logs.join("swarm-server.log"), &format!("127.0.0.1:{port}")).await.ok()?;
+            let mut srv = SwarmServer::start(&conf_path, &self.logs.join("swarm-server.log"), &format!("127.0.0.1:{port}"), cfg.env()).await.ok()?;
             let res = async {
                 let ca = std::fs::read_to_string(files.ca()).ok()?;
                 let client = async_nats::ConnectOptions::new()

@@ -123,6 +123,9 @@ pub struct PkiRecord {
     pub ca_key: String,
     pub route_user: String,
     pub route_password: String,
+    /// Autolock's unlock key (`SWMKEY-1-…`), empty when autolock is off.
+    #[serde(default)]
+    pub unlock_key: String,
 }
 
 /// The bus credentials and addresses of a node's swarm server.

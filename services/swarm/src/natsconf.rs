@@ -83,8 +83,22 @@ pub struct ServerConfig {
     /// The local swarm service's user (plain password: the file is 0600 on this node).
     pub local_user: String,
     pub local_password: String,
-    /// The JetStream encryption key (hex), managers only.
+    /// The JetStream encryption key (hex), managers only: passed in the server's
+    /// environment, never written into the config ([`crate::lock`]).
     pub store_key: String,
+    /// The node's TLS key: the file on disk, or a memfd's path while autolock keeps it off disk.
+    pub key_file: PathBuf,
+}
+
+impl ServerConfig {
+    /// The environment the server needs besides its config file (values quoted: the
+    /// server parses them as config values).
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self.kind {
+            Kind::Manager { .. } => vec![(crate::lock::STORE_KEY_ENV.to_string(), q(&self.store_key))],
+            Kind::Worker { .. } => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -158,10 +172,10 @@ fn user_entry(out: &mut String, u: &User) {
     );
 }
 
-fn tls_block(out: &mut String, indent: &str, f: &Files, verify: bool) {
+fn tls_block(out: &mut String, indent: &str, f: &Files, key_file: &Path, verify: bool) {
     let _ = writeln!(out, "{indent}tls {{");
     let _ = writeln!(out, "{indent}  cert_file: {}", q(&f.cert().display().to_string()));
-    let _ = writeln!(out, "{indent}  key_file: {}", q(&f.key().display().to_string()));
+    let _ = writeln!(out, "{indent}  key_file: {}", q(&key_file.display().to_string()));
     let _ = writeln!(out, "{indent}  ca_file: {}", q(&f.ca().display().to_string()));
     if verify {
         let _ = writeln!(out, "{indent}  verify: true");
@@ -178,18 +192,18 @@ pub fn render(c: &ServerConfig) -> String {
     match &c.kind {
         Kind::Manager { client, leaf, route, routes, cluster_name, route_user, route_password, users, sys_password } => {
             let _ = writeln!(out, "listen: {}", q(client));
-            tls_block(&mut out, "", &c.files, false);
+            tls_block(&mut out, "", &c.files, &c.key_file, false);
             let _ = writeln!(out, "jetstream {{");
             let _ = writeln!(out, "  store_dir: {}", q(&c.files.store().display().to_string()));
             let _ = writeln!(out, "  domain: {}", q(DOMAIN));
             let _ = writeln!(out, "  cipher: chachapoly");
-            let _ = writeln!(out, "  key: {}", q(&c.store_key));
+            let _ = writeln!(out, "  key: ${}", crate::lock::STORE_KEY_ENV);
             let _ = writeln!(out, "  max_memory_store: 64MB");
             let _ = writeln!(out, "  max_file_store: 1GB");
             let _ = writeln!(out, "}}");
             let _ = writeln!(out, "leafnodes {{");
             let _ = writeln!(out, "  listen: {}", q(leaf));
-            tls_block(&mut out, "  ", &c.files, true);
+            tls_block(&mut out, "  ", &c.files, &c.key_file, true);
             let _ = writeln!(out, "}}");
             if !routes.is_empty() {
                 let _ = writeln!(out, "cluster {{");
@@ -198,7 +212,7 @@ pub fn render(c: &ServerConfig) -> String {
                 let _ = writeln!(out, "  authorization {{ user: {}, password: {} }}", q(route_user), q(route_password));
                 let urls: Vec<String> = routes.iter().map(|r| format!("nats-route://{route_user}:{route_password}@{r}")).collect();
                 let _ = writeln!(out, "  routes: [{}]", list(&urls));
-                tls_block(&mut out, "  ", &c.files, true);
+                tls_block(&mut out, "  ", &c.files, &c.key_file, true);
                 let _ = writeln!(out, "}}");
             }
             let _ = writeln!(out, "accounts {{");
@@ -227,7 +241,7 @@ pub fn render(c: &ServerConfig) -> String {
             let _ = writeln!(out, "    {{");
             let _ = writeln!(out, "      urls: [{}]", list(&urls));
             let _ = writeln!(out, "      account: {ACCOUNT}");
-            tls_block(&mut out, "      ", &c.files, false);
+            tls_block(&mut out, "      ", &c.files, &c.key_file, false);
             let _ = writeln!(out, "    }}");
             let _ = writeln!(out, "  ]");
             let _ = writeln!(out, "}}");
@@ -285,9 +299,15 @@ mod tests {
             local_user: "local".into(),
             local_password: "pw".into(),
             store_key: "k".repeat(32),
+            key_file: files().key(),
         };
         let t = render(&c);
         assert!(t.contains("cipher: chachapoly"));
+        // the store key reaches the server by its environment, never the file
+        assert!(!t.contains(&"k".repeat(32)), "{t}");
+        assert!(t.contains("key: $BERTH_SWARM_STORE_KEY"), "{t}");
+        assert_eq!(c.env(), vec![("BERTH_SWARM_STORE_KEY".to_string(), format!("\"{}\"", "k".repeat(32)))]);
+        assert!(t.contains("key_file: \"/r/swarm/tls/node-key.pem\""), "{t}");
         assert!(t.contains("domain: \"swarm\""));
         assert!(!t.contains("cluster {"), "{t}");
         assert!(t.contains("user: \"n-w1\""));
@@ -313,6 +333,7 @@ mod tests {
             local_user: "local".into(),
             local_password: "pw".into(),
             store_key: "k".into(),
+            key_file: files().key(),
         };
         let t = render(&c);
         assert!(t.contains("nats-route://r:rp@10.0.0.2:2379"), "{t}");

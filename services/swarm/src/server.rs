@@ -16,6 +16,8 @@ pub struct SwarmServer {
     log: PathBuf,
     /// Where to check that it accepts connections.
     probe: String,
+    /// Secrets the config reads from the environment ([`crate::natsconf::ServerConfig::env`]).
+    env: Vec<(String, String)>,
 }
 
 /// Find nats-server on PATH or in Debian's places (as `berth up` does for the node's bus).
@@ -31,8 +33,8 @@ pub fn nats_server_bin() -> Option<PathBuf> {
 impl SwarmServer {
     /// Start nats-server with `conf`, logging to `log`; ready when `probe` (host:port)
     /// accepts TCP connections.
-    pub async fn start(conf: &Path, log: &Path, probe: &str) -> anyhow::Result<SwarmServer> {
-        let mut s = SwarmServer { child: None, conf: conf.to_path_buf(), log: log.to_path_buf(), probe: probe.to_string() };
+    pub async fn start(conf: &Path, log: &Path, probe: &str, env: Vec<(String, String)>) -> anyhow::Result<SwarmServer> {
+        let mut s = SwarmServer { child: None, conf: conf.to_path_buf(), log: log.to_path_buf(), probe: probe.to_string(), env };
         s.spawn().await?;
         Ok(s)
     }
@@ -41,6 +43,7 @@ impl SwarmServer {
         let bin = nats_server_bin().ok_or_else(|| anyhow::anyhow!("nats-server not found: install it (apt-get install nats-server)"))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(bin);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("-c").arg(&self.conf).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe.

@@ -28,6 +28,7 @@ pub struct BusBackend {
     pub runtime: berth_bus::runtime::RuntimeClient,
     pub images: berth_bus::images::ImagesClient,
     pub swarm: berth_bus::swarm::SwarmClient,
+    pub builder: berth_bus::builder::BuilderClient,
     pub host: HostFacts,
 }
 
@@ -39,6 +40,7 @@ impl BusBackend {
             runtime: berth_bus::runtime::RuntimeClient::new(bus.clone()),
             images: berth_bus::images::ImagesClient::new(bus.clone()),
             swarm: berth_bus::swarm::SwarmClient::new(bus.clone()),
+            builder: berth_bus::builder::BuilderClient::new(bus.clone()),
             bus,
             host,
         })
@@ -57,5 +59,13 @@ impl crate::routes::system::Backend for BusBackend {
 
     fn host(&self) -> &HostFacts {
         &self.host
+    }
+
+    async fn swarm_status(&self) -> String {
+        use bus_schema::swarm::{SwarmApi as _, SwarmStatus};
+        match tokio::time::timeout(Duration::from_millis(200), self.swarm.swarm_status(SwarmStatus {})).await {
+            Ok(Ok(s)) => s,
+            _ => "inactive".into(),
+        }
     }
 }

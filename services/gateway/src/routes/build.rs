@@ -1,7 +1,6 @@
 //! `POST /build` (classic builder), `POST /commit`, `POST /build/prune`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,20 +8,18 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use berth_bus::{StreamReader, StreamWriter};
-use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
-use bus_schema::images::{JsonMessage, RegistryAuth};
-use bus_schema::stream::ByteChunk;
-use bus_schema::{docker, BusError};
+use bus_schema::builder::{BuildPrune, BuilderApi, ContainerCommit, ImageBuild};
+use bus_schema::docker;
+use bus_schema::images::RegistryAuth;
 use http::{HeaderMap, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
-use crate::util::{bool_or, bool_value, int_value, json_stream, pump_body, FirstQuery, Params};
+use crate::util::{body_input, bool_or, bool_value, int_value, json_stream, FirstQuery, Params};
 
 pub trait Backend: Send + Sync + 'static {
-    fn build(&self, r: ImageBuild) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>> + Send;
-    fn commit(&self, r: ContainerCommit) -> impl Future<Output = Result<docker::IdResponse, BusError>> + Send;
-    fn build_prune(&self, r: BuildPrune) -> impl Future<Output = Result<docker::BuildPruneResponse, BusError>> + Send;
+    type Builder: BuilderApi;
+    /// The builder service (its typed client over the bus).
+    fn builder(&self) -> &Self::Builder;
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
@@ -86,13 +83,14 @@ async fn build<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: Pa
             return Err(ApiError::bad_request(format!("invalid reference format: repository name (library/{t}) must be lowercase")));
         }
     }
-    let (rd, input) = b.build(r).await?;
-    tokio::spawn(pump_body(body, input));
-    Ok(json_stream(rd))
+    let ((), rd) = b.builder().image_build(r, body_input(body)).await?;
+    // Moby reads the context and parses the Dockerfile before it answers: a failure
+    // there is an HTTP status (400 parse error, 500 no Dockerfile), not a 200 stream.
+    Ok(json_stream(berth_bus::first_item(rd).await?))
 }
 
 async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<serde_json::Value>> {
-    let r = b.build_prune(BuildPrune { all: bool_value(&q, "all") }).await?;
+    let r = b.builder().build_prune(BuildPrune { all: bool_value(&q, "all") }).await?;
     // nothing deleted: Go's nil slice, as Moby answers
     Ok(Json(serde_json::json!({
         "CachesDeleted": r.caches_deleted.filter(|c| !c.is_empty()),
@@ -114,6 +112,6 @@ async fn commit<B: Backend>(State(b): State<Arc<B>>, Params { first: q, all }: P
         changes: all.get("changes").cloned().unwrap_or_default().into_iter().filter(|c| !c.is_empty()).collect(),
         config,
     };
-    let id = b.commit(r).await?;
+    let id = b.builder().container_commit(r).await?;
     Ok((StatusCode::CREATED, crate::util::id_json(&id)).into_response())
 }

@@ -640,7 +640,7 @@ async fn changes<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) ->
 /// Moby sends the export as `application/octet-stream` (archive GET is x-tar).
 async fn export<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
     let rd = b.export(rt::ContainerExport { id }).await?;
-    Ok(bytes_stream(rd, "application/octet-stream"))
+    Ok(bytes_stream(berth_bus::into_stream(rd), "application/octet-stream"))
 }
 
 fn stat_header(st: &rt::PathStat) -> HeaderValue {
@@ -662,7 +662,7 @@ async fn archive_head<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
 
 async fn archive_get<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (st, rd) = b.archive_get(rt::ContainerArchiveGet { id, path: archive_path(&q)? }).await?;
-    let mut res = bytes_stream(rd, "application/x-tar");
+    let mut res = bytes_stream(berth_bus::into_stream(rd), "application/x-tar");
     res.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok(res)
 }

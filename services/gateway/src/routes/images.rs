@@ -2,7 +2,6 @@
 //! history, tag, remove, prune, and registry login. Image names contain slashes,
 //! so `/images/{name}/<op>` is matched as moby does, on the path's last segment.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -10,9 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use berth_bus::{StreamReader, StreamWriter};
 use bus_schema::images::*;
-use bus_schema::stream::ByteChunk;
 use bus_schema::{docker, BusError};
 use http::{HeaderMap, Method, StatusCode};
 
@@ -21,57 +18,9 @@ use crate::util;
 use crate::version::ApiVersion;
 
 pub trait Backend: Send + Sync + 'static {
-    fn image_pull(
-        &self,
-        req: ImagePull,
-    ) -> impl Future<Output = Result<StreamReader<JsonMessage>, BusError>> + Send;
-    fn image_push(
-        &self,
-        req: ImagePush,
-    ) -> impl Future<Output = Result<StreamReader<JsonMessage>, BusError>> + Send;
-    fn image_import(
-        &self,
-        req: ImageImport,
-    ) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>>
-           + Send;
-    fn image_load(
-        &self,
-        req: ImageLoad,
-    ) -> impl Future<Output = Result<(StreamReader<JsonMessage>, StreamWriter<ByteChunk>), BusError>>
-           + Send;
-    fn image_save(
-        &self,
-        req: ImageSave,
-    ) -> impl Future<Output = Result<StreamReader<ByteChunk>, BusError>> + Send;
-    fn image_list(
-        &self,
-        req: ImageList,
-    ) -> impl Future<Output = Result<Vec<docker::ImageSummary>, BusError>> + Send;
-    fn image_inspect(
-        &self,
-        req: ImageInspect,
-    ) -> impl Future<Output = Result<ImageDetails, BusError>> + Send;
-    fn image_history(
-        &self,
-        req: ImageHistory,
-    ) -> impl Future<Output = Result<Vec<docker::ImageHistoryResponseItem>, BusError>> + Send;
-    fn image_tag(&self, req: ImageTag) -> impl Future<Output = Result<(), BusError>> + Send;
-    fn image_remove(
-        &self,
-        req: ImageRemove,
-    ) -> impl Future<Output = Result<Vec<docker::ImageDeleteResponseItem>, BusError>> + Send;
-    fn image_prune(
-        &self,
-        req: ImagePrune,
-    ) -> impl Future<Output = Result<docker::ImagePruneResponse, BusError>> + Send;
-    fn distribution(
-        &self,
-        req: DistributionInspect,
-    ) -> impl Future<Output = Result<docker::DistributionInspect, BusError>> + Send;
-    fn registry_login(
-        &self,
-        req: RegistryLogin,
-    ) -> impl Future<Output = Result<docker::AuthResponse, BusError>> + Send;
+    type Images: ImagesApi;
+    /// The images service (its typed client over the bus).
+    fn images(&self) -> &Self::Images;
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
@@ -123,7 +72,7 @@ async fn create<B: Backend>(
             platform,
             auth: util::registry_auth(&headers),
         };
-        let rd = b.image_pull(req).await?;
+        let ((), rd) = b.images().image_pull(req).await?;
         return Ok(util::json_stream(rd));
     }
     let src = get("fromSrc");
@@ -138,12 +87,8 @@ async fn create<B: Backend>(
         message: Some(get("message")).filter(|s| !s.is_empty()),
         platform,
     };
-    let (rd, w) = b.image_import(req).await?;
-    if src == "-" {
-        tokio::spawn(util::pump_body(body, w));
-    } else {
-        tokio::spawn(w.end());
-    }
+    let input = if src == "-" { util::body_input(body) } else { Box::pin(futures_util::stream::empty()) };
+    let ((), rd) = b.images().image_import(req, input).await?;
     Ok(util::json_stream(rd))
 }
 
@@ -256,7 +201,7 @@ async fn list<B: Backend>(
         digests: util::bool_value(&q, "digests"),
         filters,
     };
-    let list = b.image_list(req).await?;
+    let list = b.images().image_list(req).await?;
     let list: Vec<serde_json::Value> = list.iter().filter_map(|i| serde_json::to_value(i).ok()).collect();
     Ok(Json(image_list_for_version(list, v)))
 }
@@ -266,7 +211,7 @@ async fn prune<B: Backend>(
     util::FirstQuery(q): util::FirstQuery,
 ) -> ApiResult<Json<docker::ImagePruneResponse>> {
     Ok(Json(
-        b.image_prune(ImagePrune {
+        b.images().image_prune(ImagePrune {
             filters: util::filters(&q)?,
         })
         .await?,
@@ -278,12 +223,8 @@ async fn load<B: Backend>(
     util::FirstQuery(q): util::FirstQuery,
     body: Body,
 ) -> ApiResult<Response> {
-    let (rd, w) = b
-        .image_load(ImageLoad {
-            quiet: util::bool_value(&q, "quiet"),
-        })
-        .await?;
-    tokio::spawn(util::pump_body(body, w));
+    let req = ImageLoad { quiet: util::bool_value(&q, "quiet") };
+    let ((), rd) = b.images().image_load(req, util::body_input(body)).await?;
     Ok(util::json_stream(rd))
 }
 
@@ -296,7 +237,7 @@ async fn save_many<B: Backend>(
 }
 
 async fn save<B: Backend>(b: Arc<B>, names: Vec<String>) -> ApiResult<Response> {
-    let rd = b.image_save(ImageSave { names }).await?;
+    let ((), rd) = b.images().image_save(ImageSave { names }).await?;
     Ok(util::bytes_stream(rd, "application/x-tar"))
 }
 
@@ -315,7 +256,7 @@ async fn by_name<B: Backend>(
             force: util::bool_value(&q, "force"),
             noprune: util::bool_value(&q, "noprune"),
         };
-        return Ok(Json(b.image_remove(req).await?).into_response());
+        return Ok(Json(b.images().image_remove(req).await?).into_response());
     }
     let (name, op) = match rest.rsplit_once('/') {
         Some((n, op)) if !n.is_empty() => (n.to_string(), op),
@@ -324,7 +265,7 @@ async fn by_name<B: Backend>(
     match (method, op) {
         (Method::GET, "json") => {
             // Moby 20.10 wraps the lookup's error with the name as asked
-            let d = b.image_inspect(ImageInspect { name: name.clone() }).await.map_err(|mut e| {
+            let d = b.images().image_inspect(ImageInspect { name: name.clone() }).await.map_err(|mut e| {
                 if e.kind == bus_schema::ErrorKind::NotFound && e.message.starts_with("No such image: ") {
                     e.message = format!("no such image: {name}: {}", e.message);
                 }
@@ -351,7 +292,7 @@ async fn by_name<B: Backend>(
             Ok(Json(image_inspect_for_version(img, v)).into_response())
         }
         (Method::GET, "history") => {
-            let h = b.image_history(ImageHistory { name }).await?;
+            let h = b.images().image_history(ImageHistory { name }).await?;
             let mut j = serde_json::to_value(&h).map_err(|e| BusError::internal(e.to_string()))?;
             // a layer without tags: Go's nil slice
             for item in j.as_array_mut().into_iter().flatten().filter_map(|i| i.as_object_mut()) {
@@ -372,7 +313,7 @@ async fn by_name<B: Backend>(
                 repo,
                 tag: q.get("tag").cloned().filter(|t| !t.is_empty()),
             };
-            b.image_tag(req).await?;
+            b.images().image_tag(req).await?;
             Ok(StatusCode::CREATED.into_response())
         }
         (Method::POST, "push") => {
@@ -381,7 +322,7 @@ async fn by_name<B: Backend>(
                 tag: q.get("tag").cloned().filter(|t| !t.is_empty()),
                 auth: util::registry_auth(&headers),
             };
-            Ok(util::json_stream(b.image_push(req).await?))
+            Ok(util::json_stream(b.images().image_push(req).await?.1))
         }
         _ => Err(ApiError::not_found("page not found")),
     }
@@ -398,7 +339,8 @@ async fn distribution<B: Backend>(
         return Err(ApiError::not_found("page not found"));
     };
     let r = b
-        .distribution(DistributionInspect { reference: name.to_string(), auth: util::registry_auth(&headers) })
+        .images()
+        .distribution_inspect(DistributionInspect { reference: name.to_string(), auth: util::registry_auth(&headers) })
         .await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
     if r.platforms.is_empty() {
@@ -412,7 +354,7 @@ async fn auth<B: Backend>(
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let auth = util::auth_from_json(&body).unwrap_or_default();
-    let r = b.registry_login(RegistryLogin { auth }).await?;
+    let r = b.images().registry_login(RegistryLogin { auth }).await?;
     // Moby always sends IdentityToken, "" when the registry gave none
     Ok(Json(serde_json::json!({
         "IdentityToken": r.identity_token.unwrap_or_default(),

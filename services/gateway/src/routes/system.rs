@@ -14,20 +14,24 @@ pub trait Backend: Send + Sync + 'static {
     fn info_parts(&self)
         -> impl Future<Output = Vec<Result<InfoPart, (Service, BusError)>>> + Send;
     fn host(&self) -> &HostFacts;
+    /// `/_ping`'s `Swarm` header: the node's swarm state (`inactive` when the swarm
+    /// service does not answer at once).
+    fn swarm_status(&self) -> impl Future<Output = String> + Send;
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
     Router::new()
-        .route("/_ping", get(ping).head(ping))
+        .route("/_ping", get(ping::<B>).head(ping::<B>))
         .route("/version", get(version::<B>))
         .route("/info", get(info::<B>))
         .with_state(b)
 }
 
-async fn ping() -> impl IntoResponse {
+async fn ping<B: Backend>(State(b): State<Arc<B>>) -> impl IntoResponse {
     let mut h = HeaderMap::new();
     h.insert("Builder-Version", HeaderValue::from_static("1"));
-    h.insert("Swarm", HeaderValue::from_static("inactive"));
+    let swarm = HeaderValue::from_str(&b.swarm_status().await).unwrap_or(HeaderValue::from_static("inactive"));
+    h.insert("Swarm", swarm);
     h.insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
