@@ -14,6 +14,21 @@ pub struct ContainerCreate {
     pub name: Option<String>,
     pub body: docker::ContainerCreateBody,
     pub platform: Option<String>,
+    /// A managed plugin's container (the images service runs enabled plugins): its
+    /// rootfs is the plugin's layer instead of an image, its ID the plugin's, and it
+    /// is hidden from `docker ps` and prune (Moby runs plugins in a containerd
+    /// namespace of their own). Never set from a client request.
+    #[serde(default)]
+    pub plugin: Option<PluginRootfs>,
+}
+
+/// See [`ContainerCreate::plugin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRootfs {
+    /// The plugin's ID: the container's ID too.
+    pub id: String,
+    /// The plugin's rootfs layer in the storage service.
+    pub chain_id: String,
 }
 
 /// `POST /containers/{id}/start`; NotModified when already running.
@@ -273,14 +288,14 @@ macro_rules! runtime_table {
         $gen! {
             service: Runtime, api: RuntimeApi, client: RuntimeClient, serve: serve_runtime, module: runtime,
             ops {
-                container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
-                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
-                container_stop(ContainerStop) -> (); callers [Gateway, Swarm], timeout |r| $crate::runtime::stop_wait(r.timeout);
+                container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
+                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
+                container_stop(ContainerStop) -> (); callers [Gateway, Swarm, Images], timeout |r| $crate::runtime::stop_wait(r.timeout);
                 container_restart(ContainerRestart) -> (); callers [Gateway], timeout |r| $crate::runtime::stop_wait(r.timeout) + $crate::secs(60);
                 container_kill(ContainerKill) -> (); callers [Gateway];
                 container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder, Swarm];
-                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
-                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm], idempotent;
+                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
+                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm, Images], idempotent;
                 container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm], idempotent;
                 container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm], idempotent;
                 container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
@@ -330,6 +345,7 @@ mod tests {
                 ..Default::default()
             },
             platform: None,
+            plugin: Some(PluginRootfs { id: "a".repeat(64), chain_id: "sha256:b".into() }),
         });
         roundtrip(ContainerStart { id: "x".into() });
         roundtrip(ContainerStop {

@@ -227,6 +227,10 @@ pub struct VolumeMounted {
 pub struct VolumeReleaseRef {
     pub name: String,
     pub container_id: String,
+    /// The container stopped (it still refers to the volume): a plugin's volume is
+    /// unmounted (`VolumeDriver.Unmount`), a `local` one is left as it is.
+    #[serde(default)]
+    pub unmount_only: bool,
 }
 
 /// `docker system df`: layer and volume usage as the storage service sees it.
@@ -262,7 +266,7 @@ macro_rules! storage_table {
                 rw_layer_size(RwLayerSize) -> RwSize; callers [Runtime];
                 volume_create(VolumeCreate) -> docker::Volume; callers [Gateway, Runtime];
                 volume_inspect(VolumeInspect) -> docker::Volume; callers [Gateway], idempotent;
-                volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway], idempotent;
+                volume_list(VolumeList) -> Vec<docker::Volume>; callers [Gateway, Images], idempotent;
                 volume_remove(VolumeRemove) -> (); callers [Gateway, Runtime];
                 volume_prune(VolumePrune) -> docker::VolumePruneResponse; callers [Gateway], timeout |_| $crate::secs(300);
                 volume_acquire(VolumeAcquire) -> VolumeMounted; callers [Runtime], timeout |_| $crate::secs(600);
@@ -381,6 +385,7 @@ mod tests {
         roundtrip(VolumeReleaseRef {
             name: "v".into(),
             container_id: "c".into(),
+            unmount_only: true,
         });
         roundtrip(StorageDf {});
         roundtrip(StorageUsage {

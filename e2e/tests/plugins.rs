@@ -5,11 +5,10 @@
 //! records it again, dev only). The plugin is docker-py's dummy plugin
 //! (tests/integration/testdata/dummy-plugin: a config.json and an empty-file rootfs).
 //!
-//! Enabling a plugin records the state only: berth does not run the plugin's
-//! process yet (docs/status.md section 16), so this test never needs a plugin
-//! binary. Moby cannot enable the dummy plugin either (its `/dummy` is a directory),
-//! so "rm of an enabled plugin" is checked against Moby's source (enabledError:
-//! `plugin <name> is enabled`, 409), not a recording.
+//! Moby cannot enable the dummy plugin (its `/dummy` is a directory), neither can
+//! berth. A plugin that runs is berth's test volume plugin
+//! (e2e/src/bin/berth-test-volume-plugin.rs, with its libraries in its rootfs):
+//! enabled, it serves volumes through the plugin protocol.
 
 use std::path::{Path, PathBuf};
 
@@ -209,26 +208,172 @@ fn docker_plugin_commands() {
     assert_eq!(inspect(&node, "{{.Settings.Env}}"), "[DEBUG=1]");
     fails_with(&node, &["plugin", "set", p, "NOPE=1"], "setting \"NOPE\" not found in the plugin configuration");
 
-    node.docker_ok(&["plugin", "enable", p]);
-    assert_eq!(inspect(&node, "{{.Enabled}}"), "true");
-    fails_with(&node, &["plugin", "enable", p], "plugin already enabled: plugin docker-sdk-py/dummy:latest is enabled");
-    fails_with(&node, &["plugin", "set", p, "DEBUG=2"], "cannot set on an active plugin, disable plugin before setting");
-    fails_with(&node, &["plugin", "rm", p], "plugin docker-sdk-py/dummy:latest is enabled");
-    node.docker_ok(&["plugin", "disable", p]);
+    // docker-py's dummy plugin cannot run (its entrypoint is a directory): Moby
+    // fails to enable it too; it stays disabled
+    let o = node.docker(&["plugin", "enable", p]);
+    assert!(!o.status.success(), "enabling the dummy plugin: {o:?}");
+    assert_eq!(inspect(&node, "{{.Enabled}}"), "false");
     fails_with(&node, &["plugin", "disable", p], "plugin is already disabled: plugin docker-sdk-py/dummy:latest found but disabled");
 
     // stored: a restarted node has it, with its settings
-    node.docker_ok(&["plugin", "enable", p]);
     node.shutdown();
     node.boot();
-    assert_eq!(ls(&node).trim(), "docker-sdk-py/dummy:latest true Dummy test plugin for docker python SDK");
+    assert_eq!(ls(&node).trim(), "docker-sdk-py/dummy:latest false Dummy test plugin for docker python SDK");
     assert_eq!(inspect(&node, "{{.Id}} {{.Settings.Env}}"), format!("{id} [DEBUG=1]"));
 
-    // rm -f of an enabled plugin
-    assert_eq!(node.docker_ok(&["plugin", "rm", "-f", p]).trim(), p);
+    assert_eq!(node.docker_ok(&["plugin", "rm", p]).trim(), p);
     assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
     fails_with(&node, &["plugin", "inspect", p], "not found");
     // the name is free again
     node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
     node.docker_ok(&["plugin", "rm", p]);
+}
+
+/// The test volume plugin (e2e/src/bin/berth-test-volume-plugin.rs) as a plugin
+/// data dir: the binary with the libraries `ldd` lists, at their paths, in rootfs/.
+fn volume_plugin_dir(base: &Path) -> PathBuf {
+    let d = base.join("berthvol");
+    let rootfs = d.join("rootfs");
+    for sub in ["data", "run/docker/plugins", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    let bin = berth_e2e::bin_dir().join("berth-test-volume-plugin");
+    assert!(bin.is_file(), "{} (cargo build --release --workspace --bins)", bin.display());
+    std::fs::copy(&bin, rootfs.join("berthvol")).unwrap();
+    let ldd = berth_e2e::fixtures::run(std::process::Command::new("ldd").arg(&bin));
+    for line in ldd.lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else { continue };
+        let dst = rootfs.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(path, &dst).unwrap();
+    }
+    std::fs::write(
+        d.join("config.json"),
+        r#"{
+    "description": "berth's test volume plugin",
+    "documentation": "e2e/src/bin/berth-test-volume-plugin.rs",
+    "entrypoint": ["/berthvol"],
+    "network": {"type": "none"},
+    "interface": {"types": ["docker.volumedriver/1.0"], "socket": "berthvol.sock"},
+    "linux": {"capabilities": ["CAP_SYS_ADMIN"]},
+    "env": [{"name": "VOLUME_ROOT", "settable": ["value"], "value": "/data"}]
+}
+"#,
+    )
+    .unwrap();
+    d
+}
+
+/// The plugin's process on this node (its binary is `/berthvol` in its rootfs; its
+/// cgroup under the node's cgroup parent).
+fn plugin_pid(node: &Node) -> Option<i32> {
+    let parent = format!("berth-e2e-{}", node.name);
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        (comm.trim() == "berthvol" && cg.contains(&parent)).then_some(pid)
+    })
+}
+
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A volume-driver plugin run by `docker plugin enable`, and its volumes through the
+/// real CLI: create, ls, inspect (the plugin's Get), run -v (Mount at start,
+/// Unmount at stop), rm (Remove); in use: no volume rm, no plugin disable; a node
+/// restart runs it again; its process killed: restarted; disabled: volume calls
+/// answer Moby's error at once.
+#[test]
+fn volume_plugin_runs_and_serves_volumes() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = volume_plugin_dir(dirs.path());
+    let (mut node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let p = "berthvol";
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    fails_with(&node, &["volume", "create", "-d", p, "early"], "error looking up volume plugin berthvol: plugin berthvol found but disabled");
+    node.docker_ok(&["plugin", "enable", p]);
+    assert_eq!(node.docker_ok(&["plugin", "inspect", "-f", "{{.Enabled}}", p]).trim(), "true");
+    assert!(plugin_pid(&node).is_some(), "the plugin's process runs");
+    // its container is not the user's
+    assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
+
+    assert_eq!(node.docker_ok(&["volume", "create", "-d", p, "pv"]).trim(), "pv");
+    assert!(node.docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]).lines().any(|l| l == "berthvol:latest pv"));
+    // inspect: the plugin's Get, shown as Moby 20.10 shows it (the plugin's own
+    // path, Go's zero time when the plugin gives none)
+    assert_eq!(
+        node.docker_ok(&["volume", "inspect", "-f", "{{.Driver}} {{.Mountpoint}} {{.CreatedAt}} {{.Scope}}", "pv"]).trim(),
+        "berthvol:latest /data/pv 0001-01-01T00:00:00Z local"
+    );
+    // ls: the host path, under the plugin's rootfs
+    let got = node.docker_ok(&["volume", "ls", "-f", "name=pv", "--format", "{{.Mountpoint}}"]).trim().to_string();
+    let mountpoint = PathBuf::from(&got);
+    assert!(mountpoint.ends_with("data/pv") && mountpoint.is_dir(), "{got}");
+    // the plugin's log of Mount and Unmount calls, in its rootfs
+    let calls_log = mountpoint.parent().unwrap().parent().unwrap().join("calls.log");
+    let calls = || std::fs::read_to_string(&calls_log).unwrap_or_default().lines().map(|l| l.rsplit_once(' ').unwrap().0.to_string()).collect::<Vec<_>>();
+
+    // run -v: Mount at start, Unmount at the exit; the data is in the plugin's dir
+    node.docker_ok(&["run", "--rm", "-v", "pv:/vol", &img, "sh", "-c", "echo hi > /vol/f"]);
+    assert_eq!(std::fs::read_to_string(mountpoint.join("f")).unwrap(), "hi\n");
+    assert_eq!(calls(), ["Mount pv", "Unmount pv"]);
+    let id = node.docker_ok(&["run", "-d", "--name", "user", "-v", "pv:/vol", &img, "sleep", "60"]).trim().to_string();
+    assert_eq!(calls(), ["Mount pv", "Unmount pv", "Mount pv"]);
+    assert!(std::fs::read_to_string(&calls_log).unwrap().ends_with(&format!("Mount pv {id}\n")), "the container's ID");
+    fails_with(&node, &["volume", "rm", "pv"], "volume is in use");
+    fails_with(&node, &["plugin", "disable", p], "plugin berthvol:latest is in use");
+    node.docker_ok(&["stop", "-t", "0", "user"]);
+    assert_eq!(calls(), ["Mount pv", "Unmount pv", "Mount pv", "Unmount pv"], "Unmount at stop");
+    node.docker_ok(&["rm", "user"]);
+    assert_eq!(calls().len(), 4, "no second Unmount at rm");
+
+    // the plugin's errors, as its words
+    fails_with(&node, &["volume", "create", "-d", p, "-o", "fail=disk on fire", "bad"], "disk on fire");
+    assert!(!node.docker_ok(&["volume", "ls", "-q"]).lines().any(|l| l == "bad"));
+
+    node.docker_ok(&["volume", "rm", "pv"]);
+    assert!(!mountpoint.exists(), "the plugin removed its directory");
+    fails_with(&node, &["volume", "inspect", "pv"], "no such volume");
+
+    // a node restart runs the plugin again, its rootfs (the volumes) kept
+    node.docker_ok(&["volume", "create", "-d", p, "pv2"]);
+    node.docker_ok(&["run", "--rm", "-v", "pv2:/vol", &img, "sh", "-c", "echo kept > /vol/f"]);
+    node.shutdown();
+    node.boot();
+    until("the plugin to run again", || node.docker(&["volume", "inspect", "pv2"]).status.success());
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "pv2:/vol", &img, "cat", "/vol/f"]).trim(), "kept");
+
+    // bad day: the plugin's process killed: restarted as Moby restarts it (a call in
+    // between answers a connect error at once: berth_pluginproto's unit tests)
+    let pid = plugin_pid(&node).expect("the plugin's process");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    until("the plugin to run again", || plugin_pid(&node).is_some_and(|p| p != pid));
+    until("the plugin to serve again", || node.docker(&["volume", "inspect", "pv2"]).status.success());
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "pv2:/vol", &img, "cat", "/vol/f"]).trim(), "kept");
+    // disabled (forced: its volume exists): volume calls answer Moby's error at once
+    node.docker_ok(&["plugin", "disable", "-f", p]);
+    assert!(plugin_pid(&node).is_none(), "disabled: not restarted");
+    fails_with(&node, &["volume", "inspect", "pv2"], "error looking up volume plugin berthvol:latest: plugin berthvol:latest found but disabled");
+    fails_with(&node, &["run", "--rm", "-v", "pv2:/vol", &img, "true"], "found but disabled");
+    node.docker_ok(&["plugin", "enable", p]);
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "pv2:/vol", &img, "cat", "/vol/f"]).trim(), "kept");
+
+    node.docker_ok(&["volume", "rm", "pv2"]);
+    fails_with(&node, &["plugin", "rm", p], "plugin berthvol:latest is enabled");
+    node.docker_ok(&["plugin", "disable", p]);
+    node.docker_ok(&["plugin", "rm", p]);
+    assert!(plugin_pid(&node).is_none());
+    assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
 }

@@ -494,7 +494,7 @@ impl Builder {
             }),
             ..Default::default()
         };
-        let created = self.runtime.container_create(ContainerCreate { name: None, body, platform: None }).await?;
+        let created = self.runtime.container_create(ContainerCreate { name: None, body, platform: None, plugin: None }).await?;
         let cid = created.id;
         out.say(format!(" ---> Running in {}\n", &cid[..12])).await?;
         let res = self.run_container(&cid, out).await;

@@ -37,8 +37,11 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
         .map(PathBuf::from)
         .unwrap_or_else(|| cfg.data_root());
     let images = Images::open(bus.clone(), &cfg, &root)?;
-    let plugins = plugins::Plugins::open(layers::Layers::new(bus.clone()), &root.join("images"), cfg.storage_driver())?;
-    Ok(plugins::serve(adapter::server(bus, images, registry_info(&cfg)), std::sync::Arc::new(plugins)))
+    let plugins = plugins::Plugins::open(layers::Layers::new(bus.clone()), &root.join("images"), cfg.storage_driver())?
+        .with_runner(plugins::Runner::new(bus.clone(), &root));
+    let plugins = std::sync::Arc::new(plugins);
+    tokio::spawn(plugins.clone().restore());
+    Ok(plugins::serve(adapter::server(bus, images, registry_info(&cfg)), plugins))
 }
 
 /// `RegistryConfig` as `docker info` shows it: insecure CIDRs (127.0.0.0/8 always,

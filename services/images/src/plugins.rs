@@ -10,16 +10,31 @@
 //! entries under `rootfs/` become the layer's tar (names without the prefix, hard
 //! links too), which storage applies with its checks against hostile archives.
 //!
-//! Enabling records the state only: the plugin's process is not started yet (no
-//! socket, no plugin protocol); see docs/status.md section 16.
+//! Enabling runs the plugin: its rootfs as a container of the runtime service,
+//! hidden from the user's lists (Moby runs plugins in a containerd namespace of
+//! their own), with the ID of the plugin and the config's entrypoint, env, mounts,
+//! capabilities and network type. Its runtime directory
+//! (`berth_config::Paths::plugin_run`) is bound at `/run/docker/plugins`; the
+//! plugin's socket appears there, and berth activates the plugin through it
+//! (`/Plugin.Activate`, its `Implements` checked against the config's types).
+//! Disabling stops that container (it stays, with the plugin's rootfs changes,
+//! until `set` or `rm`); a node that starts again runs the plugins that were
+//! enabled. A plugin process that dies is restarted as Moby restarts it (the
+//! container's restart policy `always`); calls made meanwhile answer a connect
+//! error at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_bus::{Responder, Server};
+use berth_bus::runtime::{RuntimeApi as _, RuntimeClient};
+use berth_bus::storage::{StorageApi as _, StorageClient};
+use berth_bus::{Bus, Responder, Server};
+use bus_schema::docker;
 use bus_schema::plugin::*;
+use bus_schema::runtime::{ContainerCreate, ContainerInspect, ContainerRemove, ContainerStart, ContainerStop, PluginRootfs};
+use bus_schema::storage::VolumeList;
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
 use bus_schema::BusError;
@@ -47,6 +62,78 @@ pub struct Plugins {
     tmp: PathBuf,
     layers: Layers,
     records: tokio::sync::Mutex<BTreeMap<String, Record>>,
+    /// Runs the plugins' containers; None in unit tests (nothing is run).
+    runner: Option<Runner>,
+}
+
+/// What enabling needs: the runtime (the plugin's container), storage (its
+/// volumes), and where the plugins' runtime directories are.
+pub struct Runner {
+    runtime: RuntimeClient,
+    storage: StorageClient,
+    paths: berth_config::Paths,
+}
+
+/// How long a started plugin has to serve its socket (Moby: 0.5 s, then 3 dials
+/// 3 s apart).
+const SOCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Runner {
+    pub fn new(bus: Bus, root: &Path) -> Runner {
+        Runner { runtime: RuntimeClient::new(bus.clone()), storage: StorageClient::new(bus), paths: berth_config::Paths::new(root) }
+    }
+}
+
+/// The plugin's container: Moby's v2 plugin InitSpec as far as berth's containers
+/// go (entrypoint + settings args, settings env and mounts, the runtime directory,
+/// the propagated mount, capabilities, host network/pid/ipc, devices, user, workdir).
+fn container_body(p: &Plugin, run: &Path) -> Result<docker::ContainerCreateBody, BusError> {
+    let c = &p.config;
+    let mut argv = c.entrypoint.clone().unwrap_or_default();
+    argv.extend(p.settings.args.iter().filter(|a| !a.is_empty()).cloned());
+    if argv.is_empty() {
+        return Err(BusError::internal(format!("plugin {} has no entrypoint", p.name)));
+    }
+    let mut binds = vec![format!("{}:{}", run.join("sock").display(), berth_pluginproto::SOCKET_DIR_IN_PLUGIN)];
+    if !c.propagated_mount.is_empty() {
+        binds.push(format!("{}:{}", run.join("propagated-mount").display(), c.propagated_mount));
+    }
+    for m in &p.settings.mounts {
+        if !m.typ.is_empty() && m.typ != "bind" {
+            return Err(BusError::internal(format!("plugin {}: mount {:?} of type {:?} is not supported", p.name, m.name, m.typ)));
+        }
+        let src = m.source.clone().filter(|s| !s.is_empty()).ok_or_else(|| BusError::internal(format!("plugin {}: mount {:?} has no source", p.name, m.name)))?;
+        let ro = m.options.iter().flatten().any(|o| o == "ro");
+        binds.push(format!("{src}:{}{}", m.destination, if ro { ":ro" } else { "" }));
+    }
+    let devices: Vec<docker::DeviceMapping> = p
+        .settings
+        .devices
+        .iter()
+        .filter_map(|d| d.path.clone().filter(|x| !x.is_empty()))
+        .map(|path| docker::DeviceMapping { path_on_host: Some(path.clone()), path_in_container: Some(path), cgroup_permissions: Some("rwm".into()) })
+        .collect();
+    let user = if c.user.uid != 0 || c.user.gid != 0 { Some(format!("{}:{}", c.user.uid, c.user.gid)) } else { None };
+    let host = |b: bool| if b { Some("host".to_string()) } else { None };
+    Ok(docker::ContainerCreateBody {
+        entrypoint: Some(argv),
+        env: Some(p.settings.env.clone()),
+        working_dir: Some(c.work_dir.clone()).filter(|w| !w.is_empty()),
+        user,
+        labels: Some(std::collections::HashMap::from([("com.docker.plugin.name".to_string(), p.name.clone())])),
+        host_config: Some(docker::HostConfig {
+            binds: Some(binds),
+            network_mode: Some(if c.network.typ == "host" { "host" } else { "none" }.to_string()),
+            cap_add: c.linux.capabilities.clone().filter(|v| !v.is_empty()),
+            pid_mode: host(c.pid_host),
+            ipc_mode: host(c.ipc_host),
+            devices: if devices.is_empty() { None } else { Some(devices) },
+            // Moby restarts a plugin whose process ends (until it is disabled)
+            restart_policy: Some(docker::RestartPolicy { name: Some(docker::RestartPolicyNameEnum::ALWAYS), maximum_retry_count: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn ref_error(e: &RefError) -> String {
@@ -292,7 +379,156 @@ impl Plugins {
                 Err(err) => tracing::warn!(plugin = %name, error = %err, "unreadable plugin record"),
             }
         }
-        Ok(Plugins { dir, tmp: images_root.join("tmp"), layers, records: tokio::sync::Mutex::new(records) })
+        Ok(Plugins { dir, tmp: images_root.join("tmp"), layers, records: tokio::sync::Mutex::new(records), runner: None })
+    }
+
+    /// Enabling runs plugins through `runner` (without one, enable records the state).
+    pub fn with_runner(mut self, runner: Runner) -> Plugins {
+        self.runner = Some(runner);
+        self
+    }
+
+    /// Run the plugin's container and activate it. The container stays between a
+    /// disable and the next enable (its rootfs is the plugin's, as Moby keeps a
+    /// plugin's rootfs); one still running (a node killed, its shims alive) is
+    /// activated as it is.
+    async fn start(&self, id: &str, rec: &Record) -> Result<(), BusError> {
+        let Some(r) = &self.runner else { return Ok(()) };
+        let p = &rec.plugin;
+        let run = r.paths.plugin_run(id);
+        let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(io_err("preparing the plugin's directory"));
+        mkdir(&run.join("sock"))?;
+        if !p.config.propagated_mount.is_empty() {
+            mkdir(&run.join("propagated-mount"))?;
+        }
+        let running = match r.runtime.container_inspect(ContainerInspect { id: id.to_string(), size: false }).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(e) if e.kind == bus_schema::ErrorKind::NotFound => {
+                let body = container_body(p, &run)?;
+                r.runtime
+                    .container_create(ContainerCreate {
+                        name: Some(format!("plugin-{id}")),
+                        body,
+                        platform: None,
+                        plugin: Some(PluginRootfs { id: id.to_string(), chain_id: rec.chain_id.clone() }),
+                    })
+                    .await?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let res = async {
+            if !running {
+                let _ = std::fs::remove_file(run.join("sock").join(&p.config.interface.socket));
+                match r.runtime.container_start(ContainerStart { id: id.to_string() }).await {
+                    // started meanwhile by its restart policy (a node starting again)
+                    Err(e) if e.kind == bus_schema::ErrorKind::NotModified => {}
+                    r => r?,
+                }
+            }
+            self.activate(r, id, p, &run).await
+        }
+        .await;
+        if res.is_err() {
+            self.stop(id).await;
+        }
+        res
+    }
+
+    /// Wait for the socket (the plugin may take a moment to listen), then
+    /// `/Plugin.Activate`; a plugin whose process ended answers at once.
+    async fn activate(&self, r: &Runner, id: &str, p: &Plugin, run: &Path) -> Result<(), BusError> {
+        let sock = run.join("sock").join(&p.config.interface.socket);
+        let deadline = tokio::time::Instant::now() + SOCKET_WAIT;
+        let mut tries = 0u32;
+        let implements = loop {
+            match berth_pluginproto::activate(&sock, std::time::Duration::from_secs(5)).await {
+                Ok(i) => break i,
+                Err(e @ berth_pluginproto::Error::Connect { .. }) => {
+                    tries += 1;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(BusError::internal(e.to_string()));
+                    }
+                    if tries % 5 == 0 {
+                        let c = r.runtime.container_inspect(ContainerInspect { id: id.to_string(), size: false }).await?;
+                        let st = c.state.unwrap_or_default();
+                        if st.running != Some(true) {
+                            return Err(BusError::internal(format!(
+                                "plugin {} exited with code {} before serving its socket {}",
+                                p.name,
+                                st.exit_code.unwrap_or(-1),
+                                p.config.interface.socket
+                            )));
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(BusError::internal(format!("activating plugin {}: {e}", p.name))),
+            }
+        };
+        for t in p.config.interface.types.iter().flatten() {
+            if let Some(want) = berth_pluginproto::implements_of(t) {
+                if !implements.iter().any(|i| i == want) {
+                    return Err(BusError::internal(format!("plugin {} does not implement {want} (its config says {t}), it implements {implements:?}", p.name)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the plugin's container (quietly: it may not be there).
+    async fn stop(&self, id: &str) {
+        let Some(r) = &self.runner else { return };
+        if let Err(e) = r.runtime.container_stop(ContainerStop { id: id.to_string(), signal: None, timeout: Some(10) }).await {
+            if e.kind != bus_schema::ErrorKind::NotFound && e.kind != bus_schema::ErrorKind::NotModified {
+                tracing::warn!(plugin = id, error = %e, "stopping the plugin's container");
+            }
+        }
+    }
+
+    /// Remove the plugin's container (its rootfs changes go with it) and its
+    /// runtime directory.
+    async fn remove_container(&self, id: &str) {
+        let Some(r) = &self.runner else { return };
+        if let Err(e) = r.runtime.container_remove(ContainerRemove { id: id.to_string(), force: true, volumes: false }).await {
+            if e.kind != bus_schema::ErrorKind::NotFound {
+                tracing::warn!(plugin = id, error = %e, "removing the plugin's container");
+            }
+        }
+        let _ = std::fs::remove_dir_all(r.paths.plugin_run(id).join("sock"));
+    }
+
+    /// Volumes made with the plugin (Moby counts them as references: the plugin
+    /// cannot be disabled or removed while any exists).
+    async fn in_use(&self, name: &str) -> Result<bool, BusError> {
+        let Some(r) = &self.runner else { return Ok(false) };
+        let filters = HashMap::from([("driver".to_string(), vec![name.to_string()])]);
+        Ok(!r.storage.volume_list(VolumeList { filters }).await?.is_empty())
+    }
+
+    /// At start: run the plugins that were enabled (the runtime service may come up
+    /// after this one: retried a while).
+    pub async fn restore(self: Arc<Self>) {
+        let enabled: Vec<(String, Record)> = self.records.lock().await.iter().filter(|(_, r)| r.plugin.enabled).map(|(i, r)| (i.clone(), r.clone())).collect();
+        for (id, rec) in enabled {
+            let mut last = None;
+            for _ in 0..30 {
+                match self.start(&id, &rec).await {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            match last {
+                None => tracing::info!(plugin = %rec.plugin.name, "plugin enabled again"),
+                Some(e) => tracing::warn!(plugin = %rec.plugin.name, error = %e, "the plugin could not be run again"),
+            }
+        }
     }
 
     fn save(&self, id: &str, rec: &Record, config: Option<&[u8]>) -> Result<(), BusError> {
@@ -443,28 +679,54 @@ impl Plugins {
     }
 
     /// `POST /plugins/{name}/set`.
+    /// The plugin's container is made again at the next enable, with the new
+    /// settings.
     pub async fn set(&self, name: &str, args: &[String]) -> Result<(), BusError> {
-        self.update(name, |p| apply_settings(p, args)).await
+        self.update(name, |p| apply_settings(p, args)).await?;
+        let id = resolve(&*self.records.lock().await, name)?;
+        self.remove_container(&id).await;
+        Ok(())
     }
 
-    /// `POST /plugins/{name}/enable`: the state only (the process is not run yet).
+    /// `POST /plugins/{name}/enable`: run the plugin, then record it enabled.
     pub async fn enable(&self, name: &str) -> Result<(), BusError> {
-        self.update(name, |p| {
-            if p.enabled {
-                return Err(BusError::conflict(format!("plugin already enabled: plugin {} is enabled", p.name)));
-            }
-            p.enabled = true;
-            Ok(())
-        })
-        .await
+        let (id, rec) = {
+            let recs = self.records.lock().await;
+            let id = resolve(&recs, name)?;
+            (id.clone(), recs[&id].clone())
+        };
+        if rec.plugin.enabled {
+            return Err(BusError::conflict(format!("plugin already enabled: plugin {} is enabled", rec.plugin.name)));
+        }
+        self.start(&id, &rec).await?;
+        let res = self
+            .update(&id, |p| {
+                p.enabled = true;
+                Ok(())
+            })
+            .await;
+        if res.is_err() {
+            self.stop(&id).await;
+        }
+        res
     }
 
-    /// `POST /plugins/{name}/disable`.
-    pub async fn disable(&self, name: &str) -> Result<(), BusError> {
-        self.update(name, |p| {
-            if !p.enabled {
-                return Err(BusError::conflict(format!("plugin is already disabled: plugin {} found but disabled", p.name)));
-            }
+    /// `POST /plugins/{name}/disable`: refused while volumes of it exist, unless
+    /// forced (Moby's reference count); then the plugin's container goes.
+    pub async fn disable(&self, name: &str, force: bool) -> Result<(), BusError> {
+        let (id, rec) = {
+            let recs = self.records.lock().await;
+            let id = resolve(&recs, name)?;
+            (id.clone(), recs[&id].clone())
+        };
+        if !rec.plugin.enabled {
+            return Err(BusError::conflict(format!("plugin is already disabled: plugin {} found but disabled", rec.plugin.name)));
+        }
+        if !force && self.in_use(&rec.plugin.name).await? {
+            return Err(BusError::conflict(format!("plugin {} is in use", rec.plugin.name)));
+        }
+        self.stop(&id).await;
+        self.update(&id, |p| {
             p.enabled = false;
             Ok(())
         })
@@ -477,8 +739,15 @@ impl Plugins {
         let mut recs = self.records.lock().await;
         let id = resolve(&recs, name)?;
         let rec = recs[&id].clone();
+        if !force && self.in_use(&rec.plugin.name).await? {
+            return Err(BusError::conflict(format!("plugin {} is in use", rec.plugin.name)));
+        }
         if rec.plugin.enabled && !force {
             return Err(BusError::conflict(format!("plugin {} is enabled", rec.plugin.name)));
+        }
+        self.remove_container(&id).await;
+        if let Some(r) = &self.runner {
+            let _ = std::fs::remove_dir_all(r.paths.plugin_run(&id));
         }
         let gone = self.dir.join(format!("{id}.removing.tmp"));
         std::fs::rename(self.dir.join(&id), &gone).map_err(io_err("removing the plugin"))?;
@@ -525,7 +794,7 @@ pub fn serve(s: Server, p: Arc<Plugins>) -> Server {
     let a = p.clone();
     let s = s.rpc(move |req: PluginDisable| {
         let a = a.clone();
-        async move { a.disable(&req.name).await }
+        async move { a.disable(&req.name, req.force).await }
     });
     let a = p;
     s.rpc(move |req: PluginRemove| {

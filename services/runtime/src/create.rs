@@ -124,17 +124,33 @@ pub fn merge_config(user: &docker::ContainerCreateBody, img: &docker::ImageConfi
 impl Runtime {
     pub async fn create(self: &Arc<Self>, r: ContainerCreate) -> Result<docker::ContainerCreateResponse, BusError> {
         let body = r.body;
-        let image_ref = body.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| BusError::invalid("config cannot be empty in order to create a container"))?;
         let mut host_config = body.host_config.clone().unwrap_or_default();
         crate::validate::host_config(&mut host_config, &self.cfg)?;
 
-        let img: ResolvedImage = match self.images.image_resolve(ImageResolve { reference: image_ref.clone() }).await {
-            Ok(i) => i,
-            Err(e) if e.is(ErrorKind::NotFound) => {
-                return Err(BusError::not_found(format!("No such image: {}", display_ref(&image_ref))))
+        let img: ResolvedImage = if let Some(p) = &r.plugin {
+            // a managed plugin: its layer is the rootfs, its config the whole config
+            if p.id.len() != 64 || !p.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return Err(BusError::invalid(format!("invalid plugin ID {:?}", p.id)));
             }
-            Err(e) => return Err(e),
+            ResolvedImage {
+                id: String::new(),
+                name: String::new(),
+                chain_id: Some(p.chain_id.clone()),
+                config: docker::ImageConfig::default(),
+                os: "linux".into(),
+                architecture: String::new(),
+            }
+        } else {
+            let image_ref = body.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| BusError::invalid("config cannot be empty in order to create a container"))?;
+            match self.images.image_resolve(ImageResolve { reference: image_ref.clone() }).await {
+                Ok(i) => i,
+                Err(e) if e.is(ErrorKind::NotFound) => {
+                    return Err(BusError::not_found(format!("No such image: {}", display_ref(&image_ref))))
+                }
+                Err(e) => return Err(e),
+            }
         };
+        let image_ref = body.image.clone().unwrap_or_default();
         if let Some(p) = r.platform.as_deref().filter(|p| !p.is_empty()) {
             let want = p.trim_start_matches("linux/");
             if !p.starts_with(&img.os) || (want != img.architecture && !p.ends_with(&img.architecture)) {
@@ -146,7 +162,16 @@ impl Runtime {
         }
 
         let mut config = merge_config(&body, &img.config);
-        let id = crate::names::new_id();
+        let id = match &r.plugin {
+            Some(p) => {
+                if self.find(&p.id).is_ok() {
+                    return Err(BusError::conflict(format!("plugin container {} exists", p.id)));
+                }
+                p.id.clone()
+            }
+            None => crate::names::new_id(),
+        };
+        let hidden = r.plugin.is_some();
         if config.hostname.as_deref().is_none_or(|h| h.is_empty()) {
             let mode = host_config.network_mode.clone().unwrap_or_default();
             config.hostname = Some(if mode == "host" { host_hostname() } else { id[..12].to_string() });
@@ -190,7 +215,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv, links.clone()).await;
+        let res = self.create_inner(&id, &name, img, config, host_config, body.networking_config, argv, links.clone(), hidden).await;
         match res {
             Ok(c) => {
                 self.event(&c, Action::Create, &[]).await;
@@ -215,6 +240,7 @@ impl Runtime {
         networking: Option<docker::NetworkingConfig>,
         argv: Vec<String>,
         links: Vec<crate::state::Link>,
+        hidden: bool,
     ) -> Result<Container, BusError> {
         let dir = self.containers_dir().join(id);
         std::fs::create_dir_all(&dir)?;
@@ -268,6 +294,7 @@ impl Runtime {
             exec_ids: Vec::new(),
             rootfs: String::new(),
             links,
+            plugin: hidden,
         };
         let entry = Entry::new(c.clone(), dir);
         entry.save()?;

@@ -311,6 +311,9 @@ impl Runtime {
     }
 
     async fn publish(&self, c: &Container, ev: Event, extra: &[(&str, String)]) {
+        if c.plugin {
+            return; // a managed plugin's container: not the user's (Moby's plugin namespace)
+        }
         let mut ev = ev
             .attr("image", c.config.image.clone().unwrap_or_default())
             .attr("name", c.name.clone());

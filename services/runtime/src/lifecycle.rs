@@ -411,7 +411,11 @@ impl Runtime {
                 // an unmount that storage cannot do now is done when it is back
                 // (reconcile_storage), and so is a sandbox the network cannot remove
                 let layer = RwLayerUnmount { id: c.id.clone() };
-                let _ = tokio::join!(self.remove_sandbox(&c.id), self.storage.rw_layer_unmount(layer));
+                let _ = tokio::join!(
+                    self.remove_sandbox(&c.id),
+                    self.storage.rw_layer_unmount(layer),
+                    crate::mounts::unmount(self, &c.id, &c.mounts)
+                );
             }
             e.set_shim(None);
             e.update(|c| {

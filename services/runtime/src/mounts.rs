@@ -138,11 +138,18 @@ pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) ->
     Ok(())
 }
 
+/// At exit: a plugin's volumes are unmounted (the container keeps its references).
+pub async fn unmount(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord]) {
+    for m in mounts.iter().filter(|m| m.typ == "volume") {
+        let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string(), unmount_only: true }).await;
+    }
+}
+
 /// At rm: drop the container's references; with `remove_anonymous`, remove its
 /// anonymous volumes too (`docker rm -v`).
 pub async fn release(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord], remove_anonymous: bool) {
     for m in mounts.iter().filter(|m| m.typ == "volume") {
-        let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string() }).await;
+        let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string(), unmount_only: false }).await;
         if remove_anonymous && m.anonymous {
             let _ = rt.storage.volume_remove(VolumeRemove { name: m.name.clone(), force: false }).await;
         }

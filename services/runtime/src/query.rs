@@ -80,7 +80,8 @@ impl Runtime {
                 }
             }
         }
-        let mut all: Vec<Container> = self.all().iter().map(|e| e.get()).collect();
+        // managed plugins' containers are not the user's
+        let mut all: Vec<Container> = self.all().iter().map(|e| e.get()).filter(|c| !c.plugin).collect();
         all.sort_by_key(|c| std::cmp::Reverse(created_secs(c)));
         let find_time = |key: &str| -> Result<(i64, u32), BusError> {
             let e = self.find(key)?;
@@ -200,7 +201,7 @@ impl Runtime {
         let mut reclaimed = 0i64;
         for e in self.all() {
             let c = e.get();
-            if !matches!(c.state.status, Status::Exited | Status::Created | Status::Dead) {
+            if c.plugin || !matches!(c.state.status, Status::Exited | Status::Created | Status::Dead) {
                 continue;
             }
             if !labels_select(&c.config.labels, label, not_label) {
@@ -263,7 +264,7 @@ impl Runtime {
 
     /// This service's part of `docker info`.
     pub fn info(&self) -> docker::SystemInfo {
-        let all: Vec<Container> = self.all().iter().map(|e| e.get()).collect();
+        let all: Vec<Container> = self.all().iter().map(|e| e.get()).filter(|c| !c.plugin).collect();
         let running = all.iter().filter(|c| c.state.status == Status::Running || c.state.status == Status::Restarting).count() as i64;
         let paused = all.iter().filter(|c| c.state.status == Status::Paused).count() as i64;
         let total = all.len() as i64;

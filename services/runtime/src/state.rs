@@ -134,6 +134,10 @@ pub struct Container {
     /// the parent: Moby's link graph, kept with the parent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// A managed plugin's container (bus_schema::runtime::ContainerCreate::plugin):
+    /// left out of lists, prune and events.
+    #[serde(default)]
+    pub plugin: bool,
 }
 
 /// One legacy link: the parent reaches `child` as `alias` (its link name is

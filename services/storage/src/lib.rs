@@ -20,6 +20,7 @@ pub mod rw;
 pub mod split;
 pub mod tarfmt;
 pub mod util;
+pub mod plugin_volumes;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,19 @@ pub struct Storage {
     pub layers: Arc<layers::LayerStore>,
     pub rw: Arc<rw::RwLayers>,
     pub volumes: Arc<volumes::Volumes>,
+    /// Volume-driver plugins (set when served on a bus).
+    pub plugins: std::sync::OnceLock<plugin_volumes::Drivers>,
+}
+
+/// The driver of a request or a volume that is a plugin's (not `local`).
+fn plugin_driver(d: &str) -> Option<&str> {
+    Some(d).filter(|d| !d.is_empty() && *d != "local")
+}
+
+impl Storage {
+    fn drivers(&self) -> Result<&plugin_volumes::Drivers, BusError> {
+        self.plugins.get().ok_or_else(|| BusError::internal("volume plugins are not available"))
+    }
 }
 
 impl Storage {
@@ -77,6 +91,7 @@ impl Storage {
             layers,
             rw,
             volumes,
+            plugins: std::sync::OnceLock::new(),
         })
     }
 }
@@ -252,6 +267,9 @@ impl StorageApi for Storage {
     }
 
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {
+        if let Some(d) = plugin_driver(&req.driver) {
+            return self.drivers()?.create(req.name, d, req.driver_opts, req.labels).await;
+        }
         let v = self.volumes.clone();
         blocking(move || {
             v.create(
@@ -266,6 +284,9 @@ impl StorageApi for Storage {
     }
 
     async fn volume_inspect(&self, req: VolumeInspect) -> Result<docker::Volume, BusError> {
+        if let Some(d) = self.volumes.driver_of(&req.name).filter(|d| plugin_driver(d).is_some()) {
+            return self.drivers()?.inspect(&req.name, &d).await;
+        }
         self.volumes.inspect(&req.name)
     }
 
@@ -274,6 +295,9 @@ impl StorageApi for Storage {
     }
 
     async fn volume_remove(&self, req: VolumeRemove) -> Result<(), BusError> {
+        if let Some(d) = self.volumes.driver_of(&req.name).filter(|d| plugin_driver(d).is_some()) {
+            return self.drivers()?.remove(&req.name, &d, req.force).await;
+        }
         let v = self.volumes.clone();
         blocking(move || v.remove(&req.name, req.force)).await
     }
@@ -287,6 +311,16 @@ impl StorageApi for Storage {
     }
 
     async fn volume_acquire(&self, req: VolumeAcquire) -> Result<VolumeMounted, BusError> {
+        if let Some(d) = self.volumes.driver_of(&req.name).filter(|d| plugin_driver(d).is_some()) {
+            let opts = volumes::AcquireOpts {
+                copy_from: req.copy_from.as_deref(),
+                destination: req.destination.as_deref(),
+                read_write: !req.read_only,
+                propagation: req.propagation.as_deref().unwrap_or(""),
+            };
+            let p = self.drivers()?.acquire(&req.name, &d, &req.container_id, &opts).await?;
+            return Ok(VolumeMounted { path: p.to_string_lossy().into_owned() });
+        }
         let v = self.volumes.clone();
         let rootfs = RwRootfs(self.rw.clone());
         blocking(move || {
@@ -305,6 +339,12 @@ impl StorageApi for Storage {
     }
 
     async fn volume_release_ref(&self, req: VolumeReleaseRef) -> Result<(), BusError> {
+        if let Some(d) = self.volumes.driver_of(&req.name).filter(|d| plugin_driver(d).is_some()) {
+            return self.drivers()?.release(&req.name, &d, &req.container_id, req.unmount_only).await;
+        }
+        if req.unmount_only {
+            return Ok(()); // a local volume stays mounted while a container refers to it
+        }
         let v = self.volumes.clone();
         blocking(move || v.release(&req.name, &req.container_id)).await
     }
@@ -387,9 +427,11 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
     });
     let name = cfg.storage_driver().to_string();
     let opts = cfg.storage_opts.clone();
-    let storage = tokio::task::spawn_blocking(move || Storage::open(&root, &name, &opts, events))
+    let open_root = root.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&open_root, &name, &opts, events))
         .await?
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let _ = storage.plugins.set(plugin_volumes::Drivers::new(bus.clone(), &root, storage.rw.clone(), storage.volumes.clone()));
     tracing::info!(driver = storage.driver.name(), "storage ready");
     let storage = Arc::new(storage);
     let info = storage.clone();

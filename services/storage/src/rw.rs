@@ -243,6 +243,16 @@ impl RwLayers {
         Ok(ik)
     }
 
+    /// Where the container's root filesystem is mounted while it runs (not counted,
+    /// nothing mounted here): a plugin's paths are under it.
+    pub fn rootfs_path(&self, id: &str) -> Result<PathBuf, BusError> {
+        let mounts = self.driver.mounts(id).map_err(BusError::from)?;
+        match mounts.as_slice() {
+            [m] if m.typ == "bind" => Ok(PathBuf::from(&m.source)),
+            _ => self.driver.mount_target(id).map_err(BusError::from),
+        }
+    }
+
     /// Mount the container's root filesystem (counted); answers its path.
     pub fn mount(&self, id: &str) -> Result<PathBuf, BusError> {
         let mut st = self.state.lock().unwrap();

@@ -15,6 +15,8 @@ use crate::mountspec::validate_volume_name;
 
 pub const ANONYMOUS_LABEL: &str = "com.docker.volume.anonymous";
 const RECORD: &str = "volume.json";
+/// Go's zero `time.Time` as Moby writes it.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// Where volume events go (the bus in the service, a collector in tests).
 pub trait EventSink: Send + Sync + 'static {
@@ -38,6 +40,14 @@ struct VolRecord {
     populated: bool,
     /// Containers using the volume.
     refs: BTreeSet<String>,
+    /// A plugin's volume: where it is on the host, as last answered by the plugin
+    /// (empty for `local`, whose data is `_data` beside the record).
+    #[serde(default)]
+    mountpoint: String,
+    /// A plugin's volume: the containers it is mounted for now (Mount answered, no
+    /// Unmount yet).
+    #[serde(default)]
+    mounted: BTreeSet<String>,
 }
 
 pub struct Volumes {
@@ -111,8 +121,14 @@ impl Volumes {
         docker::Volume {
             name: r.name.clone(),
             driver: r.driver.clone(),
-            mountpoint: self.data(&r.name).to_string_lossy().into_owned(),
-            created_at: Some(berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))),
+            mountpoint: if r.driver == "local" { self.data(&r.name).to_string_lossy().into_owned() } else { r.mountpoint.clone() },
+            // a plugin's volume: the time its plugin says (Go's zero time when it does
+            // not), as Moby shows it
+            created_at: Some(if r.driver == "local" {
+                berth_rules::clock::rfc3339_secs(r.created.div_euclid(1_000_000_000))
+            } else {
+                GO_ZERO_TIME.to_string()
+            }),
             labels: r.labels.clone(),
             options: r.options.clone(),
             scope: Some(docker::VolumeScopeEnum::LOCAL),
@@ -145,6 +161,11 @@ impl Volumes {
         }
         let mut st = self.state.lock().unwrap();
         if let Some(r) = st.get(&name) {
+            // a plugin's volume named by a container's `-v name:/dst` (Docker uses the
+            // volume's own driver then)
+            if r.driver != driver {
+                return Ok(self.to_docker(r));
+            }
             if r.options != opts {
                 return Err(BusError::conflict(format!(
                     "create {name}: a volume with the same name already exists with different options"
@@ -161,6 +182,8 @@ impl Volumes {
             anonymous,
             populated: false,
             refs: BTreeSet::new(),
+            mountpoint: String::new(),
+            mounted: BTreeSet::new(),
         };
         let data = self.data(&name);
         std::fs::create_dir_all(&data)
@@ -274,7 +297,7 @@ impl Volumes {
             let st = self.state.lock().unwrap();
             let mut v: Vec<&VolRecord> = st
                 .values()
-                .filter(|r| r.refs.is_empty())
+                .filter(|r| r.refs.is_empty() && r.driver == "local")
                 .filter(|r| all || r.labels.contains_key(ANONYMOUS_LABEL))
                 .filter(|r| label_filters(r, filters))
                 .collect();
@@ -406,6 +429,136 @@ impl Volumes {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The driver of an existing volume.
+    pub fn driver_of(&self, name: &str) -> Option<String> {
+        self.state.lock().unwrap().get(name).map(|r| r.driver.clone())
+    }
+
+    /// Record a volume a plugin made (`driver` the plugin's name). An existing one
+    /// of the same driver is answered as it is.
+    pub fn insert_plugin_volume(
+        &self,
+        name: &str,
+        driver: &str,
+        opts: HashMap<String, String>,
+        labels: HashMap<String, String>,
+        mountpoint: String,
+    ) -> Result<docker::Volume, BusError> {
+        let mut st = self.state.lock().unwrap();
+        if let Some(r) = st.get(name) {
+            return Ok(self.to_docker(r));
+        }
+        let r = VolRecord {
+            name: name.to_string(),
+            driver: driver.to_string(),
+            labels,
+            options: opts,
+            created: crate::util::now_unix_nanos(),
+            anonymous: false,
+            populated: true,
+            refs: BTreeSet::new(),
+            mountpoint,
+            mounted: BTreeSet::new(),
+        };
+        std::fs::create_dir_all(self.dir(name)).map_err(|e| BusError::internal(format!("create {name}: {e}")))?;
+        if let Err(e) = self.persist(&r) {
+            let _ = crate::util::remove_tree(&self.dir(name));
+            return Err(e);
+        }
+        let v = self.to_docker(&r);
+        st.insert(name.to_string(), r);
+        drop(st);
+        self.events.publish(Event::now(EventType::Volume, Action::Create, name).attr("driver", driver));
+        Ok(v)
+    }
+
+    /// A plugin's volume as Docker shows it, with what the plugin answered.
+    /// `docker volume inspect` of a plugin's volume as Moby 20.10 answers it from the
+    /// plugin's Get: the mountpoint as the plugin sees it (`host` is kept for
+    /// `ls`, which shows the host path), its CreatedAt. (The plugin's Status is not
+    /// shown: the API model here keeps its keys only.)
+    pub fn plugin_volume(&self, name: &str, inside: &str, host: Option<&Path>, created_at: &str) -> Result<docker::Volume, BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        if let Some(m) = host {
+            let m = m.to_string_lossy().into_owned();
+            if r.mountpoint != m {
+                r.mountpoint = m;
+                let r = r.clone();
+                self.persist(&r)?;
+            }
+        }
+        let mut v = self.to_docker(st.get(name).unwrap());
+        v.mountpoint = inside.to_string();
+        if !created_at.is_empty() {
+            v.created_at = Some(created_at.to_string());
+        }
+        Ok(v)
+    }
+
+    /// A container uses a plugin's volume the plugin mounted at `mountpoint`.
+    pub fn plugin_acquired(&self, name: &str, container: &str, mountpoint: &Path, opts: &AcquireOpts<'_>) -> Result<(), BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        r.refs.insert(container.to_string());
+        r.mounted.insert(container.to_string());
+        r.mountpoint = mountpoint.to_string_lossy().into_owned();
+        let r = r.clone();
+        self.persist(&r)?;
+        drop(st);
+        self.events.publish(
+            Event::now(EventType::Volume, Action::Mount, name)
+                .attr("driver", r.driver.clone())
+                .attr("container", container)
+                .attr("destination", opts.destination.or(opts.copy_from).unwrap_or(""))
+                .attr("read/write", opts.read_write.to_string())
+                .attr("propagation", opts.propagation),
+        );
+        Ok(())
+    }
+
+    /// A container stopped (`unmount_only`) or no longer refers to a plugin's
+    /// volume: true if the plugin is to be told (it had mounted it for the container).
+    pub fn plugin_released(&self, name: &str, container: &str, unmount_only: bool) -> Result<bool, BusError> {
+        let mut st = self.state.lock().unwrap();
+        let r = st.get_mut(name).ok_or_else(|| no_such(name))?;
+        let unref = !unmount_only && r.refs.remove(container);
+        let unmount = r.mounted.remove(container);
+        if !unref && !unmount {
+            return Ok(false);
+        }
+        let r = r.clone();
+        self.persist(&r)?;
+        drop(st);
+        if unmount {
+            self.events.publish(Event::now(EventType::Volume, Action::Unmount, name).attr("driver", r.driver.clone()).attr("container", container));
+        }
+        Ok(unmount)
+    }
+
+    /// Refused while a container uses it (the plugin is not asked then).
+    pub fn check_unused(&self, name: &str) -> Result<(), BusError> {
+        let st = self.state.lock().unwrap();
+        let r = st.get(name).ok_or_else(|| no_such(name))?;
+        if !r.refs.is_empty() {
+            let ids: Vec<&str> = r.refs.iter().map(String::as_str).collect();
+            return Err(BusError::conflict(format!("remove {name}: volume is in use - [{}]", ids.join(" "))));
+        }
+        Ok(())
+    }
+
+    /// Forget a plugin's volume (the plugin removed it).
+    pub fn forget_plugin_volume(&self, name: &str) -> Result<(), BusError> {
+        let mut st = self.state.lock().unwrap();
+        let Some(r) = st.remove(name) else { return Ok(()) };
+        drop(st);
+        if let Err(e) = crate::util::remove_tree(&self.dir(name)) {
+            tracing::warn!(volume = name, error = %e, "removing the volume's record failed");
+        }
+        self.events.publish(Event::now(EventType::Volume, Action::Destroy, name).attr("driver", r.driver));
+        Ok(())
     }
 }
 

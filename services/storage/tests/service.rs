@@ -426,6 +426,7 @@ async fn volumes_over_the_bus() {
     b.volume_release_ref(VolumeReleaseRef {
         name: "scratch".into(),
         container_id: "ctrv".into(),
+        unmount_only: false,
     })
     .await
     .unwrap();
@@ -436,6 +437,7 @@ async fn volumes_over_the_bus() {
     b.volume_release_ref(VolumeReleaseRef {
         name: "data1".into(),
         container_id: "ctrv".into(),
+        unmount_only: false,
     })
     .await
     .unwrap();

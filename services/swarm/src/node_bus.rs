@@ -26,7 +26,7 @@ impl NodeBus {
     }
 
     pub async fn create(&self, name: &str, body: docker::ContainerCreateBody) -> Result<String, BusError> {
-        let r = self.runtime.container_create(rt::ContainerCreate { name: Some(name.to_string()), body, platform: None }).await?;
+        let r = self.runtime.container_create(rt::ContainerCreate { name: Some(name.to_string()), body, platform: None, plugin: None }).await?;
         Ok(r.id)
     }
 

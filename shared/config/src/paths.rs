@@ -38,6 +38,13 @@ impl Paths {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+    /// A running managed plugin's directory (the images service's): `sock/`, bound
+    /// at `/run/docker/plugins` in the plugin (its socket appears there), and
+    /// `propagated-mount/`, bound at the config's PropagatedMount. The storage
+    /// service reads it to reach volume-driver plugins.
+    pub fn plugin_run(&self, id: &str) -> PathBuf {
+        self.images().join("plugins-run").join(id)
+    }
     pub fn storage(&self) -> PathBuf {
         self.root.join("storage")
     }

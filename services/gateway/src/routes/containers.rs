@@ -177,7 +177,7 @@ async fn create<B: Backend>(
     container_mac_address(&raw, &mut body);
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
     let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
-    let r = b.create(rt::ContainerCreate { name, body, platform }).await?;
+    let r = b.create(rt::ContainerCreate { name, body, platform, plugin: None }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
