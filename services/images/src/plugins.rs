@@ -490,7 +490,7 @@ impl Plugins {
     /// runtime directory.
     async fn remove_container(&self, id: &str) {
         let Some(r) = &self.runner else { return };
-        if let Err(e) = r.runtime.container_remove(ContainerRemove { id: id.to_string(), force: true, volumes: false }).await {
+        if let Err(e) = r.runtime.container_remove(ContainerRemove { id: id.to_string(), force: true, volumes: false, link: false }).await {
             if e.kind != bus_schema::ErrorKind::NotFound {
                 tracing::warn!(plugin = id, error = %e, "removing the plugin's container");
             }
