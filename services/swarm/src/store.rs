@@ -36,6 +36,8 @@ pub mod buckets {
     pub const SECRETS: &str = "swarm_secrets";
     pub const CONFIGS: &str = "swarm_configs";
     pub const LEADER: &str = "swarm_leader";
+    /// The buckets a worker binds: all but the managers' PKI.
+    pub const NODE_FACING: &[&str] = &[CLUSTER, NODES, HEARTBEATS, TASKS, TASK_STATUS, NETWORKS, SECRETS, CONFIGS, LEADER];
     /// Every bucket, with the max age of its entries (the leader lease expires).
     pub const ALL: &[(&str, Option<std::time::Duration>)] = &[
         (CLUSTER, None),
@@ -143,7 +145,7 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Store, Sto
 /// Bind the buckets a worker reads and writes (through its leaf, the swarm domain).
 pub async fn bind(js: &jetstream::Context) -> Result<Store, StoreError> {
     let mut kvs = BTreeMap::new();
-    for name in [buckets::CLUSTER, buckets::NODES, buckets::HEARTBEATS, buckets::TASKS, buckets::TASK_STATUS, buckets::SECRETS, buckets::CONFIGS, buckets::LEADER] {
+    for &name in buckets::NODE_FACING {
         let kv = js.get_key_value(name).await.map_err(|e| classify(e.to_string()))?;
         kvs.insert(name.to_string(), kv);
     }
@@ -323,5 +325,17 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
     /// Whether the bucket has no entries at all (a watcher gets nothing to catch up on).
     pub async fn empty(&self) -> Result<bool, StoreError> {
         self.is_empty().await
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::buckets;
+
+    #[test]
+    fn workers_bind_every_bucket_but_the_pki() {
+        // a bucket missing here panics a worker's swarm service when it is followed
+        let all: Vec<&str> = buckets::ALL.iter().map(|(n, _)| *n).filter(|n| *n != buckets::PKI && *n != buckets::SERVICES).collect();
+        assert_eq!(all, buckets::NODE_FACING);
     }
 }
