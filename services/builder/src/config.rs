@@ -109,7 +109,7 @@ pub fn apply(
             } else {
                 format!("{}/{}", if cur.is_empty() { "" } else { cur.trim_end_matches('/') }, w)
             };
-            let new = clean_abs(&new);
+            let new = berth_rules::path::clean_in_root(&new);
             cfg.working_dir = Some(new.clone());
             Ok(nop(format!("WORKDIR {new}")))
         }
@@ -217,20 +217,6 @@ pub fn apply(
         }
         other => Err(format!("{other} is not a metadata instruction")),
     }
-}
-
-fn clean_abs(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            x => out.push(x),
-        }
-    }
-    format!("/{}", out.join("/"))
 }
 
 /// Container config (as inspect shows it) to the image config a commit records.

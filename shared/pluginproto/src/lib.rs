@@ -296,17 +296,8 @@ impl VolumeDriver {
 /// propagated mount: under the host side of that mount; else under the plugin's
 /// rootfs). `..` cannot climb out: the path is cleaned as an absolute path first.
 pub fn scoped_path(rootfs: &Path, propagated: Option<(&str, &Path)>, inside: &str) -> PathBuf {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in inside.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let clean = parts.join("/");
+    let cleaned = berth_rules::path::clean_in_root(inside);
+    let clean = cleaned.trim_start_matches('/');
     if let Some((pm, host)) = propagated {
         let pm = pm.trim_matches('/');
         if !pm.is_empty() {
