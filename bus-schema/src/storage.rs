@@ -33,6 +33,10 @@ pub struct LayerApply {
     pub diff_id: Option<String>,
 }
 
+/// The DiffID of a layer without changes (the tar of nothing: two zero blocks), as
+/// Moby's `layer.DigestSHA256EmptyTar`: an image made from one does not add it.
+pub const EMPTY_LAYER_DIFF_ID: &str = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerApplied {
     pub chain_id: String,
@@ -181,6 +185,11 @@ pub struct VolumeInspect {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeList {
     pub filters: HashMap<String, Vec<String>>,
+    /// Ask the enabled volume-driver plugins for their List (`docker volume ls`, as
+    /// Moby's store does); false: berth's records only (what the images service asks
+    /// while it handles a plugin: a plugin's List would ask it back).
+    #[serde(default)]
+    pub plugins: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

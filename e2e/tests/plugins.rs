@@ -343,6 +343,25 @@ fn volume_plugin_runs_and_serves_volumes() {
     fails_with(&node, &["volume", "create", "-d", p, "-o", "fail=disk on fire", "bad"], "disk on fire");
     assert!(!node.docker_ok(&["volume", "ls", "-q"]).lines().any(|l| l == "bad"));
 
+    // ls asks the plugin's List: a volume the plugin has that berth never made is
+    // listed (and recorded) as Moby's store does
+    std::fs::create_dir(mountpoint.parent().unwrap().join("outside")).unwrap();
+    assert!(node.docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]).lines().any(|l| l == "berthvol:latest outside"));
+    assert_eq!(node.docker_ok(&["volume", "inspect", "-f", "{{.Driver}}", "outside"]).trim(), "berthvol:latest");
+    node.docker_ok(&["volume", "rm", "outside"]);
+    // --volume-driver makes the -v volumes (named and anonymous) through the plugin;
+    // --mount names its own volume-driver=
+    node.docker_ok(&["run", "--rm", "--volume-driver", p, "-v", "vd:/vol", &img, "sh", "-c", "echo vd > /vol/f"]);
+    assert_eq!(node.docker_ok(&["volume", "inspect", "-f", "{{.Driver}}", "vd"]).trim(), "berthvol:latest");
+    assert_eq!(std::fs::read_to_string(mountpoint.parent().unwrap().join("vd/f")).unwrap(), "vd\n");
+    node.docker_ok(&["run", "--rm", "--mount", &format!("type=volume,src=vm,dst=/vol,volume-driver={p}"), &img, "true"]);
+    assert_eq!(node.docker_ok(&["volume", "inspect", "-f", "{{.Driver}}", "vm"]).trim(), "berthvol:latest");
+    let anon = node.docker_ok(&["run", "-d", "--volume-driver", p, "-v", "/anon", &img, "true"]).trim().to_string();
+    let anon_vol = node.docker_ok(&["inspect", "-f", "{{range .Mounts}}{{.Name}} {{.Driver}}{{end}}", &anon]).trim().to_string();
+    assert!(anon_vol.ends_with(" berthvol:latest"), "{anon_vol}");
+    node.docker_ok(&["rm", "-f", "-v", &anon]);
+    node.docker_ok(&["volume", "rm", "vd", "vm"]);
+
     node.docker_ok(&["volume", "rm", "pv"]);
     assert!(!mountpoint.exists(), "the plugin removed its directory");
     fails_with(&node, &["volume", "inspect", "pv"], "no such volume");
@@ -367,6 +386,8 @@ fn volume_plugin_runs_and_serves_volumes() {
     assert!(plugin_pid(&node).is_none(), "disabled: not restarted");
     fails_with(&node, &["volume", "inspect", "pv2"], "error looking up volume plugin berthvol:latest: plugin berthvol:latest found but disabled");
     fails_with(&node, &["run", "--rm", "-v", "pv2:/vol", &img, "true"], "found but disabled");
+    // Moby 20.10 lists only what enabled plugins report
+    assert!(!node.docker_ok(&["volume", "ls", "-q"]).lines().any(|l| l == "pv2"), "a disabled plugin's volume is not listed");
     node.docker_ok(&["plugin", "enable", p]);
     assert_eq!(node.docker_ok(&["run", "--rm", "-v", "pv2:/vol", &img, "cat", "/vol/f"]).trim(), "kept");
 

@@ -96,6 +96,11 @@ fn run(sock: &Path, reg: &str, cases: &[Value]) -> (Vec<Value>, BTreeMap<String,
     vars.insert("n".to_string(), format!("shp{}", berth_e2e::uniq()));
     vars.insert("reg".to_string(), reg.to_string());
     vars.insert("t0".to_string(), (now() - 1).to_string());
+    // Moby's recording was made with busybox already pulled (its "pull" case answers
+    // "Image is up to date"): both engines start from that state, so the pull case
+    // compares the same answer (a fresh pull's progress lines are Moby's shapes too)
+    let pre = http_raw(sock, "POST", "/v1.41/images/create?fromImage=busybox&tag=latest", &[], None);
+    assert_eq!(pre.status, 200, "pre-pull of busybox: {}", pre.text());
     let mut answers = Vec::new();
     for c in cases {
         let name = c["name"].as_str().unwrap();

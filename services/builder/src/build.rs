@@ -427,8 +427,10 @@ impl Builder {
     /// A new image for the stage: its config and, optionally, a new layer.
     async fn commit(&self, st: &mut Stage, layer: Option<LayerApplied>, created_by: String) -> R<String> {
         step_metric("miss");
-        let empty = layer.is_none();
-        let new_chain = layer.as_ref().map(|l| l.chain_id.clone());
+        // a layer without changes is not added to the image (the images service
+        // lets it go, as Moby's CommitImage): the stage stays on its chain
+        let new_chain = layer.as_ref().filter(|l| l.diff_id != bus_schema::storage::EMPTY_LAYER_DIFF_ID).map(|l| l.chain_id.clone());
+        let empty = new_chain.is_none();
         let id = self
             .images
             .image_create_from_layer(ImageCreateFromLayer {

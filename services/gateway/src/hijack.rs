@@ -6,7 +6,9 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use berth_bus::{StreamReader, StreamWriter};
+use berth_bus::Emitter;
+use bus_schema::BusStream;
+use futures_util::StreamExt;
 use bus_schema::stream::{StdinChunk, StdioChunk};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
@@ -99,15 +101,15 @@ impl Session {
 /// Pump an upgraded connection: `out` to the client, the client to `input`.
 pub async fn pump(
     on_upgrade: hyper::upgrade::OnUpgrade,
-    mut out: StreamReader<StdioChunk>,
-    input: Option<StreamWriter<StdinChunk>>,
+    out: BusStream<StdioChunk>,
+    input: Option<Emitter<StdinChunk>>,
     session: Session,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, "upgrade failed");
-            out.cancel().await;
+            // dropping the output stream cancels it
             return;
         }
     };
@@ -117,14 +119,13 @@ pub async fn pump(
 /// A client that did not ask for an upgrade (no `Upgrade` header) gets, as from
 /// Moby, `200 OK` with the raw-stream content type and the output as the body,
 /// until the stream ends; it has no stdin.
-pub fn body_response(mut out: StreamReader<StdioChunk>, session: Session) -> Response {
+pub fn body_response(mut out: BusStream<StdioChunk>, session: Session) -> Response {
     let framed = session.framed;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(item) = out.next().await {
             let Ok(c) = item else { return };
             let bytes = if framed { frame(c.stream, &c.data) } else { c.data };
             if tx.send(Ok(bytes::Bytes::from(bytes))).await.is_err() {
-                out.cancel().await;
                 return;
             }
         }
@@ -151,7 +152,7 @@ where
 
 /// Pump a hijacked connection (or any duplex byte stream): `out` to the client,
 /// the client to `input`.
-pub async fn pump_io<IO>(io: IO, mut out: StreamReader<StdioChunk>, input: Option<StreamWriter<StdinChunk>>, session: Session)
+pub async fn pump_io<IO>(io: IO, mut out: BusStream<StdioChunk>, input: Option<Emitter<StdinChunk>>, session: Session)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -170,9 +171,8 @@ where
                 Ok(n) => n,
             };
             if n == 0 {
-                if let Some(mut w) = input.take() {
+                if let Some(w) = input.take() {
                     let _ = w.send(StdinChunk::Close).await;
-                    let _ = w.end().await;
                 }
                 return;
             }
@@ -198,9 +198,8 @@ where
                             let _ = w.send(StdinChunk::Data(data[..keep].to_vec())).await;
                         }
                     }
-                    if let Some(w) = input.take() {
-                        let _ = w.end().await;
-                    }
+                    // dropping the emitter ends stdin
+                    drop(input.take());
                     let _ = detached_tx.send(());
                     return;
                 }
@@ -223,7 +222,6 @@ where
                         let bytes = if framed { frame(c.stream, &c.data) } else { c.data };
                         if let Err(e) = wr.write_all(&bytes).await {
                             tracing::debug!(error = %e, "attach client went away");
-                            out.cancel().await;
                             break;
                         }
                     }
@@ -243,11 +241,12 @@ where
                     detach_open = false;
                     continue;
                 }
-                out.cancel().await;
                 break;
             }
         }
     }
+    // the output stream, unread from here, is cancelled
+    drop(out);
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
     reader.abort();
@@ -257,12 +256,12 @@ where
 /// message from the client to stdin; the client's close ends stdin.
 pub async fn pump_ws(
     socket: axum::extract::ws::WebSocket,
-    mut out: StreamReader<StdioChunk>,
-    input: Option<StreamWriter<StdinChunk>>,
+    mut out: BusStream<StdioChunk>,
+    input: Option<Emitter<StdinChunk>>,
     binary: bool,
 ) {
     use axum::extract::ws::Message;
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     let (mut tx, mut rx) = socket.split();
     let reader = tokio::spawn(async move {
         let mut input = input;
@@ -279,9 +278,8 @@ pub async fn pump_ws(
                 }
             }
         }
-        if let Some(mut w) = input.take() {
+        if let Some(w) = input.take() {
             let _ = w.send(StdinChunk::Close).await;
-            let _ = w.end().await;
         }
     });
     while let Some(item) = out.next().await {
@@ -292,7 +290,6 @@ pub async fn pump_ws(
             Message::Text(String::from_utf8_lossy(&c.data).into_owned().into())
         };
         if tx.send(m).await.is_err() {
-            out.cancel().await;
             break;
         }
     }

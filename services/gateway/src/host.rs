@@ -17,6 +17,8 @@ pub struct HostFacts {
     pub live_restore: bool,
     pub labels: Vec<String>,
     pub log_driver: String,
+    /// daemon.json's `default-runtime`, else runc.
+    pub default_runtime: String,
     pub cgroup_version: String,
 }
 
@@ -72,6 +74,7 @@ impl HostFacts {
             live_restore: cfg.live_restore,
             labels: cfg.labels.clone(),
             log_driver: cfg.log_driver().to_string(),
+            default_runtime: cfg.default_runtime_name().to_string(),
             cgroup_version: cgroup_version().to_string(),
         }
     }

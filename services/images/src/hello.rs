@@ -11,7 +11,7 @@ use bus_schema::BusError;
 
 use crate::content::{sha256_digest, short_id};
 use crate::manifest::{self, Descriptor, Manifest};
-use crate::progress::{status_id, Progress};
+use crate::progress::{message_id, status_id, Progress};
 use crate::reference::Reference;
 use crate::service::Images;
 use crate::store::{BlobRef, ImageMeta, LayerMeta};
@@ -96,7 +96,7 @@ impl Images {
         let mraw = serde_json::to_vec(&m).map_err(|e| BusError::internal(e.to_string()))?;
         let mdigest = self.content.write(&mraw, None)?;
         let sid = short_id(&blob);
-        out.send(status_id(
+        out.send(message_id(
             "Pulling from library/hello-world",
             r.tag.as_deref().unwrap_or("latest"),
         ))

@@ -503,7 +503,7 @@ impl Plugins {
     async fn in_use(&self, name: &str) -> Result<bool, BusError> {
         let Some(r) = &self.runner else { return Ok(false) };
         let filters = HashMap::from([("driver".to_string(), vec![name.to_string()])]);
-        Ok(!r.storage.volume_list(VolumeList { filters }).await?.is_empty())
+        Ok(!r.storage.volume_list(VolumeList { filters, plugins: false }).await?.is_empty())
     }
 
     /// At start: run the plugins that were enabled (the runtime service may come up

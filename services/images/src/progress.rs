@@ -30,7 +30,14 @@ impl Progress for Collect {
     }
 }
 
-/// A per-item status with an empty progressDetail, as Moby sends them.
+/// A message about one item without progress (Moby's `progress.Message`: its
+/// `formatStatus` writes only `status` and `id`), as "Pulling from library/busybox".
+pub fn message_id(status: &str, id: &str) -> JsonMessage {
+    JsonMessage { id: Some(id.to_string()), status: Some(status.to_string()), ..Default::default() }
+}
+
+/// A per-item status with an empty progressDetail, as Moby sends them (its
+/// `progress.Update`: "Pulling fs layer", "Waiting", "Pull complete").
 pub fn status_id(status: &str, id: &str) -> JsonMessage {
     JsonMessage {
         id: Some(id.to_string()),
@@ -136,6 +143,8 @@ mod tests {
 
     #[test]
     fn message_shape() {
+        let j = serde_json::to_string(&message_id("Pulling from library/busybox", "latest")).unwrap();
+        assert_eq!(j, r#"{"id":"latest","status":"Pulling from library/busybox"}"#);
         let m = status_id("Pulling fs layer", "abc");
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::content::{short_id, ContentError};
 use crate::layers::applied;
 use crate::manifest::{self, chain_ids, Descriptor, ImageConfigFile, Manifest, Parsed, Wanted};
-use crate::progress::{progress, status_id, Progress};
+use crate::progress::{message_id, progress, status_id, Progress};
 use crate::reference::Reference;
 use crate::registry::{FetchedManifest, RegistryError, Repo};
 use crate::service::Images;
@@ -274,7 +274,7 @@ impl Images {
         } else {
             r.tag.clone().unwrap_or_default()
         };
-        out.send(status_id(&format!("Pulling from {}", r.path), &shown))
+        out.send(message_id(&format!("Pulling from {}", r.path), &shown))
             .await?;
         let refs: Vec<Reference> = match &r.tag {
             Some(t) if r.digest.is_none() => vec![r.tagged(t), r.digested(&remote.digest)],
@@ -765,6 +765,9 @@ async fn distribution_of(repo: &Repo, top: FetchedManifest) -> Result<docker::Di
     };
     let platforms = match manifest::parse(&top.media_type, &top.body) {
         Ok(Parsed::Index(idx)) => idx.manifests.iter().filter_map(|d| d.platform.as_ref()).map(platform).collect(),
+        // Moby 20.10 reads the platform of a Docker schema2 manifest only: an OCI image
+        // manifest answers `"Platforms": null` there (recorded side by side)
+        Ok(Parsed::Manifest(_)) if top.media_type == manifest::OCI_MANIFEST => vec![],
         Ok(Parsed::Manifest(m)) => match repo.blob_bytes(&m.config.digest).await {
             Ok(raw) => match serde_json::from_slice::<ImageConfigFile>(&raw) {
                 Ok(c) if !c.os.is_empty() || !c.architecture.is_empty() => vec![docker::OciPlatform {

@@ -685,7 +685,13 @@ impl Images {
     }
 
     /// A new image from a parent and optionally one layer (`docker commit`, build steps).
-    pub async fn create_from_layer(&self, req: ImageCreateFromLayer) -> Result<String, BusError> {
+    pub async fn create_from_layer(&self, mut req: ImageCreateFromLayer) -> Result<String, BusError> {
+        // Moby's CommitImage: a layer with no change (the empty tar's digest: a RUN
+        // that wrote nothing, a commit of an untouched container) is not added; the
+        // step is an `empty_layer` in the history and the layer is let go
+        if let Some(l) = req.layer.take_if(|l| l.diff_id == bus_schema::storage::EMPTY_LAYER_DIFF_ID) {
+            self.layers.release_quietly(&l.chain_id).await;
+        }
         let parent = match req.parent.as_deref().filter(|p| !p.is_empty()) {
             Some(p) => Some(self.find(p)?),
             None => None,

@@ -290,6 +290,9 @@ impl Runtime {
             c.state.oom_killed = false;
             c.state.exit_code = 0;
             c.has_been_started = true;
+            if c.host_config.runtime.as_deref().is_none_or(str::is_empty) {
+                c.host_config.runtime = Some(crate::validate::default_runtime(&self.cfg));
+            }
             c.sandbox_key = sandbox.key.clone();
             c.networks = sandbox.networks.clone();
             c.ports = sandbox.ports.clone();

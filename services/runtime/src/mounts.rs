@@ -35,9 +35,11 @@ fn spec_err(e: berth_mountspec::MountSpecError) -> BusError {
     BusError::invalid(e.to_string())
 }
 
-/// Parse one `-v` bind string: `src:dst[:opts]` or `dst` (anonymous volume).
-pub fn parse_bind(spec: &str) -> Result<MountRecord, BusError> {
-    berth_mountspec::parse_volume_flag(spec, None).map(record).map_err(spec_err)
+/// Parse one `-v` bind string: `src:dst[:opts]` or `dst` (anonymous volume); its
+/// volume is made by `volume_driver` (`--volume-driver`, HostConfig.VolumeDriver) when
+/// it does not exist, as Moby's ParseMountRaw.
+pub fn parse_bind(spec: &str, volume_driver: Option<&str>) -> Result<MountRecord, BusError> {
+    berth_mountspec::parse_volume_flag(spec, volume_driver).map(record).map_err(spec_err)
 }
 
 /// `--mount` (HostConfig.Mounts).
@@ -69,8 +71,11 @@ pub async fn plan(
         out.push(m);
         Ok(())
     };
+    // `--volume-driver` applies to `-v` and the image's VOLUMEs, not to `--mount`
+    // (which names its own `volume-driver=`), as in Moby's registerMountPoints
+    let volume_driver = hc.volume_driver.as_deref().filter(|d| !d.is_empty());
     for b in hc.binds.clone().unwrap_or_default() {
-        push(parse_bind(&b)?, &mut out)?;
+        push(parse_bind(&b, volume_driver)?, &mut out)?;
     }
     for m in hc.mounts.clone().unwrap_or_default() {
         push(from_mount(&m)?, &mut out)?;
@@ -80,7 +85,7 @@ pub async fn plan(
     }
     for v in config.volumes.clone().unwrap_or_default() {
         if !out.iter().any(|m| m.destination == clean(&v)) {
-            push(parse_bind(&v)?, &mut out)?;
+            push(parse_bind(&v, volume_driver)?, &mut out)?;
         }
     }
     // create volumes and missing bind sources
@@ -91,7 +96,7 @@ pub async fn plan(
                     .storage
                     .volume_create(VolumeCreate {
                         name: if m.anonymous { None } else { Some(m.name.clone()) },
-                        driver: "local".into(),
+                        driver: if m.driver.is_empty() { "local".into() } else { m.driver.clone() },
                         driver_opts: HashMap::new(),
                         labels: if m.anonymous {
                             HashMap::from([("com.docker.volume.anonymous".into(), String::new())])
@@ -103,6 +108,9 @@ pub async fn plan(
                     .await?;
                 m.name = vol.name.clone();
                 m.source = vol.mountpoint.clone();
+                if !vol.driver.is_empty() {
+                    m.driver = vol.driver.clone();
+                }
             }
             "bind" => {
                 if !std::path::Path::new(&m.source).exists() {
@@ -161,14 +169,19 @@ mod tests {
     use super::*;
     #[test]
     fn binds() {
-        let m = parse_bind("/host/x:/data:ro").unwrap();
+        let m = parse_bind("/host/x:/data:ro", None).unwrap();
         assert_eq!((m.typ.as_str(), m.source.as_str(), m.destination.as_str(), m.rw), ("bind", "/host/x", "/data", false));
-        let v = parse_bind("myvol:/data").unwrap();
+        let v = parse_bind("myvol:/data", None).unwrap();
         assert_eq!((v.typ.as_str(), v.name.as_str(), v.rw), ("volume", "myvol", true));
-        let a = parse_bind("/data").unwrap();
+        let a = parse_bind("/data", None).unwrap();
         assert!(a.anonymous);
-        assert!(parse_bind("x:relative").is_err());
-        assert!(parse_bind("/a:/b:bogus").is_err());
-        assert!(parse_bind("a:b:c:d").is_err());
+        assert!(parse_bind("x:relative", None).is_err());
+        assert!(parse_bind("/a:/b:bogus", None).is_err());
+        assert!(parse_bind("a:b:c:d", None).is_err());
+        // --volume-driver names the driver of -v volumes, not of binds
+        assert_eq!(parse_bind("myvol:/data", Some("vp")).unwrap().driver, "vp");
+        assert_eq!(parse_bind("/data", Some("vp")).unwrap().driver, "vp");
+        assert_eq!(parse_bind("/host/x:/data", Some("vp")).unwrap().driver, "");
+        assert_eq!(parse_bind("myvol:/data", None).unwrap().driver, "local");
     }
 }

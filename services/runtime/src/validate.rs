@@ -9,6 +9,13 @@ pub use berth_config::daemon::{DEFAULT_RUNTIME, RUNTIMES};
 const DOCKER_LOG_DRIVERS: [&str; 12] =
     ["awslogs", "etwlogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "none", "splunk", "syslog"];
 
+/// The runtime a container runs with when its HostConfig names none
+/// (`DaemonConfig::default_runtime_name`). Written into HostConfig at the first start,
+/// as Moby 20.10 does (the gateway shows it from create on to API 1.42+ clients).
+pub fn default_runtime(cfg: &DaemonConfig) -> String {
+    cfg.default_runtime_name().to_string()
+}
+
 pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
     // legacy links need a network of the container's own (Moby's validateNetMode)
     if hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
@@ -149,8 +156,10 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     hc.userns_mode.get_or_insert_with(String::new);
     hc.cgroup.get_or_insert_with(String::new);
     hc.volume_driver.get_or_insert_with(String::new);
+    // Moby 20.10 fills in the default runtime at the first start, not at create: its
+    // created container's inspect has no HostConfig.Runtime (see default_runtime)
     match hc.runtime.as_deref().filter(|r| !r.is_empty()) {
-        None => hc.runtime = Some(cfg.default_runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_RUNTIME.into())),
+        None => hc.runtime = None,
         Some(r) if RUNTIMES.contains(&r) => {}
         Some(r) => return Err(BusError::invalid(format!("Unknown runtime specified {r}"))),
     }
@@ -221,7 +230,9 @@ mod tests {
         let cfg = DaemonConfig::default();
         let mut hc = docker::HostConfig::default();
         host_config(&mut hc, &cfg).unwrap();
-        assert_eq!(hc.runtime.as_deref(), Some("runc"));
+        // filled in at the first start, as Moby 20.10
+        assert_eq!(hc.runtime, None);
+        assert_eq!(default_runtime(&cfg), "runc");
         let mut hc = docker::HostConfig { runtime: Some("io.containerd.runc.v2".into()), ..Default::default() };
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
@@ -250,7 +261,8 @@ mod tests {
         let mut hc = docker::HostConfig::default();
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.shm_size, Some(128 << 20));
-        assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
+        assert_eq!(hc.runtime, None);
+        assert_eq!(default_runtime(&cfg), "io.containerd.runc.v2");
         let mut hc = docker::HostConfig { shm_size: Some(1 << 20), ..Default::default() };
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.shm_size, Some(1 << 20));

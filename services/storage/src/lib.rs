@@ -291,7 +291,16 @@ impl StorageApi for Storage {
     }
 
     async fn volume_list(&self, req: VolumeList) -> Result<Vec<docker::Volume>, BusError> {
-        self.volumes.list(&req.filters)
+        // plugin volumes as their plugins report them (plugin_volumes::Drivers::listed)
+        let listed = match self.plugins.get() {
+            Some(d) if req.plugins => d.listed().await,
+            _ => None,
+        };
+        let mut vols = self.volumes.list(&req.filters)?;
+        if let Some(listed) = listed {
+            vols.retain(|v| plugin_driver(&v.driver).is_none() || listed.contains(&(v.driver.clone(), v.name.clone())));
+        }
+        Ok(vols)
     }
 
     async fn volume_remove(&self, req: VolumeRemove) -> Result<(), BusError> {

@@ -11,11 +11,16 @@
 //! container's read-write layer here), or inside its propagated mount: mapped to the
 //! host as Moby's ScopedPath maps them.
 //!
-//! Not done here: `ls` does not merge the plugin's own List; prune leaves plugin
+//! `ls` asks every enabled volume-driver plugin for its List, as Moby's store does:
+//! a volume the plugin reports that berth has no record of is recorded then (Moby
+//! names it too), and a plugin volume its plugin does not report (or whose plugin is
+//! disabled or fails to answer) is left out.
+//!
+//! Not done here: prune leaves plugin
 //! volumes alone; image content is not copied into a plugin's new volume; the
 //! plugin's `Status` of a volume is not shown by inspect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +28,7 @@ use std::time::Duration;
 use berth_bus::images::{ImagesApi as _, ImagesClient};
 use berth_bus::Bus;
 use berth_pluginproto::{scoped_path, VolumeDriver};
-use bus_schema::plugin::PluginInspect;
+use bus_schema::plugin::{PluginInspect, PluginList};
 use bus_schema::{docker, BusError, ErrorKind};
 
 use crate::rw::RwLayers;
@@ -97,6 +102,49 @@ impl Drivers {
             rootfs,
             propagated,
         })
+    }
+
+    /// The (driver, name) of every volume the enabled volume-driver plugins report
+    /// now (their List, asked together); names berth had no record of are recorded.
+    /// None when the plugins cannot be listed (the images service is away): `ls`
+    /// then shows berth's records as they are.
+    pub async fn listed(&self) -> Option<HashSet<(String, String)>> {
+        let filters = HashMap::from([
+            ("capability".to_string(), vec!["volumedriver".to_string()]),
+            ("enabled".to_string(), vec!["true".to_string()]),
+        ]);
+        let plugins = match self.images.plugin_list(PluginList { filters }).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "volume ls: the plugins could not be listed");
+                return None;
+            }
+        };
+        let asks = plugins.iter().map(|p| async move {
+            let plugin = self.plugin("list", "", &p.name).await?;
+            let vols = plugin.driver.list().await.map_err(|e| driver_err("list", &p.name, e))?;
+            Ok::<_, BusError>((plugin, vols))
+        });
+        let mut seen = HashSet::new();
+        for answer in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok((p, vols)) => {
+                    for v in vols {
+                        if self.volumes.driver_of(&v.name).is_none() {
+                            let host = Some(&v.mountpoint).filter(|m| !m.is_empty()).map(|m| p.host_path(m).to_string_lossy().into_owned());
+                            if let Err(e) = self.volumes.insert_plugin_volume(&v.name, &p.name, HashMap::new(), HashMap::new(), host.unwrap_or_default()) {
+                                tracing::warn!(volume = v.name, error = %e.message, "volume ls: could not record a plugin's volume");
+                                continue;
+                            }
+                        }
+                        seen.insert((p.name.clone(), v.name));
+                    }
+                }
+                // Moby lists the others and puts this in Warnings
+                Err(e) => tracing::warn!(error = %e.message, "volume ls: a plugin's List failed"),
+            }
+        }
+        Some(seen)
     }
 
     /// `docker volume create -d <plugin>`.

@@ -444,6 +444,7 @@ async fn volumes_over_the_bus() {
     let list = b
         .volume_list(VolumeList {
             filters: [("label".to_string(), vec!["team=a".to_string()])].into(),
+            plugins: false,
         })
         .await
         .unwrap();

@@ -316,6 +316,12 @@ impl DaemonConfig {
         self.log_driver.as_deref().unwrap_or("json-file")
     }
 
+    /// The runtime of a container whose HostConfig names none: `default-runtime`,
+    /// else runc.
+    pub fn default_runtime_name(&self) -> &str {
+        self.default_runtime.as_deref().filter(|r| !r.is_empty()).unwrap_or(DEFAULT_RUNTIME)
+    }
+
     /// The data root: `data-root` or `/var/lib/berth`.
     pub fn data_root(&self) -> PathBuf {
         self.data_root.clone().unwrap_or_else(|| PathBuf::from("/var/lib/berth"))

@@ -17,7 +17,7 @@ impl crate::routes::volumes::Backend for BusBackend {
         &self,
         filters: HashMap<String, Vec<String>>,
     ) -> Result<Vec<docker::Volume>, BusError> {
-        self.storage.volume_list(VolumeList { filters }).await
+        self.storage.volume_list(VolumeList { filters, plugins: true }).await
     }
 
     async fn volume_create(&self, req: VolumeCreate) -> Result<docker::Volume, BusError> {

@@ -8,55 +8,29 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
 use axum::{Extension, Json, Router};
-use berth_bus::{StreamReader, StreamWriter};
+use berth_bus::runtime::RuntimeApi;
+use futures_util::StreamExt;
 use bus_schema::runtime as rt;
-use bus_schema::stream::{ByteChunk, StdinChunk, StdioChunk};
 use bus_schema::{docker, BusError};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::hijack;
-use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, pump_body, FirstQuery, Query as Q};
+use crate::util::{bool_or, bool_value, bytes_stream, filters, int_value, FirstQuery, Query as Q};
 use crate::version::ApiVersion;
 
 /// A backend call's future.
 pub type Fut<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
 
-/// What the container routes need from the runtime.
+/// What the container routes need: the runtime service, through its typed client
+/// (`berth_bus::runtime::RuntimeClient` on the bus; any `RuntimeApi` in tests).
 pub trait Backend: Send + Sync + 'static {
-    fn create(&self, r: rt::ContainerCreate) -> Fut<'_, docker::ContainerCreateResponse>;
-    fn simple(&self, r: Simple) -> Fut<'_, ()>;
-    fn wait(&self, r: rt::ContainerWait) -> Fut<'_, StreamReader<docker::ContainerWaitResponse>>;
-    fn inspect(&self, r: rt::ContainerInspect) -> Fut<'_, docker::ContainerInspectResponse>;
-    fn list(&self, r: rt::ContainerList) -> Fut<'_, Vec<docker::ContainerSummary>>;
-    fn logs(&self, r: rt::ContainerLogs) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>)>;
-    fn attach(&self, r: rt::ContainerAttach) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>, StreamWriter<StdinChunk>)>;
-    fn exec_create(&self, r: rt::ExecCreate) -> Fut<'_, docker::IdResponse>;
-    fn exec_start(&self, r: rt::ExecStart) -> Fut<'_, (rt::StreamInfo, StreamReader<StdioChunk>, StreamWriter<StdinChunk>)>;
-    fn exec_inspect(&self, r: rt::ExecInspect) -> Fut<'_, docker::ExecInspectResponse>;
-    fn top(&self, r: rt::ContainerTop) -> Fut<'_, docker::ContainerTopResponse>;
-    fn stats(&self, r: rt::ContainerStats) -> Fut<'_, StreamReader<serde_json::Value>>;
-    fn update(&self, r: rt::ContainerUpdate) -> Fut<'_, docker::ContainerUpdateResponse>;
-    fn prune(&self, r: rt::ContainerPrune) -> Fut<'_, docker::ContainerPruneResponse>;
-    fn changes(&self, r: rt::ContainerChanges) -> Fut<'_, Vec<docker::FilesystemChange>>;
-    fn export(&self, r: rt::ContainerExport) -> Fut<'_, StreamReader<ByteChunk>>;
-    fn archive_stat(&self, r: rt::ContainerArchiveStat) -> Fut<'_, rt::PathStat>;
-    fn archive_get(&self, r: rt::ContainerArchiveGet) -> Fut<'_, (rt::PathStat, StreamReader<ByteChunk>)>;
-    fn archive_put(&self, r: rt::ContainerArchivePut) -> Fut<'_, (StreamReader<()>, StreamWriter<ByteChunk>)>;
-}
-
-/// The requests that answer nothing but success.
-pub enum Simple {
-    Start(rt::ContainerStart),
-    Stop(rt::ContainerStop),
-    Restart(rt::ContainerRestart),
-    Kill(rt::ContainerKill),
-    Remove(rt::ContainerRemove),
-    Resize(rt::ContainerResize),
-    ExecResize(rt::ExecResize),
-    Rename(rt::ContainerRename),
-    Pause(rt::ContainerPause),
-    Unpause(rt::ContainerUnpause),
+    type Runtime: RuntimeApi;
+    fn runtime(&self) -> &Self::Runtime;
+    /// The node's default runtime (daemon.json `default-runtime`, else runc).
+    fn default_runtime(&self) -> &str {
+        berth_config::daemon::DEFAULT_RUNTIME
+    }
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
@@ -177,7 +151,7 @@ async fn create<B: Backend>(
     container_mac_address(&raw, &mut body);
     let name = q.get("name").filter(|n| !n.is_empty()).cloned();
     let platform = q.get("platform").filter(|n| !n.is_empty()).cloned();
-    let r = b.create(rt::ContainerCreate { name, body, platform, plugin: None }).await?;
+    let r = b.runtime().container_create(rt::ContainerCreate { name, body, platform, plugin: None }).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
@@ -215,7 +189,7 @@ async fn list<B: Backend>(
         size: bool_value(&q, "size"),
         filters: filters(&q)?,
     };
-    let mut j = serde_json::to_value(b.list(r).await?).map_err(|e| BusError::internal(e.to_string()))?;
+    let mut j = serde_json::to_value(b.runtime().container_list(r).await?).map_err(|e| BusError::internal(e.to_string()))?;
     for c in j.as_array_mut().into_iter().flatten() {
         crate::goshape::container_summary(c, v);
     }
@@ -228,8 +202,15 @@ async fn inspect<B: Backend>(
     FirstQuery(q): FirstQuery,
     Extension(v): Extension<ApiVersion>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let r = b.inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
+    let r = b.runtime().container_inspect(rt::ContainerInspect { id, size: bool_value(&q, "size") }).await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
+    // Moby 20.10 writes the default runtime at the first start (a created
+    // container's HostConfig has none: recorded); newer engines at create
+    if !v.less_than("1.42") {
+        if let Some(hc) = j.get_mut("HostConfig").and_then(|h| h.as_object_mut()) {
+            hc.entry("Runtime").or_insert_with(|| b.default_runtime().into());
+        }
+    }
     legacy_network_fields(&mut j, v);
     crate::goshape::container_inspect(&mut j, v);
     Ok(Json(j))
@@ -291,40 +272,40 @@ fn no_content() -> Response {
 }
 
 async fn start<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.simple(Simple::Start(rt::ContainerStart { id })).await?;
+    b.runtime().container_start(rt::ContainerStart { id }).await?;
     Ok(no_content())
 }
 
 async fn stop<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
-    b.simple(Simple::Stop(rt::ContainerStop { id, signal: opt(&q, "signal"), timeout })).await?;
+    b.runtime().container_stop(rt::ContainerStop { id, signal: opt(&q, "signal"), timeout }).await?;
     Ok(no_content())
 }
 
 async fn restart<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let timeout = int_value(&q, "t")?.or(int_value(&q, "timeout")?);
-    b.simple(Simple::Restart(rt::ContainerRestart { id, signal: opt(&q, "signal"), timeout })).await?;
+    b.runtime().container_restart(rt::ContainerRestart { id, signal: opt(&q, "signal"), timeout }).await?;
     Ok(no_content())
 }
 
 async fn kill<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
-    b.simple(Simple::Kill(rt::ContainerKill { id, signal: opt(&q, "signal") })).await?;
+    b.runtime().container_kill(rt::ContainerKill { id, signal: opt(&q, "signal") }).await?;
     Ok(no_content())
 }
 
 async fn pause<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.simple(Simple::Pause(rt::ContainerPause { id })).await?;
+    b.runtime().container_pause(rt::ContainerPause { id }).await?;
     Ok(no_content())
 }
 
 async fn unpause<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    b.simple(Simple::Unpause(rt::ContainerUnpause { id })).await?;
+    b.runtime().container_unpause(rt::ContainerUnpause { id }).await?;
     Ok(no_content())
 }
 
 async fn rename<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let name = opt(&q, "name").ok_or_else(|| ApiError::bad_request("Neither old nor new names may be empty"))?;
-    b.simple(Simple::Rename(rt::ContainerRename { id, name })).await?;
+    b.runtime().container_rename(rt::ContainerRename { id, name }).await?;
     Ok(no_content())
 }
 
@@ -339,19 +320,19 @@ fn dims(q: &Q) -> ApiResult<(u16, u16)> {
 
 async fn resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (height, width) = dims(&q)?;
-    b.simple(Simple::Resize(rt::ContainerResize { id, height, width })).await?;
+    b.runtime().container_resize(rt::ContainerResize { id, height, width }).await?;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn exec_resize<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let (height, width) = dims(&q)?;
-    b.simple(Simple::ExecResize(rt::ExecResize { id, height, width })).await?;
+    b.runtime().exec_resize(rt::ExecResize { id, height, width }).await?;
     Ok(StatusCode::OK.into_response())
 }
 
 async fn remove<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let r = rt::ContainerRemove { id, force: bool_value(&q, "force"), volumes: bool_value(&q, "v"), link: bool_value(&q, "link") };
-    b.simple(Simple::Remove(r)).await?;
+    b.runtime().container_remove(r).await?;
     Ok(no_content())
 }
 
@@ -371,7 +352,7 @@ async fn wait<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, First
     if !["not-running", "next-exit", "removed"].contains(&condition.as_str()) {
         return Err(ApiError::bad_request(format!("invalid condition: \"{condition}\"")));
     }
-    let mut rd = b.wait(rt::ContainerWait { id, condition }).await?;
+    let ((), mut rd) = b.runtime().container_wait(rt::ContainerWait { id, condition }).await?;
     let s = crate::util::async_stream(move |tx| async move {
         let body = match rd.next().await {
             Some(Ok(r)) => wait_body(r.status_code, r.error.and_then(|e| e.message)),
@@ -429,7 +410,7 @@ async fn logs<B: Backend>(
         timestamps: bool_value(&q, "timestamps"),
         tail: opt(&q, "tail").unwrap_or_else(|| "all".into()),
     };
-    let (info, mut rd) = b.logs(r).await?;
+    let (info, mut rd) = b.runtime().container_logs(r).await?;
     let tty = info.tty;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
@@ -451,7 +432,7 @@ async fn logs<B: Backend>(
                 v
             };
             if tx.send(Ok(bytes::Bytes::from(bytes))).await.is_err() {
-                rd.cancel().await;
+                // dropping the stream cancels it
                 return;
             }
         }
@@ -470,13 +451,15 @@ async fn attach<B: Backend>(
     let r = attach_request(id, &q);
     let want_stdin = r.stdin;
     let on_upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
-    let (info, out, input) = b.attach(r).await?;
+    let (input, stdin) = berth_bus::channel(16);
+    let (info, out) = b.runtime().container_attach(r, stdin).await?;
     let session = hijack::Session::new(info.tty, detach);
     let Some(on_upgrade) = on_upgrade else {
-        let _ = input.end().await;
+        // no stdin: dropping the emitter ends the input
+        drop(input);
         return Ok(hijack::body_response(out, session));
     };
-    let input = if want_stdin { Some(input) } else { let _ = input.end().await; None };
+    let input = want_stdin.then_some(input);
     tokio::spawn(hijack::pump(on_upgrade, out, input, session));
     Ok(hijack::upgrade_response(info.tty, !v.less_than("1.42")))
 }
@@ -511,12 +494,13 @@ async fn attach_ws<B: Backend>(
         Ok(ws) => ws,
         Err(e) => {
             // the container first, as Moby looks it up before the handshake
-            b.inspect(rt::ContainerInspect { id: r.id, size: false }).await?;
+            b.runtime().container_inspect(rt::ContainerInspect { id: r.id, size: false }).await?;
             return Err(ApiError::bad_request(e.body_text()));
         }
     };
-    let (_, out, input) = b.attach(r).await?;
-    let input = if want_stdin { Some(input) } else { let _ = input.end().await; None };
+    let (input, stdin) = berth_bus::channel(16);
+    let (_, out) = b.runtime().container_attach(r, stdin).await?;
+    let input = want_stdin.then_some(input);
     let binary = !v.less_than("1.28");
     Ok(ws.on_upgrade(move |socket| hijack::pump_ws(socket, out, input, binary)))
 }
@@ -526,7 +510,7 @@ async fn exec_create<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
     if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
         return Err(ApiError::bad_request("No exec command specified"));
     }
-    let r = b.exec_create(rt::ExecCreate { container: id, config }).await?;
+    let r = b.runtime().exec_create(rt::ExecCreate { container: id, config }).await?;
     Ok((StatusCode::CREATED, crate::util::id_json(&r)).into_response())
 }
 
@@ -558,21 +542,17 @@ async fn exec_start<B: Backend>(
             .map(|c| (c[0] as u16, c[1] as u16)),
     };
     if detach {
-        let (_, mut out, input) = b.exec_start(r).await?;
-        let _ = input.end().await;
-        out.cancel().await;
+        // no input, and the (empty) output is not read: dropping both ends them
+        let _ = b.runtime().exec_start(r, Box::pin(futures_util::stream::empty())).await?;
         return Ok(StatusCode::OK.into_response());
     }
-    let ex = b.exec_inspect(rt::ExecInspect { id }).await?;
+    let ex = b.runtime().exec_inspect(rt::ExecInspect { id }).await?;
     let exec_tty = ex.process_config.as_ref().and_then(|p| p.tty).unwrap_or(false);
     let keys = hijack::detach_keys(ex.detach_keys.as_deref()).unwrap_or_default();
     let session = hijack::Session { framed: !tty, detach: if exec_tty { keys } else { Vec::new() } };
     let Some(on_upgrade) = on_upgrade else {
-        return match b.exec_start(r).await {
-            Ok((_, out, input)) => {
-                let _ = input.end().await;
-                Ok(hijack::body_response(out, session))
-            }
+        return match b.runtime().exec_start(r, Box::pin(futures_util::stream::empty())).await {
+            Ok((_, out)) => Ok(hijack::body_response(out, session)),
             Err(e) => {
                 let line = format!("{}\r\n", e.message);
                 let bytes = if session.framed { hijack::frame(1, line.as_bytes()) } else { line.into_bytes() };
@@ -595,8 +575,9 @@ async fn exec_start<B: Backend>(
         // its copy of the socket would keep the connection open past the stream's end
         drop(client);
         let io = hyper_util::rt::TokioIo::new(upgraded);
-        match b.exec_start(r).await {
-            Ok((_, out, input)) => hijack::pump_io(io, out, Some(input), session).await,
+        let (input, stdin) = berth_bus::channel(16);
+        match b.runtime().exec_start(r, stdin).await {
+            Ok((_, out)) => hijack::pump_io(io, out, Some(input), session).await,
             Err(e) => hijack::write_error(io, &session, &e.message).await,
         }
     });
@@ -606,7 +587,7 @@ async fn exec_start<B: Backend>(
 /// Moby's ExecInspect: `ExitCode` null until the exec ends, `ProcessConfig.user`
 /// only when set (`omitempty`).
 async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let r = b.exec_inspect(rt::ExecInspect { id }).await?;
+    let r = b.runtime().exec_inspect(rt::ExecInspect { id }).await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
     if let Some(o) = j.as_object_mut() {
         crate::goshape::fill(o, &[("ExitCode", serde_json::Value::Null)]);
@@ -620,18 +601,17 @@ async fn exec_inspect<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String
 }
 
 async fn top<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerTopResponse>> {
-    Ok(Json(b.top(rt::ContainerTop { id, ps_args: opt(&q, "ps_args") }).await?))
+    Ok(Json(b.runtime().container_top(rt::ContainerTop { id, ps_args: opt(&q, "ps_args") }).await?))
 }
 
 async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
     let stream = bool_or(&q, "stream", true);
-    let mut rd = b.stats(rt::ContainerStats { id, stream, one_shot: bool_value(&q, "one-shot") }).await?;
+    let ((), mut rd) = b.runtime().container_stats(rt::ContainerStats { id, stream, one_shot: bool_value(&q, "one-shot") }).await?;
     let s = crate::util::async_stream(move |tx| async move {
         while let Some(Ok(v)) = rd.next().await {
             let mut line = serde_json::to_vec(&v).unwrap_or_default();
             line.push(b'\n');
             if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
-                rd.cancel().await;
                 return;
             }
         }
@@ -641,26 +621,26 @@ async fn stats<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, Firs
 
 async fn update<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<serde_json::Value>> {
     let body: docker::ContainerUpdateBody = crate::util::config_body(&body, false)?.unwrap_or_default();
-    let r = b.update(rt::ContainerUpdate { id, body }).await?;
+    let r = b.runtime().container_update(rt::ContainerUpdate { id, body }).await?;
     // no warnings: Go's nil slice
     let w = r.warnings.filter(|w| !w.is_empty());
     Ok(Json(serde_json::json!({ "Warnings": w })))
 }
 
 async fn prune<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<docker::ContainerPruneResponse>> {
-    Ok(Json(b.prune(rt::ContainerPrune { filters: filters(&q)? }).await?))
+    Ok(Json(b.runtime().container_prune(rt::ContainerPrune { filters: filters(&q)? }).await?))
 }
 
 /// No changes: `null` (Go's nil slice), as Moby answers.
 async fn changes<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Json<Option<Vec<docker::FilesystemChange>>>> {
-    let c = b.changes(rt::ContainerChanges { id }).await?;
+    let c = b.runtime().container_changes(rt::ContainerChanges { id }).await?;
     Ok(Json((!c.is_empty()).then_some(c)))
 }
 
 /// Moby sends the export as `application/octet-stream` (archive GET is x-tar).
 async fn export<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>) -> ApiResult<Response> {
-    let rd = b.export(rt::ContainerExport { id }).await?;
-    Ok(bytes_stream(berth_bus::into_stream(rd), "application/octet-stream"))
+    let ((), rd) = b.runtime().container_export(rt::ContainerExport { id }).await?;
+    Ok(bytes_stream(rd, "application/octet-stream"))
 }
 
 fn stat_header(st: &rt::PathStat) -> HeaderValue {
@@ -674,15 +654,15 @@ fn archive_path(q: &Q) -> ApiResult<String> {
 }
 
 async fn archive_head<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
-    let st = b.archive_stat(rt::ContainerArchiveStat { id, path: archive_path(&q)? }).await?;
+    let st = b.runtime().container_archive_stat(rt::ContainerArchiveStat { id, path: archive_path(&q)? }).await?;
     let mut h = HeaderMap::new();
     h.insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok((StatusCode::OK, h).into_response())
 }
 
 async fn archive_get<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>, FirstQuery(q): FirstQuery) -> ApiResult<Response> {
-    let (st, rd) = b.archive_get(rt::ContainerArchiveGet { id, path: archive_path(&q)? }).await?;
-    let mut res = bytes_stream(berth_bus::into_stream(rd), "application/x-tar");
+    let (st, rd) = b.runtime().container_archive_get(rt::ContainerArchiveGet { id, path: archive_path(&q)? }).await?;
+    let mut res = bytes_stream(rd, "application/x-tar");
     res.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st));
     Ok(res)
 }
@@ -694,8 +674,7 @@ async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
         no_overwrite_dir_non_dir: bool_value(&q, "noOverwriteDirNonDir"),
         copy_uid_gid: bool_value(&q, "copyUIDGID"),
     };
-    let (mut done, input) = b.archive_put(r).await?;
-    let pump = tokio::spawn(pump_body(body, input));
+    let ((), mut done) = b.runtime().container_archive_put(r, crate::util::body_input(body)).await?;
     // the service ends its (empty) output stream when the archive is extracted
     let mut result = Ok(());
     while let Some(item) = done.next().await {
@@ -704,9 +683,84 @@ async fn archive_put<B: Backend>(State(b): State<Arc<B>>, Path(id): Path<String>
             break;
         }
     }
-    let _ = pump.await;
     result?;
     Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod fake_runtime_tests {
+    //! The routes over a fake runtime (the table's `Fake`: only what a test calls),
+    //! no bus: the typed seam of issue 15.
+    use super::*;
+    use bus_schema::runtime::Fake;
+    use bus_schema::stream::{ByteChunk, StdioChunk};
+    use bus_schema::BusStream;
+    use std::sync::Mutex;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct FakeRuntime {
+        put: Mutex<Vec<u8>>,
+    }
+
+    impl Fake for FakeRuntime {
+        async fn container_inspect(&self, r: rt::ContainerInspect) -> Result<docker::ContainerInspectResponse, BusError> {
+            Err(BusError::not_found(format!("No such container: {}", r.id)))
+        }
+        async fn container_logs(&self, _r: rt::ContainerLogs) -> Result<(rt::StreamInfo, BusStream<StdioChunk>), BusError> {
+            let items = vec![Ok(StdioChunk { stream: 1, data: b"out\n".to_vec() }), Ok(StdioChunk { stream: 2, data: b"err\n".to_vec() })];
+            Ok((rt::StreamInfo { tty: false }, Box::pin(futures_util::stream::iter(items))))
+        }
+        async fn container_changes(&self, _r: rt::ContainerChanges) -> Result<Vec<docker::FilesystemChange>, BusError> {
+            Ok(vec![])
+        }
+        async fn container_archive_put(&self, _r: rt::ContainerArchivePut, mut input: BusStream<ByteChunk>) -> Result<((), BusStream<()>), BusError> {
+            while let Some(c) = input.next().await {
+                self.put.lock().unwrap().extend_from_slice(&c?.0);
+            }
+            Ok(((), Box::pin(futures_util::stream::empty())))
+        }
+    }
+
+    struct B(Arc<FakeRuntime>);
+    impl Backend for B {
+        type Runtime = FakeRuntime;
+        fn runtime(&self) -> &FakeRuntime {
+            &self.0
+        }
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &'static [u8]) -> (StatusCode, Vec<u8>) {
+        let req = http::Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
+        let req = crate::version::rewrite(req).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        (status, axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec())
+    }
+
+    #[tokio::test]
+    async fn routes_over_a_fake_runtime() {
+        let fake = Arc::new(FakeRuntime::default());
+        let app = router(Arc::new(B(fake.clone())));
+        let (s, b) = call(&app, "GET", "/v1.41/containers/nope/json", b"").await;
+        assert_eq!((s, String::from_utf8(b).unwrap()), (StatusCode::NOT_FOUND, r#"{"message":"No such container: nope"}"#.to_string()));
+        // logs: multiplexed frames, stream byte and big-endian length
+        let (s, b) = call(&app, "GET", "/v1.41/containers/c/logs?stdout=1&stderr=1", b"").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b, b"\x01\0\0\0\0\0\0\x04out\n\x02\0\0\0\0\0\0\x04err\n");
+        let (s, _) = call(&app, "GET", "/v1.41/containers/c/logs", b"").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // no changes: Go's nil slice
+        let (s, b) = call(&app, "GET", "/v1.41/containers/c/changes", b"").await;
+        assert_eq!((s, b.as_slice()), (StatusCode::OK, &b"null"[..]));
+        // the request body reaches the runtime as its input stream
+        let (s, _) = call(&app, "PUT", "/v1.41/containers/c/archive?path=/", b"tar bytes").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(fake.put.lock().unwrap().as_slice(), b"tar bytes");
+        // unimplemented by the fake: the table's NotImplemented, as a 501
+        let (s, _) = call(&app, "GET", "/v1.41/containers/c/top", b"").await;
+        assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
+    }
 }
 
 #[cfg(test)]

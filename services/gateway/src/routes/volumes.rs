@@ -104,12 +104,17 @@ struct CreateBody {
     labels: Option<HashMap<String, String>>,
 }
 
-async fn create<B: Backend>(State(b): State<Arc<B>>, body: Bytes) -> ApiResult<Response> {
+async fn create<B: Backend>(
+    State(b): State<Arc<B>>,
+    version: Option<Extension<ApiVersion>>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let c: CreateBody = util::json_body(&body)?;
     let name = c.name.filter(|n| !n.is_empty());
-    // a volume created without a name is anonymous (Moby labels it so), and so
-    // pruned by API 1.42+ without `all`
-    let anonymous = name.is_none();
+    // a volume created without a name is anonymous (Moby 23+ labels it so), and so
+    // pruned by API 1.42+ without `all`; older clients get Moby 20.10's answer: no
+    // label (`"Labels": null`), as prune removes every unused volume for them anyway
+    let anonymous = name.is_none() && !version.is_some_and(|Extension(v)| v.less_than("1.42"));
     let req = VolumeCreate {
         name,
         driver: c
