@@ -8,7 +8,7 @@
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode};
+use http::Method;
 
 use crate::error::ApiError;
 
