@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::docker;
-pub use crate::plugin::{Plugin, PluginCreate, PluginDisable, PluginEnable, PluginInspect, PluginList, PluginRemove, PluginSet};
+pub use crate::plugin::{
+    Plugin, PluginCreate, PluginDisable, PluginEnable, PluginInspect, PluginList, PluginPrivilege, PluginPrivilegeList, PluginPull, PluginPush,
+    PluginRemove, PluginSet, PluginUpgrade,
+};
 use crate::storage::LayerApplied;
 use crate::stream::ByteChunk;
 
@@ -281,6 +284,10 @@ macro_rules! images_table {
                 plugin_enable(PluginEnable) -> (); callers [Gateway];
                 plugin_disable(PluginDisable) -> (); callers [Gateway];
                 plugin_remove(PluginRemove) -> (); callers [Gateway], timeout |_| $crate::secs(120);
+                plugin_privileges(PluginPrivilegeList) -> Option<Vec<PluginPrivilege>>; callers [Gateway], timeout |_| $crate::secs(60);
+                plugin_pull(PluginPull) -> String, stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
+                plugin_push(PluginPush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
+                plugin_upgrade(PluginUpgrade) -> String, stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
             }
         }
     };

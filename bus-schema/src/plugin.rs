@@ -257,6 +257,58 @@ pub struct PluginRemove {
     pub force: bool,
 }
 
+/// One privilege a plugin asks for (`types.PluginPrivilege`), as Moby derives them
+/// from its config (`computePrivileges`) and as the client grants them back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginPrivilege {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Value")]
+    pub value: Option<Vec<String>>,
+}
+
+/// `GET /plugins/privileges?remote=`: the privileges of a plugin in a registry
+/// (`None` is Go's nil: `null`, a plugin that asks for none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginPrivilegeList {
+    pub remote: String,
+    pub auth: Option<crate::images::RegistryAuth>,
+}
+
+/// `POST /plugins/pull?remote=&name=` (`docker plugin install`): the plugin is
+/// fetched and stored disabled, if `privileges` are the ones its config asks for.
+/// The reply is the plugin's local name (Moby's `Docker-Plugin-Name` header),
+/// sent once the remote is resolved; errors before that are the request's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginPull {
+    pub remote: String,
+    /// The alias (`--alias`); empty: the remote's name.
+    pub name: String,
+    pub privileges: Vec<PluginPrivilege>,
+    pub auth: Option<crate::images::RegistryAuth>,
+}
+
+/// `POST /plugins/{name}/push`: the plugin's config and rootfs to the registry its
+/// name points at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginPush {
+    pub name: String,
+    pub auth: Option<crate::images::RegistryAuth>,
+}
+
+/// `POST /plugins/{name}/upgrade?remote=`: a disabled plugin's config and rootfs
+/// replaced by the remote's (its settings kept). The reply is the plugin's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginUpgrade {
+    pub name: String,
+    pub remote: String,
+    pub privileges: Vec<PluginPrivilege>,
+    pub auth: Option<crate::images::RegistryAuth>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +338,11 @@ mod tests {
         roundtrip(PluginEnable { name: "x".into(), timeout: 30 });
         roundtrip(PluginDisable { name: "x".into(), force: true });
         roundtrip(PluginRemove { name: "x".into(), force: false });
+        let pr = PluginPrivilege { name: "network".into(), description: "d".into(), value: Some(vec!["host".into()]) };
+        roundtrip(PluginPrivilegeList { remote: "r".into(), auth: None });
+        roundtrip(PluginPull { remote: "r".into(), name: "a".into(), privileges: vec![pr.clone()], auth: None });
+        roundtrip(PluginPush { name: "x".into(), auth: None });
+        roundtrip(PluginUpgrade { name: "x".into(), remote: "r".into(), privileges: vec![pr], auth: None });
     }
 
     #[test]

@@ -398,3 +398,124 @@ fn volume_plugin_runs_and_serves_volumes() {
     assert!(plugin_pid(&node).is_none());
     assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
 }
+
+/// The test volume plugin's privileges, as Moby 20.10 derives them from its config
+/// (network `none` is one; only "", "null" and "bridge" are not).
+const VOLUME_PLUGIN_PRIVILEGES: &str = r#"[{"Name":"network","Description":"permissions to access a network","Value":["none"]},{"Name":"capabilities","Description":"list of additional capabilities required","Value":["CAP_SYS_ADMIN"]}]"#;
+
+/// GET `path` of the registry on 127.0.0.1:`port` (plain HTTP/1.0), with `accept`.
+fn registry_get(port: u16, path: &str, accept: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+/// Plugins distributed through a registry, with the real docker CLI: `plugin
+/// create` + `plugin push` (a manifest with the plugin config media type and a gzip
+/// rootfs layer, as Moby pushes it), the privileges as Moby answers them, `plugin
+/// install --grant-all-permissions --alias` (pull, then the CLI enables the plugin
+/// it was named in Docker-Plugin-Name): the plugin runs and serves volumes;
+/// privileges that do not match are refused; `plugin upgrade` of a disabled plugin
+/// keeps its ID and settings.
+#[test]
+fn plugins_from_a_registry() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = volume_plugin_dir(dirs.path());
+    let (node, reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let host = format!("localhost:{}", reg.port);
+    let remote = format!("{host}/berth/vol:v1");
+
+    node.docker_ok(&["plugin", "create", &remote, dir.to_str().unwrap()]);
+    let out = node.docker_ok(&["plugin", "push", &remote]);
+    assert!(out.contains(&format!("The push refers to repository [{host}/berth/vol]")), "{out}");
+    assert!(out.contains("Upload complete"), "{out}");
+    // what the registry holds: Moby's plugin manifest
+    let (status, body) = registry_get(reg.port, "/v2/berth/vol/manifests/v1", "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(status, 200, "{body}");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(m["config"]["mediaType"], "application/vnd.docker.plugin.v1+json");
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(m["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    let config_digest = m["config"]["digest"].as_str().unwrap();
+    let (_, config) = registry_get(reg.port, &format!("/v2/berth/vol/blobs/{config_digest}"), "*/*");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["Entrypoint"], json!(["/berthvol"]));
+    node.docker_ok(&["plugin", "rm", &remote]);
+
+    // privileges: Moby's list, in Moby's order; a remote that is not there: `[]`
+    let privs = http_raw(&node.sock, "GET", &format!("/v1.41/plugins/privileges?remote={remote}"), &[], None);
+    assert_eq!(privs.status, 200);
+    assert_eq!(privs.json(), serde_json::from_str::<Value>(VOLUME_PLUGIN_PRIVILEGES).unwrap());
+    let none = http_raw(&node.sock, "GET", &format!("/v1.41/plugins/privileges?remote={host}/berth/nope"), &[], None);
+    assert_eq!((none.status, none.text().trim()), (200, "[]"));
+    let bad = http_raw(&node.sock, "GET", "/v1.41/plugins/privileges?remote=Bad/Ref", &[], None);
+    assert_eq!((bad.status, bad.json()["message"].as_str().unwrap()), (500, "invalid reference format: repository name must be lowercase"));
+
+    // privileges that are not the config's: refused in the stream, nothing kept
+    let pull = |privs: &str, name: &str| {
+        http_raw(&node.sock, "POST", &format!("/v1.41/plugins/pull?remote={remote}&name={name}"), &[], Some((privs.as_bytes(), "application/json")))
+    };
+    let refused = pull("[]", "vol");
+    assert_eq!(refused.status, 200);
+    let last: Value = serde_json::from_str(refused.text().trim_end().lines().last().unwrap()).unwrap();
+    assert_eq!(last["error"], "incorrect privileges", "{}", refused.text());
+    assert!(refused.text().contains(&format!(r#""status":"Pulling from {host}/berth/vol""#)), "{}", refused.text());
+    let other = VOLUME_PLUGIN_PRIVILEGES.replace(r#"["none"]"#, r#"["host"]"#);
+    assert!(pull(&other, "vol").text().contains("incorrect privileges"));
+    let bad_body = pull("{}", "vol");
+    assert_eq!(bad_body.status, 500);
+    assert_eq!(bad_body.json()["message"], "failed to parse privileges: json: cannot unmarshal object into Go value of type types.PluginPrivileges");
+    assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
+
+    // install: pulled, then enabled by the CLI; it runs and serves volumes
+    let out = node.docker_ok(&["plugin", "install", "--grant-all-permissions", "--alias", "vol", &remote]);
+    assert!(out.contains("Installed plugin"), "{out}");
+    let inspect = |f: &str| node.docker_ok(&["plugin", "inspect", "-f", f, "vol"]).trim().to_string();
+    assert_eq!(inspect("{{.Name}} {{.Enabled}} {{.PluginReference}}"), format!("vol:latest true {remote}"));
+    assert!(plugin_pid(&node).is_some(), "the installed plugin runs");
+    assert_eq!(node.docker_ok(&["volume", "create", "-d", "vol", "pv"]).trim(), "pv");
+    node.docker_ok(&["run", "--rm", "-v", "pv:/vol", &img, "sh", "-c", "echo hi > /vol/f"]);
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "pv:/vol", &img, "cat", "/vol/f"]).trim(), "hi");
+    fails_with(&node, &["plugin", "install", "--grant-all-permissions", "--alias", "vol", &remote], "plugin vol:latest already exists");
+    fails_with(&node, &["plugin", "install", "--grant-all-permissions", &format!("{host}/berth/nope")], "error resolving plugin reference");
+    // the same remote installed under its own name, disabled
+    node.docker_ok(&["plugin", "install", "--grant-all-permissions", "--disable", &remote]);
+    assert_eq!(node.docker_ok(&["plugin", "inspect", "-f", "{{.Enabled}}", &remote]).trim(), "false");
+    node.docker_ok(&["plugin", "rm", &remote]);
+
+    // upgrade: only a disabled plugin; the new config and rootfs, the ID and the
+    // settings kept
+    let v2 = format!("{host}/berth/vol:v2");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.replace("berth's test volume plugin", "berth's test volume plugin v2")).unwrap();
+    node.docker_ok(&["plugin", "create", &v2, dir.to_str().unwrap()]);
+    node.docker_ok(&["plugin", "push", &v2]);
+    node.docker_ok(&["plugin", "rm", &v2]);
+    fails_with(&node, &["plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", "vol", &v2], "plugin must be disabled before upgrading");
+    let id = inspect("{{.Id}}");
+    node.docker_ok(&["volume", "rm", "pv"]);
+    node.docker_ok(&["plugin", "disable", "vol"]);
+    node.docker_ok(&["plugin", "set", "vol", "VOLUME_ROOT=/data2"]);
+    let up = http_raw(&node.sock, "POST", &format!("/v1.41/plugins/vol/upgrade?remote={v2}"), &[], Some((b"[]", "application/json")));
+    assert!(up.text().contains("incorrect privileges"), "{}", up.text());
+    assert_eq!(inspect("{{.Config.Description}}"), "berth's test volume plugin");
+    node.docker_ok(&["plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", "vol", &v2]);
+    assert_eq!(
+        inspect("{{.Id}} {{.Enabled}} {{.Config.Description}} {{.PluginReference}} {{.Settings.Env}}"),
+        format!("{id} false berth's test volume plugin v2 {v2} [VOLUME_ROOT=/data2]")
+    );
+    node.docker_ok(&["plugin", "enable", "vol"]);
+    node.docker_ok(&["volume", "create", "-d", "vol", "pv2"]);
+    assert_eq!(node.docker_ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "pv2"]).trim(), "/data2/pv2");
+    node.docker_ok(&["volume", "rm", "pv2"]);
+    node.docker_ok(&["plugin", "disable", "vol"]);
+    node.docker_ok(&["plugin", "rm", "vol"]);
+    assert!(plugin_pid(&node).is_none());
+    assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
+}

@@ -38,7 +38,8 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
         .unwrap_or_else(|| cfg.data_root());
     let images = Images::open(bus.clone(), &cfg, &root)?;
     let plugins = plugins::Plugins::open(layers::Layers::new(bus.clone()), &root.join("images"), cfg.storage_driver())?
-        .with_runner(plugins::Runner::new(bus.clone(), &root));
+        .with_runner(plugins::Runner::new(bus.clone(), &root))
+        .with_registry(images.registry.clone());
     let plugins = std::sync::Arc::new(plugins);
     tokio::spawn(plugins.clone().restore());
     Ok(plugins::serve(adapter::server(bus, images, registry_info(&cfg)), plugins))

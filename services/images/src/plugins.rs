@@ -41,6 +41,9 @@ use bus_schema::BusError;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::ByteSource;
+use crate::registry::Registry;
+
+pub mod dist;
 use crate::layers::{self, Layers};
 use crate::reference::{RefError, Reference};
 
@@ -55,6 +58,10 @@ struct Record {
     config_digest: String,
     /// The rootfs layer (one reference held by this plugin).
     chain_id: String,
+    /// The layers under it, bottom first, when the plugin came from a registry
+    /// with more than one (one reference each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lower: Vec<String>,
 }
 
 pub struct Plugins {
@@ -64,6 +71,8 @@ pub struct Plugins {
     records: tokio::sync::Mutex<BTreeMap<String, Record>>,
     /// Runs the plugins' containers; None in unit tests (nothing is run).
     runner: Option<Runner>,
+    /// The images service's registry client (install, push, upgrade).
+    registry: Option<Arc<Registry>>,
 }
 
 /// What enabling needs: the runtime (the plugin's container), storage (its
@@ -379,7 +388,13 @@ impl Plugins {
                 Err(err) => tracing::warn!(plugin = %name, error = %err, "unreadable plugin record"),
             }
         }
-        Ok(Plugins { dir, tmp: images_root.join("tmp"), layers, records: tokio::sync::Mutex::new(records), runner: None })
+        Ok(Plugins { dir, tmp: images_root.join("tmp"), layers, records: tokio::sync::Mutex::new(records), runner: None, registry: None })
+    }
+
+    /// Install, push and upgrade go through the images service's registry client.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Plugins {
+        self.registry = Some(registry);
+        self
     }
 
     /// Enabling runs plugins through `runner` (without one, enable records the state).
@@ -596,7 +611,7 @@ impl Plugins {
         let id = hex::encode(id);
         let mut plugin = Plugin { config: cfg, enabled: false, id: id.clone(), name: name.clone(), plugin_reference: name.clone(), ..Default::default() };
         plugin.init_settings();
-        let rec = Record { plugin, config_digest: crate::content::sha256_digest(&blob), chain_id: applied.chain_id.clone() };
+        let rec = Record { plugin, config_digest: crate::content::sha256_digest(&blob), chain_id: applied.chain_id.clone(), lower: vec![] };
         let mut recs = self.records.lock().await;
         let res = if exists(&recs) {
             Err(BusError::conflict(format!("plugin {name} already exists")))
@@ -755,6 +770,9 @@ impl Plugins {
         drop(recs);
         let _ = std::fs::remove_dir_all(&gone);
         self.layers.release_quietly(&rec.chain_id).await;
+        for c in rec.lower.iter().rev() {
+            self.layers.release_quietly(c).await;
+        }
         Ok(())
     }
 }
@@ -796,10 +814,48 @@ pub fn serve(s: Server, p: Arc<Plugins>) -> Server {
         let a = a.clone();
         async move { a.disable(&req.name, req.force).await }
     });
-    let a = p;
-    s.rpc(move |req: PluginRemove| {
+    let a = p.clone();
+    let s = s.rpc(move |req: PluginRemove| {
         let a = a.clone();
         async move { a.remove(&req.name, req.force).await }
+    });
+    let a = p.clone();
+    let s = s.rpc(move |req: PluginPrivilegeList| {
+        let a = a.clone();
+        async move { a.privileges(&req).await }
+    });
+    let a = p.clone();
+    let s = s.stream(move |req: PluginPull, resp: Responder<PluginPull>| {
+        let a = a.clone();
+        async move {
+            // the name is the reply, once the checks Moby makes before its first
+            // line are passed (their errors are the request's)
+            let (name, res) = a.pull_prepare(&req).await?;
+            let w = resp.accept(name.clone()).await?;
+            let mut out = crate::adapter::Direct(w);
+            let r = a.pull_run(&name, res, &req.privileges, &mut out).await;
+            out.0.finish(r).await
+        }
+    });
+    let a = p.clone();
+    let s = s.stream(move |req: PluginUpgrade, resp: Responder<PluginUpgrade>| {
+        let a = a.clone();
+        async move {
+            let (name, res) = a.upgrade_prepare(&req).await?;
+            let w = resp.accept(name.clone()).await?;
+            let mut out = crate::adapter::Direct(w);
+            let r = a.upgrade_run(&name, res, &req.privileges, &mut out).await;
+            out.0.finish(r).await
+        }
+    });
+    let a = p;
+    s.stream(move |req: PluginPush, resp: Responder<PluginPush>| {
+        let a = a.clone();
+        async move {
+            let mut out = crate::adapter::Lazy::new(resp);
+            let r = a.push(&req, &mut out).await;
+            out.finish(r).await
+        }
     })
 }
 
@@ -898,7 +954,7 @@ mod tests {
         let id = format!("558039ad{}", "0".repeat(56));
         let mut p = dummy();
         p.name = "docker-sdk-py/dummy:latest".into();
-        recs.insert(id.clone(), Record { plugin: p, config_digest: String::new(), chain_id: String::new() });
+        recs.insert(id.clone(), Record { plugin: p, config_digest: String::new(), chain_id: String::new(), lower: vec![] });
         assert_eq!(resolve(&recs, "docker-sdk-py/dummy").unwrap(), id);
         assert_eq!(resolve(&recs, "docker-sdk-py/dummy:latest").unwrap(), id);
         assert_eq!(resolve(&recs, "558039ad").unwrap(), id);

@@ -3,9 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use berth_bus::images::ImagesApi as _;
 use berth_bus::{StreamReader, StreamWriter};
+use bus_schema::images::{JsonMessage, RegistryAuth};
 use bus_schema::plugin::*;
 use bus_schema::stream::ByteChunk;
+use bus_schema::BusStream;
 
 use super::BusBackend;
 use crate::routes::containers::Fut;
@@ -35,5 +38,17 @@ impl Backend for BusBackend {
     }
     fn plugin_remove(&self, name: String, force: bool) -> Fut<'_, ()> {
         Box::pin(async move { self.bus.with_timeout(Duration::from_secs(120)).request(&PluginRemove { name, force }).await })
+    }
+    fn plugin_privileges(&self, remote: String, auth: Option<RegistryAuth>) -> Fut<'_, Option<Vec<PluginPrivilege>>> {
+        Box::pin(async move { self.images.plugin_privileges(PluginPrivilegeList { remote, auth }).await })
+    }
+    fn plugin_pull(&self, r: PluginPull) -> Fut<'_, (String, BusStream<JsonMessage>)> {
+        Box::pin(async move { self.images.plugin_pull(r).await })
+    }
+    fn plugin_push(&self, r: PluginPush) -> Fut<'_, BusStream<JsonMessage>> {
+        Box::pin(async move { Ok(self.images.plugin_push(r).await?.1) })
+    }
+    fn plugin_upgrade(&self, r: PluginUpgrade) -> Fut<'_, (String, BusStream<JsonMessage>)> {
+        Box::pin(async move { self.images.plugin_upgrade(r).await })
     }
 }

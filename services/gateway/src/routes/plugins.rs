@@ -2,8 +2,9 @@
 //! disable, remove), served by the images service. A plugin's name may hold slashes
 //! (`vieux/sshfs:latest`), so `/plugins/{name}/{op}` is one wildcard route split
 //! here as Moby's `{name:.*}/op` routes split it. Installing from a registry
-//! (`pull`, `privileges`, `upgrade`) and `push` are not served yet: those answer as
-//! routes::unserved says.
+//! (`privileges`, `pull`), `push` and `upgrade` stream Docker's JSON progress
+//! lines; `pull` and `upgrade` name the plugin in `Docker-Plugin-Name` (the CLI
+//! enables the plugin it installed by that name).
 
 use std::sync::Arc;
 
@@ -16,14 +17,17 @@ use axum::{
     Json, Router,
 };
 use berth_bus::{StreamReader, StreamWriter};
-use bus_schema::plugin::{Plugin, PluginCreate};
+use bus_schema::images::{JsonMessage, RegistryAuth};
+use bus_schema::plugin::{Plugin, PluginCreate, PluginPrivilege, PluginPull, PluginPush, PluginUpgrade};
+use bus_schema::BusStream;
+use http::HeaderMap;
 use bus_schema::stream::ByteChunk;
 use http::Method;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::routes::containers::Fut;
-use crate::routes::unserved::{self, Answer, Fallback};
+use crate::routes::unserved;
 use crate::util::{self, FirstQuery, Params};
 
 
@@ -35,12 +39,19 @@ pub trait Backend: Send + Sync + 'static {
     fn plugin_enable(&self, name: String, timeout: i64) -> Fut<'_, ()>;
     fn plugin_disable(&self, name: String, force: bool) -> Fut<'_, ()>;
     fn plugin_remove(&self, name: String, force: bool) -> Fut<'_, ()>;
+    fn plugin_privileges(&self, remote: String, auth: Option<RegistryAuth>) -> Fut<'_, Option<Vec<PluginPrivilege>>>;
+    /// Answers the plugin's name and the progress stream.
+    fn plugin_pull(&self, r: PluginPull) -> Fut<'_, (String, BusStream<JsonMessage>)>;
+    fn plugin_push(&self, r: PluginPush) -> Fut<'_, BusStream<JsonMessage>>;
+    fn plugin_upgrade(&self, r: PluginUpgrade) -> Fut<'_, (String, BusStream<JsonMessage>)>;
 }
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
     Router::new()
         .route("/plugins", get(list::<B>))
         .route("/plugins/create", post(create::<B>))
+        .route("/plugins/privileges", get(privileges::<B>))
+        .route("/plugins/pull", post(pull::<B>))
         .route("/plugins/{*rest}", any(by_name::<B>))
         .with_state(b)
 }
@@ -67,6 +78,58 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, 
     }
     result?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn privileges<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, headers: HeaderMap) -> ApiResult<Json<Option<Vec<PluginPrivilege>>>> {
+    let remote = q.get("remote").cloned().unwrap_or_default();
+    Ok(Json(b.plugin_privileges(remote, util::registry_auth(&headers)).await?))
+}
+
+/// The progress stream, with the plugin's name in `Docker-Plugin-Name`.
+fn named_stream(name: &str, rd: BusStream<JsonMessage>) -> Response {
+    let mut r = util::json_stream(rd);
+    if let Ok(v) = http::HeaderValue::from_str(name) {
+        r.headers_mut().insert("Docker-Plugin-Name", v);
+    }
+    r
+}
+
+async fn pull<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let body = axum::body::to_bytes(body, crate::MAX_BODY).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let privileges = privileges_body(&body)?;
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let (name, rd) = b.plugin_pull(PluginPull { remote: get("remote"), name: get("name"), privileges, auth: util::registry_auth(&headers) }).await?;
+    Ok(named_stream(&name, rd))
+}
+
+/// Go's `json.Decoder.Decode(&types.PluginPrivileges)` of a pull or upgrade body,
+/// then `dec.More()`, with Moby's answers (500s).
+fn privileges_body(body: &[u8]) -> Result<Vec<PluginPrivilege>, ApiError> {
+    let fail = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to parse privileges: {m}"));
+    let mut it = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    let v = match it.next() {
+        None => return Err(fail("EOF".into())),
+        Some(Err(e)) if e.is_eof() => return Err(fail("unexpected EOF".into())),
+        Some(Err(_)) => return Err(fail(util::json_body::<Value>(body).err().map(|e| e.message).unwrap_or_default())),
+        Some(Ok(v)) => v,
+    };
+    if it.next().is_some() {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid privileges"));
+    }
+    let kind = match &v {
+        Value::Array(_) | Value::Null => None,
+        Value::Object(_) => Some("object"),
+        Value::String(_) => Some("string"),
+        Value::Number(_) => Some("number"),
+        Value::Bool(_) => Some("bool"),
+    };
+    if let Some(k) = kind {
+        return Err(fail(format!("json: cannot unmarshal {k} into Go value of type types.PluginPrivileges")));
+    }
+    if v.is_null() {
+        return Ok(vec![]);
+    }
+    bus_schema::gojson::from_slice(&serde_json::to_vec(&v).unwrap_or_default()).map_err(|e| fail(e.to_string()))
 }
 
 /// Go's `json.Decoder.Decode(&[]string)` of the set body, with Moby's answers.
@@ -128,16 +191,25 @@ async fn by_name<B: Backend>(State(b): State<Arc<B>>, Path(rest): Path<String>, 
                 },
             }
         }
-        (&Method::POST, Some((name, "push" | "upgrade"))) => {
-            // not served yet: an unknown plugin answers as routes::unserved (404,
-            // Moby's first check), a known one 501
-            let mut r = match b.plugin_inspect(name.to_string()).await {
-                Err(e) if e.kind == bus_schema::ErrorKind::NotFound => return unserved::fallback(req).await,
-                Err(e) => ApiError::from(e).into_response(),
-                Ok(_) => ApiError::new(StatusCode::NOT_IMPLEMENTED, "pushing and upgrading plugins is not supported by this engine yet").into_response(),
-            };
-            r.extensions_mut().insert(Fallback(Some(Answer::PluginNotFound)));
-            return r;
+        (&Method::POST, Some((name, "push"))) => {
+            let auth = util::registry_auth(req.headers());
+            b.plugin_push(PluginPush { name: name.to_string(), auth }).await.map(util::json_stream).map_err(Into::into)
+        }
+        (&Method::POST, Some((name, "upgrade"))) => {
+            let name = name.to_string();
+            let auth = util::registry_auth(req.headers());
+            let remote = q.get("remote").cloned().unwrap_or_default();
+            match axum::body::to_bytes(req.into_body(), crate::MAX_BODY).await {
+                Err(e) => Err(ApiError::bad_request(e.to_string())),
+                Ok(body) => match privileges_body(&body) {
+                    Err(e) => Err(e),
+                    Ok(privileges) => b
+                        .plugin_upgrade(PluginUpgrade { name, remote, privileges, auth })
+                        .await
+                        .map(|(n, rd)| named_stream(&n, rd))
+                        .map_err(Into::into),
+                },
+            }
         }
         _ => return unserved::fallback(req).await,
     };
@@ -156,5 +228,21 @@ mod tests {
         assert_eq!(set_args(br#"{"a":1}"#).unwrap_err().message, "json: cannot unmarshal object into Go value of type []string");
         assert_eq!(set_args(b"[1]").unwrap_err().message, "json: cannot unmarshal number into Go value of type string");
         assert_eq!(set_args(b"garbage").unwrap_err().message, "invalid character 'g' looking for beginning of value");
+    }
+
+    #[test]
+    fn privileges_bodies_as_moby() {
+        // Moby 20.10's answers, recorded on a dockerd 20.10.24
+        let p = privileges_body(br#"[{"Name":"network","Description":"permissions to access a network","Value":["host"]}]"#).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].value, Some(vec!["host".to_string()]));
+        // Go matches keys without case
+        assert_eq!(privileges_body(br#"[{"name":"network","value":["none"]}]"#).unwrap()[0].name, "network");
+        assert!(privileges_body(b"[]").unwrap().is_empty());
+        assert!(privileges_body(b"null").unwrap().is_empty());
+        let e = privileges_body(b"").unwrap_err();
+        assert_eq!((e.status, e.message.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "failed to parse privileges: EOF"));
+        assert_eq!(privileges_body(b"{}").unwrap_err().message, "failed to parse privileges: json: cannot unmarshal object into Go value of type types.PluginPrivileges");
+        assert_eq!(privileges_body(b"[] []").unwrap_err().message, "invalid privileges");
     }
 }

@@ -1,5 +1,5 @@
 //! Routes of Docker's API that berth does not serve, answered as Moby answers them
-//! with the feature off (no plugin install from a registry, no BuildKit), never with a bare 404 "page not
+//! with the feature off (no BuildKit), never with a bare 404 "page not
 //! found" for a route Docker has. This is the app's fallback: a route an area serves
 //! always wins, so the area that starts serving one of these only adds its router,
 //! and the entry here goes dead (remove it then; `docs/api.md`'s test reports the
@@ -8,20 +8,13 @@
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode};
+use http::Method;
 
 use crate::error::ApiError;
 
 /// How an unserved route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// Nothing to list (privileges of a remote plugin: installing is not served).
-    NoPlugins,
-    /// Push/upgrade (not served) of an unknown plugin: 404 `plugin "<name>" not
-    /// found`, as Moby's first check (routes::plugins answers 501 for a known one).
-    PluginNotFound,
-    /// Installing or making plugins: not available yet (501).
-    PluginsUnavailable,
     /// BuildKit's session: Moby's 400 without an upgrade; berth has no BuildKit.
     Session,
 }
@@ -29,10 +22,6 @@ pub enum Answer {
 /// Docker's routes berth does not serve, with their answer. Path segments in braces
 /// match any one segment.
 pub const UNSERVED: &[(&str, &str, Answer)] = &[
-    ("GET", "/plugins/privileges", Answer::NoPlugins),
-    ("POST", "/plugins/pull", Answer::PluginsUnavailable),
-    ("POST", "/plugins/{*name}/upgrade", Answer::PluginNotFound),
-    ("POST", "/plugins/{*name}/push", Answer::PluginNotFound),
     ("POST", "/session", Answer::Session),
 ];
 
@@ -70,33 +59,16 @@ pub async fn fallback(req: Request) -> Response {
     let path = req.uri().path();
     let answer = lookup(req.method(), path);
     let mut res = match answer {
-        Some(Answer::NoPlugins) => (StatusCode::OK, axum::Json(serde_json::json!([]))).into_response(),
-        Some(Answer::PluginNotFound) => {
-            let name = plugin_name(req.method(), path);
-            ApiError::not_found(format!("plugin \"{name}\" not found")).into_response()
-        }
         Some(Answer::Session) if !req.headers().contains_key(http::header::UPGRADE) => {
             ApiError::bad_request("no upgrade proto in request").into_response()
         }
         Some(Answer::Session) => {
             ApiError::bad_request("BuildKit is not supported by this engine: use the classic builder (DOCKER_BUILDKIT=0)").into_response()
         }
-        Some(Answer::PluginsUnavailable) => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "installing plugins is not supported by this engine yet").into_response()
-        }
         None => ApiError::not_found("page not found").into_response(),
     };
     res.extensions_mut().insert(Fallback(answer));
     res
-}
-
-/// The plugin name in `/plugins/<name>[/op]` (it may hold slashes).
-fn plugin_name(method: &Method, path: &str) -> String {
-    let rest = path.trim_start_matches("/plugins/");
-    if *method == Method::DELETE {
-        return rest.to_string();
-    }
-    rest.rsplit_once('/').map(|(n, _)| n).unwrap_or(rest).to_string()
 }
 
 #[cfg(test)]
@@ -113,10 +85,8 @@ mod tests {
         assert!(!matches("/session", "/session/x"));
         assert_eq!(lookup(&Method::POST, "/session"), Some(Answer::Session));
         assert_eq!(lookup(&Method::GET, "/session"), None);
-        assert_eq!(lookup(&Method::POST, "/plugins/vieux/sshfs:latest/push"), Some(Answer::PluginNotFound));
-        assert_eq!(lookup(&Method::POST, "/plugins/a/b/upgrade"), Some(Answer::PluginNotFound));
+        assert!(matches("/plugins/{*name}/push", "/plugins/vieux/sshfs:latest/push"));
+        assert!(!matches("/plugins/{*name}/push", "/plugins/push"));
         assert_eq!(lookup(&Method::GET, "/plugins/vieux/sshfs/json"), None);
-        assert_eq!(plugin_name(&Method::GET, "/plugins/vieux/sshfs:latest/json"), "vieux/sshfs:latest");
-        assert_eq!(plugin_name(&Method::DELETE, "/plugins/vieux/sshfs"), "vieux/sshfs");
     }
 }
