@@ -293,7 +293,7 @@ mod tests {
         };
         let mut out2 = Vec::new();
         encode_frame(&mut out2, &p);
-        let body2: Vec<u8> = [&[0x0a, 6][..], b"stderr", &[0x10, 1, 0x1a, 1, b'x', 0x20, 1, 0x2a, 6, 0x08, 1, 0x12, 2, b'a', b'b', 0x18, 2]].concat();
+        let body2: Vec<u8> = [&[0x0a, 6][..], b"stderr", &[0x10, 1, 0x1a, 1, b'x', 0x20, 1, 0x2a, 8, 0x08, 1, 0x12, 2, b'a', b'b', 0x18, 2]].concat();
         assert_eq!(&out2[4..], &body2[..]);
 
         let mut both = out.clone();
