@@ -252,6 +252,13 @@ pub struct ContainersUsingImage {
     pub image_id: String,
 }
 
+/// Containers (IDs) logging to the log-driver plugin `name` (`x:latest`) now: the
+/// images service refuses to disable a plugin in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPluginUsers {
+    pub name: String,
+}
+
 /// Connect a container to a network (`POST /networks/{id}/connect`): recorded in the
 /// container and, when it runs, attached live through the network service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +324,7 @@ macro_rules! runtime_table {
                 container_archive_get(ContainerArchiveGet) -> PathStat, stream ByteChunk; callers [Gateway];
                 container_archive_put(ContainerArchivePut) -> (), stream (), input ByteChunk; callers [Gateway];
                 containers_using_image(ContainersUsingImage) -> Vec<String>; callers [Images];
+                log_plugin_users(LogPluginUsers) -> Vec<String>; callers [Images], idempotent;
                 container_network_connect(ContainerNetworkConnect) -> (); callers [Gateway];
                 container_network_disconnect(ContainerNetworkDisconnect) -> (); callers [Gateway];
                 container_df(ContainerDf) -> Vec<docker::ContainerSummary>; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
@@ -472,6 +480,7 @@ mod tests {
             no_overwrite_dir_non_dir: true,
             copy_uid_gid: false,
         });
+        roundtrip(LogPluginUsers { name: "x:latest".into() });
         roundtrip(ContainersUsingImage {
             image_id: "sha256:1".into(),
         });

@@ -229,17 +229,15 @@ fn docker_plugin_commands() {
     node.docker_ok(&["plugin", "rm", p]);
 }
 
-/// The test volume plugin (e2e/src/bin/berth-test-volume-plugin.rs) as a plugin
-/// data dir: the binary with the libraries `ldd` lists, at their paths, in rootfs/.
-fn volume_plugin_dir(base: &Path) -> PathBuf {
-    let d = base.join("berthvol");
-    let rootfs = d.join("rootfs");
-    for sub in ["data", "run/docker/plugins", "tmp"] {
+/// A test plugin binary as a plugin rootfs: the binary at `/<name>` with the
+/// libraries `ldd` lists, at their paths, and the directories `dirs`.
+fn plugin_rootfs(rootfs: &Path, bin_name: &str, name: &str, dirs: &[&str]) {
+    for sub in dirs {
         std::fs::create_dir_all(rootfs.join(sub)).unwrap();
     }
-    let bin = berth_e2e::bin_dir().join("berth-test-volume-plugin");
+    let bin = berth_e2e::bin_dir().join(bin_name);
     assert!(bin.is_file(), "{} (cargo build --release --workspace --bins)", bin.display());
-    std::fs::copy(&bin, rootfs.join("berthvol")).unwrap();
+    std::fs::copy(&bin, rootfs.join(name)).unwrap();
     let ldd = berth_e2e::fixtures::run(std::process::Command::new("ldd").arg(&bin));
     for line in ldd.lines() {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`
@@ -252,6 +250,13 @@ fn volume_plugin_dir(base: &Path) -> PathBuf {
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(path, &dst).unwrap();
     }
+}
+
+/// The test volume plugin (e2e/src/bin/berth-test-volume-plugin.rs) as a plugin
+/// data dir: the binary with the libraries `ldd` lists, at their paths, in rootfs/.
+fn volume_plugin_dir(base: &Path) -> PathBuf {
+    let d = base.join("berthvol");
+    plugin_rootfs(&d.join("rootfs"), "berth-test-volume-plugin", "berthvol", &["data", "run/docker/plugins", "tmp"]);
     std::fs::write(
         d.join("config.json"),
         r#"{
@@ -518,4 +523,111 @@ fn plugins_from_a_registry() {
     node.docker_ok(&["plugin", "rm", "vol"]);
     assert!(plugin_pid(&node).is_none());
     assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
+}
+
+/// The test log plugin (e2e/src/bin/berth-test-log-plugin.rs) as a plugin data
+/// dir; it writes what it gets under `logs` (a host directory bound at /logs).
+fn log_plugin_dir(base: &Path, logs: &Path) -> PathBuf {
+    let d = base.join("berthlog");
+    plugin_rootfs(&d.join("rootfs"), "berth-test-log-plugin", "berthlog", &["logs", "run/docker/plugins", "tmp"]);
+    let config = json!({
+        "description": "berth's test log plugin",
+        "documentation": "e2e/src/bin/berth-test-log-plugin.rs",
+        "entrypoint": ["/berthlog"],
+        "network": {"type": "none"},
+        "interface": {"types": ["docker.logdriver/1.0"], "socket": "berthlog.sock"},
+        "mounts": [{"name": "logs", "source": logs.to_str().unwrap(), "destination": "/logs", "type": "bind", "options": ["rbind"]}]
+    });
+    std::fs::write(d.join("config.json"), config.to_string()).unwrap();
+    d
+}
+
+/// A log-driver plugin: `docker run --log-driver <plugin>` sends the container's
+/// output to the plugin through its FIFO (StartLogging with Moby's Info, LogEntry
+/// frames, StopLogging at the exit), `docker logs` still reads the local copy (dual
+/// logging), a plugin in use is not disabled, and unknown or disabled drivers are
+/// refused with Moby's words.
+#[test]
+fn log_plugin_gets_the_output() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let logs = dirs.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dir = log_plugin_dir(dirs.path(), &logs);
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let p = "berthlog";
+    fails_with(&node, &["run", "--rm", "--log-driver", "nosuch", &img, "true"], "error looking up logging plugin nosuch: plugin \"nosuch\" not found");
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    fails_with(&node, &["run", "--rm", "--log-driver", p, &img, "true"], "error looking up logging plugin berthlog: plugin berthlog found but disabled");
+    node.docker_ok(&["plugin", "enable", p]);
+
+    let out = node.docker_ok(&["run", "--name", "lp", "--log-driver", p, "--log-opt", "tag=x", &img, "sh", "-c", "echo hello; echo oops >&2; printf tail"]);
+    assert_eq!(out, "hello\ntail", "docker run attached still gets the output");
+    let id = node.docker_ok(&["inspect", "-f", "{{.Id}}", "lp"]).trim().to_string();
+    let calls = || std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
+    until("StopLogging", || calls().contains(&format!("StopLogging {id} ")));
+    let lines: Vec<String> = calls().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let file = lines[0].strip_prefix(&format!("StartLogging {id} ")).expect("StartLogging first").to_string();
+    assert!(file.starts_with("/run/docker/logging/") && file.len() == "/run/docker/logging/".len() + 64, "{file}");
+    assert_eq!(lines[1], format!("StopLogging {id} {file}"));
+
+    // Moby's Info
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(logs.join(format!("{id}.info.json"))).unwrap()).unwrap();
+    assert_eq!(info["ContainerID"], id.as_str());
+    assert_eq!(info["ContainerName"], "/lp");
+    assert_eq!(info["Config"], json!({"tag": "x"}));
+    assert_eq!(info["ContainerEntrypoint"], "sh");
+    assert_eq!(info["ContainerArgs"], json!(["-c", "echo hello; echo oops >&2; printf tail"]));
+    assert_eq!(info["ContainerImageName"], img.as_str());
+    assert!(info["ContainerImageID"].as_str().unwrap().starts_with("sha256:"), "{info}");
+    assert_eq!(info["DaemonName"], "docker");
+    assert_eq!(info["LogPath"], "");
+    let keys: Vec<&str> = info.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    for k in ["ContainerCreated", "ContainerEnv", "ContainerLabels"] {
+        assert!(keys.contains(&k), "{k} in {info}");
+    }
+
+    // the entries: lines without their newline, the unterminated tail partial
+    let entries: Vec<Value> = std::fs::read_to_string(logs.join(format!("{id}.entries")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut got: Vec<(String, String, bool)> = entries
+        .iter()
+        .map(|e| (e["source"].as_str().unwrap().to_string(), e["line"].as_str().unwrap().to_string(), e["partial"].as_bool().unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("stderr", "oops", false), ("stdout", "hello", false), ("stdout", "tail", true)].map(|(s, l, p)| (s.to_string(), l.to_string(), p)),
+        "{entries:?}"
+    );
+    assert!(entries.iter().all(|e| e["time_nano"].as_i64().unwrap() > 0), "{entries:?}");
+    let tail = entries.iter().find(|e| e["line"] == "tail").unwrap();
+    assert_eq!(tail["partial_log_metadata"]["ordinal"], 1);
+    assert_eq!(tail["partial_log_metadata"]["last"], false);
+    assert_eq!(tail["partial_log_metadata"]["id"].as_str().unwrap().len(), 64);
+
+    // dual logging: `docker logs` reads the local copy
+    let o = node.docker(&["logs", "lp"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\ntail");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    node.docker_ok(&["rm", "lp"]);
+
+    // in use while a container logs to it; free once it stopped
+    node.docker_ok(&["run", "-d", "--name", "long", "--log-driver", p, &img, "sh", "-c", "echo started; exec sleep 60"]);
+    let long = node.docker_ok(&["inspect", "-f", "{{.Id}}", "long"]).trim().to_string();
+    until("the first line", || std::fs::read_to_string(logs.join(format!("{long}.entries"))).is_ok_and(|s| s.contains("started")));
+    fails_with(&node, &["plugin", "disable", p], "plugin berthlog:latest is in use");
+    node.docker_ok(&["stop", "-t", "0", "long"]);
+    until("StopLogging", || calls().contains(&format!("StopLogging {long} ")));
+    node.docker_ok(&["plugin", "disable", p]);
+    // a stopped container naming a disabled plugin cannot start
+    fails_with(&node, &["start", "long"], "failed to initialize logging driver: failed to get logging factory: logger: no log driver named 'berthlog' is registered: error looking up logging plugin berthlog: plugin berthlog found but disabled");
+    node.docker_ok(&["rm", "long"]);
+    node.docker_ok(&["plugin", "rm", p]);
+    // the FIFOs are gone with the calls
+    assert!(!calls().lines().any(|l| l.starts_with("StartLogging") && !calls().contains(&l.replacen("StartLogging", "StopLogging", 1))));
 }

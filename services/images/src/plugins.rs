@@ -33,7 +33,7 @@ use berth_bus::storage::{StorageApi as _, StorageClient};
 use berth_bus::{Bus, Responder, Server};
 use bus_schema::docker;
 use bus_schema::plugin::*;
-use bus_schema::runtime::{ContainerCreate, ContainerInspect, ContainerRemove, ContainerStart, ContainerStop, PluginRootfs};
+use bus_schema::runtime::{ContainerCreate, ContainerInspect, ContainerRemove, ContainerStart, ContainerStop, LogPluginUsers, PluginRootfs};
 use bus_schema::storage::VolumeList;
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
@@ -513,12 +513,16 @@ impl Plugins {
         let _ = std::fs::remove_dir_all(r.paths.plugin_run(id).join("sock"));
     }
 
-    /// Volumes made with the plugin (Moby counts them as references: the plugin
-    /// cannot be disabled or removed while any exists).
+    /// Volumes made with the plugin, or containers logging to it now (Moby counts
+    /// both as references: the plugin cannot be disabled or removed while any
+    /// exists).
     async fn in_use(&self, name: &str) -> Result<bool, BusError> {
         let Some(r) = &self.runner else { return Ok(false) };
         let filters = HashMap::from([("driver".to_string(), vec![name.to_string()])]);
-        Ok(!r.storage.volume_list(VolumeList { filters, plugins: false }).await?.is_empty())
+        if !r.storage.volume_list(VolumeList { filters, plugins: false }).await?.is_empty() {
+            return Ok(true);
+        }
+        Ok(!r.runtime.log_plugin_users(LogPluginUsers { name: name.to_string() }).await?.is_empty())
     }
 
     /// At start: run the plugins that were enabled (the runtime service may come up

@@ -125,7 +125,16 @@ impl Runtime {
     pub async fn create(self: &Arc<Self>, r: ContainerCreate) -> Result<docker::ContainerCreateResponse, BusError> {
         let body = r.body;
         let mut host_config = body.host_config.clone().unwrap_or_default();
+        if r.plugin.is_some() {
+            // a plugin's own output never goes to a log plugin (daemon.json may name
+            // one as the default): json-file
+            host_config.log_config = Some(docker::HostConfigLogConfig { typ: Some("json-file".into()), config: None });
+        }
         crate::validate::host_config(&mut host_config, &self.cfg)?;
+        if let Some(t) = host_config.log_config.as_ref().and_then(|l| l.typ.as_deref()).filter(|t| !crate::logplugin::is_builtin(t)) {
+            // Moby's ValidateLogOpts: any other name is a logging plugin's
+            self.log_plugin(t).await?;
+        }
 
         let img: ResolvedImage = if let Some(p) = &r.plugin {
             // a managed plugin: its layer is the rootfs, its config the whole config
@@ -295,6 +304,7 @@ impl Runtime {
             rootfs: String::new(),
             links,
             plugin: hidden,
+            log_plugin: None,
         };
         let entry = Entry::new(c.clone(), dir);
         entry.save()?;

@@ -18,6 +18,7 @@ pub mod health;
 pub mod io;
 pub mod lifecycle;
 pub mod links;
+pub mod logplugin;
 pub mod mounts;
 pub mod names;
 pub mod netconn;
@@ -108,6 +109,7 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .rpc::<ContainerPrune, _, _>(h!(prune))
         .rpc::<ContainerChanges, _, _>(h!(h_changes))
         .rpc::<ContainersUsingImage, _, _>(h!(h_using))
+        .rpc::<bus_schema::runtime::LogPluginUsers, _, _>(h!(h_log_plugin_users))
         .rpc::<ContainerDf, _, _>(h!(h_df))
         .rpc::<ExecCreate, _, _>(h!(exec_create))
         .rpc::<ExecInspect, _, _>(h!(exec_inspect))
@@ -181,6 +183,9 @@ impl Runtime {
     }
     async fn h_using(self: Arc<Self>, r: ContainersUsingImage) -> Result<Vec<String>, BusError> {
         Ok(self.using_image(&r.image_id))
+    }
+    async fn h_log_plugin_users(self: Arc<Self>, r: bus_schema::runtime::LogPluginUsers) -> Result<Vec<String>, BusError> {
+        Ok(self.log_plugin_users(&r.name))
     }
     async fn h_df(self: Arc<Self>, _r: ContainerDf) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
         self.list(ContainerList { all: true, limit: None, size: true, filters: Default::default() }).await

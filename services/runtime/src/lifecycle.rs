@@ -131,11 +131,33 @@ impl Runtime {
     /// Mount, network, files, spec, shim. On failure everything taken is given back;
     /// the error comes with the exit code Docker records (127, 126, 128).
     async fn do_start(self: &Arc<Self>, e: &Arc<Entry>, c: &Container) -> Result<(), (BusError, i64)> {
+        let lc = c.host_config.log_config.clone().unwrap_or_default();
+        // a log-driver plugin: its FIFO and StartLogging first (crate::logplugin)
+        let plugin = match lc.typ.as_deref().filter(|t| !crate::logplugin::is_builtin(t)) {
+            Some(t) => Some(self.start_logging(c, t).await.map_err(|err| (err, 128i64))?),
+            None => None,
+        };
+        let run = plugin.as_ref().map(|(lp, _)| lp.clone());
+        let res = self.do_start_logged(e, c, run.clone()).await;
+        drop(plugin); // the shim holds the FIFO open now (or did not start)
+        if let (Err(_), Some(lp)) = (&res, run) {
+            self.stop_logging(lp);
+        }
+        res
+    }
+
+    async fn do_start_logged(
+        self: &Arc<Self>,
+        e: &Arc<Entry>,
+        c: &Container,
+        log_plugin: Option<crate::logplugin::LogPluginRun>,
+    ) -> Result<(), (BusError, i64)> {
         let fail = |err: BusError| (err, 128i64);
         let lc = c.host_config.log_config.clone().unwrap_or_default();
         let opts_map = lc.config.clone().unwrap_or_default();
         let log_on = lc.typ.as_deref() != Some("none");
         let opts = ShimOptions {
+            log_fifo: log_plugin.as_ref().map(|l| l.fifo.clone()),
             id: c.id.clone(),
             bundle: self.bundle_dir(&c.id),
             log_path: if log_on { Some(c.log_path.clone().into()) } else { None },
@@ -298,6 +320,7 @@ impl Runtime {
             c.ports = sandbox.ports.clone();
             c.mounts = mounts.clone();
             c.rootfs = rootfs.clone();
+            c.log_plugin = log_plugin.clone();
         });
         let _ = e.save();
         e.signal(|l| {
@@ -435,6 +458,10 @@ impl Runtime {
                 c.networks.clear();
                 c.ports.clear();
             });
+            if let Some(lp) = c.log_plugin.clone() {
+                e.update(|c| c.log_plugin = None);
+                self.stop_logging(lp);
+            }
             // `--rm` marks the record Removing at once (auto_remove): one write, not two
             if !auto_remove {
                 let _ = e.save();

@@ -32,6 +32,8 @@ pub struct ShimOptions {
     pub log_path: Option<PathBuf>,
     pub log_max_size: Option<u64>,
     pub log_max_file: u32,
+    /// A log-driver plugin's FIFO (crate::logplugin).
+    pub log_fifo: Option<PathBuf>,
     /// Keep stdin open (OpenStdin).
     pub stdin: bool,
     pub stdin_once: bool,
@@ -149,6 +151,7 @@ impl Shim {
             log_path: opts.log_path.clone(),
             log_max_size: opts.log_max_size,
             log_max_file: opts.log_max_file.max(1),
+            log_fifo: opts.log_fifo.clone(),
             stdin: opts.stdin,
             stdin_once: opts.stdin_once,
             tty: opts.tty,

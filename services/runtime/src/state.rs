@@ -138,6 +138,9 @@ pub struct Container {
     /// left out of lists, prune and events.
     #[serde(default)]
     pub plugin: bool,
+    /// While it runs with a log-driver plugin: its FIFO, StopLogging at the exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_plugin: Option<crate::logplugin::LogPluginRun>,
 }
 
 /// One legacy link: the parent reaches `child` as `alias` (its link name is

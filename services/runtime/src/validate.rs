@@ -125,9 +125,9 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
         Some(t) if DOCKER_LOG_DRIVERS.contains(&t) => {
             return Err(BusError::invalid(format!("logging driver \"{t}\" is not supported by this engine; use json-file or none")))
         }
-        // any other name is a logging plugin to Docker
-        Some(t) => return Err(BusError::invalid(format!("error looking up logging plugin {t}: plugin \"{t}\" not found"))),
-        None => {}
+        // any other name is a logging plugin's, looked up by the caller
+        // (crate::logplugin, async)
+        Some(_) | None => {}
     }
     lc.config.get_or_insert_with(Default::default);
     hc.log_config = Some(lc);

@@ -135,6 +135,7 @@ fn opts(c: &Ctr, config: &ContainerConfig) -> ShimOptions {
         log_path: Some(c.dir.path().join("json.log")),
         log_max_size: None,
         log_max_file: 1,
+        log_fifo: None,
         stdin: config.open_stdin == Some(true),
         stdin_once: false,
         tty: config.tty == Some(true),

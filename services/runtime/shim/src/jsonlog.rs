@@ -174,6 +174,8 @@ pub struct LogWriter {
     max_file: u32,
     splitters: [LineSplitter; 2],
     buf: Vec<u8>,
+    /// A log-driver plugin's FIFO: every message goes there too.
+    plugin: Option<crate::logdriver::FifoSink>,
 }
 
 const STREAM_NAMES: [&str; 2] = ["stdout", "stderr"];
@@ -190,7 +192,18 @@ impl LogWriter {
             max_file: max_file.max(1),
             splitters: Default::default(),
             buf: Vec::new(),
+            plugin: None,
         })
+    }
+
+    /// Sends every message to a log-driver plugin's FIFO as well.
+    pub fn with_plugin(mut self, sink: crate::logdriver::FifoSink) -> LogWriter {
+        self.plugin = Some(sink);
+        self
+    }
+
+    pub fn plugin_mut(&mut self) -> Option<&mut crate::logdriver::FifoSink> {
+        self.plugin.as_mut()
     }
 
     /// Logs bytes read from a stream (0 stdout, 1 stderr) at time `t`.
@@ -217,6 +230,9 @@ impl LogWriter {
     }
 
     fn entry(&mut self, stream: usize, msg: &[u8], t: Time) -> io::Result<()> {
+        if let Some(p) = self.plugin.as_mut() {
+            p.log(stream, msg, t);
+        }
         if let Some(max) = self.max_size {
             if self.size + self.buf.len() as u64 >= max {
                 self.flush_buf()?;

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod devfilter;
 pub mod fsutil;
 pub mod jsonlog;
+pub mod logdriver;
 pub mod oci;
 pub mod proto;
 pub mod syscalls;

@@ -490,7 +490,16 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
 
     let log = match &cfg.log_path {
         Some(p) => match LogWriter::open(p, cfg.log_max_size, cfg.log_max_file) {
-            Ok(w) => Some(w),
+            Ok(w) => match &cfg.log_fifo {
+                Some(f) => match berth_shim::logdriver::FifoSink::open(f) {
+                    Ok(sink) => Some(w.with_plugin(sink)),
+                    Err(e) => {
+                        log!("opening the log plugin's fifo {}: {e}", f.display());
+                        Some(w)
+                    }
+                },
+                None => Some(w),
+            },
             Err(e) => {
                 log!("opening log {}: {e}", p.display());
                 None

@@ -92,6 +92,8 @@ enum Src {
     Conn(usize),
     Out(usize),
     Stdin,
+    /// A log-driver plugin's FIFO takes bytes again.
+    Plugin,
     ExecOut(usize, usize),
     ExecStdin(usize),
 }
@@ -206,7 +208,7 @@ impl Server {
                 self.finish();
             }
             if let Some(t) = self.finished_at {
-                let pending = self.conns.iter().flatten().any(|c| !c.outbuf.is_empty());
+                let pending = self.conns.iter().flatten().any(|c| !c.outbuf.is_empty()) || self.plugin_pending();
                 if !pending || t.elapsed() > LINGER {
                     return 0;
                 }
@@ -248,6 +250,9 @@ impl Server {
                         add(fd.as_raw_fd(), libc::POLLIN, Src::Out(s));
                     }
                 }
+            }
+            if let Some(fd) = self.log.as_mut().and_then(|l| l.plugin_mut()).filter(|p| p.has_pending()).map(|p| p.raw_fd()) {
+                add(fd, libc::POLLOUT, Src::Plugin);
             }
             if let Some(fd) = &self.stdin {
                 if !self.stdin_buf.is_empty() {
@@ -297,6 +302,11 @@ impl Server {
                     }
                     Src::Out(s) => self.on_output(s),
                     Src::Stdin => self.on_stdin_writable(),
+                    Src::Plugin => {
+                        if let Some(p) = self.log.as_mut().and_then(|l| l.plugin_mut()) {
+                            p.flush();
+                        }
+                    }
                     Src::ExecOut(e, s) => self.on_exec_output(e, s),
                     Src::ExecStdin(e) => self.on_exec_stdin_writable(e),
                 }
@@ -740,6 +750,11 @@ impl Server {
         }
     }
 
+    /// Bytes still waiting for a log-driver plugin's FIFO.
+    fn plugin_pending(&mut self) -> bool {
+        self.log.as_mut().and_then(|l| l.plugin_mut()).is_some_and(|p| p.has_pending())
+    }
+
     fn ready_to_finish(&self) -> bool {
         self.init_status.is_some()
             && self.out.iter().all(|o| o.is_none())
@@ -756,6 +771,12 @@ impl Server {
             oom_killed: oom,
             finished_at: Time::now().format(false),
         };
+        if let Some(p) = self.log.as_mut().and_then(|l| l.plugin_mut()) {
+            p.flush();
+            if p.dropped > 0 {
+                log!("the log plugin did not keep up: {} messages dropped", p.dropped);
+            }
+        }
         if let Err(e) = write_exit(&self.bundle, &st) {
             log!("writing exit.json: {e}");
         }

@@ -1,0 +1,207 @@
+//! A tiny log-driver plugin for the e2e tests (e2e/tests/plugins.rs): serves
+//! Docker's plugin protocol on `/run/docker/plugins/$PLUGIN_SOCKET` (default
+//! `berthlog.sock`), answers `/Plugin.Activate` with `LogDriver`, and for each
+//! `/LogDriver.StartLogging` {File, Info} opens the FIFO and appends every entry it
+//! reads to `$LOG_DIR/<container ID>.entries` (default `/logs`, a bind mount the test
+//! reads) as one JSON line {source, line, partial, time_nano, partial_log_metadata}.
+//! Calls are logged as lines in `$LOG_DIR/calls.log`: `StartLogging <container ID>
+//! <File>` (with the Info in `<container ID>.info.json`), `StopLogging <container
+//! ID> <File>`.
+//!
+//! The entries are decoded by hand from the protobuf wire format (the framing:
+//! a big-endian u32 length, then the LogEntry): a check independent of the
+//! encoder berth uses. Hand-written HTTP/1.1 as the test volume plugin: its rootfs
+//! is its own binary and libc only.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+struct Plugin {
+    dir: PathBuf,
+    /// File -> container ID.
+    files: Mutex<HashMap<String, String>>,
+}
+
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let x = *b.get(*at)?;
+        *at += 1;
+        v |= ((x & 0x7f) as u64) << shift;
+        if x & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The fields of one message: (tag, varint value or bytes).
+fn fields(b: &[u8]) -> Option<Vec<(u64, Result<u64, Vec<u8>>)>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < b.len() {
+        let key = varint(b, &mut at)?;
+        match key & 7 {
+            0 => out.push((key >> 3, Ok(varint(b, &mut at)?))),
+            2 => {
+                let len = varint(b, &mut at)? as usize;
+                let v = b.get(at..at + len)?.to_vec();
+                at += len;
+                out.push((key >> 3, Err(v)));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A LogEntry as JSON.
+fn decode(b: &[u8]) -> Option<Value> {
+    let mut e = json!({ "source": "", "time_nano": 0, "line": "", "partial": false, "partial_log_metadata": null });
+    for (tag, v) in fields(b)? {
+        match (tag, v) {
+            (1, Err(s)) => e["source"] = json!(String::from_utf8_lossy(&s)),
+            (2, Ok(n)) => e["time_nano"] = json!(n as i64),
+            (3, Err(s)) => e["line"] = json!(String::from_utf8_lossy(&s)),
+            (4, Ok(n)) => e["partial"] = json!(n != 0),
+            (5, Err(m)) => {
+                let mut p = json!({ "last": false, "id": "", "ordinal": 0 });
+                for (t, v) in fields(&m)? {
+                    match (t, v) {
+                        (1, Ok(n)) => p["last"] = json!(n != 0),
+                        (2, Err(s)) => p["id"] = json!(String::from_utf8_lossy(&s)),
+                        (3, Ok(n)) => p["ordinal"] = json!(n as i32),
+                        _ => return None,
+                    }
+                }
+                e["partial_log_metadata"] = p;
+            }
+            _ => return None,
+        }
+    }
+    Some(e)
+}
+
+fn append(path: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Reads the FIFO until every writer closed it.
+fn consume(file: String, out: PathBuf) {
+    let mut f = match std::fs::File::open(&file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("open {file}: {e}");
+            return;
+        }
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = match f.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while buf.len() - at >= 4 {
+            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            if buf.len() - at - 4 < len {
+                break;
+            }
+            match decode(&buf[at + 4..at + 4 + len]) {
+                Some(e) => append(&out, &e.to_string()),
+                None => append(&out, "{\"undecodable\":true}"),
+            }
+            at += 4 + len;
+        }
+        buf.drain(..at);
+    }
+}
+
+impl Plugin {
+    fn handle(&self, method: &str, body: &Value) -> (u16, Value) {
+        let file = body.get("File").and_then(Value::as_str).unwrap_or("").to_string();
+        match method {
+            "/Plugin.Activate" => (200, json!({ "Implements": ["LogDriver"] })),
+            "/LogDriver.Capabilities" => (200, json!({ "Cap": { "ReadLogs": false } })),
+            "/LogDriver.StartLogging" => {
+                let id = body.pointer("/Info/ContainerID").and_then(Value::as_str).unwrap_or("").to_string();
+                if id.is_empty() || id.contains('/') || !file.starts_with("/run/docker/logging/") {
+                    return (200, json!({ "Err": format!("bad StartLogging: {body}") }));
+                }
+                let _ = std::fs::write(self.dir.join(format!("{id}.info.json")), body["Info"].to_string());
+                append(&self.dir.join("calls.log"), &format!("StartLogging {id} {file}"));
+                self.files.lock().unwrap().insert(file.clone(), id.clone());
+                let out = self.dir.join(format!("{id}.entries"));
+                std::thread::spawn(move || consume(file, out));
+                (200, json!({ "Err": "" }))
+            }
+            "/LogDriver.StopLogging" => {
+                let id = self.files.lock().unwrap().remove(&file).unwrap_or_default();
+                append(&self.dir.join("calls.log"), &format!("StopLogging {id} {file}"));
+                (200, json!({ "Err": "" }))
+            }
+            _ => (404, json!({ "Err": format!("{method} not implemented") })),
+        }
+    }
+}
+
+fn serve(p: &Plugin, s: UnixStream) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len.min(1 << 20)];
+    r.read_exact(&mut body)?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let (status, answer) = p.handle(&path, &v);
+    let text = answer.to_string();
+    let reason = if status == 200 { "OK" } else { "Not Found" };
+    let mut w = s;
+    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
+    w.flush()
+}
+
+fn main() {
+    let sock_name = std::env::var("PLUGIN_SOCKET").unwrap_or_else(|_| "berthlog.sock".into());
+    let dir = PathBuf::from(std::env::var("LOG_DIR").unwrap_or_else(|_| "/logs".into()));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let sdir = Path::new("/run/docker/plugins");
+    std::fs::create_dir_all(sdir).expect("socket dir");
+    let sock = sdir.join(sock_name);
+    let _ = std::fs::remove_file(&sock);
+    let l = UnixListener::bind(&sock).expect("bind the plugin socket");
+    eprintln!("serving {}", sock.display());
+    let p = Arc::new(Plugin { dir, files: Mutex::new(HashMap::new()) });
+    for s in l.incoming() {
+        let Ok(s) = s else { continue };
+        let p = p.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = serve(&p, s) {
+                eprintln!("request failed: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,361 @@
+//! Log-driver plugins (`docker run --log-driver <plugin>`): the shim sends every
+//! message of the container's output to the plugin's FIFO as Moby 20.10's plugin
+//! adapter does (daemon/logger/adapter.go): one `LogEntry` protobuf
+//! (api/types/plugins/logdriver/entry.proto) per message, each prefixed by its length
+//! as a big-endian uint32 (logdriver.NewLogEntryEncoder, pkg/ioutils' framing).
+//!
+//! Messages are Moby's copier's (daemon/logger/copier.go): a line without its
+//! newline; a piece of a longer line (16 KiB here, as the json-file copy) or the
+//! unterminated end of the output is `partial`, with `partial_log_metadata` {id (64
+//! hex, one per line), ordinal from 1, last: false}; the line that ends such a
+//! sequence is partial too, with `last: true`. Pieces of one line carry the time of
+//! the first.
+//!
+//! A slow or dead plugin never blocks the container: the FIFO is opened read-write
+//! and non-blocking (Moby opens it `O_RDWR|O_NONBLOCK` too, so a plugin that closes
+//! or dies gives no broken pipe); what the pipe does not take at once waits in a
+//! buffer of [`MAX_PENDING`] (Moby's default `max-buffer-size` of its non-blocking
+//! mode), written as the pipe drains; a message that does not fit is dropped whole
+//! (never half a frame) and counted. The local json-file copy always gets every
+//! message (Moby 20.10's dual logging: `docker logs` reads it).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use crate::jsonlog::Time;
+
+/// The protobuf of one message (Moby's `logdriver.LogEntry`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogEntry {
+    #[prost(string, tag = "1")]
+    pub source: String,
+    #[prost(int64, tag = "2")]
+    pub time_nano: i64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub line: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub partial: bool,
+    #[prost(message, optional, tag = "5")]
+    pub partial_log_metadata: Option<PartialLogEntryMetadata>,
+}
+
+/// `logdriver.PartialLogEntryMetadata`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartialLogEntryMetadata {
+    #[prost(bool, tag = "1")]
+    pub last: bool,
+    #[prost(string, tag = "2")]
+    pub id: String,
+    #[prost(int32, tag = "3")]
+    pub ordinal: i32,
+}
+
+/// Appends one frame: the entry's length (big-endian u32), then the entry.
+pub fn encode_frame(out: &mut Vec<u8>, e: &LogEntry) {
+    use prost::Message as _;
+    let len = e.encoded_len();
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    e.encode(out).expect("a Vec grows");
+}
+
+/// Splits frames off the front of `buf`: the entries of the whole frames, and how
+/// many bytes they took (the rest is an incomplete frame).
+pub fn decode_frames(buf: &[u8]) -> Result<(Vec<LogEntry>, usize), prost::DecodeError> {
+    use prost::Message as _;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= 4 {
+        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        if buf.len() - at - 4 < len {
+            break;
+        }
+        out.push(LogEntry::decode(&buf[at + 4..at + 4 + len])?);
+        at += 4 + len;
+    }
+    Ok((out, at))
+}
+
+/// What waits for the pipe at most (Moby's non-blocking mode's default buffer).
+pub const MAX_PENDING: usize = 1 << 20;
+
+const SOURCES: [&str; 2] = ["stdout", "stderr"];
+
+/// The partial line being sent of one stream: its id, the next ordinal, its time.
+#[derive(Debug, Default)]
+struct Partial {
+    id: String,
+    ordinal: i32,
+    time: Option<Time>,
+}
+
+/// The plugin's FIFO, as the shim writes it.
+pub struct FifoSink {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+    partial: [Partial; 2],
+    /// Messages dropped because the plugin did not keep up.
+    pub dropped: u64,
+    frame: Vec<u8>,
+}
+
+impl FifoSink {
+    /// Opens the FIFO the runtime made (read-write, non-blocking).
+    pub fn open(path: &Path) -> io::Result<FifoSink> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FifoSink::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn from_fd(fd: OwnedFd) -> FifoSink {
+        FifoSink { fd, pending: Vec::new(), partial: Default::default(), dropped: 0, frame: Vec::new() }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Bytes waiting for the pipe.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// One message as the json-file copy gets it (a line with its newline, or a
+    /// piece without one) from stream 0 (stdout) or 1 (stderr).
+    pub fn log(&mut self, stream: usize, msg: &[u8], t: Time) {
+        let (line, complete) = match msg.strip_suffix(b"\n") {
+            Some(l) => (l, true),
+            None => (msg, false),
+        };
+        let p = &mut self.partial[stream];
+        let (time, meta) = if complete {
+            if p.ordinal == 0 {
+                (t, None)
+            } else {
+                let m = PartialLogEntryMetadata { last: true, id: std::mem::take(&mut p.id), ordinal: p.ordinal };
+                let time = p.time.take().unwrap_or(t);
+                *p = Partial::default();
+                (time, Some(m))
+            }
+        } else {
+            if p.ordinal == 0 {
+                p.id = random_id();
+                p.ordinal = 1;
+                p.time = Some(t);
+            }
+            let m = PartialLogEntryMetadata { last: false, id: p.id.clone(), ordinal: p.ordinal };
+            p.ordinal += 1;
+            (p.time.unwrap_or(t), Some(m))
+        };
+        let e = LogEntry {
+            source: SOURCES[stream].to_string(),
+            time_nano: time.secs.saturating_mul(1_000_000_000).saturating_add(time.nanos as i64),
+            line: line.to_vec(),
+            partial: meta.is_some(),
+            partial_log_metadata: meta,
+        };
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        encode_frame(&mut frame, &e);
+        self.send(&frame);
+        self.frame = frame;
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        if !self.pending.is_empty() {
+            self.flush();
+        }
+        let mut rest = frame;
+        if self.pending.is_empty() {
+            match write(self.fd.as_raw_fd(), frame) {
+                Ok(n) => rest = &frame[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.dropped += 1;
+                    return;
+                }
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        // a frame begun in the pipe is always finished; a whole one may be dropped
+        if rest.len() == frame.len() && self.pending.len() + rest.len() > MAX_PENDING {
+            self.dropped += 1;
+            return;
+        }
+        self.pending.extend_from_slice(rest);
+    }
+
+    /// Writes what the pipe takes of the waiting bytes.
+    pub fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            match write(self.fd.as_raw_fd(), &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.pending.clear();
+                    self.dropped += 1;
+                    break;
+                }
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 64 << 10 {
+            self.pending = Vec::new();
+        }
+    }
+}
+
+fn write(fd: RawFd, b: &[u8]) -> io::Result<usize> {
+    loop {
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// 64 hex digits (Moby's stringid.GenerateRandomID for a partial line's id).
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    let mut got = 0;
+    while got < b.len() {
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n <= 0 {
+            // no entropy source: the time and pid still make it unique enough here
+            let t = Time::now();
+            let s = format!("{:016x}{:08x}{:08x}", t.secs, t.nanos, std::process::id());
+            return format!("{s:0<64}");
+        }
+        got += n as usize;
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn read_all(fd: &OwnedFd) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 65536];
+        loop {
+            let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+            if n <= 0 {
+                return out;
+            }
+            out.extend_from_slice(&b[..n as usize]);
+        }
+    }
+
+    /// The bytes Go's protobuf (gogo, Moby's logdriver package) writes for an entry:
+    /// fields in tag order, zero values left out, a length-prefixed frame.
+    #[test]
+    fn frames_as_moby_encodes_them() {
+        let e = LogEntry { source: "stdout".into(), time_nano: 1_700_000_000_123_456_789, line: b"hello".to_vec(), partial: false, partial_log_metadata: None };
+        let mut out = Vec::new();
+        encode_frame(&mut out, &e);
+        let body: Vec<u8> = [
+            &[0x0a, 6][..],
+            b"stdout",
+            // 1700000000123456789 as a varint
+            &[0x10, 0x95, 0x9a, 0x97, 0xec, 0xe3, 0x9f, 0xe7, 0xcb, 0x17],
+            &[0x1a, 5],
+            b"hello",
+        ]
+        .concat();
+        assert_eq!(&out[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&out[4..], &body[..]);
+
+        let p = LogEntry {
+            source: "stderr".into(),
+            time_nano: 1,
+            line: b"x".to_vec(),
+            partial: true,
+            partial_log_metadata: Some(PartialLogEntryMetadata { last: true, id: "ab".into(), ordinal: 2 }),
+        };
+        let mut out2 = Vec::new();
+        encode_frame(&mut out2, &p);
+        let body2: Vec<u8> = [&[0x0a, 6][..], b"stderr", &[0x10, 1, 0x1a, 1, b'x', 0x20, 1, 0x2a, 8, 0x08, 1, 0x12, 2, b'a', b'b', 0x18, 2]].concat();
+        assert_eq!(&out2[4..], &body2[..]);
+
+        let mut both = out.clone();
+        both.extend_from_slice(&out2);
+        both.extend_from_slice(&[0, 0, 0]);
+        let (got, used) = decode_frames(&both).unwrap();
+        assert_eq!(got, vec![e, p]);
+        assert_eq!(used, both.len() - 3);
+    }
+
+    #[test]
+    fn messages_as_moby_copier_sends_them() {
+        let (r, w) = pipe();
+        let mut s = FifoSink::from_fd(w);
+        let t = Time { secs: 5, nanos: 7 };
+        s.log(0, b"hello\n", t);
+        s.log(1, b"part one", t);
+        s.log(1, b" and two", Time { secs: 6, nanos: 0 });
+        s.log(1, b" end\n", Time { secs: 7, nanos: 0 });
+        s.log(0, b"tail", t);
+        let (got, _) = decode_frames(&read_all(&r)).unwrap();
+        assert_eq!(got.len(), 5);
+        assert_eq!((got[0].source.as_str(), &got[0].line[..], got[0].partial, got[0].time_nano), ("stdout", &b"hello"[..], false, 5_000_000_007));
+        assert!(got[0].partial_log_metadata.is_none());
+        let m: Vec<_> = got[1..4].iter().map(|e| e.partial_log_metadata.clone().unwrap()).collect();
+        assert!(got[1..4].iter().all(|e| e.partial && e.source == "stderr" && e.time_nano == 5_000_000_007));
+        assert_eq!(m.iter().map(|m| (m.ordinal, m.last)).collect::<Vec<_>>(), vec![(1, false), (2, false), (3, true)]);
+        assert_eq!(m[0].id.len(), 64);
+        assert!(m.iter().all(|x| x.id == m[0].id));
+        assert_eq!(&got[3].line[..], b" end");
+        let last = got[4].partial_log_metadata.clone().unwrap();
+        assert_eq!((got[4].partial, last.ordinal, last.last), (true, 1, false));
+        assert_ne!(last.id, m[0].id);
+    }
+
+    /// A plugin that does not read: the pipe fills, then the buffer, then whole
+    /// messages are dropped; nothing blocks, and no frame is ever cut.
+    #[test]
+    fn a_plugin_that_does_not_read_never_blocks() {
+        let (r, w) = pipe();
+        let mut s = FifoSink::from_fd(w);
+        let line = vec![b'x'; 1000];
+        let mut msg = line.clone();
+        msg.push(b'\n');
+        for _ in 0..3000 {
+            s.log(0, &msg, Time { secs: 1, nanos: 0 });
+        }
+        assert!(s.dropped > 0);
+        assert!(s.pending.len() <= MAX_PENDING);
+        // the reader catches up: every frame it gets is whole
+        let mut got = read_all(&r);
+        for _ in 0..100 {
+            s.flush();
+            got.extend(read_all(&r));
+            if !s.has_pending() {
+                break;
+            }
+        }
+        assert!(!s.has_pending());
+        let (entries, used) = decode_frames(&got).unwrap();
+        assert_eq!(used, got.len());
+        assert_eq!(entries.len() as u64 + s.dropped, 3000);
+        assert!(entries.iter().all(|e| e.line == line));
+    }
+}
