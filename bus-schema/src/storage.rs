@@ -354,6 +354,7 @@ mod tests {
         roundtrip(VolumeInspect { name: "v".into() });
         roundtrip(VolumeList {
             filters: HashMap::from([("name".into(), vec!["v".into()])]),
+            plugins: true,
         });
         roundtrip(VolumeRemove {
             name: "v".into(),

@@ -17,7 +17,7 @@
 //! While a container logs to it, the plugin is in use: the images service refuses
 //! to disable it (`plugin X is in use`), as Moby's reference count does.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,13 +210,15 @@ fn make_fifo(dir: &Path, fifo: &Path) -> std::io::Result<OwnedFd> {
     if unsafe { libc::mkfifo(c.as_ptr(), 0o700) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        let _ = std::fs::remove_file(fifo);
-        return Err(e);
+    // the plugin owns its rootfs: a link or a file swapped in for the FIFO is
+    // refused (berth_shim's open_fifo: no final link followed, a FIFO or nothing)
+    match berth_shim::logdriver::open_fifo(fifo) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let _ = std::fs::remove_file(fifo);
+            Err(e)
+        }
     }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ async fn idempotent_calls_are_sent_again_when_their_instance_dies() {
     assert!(CALLS.iter().any(|op| op.name == "VolumeList" && op.idempotent));
     let (_n, c, _) = setup().await;
     let c2 = c.clone();
-    let pending = tokio::spawn(async move { c2.volume_list(VolumeList { filters: Default::default() }).await });
+    let pending = tokio::spawn(async move { c2.volume_list(VolumeList { filters: Default::default(), plugins: false }).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     announce_exit(&c).await;
     assert_eq!(pending.await.unwrap().unwrap()[0].name, "v", "asked again");

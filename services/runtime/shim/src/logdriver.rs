@@ -100,16 +100,33 @@ pub struct FifoSink {
     frame: Vec<u8>,
 }
 
+/// Open a FIFO read-write and non-blocking, never through a final symlink, and
+/// only if it is a FIFO.
+pub fn open_fifo(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::other(format!("{} is not a FIFO", path.display())));
+    }
+    Ok(fd)
+}
+
 impl FifoSink {
-    /// Opens the FIFO the runtime made (read-write, non-blocking).
+    /// Opens the FIFO the runtime made (read-write, non-blocking). It lives in the
+    /// plugin's rootfs, which the plugin can change under us: a link there is not
+    /// followed and anything but a FIFO is refused, so the container's output never
+    /// goes into a host file the plugin points at.
     pub fn open(path: &Path) -> io::Result<FifoSink> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(FifoSink::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        open_fifo(path).map(FifoSink::from_fd)
     }
 
     pub fn from_fd(fd: OwnedFd) -> FifoSink {
@@ -245,6 +262,23 @@ fn random_id() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn open_fifo_refuses_links_and_files() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("f");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o700) }, 0);
+        assert!(open_fifo(&fifo).is_ok());
+        let file = d.path().join("host-file");
+        std::fs::write(&file, "secret").unwrap();
+        assert!(open_fifo(&file).is_err(), "a regular file is refused");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        assert!(open_fifo(&link).is_err(), "a link is not followed");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "secret");
+    }
+
     use super::*;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
