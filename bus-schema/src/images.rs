@@ -284,7 +284,7 @@ macro_rules! images_table {
                 plugin_enable(PluginEnable) -> (); callers [Gateway];
                 plugin_disable(PluginDisable) -> (); callers [Gateway];
                 plugin_remove(PluginRemove) -> (); callers [Gateway], timeout |_| $crate::secs(120);
-                plugin_privileges(PluginPrivilegeList) -> Option<Vec<PluginPrivilege>>; callers [Gateway], timeout |_| $crate::secs(60);
+                plugin_privilege_list(PluginPrivilegeList) -> Option<Vec<PluginPrivilege>>; callers [Gateway], timeout |_| $crate::secs(60);
                 plugin_pull(PluginPull) -> String, stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
                 plugin_push(PluginPush) -> (), stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);
                 plugin_upgrade(PluginUpgrade) -> String, stream JsonMessage; callers [Gateway], timeout |_| $crate::secs(120);

@@ -40,7 +40,7 @@ impl Backend for BusBackend {
         Box::pin(async move { self.bus.with_timeout(Duration::from_secs(120)).request(&PluginRemove { name, force }).await })
     }
     fn plugin_privileges(&self, remote: String, auth: Option<RegistryAuth>) -> Fut<'_, Option<Vec<PluginPrivilege>>> {
-        Box::pin(async move { self.images.plugin_privileges(PluginPrivilegeList { remote, auth }).await })
+        Box::pin(async move { self.images.plugin_privilege_list(PluginPrivilegeList { remote, auth }).await })
     }
     fn plugin_pull(&self, r: PluginPull) -> Fut<'_, (String, BusStream<JsonMessage>)> {
         Box::pin(async move { self.images.plugin_pull(r).await })
