@@ -67,19 +67,18 @@ impl Nats {
     /// Start a nats-server with extra config text (e.g. `authorization { ... }`).
     pub fn start_with_config(extra: Option<&str>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // The server picks its own port (`-1`) and writes it to a ports file: a port
+        // chosen here and handed over could be taken in between (by another test's
+        // server or a client's source port), and then the readiness check would
+        // connect to somebody else's server (a CI failure of stop 26).
         let conf = dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
-                dir.path().join("js").display(),
-                extra.unwrap_or("")
-            ),
-        )
-        .unwrap();
-        let child = Self::spawn(&conf);
-        let n = Nats { child, port, dir, conf };
+        let body = format!("jetstream {{ store_dir: \"{}\" }}\nports_file_dir: \"{}\"\n{}\n", dir.path().join("js").display(), dir.path().display(), extra.unwrap_or(""));
+        std::fs::write(&conf, format!("listen: \"127.0.0.1:-1\"\n{body}")).unwrap();
+        let mut child = Self::spawn(&conf);
+        let port = Self::wait_port(&mut child, dir.path());
+        // a restart listens on the same port
+        std::fs::write(&conf, format!("listen: \"127.0.0.1:{port}\"\n{body}")).unwrap();
+        let mut n = Nats { child, port, dir, conf };
         n.wait_ready();
         n
     }
@@ -94,6 +93,28 @@ impl Nats {
             .expect("spawn nats-server")
     }
 
+    /// The client port from the server's ports file (`<exe>_<pid>.ports`, JSON with a
+    /// `nats` list of URLs), written once it listens.
+    fn wait_port(child: &mut Child, dir: &Path) -> u16 {
+        let t = Instant::now();
+        let suffix = format!("_{}.ports", child.id());
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("nats-server exited at start: {st}");
+            }
+            let file = std::fs::read_dir(dir).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(&suffix)));
+            let port = file.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|s| {
+                let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+                v["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+            });
+            if let Some(p) = port {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("nats-server wrote no ports file in {}", dir.display());
+    }
+
     /// SIGKILL the server, as a crash would.
     pub fn crash(&mut self) {
         let _ = self.child.kill();
@@ -106,9 +127,13 @@ impl Nats {
         self.wait_ready();
     }
 
-    fn wait_ready(&self) {
+    /// Until our server (not one that took the port) accepts connections.
+    fn wait_ready(&mut self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("nats-server exited: {st} (port {} taken?)", self.port);
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
