@@ -797,7 +797,8 @@ fn overlay_network_between_two_nodes() {
     });
 
     let get = |what: &str| {
-        let o = mgr.docker(&["exec", &mc, "wget", "-q", "-O", "-", "-T", "3", &format!("http://{what}/")]);
+        // (`timeout`: this busybox's wget crashes with -T)
+        let o = mgr.docker(&["exec", &mc, "timeout", "5", "wget", "-qO-", &format!("http://{what}/")]);
         o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     // by the other node's task address, through the VXLAN
@@ -821,7 +822,7 @@ fn overlay_network_between_two_nodes() {
     let t = wait_for(20, "tasks.web", &mgr, || get("tasks.web"));
     assert!(t == mhost || t == whost, "{t}");
     // and the other way: the worker's task reaches the manager's by name
-    let o = wkr.docker(&["exec", &wc, "wget", "-q", "-O", "-", "-T", "3", &format!("http://{mip}/")]);
+    let o = wkr.docker(&["exec", &wc, "timeout", "5", "wget", "-qO-", &format!("http://{mip}/")]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), mhost, "{}", out(&o));
 
     // the service goes: so do both nodes' devices and the tasks' addresses
