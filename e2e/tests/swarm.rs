@@ -731,3 +731,111 @@ fn overlay_networks_in_the_swarm_store() {
     let ls = node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(!ls.contains("ov3") && !ls.contains("ingress"), "{ls}");
 }
+
+/// The overlay data path (issue 18): a manager and a worker on an underlay, an overlay
+/// network, a service of two busybox httpd tasks on it, one per node. From the
+/// manager's task, the worker's is reached by its overlay address (VXLAN between the
+/// nodes, FDB entries from the store), by the service's name (its VIP, load-balanced in
+/// the container's kernel: both tasks answer) and by `tasks.NAME`. Removing the service
+/// removes the nodes' bridges and VXLAN devices.
+#[test]
+fn overlay_network_between_two_nodes() {
+    require_root!();
+    // declared first, dropped last: the nodes stop before their namespaces (and every
+    // kernel object in them) go
+    let u = berth_e2e::netns::Underlay::new(2);
+    let mgr = u.start_node(0, Default::default());
+    let wkr = u.start_node(1, Default::default());
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    let (mname, wname) = (format!("bsw{}-1", u.id), format!("bsw{}-2", u.id));
+    wait_for(30, "both nodes Ready", &mgr, || {
+        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+        (ls.contains(&format!("{mname} Ready")) && ls.contains(&format!("{wname} Ready"))).then_some(())
+    });
+    load_busybox(&u, &[&mgr, &wkr]);
+
+    let net = mgr.docker_ok(&["network", "create", "-d", "overlay", "net"]).trim().to_string();
+    let vni = mgr.docker_ok(&["network", "inspect", "net", "--format", "{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]).trim().to_string();
+    let page = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--network", "net", "--replicas", "2", "--name", "web", "busybox:latest", "sh", "-c", page]);
+    assert!(created.contains("converged"), "{created}");
+    let mut nodes = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}}"]));
+    nodes.sort();
+    assert_eq!(nodes, vec![mname.clone(), wname.clone()], "one task per node");
+    let ctr = |n: &Node| {
+        let ids = lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"]));
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        ids[0].clone()
+    };
+    let (mc, wc) = (ctr(&mgr), ctr(&wkr));
+    // each task's overlay address (eth1: eth0 is the node's bridge network)
+    let overlay_ip = |n: &Node, c: &str| {
+        let a = n.docker_ok(&["exec", c, "ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
+        a.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or_default().to_string()
+    };
+    let (mip, wip) = (overlay_ip(&mgr, &mc), overlay_ip(&wkr, &wc));
+    assert!(mip.starts_with("10.0.1.") && wip.starts_with("10.0.1.") && mip != wip, "{mip} {wip}");
+    let wip = wip.split('/').next().unwrap().to_string();
+    let mip = mip.split('/').next().unwrap().to_string();
+    let whost = wkr.docker_ok(&["exec", &wc, "hostname"]).trim().to_string();
+    let mhost = mgr.docker_ok(&["exec", &mc, "hostname"]).trim().to_string();
+
+    // the worker's devices: a VXLAN with the network's VNI on UDP 4789, learning off, its
+    // FDB pointing the manager's task at the manager's underlay address
+    let vx = format!("bvx{vni}");
+    let d = out(&u.exec(1, &["ip", "-d", "link", "show", "dev", &vx]));
+    assert!(d.contains(&format!("vxlan id {vni} ")) && d.contains("dstport 4789") && d.contains("nolearning") && d.contains(&format!("master bov{vni}")), "{d}");
+    let mac = {
+        let o: Vec<u8> = mip.split('.').map(|x| x.parse().unwrap()).collect();
+        format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    };
+    wait_for(20, "the worker's FDB entry for the manager's task", &wkr, || {
+        out(&u.exec(1, &["bridge", "fdb", "show", "dev", &vx])).contains(&format!("{mac} dst {} self permanent", u.addrs[0])).then_some(())
+    });
+
+    let get = |what: &str| {
+        // (`timeout`: this busybox's wget crashes with -T)
+        let o = mgr.docker(&["exec", &mc, "timeout", "5", "wget", "-qO-", &format!("http://{what}/")]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    // by the other node's task address, through the VXLAN
+    let got = wait_for(20, "the worker's task by its overlay address", &mgr, || get(&wip));
+    assert_eq!(got, whost);
+    // by the service's name: its VIP, load-balanced over both tasks
+    let vip = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}"]).trim().to_string();
+    let vip = vip.split('/').next().unwrap().to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(30, "both tasks behind the service's name", &mgr, || {
+        if let Some(h) = get("web") {
+            seen.insert(h);
+        }
+        (seen.len() == 2).then_some(())
+    });
+    assert_eq!(seen, [mhost.clone(), whost.clone()].into_iter().collect());
+    let by_vip = wait_for(20, "the VIP", &mgr, || get(&vip));
+    assert!(by_vip == mhost || by_vip == whost, "{by_vip}");
+    let hosts = mgr.docker_ok(&["exec", &mc, "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{vip}\tweb\n")) && hosts.contains(&format!("{wip}\ttasks.web\n")) && hosts.contains(&format!("{mip}\ttasks.web\n")), "{hosts}");
+    let t = wait_for(20, "tasks.web", &mgr, || get("tasks.web"));
+    assert!(t == mhost || t == whost, "{t}");
+    // and the other way: the worker's task reaches the manager's by name
+    let o = wkr.docker(&["exec", &wc, "timeout", "5", "wget", "-qO-", &format!("http://{mip}/")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), mhost, "{}", out(&o));
+
+    // the service goes: so do both nodes' devices and the tasks' addresses
+    mgr.docker_ok(&["service", "rm", "web"]);
+    for (i, n) in [&mgr, &wkr].into_iter().enumerate() {
+        wait_for(30, "the overlay devices removed", n, || {
+            let l = out(&u.exec(i, &["ip", "-o", "link", "show"]));
+            (!l.contains(&format!("bvx{vni}")) && !l.contains(&format!("bov{vni}"))).then_some(())
+        });
+    }
+    mgr.docker_ok(&["network", "rm", "net"]);
+    let o = mgr.docker(&["network", "inspect", &net]);
+    assert!(!o.status.success());
+    wkr.docker_ok(&["swarm", "leave"]);
+    mgr.docker_ok(&["swarm", "leave", "--force"]);
+}

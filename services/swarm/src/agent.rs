@@ -164,6 +164,12 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
             let st = i.state.clone().unwrap_or_default();
             started = st.running == Some(true) || st.finished_at.as_deref().map(|f| !f.starts_with("0001")).unwrap_or(false);
             exited = started && st.running != Some(true);
+            if started && !exited && first.desired_state <= TaskState::Running {
+                // an adopted container: on its overlay networks again (a no-op if it is)
+                if let Err(e) = attach_overlays(&c, &first, st.pid).await {
+                    tracing::warn!(task = %first.id, error = %e, "attaching an adopted task to its overlay networks");
+                }
+            }
         } else {
             container = None;
         }
@@ -176,6 +182,7 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                 let _ = nb.remove(id).await;
             }
             crate::taskfiles::release(&c.svc.task_files, &first.id);
+            crate::overlay::release(&c, &first).await;
             return;
         };
         let past = rep.last.as_ref().map(|s| s.state).unwrap_or(TaskState::Assigned);
@@ -185,6 +192,7 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                     let grace = t.spec.container_spec.as_ref().and_then(|c| c.stop_grace_period).map(|ns| (ns / 1_000_000_000).max(0));
                     let _ = nb.stop(id, grace.or(Some(10)), None).await;
                     exited = true;
+                    crate::overlay::release(&c, &t).await;
                 }
             }
             if !past.terminal() {
@@ -228,7 +236,16 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                     Ok(()) => {
                         started = true;
                         let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
-                        rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await;
+                        match attach_overlays(&c, &t, pid).await {
+                            Ok(()) => rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await,
+                            Err(e) => {
+                                let _ = nb.stop(&id, Some(0), None).await;
+                                exited = true;
+                                let mut s = with_container(Status::now(TaskState::Failed, "starting"), &id, None, None);
+                                s.err = Some(e);
+                                rep.report(s).await;
+                            }
+                        }
                     }
                     Err(e) => {
                         let mut s = with_container(Status::now(TaskState::Failed, "starting"), &id, None, None);
@@ -280,6 +297,17 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
     }
 }
 
+/// A started task container on the overlay networks of its spec (its addresses from
+/// the store).
+async fn attach_overlays(c: &Cluster, t: &TaskRecord, pid: Option<i64>) -> Result<(), String> {
+    if t.spec.networks.as_ref().map(|n| n.is_empty()).unwrap_or(true) {
+        return Ok(());
+    }
+    let pid = pid.filter(|p| *p > 0).ok_or_else(|| "no container process to attach to the overlay".to_string())?;
+    let nets = crate::overlay::allocate(c, t).await.map_err(|e| e.message.clone())?;
+    crate::overlay::attach(c, t, pid, &nets).await
+}
+
 /// The status of a container that exited with `code` while it should run.
 fn ended(id: &str, code: i64) -> Status {
     if code == 0 {
@@ -299,6 +327,9 @@ async fn prepare(c: &Cluster, t: &TaskRecord) -> Result<String, BusError> {
     if !nb.image_present(&image).await {
         nb.pull(&image, None).await.map_err(|e| BusError::not_found(format!("No such image: {image}")).context(e.message).context("pull"))?;
     }
+    // the task's overlay addresses, before its container exists (Moby's allocator
+    // gives them before the task is assigned)
+    crate::overlay::allocate(c, t).await?;
     let name = task_name(t);
     let mut body = container_body(c, t);
     let binds = crate::taskfiles::prepare(c, &c.svc.task_files, t)?;

@@ -216,6 +216,7 @@ impl Cluster {
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));
+        self.spawn(crate::overlay::run(self.clone()));
         self.spawn(watch_server(self.clone()));
     }
 
@@ -258,6 +259,8 @@ impl Cluster {
             }
         }
         crate::taskfiles::release_all(&self.svc.task_files);
+        // and its overlay devices
+        crate::overlay::remove_all().await;
         std::fs::remove_dir_all(&self.svc.files.dir).map_err(internal)?;
         Ok(())
     }

@@ -30,6 +30,7 @@ pub mod natsconf;
 pub mod networks;
 pub mod node_bus;
 pub mod orchestrator;
+pub mod overlay;
 pub mod server;
 pub mod store;
 pub mod taskfiles;

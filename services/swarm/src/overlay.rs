@@ -1,0 +1,627 @@
+//! The overlay data path of a node (issue 18): for each swarm overlay network a task of
+//! this node is attached to, a Linux bridge (`bov<VNI>`) with a VXLAN device
+//! (`bvx<VNI>`: the network's VNI, UDP 4789, learning off, ARP proxy) in the node's
+//! namespace; FDB and neighbour entries for the other nodes' tasks (their MAC and IP,
+//! the node's underlay address) computed from the store (`swarm_networks` addresses →
+//! `swarm_tasks` placement → `swarm_nodes` Status.Addr) and kept up to date as it
+//! changes; each task container gets a veth on the bridge with its address from the
+//! network's subnet (allocated in the store, so unique across nodes; MAC `02:42:` + the
+//! address as Moby's). Inside each attached container: the services of its networks'
+//! virtual IPs load-balanced with nftables DNAT (`numgen random`) to the tasks, and
+//! their names (`NAME` → VIP, or the tasks' IPs with `--endpoint-mode dnsrr`;
+//! `tasks.NAME` → every task IP) in a block of the container's /etc/hosts.
+//!
+//! Kernel objects are made with iproute2 (`ip`, `bridge`), nftables (`nft`) and
+//! `nsenter`, from the swarm service (the network service has no bus operation for them
+//! yet; see docs/status.md, issue 18).
+
+use crate::cluster::Cluster;
+use crate::model::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const VXLAN_PORT: u16 = 4789;
+/// 1500 less the VXLAN encapsulation (50 bytes), as Moby's overlay.
+pub const MTU: u32 = 1450;
+const HOSTS_BEGIN: &str = "# berth swarm overlay: begin";
+const HOSTS_END: &str = "# berth swarm overlay: end";
+const NFT_TABLE: &str = "berth_vip";
+
+pub fn bridge_name(vni: u32) -> String {
+    format!("bov{vni}")
+}
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("bvx{vni}")
+}
+
+/// Moby's MAC for an overlay address: `02:42:` and the address's four bytes.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// A task of another node on an overlay network: reached through that node's VXLAN.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// The remote node's underlay address.
+    pub dst: String,
+}
+
+/// What one overlay network needs on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetPlan {
+    pub vni: u32,
+    pub peers: BTreeSet<Peer>,
+}
+
+fn live(t: &TaskRecord) -> bool {
+    t.desired_state <= TaskState::Running && t.node_id.is_some()
+}
+
+fn strip_len(a: &str) -> &str {
+    a.split('/').next().unwrap_or(a)
+}
+
+/// The overlay networks this node needs (those one of its live tasks holds an address
+/// in) with the peers each needs: every address held by a live task of another node
+/// whose underlay address is known.
+pub fn plan(me: &str, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[NodeRecord]) -> BTreeMap<String, NetPlan> {
+    let tasks: HashMap<&str, &TaskRecord> = tasks.iter().filter(|t| live(t)).map(|t| (t.id.as_str(), t)).collect();
+    let addr_of: HashMap<&str, &str> = nodes.iter().map(|n| (n.id.as_str(), n.addr.as_str())).collect();
+    let mut out = BTreeMap::new();
+    for n in nets {
+        let on = |owner: &str| tasks.get(owner).and_then(|t| t.node_id.as_deref());
+        if !n.allocated.values().any(|o| on(o) == Some(me)) {
+            continue;
+        }
+        let mut p = NetPlan { vni: n.vni, peers: BTreeSet::new() };
+        for (a, owner) in &n.allocated {
+            let Some(node) = on(owner) else { continue };
+            if node == me {
+                continue;
+            }
+            let Some(dst) = addr_of.get(node).filter(|a| !a.is_empty()) else { continue };
+            let Ok(ip) = strip_len(a).parse::<Ipv4Addr>() else { continue };
+            p.peers.insert(Peer { ip, mac: mac_for(ip), dst: dst.to_string() });
+        }
+        out.insert(n.id.clone(), p);
+    }
+    out
+}
+
+fn cmd(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The commands that make a network's bridge and VXLAN device (each may answer "File
+/// exists": the device is there already).
+pub fn create_commands(vni: u32, local: &str) -> Vec<Vec<String>> {
+    let (br, vx) = (bridge_name(vni), vxlan_name(vni));
+    let (id, port, mtu) = (vni.to_string(), VXLAN_PORT.to_string(), MTU.to_string());
+    let mut vxlan = cmd(&["ip", "link", "add", &vx, "mtu", &mtu, "type", "vxlan", "id", &id, "dstport", &port, "nolearning", "proxy"]);
+    if !local.is_empty() {
+        vxlan.extend(cmd(&["local", local]));
+    }
+    vec![
+        cmd(&["ip", "link", "add", &br, "mtu", &mtu, "type", "bridge"]),
+        vxlan,
+        cmd(&["ip", "link", "set", &vx, "master", &br, "up"]),
+        cmd(&["ip", "link", "set", &br, "up"]),
+    ]
+}
+
+/// The commands that take this node from `old` to `new`: devices for networks it now
+/// needs, FDB and neighbour entries for new peers, gone peers' entries deleted, devices
+/// of networks it no longer needs deleted.
+pub fn commands(local: &str, old: &BTreeMap<String, NetPlan>, new: &BTreeMap<String, NetPlan>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (id, p) in old {
+        if new.get(id).map(|n| n.vni) != Some(p.vni) {
+            out.push(cmd(&["ip", "link", "del", &vxlan_name(p.vni)]));
+            out.push(cmd(&["ip", "link", "del", &bridge_name(p.vni)]));
+        }
+    }
+    for (id, p) in new {
+        let before = old.get(id).filter(|o| o.vni == p.vni);
+        if before.is_none() {
+            out.extend(create_commands(p.vni, local));
+        }
+        let vx = vxlan_name(p.vni);
+        let had = before.map(|b| b.peers.clone()).unwrap_or_default();
+        for gone in had.difference(&p.peers) {
+            out.push(cmd(&["bridge", "fdb", "del", &gone.mac, "dev", &vx, "self"]));
+            out.push(cmd(&["ip", "neigh", "del", &gone.ip.to_string(), "dev", &vx]));
+        }
+        for peer in p.peers.difference(&had) {
+            out.push(cmd(&["bridge", "fdb", "replace", &peer.mac, "dev", &vx, "dst", &peer.dst, "self", "permanent"]));
+            out.push(cmd(&["ip", "neigh", "replace", &peer.ip.to_string(), "lladdr", &peer.mac, "dev", &vx, "nud", "permanent"]));
+        }
+    }
+    out
+}
+
+async fn run_cmd(args: &[String], stdin: Option<String>) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::process::Command::new(&args[0]);
+    c.args(&args[1..]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    c.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+    let mut child = c.spawn().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
+        let _ = i.write_all(s.as_bytes()).await;
+    }
+    let o = child.wait_with_output().await.map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
+    }
+}
+
+/// Run `cmds` in order; "File exists" (a device there already) and, for deletions,
+/// "not found" answers are fine. The first other failure is returned after the rest ran.
+async fn run_all(cmds: &[Vec<String>]) -> Result<(), String> {
+    let mut first = Ok(());
+    for c in cmds {
+        if let Err(e) = run_cmd(c, None).await {
+            let deleting = c.iter().any(|a| a == "del");
+            if e.contains("File exists") || (deleting && (e.contains("Cannot find") || e.contains("No such") || e.contains("not exist"))) {
+                continue;
+            }
+            tracing::warn!(error = %e, "overlay data path");
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// A task container attached to overlay networks on this node.
+#[derive(Debug, Clone)]
+struct Attached {
+    pid: i64,
+    /// Network IDs.
+    nets: Vec<String>,
+    /// The last nftables script and hosts block applied.
+    nft: String,
+    hosts: String,
+}
+
+fn attached() -> &'static Mutex<HashMap<String, Attached>> {
+    static A: std::sync::OnceLock<Mutex<HashMap<String, Attached>>> = std::sync::OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+/// Wakes the loop when a container was attached.
+fn kick() -> &'static tokio::sync::Notify {
+    static K: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    K.get_or_init(Default::default)
+}
+
+/// The host end of a task's veth on its `i`th overlay network.
+pub fn host_veth(task_id: &str, i: usize) -> String {
+    let short: String = task_id.chars().take(10).collect();
+    format!("bo{}{i}", short.to_lowercase())
+}
+
+/// The addresses a task holds in the overlay networks of its spec, allocated in the
+/// store (one per network; kept when it holds one already).
+pub async fn allocate(c: &Cluster, t: &TaskRecord) -> Result<Vec<(NetworkRecord, String)>, bus_schema::BusError> {
+    let mut out = Vec::new();
+    for a in t.spec.networks.clone().unwrap_or_default() {
+        let Some(target) = a.target.clone() else { continue };
+        let addr = c.allocate_address(&target, &t.id).await?;
+        let Some((n, _)) = c.t.networks.get(&target) else { continue };
+        out.push((n, addr));
+    }
+    Ok(out)
+}
+
+/// Give back a task's addresses.
+pub async fn release(c: &Cluster, t: &TaskRecord) {
+    for a in t.spec.networks.clone().unwrap_or_default() {
+        if let Some(target) = a.target {
+            if let Err(e) = c.release_addresses(&target, &t.id).await {
+                tracing::warn!(task = %t.id, error = %e, "releasing the task's overlay address");
+            }
+        }
+    }
+    attached().lock().unwrap().remove(&t.id);
+}
+
+/// Put a running task container (`pid`) on its overlay networks: the network's devices,
+/// a veth on its bridge whose other end is `eth<i+1>` in the container with the task's
+/// address and MAC. A container that has its veth already is left as it is.
+pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecord, String)]) -> Result<(), String> {
+    if nets.is_empty() {
+        return Ok(());
+    }
+    let local = c.t.nodes.get(&c.node_id()).map(|(n, _)| n.addr).unwrap_or_default();
+    let ns = format!("--net=/proc/{pid}/ns/net");
+    for (i, (n, addr)) in nets.iter().enumerate() {
+        run_all(&create_commands(n.vni, &local)).await?;
+        let host = host_veth(&t.id, i);
+        if run_cmd(&cmd(&["ip", "link", "show", "dev", &host]), None).await.is_ok() {
+            continue;
+        }
+        let inner = format!("eth{}", i + 1);
+        let ip: Ipv4Addr = strip_len(addr).parse().map_err(|_| format!("bad address {addr}"))?;
+        let mtu = MTU.to_string();
+        let pid = pid.to_string();
+        let steps = vec![
+            cmd(&["ip", "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &inner, "mtu", &mtu, "netns", &pid]),
+            cmd(&["ip", "link", "set", &host, "master", &bridge_name(n.vni), "up"]),
+            cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "address", &mac_for(ip)]),
+            cmd(&["nsenter", &ns, "ip", "addr", "add", addr, "dev", &inner]),
+            cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "up"]),
+        ];
+        for s in &steps {
+            if let Err(e) = run_cmd(s, None).await {
+                let _ = run_cmd(&cmd(&["ip", "link", "del", &host]), None).await;
+                return Err(e);
+            }
+        }
+    }
+    attached().lock().unwrap().insert(t.id.clone(), Attached { pid, nets: nets.iter().map(|(n, _)| n.id.clone()).collect(), nft: String::new(), hosts: String::new() });
+    kick().notify_one();
+    Ok(())
+}
+
+/// A service as a container on its networks sees it: its name, its virtual IP in the
+/// network (none in DNSRR mode) and its live tasks' addresses there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SvcView {
+    pub name: String,
+    pub vip: Option<Ipv4Addr>,
+    pub tasks: Vec<Ipv4Addr>,
+}
+
+/// The services reachable on networks `nets`, from the networks' addresses (`vip.<ID>`
+/// owners) and the live tasks holding addresses there.
+pub fn services_on(nets: &[&NetworkRecord], tasks: &[TaskRecord]) -> BTreeMap<String, SvcView> {
+    let by_id: HashMap<&str, &TaskRecord> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let names: HashMap<&str, &str> = tasks.iter().map(|t| (t.service_id.as_str(), t.service_name.as_str())).collect();
+    let mut out: BTreeMap<String, SvcView> = BTreeMap::new();
+    for n in nets {
+        for (a, owner) in &n.allocated {
+            let Ok(ip) = strip_len(a).parse::<Ipv4Addr>() else { continue };
+            if let Some(sid) = owner.strip_prefix("vip.") {
+                let Some(name) = names.get(sid) else { continue };
+                let v = out.entry(sid.to_string()).or_default();
+                v.name = name.to_string();
+                v.vip = Some(ip);
+            } else if let Some(t) = by_id.get(owner.as_str()).filter(|t| live(t)) {
+                let v = out.entry(t.service_id.clone()).or_default();
+                v.name = t.service_name.clone();
+                v.tasks.push(ip);
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.tasks.sort();
+        v.tasks.dedup();
+    }
+    out
+}
+
+/// The nftables script a container runs for the virtual IPs: each VIP with tasks is
+/// DNATed to one of them at random (replaces the whole table at once).
+pub fn nft_script(svcs: &BTreeMap<String, SvcView>) -> String {
+    let mut rules = String::new();
+    for v in svcs.values() {
+        let (Some(vip), false) = (v.vip, v.tasks.is_empty()) else { continue };
+        let map: Vec<String> = v.tasks.iter().enumerate().map(|(i, t)| format!("{i} : {t}")).collect();
+        rules += &format!("    ip daddr {vip} dnat to numgen random mod {} map {{ {} }}\n", v.tasks.len(), map.join(", "));
+    }
+    format!(
+        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n}}\n"
+    )
+}
+
+/// The names block of a container's /etc/hosts: `NAME` (its VIP, or in DNSRR mode
+/// each task) and `tasks.NAME` (each task).
+pub fn hosts_block(svcs: &BTreeMap<String, SvcView>) -> String {
+    let mut s = String::new();
+    for v in svcs.values() {
+        match v.vip {
+            Some(vip) => s += &format!("{vip}\t{}\n", v.name),
+            None => {
+                for t in &v.tasks {
+                    s += &format!("{t}\t{}\n", v.name);
+                }
+            }
+        }
+        for t in &v.tasks {
+            s += &format!("{t}\ttasks.{}\n", v.name);
+        }
+    }
+    s
+}
+
+/// `hosts` with its berth block replaced by `block`.
+pub fn with_block(hosts: &str, block: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for l in hosts.lines() {
+        if l == HOSTS_BEGIN {
+            inside = true;
+            continue;
+        }
+        if l == HOSTS_END {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out += l;
+            out.push('\n');
+        }
+    }
+    if !block.is_empty() {
+        out += &format!("{HOSTS_BEGIN}\n{block}{HOSTS_END}\n");
+    }
+    out
+}
+
+/// Every device of berth's overlay on this node (`bov*`, `bvx*`).
+async fn our_links() -> Vec<String> {
+    let o = tokio::process::Command::new("ip").args(["-o", "link", "show"]).output().await;
+    let Ok(o) = o else { return Vec::new() };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()))
+        .filter(|n| (n.starts_with("bov") || n.starts_with("bvx")) && n[3..].chars().all(|c| c.is_ascii_digit()) && n.len() > 3)
+        .collect()
+}
+
+/// Delete every overlay device of this node (swarm leave).
+pub async fn remove_all() {
+    let mut links = our_links().await;
+    // VXLAN devices before their bridges
+    links.sort_by_key(|l| !l.starts_with("bvx"));
+    for l in links {
+        let _ = run_cmd(&cmd(&["ip", "link", "del", &l]), None).await;
+    }
+    attached().lock().unwrap().clear();
+}
+
+/// The node's overlay loop: follows the store and keeps the devices, FDB and neighbour
+/// entries, and each attached container's VIP rules and names as they should be. On
+/// the leader, also gives back the addresses of tasks that left the store.
+pub async fn run(c: Arc<Cluster>) {
+    c.t.tasks.wait_ready().await;
+    c.t.networks.wait_ready().await;
+    c.t.nodes.wait_ready().await;
+    let me = c.node_id();
+    let (mut rt, mut rn, mut rno) = (c.t.tasks.subscribe(), c.t.networks.subscribe(), c.t.nodes.subscribe());
+    let mut applied: BTreeMap<String, NetPlan> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let nets: Vec<NetworkRecord> = c.t.networks.values().into_iter().map(|(_, n, _)| n).collect();
+        let tasks: Vec<TaskRecord> = c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
+        let nodes: Vec<NodeRecord> = c.t.nodes.values().into_iter().map(|(_, n, _)| n).collect();
+        let local = nodes.iter().find(|n| n.id == me).map(|n| n.addr.clone()).unwrap_or_default();
+        let want = plan(&me, &nets, &tasks, &nodes);
+        if first {
+            // devices a previous run left for networks this node no longer needs
+            let keep: BTreeSet<String> = want.values().flat_map(|p| [bridge_name(p.vni), vxlan_name(p.vni)]).collect();
+            for l in our_links().await {
+                if !keep.contains(&l) {
+                    let _ = run_cmd(&cmd(&["ip", "link", "del", &l]), None).await;
+                }
+            }
+        }
+        let none = BTreeMap::new();
+        let cmds = commands(&local, if first { &none } else { &applied }, &want);
+        let ok = run_all(&cmds).await.is_ok();
+        if ok {
+            applied = want;
+            first = false;
+        }
+        sync_containers(&nets, &tasks).await;
+        if c.leader_id().as_deref() == Some(me.as_str()) {
+            release_orphans(&c, &nets, &tasks, &nodes).await;
+        }
+        tokio::select! {
+            r = rt.changed() => { if r.is_err() { return; } }
+            r = rn.changed() => { if r.is_err() { return; } }
+            r = rno.changed() => { if r.is_err() { return; } }
+            _ = kick().notified() => {}
+            // a failed step is tried again
+            _ = tokio::time::sleep(Duration::from_secs(if ok { 30 } else { 2 })) => {}
+        }
+    }
+}
+
+/// Each attached container's VIP rules and /etc/hosts block, rewritten when they change.
+async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
+    let list: Vec<(String, Attached)> = attached().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (task, a) in list {
+        let mine: Vec<&NetworkRecord> = nets.iter().filter(|n| a.nets.contains(&n.id)).collect();
+        let svcs = services_on(&mine, tasks);
+        let nft = nft_script(&svcs);
+        let hosts = hosts_block(&svcs);
+        if !std::path::Path::new(&format!("/proc/{}", a.pid)).exists() {
+            attached().lock().unwrap().remove(&task);
+            continue;
+        }
+        let mut done = a.clone();
+        if nft != a.nft {
+            let ns = format!("--net=/proc/{}/ns/net", a.pid);
+            match run_cmd(&cmd(&["nsenter", &ns, "nft", "-f", "-"]), Some(nft.clone())).await {
+                Ok(()) => done.nft = nft,
+                Err(e) => tracing::warn!(task = %task, error = %e, "the overlay VIP rules"),
+            }
+        }
+        if hosts != a.hosts {
+            // the container's /etc/hosts (a bind mount of the sandbox's file): written in place
+            let path = format!("/proc/{}/root/etc/hosts", a.pid);
+            let written = std::fs::read_to_string(&path).and_then(|cur| std::fs::write(&path, with_block(&cur, &hosts)));
+            match written {
+                Ok(()) => done.hosts = hosts,
+                Err(e) => tracing::warn!(task = %task, error = %e, "the overlay names in /etc/hosts"),
+            }
+        }
+        if let Some(e) = attached().lock().unwrap().get_mut(&task) {
+            e.nft = done.nft;
+            e.hosts = done.hosts;
+        }
+    }
+}
+
+/// Addresses held by tasks that left the store, or whose node is down while they are
+/// to stop (their agent cannot give them back).
+async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[NodeRecord]) {
+    let by_id: HashMap<&str, &TaskRecord> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let down: BTreeSet<&str> = nodes.iter().filter(|n| n.state == "down").map(|n| n.id.as_str()).collect();
+    for n in nets {
+        let owners: BTreeSet<&String> = n.allocated.values().filter(|o| !o.starts_with("vip.")).collect();
+        for o in owners {
+            let gone = match by_id.get(o.as_str()) {
+                None => true,
+                Some(t) => !live(t) && t.node_id.as_deref().map(|x| down.contains(x)).unwrap_or(true),
+            };
+            if gone {
+                let _ = c.release_addresses(&n.id, o).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(id: &str, vni: u32, alloc: &[(&str, &str)]) -> NetworkRecord {
+        NetworkRecord {
+            id: id.into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            name: id.into(),
+            driver: "overlay".into(),
+            attachable: false,
+            ingress: false,
+            internal: false,
+            enable_ipv6: false,
+            ipam_driver: "default".into(),
+            ipam_options: None,
+            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
+            options: Default::default(),
+            labels: None,
+            vni,
+            allocated: alloc.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect(),
+        }
+    }
+
+    fn task(id: &str, svc: &str, node: &str, desired: TaskState) -> TaskRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "created_at": "", "updated_at": "", "service_id": svc, "service_name": format!("name-{svc}"),
+            "slot": 1, "node_id": node, "spec": {}, "spec_version": 1, "desired_state": desired,
+            "status": {"state": "running", "timestamp": "", "message": ""}
+        }))
+        .unwrap()
+    }
+
+    fn node(id: &str, addr: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            spec: Default::default(),
+            description: Default::default(),
+            state: "ready".into(),
+            message: String::new(),
+            addr: addr.into(),
+            role: "worker".into(),
+            bus: Default::default(),
+        }
+    }
+
+    #[test]
+    fn macs_as_moby() {
+        assert_eq!(mac_for("10.0.1.3".parse().unwrap()), "02:42:0a:00:01:03");
+        assert_eq!(host_veth("AbCdEfGhIjKlMn", 0), "boabcdefghij0");
+        assert!(host_veth("AbCdEfGhIjKlMn", 9).len() <= 15);
+    }
+
+    #[test]
+    fn the_plan_from_the_store() {
+        let nets = vec![
+            net("n1", 4097, &[("10.0.1.2", "vip.s1"), ("10.0.1.3", "t1"), ("10.0.1.4", "t2"), ("10.0.1.5", "t3"), ("10.0.1.6", "gone")]),
+            // no task of this node on it: not needed here
+            net("n2", 4098, &[("10.0.2.3", "t4")]),
+        ];
+        let tasks = vec![
+            task("t1", "s1", "me", TaskState::Running),
+            task("t2", "s1", "other", TaskState::Running),
+            // to stop: no peer
+            task("t3", "s1", "other", TaskState::Shutdown),
+            task("t4", "s2", "other", TaskState::Running),
+        ];
+        let nodes = vec![node("me", "192.168.1.1"), node("other", "192.168.1.2")];
+        let p = plan("me", &nets, &tasks, &nodes);
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec!["n1"]);
+        let n1 = &p["n1"];
+        assert_eq!(n1.vni, 4097);
+        assert_eq!(n1.peers.iter().cloned().collect::<Vec<_>>(), vec![Peer { ip: "10.0.1.4".parse().unwrap(), mac: "02:42:0a:00:01:04".into(), dst: "192.168.1.2".into() }]);
+        // the other node has none of its own tasks on n1 but t2's: its plan has t1 as a peer
+        let q = plan("other", &nets, &tasks, &nodes);
+        assert_eq!(q["n1"].peers.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>(), vec!["10.0.1.3"]);
+        assert_eq!(q["n2"].peers.len(), 0);
+    }
+
+    #[test]
+    fn commands_from_one_plan_to_the_next() {
+        let peer = |ip: &str, dst: &str| {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            Peer { ip, mac: mac_for(ip), dst: dst.into() }
+        };
+        let a = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.4", "192.168.1.2")]) })]);
+        let s = |v: Vec<Vec<String>>| v.into_iter().map(|c| c.join(" ")).collect::<Vec<_>>();
+        assert_eq!(
+            s(commands("192.168.1.1", &BTreeMap::new(), &a)),
+            vec![
+                "ip link add bov4097 mtu 1450 type bridge",
+                "ip link add bvx4097 mtu 1450 type vxlan id 4097 dstport 4789 nolearning proxy local 192.168.1.1",
+                "ip link set bvx4097 master bov4097 up",
+                "ip link set bov4097 up",
+                "bridge fdb replace 02:42:0a:00:01:04 dev bvx4097 dst 192.168.1.2 self permanent",
+                "ip neigh replace 10.0.1.4 lladdr 02:42:0a:00:01:04 dev bvx4097 nud permanent",
+            ]
+        );
+        assert!(commands("192.168.1.1", &a, &a).is_empty());
+        let b = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.5", "192.168.1.3")]) })]);
+        assert_eq!(
+            s(commands("192.168.1.1", &a, &b)),
+            vec![
+                "bridge fdb del 02:42:0a:00:01:04 dev bvx4097 self",
+                "ip neigh del 10.0.1.4 dev bvx4097",
+                "bridge fdb replace 02:42:0a:00:01:05 dev bvx4097 dst 192.168.1.3 self permanent",
+                "ip neigh replace 10.0.1.5 lladdr 02:42:0a:00:01:05 dev bvx4097 nud permanent",
+            ]
+        );
+        assert_eq!(s(commands("192.168.1.1", &a, &BTreeMap::new())), vec!["ip link del bvx4097", "ip link del bov4097"]);
+    }
+
+    #[test]
+    fn vips_names_and_hosts() {
+        let n = net("n1", 4097, &[("10.0.1.2", "vip.s1"), ("10.0.1.3", "t1"), ("10.0.1.4", "t2"), ("10.0.1.5", "t3")]);
+        let tasks = vec![task("t1", "s1", "a", TaskState::Running), task("t2", "s1", "b", TaskState::Running), task("t3", "s2", "b", TaskState::Running)];
+        let svcs = services_on(&[&n], &tasks);
+        assert_eq!(svcs["s1"], SvcView { name: "name-s1".into(), vip: Some("10.0.1.2".parse().unwrap()), tasks: vec!["10.0.1.3".parse().unwrap(), "10.0.1.4".parse().unwrap()] });
+        // s2 has no VIP (DNSRR)
+        assert_eq!(svcs["s2"].vip, None);
+        let nft = nft_script(&svcs);
+        assert!(nft.contains("ip daddr 10.0.1.2 dnat to numgen random mod 2 map { 0 : 10.0.1.3, 1 : 10.0.1.4 }"), "{nft}");
+        assert_eq!(nft.matches("dnat").count(), 1);
+        let h = hosts_block(&svcs);
+        assert_eq!(h, "10.0.1.2\tname-s1\n10.0.1.3\ttasks.name-s1\n10.0.1.4\ttasks.name-s1\n10.0.1.5\tname-s2\n10.0.1.5\ttasks.name-s2\n");
+        let f = with_block("127.0.0.1\tlocalhost\n", &h);
+        assert!(f.starts_with("127.0.0.1\tlocalhost\n# berth swarm overlay: begin\n10.0.1.2\tname-s1\n"));
+        assert_eq!(with_block(&with_block(&f, "1.2.3.4\tx\n"), ""), "127.0.0.1\tlocalhost\n");
+    }
+}
