@@ -16,6 +16,7 @@ pub enum EventType {
     Node,
     Secret,
     Config,
+    Plugin,
 }
 
 impl EventType {
@@ -29,6 +30,7 @@ impl EventType {
             EventType::Node => "node",
             EventType::Secret => "secret",
             EventType::Config => "config",
+            EventType::Plugin => "plugin",
         }
     }
 }
@@ -43,7 +45,9 @@ pub enum Action {
     Delete,
     Destroy,
     Die,
+    Disable,
     Disconnect,
+    Enable,
     ExecCreate,
     ExecDie,
     ExecStart,
@@ -82,7 +86,9 @@ impl Action {
             Action::Delete => "delete",
             Action::Destroy => "destroy",
             Action::Die => "die",
+            Action::Disable => "disable",
             Action::Disconnect => "disconnect",
+            Action::Enable => "enable",
             Action::ExecCreate => "exec_create",
             Action::ExecDie => "exec_die",
             Action::ExecStart => "exec_start",
@@ -130,6 +136,9 @@ owners! {
     ];
     Builder publishes Container [Commit];
     Images publishes Image [Delete, Import, Load, Prune, Pull, Push, Save, Tag, Untag];
+    // Moby 20.10's plugin manager: create, pull (also of an upgrade), enable,
+    // disable, remove; Actor ID the plugin's (the remote for pull), `name` as given
+    Images publishes Plugin [Create, Disable, Enable, Pull, Remove];
     Storage publishes Volume [Create, Destroy, Mount, Unmount];
     Network publishes Network [Connect, Create, Destroy, Disconnect];
     Swarm publishes Service [Create, Update, Remove];

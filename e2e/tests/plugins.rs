@@ -479,8 +479,16 @@ fn plugins_from_a_registry() {
     assert_eq!(node.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
 
     // install: pulled, then enabled by the CLI; it runs and serves volumes
+    let since = now_stamp();
     let out = node.docker_ok(&["plugin", "install", "--grant-all-permissions", "--alias", "vol", &remote]);
     assert!(out.contains("Installed plugin"), "{out}");
+    // Moby's events: pull (the remote as the Actor ID, the plugin's name), then the
+    // CLI's enable by the name the daemon answered
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let evs = node.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "type=plugin", "--format", "{{.Action}} {{.Actor.Attributes.name}}"]);
+    assert_eq!(evs.lines().collect::<Vec<_>>(), ["pull vol:latest", "enable vol:latest"], "{evs}");
+    let evs = node.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "event=pull", "--format", "{{.Actor.ID}}"]);
+    assert_eq!(evs.trim(), remote);
     let inspect = |f: &str| node.docker_ok(&["plugin", "inspect", "-f", f, "vol"]).trim().to_string();
     assert_eq!(inspect("{{.Name}} {{.Enabled}} {{.PluginReference}}"), format!("vol:latest true {remote}"));
     assert!(plugin_pid(&node).is_some(), "the installed plugin runs");
@@ -630,4 +638,62 @@ fn log_plugin_gets_the_output() {
     node.docker_ok(&["plugin", "rm", p]);
     // the FIFOs are gone with the calls
     assert!(!calls().lines().any(|l| l.starts_with("StartLogging") && !calls().contains(&l.replacen("StartLogging", "StopLogging", 1))));
+}
+
+/// Now, as `docker events --since` takes it (seconds.nanoseconds).
+fn now_stamp() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// A plugin's PropagatedMount (Moby: its host side a shared mount, bound rshared
+/// into the plugin): what the plugin mounts there (sshfs/nfs-style volume plugins;
+/// here the test plugin's `tmpfs=1` volumes get a tmpfs at Mount) reaches the host
+/// and the containers using its volumes; the volume's host path is under the
+/// propagated mount (Moby's ScopedPath); disabling unmounts it all.
+#[test]
+fn propagated_mount_reaches_the_host_and_containers() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let dir = volume_plugin_dir(dirs.path());
+    std::fs::create_dir_all(dir.join("rootfs/pm")).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let cfg = cfg.replace(r#""value": "/data""#, r#""value": "/pm""#).replace(r#""entrypoint""#, r#""propagatedMount": "/pm", "entrypoint""#);
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let p = "berthpm";
+    let since = now_stamp();
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    assert_eq!(node.docker_ok(&["plugin", "inspect", "-f", "{{.Config.PropagatedMount}}", p]).trim(), "/pm");
+    node.docker_ok(&["plugin", "enable", p]);
+    node.docker_ok(&["volume", "create", "-d", p, "-o", "tmpfs=1", "tv"]);
+    let mountpoint = PathBuf::from(node.docker_ok(&["volume", "ls", "-f", "name=tv", "--format", "{{.Mountpoint}}"]).trim());
+    assert!(mountpoint.ends_with("propagated-mount/tv"), "{}", mountpoint.display());
+    assert_eq!(node.docker_ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "tv"]).trim(), "/pm/tv", "inspect: the plugin's own path");
+
+    // the container sees the file the plugin wrote inside the tmpfs it mounted
+    assert_eq!(node.docker_ok(&["run", "--rm", "-v", "tv:/vol", &img, "cat", "/vol/inside"]).trim(), "written inside the tmpfs of tv");
+    // and so does the host while the volume is mounted; the container's writes land there
+    node.docker_ok(&["run", "-d", "--name", "user", "-v", "tv:/vol", &img, "sh", "-c", "echo from-container > /vol/c; exec sleep 60"]);
+    until("the container's write", || std::fs::read_to_string(mountpoint.join("c")).is_ok_and(|s| s == "from-container\n"));
+    assert_eq!(std::fs::read_to_string(mountpoint.join("inside")).unwrap(), "written inside the tmpfs of tv\n");
+    node.docker_ok(&["rm", "-f", "user"]);
+    // the last Unmount: the plugin unmounted its tmpfs, the host sees that too
+    until("the tmpfs to go", || !mountpoint.join("inside").exists());
+
+    node.docker_ok(&["volume", "rm", "tv"]);
+    let mounts = |node: &Node| node.leftovers().into_iter().filter(|m| m.contains("propagated-mount")).collect::<Vec<_>>();
+    assert!(!mounts(&node).is_empty(), "the propagated mount is a mount on the host");
+    node.docker_ok(&["plugin", "disable", p]);
+    assert_eq!(mounts(&node), Vec::<String>::new(), "disabled: unmounted");
+    node.docker_ok(&["plugin", "rm", p]);
+
+    // plugin events as Moby 20.10 logs them (checked on a dockerd 20.10.24): the
+    // plugin's ID, `name` normalised at create, as given to enable/disable/rm
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let evs = node.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "type=plugin", "--format", "{{.Type}} {{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}"]);
+    let id_len = evs.lines().map(|l| l.split(' ').nth(2).unwrap_or("").len()).collect::<Vec<_>>();
+    let evs: Vec<String> = evs.lines().map(|l| l.split(' ').enumerate().filter(|(i, _)| *i != 2).map(|(_, w)| w).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(evs, ["plugin create berthpm:latest", "plugin enable berthpm", "plugin disable berthpm", "plugin remove berthpm"]);
+    assert!(id_len.iter().all(|n| *n == 64), "the plugin's ID: {id_len:?}");
 }

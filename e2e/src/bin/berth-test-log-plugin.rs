@@ -10,18 +10,17 @@
 //!
 //! The entries are decoded by hand from the protobuf wire format (the framing:
 //! a big-endian u32 length, then the LogEntry): a check independent of the
-//! encoder berth uses. Hand-written HTTP/1.1 as the test volume plugin: its rootfs
-//! is its own binary and libc only.
+//! encoder berth uses. HTTP: src/plugin_http.rs, shared with the test volume plugin.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+#[path = "../plugin_http.rs"]
+mod plugin_http;
 
 struct Plugin {
     dir: PathBuf,
@@ -128,7 +127,7 @@ fn consume(file: String, out: PathBuf) {
     }
 }
 
-impl Plugin {
+impl plugin_http::Handler for Plugin {
     fn handle(&self, method: &str, body: &Value) -> (u16, Value) {
         let file = body.get("File").and_then(Value::as_str).unwrap_or("").to_string();
         match method {
@@ -156,52 +155,9 @@ impl Plugin {
     }
 }
 
-fn serve(p: &Plugin, s: UnixStream) -> std::io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; len.min(1 << 20)];
-    r.read_exact(&mut body)?;
-    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-    let (status, answer) = p.handle(&path, &v);
-    let text = answer.to_string();
-    let reason = if status == 200 { "OK" } else { "Not Found" };
-    let mut w = s;
-    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
-    w.flush()
-}
-
 fn main() {
     let sock_name = std::env::var("PLUGIN_SOCKET").unwrap_or_else(|_| "berthlog.sock".into());
     let dir = PathBuf::from(std::env::var("LOG_DIR").unwrap_or_else(|_| "/logs".into()));
     std::fs::create_dir_all(&dir).expect("log dir");
-    let sdir = Path::new("/run/docker/plugins");
-    std::fs::create_dir_all(sdir).expect("socket dir");
-    let sock = sdir.join(sock_name);
-    let _ = std::fs::remove_file(&sock);
-    let l = UnixListener::bind(&sock).expect("bind the plugin socket");
-    eprintln!("serving {}", sock.display());
-    let p = Arc::new(Plugin { dir, files: Mutex::new(HashMap::new()) });
-    for s in l.incoming() {
-        let Ok(s) = s else { continue };
-        let p = p.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = serve(&p, s) {
-                eprintln!("request failed: {e}");
-            }
-        });
-    }
+    plugin_http::serve(&sock_name, Plugin { dir, files: Mutex::new(HashMap::new()) })
 }

@@ -7,18 +7,21 @@
 //! the host. A volume created with the option `fail=<text>` is refused with that
 //! text.
 //!
-//! Hand-written HTTP/1.1 (one request per connection, `Connection: close`): the
-//! plugin runs from a rootfs of its own binary and libc only, std and serde_json.
+//! A volume created with `tmpfs=1` gets a tmpfs on its directory at its first Mount
+//! (a file `inside` written there) and loses it at its last Unmount: with the
+//! volume root in the plugin's propagated mount, the tmpfs reaches the host and the
+//! containers using the volume only if that mount is shared (as sshfs/nfs plugins
+//! need). HTTP: src/plugin_http.rs, shared with the test log plugin.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+#[path = "../plugin_http.rs"]
+mod plugin_http;
 
 #[derive(Default)]
 struct State {
@@ -26,6 +29,8 @@ struct State {
     mounts: BTreeMap<String, BTreeSet<String>>,
     /// Mount calls seen, per volume.
     mount_calls: BTreeMap<String, u64>,
+    /// The `tmpfs=1` volumes.
+    tmpfs: BTreeSet<String>,
 }
 
 struct Plugin {
@@ -42,6 +47,26 @@ impl Plugin {
         self.root.join(name)
     }
 
+    /// A `tmpfs=1` volume: a tmpfs mounted on its directory at its first Mount
+    /// (with a file `inside` written into it), unmounted at its last Unmount.
+    fn tmpfs_mount(&self, name: &str) -> Result<(), String> {
+        let d = self.dir(name);
+        let c = std::ffi::CString::new(d.to_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+        let r = unsafe { libc::mount(c"tmpfs".as_ptr(), c.as_ptr(), c"tmpfs".as_ptr(), 0, c"size=1m".as_ptr().cast()) };
+        if r != 0 {
+            return Err(format!("mount tmpfs on {}: {}", d.display(), std::io::Error::last_os_error()));
+        }
+        std::fs::write(d.join("inside"), format!("written inside the tmpfs of {name}\n")).map_err(|e| e.to_string())
+    }
+
+    fn tmpfs_unmount(&self, name: &str) {
+        if let Ok(c) = std::ffi::CString::new(self.dir(name).to_str().unwrap_or_default()) {
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+impl plugin_http::Handler for Plugin {
     fn handle(&self, method: &str, body: &Value) -> (u16, Value) {
         let name = body.get("Name").and_then(Value::as_str).unwrap_or("");
         let err = |m: String| (200, json!({ "Err": m }));
@@ -60,6 +85,9 @@ impl Plugin {
             "/VolumeDriver.Create" => {
                 if let Some(f) = body.pointer("/Opts/fail").and_then(Value::as_str) {
                     return err(f.to_string());
+                }
+                if body.pointer("/Opts/tmpfs").and_then(Value::as_str) == Some("1") {
+                    self.state.lock().unwrap().tmpfs.insert(name.to_string());
                 }
                 match std::fs::create_dir_all(self.dir(name)) {
                     Ok(()) => (200, json!({ "Err": "" })),
@@ -88,13 +116,23 @@ impl Plugin {
                         let _ = writeln!(f, "{} {name} {id}", &method["/VolumeDriver.".len()..]);
                     }
                 }
+                let tmpfs = st.tmpfs.contains(name);
                 match method {
                     "/VolumeDriver.Mount" => {
-                        st.mounts.entry(name.to_string()).or_default().insert(id);
+                        let users = st.mounts.entry(name.to_string()).or_default();
+                        if tmpfs && users.is_empty() {
+                            if let Err(e) = self.tmpfs_mount(name) {
+                                return err(e);
+                            }
+                        }
+                        users.insert(id);
                         *st.mount_calls.entry(name.to_string()).or_default() += 1;
                     }
                     "/VolumeDriver.Unmount" => {
-                        st.mounts.entry(name.to_string()).or_default().remove(&id);
+                        let users = st.mounts.entry(name.to_string()).or_default();
+                        if users.remove(&id) && users.is_empty() && tmpfs {
+                            self.tmpfs_unmount(name);
+                        }
                     }
                     _ => {}
                 }
@@ -114,52 +152,9 @@ impl Plugin {
     }
 }
 
-fn serve(p: &Plugin, s: UnixStream) -> std::io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; len.min(1 << 20)];
-    r.read_exact(&mut body)?;
-    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-    let (status, answer) = p.handle(&path, &v);
-    let text = answer.to_string();
-    let reason = if status == 200 { "OK" } else { "Not Found" };
-    let mut w = s;
-    write!(w, "HTTP/1.1 {status} {reason}\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len())?;
-    w.flush()
-}
-
 fn main() {
     let sock_name = std::env::var("PLUGIN_SOCKET").unwrap_or_else(|_| "berthvol.sock".into());
     let root = PathBuf::from(std::env::var("VOLUME_ROOT").unwrap_or_else(|_| "/data".into()));
     std::fs::create_dir_all(&root).expect("volume root");
-    let dir = Path::new("/run/docker/plugins");
-    std::fs::create_dir_all(dir).expect("socket dir");
-    let sock = dir.join(sock_name);
-    let _ = std::fs::remove_file(&sock);
-    let l = UnixListener::bind(&sock).expect("bind the plugin socket");
-    eprintln!("serving {}", sock.display());
-    let p = Arc::new(Plugin { root, state: Mutex::new(State::default()) });
-    for s in l.incoming() {
-        let Ok(s) = s else { continue };
-        let p = p.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = serve(&p, s) {
-                eprintln!("request failed: {e}");
-            }
-        });
-    }
+    plugin_http::serve(&sock_name, Plugin { root, state: Mutex::new(State::default()) })
 }

@@ -81,6 +81,8 @@ pub struct Runner {
     runtime: RuntimeClient,
     storage: StorageClient,
     paths: berth_config::Paths,
+    /// Plugin events go out on it.
+    bus: Bus,
 }
 
 /// How long a started plugin has to serve its socket (Moby: 0.5 s, then 3 dials
@@ -89,7 +91,7 @@ const SOCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Runner {
     pub fn new(bus: Bus, root: &Path) -> Runner {
-        Runner { runtime: RuntimeClient::new(bus.clone()), storage: StorageClient::new(bus), paths: berth_config::Paths::new(root) }
+        Runner { runtime: RuntimeClient::new(bus.clone()), storage: StorageClient::new(bus.clone()), paths: berth_config::Paths::new(root), bus }
     }
 }
 
@@ -105,7 +107,9 @@ fn container_body(p: &Plugin, run: &Path) -> Result<docker::ContainerCreateBody,
     }
     let mut binds = vec![format!("{}:{}", run.join("sock").display(), berth_pluginproto::SOCKET_DIR_IN_PLUGIN)];
     if !c.propagated_mount.is_empty() {
-        binds.push(format!("{}:{}", run.join("propagated-mount").display(), c.propagated_mount));
+        // rshared (Moby's InitSpec: rbind, rshared, and the root shared): what the
+        // plugin mounts there reaches the host, and the containers using its volumes
+        binds.push(format!("{}:{}:rshared", run.join("propagated-mount").display(), c.propagated_mount));
     }
     for m in &p.settings.mounts {
         if !m.typ.is_empty() && m.typ != "bind" {
@@ -143,6 +147,55 @@ fn container_body(p: &Plugin, run: &Path) -> Result<docker::ContainerCreateBody,
         }),
         ..Default::default()
     })
+}
+
+/// Is `dir` a mount point (listed in /proc/self/mountinfo)?
+fn is_mount_point(dir: &Path) -> std::io::Result<bool> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mi.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape_mountinfo(m)) == dir))
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The propagated mount's host side as a shared mount (Moby's mount.MakeRShared:
+/// bound onto itself first when it is not a mount point).
+fn make_rshared(dir: &Path) -> std::io::Result<()> {
+    use rustix::mount::{mount_bind, mount_change, MountPropagationFlags};
+    if !is_mount_point(dir)? {
+        mount_bind(dir, dir)?;
+    }
+    mount_change(dir, MountPropagationFlags::SHARED | MountPropagationFlags::REC)?;
+    Ok(())
+}
+
+/// Unmount `dir` and everything under it (lazily: a mount the plugin left busy
+/// goes when its last user does).
+fn unmount_all(dir: &Path) -> std::io::Result<()> {
+    use rustix::mount::{unmount, UnmountFlags};
+    for _ in 0..16 {
+        if !is_mount_point(dir)? {
+            return Ok(());
+        }
+        unmount(dir, UnmountFlags::DETACH)?;
+    }
+    Ok(())
 }
 
 fn ref_error(e: &RefError) -> String {
@@ -414,7 +467,9 @@ impl Plugins {
         let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(io_err("preparing the plugin's directory"));
         mkdir(&run.join("sock"))?;
         if !p.config.propagated_mount.is_empty() {
-            mkdir(&run.join("propagated-mount"))?;
+            let pm = run.join("propagated-mount");
+            mkdir(&pm)?;
+            make_rshared(&pm).map_err(|e| BusError::internal(format!("error setting up propagated mount dir: {e}")))?;
         }
         let running = match r.runtime.container_inspect(ContainerInspect { id: id.to_string(), size: false }).await {
             Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
@@ -491,13 +546,28 @@ impl Plugins {
         Ok(())
     }
 
-    /// Stop the plugin's container (quietly: it may not be there).
+    /// A plugin event as Moby 20.10 logs it (daemon.LogPluginEvent): type
+    /// `plugin`, Actor ID `id`, attribute `name`.
+    pub(crate) async fn event(&self, action: bus_schema::event::Action, id: &str, name: &str) {
+        use bus_schema::event::{Event, EventType};
+        if let Some(r) = &self.runner {
+            r.bus.publish_event(&Event::now(EventType::Plugin, action, id).attr("name", name)).await;
+        }
+    }
+
+    /// Stop the plugin's container (quietly: it may not be there), then unmount its
+    /// propagated mount and what the plugin mounted there (Moby's HandleExitEvent
+    /// of a plugin not restarted).
     async fn stop(&self, id: &str) {
         let Some(r) = &self.runner else { return };
         if let Err(e) = r.runtime.container_stop(ContainerStop { id: id.to_string(), signal: None, timeout: Some(10) }).await {
             if e.kind != bus_schema::ErrorKind::NotFound && e.kind != bus_schema::ErrorKind::NotModified {
                 tracing::warn!(plugin = id, error = %e, "stopping the plugin's container");
             }
+        }
+        let pm = r.paths.plugin_run(id).join("propagated-mount");
+        if let Err(e) = unmount_all(&pm) {
+            tracing::warn!(plugin = id, error = %e, "unmounting the plugin's propagated mount");
         }
     }
 
@@ -509,6 +579,10 @@ impl Plugins {
             if e.kind != bus_schema::ErrorKind::NotFound {
                 tracing::warn!(plugin = id, error = %e, "removing the plugin's container");
             }
+        }
+        // never removed through a mount (what a plugin mounts there is its data)
+        if let Err(e) = unmount_all(&r.paths.plugin_run(id).join("propagated-mount")) {
+            tracing::warn!(plugin = id, error = %e, "unmounting the plugin's propagated mount");
         }
         let _ = std::fs::remove_dir_all(r.paths.plugin_run(id).join("sock"));
     }
@@ -627,7 +701,9 @@ impl Plugins {
             self.layers.release_quietly(&applied.chain_id).await;
             return Err(e);
         }
-        recs.insert(id, rec);
+        recs.insert(id.clone(), rec);
+        drop(recs);
+        self.event(bus_schema::event::Action::Create, &id, &name).await;
         Ok(())
     }
 
@@ -724,8 +800,10 @@ impl Plugins {
                 Ok(())
             })
             .await;
-        if res.is_err() {
-            self.stop(&id).await;
+        match res {
+            // Moby names it as it was asked for (refOrID)
+            Ok(()) => self.event(bus_schema::event::Action::Enable, &id, name).await,
+            Err(_) => self.stop(&id).await,
         }
         res
     }
@@ -749,7 +827,9 @@ impl Plugins {
             p.enabled = false;
             Ok(())
         })
-        .await
+        .await?;
+        self.event(bus_schema::event::Action::Disable, &id, name).await;
+        Ok(())
     }
 
     /// `DELETE /plugins/{name}`: refused while enabled unless forced; the record goes
@@ -766,12 +846,18 @@ impl Plugins {
         }
         self.remove_container(&id).await;
         if let Some(r) = &self.runner {
-            let _ = std::fs::remove_dir_all(r.paths.plugin_run(&id));
+            let run = r.paths.plugin_run(&id);
+            if is_mount_point(&run.join("propagated-mount")).unwrap_or(true) {
+                tracing::warn!(plugin = %id, "its propagated mount is still mounted: its directory is left");
+            } else {
+                let _ = std::fs::remove_dir_all(run);
+            }
         }
         let gone = self.dir.join(format!("{id}.removing.tmp"));
         std::fs::rename(self.dir.join(&id), &gone).map_err(io_err("removing the plugin"))?;
         recs.remove(&id);
         drop(recs);
+        self.event(bus_schema::event::Action::Remove, &id, name).await;
         let _ = std::fs::remove_dir_all(&gone);
         self.layers.release_quietly(&rec.chain_id).await;
         for c in rec.lower.iter().rev() {

@@ -157,7 +157,7 @@ impl Runtime {
         let opts_map = lc.config.clone().unwrap_or_default();
         let log_on = lc.typ.as_deref() != Some("none");
         let opts = ShimOptions {
-            log_fifo: log_plugin.as_ref().map(|l| l.fifo.clone()),
+            log_fifo: log_plugin.as_ref().and_then(|l| l.at.clone()),
             id: c.id.clone(),
             bundle: self.bundle_dir(&c.id),
             log_path: if log_on { Some(c.log_path.clone().into()) } else { None },
@@ -313,7 +313,9 @@ impl Runtime {
             c.state.exit_code = 0;
             c.has_been_started = true;
             if c.host_config.runtime.as_deref().is_none_or(str::is_empty) {
-                c.host_config.runtime = Some(crate::validate::default_runtime(&self.cfg));
+                // the default runtime, written at the first start as Moby 20.10 does (the
+                // gateway shows it from create on to API 1.42+ clients)
+                c.host_config.runtime = Some(self.cfg.default_runtime_name().to_string());
             }
             c.sandbox_key = sandbox.key.clone();
             c.networks = sandbox.networks.clone();

@@ -27,6 +27,8 @@ use bus_schema::plugin::{Plugin, PluginInspect};
 use bus_schema::{BusError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use berth_shim::logdriver::LogFifo;
+
 use crate::engine::Runtime;
 use crate::state::Container;
 
@@ -55,8 +57,12 @@ pub struct LogPluginRun {
     pub sock: PathBuf,
     /// The FIFO as the plugin sees it (`File`).
     pub file: String,
-    /// The FIFO on the host.
+    /// The FIFO on the host (shown; never opened by this path).
     pub fifo: PathBuf,
+    /// The FIFO in the plugin's root, where it is made, opened and removed
+    /// (resolved in that root). None in a record of an older berth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<LogFifo>,
 }
 
 /// Moby's Info (daemon/logger/loginfo.go), as StartLogging sends it.
@@ -132,17 +138,20 @@ impl Runtime {
         let run = self.paths.plugin_run(&p.id);
         let propagated = Some(p.config.propagated_mount.clone()).filter(|m| !m.is_empty());
         let prop_host = run.join("propagated-mount");
-        let dir = berth_pluginproto::scoped_path(Path::new(&rootfs), propagated.as_deref().map(|m| (m, prop_host.as_path())), LOGGING_DIR_IN_PLUGIN);
         let id = random_id();
         let file = format!("{LOGGING_DIR_IN_PLUGIN}/{id}");
-        let fifo = dir.join(&id);
-        let fd = make_fifo(&dir, &fifo).map_err(|e| BusError::internal(format!("error creating i/o pipe for log plugin: {}: {e}", p.name)))?;
+        let scoped = propagated.as_deref().map(|m| (m, prop_host.as_path()));
+        let fifo = berth_pluginproto::scoped_path(Path::new(&rootfs), scoped, &file);
+        let (root, path) = berth_pluginproto::scoped_root(Path::new(&rootfs), scoped, &file);
+        let at = LogFifo { root, path };
+        let fd = make_fifo(&at).map_err(|e| BusError::internal(format!("error creating i/o pipe for log plugin: {}: {e}", p.name)))?;
         let lp = LogPluginRun {
             plugin: p.name.clone(),
             plugin_id: p.id.clone(),
             sock: run.join("sock").join(&p.config.interface.socket),
             file,
             fifo,
+            at: Some(at),
         };
         let opts = c.host_config.log_config.as_ref().and_then(|l| l.config.clone()).unwrap_or_default();
         let info = Info {
@@ -168,7 +177,7 @@ impl Runtime {
         }
         let body = serde_json::json!({ "File": lp.file, "Info": info });
         if let Err(e) = berth_pluginproto::call::<ErrAnswer>(&lp.sock, "LogDriver.StartLogging", &body, CALL_TIMEOUT).await {
-            let _ = std::fs::remove_file(&lp.fifo);
+            remove_fifo(&lp);
             return Err(BusError::internal(format!("failed to initialize logging driver: error creating logger: {e}")));
         }
         Ok((lp, fd))
@@ -182,7 +191,7 @@ impl Runtime {
             if let Err(e) = berth_pluginproto::call::<ErrAnswer>(&lp.sock, "LogDriver.StopLogging", &body, CALL_TIMEOUT).await {
                 tracing::warn!(plugin = %lp.plugin, error = %e, "StopLogging");
             }
-            let _ = std::fs::remove_file(&lp.fifo);
+            remove_fifo(&lp);
         });
     }
 
@@ -200,22 +209,30 @@ fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// `mkdir -p` the plugin's logging directory, make the FIFO, open it read-write
-/// and non-blocking (Moby's openPluginStream).
-fn make_fifo(dir: &Path, fifo: &Path) -> std::io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o700) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// The FIFO goes, inside the plugin's root (a record of an older berth: left).
+fn remove_fifo(lp: &LogPluginRun) {
+    if let Some(at) = &lp.at {
+        if let Err(e) = berth_shim::logdriver::remove_fifo(at) {
+            tracing::debug!(plugin = %lp.plugin, error = %e, "removing the log FIFO");
+        }
     }
-    // the plugin owns its rootfs: a link or a file swapped in for the FIFO is
-    // refused (berth_shim's open_fifo: no final link followed, a FIFO or nothing)
-    match berth_shim::logdriver::open_fifo(fifo) {
+}
+
+/// `mkdir -p` the plugin's logging directory, make the FIFO, open it read-write
+/// and non-blocking (Moby's openPluginStream). The plugin owns its rootfs: every
+/// step resolves in that root (a link the plugin put on the way leads inside it,
+/// never to a host directory), a link or a file at the FIFO's name is refused.
+fn make_fifo(at: &LogFifo) -> std::io::Result<OwnedFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (dir, name) = berth_fsutil::split(&at.path);
+    let root = berth_fsutil::InRoot::open(&at.root)?;
+    let dir = root.mkdir_all(&dir, 0o700)?;
+    let name = Path::new(&name);
+    berth_shim::sys::mkfifoat(dir.as_raw_fd(), name, 0o700)?;
+    match berth_shim::logdriver::open_fifo_at(dir.as_fd(), name) {
         Ok(fd) => Ok(fd),
         Err(e) => {
-            let _ = std::fs::remove_file(fifo);
+            let _ = berth_shim::sys::unlinkat(dir.as_raw_fd(), name);
             Err(e)
         }
     }
@@ -250,13 +267,43 @@ mod tests {
         );
     }
 
+    fn at(root: &Path) -> LogFifo {
+        LogFifo { root: root.to_path_buf(), path: "/run/docker/logging/x".into() }
+    }
+
     #[test]
     fn fifo_opens_without_a_reader() {
         let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("run/docker/logging");
-        let f = dir.join("x");
-        let _fd = make_fifo(&dir, &f).unwrap();
+        let _fd = make_fifo(&at(d.path())).unwrap();
         use std::os::unix::fs::FileTypeExt;
-        assert!(std::fs::metadata(&f).unwrap().file_type().is_fifo());
+        assert!(std::fs::metadata(d.path().join("run/docker/logging/x")).unwrap().file_type().is_fifo());
+    }
+
+    /// The plugin's `run/docker/logging` a link to a host directory (absolute, or
+    /// climbing with `..`): the FIFO is made inside the rootfs, never in the host's
+    /// directory; a file or link at its name is refused.
+    #[test]
+    fn fifo_is_made_inside_the_root() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("run/docker")).unwrap();
+        let inside = rootfs.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        for target in [host.clone(), PathBuf::from(format!("{}{}", "../".repeat(20), host.display()))] {
+            let _ = std::fs::remove_file(rootfs.join("run/docker/logging"));
+            std::os::unix::fs::symlink(&target, rootfs.join("run/docker/logging")).unwrap();
+            let _fd = make_fifo(&at(&rootfs)).unwrap();
+            assert!(!host.join("x").exists(), "{target:?}: nothing made in the host's directory");
+            assert!(std::fs::symlink_metadata(inside.join("x")).unwrap().file_type().is_fifo(), "{target:?}");
+            std::fs::remove_file(inside.join("x")).unwrap();
+        }
+        // a name taken by a link to a host file: refused, the file untouched
+        std::fs::write(host.join("file"), "secret").unwrap();
+        std::os::unix::fs::symlink(host.join("file"), inside.join("x")).unwrap();
+        assert!(make_fifo(&at(&rootfs)).is_err());
+        assert_eq!(std::fs::read_to_string(host.join("file")).unwrap(), "secret");
     }
 }

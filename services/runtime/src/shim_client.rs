@@ -33,7 +33,7 @@ pub struct ShimOptions {
     pub log_max_size: Option<u64>,
     pub log_max_file: u32,
     /// A log-driver plugin's FIFO (crate::logplugin).
-    pub log_fifo: Option<PathBuf>,
+    pub log_fifo: Option<berth_shim::logdriver::LogFifo>,
     /// Keep stdin open (OpenStdin).
     pub stdin: bool,
     pub stdin_once: bool,

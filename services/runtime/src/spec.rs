@@ -455,6 +455,9 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
             options: strs(&etc_opts),
         });
     }
+    // a bind with shared propagation needs the container's root shared (Moby's
+    // setMounts: RootfsPropagation "shared"), or its mounts never reach the host
+    let shared_bind = input.mounts.iter().any(|m| matches!(m.kind, MountKind::Bind) && matches!(m.propagation.as_deref(), Some("shared" | "rshared")));
     for m in input.mounts {
         if !m.destination.starts_with('/') {
             return Err(SpecError::Invalid(format!(
@@ -667,7 +670,7 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
         devices,
         cgroups_path: Some(format!("/{}", input.cgroup_path.trim_matches('/'))),
         resources: Some(res),
-        rootfs_propagation: None,
+        rootfs_propagation: shared_bind.then(|| "shared".to_string()),
         seccomp,
         sysctl,
         masked_paths: if privileged {

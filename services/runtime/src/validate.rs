@@ -9,13 +9,6 @@ pub use berth_config::daemon::{DEFAULT_RUNTIME, RUNTIMES};
 const DOCKER_LOG_DRIVERS: [&str; 12] =
     ["awslogs", "etwlogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "none", "splunk", "syslog"];
 
-/// The runtime a container runs with when its HostConfig names none
-/// (`DaemonConfig::default_runtime_name`). Written into HostConfig at the first start,
-/// as Moby 20.10 does (the gateway shows it from create on to API 1.42+ clients).
-pub fn default_runtime(cfg: &DaemonConfig) -> String {
-    cfg.default_runtime_name().to_string()
-}
-
 pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
     // legacy links need a network of the container's own (Moby's validateNetMode)
     if hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
@@ -157,7 +150,7 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
     hc.cgroup.get_or_insert_with(String::new);
     hc.volume_driver.get_or_insert_with(String::new);
     // Moby 20.10 fills in the default runtime at the first start, not at create: its
-    // created container's inspect has no HostConfig.Runtime (see default_runtime)
+    // created container's inspect has no HostConfig.Runtime (DaemonConfig::default_runtime_name, written at the first start)
     match hc.runtime.as_deref().filter(|r| !r.is_empty()) {
         None => hc.runtime = None,
         Some(r) if RUNTIMES.contains(&r) => {}
@@ -232,7 +225,7 @@ mod tests {
         host_config(&mut hc, &cfg).unwrap();
         // filled in at the first start, as Moby 20.10
         assert_eq!(hc.runtime, None);
-        assert_eq!(default_runtime(&cfg), "runc");
+        assert_eq!(cfg.default_runtime_name(), "runc");
         let mut hc = docker::HostConfig { runtime: Some("io.containerd.runc.v2".into()), ..Default::default() };
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.runtime.as_deref(), Some("io.containerd.runc.v2"));
@@ -262,7 +255,7 @@ mod tests {
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.shm_size, Some(128 << 20));
         assert_eq!(hc.runtime, None);
-        assert_eq!(default_runtime(&cfg), "io.containerd.runc.v2");
+        assert_eq!(cfg.default_runtime_name(), "io.containerd.runc.v2");
         let mut hc = docker::HostConfig { shm_size: Some(1 << 20), ..Default::default() };
         host_config(&mut hc, &cfg).unwrap();
         assert_eq!(hc.shm_size, Some(1 << 20));

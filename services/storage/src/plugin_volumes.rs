@@ -21,13 +21,13 @@
 //! plugin's `Status` of a volume is not shown by inspect.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_bus::images::{ImagesApi as _, ImagesClient};
 use berth_bus::Bus;
-use berth_pluginproto::{scoped_path, VolumeDriver};
+use berth_pluginproto::{scoped_path, scoped_root, VolumeDriver};
 use bus_schema::plugin::{PluginInspect, PluginList};
 use bus_schema::{docker, BusError, ErrorKind};
 
@@ -49,14 +49,33 @@ pub struct Drivers {
 /// A running volume-driver plugin.
 struct Plugin {
     name: String,
+    id: String,
     driver: VolumeDriver,
-    rootfs: PathBuf,
     propagated: Option<(String, PathBuf)>,
+    rw: Arc<RwLayers>,
+    /// Its rootfs on the host, found at the first path that needs it (a path in
+    /// the propagated mount does not; `ls` of recorded volumes needs none).
+    rootfs: tokio::sync::OnceCell<PathBuf>,
 }
 
 impl Plugin {
-    fn host_path(&self, inside: &str) -> PathBuf {
-        scoped_path(&self.rootfs, self.propagated.as_ref().map(|(p, h)| (p.as_str(), h.as_path())), inside)
+    /// A path the plugin answered, on the host (Moby's ScopedPath).
+    async fn host_path(&self, inside: &str) -> Result<PathBuf, BusError> {
+        let prop = self.propagated.as_ref().map(|(p, h)| (p.as_str(), h.as_path()));
+        if let Some((_, host)) = prop {
+            if scoped_root(Path::new(""), prop, inside).0 == host {
+                return Ok(scoped_path(Path::new(""), prop, inside));
+            }
+        }
+        let rootfs = self
+            .rootfs
+            .get_or_try_init(|| async {
+                let (rw, id) = (self.rw.clone(), self.id.clone());
+                tokio::task::spawn_blocking(move || rw.rootfs_path(&id)).await.map_err(|e| BusError::internal(e.to_string()))?
+            })
+            .await
+            .map_err(|e| BusError::internal(format!("plugin {}: its rootfs: {}", self.name, e.message)))?;
+        Ok(scoped_path(rootfs, prop, inside))
     }
 }
 
@@ -89,18 +108,14 @@ impl Drivers {
             return Err(BusError::conflict(lookup(format!("plugin {driver} found but disabled"))));
         }
         let run = self.paths.plugin_run(&p.id);
-        let rw = self.rw.clone();
-        let id = p.id.clone();
-        let rootfs = tokio::task::spawn_blocking(move || rw.rootfs_path(&id))
-            .await
-            .map_err(|e| BusError::internal(e.to_string()))?
-            .map_err(|e| BusError::internal(lookup(format!("the plugin's rootfs: {}", e.message))))?;
         let propagated = Some(p.config.propagated_mount.clone()).filter(|m| !m.is_empty()).map(|m| (m, run.join("propagated-mount")));
         Ok(Plugin {
             name: p.name.clone(),
+            id: p.id.clone(),
             driver: VolumeDriver::new(run.join("sock").join(&p.config.interface.socket), CALL_TIMEOUT),
-            rootfs,
             propagated,
+            rw: self.rw.clone(),
+            rootfs: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -131,8 +146,11 @@ impl Drivers {
                 Ok((p, vols)) => {
                     for v in vols {
                         if self.volumes.driver_of(&v.name).is_none() {
-                            let host = Some(&v.mountpoint).filter(|m| !m.is_empty()).map(|m| p.host_path(m).to_string_lossy().into_owned());
-                            if let Err(e) = self.volumes.insert_plugin_volume(&v.name, &p.name, HashMap::new(), HashMap::new(), host.unwrap_or_default()) {
+                            let host = match Some(&v.mountpoint).filter(|m| !m.is_empty()) {
+                                Some(m) => p.host_path(m).await.map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+                                None => String::new(),
+                            };
+                            if let Err(e) = self.volumes.insert_plugin_volume(&v.name, &p.name, HashMap::new(), HashMap::new(), host) {
                                 tracing::warn!(volume = v.name, error = %e.message, "volume ls: could not record a plugin's volume");
                                 continue;
                             }
@@ -162,7 +180,7 @@ impl Drivers {
         p.driver.create(&name, &opts).await.map_err(|e| driver_err("create", &name, e))?;
         // where it is on the host, for `ls` (Moby's ls shows the plugin's List scoped)
         let host = match p.driver.path(&name).await {
-            Ok(m) if !m.is_empty() => p.host_path(&m).to_string_lossy().into_owned(),
+            Ok(m) if !m.is_empty() => p.host_path(&m).await.map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
             _ => String::new(),
         };
         self.volumes.insert_plugin_volume(&name, &p.name, opts, labels, host)
@@ -173,7 +191,10 @@ impl Drivers {
     pub async fn inspect(&self, name: &str, driver: &str) -> Result<docker::Volume, BusError> {
         let p = self.plugin("get", name, driver).await?;
         let v = p.driver.get(name).await.map_err(|e| driver_err("get", name, e))?;
-        let host = Some(&v.mountpoint).filter(|m| !m.is_empty()).map(|m| p.host_path(m));
+        let host = match Some(&v.mountpoint).filter(|m| !m.is_empty()) {
+            Some(m) => Some(p.host_path(m).await?),
+            None => None,
+        };
         self.volumes.plugin_volume(name, &v.mountpoint, host.as_deref(), &v.created_at)
     }
 
@@ -203,7 +224,13 @@ impl Drivers {
             let _ = p.driver.unmount(name, container).await;
             return Err(BusError::internal(format!("mount {name}: the plugin {} answered no mountpoint", p.name)));
         }
-        let host = p.host_path(&inside);
+        let host = match p.host_path(&inside).await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = p.driver.unmount(name, container).await;
+                return Err(e);
+            }
+        };
         let dir = tokio::fs::metadata(&host).await.map(|m| m.is_dir()).unwrap_or(false);
         if !dir {
             let _ = p.driver.unmount(name, container).await;

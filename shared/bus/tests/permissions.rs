@@ -140,6 +140,7 @@ async fn nobody_reads_or_forges_anothers_replies_streams_or_requests() {
     // events it does not own
     assert!(refused(&images, &mut errs, "berth.v1.events.container.die").await, "images may publish container events");
     assert!(!refused(&images, &mut errs, "berth.v1.events.image.pull").await);
+    assert!(!refused(&images, &mut errs, "berth.v1.events.plugin.enable").await, "images owns plugin events");
     // fetch what the gateway holds for the runtime, or hold under another's name
     assert!(refused(&images, &mut errs, &large_subject("gateway", "runtime", "abc")).await, "images may fetch another's large payload");
     assert!(refused(&images, &mut errs, &large_subject("runtime", "gateway", "abc")).await);

@@ -295,21 +295,34 @@ impl VolumeDriver {
 /// A path the plugin answered, as the host sees it: Moby's ScopedPath (inside the
 /// propagated mount: under the host side of that mount; else under the plugin's
 /// rootfs). `..` cannot climb out: the path is cleaned as an absolute path first.
+/// Only a string: a link the plugin placed on the way is not resolved here (see
+/// [`scoped_root`] for I/O).
 pub fn scoped_path(rootfs: &Path, propagated: Option<(&str, &Path)>, inside: &str) -> PathBuf {
+    let (root, rel) = scoped_root(rootfs, propagated, inside);
+    match rel.trim_start_matches('/') {
+        "" => root,
+        r => root.join(r),
+    }
+}
+
+/// [`scoped_path`] as the root the path is in (the plugin's rootfs or the host
+/// side of its propagated mount) and the path inside that root (absolute, clean),
+/// for I/O that resolves it in the root (openat2 `RESOLVE_IN_ROOT`).
+pub fn scoped_root(rootfs: &Path, propagated: Option<(&str, &Path)>, inside: &str) -> (PathBuf, String) {
     let cleaned = berth_rules::path::clean_in_root(inside);
     let clean = cleaned.trim_start_matches('/');
     if let Some((pm, host)) = propagated {
         let pm = pm.trim_matches('/');
         if !pm.is_empty() {
             if clean == pm {
-                return host.to_path_buf();
+                return (host.to_path_buf(), "/".into());
             }
             if let Some(rest) = clean.strip_prefix(pm).and_then(|r| r.strip_prefix('/')) {
-                return host.join(rest);
+                return (host.to_path_buf(), format!("/{rest}"));
             }
         }
     }
-    rootfs.join(clean)
+    (rootfs.to_path_buf(), cleaned)
 }
 
 #[cfg(test)]
@@ -326,6 +339,8 @@ mod tests {
         assert_eq!(scoped_path(root, pm, "/mnt/vols/a"), PathBuf::from("/h/pm/a"));
         assert_eq!(scoped_path(root, pm, "/mnt/vols"), PathBuf::from("/h/pm"));
         assert_eq!(scoped_path(root, pm, "/mnt/volsx/a"), PathBuf::from("/r/mnt/volsx/a"));
+        assert_eq!(scoped_root(root, pm, "/mnt/vols/a/../b"), (PathBuf::from("/h/pm"), "/b".to_string()));
+        assert_eq!(scoped_root(root, pm, "/run/docker/logging/x"), (PathBuf::from("/r"), "/run/docker/logging/x".to_string()));
         assert_eq!(implements_of("docker.volumedriver/1.0"), Some("VolumeDriver"));
     }
 

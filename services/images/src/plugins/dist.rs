@@ -255,7 +255,7 @@ impl Plugins {
 
     /// The rest of `POST /plugins/pull`: fetch, check the privileges, store.
     pub async fn pull_run<P: Progress>(&self, name: &str, res: Resolved, privileges: &[PluginPrivilege], out: &mut P) -> Result<(), BusError> {
-        let f = self.fetch(&res, privileges, out).await?;
+        let f = self.fetch(&res, name, privileges, out).await?;
         let blob = f.config_raw.clone();
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).map_err(|e| BusError::internal(e.to_string()))?;
@@ -287,7 +287,9 @@ impl Plugins {
 
     /// Fetch the config and apply the layers (progress as Moby's plugin pull), then
     /// check the privileges; on an error nothing is kept.
-    async fn fetch<P: Progress>(&self, res: &Resolved, privileges: &[PluginPrivilege], out: &mut P) -> Result<Fetched, BusError> {
+    /// Once fetched, the `pull` event (Moby's: the remote as the Actor ID, `name` the
+    /// plugin's; before the privileges are checked, as Moby logs it).
+    async fn fetch<P: Progress>(&self, res: &Resolved, name: &str, privileges: &[PluginPrivilege], out: &mut P) -> Result<Fetched, BusError> {
         let r = &res.reference;
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
         out.send(JsonMessage::status(format!("Pulling from {}", r.familiar_name())).with_id(tag)).await?;
@@ -311,6 +313,7 @@ impl Plugins {
                 chains.push(applied);
                 out.send(status_id("Complete", &sid)).await?;
             }
+            self.event(bus_schema::event::Action::Pull, &r.familiar_string(), name).await;
             let required = compute_privileges(&config).unwrap_or_default();
             if !privileges_match(&required, privileges) {
                 return Err(BusError::internal("incorrect privileges"));
@@ -386,7 +389,7 @@ impl Plugins {
     /// The rest of `POST /plugins/{name}/upgrade`: the new config and rootfs
     /// replace the old ones; ID, name and settings stay.
     pub async fn upgrade_run<P: Progress>(&self, name: &str, res: Resolved, privileges: &[PluginPrivilege], out: &mut P) -> Result<(), BusError> {
-        let f = self.fetch(&res, privileges, out).await?;
+        let f = self.fetch(&res, name, privileges, out).await?;
         let mut recs = self.records.lock().await;
         let checked = resolve(&recs, name).and_then(|id| {
             if recs[&id].plugin.enabled {

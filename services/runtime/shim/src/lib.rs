@@ -14,6 +14,7 @@ pub mod logdriver;
 pub mod oci;
 pub mod proto;
 pub mod syscalls;
+pub mod sys;
 
 /// berth-init, the static init bound at /sbin/docker-init for `--init`.
 pub const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-init"));

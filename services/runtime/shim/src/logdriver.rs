@@ -20,10 +20,11 @@
 //! message (Moby 20.10's dual logging: `docker logs` reads it).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use crate::jsonlog::Time;
+use crate::sys;
 
 /// The protobuf of one message (Moby's `logdriver.LogEntry`).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,24 +101,61 @@ pub struct FifoSink {
     frame: Vec<u8>,
 }
 
-/// Open a FIFO read-write and non-blocking, never through a final symlink, and
-/// only if it is a FIFO.
-pub fn open_fifo(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// Where a log plugin's FIFO is: a path inside a root the plugin controls (its
+/// rootfs, or the host side of its propagated mount). The path is only ever
+/// resolved by the kernel inside that root (openat2 `RESOLVE_IN_ROOT`): a link the
+/// plugin places anywhere on the way (`run/docker/logging -> /etc`) leads inside
+/// its root, never to a host directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogFifo {
+    pub root: PathBuf,
+    /// Absolute, inside `root`.
+    pub path: String,
+}
+
+/// `p` relative to a root (`.` for the root itself).
+fn rel(p: &str) -> &Path {
+    let r = p.trim_start_matches('/');
+    Path::new(if r.is_empty() { "." } else { r })
+}
+
+/// The root directory as a descriptor (a trusted host path).
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    sys::open(root, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// Open the FIFO `name` of the directory `dir` read-write and non-blocking, never
+/// through a link, and only if it is a FIFO.
+pub fn open_fifo_at(dir: BorrowedFd<'_>, name: &Path) -> io::Result<OwnedFd> {
+    let fd = sys::openat2(dir.as_raw_fd(), name, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW, 0, sys::RESOLVE_IN_ROOT)?;
+    let st = sys::fstat(fd.as_raw_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-        return Err(io::Error::other(format!("{} is not a FIFO", path.display())));
+        return Err(io::Error::other(format!("{} is not a FIFO", name.display())));
     }
     Ok(fd)
+}
+
+/// Open the FIFO at `f.path` inside `f.root` (see [`LogFifo`]): resolved in the
+/// root, the last component not followed, a FIFO or nothing.
+pub fn open_fifo(f: &LogFifo) -> io::Result<OwnedFd> {
+    let root = open_root(&f.root)?;
+    open_fifo_at(root.as_fd(), rel(&f.path))
+}
+
+/// The directory holding `f.path` (resolved in the root) and the FIFO's name.
+fn parent_in_root(f: &LogFifo) -> io::Result<(OwnedFd, PathBuf)> {
+    let p = rel(&f.path);
+    let name = p.file_name().ok_or_else(|| io::Error::other(format!("{}: no file name", f.path)))?;
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let root = open_root(&f.root)?;
+    let dir = sys::openat2(root.as_raw_fd(), parent, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_IN_ROOT)?;
+    Ok((dir, PathBuf::from(name)))
+}
+
+/// Remove the FIFO (or whatever the plugin put at its name) inside the root.
+pub fn remove_fifo(f: &LogFifo) -> io::Result<()> {
+    let (dir, name) = parent_in_root(f)?;
+    sys::unlinkat(dir.as_raw_fd(), &name)
 }
 
 impl FifoSink {
@@ -125,8 +163,8 @@ impl FifoSink {
     /// plugin's rootfs, which the plugin can change under us: a link there is not
     /// followed and anything but a FIFO is refused, so the container's output never
     /// goes into a host file the plugin points at.
-    pub fn open(path: &Path) -> io::Result<FifoSink> {
-        open_fifo(path).map(FifoSink::from_fd)
+    pub fn open(f: &LogFifo) -> io::Result<FifoSink> {
+        open_fifo(f).map(FifoSink::from_fd)
     }
 
     pub fn from_fd(fd: OwnedFd) -> FifoSink {
@@ -189,7 +227,7 @@ impl FifoSink {
         }
         let mut rest = frame;
         if self.pending.is_empty() {
-            match write(self.fd.as_raw_fd(), frame) {
+            match sys::write(self.fd.as_raw_fd(), frame) {
                 Ok(n) => rest = &frame[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -212,7 +250,7 @@ impl FifoSink {
     /// Writes what the pipe takes of the waiting bytes.
     pub fn flush(&mut self) {
         while !self.pending.is_empty() {
-            match write(self.fd.as_raw_fd(), &self.pending) {
+            match sys::write(self.fd.as_raw_fd(), &self.pending) {
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
@@ -226,19 +264,6 @@ impl FifoSink {
         }
         if self.pending.is_empty() && self.pending.capacity() > 64 << 10 {
             self.pending = Vec::new();
-        }
-    }
-}
-
-fn write(fd: RawFd, b: &[u8]) -> io::Result<usize> {
-    loop {
-        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
         }
     }
 }
@@ -262,24 +287,60 @@ fn random_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o700) }, 0);
+    }
+
+    fn fifo_in(root: &Path, path: &str) -> LogFifo {
+        LogFifo { root: root.to_path_buf(), path: path.into() }
+    }
 
     #[test]
     fn open_fifo_refuses_links_and_files() {
         let d = tempfile::tempdir().unwrap();
-        let fifo = d.path().join("f");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o700) }, 0);
-        assert!(open_fifo(&fifo).is_ok());
-        let file = d.path().join("host-file");
-        std::fs::write(&file, "secret").unwrap();
-        assert!(open_fifo(&file).is_err(), "a regular file is refused");
-        let link = d.path().join("link");
-        std::os::unix::fs::symlink(&fifo, &link).unwrap();
-        assert!(open_fifo(&link).is_err(), "a link is not followed");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "secret");
+        mkfifo(&d.path().join("f"));
+        assert!(open_fifo(&fifo_in(d.path(), "/f")).is_ok());
+        std::fs::write(d.path().join("host-file"), "secret").unwrap();
+        assert!(open_fifo(&fifo_in(d.path(), "/host-file")).is_err(), "a regular file is refused");
+        std::os::unix::fs::symlink(d.path().join("f"), d.path().join("link")).unwrap();
+        assert!(open_fifo(&fifo_in(d.path(), "/link")).is_err(), "a link is not followed");
+        assert_eq!(std::fs::read_to_string(d.path().join("host-file")).unwrap(), "secret");
     }
 
-    use super::*;
+    /// The plugin owns its rootfs: `run/docker/logging` made a link to a host
+    /// directory (absolute, or climbing with `..`) leads inside the rootfs, never
+    /// to the host's FIFO.
+    #[test]
+    fn open_fifo_resolves_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        mkfifo(&host.join("x"));
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("run/docker")).unwrap();
+        for target in [host.clone(), PathBuf::from(format!("{}{}", "../".repeat(20), host.display()))] {
+            let _ = std::fs::remove_file(rootfs.join("run/docker/logging"));
+            std::os::unix::fs::symlink(&target, rootfs.join("run/docker/logging")).unwrap();
+            let f = fifo_in(&rootfs, "/run/docker/logging/x");
+            let e = open_fifo(&f).expect_err("the host's FIFO is out of reach");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{target:?}: {e}");
+            assert_eq!(remove_fifo(&f).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+            assert!(host.join("x").exists(), "the host's FIFO stays");
+        }
+        // the same link inside the root: followed there
+        let inside = rootfs.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        mkfifo(&inside.join("x"));
+        let f = fifo_in(&rootfs, "/run/docker/logging/x");
+        assert!(open_fifo(&f).is_ok());
+        remove_fifo(&f).unwrap();
+        assert!(!inside.join("x").exists() && host.join("x").exists());
+    }
+
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];

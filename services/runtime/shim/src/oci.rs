@@ -20,10 +20,10 @@ pub struct ShimConfig {
     pub log_max_size: Option<u64>,
     #[serde(default = "one")]
     pub log_max_file: u32,
-    /// A log-driver plugin's FIFO (the host's path; the runtime made it): every
-    /// message goes there too (berth_shim::logdriver).
+    /// A log-driver plugin's FIFO (in the plugin's root; the runtime made it):
+    /// every message goes there too (berth_shim::logdriver).
     #[serde(default, skip_serializing_if = "skip")]
-    pub log_fifo: Option<PathBuf>,
+    pub log_fifo: Option<crate::logdriver::LogFifo>,
     /// Keep the container's stdin open as a pipe (OpenStdin).
     pub stdin: bool,
     pub stdin_once: bool,

@@ -115,6 +115,12 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
         mark("mounts");
         pivot_root(&rootfs)?;
         mark("pivot_root");
+        // the root's propagation, applied to the new root once it is `/` (runc:
+        // applied before, it would reach the host's mount namespace)
+        let prop = propagation_flag(linux.rootfs_propagation.as_deref().unwrap_or("rprivate"));
+        if prop & (libc::MS_SHARED | libc::MS_SLAVE) != 0 {
+            sys::mount(None, Path::new("/"), None, prop, None).ctx(|| "setting the root's propagation".into())?;
+        }
         if matches!(ctx.stdio, Stdio::Pty) {
             console = Some(open_console(&process, ctx.sync)?);
         }
@@ -339,6 +345,16 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
     let linux = spec.linux.clone().unwrap_or_default();
     let prop = propagation_flag(linux.rootfs_propagation.as_deref().unwrap_or("rprivate"));
     sys::mount(None, Path::new("/"), None, prop, None).ctx(|| "making / private".into())?;
+    if prop & libc::MS_SHARED != 0 {
+        // shared, the host's mounts stay peers of the host's (a bind with `rshared`
+        // propagation, a plugin's PropagatedMount, reaches the host); the mount the
+        // rootfs is on is made private so that binding the rootfs does not
+        // propagate, and pivot_root accepts it (runc's rootfsParentMountPrivate)
+        let mi = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo".into())?;
+        if let Some(parent) = parent_mount(&mi, rootfs) {
+            sys::mount(None, &parent, None, libc::MS_PRIVATE, None).ctx(|| format!("making {} private", parent.display()))?;
+        }
+    }
     sys::mount(
         Some(rootfs),
         rootfs,
@@ -369,11 +385,44 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
     if dev_is_tmpfs {
         create_devices(spec, rootfs)?;
     }
-    // A shared rootfs propagation also needs the rootfs mount itself shared.
-    if prop & (libc::MS_SHARED | libc::MS_SLAVE) != 0 {
-        let _ = sys::mount(None, rootfs, None, prop, None);
-    }
     Ok(())
+}
+
+/// The mount point of the mount `path` is on (the longest mount point that holds
+/// it), from /proc/self/mountinfo; shared mounts only (the others need nothing).
+fn parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(mp) = f.get(4) else { continue };
+        let mp = PathBuf::from(unescape_mountinfo(mp));
+        if !path.starts_with(&mp) {
+            continue;
+        }
+        let shared = f.iter().skip(6).take_while(|x| **x != "-").any(|x| x.starts_with("shared:"));
+        // a later line of the same mount point is stacked on top: it wins
+        if best.as_ref().is_none_or(|(b, _)| mp.components().count() >= b.components().count()) {
+            best = Some((mp, shared));
+        }
+    }
+    best.filter(|(_, shared)| *shared).map(|(p, _)| p)
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The magic link naming an open descriptor: a path for mount(2) that leads to that
@@ -865,6 +914,18 @@ fn make_workdir(p: &berth_shim::oci::Process) -> CResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rootfs_parent_mount() {
+        let mi = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+                  30 22 0:40 / /var/lib/x rw shared:5 - tmpfs tmpfs rw\n\
+                  31 30 0:41 / /var/lib/x/c\\040d/rootfs rw shared:6 - overlay overlay rw\n\
+                  32 22 0:42 / /priv rw - tmpfs tmpfs rw\n";
+        assert_eq!(parent_mount(mi, Path::new("/var/lib/x/c d/rootfs")), Some(PathBuf::from("/var/lib/x/c d/rootfs")));
+        assert_eq!(parent_mount(mi, Path::new("/var/lib/x/plugins/r")), Some(PathBuf::from("/var/lib/x")));
+        assert_eq!(parent_mount(mi, Path::new("/var/lib/xy")), Some(PathBuf::from("/")));
+        assert_eq!(parent_mount(mi, Path::new("/priv/r")), None, "private: nothing to do");
+    }
 
     #[test]
     fn mount_options() {

@@ -3,7 +3,7 @@
 mod container;
 mod process;
 mod server;
-mod sys;
+use berth_shim::sys;
 
 use berth_shim::bpf;
 use berth_shim::caps;
@@ -494,7 +494,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
                 Some(f) => match berth_shim::logdriver::FifoSink::open(f) {
                     Ok(sink) => Some(w.with_plugin(sink)),
                     Err(e) => {
-                        log!("opening the log plugin's fifo {}: {e}", f.display());
+                        log!("opening the log plugin's fifo {} in {}: {e}", f.path, f.root.display());
                         Some(w)
                     }
                 },

@@ -77,6 +77,58 @@ pub fn open(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<O
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The resolution that keeps a path inside a root: symlinks (absolute or `..`) and
+/// `..` are resolved as if `root` were `/`, and no magic links (`/proc/self/fd/N`).
+pub const RESOLVE_IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+
+/// openat2(2): `path` opened relative to the directory `dir` with `flags`
+/// (O_CLOEXEC added) and the `resolve` flags.
+pub fn openat2(
+    dir: RawFd,
+    path: &Path,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = mode as u64;
+    how.resolve = resolve;
+    let fd = cvt_l(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data, filled by the kernel
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// mkfifoat(3): a FIFO `name` in the directory `dir` (never through a link: the
+/// kernel refuses an existing name, link or not, with EEXIST).
+pub fn mkfifoat(dir: RawFd, name: &Path, mode: libc::mode_t) -> io::Result<()> {
+    let c = cstr(name)?;
+    cvt(unsafe { libc::mkfifoat(dir, c.as_ptr(), mode) }).map(|_| ())
+}
+
+/// unlinkat(2) of a non-directory `name` in the directory `dir`.
+pub fn unlinkat(dir: RawFd, name: &Path) -> io::Result<()> {
+    let c = cstr(name)?;
+    cvt(unsafe { libc::unlinkat(dir, c.as_ptr(), 0) }).map(|_| ())
+}
+
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
