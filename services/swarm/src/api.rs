@@ -179,6 +179,8 @@ impl Cluster {
             role: Some(role),
             availability: Some(r.spec.availability.unwrap_or(docker::NodeSpecAvailabilityEnum::ACTIVE)),
         };
+        // The role too (the store first): the node acts on it (crate::role).
+        cur.role = if role == docker::NodeSpecRoleEnum::MANAGER { "manager".into() } else { "worker".into() };
         cur.updated_at = crate::now();
         let nrev = b.update(&cur.id, &cur, rev).await.map_err(|e| match e {
             StoreError::Conflict => out_of_sequence(),

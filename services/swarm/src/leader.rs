@@ -103,6 +103,13 @@ pub fn check_role_change(c: &Cluster, node: &NodeRecord, to: docker::NodeSpecRol
                 "rpc error: code = FailedPrecondition desc = attempting to demote the last manager of the swarm".to_string(),
             ));
         }
+        // swarmkit's quorum safeguard
+        let m: Vec<(&str, bool)> = managers.iter().map(|n| (n.id.as_str(), n.state == "ready")).collect();
+        if !crate::role::can_remove_manager(&m, &node.id) {
+            return Err(BusError::invalid(
+                "rpc error: code = FailedPrecondition desc = can't remove member from the raft: this would result in a loss of quorum".to_string(),
+            ));
+        }
     }
     Ok(())
 }
