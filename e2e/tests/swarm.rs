@@ -747,8 +747,12 @@ fn three_managers_fail_over_and_one_is_demoted() {
     eprintln!("scaled to 6 after {:?}", killed.elapsed());
     wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running(&nodes[others[0]]) + running(&nodes[others[1]]) == 6).then_some(()));
     // swarmkit's quorum safeguard: demoting a live manager now leaves 1 of 2
-    let d = nodes[o].docker(&["node", "demote", &host(others[1])]);
-    assert!(out(&d).contains("can't remove member from the raft: this would result in a loss of quorum"), "{}", out(&d));
+    // (past the no-leader answers while the buckets' streams elect their leaders)
+    let d = wait_for(30, "an answer to the demotion", &nodes[o], || {
+        let x = out(&nodes[o].docker(&["node", "demote", &host(others[1])]));
+        (!x.contains("does not have a leader")).then_some(x)
+    });
+    assert!(d.contains("can't remove member from the raft: this would result in a loss of quorum"), "{d}");
 
     // it comes back: three Ready again, 6/6, no task twice
     nodes[li].boot();
@@ -774,8 +778,12 @@ fn three_managers_fail_over_and_one_is_demoted() {
     });
     let no_quorum = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
     assert!(refused.contains(no_quorum), "{refused}");
-    let ls = nodes[last].docker(&["node", "ls"]);
-    assert!(!ls.status.success() && out(&ls).contains(no_quorum), "{}", out(&ls));
+    // reads too, once it sees its writes no longer commit
+    let ls = wait_for(30, "reads refused on the last manager", &nodes[last], || {
+        let x = nodes[last].docker(&["node", "ls"]);
+        (!x.status.success()).then(|| out(&x))
+    });
+    assert!(ls.contains(no_quorum), "{ls}");
     assert_eq!(running(&nodes[last]), mine);
 
     // both back; then a manager is demoted: a worker (a leaf) again, two managers lead
@@ -788,7 +796,11 @@ fn three_managers_fail_over_and_one_is_demoted() {
     });
     let lead = leader(&nodes[last]).expect("a leader");
     let d = (0..3).find(|i| *i != lead).unwrap();
-    let demoted = nodes[lead].docker_ok(&["node", "demote", &host(d)]);
+    // (the buckets' streams may still be electing their leaders: the no-leader error)
+    let demoted = wait_for(60, "the demotion accepted", &nodes[lead], || {
+        let x = nodes[lead].docker(&["node", "demote", &host(d)]);
+        x.status.success().then(|| out(&x))
+    });
     assert_eq!(demoted.trim(), format!("Manager {} demoted in the swarm.", host(d)));
     wait_for(60, "the demoted node a worker", &nodes[lead], || {
         let ls = managers_ls(&nodes[lead]);
@@ -798,8 +810,11 @@ fn three_managers_fail_over_and_one_is_demoted() {
         let c = conf(&nodes[d]);
         (ok && c.contains("remotes") && !c.contains("cluster {")).then_some(())
     });
-    let o = nodes[d].docker(&["node", "ls"]);
-    assert!(out(&o).contains("Worker nodes can't be used to view or modify cluster state"), "{}", out(&o));
+    // (the no-leader error while it restarts as a worker)
+    wait_for(30, "the demoted node answering as a worker", &nodes[d], || {
+        out(&nodes[d].docker(&["node", "ls"])).contains("Worker nodes can't be used to view or modify cluster state").then_some(())
+    });
+    assert_eq!(nodes[d].docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"]).trim(), "active false");
     let info = nodes[lead].docker_ok(&["info", "--format", "{{.Swarm.Managers}}"]);
     assert_eq!(info.trim(), "2");
     // the two managers keep the swarm; the worker still runs its tasks
