@@ -668,6 +668,162 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
     m1.docker_ok(&["service", "rm", "web"]);
 }
 
+/// Three managers on an underlay: one inits, a manager and a worker join, the worker is
+/// promoted (its swarm server turns from a leaf of the managers' into a route member of
+/// their JetStream cluster; the buckets go R3). The leading manager's whole node is
+/// SIGKILLed: another manager leads and schedules; it comes back without duplicate
+/// tasks. With two of three managers gone, the last refuses changes and reads with
+/// Docker's no-quorum error and keeps its tasks running. Both come back; a manager is
+/// demoted: a worker again (a leaf), the two managers keep the swarm.
+#[test]
+fn three_managers_fail_over_and_one_is_demoted() {
+    require_root!();
+    // declared first, dropped last: the nodes stop before their namespaces go
+    let u = berth_e2e::netns::Underlay::new(3);
+    let mut nodes: Vec<Node> = (0..3).map(|i| u.start_node(i, Default::default())).collect();
+    load_busybox(&u, &[&nodes[0], &nodes[1], &nodes[2]]);
+    let addr = format!("{}:2377", u.addrs[0]);
+    let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
+    nodes[0].docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let mtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
+    let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
+    assert_eq!(nodes[2].docker_ok(&["swarm", "join", "--token", &wtoken, &addr]).trim(), "This node joined a swarm as a worker.");
+    let conf = |n: &Node| std::fs::read_to_string(n.root.join("swarm/server/nats.conf")).unwrap_or_default();
+    assert!(conf(&nodes[2]).contains("remotes"), "{}", conf(&nodes[2]));
+
+    // promote the worker (from the manager that joined, once the store moved)
+    let t = Instant::now();
+    let p = wait_for(60, "the promotion accepted", &nodes[1], || {
+        let o = nodes[1].docker(&["node", "promote", &host(2)]);
+        o.status.success().then(|| out(&o))
+    });
+    assert_eq!(p.trim(), format!("Node {} promoted to a manager in the swarm.", host(2)));
+    let managers_ls = |n: &Node| {
+        let mut ls = lines(&String::from_utf8_lossy(&n.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]).stdout));
+        ls.sort();
+        ls
+    };
+    let three_up = |ls: &[String]| {
+        ls.len() == 3
+            && (0..3).all(|i| ls[i].starts_with(&format!("{} Ready Active ", host(i))))
+            && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
+            && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        let ls = wait_for(60, "three managers Ready (Leader/Reachable)", n, || {
+            let ls = managers_ls(n);
+            three_up(&ls).then_some(ls)
+        });
+        eprintln!("{i}: {ls:?}");
+    }
+    eprintln!("promoted: three managers in {:?}", t.elapsed());
+    // its swarm server is a route member now, no more a leaf
+    assert!(conf(&nodes[2]).contains("cluster {") && !conf(&nodes[2]).contains("remotes"), "{}", conf(&nodes[2]));
+    let info = nodes[2].docker_ok(&["info", "--format", "{{.Swarm.ControlAvailable}} {{.Swarm.Managers}}"]);
+    assert_eq!(info.trim(), "true 3");
+
+    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+    let created = wait_for(60, "the service created", &nodes[2], || {
+        let o = nodes[2].docker(&["service", "create", "--no-resolve-image", "--replicas", "3", "--name", "web", "busybox:latest", "sleep", "1d"]);
+        o.status.success().then(|| out(&o))
+    });
+    assert!(created.contains("converged"), "{created}");
+
+    // SIGKILL the leader's whole node: another manager leads within seconds and schedules
+    let leader = |n: &Node| managers_ls(n).iter().find(|l| l.ends_with(" Leader")).and_then(|l| (0..3).find(|i| l.starts_with(&format!("{} ", host(*i)))));
+    let li = leader(&nodes[0]).expect("a leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+    u.kill_node(li, &mut nodes[li]);
+    let killed = Instant::now();
+    let o = others[0];
+    let nl = wait_for(30, "another leader", &nodes[o], || leader(&nodes[o]).filter(|i| *i != li));
+    eprintln!("leader {} killed -> {} leads after {:?}", host(li), host(nl), killed.elapsed());
+    let scaled = wait_for(60, "a scale with the new leader", &nodes[o], || {
+        let x = nodes[o].docker(&["service", "scale", "web=6"]);
+        x.status.success().then(|| out(&x))
+    });
+    assert!(scaled.contains("web scaled to 6"), "{scaled}");
+    eprintln!("scaled to 6 after {:?}", killed.elapsed());
+    wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running(&nodes[others[0]]) + running(&nodes[others[1]]) == 6).then_some(()));
+    // swarmkit's quorum safeguard: demoting a live manager now leaves 1 of 2
+    // (past the no-leader answers while the buckets' streams elect their leaders)
+    let d = wait_for(30, "an answer to the demotion", &nodes[o], || {
+        let x = out(&nodes[o].docker(&["node", "demote", &host(others[1])]));
+        (!x.contains("does not have a leader")).then_some(x)
+    });
+    assert!(d.contains("can't remove member from the raft: this would result in a loss of quorum"), "{d}");
+
+    // it comes back: three Ready again, 6/6, no task twice
+    nodes[li].boot();
+    let t = Instant::now();
+    wait_for(90, "the killed manager back and no duplicate tasks", &nodes[o], || {
+        let ls = managers_ls(&nodes[o]);
+        let reps = out(&nodes[o].docker(&["service", "ls", "--format", "{{.Replicas}}"]));
+        (three_up(&ls) && reps.trim() == "6/6" && (0..3).map(|i| running(&nodes[i])).sum::<usize>() == 6).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!((0..3).map(|i| running(&nodes[i])).sum::<usize>(), 6);
+    eprintln!("back, 3 Ready, 6/6 after {:?}", t.elapsed());
+
+    // two of three managers gone: the last refuses changes and reads, its tasks run
+    let last = others[1];
+    let mine = running(&nodes[last]);
+    for i in (0..3).filter(|i| *i != last) {
+        u.kill_node(i, &mut nodes[i]);
+    }
+    let refused = wait_for(30, "no quorum on the last manager", &nodes[last], || {
+        let x = nodes[last].docker(&["service", "scale", "web=7"]);
+        (!x.status.success()).then(|| out(&x))
+    });
+    let no_quorum = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+    assert!(refused.contains(no_quorum), "{refused}");
+    // reads too, once it sees its writes no longer commit
+    let ls = wait_for(30, "reads refused on the last manager", &nodes[last], || {
+        let x = nodes[last].docker(&["node", "ls"]);
+        (!x.status.success()).then(|| out(&x))
+    });
+    assert!(ls.contains(no_quorum), "{ls}");
+    assert_eq!(running(&nodes[last]), mine);
+
+    // both back; then a manager is demoted: a worker (a leaf) again, two managers lead
+    for i in (0..3).filter(|i| *i != last) {
+        nodes[i].boot();
+    }
+    wait_for(90, "the quorum back", &nodes[last], || {
+        let reps = out(&nodes[last].docker(&["service", "ls", "--format", "{{.Replicas}}"]));
+        (three_up(&managers_ls(&nodes[last])) && reps.trim() == "6/6").then_some(())
+    });
+    let lead = leader(&nodes[last]).expect("a leader");
+    let d = (0..3).find(|i| *i != lead).unwrap();
+    // (the buckets' streams may still be electing their leaders: the no-leader error)
+    let demoted = wait_for(60, "the demotion accepted", &nodes[lead], || {
+        let x = nodes[lead].docker(&["node", "demote", &host(d)]);
+        x.status.success().then(|| out(&x))
+    });
+    assert_eq!(demoted.trim(), format!("Manager {} demoted in the swarm.", host(d)));
+    wait_for(60, "the demoted node a worker", &nodes[lead], || {
+        let ls = managers_ls(&nodes[lead]);
+        let ok = ls.len() == 3
+            && ls.iter().filter(|l| l.ends_with(" Leader") || l.ends_with(" Reachable")).count() == 2
+            && ls.contains(&format!("{} Ready Active", host(d)));
+        let c = conf(&nodes[d]);
+        (ok && c.contains("remotes") && !c.contains("cluster {")).then_some(())
+    });
+    // (the no-leader error while it restarts as a worker)
+    wait_for(30, "the demoted node answering as a worker", &nodes[d], || {
+        out(&nodes[d].docker(&["node", "ls"])).contains("Worker nodes can't be used to view or modify cluster state").then_some(())
+    });
+    assert_eq!(nodes[d].docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"]).trim(), "active false");
+    let info = nodes[lead].docker_ok(&["info", "--format", "{{.Swarm.Managers}}"]);
+    assert_eq!(info.trim(), "2");
+    // the two managers keep the swarm; the worker still runs its tasks
+    let scaled = nodes[lead].docker_ok(&["service", "scale", "web=3"]);
+    assert!(scaled.contains("web scaled to 3"), "{scaled}");
+    wait_for(30, "three tasks", &nodes[lead], || ((0..3).map(|i| running(&nodes[i])).sum::<usize>() == 3).then_some(()));
+    nodes[lead].docker_ok(&["service", "rm", "web"]);
+}
+
 /// Overlay networks through the docker CLI (Moby 20.10's answers): only a manager makes
 /// them, init makes `ingress`, they live in the swarm's store (scope swarm, a subnet from
 /// the default pool, a VXLAN ID), services keep their attachments by network ID and get

@@ -171,7 +171,9 @@ impl Cluster {
         let role = r.spec.role.unwrap_or(docker::NodeSpecRoleEnum::WORKER);
         let was = cur.spec.role.unwrap_or(docker::NodeSpecRoleEnum::WORKER);
         if role != was {
-            crate::leader::check_role_change(self, &cur, role)?;
+            // read from the store, not the watched copy (it may lag after a failover)
+            let managers: Vec<NodeRecord> = b.list().await?.into_iter().map(|(_, n, _)| n).filter(|n| n.role == "manager").collect();
+            crate::leader::check_role_change(&managers, &cur, role)?;
         }
         cur.spec = docker::NodeSpec {
             name: r.spec.name.clone(),
@@ -179,6 +181,8 @@ impl Cluster {
             role: Some(role),
             availability: Some(r.spec.availability.unwrap_or(docker::NodeSpecAvailabilityEnum::ACTIVE)),
         };
+        // The role too (the store first): the node acts on it (crate::role).
+        cur.role = if role == docker::NodeSpecRoleEnum::MANAGER { "manager".into() } else { "worker".into() };
         cur.updated_at = crate::now();
         let nrev = b.update(&cur.id, &cur, rev).await.map_err(|e| match e {
             StoreError::Conflict => out_of_sequence(),

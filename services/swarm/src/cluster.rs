@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// A node whose heartbeat has not moved for this long is down.
 pub const NODE_DOWN_AFTER: Duration = Duration::from_millis(2500);
+/// A manager whose heartbeat the store has not taken for this long has no quorum.
+pub const QUORUM_LOST_AFTER: Duration = Duration::from_secs(3);
 
 /// The watched copies of the buckets.
 pub struct Tables {
@@ -45,6 +47,9 @@ pub struct Cluster {
     pub server: tokio::sync::Mutex<SwarmServer>,
     /// Whether this node holds the leader lease now.
     pub is_leader: tokio::sync::watch::Sender<bool>,
+    /// When this node's heartbeat last reached the store (a write committed by the
+    /// managers' quorum).
+    store_ok: Mutex<std::time::Instant>,
     loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -53,6 +58,10 @@ fn internal(e: impl std::fmt::Display) -> BusError {
 }
 
 /// The address to dial a server listening on `addr` from this host.
+pub(crate) fn dial_addr(addr: &str) -> String {
+    dial(addr)
+}
+
 fn dial(addr: &str) -> String {
     let (ip, port) = local::host_port(addr);
     let ip = if ip == "0.0.0.0" || ip.is_empty() { "127.0.0.1".to_string() } else if ip == "::" { "::1".to_string() } else { ip };
@@ -66,6 +75,12 @@ impl Cluster {
 
     pub fn is_manager(&self) -> bool {
         self.local.read().unwrap().is_manager()
+    }
+
+    /// Whether the store takes writes: always for a lone manager's standalone store;
+    /// in a cluster, this node's heartbeat was committed within [`QUORUM_LOST_AFTER`].
+    pub fn has_quorum(&self) -> bool {
+        !self.local.read().unwrap().clustered || self.store_ok.lock().unwrap().elapsed() < QUORUM_LOST_AFTER
     }
 
     pub fn leader_id(&self) -> Option<String> {
@@ -164,6 +179,7 @@ impl Cluster {
             t,
             server: tokio::sync::Mutex::new(server),
             is_leader: tokio::sync::watch::channel(false).0,
+            store_ok: Mutex::new(std::time::Instant::now()),
             loops: Mutex::new(Vec::new()),
         });
         Ok(c)
@@ -210,6 +226,7 @@ impl Cluster {
             self.spawn(sync_server(self.clone()));
             self.spawn(follow_unlock_key(self.clone()));
             self.spawn(crate::join::serve(self.clone()));
+            self.spawn(crate::role::follow_managers(self.clone()));
             if !self.local.read().unwrap().clustered {
                 self.spawn(crate::migrate::watch(self.clone()));
             }
@@ -218,6 +235,7 @@ impl Cluster {
         self.spawn(crate::agent::run(self.clone()));
         self.spawn(crate::overlay::run(self.clone()));
         self.spawn(watch_server(self.clone()));
+        self.spawn(crate::role::watch(self.clone()));
     }
 
     /// Stop the loops and the server; the node stays a member (files kept).
@@ -362,8 +380,9 @@ async fn heartbeat(c: Arc<Cluster>) {
     loop {
         tick.tick().await;
         seq += 1;
-        if let Err(e) = b.put(&id, &Heartbeat { node_id: id.clone(), at_ms: crate::now_ms(), seq }).await {
-            tracing::debug!(error = %e, "heartbeat not written");
+        match b.put(&id, &Heartbeat { node_id: id.clone(), at_ms: crate::now_ms(), seq }).await {
+            Ok(_) => *c.store_ok.lock().unwrap() = std::time::Instant::now(),
+            Err(e) => tracing::debug!(error = %e, "heartbeat not written"),
         }
     }
 }

@@ -46,8 +46,10 @@ pub async fn run(c: Arc<Cluster>) {
                 c.t.leader.note_put("leader", l, r);
                 true
             }),
-            Ok(Some((l, _))) => {
+            Ok(Some((l, rev))) => {
                 term = term.max(l.term);
+                // the watched copy may lag after a failover (its watch is rebuilt)
+                c.t.leader.note_put("leader", l, rev);
                 Ok(false)
             }
             Ok(None) => {
@@ -95,12 +97,18 @@ pub async fn run(c: Arc<Cluster>) {
 }
 
 /// Promotions and demotions Docker refuses.
-pub fn check_role_change(c: &Cluster, node: &NodeRecord, to: docker::NodeSpecRoleEnum) -> Result<(), BusError> {
+pub fn check_role_change(managers: &[NodeRecord], node: &NodeRecord, to: docker::NodeSpecRoleEnum) -> Result<(), BusError> {
     if to == docker::NodeSpecRoleEnum::WORKER && node.role == "manager" {
-        let managers = c.t.nodes.filter(|n| n.role == "manager");
         if managers.len() <= 1 {
             return Err(BusError::invalid(
                 "rpc error: code = FailedPrecondition desc = attempting to demote the last manager of the swarm".to_string(),
+            ));
+        }
+        // swarmkit's quorum safeguard
+        let m: Vec<(&str, bool)> = managers.iter().map(|n| (n.id.as_str(), n.state == "ready")).collect();
+        if !crate::role::can_remove_manager(&m, &node.id) {
+            return Err(BusError::invalid(
+                "rpc error: code = FailedPrecondition desc = can't remove member from the raft: this would result in a loss of quorum".to_string(),
             ));
         }
     }

@@ -31,6 +31,7 @@ pub mod networks;
 pub mod node_bus;
 pub mod orchestrator;
 pub mod overlay;
+pub mod role;
 pub mod server;
 pub mod store;
 pub mod taskfiles;
@@ -152,6 +153,9 @@ impl SwarmService {
             None if self.moving.load(std::sync::atomic::Ordering::SeqCst) => Err(BusError::internal(store::NO_QUORUM)),
             None => Err(BusError::unavailable(ERR_NO_SWARM_MANAGER)),
             Some(c) if !c.is_manager() => Err(BusError::unavailable(ERR_WORKER)),
+            // Without a quorum swarmkit refuses reads too (they go through the raft
+            // leader): the store has taken no write of this manager for a while.
+            Some(c) if !c.has_quorum() => Err(BusError::internal(store::NO_QUORUM)),
             Some(c) => Ok(c),
         }
     }

@@ -129,7 +129,11 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Store, Sto
                 if info.config.num_replicas != cfg.num_replicas {
                     let mut c = info.config.clone();
                     c.num_replicas = cfg.num_replicas;
-                    js.update_stream(c).await.map_err(|e| classify(e.to_string()))?;
+                    // a new manager's server may not be a peer yet: the leader scales
+                    // the buckets again when it is (crate::role::follow_managers)
+                    if let Err(e) = js.update_stream(c).await {
+                        tracing::debug!(error = %e, bucket = %name, "bucket not scaled yet");
+                    }
                 }
             }
             Err(_) => {
@@ -140,6 +144,21 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Store, Sto
         kvs.insert(name.to_string(), kv);
     }
     Ok(Store { js: js.clone(), kvs })
+}
+
+/// Set every bucket's replicas (the managers changed).
+pub async fn scale(js: &jetstream::Context, replicas: usize) -> Result<(), StoreError> {
+    for (name, age) in buckets::ALL {
+        let cfg = bucket_stream(name, replicas, *age);
+        let mut s = js.get_stream(cfg.name.clone()).await.map_err(|e| classify(e.to_string()))?;
+        let info = s.info().await.map_err(|e| classify(e.to_string()))?;
+        if info.config.num_replicas != cfg.num_replicas {
+            let mut c = info.config.clone();
+            c.num_replicas = cfg.num_replicas;
+            js.update_stream(c).await.map_err(|e| classify(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Bind the buckets a worker reads and writes (through its leaf, the swarm domain).
