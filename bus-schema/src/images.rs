@@ -278,8 +278,8 @@ macro_rules! images_table {
                 image_df(ImageDf) -> Vec<docker::ImageSummary>; callers [Gateway], timeout |_| $crate::secs(300), idempotent;
                 distribution_inspect(DistributionInspect) -> docker::DistributionInspect; callers [Gateway], timeout |_| $crate::secs(60);
                 plugin_create(PluginCreate) -> (), stream (), input ByteChunk; callers [Gateway], timeout |_| $crate::secs(120);
-                plugin_list(PluginList) -> Vec<Plugin>; callers [Gateway, Storage];
-                plugin_inspect(PluginInspect) -> Plugin; callers [Gateway, Storage, Runtime];
+                plugin_list(PluginList) -> Vec<Plugin>; callers [Gateway, Storage], idempotent;
+                plugin_inspect(PluginInspect) -> Plugin; callers [Gateway, Storage, Runtime], idempotent;
                 plugin_set(PluginSet) -> (); callers [Gateway];
                 plugin_enable(PluginEnable) -> (); callers [Gateway];
                 plugin_disable(PluginDisable) -> (); callers [Gateway];

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use berth_bus::{Bus, Creds};
 use berth_config::hosts::{self, Host, SocketKind};
 use berth_config::{env, DaemonConfig, Paths};
-use bus_schema::{system::ServicePing, Service};
+use bus_schema::Service;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -565,10 +565,10 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let b = admin.with_timeout(Duration::from_millis(500));
+        let b = berth_bus::SystemClient::new(admin.clone()).with_timeout(Duration::from_millis(500));
         let t0 = Instant::now();
         loop {
-            if b.request_system(svc, &ServicePing {}).await.is_ok() {
+            if b.ping(svc).await.is_ok() {
                 return Ok(());
             }
             if self.procs[i].pid.is_none() || reap(&mut self.procs[i]).is_some() {
@@ -1008,10 +1008,10 @@ pub async fn connect_admin(url: &str, creds_dir: &Option<PathBuf>, node: &str) -
 
 /// Ping every service: (name, healthy).
 pub async fn services_healthy(bus: &Bus) -> Vec<(Service, bool)> {
-    let b = bus.with_timeout(Duration::from_millis(500));
+    let b = berth_bus::SystemClient::new(bus.clone()).with_timeout(Duration::from_millis(500));
     let futs = Service::ALL.into_iter().filter(|s| *s != Service::Gateway).map(|svc| {
         let b = b.clone();
-        async move { (svc, b.request_system(svc, &ServicePing {}).await.is_ok()) }
+        async move { (svc, b.ping(svc).await.is_ok()) }
     });
     let mut v = Vec::new();
     for f in futs {

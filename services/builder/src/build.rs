@@ -8,7 +8,8 @@ use std::sync::Arc;
 use berth_bus::images::{ImagesApi, ImagesClient};
 use berth_bus::runtime::{RuntimeApi, RuntimeClient};
 use berth_bus::storage::{StorageApi, StorageClient};
-use berth_bus::{Bus, StreamReader, StreamWriter};
+use berth_bus::{Bus, Sink};
+use bus_schema::BusStream;
 use futures_util::StreamExt;
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, ImageInspect, ImagePull, ImageResolve, ImageTag, JsonMessage, ResolvedImage};
 use bus_schema::runtime::{ContainerAttach, ContainerCreate, ContainerRemove, ContainerStart, ContainerWait};
@@ -73,7 +74,7 @@ struct Stage {
 }
 
 struct Out<'a> {
-    w: &'a mut StreamWriter<JsonMessage>,
+    w: &'a mut Sink<JsonMessage>,
     quiet: bool,
     /// `--cache-from`: when given, only these images and their parents serve the
     /// cache (Moby's classic builder then ignores the local cache).
@@ -129,7 +130,7 @@ impl Builder {
 
     /// Run a build: receive the context, then the steps. The output ends with the
     /// image ID in `aux` or with an error message carrying Docker's code.
-    pub async fn build(self: &Arc<Self>, req: ImageBuild, input: StreamReader<ByteChunk>, w: &mut StreamWriter<JsonMessage>) -> R<String> {
+    pub async fn build(self: &Arc<Self>, req: ImageBuild, input: BusStream<ByteChunk>, w: &mut Sink<JsonMessage>) -> R<String> {
         let (ctx, df, guard) = self.prepare(&req, input).await.map_err(|mut e| {
             e.early.get_or_insert(ErrorKind::Internal);
             e
@@ -140,7 +141,7 @@ impl Builder {
     }
 
     /// The context unpacked and the Dockerfile parsed, before anything is streamed.
-    async fn prepare(&self, req: &ImageBuild, mut input: StreamReader<ByteChunk>) -> R<(PathBuf, dockerfile::Dockerfile, TmpGuard)> {
+    async fn prepare(&self, req: &ImageBuild, mut input: BusStream<ByteChunk>) -> R<(PathBuf, dockerfile::Dockerfile, TmpGuard)> {
         let id = crate::new_id();
         let tmp = context::tmp_dir(&self.dir, &id);
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
@@ -178,7 +179,7 @@ impl Builder {
         Ok((ctx, df, guard))
     }
 
-    async fn run(self: &Arc<Self>, req: &ImageBuild, df: &dockerfile::Dockerfile, ctx: &Path, w: &mut StreamWriter<JsonMessage>) -> R<String> {
+    async fn run(self: &Arc<Self>, req: &ImageBuild, df: &dockerfile::Dockerfile, ctx: &Path, w: &mut Sink<JsonMessage>) -> R<String> {
         let mut out = Out { w, quiet: req.quiet, cache_sources: req.cache_from.clone() };
         let total = df.instructions.len();
         let esc = df.escape;

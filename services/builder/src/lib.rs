@@ -14,13 +14,15 @@ use std::sync::Arc;
 use berth_bus::images::{ImagesApi, ImagesClient};
 use berth_bus::runtime::{RuntimeApi, RuntimeClient};
 use berth_bus::storage::{StorageApi, StorageClient};
-use berth_bus::{Bus, Responder, Server};
+use berth_bus::builder::BuilderApi;
+use berth_bus::{Bus, Server};
 use berth_config::{DaemonConfig, Paths};
 use bus_schema::builder::{BuildPrune, ContainerCommit, ImageBuild};
 use bus_schema::images::{HistoryEntry, ImageCreateFromLayer, JsonMessage};
 use bus_schema::runtime::{ContainerInspect, ContainerPause, ContainerUnpause};
 use bus_schema::storage::RwLayerCommit;
-use bus_schema::{docker, BusError, ErrorKind, Service};
+use bus_schema::stream::ByteChunk;
+use bus_schema::{docker, BusError, BusStream, ErrorKind, Service};
 
 pub use berth_rules::id::new_id;
 
@@ -30,38 +32,59 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_dir_all(dir.join("tmp"));
     let b = Arc::new(build::Builder::new(bus.clone(), dir));
-    let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
-    Ok(Server::new(bus, Service::Builder)
-        .stream::<ImageBuild, _, _>(move |req, resp: Responder<ImageBuild>| {
-            let b = b1.clone();
-            async move {
-                let (mut w, input) = resp.accept_duplex(()).await?;
-                match b.build(req, input, &mut w).await {
-                    Ok(_) => w.end().await,
-                    // before the first step: the gateway answers it as Moby does, with a status
-                    Err(e) if e.early.is_some() => w.fail(BusError::new(e.early.unwrap_or(ErrorKind::Internal), e.message)).await,
-                    Err(e) => {
-                        let mut m = JsonMessage::error(e.message);
-                        if let Some(d) = m.error_detail.as_mut() {
-                            d.code = Some(e.code);
-                        }
-                        w.send(m).await?;
-                        w.end().await
+    Ok(berth_bus::builder::serve_builder(
+        Server::new(bus, Service::Builder),
+        Arc::new(Api(b)),
+    ))
+}
+
+/// The builder's operations (its table in `bus_schema::builder`), served by
+/// `serve_builder`.
+pub struct Api(pub Arc<build::Builder>);
+
+impl BuilderApi for Api {
+    async fn image_build(
+        &self,
+        req: ImageBuild,
+        input: BusStream<ByteChunk>,
+    ) -> Result<((), BusStream<JsonMessage>), BusError> {
+        let b = self.0.clone();
+        berth_bus::answer_duplex::<ImageBuild, _, _>(input, move |resp| async move {
+            let (mut w, input) = resp.accept_duplex(()).await?;
+            match b.build(req, input, &mut w).await {
+                Ok(_) => w.end().await,
+                // before the first step: the gateway answers it as Moby does, with a status
+                Err(e) if e.early.is_some() => {
+                    w.fail(BusError::new(
+                        e.early.unwrap_or(ErrorKind::Internal),
+                        e.message,
+                    ))
+                    .await
+                }
+                Err(e) => {
+                    let mut m = JsonMessage::error(e.message);
+                    if let Some(d) = m.error_detail.as_mut() {
+                        d.code = Some(e.code);
                     }
+                    w.send(m).await?;
+                    w.end().await
                 }
             }
         })
-        .rpc::<ContainerCommit, _, _>(move |r| {
-            let b = b2.clone();
-            async move { commit(&b.bus, r).await }
+        .await
+    }
+
+    async fn container_commit(&self, r: ContainerCommit) -> Result<docker::IdResponse, BusError> {
+        commit(&self.0.bus, r).await
+    }
+
+    async fn build_prune(&self, _r: BuildPrune) -> Result<docker::BuildPruneResponse, BusError> {
+        self.0.prune_cache();
+        Ok(docker::BuildPruneResponse {
+            caches_deleted: Some(vec![]),
+            space_reclaimed: Some(0),
         })
-        .rpc::<BuildPrune, _, _>(move |_r| {
-            let b = b3.clone();
-            async move {
-                b.prune_cache();
-                Ok(docker::BuildPruneResponse { caches_deleted: Some(vec![]), space_reclaimed: Some(0) })
-            }
-        }))
+    }
 }
 
 /// `docker commit`: the container's changes as a layer on its image, with its config

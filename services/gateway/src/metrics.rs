@@ -8,16 +8,15 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use berth_bus::Bus;
-use bus_schema::system::ServiceMetrics;
 use bus_schema::Service;
 
 /// Everything one scrape returns.
 pub async fn gather(bus: &Bus, root: &PathBuf) -> String {
     let mut parts = vec![berth_telemetry::metrics::label_all(&berth_telemetry::metrics::render(), "service", "gateway")];
-    let b = bus.with_timeout(Duration::from_secs(2));
+    let sys = berth_bus::SystemClient::new(bus.clone()).with_timeout(Duration::from_secs(2));
     let futs = Service::BACKENDS.into_iter().map(|svc| {
-        let b = b.clone();
-        async move { b.request_system(svc, &ServiceMetrics {}).await.ok() }
+        let sys = sys.clone();
+        async move { sys.metrics(svc).await.ok() }
     });
     parts.extend(futures_util::future::join_all(futs).await.into_iter().flatten());
     // restarts recorded by `berth up`

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use berth_bus::StreamWriter;
 use bus_schema::{images::JsonMessage, images::RegistryAuth, stream::ByteChunk, BusError, BusStream};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
@@ -268,54 +267,43 @@ pub fn body_input(body: Body) -> BusStream<ByteChunk> {
     }))
 }
 
-/// Pump a request body into a bus input stream ([`body_input`]'s chunks). Ends the
-/// stream when the body ends, fails it when the body errors.
-pub async fn pump_body(body: Body, mut w: StreamWriter<ByteChunk>) -> Result<(), BusError> {
-    let mut input = body_input(body);
-    while let Some(item) = input.next().await {
-        match item {
-            Ok(c) => w.send(c).await?,
-            Err(e) => return w.fail(e).await,
-        }
-    }
-    w.end().await
-}
-
-/// [`pump_body`], and when the service stops reading before the body ends (it
-/// answered an error first), the rest of the body read and dropped, up to 256 KiB, as
-/// Go's server does for a handler that did not read it: the client's write then
-/// succeeds and it reads the answer instead of a broken pipe.
-pub async fn pump_body_draining(body: Body, w: StreamWriter<ByteChunk>) {
-    let mut input = body_input(body);
-    let mut w = Some(w);
-    let mut dropped = 0usize;
-    while let Some(item) = input.next().await {
-        let c = match item {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(w) = w.take() {
-                    let _ = w.fail(e).await;
-                }
-                return;
-            }
-        };
-        match w.as_mut() {
-            Some(wr) => {
-                if wr.send(c).await.is_err() {
-                    w = None;
-                }
-            }
-            None => {
-                dropped += c.0.len();
-                if dropped > 256 << 10 {
+/// A request body as a bus input stream ([`body_input`]'s chunks), fed by a task;
+/// when the service stops reading before the body ends (it answered an error
+/// first), the task reads the rest of the body and drops it, up to 256 KiB, as Go's
+/// server does for a handler that did not read it: the client's write then succeeds
+/// and it reads the answer instead of a broken pipe. The task ends with the body.
+pub fn draining_input(body: Body) -> (BusStream<ByteChunk>, tokio::task::JoinHandle<()>) {
+    let (tx, input) = berth_bus::channel(16);
+    let task = tokio::spawn(async move {
+        let mut body = body_input(body);
+        let mut tx = Some(tx);
+        let mut dropped = 0usize;
+        while let Some(item) = body.next().await {
+            let c = match item {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(tx) = tx.take() {
+                        tx.fail(e).await;
+                    }
                     return;
                 }
+            };
+            match tx.as_ref() {
+                Some(t) => {
+                    if t.send(c).await.is_err() {
+                        tx = None;
+                    }
+                }
+                None => {
+                    dropped += c.0.len();
+                    if dropped > 256 << 10 {
+                        return;
+                    }
+                }
             }
         }
-    }
-    if let Some(w) = w {
-        let _ = w.end().await;
-    }
+    });
+    (input, task)
 }
 
 /// A body stream fed by a task; the task is dropped as soon as the client goes away

@@ -41,11 +41,12 @@ pub trait ByteSource: Send {
     fn next(&mut self) -> impl Future<Output = Option<Result<Vec<u8>, BusError>>> + Send;
 }
 
-impl ByteSource for berth_bus::StreamReader<ByteChunk> {
+/// A caller's input stream (load, import, plugin create) as a [`ByteSource`].
+pub struct BusInput(pub bus_schema::BusStream<ByteChunk>);
+
+impl ByteSource for BusInput {
     async fn next(&mut self) -> Option<Result<Vec<u8>, BusError>> {
-        berth_bus::StreamReader::next(self)
-            .await
-            .map(|r| r.map(|c| c.0))
+        futures_util::StreamExt::next(&mut self.0).await.map(|r| r.map(|c| c.0))
     }
 }
 

@@ -42,7 +42,7 @@ pub async fn serve(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<Server> {
         .with_registry(images.registry.clone());
     let plugins = std::sync::Arc::new(plugins);
     tokio::spawn(plugins.clone().restore());
-    Ok(plugins::serve(adapter::server(bus, images, registry_info(&cfg)), plugins))
+    Ok(adapter::server(bus, images, Some(plugins), registry_info(&cfg)))
 }
 
 /// `RegistryConfig` as `docker info` shows it: insecure CIDRs (127.0.0.0/8 always,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use berth_bus::runtime::{RuntimeApi as _, RuntimeClient};
 use berth_bus::storage::{StorageApi as _, StorageClient};
-use berth_bus::{Bus, Responder, Server};
+use berth_bus::Bus;
 use bus_schema::docker;
 use bus_schema::plugin::*;
 use bus_schema::runtime::{ContainerCreate, ContainerInspect, ContainerRemove, ContainerStart, ContainerStop, LogPluginUsers, PluginRootfs};
@@ -865,88 +865,6 @@ impl Plugins {
         }
         Ok(())
     }
-}
-
-/// Register the plugin requests on the images service's server.
-pub fn serve(s: Server, p: Arc<Plugins>) -> Server {
-    let a = p.clone();
-    let s = s.stream(move |req: PluginCreate, resp: Responder<PluginCreate>| {
-        let a = a.clone();
-        async move {
-            let (w, mut input) = resp.accept_duplex(()).await?;
-            let res = a.create(&req.name, &mut input).await;
-            input.cancel().await;
-            w.finish(res).await
-        }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginList| {
-        let a = a.clone();
-        async move { a.list(&req.filters).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginInspect| {
-        let a = a.clone();
-        async move { a.inspect(&req.name).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginSet| {
-        let a = a.clone();
-        async move { a.set(&req.name, &req.args).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginEnable| {
-        let a = a.clone();
-        async move { a.enable(&req.name).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginDisable| {
-        let a = a.clone();
-        async move { a.disable(&req.name, req.force).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginRemove| {
-        let a = a.clone();
-        async move { a.remove(&req.name, req.force).await }
-    });
-    let a = p.clone();
-    let s = s.rpc(move |req: PluginPrivilegeList| {
-        let a = a.clone();
-        async move { a.privileges(&req).await }
-    });
-    let a = p.clone();
-    let s = s.stream(move |req: PluginPull, resp: Responder<PluginPull>| {
-        let a = a.clone();
-        async move {
-            // the name is the reply, once the checks Moby makes before its first
-            // line are passed (their errors are the request's)
-            let (name, res) = a.pull_prepare(&req).await?;
-            let w = resp.accept(name.clone()).await?;
-            let mut out = crate::adapter::Direct(w);
-            let r = a.pull_run(&name, res, &req.privileges, &mut out).await;
-            out.0.finish(r).await
-        }
-    });
-    let a = p.clone();
-    let s = s.stream(move |req: PluginUpgrade, resp: Responder<PluginUpgrade>| {
-        let a = a.clone();
-        async move {
-            let (name, res) = a.upgrade_prepare(&req).await?;
-            let w = resp.accept(name.clone()).await?;
-            let mut out = crate::adapter::Direct(w);
-            let r = a.upgrade_run(&name, res, &req.privileges, &mut out).await;
-            out.0.finish(r).await
-        }
-    });
-    let a = p;
-    s.stream(move |req: PluginPush, resp: Responder<PluginPush>| {
-        let a = a.clone();
-        async move {
-            let mut out = crate::adapter::Lazy::new(resp);
-            let r = a.push(&req, &mut out).await;
-            out.finish(r).await
-        }
-    })
 }
 
 #[cfg(test)]

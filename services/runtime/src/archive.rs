@@ -5,6 +5,7 @@
 //! container racing symlinks and renames can never make it read or write the host.
 
 use std::ffi::OsString;
+use futures_util::StreamExt as _;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,6 @@ use berth_fsutil::view::ViewMount;
 use berth_fsutil::InRoot;
 
 use berth_bus::storage::StorageApi as _;
-use berth_bus::Responder;
 use bus_schema::event::Action;
 use bus_schema::runtime::{ContainerArchiveGet, ContainerArchivePut, PathStat};
 use bus_schema::storage::{RwLayerMount, RwLayerUnmount};
@@ -191,7 +191,7 @@ impl Runtime {
         r
     }
 
-    pub async fn archive_get(self: &Arc<Self>, r: ContainerArchiveGet, resp: Responder<ContainerArchiveGet>) -> Result<(), BusError> {
+    pub async fn archive_get(self: &Arc<Self>, r: ContainerArchiveGet, resp: berth_bus::Answer<ContainerArchiveGet>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
         let (rootfs, mounts) = self.view_of(&c).await?;
@@ -265,7 +265,7 @@ impl Runtime {
         }
     }
 
-    pub async fn archive_put(self: &Arc<Self>, r: ContainerArchivePut, resp: Responder<ContainerArchivePut>) -> Result<(), BusError> {
+    pub async fn archive_put(self: &Arc<Self>, r: ContainerArchivePut, resp: berth_bus::Answer<ContainerArchivePut>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
         let dest = clean(&r.path);

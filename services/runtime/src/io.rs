@@ -1,12 +1,12 @@
 //! Streams of a container: wait, logs, attach, exec.
 
 use bus_schema::event::Action;
+use futures_util::StreamExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use berth_bus::Responder;
 use bus_schema::runtime::{ContainerAttach, ContainerLogs, ContainerWait, ExecCreate, ExecInspect, ExecStart, StreamInfo};
 use bus_schema::stream::{StdinChunk, StdioChunk, MAX_CHUNK};
 use bus_schema::{docker, BusError};
@@ -93,7 +93,7 @@ fn run_ended(e: &Arc<Entry>) -> impl std::future::Future<Output = ()> + Send + '
     }
 }
 
-async fn send_chunks(w: &mut berth_bus::StreamWriter<StdioChunk>, stream: u8, data: Vec<u8>) -> Result<(), BusError> {
+async fn send_chunks(w: &mut berth_bus::Sink<StdioChunk>, stream: u8, data: Vec<u8>) -> Result<(), BusError> {
     if data.len() <= MAX_CHUNK {
         return w.send(StdioChunk { stream, data }).await;
     }
@@ -108,7 +108,7 @@ fn cmd_text(cfg: &docker::ExecConfig) -> String {
 }
 
 impl Runtime {
-    pub async fn wait(self: &Arc<Self>, r: ContainerWait, resp: Responder<ContainerWait>) -> Result<(), BusError> {
+    pub async fn wait(self: &Arc<Self>, r: ContainerWait, resp: berth_bus::Answer<ContainerWait>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let mut life = e.life.subscribe();
         let l0 = life.borrow().clone();
@@ -136,7 +136,7 @@ impl Runtime {
         w.end().await
     }
 
-    pub async fn logs(self: &Arc<Self>, r: ContainerLogs, resp: Responder<ContainerLogs>) -> Result<(), BusError> {
+    pub async fn logs(self: &Arc<Self>, r: ContainerLogs, resp: berth_bus::Answer<ContainerLogs>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
         let lc = c.host_config.log_config.clone().unwrap_or_default();
@@ -192,7 +192,7 @@ impl Runtime {
         }
     }
 
-    pub async fn attach(self: &Arc<Self>, r: ContainerAttach, resp: Responder<ContainerAttach>) -> Result<(), BusError> {
+    pub async fn attach(self: &Arc<Self>, r: ContainerAttach, resp: berth_bus::Answer<ContainerAttach>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let c = e.get();
         let ended = run_ended(&e);
@@ -295,7 +295,7 @@ impl Runtime {
             .ok_or_else(|| BusError::not_found(format!("No such exec instance: {id}")))
     }
 
-    pub async fn exec_start(self: &Arc<Self>, r: ExecStart, resp: Responder<ExecStart>) -> Result<(), BusError> {
+    pub async fn exec_start(self: &Arc<Self>, r: ExecStart, resp: berth_bus::Answer<ExecStart>) -> Result<(), BusError> {
         let ex = self.exec_entry(&r.id)?;
         {
             let mut st = ex.state.lock().unwrap();

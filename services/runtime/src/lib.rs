@@ -39,10 +39,12 @@ pub mod user;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_bus::{Bus, Responder, Server};
+use berth_bus::runtime::RuntimeApi;
+use berth_bus::{answer, answer_duplex, Bus, Server};
 use berth_config::{DaemonConfig, Paths};
 use bus_schema::runtime::*;
-use bus_schema::{docker, BusError, Service};
+use bus_schema::stream::{ByteChunk, StdinChunk, StdioChunk};
+use bus_schema::{docker, BusError, BusStream, Service};
 
 pub use engine::Runtime;
 
@@ -61,24 +63,6 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
     rt.reconcile().await;
     rt.follow_peers();
 
-    macro_rules! h {
-        ($m:ident) => {{
-            let rt = rt.clone();
-            move |r| {
-                let rt = rt.clone();
-                async move { rt.$m(r).await }
-            }
-        }};
-    }
-    macro_rules! s {
-        ($m:ident, $t:ty) => {{
-            let rt = rt.clone();
-            move |r, resp: Responder<$t>| {
-                let rt = rt.clone();
-                async move { rt.$m(r, resp).await }
-            }
-        }};
-    }
     let info_rt = rt.clone();
     let metrics_rt = rt.clone();
     let server = Server::new(bus, Service::Runtime)
@@ -89,108 +73,203 @@ pub async fn serve_with(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, 
         .info(move || {
             let rt = info_rt.clone();
             async move { rt.info() }
-        })
-        .rpc::<ContainerCreate, _, _>(h!(create))
-        .rpc::<ContainerStart, _, _>(h!(h_start))
-        .rpc::<ContainerStop, _, _>(h!(h_stop))
-        .rpc::<ContainerRestart, _, _>(h!(h_restart))
-        .rpc::<ContainerKill, _, _>(h!(h_kill))
-        .rpc::<ContainerRemove, _, _>(h!(h_remove))
-        .rpc::<ContainerInspect, _, _>(h!(h_inspect))
-        .rpc::<ContainerList, _, _>(h!(list))
-        .rpc::<ContainerResize, _, _>(h!(h_resize))
-        .rpc::<ContainerRename, _, _>(h!(h_rename))
-        .rpc::<bus_schema::runtime::ContainerUpdate, _, _>(h!(h_update))
-        .stream::<bus_schema::runtime::ContainerStats, _, _>(s!(stats, bus_schema::runtime::ContainerStats))
-        .rpc::<bus_schema::runtime::ContainerNetworkConnect, _, _>(h!(h_net_connect))
-        .rpc::<bus_schema::runtime::ContainerNetworkDisconnect, _, _>(h!(h_net_disconnect))
-        .rpc::<ContainerPause, _, _>(h!(h_pause))
-        .rpc::<ContainerUnpause, _, _>(h!(h_unpause))
-        .rpc::<ContainerPrune, _, _>(h!(prune))
-        .rpc::<ContainerChanges, _, _>(h!(h_changes))
-        .rpc::<ContainersUsingImage, _, _>(h!(h_using))
-        .rpc::<bus_schema::runtime::LogPluginUsers, _, _>(h!(h_log_plugin_users))
-        .rpc::<ContainerDf, _, _>(h!(h_df))
-        .rpc::<ExecCreate, _, _>(h!(exec_create))
-        .rpc::<ExecInspect, _, _>(h!(exec_inspect))
-        .rpc::<ExecResize, _, _>(h!(h_exec_resize))
-        .stream::<ContainerWait, _, _>(s!(wait, ContainerWait))
-        .stream::<ContainerLogs, _, _>(s!(logs, ContainerLogs))
-        .stream::<ContainerAttach, _, _>(s!(attach, ContainerAttach))
-        .stream::<ExecStart, _, _>(s!(exec_start, ExecStart))
-        .stream::<ContainerExport, _, _>(s!(export, ContainerExport))
-        .rpc::<ContainerArchiveStat, _, _>(h!(h_archive_stat))
-        .rpc::<ContainerTop, _, _>(h!(h_top))
-        .stream::<ContainerArchiveGet, _, _>(s!(archive_get, ContainerArchiveGet))
-        .stream::<ContainerArchivePut, _, _>(s!(archive_put, ContainerArchivePut));
-    Ok((server, rt))
+        });
+    Ok((
+        berth_bus::runtime::serve_runtime(server, Arc::new(Api(rt.clone()))),
+        rt,
+    ))
+}
+
+/// The runtime's operations (its table in `bus_schema::runtime`), served by
+/// `serve_runtime`: each one a call of [`Runtime`].
+pub struct Api(pub Arc<Runtime>);
+
+impl RuntimeApi for Api {
+    async fn container_create(
+        &self,
+        r: ContainerCreate,
+    ) -> Result<docker::ContainerCreateResponse, BusError> {
+        self.0.create(r).await
+    }
+    async fn container_start(&self, r: ContainerStart) -> Result<(), BusError> {
+        self.0.start(&r.id).await
+    }
+    async fn container_stop(&self, r: ContainerStop) -> Result<(), BusError> {
+        self.0.stop(&r.id, r.signal, r.timeout).await
+    }
+    async fn container_restart(&self, r: ContainerRestart) -> Result<(), BusError> {
+        self.0.restart(&r.id, r.signal, r.timeout).await
+    }
+    async fn container_kill(&self, r: ContainerKill) -> Result<(), BusError> {
+        self.0.kill(&r.id, r.signal).await
+    }
+    async fn container_wait(
+        &self,
+        r: ContainerWait,
+    ) -> Result<((), BusStream<docker::ContainerWaitResponse>), BusError> {
+        let rt = self.0.clone();
+        answer(move |resp| async move { rt.wait(r, resp).await }).await
+    }
+    async fn container_remove(&self, r: ContainerRemove) -> Result<(), BusError> {
+        if r.link {
+            return self.0.remove_link(&r.id).await;
+        }
+        self.0.remove(&r.id, r.force, r.volumes).await
+    }
+    async fn container_inspect(
+        &self,
+        r: ContainerInspect,
+    ) -> Result<docker::ContainerInspectResponse, BusError> {
+        self.0.inspect(&r.id, r.size).await
+    }
+    async fn container_list(
+        &self,
+        r: ContainerList,
+    ) -> Result<Vec<docker::ContainerSummary>, BusError> {
+        self.0.list(r).await
+    }
+    async fn container_logs(
+        &self,
+        r: ContainerLogs,
+    ) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        let rt = self.0.clone();
+        answer(move |resp| async move { rt.logs(r, resp).await }).await
+    }
+    async fn container_attach(
+        &self,
+        r: ContainerAttach,
+        input: BusStream<StdinChunk>,
+    ) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        let rt = self.0.clone();
+        answer_duplex(input, move |resp| async move { rt.attach(r, resp).await }).await
+    }
+    async fn container_resize(&self, r: ContainerResize) -> Result<(), BusError> {
+        self.0.resize(&r.id, r.height, r.width).await
+    }
+    async fn exec_create(&self, r: ExecCreate) -> Result<docker::IdResponse, BusError> {
+        self.0.exec_create(r).await
+    }
+    async fn exec_start(
+        &self,
+        r: ExecStart,
+        input: BusStream<StdinChunk>,
+    ) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
+        let rt = self.0.clone();
+        answer_duplex(
+            input,
+            move |resp| async move { rt.exec_start(r, resp).await },
+        )
+        .await
+    }
+    async fn exec_resize(&self, r: ExecResize) -> Result<(), BusError> {
+        self.0.exec_resize(&r.id, r.height, r.width).await
+    }
+    async fn exec_inspect(&self, r: ExecInspect) -> Result<docker::ExecInspectResponse, BusError> {
+        self.0.exec_inspect(r).await
+    }
+    async fn container_top(
+        &self,
+        r: ContainerTop,
+    ) -> Result<docker::ContainerTopResponse, BusError> {
+        self.0.top(&r.id, r.ps_args).await
+    }
+    async fn container_stats(
+        &self,
+        r: ContainerStats,
+    ) -> Result<((), BusStream<StatsSample>), BusError> {
+        let rt = self.0.clone();
+        answer(move |resp| async move { rt.stats(r, resp).await }).await
+    }
+    async fn container_update(
+        &self,
+        r: ContainerUpdate,
+    ) -> Result<docker::ContainerUpdateResponse, BusError> {
+        self.0.update(r).await
+    }
+    async fn container_rename(&self, r: ContainerRename) -> Result<(), BusError> {
+        self.0.rename(&r.id, &r.name).await
+    }
+    async fn container_pause(&self, r: ContainerPause) -> Result<(), BusError> {
+        self.0.pause(&r.id, true).await
+    }
+    async fn container_unpause(&self, r: ContainerUnpause) -> Result<(), BusError> {
+        self.0.pause(&r.id, false).await
+    }
+    async fn container_prune(
+        &self,
+        r: ContainerPrune,
+    ) -> Result<docker::ContainerPruneResponse, BusError> {
+        self.0.prune(r).await
+    }
+    async fn container_changes(
+        &self,
+        r: ContainerChanges,
+    ) -> Result<Vec<docker::FilesystemChange>, BusError> {
+        self.0.changes(&r.id).await
+    }
+    async fn container_export(
+        &self,
+        r: ContainerExport,
+    ) -> Result<((), BusStream<ByteChunk>), BusError> {
+        let rt = self.0.clone();
+        answer(move |resp| async move { rt.export(r, resp).await }).await
+    }
+    async fn container_archive_stat(&self, r: ContainerArchiveStat) -> Result<PathStat, BusError> {
+        self.0.archive_stat(&r.id, &r.path).await
+    }
+    async fn container_archive_get(
+        &self,
+        r: ContainerArchiveGet,
+    ) -> Result<(PathStat, BusStream<ByteChunk>), BusError> {
+        let rt = self.0.clone();
+        answer(move |resp| async move { rt.archive_get(r, resp).await }).await
+    }
+    async fn container_archive_put(
+        &self,
+        r: ContainerArchivePut,
+        input: BusStream<ByteChunk>,
+    ) -> Result<((), BusStream<()>), BusError> {
+        let rt = self.0.clone();
+        answer_duplex(
+            input,
+            move |resp| async move { rt.archive_put(r, resp).await },
+        )
+        .await
+    }
+    async fn containers_using_image(
+        &self,
+        r: ContainersUsingImage,
+    ) -> Result<Vec<String>, BusError> {
+        Ok(self.0.using_image(&r.image_id))
+    }
+    async fn log_plugin_users(&self, r: LogPluginUsers) -> Result<Vec<String>, BusError> {
+        Ok(self.0.log_plugin_users(&r.name))
+    }
+    async fn container_network_connect(&self, r: ContainerNetworkConnect) -> Result<(), BusError> {
+        self.0.network_connect(r).await
+    }
+    async fn container_network_disconnect(
+        &self,
+        r: ContainerNetworkDisconnect,
+    ) -> Result<(), BusError> {
+        self.0.network_disconnect(r).await
+    }
+    async fn container_df(
+        &self,
+        _r: ContainerDf,
+    ) -> Result<Vec<docker::ContainerSummary>, BusError> {
+        self.0
+            .list(ContainerList {
+                all: true,
+                limit: None,
+                size: true,
+                filters: Default::default(),
+            })
+            .await
+    }
 }
 
 impl Runtime {
-    async fn h_start(self: Arc<Self>, r: ContainerStart) -> Result<(), BusError> {
-        self.start(&r.id).await
-    }
-    async fn h_stop(self: Arc<Self>, r: ContainerStop) -> Result<(), BusError> {
-        self.stop(&r.id, r.signal, r.timeout).await
-    }
-    async fn h_restart(self: Arc<Self>, r: ContainerRestart) -> Result<(), BusError> {
-        self.restart(&r.id, r.signal, r.timeout).await
-    }
-    async fn h_kill(self: Arc<Self>, r: ContainerKill) -> Result<(), BusError> {
-        self.kill(&r.id, r.signal).await
-    }
-    async fn h_remove(self: Arc<Self>, r: ContainerRemove) -> Result<(), BusError> {
-        if r.link {
-            return self.remove_link(&r.id).await;
-        }
-        self.remove(&r.id, r.force, r.volumes).await
-    }
-    async fn h_inspect(self: Arc<Self>, r: ContainerInspect) -> Result<bus_schema::docker::ContainerInspectResponse, BusError> {
-        self.inspect(&r.id, r.size).await
-    }
-    async fn h_resize(self: Arc<Self>, r: ContainerResize) -> Result<(), BusError> {
-        self.resize(&r.id, r.height, r.width).await
-    }
-    async fn h_exec_resize(self: Arc<Self>, r: ExecResize) -> Result<(), BusError> {
-        self.exec_resize(&r.id, r.height, r.width).await
-    }
-    async fn h_net_connect(self: Arc<Self>, r: bus_schema::runtime::ContainerNetworkConnect) -> Result<(), BusError> {
-        self.network_connect(r).await
-    }
-    async fn h_net_disconnect(self: Arc<Self>, r: bus_schema::runtime::ContainerNetworkDisconnect) -> Result<(), BusError> {
-        self.network_disconnect(r).await
-    }
-    async fn h_update(self: Arc<Self>, r: bus_schema::runtime::ContainerUpdate) -> Result<docker::ContainerUpdateResponse, BusError> {
-        self.update(r).await
-    }
-    async fn h_rename(self: Arc<Self>, r: ContainerRename) -> Result<(), BusError> {
-        self.rename(&r.id, &r.name).await
-    }
-    async fn h_pause(self: Arc<Self>, r: ContainerPause) -> Result<(), BusError> {
-        self.pause(&r.id, true).await
-    }
-    async fn h_unpause(self: Arc<Self>, r: ContainerUnpause) -> Result<(), BusError> {
-        self.pause(&r.id, false).await
-    }
-    async fn h_changes(self: Arc<Self>, r: ContainerChanges) -> Result<Vec<bus_schema::docker::FilesystemChange>, BusError> {
-        self.changes(&r.id).await
-    }
-    async fn h_archive_stat(self: Arc<Self>, r: ContainerArchiveStat) -> Result<PathStat, BusError> {
-        self.archive_stat(&r.id, &r.path).await
-    }
-    async fn h_top(self: Arc<Self>, r: ContainerTop) -> Result<bus_schema::docker::ContainerTopResponse, BusError> {
-        self.top(&r.id, r.ps_args).await
-    }
-    async fn h_using(self: Arc<Self>, r: ContainersUsingImage) -> Result<Vec<String>, BusError> {
-        Ok(self.using_image(&r.image_id))
-    }
-    async fn h_log_plugin_users(self: Arc<Self>, r: bus_schema::runtime::LogPluginUsers) -> Result<Vec<String>, BusError> {
-        Ok(self.log_plugin_users(&r.name))
-    }
-    async fn h_df(self: Arc<Self>, _r: ContainerDf) -> Result<Vec<bus_schema::docker::ContainerSummary>, BusError> {
-        self.list(ContainerList { all: true, limit: None, size: true, filters: Default::default() }).await
-    }
-
     /// Gauges refreshed before each scrape.
     pub fn update_metrics(&self) {
         let mut counts = std::collections::BTreeMap::new();
@@ -315,9 +394,9 @@ impl Runtime {
     /// Waits (up to 30 s in all) until the storage and network services answer.
     async fn wait_for_give_back_services(&self) {
         let t0 = std::time::Instant::now();
-        let bus = self.bus.with_timeout(Duration::from_millis(500));
+        let sys = berth_bus::SystemClient::new(self.bus.clone()).with_timeout(Duration::from_millis(500));
         for svc in [Service::Storage, Service::Network] {
-            while bus.request_system(svc, &bus_schema::system::ServicePing {}).await.is_err() && t0.elapsed() < Duration::from_secs(30) {
+            while sys.ping(svc).await.is_err() && t0.elapsed() < Duration::from_secs(30) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -7,7 +7,6 @@ use bus_schema::event::Action;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_bus::Responder;
 use bus_schema::runtime::{ContainerExport, ContainerList, ContainerPrune};
 use bus_schema::storage::{RwLayerChanges, RwLayerExport, RwLayerSize};
 use bus_schema::{docker, BusError};
@@ -243,7 +242,7 @@ impl Runtime {
             .collect())
     }
 
-    pub async fn export(self: &Arc<Self>, r: ContainerExport, resp: Responder<ContainerExport>) -> Result<(), BusError> {
+    pub async fn export(self: &Arc<Self>, r: ContainerExport, resp: berth_bus::Answer<ContainerExport>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let ((), mut rd) = self.storage.rw_layer_export(RwLayerExport { id: e.id.clone() }).await?;
         let mut w = resp.accept(()).await?;

@@ -5,7 +5,6 @@ use bus_schema::event::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_bus::Responder;
 use berth_rules::clock;
 use bus_schema::runtime::{ContainerStats, ContainerUpdate};
 use bus_schema::{docker, BusError};
@@ -145,7 +144,7 @@ impl Runtime {
         v
     }
 
-    pub async fn stats(self: &Arc<Self>, r: ContainerStats, resp: Responder<ContainerStats>) -> Result<(), BusError> {
+    pub async fn stats(self: &Arc<Self>, r: ContainerStats, resp: berth_bus::Answer<ContainerStats>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let mut w = resp.accept(()).await?;
         let mut prev: Option<Value> = None;

@@ -108,6 +108,179 @@ pub async fn first_item<T: Send + 'static>(mut s: BusStream<T>) -> Result<BusStr
     }
 }
 
+/// Answering a stream operation of an API trait in two steps, as a [`crate::Responder`]
+/// does on the bus: the handler `f` runs in its own task, does its checks, then calls
+/// [`Answer::accept`] (or [`Answer::accept_duplex`]) with the reply and writes the
+/// items to the returned [`Sink`]. An error returned before accepting is the
+/// operation's error; one returned after it only ends the handler (fail the sink to
+/// tell the reader). For services whose handlers were written against `Responder`.
+pub async fn answer<R, F, Fut>(f: F) -> Result<(R::Reply, BusStream<R::Item>), BusError>
+where
+    R: StreamRpc,
+    R::Reply: Send,
+    F: FnOnce(Answer<R>) -> Fut,
+    Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+{
+    answer_with(None, f).await
+}
+
+/// [`answer`] for a duplex operation: the caller's `input` comes back from
+/// [`Answer::accept_duplex`].
+pub async fn answer_duplex<R, F, Fut>(
+    input: BusStream<R::Input>,
+    f: F,
+) -> Result<(R::Reply, BusStream<R::Item>), BusError>
+where
+    R: DuplexRpc,
+    R::Reply: Send,
+    F: FnOnce(Answer<R>) -> Fut,
+    Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+{
+    answer_with(Some(Box::new(input)), f).await
+}
+
+type Accepted<R> = Result<(<R as Rpc>::Reply, BusStream<<R as StreamRpc>::Item>), BusError>;
+
+async fn answer_with<R, F, Fut>(input: Option<Box<dyn std::any::Any + Send>>, f: F) -> Accepted<R>
+where
+    R: StreamRpc,
+    R::Reply: Send,
+    F: FnOnce(Answer<R>) -> Fut,
+    Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<Accepted<R>>();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+    let job = f(Answer {
+        slot: slot.clone(),
+        input,
+    });
+    tokio::spawn(async move {
+        let res = job.await;
+        let pending = slot.lock().unwrap().take();
+        match (pending, res) {
+            (Some(tx), Err(e)) => {
+                let _ = tx.send(Err(e));
+            }
+            (Some(tx), Ok(())) => {
+                let _ = tx.send(Err(BusError::internal(format!(
+                    "{} handler neither replied nor failed",
+                    R::OP
+                ))));
+            }
+            (None, Err(e)) => {
+                tracing::debug!(error = %e, op = R::OP, "stream handler ended with an error after accepting")
+            }
+            (None, Ok(())) => {}
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(BusError::internal(format!("{} handler went away", R::OP))))
+}
+
+/// The reply half of [`answer`]: accept with the reply to get the items' [`Sink`].
+pub struct Answer<R: StreamRpc> {
+    slot: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Accepted<R>>>>>,
+    input: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl<R: StreamRpc> Answer<R> {
+    /// Send `reply`; the items written to the sink follow it.
+    pub async fn accept(self, reply: R::Reply) -> Result<Sink<R::Item>, BusError> {
+        let tx = self
+            .slot
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| BusError::internal("stream already accepted"))?;
+        let (em, items) = channel(16);
+        tx.send(Ok((reply, items)))
+            .map_err(|_| BusError::new(ErrorKind::Cancelled, "the reader went away"))?;
+        Ok(Sink { tx: Some(em) })
+    }
+}
+
+impl<R: DuplexRpc> Answer<R> {
+    /// Send `reply`; returns the items' sink and the caller's input.
+    pub async fn accept_duplex(
+        mut self,
+        reply: R::Reply,
+    ) -> Result<(Sink<R::Item>, BusStream<R::Input>), BusError> {
+        let input = self
+            .input
+            .take()
+            .and_then(|b| b.downcast::<BusStream<R::Input>>().ok())
+            .ok_or_else(|| BusError::internal(format!("{} answered without its input", R::OP)))?;
+        Ok((self.accept(reply).await?, *input))
+    }
+}
+
+/// Where an [`answer`] writes its items, in the shape of a
+/// [`crate::StreamWriter`]: `end`, `fail` or `finish` it; dropped without, the
+/// reader gets an error (as from a writer that stopped without ending).
+pub struct Sink<T: Send + 'static> {
+    tx: Option<Emitter<T>>,
+}
+
+impl<T: Send + 'static> Sink<T> {
+    /// Send one item; waits while the reader is behind. Fails with `Cancelled` once
+    /// the reader is gone.
+    pub async fn send(&mut self, item: T) -> Result<(), BusError> {
+        match &self.tx {
+            Some(tx) => tx.send(item).await,
+            None => Err(BusError::internal("stream already finished")),
+        }
+    }
+
+    /// End the stream normally.
+    pub async fn end(mut self) -> Result<(), BusError> {
+        self.tx.take();
+        Ok(())
+    }
+
+    /// End the stream with an error the reader will see.
+    pub async fn fail(mut self, err: BusError) -> Result<(), BusError> {
+        if let Some(tx) = self.tx.take() {
+            tx.fail(err).await;
+        }
+        Ok(())
+    }
+
+    /// End with `end` or `fail` depending on `res`.
+    pub async fn finish(self, res: Result<(), BusError>) -> Result<(), BusError> {
+        match res {
+            Ok(()) => self.end().await,
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    /// Resolves once the reader cancelled or went away.
+    pub async fn cancelled(&self) {
+        match &self.tx {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.tx.as_ref().is_none_or(|t| t.is_closed())
+    }
+}
+
+impl<T: Send + 'static> Drop for Sink<T> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            if tx.is_closed() {
+                return;
+            }
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(tx.fail(BusError::internal(
+                    "the stream's writer stopped without ending it",
+                )));
+            }
+        }
+    }
+}
+
 /// The deadline of one call: the client's override, else the table's, else the bus's.
 fn timed<'a, R: Rpc>(bus: &'a Bus, over: Option<Duration>, req: &R) -> std::borrow::Cow<'a, Bus> {
     match over.or_else(|| req.timeout()) {
@@ -278,4 +451,111 @@ macro_rules! __client {
             async move { a.$m(r, input).await }
         })
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus_schema::images::{ImageLoad, ImagePull, JsonMessage};
+    use bus_schema::stream::ByteChunk;
+
+    fn msg(s: &str) -> JsonMessage {
+        JsonMessage::stream(s.to_string())
+    }
+
+    /// An error before accepting is the operation's error; items follow an accept;
+    /// `end` ends the stream, `fail` ends it with the error.
+    #[tokio::test]
+    async fn answer_replies_then_streams() {
+        let err =
+            answer::<ImagePull, _, _>(|_resp| async { Err(BusError::not_found("no such image")) })
+                .await
+                .err()
+                .unwrap();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        let err = answer::<ImagePull, _, _>(|_resp| async { Ok(()) })
+            .await
+            .err()
+            .unwrap();
+        assert!(err.message.contains("neither replied nor failed"), "{err}");
+
+        let ((), mut items) = answer::<ImagePull, _, _>(|resp| async move {
+            let mut w = resp.accept(()).await?;
+            w.send(msg("a")).await?;
+            w.send(msg("b")).await?;
+            w.end().await
+        })
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        while let Some(i) = items.next().await {
+            got.push(i.unwrap().stream.unwrap());
+        }
+        assert_eq!(got, ["a", "b"]);
+
+        let ((), mut items) = answer::<ImagePull, _, _>(|resp| async move {
+            let mut w = resp.accept(()).await?;
+            w.send(msg("a")).await?;
+            w.fail(BusError::conflict("late")).await
+        })
+        .await
+        .unwrap();
+        assert!(items.next().await.unwrap().is_ok());
+        assert_eq!(
+            items.next().await.unwrap().err().unwrap().kind,
+            ErrorKind::Conflict
+        );
+        assert!(items.next().await.is_none());
+    }
+
+    /// A sink dropped without ending fails the stream (as a bus writer does); a
+    /// reader that goes away is seen by `cancelled`.
+    #[tokio::test]
+    async fn dropped_sink_fails_and_a_gone_reader_cancels() {
+        let ((), mut items) = answer::<ImagePull, _, _>(|resp| async move {
+            let _w = resp.accept(()).await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let e = items.next().await.unwrap().err().unwrap();
+        assert!(e.message.contains("without ending"), "{e}");
+
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let ((), items) = answer::<ImagePull, _, _>(|resp| async move {
+            let w = resp.accept(()).await?;
+            w.cancelled().await;
+            let _ = seen_tx.send(w.is_cancelled());
+            w.end().await
+        })
+        .await
+        .unwrap();
+        drop(items);
+        assert!(seen_rx.await.unwrap());
+    }
+
+    /// A duplex answer gets the caller's input back when it accepts.
+    #[tokio::test]
+    async fn answer_duplex_hands_over_the_input() {
+        let (tx, input) = channel::<ByteChunk>(4);
+        let ((), mut items) = answer_duplex::<ImageLoad, _, _>(input, |resp| async move {
+            let (mut w, mut input) = resp.accept_duplex(()).await?;
+            let mut n = 0;
+            while let Some(c) = input.next().await {
+                n += c?.0.len();
+            }
+            w.send(msg(&n.to_string())).await?;
+            w.end().await
+        })
+        .await
+        .unwrap();
+        tx.send(ByteChunk(vec![1, 2, 3])).await.unwrap();
+        tx.send(ByteChunk(vec![4])).await.unwrap();
+        drop(tx);
+        assert_eq!(
+            items.next().await.unwrap().unwrap().stream.as_deref(),
+            Some("4")
+        );
+        assert!(items.next().await.is_none());
+    }
 }

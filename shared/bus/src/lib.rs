@@ -22,7 +22,7 @@ mod server;
 mod stream;
 mod trace;
 
-pub use contract::{channel, first_item, into_stream, produce, single, Emitter, SystemClient};
+pub use contract::{answer, answer_duplex, channel, first_item, into_stream, produce, single, Answer, Emitter, Sink, SystemClient};
 #[doc(hidden)]
 pub mod __contract {
     pub use crate::contract::{call, call_duplex, call_stream};

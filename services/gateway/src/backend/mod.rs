@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_bus::Bus;
 use bus_schema::{
-    system::{InfoPart, SystemInfoPart},
+    system::InfoPart,
     BusError, Service,
 };
 
@@ -18,7 +18,6 @@ use crate::host::HostFacts;
 
 mod images;
 mod networks;
-mod plugins;
 mod swarm;
 
 pub struct BusBackend {
@@ -49,10 +48,10 @@ impl BusBackend {
 
 impl crate::routes::system::Backend for BusBackend {
     async fn info_parts(&self) -> Vec<Result<InfoPart, (Service, BusError)>> {
-        let bus = self.bus.with_timeout(Duration::from_secs(2));
+        let sys = berth_bus::SystemClient::new(self.bus.clone()).with_timeout(Duration::from_secs(2));
         let futs = Service::BACKENDS.into_iter().map(|svc| {
-            let bus = bus.clone();
-            async move { bus.request_system(svc, &SystemInfoPart {}).await.map_err(|e| (svc, e)) }
+            let sys = sys.clone();
+            async move { sys.info_part(svc).await.map_err(|e| (svc, e)) }
         });
         futures_util::future::join_all(futs).await
     }

@@ -16,35 +16,25 @@ use axum::{
     routing::{any, get, post},
     Json, Router,
 };
-use berth_bus::{StreamReader, StreamWriter};
-use bus_schema::images::{JsonMessage, RegistryAuth};
-use bus_schema::plugin::{Plugin, PluginCreate, PluginPrivilege, PluginPull, PluginPush, PluginUpgrade};
+use berth_bus::images::ImagesApi as _;
+use bus_schema::images::JsonMessage;
+use bus_schema::plugin::{
+    Plugin, PluginCreate, PluginDisable, PluginEnable, PluginInspect, PluginList, PluginPrivilege, PluginPrivilegeList, PluginPull, PluginPush,
+    PluginRemove, PluginSet, PluginUpgrade,
+};
 use bus_schema::BusStream;
+use futures_util::StreamExt;
 use http::HeaderMap;
-use bus_schema::stream::ByteChunk;
 use http::Method;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::routes::containers::Fut;
+/// Plugins are the images service's: the routes call it through the images area's
+/// backend (its typed client).
+use crate::routes::images::Backend;
 use crate::routes::unserved;
 use crate::util::{self, FirstQuery, Params};
 
-
-pub trait Backend: Send + Sync + 'static {
-    fn plugin_create(&self, r: PluginCreate) -> Fut<'_, (StreamReader<()>, StreamWriter<ByteChunk>)>;
-    fn plugin_list(&self, filters: std::collections::HashMap<String, Vec<String>>) -> Fut<'_, Vec<Plugin>>;
-    fn plugin_inspect(&self, name: String) -> Fut<'_, Plugin>;
-    fn plugin_set(&self, name: String, args: Vec<String>) -> Fut<'_, ()>;
-    fn plugin_enable(&self, name: String, timeout: i64) -> Fut<'_, ()>;
-    fn plugin_disable(&self, name: String, force: bool) -> Fut<'_, ()>;
-    fn plugin_remove(&self, name: String, force: bool) -> Fut<'_, ()>;
-    fn plugin_privileges(&self, remote: String, auth: Option<RegistryAuth>) -> Fut<'_, Option<Vec<PluginPrivilege>>>;
-    /// Answers the plugin's name and the progress stream.
-    fn plugin_pull(&self, r: PluginPull) -> Fut<'_, (String, BusStream<JsonMessage>)>;
-    fn plugin_push(&self, r: PluginPush) -> Fut<'_, BusStream<JsonMessage>>;
-    fn plugin_upgrade(&self, r: PluginUpgrade) -> Fut<'_, (String, BusStream<JsonMessage>)>;
-}
 
 pub fn router<B: Backend>(b: Arc<B>) -> Router {
     Router::new()
@@ -58,13 +48,19 @@ pub fn router<B: Backend>(b: Arc<B>) -> Router {
 
 async fn list<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery) -> ApiResult<Json<Vec<Plugin>>> {
     let filters = util::filters(&q)?;
-    Ok(Json(b.plugin_list(filters).await?))
+    Ok(Json(b.images().plugin_list(PluginList { filters }).await?))
 }
 
 async fn create<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, body: Body) -> ApiResult<Response> {
     let name = q.get("name").cloned().unwrap_or_default();
-    let (mut done, input) = b.plugin_create(PluginCreate { name }).await?;
-    let pump = tokio::spawn(util::pump_body_draining(body, input));
+    let (input, pump) = util::draining_input(body);
+    let ((), mut done) = match b.images().plugin_create(PluginCreate { name }, input).await {
+        Ok(x) => x,
+        Err(e) => {
+            pump.abort();
+            return Err(e.into());
+        }
+    };
     let mut result = Ok(());
     while let Some(item) = done.next().await {
         if let Err(e) = item {
@@ -82,7 +78,7 @@ async fn create<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, 
 
 async fn privileges<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, headers: HeaderMap) -> ApiResult<Json<Option<Vec<PluginPrivilege>>>> {
     let remote = q.get("remote").cloned().unwrap_or_default();
-    Ok(Json(b.plugin_privileges(remote, util::registry_auth(&headers)).await?))
+    Ok(Json(b.images().plugin_privilege_list(PluginPrivilegeList { remote, auth: util::registry_auth(&headers) }).await?))
 }
 
 /// The progress stream, with the plugin's name in `Docker-Plugin-Name`.
@@ -98,7 +94,7 @@ async fn pull<B: Backend>(State(b): State<Arc<B>>, FirstQuery(q): FirstQuery, he
     let body = axum::body::to_bytes(body, crate::MAX_BODY).await.map_err(|e| ApiError::bad_request(e.to_string()))?;
     let privileges = privileges_body(&body)?;
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
-    let (name, rd) = b.plugin_pull(PluginPull { remote: get("remote"), name: get("name"), privileges, auth: util::registry_auth(&headers) }).await?;
+    let (name, rd) = b.images().plugin_pull(PluginPull { remote: get("remote"), name: get("name"), privileges, auth: util::registry_auth(&headers) }).await?;
     Ok(named_stream(&name, rd))
 }
 
@@ -165,19 +161,20 @@ async fn by_name<B: Backend>(State(b): State<Arc<B>>, Path(rest): Path<String>, 
     let split = rest.rsplit_once('/');
     let res: ApiResult<Response> = match (&method, split) {
         (&Method::DELETE, _) => {
-            b.plugin_remove(rest.clone(), util::bool_value(&q, "force")).await.map(|_| StatusCode::OK.into_response()).map_err(Into::into)
+            b.images().plugin_remove(PluginRemove { name: rest.clone(), force: util::bool_value(&q, "force") }).await.map(|_| StatusCode::OK.into_response()).map_err(Into::into)
         }
-        (&Method::GET, Some((name, "json"))) => b.plugin_inspect(name.to_string()).await.map(|p| Json(p).into_response()).map_err(Into::into),
+        (&Method::GET, Some((name, "json"))) => b.images().plugin_inspect(PluginInspect { name: name.to_string() }).await.map(|p| Json(p).into_response()).map_err(Into::into),
         (&Method::POST, Some((name, "enable"))) => {
             // Moby's strconv.Atoi of `timeout` comes first (the CLI always sends it)
             let t = q.get("timeout").map(String::as_str).unwrap_or("");
             match t.parse::<i64>() {
                 Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("strconv.Atoi: parsing {t:?}: invalid syntax"))),
-                Ok(t) => b.plugin_enable(name.to_string(), t).await.map(|_| StatusCode::OK.into_response()).map_err(Into::into),
+                Ok(t) => b.images().plugin_enable(PluginEnable { name: name.to_string(), timeout: t }).await.map(|_| StatusCode::OK.into_response()).map_err(Into::into),
             }
         }
         (&Method::POST, Some((name, "disable"))) => b
-            .plugin_disable(name.to_string(), util::bool_value(&q, "force"))
+            .images()
+            .plugin_disable(PluginDisable { name: name.to_string(), force: util::bool_value(&q, "force") })
             .await
             .map(|_| StatusCode::OK.into_response())
             .map_err(Into::into),
@@ -187,13 +184,13 @@ async fn by_name<B: Backend>(State(b): State<Arc<B>>, Path(rest): Path<String>, 
                 Err(e) => Err(ApiError::bad_request(e.to_string())),
                 Ok(body) => match set_args(&body) {
                     Err(e) => Err(e),
-                    Ok(args) => b.plugin_set(name, args).await.map(|_| StatusCode::NO_CONTENT.into_response()).map_err(Into::into),
+                    Ok(args) => b.images().plugin_set(PluginSet { name, args }).await.map(|_| StatusCode::NO_CONTENT.into_response()).map_err(Into::into),
                 },
             }
         }
         (&Method::POST, Some((name, "push"))) => {
             let auth = util::registry_auth(req.headers());
-            b.plugin_push(PluginPush { name: name.to_string(), auth }).await.map(util::json_stream).map_err(Into::into)
+            b.images().plugin_push(PluginPush { name: name.to_string(), auth }).await.map(|((), rd)| util::json_stream(rd)).map_err(Into::into)
         }
         (&Method::POST, Some((name, "upgrade"))) => {
             let name = name.to_string();
@@ -204,6 +201,7 @@ async fn by_name<B: Backend>(State(b): State<Arc<B>>, Path(rest): Path<String>, 
                 Ok(body) => match privileges_body(&body) {
                     Err(e) => Err(e),
                     Ok(privileges) => b
+                        .images()
                         .plugin_upgrade(PluginUpgrade { name, remote, privileges, auth })
                         .await
                         .map(|(n, rd)| named_stream(&n, rd))

@@ -301,7 +301,7 @@ pub async fn env(cfg: berth_config::DaemonConfig) -> Env {
     let root = tempfile::tempdir().unwrap();
     let images = berth_images::Images::open(bus.clone(), &cfg, root.path()).unwrap();
     let server =
-        berth_images::adapter::server(bus, images.clone(), berth_images::registry_info(&cfg));
+        berth_images::adapter::server(bus, images.clone(), None, berth_images::registry_info(&cfg));
     tokio::spawn(server.run());
     tokio::time::sleep(Duration::from_millis(100)).await;
     Env {
