@@ -765,9 +765,9 @@ async fn distribution_of(repo: &Repo, top: FetchedManifest) -> Result<docker::Di
     };
     let platforms = match manifest::parse(&top.media_type, &top.body) {
         Ok(Parsed::Index(idx)) => idx.manifests.iter().filter_map(|d| d.platform.as_ref()).map(platform).collect(),
-        // Moby 20.10 reads the platform of a Docker schema2 manifest only: an OCI image
-        // manifest answers `"Platforms": null` there (recorded side by side)
-        Ok(Parsed::Manifest(_)) if top.media_type == manifest::OCI_MANIFEST => vec![],
+        // the platform from the image config, for a Docker schema2 and an OCI image
+        // manifest alike (Moby 20.10 read schema2 only: the gateway answers null for an
+        // OCI manifest to API < 1.42 clients)
         Ok(Parsed::Manifest(m)) => match repo.blob_bytes(&m.config.digest).await {
             Ok(raw) => match serde_json::from_slice::<ImageConfigFile>(&raw) {
                 Ok(c) if !c.os.is_empty() || !c.architecture.is_empty() => vec![docker::OciPlatform {

@@ -329,9 +329,12 @@ async fn by_name<B: Backend>(
 }
 
 /// `GET /distribution/{name}/json` (the name may hold slashes). Platforms are
-/// `null` when the registry says none, as Moby writes them.
+/// `null` when the registry says none, as Moby writes them, and for an OCI image
+/// manifest to API < 1.42 clients (Moby 20.10 read the platform of Docker schema2
+/// manifests only, recorded side by side; docker-py at 1.51 expects it).
 async fn distribution<B: Backend>(
     State(b): State<Arc<B>>,
+    Extension(v): Extension<ApiVersion>,
     Path(rest): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -343,7 +346,8 @@ async fn distribution<B: Backend>(
         .distribution_inspect(DistributionInspect { reference: name.to_string(), auth: util::registry_auth(&headers) })
         .await?;
     let mut j = serde_json::to_value(&r).map_err(|e| BusError::internal(e.to_string()))?;
-    if r.platforms.is_empty() {
+    let oci_manifest = r.descriptor.media_type.as_deref() == Some("application/vnd.oci.image.manifest.v1+json");
+    if r.platforms.is_empty() || (oci_manifest && v.less_than("1.42")) {
         j["Platforms"] = serde_json::Value::Null;
     }
     Ok(Json(j))
