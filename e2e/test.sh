@@ -22,4 +22,6 @@ echo "== e2e tests (docker CLI against berth up)"
 # 45 min on 2 cores; the 5 minutes: BERTH_SOAK_SECS=300 e2e/test.sh (or the soak
 # test alone, as its header says).
 export BERTH_SOAK_SECS=${BERTH_SOAK_SECS:-150}
-cargo test --release -p berth-e2e --no-fail-fast -- --test-threads="$jobs"
+# Bounded: a hang is a red run with its output, not a CI that never ends (each docker
+# command of a test is also killed after BERTH_E2E_CMD_SECS, 300 s).
+timeout -k 30 "${BERTH_E2E_TIMEOUT:-55m}" cargo test --release -p berth-e2e --no-fail-fast -- --test-threads="$jobs"

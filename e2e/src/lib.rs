@@ -30,6 +30,55 @@ pub fn bin_dir() -> PathBuf {
     panic!("berth binaries not found in {}: run `cargo build --release --bins` first", p.display());
 }
 
+/// How long one docker command of a test may take: `BERTH_E2E_CMD_SECS`, else 300 s.
+/// Commands that wait for convergence (`service create`, `service scale`) would
+/// otherwise block for ever on a swarm that never converges.
+pub fn cmd_deadline() -> Duration {
+    Duration::from_secs(std::env::var("BERTH_E2E_CMD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(300))
+}
+
+/// `cmd.output()`, but the child is SIGKILLed after `limit`: its output so far is
+/// returned with a line saying so on stderr (and a failed status).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let t = Instant::now();
+    let mut killed = false;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if t.elapsed() > limit && !killed {
+            let _ = child.kill();
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // (a grandchild holding the pipes open would keep the readers: not waited for then)
+    let join = |h: std::thread::JoinHandle<Vec<u8>>| {
+        let t = Instant::now();
+        while !h.is_finished() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() { h.join().unwrap_or_default() } else { Vec::new() }
+    };
+    let stdout = join(out);
+    let mut stderr = join(err);
+    if killed {
+        stderr.extend_from_slice(format!("\nberth-e2e: {:?} killed after {:?}\n", cmd, limit).as_bytes());
+    }
+    Output { status, stdout, stderr }
+}
+
 /// A short random hex token for unique names.
 pub fn uniq() -> String {
     let mut b = [0u8; 3];
@@ -233,8 +282,12 @@ impl Node {
         c
     }
 
+    /// Run docker, killed after [`cmd_deadline`] (a hung command fails its test instead
+    /// of hanging the whole run; the kill is said on stderr and in the status).
     pub fn docker(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).stdin(Stdio::null()).output().expect("run docker")
+        let mut c = self.cmd();
+        c.args(args).stdin(Stdio::null());
+        output_within(&mut c, cmd_deadline())
     }
 
     /// Run docker; panic with its stderr and the node's logs unless it succeeds.
