@@ -319,7 +319,7 @@ macro_rules! swarm_table {
             service: Swarm, api: SwarmApi, client: SwarmClient, serve: serve_swarm, module: swarm,
             ops {
                 swarm_init(SwarmInit) -> String; callers [Gateway], timeout |_| $crate::secs(60);
-                swarm_join(SwarmJoin) -> (); callers [Gateway], timeout |_| $crate::secs(60);
+                swarm_join(SwarmJoin) -> (); callers [Gateway], timeout |_| $crate::secs(120);
                 swarm_leave(SwarmLeave) -> (); callers [Gateway], timeout |_| $crate::secs(60);
                 swarm_inspect(SwarmInspect) -> SwarmObject; callers [Gateway];
                 swarm_update(SwarmUpdate) -> (); callers [Gateway], timeout |_| $crate::secs(60);

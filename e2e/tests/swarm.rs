@@ -665,7 +665,8 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
         std::thread::sleep(Duration::from_millis(300));
     }
     eprintln!("6/6 again {:?} after the manager's restart", t.elapsed());
-    m1.docker_ok(&["service", "rm", "web"]);
+    // (the no-leader error while the buckets' streams still elect their leaders)
+    wait_for(30, "the service removed", &m1, || m1.docker(&["service", "rm", "web"]).status.success().then_some(()));
 }
 
 /// Three managers on an underlay: one inits, a manager and a worker join, the worker is

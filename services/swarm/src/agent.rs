@@ -123,17 +123,21 @@ impl Reporter {
             }
         }
         let rec = TaskStatusRecord { task_id: self.task_id.clone(), node_id: self.node_id.clone(), status: st.clone() };
-        for attempt in 0..50 {
+        // Until the store takes it: a status given up on (the managers without quorum
+        // for a while) left the task Assigned for ever in the managers' eyes.
+        let mut attempt = 0u32;
+        loop {
             match status_bucket(&self.c).put(&self.key, &rec).await {
                 Ok(rev) => {
                     self.c.t.task_status.note_put(&self.key, rec, rev);
                     break;
                 }
                 Err(e) => {
-                    if attempt == 0 {
-                        tracing::warn!(task = %self.task_id, error = %e, "reporting task status; retrying");
+                    if attempt % 25 == 0 {
+                        tracing::warn!(task = %self.task_id, state = ?st.state, error = %e, "reporting task status; retrying");
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(if attempt < 10 { 200 } else { 1000 })).await;
                 }
             }
         }
@@ -152,6 +156,7 @@ fn with_container(mut s: Status, id: &str, pid: Option<i64>, exit: Option<i64>) 
 async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, adopted: Option<String>) {
     let Some(first) = rx.borrow().clone() else { return };
     let me = c.node_id();
+    tracing::info!(task = %first.id, service = %first.service_name, desired = ?first.desired_state, adopted = adopted.is_some(), "task runner");
     let key = format!("{me}.{}", first.id);
     let prev = c.t.task_status.get(&key).map(|(r, _)| r.status).or(status_bucket(&c).get(&key).await.ok().flatten().map(|(r, _)| r.status));
     let mut rep = Reporter { c: c.clone(), key, task_id: first.id.clone(), node_id: me.clone(), last: prev };

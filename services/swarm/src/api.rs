@@ -183,6 +183,10 @@ impl Cluster {
         };
         // The role too (the store first): the node acts on it (crate::role).
         cur.role = if role == docker::NodeSpecRoleEnum::MANAGER { "manager".into() } else { "worker".into() };
+        if role != was {
+            // a new manager is Reachable once its server replicates the store
+            cur.in_store = (role == docker::NodeSpecRoleEnum::MANAGER).then_some(false);
+        }
         cur.updated_at = crate::now();
         let nrev = b.update(&cur.id, &cur, rev).await.map_err(|e| match e {
             StoreError::Conflict => out_of_sequence(),

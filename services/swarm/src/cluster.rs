@@ -674,6 +674,7 @@ pub fn node_record(
         message: String::new(),
         addr: advertise_addr.to_string(),
         role: role.into(),
+        in_store: None,
         bus: NodeBus {
             user: user.to_string(),
             password_hash: bcrypt::hash(password, 6).map_err(internal)?,

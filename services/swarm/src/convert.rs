@@ -144,7 +144,7 @@ pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> do
 pub fn node(n: &NodeRecord, rev: u64, leader: Option<&str>, ca: &docker::TlsInfo) -> docker::Node {
     let manager_status = (n.role == "manager").then(|| docker::ManagerStatus {
         leader: (leader == Some(n.id.as_str())).then_some(true),
-        reachability: Some(if n.state == "ready" { docker::Reachability::REACHABLE } else { docker::Reachability::UNREACHABLE }),
+        reachability: Some(if n.state == "ready" && n.in_store != Some(false) { docker::Reachability::REACHABLE } else { docker::Reachability::UNREACHABLE }),
         addr: Some(n.bus.client_addr.clone()),
     });
     let mut desc = n.description.clone();

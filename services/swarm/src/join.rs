@@ -51,6 +51,10 @@ type Answer = Result<JoinReply, String>;
 /// Docker's answer to a token no manager issued.
 pub const ERR_BAD_TOKEN: &str = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster";
 
+/// How long a manager waits for the store to answer a join (it moves into the
+/// managers' cluster for a while after a manager joined).
+const JOIN_STORE_WAIT: Duration = Duration::from_secs(40);
+
 /// Managers: answer join requests until aborted.
 pub async fn serve(c: Arc<Cluster>) {
     loop {
@@ -82,12 +86,11 @@ fn same(a: &str, b: &str) -> bool {
 async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     // Right after a manager joined, the store is being written back into the managers'
     // cluster (see crate::migrate), the swarm record last: wait for it a while.
-    let mut tries = 0;
+    let t = std::time::Instant::now();
     let (cluster, _) = loop {
         match c.bucket::<ClusterRecord>(buckets::CLUSTER).get("swarm").await {
             Ok(Some(r)) => break r,
-            Ok(None) | Err(_) if tries < 40 => {
-                tries += 1;
+            Ok(None) | Err(_) if t.elapsed() < JOIN_STORE_WAIT => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Ok(None) => return Err(BusError::unavailable("the swarm's store is not ready")),
@@ -109,7 +112,9 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     let password = ids::random_hex(24);
     let user = format!("n-{node_id}");
     let availability = req.availability.unwrap_or(docker::NodeSpecAvailabilityEnum::ACTIVE);
-    let rec = crate::cluster::node_record(&node_id, role, availability, req.description.clone(), &req.advertise_addr, &req.listen_addr, &user, &password)?;
+    let mut rec = crate::cluster::node_record(&node_id, role, availability, req.description.clone(), &req.advertise_addr, &req.listen_addr, &user, &password)?;
+    // a joining manager is Reachable once its server replicates the store
+    rec.in_store = (role == "manager").then_some(false);
     // The store first: every manager reloads its server's users from it.
     let rev = c.bucket::<NodeRecord>(buckets::NODES).create(&node_id, &rec).await?;
     c.t.nodes.note_put(&node_id, rec, rev);
@@ -246,7 +251,11 @@ async fn handshake(
         availability,
     };
     let body = serde_json::to_vec(&req).map_err(|e| BusError::internal(e.to_string()))?;
-    let msg = tokio::time::timeout(Duration::from_secs(15), client.request(bus_schema::swarm::cluster::JOIN.to_string(), body.into()))
+    // Long enough for a manager to answer while the store moves into the managers'
+    // cluster after another manager's join (it waits for the store up to JOIN_STORE_WAIT;
+    // the client's default of 10 s failed a worker joining right after a manager).
+    let ask = async_nats::Request::new().payload(body.into()).timeout(Some(JOIN_STORE_WAIT + Duration::from_secs(10)));
+    let msg = tokio::time::timeout(JOIN_STORE_WAIT + Duration::from_secs(12), client.send_request(bus_schema::swarm::cluster::JOIN.to_string(), ask))
         .await
         .map_err(|_| BusError::unavailable("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"docker info\" command to see the current swarm status of your node."))?
         .map_err(|e| BusError::unavailable(format!("join request to {addr} failed: {e}")))?;

@@ -159,6 +159,12 @@ pub struct NodeRecord {
     /// `manager` or `worker`: the role it runs as now (the spec says the wanted one).
     pub role: String,
     pub bus: NodeBus,
+    /// `Some(false)`: a manager whose swarm server is not yet a current replica of
+    /// every bucket (promoted, or joined, moments ago). It shows Unreachable until the
+    /// leader sees it is (then None): as a swarmkit manager is Reachable once it is a
+    /// raft member, so that losing another manager then keeps the quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_store: Option<bool>,
 }
 
 /// `swarm_heartbeats/<id>`: written by each node every second.

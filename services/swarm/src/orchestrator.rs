@@ -742,6 +742,7 @@ mod tests {
             message: String::new(),
             addr: String::new(),
             role: "worker".into(),
+            in_store: None,
             bus: Default::default(),
         }
     }

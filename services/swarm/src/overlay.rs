@@ -537,6 +537,7 @@ mod tests {
             message: String::new(),
             addr: addr.into(),
             role: "worker".into(),
+            in_store: None,
             bus: Default::default(),
         }
     }

@@ -270,6 +270,55 @@ pub async fn follow_managers(c: Arc<Cluster>) {
                 Err(e) => tracing::debug!(error = %e, "scaling the buckets"),
             }
         }
+        if scaled == Some(want) {
+            mark_store_members(&c, want).await;
+        }
+    }
+}
+
+/// The leader: a manager marked not yet in the store (`in_store: Some(false)`) is
+/// marked in once its server is the leader or a current replica of every bucket.
+async fn mark_store_members(c: &Cluster, replicas: usize) {
+    let waiting: Vec<NodeRecord> = c.t.nodes.filter(|n| n.role == "manager" && n.in_store == Some(false));
+    if waiting.is_empty() {
+        return;
+    }
+    let mut infos = Vec::new();
+    if replicas > 1 {
+        for (name, _) in buckets::ALL {
+            match c.store.js.get_stream(format!("KV_{name}")).await {
+                Ok(mut s) => match s.info().await {
+                    Ok(i) => infos.push(i.cluster.clone()),
+                    Err(_) => return,
+                },
+                Err(_) => return,
+            }
+        }
+    }
+    let nodes = c.bucket::<NodeRecord>(buckets::NODES);
+    for n in waiting {
+        let me = server_name(&n.id);
+        let member = infos.iter().all(|ci| {
+            ci.as_ref().map(|ci| ci.leader.as_deref() == Some(me.as_str()) || ci.replicas.iter().any(|p| p.name == me && p.current && !p.offline)).unwrap_or(false)
+        });
+        if !member {
+            continue;
+        }
+        tracing::info!(node = %n.id, "a new manager's server replicates the store: reachable");
+        match nodes
+            .modify(&n.id, |r| {
+                if r.in_store != Some(false) {
+                    return Ok(false);
+                }
+                r.in_store = None;
+                Ok(true)
+            })
+            .await
+        {
+            Ok(Some((r, rev))) => c.t.nodes.note_put(&n.id, r, rev),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(node = %n.id, error = %e, "marking a manager in the store"),
+        }
     }
 }
 

@@ -341,6 +341,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
         }))
     }
 
+    /// The sequence of the bucket stream's last message (the revision of its latest
+    /// write), asked of the server.
+    pub async fn last_revision(&self) -> Result<u64, StoreError> {
+        let info = self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
     /// Whether the bucket has no entries at all (a watcher gets nothing to catch up on).
     pub async fn empty(&self) -> Result<bool, StoreError> {
         self.is_empty().await
