@@ -254,3 +254,68 @@ fn unserved_routes_answer_as_moby_with_the_feature_off() {
         assert!(names.contains(&h), "{h} in {names:?}");
     }
 }
+
+/// Whether a process's cgroup is frozen: its v1 freezer cgroup says FROZEN, or (no v1
+/// freezer on the host) its unified cgroup's `cgroup.freeze` is 1.
+fn frozen(pid: &str) -> bool {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if let Some(p) = cg.lines().find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string())) {
+        let s = std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{p}/freezer.state")).unwrap();
+        return s.trim() == "FROZEN";
+    }
+    let p = cg.lines().find_map(|l| l.strip_prefix("0::")).expect("a v1 freezer or a unified cgroup");
+    let unified = if std::path::Path::new("/sys/fs/cgroup/unified").is_dir() { "/sys/fs/cgroup/unified" } else { "/sys/fs/cgroup" };
+    std::fs::read_to_string(format!("{unified}{p}/cgroup.freeze")).unwrap().trim() == "1"
+}
+
+/// `pause` freezes the container's cgroup and `unpause` thaws it; `stop` and `rm -f`
+/// of a paused container thaw it first; and what `pause`, `unpause`, `exec`, `start`,
+/// `rm`, `kill` and `top` answer by the container's status (paused, running,
+/// exited), in the words the runtime's status guards give.
+#[test]
+fn pause_unpause_and_the_status_guards() {
+    berth_e2e::require_root!();
+    let (node, _reg, img) = node_with_busybox();
+    let fails = |args: &[&str], want: &str| {
+        let o = node.docker(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+    };
+    let status = |c: &str| node.docker_ok(&["inspect", "-f", "{{.State.Status}}", c]).trim().to_string();
+    let cid = node.docker_ok(&["run", "-d", "--name", "pz", &img, "sleep", "300"]).trim().to_string();
+    let pid = node.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &cid]).trim().to_string();
+    assert!(!frozen(&pid));
+    fails(&["unpause", "pz"], &format!("container {cid} is not paused"));
+
+    node.docker_ok(&["pause", "pz"]);
+    assert_eq!(status("pz"), "paused");
+    assert!(frozen(&pid), "pause freezes the cgroup");
+    fails(&["pause", "pz"], &format!("Container {cid} is already paused"));
+    fails(&["exec", "pz", "true"], &format!("Container {cid} is paused, unpause the container before exec"));
+    fails(&["start", "pz"], "cannot start a paused container, try unpause instead");
+    fails(&["rm", "pz"], "cannot remove container \"/pz\": container is paused: stop the container before removing or force remove");
+    node.docker_ok(&["top", "pz"]);
+    node.docker_ok(&["unpause", "pz"]);
+    assert_eq!(status("pz"), "running");
+    assert!(!frozen(&pid), "unpause thaws the cgroup");
+    node.docker_ok(&["exec", "pz", "true"]);
+    fails(&["rm", "pz"], "cannot remove container \"/pz\": container is running: stop the container before removing or force remove");
+
+    // stop of a paused container thaws it, then signals it
+    node.docker_ok(&["pause", "pz"]);
+    node.docker_ok(&["stop", "-t", "1", "pz"]);
+    assert_eq!(status("pz"), "exited");
+    fails(&["pause", "pz"], &format!("container {cid} is not running"));
+    fails(&["unpause", "pz"], &format!("container {cid} is not paused"));
+    fails(&["kill", "pz"], &format!("Cannot kill container: pz: Container {cid} is not running"));
+    fails(&["exec", "pz", "true"], &format!("container {cid} is not running"));
+    fails(&["top", "pz"], &format!("container {cid} is not running"));
+    node.docker_ok(&["rm", "pz"]);
+
+    // rm -f of a paused container: thawed, killed, removed
+    let cid = node.docker_ok(&["run", "-d", &img, "sleep", "300"]).trim().to_string();
+    node.docker_ok(&["pause", &cid]);
+    node.docker_ok(&["rm", "-f", &cid]);
+    assert!(!node.docker(&["inspect", &cid]).status.success(), "removed");
+}

@@ -1,7 +1,9 @@
 //! cgroups of containers, for the runtime service: the shim creates, fills and
 //! removes a container's cgroup; the service updates limits (`docker update`), reads
 //! stats, pauses and unpauses, and counts OOM kills. cgroup v1 (also on hosts with a
-//! hybrid layout) and pure v2. Plain, short file I/O: call it directly from async code.
+//! hybrid layout) and pure v2. Plain, short file I/O: call it directly from async code,
+//! except freezing and thawing, which wait for the kernel ([`freeze`], [`thaw`]: on
+//! the blocking pool).
 
 pub use berth_shim::cgroups::{shares_to_weight, Cgroup, Hierarchy, Layout, Stats};
 pub use berth_shim::oci::{BlockIo, Cpu, Memory, Pids, Resources};
@@ -22,6 +24,26 @@ pub fn layout() -> std::io::Result<&'static Layout> {
 /// A container's cgroup from its cgroup path (e.g. "berth/<id>").
 pub fn open(path: &str) -> std::io::Result<Cgroup> {
     Ok(layout()?.cgroup(path))
+}
+
+/// Freezes a container's cgroup (`docker pause`): the freezer of the v1 hierarchy that
+/// has it, else `cgroup.freeze` of the unified one. NotFound when the cgroup is gone.
+pub async fn freeze(path: &str) -> std::io::Result<()> {
+    set_frozen(open(path)?, true).await
+}
+
+/// Thaws a container's cgroup (`docker unpause`, and before a stop or kill of a
+/// paused container).
+pub async fn thaw(path: &str) -> std::io::Result<()> {
+    set_frozen(open(path)?, false).await
+}
+
+/// [`Cgroup::freeze`] polls until the kernel has frozen every task (up to seconds):
+/// run on the blocking pool, not on the service's async threads.
+pub async fn set_frozen(cg: Cgroup, frozen: bool) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || if frozen { cg.freeze() } else { cg.thaw() })
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The limits `docker update` changes, in the shape the cgroup manager applies
@@ -80,6 +102,66 @@ mod tests {
         assert_eq!(r.cpu.as_ref().unwrap().quota, Some(50000));
         assert_eq!(r.pids.unwrap().limit, -1);
         assert!(update_resources(&ContainerUpdateBody::default()) == Resources::default());
+    }
+
+    /// A fake cgroup tree: one hierarchy at a temporary directory, v1 (a freezer
+    /// controller) or v2 (the unified one), with the container's directory `berth/c1`.
+    fn fake(v2: bool) -> (tempfile::TempDir, Cgroup) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("berth/c1");
+        std::fs::create_dir_all(&d).unwrap();
+        if v2 {
+            std::fs::write(d.join("cgroup.freeze"), "0").unwrap();
+            // what the kernel says once the tasks are frozen
+            std::fs::write(d.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        } else {
+            std::fs::write(d.join("freezer.state"), "THAWED").unwrap();
+        }
+        let controllers = if v2 {
+            vec![]
+        } else {
+            vec!["freezer".to_string()]
+        };
+        let layout = Layout {
+            hierarchies: vec![Hierarchy {
+                mount: tmp.path().into(),
+                controllers,
+                v2,
+            }],
+        };
+        let cg = layout.cgroup("berth/c1");
+        (tmp, cg)
+    }
+
+    #[tokio::test]
+    async fn freeze_thaw_v1_freezer() {
+        let (tmp, cg) = fake(false);
+        let state = tmp.path().join("berth/c1/freezer.state");
+        set_frozen(cg.clone(), true).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "FROZEN");
+        assert!(cg.is_frozen());
+        set_frozen(cg.clone(), false).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "THAWED");
+        std::fs::remove_dir_all(tmp.path().join("berth/c1")).unwrap();
+        let err = set_frozen(cg, true).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn freeze_thaw_v2_cgroup_freeze() {
+        let (tmp, cg) = fake(true);
+        let file = tmp.path().join("berth/c1/cgroup.freeze");
+        set_frozen(cg.clone(), true).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1");
+        assert!(cg.is_frozen());
+        set_frozen(cg.clone(), false).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "0");
+        // gone (the container exited): NotFound, which pause answers "not running"
+        std::fs::remove_dir_all(tmp.path().join("berth/c1")).unwrap();
+        let err = set_frozen(cg.clone(), true).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let err = set_frozen(cg, false).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
     /// Real cgroups (root): create, limit, update, stats, freeze, remove.

@@ -268,14 +268,7 @@ impl Runtime {
     pub async fn exec_create(self: &Arc<Self>, r: ExecCreate) -> Result<docker::IdResponse, BusError> {
         let e = self.find(&r.container)?;
         let c = e.get();
-        match c.state.status {
-            Status::Running => {}
-            Status::Paused => {
-                return Err(BusError::conflict(format!("Container {} is paused, unpause the container before exec", c.id)))
-            }
-            Status::Restarting => return Err(BusError::conflict(format!("Container {} is restarting, wait until the container is running", c.id))),
-            _ => return Err(BusError::conflict(format!("container {} is not running", c.id))),
-        }
+        c.can_exec()?;
         let id = crate::names::new_id();
         let ex = Arc::new(ExecEntry::new(id.clone(), c.id.clone(), r.config, &e.dir));
         ex.set(|_| {});
@@ -306,9 +299,7 @@ impl Runtime {
         }
         let e = self.find(&ex.container_id)?;
         let c = e.get();
-        if c.state.status != Status::Running {
-            return Err(BusError::conflict(format!("container {} is not running", c.id)));
-        }
+        c.can_exec_start()?;
         let shim = e.shim().ok_or_else(|| BusError::conflict(format!("container {} is not running", c.id)))?;
         // the process's terminal is the exec's (`ec.Tty` in Moby); the start
         // request's Tty only says how the gateway frames the output

@@ -10,7 +10,6 @@
 //! reads the exit files of those that ended while it was away.
 
 pub mod archive;
-pub mod cgroupfs;
 pub mod claims;
 pub mod create;
 pub mod engine;

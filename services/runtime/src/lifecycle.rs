@@ -97,14 +97,7 @@ impl Runtime {
 
     async fn start_locked_inner(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), BusError> {
         let c = e.get();
-        match c.state.status {
-            Status::Running => return Err(BusError::not_modified("container already started")),
-            Status::Paused => return Err(BusError::conflict("cannot start a paused container, try unpause instead")),
-            Status::Removing | Status::Dead => {
-                return Err(BusError::conflict(format!("container {} is marked for removal and cannot be started", c.id)))
-            }
-            _ => {}
-        }
+        c.can_start()?;
         match self.do_start(e, &c).await {
             Ok(()) => Ok(()),
             Err((err, code)) => {
@@ -512,10 +505,7 @@ impl Runtime {
     /// `docker stop`: the stop signal, then SIGKILL after the timeout.
     pub async fn stop(self: &Arc<Self>, key: &str, signal: Option<String>, timeout: Option<i64>) -> Result<(), BusError> {
         let e = self.find(key)?;
-        let c = e.get();
-        if !c.state.running() && c.state.status != Status::Restarting {
-            return Err(BusError::not_modified("container already stopped"));
-        }
+        e.get().can_stop()?;
         self.stop_entry(&e, signal, timeout).await?;
         let c = e.get();
         self.event(&c, Action::Stop, &[]).await;
@@ -540,7 +530,7 @@ impl Runtime {
         let mut life = e.life.subscribe();
         let exits = life.borrow().exits;
         if c.state.status == Status::Paused {
-            let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
+            let _ = crate::cgroups::thaw(&self.cgroup_rel(&c.id)).await;
         }
         if t != 0 {
             self.send_signal(e, sig).await?;
@@ -580,15 +570,13 @@ impl Runtime {
         let e = self.find(key)?;
         let sig = parse_signal(signal.as_deref().filter(|s| !s.is_empty()).unwrap_or("KILL"))?;
         let c = e.get();
-        if !c.state.running() {
-            return Err(BusError::conflict(format!("Cannot kill container: {}: Container {} is not running", key, c.id)));
-        }
+        c.can_kill(key)?;
         if sig == 9 || sig == 15 || sig == 2 {
             e.update(|c| c.manually_stopped = true);
             let _ = e.save();
         }
         if c.state.status == Status::Paused && sig == 9 {
-            let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
+            let _ = crate::cgroups::thaw(&self.cgroup_rel(&c.id)).await;
         }
         if sig != 9 {
             return self.send_signal(&e, sig).await;
@@ -637,13 +625,8 @@ impl Runtime {
         let _g = e.op.lock().await;
         let c = e.get();
         if pause {
-            if c.state.status == Status::Paused {
-                return Err(BusError::conflict(format!("Container {} is already paused", c.id)));
-            }
-            if c.state.status != Status::Running {
-                return Err(BusError::conflict(format!("container {} is not running", c.id)));
-            }
-            if let Err(err) = crate::cgroupfs::freeze(&self.cgroup_rel(&c.id)) {
+            c.can_pause()?;
+            if let Err(err) = crate::cgroups::freeze(&self.cgroup_rel(&c.id)).await {
                 // its cgroup is gone: the process exited and its exit is not
                 // recorded yet (a `start` then `commit` of a short command)
                 if err.kind() == std::io::ErrorKind::NotFound {
@@ -653,10 +636,8 @@ impl Runtime {
             }
             e.update(|c| c.state.status = Status::Paused);
         } else {
-            if c.state.status != Status::Paused {
-                return Err(BusError::conflict(format!("container {} is not paused", c.id)));
-            }
-            crate::cgroupfs::thaw(&self.cgroup_rel(&c.id)).map_err(|err| BusError::internal(format!("cannot unpause container {}: {err}", c.id)))?;
+            c.can_unpause()?;
+            crate::cgroups::thaw(&self.cgroup_rel(&c.id)).await.map_err(|err| BusError::internal(format!("cannot unpause container {}: {err}", c.id)))?;
             e.update(|c| c.state.status = Status::Running);
         }
         let _ = e.save();
@@ -674,14 +655,8 @@ impl Runtime {
         // still runs (seen in the fault soak)
         drop(e.op.lock().await);
         let c = e.get();
+        c.can_remove(force)?;
         if c.state.running() || c.state.status == Status::Restarting {
-            if !force {
-                let what = if c.state.status == Status::Paused { "paused" } else { "running" };
-                return Err(BusError::conflict(format!(
-                    "cannot remove container \"/{}\": container is {what}: stop the container before removing or force remove",
-                    c.name
-                )));
-            }
             if c.state.status == Status::Restarting {
                 e.update(|c| {
                     c.manually_stopped = true;
@@ -690,9 +665,6 @@ impl Runtime {
             } else {
                 self.kill_and_wait(&e).await?;
             }
-        }
-        if c.state.status == Status::Removing {
-            return Err(BusError::conflict(format!("removal of container {} is already in progress", c.id)));
         }
         self.remove_entry(&e, volumes).await
     }
@@ -703,7 +675,7 @@ impl Runtime {
         e.update(|c| c.manually_stopped = true);
         let c = e.get();
         if c.state.status == Status::Paused {
-            let _ = crate::cgroupfs::thaw(&self.cgroup_rel(&c.id));
+            let _ = crate::cgroups::thaw(&self.cgroup_rel(&c.id)).await;
         }
         if let Err(err) = self.send_signal(e, 9).await {
             // a shim that went away with its container (the exit is being recorded:

@@ -2,7 +2,7 @@
 //! the Docker views of it (inspect, ps).
 
 use berth_rules::clock;
-use bus_schema::docker;
+use bus_schema::{docker, BusError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -390,5 +390,262 @@ impl Container {
             health: None,
             image_manifest_descriptor: None,
         }
+    }
+}
+
+/// Status guards: whether an operation may act on a container in its present status,
+/// with the error Docker answers when it may not (message and kind as clients see
+/// them). The callers hold the container's `op` lock, or check a snapshot first as
+/// Moby does before acting.
+impl Container {
+    /// `docker start` (and the start of `restart` and of a restart policy).
+    pub fn can_start(&self) -> Result<(), BusError> {
+        match self.state.status {
+            Status::Running => Err(BusError::not_modified("container already started")),
+            Status::Paused => Err(BusError::conflict("cannot start a paused container, try unpause instead")),
+            Status::Removing | Status::Dead => {
+                Err(BusError::conflict(format!("container {} is marked for removal and cannot be started", self.id)))
+            }
+            Status::Created | Status::Restarting | Status::Exited => Ok(()),
+        }
+    }
+
+    /// `docker stop`: a running or paused container, or one waiting to restart (the
+    /// stop cancels the restart).
+    pub fn can_stop(&self) -> Result<(), BusError> {
+        if !self.state.running() && self.state.status != Status::Restarting {
+            return Err(BusError::not_modified("container already stopped"));
+        }
+        Ok(())
+    }
+
+    /// `docker kill`: a running or paused container. `key` is the name or ID the
+    /// client gave (Moby's message repeats it).
+    pub fn can_kill(&self, key: &str) -> Result<(), BusError> {
+        if !self.state.running() {
+            return Err(BusError::conflict(format!("Cannot kill container: {key}: Container {} is not running", self.id)));
+        }
+        Ok(())
+    }
+
+    /// `docker pause`.
+    pub fn can_pause(&self) -> Result<(), BusError> {
+        match self.state.status {
+            Status::Running => Ok(()),
+            Status::Paused => Err(BusError::conflict(format!("Container {} is already paused", self.id))),
+            _ => Err(BusError::conflict(format!("container {} is not running", self.id))),
+        }
+    }
+
+    /// `docker unpause`.
+    pub fn can_unpause(&self) -> Result<(), BusError> {
+        if self.state.status != Status::Paused {
+            return Err(BusError::conflict(format!("container {} is not paused", self.id)));
+        }
+        Ok(())
+    }
+
+    /// `docker rm`: a stopped container, or (`force`) a running, paused or restarting
+    /// one, which the caller kills first; never one whose removal is under way.
+    pub fn can_remove(&self, force: bool) -> Result<(), BusError> {
+        if !force && (self.state.running() || self.state.status == Status::Restarting) {
+            let what = if self.state.status == Status::Paused { "paused" } else { "running" };
+            return Err(BusError::conflict(format!(
+                "cannot remove container \"/{}\": container is {what}: stop the container before removing or force remove",
+                self.name
+            )));
+        }
+        if self.state.status == Status::Removing {
+            return Err(BusError::conflict(format!("removal of container {} is already in progress", self.id)));
+        }
+        Ok(())
+    }
+
+    /// `docker exec` (the create of an exec instance).
+    pub fn can_exec(&self) -> Result<(), BusError> {
+        match self.state.status {
+            Status::Running => Ok(()),
+            Status::Paused => {
+                Err(BusError::conflict(format!("Container {} is paused, unpause the container before exec", self.id)))
+            }
+            Status::Restarting => {
+                Err(BusError::conflict(format!("Container {} is restarting, wait until the container is running", self.id)))
+            }
+            _ => Err(BusError::conflict(format!("container {} is not running", self.id))),
+        }
+    }
+
+    /// The start of an exec instance: its container must still run (and not be paused).
+    pub fn can_exec_start(&self) -> Result<(), BusError> {
+        if self.state.status != Status::Running {
+            return Err(BusError::conflict(format!("container {} is not running", self.id)));
+        }
+        Ok(())
+    }
+
+    /// `docker top`: a running or paused container.
+    pub fn can_top(&self) -> Result<(), BusError> {
+        if !self.state.running() {
+            return Err(BusError::conflict(format!("container {} is not running", self.id)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus_schema::ErrorKind;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const ALL: [Status; 7] = [
+        Status::Created,
+        Status::Running,
+        Status::Paused,
+        Status::Restarting,
+        Status::Exited,
+        Status::Dead,
+        Status::Removing,
+    ];
+
+    fn container(status: Status) -> Container {
+        Container {
+            id: ID.into(),
+            name: "web".into(),
+            created: ZERO_TIME.into(),
+            image_id: String::new(),
+            image_chain: None,
+            path: "sh".into(),
+            args: vec![],
+            config: Default::default(),
+            host_config: Default::default(),
+            endpoints: HashMap::new(),
+            state: State { status, ..Default::default() },
+            restart_count: 0,
+            manually_stopped: false,
+            mode_network_detached: false,
+            has_been_started: false,
+            mounts: vec![],
+            driver: "overlay2".into(),
+            platform: "linux".into(),
+            sandbox_key: String::new(),
+            networks: HashMap::new(),
+            ports: HashMap::new(),
+            log_path: String::new(),
+            hosts_path: String::new(),
+            hostname_path: String::new(),
+            resolv_path: String::new(),
+            exec_ids: vec![],
+            rootfs: String::new(),
+            links: vec![],
+            plugin: false,
+            log_plugin: None,
+        }
+    }
+
+    /// Runs a guard over every status; `want` gives the expected answer of each.
+    fn check(guard: impl Fn(&Container) -> Result<(), BusError>, want: impl Fn(Status) -> Option<(ErrorKind, String)>) {
+        for st in ALL {
+            let got = guard(&container(st)).err().map(|e| (e.kind, e.message));
+            assert_eq!(got, want(st), "status {}", st.as_str());
+        }
+    }
+
+    fn conflict(m: impl Into<String>) -> Option<(ErrorKind, String)> {
+        Some((ErrorKind::Conflict, m.into()))
+    }
+
+    #[test]
+    fn state_guard_start() {
+        check(Container::can_start, |st| match st {
+            Status::Running => Some((ErrorKind::NotModified, "container already started".into())),
+            Status::Paused => conflict("cannot start a paused container, try unpause instead"),
+            Status::Dead | Status::Removing => conflict(format!("container {ID} is marked for removal and cannot be started")),
+            Status::Created | Status::Restarting | Status::Exited => None,
+        });
+    }
+
+    #[test]
+    fn state_guard_stop() {
+        check(Container::can_stop, |st| match st {
+            Status::Running | Status::Paused | Status::Restarting => None,
+            _ => Some((ErrorKind::NotModified, "container already stopped".into())),
+        });
+    }
+
+    #[test]
+    fn state_guard_kill() {
+        check(
+            |c| c.can_kill("web"),
+            |st| match st {
+                Status::Running | Status::Paused => None,
+                _ => conflict(format!("Cannot kill container: web: Container {ID} is not running")),
+            },
+        );
+    }
+
+    #[test]
+    fn state_guard_pause() {
+        check(Container::can_pause, |st| match st {
+            Status::Running => None,
+            Status::Paused => conflict(format!("Container {ID} is already paused")),
+            _ => conflict(format!("container {ID} is not running")),
+        });
+    }
+
+    #[test]
+    fn state_guard_unpause() {
+        check(Container::can_unpause, |st| match st {
+            Status::Paused => None,
+            _ => conflict(format!("container {ID} is not paused")),
+        });
+    }
+
+    #[test]
+    fn state_guard_remove() {
+        let busy = |what: &str| {
+            conflict(format!(
+                "cannot remove container \"/web\": container is {what}: stop the container before removing or force remove"
+            ))
+        };
+        let in_progress = conflict(format!("removal of container {ID} is already in progress"));
+        check(
+            |c| c.can_remove(false),
+            |st| match st {
+                Status::Running | Status::Restarting => busy("running"),
+                Status::Paused => busy("paused"),
+                Status::Removing => in_progress.clone(),
+                Status::Created | Status::Exited | Status::Dead => None,
+            },
+        );
+        check(
+            |c| c.can_remove(true),
+            |st| match st {
+                Status::Removing => in_progress.clone(),
+                _ => None,
+            },
+        );
+    }
+
+    #[test]
+    fn state_guard_exec() {
+        check(Container::can_exec, |st| match st {
+            Status::Running => None,
+            Status::Paused => conflict(format!("Container {ID} is paused, unpause the container before exec")),
+            Status::Restarting => conflict(format!("Container {ID} is restarting, wait until the container is running")),
+            _ => conflict(format!("container {ID} is not running")),
+        });
+        check(Container::can_exec_start, |st| match st {
+            Status::Running => None,
+            _ => conflict(format!("container {ID} is not running")),
+        });
+    }
+
+    #[test]
+    fn state_guard_top() {
+        check(Container::can_top, |st| match st {
+            Status::Running | Status::Paused => None,
+            _ => conflict(format!("container {ID} is not running")),
+        });
     }
 }

@@ -53,9 +53,7 @@ impl Runtime {
     pub async fn top(self: &Arc<Self>, key: &str, ps_args: Option<String>) -> Result<docker::ContainerTopResponse, BusError> {
         let e = self.find(key)?;
         let c = e.get();
-        if !c.state.running() {
-            return Err(BusError::conflict(format!("container {} is not running", c.id)));
-        }
+        c.can_top()?;
         let mut pids = cgroup_pids(&self.cgroup_rel(&c.id));
         if pids.is_empty() && c.state.pid > 0 {
             pids.push(c.state.pid);

@@ -173,6 +173,18 @@ fn write(p: &Path, v: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("writing {v:?} to {}: {e}", p.display())))
 }
 
+/// NotFound for a cgroup directory that is not there (its container's processes all
+/// exited and the cgroup was removed), as v1's freezer.state write says it.
+fn gone(d: &Path) -> io::Result<()> {
+    if d.is_dir() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        ErrorKind::NotFound,
+        format!("{}: no such cgroup", d.display()),
+    ))
+}
+
 fn read_u64(p: &Path) -> Option<u64> {
     let s = fs::read_to_string(p).ok()?;
     let s = s.trim();
@@ -558,6 +570,7 @@ impl Cgroup {
         }
         if let Some(h) = self.layout.hierarchies.iter().find(|h| h.v2) {
             let d = self.dir(h);
+            gone(&d)?;
             if d.join("cgroup.freeze").exists() {
                 write(&d.join("cgroup.freeze"), "1")?;
                 for i in 0..2000u32 {
@@ -582,6 +595,7 @@ impl Cgroup {
         }
         if let Some(h) = self.layout.hierarchies.iter().find(|h| h.v2) {
             let d = self.dir(h);
+            gone(&d)?;
             if d.join("cgroup.freeze").exists() {
                 return write(&d.join("cgroup.freeze"), "0");
             }
