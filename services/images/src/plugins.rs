@@ -149,36 +149,11 @@ fn container_body(p: &Plugin, run: &Path) -> Result<docker::ContainerCreateBody,
     })
 }
 
-/// Is `dir` a mount point (listed in /proc/self/mountinfo)?
-fn is_mount_point(dir: &Path) -> std::io::Result<bool> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(mi.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape_mountinfo(m)) == dir))
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The propagated mount's host side as a shared mount (Moby's mount.MakeRShared:
 /// bound onto itself first when it is not a mount point).
 fn make_rshared(dir: &Path) -> std::io::Result<()> {
     use rustix::mount::{mount_bind, mount_change, MountPropagationFlags};
-    if !is_mount_point(dir)? {
+    if !berth_fsutil::is_mountpoint(dir)? {
         mount_bind(dir, dir)?;
     }
     mount_change(dir, MountPropagationFlags::SHARED | MountPropagationFlags::REC)?;
@@ -190,7 +165,7 @@ fn make_rshared(dir: &Path) -> std::io::Result<()> {
 fn unmount_all(dir: &Path) -> std::io::Result<()> {
     use rustix::mount::{unmount, UnmountFlags};
     for _ in 0..16 {
-        if !is_mount_point(dir)? {
+        if !berth_fsutil::is_mountpoint(dir)? {
             return Ok(());
         }
         unmount(dir, UnmountFlags::DETACH)?;
@@ -847,7 +822,7 @@ impl Plugins {
         self.remove_container(&id).await;
         if let Some(r) = &self.runner {
             let run = r.paths.plugin_run(&id);
-            if is_mount_point(&run.join("propagated-mount")).unwrap_or(true) {
+            if berth_fsutil::is_mountpoint(&run.join("propagated-mount")).unwrap_or(true) {
                 tracing::warn!(plugin = %id, "its propagated mount is still mounted: its directory is left");
             } else {
                 let _ = std::fs::remove_dir_all(run);

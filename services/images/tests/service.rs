@@ -3,10 +3,13 @@
 
 mod common;
 
+use berth_bus::images::ImagesApi as _;
+use berth_bus::storage::{StorageApi as _, StorageClient};
 use bus_schema::images::*;
 use bus_schema::stream::ByteChunk;
 use bus_schema::ErrorKind;
 use common::*;
+use futures_util::StreamExt as _;
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -25,7 +28,7 @@ async fn pull(
         platform: platform.map(str::to_string),
         auth,
     };
-    let ((), rd) = e.client.request_stream(&req).await?;
+    let ((), rd) = e.client.image_pull(req).await?;
     Ok(messages(rd).await)
 }
 
@@ -41,7 +44,7 @@ async fn list(e: &Env, filters: &[(&str, &str)]) -> Vec<bus_schema::docker::Imag
         f.entry(k.to_string()).or_default().push(v.to_string());
     }
     e.client
-        .request(&ImageList {
+        .image_list(ImageList {
             all: false,
             digests: true,
             filters: f,
@@ -54,7 +57,10 @@ async fn inspect(
     e: &Env,
     name: &str,
 ) -> Result<bus_schema::docker::ImageInspect, bus_schema::BusError> {
-    e.client.request(&ImageInspect { name: name.into() }).await.map(|d| d.inspect)
+    e.client
+        .image_inspect(ImageInspect { name: name.into() })
+        .await
+        .map(|d| d.inspect)
 }
 
 async fn rmi(
@@ -63,7 +69,7 @@ async fn rmi(
     force: bool,
 ) -> Result<Vec<bus_schema::docker::ImageDeleteResponseItem>, bus_schema::BusError> {
     e.client
-        .request(&ImageRemove {
+        .image_remove(ImageRemove {
             name: name.into(),
             force,
             noprune: false,
@@ -247,7 +253,7 @@ async fn errors_read_like_docker() {
     assert_eq!(err.message, "No such image: nope:latest");
     let err = e
         .client
-        .request(&ImageTag {
+        .image_tag(ImageTag {
             source: "nope".into(),
             repo: "x".into(),
             tag: None,
@@ -476,13 +482,13 @@ async fn basic_auth_login_and_pull() {
 
     let ok = e
         .client
-        .request(&RegistryLogin { auth: good.clone() })
+        .registry_login(RegistryLogin { auth: good.clone() })
         .await
         .unwrap();
     assert_eq!(ok.status, "Login Succeeded");
     let err = e
         .client
-        .request(&RegistryLogin { auth: bad })
+        .registry_login(RegistryLogin { auth: bad })
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unauthorized, "{}", err.message);
@@ -528,7 +534,7 @@ async fn bearer_challenge_flow() {
     );
     let ok = e
         .client
-        .request(&RegistryLogin {
+        .registry_login(RegistryLogin {
             auth: RegistryAuth {
                 server_address: Some(proxy.addr()),
                 ..auth
@@ -549,7 +555,7 @@ async fn push_mounts_and_pulls_back_by_digest() {
     let a = reg.addr();
     pull_ok(&e, &format!("{a}/r/src:1")).await;
     e.client
-        .request(&ImageTag {
+        .image_tag(ImageTag {
             source: format!("{a}/r/src:1"),
             repo: format!("{a}/r/dst"),
             tag: Some("2".into()),
@@ -558,7 +564,7 @@ async fn push_mounts_and_pulls_back_by_digest() {
         .unwrap();
     let ((), rd) = e
         .client
-        .request_stream(&ImagePush {
+        .image_push(ImagePush {
             name: format!("{a}/r/dst"),
             tag: Some("2".into()),
             auth: None,
@@ -592,7 +598,7 @@ async fn push_mounts_and_pulls_back_by_digest() {
     // pushing again: everything is there
     let ((), rd) = e
         .client
-        .request_stream(&ImagePush {
+        .image_push(ImagePush {
             name: format!("{a}/r/dst"),
             tag: Some("2".into()),
             auth: None,
@@ -626,15 +632,17 @@ async fn push_mounts_and_pulls_back_by_digest() {
         message: None,
         platform: None,
     };
-    let ((), rd, mut w) = e.client.request_duplex(&imp).await.unwrap();
-    w.send(ByteChunk(tar.clone())).await.unwrap();
-    w.end().await.unwrap();
+    let ((), rd) = e
+        .client
+        .image_import(imp, input(vec![ByteChunk(tar.clone())]))
+        .await
+        .unwrap();
     let (m, err) = messages(rd).await;
     assert!(err.is_none(), "{err:?}");
     let made_id = m.last().unwrap().status.clone().unwrap();
     let ((), rd) = e
         .client
-        .request_stream(&ImagePush {
+        .image_push(ImagePush {
             name: format!("{a}/r/made"),
             tag: Some("1".into()),
             auth: None,
@@ -684,7 +692,7 @@ async fn push_mounts_and_pulls_back_by_digest() {
 async fn save(e: &Env, names: &[&str]) -> Vec<u8> {
     let ((), mut rd) = e
         .client
-        .request_stream(&ImageSave {
+        .image_save(ImageSave {
             names: names.iter().map(|s| s.to_string()).collect(),
         })
         .await
@@ -697,23 +705,16 @@ async fn save(e: &Env, names: &[&str]) -> Vec<u8> {
 }
 
 async fn load(e: &Env, data: &[u8]) -> (Vec<JsonMessage>, Option<bus_schema::BusError>) {
-    let ((), rd, mut w) = e
+    let chunks = data
+        .chunks(bus_schema::stream::MAX_CHUNK)
+        .map(|c| ByteChunk(c.to_vec()))
+        .collect();
+    let ((), rd) = e
         .client
-        .request_duplex(&ImageLoad { quiet: false })
+        .image_load(ImageLoad { quiet: false }, input(chunks))
         .await
         .unwrap();
-    let data = data.to_vec();
-    let writer = tokio::spawn(async move {
-        for c in data.chunks(bus_schema::stream::MAX_CHUNK) {
-            if w.send(ByteChunk(c.to_vec())).await.is_err() {
-                return;
-            }
-        }
-        let _ = w.end().await;
-    });
-    let r = messages(rd).await;
-    let _ = writer.await;
-    r
+    messages(rd).await
 }
 
 fn loaded(m: &[JsonMessage]) -> Vec<String> {
@@ -732,7 +733,7 @@ async fn save_rmi_load_and_third_party_archives() {
     let id = inspect(&e, &name).await.unwrap().id.unwrap();
     let err = e
         .client
-        .request_stream(&ImageSave {
+        .image_save(ImageSave {
             names: vec!["nope".into()],
         })
         .await
@@ -838,9 +839,11 @@ async fn import_with_changes() {
         message: Some("made by hand".into()),
         platform: None,
     };
-    let ((), rd, mut w) = e.client.request_duplex(&imp).await.unwrap();
-    w.send(ByteChunk(gz)).await.unwrap();
-    w.end().await.unwrap();
+    let ((), rd) = e
+        .client
+        .image_import(imp.clone(), input(vec![ByteChunk(gz)]))
+        .await
+        .unwrap();
     let (m, err) = messages(rd).await;
     assert!(err.is_none(), "{err:?}");
     let id = m.last().unwrap().status.clone().unwrap();
@@ -853,7 +856,7 @@ async fn import_with_changes() {
     assert_eq!(c.env.unwrap(), vec!["A=b"]);
     let h: Vec<bus_schema::docker::ImageHistoryResponseItem> = e
         .client
-        .request(&ImageHistory {
+        .image_history(ImageHistory {
             name: "imported:v1".into(),
         })
         .await
@@ -868,8 +871,7 @@ async fn import_with_changes() {
         changes: vec!["RUN rm -rf /".into()],
         ..imp
     };
-    let ((), rd, w) = e.client.request_duplex(&bad).await.unwrap();
-    drop(w);
+    let ((), rd) = e.client.image_import(bad, input(vec![])).await.unwrap();
     let (_, err) = messages(rd).await;
     assert_eq!(err.unwrap().message, "RUN is not a valid change command");
 }
@@ -893,7 +895,7 @@ async fn list_tag_rmi_prune_rules() {
 
     // tag, then rmi by name only untags
     e.client
-        .request(&ImageTag {
+        .image_tag(ImageTag {
             source: n1.clone(),
             repo: "alias".into(),
             tag: None,
@@ -902,7 +904,7 @@ async fn list_tag_rmi_prune_rules() {
         .unwrap();
     let err = e
         .client
-        .request(&ImageTag {
+        .image_tag(ImageTag {
             source: n1.clone(),
             repo: format!("x@sha256:{}", "a".repeat(64)),
             tag: None,
@@ -946,7 +948,7 @@ async fn list_tag_rmi_prune_rules() {
 
     // untagged images are dangling and pruned
     e.client
-        .request(&ImageRemove {
+        .image_remove(ImageRemove {
             name: n1.clone(),
             force: false,
             noprune: false,
@@ -971,7 +973,7 @@ async fn list_tag_rmi_prune_rules() {
     .await;
     assert_eq!(list(&e, &[("dangling", "true")]).await.len(), 1);
     let p: bus_schema::docker::ImagePruneResponse =
-        e.client.request(&ImagePrune::default()).await.unwrap();
+        e.client.image_prune(ImagePrune::default()).await.unwrap();
     let deleted = p.images_deleted.unwrap();
     assert!(
         deleted
@@ -1020,9 +1022,12 @@ async fn images_from_layers_and_resolve() {
         compressed_digest: None,
         diff_id: None,
     };
-    let ((), mut rd, mut w) = e.client.request_duplex(&req).await.unwrap();
-    w.send(ByteChunk(tar)).await.unwrap();
-    w.end().await.unwrap();
+    let storage =
+        StorageClient::new(e.client.bus().clone()).with_timeout(std::time::Duration::from_secs(60));
+    let ((), mut rd) = storage
+        .layer_apply(req, input(vec![ByteChunk(tar)]))
+        .await
+        .unwrap();
     let layer = rd.next().await.unwrap().unwrap();
     let base = ImageCreateFromLayer {
         parent: None,
@@ -1040,7 +1045,7 @@ async fn images_from_layers_and_resolve() {
         tags: vec!["base:1".into()],
         record_parent: false,
     };
-    let base_id: String = e.client.request(&base).await.unwrap();
+    let base_id: String = e.client.image_create_from_layer(base).await.unwrap();
     let child = ImageCreateFromLayer {
         parent: Some("base:1".into()),
         layer: None,
@@ -1058,10 +1063,10 @@ async fn images_from_layers_and_resolve() {
         tags: vec!["child:1".into()],
         record_parent: true,
     };
-    let child_id: String = e.client.request(&child).await.unwrap();
+    let child_id: String = e.client.image_create_from_layer(child).await.unwrap();
     let r: ResolvedImage = e
         .client
-        .request(&ImageResolve {
+        .image_resolve(ImageResolve {
             reference: "child:1".into(),
         })
         .await
@@ -1073,7 +1078,7 @@ async fn images_from_layers_and_resolve() {
     assert_eq!(e.storage.refs(&layer.chain_id), Some(2));
     let h: Vec<bus_schema::docker::ImageHistoryResponseItem> = e
         .client
-        .request(&ImageHistory {
+        .image_history(ImageHistory {
             name: "child:1".into(),
         })
         .await
@@ -1094,7 +1099,7 @@ async fn images_from_layers_and_resolve() {
     assert_eq!(list(&e, &[]).await.len(), 1);
     let r: ResolvedImage = e
         .client
-        .request(&ImageResolve {
+        .image_resolve(ImageResolve {
             reference: base_id[7..].to_string(),
         })
         .await

@@ -262,7 +262,7 @@ impl RwLayers {
             [m] if m.typ == "bind" => PathBuf::from(&m.source),
             _ => {
                 let target = self.driver.mount_target(id).map_err(BusError::from)?;
-                if r.mounts == 0 || !crate::util::is_mountpoint(&target) {
+                if r.mounts == 0 || !berth_fsutil::is_mountpoint(&target).unwrap_or(false) {
                     crate::driver::mount_all(&mounts, &target).map_err(BusError::from)?;
                 }
                 target
@@ -406,7 +406,7 @@ fn is_mounted(d: &dyn Driver, id: &str) -> bool {
         Ok(m) if matches!(m.as_slice(), [x] if x.typ == "bind") => true,
         Ok(_) => d
             .mount_target(id)
-            .map(|t| crate::util::is_mountpoint(&t))
+            .map(|t| berth_fsutil::is_mountpoint(&t).unwrap_or(false))
             .unwrap_or(false),
         Err(_) => false,
     }

@@ -252,7 +252,7 @@ impl Volumes {
             )));
         }
         let data = self.data(name);
-        if crate::util::is_mountpoint(&data) {
+        if berth_fsutil::is_mountpoint(&data).unwrap_or(false) {
             crate::driver::unmount(&data)
                 .map_err(|e| BusError::internal(format!("remove {name}: {e}")))?;
         }
@@ -337,7 +337,7 @@ impl Volumes {
         let mut st = self.state.lock().unwrap();
         let r = st.get(name).cloned().ok_or_else(|| no_such(name))?;
         let data = self.data(name);
-        if r.options.contains_key("type") && !crate::util::is_mountpoint(&data) {
+        if r.options.contains_key("type") && !berth_fsutil::is_mountpoint(&data).unwrap_or(false) {
             mount_volume(&r.options, &data).map_err(|e| {
                 BusError::internal(format!(
                     "error while mounting volume '{}': {e}",
@@ -393,7 +393,7 @@ impl Volumes {
         self.persist(&r)?;
         if r.refs.is_empty() && r.options.contains_key("type") {
             let data = self.data(name);
-            if crate::util::is_mountpoint(&data) {
+            if berth_fsutil::is_mountpoint(&data).unwrap_or(false) {
                 let _ = crate::driver::unmount(&data);
             }
         }

@@ -406,7 +406,7 @@ async fn volumes_over_the_bus() {
         .await
         .unwrap();
     assert!(
-        berth_storage::util::is_mountpoint(std::path::Path::new(&t.path)),
+        berth_fsutil::is_mountpoint(std::path::Path::new(&t.path)).unwrap(),
         "tmpfs mounted on acquire"
     );
     let e = b
@@ -431,7 +431,7 @@ async fn volumes_over_the_bus() {
     .await
     .unwrap();
     assert!(
-        !berth_storage::util::is_mountpoint(std::path::Path::new(&tmpfs.mountpoint)),
+        !berth_fsutil::is_mountpoint(std::path::Path::new(&tmpfs.mountpoint)).unwrap(),
         "unmounted with its last user"
     );
     b.volume_release_ref(VolumeReleaseRef {

@@ -12,15 +12,20 @@
 //! - [`untar`]: a tar extracted into a directory of a root, parents resolved in the
 //!   root, every entry created with `*at` calls that never follow its last component.
 //! - [`copy`]: a tree copied from one descriptor to another (volume copy-up, builds).
+//! - [`mountinfo`]: /proc/self/mountinfo's escaped fields, and whether a path is a
+//!   mount point.
 //! - [`view`]: a container's filesystem as a process inside it sees it (its rootfs with
 //!   its volumes and bind mounts on top), assembled in a private mount namespace of a
 //!   short-lived thread.
 
 pub mod at;
 pub mod copy;
+pub mod mountinfo;
 pub mod tree;
 pub mod untar;
 pub mod view;
+
+pub use mountinfo::{is_mountpoint, unescape_mountinfo};
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

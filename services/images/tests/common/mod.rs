@@ -271,7 +271,8 @@ pub async fn fake_runtime(bus: Bus) -> Arc<Mutex<HashMap<String, Vec<String>>>> 
 pub struct Env {
     pub nats: Nats,
     pub root: tempfile::TempDir,
-    pub client: Bus,
+    /// The images service through its typed client.
+    pub client: berth_bus::images::ImagesClient,
     pub storage: Arc<FakeStorage>,
     pub runtime: Arc<Mutex<HashMap<String, Vec<String>>>>,
     pub images: Arc<berth_images::Images>,
@@ -307,7 +308,7 @@ pub async fn env(cfg: berth_config::DaemonConfig) -> Env {
     Env {
         nats,
         root,
-        client: client.with_timeout(Duration::from_secs(60)),
+        client: berth_bus::images::ImagesClient::new(client).with_timeout(Duration::from_secs(60)),
         storage,
         runtime,
         images,
@@ -468,8 +469,9 @@ pub async fn remote_digest(
 
 /// Collect a stream request's messages; the error ends it.
 pub async fn messages(
-    mut rd: berth_bus::StreamReader<bus_schema::images::JsonMessage>,
+    mut rd: bus_schema::BusStream<bus_schema::images::JsonMessage>,
 ) -> (Vec<bus_schema::images::JsonMessage>, Option<BusError>) {
+    use futures_util::StreamExt as _;
     let mut v = Vec::new();
     while let Some(m) = rd.next().await {
         match m {
@@ -478,6 +480,11 @@ pub async fn messages(
         }
     }
     (v, None)
+}
+
+/// The input stream of a duplex call: these items, then its end.
+pub fn input<T: Send + 'static>(items: Vec<T>) -> bus_schema::BusStream<T> {
+    Box::pin(futures_util::stream::iter(items.into_iter().map(Ok)))
 }
 
 pub fn statuses(v: &[bus_schema::images::JsonMessage]) -> Vec<String> {

@@ -73,7 +73,7 @@ impl Layout {
             if pre.len() < 5 || post.len() < 3 {
                 continue;
             }
-            let mount = PathBuf::from(unescape(pre[4]));
+            let mount = PathBuf::from(berth_fsutil::unescape_mountinfo(pre[4]));
             match post[0] {
                 // the first mount of each hierarchy only: a second mount of the
                 // same one (a bind into another root on the host, such as a test's
@@ -128,13 +128,6 @@ impl Layout {
             rel: path.trim_matches('/').to_string(),
         }
     }
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Raw counters for `docker stats` and `docker top`.

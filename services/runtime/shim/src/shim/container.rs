@@ -395,7 +395,7 @@ fn parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
     for line in mountinfo.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         let Some(mp) = f.get(4) else { continue };
-        let mp = PathBuf::from(unescape_mountinfo(mp));
+        let mp = PathBuf::from(berth_fsutil::unescape_mountinfo(mp));
         if !path.starts_with(&mp) {
             continue;
         }
@@ -406,23 +406,6 @@ fn parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
         }
     }
     best.filter(|(_, shared)| *shared).map(|(p, _)| p)
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The magic link naming an open descriptor: a path for mount(2) that leads to that
