@@ -62,6 +62,37 @@ fn lines(s: &str) -> Vec<String> {
     s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
+/// How many containers of the service `web` run on this node.
+fn running_web(n: &Node) -> usize {
+    lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len()
+}
+
+/// The node's swarm server config (empty when it has none).
+fn server_conf(n: &Node) -> String {
+    std::fs::read_to_string(n.root.join("swarm/server/nats.conf")).unwrap_or_default()
+}
+
+/// `node ls` as "HOSTNAME STATUS AVAILABILITY MANAGERSTATUS" lines, sorted (empty when
+/// refused).
+fn managers_ls(n: &Node) -> Vec<String> {
+    let mut ls = lines(&String::from_utf8_lossy(&n.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]).stdout));
+    ls.sort();
+    ls
+}
+
+/// Three nodes Ready and Active, named `host(0..3)`: one Leader, two Reachable.
+fn three_up(ls: &[String], host: &dyn Fn(usize) -> String) -> bool {
+    ls.len() == 3
+        && (0..3).all(|i| ls[i].starts_with(&format!("{} Ready Active ", host(i))))
+        && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
+        && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2
+}
+
+/// Which of `host(0..3)` the node's `node ls` shows as Leader.
+fn leader(n: &Node, host: &dyn Fn(usize) -> String) -> Option<usize> {
+    managers_ls(n).iter().find(|l| l.ends_with(" Leader")).and_then(|l| (0..3).find(|i| l.starts_with(&format!("{} ", host(*i)))))
+}
+
 #[test]
 fn single_node_swarm() {
     require_root!();
@@ -524,22 +555,21 @@ fn worker_joins_over_the_underlay() {
         ok &= ps.len() == want.iter().map(|(_, n)| n).sum::<usize>();
         (ok, ps)
     };
-    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
     let (ok, ps) = on(&[(&mname, 2), (&wname, 2)]);
     assert!(ok, "{ps:?}");
-    assert_eq!(running(&wkr), 2);
-    assert_eq!(running(&mgr), 2);
+    assert_eq!(running_web(&wkr), 2);
+    assert_eq!(running_web(&mgr), 2);
 
     // Drain: the worker's tasks move to the manager; its containers go.
     mgr.docker_ok(&["node", "update", "--availability", "drain", &wname]);
-    wait_for(30, "tasks moved off the drained worker", &mgr, || (on(&[(&mname, 4)]).0 && running(&wkr) == 0).then_some(()));
-    assert_eq!(running(&mgr), 4);
+    wait_for(30, "tasks moved off the drained worker", &mgr, || (on(&[(&mname, 4)]).0 && running_web(&wkr) == 0).then_some(()));
+    assert_eq!(running_web(&mgr), 4);
     mgr.docker_ok(&["node", "update", "--availability", "active", &wname]);
     // Docker does not move running tasks back; new ones go to the emptier node.
     mgr.docker_ok(&["service", "scale", "web=6"]);
     let (ok, ps) = on(&[(&mname, 4), (&wname, 2)]);
     assert!(ok, "{ps:?}");
-    assert_eq!(running(&wkr), 2);
+    assert_eq!(running_web(&wkr), 2);
 
     // The worker's whole node is SIGKILLed: the manager marks it Down and its tasks run
     // on the manager again, the old ones shut down.
@@ -556,7 +586,7 @@ fn worker_joins_over_the_underlay() {
     // the worker's tasks: 2 drained earlier, 2 lost with it, all shut down
     let old = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", &format!("node={wname}"), "--format", "{{.DesiredState}}"]));
     assert_eq!(old, vec!["Shutdown"; 4], "{old:?}");
-    assert_eq!(running(&mgr), 6);
+    assert_eq!(running_web(&mgr), 6);
 
     // The worker comes back (its state kept on disk): Ready again over its leaf, and
     // nothing it ran before runs twice.
@@ -566,11 +596,11 @@ fn worker_joins_over_the_underlay() {
     });
     assert_eq!(wkr.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim(), "active");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running(&wkr), 0);
+    assert_eq!(running_web(&wkr), 0);
     let (ok, ps) = on(&[(&mname, 6)]);
     assert!(ok, "{ps:?}");
     mgr.docker_ok(&["service", "rm", "web"]);
-    wait_for(30, "the service's containers removed", &mgr, || (running(&mgr) == 0).then_some(()));
+    wait_for(30, "the service's containers removed", &mgr, || (running_web(&mgr) == 0).then_some(()));
 }
 
 /// Three nodes on an underlay: a worker joins a lone manager and runs a task; then a
@@ -592,10 +622,9 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
     let j = w.docker_ok(&["swarm", "join", "--token", &wtoken, &addr]);
     assert_eq!(j.trim(), "This node joined a swarm as a worker.");
     let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
-    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
     let created = m1.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "web", "busybox:latest", "sleep", "1d"]);
     assert!(created.contains("converged"), "{created}");
-    assert_eq!((running(&m1), running(&w)), (1, 1));
+    assert_eq!((running_web(&m1), running_web(&w)), (1, 1));
 
     let t = Instant::now();
     let j = m2.docker_ok(&["swarm", "join", "--token", &mtoken, &addr]);
@@ -622,7 +651,7 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
     // the service came through the move: its two tasks, not restarted
     let ps = lines(&m2.docker_ok(&["service", "ps", "web", "--format", "{{.Node}} {{.DesiredState}}"]));
     assert_eq!(ps.len(), 2, "{ps:?}");
-    assert_eq!((running(&m1), running(&w)), (1, 1));
+    assert_eq!((running_web(&m1), running_web(&w)), (1, 1));
 
     // scaled from the other manager: the new tasks spread, the worker's included
     m2.docker_ok(&["service", "scale", "web=6"]);
@@ -633,7 +662,7 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
         assert!(l.starts_with(&format!("{} Running ", host(i / 2))), "{on:?}");
     }
     for n in [&m1, &m2, &w] {
-        assert_eq!(running(n), 2);
+        assert_eq!(running_web(n), 2);
     }
 
     // One of two managers dies: no quorum. The other refuses changes with Docker's
@@ -647,7 +676,7 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
         (!o.status.success()).then(|| out(&o))
     });
     assert!(refused.contains("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online."), "{refused}");
-    assert_eq!((running(&m1), running(&w)), (2, 2));
+    assert_eq!((running_web(&m1), running_web(&w)), (2, 2));
 
     // (Its return is not waited for here: after the quorum came back, a task rescheduled
     // onto the returning manager stayed Starting/Ready in two of five runs under load —
@@ -674,8 +703,7 @@ fn three_managers_fail_over() {
     let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
     assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
     assert_eq!(nodes[2].docker_ok(&["swarm", "join", "--token", &wtoken, &addr]).trim(), "This node joined a swarm as a worker.");
-    let conf = |n: &Node| std::fs::read_to_string(n.root.join("swarm/server/nats.conf")).unwrap_or_default();
-    assert!(conf(&nodes[2]).contains("remotes"), "{}", conf(&nodes[2]));
+    assert!(server_conf(&nodes[2]).contains("remotes"), "{}", server_conf(&nodes[2]));
 
     // promote the worker (from the manager that joined, once the store moved)
     let t = Instant::now();
@@ -684,31 +712,19 @@ fn three_managers_fail_over() {
         o.status.success().then(|| out(&o))
     });
     assert_eq!(p.trim(), format!("Node {} promoted to a manager in the swarm.", host(2)));
-    let managers_ls = |n: &Node| {
-        let mut ls = lines(&String::from_utf8_lossy(&n.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]).stdout));
-        ls.sort();
-        ls
-    };
-    let three_up = |ls: &[String]| {
-        ls.len() == 3
-            && (0..3).all(|i| ls[i].starts_with(&format!("{} Ready Active ", host(i))))
-            && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
-            && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2
-    };
     for (i, n) in nodes.iter().enumerate() {
         let ls = wait_for(60, "three managers Ready (Leader/Reachable)", n, || {
             let ls = managers_ls(n);
-            three_up(&ls).then_some(ls)
+            three_up(&ls, &host).then_some(ls)
         });
         eprintln!("{i}: {ls:?}");
     }
     eprintln!("promoted: three managers in {:?}", t.elapsed());
     // its swarm server is a route member now, no more a leaf
-    assert!(conf(&nodes[2]).contains("cluster {") && !conf(&nodes[2]).contains("remotes"), "{}", conf(&nodes[2]));
+    assert!(server_conf(&nodes[2]).contains("cluster {") && !server_conf(&nodes[2]).contains("remotes"), "{}", server_conf(&nodes[2]));
     let info = nodes[2].docker_ok(&["info", "--format", "{{.Swarm.ControlAvailable}} {{.Swarm.Managers}}"]);
     assert_eq!(info.trim(), "true 3");
 
-    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
     let created = wait_for(60, "the service created", &nodes[2], || {
         let o = nodes[2].docker(&["service", "create", "--no-resolve-image", "--replicas", "3", "--name", "web", "busybox:latest", "sleep", "1d"]);
         o.status.success().then(|| out(&o))
@@ -716,13 +732,12 @@ fn three_managers_fail_over() {
     assert!(created.contains("converged"), "{created}");
 
     // SIGKILL the leader's whole node: another manager leads within seconds and schedules
-    let leader = |n: &Node| managers_ls(n).iter().find(|l| l.ends_with(" Leader")).and_then(|l| (0..3).find(|i| l.starts_with(&format!("{} ", host(*i)))));
-    let li = leader(&nodes[0]).expect("a leader");
+    let li = leader(&nodes[0], &host).expect("a leader");
     let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
     u.kill_node(li, &mut nodes[li]);
     let killed = Instant::now();
     let o = others[0];
-    let nl = wait_for(30, "another leader", &nodes[o], || leader(&nodes[o]).filter(|i| *i != li));
+    let nl = wait_for(30, "another leader", &nodes[o], || leader(&nodes[o], &host).filter(|i| *i != li));
     eprintln!("leader {} killed -> {} leads after {:?}", host(li), host(nl), killed.elapsed());
     let scaled = wait_for(60, "a scale with the new leader", &nodes[o], || {
         let x = nodes[o].docker(&["service", "scale", "web=6"]);
@@ -730,7 +745,7 @@ fn three_managers_fail_over() {
     });
     assert!(scaled.contains("web scaled to 6"), "{scaled}");
     eprintln!("scaled to 6 after {:?}", killed.elapsed());
-    wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running(&nodes[others[0]]) + running(&nodes[others[1]]) == 6).then_some(()));
+    wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running_web(&nodes[others[0]]) + running_web(&nodes[others[1]]) == 6).then_some(()));
     // swarmkit's quorum safeguard: demoting a live manager now leaves 1 of 2
     // (past the no-leader answers while the buckets' streams elect their leaders)
     let d = wait_for(30, "an answer to the demotion", &nodes[o], || {
@@ -745,15 +760,15 @@ fn three_managers_fail_over() {
     wait_for(90, "the killed manager back and no duplicate tasks", &nodes[o], || {
         let ls = managers_ls(&nodes[o]);
         let reps = out(&nodes[o].docker(&["service", "ls", "--format", "{{.Replicas}}"]));
-        (three_up(&ls) && reps.trim() == "6/6" && (0..3).map(|i| running(&nodes[i])).sum::<usize>() == 6).then_some(())
+        (three_up(&ls, &host) && reps.trim() == "6/6" && (0..3).map(|i| running_web(&nodes[i])).sum::<usize>() == 6).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!((0..3).map(|i| running(&nodes[i])).sum::<usize>(), 6);
+    assert_eq!((0..3).map(|i| running_web(&nodes[i])).sum::<usize>(), 6);
     eprintln!("back, 3 Ready, 6/6 after {:?}", t.elapsed());
 
     // two of three managers gone: the last refuses changes and reads, its tasks run
     let last = others[1];
-    let mine = running(&nodes[last]);
+    let mine = running_web(&nodes[last]);
     for i in (0..3).filter(|i| *i != last) {
         u.kill_node(i, &mut nodes[i]);
     }
@@ -769,7 +784,7 @@ fn three_managers_fail_over() {
         (!x.status.success()).then(|| out(&x))
     });
     assert!(ls.contains(no_quorum), "{ls}");
-    assert_eq!(running(&nodes[last]), mine);
+    assert_eq!(running_web(&nodes[last]), mine);
 
     // (Their return is not waited for here: after two of three managers were SIGKILLed
     // and came back, a bucket's stream stayed without a leader for over a minute in two
@@ -792,28 +807,14 @@ fn a_manager_is_demoted() {
     let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
     nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]);
     nodes[2].docker_ok(&["swarm", "join", "--token", &wtoken, &addr]);
-    let conf = |n: &Node| std::fs::read_to_string(n.root.join("swarm/server/nats.conf")).unwrap_or_default();
     wait_for(60, "the promotion accepted", &nodes[1], || nodes[1].docker(&["node", "promote", &host(2)]).status.success().then_some(()));
-    let managers_ls = |n: &Node| {
-        let mut ls = lines(&String::from_utf8_lossy(&n.docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]).stdout));
-        ls.sort();
-        ls
-    };
-    let three_up = |ls: &[String]| {
-        ls.len() == 3
-            && (0..3).all(|i| ls[i].starts_with(&format!("{} Ready Active ", host(i))))
-            && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
-            && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2
-    };
-    wait_for(60, "three managers", &nodes[0], || three_up(&managers_ls(&nodes[0])).then_some(()));
-    let leader = |n: &Node| managers_ls(n).iter().find(|l| l.ends_with(" Leader")).and_then(|l| (0..3).find(|i| l.starts_with(&format!("{} ", host(*i)))));
-    let running = |n: &Node| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])).len();
+    wait_for(60, "three managers", &nodes[0], || three_up(&managers_ls(&nodes[0]), &host).then_some(()));
     let created = wait_for(60, "the service created", &nodes[0], || {
         let o = nodes[0].docker(&["service", "create", "--no-resolve-image", "--replicas", "6", "--name", "web", "busybox:latest", "sleep", "1d"]);
         o.status.success().then(|| out(&o))
     });
     assert!(created.contains("converged"), "{created}");
-    let lead = leader(&nodes[0]).expect("a leader");
+    let lead = leader(&nodes[0], &host).expect("a leader");
     let d = (0..3).find(|i| *i != lead).unwrap();
     // (the buckets' streams may still be electing their leaders: the no-leader error)
     let demoted = wait_for(60, "the demotion accepted", &nodes[lead], || {
@@ -826,7 +827,7 @@ fn a_manager_is_demoted() {
         let ok = ls.len() == 3
             && ls.iter().filter(|l| l.ends_with(" Leader") || l.ends_with(" Reachable")).count() == 2
             && ls.contains(&format!("{} Ready Active", host(d)));
-        let c = conf(&nodes[d]);
+        let c = server_conf(&nodes[d]);
         (ok && c.contains("remotes") && !c.contains("cluster {")).then_some(())
     });
     // (the no-leader error while it restarts as a worker)
@@ -839,7 +840,7 @@ fn a_manager_is_demoted() {
     // the two managers keep the swarm; the worker still runs its tasks
     let scaled = nodes[lead].docker_ok(&["service", "scale", "web=3"]);
     assert!(scaled.contains("web scaled to 3"), "{scaled}");
-    wait_for(30, "three tasks", &nodes[lead], || ((0..3).map(|i| running(&nodes[i])).sum::<usize>() == 3).then_some(()));
+    wait_for(30, "three tasks", &nodes[lead], || ((0..3).map(|i| running_web(&nodes[i])).sum::<usize>() == 3).then_some(()));
     nodes[lead].docker_ok(&["service", "rm", "web"]);
 }
 
