@@ -1015,3 +1015,128 @@ fn overlay_network_between_two_nodes() {
     wkr.docker_ok(&["swarm", "leave"]);
     mgr.docker_ok(&["swarm", "leave", "--force"]);
 }
+
+/// The routing mesh: three nodes (a manager and two workers) on an underlay; a service
+/// publishing 8080 through the ingress network answers on every node's address,
+/// consecutive requests reaching different tasks; a rolling update under a steady load
+/// through the mesh fails no request; with the service gone, so are every node's rules
+/// and ingress devices.
+#[test]
+fn routing_mesh_on_every_node() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(3);
+    let nodes: Vec<Node> = (0..3).map(|i| u.start_node(i, Default::default())).collect();
+    let mgr = &nodes[0];
+    load_busybox(&u, &nodes.iter().collect::<Vec<_>>());
+    for n in &nodes {
+        // the "new image" of the rolling update: another reference to the same content
+        n.docker_ok(&["tag", "busybox:latest", "busybox:v2"]);
+    }
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    for n in &nodes[1..] {
+        n.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    }
+    let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
+    wait_for(30, "three nodes Ready", mgr, || {
+        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+        (0..3).all(|i| ls.contains(&format!("{} Ready", host(i)))).then_some(())
+    });
+    let vni = mgr.docker_ok(&["network", "inspect", "ingress", "--format", "{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]).trim().to_string();
+    let ingress_id = mgr.docker_ok(&["network", "inspect", "ingress", "--format", "{{.ID}}"]).trim().to_string();
+
+    let page = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "6", "-p", "8080:80", "--stop-grace-period", "1s", "--health-cmd", "wget -qO- http://127.0.0.1/ >/dev/null", "--health-interval", "1s", "--name", "web", "busybox:latest", "sh", "-c", page]);
+    assert!(created.contains("converged"), "{created}");
+    let mut on = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}}"]));
+    on.sort();
+    assert_eq!(on, (0..6).map(|i| host(i / 2)).collect::<Vec<_>>(), "spread 2/2/2");
+    // Docker's endpoint: the port as published, a VIP on the ingress network
+    let ports = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{json .Endpoint.Ports}}"]);
+    assert_eq!(ports.trim(), r#"[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]"#);
+    let vips = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{range .Endpoint.VirtualIPs}}{{.NetworkID}} {{end}}"]);
+    assert!(vips.contains(&ingress_id), "{vips}");
+    let ls = mgr.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Ports}}"]);
+    assert_eq!(ls.trim(), "web *:8080->80/tcp");
+    // swarmkit's refusal of a second service on the same port
+    let o = mgr.docker(&["service", "create", "--no-resolve-image", "-p", "8080:80", "--name", "other", "busybox:latest", "sleep", "1d"]);
+    assert!(!o.status.success());
+    let web_id = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{.ID}}"]).trim().to_string();
+    assert!(out(&o).contains(&format!("port '8080' is already in use by service 'web' ({web_id}) as an ingress port")), "{}", out(&o));
+
+    // Every node's address answers, from another node and from itself; six requests in
+    // a row to one node reach the six tasks (round robin), wherever they run.
+    let get = |from: usize, to: usize| {
+        let o = u.exec(from, &["curl", "-sf", "-m", "3", &format!("http://{}:8080/", u.addrs[to])]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    for to in 0..3 {
+        for from in [(to + 1) % 3, to] {
+            let seen = wait_for(30, "six tasks behind a node's published port", mgr, || {
+                let got: Vec<String> = (0..6).filter_map(|_| get(from, to)).collect();
+                let distinct: std::collections::BTreeSet<&String> = got.iter().collect();
+                (got.len() == 6 && distinct.len() == 6).then(|| got.clone())
+            });
+            assert_ne!(seen[0], seen[1], "consecutive requests reach different tasks");
+        }
+    }
+
+    // A rolling update, one task at a time, under a steady load through the mesh: a
+    // stopping task leaves every node's rules 2 s before it stops (Moby's gossip
+    // converge delay), a new one joins them once healthy (Moby's controller waits for
+    // the health check before it binds the task to its service).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let addrs = u.addrs.clone();
+        let nodes = u.nodes.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (from, to) = (i % 3, (i / 3) % 3);
+                let o = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", nodes[from]))
+                    .args(["curl", "-sSf", "-m", "3", &format!("http://{}:8080/", addrs[to])])
+                    .output()
+                    .unwrap();
+                if o.status.success() && !o.stdout.is_empty() {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{} {from}->{to}: {}", crate_now(), out(&o).trim()));
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    let t = Instant::now();
+    mgr.docker_ok(&["service", "update", "--image", "busybox:v2", "--update-parallelism", "1", "--update-delay", "0s", "web"]);
+    eprintln!("rolling update of 6 tasks: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    eprintln!("requests through the mesh during the update: {ok} answered, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:#?}\n{}", mgr.logs());
+    assert!(ok > 50, "{ok}");
+    let images = lines(&mgr.docker_ok(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Image}}"]));
+    assert_eq!(images, vec!["busybox:v2"; 6]);
+
+    // The service goes: every node's rules and ingress devices go with it.
+    mgr.docker_ok(&["service", "rm", "web"]);
+    for i in 0..3 {
+        wait_for(30, "the mesh's rules and devices removed", &nodes[i], || {
+            let l = out(&u.exec(i, &["ip", "-o", "link", "show"]));
+            let t = u.exec(i, &["nft", "list", "table", "ip", "berth_ingress"]);
+            (!l.contains(&format!("bov{vni}")) && !l.contains(&format!("bvx{vni}")) && !t.status.success()).then_some(())
+        });
+    }
+}
+
+/// The wall clock as seconds since the epoch (to match a failure with the nodes' logs).
+fn crate_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}

@@ -152,6 +152,10 @@ fn with_container(mut s: Status, id: &str, pid: Option<i64>, exit: Option<i64>) 
     s
 }
 
+/// How long a task on overlay networks keeps running after it is to stop, before it is
+/// stopped (Moby's `defaultGossipConvergeDelay`).
+const SERVICE_BINDING_DELAY: Duration = Duration::from_secs(2);
+
 /// Drive one task until its record leaves the store.
 async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, adopted: Option<String>) {
     let Some(first) = rx.borrow().clone() else { return };
@@ -194,6 +198,13 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
         if t.desired_state >= TaskState::Shutdown {
             if let Some(id) = &container {
                 if started && !exited {
+                    if crate::overlay::holds_addresses(&c, &t.id) {
+                        // Moby's gossip converge delay: the other nodes take the task out
+                        // of their VIPs and routing mesh (they follow its desired state)
+                        // before it stops, so no new connection reaches a stopping task
+                        tokio::time::sleep(SERVICE_BINDING_DELAY).await;
+                        tracing::info!(task = %t.id, "stopping the task after the binding delay");
+                    }
                     let grace = t.spec.container_spec.as_ref().and_then(|c| c.stop_grace_period).map(|ns| (ns / 1_000_000_000).max(0));
                     let _ = nb.stop(id, grace.or(Some(10)), None).await;
                     exited = true;
@@ -242,7 +253,20 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                         started = true;
                         let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
                         match attach_overlays(&c, &t, pid).await {
-                            Ok(()) => rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await,
+                            Ok(()) => match wait_healthy(&c, &id, &rx).await {
+                                Health::Ready => rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await,
+                                Health::Unhealthy => {
+                                    // Moby's controller: an unhealthy container is stopped and
+                                    // its task fails
+                                    let _ = nb.stop(&id, Some(0), None).await;
+                                    exited = true;
+                                    let mut s = with_container(Status::now(TaskState::Failed, "starting"), &id, None, None);
+                                    s.err = Some("unhealthy container".into());
+                                    rep.report(s).await;
+                                }
+                                // exited, or to stop: the loop sees to it
+                                Health::Gone => {}
+                            },
                             Err(e) => {
                                 let _ = nb.stop(&id, Some(0), None).await;
                                 exited = true;
@@ -302,10 +326,48 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
     }
 }
 
+enum Health {
+    /// No health check, or healthy: the task runs (and takes requests).
+    Ready,
+    Unhealthy,
+    /// The container exited, or the task is to stop, first.
+    Gone,
+}
+
+/// How often a starting container's health is looked at.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+
+/// As Moby's task controller starts a container with a health check: the task stays
+/// Starting (out of its services' VIPs and the routing mesh) until the container is
+/// healthy.
+async fn wait_healthy(c: &Cluster, id: &str, rx: &watch::Receiver<Option<TaskRecord>>) -> Health {
+    let nb = c.node_bus();
+    loop {
+        let Ok(i) = nb.inspect(id).await else { return Health::Gone };
+        let test = i.config.as_ref().and_then(|c| c.healthcheck.as_ref()).and_then(|h| h.test.clone()).unwrap_or_default();
+        if test.is_empty() || test[0] == "NONE" {
+            return Health::Ready;
+        }
+        let st = i.state.unwrap_or_default();
+        if st.running != Some(true) {
+            return Health::Gone;
+        }
+        match st.health.and_then(|h| h.status) {
+            Some(docker::HealthStatusEnum::HEALTHY) => return Health::Ready,
+            Some(docker::HealthStatusEnum::UNHEALTHY) => return Health::Unhealthy,
+            _ => {}
+        }
+        if rx.borrow().as_ref().map(|t| t.desired_state > TaskState::Running).unwrap_or(true) {
+            return Health::Gone;
+        }
+        tokio::time::sleep(HEALTH_POLL).await;
+    }
+}
+
 /// A started task container on the overlay networks of its spec (its addresses from
 /// the store).
 async fn attach_overlays(c: &Cluster, t: &TaskRecord, pid: Option<i64>) -> Result<(), String> {
-    if t.spec.networks.as_ref().map(|n| n.is_empty()).unwrap_or(true) {
+    if crate::overlay::task_targets(c, t).is_empty() {
         return Ok(());
     }
     let pid = pid.filter(|p| *p > 0).ok_or_else(|| "no container process to attach to the overlay".to_string())?;
@@ -399,8 +461,29 @@ pub fn container_body(c: &Cluster, t: &TaskRecord) -> docker::ContainerCreateBod
         log_config: t.spec.log_driver.clone().map(|l| docker::HostConfigLogConfig { typ: l.name, config: l.options }),
         ..Default::default()
     };
+    let mut host_config = host_config;
+    // ports published in host mode: on this node, straight to the task (swarmkit's
+    // executor asks the same of the engine); a published port of 0 takes a free one
+    let mut exposed: Vec<String> = Vec::new();
+    for p in c.t.services.get(&t.service_id).and_then(|(s, _)| s.endpoint.and_then(|e| e.ports)).unwrap_or_default() {
+        if crate::ports::is_ingress(&p) {
+            continue;
+        }
+        let Some(target) = p.target_port else { continue };
+        let key = format!("{target}/{}", crate::ports::proto_name(crate::ports::proto_of(&p)));
+        let host_port = p.published_port.filter(|x| *x > 0).map(|x| x.to_string()).unwrap_or_default();
+        host_config
+            .port_bindings
+            .get_or_insert_with(Default::default)
+            .entry(key.clone())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(docker::PortBinding { host_ip: Some(String::new()), host_port: Some(host_port) });
+        exposed.push(key);
+    }
     let grace = cs.stop_grace_period.map(|ns| ns / 1_000_000_000);
     docker::ContainerCreateBody {
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
         hostname: cs.hostname.clone(),
         user: cs.user.clone(),
         tty: cs.tty,

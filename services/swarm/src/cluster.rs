@@ -215,10 +215,12 @@ impl Cluster {
         self.follow(buckets::LEADER, &self.t.leader);
         self.follow(buckets::NODES, &self.t.nodes);
         self.follow(buckets::NETWORKS, &self.t.networks);
+        // every node: the routing mesh forwards each published port to the running
+        // tasks of every node (Moby's workers learn these bindings by gossip)
+        self.follow(buckets::SERVICES, &self.t.services);
+        self.follow(buckets::TASK_STATUS, &self.t.task_status);
         if manager {
             self.follow(buckets::HEARTBEATS, &self.t.heartbeats);
-            self.follow(buckets::SERVICES, &self.t.services);
-            self.follow(buckets::TASK_STATUS, &self.t.task_status);
             self.follow(buckets::SECRETS, &self.t.secrets);
             self.follow(buckets::CONFIGS, &self.t.configs);
             self.spawn(crate::leader::run(self.clone()));

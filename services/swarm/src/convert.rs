@@ -36,6 +36,7 @@ pub fn normalize_service_spec(spec: &mut docker::ServiceSpec) {
     if spec.labels.is_none() {
         spec.labels = Some(Default::default());
     }
+    crate::ports::normalize(spec);
 }
 
 pub fn normalize_task_spec(tt: &mut docker::TaskSpec) {

@@ -31,6 +31,7 @@ pub mod networks;
 pub mod node_bus;
 pub mod orchestrator;
 pub mod overlay;
+pub mod ports;
 pub mod role;
 pub mod server;
 pub mod store;

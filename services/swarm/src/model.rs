@@ -291,6 +291,11 @@ pub struct NetworkRecord {
     pub vni: u32,
     #[serde(default)]
     pub allocated: std::collections::BTreeMap<String, String>,
+    /// The address handed out last: the next goes after it (libnetwork's serial
+    /// allocation for swarm networks), so an address just given back is not at once
+    /// another task's, which the other nodes would still reach at its old place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<String>,
 }
 
 pub fn effective_status<'a>(t: &'a TaskRecord, reported: Option<&'a TaskStatusRecord>) -> &'a Status {

@@ -57,11 +57,14 @@ pub fn next_subnet(pool: &[String], size: u32, used: &[(u32, u8)]) -> Option<(u3
     None
 }
 
-/// The first free host address of `subnet` (the gateway and `taken` excluded).
-pub fn next_address(subnet: &str, gateway: &str, taken: &BTreeMap<String, String>) -> Option<String> {
+/// The first free host address of `subnet` after `last` (from the start when `last` is
+/// none or outside it; wrapping round), the gateway and `taken` excluded.
+pub fn next_address(subnet: &str, gateway: &str, taken: &BTreeMap<String, String>, last: Option<&str>) -> Option<String> {
     let (net, len) = parse_cidr(subnet)?;
     let hosts: u32 = if len >= 31 { 0 } else { (1u32 << (32 - len)) - 2 };
-    for i in 1..=hosts {
+    let start = last.and_then(|l| l.parse::<Ipv4Addr>().ok()).map(u32::from).filter(|l| *l > net && *l <= net + hosts).map(|l| l - net).unwrap_or(0);
+    for k in 0..hosts {
+        let i = (start + k) % hosts + 1;
         let a = Ipv4Addr::from(net + i).to_string();
         if a != gateway && !taken.contains_key(&a) {
             return Some(a);
@@ -171,6 +174,7 @@ impl Cluster {
             labels: req.labels.clone().filter(|l| !l.is_empty()),
             vni,
             allocated: BTreeMap::new(),
+            last_allocated: None,
         };
         let rev = self.bucket::<NetworkRecord>(buckets::NETWORKS).create(&id, &rec).await?;
         self.t.networks.note_put(&id, rec, rev);
@@ -240,8 +244,9 @@ impl Cluster {
                     got = Some(format!("{a}/{len}"));
                     return Ok(false);
                 }
-                let a = next_address(&subnet, &gw, &n.allocated).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", format!("could not allocate an address in network {net_id}"))))?;
+                let a = next_address(&subnet, &gw, &n.allocated, n.last_allocated.as_deref()).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", format!("could not allocate an address in network {net_id}"))))?;
                 n.allocated.insert(a.clone(), owner.to_string());
+                n.last_allocated = Some(a.clone());
                 got = Some(format!("{a}/{len}"));
                 Ok(true)
             })
@@ -267,17 +272,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// The service's endpoint: its endpoint spec and, in VIP mode, one virtual IP per
-    /// attached network (kept across updates, released for networks it left).
+    /// The service's endpoint: its endpoint spec, its published ports (checked against
+    /// the other services', dynamic ones allocated) and, in VIP mode, one virtual IP per
+    /// attached network, the ingress network among them when it publishes a port through
+    /// the routing mesh (kept across updates, released for networks it left).
     pub async fn service_endpoint(&self, service_id: &str, spec: &docker::ServiceSpec, old: Option<&docker::ServiceEndpoint>) -> Result<Option<docker::ServiceEndpoint>, BusError> {
         let owner = format!("vip.{service_id}");
-        let targets = spec_targets(spec);
+        let mut targets = spec_targets(spec);
+        let others: Vec<ServiceRecord> = self.t.services.values().into_iter().map(|(_, s, _)| s).collect();
+        crate::ports::check_conflicts(spec, service_id, &others).map_err(BusError::invalid)?;
+        let ports = crate::ports::allocate(spec, service_id, old, &others).map_err(BusError::invalid)?;
+        if crate::ports::publishes_ingress(spec) {
+            // the routing mesh: the service on the ingress network too, with a VIP there
+            let Some((ingress, _, _)) = self.t.networks.values().into_iter().find(|(_, n, _)| n.ingress) else {
+                return Err(BusError::invalid(rpc("FailedPrecondition", "service needs ingress network, but no ingress network is present")));
+            };
+            if !targets.contains(&ingress) {
+                targets.push(ingress);
+            }
+        }
         let old_vips: Vec<String> = old.and_then(|e| e.virtual_ips.clone()).unwrap_or_default().into_iter().filter_map(|v| v.network_id).collect();
         for gone in old_vips.iter().filter(|n| !targets.contains(n)) {
             self.release_addresses(gone, &owner).await?;
         }
         let dnsrr = spec.endpoint_spec.as_ref().and_then(|e| e.mode).map(|m| m == docker::EndpointSpecModeEnum::DNSRR).unwrap_or(false);
-        if targets.is_empty() && old.is_none() {
+        if targets.is_empty() && old.is_none() && ports.is_empty() {
             return Ok(None);
         }
         let mut vips = Vec::new();
@@ -294,6 +313,7 @@ impl Cluster {
         let mut ep = old.cloned().unwrap_or_default();
         ep.spec = Some(spec.endpoint_spec.clone().unwrap_or_default());
         ep.virtual_ips = (!vips.is_empty()).then_some(vips);
+        ep.ports = (!ports.is_empty()).then_some(ports);
         Ok(Some(ep))
     }
 
@@ -324,10 +344,18 @@ mod tests {
     #[test]
     fn addresses_skip_the_gateway_and_the_taken() {
         let mut taken = BTreeMap::new();
-        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken).as_deref(), Some("10.0.1.2"));
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken, None).as_deref(), Some("10.0.1.2"));
         taken.insert("10.0.1.2".to_string(), "vip.x".to_string());
-        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken).as_deref(), Some("10.0.1.3"));
-        assert!(next_address("10.0.1.0/31", "10.0.1.1", &taken).is_none());
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken, None).as_deref(), Some("10.0.1.3"));
+        assert!(next_address("10.0.1.0/31", "10.0.1.1", &taken, None).is_none());
+        // serial: after the last one handed out, even when a lower one is free again
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken, Some("10.0.1.7")).as_deref(), Some("10.0.1.8"));
+        // and round again at the end of the subnet
+        assert_eq!(next_address("10.0.1.0/24", "10.0.1.1", &taken, Some("10.0.1.254")).as_deref(), Some("10.0.1.3"));
+        let mut full = BTreeMap::new();
+        full.insert("10.0.2.2".to_string(), "t".to_string());
+        assert_eq!(next_address("10.0.2.0/29", "10.0.2.1", &full, Some("10.0.2.5")).as_deref(), Some("10.0.2.6"));
+        assert_eq!(next_address("10.0.2.0/29", "10.0.2.1", &full, Some("10.0.2.6")).as_deref(), Some("10.0.2.3"));
     }
 
     #[test]
@@ -349,6 +377,7 @@ mod tests {
             labels: None,
             vni: 4097,
             allocated: BTreeMap::new(),
+            last_allocated: None,
         };
         let j = serde_json::to_value(resource(&n)).unwrap();
         assert_eq!(j["Scope"], "swarm");

@@ -57,6 +57,14 @@ pub struct Peer {
 pub struct NetPlan {
     pub vni: u32,
     pub peers: BTreeSet<Peer>,
+    /// This node's own address on the network (`a.b.c.d/len`, owner `node.<ID>`: the
+    /// ingress network's, where the node forwards published ports), on its bridge.
+    pub addr: Option<String>,
+}
+
+/// The owner of a node's own address in a network (the ingress network's).
+pub fn node_owner(node_id: &str) -> String {
+    format!("node.{node_id}")
 }
 
 fn live(t: &TaskRecord) -> bool {
@@ -67,19 +75,28 @@ fn strip_len(a: &str) -> &str {
     a.split('/').next().unwrap_or(a)
 }
 
-/// The overlay networks this node needs (those one of its live tasks holds an address
-/// in) with the peers each needs: every address held by a live task of another node
-/// whose underlay address is known.
+/// The overlay networks this node needs (those one of its tasks, or the node itself,
+/// holds an address in) with the peers each needs: every address held by a task of
+/// another node, or by another node, whose underlay address is known.
 pub fn plan(me: &str, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[NodeRecord]) -> BTreeMap<String, NetPlan> {
-    let tasks: HashMap<&str, &TaskRecord> = tasks.iter().filter(|t| live(t)).map(|t| (t.id.as_str(), t)).collect();
+    // A task to stop keeps its peer entries until its address is given back (after its
+    // container stopped): the routing mesh and VIPs may still send it a connection
+    // begun a moment before they dropped it.
+    let tasks: HashMap<&str, &TaskRecord> = tasks.iter().filter(|t| t.node_id.is_some()).map(|t| (t.id.as_str(), t)).collect();
     let addr_of: HashMap<&str, &str> = nodes.iter().map(|n| (n.id.as_str(), n.addr.as_str())).collect();
     let mut out = BTreeMap::new();
     for n in nets {
-        let on = |owner: &str| tasks.get(owner).and_then(|t| t.node_id.as_deref());
+        let on = |owner: &str| match owner.strip_prefix("node.") {
+            Some(node) => addr_of.get_key_value(node).map(|(k, _)| *k),
+            None => tasks.get(owner).and_then(|t| t.node_id.as_deref()),
+        };
         if !n.allocated.values().any(|o| on(o) == Some(me)) {
             continue;
         }
-        let mut p = NetPlan { vni: n.vni, peers: BTreeSet::new() };
+        let len = n.subnets.first().and_then(|(s, _)| s.split('/').nth(1)).unwrap_or("32");
+        let mine = node_owner(me);
+        let addr = n.allocated.iter().find(|(_, o)| **o == mine).map(|(a, _)| format!("{}/{len}", strip_len(a)));
+        let mut p = NetPlan { vni: n.vni, peers: BTreeSet::new(), addr };
         for (a, owner) in &n.allocated {
             let Some(node) = on(owner) else { continue };
             if node == me {
@@ -132,6 +149,15 @@ pub fn commands(local: &str, old: &BTreeMap<String, NetPlan>, new: &BTreeMap<Str
             out.extend(create_commands(p.vni, local));
         }
         let vx = vxlan_name(p.vni);
+        let had_addr = before.and_then(|b| b.addr.clone());
+        if had_addr != p.addr {
+            if let Some(a) = &had_addr {
+                out.push(cmd(&["ip", "addr", "del", a, "dev", &bridge_name(p.vni)]));
+            }
+            if let Some(a) = &p.addr {
+                out.push(cmd(&["ip", "addr", "replace", a, "dev", &bridge_name(p.vni)]));
+            }
+        }
         let had = before.map(|b| b.peers.clone()).unwrap_or_default();
         for gone in had.difference(&p.peers) {
             out.push(cmd(&["bridge", "fdb", "del", &gone.mac, "dev", &vx, "self"]));
@@ -213,8 +239,7 @@ pub fn host_veth(task_id: &str, i: usize) -> String {
 /// store (one per network; kept when it holds one already).
 pub async fn allocate(c: &Cluster, t: &TaskRecord) -> Result<Vec<(NetworkRecord, String)>, bus_schema::BusError> {
     let mut out = Vec::new();
-    for a in t.spec.networks.clone().unwrap_or_default() {
-        let Some(target) = a.target.clone() else { continue };
+    for target in task_targets(c, t) {
         let addr = c.allocate_address(&target, &t.id).await?;
         let Some((n, _)) = c.t.networks.get(&target) else { continue };
         out.push((n, addr));
@@ -222,13 +247,32 @@ pub async fn allocate(c: &Cluster, t: &TaskRecord) -> Result<Vec<(NetworkRecord,
     Ok(out)
 }
 
-/// Give back a task's addresses.
-pub async fn release(c: &Cluster, t: &TaskRecord) {
-    for a in t.spec.networks.clone().unwrap_or_default() {
-        if let Some(target) = a.target {
-            if let Err(e) = c.release_addresses(&target, &t.id).await {
-                tracing::warn!(task = %t.id, error = %e, "releasing the task's overlay address");
+/// The networks a task is on: its spec's, and the ingress network when its service
+/// publishes a port through the routing mesh (last, as swarmkit adds it).
+pub fn task_targets(c: &Cluster, t: &TaskRecord) -> Vec<String> {
+    let mut v: Vec<String> = t.spec.networks.clone().unwrap_or_default().into_iter().filter_map(|a| a.target).collect();
+    let publishes = c.t.services.get(&t.service_id).map(|(s, _)| crate::ports::publishes_ingress(&s.spec)).unwrap_or(false);
+    if publishes {
+        if let Some((id, _, _)) = c.t.networks.values().into_iter().find(|(_, n, _)| n.ingress) {
+            if !v.contains(&id) {
+                v.push(id);
             }
+        }
+    }
+    v
+}
+
+/// Whether a task holds an address in any overlay network.
+pub fn holds_addresses(c: &Cluster, task_id: &str) -> bool {
+    c.t.networks.values().iter().any(|(_, n, _)| n.allocated.values().any(|o| o == task_id))
+}
+
+/// Give back a task's addresses (in every network it holds one in).
+pub async fn release(c: &Cluster, t: &TaskRecord) {
+    let held: Vec<String> = c.t.networks.values().into_iter().filter(|(_, n, _)| n.allocated.values().any(|o| *o == t.id)).map(|(id, _, _)| id).collect();
+    for target in held {
+        if let Err(e) = c.release_addresses(&target, &t.id).await {
+            tracing::warn!(task = %t.id, error = %e, "releasing the task's overlay address");
         }
     }
     attached().lock().unwrap().remove(&t.id);
@@ -256,6 +300,10 @@ pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecor
         let steps = vec![
             cmd(&["ip", "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &inner, "mtu", &mtu, "netns", &pid]),
             cmd(&["ip", "link", "set", &host, "master", &bridge_name(n.vni), "up"]),
+            // the task's MAC on its port at once: the bridge may have learnt it at
+            // another node's VXLAN (an address that moved), and the task says nothing
+            // before it is spoken to
+            cmd(&["bridge", "fdb", "replace", &mac_for(ip), "dev", &host, "master", "static"]),
             cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "address", &mac_for(ip)]),
             cmd(&["nsenter", &ns, "ip", "addr", "add", addr, "dev", &inner]),
             cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "up"]),
@@ -386,6 +434,7 @@ pub async fn remove_all() {
     for l in links {
         let _ = run_cmd(&cmd(&["ip", "link", "del", &l]), None).await;
     }
+    let _ = run_cmd(&cmd(&["nft", "-f", "-"]), Some(crate::ports::nft_script(None, &[]))).await;
     attached().lock().unwrap().clear();
 }
 
@@ -396,15 +445,37 @@ pub async fn run(c: Arc<Cluster>) {
     c.t.tasks.wait_ready().await;
     c.t.networks.wait_ready().await;
     c.t.nodes.wait_ready().await;
+    c.t.services.wait_ready().await;
+    c.t.task_status.wait_ready().await;
     let me = c.node_id();
     let (mut rt, mut rn, mut rno) = (c.t.tasks.subscribe(), c.t.networks.subscribe(), c.t.nodes.subscribe());
+    let (mut rs, mut rst) = (c.t.services.subscribe(), c.t.task_status.subscribe());
     let mut applied: BTreeMap<String, NetPlan> = BTreeMap::new();
+    let mut applied_nft: Option<String> = None;
     let mut first = true;
     loop {
         let nets: Vec<NetworkRecord> = c.t.networks.values().into_iter().map(|(_, n, _)| n).collect();
         let tasks: Vec<TaskRecord> = c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
         let nodes: Vec<NodeRecord> = c.t.nodes.values().into_iter().map(|(_, n, _)| n).collect();
+        let services: Vec<ServiceRecord> = c.t.services.values().into_iter().map(|(_, s, _)| s).collect();
         let local = nodes.iter().find(|n| n.id == me).map(|n| n.addr.clone()).unwrap_or_default();
+        // The routing mesh: while a service publishes a port through it, this node holds
+        // an address on the ingress network and forwards the port to the running tasks.
+        let ingress = nets.iter().find(|n| n.ingress);
+        let fw = ingress.map(|i| crate::ports::forwards(i, &services, &tasks, |t| c.task_state(t) == TaskState::Running)).unwrap_or_default();
+        if let Some(i) = ingress {
+            let owner = node_owner(&me);
+            let holds = i.allocated.values().any(|o| *o == owner);
+            let r = match (fw.is_empty(), holds) {
+                (false, false) => c.allocate_address(&i.id, &owner).await.map(|_| ()),
+                (true, true) => c.release_addresses(&i.id, &owner).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "this node's address on the ingress network");
+            }
+        }
+        let nets: Vec<NetworkRecord> = c.t.networks.values().into_iter().map(|(_, n, _)| n).collect();
         let want = plan(&me, &nets, &tasks, &nodes);
         if first {
             // devices a previous run left for networks this node no longer needs
@@ -415,12 +486,28 @@ pub async fn run(c: Arc<Cluster>) {
                 }
             }
         }
+        // the mesh's rules first when the bridge is there already: a task leaves them
+        // before anything else changes for it
+        let bridge = nets.iter().find(|n| n.ingress).and_then(|i| applied.get(&i.id).filter(|p| p.addr.is_some()).map(|p| bridge_name(p.vni)));
+        let nft = crate::ports::nft_script(bridge.as_deref().filter(|_| !fw.is_empty()), &fw);
+        if !first && bridge.is_some() && applied_nft.as_ref() != Some(&nft) && apply_mesh(&nft, &fw).await {
+            applied_nft = Some(nft);
+        }
         let none = BTreeMap::new();
         let cmds = commands(&local, if first { &none } else { &applied }, &want);
-        let ok = run_all(&cmds).await.is_ok();
+        let mut ok = run_all(&cmds).await.is_ok();
         if ok {
             applied = want;
             first = false;
+        }
+        let bridge = nets.iter().find(|n| n.ingress).and_then(|i| applied.get(&i.id).filter(|p| p.addr.is_some()).map(|p| bridge_name(p.vni)));
+        let nft = crate::ports::nft_script(bridge.as_deref().filter(|_| !fw.is_empty()), &fw);
+        if applied_nft.as_ref() != Some(&nft) {
+            if apply_mesh(&nft, &fw).await {
+                applied_nft = Some(nft);
+            } else {
+                ok = false;
+            }
         }
         sync_containers(&nets, &tasks).await;
         if c.leader_id().as_deref() == Some(me.as_str()) {
@@ -430,9 +517,26 @@ pub async fn run(c: Arc<Cluster>) {
             r = rt.changed() => { if r.is_err() { return; } }
             r = rn.changed() => { if r.is_err() { return; } }
             r = rno.changed() => { if r.is_err() { return; } }
+            r = rs.changed() => { if r.is_err() { return; } }
+            r = rst.changed() => { if r.is_err() { return; } }
             _ = kick().notified() => {}
             // a failed step is tried again
             _ = tokio::time::sleep(Duration::from_secs(if ok { 30 } else { 2 })) => {}
+        }
+    }
+}
+
+/// This node's routing mesh rules (`nft`, made from `fw`): whether they were applied.
+async fn apply_mesh(nft: &str, fw: &[crate::ports::Forward]) -> bool {
+    match run_cmd(&cmd(&["nft", "-f", "-"]), Some(nft.to_string())).await {
+        Ok(()) => {
+            let backends: Vec<String> = fw.iter().map(|f| format!("{}/{}: {:?}", f.port, f.proto, f.backends)).collect();
+            tracing::info!(?backends, "routing mesh rules");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the routing mesh's rules");
+            false
         }
     }
 }
@@ -478,9 +582,17 @@ async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
 async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[NodeRecord]) {
     let by_id: HashMap<&str, &TaskRecord> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     let down: BTreeSet<&str> = nodes.iter().filter(|n| n.state == "down").map(|n| n.id.as_str()).collect();
+    let known: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     for n in nets {
         let owners: BTreeSet<&String> = n.allocated.values().filter(|o| !o.starts_with("vip.")).collect();
         for o in owners {
+            if let Some(node) = o.strip_prefix("node.") {
+                // a node's ingress address: given back when the node left the swarm
+                if !known.contains(node) {
+                    let _ = c.release_addresses(&n.id, o).await;
+                }
+                continue;
+            }
             let gone = match by_id.get(o.as_str()) {
                 None => true,
                 Some(t) => !live(t) && t.node_id.as_deref().map(|x| down.contains(x)).unwrap_or(true),
@@ -514,6 +626,7 @@ mod tests {
             labels: None,
             vni,
             allocated: alloc.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect(),
+            last_allocated: None,
         }
     }
 
@@ -559,7 +672,7 @@ mod tests {
         let tasks = vec![
             task("t1", "s1", "me", TaskState::Running),
             task("t2", "s1", "other", TaskState::Running),
-            // to stop: no peer
+            // to stop, its address not given back yet: still a peer
             task("t3", "s1", "other", TaskState::Shutdown),
             task("t4", "s2", "other", TaskState::Running),
         ];
@@ -568,11 +681,36 @@ mod tests {
         assert_eq!(p.keys().collect::<Vec<_>>(), vec!["n1"]);
         let n1 = &p["n1"];
         assert_eq!(n1.vni, 4097);
-        assert_eq!(n1.peers.iter().cloned().collect::<Vec<_>>(), vec![Peer { ip: "10.0.1.4".parse().unwrap(), mac: "02:42:0a:00:01:04".into(), dst: "192.168.1.2".into() }]);
+        assert_eq!(
+            n1.peers.iter().cloned().collect::<Vec<_>>(),
+            vec![
+                Peer { ip: "10.0.1.4".parse().unwrap(), mac: "02:42:0a:00:01:04".into(), dst: "192.168.1.2".into() },
+                Peer { ip: "10.0.1.5".parse().unwrap(), mac: "02:42:0a:00:01:05".into(), dst: "192.168.1.2".into() },
+            ]
+        );
         // the other node has none of its own tasks on n1 but t2's: its plan has t1 as a peer
         let q = plan("other", &nets, &tasks, &nodes);
         assert_eq!(q["n1"].peers.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>(), vec!["10.0.1.3"]);
         assert_eq!(q["n2"].peers.len(), 0);
+    }
+
+    #[test]
+    fn nodes_hold_their_ingress_address() {
+        let mut ing = net("ing", 4096, &[("10.0.0.2", "vip.s1"), ("10.0.0.3", "node.me"), ("10.0.0.4", "node.other"), ("10.0.0.5", "t2")]);
+        ing.subnets = vec![("10.0.0.0/24".into(), "10.0.0.1".into())];
+        let tasks = vec![task("t2", "s1", "other", TaskState::Running)];
+        let nodes = vec![node("me", "192.168.1.1"), node("other", "192.168.1.2")];
+        let p = plan("me", &[ing.clone()], &tasks, &nodes);
+        // no task of this node on it, but its own address: the network is here, the
+        // address on its bridge, the other node and its task peers
+        assert_eq!(p["ing"].addr.as_deref(), Some("10.0.0.3/24"));
+        assert_eq!(p["ing"].peers.iter().map(|p| (p.ip.to_string(), p.dst.clone())).collect::<Vec<_>>(), vec![("10.0.0.4".into(), "192.168.1.2".into()), ("10.0.0.5".into(), "192.168.1.2".into())]);
+        let s = |v: Vec<Vec<String>>| v.into_iter().map(|c| c.join(" ")).collect::<Vec<_>>();
+        let cmds = s(commands("192.168.1.1", &BTreeMap::new(), &p));
+        assert_eq!(cmds[4], "ip addr replace 10.0.0.3/24 dev bov4096");
+        // a node that is not in the store holds nothing here
+        let gone = plan("me", &[net("ing", 4096, &[("10.0.0.9", "node.ghost")])], &[], &nodes);
+        assert!(gone.is_empty());
     }
 
     #[test]
@@ -581,7 +719,7 @@ mod tests {
             let ip: Ipv4Addr = ip.parse().unwrap();
             Peer { ip, mac: mac_for(ip), dst: dst.into() }
         };
-        let a = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.4", "192.168.1.2")]) })]);
+        let a = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.4", "192.168.1.2")]), addr: None })]);
         let s = |v: Vec<Vec<String>>| v.into_iter().map(|c| c.join(" ")).collect::<Vec<_>>();
         assert_eq!(
             s(commands("192.168.1.1", &BTreeMap::new(), &a)),
@@ -595,7 +733,7 @@ mod tests {
             ]
         );
         assert!(commands("192.168.1.1", &a, &a).is_empty());
-        let b = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.5", "192.168.1.3")]) })]);
+        let b = BTreeMap::from([("n1".to_string(), NetPlan { vni: 4097, peers: BTreeSet::from([peer("10.0.1.5", "192.168.1.3")]), addr: None })]);
         assert_eq!(
             s(commands("192.168.1.1", &a, &b)),
             vec![

@@ -37,7 +37,7 @@ pub mod buckets {
     pub const CONFIGS: &str = "swarm_configs";
     pub const LEADER: &str = "swarm_leader";
     /// The buckets a worker binds: all but the managers' PKI.
-    pub const NODE_FACING: &[&str] = &[CLUSTER, NODES, HEARTBEATS, TASKS, TASK_STATUS, NETWORKS, SECRETS, CONFIGS, LEADER];
+    pub const NODE_FACING: &[&str] = &[CLUSTER, NODES, HEARTBEATS, SERVICES, TASKS, TASK_STATUS, NETWORKS, SECRETS, CONFIGS, LEADER];
     /// Every bucket, with the max age of its entries (the leader lease expires).
     pub const ALL: &[(&str, Option<std::time::Duration>)] = &[
         (CLUSTER, None),
@@ -361,7 +361,7 @@ mod bucket_tests {
     #[test]
     fn workers_bind_every_bucket_but_the_pki() {
         // a bucket missing here panics a worker's swarm service when it is followed
-        let all: Vec<&str> = buckets::ALL.iter().map(|(n, _)| *n).filter(|n| *n != buckets::PKI && *n != buckets::SERVICES).collect();
+        let all: Vec<&str> = buckets::ALL.iter().map(|(n, _)| *n).filter(|n| *n != buckets::PKI).collect();
         assert_eq!(all, buckets::NODE_FACING);
     }
 }
