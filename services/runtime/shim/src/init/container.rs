@@ -3,11 +3,11 @@
 //! `process::finish_and_exec`.
 
 use super::process::{self, CResult, CapSets, ChildError, Ctx, Finish};
-use super::sys::{self, cstr, cvt};
-use berth_shim::bpf::SockFilter;
-use berth_shim::cgroups::{Cgroup, Layout};
-pub use berth_shim::fsutil::secure_join;
-use berth_shim::oci::{Mount, Spec};
+use crate::sys::{self, cstr, cvt};
+use crate::bpf::SockFilter;
+use crate::cgroups::{Cgroup, Layout};
+pub use crate::fsutil::secure_join;
+use crate::oci::{Mount, Spec};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -196,17 +196,17 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
 
 /// Allocates the container's console in its own devpts, sends the master to the shim,
 /// binds the slave at /dev/console.
-pub fn open_console(p: &berth_shim::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
+pub fn open_console(p: &crate::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
     open_pty(p, sync, true)
 }
 
 /// An exec's terminal: like the init's, without taking over /dev/console.
-pub fn open_console_exec(p: &berth_shim::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
+pub fn open_console_exec(p: &crate::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
     open_pty(p, sync, false)
 }
 
 fn open_pty(
-    p: &berth_shim::oci::Process,
+    p: &crate::oci::Process,
     sync: RawFd,
     bind_console: bool,
 ) -> CResult<(OwnedFd, u32)> {
@@ -311,8 +311,8 @@ fn parse_options(opts: &[String]) -> MountOpts {
                 continue;
             }
             "tmpcopyup" | "defaults" => continue,
-            other if other.starts_with(berth_shim::oci::SUBPATH_OPTION) => {
-                m.subpath = Some(other[berth_shim::oci::SUBPATH_OPTION.len()..].to_string());
+            other if other.starts_with(crate::oci::SUBPATH_OPTION) => {
+                m.subpath = Some(other[crate::oci::SUBPATH_OPTION.len()..].to_string());
                 continue;
             }
             other => {
@@ -860,7 +860,7 @@ fn readonly_path(p: &Path) -> CResult<()> {
 }
 
 /// `-w` is created when missing (Docker creates it, owned by the user).
-fn make_workdir(p: &berth_shim::oci::Process) -> CResult<()> {
+fn make_workdir(p: &crate::oci::Process) -> CResult<()> {
     if p.cwd.is_empty() || p.cwd == "/" {
         return Ok(());
     }

@@ -2,11 +2,11 @@
 //! each exec): rlimits, user and groups, capabilities, no_new_privs, seccomp, the
 //! executable's lookup in the container's PATH, and execve.
 
-use super::sys::{cstr, cvt};
-use berth_shim::bpf::{self, SockFilter};
-use berth_shim::caps;
-use berth_shim::oci::Process;
-use berth_shim::proto::StartErrorKind;
+use crate::sys::{cstr, cvt};
+use crate::bpf::{self, SockFilter};
+use crate::caps;
+use crate::oci::Process;
+use crate::proto::StartErrorKind;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -361,7 +361,7 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    super::sys::reset_signals();
+    crate::sys::reset_signals();
     mark("execve");
     unsafe {
         libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
