@@ -3,13 +3,16 @@
 //! and read-only paths, hostname, sysctls, stdio) and the last steps every process
 //! takes (`process`: rlimits, user and groups, capabilities, no_new_privs, seccomp,
 //! cwd, exec). The `berth-shim` binary forks and calls `container::init` or
-//! `exec_child`.
+//! `exec_child` with `syscall::Linux`; the unit tests run them over
+//! `syscall::test::TestSyscall`, which records the calls instead of making them.
 
 pub mod container;
 pub mod process;
+pub mod syscall;
 
 pub use container::{init, ns_flag, ns_proc_name, InitCtx, Stdio};
 pub use process::{CResult, CapSets, ChildError, Ctx, Finish};
+pub use syscall::{Linux, Syscall};
 
 use crate::bpf::SockFilter;
 use crate::cgroups::Cgroup;
@@ -46,6 +49,7 @@ pub fn trace_mark(what: &str) {
 /// An exec's process, in the forked child: the container's cgroup and namespaces,
 /// a new session, its stdio (`None`: a pty of its own), then `process::finish_and_exec`.
 pub fn exec_child(
+    sc: &dyn Syscall,
     p: &crate::oci::Process,
     // the cgroup, and whether the child was cloned into its v2 directory already
     cgroup: Option<(&Cgroup, bool)>,
@@ -59,36 +63,36 @@ pub fn exec_child(
         cg.join_self(v2_joined).ctx(|| "joining the container's cgroup".into())?;
     }
     for (fd, flag) in ns {
-        sys::setns(fd.as_raw_fd(), *flag).ctx(|| format!("setns {}", ns_proc_name(*flag)))?;
+        sc.setns(fd.as_raw_fd(), *flag).ctx(|| format!("setns {}", ns_proc_name(*flag)))?;
     }
-    process::chdir("/").ctx(|| "chdir /".into())?;
-    unsafe {
-        libc::setsid();
-    }
+    process::chdir(sc, "/").ctx(|| "chdir /".into())?;
+    sc.setsid();
     match fds {
         None => {
-            let (slave, _) = container::open_console_exec(p, sync)?;
-            sys::cvt(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) })
-                .ctx(|| "TIOCSCTTY".into())?;
+            let (slave, _) = container::open_console_exec(sc, p, sync)?;
+            sc.set_controlling_tty(slave.as_raw_fd()).ctx(|| "TIOCSCTTY".into())?;
             for fd in 0..3 {
-                sys::dup2(slave.as_raw_fd(), fd).ctx(|| "dup2".into())?;
+                sc.dup2(slave.as_raw_fd(), fd).ctx(|| "dup2".into())?;
             }
         }
         Some(fds) => {
             let high: Vec<RawFd> = fds
                 .iter()
-                .map(|f| sys::cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }))
+                .map(|f| sc.dup_above(f.as_raw_fd(), 10))
                 .collect::<io::Result<_>>()
                 .ctx(|| "dup stdio".into())?;
             for (i, fd) in high.iter().enumerate() {
-                sys::dup2(*fd, i as RawFd).ctx(|| "dup2".into())?;
+                sc.dup2(*fd, i as RawFd).ctx(|| "dup2".into())?;
             }
         }
     }
     let caps = CapSets::of(p, host_bounding);
-    process::finish_and_exec(Finish {
+    process::finish_and_exec(sc, Finish {
         process: p,
         caps,
         seccomp,
     })
 }
+
+#[cfg(test)]
+mod tests;

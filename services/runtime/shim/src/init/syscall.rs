@@ -43,7 +43,12 @@ pub trait Syscall {
     fn dup_above(&self, fd: RawFd, min: RawFd) -> io::Result<RawFd>;
     fn dup2(&self, from: RawFd, to: RawFd) -> io::Result<()>;
     fn getrlimit(&self, resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit>;
-    fn setrlimit(&self, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()>;
+    fn setrlimit(
+        &self,
+        resource: libc::__rlimit_resource_t,
+        soft: u64,
+        hard: u64,
+    ) -> io::Result<()>;
     fn set_keepcaps(&self, on: bool) -> io::Result<()>;
     /// PR_CAPBSET_DROP (EINVAL past the kernel's last capability).
     fn drop_bounding_cap(&self, cap: u64) -> io::Result<()>;
@@ -98,7 +103,8 @@ impl Syscall for Linux {
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
         let (n, o) = (cstr(new_root)?, cstr(put_old)?);
-        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) }).map(|_| ())
+        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) })
+            .map(|_| ())
     }
 
     fn fchdir(&self, fd: RawFd) -> io::Result<()> {
@@ -151,13 +157,24 @@ impl Syscall for Linux {
     }
 
     fn getrlimit(&self, resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         cvt(unsafe { libc::getrlimit(resource, &mut lim) })?;
         Ok(lim)
     }
 
-    fn setrlimit(&self, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-        let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    fn setrlimit(
+        &self,
+        resource: libc::__rlimit_resource_t,
+        soft: u64,
+        hard: u64,
+    ) -> io::Result<()> {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
         cvt(unsafe { libc::setrlimit(resource, &lim) }).map(|_| ())
     }
 
@@ -166,7 +183,8 @@ impl Syscall for Linux {
     }
 
     fn drop_bounding_cap(&self, cap: u64) -> io::Result<()> {
-        cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(|_| ())
+        cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })
+            .map(|_| ())
     }
 
     fn setgroups(&self, gids: &[libc::gid_t]) -> io::Result<()> {
@@ -193,19 +211,29 @@ impl Syscall for Linux {
             permitted: u32,
             inheritable: u32,
         }
-        let hdr = Header { version: 0x2008_0522, pid: 0 };
+        let hdr = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
         let half = |m: u64, hi: bool| if hi { (m >> 32) as u32 } else { m as u32 };
         let data = [false, true].map(|hi| Data {
             effective: half(effective, hi),
             permitted: half(permitted, hi),
             inheritable: half(inheritable, hi),
         });
-        sys::cvt_l(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) }).map(|_| ())
+        sys::cvt_l(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) })
+            .map(|_| ())
     }
 
     fn clear_ambient_caps(&self) {
         unsafe {
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
         }
     }
 
@@ -260,7 +288,10 @@ pub mod test {
     pub enum Call {
         Umask(libc::mode_t),
         Unshare(libc::c_int),
-        Setns { path: PathBuf, nstype: libc::c_int },
+        Setns {
+            path: PathBuf,
+            nstype: libc::c_int,
+        },
         Mount {
             source: Option<PathBuf>,
             target: PathBuf,
@@ -268,32 +299,70 @@ pub mod test {
             flags: libc::c_ulong,
             data: Option<String>,
         },
-        Umount2 { target: PathBuf, flags: libc::c_int },
-        PivotRoot { new_root: PathBuf, put_old: PathBuf },
+        Umount2 {
+            target: PathBuf,
+            flags: libc::c_int,
+        },
+        PivotRoot {
+            new_root: PathBuf,
+            put_old: PathBuf,
+        },
         Fchdir(PathBuf),
         Chdir(PathBuf),
-        Mknod { path: PathBuf, mode: libc::mode_t, dev: libc::dev_t },
-        Chown { path: PathBuf, uid: libc::uid_t, gid: libc::gid_t },
+        Mknod {
+            path: PathBuf,
+            mode: libc::mode_t,
+            dev: libc::dev_t,
+        },
+        Chown {
+            path: PathBuf,
+            uid: libc::uid_t,
+            gid: libc::gid_t,
+        },
         Sethostname(String),
         Setdomainname(String),
-        WriteProc { path: PathBuf, value: String },
+        WriteProc {
+            path: PathBuf,
+            value: String,
+        },
         Setsid,
         SetControllingTty,
-        DupAbove { fd: RawFd, min: RawFd },
-        Dup2 { from: RawFd, to: RawFd },
-        Setrlimit { resource: libc::__rlimit_resource_t, soft: u64, hard: u64 },
+        DupAbove {
+            fd: RawFd,
+            min: RawFd,
+        },
+        Dup2 {
+            from: RawFd,
+            to: RawFd,
+        },
+        Setrlimit {
+            resource: libc::__rlimit_resource_t,
+            soft: u64,
+            hard: u64,
+        },
         SetKeepcaps(bool),
         DropBoundingCap(u64),
         Setgroups(Vec<libc::gid_t>),
         Setresgid(libc::gid_t),
         Setresuid(libc::uid_t),
-        Capset { effective: u64, permitted: u64, inheritable: u64 },
+        Capset {
+            effective: u64,
+            permitted: u64,
+            inheritable: u64,
+        },
         ClearAmbientCaps,
         RaiseAmbientCap(u64),
         SetNoNewPrivs,
-        Seccomp { len: usize, flags: u32 },
+        Seccomp {
+            len: usize,
+            flags: u32,
+        },
         ResetSignals,
-        Execve { path: PathBuf, args: Vec<String>, env: Vec<String> },
+        Execve {
+            path: PathBuf,
+            args: Vec<String>,
+            env: Vec<String>,
+        },
     }
 
     type Matcher = Box<dyn Fn(&Call) -> bool>;
@@ -318,7 +387,10 @@ pub mod test {
                 calls: RefCell::default(),
                 fail: RefCell::default(),
                 last_cap: 40,
-                rlimit: libc::rlimit { rlim_cur: 1024, rlim_max: 4096 },
+                rlimit: libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 4096,
+                },
                 next_fd: std::cell::Cell::new(100),
             }
         }
@@ -348,7 +420,12 @@ pub mod test {
         }
 
         fn record(&self, c: Call) -> io::Result<()> {
-            let errno = self.fail.borrow().iter().find(|(m, _)| m(&c)).map(|(_, e)| *e);
+            let errno = self
+                .fail
+                .borrow()
+                .iter()
+                .find(|(m, _)| m(&c))
+                .map(|(_, e)| *e);
             self.calls.borrow_mut().push(c);
             match errno {
                 Some(e) => Err(io::Error::from_raw_os_error(e)),
@@ -385,22 +462,38 @@ pub mod test {
             })
         }
         fn umount2(&self, target: &Path, flags: libc::c_int) -> io::Result<()> {
-            self.record(Call::Umount2 { target: target.to_path_buf(), flags })
+            self.record(Call::Umount2 {
+                target: target.to_path_buf(),
+                flags,
+            })
         }
         fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
-            self.record(Call::PivotRoot { new_root: new_root.to_path_buf(), put_old: put_old.to_path_buf() })
+            self.record(Call::PivotRoot {
+                new_root: new_root.to_path_buf(),
+                put_old: put_old.to_path_buf(),
+            })
         }
         fn fchdir(&self, fd: RawFd) -> io::Result<()> {
-            self.record(Call::Fchdir(named(Path::new(&format!("/proc/self/fd/{fd}")))))
+            self.record(Call::Fchdir(named(Path::new(&format!(
+                "/proc/self/fd/{fd}"
+            )))))
         }
         fn chdir(&self, path: &Path) -> io::Result<()> {
             self.record(Call::Chdir(path.to_path_buf()))
         }
         fn mknod(&self, path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
-            self.record(Call::Mknod { path: path.to_path_buf(), mode, dev })
+            self.record(Call::Mknod {
+                path: path.to_path_buf(),
+                mode,
+                dev,
+            })
         }
         fn chown(&self, path: &Path, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
-            self.record(Call::Chown { path: path.to_path_buf(), uid, gid })
+            self.record(Call::Chown {
+                path: path.to_path_buf(),
+                uid,
+                gid,
+            })
         }
         fn sethostname(&self, name: &str) -> io::Result<()> {
             self.record(Call::Sethostname(name.into()))
@@ -409,7 +502,10 @@ pub mod test {
             self.record(Call::Setdomainname(name.into()))
         }
         fn write_proc(&self, path: &Path, value: &str) -> io::Result<()> {
-            self.record(Call::WriteProc { path: path.to_path_buf(), value: value.into() })
+            self.record(Call::WriteProc {
+                path: path.to_path_buf(),
+                value: value.into(),
+            })
         }
         fn setsid(&self) {
             let _ = self.record(Call::Setsid);
@@ -429,8 +525,17 @@ pub mod test {
         fn getrlimit(&self, _resource: libc::__rlimit_resource_t) -> io::Result<libc::rlimit> {
             Ok(self.rlimit)
         }
-        fn setrlimit(&self, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-            self.record(Call::Setrlimit { resource, soft, hard })
+        fn setrlimit(
+            &self,
+            resource: libc::__rlimit_resource_t,
+            soft: u64,
+            hard: u64,
+        ) -> io::Result<()> {
+            self.record(Call::Setrlimit {
+                resource,
+                soft,
+                hard,
+            })
         }
         fn set_keepcaps(&self, on: bool) -> io::Result<()> {
             self.record(Call::SetKeepcaps(on))
@@ -451,7 +556,11 @@ pub mod test {
             self.record(Call::Setresuid(uid))
         }
         fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
-            self.record(Call::Capset { effective, permitted, inheritable })
+            self.record(Call::Capset {
+                effective,
+                permitted,
+                inheritable,
+            })
         }
         fn clear_ambient_caps(&self) {
             let _ = self.record(Call::ClearAmbientCaps);
@@ -463,7 +572,10 @@ pub mod test {
             self.record(Call::SetNoNewPrivs)
         }
         fn seccomp(&self, prog: &[SockFilter], flags: u32) -> io::Result<()> {
-            self.record(Call::Seccomp { len: prog.len(), flags })
+            self.record(Call::Seccomp {
+                len: prog.len(),
+                flags,
+            })
         }
         fn reset_signals(&self) {
             let _ = self.record(Call::ResetSignals);

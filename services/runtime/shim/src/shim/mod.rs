@@ -412,7 +412,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
     let sync_raw = sync_child.as_raw_fd();
     let forked = fork_in_pidns(pidns, cgroup.as_ref(), |v2_joined| {
         child_main(sync_raw, || {
-            container::init(container::InitCtx {
+            container::init(&berth_shim::init::Linux, container::InitCtx {
                 spec: &spec,
                 cgroup: cgroup.as_ref(),
                 v2_joined,

@@ -863,6 +863,7 @@ impl Server {
         let pid = fork_in_pidns(pidns_mode, cgroup.as_ref(), |v2_joined| {
             child_main(sync_raw, || {
                 exec_child(
+                    &berth_shim::init::Linux,
                     &p,
                     cgroup.as_ref().map(|c| (c, v2_joined)),
                     &ns,
