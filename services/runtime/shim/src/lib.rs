@@ -2,13 +2,14 @@
 //!
 //! The library is synchronous and small: the runtime service (tokio) uses `proto`,
 //! `oci`, `cgroups` and `jsonlog`'s reader-side helpers; the `berth-shim` binary uses
-//! all of it.
+//! all of it (`init`: the container's set-up between fork and exec).
 
 pub mod bpf;
 pub mod caps;
 pub mod cgroups;
 pub mod devfilter;
 pub mod fsutil;
+pub mod init;
 pub mod jsonlog;
 pub mod logdriver;
 pub mod oci;

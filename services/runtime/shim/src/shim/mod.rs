@@ -1,8 +1,7 @@
 //! The shim's life: start the container, then a single-threaded poll loop.
 
-mod container;
-mod process;
 mod server;
+use berth_shim::init::{self as container, process, trace_mark, trace_start};
 use berth_shim::sys;
 
 use berth_shim::bpf;
@@ -249,32 +248,6 @@ pub fn run(bundle: &Path) -> i32 {
     }
 }
 
-/// With BERTH_SHIM_TRACE set, the start's phases are timed into shim.log, all from
-/// the moment the start began: the container's init (a fork) marks its own phases on
-/// the same clock, through a copy of the log's fd that closes at its exec.
-static TRACE: std::sync::OnceLock<(std::time::Instant, RawFd)> = std::sync::OnceLock::new();
-
-/// Starts the trace's clock (when BERTH_SHIM_TRACE is set).
-fn trace_start() {
-    if std::env::var_os("BERTH_SHIM_TRACE").is_some() {
-        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
-        let _ = TRACE.set((std::time::Instant::now(), fd));
-    }
-}
-
-/// A phase of the start, when traced (see `TRACE`); safe in the forked init.
-pub(crate) fn trace_mark(what: &str) {
-    if let Some((t, fd)) = TRACE.get() {
-        let line = format!(
-            "{} berth-shim[{}]: trace {:>8.3} ms {what}\n",
-            berth_shim::jsonlog::Time::now().format(false),
-            std::process::id(),
-            t.elapsed().as_secs_f64() * 1000.0
-        );
-        let _ = sys::write_all(*fd, line.as_bytes());
-    }
-}
-
 fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> Result<i32, i32> {
     trace_start();
     let fail = |spawn: &Option<OwnedFd>, kind, msg: String| fail(spawn.as_ref(), kind, msg);
@@ -439,7 +412,7 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
     let sync_raw = sync_child.as_raw_fd();
     let forked = fork_in_pidns(pidns, cgroup.as_ref(), |v2_joined| {
         child_main(sync_raw, || {
-            container::init(container::InitCtx {
+            container::init(&berth_shim::init::Linux, container::InitCtx {
                 spec: &spec,
                 cgroup: cgroup.as_ref(),
                 v2_joined,

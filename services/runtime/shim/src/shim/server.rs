@@ -1,8 +1,7 @@
 //! The shim's poll loop: container output to the log and attached clients, stdin
 //! from clients, control requests, execs, and the end of the container.
 
-use super::container::{self, ns_proc_name};
-use super::process::{self, CResult, CapSets, ChildError, Ctx, Finish};
+use berth_shim::init::{exec_child, ns_proc_name, process};
 use super::{await_exec, child_main, fork_in_pidns, log, sys, ParentStdio, PidNs};
 use berth_shim::bpf::SockFilter;
 use berth_shim::cgroups::Cgroup;
@@ -864,6 +863,7 @@ impl Server {
         let pid = fork_in_pidns(pidns_mode, cgroup.as_ref(), |v2_joined| {
             child_main(sync_raw, || {
                 exec_child(
+                    &berth_shim::init::Linux,
                     &p,
                     cgroup.as_ref().map(|c| (c, v2_joined)),
                     &ns,
@@ -924,55 +924,6 @@ impl Server {
         };
         Ok((idx, pid))
     }
-}
-
-fn exec_child(
-    p: &Process,
-    // the cgroup, and whether the child was cloned into its v2 directory already
-    cgroup: Option<(&Cgroup, bool)>,
-    ns: &[(OwnedFd, libc::c_int)],
-    fds: Option<[OwnedFd; 3]>,
-    sync: RawFd,
-    seccomp: Option<(&[SockFilter], u32)>,
-    host_bounding: u64,
-) -> CResult<std::convert::Infallible> {
-    if let Some((cg, v2_joined)) = cgroup {
-        cg.join_self(v2_joined).ctx(|| "joining the container's cgroup".into())?;
-    }
-    for (fd, flag) in ns {
-        sys::setns(fd.as_raw_fd(), *flag).ctx(|| format!("setns {}", ns_proc_name(*flag)))?;
-    }
-    process::chdir("/").ctx(|| "chdir /".into())?;
-    unsafe {
-        libc::setsid();
-    }
-    match fds {
-        None => {
-            let (slave, _) = container::open_console_exec(p, sync)?;
-            sys::cvt(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) })
-                .ctx(|| "TIOCSCTTY".into())?;
-            for fd in 0..3 {
-                sys::dup2(slave.as_raw_fd(), fd).ctx(|| "dup2".into())?;
-            }
-        }
-        Some(fds) => {
-            let high: Vec<RawFd> = fds
-                .iter()
-                .map(|f| sys::cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }))
-                .collect::<io::Result<_>>()
-                .ctx(|| "dup stdio".into())?;
-            for (i, fd) in high.iter().enumerate() {
-                sys::dup2(*fd, i as RawFd).ctx(|| "dup2".into())?;
-            }
-        }
-    }
-    let caps = CapSets::of(p, host_bounding);
-    let _ = ChildError::other("");
-    process::finish_and_exec(Finish {
-        process: p,
-        caps,
-        seccomp,
-    })
 }
 
 /// `<bundle>/exit.json`, atomically (no fsync: atomicity matters, not durability).

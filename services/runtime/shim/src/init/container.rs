@@ -3,11 +3,12 @@
 //! `process::finish_and_exec`.
 
 use super::process::{self, CResult, CapSets, ChildError, Ctx, Finish};
-use super::sys::{self, cstr, cvt};
-use berth_shim::bpf::SockFilter;
-use berth_shim::cgroups::{Cgroup, Layout};
-pub use berth_shim::fsutil::secure_join;
-use berth_shim::oci::{Mount, Spec};
+use super::syscall::Syscall;
+use crate::sys::{self, cstr};
+use crate::bpf::SockFilter;
+use crate::cgroups::{Cgroup, Layout};
+pub use crate::fsutil::secure_join;
+use crate::oci::{Mount, Spec};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -63,7 +64,7 @@ pub struct InitCtx<'a> {
 }
 
 /// Runs in the forked child (already in the new pid namespace when asked).
-pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
+pub fn init(sc: &dyn Syscall, ctx: InitCtx) -> CResult<std::convert::Infallible> {
     let spec = ctx.spec;
     let linux = spec.linux.clone().unwrap_or_default();
     let process = spec.process.clone().unwrap_or_default();
@@ -75,9 +76,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
 
     let mark = super::trace_mark;
     mark("init");
-    unsafe {
-        libc::umask(0);
-    }
+    sc.umask(0);
     // Join the namespaces given by path, create the others (pid is the parent's job,
     // cgroup comes after joining the cgroup so that it becomes the namespace's root).
     let mut new_flags = 0;
@@ -92,12 +91,12 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
             (Some(p), f) => {
                 let fd = sys::open(p, libc::O_RDONLY, 0)
                     .ctx(|| format!("open namespace {}", p.display()))?;
-                sys::setns(fd.as_raw_fd(), f).ctx(|| format!("setns {}", p.display()))?;
+                sc.setns(fd.as_raw_fd(), f).ctx(|| format!("setns {}", p.display()))?;
             }
         }
     }
     if new_flags != 0 {
-        cvt(unsafe { libc::unshare(new_flags) }).ctx(|| "unshare namespaces".into())?;
+        sc.unshare(new_flags).ctx(|| "unshare namespaces".into())?;
     }
     mark("namespaces");
     if let Some(cg) = ctx.cgroup {
@@ -105,81 +104,78 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
     }
     mark("cgroup joined");
     if new_cgroupns {
-        cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
+        sc.unshare(libc::CLONE_NEWCGROUP)
             .ctx(|| "unshare cgroup namespace".into())?;
     }
 
     let mut console: Option<(OwnedFd, u32)> = None;
     if new_flags & libc::CLONE_NEWNS != 0 {
-        setup_rootfs(spec, &rootfs, new_cgroupns, ctx.cgroup.map(|c| &c.layout))?;
+        setup_rootfs(sc, spec, &rootfs, new_cgroupns, ctx.cgroup.map(|c| &c.layout))?;
         mark("mounts");
-        pivot_root(&rootfs)?;
+        pivot_root(sc, &rootfs)?;
         mark("pivot_root");
         // the root's propagation, applied to the new root once it is `/` (runc:
         // applied before, it would reach the host's mount namespace)
         let prop = propagation_flag(linux.rootfs_propagation.as_deref().unwrap_or("rprivate"));
         if prop & (libc::MS_SHARED | libc::MS_SLAVE) != 0 {
-            sys::mount(None, Path::new("/"), None, prop, None).ctx(|| "setting the root's propagation".into())?;
+            sc.mount(None, Path::new("/"), None, prop, None).ctx(|| "setting the root's propagation".into())?;
         }
         if matches!(ctx.stdio, Stdio::Pty) {
-            console = Some(open_console(&process, ctx.sync)?);
+            console = Some(open_console(sc, &process, ctx.sync)?);
         }
         for p in &linux.masked_paths {
-            mask_path(p)?;
+            mask_path(sc, p)?;
         }
         mark("masked");
         for p in &linux.readonly_paths {
-            readonly_path(Path::new(p))?;
+            readonly_path(sc, Path::new(p))?;
         }
         mark("readonly");
         make_workdir(&process)?;
         if root.readonly == Some(true) {
-            remount_ro(Path::new("/")).ctx(|| "remounting the rootfs read-only".into())?;
+            remount_ro(sc, Path::new("/")).ctx(|| "remounting the rootfs read-only".into())?;
         }
     } else {
         if matches!(ctx.stdio, Stdio::Pty) {
-            console = Some(open_console(&process, ctx.sync)?);
+            console = Some(open_console(sc, &process, ctx.sync)?);
         }
         make_workdir(&process)?;
     }
 
     if new_flags & libc::CLONE_NEWUTS != 0 {
         if let Some(h) = spec.hostname.as_deref().filter(|h| !h.is_empty()) {
-            cvt(unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) })
+            sc.sethostname(h)
                 .ctx(|| "sethostname".into())?;
         }
         if let Some(d) = spec.domainname.as_deref().filter(|d| !d.is_empty()) {
-            cvt(unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) })
+            sc.setdomainname(d)
                 .ctx(|| "setdomainname".into())?;
         }
     }
     mark("hostname");
     for (k, v) in &linux.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        fs::write(&p, v).ctx(|| format!("write sysctl key {k}"))?;
+        sc.write_proc(&p, v).ctx(|| format!("write sysctl key {k}"))?;
     }
 
     // stdio: a new session; the pty slave as controlling terminal.
-    unsafe {
-        libc::setsid();
-    }
+    sc.setsid();
     match (ctx.stdio, console) {
         (_, Some((slave, _))) => {
-            cvt(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) })
-                .ctx(|| "TIOCSCTTY".into())?;
+            sc.set_controlling_tty(slave.as_raw_fd()).ctx(|| "TIOCSCTTY".into())?;
             for fd in 0..3 {
-                sys::dup2(slave.as_raw_fd(), fd).ctx(|| "dup2 console".into())?;
+                sc.dup2(slave.as_raw_fd(), fd).ctx(|| "dup2 console".into())?;
             }
         }
         (Stdio::Fds(fds), None) => {
             // Move them above 2 first so dup2 never clobbers one we still need.
             let high: Vec<RawFd> = fds
                 .iter()
-                .map(|f| cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }))
+                .map(|f| sc.dup_above(f.as_raw_fd(), 10))
                 .collect::<io::Result<_>>()
                 .ctx(|| "dup stdio".into())?;
             for (i, fd) in high.iter().enumerate() {
-                sys::dup2(*fd, i as RawFd).ctx(|| "dup2 stdio".into())?;
+                sc.dup2(*fd, i as RawFd).ctx(|| "dup2 stdio".into())?;
             }
         }
         (Stdio::Pty, None) => return Err(ChildError::other("no console")),
@@ -187,7 +183,7 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
 
     mark("ready to exec");
     let caps = CapSets::of(&process, ctx.host_bounding);
-    process::finish_and_exec(Finish {
+    process::finish_and_exec(sc, Finish {
         process: &process,
         caps,
         seccomp: ctx.seccomp,
@@ -196,17 +192,18 @@ pub fn init(ctx: InitCtx) -> CResult<std::convert::Infallible> {
 
 /// Allocates the container's console in its own devpts, sends the master to the shim,
 /// binds the slave at /dev/console.
-pub fn open_console(p: &berth_shim::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
-    open_pty(p, sync, true)
+pub fn open_console(sc: &dyn Syscall, p: &crate::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
+    open_pty(sc, p, sync, true)
 }
 
 /// An exec's terminal: like the init's, without taking over /dev/console.
-pub fn open_console_exec(p: &berth_shim::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
-    open_pty(p, sync, false)
+pub fn open_console_exec(sc: &dyn Syscall, p: &crate::oci::Process, sync: RawFd) -> CResult<(OwnedFd, u32)> {
+    open_pty(sc, p, sync, false)
 }
 
 fn open_pty(
-    p: &berth_shim::oci::Process,
+    sc: &dyn Syscall,
+    p: &crate::oci::Process,
     sync: RawFd,
     bind_console: bool,
 ) -> CResult<(OwnedFd, u32)> {
@@ -230,7 +227,7 @@ fn open_pty(
             let _ = fs::File::create(console);
         }
         if console.exists() {
-            let _ = sys::mount(Some(&slave_path), console, None, libc::MS_BIND, None);
+            let _ = sc.mount(Some(&slave_path), console, None, libc::MS_BIND, None);
         }
     }
     Ok((slave, n))
@@ -311,8 +308,8 @@ fn parse_options(opts: &[String]) -> MountOpts {
                 continue;
             }
             "tmpcopyup" | "defaults" => continue,
-            other if other.starts_with(berth_shim::oci::SUBPATH_OPTION) => {
-                m.subpath = Some(other[berth_shim::oci::SUBPATH_OPTION.len()..].to_string());
+            other if other.starts_with(crate::oci::SUBPATH_OPTION) => {
+                m.subpath = Some(other[crate::oci::SUBPATH_OPTION.len()..].to_string());
                 continue;
             }
             other => {
@@ -341,10 +338,10 @@ fn propagation_flag(name: &str) -> libc::c_ulong {
 }
 
 /// `layout`: the host's cgroup hierarchies when the parent has them (else read here).
-fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
+fn setup_rootfs(sc: &dyn Syscall, spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
     let linux = spec.linux.clone().unwrap_or_default();
     let prop = propagation_flag(linux.rootfs_propagation.as_deref().unwrap_or("rprivate"));
-    sys::mount(None, Path::new("/"), None, prop, None).ctx(|| "making / private".into())?;
+    sc.mount(None, Path::new("/"), None, prop, None).ctx(|| "making / private".into())?;
     if prop & libc::MS_SHARED != 0 {
         // shared, the host's mounts stay peers of the host's (a bind with `rshared`
         // propagation, a plugin's PropagatedMount, reaches the host); the mount the
@@ -352,10 +349,10 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
         // propagate, and pivot_root accepts it (runc's rootfsParentMountPrivate)
         let mi = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo".into())?;
         if let Some(parent) = parent_mount(&mi, rootfs) {
-            sys::mount(None, &parent, None, libc::MS_PRIVATE, None).ctx(|| format!("making {} private", parent.display()))?;
+            sc.mount(None, &parent, None, libc::MS_PRIVATE, None).ctx(|| format!("making {} private", parent.display()))?;
         }
     }
-    sys::mount(
+    sc.mount(
         Some(rootfs),
         rootfs,
         None,
@@ -373,7 +370,7 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
         if m.destination == "/dev" && m.typ.as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        mount_one(&root, m, cgroupns, layout).map_err(|e| {
+        mount_one(sc, &root, m, cgroupns, layout).map_err(|e| {
             ChildError::other(format!(
                 "error mounting \"{}\" to rootfs at \"{}\": {}",
                 m.source.as_deref().unwrap_or(""),
@@ -383,7 +380,7 @@ fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroupns: bool, layout: Option<&Layo
         })?;
     }
     if dev_is_tmpfs {
-        create_devices(spec, rootfs)?;
+        create_devices(sc, spec, rootfs)?;
     }
     Ok(())
 }
@@ -438,12 +435,12 @@ fn mount_point(root: &berth_fsutil::InRoot, dest: &str, dir: bool) -> io::Result
     }
 }
 
-fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
+fn mount_one(sc: &dyn Syscall, root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Option<&Layout>) -> CResult<()> {
     let typ = m.typ.as_deref().unwrap_or("none");
     let o = parse_options(&m.options);
     let is_bind = o.flags & libc::MS_BIND != 0 || typ == "bind";
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(root, &m.destination, &o, cgroupns, layout);
+        return mount_cgroups(sc, root, &m.destination, &o, cgroupns, layout);
     }
     // after mounting, the destination is resolved again: the descriptor taken before
     // names the directory under the new mount, remounts and propagation go to the mount
@@ -462,13 +459,13 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
         let meta = fs::metadata(&src).ctx(|| format!("stat {}", src.display()))?;
         let fd = mount_point(root, &m.destination, meta.is_dir()).ctx(|| format!("creating {}", m.destination))?;
         let rec = o.flags & libc::MS_REC;
-        sys::mount(Some(&src), &fd_path(&fd), None, libc::MS_BIND | rec, None).ctx(|| "bind".into())?;
+        sc.mount(Some(&src), &fd_path(&fd), None, libc::MS_BIND | rec, None).ctx(|| "bind".into())?;
         let extra = o.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
             let top = again()?; // open while its magic link is used
             let dest = fd_path(&top);
             let keep = locked_flags(&dest);
-            sys::mount(
+            sc.mount(
                 None,
                 &dest,
                 None,
@@ -482,7 +479,7 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
         let dest = fd_path(&fd);
         let src = m.source.as_deref().map(Path::new).unwrap_or(Path::new(typ));
         let data = o.data.join(",");
-        let r = sys::mount(Some(src), &dest, Some(typ), o.flags, Some(&data));
+        let r = sc.mount(Some(src), &dest, Some(typ), o.flags, Some(&data));
         match r {
             // mqueue/sysfs may be refused (e.g. in a joined netns without privilege): tolerate
             // sysfs like runc does by binding the host's read-only.
@@ -490,7 +487,7 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
                 if typ == "sysfs"
                     && matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EBUSY)) =>
             {
-                sys::mount(
+                sc.mount(
                     Some(Path::new("/sys")),
                     &dest,
                     None,
@@ -500,7 +497,7 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
                 .ctx(|| "bind /sys".into())?;
                 let top = again()?; // open while its magic link is used
             let dest = fd_path(&top);
-                sys::mount(
+                sc.mount(
                     None,
                     &dest,
                     None,
@@ -515,7 +512,7 @@ fn mount_one(root: &berth_fsutil::InRoot, m: &Mount, cgroupns: bool, layout: Opt
     if o.propagation != 0 {
         let top = again()?; // open while its magic link is used
             let dest = fd_path(&top);
-        sys::mount(None, &dest, None, o.propagation, None).ctx(|| "setting propagation".into())?;
+        sc.mount(None, &dest, None, o.propagation, None).ctx(|| "setting propagation".into())?;
     }
     Ok(())
 }
@@ -569,9 +566,9 @@ fn locked_flags(p: &Path) -> libc::c_ulong {
     out
 }
 
-fn remount_ro(p: &Path) -> io::Result<()> {
+fn remount_ro(sc: &dyn Syscall, p: &Path) -> io::Result<()> {
     let keep = locked_flags(p);
-    sys::mount(
+    sc.mount(
         None,
         p,
         None,
@@ -584,6 +581,7 @@ fn remount_ro(p: &Path) -> io::Result<()> {
 /// anew (so the container sees its own cgroup as the root); without one, the host's
 /// hierarchies are bound.
 fn mount_cgroups(
+    sc: &dyn Syscall,
     root: &berth_fsutil::InRoot,
     destination: &str,
     o: &MountOpts,
@@ -606,7 +604,7 @@ fn mount_cgroups(
     let mounted = || -> CResult<OwnedFd> { root.resolve(destination).ctx(|| format!("resolving {destination}")) };
     if layout.is_pure_v2() {
         if cgroupns {
-            sys::mount(
+            sc.mount(
                 Some(Path::new("cgroup2")),
                 dest,
                 Some("cgroup2"),
@@ -616,7 +614,7 @@ fn mount_cgroups(
             .ctx(|| "mount cgroup2".into())?;
         } else {
             let h = &layout.hierarchies[0];
-            sys::mount(
+            sc.mount(
                 Some(&h.mount),
                 dest,
                 None,
@@ -625,7 +623,7 @@ fn mount_cgroups(
             )
             .ctx(|| "bind cgroup2".into())?;
             let top = mounted()?;
-            sys::mount(
+            sc.mount(
                 None,
                 &fd_path(&top),
                 None,
@@ -636,7 +634,7 @@ fn mount_cgroups(
         }
         return Ok(());
     }
-    sys::mount(
+    sc.mount(
         Some(Path::new("tmpfs")),
         dest,
         Some("tmpfs"),
@@ -657,7 +655,7 @@ fn mount_cgroups(
         fs::create_dir_all(&sub).ctx(|| format!("mkdir {}", sub.display()))?;
         let r = if cgroupns {
             if h.v2 {
-                sys::mount(
+                sc.mount(
                     Some(Path::new("cgroup2")),
                     &sub,
                     Some("cgroup2"),
@@ -665,7 +663,7 @@ fn mount_cgroups(
                     None,
                 )
             } else {
-                sys::mount(
+                sc.mount(
                     Some(Path::new("cgroup")),
                     &sub,
                     Some("cgroup"),
@@ -674,7 +672,7 @@ fn mount_cgroups(
                 )
             }
         } else {
-            sys::mount(
+            sc.mount(
                 Some(&h.mount),
                 &sub,
                 None,
@@ -682,7 +680,7 @@ fn mount_cgroups(
                 None,
             )
             .and_then(|_| {
-                sys::mount(
+                sc.mount(
                     None,
                     &sub,
                     None,
@@ -694,7 +692,7 @@ fn mount_cgroups(
         r.ctx(|| format!("mount cgroup {name}"))?;
     }
     if ro != 0 {
-        sys::mount(
+        sc.mount(
             None,
             dest,
             None,
@@ -716,7 +714,7 @@ const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
     ("/dev/tty", 5, 0),
 ];
 
-fn create_devices(spec: &Spec, rootfs: &Path) -> CResult<()> {
+fn create_devices(sc: &dyn Syscall, spec: &Spec, rootfs: &Path) -> CResult<()> {
     let linux = spec.linux.clone().unwrap_or_default();
     let mut devs: Vec<(String, libc::mode_t, u32, u32, u32, u32)> = Vec::new();
     for (p, ma, mi) in DEFAULT_DEVICES {
@@ -745,17 +743,14 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> CResult<()> {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).ctx(|| format!("mkdir {}", parent.display()))?;
         }
-        let c = cstr(&dest).map_err(|e| ChildError::other(e.to_string()))?;
-        let r = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(ma, mi)) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = sc.mknod(&dest, mode, libc::makedev(ma, mi)) {
             if e.raw_os_error() == Some(libc::EEXIST) {
                 continue;
             }
             // Without the right to mknod, bind the host's node (runc does the same).
             if e.raw_os_error() == Some(libc::EPERM) && Path::new(&p).exists() {
                 fs::File::create(&dest).ctx(|| format!("creating {}", dest.display()))?;
-                sys::mount(Some(Path::new(&p)), &dest, None, libc::MS_BIND, None)
+                sc.mount(Some(Path::new(&p)), &dest, None, libc::MS_BIND, None)
                     .ctx(|| format!("bind {p}"))?;
                 continue;
             }
@@ -764,9 +759,7 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> CResult<()> {
                 process::describe(&e)
             )));
         }
-        unsafe {
-            libc::chown(c.as_ptr(), uid, gid);
-        }
+        let _ = sc.chown(&dest, uid, gid);
     }
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
@@ -791,23 +784,16 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> CResult<()> {
     Ok(())
 }
 
-fn pivot_root(rootfs: &Path) -> CResult<()> {
+fn pivot_root(sc: &dyn Syscall, rootfs: &Path) -> CResult<()> {
     let old =
         sys::open(Path::new("/"), libc::O_DIRECTORY | libc::O_RDONLY, 0).ctx(|| "open /".into())?;
     let new =
         sys::open(rootfs, libc::O_DIRECTORY | libc::O_RDONLY, 0).ctx(|| "open rootfs".into())?;
-    unsafe {
-        cvt(libc::fchdir(new.as_raw_fd())).ctx(|| "chdir rootfs".into())?;
-        let dot = c".";
-        sys::cvt_l(libc::syscall(
-            libc::SYS_pivot_root,
-            dot.as_ptr(),
-            dot.as_ptr(),
-        ))
-        .ctx(|| "pivot_root".into())?;
-        cvt(libc::fchdir(old.as_raw_fd())).ctx(|| "fchdir old root".into())?;
-    }
-    sys::mount(
+    sc.fchdir(new.as_raw_fd()).ctx(|| "chdir rootfs".into())?;
+    let dot = Path::new(".");
+    sc.pivot_root(dot, dot).ctx(|| "pivot_root".into())?;
+    sc.fchdir(old.as_raw_fd()).ctx(|| "fchdir old root".into())?;
+    sc.mount(
         None,
         Path::new("."),
         None,
@@ -815,14 +801,13 @@ fn pivot_root(rootfs: &Path) -> CResult<()> {
         None,
     )
     .ctx(|| "making the old root slave".into())?;
-    let dot = c".";
-    cvt(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })
+    sc.umount2(dot, libc::MNT_DETACH)
         .ctx(|| "unmounting the old root".into())?;
-    process::chdir("/").ctx(|| "chdir /".into())?;
+    process::chdir(sc, "/").ctx(|| "chdir /".into())?;
     Ok(())
 }
 
-fn mask_path(p: &str) -> CResult<()> {
+fn mask_path(sc: &dyn Syscall, p: &str) -> CResult<()> {
     let path = Path::new(p);
     match fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -830,7 +815,7 @@ fn mask_path(p: &str) -> CResult<()> {
             "masking {p}: {}",
             process::describe(&e)
         ))),
-        Ok(m) if m.is_dir() => sys::mount(
+        Ok(m) if m.is_dir() => sc.mount(
             Some(Path::new("tmpfs")),
             path,
             Some("tmpfs"),
@@ -838,7 +823,7 @@ fn mask_path(p: &str) -> CResult<()> {
             None,
         )
         .ctx(|| format!("masking {p}")),
-        Ok(_) => match sys::mount(
+        Ok(_) => match sc.mount(
             Some(Path::new("/dev/null")),
             path,
             None,
@@ -851,16 +836,16 @@ fn mask_path(p: &str) -> CResult<()> {
     }
 }
 
-fn readonly_path(p: &Path) -> CResult<()> {
-    match sys::mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
+fn readonly_path(sc: &dyn Syscall, p: &Path) -> CResult<()> {
+    match sc.mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         r => r.ctx(|| format!("binding {} read-only", p.display()))?,
     }
-    remount_ro(p).ctx(|| format!("remounting {} read-only", p.display()))
+    remount_ro(sc, p).ctx(|| format!("remounting {} read-only", p.display()))
 }
 
 /// `-w` is created when missing (Docker creates it, owned by the user).
-fn make_workdir(p: &berth_shim::oci::Process) -> CResult<()> {
+fn make_workdir(p: &crate::oci::Process) -> CResult<()> {
     if p.cwd.is_empty() || p.cwd == "/" {
         return Ok(());
     }

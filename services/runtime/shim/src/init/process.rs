@@ -2,11 +2,12 @@
 //! each exec): rlimits, user and groups, capabilities, no_new_privs, seccomp, the
 //! executable's lookup in the container's PATH, and execve.
 
-use super::sys::{cstr, cvt};
-use berth_shim::bpf::{self, SockFilter};
-use berth_shim::caps;
-use berth_shim::oci::Process;
-use berth_shim::proto::StartErrorKind;
+use super::syscall::Syscall;
+use crate::sys::cstr;
+use crate::bpf::SockFilter;
+use crate::caps;
+use crate::oci::Process;
+use crate::proto::StartErrorKind;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -130,37 +131,32 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
 /// `berth_config::env::CONTAINER_NOFILE`): what the node was started with.
 const CONTAINER_NOFILE: &str = "BERTH_CONTAINER_NOFILE";
 
-pub fn set_rlimits(p: &Process) -> CResult<()> {
+pub fn set_rlimits(sc: &dyn Syscall, p: &Process) -> CResult<()> {
     if !p.rlimits.iter().any(|r| r.typ == "RLIMIT_NOFILE") {
         if let Some(soft) = std::env::var(CONTAINER_NOFILE).ok().and_then(|v| v.parse::<u64>().ok()) {
-            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && soft < lim.rlim_cur {
-                lim.rlim_cur = soft;
-                cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })
-                    .ctx(|| "error setting rlimit type RLIMIT_NOFILE".into())?;
+            if let Ok(lim) = sc.getrlimit(libc::RLIMIT_NOFILE) {
+                if soft < lim.rlim_cur {
+                    sc.setrlimit(libc::RLIMIT_NOFILE, soft, lim.rlim_max)
+                        .ctx(|| "error setting rlimit type RLIMIT_NOFILE".into())?;
+                }
             }
         }
     }
     for r in &p.rlimits {
         let res = rlimit_resource(&r.typ)
             .ok_or_else(|| ChildError::other(format!("unknown rlimit type {:?}", r.typ)))?;
-        let lim = libc::rlimit {
-            rlim_cur: r.soft,
-            rlim_max: r.hard,
-        };
-        cvt(unsafe { libc::setrlimit(res, &lim) })
-            .map(|_| ())
+        sc.setrlimit(res, r.soft, r.hard)
             .ctx(|| format!("error setting rlimit type {}", r.typ))?;
     }
     Ok(())
 }
 
-pub fn set_oom_score_adj(p: &Process) -> CResult<()> {
+pub fn set_oom_score_adj(sc: &dyn Syscall, p: &Process) -> CResult<()> {
     if let Some(v) = p.oom_score_adj {
         let path = Path::new("/proc/self/oom_score_adj");
         let cur = std::fs::read_to_string(path).unwrap_or_default();
         if cur.trim() != v.to_string() {
-            std::fs::write(path, v.to_string()).ctx(|| "setting oom_score_adj".into())?;
+            sc.write_proc(path, &v.to_string()).ctx(|| "setting oom_score_adj".into())?;
         }
     }
     Ok(())
@@ -195,118 +191,52 @@ impl CapSets {
     }
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Bounding set, user and groups, then the other capability sets (runc's order).
-pub fn set_user_and_caps(p: &Process, c: &CapSets) -> CResult<()> {
-    unsafe {
-        cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))
-            .ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
-        for cap in 0..64u64 {
-            if c.bounding & (1 << cap) == 0 {
-                let r = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-                if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+pub fn set_user_and_caps(sc: &dyn Syscall, p: &Process, c: &CapSets) -> CResult<()> {
+    sc.set_keepcaps(true).ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
+    for cap in 0..64u64 {
+        if c.bounding & (1 << cap) == 0 {
+            if let Err(e) = sc.drop_bounding_cap(cap) {
+                if e.raw_os_error() == Some(libc::EINVAL) {
                     break; // past the kernel's last capability
                 }
             }
         }
     }
     let u = &p.user;
-    let groups: Vec<libc::gid_t> = u.additional_gids.clone();
-    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })
-        .map(|_| ())
-        .ctx(|| "setgroups".into())?;
-    cvt(unsafe { libc::setresgid(u.gid, u.gid, u.gid) })
-        .map(|_| ())
-        .ctx(|| format!("setgid {}", u.gid))?;
-    cvt(unsafe { libc::setresuid(u.uid, u.uid, u.uid) })
-        .map(|_| ())
-        .ctx(|| format!("setuid {}", u.uid))?;
-    let hdr = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let lo = |m: u64| m as u32;
-    let hi = |m: u64| (m >> 32) as u32;
-    let data = [
-        CapData {
-            effective: lo(c.effective),
-            permitted: lo(c.permitted),
-            inheritable: lo(c.inheritable),
-        },
-        CapData {
-            effective: hi(c.effective),
-            permitted: hi(c.permitted),
-            inheritable: hi(c.inheritable),
-        },
-    ];
-    cvt_long(unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) })
+    sc.setgroups(&u.additional_gids).ctx(|| "setgroups".into())?;
+    sc.setresgid(u.gid).ctx(|| format!("setgid {}", u.gid))?;
+    sc.setresuid(u.uid).ctx(|| format!("setuid {}", u.uid))?;
+    sc.capset(c.effective, c.permitted, c.inheritable)
         .ctx(|| "unable to apply caps: capset".into())?;
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        for cap in 0..64u64 {
-            if c.ambient & (1 << cap) != 0 {
-                cvt(libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                ))
-                .ctx(|| {
-                    format!(
-                        "raising ambient capability {}",
-                        caps::NAMES.get(cap as usize).unwrap_or(&"?")
-                    )
-                })?;
-            }
+    sc.clear_ambient_caps();
+    for cap in 0..64u64 {
+        if c.ambient & (1 << cap) != 0 {
+            sc.raise_ambient_cap(cap).ctx(|| {
+                format!(
+                    "raising ambient capability {}",
+                    caps::NAMES.get(cap as usize).unwrap_or(&"?")
+                )
+            })?;
         }
-        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
     }
+    let _ = sc.set_keepcaps(false);
     Ok(())
 }
 
-fn cvt_long(r: libc::c_long) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-pub fn set_no_new_privs() -> CResult<()> {
-    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-        .map(|_| ())
+pub fn set_no_new_privs(sc: &dyn Syscall) -> CResult<()> {
+    sc.set_no_new_privs()
         .ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())
 }
 
-pub fn load_seccomp(prog: &[SockFilter], flags: u32) -> CResult<()> {
-    bpf::install(prog, flags).ctx(|| "error loading seccomp filter".into())
+pub fn load_seccomp(sc: &dyn Syscall, prog: &[SockFilter], flags: u32) -> CResult<()> {
+    sc.seccomp(prog, flags).ctx(|| "error loading seccomp filter".into())
 }
 
 /// chdir to the process's cwd (retried after the user switch by the caller when
 /// permission is denied as root-squashed).
-pub fn chdir(cwd: &str) -> io::Result<()> {
-    let c = cstr(if cwd.is_empty() { "/" } else { cwd })?;
-    cvt(unsafe { libc::chdir(c.as_ptr()) }).map(|_| ())
+pub fn chdir(sc: &dyn Syscall, cwd: &str) -> io::Result<()> {
+    sc.chdir(Path::new(if cwd.is_empty() { "/" } else { cwd }))
 }
 
 /// What the process needs from the caller to finish and exec.
@@ -317,7 +247,7 @@ pub struct Finish<'a> {
 }
 
 /// User, capabilities, no_new_privs, seccomp (last when no_new_privs), exec.
-pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
+pub fn finish_and_exec(sc: &dyn Syscall, f: Finish) -> CResult<std::convert::Infallible> {
     let p = f.process;
     let args: Vec<CString> = p
         .args
@@ -335,38 +265,29 @@ pub fn finish_and_exec(f: Finish) -> CResult<std::convert::Infallible> {
     let nnp = p.no_new_privileges.unwrap_or(false);
     let mark = super::trace_mark;
 
-    set_rlimits(p)?;
-    set_oom_score_adj(p)?;
-    let cwd_ok = chdir(&p.cwd).is_ok();
+    set_rlimits(sc, p)?;
+    set_oom_score_adj(sc, p)?;
+    let cwd_ok = chdir(sc, &p.cwd).is_ok();
     if let (false, Some((prog, fl))) = (nnp, f.seccomp) {
-        load_seccomp(prog, fl)?;
+        load_seccomp(sc, prog, fl)?;
     }
     mark("seccomp");
-    set_user_and_caps(p, &f.caps)?;
+    set_user_and_caps(sc, p, &f.caps)?;
     mark("caps");
     if !cwd_ok {
-        chdir(&p.cwd).ctx(|| format!("chdir to cwd (\"{}\") set in config.json failed", p.cwd))?;
+        chdir(sc, &p.cwd).ctx(|| format!("chdir to cwd (\"{}\") set in config.json failed", p.cwd))?;
     }
-    unsafe {
-        libc::umask(p.user.umask.unwrap_or(0o022) as libc::mode_t);
-    }
+    sc.umask(p.user.umask.unwrap_or(0o022) as libc::mode_t);
     if nnp {
-        set_no_new_privs()?;
+        set_no_new_privs(sc)?;
     }
     if let (true, Some((prog, fl))) = (nnp, f.seccomp) {
-        load_seccomp(prog, fl)?;
+        load_seccomp(sc, prog, fl)?;
     }
 
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    super::sys::reset_signals();
+    sc.reset_signals();
     mark("execve");
-    unsafe {
-        libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    }
-    let e = io::Error::last_os_error();
+    let e = sc.execve(&path_c, &args, &env);
     let kind = match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => StartErrorKind::PermissionDenied,
         Some(libc::ENOENT) => StartErrorKind::NotFound,
