@@ -16,6 +16,13 @@ const MEDIA_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// Answers one request: (status, JSON body) for the method path and the body.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, method: &str, body: &Value) -> (u16, Value);
+
+    /// A 200 answer streamed instead (no length; its end is the close): what
+    /// writes it, or None to answer with [`Handler::handle`].
+    #[allow(clippy::type_complexity)]
+    fn stream(&self, _method: &str, _body: &Value) -> Option<Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>> {
+        None
+    }
 }
 
 fn serve_one<H: Handler>(h: &H, s: UnixStream) -> std::io::Result<()> {
@@ -38,6 +45,12 @@ fn serve_one<H: Handler>(h: &H, s: UnixStream) -> std::io::Result<()> {
     let mut body = vec![0u8; len.min(1 << 20)];
     r.read_exact(&mut body)?;
     let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    if let Some(write) = h.stream(&path, &v) {
+        let mut w = s;
+        write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/x-json-stream\r\nConnection: close\r\n\r\n")?;
+        w.flush()?;
+        return write(&mut w);
+    }
     let (status, answer) = h.handle(&path, &v);
     let text = answer.to_string();
     let reason = if status == 200 { "OK" } else { "Not Found" };

@@ -544,7 +544,8 @@ fn log_plugin_dir(base: &Path, logs: &Path) -> PathBuf {
         "entrypoint": ["/berthlog"],
         "network": {"type": "none"},
         "interface": {"types": ["docker.logdriver/1.0"], "socket": "berthlog.sock"},
-        "mounts": [{"name": "logs", "source": logs.to_str().unwrap(), "destination": "/logs", "type": "bind", "options": ["rbind"]}]
+        "mounts": [{"name": "logs", "source": logs.to_str().unwrap(), "destination": "/logs", "type": "bind", "options": ["rbind"]}],
+        "env": [{"name": "READ_LOGS", "settable": ["value"], "value": "0"}]
     });
     std::fs::write(d.join("config.json"), config.to_string()).unwrap();
     d
@@ -568,6 +569,9 @@ fn log_plugin_gets_the_output() {
     node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
     fails_with(&node, &["run", "--rm", "--log-driver", p, &img, "true"], "error looking up logging plugin berthlog: plugin berthlog found but disabled");
     node.docker_ok(&["plugin", "enable", p]);
+    // Moby's ValidateLogOpts, for plugins too
+    fails_with(&node, &["run", "--rm", "--log-driver", p, "--log-opt", "mode=fast", &img, "true"], "logger: logging mode not supported: fast");
+    fails_with(&node, &["run", "--rm", "--log-driver", p, "--log-opt", "max-buffer-size=1m", &img, "true"], "logger: max-buffer-size option is only supported with 'mode=non-blocking'");
 
     let out = node.docker_ok(&["run", "--name", "lp", "--log-driver", p, "--log-opt", "tag=x", &img, "sh", "-c", "echo hello; echo oops >&2; printf tail"]);
     assert_eq!(out, "hello\ntail", "docker run attached still gets the output");
@@ -618,7 +622,9 @@ fn log_plugin_gets_the_output() {
     assert_eq!(tail["partial_log_metadata"]["last"], false);
     assert_eq!(tail["partial_log_metadata"]["id"].as_str().unwrap().len(), 64);
 
-    // dual logging: `docker logs` reads the local copy
+    // Moby shows no LogPath for a plugin's container
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.LogPath}}", "lp"]).trim(), "");
+    // dual logging: `docker logs` reads the local copy (the plugin does not read)
     let o = node.docker(&["logs", "lp"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\ntail");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
@@ -638,6 +644,96 @@ fn log_plugin_gets_the_output() {
     node.docker_ok(&["plugin", "rm", p]);
     // the FIFOs are gone with the calls
     assert!(!calls().lines().any(|l| l.starts_with("StartLogging") && !calls().contains(&l.replacen("StartLogging", "StopLogging", 1))));
+}
+
+/// The plugin's `ReadLogs` calls for the container `id`: their Config.
+fn read_logs_calls(logs: &Path, id: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
+    text.lines().filter_map(|l| l.strip_prefix(&format!("ReadLogs {id} "))).map(|c| serde_json::from_str(c).unwrap()).collect()
+}
+
+/// A log plugin whose Capabilities answer `ReadLogs` (the test plugin with
+/// READ_LOGS=1) is what `docker logs` reads, as Moby 20.10 asks it
+/// (`/LogDriver.ReadLogs` {Info, Config}, LogEntry frames back): the lines come
+/// marked by the plugin, with Moby's Config (Tail, Since, Until, Follow), `-t`
+/// and since/until applied to the plugin's answer, `-f` following a running
+/// container until the plugin ends the stream.
+#[test]
+fn log_plugin_reads_logs_back() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let logs = dirs.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dir = log_plugin_dir(dirs.path(), &logs);
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let p = "berthlog";
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    node.docker_ok(&["plugin", "set", p, "READ_LOGS=1"]);
+    node.docker_ok(&["plugin", "enable", p]);
+    let calls = || std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
+
+    node.docker_ok(&["run", "--name", "rl", "--log-driver", p, &img, "sh", "-c", "echo one; echo two; echo three >&2"]);
+    let id = node.docker_ok(&["inspect", "-f", "{{.Id}}", "rl"]).trim().to_string();
+    until("StopLogging", || calls().contains(&format!("StopLogging {id} ")));
+    let logs_of = |args: &[&str]| {
+        let o = node.docker(&[&["logs"][..], args, &["rl"][..]].concat());
+        assert!(o.status.success(), "docker logs {args:?}: {o:?}");
+        (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    assert_eq!(logs_of(&[]), ("[berthlog] one\n[berthlog] two\n".to_string(), "[berthlog] three\n".to_string()), "the plugin's answer");
+    let zero = "0001-01-01T00:00:00Z";
+    assert_eq!(read_logs_calls(&logs, &id), [json!({"Since": zero, "Until": zero, "Tail": -1, "Follow": false})]);
+
+    // the tail is the plugin's: one line of the three
+    let (out, err) = logs_of(&["--tail", "1"]);
+    assert_eq!(format!("{out}{err}").lines().count(), 1, "{out:?} {err:?}");
+    assert_eq!(read_logs_calls(&logs, &id)[1]["Tail"], 1);
+
+    // since/until go to the plugin as Go times; this plugin does not filter, the
+    // engine does (as Moby's adapter checks again), and -t prefixes the plugin's times
+    let (out, _) = logs_of(&["-t", "--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (l, want) in lines.iter().zip(["[berthlog] one", "[berthlog] two"]) {
+        let (ts, rest) = l.split_once(' ').unwrap();
+        assert!(ts.len() == 30 && ts.ends_with('Z') && ts.starts_with("20"), "{l}");
+        assert_eq!(rest, want);
+    }
+    let c = &read_logs_calls(&logs, &id)[2];
+    assert_eq!((c["Since"].as_str(), c["Until"].as_str()), (Some("2000-01-01T00:00:00Z"), Some("2100-01-01T00:00:00Z")), "{c}");
+    assert_eq!(logs_of(&["--until", "2000-01-01T00:00:00Z"]), (String::new(), String::new()), "until filters the plugin's answer");
+    node.docker_ok(&["rm", "rl"]);
+
+    // -f on a running container: the plugin follows, until StopLogging
+    node.docker_ok(&["run", "-d", "--name", "fl", "--log-driver", p, &img, "sh", "-c", "echo a; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo b"]);
+    let fid = node.docker_ok(&["inspect", "-f", "{{.Id}}", "fl"]).trim().to_string();
+    let mut cmd = node.cmd();
+    cmd.args(["logs", "-f", "fl"]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        until("ReadLogs with Follow", || read_logs_calls(&logs, &fid).first().is_some_and(|c| c["Follow"] == true));
+        node.docker_ok(&["exec", "fl", "touch", "/tmp/go"]);
+        until("the container's exit", || node.docker_ok(&["inspect", "-f", "{{.State.Running}}", "fl"]).trim() == "false");
+        until("docker logs -f to end", || child.try_wait().unwrap().is_some());
+    }));
+    if followed.is_err() {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    followed.unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[berthlog] a\n[berthlog] b\n");
+    node.docker_ok(&["rm", "fl"]);
+
+    // without the capability, the local copy answers again
+    node.docker_ok(&["plugin", "disable", p]);
+    node.docker_ok(&["plugin", "set", p, "READ_LOGS=0"]);
+    node.docker_ok(&["plugin", "enable", p]);
+    node.docker_ok(&["run", "--name", "local", "--log-driver", p, &img, "echo", "plain"]);
+    assert_eq!(node.docker_ok(&["logs", "local"]), "plain\n");
+    node.docker_ok(&["rm", "local"]);
+    node.docker_ok(&["plugin", "disable", p]);
+    node.docker_ok(&["plugin", "rm", p]);
 }
 
 /// Now, as `docker events --since` takes it (seconds.nanoseconds).

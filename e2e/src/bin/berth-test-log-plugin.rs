@@ -8,6 +8,14 @@
 //! <File>` (with the Info in `<container ID>.info.json`), `StopLogging <container
 //! ID> <File>`.
 //!
+//! With `READ_LOGS=1` (a setting: `docker plugin set <plugin> READ_LOGS=1`) it
+//! answers `/LogDriver.Capabilities` with `ReadLogs` and serves
+//! `/LogDriver.ReadLogs` {Info, Config}: the entries it stored for the container,
+//! the last `Config.Tail` of them (-1: all), each line marked `[berthlog] ` and
+//! ended by a newline (unless partial), as length-prefixed LogEntry frames; with
+//! `Config.Follow`, new entries too until StopLogging. The call is logged as
+//! `ReadLogs <container ID> <Config as JSON>`. It does not filter by time.
+//!
 //! The entries are decoded by hand from the protobuf wire format (the framing:
 //! a big-endian u32 length, then the LogEntry): a check independent of the
 //! encoder berth uses. HTTP: src/plugin_http.rs, shared with the test volume plugin.
@@ -15,7 +23,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
@@ -24,8 +32,9 @@ mod plugin_http;
 
 struct Plugin {
     dir: PathBuf,
+    read_logs: bool,
     /// File -> container ID.
-    files: Mutex<HashMap<String, String>>,
+    files: Arc<Mutex<HashMap<String, String>>>,
 }
 
 fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
@@ -127,12 +136,92 @@ fn consume(file: String, out: PathBuf) {
     }
 }
 
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A stored entry (as [`decode`] made it) as a frame: the length, then the
+/// LogEntry with its line marked.
+fn frame(e: &Value) -> Vec<u8> {
+    let partial = e["partial"].as_bool().unwrap_or(false);
+    let mut line = format!("[berthlog] {}", e["line"].as_str().unwrap_or(""));
+    if !partial {
+        line.push('\n');
+    }
+    let mut m = Vec::new();
+    let source = e["source"].as_str().unwrap_or("");
+    m.push(0x0a);
+    put_varint(&mut m, source.len() as u64);
+    m.extend_from_slice(source.as_bytes());
+    m.push(0x10);
+    put_varint(&mut m, e["time_nano"].as_i64().unwrap_or(0) as u64);
+    m.push(0x1a);
+    put_varint(&mut m, line.len() as u64);
+    m.extend_from_slice(line.as_bytes());
+    if partial {
+        m.extend_from_slice(&[0x20, 1]);
+    }
+    let mut out = (m.len() as u32).to_be_bytes().to_vec();
+    out.extend(m);
+    out
+}
+
+/// The entries stored so far (whole lines only).
+fn stored(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+    whole.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 impl plugin_http::Handler for Plugin {
+    fn stream(&self, method: &str, body: &Value) -> Option<Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>> {
+        if method != "/LogDriver.ReadLogs" || !self.read_logs {
+            return None;
+        }
+        let id = body.pointer("/Info/ContainerID").and_then(Value::as_str).unwrap_or("").to_string();
+        if id.is_empty() || id.contains('/') {
+            return None;
+        }
+        append(&self.dir.join("calls.log"), &format!("ReadLogs {id} {}", body["Config"]));
+        let tail = body.pointer("/Config/Tail").and_then(Value::as_i64).unwrap_or(-1);
+        let follow = body.pointer("/Config/Follow").and_then(Value::as_bool).unwrap_or(false);
+        let path = self.dir.join(format!("{id}.entries"));
+        let files = self.files.clone();
+        Some(Box::new(move |w: &mut dyn Write| {
+            let all = stored(&path);
+            let skip = if tail >= 0 { all.len().saturating_sub(tail as usize) } else { 0 };
+            for e in &all[skip..] {
+                w.write_all(&frame(e))?;
+            }
+            w.flush()?;
+            let mut sent = all.len();
+            while follow {
+                let running = files.lock().unwrap().values().any(|v| *v == id);
+                // once stopped: what the FIFO still had, then the end
+                std::thread::sleep(std::time::Duration::from_millis(if running { 50 } else { 300 }));
+                let all = stored(&path);
+                for e in &all[sent.min(all.len())..] {
+                    w.write_all(&frame(e))?;
+                }
+                w.flush()?;
+                sent = all.len();
+                if !running {
+                    break;
+                }
+            }
+            Ok(())
+        }))
+    }
+
     fn handle(&self, method: &str, body: &Value) -> (u16, Value) {
         let file = body.get("File").and_then(Value::as_str).unwrap_or("").to_string();
         match method {
             "/Plugin.Activate" => (200, json!({ "Implements": ["LogDriver"] })),
-            "/LogDriver.Capabilities" => (200, json!({ "Cap": { "ReadLogs": false } })),
+            "/LogDriver.Capabilities" => (200, json!({ "Cap": { "ReadLogs": self.read_logs } })),
             "/LogDriver.StartLogging" => {
                 let id = body.pointer("/Info/ContainerID").and_then(Value::as_str).unwrap_or("").to_string();
                 if id.is_empty() || id.contains('/') || !file.starts_with("/run/docker/logging/") {
@@ -159,5 +248,6 @@ fn main() {
     let sock_name = std::env::var("PLUGIN_SOCKET").unwrap_or_else(|_| "berthlog.sock".into());
     let dir = PathBuf::from(std::env::var("LOG_DIR").unwrap_or_else(|_| "/logs".into()));
     std::fs::create_dir_all(&dir).expect("log dir");
-    plugin_http::serve(&sock_name, Plugin { dir, files: Mutex::new(HashMap::new()) })
+    let read_logs = std::env::var("READ_LOGS").is_ok_and(|v| v == "1");
+    plugin_http::serve(&sock_name, Plugin { dir, read_logs, files: Arc::new(Mutex::new(HashMap::new())) })
 }

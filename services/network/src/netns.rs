@@ -16,15 +16,10 @@ use std::path::{Path, PathBuf};
 /// namespaces and the namespace is freed.
 pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            l.split(' ')
-                .nth(4)
-                .map(|m| Path::new(m) == dir)
-                .unwrap_or(false)
-        });
+    let mounted = berth_fsutil::mountinfo::mountinfo_lists(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        dir,
+    );
     if !mounted {
         mount(
             Some(dir),
@@ -183,15 +178,35 @@ pub fn is_pinned(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    text.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.get(4).map(|m| Path::new(m) == path).unwrap_or(false) && l.contains(" - nsfs ")
+    lists_nsfs(&text, path)
+}
+
+/// Whether `mountinfo` has an nsfs mount at `path` (the mount point unescaped: a
+/// data root with a space in its path is `\040` there).
+fn lists_nsfs(mountinfo: &str, path: &Path) -> bool {
+    mountinfo.lines().any(|l| {
+        let fstype = l.split_once(" - ").and_then(|(_, rest)| rest.split(' ').next());
+        fstype == Some("nsfs")
+            && l.split(' ').nth(4).is_some_and(|m| {
+                Path::new(&berth_fsutil::unescape_mountinfo(m)) == path
+            })
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mount points are compared unescaped: a namespace file under a directory
+    /// with a space in its name is found.
+    #[test]
+    fn nsfs_mount_points_are_unescaped() {
+        let info = "601 30 0:4 net:[4026532281] /var/lib/my\\040root/netns/c1 rw shared:1 - nsfs nsfs rw\n\
+                    602 30 0:4 / /var/lib/other rw shared:1 - ext4 /dev/sda1 rw\n";
+        assert!(lists_nsfs(info, Path::new("/var/lib/my root/netns/c1")));
+        assert!(!lists_nsfs(info, Path::new("/var/lib/my\\040root/netns/c1")));
+        assert!(!lists_nsfs(info, Path::new("/var/lib/other")));
+    }
 
     #[tokio::test]
     async fn create_enter_remove() {

@@ -168,8 +168,29 @@ impl Runtime {
             Box::pin(async {})
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let path = std::path::PathBuf::from(&c.log_path);
-        let reader = tokio::spawn(async move { read_log(&path, opts, stop, tx).await });
+        let reader = match self.log_reader(&c).await {
+            // a log plugin that reads logs back answers (Moby asks it, with the
+            // tail; it follows only a running container's)
+            Some(sock) => {
+                let cfg = crate::logplugin::ReadConfig {
+                    since: crate::logplugin::go_time(r.since),
+                    until: crate::logplugin::go_time(r.until),
+                    tail: tail.map(|n| n as i64).unwrap_or(-1),
+                    follow: r.follow && running,
+                };
+                let rt = self.clone();
+                tokio::spawn(async move { rt.read_logs(&c, &sock, cfg, &opts, tx).await })
+            }
+            None => {
+                let path = std::path::PathBuf::from(&c.log_path);
+                tokio::spawn(async move {
+                    match read_log(&path, opts, stop, tx).await {
+                        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(BusError::internal(format!("reading the log: {err}"))),
+                        _ => Ok(()),
+                    }
+                })
+            }
+        };
         loop {
             // a follower of a quiet container may leave before its next line
             let next = tokio::select! {
@@ -187,8 +208,7 @@ impl Runtime {
         }
         match reader.await {
             Ok(Ok(())) | Err(_) => w.end().await,
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => w.end().await,
-            Ok(Err(err)) => w.fail(BusError::internal(format!("reading the log: {err}"))).await,
+            Ok(Err(err)) => w.fail(err).await,
         }
     }
 

@@ -151,6 +151,12 @@ impl Runtime {
         let log_on = lc.typ.as_deref() != Some("none");
         let opts = ShimOptions {
             log_fifo: log_plugin.as_ref().and_then(|l| l.at.clone()),
+            // checked at create (crate::validate)
+            log_max_buffer: opts_map
+                .get("max-buffer-size")
+                .filter(|_| opts_map.get("mode").is_some_and(|m| m == "non-blocking"))
+                .and_then(|s| crate::validate::ram_in_bytes(s).ok())
+                .map(|n| n.max(0) as u64),
             id: c.id.clone(),
             bundle: self.bundle_dir(&c.id),
             log_path: if log_on { Some(c.log_path.clone().into()) } else { None },

@@ -85,6 +85,60 @@ struct Info<'a> {
     daemon_name: &'a str,
 }
 
+impl<'a> Info<'a> {
+    fn of(c: &'a Container, opts: &'a std::collections::HashMap<String, String>) -> Info<'a> {
+        Info {
+            config: opts,
+            container_id: &c.id,
+            container_name: format!("/{}", c.name),
+            container_entrypoint: &c.path,
+            container_args: &c.args,
+            container_image_id: &c.image_id,
+            container_image_name: c.config.image.as_deref().unwrap_or_default(),
+            container_created: &c.created,
+            container_env: &c.config.env,
+            container_labels: &c.config.labels,
+            log_path: "",
+            daemon_name: "docker",
+        }
+    }
+}
+
+fn log_opts(c: &Container) -> std::collections::HashMap<String, String> {
+    c.host_config.log_config.as_ref().and_then(|l| l.config.clone()).unwrap_or_default()
+}
+
+/// Moby's ReadConfig, as `/LogDriver.ReadLogs` sends it: Go's times (the zero time
+/// for none), `Tail` -1 for all.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReadConfig {
+    pub since: String,
+    pub until: String,
+    pub tail: i64,
+    pub follow: bool,
+}
+
+/// Go's JSON of a `time.Time` from Unix seconds (RFC 3339 with the nanoseconds'
+/// trailing zeros cut, in UTC); 0 is Go's zero time.
+pub fn go_time(unix: f64) -> String {
+    if unix <= 0.0 {
+        return "0001-01-01T00:00:00Z".into();
+    }
+    let secs = unix.floor();
+    let nanos = (((unix - secs) * 1e9).round() as u32).min(999_999_999);
+    berth_shim::jsonlog::Time { secs: secs as i64, nanos }.format(false)
+}
+
+/// Whether the plugin behind `sock` answers `{"Cap":{"ReadLogs":true}}` (a
+/// failure: no, as Moby ignores it).
+async fn reads_logs(sock: &Path) -> bool {
+    match berth_pluginproto::call_raw(sock, "LogDriver.Capabilities", &serde_json::json!({}), CALL_TIMEOUT).await {
+        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b).ok().and_then(|v| v.pointer("/Cap/ReadLogs").and_then(|r| r.as_bool())) == Some(true),
+        Err(_) => false,
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct ErrAnswer {
@@ -153,27 +207,12 @@ impl Runtime {
             fifo,
             at: Some(at),
         };
-        let opts = c.host_config.log_config.as_ref().and_then(|l| l.config.clone()).unwrap_or_default();
-        let info = Info {
-            config: &opts,
-            container_id: &c.id,
-            container_name: format!("/{}", c.name),
-            container_entrypoint: &c.path,
-            container_args: &c.args,
-            container_image_id: &c.image_id,
-            container_image_name: c.config.image.as_deref().unwrap_or_default(),
-            container_created: &c.created,
-            container_env: &c.config.env,
-            container_labels: &c.config.labels,
-            log_path: "",
-            daemon_name: "docker",
-        };
-        // Moby asks first (and ignores a failure); a plugin that reads logs back
-        // is not asked by `docker logs` here: the local copy answers
-        if let Ok(b) = berth_pluginproto::call_raw(&lp.sock, "LogDriver.Capabilities", &serde_json::json!({}), CALL_TIMEOUT).await {
-            if serde_json::from_slice::<serde_json::Value>(&b).ok().and_then(|v| v.pointer("/Cap/ReadLogs").and_then(|r| r.as_bool())) == Some(true) {
-                tracing::debug!(plugin = %lp.plugin, "the plugin reads logs back; docker logs reads the local copy");
-            }
+        let opts = log_opts(c);
+        let info = Info::of(c, &opts);
+        // Moby asks first (and ignores a failure); `docker logs` asks again
+        // (Runtime::log_reader)
+        if reads_logs(&lp.sock).await {
+            tracing::debug!(plugin = %lp.plugin, "the plugin reads logs back: docker logs asks it");
         }
         let body = serde_json::json!({ "File": lp.file, "Info": info });
         if let Err(e) = berth_pluginproto::call::<ErrAnswer>(&lp.sock, "LogDriver.StartLogging", &body, CALL_TIMEOUT).await {
@@ -193,6 +232,66 @@ impl Runtime {
             }
             remove_fifo(&lp);
         });
+    }
+
+    /// The socket of the container's log-driver plugin when that plugin reads logs
+    /// back (`Cap.ReadLogs`): `docker logs` asks it (Moby's pluginAdapterWithRead).
+    /// None for a built-in driver, a plugin that does not read, or one that is not
+    /// there (enabled and running) any more: the local copy answers.
+    pub async fn log_reader(&self, c: &Container) -> Option<PathBuf> {
+        let driver = c.host_config.log_config.as_ref()?.typ.clone()?;
+        if is_builtin(&driver) {
+            return None;
+        }
+        let sock = match &c.log_plugin {
+            Some(lp) => lp.sock.clone(),
+            None => {
+                let p = self.log_plugin(&driver).await.ok()?;
+                self.find(&p.id).ok()?;
+                self.paths.plugin_run(&p.id).join("sock").join(&p.config.interface.socket)
+            }
+        };
+        reads_logs(&sock).await.then_some(sock)
+    }
+
+    /// `docker logs` of a plugin that reads: `/LogDriver.ReadLogs` {Info, Config},
+    /// its answer a stream of LogEntry frames (the FIFO's framing), each message
+    /// sent as it comes, filtered by stream and `since`/`until` and formatted as
+    /// the local copy's (Moby checks since and until again: "plugin should handle
+    /// this"). The line is the plugin's as it is (Moby adds no newline). The tail
+    /// and following are the plugin's.
+    pub async fn read_logs(
+        &self,
+        c: &Container,
+        sock: &Path,
+        cfg: ReadConfig,
+        o: &crate::logs::LogOptions,
+        tx: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+    ) -> Result<(), BusError> {
+        let opts = log_opts(c);
+        let body = serde_json::json!({ "Info": Info::of(c, &opts), "Config": cfg });
+        let mut st = berth_pluginproto::call_stream(sock, "LogDriver.ReadLogs", &body, CALL_TIMEOUT)
+            .await
+            .map_err(|e| BusError::internal(format!("error getting log reader: {e}")))?;
+        let mut buf = Vec::new();
+        while let Some(chunk) = st.chunk().await {
+            let chunk = chunk.map_err(|e| BusError::internal(format!("error decoding log message: {e}")))?;
+            buf.extend_from_slice(&chunk);
+            let (entries, used) = berth_shim::logdriver::decode_frames(&buf)
+                .map_err(|e| BusError::internal(format!("error decoding log message: {e}")))?;
+            buf.drain(..used);
+            for e in entries {
+                let stream = if e.source == "stderr" { 2 } else { 1 };
+                let t = berth_shim::jsonlog::Time { secs: e.time_nano.div_euclid(1_000_000_000), nanos: e.time_nano.rem_euclid(1_000_000_000) as u32 };
+                if !crate::logs::send_message(stream, t, e.line, o, &tx).await {
+                    return Ok(());
+                }
+            }
+        }
+        if !buf.is_empty() {
+            return Err(BusError::internal("error decoding log message: unexpected EOF"));
+        }
+        Ok(())
     }
 
     /// Containers logging to the plugin `name` now (the images service's check
@@ -241,6 +340,17 @@ fn make_fifo(at: &LogFifo) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ReadLogs' Config as Go marshals Moby's ReadConfig.
+    #[test]
+    fn read_config_as_go_marshals_it() {
+        let c = ReadConfig { since: go_time(0.0), until: go_time(1_700_000_000.5), tail: -1, follow: true };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"Since":"0001-01-01T00:00:00Z","Until":"2023-11-14T22:13:20.5Z","Tail":-1,"Follow":true}"#
+        );
+        assert_eq!(go_time(1_700_000_000.0), "2023-11-14T22:13:20Z");
+    }
 
     #[test]
     fn info_has_mobys_keys() {

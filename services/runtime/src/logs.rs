@@ -102,6 +102,12 @@ async fn emit(r: Rec, o: &LogOptions, tx: &mpsc::Sender<(u8, Vec<u8>)>) -> Flow 
     Flow::Go
 }
 
+/// One message read from elsewhere (a log plugin's ReadLogs): filtered and
+/// formatted as the json-file's. False once past `until` or the receiver is gone.
+pub async fn send_message(stream: u8, time: Time, log: Vec<u8>, o: &LogOptions, tx: &mpsc::Sender<(u8, Vec<u8>)>) -> bool {
+    matches!(emit(Rec { stream, time, log }, o, tx).await, Flow::Go)
+}
+
 /// The log's files, oldest first.
 fn files(path: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();

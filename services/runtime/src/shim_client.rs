@@ -34,6 +34,8 @@ pub struct ShimOptions {
     pub log_max_file: u32,
     /// A log-driver plugin's FIFO (crate::logplugin).
     pub log_fifo: Option<berth_shim::logdriver::LogFifo>,
+    /// `max-buffer-size` of `mode=non-blocking`.
+    pub log_max_buffer: Option<u64>,
     /// Keep stdin open (OpenStdin).
     pub stdin: bool,
     pub stdin_once: bool,
@@ -152,6 +154,7 @@ impl Shim {
             log_max_size: opts.log_max_size,
             log_max_file: opts.log_max_file.max(1),
             log_fifo: opts.log_fifo.clone(),
+            log_max_buffer: opts.log_max_buffer,
             stdin: opts.stdin,
             stdin_once: opts.stdin_once,
             tty: opts.tty,

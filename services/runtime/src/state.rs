@@ -159,6 +159,11 @@ impl Container {
         &self.id[..12]
     }
 
+    /// Whether the container's log driver is a plugin's (not built in).
+    pub fn logs_to_plugin(&self) -> bool {
+        self.host_config.log_config.as_ref().and_then(|l| l.typ.as_deref()).is_some_and(|t| !t.is_empty() && !crate::logplugin::is_builtin(t))
+    }
+
     pub fn is_tty(&self) -> bool {
         self.config.tty.unwrap_or(false)
     }
@@ -287,7 +292,9 @@ impl Container {
             resolv_conf_path: Some(self.resolv_path.clone()),
             hostname_path: Some(self.hostname_path.clone()),
             hosts_path: Some(self.hosts_path.clone()),
-            log_path: Some(self.log_path.clone()),
+            // a log plugin's container shows none (Moby sets LogPath for json-file
+            // only); berth's local copy for `docker logs` and attach is not shown
+            log_path: Some(if self.logs_to_plugin() { String::new() } else { self.log_path.clone() }),
             name: Some(format!("/{}", self.name)),
             restart_count: Some(self.restart_count),
             driver: Some(self.driver.clone()),
@@ -540,6 +547,17 @@ mod tests {
             links: vec![],
             plugin: false,
             log_plugin: None,
+        }
+    }
+
+    /// Moby shows a LogPath for json-file only: a log plugin's container none.
+    #[test]
+    fn log_path_is_empty_for_plugins() {
+        let mut c = container(Status::Exited);
+        c.log_path = "/data/c/c-json.log".into();
+        for (driver, want) in [(None, "/data/c/c-json.log"), (Some("json-file"), "/data/c/c-json.log"), (Some("berthlog:latest"), "")] {
+            c.host_config.log_config = driver.map(|d| docker::HostConfigLogConfig { typ: Some(d.into()), config: None });
+            assert_eq!(c.inspect(None).log_path.as_deref(), Some(want), "{driver:?}");
         }
     }
 

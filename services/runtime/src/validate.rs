@@ -9,6 +9,68 @@ pub use berth_config::daemon::{DEFAULT_RUNTIME, RUNTIMES};
 const DOCKER_LOG_DRIVERS: [&str; 12] =
     ["awslogs", "etwlogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "none", "splunk", "syslog"];
 
+/// The options of every log driver but `none` (Moby's ValidateLogOpts, before
+/// the driver is looked up): `mode` blocking or non-blocking, `max-buffer-size`
+/// only with non-blocking and a size.
+fn log_mode(opts: Option<&std::collections::HashMap<String, String>>) -> Result<(), BusError> {
+    let get = |k: &str| opts.and_then(|o| o.get(k)).map(String::as_str);
+    let mode = get("mode").unwrap_or_default();
+    if !["", "blocking", "non-blocking"].contains(&mode) {
+        return Err(BusError::invalid(format!("logger: logging mode not supported: {mode}")));
+    }
+    if let Some(s) = get("max-buffer-size") {
+        if mode != "non-blocking" {
+            return Err(BusError::invalid("logger: max-buffer-size option is only supported with 'mode=non-blocking'"));
+        }
+        ram_in_bytes(s).map_err(|e| BusError::invalid(format!("error parsing option max-buffer-size: {e}")))?;
+    }
+    Ok(())
+}
+
+/// go-units' RAMInBytes as Moby 20.10 vendors it: `^(\d+(\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$`,
+/// binary multiples, with its errors.
+pub fn ram_in_bytes(s: &str) -> Result<i64, String> {
+    let invalid = || format!("invalid size: '{s}'");
+    let b = s.as_bytes();
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let st = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > st
+    };
+    if !digits(&mut i) {
+        return Err(invalid());
+    }
+    while i < b.len() && b[i] == b'.' {
+        i += 1;
+        if !digits(&mut i) {
+            return Err(invalid());
+        }
+    }
+    let num = &s[..i];
+    if b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let mut mult = 1i64;
+    if let Some(u) = b.get(i).map(|c| c.to_ascii_lowercase()).and_then(|c| "kmgtp".find(c as char)) {
+        mult = 1i64 << (10 * (u + 1));
+        i += 1;
+    }
+    if matches!(b.get(i), Some(b'i' | b'I')) {
+        i += 1;
+    }
+    if matches!(b.get(i), Some(b'b' | b'B')) {
+        i += 1;
+    }
+    if i != b.len() {
+        return Err(invalid());
+    }
+    let n: f64 = num.parse().map_err(|_| format!("strconv.ParseFloat: parsing \"{num}\": invalid syntax"))?;
+    Ok((n * mult as f64) as i64)
+}
+
 pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<(), BusError> {
     // legacy links need a network of the container's own (Moby's validateNetMode)
     if hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
@@ -112,6 +174,9 @@ pub fn host_config(hc: &mut docker::HostConfig, cfg: &DaemonConfig) -> Result<()
         if lc.config.as_ref().is_none_or(|c| c.is_empty()) {
             lc.config = Some(cfg.log_opts.clone().into_iter().collect());
         }
+    }
+    if lc.typ.as_deref() != Some("none") {
+        log_mode(lc.config.as_ref())?;
     }
     match lc.typ.as_deref() {
         Some("json-file") | Some("none") | Some("local") => {}
@@ -246,6 +311,42 @@ mod tests {
         assert_eq!(err("bogus"), "invalid --security-opt 1: \"bogus\"");
         assert_eq!(err("foo=bar"), "invalid --security-opt 2: \"foo=bar\"");
         assert_eq!(err("no-new-privileges=maybe"), "invalid --security-opt 2: \"no-new-privileges=maybe\"");
+    }
+
+    /// Moby 20.10's answers (asked of a dockerd 20.10 with these LogConfigs).
+    #[test]
+    fn log_mode_and_buffer_size_as_moby() {
+        let cfg = DaemonConfig::default();
+        let check = |typ: &str, opts: &[(&str, &str)]| {
+            let config = Some(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            let mut hc = docker::HostConfig {
+                log_config: Some(docker::HostConfigLogConfig { typ: Some(typ.into()), config }),
+                ..Default::default()
+            };
+            host_config(&mut hc, &cfg).err().map(|e| e.message)
+        };
+        let err = |opts: &[(&str, &str)]| check("json-file", opts);
+        assert_eq!(err(&[("mode", "x")]).unwrap(), "logger: logging mode not supported: x");
+        assert_eq!(err(&[("max-buffer-size", "1m")]).unwrap(), "logger: max-buffer-size option is only supported with 'mode=non-blocking'");
+        assert_eq!(err(&[("mode", "blocking"), ("max-buffer-size", "1m")]).unwrap(), "logger: max-buffer-size option is only supported with 'mode=non-blocking'");
+        assert_eq!(err(&[("mode", "non-blocking"), ("max-buffer-size", "abc")]).unwrap(), "error parsing option max-buffer-size: invalid size: 'abc'");
+        assert_eq!(err(&[("mode", "non-blocking"), ("max-buffer-size", "-1")]).unwrap(), "error parsing option max-buffer-size: invalid size: '-1'");
+        assert_eq!(
+            err(&[("mode", "non-blocking"), ("max-buffer-size", "1.2.3")]).unwrap(),
+            "error parsing option max-buffer-size: strconv.ParseFloat: parsing \"1.2.3\": invalid syntax"
+        );
+        assert_eq!(err(&[("mode", "")]), None);
+        assert_eq!(err(&[("mode", "non-blocking"), ("max-buffer-size", "1.5 KiB")]), None);
+        assert_eq!(err(&[("mode", "blocking")]), None);
+        // `none` takes anything; a plugin's name is checked first as any driver's
+        assert_eq!(check("none", &[("mode", "x")]), None);
+        assert_eq!(check("someplugin", &[("mode", "x")]).unwrap(), "logger: logging mode not supported: x");
+        assert_eq!(check("syslog", &[("mode", "x")]).unwrap(), "logger: logging mode not supported: x");
+        assert_eq!(ram_in_bytes("1.5 KiB"), Ok(1536));
+        assert_eq!(ram_in_bytes("2m"), Ok(2 << 20));
+        assert_eq!(ram_in_bytes("100"), Ok(100));
+        assert_eq!(ram_in_bytes("1g"), Ok(1 << 30));
+        assert!(ram_in_bytes("1 k b").is_err() && ram_in_bytes("").is_err() && ram_in_bytes(".5").is_err());
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn opts(c: &Ctr, config: &ContainerConfig) -> ShimOptions {
         log_max_size: None,
         log_max_file: 1,
         log_fifo: None,
+        log_max_buffer: None,
         stdin: config.open_stdin == Some(true),
         stdin_once: false,
         tty: config.tty == Some(true),

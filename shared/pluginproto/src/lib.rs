@@ -63,39 +63,112 @@ async fn connect(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
     s
 }
 
+/// Sends `POST /<method>` with `body` as JSON: the answer's status and body, and
+/// the connection's task (aborted once the body was read).
+async fn send(
+    sock: &Path,
+    method: &str,
+    body: &impl Serialize,
+) -> Result<(http::StatusCode, hyper::body::Incoming, tokio::task::JoinHandle<Result<(), hyper::Error>>), Error> {
+    let proto = |m: String| Error::Protocol { method: method.to_string(), message: m };
+    let json = serde_json::to_vec(body).map_err(|e| proto(e.to_string()))?;
+    let stream = connect(sock)
+        .await
+        .map_err(|e| Error::Connect { path: sock.display().to_string(), message: io_text(&e) })?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| proto(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!("/{method}"))
+        .header(http::header::HOST, "plugin")
+        .header(http::header::CONTENT_TYPE, MEDIA_TYPE)
+        .header(http::header::ACCEPT, MEDIA_TYPE)
+        .body(Full::new(Bytes::from(json)))
+        .map_err(|e| proto(e.to_string()))?;
+    let resp = match tx.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            conn.abort();
+            return Err(proto(e.to_string()));
+        }
+    };
+    let status = resp.status();
+    Ok((status, resp.into_body(), conn))
+}
+
+/// A non-200 answer as Moby's client words it: the body's `Err`, else the body.
+fn status_error(method: &str, status: http::StatusCode, body: &[u8]) -> Error {
+    #[derive(Deserialize)]
+    struct ErrBody {
+        #[serde(rename = "Err", alias = "err", default)]
+        err: String,
+    }
+    let message = match serde_json::from_slice::<ErrBody>(body) {
+        Ok(e) if !e.err.is_empty() => e.err,
+        _ => String::from_utf8_lossy(body).trim_end().to_string(),
+    };
+    Error::Status { method: method.to_string(), status: status.as_u16(), message }
+}
+
 /// One call: `POST /<method>` with `body` as JSON; answers the body of a 200.
 pub async fn call_raw(sock: &Path, method: &str, body: &impl Serialize, timeout: Duration) -> Result<Bytes, Error> {
     let proto = |m: String| Error::Protocol { method: method.to_string(), message: m };
-    let json = serde_json::to_vec(body).map_err(|e| proto(e.to_string()))?;
     let exchange = async {
-        let stream = connect(sock)
-            .await
-            .map_err(|e| Error::Connect { path: sock.display().to_string(), message: io_text(&e) })?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| proto(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let req = http::Request::post(format!("/{method}"))
-            .header(http::header::HOST, "plugin")
-            .header(http::header::CONTENT_TYPE, MEDIA_TYPE)
-            .header(http::header::ACCEPT, MEDIA_TYPE)
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|e| proto(e.to_string()))?;
-        let resp = tx.send_request(req).await.map_err(|e| proto(e.to_string()))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
+        let (status, body, conn) = send(sock, method, body).await?;
+        let body = Limited::new(body, MAX_ANSWER).collect().await.map_err(|e| proto(e.to_string()));
         conn.abort();
+        let body = body?.to_bytes();
         if status != http::StatusCode::OK {
-            #[derive(Deserialize)]
-            struct ErrBody {
-                #[serde(rename = "Err", alias = "err", default)]
-                err: String,
-            }
-            let message = match serde_json::from_slice::<ErrBody>(&body) {
-                Ok(e) if !e.err.is_empty() => e.err,
-                _ => String::from_utf8_lossy(&body).trim_end().to_string(),
-            };
-            return Err(Error::Status { method: method.to_string(), status: status.as_u16(), message });
+            return Err(status_error(method, status, &body));
         }
         Ok(body)
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { method: method.to_string(), secs: timeout.as_secs() }),
+    }
+}
+
+/// The body of a 200 answer read as it comes (Moby's client `Stream`, as
+/// `/LogDriver.ReadLogs` answers): unbounded in size and time.
+pub struct AnswerStream {
+    method: String,
+    body: hyper::body::Incoming,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl AnswerStream {
+    /// The next piece of the body; None at its end.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, Error>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(f) => match f.into_data() {
+                    Ok(d) if d.is_empty() => continue,
+                    Ok(d) => return Some(Ok(d)),
+                    Err(_) => continue, // trailers
+                },
+                Err(e) => return Some(Err(Error::Protocol { method: self.method.clone(), message: e.to_string() })),
+            }
+        }
+    }
+}
+
+impl Drop for AnswerStream {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// A call whose answer is a stream: `timeout` bounds the wait for the answer's
+/// head (a non-200 answer is read whole, as [`call_raw`] reads it), not the body.
+pub async fn call_stream(sock: &Path, method: &str, body: &impl Serialize, timeout: Duration) -> Result<AnswerStream, Error> {
+    let proto = |m: String| Error::Protocol { method: method.to_string(), message: m };
+    let exchange = async {
+        let (status, body, conn) = send(sock, method, body).await?;
+        if status != http::StatusCode::OK {
+            let body = Limited::new(body, MAX_ANSWER).collect().await.map_err(|e| proto(e.to_string()));
+            conn.abort();
+            return Err(status_error(method, status, &body?.to_bytes()));
+        }
+        Ok(AnswerStream { method: method.to_string(), body, conn })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
@@ -427,6 +500,44 @@ mod tests {
         let short = format!("/proc/self/fd/{}/p.sock", dir.as_raw_fd());
         let srv = serve_once(Path::new(&short), "200 OK", r#"{"Implements":["VolumeDriver"]}"#).await;
         assert_eq!(activate(&sock, Duration::from_secs(5)).await.unwrap(), vec!["VolumeDriver"]);
+        srv.await.unwrap();
+    }
+
+    /// A streamed answer (no length, ended by the close) is read piece by piece as
+    /// it comes; an error answer is Moby's words.
+    #[tokio::test]
+    async fn streamed_answers() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let srv = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut tmp = [0u8; 4096];
+            let n = s.read(&mut tmp).await.unwrap();
+            let req = String::from_utf8_lossy(&tmp[..n]).to_string();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-json-stream\r\nConnection: close\r\n\r\nfirst").await.unwrap();
+            s.flush().await.unwrap();
+            // the second piece only once the client has the first
+            go_rx.await.unwrap();
+            s.write_all(b"second").await.unwrap();
+            req
+        });
+        let mut st = call_stream(&sock, "LogDriver.ReadLogs", &serde_json::json!({"Config": {"Follow": true}}), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&st.chunk().await.unwrap().unwrap()[..], b"first");
+        go_tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        while let Some(c) = st.chunk().await {
+            rest.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(rest, b"second");
+        let req = srv.await.unwrap();
+        assert!(req.starts_with("POST /LogDriver.ReadLogs HTTP/1.1\r\n"), "{req}");
+        std::fs::remove_file(&sock).unwrap();
+
+        let srv = serve_once(&sock, "500 Internal Server Error", r#"{"Err":"no logs"}"#).await;
+        let e = call_stream(&sock, "LogDriver.ReadLogs", &serde_json::json!({}), Duration::from_secs(5)).await.err().unwrap();
+        assert_eq!(e.to_string(), "LogDriver.ReadLogs: no logs");
         srv.await.unwrap();
     }
 }

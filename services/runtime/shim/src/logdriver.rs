@@ -95,6 +95,9 @@ struct Partial {
 pub struct FifoSink {
     fd: OwnedFd,
     pending: Vec<u8>,
+    /// What may wait for the pipe (`--log-opt max-buffer-size` with
+    /// `mode=non-blocking`; else [`MAX_PENDING`]).
+    max_pending: usize,
     partial: [Partial; 2],
     /// Messages dropped because the plugin did not keep up.
     pub dropped: u64,
@@ -168,7 +171,13 @@ impl FifoSink {
     }
 
     pub fn from_fd(fd: OwnedFd) -> FifoSink {
-        FifoSink { fd, pending: Vec::new(), partial: Default::default(), dropped: 0, frame: Vec::new() }
+        FifoSink { fd, pending: Vec::new(), max_pending: MAX_PENDING, partial: Default::default(), dropped: 0, frame: Vec::new() }
+    }
+
+    /// At most `n` bytes wait for the pipe (Moby's ring buffer's `max-buffer-size`).
+    pub fn with_max_pending(mut self, n: usize) -> FifoSink {
+        self.max_pending = n;
+        self
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -240,7 +249,7 @@ impl FifoSink {
             return;
         }
         // a frame begun in the pipe is always finished; a whole one may be dropped
-        if rest.len() == frame.len() && self.pending.len() + rest.len() > MAX_PENDING {
+        if rest.len() == frame.len() && self.pending.len() + rest.len() > self.max_pending {
             self.dropped += 1;
             return;
         }
@@ -452,5 +461,25 @@ mod tests {
         assert_eq!(used, got.len());
         assert_eq!(entries.len() as u64 + s.dropped, 3000);
         assert!(entries.iter().all(|e| e.line == line));
+    }
+
+    /// `max-buffer-size`: what waits for a plugin that does not read stays under
+    /// it; more messages are dropped.
+    #[test]
+    fn max_buffer_size_bounds_what_waits() {
+        let (r, w) = pipe();
+        let mut s = FifoSink::from_fd(w).with_max_pending(10_000);
+        let msg = [vec![b'y'; 1000], vec![b'\n']].concat();
+        for _ in 0..3000 {
+            s.log(1, &msg, Time { secs: 1, nanos: 0 });
+        }
+        assert!(s.pending.len() <= 10_000, "{}", s.pending.len());
+        let mut got = read_all(&r);
+        for _ in 0..100 {
+            s.flush();
+            got.extend(read_all(&r));
+        }
+        let (entries, _) = decode_frames(&got).unwrap();
+        assert_eq!(entries.len() as u64 + s.dropped, 3000);
     }
 }

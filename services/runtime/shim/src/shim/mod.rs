@@ -465,7 +465,10 @@ fn start(bundle: &Path, cfg: ShimConfig, spec: Spec, spawn: Option<OwnedFd>) -> 
         Some(p) => match LogWriter::open(p, cfg.log_max_size, cfg.log_max_file) {
             Ok(w) => match &cfg.log_fifo {
                 Some(f) => match berth_shim::logdriver::FifoSink::open(f) {
-                    Ok(sink) => Some(w.with_plugin(sink)),
+                    Ok(sink) => Some(w.with_plugin(match cfg.log_max_buffer {
+                        Some(n) => sink.with_max_pending(n as usize),
+                        None => sink,
+                    })),
                     Err(e) => {
                         log!("opening the log plugin's fifo {} in {}: {e}", f.path, f.root.display());
                         Some(w)
