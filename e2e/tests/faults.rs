@@ -127,7 +127,9 @@ fn runtime_killed_under_exec_logs_stop_and_run() {
     // `exec inspect` answers for both (it was 404: the records were in memory only),
     // and records their ends, which came after the restart or during it. Their IDs
     // come from the exec_create events (ExecIDs lists running execs only, as Moby's).
-    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // (the next whole second: `until` takes events at or before it, and both execs may
+    // have begun within the second now is in)
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
     let ev = berth_e2e::http(&node.sock, "GET", &format!("/events?since={since}&until={until}"), &[], None);
     let ids: Vec<String> = serde_json::Deserializer::from_slice(ev.text().as_bytes())
         .into_iter::<serde_json::Value>()

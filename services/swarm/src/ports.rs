@@ -46,7 +46,10 @@ pub fn normalize(spec: &mut docker::ServiceSpec) {
             if is_ingress(p) {
                 p.publish_mode = Some(Mode::INGRESS);
             }
-            p.published_port.get_or_insert(0);
+            // Go's `PublishedPort uint32 json:",omitempty"`: no key when none was given
+            if p.published_port == Some(0) {
+                p.published_port = None;
+            }
         }
     }
 }
@@ -245,7 +248,7 @@ mod tests {
         normalize(&mut s);
         let p = s.endpoint_spec.unwrap().ports.unwrap();
         assert_eq!((p[0].protocol, p[0].publish_mode, p[0].published_port), (Some(Proto::TCP), Some(Mode::INGRESS), Some(8080)));
-        assert_eq!((p[1].protocol, p[1].publish_mode, p[1].published_port), (Some(Proto::UDP), Some(Mode::HOST), Some(0)));
+        assert_eq!((p[1].protocol, p[1].publish_mode, p[1].published_port), (Some(Proto::UDP), Some(Mode::HOST), None));
     }
 
     #[test]
