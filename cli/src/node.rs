@@ -259,6 +259,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>();
         let mut sup = resume(h, &a, cfg_path, paths)?;
         rt.block_on(async {
+            let sigs = Signals::new()?;
             match records_ok {
                 Ok(_) => {
                     let admin = connect_admin(&sup.nats_url, &sup.creds_dir, &sup.node).await?;
@@ -271,7 +272,7 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
             }
             sup.generation += 1;
             sup.write_state();
-            serve(sup).await
+            serve(sup, sigs).await
         })?;
         return Ok(());
     }
@@ -297,8 +298,11 @@ pub fn up(a: UpArgs) -> anyhow::Result<()> {
     let sockets = open_hosts(&host_list, &cfg)?;
     let own: Vec<PathBuf> = sockets.iter().filter_map(|s| s.own_file.clone()).collect();
     let res = rt.block_on(async {
+        // the handlers first: a SIGTERM while the services start is an orderly stop once
+        // they have, not the default action's death of `berth up` alone
+        let sigs = Signals::new()?;
         let sup = start(&a, cfg_path, paths, node, lock, sockets, container_nofile).await?;
-        serve(sup).await
+        serve(sup, sigs).await
     });
     if res.is_err() {
         for p in own {
@@ -803,11 +807,21 @@ async fn start(
 
 /// Supervise until SIGTERM/SIGINT (then stop everything in order) or SIGUSR2 (then
 /// re-execute the binary on disk: an upgrade).
-async fn serve(mut sup: Supervisor) -> anyhow::Result<Exit> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, usr2: signal(SignalKind::user_defined2())? })
+    }
+}
+
+async fn serve(mut sup: Supervisor, sigs: Signals) -> anyhow::Result<Exit> {
+    let Signals { term: mut sigterm, int: mut sigint, usr2: mut sigusr2 } = sigs;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let admin = connect_admin(&sup.nats_url, &sup.creds_dir, &sup.node).await?;
