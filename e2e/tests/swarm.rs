@@ -746,6 +746,7 @@ fn three_managers_fail_over() {
     assert!(scaled.contains("web scaled to 6"), "{scaled}");
     eprintln!("scaled to 6 after {:?}", killed.elapsed());
     wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running_web(&nodes[others[0]]) + running_web(&nodes[others[1]]) == 6).then_some(()));
+    eprintln!("six tasks on the two live nodes after {:?}", killed.elapsed());
     // swarmkit's quorum safeguard: demoting a live manager now leaves 1 of 2
     // (past the no-leader answers while the buckets' streams elect their leaders)
     let d = wait_for(30, "an answer to the demotion", &nodes[o], || {

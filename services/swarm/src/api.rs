@@ -4,6 +4,7 @@
 //! (swarmkit's gRPC errors keep their `rpc error: code = … desc = …` form, as the
 //! daemon passes them on).
 
+use crate::rpc;
 use crate::cluster::Cluster;
 use crate::convert;
 use crate::filters::{self, Filters};
@@ -31,10 +32,6 @@ pub fn resolve<T: Clone>(items: &[(String, T, u64)], input: &str, name: impl Fn(
         0 => Err(BusError::not_found(format!("{what} {input} not found"))),
         n => Err(BusError::invalid(format!("{what} {input} is ambiguous ({n} matches found)"))),
     }
-}
-
-fn rpc(code: &str, desc: impl std::fmt::Display) -> String {
-    format!("rpc error: code = {code} desc = {desc}")
 }
 
 fn out_of_sequence() -> BusError {

@@ -111,48 +111,114 @@ impl<T: Clone + Send + Sync + 'static> Table<T> {
     }
 }
 
-/// How often a watch is checked against its bucket's last revision.
-const STALL_CHECK: Duration = Duration::from_secs(2);
+/// How often a copy is checked against its bucket.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// How long starting a watch may take.
 const WATCH_START: Duration = Duration::from_secs(15);
 
+/// At most this many changes are read one by one in a check (a longer gap is left to
+/// the watch).
+const FILL_MAX: usize = 256;
+
+/// Checks in a row that found changes the watch had not delivered (and it delivered
+/// nothing meanwhile) before the watch is rebuilt; in a catch-up, checks in a row
+/// without a delivery.
+const STALLED_CHECKS: u32 = 3;
+const CATCH_UP_STALLED_CHECKS: u32 = 5;
+
 /// Keep `table` a copy of `bucket` until the task is aborted.
+///
+/// A watch (an ordered consumer) delivers changes as they are written. It can stall:
+/// its consumer lived on a server that died, and the client re-makes it only after
+/// missed heartbeats (~8 s), then needs the JetStream meta leader, which is itself being
+/// re-elected after a manager's loss (4–9 s in nats-server's raft). Seen: a new leader
+/// saw a `service scale` 9 s late; a worker never saw a task scheduled to it. So every
+/// STALL_CHECK a copy that caught up once reads the changes after the last revision it
+/// holds with direct gets, which any replica answers — while its watch runs without
+/// delivering, and while a new watch is being made. A watch that stays behind is rebuilt.
 pub async fn follow<T>(bucket: Bucket<T>, table: Arc<Table<T>>)
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
+    // the revision up to which the copy holds every change (once caught up)
+    let mut upto: Option<u64> = None;
     loop {
-        if let Err(e) = follow_once(&bucket, &table).await {
+        if let Err(e) = follow_once(&bucket, &table, &mut upto).await {
             tracing::info!(bucket = %bucket.name, error = %e, "watch ended; watching again");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn follow_once<T>(bucket: &Bucket<T>, table: &Table<T>) -> Result<(), crate::store::StoreError>
+/// Read the changes after `upto` one by one into `table`: how many there were.
+async fn fill<T>(bucket: &Bucket<T>, table: &Table<T>, upto: &mut u64) -> usize
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    match tokio::time::timeout(WATCH_START, bucket.changes_after(*upto, FILL_MAX)).await {
+        Ok(Ok(changes)) => {
+            let n = changes.len();
+            for ch in changes {
+                *upto = (*upto).max(revision(&ch));
+                table.apply(ch);
+            }
+            if n > 0 {
+                tracing::debug!(bucket = %bucket.name, n, upto = *upto, "read changes the watch had not delivered");
+                table.bump();
+            }
+            n
+        }
+        other => {
+            // the store is away: the watch notices too
+            tracing::debug!(bucket = %bucket.name, answer = ?other.map(|r| r.map(|c| c.len()).map_err(|e| e.to_string())), "no changes read");
+            0
+        }
+    }
+}
+
+fn revision<T>(ch: &Change<T>) -> u64 {
+    match ch {
+        Change::Put { revision, .. } | Change::Delete { revision, .. } => *revision,
+    }
+}
+
+async fn follow_once<T>(bucket: &Bucket<T>, table: &Table<T>, upto: &mut Option<u64>) -> Result<(), crate::store::StoreError>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     tracing::debug!(bucket = %bucket.name, "watching");
-    // (bounded: a JetStream request that never answers would hold the copy for ever)
-    let mut w = Box::pin(tokio::time::timeout(WATCH_START, bucket.watch_all()).await.map_err(|_| crate::store::StoreError::Unavailable("starting the watch timed out".into()))??);
-    let mut fresh: Option<HashMap<String, (T, u64)>> = Some(HashMap::new());
-    if tokio::time::timeout(WATCH_START, bucket.empty()).await.map_err(|_| crate::store::StoreError::Unavailable("asking the bucket timed out".into()))?? {
-        table.replace(fresh.take().unwrap(), 0);
-        tracing::debug!(bucket = %bucket.name, "caught up (empty)");
-    }
-    // A watch can stall without ending: its consumer lived on a server that died, and
-    // the client's re-creation of it, tried while the managers had no quorum, backs
-    // off to 10 s a try (seen: a worker never saw a task scheduled to it after a
-    // manager's restart). The bucket's last revision is asked of the server every
-    // STALL_CHECK; behind it three times in a row with nothing delivered between, the
-    // watch is rebuilt.
-    let mut seen = 0u64;
-    let mut behind_at: Option<(u64, u32)> = None;
     let mut tick = tokio::time::interval(STALL_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    // (bounded: a JetStream request that never answers would hold the copy for ever)
+    let start = async {
+        let w = tokio::time::timeout(WATCH_START, bucket.watch_all()).await.map_err(|_| crate::store::StoreError::Unavailable("starting the watch timed out".into()))??;
+        let empty = tokio::time::timeout(WATCH_START, bucket.empty()).await.map_err(|_| crate::store::StoreError::Unavailable("asking the bucket timed out".into()))??;
+        Ok::<_, crate::store::StoreError>((w, empty))
+    };
+    tokio::pin!(start);
+    let (w, empty) = loop {
+        tokio::select! {
+            r = &mut start => break r?,
+            _ = tick.tick() => {
+                if let Some(u) = upto.as_mut() {
+                    fill(bucket, table, u).await;
+                }
+            }
+        }
+    };
+    let mut w = Box::pin(w);
+    let mut fresh: Option<HashMap<String, (T, u64)>> = Some(HashMap::new());
+    if empty {
+        table.replace(fresh.take().unwrap(), 0);
+        *upto = Some(upto.unwrap_or(0));
+        tracing::debug!(bucket = %bucket.name, "caught up (empty)");
+    }
+    // the last revision this watch delivered
+    let mut seen = 0u64;
+    let mut delivered = false;
+    let mut stalled = 0u32;
     loop {
         let item = tokio::select! {
             item = w.next() => match item {
@@ -160,32 +226,36 @@ where
                 None => break,
             },
             _ = tick.tick() => {
-                let last = match tokio::time::timeout(WATCH_START, bucket.last_revision()).await {
-                    Ok(Ok(l)) => l,
-                    other => {
-                        // the store is away: the watch notices too
-                        tracing::debug!(bucket = %bucket.name, seen, answer = ?other.map(|r| r.map_err(|e| e.to_string())), "stall check without an answer");
-                        continue;
+                let was_delivered = std::mem::replace(&mut delivered, false);
+                match (fresh.is_some(), upto.as_mut()) {
+                    // catching up: a watch that delivers nothing for a while is stuck
+                    (true, u) => {
+                        if let Some(u) = u {
+                            fill(bucket, table, u).await;
+                        }
+                        stalled = if was_delivered { 0 } else { stalled + 1 };
+                        if stalled >= CATCH_UP_STALLED_CHECKS {
+                            return Err(crate::store::StoreError::Unavailable(format!("watch stalled in its catch-up at revision {seen}")));
+                        }
                     }
-                };
-                if last > seen {
-                    tracing::debug!(bucket = %bucket.name, seen, last, caught_up = fresh.is_none(), "watch behind its bucket");
+                    (false, Some(u)) => {
+                        if was_delivered {
+                            stalled = 0;
+                        } else if fill(bucket, table, u).await > 0 {
+                            stalled += 1;
+                            if stalled >= STALLED_CHECKS {
+                                return Err(crate::store::StoreError::Unavailable(format!("watch stalled at revision {seen}, the bucket is at {u}")));
+                            }
+                        }
+                    }
+                    (false, None) => {}
                 }
-                behind_at = match (last > seen, behind_at) {
-                    (false, _) => None,
-                    (true, Some((was, n))) if was == seen && n >= 2 => {
-                        return Err(crate::store::StoreError::Unavailable(format!("watch stalled at revision {seen}, the bucket is at {last}")));
-                    }
-                    (true, Some((was, n))) if was == seen => Some((was, n + 1)),
-                    (true, _) => Some((seen, 1)),
-                };
                 continue;
             }
         };
         let (ch, caught_up) = item?;
-        seen = seen.max(match &ch {
-            Change::Put { revision, .. } | Change::Delete { revision, .. } => *revision,
-        });
+        delivered = true;
+        seen = seen.max(revision(&ch));
         match fresh.as_mut() {
             Some(f) => {
                 match ch {
@@ -199,10 +269,19 @@ where
                 if caught_up {
                     let n = f.len();
                     table.replace(fresh.take().unwrap(), seen);
+                    // what came after, from this watch (changes also read one by one
+                    // meanwhile apply again: per key, only a newer revision changes it)
+                    *upto = Some(seen);
                     tracing::debug!(bucket = %bucket.name, keys = n, seen, "caught up");
                 }
             }
             None => {
+                let u = upto.get_or_insert(0);
+                // read one by one already
+                if revision(&ch) <= *u {
+                    continue;
+                }
+                *u = revision(&ch);
                 table.apply(ch);
                 table.bump();
             }

@@ -57,6 +57,11 @@ pub const ERR_SWARM_EXISTS: &str = "This node is already part of a swarm. Use \"
 pub const ERR_NO_SWARM: &str = "This node is not part of a swarm";
 
 /// RFC 3339 with nanoseconds, UTC (Docker's timestamps).
+/// An error text as the daemon passes swarmkit's gRPC errors on.
+pub fn rpc(code: &str, desc: impl std::fmt::Display) -> String {
+    format!("rpc error: code = {code} desc = {desc}")
+}
+
 pub fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -3,6 +3,7 @@
 //! VXLAN IDs, and the addresses handed out in them (services' virtual IPs). Answers
 //! compared with Moby 20.10.24 (notes in docs/swarm.md).
 
+use crate::rpc;
 use crate::cluster::Cluster;
 use crate::filters::{self, Filters};
 use crate::model::*;
@@ -15,10 +16,6 @@ use std::net::Ipv4Addr;
 pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
 /// The first VXLAN ID swarmkit hands out.
 const FIRST_VNI: u32 = 4096;
-
-fn rpc(code: &str, desc: impl std::fmt::Display) -> String {
-    format!("rpc error: code = {code} desc = {desc}")
-}
 
 /// `a.b.c.d/n` as (network address, prefix length).
 pub fn parse_cidr(s: &str) -> Option<(u32, u8)> {

@@ -6,6 +6,7 @@
 //! forward: each published ingress port to the running tasks' addresses on the
 //! `ingress` network.
 
+use crate::rpc;
 use crate::model::*;
 use bus_schema::docker::{self, EndpointPortConfigProtocolEnum as Proto, EndpointPortConfigPublishModeEnum as Mode};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,10 +15,6 @@ use std::net::Ipv4Addr;
 /// swarmkit's dynamic port range (`allocator/portallocator`).
 pub const DYNAMIC_START: i64 = 30000;
 pub const DYNAMIC_END: i64 = 32767;
-
-fn rpc(code: &str, desc: impl std::fmt::Display) -> String {
-    format!("rpc error: code = {code} desc = {desc}")
-}
 
 pub fn proto_of(p: &docker::EndpointPortConfig) -> Proto {
     match p.protocol {
@@ -81,25 +78,28 @@ pub fn check_conflicts(spec: &docker::ServiceSpec, id: &str, others: &[ServiceRe
             host.insert((port, proto_of(&p)));
         }
     }
-    for s in others.iter().filter(|s| s.id != id) {
-        let name = s.spec.name.clone().unwrap_or_default();
-        let theirs = spec_ports(&s.spec).into_iter().chain(s.endpoint.as_ref().and_then(|e| e.ports.clone()).unwrap_or_default());
-        for p in theirs {
-            let port = p.published_port.unwrap_or(0);
-            if port == 0 {
-                continue;
+    for (s, p) in published_by_others(id, others) {
+        let port = p.published_port.unwrap_or(0);
+        let k: Key = (port, proto_of(&p));
+        let name = s.spec.name.as_deref().unwrap_or_default();
+        if !is_ingress(&p) {
+            if ingress.contains(&k) {
+                return Err(rpc("InvalidArgument", format!("port '{port}' is already in use by service '{name}' ({}) as a host-published port", s.id)));
             }
-            let k: Key = (port, proto_of(&p));
-            if !is_ingress(&p) {
-                if ingress.contains(&k) {
-                    return Err(rpc("InvalidArgument", format!("port '{port}' is already in use by service '{name}' ({}) as a host-published port", s.id)));
-                }
-            } else if ingress.contains(&k) || host.contains(&k) {
-                return Err(rpc("InvalidArgument", format!("port '{port}' is already in use by service '{name}' ({}) as an ingress port", s.id)));
-            }
+        } else if ingress.contains(&k) || host.contains(&k) {
+            return Err(rpc("InvalidArgument", format!("port '{port}' is already in use by service '{name}' ({}) as an ingress port", s.id)));
         }
     }
     Ok(())
+}
+
+/// Every published port of the services other than `id`: their specs' and their
+/// endpoints' (a port allocated from the dynamic range is only there).
+fn published_by_others<'a>(id: &'a str, others: &'a [ServiceRecord]) -> impl Iterator<Item = (&'a ServiceRecord, docker::EndpointPortConfig)> + 'a {
+    others.iter().filter(move |s| s.id != id).flat_map(|s| {
+        let theirs = spec_ports(&s.spec).into_iter().chain(s.endpoint.as_ref().and_then(|e| e.ports.clone()).unwrap_or_default());
+        theirs.filter(|p| p.published_port.unwrap_or(0) != 0).map(move |p| (s, p))
+    })
 }
 
 /// The endpoint's ports: the spec's, an ingress port without a published port keeping
@@ -107,14 +107,7 @@ pub fn check_conflicts(spec: &docker::ServiceSpec, id: &str, others: &[ServiceRe
 /// dynamic range (free of every other service's ports and of this spec's own).
 pub fn allocate(spec: &docker::ServiceSpec, id: &str, old: Option<&docker::ServiceEndpoint>, others: &[ServiceRecord]) -> Result<Vec<docker::EndpointPortConfig>, String> {
     let mine = spec_ports(spec);
-    let mut taken: BTreeSet<Key> = BTreeSet::new();
-    for s in others.iter().filter(|s| s.id != id) {
-        for p in spec_ports(&s.spec).into_iter().chain(s.endpoint.as_ref().and_then(|e| e.ports.clone()).unwrap_or_default()) {
-            if p.published_port.unwrap_or(0) != 0 {
-                taken.insert((p.published_port.unwrap_or(0), proto_of(&p)));
-            }
-        }
-    }
+    let mut taken: BTreeSet<Key> = published_by_others(id, others).map(|(_, p)| (p.published_port.unwrap_or(0), proto_of(&p))).collect();
     for p in &mine {
         if p.published_port.unwrap_or(0) != 0 {
             taken.insert((p.published_port.unwrap_or(0), proto_of(p)));

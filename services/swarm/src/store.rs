@@ -348,6 +348,34 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
         Ok(info.state.last_sequence)
     }
 
+    /// The changes after revision `after`, at most `max`, read one message at a time
+    /// with direct gets. Any replica answers these: no consumer is made, so neither the
+    /// stream's leader nor the JetStream meta leader is needed (after a manager's loss
+    /// both are re-elected for seconds while a watch's new consumer waits for them).
+    /// Messages a later write replaced are gone from the stream and skipped.
+    pub async fn changes_after(&self, after: u64, max: usize) -> Result<Vec<Change<T>>, StoreError> {
+        let prefix = format!("$KV.{}.", self.name);
+        let all = format!("{prefix}>");
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while out.len() < max {
+            let m = match self.kv.stream.direct_get_next_for_subject(all.as_str(), Some(next)).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(classify(e.to_string())),
+            };
+            next = m.sequence + 1;
+            let Some(key) = m.subject.as_str().strip_prefix(&prefix) else { continue };
+            let key = key.to_string();
+            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_string());
+            out.push(match op.as_deref() {
+                Some("DEL") | Some("PURGE") => Change::Delete { key, revision: m.sequence },
+                _ => Change::Put { value: Self::dec(&key, &m.payload)?, key, revision: m.sequence },
+            });
+        }
+        Ok(out)
+    }
+
     /// Whether the bucket has no entries at all (a watcher gets nothing to catch up on).
     pub async fn empty(&self) -> Result<bool, StoreError> {
         self.is_empty().await

@@ -82,3 +82,63 @@ async fn an_unrenewed_lease_expires_and_another_takes_it() {
     // The old holder's renewal now fails: it must step down.
     assert!(matches!(b.update("leader", &a, r).await, Err(StoreError::Conflict)));
 }
+
+#[tokio::test]
+async fn changes_after_reads_the_missed_writes_one_by_one() {
+    let n = Nats::start();
+    let s = store(&n).await;
+    let b = s.bucket::<String>(buckets::SERVICES);
+    let r1 = b.put("a", &"one".to_string()).await.unwrap();
+    let r2 = b.put("b", &"two".to_string()).await.unwrap();
+    let r3 = b.put("a", &"three".to_string()).await.unwrap(); // replaces r1 in the stream
+    b.delete("b").await.unwrap();
+    let got: Vec<String> = b
+        .changes_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| match c {
+            store::Change::Put { key, value, revision } => format!("put {key}={value}@{revision}"),
+            store::Change::Delete { key, revision } => format!("del {key}@{revision}"),
+        })
+        .collect();
+    // r1 and r2 are gone (one message per key): what is left, in order
+    assert_eq!(got, vec![format!("put a=three@{r3}"), format!("del b@{}", r3 + 1)]);
+    assert!(r2 < r3 && r1 < r2);
+    assert_eq!(b.changes_after(r3, 100).await.unwrap().len(), 1);
+    assert_eq!(b.changes_after(r3 + 1, 100).await.unwrap().len(), 0);
+    assert_eq!(b.changes_after(0, 1).await.unwrap().len(), 1, "at most max");
+}
+
+#[tokio::test]
+async fn a_copy_whose_watch_lost_its_consumer_keeps_following() {
+    let n = Nats::start();
+    let c = async_nats::connect(n.url()).await.unwrap();
+    let js = async_nats::jetstream::new(c);
+    let s = store::open(&js, 1).await.unwrap();
+    let b = s.bucket::<String>(buckets::TASKS);
+    b.put("old", &"x".to_string()).await.unwrap();
+    let t: std::sync::Arc<Table<String>> = Table::new();
+    let h = tokio::spawn(cache::follow(b.clone(), t.clone()));
+    tokio::time::timeout(Duration::from_secs(5), t.wait_ready()).await.unwrap();
+    // the watch's consumer goes (as when the server holding it dies): the client
+    // notices only after missed heartbeats (~8-10 s), and re-making it needs the
+    // JetStream meta leader, gone for seconds more after a manager's loss
+    let stream = js.get_stream(format!("KV_{}", buckets::TASKS)).await.unwrap();
+    let mut names = stream.consumer_names();
+    let mut gone = 0;
+    while let Some(name) = futures_util::StreamExt::next(&mut names).await {
+        stream.delete_consumer(&name.unwrap()).await.unwrap();
+        gone += 1;
+    }
+    assert_eq!(gone, 1, "the watch's consumer");
+    b.put("new", &"y".to_string()).await.unwrap();
+    b.delete("old").await.unwrap();
+    let t0 = Instant::now();
+    while t.get("old").is_some() || t.get("new").is_none() {
+        // well within the client's own recovery: the copy reads the changes itself
+        assert!(t0.elapsed() < Duration::from_secs(5), "copy did not follow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.abort();
+}

@@ -161,23 +161,8 @@ pub fn init(sc: &dyn Syscall, ctx: InitCtx) -> CResult<std::convert::Infallible>
     // stdio: a new session; the pty slave as controlling terminal.
     sc.setsid();
     match (ctx.stdio, console) {
-        (_, Some((slave, _))) => {
-            sc.set_controlling_tty(slave.as_raw_fd()).ctx(|| "TIOCSCTTY".into())?;
-            for fd in 0..3 {
-                sc.dup2(slave.as_raw_fd(), fd).ctx(|| "dup2 console".into())?;
-            }
-        }
-        (Stdio::Fds(fds), None) => {
-            // Move them above 2 first so dup2 never clobbers one we still need.
-            let high: Vec<RawFd> = fds
-                .iter()
-                .map(|f| sc.dup_above(f.as_raw_fd(), 10))
-                .collect::<io::Result<_>>()
-                .ctx(|| "dup stdio".into())?;
-            for (i, fd) in high.iter().enumerate() {
-                sc.dup2(*fd, i as RawFd).ctx(|| "dup2 stdio".into())?;
-            }
-        }
+        (_, Some((slave, _))) => super::console_stdio(sc, &slave)?,
+        (Stdio::Fds(fds), None) => super::fds_stdio(sc, &fds)?,
         (Stdio::Pty, None) => return Err(ChildError::other("no console")),
     }
 

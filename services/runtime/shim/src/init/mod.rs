@@ -70,21 +70,9 @@ pub fn exec_child(
     match fds {
         None => {
             let (slave, _) = container::open_console_exec(sc, p, sync)?;
-            sc.set_controlling_tty(slave.as_raw_fd()).ctx(|| "TIOCSCTTY".into())?;
-            for fd in 0..3 {
-                sc.dup2(slave.as_raw_fd(), fd).ctx(|| "dup2".into())?;
-            }
+            console_stdio(sc, &slave)?;
         }
-        Some(fds) => {
-            let high: Vec<RawFd> = fds
-                .iter()
-                .map(|f| sc.dup_above(f.as_raw_fd(), 10))
-                .collect::<io::Result<_>>()
-                .ctx(|| "dup stdio".into())?;
-            for (i, fd) in high.iter().enumerate() {
-                sc.dup2(*fd, i as RawFd).ctx(|| "dup2".into())?;
-            }
-        }
+        Some(fds) => fds_stdio(sc, &fds)?,
     }
     let caps = CapSets::of(p, host_bounding);
     process::finish_and_exec(sc, Finish {
@@ -92,6 +80,25 @@ pub fn exec_child(
         caps,
         seccomp,
     })
+}
+
+/// The pty slave as the new session's controlling terminal, and as stdin, stdout and stderr.
+pub(crate) fn console_stdio(sc: &dyn Syscall, slave: &OwnedFd) -> CResult<()> {
+    sc.set_controlling_tty(slave.as_raw_fd()).ctx(|| "TIOCSCTTY".into())?;
+    for fd in 0..3 {
+        sc.dup2(slave.as_raw_fd(), fd).ctx(|| "dup2 console".into())?;
+    }
+    Ok(())
+}
+
+/// `fds` as stdin, stdout and stderr: moved above 2 first, so that no dup2 clobbers
+/// one still to be moved.
+pub(crate) fn fds_stdio(sc: &dyn Syscall, fds: &[OwnedFd; 3]) -> CResult<()> {
+    let high: Vec<RawFd> = fds.iter().map(|f| sc.dup_above(f.as_raw_fd(), 10)).collect::<io::Result<_>>().ctx(|| "dup stdio".into())?;
+    for (i, fd) in high.iter().enumerate() {
+        sc.dup2(*fd, i as RawFd).ctx(|| "dup2 stdio".into())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
