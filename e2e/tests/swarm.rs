@@ -1141,3 +1141,98 @@ fn crate_now() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
+
+/// `docker stack deploy` as the CLI drives it, on a lone manager (in a namespace of the
+/// test: the ingress bridge and the mesh's table are the node's own): the stack's
+/// network, secret, config and services; `stack ls/services/ps` (tasks found by the
+/// stack's label); a service known by its compose name on the stack's network; the
+/// published port on 127.0.0.1, as Moby's; `stack rm` removes everything.
+#[test]
+fn stack_deploy_on_one_node() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(1);
+    let node = u.start_node(0, Default::default());
+    load_busybox(&u, &[&node]);
+    node.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports();
+    let compose = format!(
+        r#"version: "3.8"
+services:
+  web:
+    image: busybox:latest
+    command: ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 2
+    ports:
+      - "{port}:80"
+    networks: [front]
+    secrets: [pw]
+    configs: [cf]
+  worker:
+    image: busybox:latest
+    command: ["sleep", "1d"]
+    stop_grace_period: 1s
+    networks: [front]
+networks:
+  front:
+    driver: overlay
+secrets:
+  pw:
+    file: ./pw.txt
+configs:
+  cf:
+    file: ./cf.txt
+"#
+    );
+    std::fs::write(dir.path().join("stack.yml"), compose).unwrap();
+    std::fs::write(dir.path().join("pw.txt"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("cf.txt"), "conf\n").unwrap();
+    let file = dir.path().join("stack.yml");
+    let o = node.docker(&["stack", "deploy", "--resolve-image", "never", "-c", file.to_str().unwrap(), "app"]);
+    let text = out(&o);
+    assert!(o.status.success(), "{text}");
+    for l in ["Creating network app_front", "Creating secret app_pw", "Creating config app_cf", "Creating service app_web", "Creating service app_worker"] {
+        assert!(text.contains(l), "{text}");
+    }
+    wait_for(60, "the stack's services running", &node, || {
+        let s = lines(&node.docker_ok(&["stack", "services", "app", "--format", "{{.Name}} {{.Replicas}}"]));
+        (s == ["app_web 2/2", "app_worker 1/1"]).then_some(())
+    });
+    assert_eq!(lines(&node.docker_ok(&["stack", "ls", "--format", "{{.Name}} {{.Services}}"])), ["app 2"]);
+    // `stack ps` asks for the tasks with the stack's label: swarmkit matches the service's
+    let mut ps = lines(&node.docker_ok(&["stack", "ps", "app", "--format", "{{.Name}} {{.DesiredState}}"]));
+    ps.sort();
+    assert_eq!(ps, ["app_web.1 Running", "app_web.2 Running", "app_worker.1 Running"]);
+    // the worker reaches `web`, its compose name (the attachment's alias), and `app_web`
+    let worker = node.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=app_worker"]).trim().to_string();
+    for name in ["web", "app_web", "tasks.web"] {
+        let page = wait_for(30, &format!("{name} from the worker"), &node, || {
+            let o = node.docker(&["exec", &worker, "sh", "-c", &format!("timeout 5 wget -qO- http://{name}/")]);
+            o.status.success().then(|| out(&o))
+        });
+        assert_eq!(page.trim(), "hello from web");
+    }
+    let web = lines(&node.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=app_web"]));
+    assert_eq!(node.docker_ok(&["exec", &web[0], "cat", "/run/secrets/pw", "/cf"]), "s3cret\nconf\n");
+    // the published port on the node's loopback too (Moby: route_localnet on its bridge)
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = wait_for(30, "the published port on 127.0.0.1", &node, || {
+        // (no -T: busybox 1.35's wget crashes with it)
+        let o = u.exec(0, &["timeout", "5", "busybox", "wget", "-qO-", &url]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert_eq!(page.trim(), "hello from web");
+
+    let rm = node.docker_ok(&["stack", "rm", "app"]);
+    for l in ["Removing service app_web", "Removing service app_worker", "Removing secret app_pw", "Removing config app_cf", "Removing network app_front"] {
+        assert!(rm.contains(l), "{rm}");
+    }
+    wait_for(60, "the stack's containers gone", &node, || node.docker_ok(&["ps", "-aq"]).trim().is_empty().then_some(()));
+    assert!(lines(&node.docker_ok(&["stack", "ls", "--format", "{{.Name}}"])).is_empty());
+    assert!(!node.docker_ok(&["network", "ls", "--format", "{{.Name}}"]).contains("app_front"));
+    assert!(node.docker_ok(&["secret", "ls", "-q"]).trim().is_empty());
+    assert!(node.docker_ok(&["config", "ls", "-q"]).trim().is_empty());
+    node.docker_ok(&["swarm", "leave", "--force"]);
+}

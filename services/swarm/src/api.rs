@@ -426,7 +426,8 @@ impl Cluster {
                     "accepted" => t.desired_state == TaskState::Accepted,
                     _ => false,
                 })
-                && filters::labels_pass(&f, "label", &HashMap::new())
+                // swarmkit matches a task's service labels (kept as the task was made)
+                && filters::labels_pass(&f, "label", &t.service_labels)
                 && filters::pass(&f, "_up-to-date", |_| svc.map(|(_, s, _)| !crate::orchestrator::task_dirty(s, &t)).unwrap_or(false));
             if ok {
                 let rep = t.node_id.as_ref().and_then(|n| self.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);

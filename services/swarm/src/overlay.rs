@@ -325,6 +325,8 @@ pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecor
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SvcView {
     pub name: String,
+    /// Its network aliases there (a stack's services are known by their compose names).
+    pub aliases: Vec<String>,
     pub vip: Option<Ipv4Addr>,
     pub tasks: Vec<Ipv4Addr>,
 }
@@ -336,16 +338,32 @@ pub fn services_on(nets: &[&NetworkRecord], tasks: &[TaskRecord]) -> BTreeMap<St
     let names: HashMap<&str, &str> = tasks.iter().map(|t| (t.service_id.as_str(), t.service_name.as_str())).collect();
     let mut out: BTreeMap<String, SvcView> = BTreeMap::new();
     for n in nets {
+        // the aliases of a service's attachment to this network (its tasks' spec)
+        let aliases = |sid: &str| -> Vec<String> {
+            let t = tasks.iter().filter(|t| t.service_id == sid).max_by_key(|t| t.spec_version);
+            let att = t.and_then(|t| t.spec.networks.as_ref()).and_then(|a| a.iter().find(|a| a.target.as_deref().is_some_and(|x| x == n.id || x == n.name)));
+            att.and_then(|a| a.aliases.clone()).unwrap_or_default()
+        };
         for (a, owner) in &n.allocated {
             let Ok(ip) = strip_len(a).parse::<Ipv4Addr>() else { continue };
-            if let Some(sid) = owner.strip_prefix("vip.") {
-                let Some(name) = names.get(sid) else { continue };
-                let v = out.entry(sid.to_string()).or_default();
-                v.name = name.to_string();
+            let (sid, vip) = match owner.strip_prefix("vip.") {
+                Some(sid) if names.contains_key(sid) => (sid.to_string(), true),
+                Some(_) => continue,
+                None => match by_id.get(owner.as_str()).filter(|t| live(t)) {
+                    Some(t) => (t.service_id.clone(), false),
+                    None => continue,
+                },
+            };
+            let v = out.entry(sid.clone()).or_default();
+            v.name = names[sid.as_str()].to_string();
+            for al in aliases(&sid) {
+                if al != v.name && !v.aliases.contains(&al) {
+                    v.aliases.push(al);
+                }
+            }
+            if vip {
                 v.vip = Some(ip);
-            } else if let Some(t) = by_id.get(owner.as_str()).filter(|t| live(t)) {
-                let v = out.entry(t.service_id.clone()).or_default();
-                v.name = t.service_name.clone();
+            } else {
                 v.tasks.push(ip);
             }
         }
@@ -376,16 +394,20 @@ pub fn nft_script(svcs: &BTreeMap<String, SvcView>) -> String {
 pub fn hosts_block(svcs: &BTreeMap<String, SvcView>) -> String {
     let mut s = String::new();
     for v in svcs.values() {
+        // libnetwork's records: the name and each alias, and `tasks.` before each
+        let names: Vec<&str> = std::iter::once(v.name.as_str()).chain(v.aliases.iter().map(String::as_str)).collect();
+        let plain = names.join(" ");
+        let tasks = names.iter().map(|n| format!("tasks.{n}")).collect::<Vec<_>>().join(" ");
         match v.vip {
-            Some(vip) => s += &format!("{vip}\t{}\n", v.name),
+            Some(vip) => s += &format!("{vip}\t{plain}\n"),
             None => {
                 for t in &v.tasks {
-                    s += &format!("{t}\t{}\n", v.name);
+                    s += &format!("{t}\t{plain}\n");
                 }
             }
         }
         for t in &v.tasks {
-            s += &format!("{t}\ttasks.{}\n", v.name);
+            s += &format!("{t}\t{tasks}\n");
         }
     }
     s
@@ -486,11 +508,17 @@ pub async fn run(c: Arc<Cluster>) {
                 }
             }
         }
+        // the ingress bridge once this node has its address there, and the mesh's rules
+        let mesh = |applied: &BTreeMap<String, NetPlan>| {
+            let bridge = nets.iter().find(|n| n.ingress).and_then(|i| applied.get(&i.id).filter(|p| p.addr.is_some()).map(|p| bridge_name(p.vni)));
+            let rules = bridge.as_deref().filter(|_| !fw.is_empty());
+            let nft = crate::ports::nft_script(rules, &fw);
+            (rules.map(str::to_string), nft)
+        };
         // the mesh's rules first when the bridge is there already: a task leaves them
         // before anything else changes for it
-        let bridge = nets.iter().find(|n| n.ingress).and_then(|i| applied.get(&i.id).filter(|p| p.addr.is_some()).map(|p| bridge_name(p.vni)));
-        let nft = crate::ports::nft_script(bridge.as_deref().filter(|_| !fw.is_empty()), &fw);
-        if !first && bridge.is_some() && applied_nft.as_ref() != Some(&nft) && apply_mesh(&nft, &fw).await {
+        let (bridge, nft) = mesh(&applied);
+        if !first && bridge.is_some() && applied_nft.as_ref() != Some(&nft) && apply_mesh(&nft, &fw, bridge.as_deref()).await {
             applied_nft = Some(nft);
         }
         let none = BTreeMap::new();
@@ -500,10 +528,9 @@ pub async fn run(c: Arc<Cluster>) {
             applied = want;
             first = false;
         }
-        let bridge = nets.iter().find(|n| n.ingress).and_then(|i| applied.get(&i.id).filter(|p| p.addr.is_some()).map(|p| bridge_name(p.vni)));
-        let nft = crate::ports::nft_script(bridge.as_deref().filter(|_| !fw.is_empty()), &fw);
+        let (bridge, nft) = mesh(&applied);
         if applied_nft.as_ref() != Some(&nft) {
-            if apply_mesh(&nft, &fw).await {
+            if apply_mesh(&nft, &fw, bridge.as_deref()).await {
                 applied_nft = Some(nft);
             } else {
                 ok = false;
@@ -527,7 +554,17 @@ pub async fn run(c: Arc<Cluster>) {
 }
 
 /// This node's routing mesh rules (`nft`, made from `fw`): whether they were applied.
-async fn apply_mesh(nft: &str, fw: &[crate::ports::Forward]) -> bool {
+async fn apply_mesh(nft: &str, fw: &[crate::ports::Forward], bridge: Option<&str>) -> bool {
+    if let Some(b) = bridge {
+        // a connection to 127.0.0.1:PORT leaves through the ingress bridge with its
+        // loopback source until masqueraded: routable there only with route_localnet
+        // (Moby sets it on docker_gwbridge); the table drops what comes in on the bridge
+        // for a loopback address (a task reaching the node's loopback services)
+        let p = format!("/proc/sys/net/ipv4/conf/{b}/route_localnet");
+        if let Err(e) = std::fs::write(&p, "1") {
+            tracing::warn!(bridge = b, error = %e, "route_localnet on the ingress bridge");
+        }
+    }
     match run_cmd(&cmd(&["nft", "-f", "-"]), Some(nft.to_string())).await {
         Ok(()) => {
             let backends: Vec<String> = fw.iter().map(|f| format!("{}/{}: {:?}", f.port, f.proto, f.backends)).collect();
@@ -562,9 +599,11 @@ async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
             }
         }
         if hosts != a.hosts {
-            // the container's /etc/hosts (a bind mount of the sandbox's file): written in place
-            let path = format!("/proc/{}/root/etc/hosts", a.pid);
-            let written = std::fs::read_to_string(&path).and_then(|cur| std::fs::write(&path, with_block(&cur, &hosts)));
+            // the container's /etc/hosts (a bind mount of the sandbox's file): written in
+            // place, resolved inside the container's root (a link it made there must not
+            // lead this root process to a file of the host)
+            let written = berth_fsutil::InRoot::open_proc_root(a.pid)
+                .and_then(|r| r.rewrite("/etc/hosts", |cur| with_block(&String::from_utf8_lossy(cur), &hosts).into_bytes()));
             match written {
                 Ok(()) => done.hosts = hosts,
                 Err(e) => tracing::warn!(task = %task, error = %e, "the overlay names in /etc/hosts"),
@@ -751,7 +790,7 @@ mod tests {
         let n = net("n1", 4097, &[("10.0.1.2", "vip.s1"), ("10.0.1.3", "t1"), ("10.0.1.4", "t2"), ("10.0.1.5", "t3")]);
         let tasks = vec![task("t1", "s1", "a", TaskState::Running), task("t2", "s1", "b", TaskState::Running), task("t3", "s2", "b", TaskState::Running)];
         let svcs = services_on(&[&n], &tasks);
-        assert_eq!(svcs["s1"], SvcView { name: "name-s1".into(), vip: Some("10.0.1.2".parse().unwrap()), tasks: vec!["10.0.1.3".parse().unwrap(), "10.0.1.4".parse().unwrap()] });
+        assert_eq!(svcs["s1"], SvcView { name: "name-s1".into(), aliases: vec![], vip: Some("10.0.1.2".parse().unwrap()), tasks: vec!["10.0.1.3".parse().unwrap(), "10.0.1.4".parse().unwrap()] });
         // s2 has no VIP (DNSRR)
         assert_eq!(svcs["s2"].vip, None);
         let nft = nft_script(&svcs);
@@ -762,5 +801,18 @@ mod tests {
         let f = with_block("127.0.0.1\tlocalhost\n", &h);
         assert!(f.starts_with("127.0.0.1\tlocalhost\n# berth swarm overlay: begin\n10.0.1.2\tname-s1\n"));
         assert_eq!(with_block(&with_block(&f, "1.2.3.4\tx\n"), ""), "127.0.0.1\tlocalhost\n");
+    }
+
+    #[test]
+    fn aliases_name_the_service_on_their_network() {
+        // a stack's service `app_web` is `web` on the stack's network (not on another)
+        let n = net("n1", 4097, &[("10.0.1.2", "vip.s1"), ("10.0.1.3", "t1")]);
+        let other = net("n2", 4098, &[("10.0.2.2", "vip.s1"), ("10.0.2.3", "t1")]);
+        let mut t = task("t1", "s1", "a", TaskState::Running);
+        t.spec.networks = Some(vec![bus_schema::docker::NetworkAttachmentConfig { target: Some("n1".into()), aliases: Some(vec!["web".into()]), ..Default::default() }]);
+        let svcs = services_on(&[&n], std::slice::from_ref(&t));
+        assert_eq!(svcs["s1"].aliases, vec!["web".to_string()]);
+        assert_eq!(hosts_block(&svcs), "10.0.1.2\tname-s1 web\n10.0.1.3\ttasks.name-s1 tasks.web\n");
+        assert!(services_on(&[&other], &[t]).values().all(|v| v.aliases.is_empty()));
     }
 }

@@ -186,8 +186,8 @@ pub fn forwards(ingress: &NetworkRecord, services: &[ServiceRecord], tasks: &[Ta
 
 pub const NFT_TABLE: &str = "berth_ingress";
 
-/// The node's ingress table: each published port of the node's own addresses (not
-/// loopback) DNATed round-robin to a running task on the ingress network, and what
+/// The node's ingress table: each published port of the node's own addresses (and
+/// loopback, as Moby's) DNATed round-robin to a running task on the ingress network, and what
 /// leaves through the ingress bridge (`bridge`) after that masqueraded to the node's
 /// ingress address, so the answers come back through this node. A port with no running
 /// task has no rule (the node refuses the connection). Replaces the whole table at once;
@@ -202,9 +202,9 @@ pub fn nft_script(bridge: Option<&str>, fw: &[Forward]) -> String {
     }
     let chain = |prefix: &str| rules.lines().map(|r| format!("    {prefix}fib daddr type local {r}\n")).collect::<String>();
     format!(
-        "{reset}table ip {NFT_TABLE} {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{bridge}\" ct status dnat masquerade\n  }}\n}}\n",
+        "{reset}table ip {NFT_TABLE} {{\n  chain guard {{\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{bridge}\" ct status dnat masquerade\n  }}\n}}\n",
         chain(""),
-        chain("ip daddr != 127.0.0.0/8 "),
+        chain(""),
     )
 }
 
@@ -303,7 +303,9 @@ mod tests {
         assert_eq!(fw, vec![Forward { proto: "tcp", port: 8080, target: 80, backends: vec!["10.0.0.3".parse().unwrap(), "10.0.0.4".parse().unwrap()] }]);
         let nft = nft_script(Some("bov4096"), &fw);
         assert!(nft.contains("    fib daddr type local tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 10.0.0.3, 1 : 10.0.0.4 } : 80\n"), "{nft}");
-        assert!(nft.contains("    ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat"), "{nft}");
+        assert!(nft.contains("  chain output {\n    type nat hook output priority -100; policy accept;\n    fib daddr type local tcp dport 8080 dnat"), "{nft}");
+        // loopback is DNATed too: what a task sends to a loopback address is dropped
+        assert!(nft.contains("iifname \"bov4096\" ip daddr 127.0.0.0/8 drop"), "{nft}");
         assert!(nft.contains("oifname \"bov4096\" ct status dnat masquerade"), "{nft}");
         assert_eq!(nft_script(None, &fw), "table ip berth_ingress\ndelete table ip berth_ingress\n");
     }

@@ -55,6 +55,15 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 /// An O_PATH descriptor reopened for reading, refusing anything but a regular file
 /// (a fifo would block, a device is not a file to copy).
 pub fn reopen_file(fd: BorrowedFd<'_>) -> io::Result<File> {
+    reopen_file_as(fd, OFlags::RDONLY)
+}
+
+/// [`reopen_file`] for reading and writing.
+pub fn reopen_file_rw(fd: BorrowedFd<'_>) -> io::Result<File> {
+    reopen_file_as(fd, OFlags::RDWR)
+}
+
+fn reopen_file_as(fd: BorrowedFd<'_>, access: OFlags) -> io::Result<File> {
     let st = fstat(fd)?;
     if file_type(&st) != FileType::RegularFile {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
@@ -63,7 +72,7 @@ pub fn reopen_file(fd: BorrowedFd<'_>) -> io::Result<File> {
     let f = File::from(rustix::fs::openat(
         rustix::fs::CWD,
         format!("/proc/self/fd/{}", fd.as_raw_fd()),
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        access | OFlags::CLOEXEC | OFlags::NOCTTY,
         Mode::empty(),
     )?);
     let st2 = fstat(f.as_fd())?;

@@ -62,6 +62,13 @@ impl InRoot {
         Ok(InRoot { root: pathrs::Root::open(path).map_err(io_err)? })
     }
 
+    /// Open a process's root as a root: `/proc/PID/root` is a magic link, which
+    /// [`InRoot::open`] does not follow; the directory it leads to is opened first.
+    pub fn open_proc_root(pid: i64) -> io::Result<InRoot> {
+        let dir = rustix::fs::open(format!("/proc/{pid}/root"), rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+        Ok(InRoot { root: pathrs::Root::from_fd(dir) })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
@@ -201,6 +208,24 @@ impl InRoot {
         f.read_to_end(&mut v)?;
         Ok(v)
     }
+
+    /// Rewrite the regular file at `path` (symlinks followed inside the root) in place
+    /// with `f` of its content: for a file that is a mount point (a container's
+    /// /etc/hosts), which cannot be replaced by a rename.
+    pub fn rewrite(&self, path: &str, f: impl FnOnce(&[u8]) -> Vec<u8>) -> io::Result<()> {
+        use std::io::{Read, Seek, Write};
+        let fd = self.resolve(path)?;
+        let mut file = at::reopen_file_rw(fd.as_fd())?;
+        let mut cur = Vec::new();
+        file.read_to_end(&mut cur)?;
+        let new = f(&cur);
+        if new != cur {
+            file.seek(std::io::SeekFrom::Start(0))?;
+            file.set_len(0)?;
+            file.write_all(&new)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -290,5 +315,25 @@ mod tests {
         assert_eq!(split("/a/../.."), ("/".into(), ".".into()));
         assert_eq!(split("a//b/"), ("/a".into(), "b".into()));
         assert_eq!(clean("/a/../../b/./c/"), "/b/c");
+    }
+
+    #[test]
+    fn a_process_root_opens() {
+        // /proc/PID/root is a magic link: InRoot::open refuses it (ENOTDIR)
+        assert!(InRoot::open(Path::new(&format!("/proc/{}/root", std::process::id()))).is_err());
+        let r = InRoot::open_proc_root(std::process::id() as i64).unwrap();
+        assert!(!r.read("/proc/self/status").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rewrite_stays_in_the_root() {
+        let (_d, r) = root();
+        // an absolute link climbing out: resolved inside the root, as the container sees it
+        symlink("/../../../etc/passwd", r.join("etc/hosts")).unwrap();
+        let root = InRoot::open(&r).unwrap();
+        root.rewrite("/etc/hosts", |c| [c, b"more\n"].concat()).unwrap();
+        assert_eq!(std::fs::read(r.join("etc/passwd")).unwrap(), b"inside\nmore\n");
+        std::fs::create_dir(r.join("etc/dir")).unwrap();
+        assert!(root.rewrite("/etc/dir", |c| c.to_vec()).is_err(), "not a regular file");
     }
 }
