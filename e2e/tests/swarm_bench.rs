@@ -127,6 +127,17 @@ impl Engine {
         }
     }
 
+    /// `service create` without `-d`: the CLI's own wait until converged (with its
+    /// check that the tasks stay up); seconds until it returns.
+    fn create_cli(&self, name: &str, n: usize) -> f64 {
+        let reps = n.to_string();
+        let t = Instant::now();
+        let o = self.ok(&["service", "create", "--no-resolve-image", "--replicas", &reps, "--name", name, "busybox:latest", "sleep", "1d"]);
+        let s = t.elapsed().as_secs_f64();
+        assert!(o.contains("converged"), "{}: {o}", self.label);
+        s
+    }
+
     /// `service rm` and wait until its containers are gone from every node.
     fn remove(&self, name: &str) {
         self.ok(&["service", "rm", name]);
@@ -447,8 +458,22 @@ fn swarm_bench() {
             let e = (r + k) % engines.len();
             let name = format!("cr{r}");
             let s = engines[e].create(&name, replicas, &[], &["sleep", "1d"]);
-            eprintln!("round {r}: {}: {replicas} replicas {replicas}/{replicas} in {s:.2} s", engines[e].label);
+            // (not timed) what `service ls` said: that many containers up on the nodes
+            let up = engines[e].containers(&name);
+            eprintln!("round {r}: {}: {replicas} replicas {replicas}/{replicas} in {s:.2} s ({up} containers up then)", engines[e].label);
             created[e].push(s);
+            engines[e].remove(&name);
+        }
+    }
+    // the same through the CLI's own convergence wait (what `service create` takes)
+    let mut waited: Vec<Vec<f64>> = vec![Vec::new(); engines.len()];
+    for r in 0..rounds {
+        for k in 0..engines.len() {
+            let e = (r + k) % engines.len();
+            let name = format!("cw{r}");
+            let s = engines[e].create_cli(&name, replicas);
+            eprintln!("round {r}: {}: service create --replicas {replicas} (CLI wait) returned in {s:.2} s", engines[e].label);
+            waited[e].push(s);
             engines[e].remove(&name);
         }
     }
@@ -473,6 +498,21 @@ fn swarm_bench() {
         moby_col(moby_create),
         ratio(med[1], moby_create),
         &format!("same workload on both; rounds berth [{}]", fmt_all(&created[1])),
+    );
+
+    let wmed: Vec<f64> = waited.iter().map(|v| median(v)).collect();
+    let moby_wait = moby.as_ref().map(|_| wmed[2]);
+    table.row(
+        &format!("service create --replicas {replicas} (CLI's convergence wait), berth 3 nodes vs Moby 1"),
+        secs(wmed[0]),
+        moby_col(moby_wait),
+        ratio(wmed[0], moby_wait),
+        &format!(
+            "berth 1 node {:.2} s; rounds berth x3 [{}]{}",
+            wmed[1],
+            fmt_all(&waited[0]),
+            moby.as_ref().map(|_| format!(" Moby [{}]", fmt_all(&waited[2]))).unwrap_or_default()
+        ),
     );
 
     // 3. requests per second through the routing mesh (3 replicas, -p 8080:80)
@@ -606,6 +646,11 @@ fn swarm_bench() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (down, placed, running) = (down.unwrap(), placed.unwrap(), running.unwrap());
+    let up: usize = [&nodes[0], &nodes[1]]
+        .iter()
+        .map(|n| lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=fo"])).len())
+        .sum();
+    eprintln!("node loss: down {down:.2} s, placed {placed:.2} s, running {running:.2} s; {up} containers up on the two living nodes");
     table.row(
         &format!("worker node SIGKILLed -> {replicas}/{replicas} Running on the others"),
         secs(running),
