@@ -105,6 +105,17 @@ impl Underlay {
     }
 }
 
+impl Underlay {
+    /// SIGKILL every process in namespace `i` (one run there that is no [`Node`], e.g.
+    /// a reference dockerd and its containerd and shims).
+    pub fn kill_processes(&self, i: usize) {
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.nodes[i])).map(|m| std::os::linux::fs::MetadataExt::st_ino(&m)).ok();
+        for p in pids_in_netns(ino) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
 fn pids_in_netns(ino: Option<u64>) -> Vec<i32> {
     let Some(ino) = ino else { return Vec::new() };
     let mut v = Vec::new();
