@@ -15,7 +15,7 @@ export BENCH_MOBY=${MOBY:-1}
 log=$BENCH_DIR/swarm.log
 cd "$REPO"
 rc=0
-nice -n 10 cargo test --release -p berth-e2e --test swarm_bench -- --ignored --nocapture --test-threads=1 \
+nice -n 10 cargo test --release -p berth-e2e --features bench --test swarm_bench -- --ignored --nocapture --test-threads=1 \
   > "$log" 2>&1 || rc=$?
 grep -E '^(round|Moby|\(no Moby)' "$log" || true
 echo

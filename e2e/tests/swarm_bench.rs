@@ -1,6 +1,6 @@
 //! The swarm bench of issue 18 ("Numbers"), `#[ignore]`d (CI does not run it):
 //!
-//!     cargo test --release -p berth-e2e --test swarm_bench -- --ignored --nocapture
+//!     cargo test --release -p berth-e2e --features bench --test swarm_bench -- --ignored --nocapture
 //!
 //! or `e2e/bench/swarm.sh`. Every engine runs in a network namespace of the bench's
 //! (`berth_e2e::netns::Underlay`): three berth nodes in one swarm (a manager, two
