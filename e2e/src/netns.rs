@@ -148,6 +148,13 @@ impl Drop for Underlay {
 }
 
 /// Where a test keeps files it made (for images loaded into nodes).
+/// Move this thread into the network namespace `ns` (network namespaces are per thread).
+pub fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {ns}");
+}
+
 pub fn path(u: &Underlay, name: &str) -> PathBuf {
     u.dir.path().join(name)
 }

@@ -601,6 +601,63 @@ fn worker_joins_over_the_underlay() {
     assert!(ok, "{ps:?}");
     mgr.docker_ok(&["service", "rm", "web"]);
     wait_for(30, "the service's containers removed", &mgr, || (running_web(&mgr) == 0).then_some(()));
+
+    // Root on a worker holds its swarm credentials: through its leaf it may read the
+    // store and write its own keys, nothing else (issue 18: "a node can publish only
+    // what its role needs"). The managers tell the worker's leaf server its permissions
+    // and it forwards nothing else; a leaf that sends more anyway is cut off by them.
+    let wid = wkr.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]).trim().to_string();
+    let asks: Vec<(String, &str)> = vec![
+        ("$JS.swarm.API.STREAM.INFO.KV_swarm_services".into(), ""),
+        ("$JS.swarm.API.STREAM.DELETE.KV_swarm_services".into(), ""),
+        ("$JS.swarm.API.STREAM.PURGE.KV_swarm_nodes".into(), ""),
+        ("$JS.swarm.API.$KV.swarm_services.evil".into(), "{}"),
+        ("$JS.swarm.API.$KV.swarm_heartbeats.someone-else".into(), "{}"),
+        // its own key, with a value that does not decode: the managers read past it
+        (format!("$JS.swarm.API.$KV.swarm_task_status.{wid}.evil"), "not json"),
+    ];
+    let answers = swarm_bus_as_node(&u, 1, &wkr, &asks);
+    eprintln!("the worker's requests: {answers:#?}");
+    let ok = |i: usize| answers[i].as_deref().map(|a| !a.contains("\"error\"")).unwrap_or(false);
+    assert!(ok(0) && answers[0].as_deref().unwrap_or_default().contains("\"config\""), "reads are allowed: {answers:?}");
+    for i in 1..5 {
+        assert!(!ok(i), "{} must be refused: {:?}", asks[i].0, answers[i]);
+    }
+    assert!(ok(5) && answers[5].as_deref().unwrap_or_default().contains("\"seq\""), "its own key: {answers:?}");
+    // the store is whole and the managers still follow it
+    assert_eq!(mgr.docker_ok(&["node", "ls", "-q"]).lines().count(), 2);
+    let o = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "after", "busybox:latest", "sleep", "1d"]);
+    assert!(o.contains("converged"), "{o}");
+    mgr.docker_ok(&["service", "rm", "after"]);
+}
+
+/// Requests on the swarm bus from inside node `i`'s namespace, as the user of that
+/// node's own swarm server (what root on the node has): each answer's payload, or
+/// None when nothing answered (a refused subject is not forwarded by the leaf).
+fn swarm_bus_as_node(u: &berth_e2e::netns::Underlay, i: usize, node: &Node, asks: &[(String, &str)]) -> Vec<Option<String>> {
+    let conf = std::fs::read_to_string(node.root.join("swarm/server/nats.conf")).unwrap();
+    let field = |k: &str| conf.split(&format!("{k}: \"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string).unwrap_or_else(|| panic!("{k} in {conf}"));
+    let (listen, user, password) = (field("listen"), field("user"), field("password"));
+    let ns = u.nodes[i].clone();
+    let asks: Vec<(String, String)> = asks.iter().map(|(s, b)| (s.clone(), b.to_string())).collect();
+    std::thread::spawn(move || {
+        berth_e2e::netns::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = async_nats::ConnectOptions::with_user_and_password(user, password)
+                .request_timeout(Some(Duration::from_secs(3)))
+                .connect(format!("nats://{listen}"))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for (s, b) in asks {
+                out.push(c.request(s, b.into_bytes().into()).await.ok().map(|m| String::from_utf8_lossy(&m.payload).into_owned()));
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 /// Three nodes on an underlay: a worker joins a lone manager and runs a task; then a

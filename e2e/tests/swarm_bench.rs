@@ -170,12 +170,7 @@ fn get(addr: &SocketAddr) -> bool {
     s.read_to_end(&mut b).is_ok() && (b.starts_with(b"HTTP/1.1 200") || b.starts_with(b"HTTP/1.0 200"))
 }
 
-/// Move this thread into the network namespace `ns` (network namespaces are per thread).
-fn enter(ns: &str) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {ns}");
-}
+use berth_e2e::netns::enter;
 
 /// `total` GETs shared by the clients (one thread each): (requests per second, failed).
 fn load(clients: &[(String, SocketAddr)], total: usize) -> (f64, usize) {

@@ -143,21 +143,33 @@ pub fn permissions(role: Role, user: &str) -> (Vec<String>, Vec<String>) {
         // Managers run the store and call every node.
         Role::Manager => (vec![">".into()], vec![">".into()]),
         // A worker reads the store through its leaf (the JetStream API of the swarm
-        // domain), writes its own task status and heartbeat, and answers requests for
-        // its node. Everything else is refused by its managers.
-        Role::Worker => (
-            vec![
-                format!("$JS.{DOMAIN}.API.>"),
-                "$JS.API.>".into(),
-                "$KV.>".into(),
-                "_INBOX.>".into(),
-                "_I.>".into(),
-                format!("{}.>", bus_schema::swarm::cluster::PREFIX),
-            ],
-            vec![">".into()],
-        ),
+        // domain: stream and consumer info, watches, direct gets), writes only its own
+        // task status and heartbeat, and answers requests for its node. Everything else
+        // (another node's keys, the managers' buckets, deleting or purging a stream) is
+        // refused by its managers: a worker's root holds its credentials.
+        Role::Worker => (worker_publish(user.strip_prefix("n-").unwrap_or(user)), vec![">".into()]),
         Role::Join => (vec![bus_schema::swarm::cluster::JOIN.into()], vec![format!("_I.{user}.>"), "_INBOX.>".into()]),
     }
+}
+
+/// What a worker (node `node`) may publish into the managers' servers.
+fn worker_publish(node: &str) -> Vec<String> {
+    use crate::store::buckets::{HEARTBEATS, TASK_STATUS};
+    // the JetStream API calls a reader makes (async-nats' KV bind, watch, get)
+    const READS: &[&str] = &["INFO", "STREAM.INFO.*", "STREAM.NAMES", "STREAM.LIST", "STREAM.MSG.GET.*", "DIRECT.GET.>", "CONSUMER.CREATE.>", "CONSUMER.INFO.>"];
+    // its own keys: `<node>.<task>` task status, `<node>` heartbeat
+    let own = [format!("$KV.{TASK_STATUS}.{node}.>"), format!("$KV.{HEARTBEATS}.{node}")];
+    let mut v = Vec::new();
+    for api in [format!("$JS.{DOMAIN}.API"), "$JS.API".to_string()] {
+        v.extend(READS.iter().map(|r| format!("{api}.{r}")));
+        // a KV put through a JetStream domain goes to `<API prefix>.$KV.<bucket>.<key>`
+        v.extend(own.iter().map(|k| format!("{api}.{k}")));
+    }
+    v.extend(own);
+    // an ordered consumer's flow-control answers
+    v.push("$JS.FC.>".into());
+    v.extend(["_INBOX.>".to_string(), "_I.>".to_string(), format!("{}.>", bus_schema::swarm::cluster::PREFIX)]);
+    v
 }
 
 fn user_entry(out: &mut String, u: &User) {
@@ -341,6 +353,23 @@ mod tests {
         let t = render(&c);
         assert!(t.contains("nats-leaf://n-w:p@10.0.0.1:2378"), "{t}");
         assert!(!t.contains("jetstream"), "{t}");
+    }
+
+    #[test]
+    fn a_worker_may_write_only_its_own_keys() {
+        let (p, sub) = permissions(Role::Worker, "n-w1");
+        assert_eq!(sub, vec![">".to_string()]);
+        for want in ["$JS.swarm.API.$KV.swarm_task_status.w1.>", "$JS.swarm.API.$KV.swarm_heartbeats.w1", "$KV.swarm_task_status.w1.>", "$JS.swarm.API.CONSUMER.CREATE.>", "$JS.swarm.API.DIRECT.GET.>"] {
+            assert!(p.contains(&want.to_string()), "{want} in {p:?}");
+        }
+        for p in &p {
+            // no wildcard over the store: no other bucket, no stream delete or purge
+            assert!(!["$KV.>", "$JS.API.>", "$JS.swarm.API.>", ">"].contains(&p.as_str()), "{p}");
+            assert!(!p.contains("DELETE") && !p.contains("PURGE") && !p.contains("UPDATE"), "{p}");
+            if p.contains("$KV.") {
+                assert!(p.contains(".w1"), "{p}");
+            }
+        }
     }
 
     #[test]

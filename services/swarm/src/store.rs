@@ -213,6 +213,19 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
         serde_json::from_slice(b).map_err(|e| StoreError::Other(format!("decode {key}: {e}")))
     }
 
+    /// A watched put. A value that does not decode (a worker may write its own keys:
+    /// a compromised one could write anything there) is seen as the key's absence,
+    /// not as the end of the watch: a copy that stopped at it would stop for good.
+    fn put_change(key: String, value: &[u8], revision: u64) -> Change<T> {
+        match Self::dec(&key, value) {
+            Ok(value) => Change::Put { key, value, revision },
+            Err(e) => {
+                tracing::warn!(%key, revision, error = %e, "a value that does not decode: ignored");
+                Change::Delete { key, revision }
+            }
+        }
+    }
+
     /// The value and its revision.
     pub async fn get(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
         match self.kv.entry(key).await {
@@ -334,7 +347,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
             let e = e.map_err(|e| classify(e.to_string()))?;
             let done = e.delta == 0 || e.revision >= last;
             let ch = match e.operation {
-                kv::Operation::Put => Change::Put { value: Self::dec(&e.key, &e.value)?, key: e.key, revision: e.revision },
+                kv::Operation::Put => Self::put_change(e.key, &e.value, e.revision),
                 kv::Operation::Delete | kv::Operation::Purge => Change::Delete { key: e.key, revision: e.revision },
             };
             Ok((ch, done))
@@ -370,7 +383,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
             let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_string());
             out.push(match op.as_deref() {
                 Some("DEL") | Some("PURGE") => Change::Delete { key, revision: m.sequence },
-                _ => Change::Put { value: Self::dec(&key, &m.payload)?, key, revision: m.sequence },
+                _ => Self::put_change(key, &m.payload, m.sequence),
             });
         }
         Ok(out)

@@ -141,3 +141,25 @@ async fn a_copy_whose_watch_lost_its_consumer_keeps_following() {
     put_new_delete_old(&b, &t).await;
     h.abort();
 }
+
+#[tokio::test]
+async fn a_value_that_does_not_decode_does_not_stop_the_copy() {
+    let n = Nats::start();
+    let c = async_nats::connect(n.url()).await.unwrap();
+    let js = async_nats::jetstream::new(c);
+    let s = store::open(&js, 1).await.unwrap();
+    let b = s.bucket::<String>(buckets::TASK_STATUS);
+    // (a worker may write its own keys: a compromised one, anything there)
+    let raw = js.get_key_value(buckets::TASK_STATUS).await.unwrap();
+    raw.put("w1.bad", "not json".into()).await.unwrap();
+    b.put("old", &"x".to_string()).await.unwrap();
+    let t: std::sync::Arc<Table<String>> = Table::new();
+    let h = tokio::spawn(cache::follow(b.clone(), t.clone()));
+    tokio::time::timeout(Duration::from_secs(5), t.wait_ready()).await.unwrap();
+    assert!(t.get("w1.bad").is_none());
+    raw.put("w1.bad2", "{".into()).await.unwrap();
+    put_new_delete_old(&b, &t).await;
+    assert!(t.get("w1.bad2").is_none());
+    assert_eq!(b.list().await.unwrap().into_iter().map(|(k, _, _)| k).collect::<Vec<_>>(), vec!["new".to_string()]);
+    h.abort();
+}
