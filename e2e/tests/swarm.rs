@@ -1094,7 +1094,8 @@ fn service_logs_across_nodes() {
     assert_eq!(parse(&o), vec![(wprefix.clone(), format!("hello from {whost}"))], "{o}");
     // the options travel too: the last line, with its timestamp
     let o = mgr.docker_ok(&["service", "logs", "--timestamps", "--tail", "1", &wtask]);
-    assert!(o.contains("| 20") && o.trim_end().ends_with(&format!("Z hello from {whost}")), "{o}");
+    // (the CLI puts the timestamp first: "2026-…Z lg.2.…@node    | hello")
+    assert!(o.starts_with("20") && o.contains(&format!("Z {wprefix} ")) && o.trim_end().ends_with(&format!("| hello from {whost}")), "{o}");
 
     // -f: a new line of the worker's task comes through; killing the command ends it
     let mut cmd = mgr.cmd();

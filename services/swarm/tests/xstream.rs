@@ -26,11 +26,13 @@ impl Drop for Dropped {
 
 /// Serve one stream per request on `client` with what `source` makes. Aborting the
 /// returned task stops its writers too (as a node dying would).
-fn serve(client: async_nats::Client, source: impl Fn() -> Result<BusStream<StdioChunk>, BusError> + Send + Sync + 'static) -> tokio::task::JoinHandle<()> {
+async fn serve(client: async_nats::Client, source: impl Fn() -> Result<BusStream<StdioChunk>, BusError> + Send + Sync + 'static) -> tokio::task::JoinHandle<()> {
     let source = Arc::new(source);
+    // subscribed before the reader asks
+    let mut sub = client.subscribe(SUBJECT).await.unwrap();
+    client.flush().await.unwrap();
     tokio::spawn(async move {
         let mut writers = tokio::task::JoinSet::new();
-        let mut sub = client.subscribe(SUBJECT).await.unwrap();
         while let Some(msg) = sub.next().await {
             let reply = msg.reply.clone().unwrap();
             let client = client.clone();
@@ -72,7 +74,8 @@ async fn every_chunk_arrives_in_order_then_the_end() {
             }
             Ok(())
         }))
-    });
+    })
+    .await;
     w.flush().await.unwrap();
     let mut s = xstream::open::<StdioChunk>(&r, SUBJECT.into(), b"req".to_vec(), "node test", fast()).await.unwrap();
     let mut got = Vec::new();
@@ -88,7 +91,7 @@ async fn every_chunk_arrives_in_order_then_the_end() {
 async fn the_writers_error_reaches_the_reader() {
     let n = Nats::start();
     let (w, r) = (connect(&n).await, connect(&n).await);
-    let h = serve(w.clone(), || Err(BusError::not_found("No such container: x")));
+    let h = serve(w.clone(), || Err(BusError::not_found("No such container: x"))).await;
     w.flush().await.unwrap();
     let e = xstream::open::<StdioChunk>(&r, SUBJECT.into(), Vec::new(), "node test", fast()).await.err().expect("an error");
     assert_eq!(e.message, "No such container: x");
@@ -116,7 +119,8 @@ async fn the_reader_going_away_stops_the_writer() {
             }
             Ok(())
         }))
-    });
+    })
+    .await;
     w.flush().await.unwrap();
     let mut s = xstream::open::<StdioChunk>(&r, SUBJECT.into(), Vec::new(), "node test", fast()).await.unwrap();
     for i in 0..3 {
@@ -140,10 +144,12 @@ async fn the_reader_going_away_stops_the_writer() {
         Ok(berth_bus::produce(move |em| async move {
             let _guard = Dropped(d);
             em.send(StdioChunk { stream: 1, data: b"once\n".to_vec() }).await?;
-            std::future::pending::<()>().await;
+            // a runtime's log stream stops when its reader drops it
+            em.closed().await;
             Ok(())
         }))
-    });
+    })
+    .await;
     w.flush().await.unwrap();
     let mut s = xstream::open::<StdioChunk>(&r, SUBJECT.into(), Vec::new(), "node test", fast()).await.unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().data, b"once\n");
@@ -163,7 +169,8 @@ async fn the_writer_vanishing_ends_the_reader_with_an_error() {
             std::future::pending::<()>().await;
             Ok(())
         }))
-    });
+    })
+    .await;
     w.flush().await.unwrap();
     let mut s = xstream::open::<StdioChunk>(&r, SUBJECT.into(), Vec::new(), "node test", fast()).await.unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().data, b"before\n");
