@@ -30,7 +30,9 @@ async fn serve(client: async_nats::Client, source: impl Fn() -> Result<BusStream
     let source = Arc::new(source);
     // subscribed before the reader asks
     let mut sub = client.subscribe(SUBJECT).await.unwrap();
-    client.flush().await.unwrap();
+    // a round trip on the same connection: the server has taken the subscription
+    // (a flush only writes it out; another connection's request could come first)
+    let _ = client.request("test.probe", bytes::Bytes::new()).await;
     tokio::spawn(async move {
         let mut writers = tokio::task::JoinSet::new();
         while let Some(msg) = sub.next().await {
