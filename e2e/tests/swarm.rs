@@ -1074,6 +1074,127 @@ fn overlay_network_between_two_nodes() {
     mgr.docker_ok(&["swarm", "leave", "--force"]);
 }
 
+/// Kills a `docker service logs -f` when dropped (a failed test leaves none behind).
+struct Following(std::process::Child);
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `docker service logs` on a manager shows the tasks of every node: two nodes on an
+/// underlay, a service with a task on each, each task saying its hostname. The
+/// manager reads the worker's task through the worker's swarm service over the swarm
+/// bus: the whole service, one task by its ID, and `-f` following a new line of the
+/// worker's task until the command is killed.
+#[test]
+fn service_logs_across_nodes() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(2);
+    let mgr = u.start_node(0, Default::default());
+    let wkr = u.start_node(1, Default::default());
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    let (mname, wname) = (format!("bsw{}-1", u.id), format!("bsw{}-2", u.id));
+    wait_for(30, "both nodes Ready", &mgr, || {
+        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+        (ls.contains(&format!("{mname} Ready")) && ls.contains(&format!("{wname} Ready"))).then_some(())
+    });
+    load_busybox(&u, &[&mgr, &wkr]);
+
+    // each task: its hostname, then a line each time /tmp/go appears
+    let script = "echo hello from $(hostname); while true; do if [ -e /tmp/go ]; then rm /tmp/go; echo go from $(hostname); fi; sleep 0.2; done";
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "lg", "busybox:latest", "sh", "-c", script]);
+    assert!(created.contains("converged"), "{created}");
+    // task ID, name (lg.<slot>) and node of each task, as `service ps` shows them
+    let ps = lines(&mgr.docker_ok(&["service", "ps", "lg", "--format", "{{.ID}} {{.Name}} {{.Node}}"]));
+    let task_on = |node: &str| {
+        let l = ps.iter().find(|l| l.ends_with(&format!(" {node}"))).unwrap_or_else(|| panic!("no task on {node}: {ps:?}"));
+        let f: Vec<&str> = l.split(' ').collect();
+        (f[0].to_string(), format!("{}.{}@{}", f[1], f[0], node))
+    };
+    let ((_, mprefix), (wtask, wprefix)) = (task_on(&mname), task_on(&wname));
+    let ctr = |n: &Node| {
+        let ids = lines(&n.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=lg"]));
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        ids[0].clone()
+    };
+    let (mctr, wctr) = (ctr(&mgr), ctr(&wkr));
+    let (mhost, whost) = (mgr.docker_ok(&["exec", &mctr, "hostname"]).trim().to_string(), wkr.docker_ok(&["exec", &wctr, "hostname"]).trim().to_string());
+    // "lg.1.abcdef@node    | hello" as the CLI renders it: (prefix, message)
+    let parse = |o: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = o
+            .lines()
+            .filter_map(|l| l.split_once(" | ").map(|(p, m)| (p.trim().to_string(), m.trim().to_string())))
+            .collect();
+        v.sort();
+        v
+    };
+
+    // the whole service, from the manager: both tasks' lines, the worker's included
+    let want = {
+        let mut v = vec![(mprefix.clone(), format!("hello from {mhost}")), (wprefix.clone(), format!("hello from {whost}"))];
+        v.sort();
+        v
+    };
+    let got = wait_for(30, "both tasks' lines", &mgr, || {
+        let o = mgr.docker(&["service", "logs", "lg"]);
+        let got = parse(&String::from_utf8_lossy(&o.stdout));
+        (o.status.success() && got == want).then_some(got)
+    });
+    eprintln!("{got:?}");
+    // one task by its ID: the worker's, from the manager
+    let o = mgr.docker_ok(&["service", "logs", &wtask]);
+    assert_eq!(parse(&o), vec![(wprefix.clone(), format!("hello from {whost}"))], "{o}");
+    // the options travel too: the last line, with its timestamp
+    let o = mgr.docker_ok(&["service", "logs", "--timestamps", "--tail", "1", &wtask]);
+    // (the CLI puts the timestamp first: "2026-…Z lg.2.…@node    | hello")
+    assert!(o.starts_with("20") && o.contains(&format!("Z {wprefix} ")) && o.trim_end().ends_with(&format!("| hello from {whost}")), "{o}");
+
+    // -f: a new line of the worker's task comes through; killing the command ends it
+    let mut cmd = mgr.cmd();
+    cmd.args(["service", "logs", "-f", "lg"]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut f = Following(cmd.spawn().unwrap());
+    let stdout = f.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut until = |what: &str, ok: &dyn Fn(&[String]) -> bool| {
+        let t = Instant::now();
+        while !ok(&seen) {
+            assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}: {seen:?}\n{}\n{}", mgr.logs(), wkr.logs());
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push(l);
+            }
+        }
+    };
+    until("both tasks' first lines", &|s| s.iter().any(|l| l.ends_with(&format!("| hello from {whost}"))) && s.iter().any(|l| l.ends_with(&format!("| hello from {mhost}"))));
+    wkr.docker_ok(&["exec", &wctr, "touch", "/tmp/go"]);
+    until("the worker's new line", &|s| s.iter().any(|l| l.starts_with(&wprefix) && l.ends_with(&format!("| go from {whost}"))));
+    f.0.kill().unwrap();
+    let st = f.0.wait().unwrap();
+    assert!(!st.success());
+    drop(f);
+
+    // the service goes; the logs of its gone tasks are gone with it
+    mgr.docker_ok(&["service", "rm", "lg"]);
+    wait_for(30, "the service's containers removed", &mgr, || {
+        (lines(&wkr.docker_ok(&["ps", "-aq", "--filter", "label=com.docker.swarm.service.name=lg"])).is_empty()).then_some(())
+    });
+    wkr.docker_ok(&["swarm", "leave"]);
+    mgr.docker_ok(&["swarm", "leave", "--force"]);
+}
+
 /// The routing mesh: three nodes (a manager and two workers) on an underlay; a service
 /// publishing 8080 through the ingress network answers on every node's address,
 /// consecutive requests reaching different tasks; a rolling update under a steady load

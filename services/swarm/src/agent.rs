@@ -11,6 +11,7 @@ use crate::cluster::Cluster;
 use crate::model::*;
 use crate::store::{buckets, Bucket};
 use bus_schema::stream::StdioChunk;
+use bus_schema::swarm::cluster::{AgentTaskLogs, NodeRpc};
 use bus_schema::swarm::LogOptions;
 use bus_schema::{docker, BusError, BusStream};
 use futures_util::StreamExt;
@@ -503,8 +504,12 @@ pub fn container_body(c: &Cluster, t: &TaskRecord) -> docker::ContainerCreateBod
 }
 
 /// `docker service logs` / `docker task logs`: each task's container log, one line per
-/// item, prefixed with the task's IDs when `details` (the CLI asks for them). Dropping
-/// the stream stops every reader.
+/// item, prefixed with the task's IDs when `details` (the CLI asks for them). A task on
+/// this node is read from its runtime; one on another node through that node's swarm
+/// service over the swarm bus ([`serve_logs`], [`crate::xstream`]). Lines from all tasks
+/// are merged as they come. Dropping the stream stops every reader (the other nodes'
+/// too). Tasks whose node could not be read: Moby's incomplete-stream warning as the
+/// stream's error once the others ended.
 pub fn stream_logs(c: Arc<Cluster>, tasks: Vec<TaskRecord>, opts: LogOptions) -> BusStream<StdioChunk> {
     berth_bus::produce(move |em| async move {
         let me = c.node_id();
@@ -513,31 +518,121 @@ pub fn stream_logs(c: Arc<Cluster>, tasks: Vec<TaskRecord>, opts: LogOptions) ->
             let Some(node) = t.node_id.clone() else { continue };
             let status = c.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r.status);
             let Some(ctr) = status.and_then(|s| s.container_id) else { continue };
-            if node != me {
-                // Tasks on other nodes are read through their node's agent (multi-node).
-                continue;
-            }
-            let details = format!("{LABEL_NODE}={node},{LABEL_SERVICE_ID}={},{LABEL_TASK_ID}={}", t.service_id, t.id);
-            let nb = c.node_bus().clone();
+            let c = c.clone();
             let em = em.clone();
             let o = opts.clone();
+            let me = me.clone();
             readers.spawn(async move {
-                let Ok((_, mut items)) = nb.logs(&ctr, &o).await else { return };
-                while let Some(Ok(chunk)) = items.next().await {
-                    let data = if o.details { add_details(&chunk.data, &details, o.timestamps) } else { chunk.data };
-                    if em.send(StdioChunk { stream: chunk.stream, data }).await.is_err() {
-                        return;
+                // Moby's reason for a task whose node could not be read
+                let gone = format!("node {node} is not available");
+                let remote = node != me;
+                let opened = if !remote {
+                    task_container_logs(c.node_bus(), &ctr, &details(&node, &t.service_id, &t.id), &o).await
+                } else {
+                    let req = AgentTaskLogs { task_id: t.id.clone(), container_id: ctr, opts: o };
+                    let payload = rmp_serde::to_vec_named(&req).unwrap_or_default();
+                    crate::xstream::open(&c.client, AgentTaskLogs::subject(&node), payload, &format!("node {node}"), crate::xstream::Timing::default()).await
+                };
+                // a log that cannot be read (a container gone) is left out, as before;
+                // a node that cannot be reached is said at the end
+                let failed = |e: BusError| {
+                    tracing::debug!(task = %t.id, %node, error = %e, "reading a task's log");
+                    (remote && e.message == gone).then(|| gone.clone())
+                };
+                let mut items = match opened {
+                    Ok(s) => s,
+                    Err(e) => return failed(e),
+                };
+                while let Some(item) = items.next().await {
+                    match item {
+                        Ok(chunk) => {
+                            if em.send(chunk).await.is_err() {
+                                return None;
+                            }
+                        }
+                        Err(e) => return failed(e),
                     }
                 }
+                None
             });
         }
         // until every log ends or the reader goes away (the JoinSet aborts the rest)
+        let mut failed: Vec<String> = Vec::new();
         tokio::select! {
-            _ = async { while readers.join_next().await.is_some() {} } => {}
-            _ = em.closed() => {}
+            _ = async {
+                while let Some(r) = readers.join_next().await {
+                    if let Ok(Some(why)) = r {
+                        failed.push(why);
+                    }
+                }
+            } => {}
+            _ = em.closed() => return Ok(()),
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(BusError::unavailable(crate::rpc(
+                "Unknown",
+                format!("warning: incomplete log stream. some logs could not be retrieved for the following reasons: {}", failed.join(", ")),
+            )))
+        }
     })
+}
+
+/// What `--details` puts before each line of a task's log (Moby's service log attributes).
+fn details(node: &str, service_id: &str, task_id: &str) -> String {
+    format!("{LABEL_NODE}={node},{LABEL_SERVICE_ID}={service_id},{LABEL_TASK_ID}={task_id}")
+}
+
+/// A task container's log on this node, each line with `details` when the options ask.
+async fn task_container_logs(nb: &crate::node_bus::NodeBus, ctr: &str, details: &str, o: &LogOptions) -> Result<BusStream<StdioChunk>, BusError> {
+    let (_, items) = nb.logs(ctr, o).await?;
+    let (with, ts, details) = (o.details, o.timestamps, details.to_string());
+    Ok(Box::pin(items.map(move |r| {
+        r.map(|chunk| if with { StdioChunk { stream: chunk.stream, data: add_details(&chunk.data, &details, ts) } } else { chunk })
+    })))
+}
+
+/// Every node: answer other nodes' [`AgentTaskLogs`] for the task containers this node
+/// runs (the container's labels must name the task and this node), streaming them with
+/// [`crate::xstream`]. Subscribed again if the subscription ends.
+pub async fn serve_logs(c: Arc<Cluster>) {
+    let me = c.node_id();
+    let subject = AgentTaskLogs::subject(&me);
+    loop {
+        let mut sub = match c.client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscribing the task log requests; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Some(reply) = msg.reply.clone() else { continue };
+            let c = c.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                let opened = match rmp_serde::from_slice::<AgentTaskLogs>(&msg.payload) {
+                    Ok(r) => own_task_logs(&c, &me, &r).await,
+                    Err(e) => Err(BusError::invalid(format!("bad task log request: {e}"))),
+                };
+                let _ = crate::xstream::send(c.client.clone(), reply, opened, crate::xstream::Timing::default()).await;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The log of a task container of this node, as asked by another node.
+async fn own_task_logs(c: &Cluster, me: &str, r: &AgentTaskLogs) -> Result<BusStream<StdioChunk>, BusError> {
+    let i = c.node_bus().inspect(&r.container_id).await?;
+    let labels = i.config.and_then(|c| c.labels).unwrap_or_default();
+    if labels.get(LABEL_TASK_ID) != Some(&r.task_id) || labels.get(LABEL_NODE).map(String::as_str) != Some(me) {
+        return Err(BusError::not_found(format!("task {} has no container {} on node {me}", r.task_id, r.container_id)));
+    }
+    let service_id = labels.get(LABEL_SERVICE_ID).cloned().unwrap_or_default();
+    task_container_logs(c.node_bus(), &r.container_id, &details(me, &service_id, &r.task_id), &r.opts).await
 }
 
 /// `<timestamp >details line` as Moby writes service log lines.

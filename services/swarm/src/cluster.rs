@@ -235,6 +235,8 @@ impl Cluster {
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));
+        // every node: the logs of its tasks for the managers' `docker service logs`
+        self.spawn(crate::agent::serve_logs(self.clone()));
         self.spawn(crate::overlay::run(self.clone()));
         self.spawn(watch_server(self.clone()));
         self.spawn(crate::role::watch(self.clone()));

@@ -37,6 +37,7 @@ pub mod server;
 pub mod store;
 pub mod taskfiles;
 pub mod tls;
+pub mod xstream;
 
 use berth_bus::{Bus, Server};
 use berth_config::DaemonConfig;

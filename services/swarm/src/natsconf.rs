@@ -154,11 +154,14 @@ pub fn permissions(role: Role, user: &str) -> (Vec<String>, Vec<String>) {
 
 /// What a worker (node `node`) may publish into the managers' servers.
 fn worker_publish(node: &str) -> Vec<String> {
-    use crate::store::buckets::{HEARTBEATS, TASK_STATUS};
+    use crate::store::buckets::{HEARTBEATS, NETWORKS, TASK_STATUS};
     // the JetStream API calls a reader makes (async-nats' KV bind, watch, get)
     const READS: &[&str] = &["INFO", "STREAM.INFO.*", "STREAM.NAMES", "STREAM.LIST", "STREAM.MSG.GET.*", "DIRECT.GET.>", "CONSUMER.CREATE.>", "CONSUMER.INFO.>"];
-    // its own keys: `<node>.<task>` task status, `<node>` heartbeat
-    let own = [format!("$KV.{TASK_STATUS}.{node}.>"), format!("$KV.{HEARTBEATS}.{node}")];
+    // its own keys: `<node>.<task>` task status, `<node>` heartbeat; and the overlay
+    // networks' records, where the node running a task allocates its address (one
+    // record per network: not narrowed to the node; the allocation belongs with the
+    // managers, as swarmkit's allocator)
+    let own = [format!("$KV.{TASK_STATUS}.{node}.>"), format!("$KV.{HEARTBEATS}.{node}"), format!("$KV.{NETWORKS}.>")];
     let mut v = Vec::new();
     for api in [format!("$JS.{DOMAIN}.API"), "$JS.API".to_string()] {
         v.extend(READS.iter().map(|r| format!("{api}.{r}")));
@@ -168,7 +171,9 @@ fn worker_publish(node: &str) -> Vec<String> {
     v.extend(own);
     // an ordered consumer's flow-control answers
     v.push("$JS.FC.>".into());
-    v.extend(["_INBOX.>".to_string(), "_I.>".to_string(), format!("{}.>", bus_schema::swarm::cluster::PREFIX)]);
+    // inboxes: answers, and the frames of a log stream it serves (xstream); it asks
+    // no node anything (`berth.swarm.v1.…` are the managers')
+    v.extend(["_INBOX.>".to_string(), "_I.>".to_string()]);
     v
 }
 
@@ -366,8 +371,9 @@ mod tests {
             // no wildcard over the store: no other bucket, no stream delete or purge
             assert!(!["$KV.>", "$JS.API.>", "$JS.swarm.API.>", ">"].contains(&p.as_str()), "{p}");
             assert!(!p.contains("DELETE") && !p.contains("PURGE") && !p.contains("UPDATE"), "{p}");
+            assert!(!p.starts_with("berth.swarm.v1"), "{p}: a worker asks no node (another's logs)");
             if p.contains("$KV.") {
-                assert!(p.contains(".w1"), "{p}");
+                assert!(p.contains(".w1") || p.contains("$KV.swarm_networks.>"), "{p}");
             }
         }
     }

@@ -199,11 +199,17 @@ fn log_response(mut rd: BusStream<StdioChunk>, v: ApiVersion) -> Response {
     // dropping `rd` (client gone) stops the swarm service's readers
     let s = util::async_stream(move |tx| async move {
         while let Some(item) = rd.next().await {
-            let Ok(c) = item else { return };
+            let c = match item {
+                Ok(c) => c,
+                // Moby writes a log stream's error on the system-error stream (3): the
+                // CLI says "error from daemon in stream: …"
+                Err(e) => StdioChunk { stream: 3, data: format!("Error grabbing logs: {}\n", e.message).into_bytes() },
+            };
+            let end = c.stream == 3;
             let mut frame = vec![c.stream, 0, 0, 0];
             frame.extend_from_slice(&(c.data.len() as u32).to_be_bytes());
             frame.extend_from_slice(&c.data);
-            if tx.send(Ok(bytes::Bytes::from(frame))).await.is_err() {
+            if tx.send(Ok(bytes::Bytes::from(frame))).await.is_err() || end {
                 return;
             }
         }
