@@ -354,13 +354,6 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
         }))
     }
 
-    /// The sequence of the bucket stream's last message (the revision of its latest
-    /// write), asked of the server.
-    pub async fn last_revision(&self) -> Result<u64, StoreError> {
-        let info = self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?;
-        Ok(info.state.last_sequence)
-    }
-
     /// The changes after revision `after`, at most `max`, read one message at a time
     /// with direct gets. Any replica answers these: no consumer is made, so neither the
     /// stream's leader nor the JetStream meta leader is needed (after a manager's loss
