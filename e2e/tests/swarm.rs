@@ -491,6 +491,31 @@ fn load_busybox(u: &berth_e2e::netns::Underlay, nodes: &[&Node]) {
     }
 }
 
+/// `n` nodes on the underlay `u`, busybox loaded on each: the first inits the swarm, the
+/// others join it as workers, and all show Ready in its `node ls`. The caller keeps `u`
+/// declared before the nodes, so that they stop before their namespaces go.
+fn swarm_of(u: &berth_e2e::netns::Underlay, n: usize) -> Vec<Node> {
+    let nodes: Vec<Node> = (0..n).map(|i| u.start_node(i, Default::default())).collect();
+    load_busybox(u, &nodes.iter().collect::<Vec<_>>());
+    let mgr = &nodes[0];
+    let addr = format!("{}:2377", u.addrs[0]);
+    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    for w in &nodes[1..] {
+        w.docker_ok(&["swarm", "join", "--token", &token, &addr]);
+    }
+    wait_for(30, "every node Ready", mgr, || {
+        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
+        (0..n).all(|i| ls.contains(&format!("{} Ready", host_of(u, i)))).then_some(())
+    });
+    nodes
+}
+
+/// The hostname of the underlay's node `i` (its UTS namespace's).
+fn host_of(u: &berth_e2e::netns::Underlay, i: usize) -> String {
+    format!("bsw{}-{}", u.id, i + 1)
+}
+
 /// Two nodes, each a `berth up` in a network namespace of its own on an underlay the
 /// test makes: a worker joins a manager with the real CLI (token → credentials and CA,
 /// its swarm server a leaf of the manager's) and both see it as Docker shows it.
@@ -616,7 +641,7 @@ fn worker_joins_over_the_underlay() {
         // its own key, with a value that does not decode: the managers read past it
         (format!("$JS.swarm.API.$KV.swarm_task_status.{wid}.evil"), "not json"),
     ];
-    let answers = swarm_bus_as_node(&u, 1, &wkr, &asks);
+    let answers = swarm_bus_as_node(&u, 1, &wkr, &wid, &asks);
     eprintln!("the worker's requests: {answers:#?}");
     let ok = |i: usize| answers[i].as_deref().map(|a| !a.contains("\"error\"")).unwrap_or(false);
     assert!(ok(0) && answers[0].as_deref().unwrap_or_default().contains("\"config\""), "reads are allowed: {answers:?}");
@@ -629,15 +654,112 @@ fn worker_joins_over_the_underlay() {
     let o = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "after", "busybox:latest", "sleep", "1d"]);
     assert!(o.contains("converged"), "{o}");
     mgr.docker_ok(&["service", "rm", "after"]);
+
+    // Secrets and configs reach a worker's task, and only its own: the worker may not
+    // read those buckets, nor see what passes for other nodes; the managers give it the
+    // files of its own tasks (swarmkit's dispatcher sends a worker only its tasks').
+    let sf = std::env::temp_dir().join(format!("berth-secret-{}", u.id));
+    std::fs::write(&sf, "worker-secret\n").unwrap();
+    let sniffed = sniff_as_node(&u, 1, &wkr, &wid, &["$KV.swarm_secrets.>", "$JS.swarm.API.>", "_I.>", "_INBOX.>", ">"], || {
+        mgr.docker_ok(&["secret", "create", "ws", sf.to_str().unwrap()]);
+        mgr.docker_ok(&["secret", "ls"]);
+    });
+    std::fs::remove_file(&sf).unwrap();
+    assert!(sniffed.iter().all(|m| !m.contains("d29ya2VyLXNlY3JldA")), "the worker saw the secret pass: {sniffed:?}");
+    let cf = std::env::temp_dir().join(format!("berth-config-{}", u.id));
+    std::fs::write(&cf, "k=v\n").unwrap();
+    mgr.docker_ok(&["config", "create", "wc", cf.to_str().unwrap()]);
+    std::fs::remove_file(&cf).unwrap();
+    let o = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--name", "sec", "--constraint", "node.role==worker", "--secret", "ws", "--config", "source=wc,target=/etc/wc.conf", "busybox:latest", "sleep", "1d"]);
+    assert!(o.contains("converged"), "{o}\n{}", wkr.logs());
+    let cid = wait_for(30, "the task's container on the worker", &mgr, || {
+        lines(&wkr.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=sec"])).first().cloned()
+    });
+    assert_eq!(wkr.docker_ok(&["exec", &cid, "cat", "/run/secrets/ws", "/etc/wc.conf"]), "worker-secret\nk=v\n");
+    let sid = mgr.docker_ok(&["secret", "inspect", "ws", "--format", "{{.ID}}"]).trim().to_string();
+    let mtask = lines(&mgr.docker_ok(&["service", "ps", "sec", "-q"]))[0].clone();
+    let mid = mgr.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]).trim().to_string();
+    let get = format!("{{\"last_by_subj\":\"$KV.swarm_secrets.{sid}\"}}");
+    let asks: Vec<(String, &str)> = vec![
+        ("$JS.swarm.API.DIRECT.GET.KV_swarm_secrets".into(), &get),
+        ("$JS.swarm.API.STREAM.MSG.GET.KV_swarm_secrets".into(), &get),
+        ("$JS.swarm.API.CONSUMER.CREATE.KV_swarm_secrets".into(), "{\"stream_name\":\"KV_swarm_secrets\",\"config\":{\"deliver_policy\":\"all\",\"ack_policy\":\"none\"}}"),
+        // as another node: the subject is the manager's
+        (format!("berth.swarm.v1.task_files.{mid}"), ""),
+    ];
+    let mut asks = asks;
+    let own = format!("{{\"task_id\":\"{mtask}\"}}");
+    asks.push((format!("berth.swarm.v1.task_files.{wid}"), &own));
+    let answers = swarm_bus_as_node(&u, 1, &wkr, &wid, &asks);
+    eprintln!("the worker's asks for secrets: {answers:#?}");
+    for (i, (subject, _)) in asks.iter().enumerate().take(4) {
+        assert!(answers[i].as_deref().map(|a| !a.contains("d29ya2VyLXNlY3JldA") && (a.contains("\"error\"") || a.is_empty())).unwrap_or(true), "{subject} must be refused: {:?}", answers[i]);
+    }
+    // its own task's files: the one way in
+    assert!(answers[4].as_deref().unwrap_or_default().contains("d29ya2VyLXNlY3JldA"), "{:?}", answers[4]);
+    mgr.docker_ok(&["service", "rm", "sec"]);
+}
+
+/// Subscribe, from inside node `i`'s namespace with its swarm server's credentials, to
+/// `subjects`, run `during`, and return every payload received within 2 s after it.
+fn sniff_as_node(u: &berth_e2e::netns::Underlay, i: usize, node: &Node, node_id: &str, subjects: &[&str], during: impl FnOnce()) -> Vec<String> {
+    let (listen, user, password) = swarm_server_user(node);
+    let ns = u.nodes[i].clone();
+    let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+    let inbox = format!("_I.n-{node_id}");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        berth_e2e::netns::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use futures_util::StreamExt;
+            let c = async_nats::ConnectOptions::with_user_and_password(user, password).custom_inbox_prefix(inbox).connect(format!("nats://{listen}")).await.unwrap();
+            let mut subs = Vec::new();
+            for s in subjects {
+                subs.push(c.subscribe(s).await.unwrap());
+            }
+            c.flush().await.unwrap();
+            let mut all = futures_util::stream::select_all(subs);
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut until: Option<tokio::time::Instant> = None;
+            loop {
+                if until.is_none() && done_rx.try_recv().is_ok() {
+                    until = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
+                let tick = tokio::time::sleep(Duration::from_millis(100));
+                tokio::select! {
+                    m = all.next() => if let Some(m) = m { got.push(format!("{}: {}", m.subject, String::from_utf8_lossy(&m.payload))) },
+                    _ = tick => {}
+                }
+                if until.map(|t| tokio::time::Instant::now() > t).unwrap_or(false) {
+                    return got;
+                }
+            }
+        })
+    });
+    ready_rx.recv().unwrap();
+    during();
+    done_tx.send(()).unwrap();
+    h.join().unwrap()
+}
+
+/// The client address, user and password of node's own swarm server (what root on the
+/// node can read).
+fn swarm_server_user(node: &Node) -> (String, String, String) {
+    let conf = std::fs::read_to_string(node.root.join("swarm/server/nats.conf")).unwrap();
+    let field = |k: &str| conf.split(&format!("{k}: \"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string).unwrap_or_else(|| panic!("{k} in {conf}"));
+    (field("listen"), field("user"), field("password"))
 }
 
 /// Requests on the swarm bus from inside node `i`'s namespace, as the user of that
 /// node's own swarm server (what root on the node has): each answer's payload, or
 /// None when nothing answered (a refused subject is not forwarded by the leaf).
-fn swarm_bus_as_node(u: &berth_e2e::netns::Underlay, i: usize, node: &Node, asks: &[(String, &str)]) -> Vec<Option<String>> {
-    let conf = std::fs::read_to_string(node.root.join("swarm/server/nats.conf")).unwrap();
-    let field = |k: &str| conf.split(&format!("{k}: \"")).nth(1).and_then(|r| r.split('"').next()).map(str::to_string).unwrap_or_else(|| panic!("{k} in {conf}"));
-    let (listen, user, password) = (field("listen"), field("user"), field("password"));
+fn swarm_bus_as_node(u: &berth_e2e::netns::Underlay, i: usize, node: &Node, node_id: &str, asks: &[(String, &str)]) -> Vec<Option<String>> {
+    let (listen, user, password) = swarm_server_user(node);
+    // the node's own inboxes: the managers send a worker nothing else
+    let inbox = format!("_I.n-{node_id}");
     let ns = u.nodes[i].clone();
     let asks: Vec<(String, String)> = asks.iter().map(|(s, b)| (s.clone(), b.to_string())).collect();
     std::thread::spawn(move || {
@@ -645,6 +767,7 @@ fn swarm_bus_as_node(u: &berth_e2e::netns::Underlay, i: usize, node: &Node, asks
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let c = async_nats::ConnectOptions::with_user_and_password(user, password)
+                .custom_inbox_prefix(inbox)
                 .request_timeout(Some(Duration::from_secs(3)))
                 .connect(format!("nats://{listen}"))
                 .await
@@ -978,18 +1101,9 @@ fn overlay_network_between_two_nodes() {
     // declared first, dropped last: the nodes stop before their namespaces (and every
     // kernel object in them) go
     let u = berth_e2e::netns::Underlay::new(2);
-    let mgr = u.start_node(0, Default::default());
-    let wkr = u.start_node(1, Default::default());
-    let addr = format!("{}:2377", u.addrs[0]);
-    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
-    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
-    wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
-    let (mname, wname) = (format!("bsw{}-1", u.id), format!("bsw{}-2", u.id));
-    wait_for(30, "both nodes Ready", &mgr, || {
-        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
-        (ls.contains(&format!("{mname} Ready")) && ls.contains(&format!("{wname} Ready"))).then_some(())
-    });
-    load_busybox(&u, &[&mgr, &wkr]);
+    let nodes = swarm_of(&u, 2);
+    let (mgr, wkr) = (&nodes[0], &nodes[1]);
+    let (mname, wname) = (host_of(&u, 0), host_of(&u, 1));
 
     let net = mgr.docker_ok(&["network", "create", "-d", "overlay", "net"]).trim().to_string();
     let vni = mgr.docker_ok(&["network", "inspect", "net", "--format", "{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]).trim().to_string();
@@ -1092,18 +1206,9 @@ impl Drop for Following {
 fn service_logs_across_nodes() {
     require_root!();
     let u = berth_e2e::netns::Underlay::new(2);
-    let mgr = u.start_node(0, Default::default());
-    let wkr = u.start_node(1, Default::default());
-    let addr = format!("{}:2377", u.addrs[0]);
-    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
-    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
-    wkr.docker_ok(&["swarm", "join", "--token", &token, &addr]);
-    let (mname, wname) = (format!("bsw{}-1", u.id), format!("bsw{}-2", u.id));
-    wait_for(30, "both nodes Ready", &mgr, || {
-        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
-        (ls.contains(&format!("{mname} Ready")) && ls.contains(&format!("{wname} Ready"))).then_some(())
-    });
-    load_busybox(&u, &[&mgr, &wkr]);
+    let nodes = swarm_of(&u, 2);
+    let (mgr, wkr) = (&nodes[0], &nodes[1]);
+    let (mname, wname) = (host_of(&u, 0), host_of(&u, 1));
 
     // each task: its hostname, then a line each time /tmp/go appears
     let script = "echo hello from $(hostname); while true; do if [ -e /tmp/go ]; then rm /tmp/go; echo go from $(hostname); fi; sleep 0.2; done";
@@ -1204,24 +1309,13 @@ fn service_logs_across_nodes() {
 fn routing_mesh_on_every_node() {
     require_root!();
     let u = berth_e2e::netns::Underlay::new(3);
-    let nodes: Vec<Node> = (0..3).map(|i| u.start_node(i, Default::default())).collect();
+    let nodes = swarm_of(&u, 3);
     let mgr = &nodes[0];
-    load_busybox(&u, &nodes.iter().collect::<Vec<_>>());
     for n in &nodes {
         // the "new image" of the rolling update: another reference to the same content
         n.docker_ok(&["tag", "busybox:latest", "busybox:v2"]);
     }
-    let addr = format!("{}:2377", u.addrs[0]);
-    mgr.docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
-    let token = mgr.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
-    for n in &nodes[1..] {
-        n.docker_ok(&["swarm", "join", "--token", &token, &addr]);
-    }
-    let host = |i: usize| format!("bsw{}-{}", u.id, i + 1);
-    wait_for(30, "three nodes Ready", mgr, || {
-        let ls = lines(&mgr.docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"]));
-        (0..3).all(|i| ls.contains(&format!("{} Ready", host(i)))).then_some(())
-    });
+    let host = |i: usize| host_of(&u, i);
     let vni = mgr.docker_ok(&["network", "inspect", "ingress", "--format", "{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]).trim().to_string();
     let ingress_id = mgr.docker_ok(&["network", "inspect", "ingress", "--format", "{{.ID}}"]).trim().to_string();
 

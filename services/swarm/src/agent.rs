@@ -400,7 +400,8 @@ async fn prepare(c: &Cluster, t: &TaskRecord) -> Result<String, BusError> {
     crate::overlay::allocate(c, t).await?;
     let name = task_name(t);
     let mut body = container_body(c, t);
-    let binds = crate::taskfiles::prepare(c, &c.svc.task_files, t)?;
+    let blobs = crate::taskfiles::fetch(c, t).await?;
+    let binds = crate::taskfiles::prepare(&blobs, &c.svc.task_files, t)?;
     if !binds.is_empty() {
         let hc = body.host_config.get_or_insert_with(Default::default);
         hc.binds.get_or_insert_with(Vec::new).extend(binds);

@@ -156,8 +156,8 @@ async fn fill<T>(bucket: &Bucket<T>, table: &Table<T>, upto: &mut u64) -> usize
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    match tokio::time::timeout(WATCH_START, bucket.changes_after(*upto, FILL_MAX)).await {
-        Ok(Ok(changes)) => {
+    match bounded("reading the changes", bucket.changes_after(*upto, FILL_MAX)).await {
+        Ok(changes) => {
             let n = changes.len();
             for ch in changes {
                 *upto = (*upto).max(revision(&ch));
@@ -169,12 +169,18 @@ where
             }
             n
         }
-        other => {
+        Err(e) => {
             // the store is away: the watch notices too
-            tracing::debug!(bucket = %bucket.name, answer = ?other.map(|r| r.map(|c| c.len()).map_err(|e| e.to_string())), "no changes read");
+            tracing::debug!(bucket = %bucket.name, error = %e, "no changes read");
             0
         }
     }
+}
+
+/// `fut` within WATCH_START: a JetStream request that never answers would otherwise hold
+/// the copy for ever.
+async fn bounded<R>(what: &str, fut: impl std::future::Future<Output = Result<R, crate::store::StoreError>>) -> Result<R, crate::store::StoreError> {
+    tokio::time::timeout(WATCH_START, fut).await.map_err(|_| crate::store::StoreError::Unavailable(format!("{what} timed out")))?
 }
 
 fn revision<T>(ch: &Change<T>) -> u64 {
@@ -191,10 +197,9 @@ where
     let mut tick = tokio::time::interval(STALL_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    // (bounded: a JetStream request that never answers would hold the copy for ever)
     let start = async {
-        let w = tokio::time::timeout(WATCH_START, bucket.watch_all()).await.map_err(|_| crate::store::StoreError::Unavailable("starting the watch timed out".into()))??;
-        let empty = tokio::time::timeout(WATCH_START, bucket.empty()).await.map_err(|_| crate::store::StoreError::Unavailable("asking the bucket timed out".into()))??;
+        let w = bounded("starting the watch", bucket.watch_all()).await?;
+        let empty = bounded("asking the bucket", bucket.empty()).await?;
         Ok::<_, crate::store::StoreError>((w, empty))
     };
     tokio::pin!(start);

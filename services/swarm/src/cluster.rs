@@ -228,6 +228,7 @@ impl Cluster {
             self.spawn(sync_server(self.clone()));
             self.spawn(follow_unlock_key(self.clone()));
             self.spawn(crate::join::serve(self.clone()));
+            self.spawn(crate::taskfiles::serve(self.clone()));
             self.spawn(crate::role::follow_managers(self.clone()));
             if !self.local.read().unwrap().clustered {
                 self.spawn(crate::migrate::watch(self.clone()));
@@ -341,7 +342,8 @@ async fn connect(local: &LocalState, files: &natsconf::Files, addr: &str) -> Res
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("swarm-{}", local.node_id))
         .user_and_password(local.local_user.clone(), local.local_password.clone())
-        .custom_inbox_prefix(bus_schema::subject::inbox_prefix(&local.local_user))
+        // the node's own inboxes: a worker receives nothing else from the managers
+        .custom_inbox_prefix(natsconf::node_inbox_prefix(&local.node_id))
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))
         .ignore_discovered_servers()

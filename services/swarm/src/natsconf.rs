@@ -137,19 +137,66 @@ fn list(v: &[String]) -> String {
     v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
 }
 
-/// (publish allow, subscribe allow) of a role on the managers' servers.
-pub fn permissions(role: Role, user: &str) -> (Vec<String>, Vec<String>) {
+/// What a role's user may do on the managers' servers (for a worker: what its leaf
+/// may send to them, and receive from them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    /// Refused even where `publish` allows (nats-server: deny wins).
+    pub publish_deny: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// The buckets a worker may not read: secrets, and configs, are given to it by the
+/// managers for its own tasks only ([`crate::taskfiles`]), as swarmkit's dispatcher does.
+const WORKER_UNREADABLE: &[&str] = &[crate::store::buckets::SECRETS, crate::store::buckets::CONFIGS];
+
+pub fn permissions(role: Role, user: &str) -> Permissions {
     match role {
         // Managers run the store and call every node.
-        Role::Manager => (vec![">".into()], vec![">".into()]),
+        Role::Manager => Permissions { publish: vec![">".into()], publish_deny: Vec::new(), subscribe: vec![">".into()] },
         // A worker reads the store through its leaf (the JetStream API of the swarm
-        // domain: stream and consumer info, watches, direct gets), writes only its own
-        // task status and heartbeat, and answers requests for its node. Everything else
-        // (another node's keys, the managers' buckets, deleting or purging a stream) is
-        // refused by its managers: a worker's root holds its credentials.
-        Role::Worker => (worker_publish(user.strip_prefix("n-").unwrap_or(user)), vec![">".into()]),
-        Role::Join => (vec![bus_schema::swarm::cluster::JOIN.into()], vec![format!("_I.{user}.>"), "_INBOX.>".into()]),
+        // domain: stream and consumer info, watches, direct gets) but for the secrets
+        // and configs, writes only its own task status and heartbeat, asks the managers
+        // for its own tasks' files, and receives only what is addressed to it: its
+        // inboxes and its node's requests. Everything else (another node's keys, the
+        // managers' buckets, deleting or purging a stream, the answers to other nodes'
+        // requests) is refused by its managers: a worker's root holds its credentials.
+        Role::Worker => {
+            let node = user.strip_prefix("n-").unwrap_or(user);
+            let mut deny = Vec::new();
+            for api in [format!("$JS.{DOMAIN}.API"), "$JS.API".to_string()] {
+                for b in WORKER_UNREADABLE {
+                    let stream = format!("KV_{b}");
+                    for op in ["STREAM.MSG.GET", "DIRECT.GET", "CONSUMER.CREATE"] {
+                        deny.push(format!("{api}.{op}.{stream}"));
+                        deny.push(format!("{api}.{op}.{stream}.>"));
+                    }
+                }
+            }
+            Permissions {
+                publish: worker_publish(node),
+                publish_deny: deny,
+                subscribe: vec![
+                    format!("{}.>", node_inbox_prefix(node)),
+                    format!("{}.node.{node}.>", bus_schema::swarm::cluster::PREFIX),
+                    // leaf loop detection
+                    "$LDS.>".into(),
+                ],
+            }
+        }
+        Role::Join => Permissions {
+            publish: vec![bus_schema::swarm::cluster::JOIN.into()],
+            publish_deny: Vec::new(),
+            subscribe: vec![format!("_I.{user}.>"), "_INBOX.>".into()],
+        },
     }
+}
+
+/// The inbox prefix of node `node`'s swarm service: a worker receives answers there
+/// only (not the answers to other nodes' requests, a secret's among them).
+pub fn node_inbox_prefix(node: &str) -> String {
+    bus_schema::subject::inbox_prefix(&format!("n-{node}"))
 }
 
 /// What a worker (node `node`) may publish into the managers' servers.
@@ -171,21 +218,24 @@ fn worker_publish(node: &str) -> Vec<String> {
     v.extend(own);
     // an ordered consumer's flow-control answers
     v.push("$JS.FC.>".into());
+    // its own tasks' secrets and configs, asked of the managers
+    v.push(crate::taskfiles::subject(node));
     // inboxes: answers, and the frames of a log stream it serves (xstream); it asks
-    // no node anything (`berth.swarm.v1.…` are the managers')
+    // no node anything (`berth.swarm.v1.node.…` are the nodes' own)
     v.extend(["_INBOX.>".to_string(), "_I.>".to_string()]);
     v
 }
 
 fn user_entry(out: &mut String, u: &User) {
-    let (publ, sub) = permissions(u.role, &u.name);
+    let p = permissions(u.role, &u.name);
+    let deny = if p.publish_deny.is_empty() { String::new() } else { format!(", deny: [{}]", list(&p.publish_deny)) };
     let _ = writeln!(
         out,
-        "      {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}, allow_responses: true }} }}",
+        "      {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}]{deny} }}, subscribe: {{ allow: [{}] }}, allow_responses: true }} }}",
         q(&u.name),
         q(&u.password),
-        list(&publ),
-        list(&sub)
+        list(&p.publish),
+        list(&p.subscribe)
     );
 }
 
@@ -362,16 +412,16 @@ mod tests {
 
     #[test]
     fn a_worker_may_write_only_its_own_keys() {
-        let (p, sub) = permissions(Role::Worker, "n-w1");
-        assert_eq!(sub, vec![">".to_string()]);
-        for want in ["$JS.swarm.API.$KV.swarm_task_status.w1.>", "$JS.swarm.API.$KV.swarm_heartbeats.w1", "$KV.swarm_task_status.w1.>", "$JS.swarm.API.CONSUMER.CREATE.>", "$JS.swarm.API.DIRECT.GET.>"] {
+        let perm = permissions(Role::Worker, "n-w1");
+        let p = &perm.publish;
+        for want in ["$JS.swarm.API.$KV.swarm_task_status.w1.>", "$JS.swarm.API.$KV.swarm_heartbeats.w1", "$KV.swarm_task_status.w1.>", "$JS.swarm.API.CONSUMER.CREATE.>", "$JS.swarm.API.DIRECT.GET.>", "berth.swarm.v1.task_files.w1"] {
             assert!(p.contains(&want.to_string()), "{want} in {p:?}");
         }
-        for p in &p {
+        for p in p {
             // no wildcard over the store: no other bucket, no stream delete or purge
             assert!(!["$KV.>", "$JS.API.>", "$JS.swarm.API.>", ">"].contains(&p.as_str()), "{p}");
             assert!(!p.contains("DELETE") && !p.contains("PURGE") && !p.contains("UPDATE"), "{p}");
-            assert!(!p.starts_with("berth.swarm.v1"), "{p}: a worker asks no node (another's logs)");
+            assert!(!p.starts_with("berth.swarm.v1") || p == "berth.swarm.v1.task_files.w1", "{p}: a worker asks no node (another's logs)");
             if p.contains("$KV.") {
                 assert!(p.contains(".w1") || p.contains("$KV.swarm_networks.>"), "{p}");
             }
@@ -379,8 +429,28 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_reads_no_secret_and_receives_only_its_own() {
+        let perm = permissions(Role::Worker, "n-w1");
+        for api in ["$JS.swarm.API", "$JS.API"] {
+            for op in ["DIRECT.GET.KV_swarm_secrets", "DIRECT.GET.KV_swarm_secrets.>", "STREAM.MSG.GET.KV_swarm_secrets", "CONSUMER.CREATE.KV_swarm_secrets.>", "CONSUMER.CREATE.KV_swarm_configs"] {
+                let d = format!("{api}.{op}");
+                assert!(perm.publish_deny.contains(&d), "{d} in {:?}", perm.publish_deny);
+            }
+        }
+        assert!(perm.publish_deny.iter().all(|d| d.contains("KV_swarm_secrets") || d.contains("KV_swarm_configs")), "{:?}", perm.publish_deny);
+        // not `>`: no other node's answers, no bucket's puts as they pass
+        assert_eq!(perm.subscribe, vec!["_I.n-w1.>".to_string(), "berth.swarm.v1.node.w1.>".into(), "$LDS.>".into()]);
+        let mut out = String::new();
+        user_entry(&mut out, &User { name: "n-w1".into(), password: "h".into(), role: Role::Worker });
+        assert!(out.contains("deny: [\"$JS.swarm.API.STREAM.MSG.GET.KV_swarm_secrets\""), "{out}");
+        let mut out = String::new();
+        user_entry(&mut out, &User { name: "n-m1".into(), password: "h".into(), role: Role::Manager });
+        assert!(!out.contains("deny"), "{out}");
+    }
+
+    #[test]
     fn join_user_may_only_ask_to_join() {
-        let (p, _) = permissions(Role::Join, "join");
-        assert_eq!(p, vec![bus_schema::swarm::cluster::JOIN.to_string()]);
+        let p = permissions(Role::Join, "join");
+        assert_eq!(p.publish, vec![bus_schema::swarm::cluster::JOIN.to_string()]);
     }
 }

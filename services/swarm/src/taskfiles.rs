@@ -5,11 +5,23 @@
 //! secret, `/<name>` for a config (Docker's defaults; an absolute name is the path).
 //! Secrets are never written to disk in clear: the store is encrypted at rest and this
 //! is RAM. The tmpfs goes with the task.
+//!
+//! A manager reads the files from its copy of the store. A worker may not read the
+//! secrets and configs buckets (its leaf's permissions, [`crate::natsconf`]): it asks the
+//! managers ([`fetch`] on `berth.swarm.v1.task_files.<node>`, a subject only that node
+//! may publish on), and they answer with the files of that task only, if it is that
+//! node's and still to run ([`serve`]), as swarmkit's dispatcher sends a worker the
+//! secrets of its assigned tasks only.
 
 use crate::cluster::Cluster;
-use crate::model::{BlobRecord, TaskRecord};
+use crate::model::{BlobRecord, TaskRecord, TaskState};
 use base64::Engine;
 use bus_schema::BusError;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -43,22 +55,116 @@ fn want(b: &BlobRecord, name: Option<&str>, uid: Option<&str>, gid: Option<&str>
     Ok(Want { data, target, uid: num(uid)?.unwrap_or(0), gid: num(gid)?.unwrap_or(0), mode: mode.unwrap_or(0o444) & 0o7777 })
 }
 
-/// Write the task's secrets and configs into its tmpfs; the binds for its container
-/// (none when it uses neither).
-pub fn prepare(c: &Cluster, root: &Path, t: &TaskRecord) -> Result<Vec<String>, BusError> {
+/// The subject on which node `node` asks the managers for its tasks' files.
+pub fn subject(node: &str) -> String {
+    format!("{}.task_files.{node}", bus_schema::swarm::cluster::PREFIX)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FilesRequest {
+    task_id: String,
+}
+
+/// The secrets and configs a task references, by ID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskBlobs {
+    pub secrets: HashMap<String, BlobRecord>,
+    pub configs: HashMap<String, BlobRecord>,
+}
+
+type FilesAnswer = Result<TaskBlobs, String>;
+
+fn referenced(t: &TaskRecord) -> (Vec<String>, Vec<String>) {
+    let cs = t.spec.container_spec.clone().unwrap_or_default();
+    let secrets = cs.secrets.unwrap_or_default().into_iter().filter_map(|s| s.secret_id).collect();
+    let configs = cs.configs.unwrap_or_default().into_iter().filter_map(|s| s.config_id).collect();
+    (secrets, configs)
+}
+
+/// The files of task `task_id` for node `node`, from a manager's tables: only a task of
+/// that node that is still to run gets any.
+pub fn files_for(node: &str, task: Option<&TaskRecord>, secret: impl Fn(&str) -> Option<BlobRecord>, config: impl Fn(&str) -> Option<BlobRecord>) -> FilesAnswer {
+    let t = task.filter(|t| t.node_id.as_deref() == Some(node) && t.desired_state <= TaskState::Running).ok_or_else(|| "no such task on this node".to_string())?;
+    let (ss, cs) = referenced(t);
+    let mut out = TaskBlobs::default();
+    for id in ss {
+        let b = secret(&id).ok_or_else(|| format!("secret {id} not found"))?;
+        out.secrets.insert(id, b);
+    }
+    for id in cs {
+        let b = config(&id).ok_or_else(|| format!("config {id} not found"))?;
+        out.configs.insert(id, b);
+    }
+    Ok(out)
+}
+
+/// A manager: answer the nodes' requests for their tasks' files (a queue group: one
+/// manager answers each). The asking node is the subject's last token, which only
+/// that node may publish on.
+pub async fn serve(c: Arc<Cluster>) {
+    let pattern = format!("{}.task_files.*", bus_schema::swarm::cluster::PREFIX);
+    loop {
+        let mut sub = match c.client.queue_subscribe(pattern.clone(), "managers".to_string()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscribing the task files requests; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Some(reply) = msg.reply.clone() else { continue };
+            let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let ans: FilesAnswer = match serde_json::from_slice::<FilesRequest>(&msg.payload) {
+                Ok(r) => {
+                    let task = c.t.tasks.get(&r.task_id).map(|(t, _)| t);
+                    let a = files_for(&node, task.as_ref(), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b));
+                    tracing::debug!(node = %node, task = %r.task_id, ok = a.is_ok(), "a node asked for its task's files");
+                    a
+                }
+                Err(e) => Err(format!("bad request: {e}")),
+            };
+            let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+        }
+    }
+}
+
+/// The files a task of this node references: from this manager's tables, or asked of
+/// the managers by a worker.
+pub async fn fetch(c: &Cluster, t: &TaskRecord) -> Result<TaskBlobs, BusError> {
+    let (ss, cs) = referenced(t);
+    if ss.is_empty() && cs.is_empty() {
+        return Ok(TaskBlobs::default());
+    }
+    let me = c.node_id();
+    if c.is_manager() {
+        return files_for(&me, Some(t), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b)).map_err(BusError::not_found);
+    }
+    let body = serde_json::to_vec(&FilesRequest { task_id: t.id.clone() }).map_err(|e| BusError::internal(e.to_string()))?;
+    let msg = tokio::time::timeout(Duration::from_secs(10), c.client.request(subject(&me), body.into()))
+        .await
+        .map_err(|_| BusError::unavailable("the managers did not answer for the task's secrets and configs"))?
+        .map_err(|e| BusError::unavailable(format!("asking the managers for the task's secrets and configs: {e}")))?;
+    let ans: FilesAnswer = serde_json::from_slice(&msg.payload).map_err(|e| BusError::internal(format!("the managers' answer: {e}")))?;
+    ans.map_err(BusError::not_found)
+}
+
+/// Write the task's secrets and configs (`blobs`, from [`fetch`]) into its tmpfs; the
+/// binds for its container (none when it uses neither).
+pub fn prepare(blobs: &TaskBlobs, root: &Path, t: &TaskRecord) -> Result<Vec<String>, BusError> {
     let cs = t.spec.container_spec.clone().unwrap_or_default();
     let mut wants = Vec::new();
     for s in cs.secrets.clone().unwrap_or_default() {
         let id = s.secret_id.clone().unwrap_or_default();
-        let (b, _) = c.t.secrets.get(&id).ok_or_else(|| BusError::not_found(format!("secret {id} not found")))?;
+        let b = blobs.secrets.get(&id).ok_or_else(|| BusError::not_found(format!("secret {id} not found")))?;
         let f = s.file.clone().unwrap_or_default();
-        wants.push(want(&b, f.name.as_deref(), f.uid.as_deref(), f.gid.as_deref(), f.mode, "/run/secrets/", "secret")?);
+        wants.push(want(b, f.name.as_deref(), f.uid.as_deref(), f.gid.as_deref(), f.mode, "/run/secrets/", "secret")?);
     }
     for s in cs.configs.clone().unwrap_or_default() {
         let id = s.config_id.clone().unwrap_or_default();
-        let (b, _) = c.t.configs.get(&id).ok_or_else(|| BusError::not_found(format!("config {id} not found")))?;
+        let b = blobs.configs.get(&id).ok_or_else(|| BusError::not_found(format!("config {id} not found")))?;
         let Some(f) = s.file.clone() else { continue }; // a runtime config (credential spec): nothing to mount
-        wants.push(want(&b, f.name.as_deref(), f.uid.as_deref(), f.gid.as_deref(), f.mode, "/", "config")?);
+        wants.push(want(b, f.name.as_deref(), f.uid.as_deref(), f.gid.as_deref(), f.mode, "/", "config")?);
     }
     if wants.is_empty() {
         return Ok(Vec::new());
@@ -141,5 +247,43 @@ mod tests {
         assert_eq!(sweep(d.path(), &live), vec!["dead".to_string()]);
         assert!(d.path().join("live/0").exists());
         assert!(!d.path().join("dead").exists());
+    }
+
+    fn task(node: &str, desired: TaskState, secrets: &[&str], configs: &[&str]) -> TaskRecord {
+        let secrets: Vec<_> = secrets.iter().map(|id| serde_json::json!({"SecretID": id, "SecretName": id})).collect();
+        let configs: Vec<_> = configs.iter().map(|id| serde_json::json!({"ConfigID": id, "ConfigName": id})).collect();
+        serde_json::from_value(serde_json::json!({
+            "id": "t1", "created_at": "", "updated_at": "", "service_id": "s", "service_name": "s",
+            "slot": 1, "node_id": node, "spec_version": 1, "desired_state": desired,
+            "spec": {"ContainerSpec": {"Image": "busybox", "Secrets": secrets, "Configs": configs}},
+            "status": {"state": "running", "timestamp": "", "message": ""}
+        }))
+        .unwrap()
+    }
+
+    fn blob(id: &str) -> Option<BlobRecord> {
+        serde_json::from_value(serde_json::json!({"id": id, "created_at": "", "updated_at": "", "name": id, "data": "eA=="})).ok()
+    }
+
+    #[test]
+    fn a_node_gets_the_files_of_its_own_live_tasks_only() {
+        let known = |id: &str| if id.starts_with("missing") { None } else { blob(id) };
+        let t = task("w1", TaskState::Running, &["s1"], &["c1"]);
+        let got = files_for("w1", Some(&t), known, known).unwrap();
+        assert_eq!(got.secrets.keys().collect::<Vec<_>>(), vec!["s1"]);
+        assert_eq!(got.configs.keys().collect::<Vec<_>>(), vec!["c1"]);
+        // another node's task, a task to shut down, no task: nothing
+        assert!(files_for("w2", Some(&t), known, known).is_err());
+        assert!(files_for("w1", Some(&task("w1", TaskState::Shutdown, &["s1"], &[])), known, known).is_err());
+        assert!(files_for("w1", None, known, known).is_err());
+        assert_eq!(files_for("w1", Some(&task("w1", TaskState::Running, &["missing"], &[])), known, known).unwrap_err(), "secret missing not found");
+    }
+
+    #[test]
+    fn the_files_come_from_the_blobs_given() {
+        let d = tempfile::tempdir().unwrap();
+        let t = task("w1", TaskState::Running, &["s1"], &[]);
+        let e = prepare(&TaskBlobs::default(), d.path(), &t).unwrap_err();
+        assert_eq!(e.message, "secret s1 not found");
     }
 }
