@@ -82,6 +82,25 @@ pub struct ContainerInspect {
     pub size: bool,
 }
 
+/// The plugin manager's (the images service's) hold on a managed plugin's container:
+/// the container API does not find those (Moby keeps plugins in containerd's plugin
+/// namespace, out of `docker inspect`/`rm`/`stop`), only this call does, by full ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginContainer {
+    pub id: String,
+    pub action: PluginContainerAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PluginContainerAction {
+    Start,
+    /// SIGTERM, then SIGKILL after `timeout` seconds.
+    Stop { timeout: i64 },
+    /// Forced.
+    Remove,
+    Inspect,
+}
+
 /// `docker ps`. Filters as Docker sends them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerList {
@@ -296,13 +315,13 @@ macro_rules! runtime_table {
             service: Runtime, api: RuntimeApi, client: RuntimeClient, serve: serve_runtime, module: runtime,
             ops {
                 container_create(ContainerCreate) -> docker::ContainerCreateResponse; callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
-                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
-                container_stop(ContainerStop) -> (); callers [Gateway, Swarm, Images], timeout |r| $crate::runtime::stop_wait(r.timeout);
+                container_start(ContainerStart) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_stop(ContainerStop) -> (); callers [Gateway, Swarm], timeout |r| $crate::runtime::stop_wait(r.timeout);
                 container_restart(ContainerRestart) -> (); callers [Gateway], timeout |r| $crate::runtime::stop_wait(r.timeout) + $crate::secs(60);
                 container_kill(ContainerKill) -> (); callers [Gateway];
                 container_wait(ContainerWait) -> (), stream docker::ContainerWaitResponse; callers [Gateway, Builder, Swarm];
-                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm, Images], timeout |_| $crate::secs(120);
-                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm, Images], idempotent;
+                container_remove(ContainerRemove) -> (); callers [Gateway, Builder, Swarm], timeout |_| $crate::secs(120);
+                container_inspect(ContainerInspect) -> docker::ContainerInspectResponse; callers [Gateway, Builder, Swarm], idempotent;
                 container_list(ContainerList) -> Vec<docker::ContainerSummary>; callers [Gateway, Network, Swarm], idempotent;
                 container_logs(ContainerLogs) -> StreamInfo, stream StdioChunk; callers [Gateway, Swarm], idempotent;
                 container_attach(ContainerAttach) -> StreamInfo, stream StdioChunk, input StdinChunk; callers [Gateway, Builder];
@@ -323,6 +342,7 @@ macro_rules! runtime_table {
                 container_archive_stat(ContainerArchiveStat) -> PathStat; callers [Gateway];
                 container_archive_get(ContainerArchiveGet) -> PathStat, stream ByteChunk; callers [Gateway];
                 container_archive_put(ContainerArchivePut) -> (), stream (), input ByteChunk; callers [Gateway];
+                plugin_container(PluginContainer) -> Option<docker::ContainerInspectResponse>; callers [Images], timeout |_| $crate::secs(120);
                 containers_using_image(ContainersUsingImage) -> Vec<String>; callers [Images];
                 log_plugin_users(LogPluginUsers) -> Vec<String>; callers [Images], idempotent;
                 container_network_connect(ContainerNetworkConnect) -> (); callers [Gateway];

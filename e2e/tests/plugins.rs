@@ -313,6 +313,23 @@ fn volume_plugin_runs_and_serves_volumes() {
     assert!(plugin_pid(&node).is_some(), "the plugin's process runs");
     // its container is not the user's
     assert_eq!(node.docker_ok(&["ps", "-aq"]).trim(), "");
+    // nor reachable through the container API, by the plugin's ID (its container's),
+    // a prefix of it or its container's name: Moby keeps plugins out of that API
+    let full = node.docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", p]).trim().to_string();
+    let by_name = format!("plugin-{full}");
+    for args in [
+        vec!["inspect", "--type", "container", full.as_str()],
+        vec!["stop", &full[..12]],
+        vec!["inspect", "--type", "container", by_name.as_str()],
+    ] {
+        fails_with(&node, &args, "No such container");
+    }
+    // (the CLI's `rm -f` exits 0 on a container that is not there)
+    let o = node.docker(&["rm", "-f", full.as_str()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No such container"), "{o:?}");
+    // `docker inspect ID` finds the plugin instead, as on Moby
+    assert_eq!(node.docker_ok(&["inspect", "-f", "{{.Name}}", &full]).trim(), "berthvol:latest");
+    assert!(plugin_pid(&node).is_some(), "the plugin still runs");
 
     assert_eq!(node.docker_ok(&["volume", "create", "-d", p, "pv"]).trim(), "pv");
     assert!(node.docker_ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]).lines().any(|l| l == "berthvol:latest pv"));

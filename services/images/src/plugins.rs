@@ -33,7 +33,7 @@ use berth_bus::storage::{StorageApi as _, StorageClient};
 use berth_bus::Bus;
 use bus_schema::docker;
 use bus_schema::plugin::*;
-use bus_schema::runtime::{ContainerCreate, ContainerInspect, ContainerRemove, ContainerStart, ContainerStop, LogPluginUsers, PluginRootfs};
+use bus_schema::runtime::{ContainerCreate, LogPluginUsers, PluginContainer, PluginContainerAction, PluginRootfs};
 use bus_schema::storage::VolumeList;
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
@@ -446,7 +446,7 @@ impl Plugins {
             mkdir(&pm)?;
             make_rshared(&pm).map_err(|e| BusError::internal(format!("error setting up propagated mount dir: {e}")))?;
         }
-        let running = match r.runtime.container_inspect(ContainerInspect { id: id.to_string(), size: false }).await {
+        let running = match plugin_inspect(r, id).await {
             Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
             Err(e) if e.kind == bus_schema::ErrorKind::NotFound => {
                 let body = container_body(p, &run)?;
@@ -465,7 +465,7 @@ impl Plugins {
         let res = async {
             if !running {
                 let _ = std::fs::remove_file(run.join("sock").join(&p.config.interface.socket));
-                match r.runtime.container_start(ContainerStart { id: id.to_string() }).await {
+                match r.runtime.plugin_container(PluginContainer { id: id.to_string(), action: PluginContainerAction::Start }).await.map(|_| ()) {
                     // started meanwhile by its restart policy (a node starting again)
                     Err(e) if e.kind == bus_schema::ErrorKind::NotModified => {}
                     r => r?,
@@ -495,7 +495,7 @@ impl Plugins {
                         return Err(BusError::internal(e.to_string()));
                     }
                     if tries % 5 == 0 {
-                        let c = r.runtime.container_inspect(ContainerInspect { id: id.to_string(), size: false }).await?;
+                        let c = plugin_inspect(r, id).await?;
                         let st = c.state.unwrap_or_default();
                         if st.running != Some(true) {
                             return Err(BusError::internal(format!(
@@ -535,7 +535,7 @@ impl Plugins {
     /// of a plugin not restarted).
     async fn stop(&self, id: &str) {
         let Some(r) = &self.runner else { return };
-        if let Err(e) = r.runtime.container_stop(ContainerStop { id: id.to_string(), signal: None, timeout: Some(10) }).await {
+        if let Err(e) = r.runtime.plugin_container(PluginContainer { id: id.to_string(), action: PluginContainerAction::Stop { timeout: 10 } }).await {
             if e.kind != bus_schema::ErrorKind::NotFound && e.kind != bus_schema::ErrorKind::NotModified {
                 tracing::warn!(plugin = id, error = %e, "stopping the plugin's container");
             }
@@ -550,7 +550,7 @@ impl Plugins {
     /// runtime directory.
     async fn remove_container(&self, id: &str) {
         let Some(r) = &self.runner else { return };
-        if let Err(e) = r.runtime.container_remove(ContainerRemove { id: id.to_string(), force: true, volumes: false, link: false }).await {
+        if let Err(e) = r.runtime.plugin_container(PluginContainer { id: id.to_string(), action: PluginContainerAction::Remove }).await {
             if e.kind != bus_schema::ErrorKind::NotFound {
                 tracing::warn!(plugin = id, error = %e, "removing the plugin's container");
             }
@@ -840,6 +840,15 @@ impl Plugins {
         }
         Ok(())
     }
+}
+
+/// The plugin's container as `docker inspect` shows a container (through the
+/// runtime's plugin call: the container API does not find it).
+async fn plugin_inspect(r: &Runner, id: &str) -> Result<docker::ContainerInspectResponse, BusError> {
+    r.runtime
+        .plugin_container(PluginContainer { id: id.to_string(), action: PluginContainerAction::Inspect })
+        .await?
+        .ok_or_else(|| BusError::internal(format!("no inspect of plugin container {id}")))
 }
 
 #[cfg(test)]

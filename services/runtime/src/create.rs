@@ -173,7 +173,7 @@ impl Runtime {
         let mut config = merge_config(&body, &img.config);
         let id = match &r.plugin {
             Some(p) => {
-                if self.find(&p.id).is_ok() {
+                if self.find_any(&p.id).is_ok() {
                     return Err(BusError::conflict(format!("plugin container {} exists", p.id)));
                 }
                 p.id.clone()

@@ -27,8 +27,16 @@ pub struct Life {
     pub removed: bool,
 }
 
+tokio::task_local! {
+    /// Set while the plugin manager's call ([`crate::Api::plugin_container`]) runs:
+    /// only then does [`Runtime::find`] see managed plugins' containers.
+    pub static PLUGIN_MANAGER: ();
+}
+
 pub struct Entry {
     pub id: String,
+    /// A managed plugin's container: found only by the plugin manager ([`PLUGIN_MANAGER`]).
+    pub plugin: bool,
     pub dir: PathBuf,
     rec: Mutex<Container>,
     /// Serialises lifecycle operations (start, stop, remove, ...) on one container.
@@ -42,6 +50,7 @@ impl Entry {
         let life = Life { running: rec.state.running(), exit_code: rec.state.exit_code, ..Default::default() };
         Arc::new(Entry {
             id: rec.id.clone(),
+            plugin: rec.plugin,
             dir,
             rec: Mutex::new(rec),
             op: tokio::sync::Mutex::new(()),
@@ -273,19 +282,32 @@ impl Runtime {
     }
 
     /// Find by full ID, name (with or without '/'), or unique ID prefix.
+    /// A container by ID, name or unique ID prefix, as the container API finds one: a
+    /// managed plugin's container only inside [`PLUGIN_MANAGER`] (Moby keeps plugins in
+    /// containerd's plugin namespace, out of `docker inspect`/`rm`/`stop`).
     pub fn find(&self, key: &str) -> Result<Arc<Entry>, BusError> {
+        let plugins = PLUGIN_MANAGER.try_with(|_| ()).is_ok();
+        self.find_where(key, |e| plugins || !e.plugin)
+    }
+
+    /// Any container, a plugin's too: the runtime's own lookups.
+    pub fn find_any(&self, key: &str) -> Result<Arc<Entry>, BusError> {
+        self.find_where(key, |_| true)
+    }
+
+    fn find_where(&self, key: &str, visible: impl Fn(&Entry) -> bool) -> Result<Arc<Entry>, BusError> {
         let ix = self.index.read().unwrap();
-        if let Some(e) = ix.by_id.get(key) {
+        if let Some(e) = ix.by_id.get(key).filter(|e| visible(e)) {
             return Ok(e.clone());
         }
         let name = key.strip_prefix('/').unwrap_or(key);
         if let Some(id) = ix.by_name.get(name) {
-            if let Some(e) = ix.by_id.get(id) {
+            if let Some(e) = ix.by_id.get(id).filter(|e| visible(e)) {
                 return Ok(e.clone());
             }
         }
         if !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit()) {
-            let mut hits = ix.by_id.iter().filter(|(id, _)| id.starts_with(key));
+            let mut hits = ix.by_id.iter().filter(|(id, e)| id.starts_with(key) && visible(e));
             if let Some((_, e)) = hits.next() {
                 if hits.next().is_some() {
                     return Err(BusError::invalid(format!("multiple IDs found with provided prefix: {key}")));

@@ -241,6 +241,21 @@ impl RuntimeApi for Api {
     ) -> Result<Vec<String>, BusError> {
         Ok(self.0.using_image(&r.image_id))
     }
+    async fn plugin_container(&self, r: PluginContainer) -> Result<Option<docker::ContainerInspectResponse>, BusError> {
+        // the plugin's own container, by its full ID: nothing else is reached this way
+        let e = self.0.find_any(&r.id).ok().filter(|e| e.plugin && e.id == r.id).ok_or_else(|| BusError::not_found(format!("No such container: {}", r.id)))?;
+        let rt = self.0.clone();
+        crate::engine::PLUGIN_MANAGER
+            .scope((), async move {
+                match r.action {
+                    PluginContainerAction::Start => rt.start(&e.id).await.map(|_| None),
+                    PluginContainerAction::Stop { timeout } => rt.stop(&e.id, None, Some(timeout)).await.map(|_| None),
+                    PluginContainerAction::Remove => rt.remove(&e.id, true, false).await.map(|_| None),
+                    PluginContainerAction::Inspect => rt.inspect(&e.id, false).await.map(Some),
+                }
+            })
+            .await
+    }
     async fn log_plugin_users(&self, r: LogPluginUsers) -> Result<Vec<String>, BusError> {
         Ok(self.0.log_plugin_users(&r.name))
     }

@@ -185,7 +185,7 @@ impl Runtime {
                 e.message
             ))
         })?;
-        let rootfs = self.find(&p.id).map(|e| e.get().rootfs).unwrap_or_default();
+        let rootfs = self.find_any(&p.id).map(|e| e.get().rootfs).unwrap_or_default();
         if rootfs.is_empty() {
             return Err(BusError::internal(format!("log plugin {}: its container is not running", p.name)));
         }
@@ -247,7 +247,7 @@ impl Runtime {
             Some(lp) => lp.sock.clone(),
             None => {
                 let p = self.log_plugin(&driver).await.ok()?;
-                self.find(&p.id).ok()?;
+                self.find_any(&p.id).ok()?;
                 self.paths.plugin_run(&p.id).join("sock").join(&p.config.interface.socket)
             }
         };

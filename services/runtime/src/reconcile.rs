@@ -84,7 +84,7 @@ impl Runtime {
             if l.mounts == 0 {
                 continue;
             }
-            let Ok(e) = self.find(&l.id) else { continue };
+            let Ok(e) = self.find_any(&l.id) else { continue };
             let Ok(_g) = e.op.try_lock() else { continue };
             let c = e.get();
             if c.state.running() || c.state.status == Status::Restarting {
@@ -105,7 +105,7 @@ impl Runtime {
     pub async fn reconcile_network(self: &Arc<Self>) {
         let ids: Vec<String> = self.pending_sandboxes.lock().unwrap().drain().collect();
         for id in ids {
-            if let Some(e) = self.find(&id).ok().filter(|e| e.id == id) {
+            if let Some(e) = self.find_any(&id).ok().filter(|e| e.id == id) {
                 let _g = e.op.lock().await;
                 if e.get().state.running() {
                     continue;
