@@ -1169,6 +1169,31 @@ fn overlay_network_between_two_nodes() {
     assert!(hosts.contains(&format!("{vip}\tweb\n")) && hosts.contains(&format!("{wip}\ttasks.web\n")) && hosts.contains(&format!("{mip}\ttasks.web\n")), "{hosts}");
     let t = wait_for(20, "tasks.web", &mgr, || get("tasks.web"));
     assert!(t == mhost || t == whost, "{t}");
+    // the embedded DNS at 127.0.0.11 (Docker's): the container's resolv.conf names it,
+    // and a client that asks DNS itself (busybox nslookup reads no /etc/hosts) gets the
+    // VIP for the service, every task for tasks.NAME, from both nodes' tasks
+    let resolv = mgr.docker_ok(&["exec", &mc, "cat", "/etc/resolv.conf"]);
+    assert!(resolv.starts_with("nameserver 127.0.0.11\n") && resolv.contains("options ndots:0"), "{resolv}");
+    let lookup = |n: &Node, c: &str, name: &str| {
+        let o = n.docker(&["exec", c, "nslookup", "-type=a", name]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        // the answers follow the server's own "Address: 127.0.0.11:53"
+        let mut a: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("Address: ")).filter(|a| !a.starts_with("127.0.0.11")).map(|a| a.trim().to_string()).collect();
+        a.sort();
+        (a, text)
+    };
+    for (n, c) in [(&mgr, &mc), (&wkr, &wc)] {
+        let (a, text) = lookup(n, c, "web");
+        assert_eq!(a, vec![vip.clone()], "{text}");
+        let (a, text) = lookup(n, c, "tasks.web");
+        let mut want = vec![mip.clone(), wip.clone()];
+        want.sort();
+        assert_eq!(a, want, "{text}");
+    }
+    // a name that is not the swarm's is forwarded: nothing answers in this namespace,
+    // so the lookup fails, without hanging
+    let o = mgr.docker(&["exec", &mc, "timeout", "15", "nslookup", "nosuch.example"]);
+    assert!(!o.status.success() && o.status.code() != Some(124), "{}", out(&o));
     // and the other way: the worker's task reaches the manager's by name
     let o = wkr.docker(&["exec", &wc, "timeout", "5", "wget", "-qO-", &format!("http://{mip}/")]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), mhost, "{}", out(&o));

@@ -17,6 +17,7 @@ pub mod ca;
 pub mod cache;
 pub mod cluster;
 pub mod convert;
+pub mod dns;
 pub mod events;
 pub mod filters;
 pub mod ids;

@@ -208,7 +208,7 @@ async fn run_all(cmds: &[Vec<String>]) -> Result<(), String> {
 }
 
 /// A task container attached to overlay networks on this node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Attached {
     pid: i64,
     /// Network IDs.
@@ -216,6 +216,8 @@ struct Attached {
     /// The last nftables script and hosts block applied.
     nft: String,
     hosts: String,
+    /// Its embedded DNS (stops when the last clone of the entry goes).
+    dns: Option<Arc<crate::dns::Server>>,
 }
 
 fn attached() -> &'static Mutex<HashMap<String, Attached>> {
@@ -315,9 +317,36 @@ pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecor
             }
         }
     }
-    attached().lock().unwrap().insert(t.id.clone(), Attached { pid, nets: nets.iter().map(|(n, _)| n.id.clone()).collect(), nft: String::new(), hosts: String::new() });
+    let running = attached().lock().unwrap().get(&t.id).filter(|a| a.pid == pid).and_then(|a| a.dns.clone());
+    let dns = match running {
+        Some(d) => Ok(d),
+        None => embedded_dns(pid).await.map(Arc::new),
+    };
+    let dns = match dns {
+        Ok(d) => Some(d),
+        Err(e) => {
+            // names still resolve through the hosts block
+            tracing::warn!(task = %t.id, error = %e, "the task's embedded DNS");
+            None
+        }
+    };
+    attached().lock().unwrap().insert(t.id.clone(), Attached { pid, nets: nets.iter().map(|(n, _)| n.id.clone()).collect(), nft: String::new(), hosts: String::new(), dns });
     kick().notify_one();
     Ok(())
+}
+
+/// The embedded DNS in the container of process `pid`: its resolv.conf then names
+/// 127.0.0.11 only (rewritten inside the container's root: a link it made there must
+/// not lead this root process to a host file), its former servers the upstream.
+async fn embedded_dns(pid: i64) -> Result<crate::dns::Server, String> {
+    let root = berth_fsutil::InRoot::open_proc_root(pid).map_err(|e| format!("the container's root: {e}"))?;
+    let mut old = String::new();
+    root.rewrite("/etc/resolv.conf", |cur| {
+        old = String::from_utf8_lossy(cur).into_owned();
+        crate::dns::resolv_conf(&old).into_bytes()
+    })
+    .map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    crate::dns::start(pid, crate::dns::nameservers(&old)).await.map_err(|e| format!("binding {}:53: {e}", crate::dns::ADDR))
 }
 
 /// A service as a container on its networks sees it: its name, its virtual IP in the
@@ -586,6 +615,13 @@ async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
         let svcs = services_on(&mine, tasks);
         let nft = nft_script(&svcs);
         let hosts = hosts_block(&svcs);
+        if let Some(d) = &a.dns {
+            let names = crate::dns::names_of(&svcs);
+            let mut cur = d.names.write().unwrap();
+            if *cur != names {
+                *cur = names;
+            }
+        }
         if !std::path::Path::new(&format!("/proc/{}", a.pid)).exists() {
             attached().lock().unwrap().remove(&task);
             continue;
