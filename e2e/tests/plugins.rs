@@ -586,6 +586,9 @@ fn log_plugin_gets_the_output() {
     node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
     fails_with(&node, &["run", "--rm", "--log-driver", p, &img, "true"], "error looking up logging plugin berthlog: plugin berthlog found but disabled");
     node.docker_ok(&["plugin", "enable", p]);
+    // docker info lists the built-in drivers berth serves, in Moby's order; an
+    // enabled log plugin is not listed (Moby lists registered drivers only)
+    assert_eq!(node.docker_ok(&["info", "-f", "{{json .Plugins.Log}}"]).trim(), r#"["json-file","local"]"#);
     // Moby's ValidateLogOpts, for plugins too
     fails_with(&node, &["run", "--rm", "--log-driver", p, "--log-opt", "mode=fast", &img, "true"], "logger: logging mode not supported: fast");
     fails_with(&node, &["run", "--rm", "--log-driver", p, "--log-opt", "max-buffer-size=1m", &img, "true"], "logger: max-buffer-size option is only supported with 'mode=non-blocking'");
@@ -641,10 +644,12 @@ fn log_plugin_gets_the_output() {
 
     // Moby shows no LogPath for a plugin's container
     assert_eq!(node.docker_ok(&["inspect", "-f", "{{.LogPath}}", "lp"]).trim(), "");
-    // dual logging: `docker logs` reads the local copy (the plugin does not read)
+    // dual logging: `docker logs` reads the local copy (the plugin does not read),
+    // through a new logger as Moby makes one for a stopped container
     let o = node.docker(&["logs", "lp"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\ntail");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    until("the logger's StopLogging", || calls().lines().filter(|l| l.starts_with(&format!("StopLogging {id} "))).count() == 2);
     node.docker_ok(&["rm", "lp"]);
 
     // in use while a container logs to it; free once it stopped
@@ -700,6 +705,22 @@ fn log_plugin_reads_logs_back() {
     assert_eq!(logs_of(&[]), ("[berthlog] one\n[berthlog] two\n".to_string(), "[berthlog] three\n".to_string()), "the plugin's answer");
     let zero = "0001-01-01T00:00:00Z";
     assert_eq!(read_logs_calls(&logs, &id), [json!({"Since": zero, "Until": zero, "Tail": -1, "Follow": false})]);
+    // the container stopped: Moby makes a new logger around ReadLogs (StartLogging
+    // on a new FIFO, ReadLogs, StopLogging; this plugin reads only then)
+    let kinds = || -> Vec<(String, String)> {
+        calls()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split(' ');
+                let (k, i, f) = (w.next()?, w.next()?, w.next().unwrap_or(""));
+                (i == id).then(|| (k.to_string(), f.to_string()))
+            })
+            .collect()
+    };
+    until("the logger's StopLogging", || kinds().len() == 5);
+    let k = kinds();
+    assert_eq!(k.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["StartLogging", "StopLogging", "StartLogging", "ReadLogs", "StopLogging"], "{k:?}");
+    assert!(k[2].1 != k[0].1 && k[4].1 == k[2].1, "a new FIFO: {k:?}");
 
     // the tail is the plugin's: one line of the three
     let (out, err) = logs_of(&["--tail", "1"]);
@@ -719,6 +740,12 @@ fn log_plugin_reads_logs_back() {
     let c = &read_logs_calls(&logs, &id)[2];
     assert_eq!((c["Since"].as_str(), c["Until"].as_str()), (Some("2000-01-01T00:00:00Z"), Some("2100-01-01T00:00:00Z")), "{c}");
     assert_eq!(logs_of(&["--until", "2000-01-01T00:00:00Z"]), (String::new(), String::new()), "until filters the plugin's answer");
+    // disabled, the plugin makes no logger: Moby's error, no local copy instead
+    until("the loggers' StopLogging", || calls().matches(&format!("StopLogging {id} ")).count() == 5);
+    node.docker_ok(&["plugin", "disable", p]);
+    let disabled = "failed to get logging factory: logger: no log driver named 'berthlog' is registered: error looking up logging plugin berthlog: plugin berthlog found but disabled";
+    fails_with(&node, &["logs", "rl"], disabled);
+    node.docker_ok(&["plugin", "enable", p]);
     node.docker_ok(&["rm", "rl"]);
 
     // -f on a running container: the plugin follows, until StopLogging
@@ -748,7 +775,82 @@ fn log_plugin_reads_logs_back() {
     node.docker_ok(&["plugin", "enable", p]);
     node.docker_ok(&["run", "--name", "local", "--log-driver", p, &img, "echo", "plain"]);
     assert_eq!(node.docker_ok(&["logs", "local"]), "plain\n");
+    // a plugin that does not read, disabled or gone: no logger, Moby's error
+    let lid = node.docker_ok(&["inspect", "-f", "{{.Id}}", "local"]).trim().to_string();
+    until("the loggers' StopLogging", || calls().matches(&format!("StopLogging {lid} ")).count() == 2);
+    node.docker_ok(&["plugin", "disable", p]);
+    fails_with(&node, &["logs", "local"], disabled);
+    node.docker_ok(&["plugin", "rm", p]);
+    fails_with(&node, &["logs", "local"], "failed to get logging factory: logger: no log driver named 'berthlog' is registered: error looking up logging plugin berthlog: plugin \"berthlog\" not found");
     node.docker_ok(&["rm", "local"]);
+}
+
+/// `--log-opt mode` with a plugin that stalls (the test plugin reads nothing while
+/// `stall` is in its log directory): in blocking mode, Moby's default, the
+/// container's writes wait for the plugin and no line is lost; in non-blocking
+/// mode with a small `max-buffer-size` the container runs to its end while the
+/// plugin stalls, and what did not fit is dropped (the local copy has it all).
+#[test]
+fn log_plugin_modes_with_a_slow_plugin() {
+    berth_e2e::require_root!();
+    let dirs = tempfile::tempdir().unwrap();
+    let logs = dirs.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dir = log_plugin_dir(dirs.path(), &logs);
+    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let p = "berthlog";
+    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
+    node.docker_ok(&["plugin", "enable", p]);
+    let stall = logs.join("stall");
+    let calls = || std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
+    // 5000 lines of ~110 bytes: far more than the pipes between hold
+    const N: usize = 5000;
+    let script = format!("i=0; while [ $i -lt {N} ]; do echo \"line $i {}\"; i=$((i+1)); done", "x".repeat(100));
+    let entries = |id: &str| -> Vec<String> {
+        std::fs::read_to_string(logs.join(format!("{id}.entries")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["line"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let local_lines = |name: &str| node.docker_ok(&["logs", name]).lines().count();
+    let want: Vec<String> = (0..N).map(|i| format!("line {i} {}", "x".repeat(100))).collect();
+
+    // blocking (the default): the container waits while the plugin stalls
+    std::fs::write(&stall, "").unwrap();
+    node.docker_ok(&["run", "-d", "--name", "blk", "--log-driver", p, &img, "sh", "-c", &script]);
+    let bid = node.docker_ok(&["inspect", "-f", "{{.Id}}", "blk"]).trim().to_string();
+    until("the first lines", || local_lines("blk") > 0);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let held = node.docker_ok(&["inspect", "-f", "{{.State.Running}}", "blk"]).trim() == "true" && local_lines("blk") < N;
+    std::fs::remove_file(&stall).unwrap();
+    assert!(held, "a stalled plugin holds a blocking container's output back");
+    until("blk's StopLogging", || calls().contains(&format!("StopLogging {bid} ")));
+    until("the plugin to read it all", || entries(&bid).len() >= N);
+    assert_eq!(entries(&bid), want, "blocking: every line reached the plugin");
+    assert_eq!(local_lines("blk"), N);
+    node.docker_ok(&["rm", "blk"]);
+
+    // non-blocking with a small buffer: the container ends while the plugin stalls
+    std::fs::write(&stall, "").unwrap();
+    let run = node.docker(&[
+        "run", "-d", "--name", "nb", "--log-driver", p, "--log-opt", "mode=non-blocking", "--log-opt", "max-buffer-size=4k", &img, "sh", "-c", &script,
+    ]);
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(run.status.success(), "{run:?}");
+        until("nb's exit with the plugin stalled", || node.docker_ok(&["inspect", "-f", "{{.State.Running}}", "nb"]).trim() == "false");
+        assert!(stall.exists());
+    }));
+    let _ = std::fs::remove_file(&stall);
+    ended.unwrap();
+    let nid = node.docker_ok(&["inspect", "-f", "{{.Id}}", "nb"]).trim().to_string();
+    until("nb's StopLogging", || calls().contains(&format!("StopLogging {nid} ")));
+    until("the plugin to read what the pipe kept", || !entries(&nid).is_empty());
+    let got = entries(&nid);
+    assert!(!got.is_empty() && got.len() < N, "non-blocking: what did not fit was dropped ({} of {N})", got.len());
+    assert!(got.iter().all(|l| want.contains(l)), "whole lines only");
+    assert_eq!(local_lines("nb"), N, "the local copy has every line");
+    node.docker_ok(&["rm", "nb"]);
     node.docker_ok(&["plugin", "disable", p]);
     node.docker_ok(&["plugin", "rm", p]);
 }

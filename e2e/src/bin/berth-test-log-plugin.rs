@@ -14,7 +14,13 @@
 //! the last `Config.Tail` of them (-1: all), each line marked `[berthlog] ` and
 //! ended by a newline (unless partial), as length-prefixed LogEntry frames; with
 //! `Config.Follow`, new entries too until StopLogging. The call is logged as
-//! `ReadLogs <container ID> <Config as JSON>`. It does not filter by time.
+//! `ReadLogs <container ID> <Config as JSON>`. It does not filter by time. Like
+//! plugins that keep what StartLogging set up, it reads only for a container it
+//! logs now (Moby starts a logger around the ReadLogs of a stopped container);
+//! else it answers `no logger for <container ID>`.
+//!
+//! While the file `$LOG_DIR/stall` exists it reads nothing from its FIFOs (a
+//! slow plugin: the tests of `--log-opt mode`).
 //!
 //! The entries are decoded by hand from the protobuf wire format (the framing:
 //! a big-endian u32 length, then the LogEntry): a check independent of the
@@ -103,8 +109,8 @@ fn append(path: &Path, line: &str) {
     }
 }
 
-/// Reads the FIFO until every writer closed it.
-fn consume(file: String, out: PathBuf) {
+/// Reads the FIFO until every writer closed it (nothing while `stall` exists).
+fn consume(file: String, out: PathBuf, stall: PathBuf) {
     let mut f = match std::fs::File::open(&file) {
         Ok(f) => f,
         Err(e) => {
@@ -115,6 +121,9 @@ fn consume(file: String, out: PathBuf) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
+        while stall.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let n = match f.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -187,6 +196,10 @@ impl plugin_http::Handler for Plugin {
             return None;
         }
         append(&self.dir.join("calls.log"), &format!("ReadLogs {id} {}", body["Config"]));
+        if !self.files.lock().unwrap().values().any(|v| *v == id) {
+            // answered by handle: an error
+            return None;
+        }
         let tail = body.pointer("/Config/Tail").and_then(Value::as_i64).unwrap_or(-1);
         let follow = body.pointer("/Config/Follow").and_then(Value::as_bool).unwrap_or(false);
         let path = self.dir.join(format!("{id}.entries"));
@@ -222,6 +235,10 @@ impl plugin_http::Handler for Plugin {
         match method {
             "/Plugin.Activate" => (200, json!({ "Implements": ["LogDriver"] })),
             "/LogDriver.Capabilities" => (200, json!({ "Cap": { "ReadLogs": self.read_logs } })),
+            "/LogDriver.ReadLogs" if self.read_logs => {
+                let id = body.pointer("/Info/ContainerID").and_then(Value::as_str).unwrap_or("");
+                (500, json!({ "Err": format!("no logger for {id}") }))
+            }
             "/LogDriver.StartLogging" => {
                 let id = body.pointer("/Info/ContainerID").and_then(Value::as_str).unwrap_or("").to_string();
                 if id.is_empty() || id.contains('/') || !file.starts_with("/run/docker/logging/") {
@@ -231,7 +248,8 @@ impl plugin_http::Handler for Plugin {
                 append(&self.dir.join("calls.log"), &format!("StartLogging {id} {file}"));
                 self.files.lock().unwrap().insert(file.clone(), id.clone());
                 let out = self.dir.join(format!("{id}.entries"));
-                std::thread::spawn(move || consume(file, out));
+                let stall = self.dir.join("stall");
+                std::thread::spawn(move || consume(file, out, stall));
                 (200, json!({ "Err": "" }))
             }
             "/LogDriver.StopLogging" => {

@@ -156,8 +156,12 @@ impl Runtime {
             timestamps: r.timestamps,
             tail,
         };
-        let mut w = resp.accept(StreamInfo { tty: c.is_tty() }).await?;
         let running = c.state.running() || c.state.status == Status::Restarting;
+        // a log plugin's logger (a new one for a container that is not running,
+        // stopped once the read ends): a plugin that is not there fails the request
+        let (plugin_reads, _created) = self.log_source(&c, running).await?;
+        let follow_plugin = r.follow && running && _created.is_none();
+        let mut w = resp.accept(StreamInfo { tty: c.is_tty() }).await?;
         let stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if r.follow && running {
             let mut life = e.life.subscribe();
             let l0 = life.borrow().clone();
@@ -168,15 +172,15 @@ impl Runtime {
             Box::pin(async {})
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let reader = match self.log_reader(&c).await {
+        let reader = match plugin_reads {
             // a log plugin that reads logs back answers (Moby asks it, with the
-            // tail; it follows only a running container's)
+            // tail; it follows only through a running container's logger)
             Some(sock) => {
                 let cfg = crate::logplugin::ReadConfig {
                     since: crate::logplugin::go_time(r.since),
                     until: crate::logplugin::go_time(r.until),
                     tail: tail.map(|n| n as i64).unwrap_or(-1),
-                    follow: r.follow && running,
+                    follow: follow_plugin,
                 };
                 let rt = self.clone();
                 tokio::spawn(async move { rt.read_logs(&c, &sock, cfg, &opts, tx).await })

@@ -303,7 +303,10 @@ impl Runtime {
     /// removals, and start containers whose restart policy says so.
     pub async fn recover(self: &Arc<Self>) {
         let mut others_ready = false;
-        for e in self.load() {
+        let entries = self.load();
+        // nothing starts before this loop: a log FIFO no record names is stale
+        self.sweep_log_fifos(&entries);
+        for e in entries {
             let c = e.get();
             // giving back (below) needs the storage and network services, which may
             // still be starting with this one (a node started again)

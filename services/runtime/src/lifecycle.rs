@@ -152,11 +152,15 @@ impl Runtime {
         let opts = ShimOptions {
             log_fifo: log_plugin.as_ref().and_then(|l| l.at.clone()),
             // checked at create (crate::validate)
-            log_max_buffer: opts_map
-                .get("max-buffer-size")
-                .filter(|_| opts_map.get("mode").is_some_and(|m| m == "non-blocking"))
-                .and_then(|s| crate::validate::ram_in_bytes(s).ok())
-                .map(|n| n.max(0) as u64),
+            // blocking (Moby's default) unless non-blocking, whose buffer is
+            // max-buffer-size or Moby's 1 MiB
+            log_max_buffer: opts_map.get("mode").filter(|m| *m == "non-blocking").map(|_| {
+                opts_map
+                    .get("max-buffer-size")
+                    .and_then(|s| crate::validate::ram_in_bytes(s).ok())
+                    .map(|n| n.max(0) as u64)
+                    .unwrap_or(berth_shim::logdriver::MAX_PENDING as u64)
+            }),
             id: c.id.clone(),
             bundle: self.bundle_dir(&c.id),
             log_path: if log_on { Some(c.log_path.clone().into()) } else { None },

@@ -12,7 +12,11 @@
 //!   LogEntry (berth_shim::logdriver), besides the json-file copy `docker logs`
 //!   reads (Moby's dual logging);
 //! * at exit (or a failed start): `/LogDriver.StopLogging` {File}, then the FIFO is
-//!   removed.
+//!   removed;
+//! * `docker logs` goes through a logger (Moby's getLogger): the running
+//!   container's, else a new one for the read (StartLogging on a new FIFO, then
+//!   StopLogging): a plugin disabled or gone fails it with Moby's error;
+//! * at the runtime's start, FIFOs no container record names are swept.
 //!
 //! While a container logs to it, the plugin is in use: the images service refuses
 //! to disable it (`plugin X is in use`), as Moby's reference count does.
@@ -44,6 +48,21 @@ pub const BUILTIN: [&str; 12] =
 
 pub fn is_builtin(driver: &str) -> bool {
     BUILTIN.contains(&driver)
+}
+
+/// Moby 20.10's `docker info` Plugins.Log on Linux: the drivers it registers
+/// (daemon/logdrivers_linux.go), sorted (logger.ListDrivers). `none` is not a
+/// registered driver; managed log plugins are looked up, never registered, so an
+/// enabled one is not listed either.
+pub const MOBY_INFO_LOG: [&str; 10] =
+    ["awslogs", "fluentd", "gcplogs", "gelf", "journald", "json-file", "local", "logentries", "splunk", "syslog"];
+
+/// berth's `docker info` Plugins.Log: the drivers of Moby's list berth serves
+/// (`json-file`; `local`, accepted and read back, its copy kept in json-file's
+/// format), in Moby's order. The others are refused at create ("not supported by
+/// this engine"), so they are not listed; log plugins are not, as in Moby.
+pub fn info_log_drivers() -> Vec<String> {
+    MOBY_INFO_LOG.iter().filter(|d| matches!(**d, "json-file" | "local")).map(|d| d.to_string()).collect()
 }
 
 /// A container logging to a plugin, kept in its record while it runs (StopLogging
@@ -175,13 +194,20 @@ impl Runtime {
         Ok(p)
     }
 
-    /// At start: the FIFO and StartLogging. The returned fd (the FIFO opened
-    /// read-write) is held until the shim has opened its own.
+    /// At start: the FIFO and StartLogging (Moby's container start wraps the
+    /// logger's error in `failed to initialize logging driver: `). The returned fd
+    /// (the FIFO opened read-write) is held until the shim has opened its own.
     pub async fn start_logging(&self, c: &Container, driver: &str) -> Result<(LogPluginRun, OwnedFd), BusError> {
-        // Moby's wording at start (container.startLogging, logger factory.get)
+        self.new_logger(c, driver).await.map_err(|e| BusError::internal(format!("failed to initialize logging driver: {}", e.message)))
+    }
+
+    /// A new logger of the plugin `driver` for `c` (Moby's container.StartLogger
+    /// with the plugin adapter, and its errors): the FIFO and StartLogging.
+    pub async fn new_logger(&self, c: &Container, driver: &str) -> Result<(LogPluginRun, OwnedFd), BusError> {
+        // Moby's logger factory.get, then StartLogger's wrap
         let p = self.log_plugin(driver).await.map_err(|e| {
             BusError::internal(format!(
-                "failed to initialize logging driver: failed to get logging factory: logger: no log driver named '{driver}' is registered: {}",
+                "failed to get logging factory: logger: no log driver named '{driver}' is registered: {}",
                 e.message
             ))
         })?;
@@ -210,14 +236,14 @@ impl Runtime {
         let opts = log_opts(c);
         let info = Info::of(c, &opts);
         // Moby asks first (and ignores a failure); `docker logs` asks again
-        // (Runtime::log_reader)
+        // (Runtime::log_source)
         if reads_logs(&lp.sock).await {
             tracing::debug!(plugin = %lp.plugin, "the plugin reads logs back: docker logs asks it");
         }
         let body = serde_json::json!({ "File": lp.file, "Info": info });
         if let Err(e) = berth_pluginproto::call::<ErrAnswer>(&lp.sock, "LogDriver.StartLogging", &body, CALL_TIMEOUT).await {
             remove_fifo(&lp);
-            return Err(BusError::internal(format!("failed to initialize logging driver: error creating logger: {e}")));
+            return Err(BusError::internal(format!("error creating logger: {e}")));
         }
         Ok((lp, fd))
     }
@@ -225,33 +251,41 @@ impl Runtime {
     /// At exit: StopLogging, then the FIFO goes (in the background: a plugin that
     /// does not answer never holds the exit up).
     pub fn stop_logging(self: &Arc<Self>, lp: LogPluginRun) {
+        self.stop_logging_fd(lp, None)
+    }
+
+    /// StopLogging, then the FIFO held by `fd` (if any) is closed and removed, in
+    /// that order (Moby's pluginAdapter.Close).
+    pub fn stop_logging_fd(self: &Arc<Self>, lp: LogPluginRun, fd: Option<OwnedFd>) {
         tokio::spawn(async move {
             let body = serde_json::json!({ "File": lp.file });
             if let Err(e) = berth_pluginproto::call::<ErrAnswer>(&lp.sock, "LogDriver.StopLogging", &body, CALL_TIMEOUT).await {
                 tracing::warn!(plugin = %lp.plugin, error = %e, "StopLogging");
             }
+            drop(fd);
             remove_fifo(&lp);
         });
     }
 
-    /// The socket of the container's log-driver plugin when that plugin reads logs
-    /// back (`Cap.ReadLogs`): `docker logs` asks it (Moby's pluginAdapterWithRead).
-    /// None for a built-in driver, a plugin that does not read, or one that is not
-    /// there (enabled and running) any more: the local copy answers.
-    pub async fn log_reader(&self, c: &Container) -> Option<PathBuf> {
-        let driver = c.host_config.log_config.as_ref()?.typ.clone()?;
-        if is_builtin(&driver) {
-            return None;
-        }
-        let sock = match &c.log_plugin {
-            Some(lp) => lp.sock.clone(),
-            None => {
-                let p = self.log_plugin(&driver).await.ok()?;
-                self.find_any(&p.id).ok()?;
-                self.paths.plugin_run(&p.id).join("sock").join(&p.config.interface.socket)
-            }
+    /// What `docker logs` of `c` reads, as Moby's getLogger and ContainerLogs
+    /// decide: a built-in driver, the local copy; a plugin, through the
+    /// container's logger while it runs, else through a new logger (StartLogging on
+    /// a new FIFO now, StopLogging when the returned [`CreatedLogger`] drops, after
+    /// the read) — a plugin that is disabled or gone fails as Moby cannot make the
+    /// logger, whether it reads logs or not. The socket is the plugin's when it
+    /// reads logs back (`Cap.ReadLogs`: Moby's pluginAdapterWithRead); None: the
+    /// local copy answers (Moby's dual-logging cache).
+    pub async fn log_source(self: &Arc<Self>, c: &Container, running: bool) -> Result<(Option<PathBuf>, Option<CreatedLogger>), BusError> {
+        let Some(driver) = c.host_config.log_config.as_ref().and_then(|l| l.typ.clone()).filter(|t| !t.is_empty() && !is_builtin(t)) else {
+            return Ok((None, None));
         };
-        reads_logs(&sock).await.then_some(sock)
+        if let Some(lp) = c.log_plugin.as_ref().filter(|_| running) {
+            return Ok((reads_logs(&lp.sock).await.then(|| lp.sock.clone()), None));
+        }
+        let (lp, fd) = self.new_logger(c, &driver).await?;
+        let sock = lp.sock.clone();
+        let created = CreatedLogger { rt: self.clone(), lp: Some(lp), fd: Some(fd) };
+        Ok((reads_logs(&sock).await.then_some(sock), Some(created)))
     }
 
     /// `docker logs` of a plugin that reads: `/LogDriver.ReadLogs` {Info, Config},
@@ -301,6 +335,23 @@ impl Runtime {
     }
 }
 
+/// A logger made for one `docker logs` of a container that is not running
+/// (Runtime::log_source): dropped, it stops (StopLogging, the FIFO closed and
+/// removed).
+pub struct CreatedLogger {
+    rt: Arc<Runtime>,
+    lp: Option<LogPluginRun>,
+    fd: Option<OwnedFd>,
+}
+
+impl Drop for CreatedLogger {
+    fn drop(&mut self) {
+        if let Some(lp) = self.lp.take() {
+            self.rt.stop_logging_fd(lp, self.fd.take());
+        }
+    }
+}
+
 /// 64 hex digits (Moby's stringid.GenerateRandomID).
 fn random_id() -> String {
     let mut b = [0u8; 32];
@@ -313,6 +364,60 @@ fn remove_fifo(lp: &LogPluginRun) {
     if let Some(at) = &lp.at {
         if let Err(e) = berth_shim::logdriver::remove_fifo(at) {
             tracing::debug!(plugin = %lp.plugin, error = %e, "removing the log FIFO");
+        }
+    }
+}
+
+/// The FIFOs in `root`'s `/run/docker/logging` (resolved in the root: the plugin
+/// owns it) that no container logs through: FIFOs with a 64-hex name (those this
+/// module makes) whose name is not in `live`, removed. What a runtime killed
+/// between StartLogging and the shim's start (or before a StopLogging's removal)
+/// left behind. Anything else there is the plugin's and stays. The names removed.
+pub fn sweep_fifos(root: &Path, live: &std::collections::HashSet<String>) -> std::io::Result<Vec<String>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let root = berth_shim::sys::open(root, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let rel = LOGGING_DIR_IN_PLUGIN.trim_start_matches('/');
+    let dir = match berth_shim::sys::openat2(root.as_raw_fd(), Path::new(rel), libc::O_RDONLY | libc::O_DIRECTORY, 0, berth_shim::sys::RESOLVE_IN_ROOT) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut gone = Vec::new();
+    for ent in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?.flatten() {
+        let name = ent.file_name();
+        let Some(n) = name.to_str().filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) && !live.contains(*n)) else {
+            continue;
+        };
+        let c = std::ffi::CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: stat is plain data, filled by the kernel
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            continue;
+        }
+        berth_shim::sys::unlinkat(dir.as_raw_fd(), Path::new(n))?;
+        gone.push(n.to_string());
+    }
+    Ok(gone)
+}
+
+impl Runtime {
+    /// At this service's start, before any container starts: every running log
+    /// plugin's stale FIFOs go (see [`sweep_fifos`]); those of the containers
+    /// recorded as logging to a plugin stay.
+    pub fn sweep_log_fifos(&self, entries: &[Arc<crate::engine::Entry>]) {
+        let recs: Vec<Container> = entries.iter().map(|e| e.get()).collect();
+        let live: std::collections::HashSet<String> = recs
+            .iter()
+            .filter_map(|c| c.log_plugin.as_ref())
+            .filter_map(|lp| lp.file.rsplit('/').next().map(String::from))
+            .collect();
+        for c in recs.iter().filter(|c| c.plugin && !c.rootfs.is_empty()) {
+            match sweep_fifos(Path::new(&c.rootfs), &live) {
+                Ok(gone) if !gone.is_empty() => tracing::info!(plugin = %c.id, fifos = ?gone, "removed log FIFOs no container uses"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(plugin = %c.id, error = %e, "sweeping the log FIFOs"),
+            }
         }
     }
 }
@@ -340,6 +445,27 @@ fn make_fifo(at: &LogFifo) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `docker info` lists only drivers berth serves, in Moby's order; `none` and
+    /// plugins are not in Moby's list.
+    #[test]
+    fn info_lists_the_served_drivers() {
+        let got = info_log_drivers();
+        assert_eq!(got, ["json-file", "local"]);
+        let mut sorted = MOBY_INFO_LOG.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, MOBY_INFO_LOG, "Moby sorts them");
+        let cfg = berth_config::DaemonConfig::default();
+        for d in &got {
+            assert!(MOBY_INFO_LOG.contains(&d.as_str()) && is_builtin(d));
+            // each is accepted at create
+            let mut hc = bus_schema::docker::HostConfig {
+                log_config: Some(bus_schema::docker::HostConfigLogConfig { typ: Some(d.clone()), config: None }),
+                ..Default::default()
+            };
+            crate::validate::host_config(&mut hc, &cfg).unwrap();
+        }
+    }
 
     /// ReadLogs' Config as Go marshals Moby's ReadConfig.
     #[test]
@@ -375,6 +501,38 @@ mod tests {
             serde_json::to_string(&i).unwrap(),
             r#"{"Config":{"k":"v"},"ContainerID":"abc","ContainerName":"/n","ContainerEntrypoint":"echo","ContainerArgs":["hello"],"ContainerImageID":"sha256:x","ContainerImageName":"busybox","ContainerCreated":"2026-01-01T00:00:00Z","ContainerEnv":["A=1"],"ContainerLabels":null,"LogPath":"","DaemonName":"docker"}"#
         );
+    }
+
+    /// Stale FIFOs go; a live one, the plugin's other files and a link to a host
+    /// FIFO stay.
+    #[test]
+    fn sweep_removes_only_stale_fifos() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        let stale = "a".repeat(64);
+        let live = "b".repeat(64);
+        let file = "c".repeat(64);
+        let link = "d".repeat(64);
+        let host = d.path().join("hostfifo");
+        let dir = root.join("run/docker/logging");
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in [&stale, &live, &"notours".to_string()] {
+            drop(make_fifo(&LogFifo { root: root.clone(), path: format!("{LOGGING_DIR_IN_PLUGIN}/{n}") }).unwrap());
+        }
+        std::fs::write(dir.join(&file), "plugin's").unwrap();
+        berth_shim::sys::mkfifoat(libc::AT_FDCWD, &host, 0o600).unwrap();
+        std::os::unix::fs::symlink(&host, dir.join(&link)).unwrap();
+        let gone = sweep_fifos(&root, &std::collections::HashSet::from([live.clone()])).unwrap();
+        assert_eq!(gone, [stale.clone()]);
+        assert!(!dir.join(&stale).exists());
+        for n in [&live, &"notours".to_string(), &file] {
+            assert!(dir.join(n).exists(), "{n}");
+        }
+        assert!(std::fs::symlink_metadata(dir.join(&link)).unwrap().file_type().is_symlink());
+        assert!(std::fs::metadata(&host).unwrap().file_type().is_fifo());
+        // a root without the directory: nothing to do
+        assert!(sweep_fifos(d.path(), &Default::default()).unwrap().is_empty());
     }
 
     fn at(root: &Path) -> LogFifo {

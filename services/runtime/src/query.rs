@@ -290,7 +290,7 @@ impl Runtime {
             default_runtime: Some(crate::validate::DEFAULT_RUNTIME.into()),
             runtimes: Some(runtimes),
             init_binary: Some("berth-init".into()),
-            plugins: Some(docker::PluginsInfo { log: Some(vec!["json-file".into(), "none".into()]), ..Default::default() }),
+            plugins: Some(docker::PluginsInfo { log: Some(crate::logplugin::info_log_drivers()), ..Default::default() }),
             ..Default::default()
         }
     }

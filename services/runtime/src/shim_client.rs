@@ -34,7 +34,8 @@ pub struct ShimOptions {
     pub log_max_file: u32,
     /// A log-driver plugin's FIFO (crate::logplugin).
     pub log_fifo: Option<berth_shim::logdriver::LogFifo>,
-    /// `max-buffer-size` of `mode=non-blocking`.
+    /// `mode=non-blocking`: what may wait (`max-buffer-size`, else 1 MiB); None:
+    /// blocking.
     pub log_max_buffer: Option<u64>,
     /// Keep stdin open (OpenStdin).
     pub stdin: bool,

@@ -202,6 +202,10 @@ impl LogWriter {
         self
     }
 
+    pub fn plugin(&self) -> Option<&crate::logdriver::FifoSink> {
+        self.plugin.as_ref()
+    }
+
     pub fn plugin_mut(&mut self) -> Option<&mut crate::logdriver::FifoSink> {
         self.plugin.as_mut()
     }

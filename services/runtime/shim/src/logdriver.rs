@@ -11,13 +11,20 @@
 //! sequence is partial too, with `last: true`. Pieces of one line carry the time of
 //! the first.
 //!
-//! A slow or dead plugin never blocks the container: the FIFO is opened read-write
-//! and non-blocking (Moby opens it `O_RDWR|O_NONBLOCK` too, so a plugin that closes
-//! or dies gives no broken pipe); what the pipe does not take at once waits in a
-//! buffer of [`MAX_PENDING`] (Moby's default `max-buffer-size` of its non-blocking
-//! mode), written as the pipe drains; a message that does not fit is dropped whole
-//! (never half a frame) and counted. The local json-file copy always gets every
-//! message (Moby 20.10's dual logging: `docker logs` reads it).
+//! The FIFO is opened read-write and non-blocking (Moby opens it
+//! `O_RDWR|O_NONBLOCK` too, so a plugin that closes or dies gives no broken pipe);
+//! what the pipe does not take at once waits, written as the pipe drains. Moby's
+//! modes (`--log-opt mode`):
+//! * `blocking`, the default: nothing is dropped; while anything waits the shim
+//!   reads no more of the container's output ([`FifoSink::accepts_more`]), so a
+//!   slow plugin slows the container's writes, as Moby's copier waits for the
+//!   driver;
+//! * `non-blocking`: at most `max-buffer-size` waits (default [`MAX_PENDING`],
+//!   Moby's 1 MiB); a message that does not fit is dropped whole (never half a
+//!   frame) and counted, the container never waits.
+//!
+//! The local json-file copy always gets every message (Moby 20.10's dual logging:
+//! `docker logs` reads it).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -95,9 +102,9 @@ struct Partial {
 pub struct FifoSink {
     fd: OwnedFd,
     pending: Vec<u8>,
-    /// What may wait for the pipe (`--log-opt max-buffer-size` with
-    /// `mode=non-blocking`; else [`MAX_PENDING`]).
-    max_pending: usize,
+    /// What may wait for the pipe in non-blocking mode (`--log-opt
+    /// max-buffer-size`, else [`MAX_PENDING`]); None: blocking mode.
+    max_pending: Option<usize>,
     partial: [Partial; 2],
     /// Messages dropped because the plugin did not keep up.
     pub dropped: u64,
@@ -171,13 +178,20 @@ impl FifoSink {
     }
 
     pub fn from_fd(fd: OwnedFd) -> FifoSink {
-        FifoSink { fd, pending: Vec::new(), max_pending: MAX_PENDING, partial: Default::default(), dropped: 0, frame: Vec::new() }
+        FifoSink { fd, pending: Vec::new(), max_pending: None, partial: Default::default(), dropped: 0, frame: Vec::new() }
     }
 
-    /// At most `n` bytes wait for the pipe (Moby's ring buffer's `max-buffer-size`).
+    /// Non-blocking mode: at most `n` bytes wait for the pipe (Moby's ring
+    /// buffer's `max-buffer-size`), more messages are dropped.
     pub fn with_max_pending(mut self, n: usize) -> FifoSink {
-        self.max_pending = n;
+        self.max_pending = Some(n);
         self
+    }
+
+    /// Whether more of the container's output may be read now: always in
+    /// non-blocking mode; in blocking mode once the pipe took everything.
+    pub fn accepts_more(&self) -> bool {
+        self.max_pending.is_some() || self.pending.is_empty()
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -249,7 +263,7 @@ impl FifoSink {
             return;
         }
         // a frame begun in the pipe is always finished; a whole one may be dropped
-        if rest.len() == frame.len() && self.pending.len() + rest.len() > self.max_pending {
+        if rest.len() == frame.len() && self.max_pending.is_some_and(|max| self.pending.len() + rest.len() > max) {
             self.dropped += 1;
             return;
         }
@@ -433,12 +447,13 @@ mod tests {
         assert_ne!(last.id, m[0].id);
     }
 
-    /// A plugin that does not read: the pipe fills, then the buffer, then whole
-    /// messages are dropped; nothing blocks, and no frame is ever cut.
+    /// Non-blocking mode, a plugin that does not read: the pipe fills, then the
+    /// buffer, then whole messages are dropped; nothing blocks, and no frame is
+    /// ever cut.
     #[test]
     fn a_plugin_that_does_not_read_never_blocks() {
         let (r, w) = pipe();
-        let mut s = FifoSink::from_fd(w);
+        let mut s = FifoSink::from_fd(w).with_max_pending(MAX_PENDING);
         let line = vec![b'x'; 1000];
         let mut msg = line.clone();
         msg.push(b'\n');
@@ -460,6 +475,41 @@ mod tests {
         let (entries, used) = decode_frames(&got).unwrap();
         assert_eq!(used, got.len());
         assert_eq!(entries.len() as u64 + s.dropped, 3000);
+        assert!(entries.iter().all(|e| e.line == line));
+    }
+
+    /// Blocking mode (the default): nothing is dropped; once the pipe is full the
+    /// sink asks for no more output until the plugin reads.
+    #[test]
+    fn blocking_mode_drops_nothing() {
+        let (r, w) = pipe();
+        let mut s = FifoSink::from_fd(w);
+        let line = vec![b'z'; 1000];
+        let msg = [line.clone(), vec![b'\n']].concat();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let mut held = 0;
+        while sent < 3000 {
+            if s.accepts_more() {
+                s.log(0, &msg, Time { secs: 1, nanos: 0 });
+                sent += 1;
+            } else {
+                held += 1;
+                // the plugin reads, the pipe drains
+                got.extend(read_all(&r));
+                s.flush();
+            }
+        }
+        assert!(held > 0, "a full pipe holds the output back");
+        for _ in 0..100 {
+            got.extend(read_all(&r));
+            s.flush();
+        }
+        got.extend(read_all(&r));
+        assert!(!s.has_pending());
+        assert_eq!(s.dropped, 0);
+        let (entries, used) = decode_frames(&got).unwrap();
+        assert_eq!((entries.len(), used), (3000, got.len()));
         assert!(entries.iter().all(|e| e.line == line));
     }
 

@@ -24,7 +24,8 @@ pub struct ShimConfig {
     /// every message goes there too (berth_shim::logdriver).
     #[serde(default, skip_serializing_if = "skip")]
     pub log_fifo: Option<crate::logdriver::LogFifo>,
-    /// What may wait for the FIFO (`max-buffer-size` of `mode=non-blocking`).
+    /// `mode=non-blocking`: what may wait for the FIFO (`max-buffer-size`, else
+    /// 1 MiB), more is dropped. None: blocking (the container waits for the plugin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_max_buffer: Option<u64>,
     /// Keep the container's stdin open as a pipe (OpenStdin).

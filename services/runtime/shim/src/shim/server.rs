@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 const HIGH: usize = 256 << 10;
 /// How long a finished shim keeps trying to hand its last bytes to slow clients.
 const LINGER: Duration = Duration::from_secs(60);
+/// How long after the init's exit a log plugin in blocking mode still holds the
+/// output back (Moby's loggerCloseTimeout: then "logs may be truncated").
+const LOGGER_CLOSE: Duration = Duration::from_secs(10);
 
 pub struct Init {
     pub cfg: ShimConfig,
@@ -77,6 +80,8 @@ pub struct Server {
     namespaces: Vec<libc::c_int>,
     new_pidns: bool,
     init_status: Option<i32>,
+    /// When the init exited.
+    init_exited: Option<Instant>,
     exit: Option<ExitStatus>,
     finished_at: Option<Instant>,
     conns: Vec<Option<Conn>>,
@@ -148,6 +153,7 @@ impl Server {
             namespaces: i.namespaces,
             new_pidns: i.new_pidns,
             init_status: None,
+            init_exited: None,
             exit: None,
             finished_at: None,
             conns: Vec::new(),
@@ -190,12 +196,26 @@ impl Server {
         }
     }
 
-    /// Whether container output may be read: no attached client is backed up.
+    /// Whether container output may be read: no attached client is backed up, and
+    /// a log plugin in blocking mode took what it was given (Moby's copier waits
+    /// for the driver; after the init's exit, for [`LOGGER_CLOSE`] at most).
     fn output_flowing(&self, stream: usize) -> bool {
-        self.conns
-            .iter()
-            .flatten()
-            .all(|c| !(c.attach[stream] && c.exec.is_none()) || c.outbuf.len() < HIGH)
+        let plugin_takes = self.log.as_ref().and_then(|l| l.plugin()).is_none_or(|p| p.accepts_more())
+            || self.init_exited.is_some_and(|t| t.elapsed() >= LOGGER_CLOSE);
+        plugin_takes
+            && self
+                .conns
+                .iter()
+                .flatten()
+                .all(|c| !(c.attach[stream] && c.exec.is_none()) || c.outbuf.len() < HIGH)
+    }
+
+    /// The output waits for a blocking log plugin after the init's exit: wake up
+    /// to stop waiting in time.
+    fn held_for_plugin(&self) -> bool {
+        self.init_exited.is_some()
+            && self.out.iter().any(|o| o.is_some())
+            && self.log.as_ref().and_then(|l| l.plugin()).is_some_and(|p| !p.accepts_more())
     }
 
     pub fn run(mut self) -> i32 {
@@ -273,7 +293,7 @@ impl Server {
                     add(fd.as_raw_fd(), libc::POLLOUT, Src::ExecStdin(i));
                 }
             }
-            let timeout = if self.finished_at.is_some() { 1000 } else { -1 };
+            let timeout = if self.finished_at.is_some() || self.held_for_plugin() { 1000 } else { -1 };
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -325,6 +345,7 @@ impl Server {
             }
             if p == self.pid {
                 self.init_status = Some(st);
+                self.init_exited = Some(Instant::now());
                 if !self.new_pidns {
                     // Nothing else may keep the output open once the init is gone.
                     if let Some(cg) = &self.cgroup {
