@@ -674,6 +674,21 @@ fn read_logs_calls(logs: &Path, id: &str) -> Vec<Value> {
     text.lines().filter_map(|l| l.strip_prefix(&format!("ReadLogs {id} "))).map(|c| serde_json::from_str(c).unwrap()).collect()
 }
 
+/// A node with busybox and the test log plugin `berthlog` created in `dirs`, set with
+/// `settings`, enabled: the node, its registry, the image, the plugin's log directory.
+fn log_plugin_node(dirs: &Path, settings: &[&str]) -> (Node, berth_e2e::fixtures::Registry, String, PathBuf) {
+    let logs = dirs.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dir = log_plugin_dir(dirs, &logs);
+    let (node, reg, img) = berth_e2e::fixtures::node_with_busybox();
+    node.docker_ok(&["plugin", "create", "berthlog", dir.to_str().unwrap()]);
+    if !settings.is_empty() {
+        node.docker_ok(&[&["plugin", "set", "berthlog"], settings].concat());
+    }
+    node.docker_ok(&["plugin", "enable", "berthlog"]);
+    (node, reg, img, logs)
+}
+
 /// A log plugin whose Capabilities answer `ReadLogs` (the test plugin with
 /// READ_LOGS=1) is what `docker logs` reads, as Moby 20.10 asks it
 /// (`/LogDriver.ReadLogs` {Info, Config}, LogEntry frames back): the lines come
@@ -684,14 +699,8 @@ fn read_logs_calls(logs: &Path, id: &str) -> Vec<Value> {
 fn log_plugin_reads_logs_back() {
     berth_e2e::require_root!();
     let dirs = tempfile::tempdir().unwrap();
-    let logs = dirs.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let dir = log_plugin_dir(dirs.path(), &logs);
-    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let (node, _reg, img, logs) = log_plugin_node(dirs.path(), &["READ_LOGS=1"]);
     let p = "berthlog";
-    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
-    node.docker_ok(&["plugin", "set", p, "READ_LOGS=1"]);
-    node.docker_ok(&["plugin", "enable", p]);
     let calls = || std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
 
     node.docker_ok(&["run", "--name", "rl", "--log-driver", p, &img, "sh", "-c", "echo one; echo two; echo three >&2"]);
@@ -794,13 +803,8 @@ fn log_plugin_reads_logs_back() {
 fn log_plugin_modes_with_a_slow_plugin() {
     berth_e2e::require_root!();
     let dirs = tempfile::tempdir().unwrap();
-    let logs = dirs.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let dir = log_plugin_dir(dirs.path(), &logs);
-    let (node, _reg, img) = berth_e2e::fixtures::node_with_busybox();
+    let (node, _reg, img, logs) = log_plugin_node(dirs.path(), &[]);
     let p = "berthlog";
-    node.docker_ok(&["plugin", "create", p, dir.to_str().unwrap()]);
-    node.docker_ok(&["plugin", "enable", p]);
     let stall = logs.join("stall");
     let calls = || std::fs::read_to_string(logs.join("calls.log")).unwrap_or_default();
     // 5000 lines of ~110 bytes: far more than the pipes between hold

@@ -458,6 +458,8 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
     // a bind with shared propagation needs the container's root shared (Moby's
     // setMounts: RootfsPropagation "shared"), or its mounts never reach the host
     let shared_bind = input.mounts.iter().any(|m| matches!(m.kind, MountKind::Bind) && matches!(m.propagation.as_deref(), Some("shared" | "rshared")));
+    // and one with slave propagation a slave root at least (Moby's: rslave unless shared)
+    let slave_bind = input.mounts.iter().any(|m| matches!(m.kind, MountKind::Bind) && matches!(m.propagation.as_deref(), Some("slave" | "rslave")));
     for m in input.mounts {
         if !m.destination.starts_with('/') {
             return Err(SpecError::Invalid(format!(
@@ -670,7 +672,11 @@ pub fn build_lean_with(input: &SpecInput, host_bounding: u64) -> Result<lean::Sp
         devices,
         cgroups_path: Some(format!("/{}", input.cgroup_path.trim_matches('/'))),
         resources: Some(res),
-        rootfs_propagation: shared_bind.then(|| "shared".to_string()),
+        rootfs_propagation: if shared_bind {
+            Some("shared".to_string())
+        } else {
+            slave_bind.then(|| "rslave".to_string())
+        },
         seccomp,
         sysctl,
         masked_paths: if privileged {
@@ -848,6 +854,29 @@ fn own_or_joined(typ: &str, mode: Option<&str>, path: Option<&str>) -> Option<Na
 }
 
 /// Builds the OCI runtime spec for a container.
+/// Moby's ensureShared and ensureSharedOrSlave: a bind with shared propagation needs
+/// its source on a shared mount, one with slave propagation on a shared or slave mount
+/// (else the propagation the user asked for could not happen). `mountinfo`: the text
+/// of /proc/self/mountinfo.
+pub fn check_propagation(mounts: &[ResolvedMount], mountinfo: &str) -> Result<(), SpecError> {
+    for m in mounts.iter().filter(|m| matches!(m.kind, MountKind::Bind)) {
+        let slave_ok = match m.propagation.as_deref() {
+            Some("shared" | "rshared") => false,
+            Some("slave" | "rslave") => true,
+            _ => continue,
+        };
+        let src = std::fs::canonicalize(&m.source).unwrap_or_else(|_| PathBuf::from(&m.source));
+        let Some((at, optional)) = berth_fsutil::mountinfo::source_mount(mountinfo, &src) else { continue };
+        let shared = optional.split(' ').any(|o| o.starts_with("shared:"));
+        let slave = optional.split(' ').any(|o| o.starts_with("master:"));
+        if !shared && !(slave_ok && slave) {
+            let what = if slave_ok { "a shared or slave mount" } else { "a shared mount" };
+            return Err(SpecError::Invalid(format!("path {} is mounted on {at} but it is not {what}", m.source)));
+        }
+    }
+    Ok(())
+}
+
 pub fn build(input: &SpecInput) -> Result<oci_spec::runtime::Spec, SpecError> {
     to_oci(&build_lean(input)?)
 }
@@ -956,6 +985,20 @@ pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, Spe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_binds_need_a_shared_source() {
+        let mi = "22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw\n30 22 0:25 / /nonexistent-priv rw - tmpfs tmpfs rw\n31 22 0:26 / /nonexistent-slave rw master:4 - tmpfs tmpfs rw\n";
+        let bind = |src: &str, p: &str| ResolvedMount { source: src.into(), destination: "/x".into(), kind: MountKind::Bind, read_only: false, propagation: Some(p.into()), subpath: None };
+        let check = |src: &str, p: &str| check_propagation(&[bind(src, p)], mi).map_err(|e| e.to_string());
+        assert_eq!(check("/nonexistent-a/b", "rshared"), Ok(()));
+        assert_eq!(check("/nonexistent-priv/d", "rshared"), Err("path /nonexistent-priv/d is mounted on /nonexistent-priv but it is not a shared mount".into()));
+        assert_eq!(check("/nonexistent-slave/d", "shared"), Err("path /nonexistent-slave/d is mounted on /nonexistent-slave but it is not a shared mount".into()));
+        assert_eq!(check("/nonexistent-slave/d", "rslave"), Ok(()));
+        assert_eq!(check("/nonexistent-priv/d", "slave"), Err("path /nonexistent-priv/d is mounted on /nonexistent-priv but it is not a shared or slave mount".into()));
+        // rprivate (the default) and private ask nothing of the source
+        assert_eq!(check("/nonexistent-priv/d", "rprivate"), Ok(()));
+    }
     use bus_schema::docker::ResourcesUlimits;
 
     struct Fx {
@@ -1270,6 +1313,8 @@ mod tests {
         );
         assert_eq!(m("/data/sub").options, strs(&["rbind", "rprivate", "ro"]));
         assert_eq!(m("/data").options, strs(&["rbind", "rslave"]));
+        // an rslave bind makes the root rslave (Moby's setMounts), so that mounts reach it
+        assert_eq!(s.linux.as_ref().unwrap().rootfs_propagation.as_deref(), Some("rslave"));
         // Parents before children.
         let d = dests(&s);
         assert!(

@@ -297,7 +297,9 @@ impl Volumes {
             let st = self.state.lock().unwrap();
             let mut v: Vec<&VolRecord> = st
                 .values()
-                .filter(|r| r.refs.is_empty() && r.driver == "local")
+                // local volumes without mount options only, as Moby's (a plugin's volume,
+                // or an NFS or tmpfs mount, has its data elsewhere: nothing to reclaim)
+                .filter(|r| r.refs.is_empty() && r.driver == "local" && r.options.is_empty())
                 .filter(|r| all || r.labels.contains_key(ANONYMOUS_LABEL))
                 .filter(|r| label_filters(r, filters))
                 .collect();
@@ -727,6 +729,18 @@ mod tests {
             read_write: true,
             propagation: "",
         }
+    }
+
+    #[test]
+    fn prune_keeps_volumes_with_mount_options() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Volumes::open(d.path().join("volumes"), Arc::new(NoEvents)).unwrap();
+        let opts: HashMap<String, String> = [("type", "tmpfs"), ("device", "tmpfs")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        v.create(Some("mounted".into()), "local", opts, HashMap::new(), false).unwrap();
+        v.create(Some("plain".into()), "local", HashMap::new(), HashMap::new(), false).unwrap();
+        let all: HashMap<String, Vec<String>> = [("all".to_string(), vec!["true".to_string()])].into();
+        assert_eq!(v.prune(&all).unwrap().volumes_deleted.unwrap(), vec!["plain"]);
+        v.remove("mounted", false).unwrap();
     }
 
     #[test]

@@ -42,6 +42,29 @@ pub fn mountinfo_lists(mountinfo: &str, path: &Path) -> bool {
         .any(|m| Path::new(&unescape_mountinfo(m)) == path)
 }
 
+/// The mount that holds `path` in `mountinfo` (the text of /proc/self/mountinfo): its
+/// mount point, the longest that is `path` or one of its parents (the last listed of
+/// equal ones: the mount on top), and its optional fields (`shared:N`, `master:N`, ...)
+/// joined by spaces, as Moby's getSourceMount answers them.
+pub fn source_mount(mountinfo: &str, path: &Path) -> Option<(String, String)> {
+    let mut best: Option<(String, String)> = None;
+    for l in mountinfo.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let point = unescape_mountinfo(f[4]);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let optional: Vec<&str> = f[6..].iter().take_while(|x| **x != "-").copied().collect();
+        if best.as_ref().is_none_or(|(b, _)| point.len() >= b.len()) {
+            best = Some((point, optional.join(" ")));
+        }
+    }
+    best
+}
+
 /// Whether `path` is a mount point, as Moby's mountinfo.Mounted decides it: opening
 /// its last component with `RESOLVE_NO_XDEV` fails with EXDEV exactly at a mount
 /// point (a bind mount of the same filesystem included, a btrfs subvolume excluded);
@@ -178,5 +201,19 @@ mod tests {
         assert!(!is_mountpoint(d.path()).unwrap());
         drop(guard);
         assert!(!is_mountpoint(&dir).unwrap());
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_and_its_propagation() {
+        let mi = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                  30 22 0:25 / /srv rw master:7 - tmpfs tmpfs rw\n\
+                  31 30 0:26 / /srv/a\\040b rw - tmpfs tmpfs rw\n\
+                  32 22 0:27 / /srvx rw shared:3 master:2 - tmpfs tmpfs rw\n";
+        assert_eq!(source_mount(mi, Path::new("/home/u")), Some(("/".into(), "shared:1".into())));
+        assert_eq!(source_mount(mi, Path::new("/srv/data")), Some(("/srv".into(), "master:7".into())));
+        assert_eq!(source_mount(mi, Path::new("/srv/a b/c")), Some(("/srv/a b".into(), "".into())));
+        // by path components: /srvx is not under /srv
+        assert_eq!(source_mount(mi, Path::new("/srvx/1")), Some(("/srvx".into(), "shared:3 master:2".into())));
+        assert_eq!(source_mount("", Path::new("/x")), None);
     }
 }
