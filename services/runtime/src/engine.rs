@@ -281,8 +281,8 @@ impl Runtime {
         m
     }
 
-    /// Find by full ID, name (with or without '/'), or unique ID prefix.
-    /// A container by ID, name or unique ID prefix, as the container API finds one: a
+    /// A container by full ID, name (with or without '/') or unique ID prefix, as the
+    /// container API finds one: a
     /// managed plugin's container only inside [`PLUGIN_MANAGER`] (Moby keeps plugins in
     /// containerd's plugin namespace, out of `docker inspect`/`rm`/`stop`).
     pub fn find(&self, key: &str) -> Result<Arc<Entry>, BusError> {

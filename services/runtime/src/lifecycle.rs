@@ -263,13 +263,12 @@ impl Runtime {
                 no_new_privileges: self.cfg.no_new_privileges.unwrap_or(false),
                 linked_env: &links.env,
             };
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            crate::spec::check_propagation(&resolved, &mountinfo)
+            crate::spec::check_propagation(&resolved, || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
                 .and_then(|_| crate::spec::build(&input))
                 .map_err(|err| match err {
-                crate::spec::SpecError::NoDeviceDriver(m) => BusError::internal(m),
-                err => BusError::invalid(err.to_string()),
-            })
+                    crate::spec::SpecError::NoDeviceDriver(m) => BusError::internal(m),
+                    err => BusError::invalid(err.to_string()),
+                })
         });
         let spec = match prep {
             Ok(s) => s,

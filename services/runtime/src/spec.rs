@@ -856,17 +856,22 @@ fn own_or_joined(typ: &str, mode: Option<&str>, path: Option<&str>) -> Option<Na
 /// Builds the OCI runtime spec for a container.
 /// Moby's ensureShared and ensureSharedOrSlave: a bind with shared propagation needs
 /// its source on a shared mount, one with slave propagation on a shared or slave mount
-/// (else the propagation the user asked for could not happen). `mountinfo`: the text
-/// of /proc/self/mountinfo.
-pub fn check_propagation(mounts: &[ResolvedMount], mountinfo: &str) -> Result<(), SpecError> {
+/// (else the propagation the user asked for could not happen). `mountinfo` reads
+/// /proc/self/mountinfo: only when a bind asks for such propagation, not at every start.
+pub fn check_propagation(mounts: &[ResolvedMount], mountinfo: impl FnOnce() -> String) -> Result<(), SpecError> {
+    let mut mountinfo = Some(mountinfo);
+    let mut text = String::new();
     for m in mounts.iter().filter(|m| matches!(m.kind, MountKind::Bind)) {
         let slave_ok = match m.propagation.as_deref() {
             Some("shared" | "rshared") => false,
             Some("slave" | "rslave") => true,
             _ => continue,
         };
+        if let Some(read) = mountinfo.take() {
+            text = read();
+        }
         let src = std::fs::canonicalize(&m.source).unwrap_or_else(|_| PathBuf::from(&m.source));
-        let Some((at, optional)) = berth_fsutil::mountinfo::source_mount(mountinfo, &src) else { continue };
+        let Some((at, optional)) = berth_fsutil::mountinfo::source_mount(&text, &src) else { continue };
         let shared = optional.split(' ').any(|o| o.starts_with("shared:"));
         let slave = optional.split(' ').any(|o| o.starts_with("master:"));
         if !shared && !(slave_ok && slave) {
@@ -990,14 +995,15 @@ mod tests {
     fn shared_binds_need_a_shared_source() {
         let mi = "22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw\n30 22 0:25 / /nonexistent-priv rw - tmpfs tmpfs rw\n31 22 0:26 / /nonexistent-slave rw master:4 - tmpfs tmpfs rw\n";
         let bind = |src: &str, p: &str| ResolvedMount { source: src.into(), destination: "/x".into(), kind: MountKind::Bind, read_only: false, propagation: Some(p.into()), subpath: None };
-        let check = |src: &str, p: &str| check_propagation(&[bind(src, p)], mi).map_err(|e| e.to_string());
+        let check = |src: &str, p: &str| check_propagation(&[bind(src, p)], || mi.to_string()).map_err(|e| e.to_string());
         assert_eq!(check("/nonexistent-a/b", "rshared"), Ok(()));
         assert_eq!(check("/nonexistent-priv/d", "rshared"), Err("path /nonexistent-priv/d is mounted on /nonexistent-priv but it is not a shared mount".into()));
         assert_eq!(check("/nonexistent-slave/d", "shared"), Err("path /nonexistent-slave/d is mounted on /nonexistent-slave but it is not a shared mount".into()));
         assert_eq!(check("/nonexistent-slave/d", "rslave"), Ok(()));
         assert_eq!(check("/nonexistent-priv/d", "slave"), Err("path /nonexistent-priv/d is mounted on /nonexistent-priv but it is not a shared or slave mount".into()));
-        // rprivate (the default) and private ask nothing of the source
+        // rprivate (the default) and private ask nothing of the source, nor read it
         assert_eq!(check("/nonexistent-priv/d", "rprivate"), Ok(()));
+        assert_eq!(check_propagation(&[bind("/nonexistent-priv/d", "rprivate")], || panic!("mountinfo read")).map_err(|e| e.to_string()), Ok(()));
     }
     use bus_schema::docker::ResourcesUlimits;
 

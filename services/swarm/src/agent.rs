@@ -600,29 +600,17 @@ async fn task_container_logs(nb: &crate::node_bus::NodeBus, ctr: &str, details: 
 pub async fn serve_logs(c: Arc<Cluster>) {
     let me = c.node_id();
     let subject = AgentTaskLogs::subject(&me);
-    loop {
-        let mut sub = match c.client.subscribe(subject.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "subscribing the task log requests; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        while let Some(msg) = sub.next().await {
-            let Some(reply) = msg.reply.clone() else { continue };
-            let c = c.clone();
-            let me = me.clone();
-            tokio::spawn(async move {
-                let opened = match rmp_serde::from_slice::<AgentTaskLogs>(&msg.payload) {
-                    Ok(r) => own_task_logs(&c, &me, &r).await,
-                    Err(e) => Err(BusError::invalid(format!("bad task log request: {e}"))),
-                };
-                let _ = crate::xstream::send(c.client.clone(), reply, opened, crate::xstream::Timing::default()).await;
-            });
+    crate::cluster::serve_requests(c, subject, None, move |c, msg, reply| {
+        let me = me.clone();
+        async move {
+            let opened = match rmp_serde::from_slice::<AgentTaskLogs>(&msg.payload) {
+                Ok(r) => own_task_logs(&c, &me, &r).await,
+                Err(e) => Err(BusError::invalid(format!("bad task log request: {e}"))),
+            };
+            let _ = crate::xstream::send(c.client.clone(), reply, opened, crate::xstream::Timing::default()).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// The log of a task container of this node, as asked by another node.

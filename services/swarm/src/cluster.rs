@@ -333,6 +333,36 @@ impl Cluster {
     }
 }
 
+/// Answer every request on `subject` (one of queue group `queue`'s members answers
+/// each, when given) with `handle`, each in a task of its own, given the request and
+/// its reply subject; subscribed again when the subscription fails or ends.
+pub async fn serve_requests<F, Fut>(c: Arc<Cluster>, subject: String, queue: Option<&str>, handle: F)
+where
+    F: Fn(Arc<Cluster>, async_nats::Message, async_nats::Subject) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    loop {
+        let sub = match queue {
+            Some(q) => c.client.queue_subscribe(subject.clone(), q.to_string()).await,
+            None => c.client.subscribe(subject.clone()).await,
+        };
+        let mut sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%subject, error = %e, "subscribing the requests; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Some(reply) = msg.reply.clone() else { continue };
+            tokio::spawn(handle(c.clone(), msg, reply));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The users of the last config written (kept until the store answers).
 fn previous_users(_files: &natsconf::Files) -> Vec<natsconf::User> {
     Vec::new()

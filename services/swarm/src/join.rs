@@ -14,7 +14,6 @@ use crate::model::*;
 use crate::store::buckets;
 use crate::{ids, natsconf, SwarmService};
 use bus_schema::{docker, BusError};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,25 +56,15 @@ const JOIN_STORE_WAIT: Duration = Duration::from_secs(40);
 
 /// Managers: answer join requests until aborted.
 pub async fn serve(c: Arc<Cluster>) {
-    loop {
-        let sub = c.client.queue_subscribe(bus_schema::swarm::cluster::JOIN.to_string(), "managers".to_string()).await;
-        let Ok(mut sub) = sub else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
+    crate::cluster::serve_requests(c, bus_schema::swarm::cluster::JOIN.to_string(), Some("managers"), |c, msg, reply| async move {
+        let ans: Answer = match serde_json::from_slice::<JoinRequest>(&msg.payload) {
+            Ok(req) => accept(&c, req).await.map_err(|e| e.message),
+            Err(e) => Err(format!("bad join request: {e}")),
         };
-        while let Some(msg) = sub.next().await {
-            let Some(reply) = msg.reply.clone() else { continue };
-            let c = c.clone();
-            tokio::spawn(async move {
-                let ans: Answer = match serde_json::from_slice::<JoinRequest>(&msg.payload) {
-                    Ok(req) => accept(&c, req).await.map_err(|e| e.message),
-                    Err(e) => Err(format!("bad join request: {e}")),
-                };
-                let body = serde_json::to_vec(&ans).unwrap_or_default();
-                let _ = c.client.publish(reply, body.into()).await;
-            });
-        }
-    }
+        let body = serde_json::to_vec(&ans).unwrap_or_default();
+        let _ = c.client.publish(reply, body.into()).await;
+    })
+    .await
 }
 
 /// Constant-time comparison of two tokens.

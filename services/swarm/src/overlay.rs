@@ -616,11 +616,7 @@ async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
         let nft = nft_script(&svcs);
         let hosts = hosts_block(&svcs);
         if let Some(d) = &a.dns {
-            let names = crate::dns::names_of(&svcs);
-            let mut cur = d.names.write().unwrap();
-            if *cur != names {
-                *cur = names;
-            }
+            *d.names.write().unwrap() = crate::dns::names_of(&svcs);
         }
         if !std::path::Path::new(&format!("/proc/{}", a.pid)).exists() {
             attached().lock().unwrap().remove(&task);

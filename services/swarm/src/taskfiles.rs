@@ -17,7 +17,6 @@ use crate::cluster::Cluster;
 use crate::model::{BlobRecord, TaskRecord, TaskState};
 use base64::Engine;
 use bus_schema::BusError;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,30 +102,20 @@ pub fn files_for(node: &str, task: Option<&TaskRecord>, secret: impl Fn(&str) ->
 /// that node may publish on.
 pub async fn serve(c: Arc<Cluster>) {
     let pattern = format!("{}.task_files.*", bus_schema::swarm::cluster::PREFIX);
-    loop {
-        let mut sub = match c.client.queue_subscribe(pattern.clone(), "managers".to_string()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "subscribing the task files requests; trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+    crate::cluster::serve_requests(c, pattern, Some("managers"), |c, msg, reply| async move {
+        let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+        let ans: FilesAnswer = match serde_json::from_slice::<FilesRequest>(&msg.payload) {
+            Ok(r) => {
+                let task = c.t.tasks.get(&r.task_id).map(|(t, _)| t);
+                let a = files_for(&node, task.as_ref(), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b));
+                tracing::debug!(node = %node, task = %r.task_id, ok = a.is_ok(), "a node asked for its task's files");
+                a
             }
+            Err(e) => Err(format!("bad request: {e}")),
         };
-        while let Some(msg) = sub.next().await {
-            let Some(reply) = msg.reply.clone() else { continue };
-            let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let ans: FilesAnswer = match serde_json::from_slice::<FilesRequest>(&msg.payload) {
-                Ok(r) => {
-                    let task = c.t.tasks.get(&r.task_id).map(|(t, _)| t);
-                    let a = files_for(&node, task.as_ref(), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b));
-                    tracing::debug!(node = %node, task = %r.task_id, ok = a.is_ok(), "a node asked for its task's files");
-                    a
-                }
-                Err(e) => Err(format!("bad request: {e}")),
-            };
-            let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
-        }
-    }
+        let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+    })
+    .await
 }
 
 /// The files a task of this node references: from this manager's tables, or asked of

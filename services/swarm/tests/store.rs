@@ -8,9 +8,16 @@ use berth_test_support::Nats;
 use std::time::{Duration, Instant};
 
 async fn store(n: &Nats) -> store::Store {
+    store_js(n).await.1
+}
+
+/// The store, and the JetStream context it was opened with (to reach the buckets'
+/// streams underneath).
+async fn store_js(n: &Nats) -> (async_nats::jetstream::Context, store::Store) {
     let c = async_nats::connect(n.url()).await.unwrap();
     let js = async_nats::jetstream::new(c);
-    store::open(&js, 1).await.unwrap()
+    let s = store::open(&js, 1).await.unwrap();
+    (js, s)
 }
 
 #[tokio::test]
@@ -118,9 +125,7 @@ async fn changes_after_reads_the_missed_writes_one_by_one() {
 #[tokio::test]
 async fn a_copy_whose_watch_lost_its_consumer_keeps_following() {
     let n = Nats::start();
-    let c = async_nats::connect(n.url()).await.unwrap();
-    let js = async_nats::jetstream::new(c);
-    let s = store::open(&js, 1).await.unwrap();
+    let (js, s) = store_js(&n).await;
     let b = s.bucket::<String>(buckets::TASKS);
     b.put("old", &"x".to_string()).await.unwrap();
     let t: std::sync::Arc<Table<String>> = Table::new();
@@ -145,9 +150,7 @@ async fn a_copy_whose_watch_lost_its_consumer_keeps_following() {
 #[tokio::test]
 async fn a_value_that_does_not_decode_does_not_stop_the_copy() {
     let n = Nats::start();
-    let c = async_nats::connect(n.url()).await.unwrap();
-    let js = async_nats::jetstream::new(c);
-    let s = store::open(&js, 1).await.unwrap();
+    let (js, s) = store_js(&n).await;
     let b = s.bucket::<String>(buckets::TASK_STATUS);
     // (a worker may write its own keys: a compromised one, anything there)
     let raw = js.get_key_value(buckets::TASK_STATUS).await.unwrap();

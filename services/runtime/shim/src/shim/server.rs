@@ -200,8 +200,7 @@ impl Server {
     /// a log plugin in blocking mode took what it was given (Moby's copier waits
     /// for the driver; after the init's exit, for [`LOGGER_CLOSE`] at most).
     fn output_flowing(&self, stream: usize) -> bool {
-        let plugin_takes = self.log.as_ref().and_then(|l| l.plugin()).is_none_or(|p| p.accepts_more())
-            || self.init_exited.is_some_and(|t| t.elapsed() >= LOGGER_CLOSE);
+        let plugin_takes = !self.plugin_waits() || self.init_exited.is_some_and(|t| t.elapsed() >= LOGGER_CLOSE);
         plugin_takes
             && self
                 .conns
@@ -213,9 +212,12 @@ impl Server {
     /// The output waits for a blocking log plugin after the init's exit: wake up
     /// to stop waiting in time.
     fn held_for_plugin(&self) -> bool {
-        self.init_exited.is_some()
-            && self.out.iter().any(|o| o.is_some())
-            && self.log.as_ref().and_then(|l| l.plugin()).is_some_and(|p| !p.accepts_more())
+        self.init_exited.is_some() && self.out.iter().any(|o| o.is_some()) && self.plugin_waits()
+    }
+
+    /// A log plugin in blocking mode has not taken all it was given.
+    fn plugin_waits(&self) -> bool {
+        self.log.as_ref().and_then(|l| l.plugin()).is_some_and(|p| !p.accepts_more())
     }
 
     pub fn run(mut self) -> i32 {
