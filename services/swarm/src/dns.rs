@@ -24,6 +24,10 @@ pub const ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 /// libnetwork's TTL for service records.
 const TTL: u32 = 600;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries forwarded at once, at most (Moby's resolver's maxConcurrent): a container
+/// that floods its resolver with names to forward gets the rest dropped, instead of
+/// a task and a socket each in the swarm service.
+const MAX_FORWARDS: usize = 1024;
 
 /// Lower-case name → addresses.
 pub type Names = HashMap<String, Vec<Ipv4Addr>>;
@@ -165,7 +169,7 @@ pub async fn start(pid: i64, upstream: Vec<SocketAddr>) -> std::io::Result<Serve
     let sock = Arc::new(tokio::net::UdpSocket::from_std(sock)?);
     let names: Arc<RwLock<Names>> = Arc::default();
     let n = names.clone();
-    let task = tokio::spawn(serve(sock, n, upstream)).abort_handle();
+    let task = tokio::spawn(serve(sock, n, upstream, MAX_FORWARDS)).abort_handle();
     Ok(Server { names, task })
 }
 
@@ -183,7 +187,8 @@ fn bind_in(pid: i64) -> std::io::Result<std::net::UdpSocket> {
     .map_err(|_| std::io::Error::other("the thread binding the resolver panicked"))?
 }
 
-async fn serve(sock: Arc<tokio::net::UdpSocket>, names: Arc<RwLock<Names>>, upstream: Vec<SocketAddr>) {
+async fn serve(sock: Arc<tokio::net::UdpSocket>, names: Arc<RwLock<Names>>, upstream: Vec<SocketAddr>, max_forwards: usize) {
+    let forwards = Arc::new(tokio::sync::Semaphore::new(max_forwards));
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
@@ -197,8 +202,13 @@ async fn serve(sock: Arc<tokio::net::UdpSocket>, names: Arc<RwLock<Names>>, upst
                 let _ = sock.send_to(&b, from).await;
             }
             None => {
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    tracing::debug!(max_forwards, "too many queries being forwarded: one dropped");
+                    continue;
+                };
                 let (sock, upstream) = (sock.clone(), upstream.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let b = match forward(&q, &upstream).await {
                         Some(b) => Some(b),
                         None => servfail(&q),
@@ -285,6 +295,28 @@ mod tests {
         assert_eq!(nameservers(&new), vec!["10.0.0.2:53".parse().unwrap()]);
         assert_eq!(resolv_conf(&new), new);
         assert_eq!(resolv_conf(""), "nameserver 127.0.0.11\noptions ndots:0\n# ExtServers: []\n");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_queries_to_forward_is_bounded() {
+        // an upstream that never answers: each forward holds its permit 2 s
+        let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = sock.local_addr().unwrap();
+        let h = tokio::spawn(serve(sock, Arc::default(), vec![upstream.local_addr().unwrap()], 3));
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..10u16 {
+            let mut m = Message::new(i, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(Name::from_ascii("example.org").unwrap(), RecordType::A));
+            client.send_to(&m.to_vec().unwrap(), at).await.unwrap();
+        }
+        let mut got = 0;
+        let mut buf = [0u8; 512];
+        while tokio::time::timeout(Duration::from_millis(500), upstream.recv_from(&mut buf)).await.is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "forwarded at once, at most");
+        h.abort();
     }
 
     #[tokio::test]
