@@ -15,11 +15,13 @@ pub struct Table<T> {
     /// Bumped on every change: loops wait on it.
     gen: tokio::sync::watch::Sender<u64>,
     ready: tokio::sync::watch::Sender<bool>,
+    /// The revision up to which the copy holds every change of its bucket.
+    upto: tokio::sync::watch::Sender<u64>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Table<T> {
     pub fn new() -> Arc<Table<T>> {
-        Arc::new(Table { map: RwLock::new(HashMap::new()), gen: tokio::sync::watch::channel(0).0, ready: tokio::sync::watch::channel(false).0 })
+        Arc::new(Table { map: RwLock::new(HashMap::new()), gen: tokio::sync::watch::channel(0).0, ready: tokio::sync::watch::channel(false).0, upto: tokio::sync::watch::channel(0).0 })
     }
 
     pub fn get(&self, key: &str) -> Option<(T, u64)> {
@@ -77,6 +79,24 @@ impl<T: Clone + Send + Sync + 'static> Table<T> {
         *self.ready.borrow()
     }
 
+    /// The copy holds every change up to revision `rev` of its bucket.
+    fn advance(&self, rev: u64) {
+        self.upto.send_if_modified(|u| {
+            let more = rev > *u;
+            if more {
+                *u = rev;
+            }
+            more
+        });
+    }
+
+    /// Wait until the copy holds every change up to revision `rev` (a revision the
+    /// bucket had when asked: reads after it see what was written before).
+    pub async fn wait_upto(&self, rev: u64) {
+        let mut rx = self.upto.subscribe();
+        let _ = rx.wait_for(|u| *u >= rev).await;
+    }
+
     fn apply(&self, ch: Change<T>) {
         let mut m = self.map.write().unwrap();
         match ch {
@@ -106,6 +126,7 @@ impl<T: Clone + Send + Sync + 'static> Table<T> {
         }
         *m = fresh;
         drop(m);
+        self.advance(upto);
         self.ready.send_replace(true);
         self.bump();
     }
@@ -163,6 +184,7 @@ where
                 *upto = (*upto).max(revision(&ch));
                 table.apply(ch);
             }
+            table.advance(*upto);
             if n > 0 {
                 tracing::debug!(bucket = %bucket.name, n, upto = *upto, "read changes the watch had not delivered");
                 table.bump();
@@ -216,8 +238,10 @@ where
     let mut w = Box::pin(w);
     let mut fresh: Option<HashMap<String, (T, u64)>> = Some(HashMap::new());
     if empty {
-        table.replace(fresh.take().unwrap(), 0);
-        *upto = Some(upto.unwrap_or(0));
+        // an empty bucket may have had records (all purged): its copy holds every change
+        let last = bounded("asking the bucket", bucket.last_revision()).await?;
+        table.replace(fresh.take().unwrap(), last);
+        *upto = Some(upto.unwrap_or(0).max(last));
         tracing::debug!(bucket = %bucket.name, "caught up (empty)");
     }
     // the last revision this watch delivered
@@ -288,11 +312,30 @@ where
                 }
                 *u = revision(&ch);
                 table.apply(ch);
+                table.advance(*u);
                 table.bump();
             }
         }
     }
     Ok(())
+}
+
+/// Wait until `table` holds every change `bucket` has now: a read of the copy after it
+/// sees every write acknowledged before the call. False when the bucket did not answer.
+pub async fn caught_up<T>(bucket: &Bucket<T>, table: &Table<T>) -> bool
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    match bucket.last_revision().await {
+        Ok(rev) => {
+            table.wait_upto(rev).await;
+            true
+        }
+        Err(e) => {
+            tracing::debug!(bucket = %bucket.name, error = %e, "no last revision");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,13 @@ pub struct Cluster {
     /// managers' quorum).
     store_ok: Mutex<std::time::Instant>,
     loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// [`Cluster::sync_reads`]'s attempts so far (SYNC_TRIES once they caught up).
+    reads_synced: std::sync::atomic::AtomicU8,
 }
+
+/// How long a manager's first reads wait for its copies, and how many wait at most.
+const SYNC_WITHIN: Duration = Duration::from_secs(5);
+const SYNC_TRIES: u8 = 3;
 
 fn internal(e: impl std::fmt::Display) -> BusError {
     BusError::internal(e.to_string())
@@ -181,8 +187,50 @@ impl Cluster {
             is_leader: tokio::sync::watch::channel(false).0,
             store_ok: Mutex::new(std::time::Instant::now()),
             loops: Mutex::new(Vec::new()),
+            reads_synced: std::sync::atomic::AtomicU8::new(0),
         });
         Ok(c)
+    }
+
+    /// Before a manager's first answer from its copies: wait until they hold what the
+    /// store held when asked. swarmkit answers from the raft leader's store; a manager
+    /// that had just joined answered `service ps web` with "no such service" while its
+    /// services copy was still catching up (seen in CI). When the first manager moves
+    /// the store into the managers' cluster it writes the swarm record last, so the
+    /// wait starts once the cluster copy has it. Bounded: when the store does not
+    /// answer, the copies answer as they are (and the next request tries again).
+    pub async fn sync_reads(&self) {
+        use std::sync::atomic::Ordering;
+        if self.reads_synced.load(Ordering::SeqCst) >= SYNC_TRIES {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let (s, t) = (&self.store, &self.t);
+        let synced = tokio::time::timeout(SYNC_WITHIN, async {
+            let mut gen = t.cluster.subscribe();
+            while t.cluster.get("swarm").is_none() {
+                if gen.changed().await.is_err() {
+                    return false;
+                }
+            }
+            cache::caught_up(&s.bucket(buckets::CLUSTER), &t.cluster).await
+                && cache::caught_up(&s.bucket(buckets::NODES), &t.nodes).await
+                && cache::caught_up(&s.bucket(buckets::SERVICES), &t.services).await
+                && cache::caught_up(&s.bucket(buckets::TASKS), &t.tasks).await
+                && cache::caught_up(&s.bucket(buckets::TASK_STATUS), &t.task_status).await
+                && cache::caught_up(&s.bucket(buckets::NETWORKS), &t.networks).await
+                && cache::caught_up(&s.bucket(buckets::SECRETS), &t.secrets).await
+                && cache::caught_up(&s.bucket(buckets::CONFIGS), &t.configs).await
+        })
+        .await
+        .unwrap_or(false);
+        if synced {
+            self.reads_synced.store(SYNC_TRIES, Ordering::SeqCst);
+        } else {
+            // a store that does not answer: a few requests wait for it, not every one
+            self.reads_synced.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(waited = ?t0.elapsed(), "the copies did not catch up with the store: answering from them as they are");
+        }
     }
 
     pub fn start_loops(self: &Arc<Self>) {

@@ -155,7 +155,14 @@ impl SwarmService {
     }
 
     /// The running membership when this node is a manager; Docker's 503 otherwise.
-    pub fn manager(&self) -> Result<Arc<cluster::Cluster>, BusError> {
+    /// The active cluster of this manager, its copies caught up with the store (once).
+    pub async fn manager(&self) -> Result<Arc<cluster::Cluster>, BusError> {
+        let c = self.manager_now()?;
+        c.sync_reads().await;
+        Ok(c)
+    }
+
+    fn manager_now(&self) -> Result<Arc<cluster::Cluster>, BusError> {
         match self.active() {
             None if self.is_locked() => Err(BusError::unavailable(lock::ERR_LOCKED)),
             None if self.moving.load(std::sync::atomic::Ordering::SeqCst) => Err(BusError::internal(store::NO_QUORUM)),
@@ -360,13 +367,13 @@ impl SwarmApi for Api {
         self.0.leave(r.force).await
     }
     async fn swarm_inspect(&self, _r: SwarmInspect) -> Result<SwarmObject, BusError> {
-        self.0.manager()?.swarm_inspect().await
+        self.0.manager().await?.swarm_inspect().await
     }
     async fn swarm_update(&self, r: SwarmUpdate) -> Result<(), BusError> {
-        self.0.manager()?.swarm_update(r).await
+        self.0.manager().await?.swarm_update(r).await
     }
     async fn swarm_unlock_key(&self, _r: SwarmUnlockKey) -> Result<docker::UnlockKeyResponse, BusError> {
-        self.0.manager()?.swarm_unlock_key().await
+        self.0.manager().await?.swarm_unlock_key().await
     }
     async fn swarm_unlock(&self, r: SwarmUnlock) -> Result<(), BusError> {
         self.0.unlock(&r.key).await
@@ -375,73 +382,73 @@ impl SwarmApi for Api {
         Ok(self.0.status())
     }
     async fn node_list(&self, r: NodeList) -> Result<Vec<docker::Node>, BusError> {
-        self.0.manager()?.node_list(r.filters).await
+        self.0.manager().await?.node_list(r.filters).await
     }
     async fn node_inspect(&self, r: NodeInspect) -> Result<docker::Node, BusError> {
-        self.0.manager()?.node_inspect(&r.id).await
+        self.0.manager().await?.node_inspect(&r.id).await
     }
     async fn node_update(&self, r: NodeUpdate) -> Result<(), BusError> {
-        self.0.manager()?.node_update(r).await
+        self.0.manager().await?.node_update(r).await
     }
     async fn node_remove(&self, r: NodeRemove) -> Result<(), BusError> {
-        self.0.manager()?.node_remove(&r.id, r.force).await
+        self.0.manager().await?.node_remove(&r.id, r.force).await
     }
     async fn service_create(&self, r: ServiceCreate) -> Result<docker::ServiceCreateResponse, BusError> {
-        self.0.manager()?.service_create(r.spec, r.auth).await
+        self.0.manager().await?.service_create(r.spec, r.auth).await
     }
     async fn service_list(&self, r: ServiceList) -> Result<Vec<ServiceObject>, BusError> {
-        self.0.manager()?.service_list(r.filters, r.status).await
+        self.0.manager().await?.service_list(r.filters, r.status).await
     }
     async fn service_inspect(&self, r: ServiceInspect) -> Result<ServiceObject, BusError> {
-        self.0.manager()?.service_inspect(&r.id, r.insert_defaults).await
+        self.0.manager().await?.service_inspect(&r.id, r.insert_defaults).await
     }
     async fn service_update(&self, r: ServiceUpdate) -> Result<docker::ServiceUpdateResponse, BusError> {
-        self.0.manager()?.service_update(r).await
+        self.0.manager().await?.service_update(r).await
     }
     async fn service_remove(&self, r: ServiceRemove) -> Result<(), BusError> {
-        self.0.manager()?.service_remove(&r.id).await
+        self.0.manager().await?.service_remove(&r.id).await
     }
     async fn service_logs(&self, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
-        self.0.manager()?.service_logs(r).await
+        self.0.manager().await?.service_logs(r).await
     }
     async fn task_list(&self, r: TaskList) -> Result<Vec<docker::Task>, BusError> {
-        self.0.manager()?.task_list(r.filters).await
+        self.0.manager().await?.task_list(r.filters).await
     }
     async fn task_inspect(&self, r: TaskInspect) -> Result<docker::Task, BusError> {
-        self.0.manager()?.task_inspect(&r.id).await
+        self.0.manager().await?.task_inspect(&r.id).await
     }
     async fn task_logs(&self, r: TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
-        self.0.manager()?.task_logs(r).await
+        self.0.manager().await?.task_logs(r).await
     }
     async fn secret_create(&self, r: SecretCreate) -> Result<docker::IdResponse, BusError> {
-        self.0.manager()?.secret_create(r.spec).await
+        self.0.manager().await?.secret_create(r.spec).await
     }
     async fn secret_list(&self, r: SecretList) -> Result<Vec<docker::Secret>, BusError> {
-        self.0.manager()?.secret_list(r.filters).await
+        self.0.manager().await?.secret_list(r.filters).await
     }
     async fn secret_inspect(&self, r: SecretInspect) -> Result<docker::Secret, BusError> {
-        self.0.manager()?.secret_inspect(&r.id).await
+        self.0.manager().await?.secret_inspect(&r.id).await
     }
     async fn secret_update(&self, r: SecretUpdate) -> Result<(), BusError> {
-        self.0.manager()?.secret_update(r).await
+        self.0.manager().await?.secret_update(r).await
     }
     async fn secret_remove(&self, r: SecretRemove) -> Result<(), BusError> {
-        self.0.manager()?.secret_remove(&r.id).await
+        self.0.manager().await?.secret_remove(&r.id).await
     }
     async fn config_create(&self, r: ConfigCreate) -> Result<docker::IdResponse, BusError> {
-        self.0.manager()?.config_create(r.spec).await
+        self.0.manager().await?.config_create(r.spec).await
     }
     async fn config_list(&self, r: ConfigList) -> Result<Vec<docker::Config>, BusError> {
-        self.0.manager()?.config_list(r.filters).await
+        self.0.manager().await?.config_list(r.filters).await
     }
     async fn config_inspect(&self, r: ConfigInspect) -> Result<docker::Config, BusError> {
-        self.0.manager()?.config_inspect(&r.id).await
+        self.0.manager().await?.config_inspect(&r.id).await
     }
     async fn config_update(&self, r: ConfigUpdate) -> Result<(), BusError> {
-        self.0.manager()?.config_update(r).await
+        self.0.manager().await?.config_update(r).await
     }
     async fn config_remove(&self, r: ConfigRemove) -> Result<(), BusError> {
-        self.0.manager()?.config_remove(&r.id).await
+        self.0.manager().await?.config_remove(&r.id).await
     }
     async fn swarm_network_create(&self, r: SwarmNetworkCreate) -> Result<docker::NetworkCreateResponse, BusError> {
         // Moby's daemon answers this (500) on a worker as in no swarm

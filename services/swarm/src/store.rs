@@ -324,10 +324,18 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Bucket<T> {
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.state().await?.messages == 0)
+    }
+
+    /// The bucket's last revision now (its stream's last sequence).
+    pub async fn last_revision(&self) -> Result<u64, StoreError> {
+        Ok(self.state().await?.last_sequence)
+    }
+
+    async fn state(&self) -> Result<stream::State, StoreError> {
         // asked of the server: async-nats' `status()` answers the info cached when the
         // handle was made (a bucket empty then stayed "empty": list() answered nothing)
-        let info = self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?;
-        Ok(info.state.messages == 0)
+        Ok(self.kv.stream.get_info().await.map_err(|e| classify(e.to_string()))?.state)
     }
 
     /// Every change from the latest value of each key on: items are (change, caught

@@ -166,3 +166,33 @@ async fn a_value_that_does_not_decode_does_not_stop_the_copy() {
     assert_eq!(b.list().await.unwrap().into_iter().map(|(k, _, _)| k).collect::<Vec<_>>(), vec!["new".to_string()]);
     h.abort();
 }
+
+/// A manager's first reads wait for its copies (`Cluster::sync_reads`): after
+/// `caught_up`, the copy holds every write the bucket had acknowledged, whether the
+/// copy starts after them (a manager that has just joined) or they come while it runs.
+#[tokio::test]
+async fn a_caught_up_copy_holds_every_acknowledged_write() {
+    let n = Nats::start();
+    let s = store(&n).await;
+    let b = s.bucket::<String>(buckets::SERVICES);
+    for i in 0..150 {
+        b.put(&format!("before{i}"), &i.to_string()).await.unwrap();
+    }
+    let t: std::sync::Arc<Table<String>> = Table::new();
+    let h = tokio::spawn(cache::follow(b.clone(), t.clone()));
+    assert!(tokio::time::timeout(Duration::from_secs(10), cache::caught_up(&b, &t)).await.unwrap());
+    assert_eq!(t.len(), 150);
+    for i in 0..150 {
+        b.put(&format!("after{i}"), &i.to_string()).await.unwrap();
+    }
+    b.delete("before0").await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(10), cache::caught_up(&b, &t)).await.unwrap());
+    assert_eq!(t.len(), 299);
+    assert!(t.get("before0").is_none() && t.get("after149").is_some());
+    h.abort();
+    // a bucket never written: nothing to wait for
+    let e = s.bucket::<String>(buckets::CONFIGS);
+    let te: std::sync::Arc<Table<String>> = Table::new();
+    assert!(tokio::time::timeout(Duration::from_secs(10), cache::caught_up(&e, &te)).await.unwrap());
+    assert_eq!(te.len(), 0);
+}
