@@ -1190,6 +1190,21 @@ fn overlay_network_between_two_nodes() {
         want.sort();
         assert_eq!(a, want, "{text}");
     }
+    // and over TCP (where clients ask again for a long answer cut over UDP): a query
+    // for tasks.web, length-prefixed, through busybox nc; its answer count is 2
+    let mut q: Vec<u8> = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["tasks", "web"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let octal: String = framed.iter().map(|b| format!("\\{b:03o}")).collect();
+    let o = mgr.docker(&["exec", &mc, "sh", "-c", &format!("printf '{octal}' | nc -w 3 127.0.0.11 53 | od -An -tu1 -v")]);
+    let bytes: Vec<u16> = String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|b| b.parse().ok()).collect();
+    // length (2), id (2), flags (2), QDCOUNT (2), ANCOUNT (2)
+    assert!(bytes.len() > 10 && bytes[2..4] == [0x12, 0x34] && bytes[8..10] == [0, 2], "{bytes:?} {}", out(&o));
     // a name that is not the swarm's is forwarded: nothing answers in this namespace,
     // so the lookup fails, without hanging
     let o = mgr.docker(&["exec", &mc, "timeout", "15", "nslookup", "nosuch.example"]);

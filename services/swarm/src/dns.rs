@@ -8,7 +8,8 @@
 //! The socket is bound inside the namespace by a short-lived thread that enters it
 //! (a socket stays in the namespace it was made in), and served here, in the swarm
 //! service: nothing runs in the container. Dropping the [`Server`] closes it.
-//! UDP only: answers over 512 bytes are truncated (Moby's resolver also serves TCP).
+//! UDP and TCP, as Moby's resolver: an answer over 512 bytes comes truncated over UDP
+//! (the first records, the TC bit set) and whole over TCP, where clients ask again.
 
 use crate::overlay::SvcView;
 use hickory_server::proto::op::{Message, MessageType, ResponseCode};
@@ -28,6 +29,10 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// that floods its resolver with names to forward gets the rest dropped, instead of
 /// a task and a socket each in the swarm service.
 const MAX_FORWARDS: usize = 1024;
+/// TCP connections served at once, at most (the others wait in the kernel's backlog),
+/// and how long one may stay idle before it is closed.
+const MAX_TCP_CONNS: usize = 64;
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Lower-case name → addresses.
 pub type Names = HashMap<String, Vec<Ipv4Addr>>;
@@ -54,7 +59,8 @@ pub fn names_of(svcs: &BTreeMap<String, SvcView>) -> Names {
 }
 
 /// The answer to `query` from `names`, or None when the name is not ours (forward it).
-pub fn answer(query: &[u8], names: &Names) -> Option<Vec<u8>> {
+/// Over UDP (`udp`) cut to 512 bytes.
+pub fn answer(query: &[u8], names: &Names, udp: bool) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let first = q.queries.first()?;
     let name = first.name().to_ascii();
@@ -77,7 +83,7 @@ pub fn answer(query: &[u8], names: &Names) -> Option<Vec<u8>> {
     }
     m.metadata.response_code = ResponseCode::NoError;
     let mut b = m.to_vec().ok()?;
-    if b.len() > 512 {
+    if udp && b.len() > 512 {
         // what fits in a UDP answer: the first records, the truncation bit set
         let mut t = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
         t.metadata = m.metadata.clone();
@@ -151,40 +157,114 @@ pub fn resolv_conf(old: &str) -> String {
     out
 }
 
-/// A running resolver in one task's namespace; dropped, it stops (its socket closed).
+/// A running resolver in one task's namespace; dropped, it stops (its sockets closed).
 pub struct Server {
     pub names: Arc<RwLock<Names>>,
-    task: tokio::task::AbortHandle,
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Bind 127.0.0.11:53 in the network namespace of process `pid` and serve it.
+/// Bind 127.0.0.11:53 (UDP and TCP) in the network namespace of process `pid` and
+/// serve it.
 pub async fn start(pid: i64, upstream: Vec<SocketAddr>) -> std::io::Result<Server> {
-    let sock = tokio::task::spawn_blocking(move || bind_in(pid)).await.map_err(std::io::Error::other)??;
-    let sock = Arc::new(tokio::net::UdpSocket::from_std(sock)?);
+    let (udp, tcp) = tokio::task::spawn_blocking(move || bind_in(pid)).await.map_err(std::io::Error::other)??;
+    let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
+    let tcp = tokio::net::TcpListener::from_std(tcp)?;
     let names: Arc<RwLock<Names>> = Arc::default();
-    let n = names.clone();
-    let task = tokio::spawn(serve(sock, n, upstream, MAX_FORWARDS)).abort_handle();
-    Ok(Server { names, task })
+    let tasks = [
+        tokio::spawn(serve(udp, names.clone(), upstream.clone(), MAX_FORWARDS)).abort_handle(),
+        tokio::spawn(serve_tcp(tcp, names.clone(), upstream, MAX_TCP_CONNS)).abort_handle(),
+    ];
+    Ok(Server { names, tasks })
 }
 
-/// A thread of its own enters the namespace and binds: the socket stays there when the
+/// A thread of its own enters the namespace and binds: the sockets stay there when the
 /// thread ends (setns changes only the calling thread).
-fn bind_in(pid: i64) -> std::io::Result<std::net::UdpSocket> {
+fn bind_in(pid: i64) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     std::thread::spawn(move || {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        let s = std::net::UdpSocket::bind((ADDR, 53))?;
-        s.set_nonblocking(true)?;
-        Ok(s)
+        let u = std::net::UdpSocket::bind((ADDR, 53))?;
+        u.set_nonblocking(true)?;
+        let t = std::net::TcpListener::bind((ADDR, 53))?;
+        t.set_nonblocking(true)?;
+        Ok((u, t))
     })
     .join()
     .map_err(|_| std::io::Error::other("the thread binding the resolver panicked"))?
+}
+
+/// DNS over TCP (RFC 7766): length-prefixed queries, answered in turn on each
+/// connection, which closes when idle for TCP_IDLE; at most `max_conns` at once.
+async fn serve_tcp(l: tokio::net::TcpListener, names: Arc<RwLock<Names>>, upstream: Vec<SocketAddr>, max_conns: usize) {
+    let conns = Arc::new(tokio::sync::Semaphore::new(max_conns));
+    loop {
+        let Ok(permit) = conns.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (names, upstream) = (names.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stream = stream;
+            while let Ok(Ok(q)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await {
+                let ours = answer(&q, &names.read().unwrap(), false);
+                let b = match ours {
+                    Some(b) => Some(b),
+                    None => match forward_tcp(&q, &upstream).await {
+                        Some(b) => Some(b),
+                        None => servfail(&q),
+                    },
+                };
+                let Some(b) = b else { return };
+                if write_framed(&mut stream, &b).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One length-prefixed DNS message (at most 65535 bytes, by its 16-bit length).
+async fn read_framed<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let n = r.read_u16().await? as usize;
+    let mut b = vec![0u8; n];
+    r.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+async fn write_framed<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let n = u16::try_from(b.len()).map_err(|_| std::io::Error::other("a DNS message over 65535 bytes"))?;
+    let mut out = Vec::with_capacity(b.len() + 2);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(b);
+    w.write_all(&out).await
+}
+
+/// The query over TCP to each upstream in turn; the first answer wins.
+async fn forward_tcp(query: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
+    for s in upstream {
+        let got = tokio::time::timeout(FORWARD_TIMEOUT, async {
+            let mut c = tokio::net::TcpStream::connect(s).await.ok()?;
+            write_framed(&mut c, query).await.ok()?;
+            read_framed(&mut c).await.ok()
+        })
+        .await;
+        if let Ok(Some(b)) = got {
+            return Some(b);
+        }
+    }
+    None
 }
 
 async fn serve(sock: Arc<tokio::net::UdpSocket>, names: Arc<RwLock<Names>>, upstream: Vec<SocketAddr>, max_forwards: usize) {
@@ -196,7 +276,7 @@ async fn serve(sock: Arc<tokio::net::UdpSocket>, names: Arc<RwLock<Names>>, upst
             continue;
         };
         let q = buf[..n].to_vec();
-        let ours = answer(&q, &names.read().unwrap());
+        let ours = answer(&q, &names.read().unwrap(), true);
         match ours {
             Some(b) => {
                 let _ = sock.send_to(&b, from).await;
@@ -253,6 +333,7 @@ mod tests {
     use super::*;
     use hickory_server::proto::op::{OpCode, Query};
     use hickory_server::proto::rr::Name;
+    use tokio::io::AsyncWriteExt;
 
     fn view(name: &str, aliases: &[&str], vip: Option<[u8; 4]>, tasks: &[[u8; 4]]) -> SvcView {
         SvcView { name: name.into(), aliases: aliases.iter().map(|a| a.to_string()).collect(), vip: vip.map(Ipv4Addr::from), tasks: tasks.iter().map(|t| Ipv4Addr::from(*t)).collect() }
@@ -261,7 +342,7 @@ mod tests {
     fn ask(name: &str, t: RecordType, names: &Names) -> Option<Message> {
         let mut m = Message::new(7, MessageType::Query, OpCode::Query);
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-        answer(&m.to_vec().unwrap(), names).map(|b| Message::from_vec(&b).unwrap())
+        answer(&m.to_vec().unwrap(), names, true).map(|b| Message::from_vec(&b).unwrap())
     }
 
     fn addrs(m: &Message) -> Vec<Ipv4Addr> {
@@ -316,6 +397,57 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 3, "forwarded at once, at most");
+        h.abort();
+    }
+
+    #[tokio::test]
+    async fn long_answers_come_whole_over_tcp() {
+        let mut svcs = BTreeMap::new();
+        let tasks: Vec<[u8; 4]> = (1..=60).map(|i| [10, 0, 1, i]).collect();
+        svcs.insert("s1".to_string(), view("web", &[], Some([10, 0, 1, 200]), &tasks));
+        let names = Arc::new(RwLock::new(names_of(&svcs)));
+        let udp = ask("tasks.web", RecordType::A, &names.read().unwrap()).unwrap();
+        assert!(udp.metadata.truncation && udp.answers.len() < 60, "over UDP: cut, the TC bit set");
+
+        // an upstream over TCP for the names not ours
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_at = up.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut c, _) = up.accept().await.unwrap();
+            let q = Message::from_vec(&read_framed(&mut c).await.unwrap()).unwrap();
+            let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            m.add_query(q.queries[0].clone());
+            m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))));
+            write_framed(&mut c, &m.to_vec().unwrap()).await.unwrap();
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        let h = tokio::spawn(serve_tcp(l, names, vec![up_at], 2));
+        let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+        // two queries on one connection: ours whole, then one forwarded
+        for (id, name) in [(1u16, "tasks.web"), (2, "example.org")] {
+            let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            write_framed(&mut c, &m.to_vec().unwrap()).await.unwrap();
+            let r = Message::from_vec(&read_framed(&mut c).await.unwrap()).unwrap();
+            assert_eq!(r.metadata.id, id);
+            assert!(!r.metadata.truncation);
+            if id == 1 {
+                assert_eq!(addrs(&r).len(), 60, "every task");
+            } else {
+                assert_eq!(addrs(&r), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+            }
+        }
+        upstream.await.unwrap();
+        // a length prefix promising more than is sent, then nothing: the connection
+        // is read (and then closed when idle), the server goes on answering others
+        c.write_all(&[0xff, 0xff, 1, 2]).await.unwrap();
+        let mut c2 = tokio::net::TcpStream::connect(at).await.unwrap();
+        let mut m = Message::new(3, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii("web").unwrap(), RecordType::A));
+        write_framed(&mut c2, &m.to_vec().unwrap()).await.unwrap();
+        let r = Message::from_vec(&read_framed(&mut c2).await.unwrap()).unwrap();
+        assert_eq!(addrs(&r), vec![Ipv4Addr::new(10, 0, 1, 200)]);
         h.abort();
     }
 
