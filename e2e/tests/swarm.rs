@@ -1446,6 +1446,27 @@ fn routing_mesh_on_every_node() {
             (!l.contains(&format!("bov{vni}")) && !l.contains(&format!("bvx{vni}")) && !t.status.success()).then_some(())
         });
     }
+
+    // A port published in host mode, no port given: each node's task gets one of its
+    // node's, which the task's PortStatus shows (`service ps`'s PORTS column, Moby's
+    // "*:PUBLISHED->TARGET/tcp") and which answers on that node only.
+    mgr.docker_ok(&["service", "create", "--no-resolve-image", "--mode", "global", "--publish", "mode=host,target=80", "--name", "h", "busybox:latest", "sh", "-c", page]);
+    let ps = wait_for(30, "three tasks with their host ports", mgr, || {
+        let mut ps = lines(&mgr.docker_ok(&["service", "ps", "h", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}} {{.Ports}}"]));
+        ps.sort();
+        (ps.len() == 3 && ps.iter().all(|l| l.contains(" Running ") && l.ends_with("->80/tcp"))).then_some(ps)
+    });
+    for (i, l) in ps.iter().enumerate() {
+        assert!(l.starts_with(&format!("{} ", host(i))), "{ps:?}");
+        let port = l.rsplit_once("*:").and_then(|(_, p)| p.strip_suffix("->80/tcp")).unwrap_or_else(|| panic!("{ps:?}"));
+        let o = u.exec((i + 1) % 3, &["curl", "-sf", "-m", "3", &format!("http://{}:{port}/", u.addrs[i])]);
+        assert!(o.status.success() && !o.stdout.is_empty(), "{} {}", l, out(&o));
+    }
+    let task = mgr.docker_ok(&["service", "ps", "h", "-q", "--filter", "desired-state=running"]);
+    let task = task.lines().next().unwrap_or_default().to_string();
+    let st = mgr.docker_ok(&["inspect", "--type", "task", &task, "--format", "{{json .Status.PortStatus.Ports}}"]);
+    assert!(st.trim().starts_with(r#"[{"Protocol":"tcp","TargetPort":80,"PublishedPort":"#) && st.trim().ends_with(r#","PublishMode":"host"}]"#), "{st}");
+    mgr.docker_ok(&["service", "rm", "h"]);
 }
 
 /// The wall clock as seconds since the epoch (to match a failure with the nodes' logs).

@@ -146,6 +146,38 @@ impl Reporter {
     }
 }
 
+/// A started task's status: its container's process, and the ports it publishes in host
+/// mode as the engine bound them (swarmkit's executor reads them from the container).
+async fn running_status(nb: &crate::node_bus::NodeBus, id: &str) -> Status {
+    let i = nb.inspect(id).await.ok();
+    let pid = i.as_ref().and_then(|i| i.state.as_ref().and_then(|s| s.pid));
+    let mut s = with_container(Status::now(TaskState::Running, "started"), id, pid, Some(0));
+    s.ports = i.and_then(|i| i.network_settings).and_then(|n| n.ports).map(|p| host_ports(&p)).filter(|p| !p.is_empty());
+    s
+}
+
+/// Moby's `parsePortMap`: each binding of the container's port map, in host mode.
+pub fn host_ports(map: &HashMap<String, Option<Vec<docker::PortBinding>>>) -> Vec<docker::EndpointPortConfig> {
+    use docker::{EndpointPortConfigProtocolEnum as Proto, EndpointPortConfigPublishModeEnum as Mode};
+    let mut out = Vec::new();
+    for (k, bindings) in map {
+        let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+        let Ok(target) = port.parse::<i64>() else { continue };
+        let protocol = match proto {
+            "udp" => Proto::UDP,
+            "sctp" => Proto::SCTP,
+            _ => Proto::TCP,
+        };
+        for b in bindings.iter().flatten() {
+            let Some(published) = b.host_port.as_deref().and_then(|p| p.parse::<i64>().ok()) else { continue };
+            out.push(docker::EndpointPortConfig { protocol: Some(protocol), target_port: Some(target), published_port: Some(published), publish_mode: Some(Mode::HOST), ..Default::default() });
+        }
+    }
+    out.sort_by_key(|p| (p.target_port, p.published_port));
+    out.dedup();
+    out
+}
+
 fn with_container(mut s: Status, id: &str, pid: Option<i64>, exit: Option<i64>) -> Status {
     s.container_id = Some(id.to_string());
     s.pid = pid;
@@ -252,10 +284,10 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                 match nb.start(&id).await {
                     Ok(()) => {
                         started = true;
-                        let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
-                        match attach_overlays(&c, &t, pid).await {
+                        let running = running_status(&nb, &id).await;
+                        match attach_overlays(&c, &t, running.pid).await {
                             Ok(()) => match wait_healthy(&c, &id, &rx).await {
-                                Health::Ready => rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await,
+                                Health::Ready => rep.report(running).await,
                                 Health::Unhealthy => {
                                     // Moby's controller: an unhealthy container is stopped and
                                     // its task fails
@@ -284,8 +316,7 @@ async fn runner(c: Arc<Cluster>, mut rx: watch::Receiver<Option<TaskRecord>>, ad
                     }
                 }
             } else if started && !exited && past < TaskState::Running {
-                let pid = nb.inspect(&id).await.ok().and_then(|i| i.state.and_then(|s| s.pid));
-                rep.report(with_container(Status::now(TaskState::Running, "started"), &id, pid, Some(0))).await;
+                rep.report(running_status(&nb, &id).await).await;
             }
             if started && !exited && waiter.is_none() {
                 let nb = nb.clone();
@@ -650,5 +681,20 @@ mod tests {
     fn details_go_after_the_timestamp() {
         assert_eq!(add_details(b"hello\n", "a=1", false), b"a=1 hello\n");
         assert_eq!(add_details(b"2020-01-01T00:00:00Z hello\n", "a=1", true), b"2020-01-01T00:00:00Z a=1 hello\n");
+    }
+
+    #[test]
+    fn host_ports_as_moby_reads_them() {
+        let mut m: HashMap<String, Option<Vec<docker::PortBinding>>> = HashMap::new();
+        let b = |p: &str| docker::PortBinding { host_ip: Some("0.0.0.0".into()), host_port: Some(p.into()) };
+        m.insert("80/tcp".into(), Some(vec![b("30001"), b("30001")]));
+        m.insert("53/udp".into(), Some(vec![b("5353")]));
+        // exposed, not published
+        m.insert("443/tcp".into(), None);
+        let j = serde_json::to_string(&host_ports(&m)).unwrap();
+        assert_eq!(
+            j,
+            r#"[{"Protocol":"udp","TargetPort":53,"PublishedPort":5353,"PublishMode":"host"},{"Protocol":"tcp","TargetPort":80,"PublishedPort":30001,"PublishMode":"host"}]"#
+        );
     }
 }

@@ -135,7 +135,7 @@ pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> do
             message: Some(st.message.clone()),
             err: st.err.clone(),
             container_status,
-            port_status: Some(Default::default()),
+            port_status: Some(docker::PortStatus { ports: st.ports.clone() }),
         }),
         desired_state: Some(t.desired_state.docker()),
         job_iteration: t.job_iteration.and_then(version),

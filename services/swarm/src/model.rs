@@ -77,11 +77,14 @@ pub struct Status {
     pub pid: Option<i64>,
     #[serde(default)]
     pub exit_code: Option<i64>,
+    /// The ports the task's container publishes in host mode (Docker's `PortStatus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<docker::EndpointPortConfig>>,
 }
 
 impl Status {
     pub fn now(state: TaskState, message: impl Into<String>) -> Status {
-        Status { state, timestamp: crate::now(), message: message.into(), err: None, container_id: None, pid: None, exit_code: None }
+        Status { state, timestamp: crate::now(), message: message.into(), err: None, container_id: None, pid: None, exit_code: None, ports: None }
     }
 }
 
