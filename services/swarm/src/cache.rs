@@ -238,10 +238,10 @@ where
     let mut w = Box::pin(w);
     let mut fresh: Option<HashMap<String, (T, u64)>> = Some(HashMap::new());
     if empty {
-        // an empty bucket may have had records (all purged): its copy holds every change
-        let last = bounded("asking the bucket", bucket.last_revision()).await?;
-        table.replace(fresh.take().unwrap(), last);
-        *upto = Some(upto.unwrap_or(0).max(last));
+        // (not the bucket's last revision: a write made since `empty` was asked would
+        // count as held, and the watch's delivery of it be skipped)
+        table.replace(fresh.take().unwrap(), 0);
+        *upto = Some(upto.unwrap_or(0));
         tracing::debug!(bucket = %bucket.name, "caught up (empty)");
     }
     // the last revision this watch delivered

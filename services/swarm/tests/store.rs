@@ -195,4 +195,11 @@ async fn a_caught_up_copy_holds_every_acknowledged_write() {
     let te: std::sync::Arc<Table<String>> = Table::new();
     assert!(tokio::time::timeout(Duration::from_secs(10), cache::caught_up(&e, &te)).await.unwrap());
     assert_eq!(te.len(), 0);
+    // a copy started on an empty bucket, written at once (a node's record at init):
+    // the write is in the copy when it is caught up
+    let h = tokio::spawn(cache::follow(e.clone(), te.clone()));
+    e.put("node", &"n".to_string()).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(10), cache::caught_up(&e, &te)).await.unwrap());
+    assert_eq!(te.get("node").map(|(v, _)| v), Some("n".to_string()));
+    h.abort();
 }
