@@ -277,6 +277,98 @@ pub struct ServiceObject {
     pub job_status: Option<docker::ServiceJobStatus>,
 }
 
+/// Docker's `Task` object: bollard's model and the `NetworksAttachments` it lacks (the
+/// overlay networks a task is on, with its addresses there: `docker inspect` of a task,
+/// Traefik's and Portainer's swarm providers read them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskObject {
+    #[serde(flatten)]
+    pub task: docker::Task,
+    #[serde(rename = "NetworksAttachments", skip_serializing_if = "Option::is_none", default)]
+    pub networks_attachments: Option<Vec<NetworkAttachment>>,
+}
+
+/// swarm.NetworkAttachment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    #[serde(rename = "Network")]
+    pub network: SwarmNetwork,
+    #[serde(rename = "Addresses")]
+    pub addresses: Vec<String>,
+}
+
+/// swarm.Network: a network as the swarm's store holds it (not the engine's
+/// `docker network inspect` shape).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmNetwork {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Version")]
+    pub version: docker::ObjectVersion,
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    #[serde(rename = "UpdatedAt")]
+    pub updated_at: String,
+    #[serde(rename = "Spec")]
+    pub spec: SwarmNetworkSpec,
+    #[serde(rename = "DriverState")]
+    pub driver_state: SwarmDriver,
+    #[serde(rename = "IPAMOptions", skip_serializing_if = "Option::is_none", default)]
+    pub ipam_options: Option<SwarmIpamOptions>,
+}
+
+/// swarm.NetworkSpec (Go's `omitempty` where Moby's has it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmNetworkSpec {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Labels")]
+    pub labels: HashMap<String, String>,
+    #[serde(rename = "DriverConfiguration", skip_serializing_if = "Option::is_none", default)]
+    pub driver_configuration: Option<SwarmDriver>,
+    #[serde(rename = "IPv6Enabled", skip_serializing_if = "std::ops::Not::not", default)]
+    pub ipv6_enabled: bool,
+    #[serde(rename = "Internal", skip_serializing_if = "std::ops::Not::not", default)]
+    pub internal: bool,
+    #[serde(rename = "Attachable", skip_serializing_if = "std::ops::Not::not", default)]
+    pub attachable: bool,
+    #[serde(rename = "Ingress", skip_serializing_if = "std::ops::Not::not", default)]
+    pub ingress: bool,
+    #[serde(rename = "IPAMOptions", skip_serializing_if = "Option::is_none", default)]
+    pub ipam_options: Option<SwarmIpamOptions>,
+    #[serde(rename = "Scope", skip_serializing_if = "String::is_empty", default)]
+    pub scope: String,
+}
+
+/// swarm.IPAMOptions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmIpamOptions {
+    #[serde(rename = "Driver")]
+    pub driver: SwarmDriver,
+    #[serde(rename = "Configs", skip_serializing_if = "Vec::is_empty", default)]
+    pub configs: Vec<SwarmIpamConfig>,
+}
+
+/// swarm.Driver (both keys `omitempty`, unlike the engine's `Driver` in bollard's model).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmDriver {
+    #[serde(rename = "Name", skip_serializing_if = "String::is_empty", default)]
+    pub name: String,
+    #[serde(rename = "Options", skip_serializing_if = "Option::is_none", default)]
+    pub options: Option<HashMap<String, String>>,
+}
+
+/// swarm.IPAMConfig.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmIpamConfig {
+    #[serde(rename = "Subnet", skip_serializing_if = "String::is_empty", default)]
+    pub subnet: String,
+    #[serde(rename = "Range", skip_serializing_if = "String::is_empty", default)]
+    pub range: String,
+    #[serde(rename = "Gateway", skip_serializing_if = "String::is_empty", default)]
+    pub gateway: String,
+}
+
 /// Docker's `Swarm` object, in Moby's key order and with `DefaultAddrPool: null` when
 /// none was set (bollard's model drops it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -336,8 +428,8 @@ macro_rules! swarm_table {
                 service_update(ServiceUpdate) -> docker::ServiceUpdateResponse; callers [Gateway], timeout |_| $crate::secs(60);
                 service_remove(ServiceRemove) -> (); callers [Gateway], timeout |_| $crate::secs(60);
                 service_logs(ServiceLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
-                task_list(TaskList) -> Vec<docker::Task>; callers [Gateway];
-                task_inspect(TaskInspect) -> docker::Task; callers [Gateway];
+                task_list(TaskList) -> Vec<TaskObject>; callers [Gateway];
+                task_inspect(TaskInspect) -> TaskObject; callers [Gateway];
                 task_logs(TaskLogs) -> $crate::runtime::StreamInfo, stream $crate::stream::StdioChunk; callers [Gateway];
                 secret_create(SecretCreate) -> docker::IdResponse; callers [Gateway];
                 secret_list(SecretList) -> Vec<docker::Secret>; callers [Gateway];

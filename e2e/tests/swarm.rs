@@ -1126,6 +1126,15 @@ fn overlay_network_between_two_nodes() {
     };
     let (mip, wip) = (overlay_ip(&mgr, &mc), overlay_ip(&wkr, &wc));
     assert!(mip.starts_with("10.0.1.") && wip.starts_with("10.0.1.") && mip != wip, "{mip} {wip}");
+    // each task object names its address on the network (Docker's NetworksAttachments)
+    let mut attached: Vec<String> = lines(&mgr.docker_ok(&["service", "ps", "web", "-q"]))
+        .iter()
+        .map(|t| mgr.docker_ok(&["inspect", "--type", "task", t, "--format", "{{range .NetworksAttachments}}{{.Network.Spec.Name}} {{.Network.DriverState.Name}} {{range .Addresses}}{{.}}{{end}}{{end}}"]).trim().to_string())
+        .collect();
+    attached.sort();
+    let mut want = vec![format!("net overlay {mip}"), format!("net overlay {wip}")];
+    want.sort();
+    assert_eq!(attached, want);
     let wip = wip.split('/').next().unwrap().to_string();
     let mip = mip.split('/').next().unwrap().to_string();
     let whost = wkr.docker_ok(&["exec", &wc, "hostname"]).trim().to_string();

@@ -379,7 +379,7 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn task_list(&self, f: Filters) -> Result<Vec<docker::Task>, BusError> {
+    pub async fn task_list(&self, f: Filters) -> Result<Vec<TaskObject>, BusError> {
         filters::validate(&f, &["_up-to-date", "desired-state", "id", "label", "name", "node", "service"])?;
         let services = self.t.services.values();
         let svc_ids: Vec<String> = match f.get("service") {
@@ -430,19 +430,25 @@ impl Cluster {
                 && filters::labels_pass(&f, "label", &t.service_labels)
                 && filters::pass(&f, "_up-to-date", |_| svc.map(|(_, s, _)| !crate::orchestrator::task_dirty(s, &t)).unwrap_or(false));
             if ok {
-                let rep = t.node_id.as_ref().and_then(|n| self.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);
-                out.push(convert::task(&t, rev, rep.as_ref()));
+                out.push(self.task_object(&t, rev));
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by(|a, b| a.task.id.cmp(&b.task.id));
         Ok(out)
     }
 
-    pub async fn task_inspect(&self, input: &str) -> Result<docker::Task, BusError> {
+    pub async fn task_inspect(&self, input: &str) -> Result<TaskObject, BusError> {
         let items = self.t.tasks.values();
         let (t, rev) = resolve(&items, input, |_| String::new(), "task")?;
+        Ok(self.task_object(&t, rev))
+    }
+
+    /// A task as Docker shows it: the node's report of its status, and its addresses on
+    /// the overlay networks (in the order of its interfaces).
+    fn task_object(&self, t: &TaskRecord, rev: u64) -> TaskObject {
         let rep = t.node_id.as_ref().and_then(|n| self.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);
-        Ok(convert::task(&t, rev, rep.as_ref()))
+        let nets: Vec<(NetworkRecord, u64)> = crate::overlay::task_targets(self, t).iter().filter_map(|id| self.t.networks.get(id)).collect();
+        convert::task_object(t, rev, rep.as_ref(), &nets)
     }
 
     pub async fn service_logs(self: Arc<Self>, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {

@@ -4,7 +4,7 @@
 
 use crate::model::*;
 use bus_schema::docker;
-use bus_schema::swarm::{ServiceObject, SwarmObject};
+use bus_schema::swarm::{NetworkAttachment, ServiceObject, SwarmDriver, SwarmIpamConfig, SwarmIpamOptions, SwarmNetwork, SwarmNetworkSpec, SwarmObject, TaskObject};
 
 fn version(rev: u64) -> Option<docker::ObjectVersion> {
     Some(docker::ObjectVersion { index: Some(rev) })
@@ -142,6 +142,51 @@ pub fn task(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>) -> do
     }
 }
 
+/// A task with the overlay networks it holds an address in (`nets`: each network with
+/// its revision, in the order of the task's interfaces).
+pub fn task_object(t: &TaskRecord, rev: u64, reported: Option<&TaskStatusRecord>, nets: &[(NetworkRecord, u64)]) -> TaskObject {
+    let attachments: Vec<NetworkAttachment> = nets
+        .iter()
+        .filter_map(|(n, nrev)| {
+            // the store keeps bare addresses; Docker shows them with the subnet's length
+            let len = n.subnets.first().and_then(|(s, _)| crate::networks::parse_cidr(s)).map(|(_, l)| l).unwrap_or(32);
+            let addresses: Vec<String> = n.allocated.iter().filter(|(_, owner)| **owner == t.id).map(|(a, _)| format!("{a}/{len}")).collect();
+            (!addresses.is_empty()).then(|| NetworkAttachment { network: swarm_network(n, *nrev), addresses })
+        })
+        .collect();
+    TaskObject { task: task(t, rev, reported), networks_attachments: (!attachments.is_empty()).then_some(attachments) }
+}
+
+/// swarm.Network of a store record: its spec as created, the driver's state with the
+/// VNI, the allocated subnets.
+pub fn swarm_network(n: &NetworkRecord, rev: u64) -> SwarmNetwork {
+    let mut state = n.options.clone();
+    state.insert(crate::networks::VXLANID_OPTION.into(), n.vni.to_string());
+    let ipam_driver = SwarmDriver { name: n.ipam_driver.clone(), options: n.ipam_options.clone().filter(|o| !o.is_empty()) };
+    SwarmNetwork {
+        id: n.id.clone(),
+        version: version(rev).unwrap_or_default(),
+        created_at: n.created_at.clone(),
+        updated_at: n.updated_at.clone(),
+        spec: SwarmNetworkSpec {
+            name: n.name.clone(),
+            labels: n.labels.clone().unwrap_or_default(),
+            driver_configuration: Some(SwarmDriver { name: n.driver.clone(), options: (!n.options.is_empty()).then(|| n.options.clone()) }),
+            ipv6_enabled: n.enable_ipv6,
+            internal: n.internal,
+            attachable: n.attachable,
+            ingress: n.ingress,
+            ipam_options: Some(SwarmIpamOptions { driver: ipam_driver.clone(), configs: Vec::new() }),
+            scope: "swarm".into(),
+        },
+        driver_state: SwarmDriver { name: n.driver.clone(), options: Some(state) },
+        ipam_options: Some(SwarmIpamOptions {
+            driver: ipam_driver,
+            configs: n.subnets.iter().map(|(s, g)| SwarmIpamConfig { subnet: s.clone(), range: String::new(), gateway: g.clone() }).collect(),
+        }),
+    }
+}
+
 pub fn node(n: &NodeRecord, rev: u64, leader: Option<&str>, ca: &docker::TlsInfo) -> docker::Node {
     let manager_status = (n.role == "manager").then(|| docker::ManagerStatus {
         leader: (leader == Some(n.id.as_str())).then_some(true),
@@ -213,5 +258,61 @@ pub fn blob_config(b: &BlobRecord, rev: u64) -> docker::Config {
         created_at: Some(b.created_at.clone()),
         updated_at: Some(b.updated_at.clone()),
         spec: Some(docker::ConfigSpec { name: Some(b.name.clone()), labels: Some(b.labels.clone()), data: Some(b.data.clone()), templating: b.templating.clone() }),
+    }
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn a_task_shows_its_overlay_addresses_as_swarmkit_does() {
+        let n = NetworkRecord {
+            id: "n1".into(),
+            created_at: "c".into(),
+            updated_at: "u".into(),
+            name: "net".into(),
+            driver: "overlay".into(),
+            attachable: false,
+            ingress: false,
+            internal: false,
+            enable_ipv6: false,
+            ipam_driver: "default".into(),
+            ipam_options: None,
+            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
+            options: Default::default(),
+            labels: None,
+            vni: 4097,
+            allocated: [("10.0.1.3".to_string(), "t1".to_string()), ("10.0.1.4".to_string(), "t2".to_string())].into_iter().collect(),
+            last_allocated: None,
+        };
+        let t: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "t1", "service_id": "s1", "service_name": "web", "slot": 1, "node_id": "n",
+            "created_at": "c", "updated_at": "u", "spec": {}, "spec_version": 1,
+            "desired_state": "running", "status": {"state": "running", "timestamp": "x"}
+        }))
+        .unwrap_or_else(|e| panic!("a task record: {e}"));
+        let o = task_object(&t, 5, None, &[(n.clone(), 9)]);
+        let j = serde_json::to_value(&o).unwrap();
+        assert_eq!(j["ID"], "t1", "the task's own keys stay at the top");
+        assert_eq!(
+            j["NetworksAttachments"],
+            serde_json::json!([{
+                "Network": {
+                    "ID": "n1", "Version": {"Index": 9}, "CreatedAt": "c", "UpdatedAt": "u",
+                    "Spec": {"Name": "net", "Labels": {}, "DriverConfiguration": {"Name": "overlay"}, "IPAMOptions": {"Driver": {"Name": "default"}}, "Scope": "swarm"},
+                    "DriverState": {"Name": "overlay", "Options": {"com.docker.network.driver.overlay.vxlanid_list": "4097"}},
+                    "IPAMOptions": {"Driver": {"Name": "default"}, "Configs": [{"Subnet": "10.0.1.0/24", "Gateway": "10.0.1.1"}]}
+                },
+                "Addresses": ["10.0.1.3/24"]
+            }])
+        );
+        // on the bus (MessagePack, named): the same object back
+        let b = rmp_serde::to_vec_named(&o).unwrap();
+        assert_eq!(rmp_serde::from_slice::<TaskObject>(&b).unwrap(), o);
+        // no overlay address: no key
+        let mut bare = n;
+        bare.allocated.clear();
+        assert!(serde_json::to_value(task_object(&t, 5, None, &[(bare, 9)])).unwrap().get("NetworksAttachments").is_none());
     }
 }

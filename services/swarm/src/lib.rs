@@ -411,10 +411,10 @@ impl SwarmApi for Api {
     async fn service_logs(&self, r: ServiceLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
         self.0.manager().await?.service_logs(r).await
     }
-    async fn task_list(&self, r: TaskList) -> Result<Vec<docker::Task>, BusError> {
+    async fn task_list(&self, r: TaskList) -> Result<Vec<TaskObject>, BusError> {
         self.0.manager().await?.task_list(r.filters).await
     }
-    async fn task_inspect(&self, r: TaskInspect) -> Result<docker::Task, BusError> {
+    async fn task_inspect(&self, r: TaskInspect) -> Result<TaskObject, BusError> {
         self.0.manager().await?.task_inspect(&r.id).await
     }
     async fn task_logs(&self, r: TaskLogs) -> Result<(StreamInfo, BusStream<StdioChunk>), BusError> {
