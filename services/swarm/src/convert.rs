@@ -267,25 +267,8 @@ mod attachment_tests {
 
     #[test]
     fn a_task_shows_its_overlay_addresses_as_swarmkit_does() {
-        let n = NetworkRecord {
-            id: "n1".into(),
-            created_at: "c".into(),
-            updated_at: "u".into(),
-            name: "net".into(),
-            driver: "overlay".into(),
-            attachable: false,
-            ingress: false,
-            internal: false,
-            enable_ipv6: false,
-            ipam_driver: "default".into(),
-            ipam_options: None,
-            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
-            options: Default::default(),
-            labels: None,
-            vni: 4097,
-            allocated: [("10.0.1.3".to_string(), "t1".to_string()), ("10.0.1.4".to_string(), "t2".to_string())].into_iter().collect(),
-            last_allocated: None,
-        };
+        let mut n = test_network("n1", 4097, &[("10.0.1.3", "t1"), ("10.0.1.4", "t2")]);
+        (n.name, n.created_at, n.updated_at) = ("net".into(), "c".into(), "u".into());
         let t: TaskRecord = serde_json::from_value(serde_json::json!({
             "id": "t1", "service_id": "s1", "service_name": "web", "slot": 1, "node_id": "n",
             "created_at": "c", "updated_at": "u", "spec": {}, "spec_version": 1,

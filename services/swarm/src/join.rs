@@ -214,15 +214,8 @@ async fn handshake(
     availability: Option<docker::NodeSpecAvailabilityEnum>,
 ) -> Result<JoinReply, BusError> {
     let (tls, _seen) = crate::tls::join_config(digest).map_err(BusError::internal)?;
-    let client = async_nats::ConnectOptions::new()
-        .user_and_password(natsconf::JOIN_USER.into(), natsconf::JOIN_PASSWORD.into())
-        .custom_inbox_prefix(bus_schema::subject::inbox_prefix(natsconf::JOIN_USER))
-        .tls_client_config(tls)
-        .require_tls(true)
-        .ignore_discovered_servers()
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(0))
-        .connect(format!("tls://{addr}"))
+    let inbox = bus_schema::subject::inbox_prefix(natsconf::JOIN_USER);
+    let client = crate::tls::connect_once(addr, natsconf::JOIN_USER, natsconf::JOIN_PASSWORD, tls, Some(inbox))
         .await
         .map_err(|e| {
             let m = e.to_string();

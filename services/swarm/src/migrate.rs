@@ -197,13 +197,8 @@ impl SwarmService {
             let mut srv = SwarmServer::start(&conf_path, &self.logs.join("swarm-server.log"), &format!("127.0.0.1:{port}"), cfg.env()).await.ok()?;
             let res = async {
                 let ca = std::fs::read_to_string(files.ca()).ok()?;
-                let client = async_nats::ConnectOptions::new()
-                    .user_and_password(local.local_user.clone(), local.local_password.clone())
-                    .tls_client_config(crate::tls::client_config(&ca, None).ok()?)
-                    .require_tls(true)
-                    .connect(format!("tls://127.0.0.1:{port}"))
-                    .await
-                    .ok()?;
+                let tls = crate::tls::client_config(&ca, None).ok()?;
+                let client = crate::tls::connect_once(&format!("127.0.0.1:{port}"), &local.local_user, &local.local_password, tls, None).await.ok()?;
                 let js = async_nats::jetstream::new(client);
                 let s = store::open(&js, 1).await.ok()?;
                 snapshot(&s).await.ok()

@@ -301,6 +301,31 @@ pub struct NetworkRecord {
     pub last_allocated: Option<String>,
 }
 
+/// An overlay network record for unit tests: named as its ID, 10.0.1.0/24, `alloc`
+/// (address, owner) allocated.
+#[cfg(test)]
+pub fn test_network(id: &str, vni: u32, alloc: &[(&str, &str)]) -> NetworkRecord {
+    NetworkRecord {
+        id: id.into(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        name: id.into(),
+        driver: "overlay".into(),
+        attachable: false,
+        ingress: false,
+        internal: false,
+        enable_ipv6: false,
+        ipam_driver: "default".into(),
+        ipam_options: None,
+        subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
+        options: Default::default(),
+        labels: None,
+        vni,
+        allocated: alloc.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect(),
+        last_allocated: None,
+    }
+}
+
 pub fn effective_status<'a>(t: &'a TaskRecord, reported: Option<&'a TaskStatusRecord>) -> &'a Status {
     match reported {
         Some(r) if t.status.state != TaskState::Orphaned && r.status.state >= t.status.state => &r.status,

@@ -357,25 +357,11 @@ mod tests {
 
     #[test]
     fn resource_has_mobys_fields() {
-        let n = NetworkRecord {
-            id: "abc".into(),
-            created_at: "2026-12-06T10:11:39.622607575Z".into(),
-            updated_at: String::new(),
-            name: "n1".into(),
-            driver: "overlay".into(),
-            attachable: true,
-            ingress: false,
-            internal: false,
-            enable_ipv6: false,
-            ipam_driver: "default".into(),
-            ipam_options: None,
-            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
-            options: HashMap::from([("o".to_string(), "v".to_string())]),
-            labels: None,
-            vni: 4097,
-            allocated: BTreeMap::new(),
-            last_allocated: None,
-        };
+        let mut n = crate::model::test_network("abc", 4097, &[]);
+        n.created_at = "2026-12-06T10:11:39.622607575Z".into();
+        n.name = "n1".into();
+        n.attachable = true;
+        n.options = HashMap::from([("o".to_string(), "v".to_string())]);
         let j = serde_json::to_value(resource(&n)).unwrap();
         assert_eq!(j["Scope"], "swarm");
         assert_eq!(j["Options"][VXLANID_OPTION], "4097");

@@ -679,27 +679,7 @@ async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecor
 mod tests {
     use super::*;
 
-    fn net(id: &str, vni: u32, alloc: &[(&str, &str)]) -> NetworkRecord {
-        NetworkRecord {
-            id: id.into(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            name: id.into(),
-            driver: "overlay".into(),
-            attachable: false,
-            ingress: false,
-            internal: false,
-            enable_ipv6: false,
-            ipam_driver: "default".into(),
-            ipam_options: None,
-            subnets: vec![("10.0.1.0/24".into(), "10.0.1.1".into())],
-            options: Default::default(),
-            labels: None,
-            vni,
-            allocated: alloc.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect(),
-            last_allocated: None,
-        }
-    }
+    use crate::model::test_network as net;
 
     fn task(id: &str, svc: &str, node: &str, desired: TaskState) -> TaskRecord {
         serde_json::from_value(serde_json::json!({

@@ -333,16 +333,8 @@ async fn remove_peer(c: &Cluster, server: &str) -> Result<(), String> {
         )
     };
     let ca = std::fs::read_to_string(c.svc.files.ca()).map_err(|e| e.to_string())?;
-    let client = async_nats::ConnectOptions::new()
-        .user_and_password("sys".into(), sys)
-        .tls_client_config(crate::tls::client_config(&ca, None).map_err(|e| e.to_string())?)
-        .require_tls(true)
-        .ignore_discovered_servers()
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(0))
-        .connect(format!("tls://{addr}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = crate::tls::client_config(&ca, None).map_err(|e| e.to_string())?;
+    let client = crate::tls::connect_once(&addr, "sys", &sys, tls, None).await.map_err(|e| e.to_string())?;
     let body = serde_json::json!({ "peer": server }).to_string();
     let msg = tokio::time::timeout(
         Duration::from_secs(5),

@@ -135,6 +135,22 @@ pub fn join_config(digest: [u8; 32]) -> Result<(rustls::ClientConfig, Arc<Pinned
     Ok((cfg, seen))
 }
 
+/// A connection for one exchange with a swarm server at `addr` (host:port) over TLS:
+/// no reconnection, no other servers from the cluster's gossip, 5 s to connect.
+pub async fn connect_once(addr: &str, user: &str, password: &str, tls: rustls::ClientConfig, inbox_prefix: Option<String>) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), password.into())
+        .tls_client_config(tls)
+        .require_tls(true)
+        .ignore_discovered_servers()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .max_reconnects(Some(0));
+    if let Some(p) = inbox_prefix {
+        opts = opts.custom_inbox_prefix(p);
+    }
+    opts.connect(format!("tls://{addr}")).await
+}
+
 pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
 }
