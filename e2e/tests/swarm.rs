@@ -1243,10 +1243,10 @@ fn attachable_overlay_for_plain_containers() {
     assert!(mip.starts_with(&prefix), "{mip} {subnet}");
 
     // a plain container on the worker, on the overlay
-    wkr.docker_ok(&["run", "-d", "--name", "c", "--network", "ov", "busybox:latest", "sleep", "1000"]);
-    let ip = wkr.docker_ok(&["inspect", "c", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
+    wkr.docker_ok(&["run", "-d", "--name", "cc", "--network", "ov", "busybox:latest", "sleep", "1000"]);
+    let ip = wkr.docker_ok(&["inspect", "cc", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
     assert!(ip.starts_with(&prefix) && ip != mip, "{ip} {subnet}");
-    let f = wkr.docker_ok(&["inspect", "c", "--format", "{{.NetworkSettings.Networks.ov.NetworkID}} {{.NetworkSettings.Networks.ov.IPPrefixLen}} {{.NetworkSettings.Networks.ov.MacAddress}}"]);
+    let f = wkr.docker_ok(&["inspect", "cc", "--format", "{{.NetworkSettings.Networks.ov.NetworkID}} {{.NetworkSettings.Networks.ov.IPPrefixLen}} {{.NetworkSettings.Networks.ov.MacAddress}}"]);
     let o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
     let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
     assert_eq!(f.trim(), format!("{net} 24 {mac}"));
@@ -1254,38 +1254,38 @@ fn attachable_overlay_for_plain_containers() {
         let o = wkr.docker(&["exec", c, "timeout", "5", "wget", "-qO-", &format!("http://{what}/")]);
         o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    assert_eq!(wait_for(30, "the manager's task by its overlay address", wkr, || get("c", &mip)), mhost);
+    assert_eq!(wait_for(30, "the manager's task by its overlay address", wkr, || get("cc", &mip)), mhost);
     let vip = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}"]).trim().to_string();
     let vip = vip.split('/').next().unwrap().to_string();
-    assert_eq!(wait_for(30, "the VIP", wkr, || get("c", &vip)), mhost);
-    assert_eq!(wait_for(30, "the service's name", wkr, || get("c", "web")), mhost);
-    assert_eq!(wait_for(30, "tasks.web", wkr, || get("c", "tasks.web")), mhost);
+    assert_eq!(wait_for(30, "the VIP", wkr, || get("cc", &vip)), mhost);
+    assert_eq!(wait_for(30, "the service's name", wkr, || get("cc", "web")), mhost);
+    assert_eq!(wait_for(30, "tasks.web", wkr, || get("cc", "tasks.web")), mhost);
     // not a task
     assert_eq!(lines(&mgr.docker_ok(&["service", "ps", "-q", "web"])).len(), 1);
     assert_eq!(lines(&mgr.docker_ok(&["service", "ls", "-q"])).len(), 1);
 
     // connect and disconnect a running container
-    wkr.docker_ok(&["run", "-d", "--name", "d", "busybox:latest", "sleep", "1000"]);
-    wkr.docker_ok(&["network", "connect", "ov", "d"]);
-    let dip = wkr.docker_ok(&["inspect", "d", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
+    wkr.docker_ok(&["run", "-d", "--name", "dd", "busybox:latest", "sleep", "1000"]);
+    wkr.docker_ok(&["network", "connect", "ov", "dd"]);
+    let dip = wkr.docker_ok(&["inspect", "dd", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
     assert!(dip.starts_with(&prefix) && dip != ip && dip != mip, "{dip}");
-    assert_eq!(wait_for(30, "the task from a connected container", wkr, || get("d", &mip)), mhost);
-    wkr.docker_ok(&["network", "disconnect", "ov", "d"]);
-    let n = wkr.docker_ok(&["inspect", "d", "--format", "{{len .NetworkSettings.Networks}}"]);
+    assert_eq!(wait_for(30, "the task from a connected container", wkr, || get("dd", &mip)), mhost);
+    wkr.docker_ok(&["network", "disconnect", "ov", "dd"]);
+    let n = wkr.docker_ok(&["inspect", "dd", "--format", "{{len .NetworkSettings.Networks}}"]);
     assert_eq!(n.trim(), "1");
-    wkr.docker_ok(&["rm", "-f", "d"]);
+    wkr.docker_ok(&["rm", "-f", "dd"]);
 
     // a non-attachable overlay: Moby's refusal; an unknown network: not found
-    let o = wkr.docker(&["run", "-d", "--name", "p", "--network", "plain", "busybox:latest", "sleep", "1000"]);
+    let o = wkr.docker(&["run", "-d", "--name", "pp", "--network", "plain", "busybox:latest", "sleep", "1000"]);
     assert!(!o.status.success() && out(&o).contains("Could not attach to network plain: rpc error: code = PermissionDenied desc = network plain not manually attachable"), "{}", out(&o));
-    let _ = wkr.docker(&["rm", "-f", "p"]);
-    let o = wkr.docker(&["run", "-d", "--name", "q", "--network", "nosuch", "busybox:latest", "true"]);
+    let _ = wkr.docker(&["rm", "-f", "pp"]);
+    let o = wkr.docker(&["run", "-d", "--name", "qq", "--network", "nosuch", "busybox:latest", "true"]);
     assert!(!o.status.success() && out(&o).contains("network nosuch not found"), "{}", out(&o));
-    let _ = wkr.docker(&["rm", "-f", "q"]);
+    let _ = wkr.docker(&["rm", "-f", "qq"]);
 
     // rm gives the address back: no container of the worker is on the overlay any
     // more, its devices go
-    wkr.docker_ok(&["rm", "-f", "c"]);
+    wkr.docker_ok(&["rm", "-f", "cc"]);
     wait_for(30, "the worker's overlay devices removed", wkr, || {
         let l = out(&u.exec(1, &["ip", "-o", "link", "show"]));
         (!l.contains(&format!("bvx{vni}")) && !l.contains(&format!("bov{vni}"))).then_some(())
