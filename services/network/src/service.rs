@@ -194,15 +194,17 @@ impl bus_schema::network::NetworkApi for NetworkService {
         drop(st);
         // a swarm network (`network connect`/`disconnect` of an overlay)
         match self.swarm.get() {
-            Some(s) if err.is(bus_schema::ErrorKind::NotFound) => match s.inspect(r.id.clone()).await {
-                Ok(n) => Ok(NetworkRef {
-                    id: n.id.unwrap_or_default(),
-                    name: n.name.unwrap_or_default(),
-                    driver: n.driver.unwrap_or_default(),
-                }),
-                Err(e) if crate::swarm::is_absent(&e) => Err(err),
-                Err(e) => Err(e),
-            },
+            Some(s) if err.is(bus_schema::ErrorKind::NotFound) => {
+                match s.inspect(r.id.clone()).await {
+                    Ok(n) => Ok(NetworkRef {
+                        id: n.id.unwrap_or_default(),
+                        name: n.name.unwrap_or_default(),
+                        driver: n.driver.unwrap_or_default(),
+                    }),
+                    Err(e) if crate::swarm::is_absent(&e) => Err(err),
+                    Err(e) => Err(e),
+                }
+            }
             _ => Err(err),
         }
     }

@@ -4,7 +4,9 @@
 //! its address and puts it on the overlay's data path; the sandbox records the
 //! endpoint (inspect shows it) and gives it back with the sandbox.
 
-use bus_schema::swarm::{SwarmAttachment, SwarmNetworkAttach, SwarmNetworkDetach, SwarmNetworkInspect};
+use bus_schema::swarm::{
+    SwarmAttachment, SwarmNetworkAttach, SwarmNetworkDetach, SwarmNetworkInspect,
+};
 use bus_schema::{docker, BusError};
 use futures_util::future::BoxFuture;
 
@@ -53,7 +55,10 @@ mod tests {
     }
 
     impl SwarmNets for FakeSwarm {
-        fn attach(&self, r: SwarmNetworkAttach) -> BoxFuture<'_, Result<SwarmAttachment, BusError>> {
+        fn attach(
+            &self,
+            r: SwarmNetworkAttach,
+        ) -> BoxFuture<'_, Result<SwarmAttachment, BusError>> {
             Box::pin(async move {
                 match r.network.as_str() {
                     "ov" | "ovid" => {
@@ -69,14 +74,22 @@ mod tests {
         }
         fn detach(&self, r: SwarmNetworkDetach) -> BoxFuture<'_, Result<(), BusError>> {
             Box::pin(async move {
-                self.held.lock().unwrap().retain(|(n, c)| !(*n == r.network_id && *c == r.container_id));
+                self.held
+                    .lock()
+                    .unwrap()
+                    .retain(|(n, c)| !(*n == r.network_id && *c == r.container_id));
                 Ok(())
             })
         }
         fn inspect(&self, id: String) -> BoxFuture<'_, Result<docker::NetworkInspect, BusError>> {
             Box::pin(async move {
                 match id.as_str() {
-                    "ov" | "ovid" => Ok(docker::NetworkInspect { id: Some("ovid".into()), name: Some("ov".into()), driver: Some("overlay".into()), ..Default::default() }),
+                    "ov" | "ovid" => Ok(docker::NetworkInspect {
+                        id: Some("ovid".into()),
+                        name: Some("ov".into()),
+                        driver: Some("overlay".into()),
+                        ..Default::default()
+                    }),
                     _ => Err(BusError::not_found(format!("network {id} not found"))),
                 }
             })
@@ -100,29 +113,66 @@ mod tests {
         assert_eq!(ep.mac_address.as_deref(), Some("02:42:0a:00:01:03"));
         assert_eq!(ep.gateway.as_deref(), Some(""));
         assert!(s.hosts.contains("10.0.1.3\tc1"), "{}", s.hosts);
-        assert_eq!(*swarm.held.lock().unwrap(), vec![("ovid".to_string(), "c1".to_string())]);
-        t.svc.sandbox_remove(SandboxRemove { container_id: "c1".into() }).await.unwrap();
+        assert_eq!(
+            *swarm.held.lock().unwrap(),
+            vec![("ovid".to_string(), "c1".to_string())]
+        );
+        t.svc
+            .sandbox_remove(SandboxRemove {
+                container_id: "c1".into(),
+            })
+            .await
+            .unwrap();
         assert!(swarm.held.lock().unwrap().is_empty());
 
         // connect and disconnect
         t.svc.sandbox_create(req("c2", "bridge")).await.unwrap();
-        let r = t.svc.network_resolve(NetworkResolve { id: "ov".into() }).await.unwrap();
-        assert_eq!((r.id.as_str(), r.name.as_str(), r.driver.as_str()), ("ovid", "ov", "overlay"));
+        let r = t
+            .svc
+            .network_resolve(NetworkResolve { id: "ov".into() })
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.name.as_str(), r.driver.as_str()),
+            ("ovid", "ov", "overlay")
+        );
         let ep = t
             .svc
-            .endpoint_create(EndpointCreate { container_id: "c2".into(), endpoint: EndpointRequest { network: "ov".into(), settings: Default::default() } })
+            .endpoint_create(EndpointCreate {
+                container_id: "c2".into(),
+                endpoint: EndpointRequest {
+                    network: "ov".into(),
+                    settings: Default::default(),
+                },
+            })
             .await
             .unwrap();
         assert_eq!(ep.network_id.as_deref(), Some("ovid"));
         assert_eq!(swarm.held.lock().unwrap().len(), 1);
-        t.svc.endpoint_remove(EndpointRemove { container_id: "c2".into(), network: "ov".into() }).await.unwrap();
+        t.svc
+            .endpoint_remove(EndpointRemove {
+                container_id: "c2".into(),
+                network: "ov".into(),
+            })
+            .await
+            .unwrap();
         assert!(swarm.held.lock().unwrap().is_empty());
 
         let e = t.svc.sandbox_create(req("c3", "plain")).await.unwrap_err();
-        assert!(e.message.contains("network plain not manually attachable"), "{}", e.message);
+        assert!(
+            e.message.contains("network plain not manually attachable"),
+            "{}",
+            e.message
+        );
         let e = t.svc.sandbox_create(req("c4", "nosuch")).await.unwrap_err();
         assert_eq!(e.message, "network nosuch not found");
-        let e = t.svc.network_resolve(NetworkResolve { id: "nosuch".into() }).await.unwrap_err();
+        let e = t
+            .svc
+            .network_resolve(NetworkResolve {
+                id: "nosuch".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.message, "network nosuch not found");
     }
 }
