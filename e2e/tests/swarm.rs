@@ -1283,6 +1283,10 @@ fn attachable_overlay_for_plain_containers() {
     assert!(!o.status.success() && out(&o).contains("network nosuch not found"), "{}", out(&o));
     let _ = wkr.docker(&["rm", "-f", "qq"]);
 
+    // in use by the container (the service gone): not removed
+    mgr.docker_ok(&["service", "rm", "web"]);
+    let o = mgr.docker(&["network", "rm", "ov"]);
+    assert!(!o.status.success() && out(&o).contains(&format!("network {net} is in use by task ")), "{}", out(&o));
     // rm gives the address back: no container of the worker is on the overlay any
     // more, its devices go
     wkr.docker_ok(&["rm", "-f", "cc"]);
@@ -1290,7 +1294,7 @@ fn attachable_overlay_for_plain_containers() {
         let l = out(&u.exec(1, &["ip", "-o", "link", "show"]));
         (!l.contains(&format!("bvx{vni}")) && !l.contains(&format!("bov{vni}"))).then_some(())
     });
-    mgr.docker_ok(&["service", "rm", "web"]);
+    mgr.docker_ok(&["network", "rm", "ov"]);
     wkr.docker_ok(&["swarm", "leave"]);
     mgr.docker_ok(&["swarm", "leave", "--force"]);
 }
