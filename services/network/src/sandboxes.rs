@@ -581,6 +581,7 @@ impl NetworkService {
             if let Some(n) = st.networks.get(&e.network_id) {
                 self.event(Action::Connect, n, Some(&cid));
             }
+            self.swarm_event(Action::Connect, e, &cid);
         }
         Ok(self.sandbox_reply(st, &rec))
     }
@@ -660,6 +661,7 @@ impl NetworkService {
             if let Some(n) = st.networks.get(&e.network_id) {
                 self.event(Action::Disconnect, n, Some(cid));
             }
+            self.swarm_event(Action::Disconnect, e, cid);
         }
         Ok(())
     }
@@ -720,6 +722,7 @@ impl NetworkService {
                 }
                 st.sandboxes.insert(rec.container_id.clone(), rec.clone());
                 let ep = rec.endpoints.last().expect("attached");
+                self.swarm_event(Action::Connect, ep, &rec.container_id);
                 return Ok(self.endpoint_settings(st, ep));
             }
             Err(e) => return Err(e),
@@ -792,6 +795,7 @@ impl NetworkService {
                 self.swarm_detach(&rec.container_id, &ep.network_id).await;
                 st.sandboxes.insert(rec.container_id.clone(), rec.clone());
                 self.store.save_sandbox(&rec)?;
+                self.swarm_event(Action::Disconnect, &ep, &rec.container_id);
                 return Ok(());
             }
             Err(e) => return Err(e),

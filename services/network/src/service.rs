@@ -113,6 +113,22 @@ impl NetworkService {
         }
         (self.events)(e);
     }
+
+    /// A container's connect/disconnect on a swarm network (Moby's event: the
+    /// network's ID, name and driver `overlay`).
+    pub(crate) fn swarm_event(
+        &self,
+        action: Action,
+        e: &crate::store::EndpointRecord,
+        container: &str,
+    ) {
+        let Some(name) = &e.swarm_network else { return };
+        let ev = Event::now(EventType::Network, action, e.network_id.clone())
+            .attr("name", name.clone())
+            .attr("type", "overlay")
+            .attr("container", container);
+        (self.events)(ev);
+    }
 }
 
 /// A host-wide lock around choosing a subnet and putting it on a bridge, so that two

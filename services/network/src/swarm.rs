@@ -158,6 +158,30 @@ mod tests {
             .unwrap();
         assert!(swarm.held.lock().unwrap().is_empty());
 
+        // Moby's events: connect/disconnect of the overlay's ID, its name, driver overlay
+        let evs: Vec<String> = t
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.actor.id == "ovid")
+            .map(|e| {
+                let a = &e.actor.attributes;
+                format!(
+                    "{} {} {} {}",
+                    e.action, a["name"], a["type"], a["container"]
+                )
+            })
+            .collect();
+        assert_eq!(
+            evs,
+            vec![
+                "connect ov overlay c1",
+                "disconnect ov overlay c1",
+                "connect ov overlay c2",
+                "disconnect ov overlay c2"
+            ]
+        );
         let e = t.svc.sandbox_create(req("c3", "plain")).await.unwrap_err();
         assert!(
             e.message.contains("network plain not manually attachable"),
