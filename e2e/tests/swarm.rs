@@ -1260,6 +1260,15 @@ fn attachable_overlay_for_plain_containers() {
     assert_eq!(wait_for(30, "the VIP", wkr, || get("cc", &vip)), mhost);
     assert_eq!(wait_for(30, "the service's name", wkr, || get("cc", "web")), mhost);
     assert_eq!(wait_for(30, "tasks.web", wkr, || get("cc", "tasks.web")), mhost);
+    // and through the embedded DNS (busybox nslookup reads no /etc/hosts)
+    let resolv = wkr.docker_ok(&["exec", "cc", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.starts_with("nameserver 127.0.0.11\n"), "{resolv}");
+    for (name, want) in [("web", &vip), ("tasks.web", &mip)] {
+        let o = wkr.docker(&["exec", "cc", "nslookup", "-type=a", name]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let a: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("Address: ")).filter(|a| !a.starts_with("127.0.0.11")).map(str::trim).collect();
+        assert_eq!(a, vec![want.as_str()], "{text}");
+    }
     // not a task
     assert_eq!(lines(&mgr.docker_ok(&["service", "ps", "-q", "web"])).len(), 1);
     assert_eq!(lines(&mgr.docker_ok(&["service", "ls", "-q"])).len(), 1);
