@@ -251,6 +251,39 @@ pub struct SwarmNetworkRemove {
     pub id: String,
 }
 
+/// A container of this node joins a swarm overlay network (`docker run --network`,
+/// `docker network connect`): Moby's network attachment. The swarm service allocates
+/// its address in the network's store record and puts the container on the overlay
+/// (veth `ifname` inside, VIPs, names) once it runs. NotFound ("network X not found")
+/// outside a swarm or when no overlay has that name, ID or ID prefix; Moby's
+/// PermissionDenied text when the network is not attachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNetworkAttach {
+    /// Name, ID or ID prefix, as the user gave it.
+    pub network: String,
+    pub container_id: String,
+    /// The interface inside the container (`eth0`, …).
+    pub ifname: String,
+}
+
+/// The container's endpoint on the overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmAttachment {
+    pub network_id: String,
+    pub network_name: String,
+    /// `a.b.c.d/len`.
+    pub address: String,
+    pub mac: String,
+}
+
+/// Give back a container's address in a swarm network (by ID) and take it off the
+/// overlay. Idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmNetworkDetach {
+    pub network_id: String,
+    pub container_id: String,
+}
+
 /// Docker's `Service` object. bollard's model has no `PreviousSpec`, which `docker
 /// service inspect` shows and rollbacks read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -443,8 +476,10 @@ macro_rules! swarm_table {
                 config_remove(ConfigRemove) -> (); callers [Gateway];
                 swarm_network_create(SwarmNetworkCreate) -> docker::NetworkCreateResponse; callers [Gateway];
                 swarm_network_list(SwarmNetworkList) -> Vec<docker::NetworkInspect>; callers [Gateway];
-                swarm_network_inspect(SwarmNetworkInspect) -> docker::NetworkInspect; callers [Gateway];
+                swarm_network_inspect(SwarmNetworkInspect) -> docker::NetworkInspect; callers [Gateway, Network];
                 swarm_network_remove(SwarmNetworkRemove) -> (); callers [Gateway];
+                swarm_network_attach(SwarmNetworkAttach) -> SwarmAttachment; callers [Network];
+                swarm_network_detach(SwarmNetworkDetach) -> (); callers [Network];
             }
         }
     };
@@ -525,6 +560,9 @@ mod tests {
             },
         });
         roundtrip(NodeUpdate { id: "n".into(), version: 3, spec: docker::NodeSpec::default() });
+        roundtrip(SwarmNetworkAttach { network: "ov".into(), container_id: "c".into(), ifname: "eth0".into() });
+        roundtrip(SwarmAttachment { network_id: "n".into(), network_name: "ov".into(), address: "10.0.1.3/24".into(), mac: "02:42:0a:00:01:03".into() });
+        roundtrip(SwarmNetworkDetach { network_id: "n".into(), container_id: "c".into() });
         assert_eq!(<cluster::AgentTaskLogs as cluster::NodeRpc>::subject("abc"), "berth.swarm.v1.node.abc.AgentTaskLogs");
     }
 }

@@ -1237,6 +1237,101 @@ fn overlay_network_between_two_nodes() {
     mgr.docker_ok(&["swarm", "leave", "--force"]);
 }
 
+/// `docker run --network` of an attachable overlay network on a worker (Moby's network
+/// attachment): the plain container gets an address in the overlay's subnet (inspect
+/// shows it), reaches the service task on the manager by its address, its name, its VIP
+/// and `tasks.NAME`; `network connect`/`disconnect` of another container; it is no
+/// task (`service ps`); `rm -f` gives the address back (the worker's devices go). A
+/// non-attachable overlay is refused with Moby's words; an unknown network is still
+/// "not found".
+#[test]
+fn attachable_overlay_for_plain_containers() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(2);
+    let nodes = swarm_of(&u, 2);
+    let (mgr, wkr) = (&nodes[0], &nodes[1]);
+
+    let net = mgr.docker_ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]).trim().to_string();
+    mgr.docker_ok(&["network", "create", "-d", "overlay", "plain"]);
+    let vni = mgr.docker_ok(&["network", "inspect", "ov", "--format", "{{index .Options \"com.docker.network.driver.overlay.vxlanid_list\"}}"]).trim().to_string();
+    let subnet = mgr.docker_ok(&["network", "inspect", "ov", "--format", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"]).trim().to_string();
+    let prefix = subnet.rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap();
+    let page = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    let created = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--network", "ov", "--constraint", "node.role==manager", "--name", "web", "busybox:latest", "sh", "-c", page]);
+    assert!(created.contains("converged"), "{created}");
+    let mc = lines(&mgr.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"]));
+    assert_eq!(mc.len(), 1, "{mc:?}");
+    let mhost = mgr.docker_ok(&["exec", &mc[0], "hostname"]).trim().to_string();
+    let a = mgr.docker_ok(&["exec", &mc[0], "ip", "-4", "-o", "addr", "show", "dev", "eth1"]);
+    let mip = a.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or_default().split('/').next().unwrap().to_string();
+    assert!(mip.starts_with(&prefix), "{mip} {subnet}");
+
+    // a plain container on the worker, on the overlay
+    wkr.docker_ok(&["run", "-d", "--name", "cc", "--network", "ov", "busybox:latest", "sleep", "1000"]);
+    let ip = wkr.docker_ok(&["inspect", "cc", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
+    assert!(ip.starts_with(&prefix) && ip != mip, "{ip} {subnet}");
+    let f = wkr.docker_ok(&["inspect", "cc", "--format", "{{.NetworkSettings.Networks.ov.NetworkID}} {{.NetworkSettings.Networks.ov.IPPrefixLen}} {{.NetworkSettings.Networks.ov.MacAddress}}"]);
+    let o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    assert_eq!(f.trim(), format!("{net} 24 {mac}"));
+    let get = |c: &str, what: &str| {
+        let o = wkr.docker(&["exec", c, "timeout", "5", "wget", "-qO-", &format!("http://{what}/")]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    assert_eq!(wait_for(30, "the manager's task by its overlay address", wkr, || get("cc", &mip)), mhost);
+    let vip = mgr.docker_ok(&["service", "inspect", "web", "--format", "{{range .Endpoint.VirtualIPs}}{{.Addr}}{{end}}"]).trim().to_string();
+    let vip = vip.split('/').next().unwrap().to_string();
+    assert_eq!(wait_for(30, "the VIP", wkr, || get("cc", &vip)), mhost);
+    assert_eq!(wait_for(30, "the service's name", wkr, || get("cc", "web")), mhost);
+    assert_eq!(wait_for(30, "tasks.web", wkr, || get("cc", "tasks.web")), mhost);
+    // and through the embedded DNS (busybox nslookup reads no /etc/hosts)
+    let resolv = wkr.docker_ok(&["exec", "cc", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.starts_with("nameserver 127.0.0.11\n"), "{resolv}");
+    for (name, want) in [("web", &vip), ("tasks.web", &mip)] {
+        let o = wkr.docker(&["exec", "cc", "nslookup", "-type=a", name]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let a: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("Address: ")).filter(|a| !a.starts_with("127.0.0.11")).map(str::trim).collect();
+        assert_eq!(a, vec![want.as_str()], "{text}");
+    }
+    // not a task
+    assert_eq!(lines(&mgr.docker_ok(&["service", "ps", "-q", "web"])).len(), 1);
+    assert_eq!(lines(&mgr.docker_ok(&["service", "ls", "-q"])).len(), 1);
+
+    // connect and disconnect a running container
+    wkr.docker_ok(&["run", "-d", "--name", "dd", "busybox:latest", "sleep", "1000"]);
+    wkr.docker_ok(&["network", "connect", "ov", "dd"]);
+    let dip = wkr.docker_ok(&["inspect", "dd", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
+    assert!(dip.starts_with(&prefix) && dip != ip && dip != mip, "{dip}");
+    assert_eq!(wait_for(30, "the task from a connected container", wkr, || get("dd", &mip)), mhost);
+    wkr.docker_ok(&["network", "disconnect", "ov", "dd"]);
+    let n = wkr.docker_ok(&["inspect", "dd", "--format", "{{len .NetworkSettings.Networks}}"]);
+    assert_eq!(n.trim(), "1");
+    wkr.docker_ok(&["rm", "-f", "dd"]);
+
+    // a non-attachable overlay: Moby's refusal; an unknown network: not found
+    let o = wkr.docker(&["run", "-d", "--name", "pp", "--network", "plain", "busybox:latest", "sleep", "1000"]);
+    assert!(!o.status.success() && out(&o).contains("Could not attach to network plain: rpc error: code = PermissionDenied desc = network plain not manually attachable"), "{}", out(&o));
+    let _ = wkr.docker(&["rm", "-f", "pp"]);
+    let o = wkr.docker(&["run", "-d", "--name", "qq", "--network", "nosuch", "busybox:latest", "true"]);
+    assert!(!o.status.success() && out(&o).contains("network nosuch not found"), "{}", out(&o));
+    let _ = wkr.docker(&["rm", "-f", "qq"]);
+
+    // in use by the container (the service gone): not removed
+    mgr.docker_ok(&["service", "rm", "web"]);
+    let o = mgr.docker(&["network", "rm", "ov"]);
+    assert!(!o.status.success() && out(&o).contains(&format!("network {net} is in use by task ")), "{}", out(&o));
+    // rm gives the address back: no container of the worker is on the overlay any
+    // more, its devices go
+    wkr.docker_ok(&["rm", "-f", "cc"]);
+    wait_for(30, "the worker's overlay devices removed", wkr, || {
+        let l = out(&u.exec(1, &["ip", "-o", "link", "show"]));
+        (!l.contains(&format!("bvx{vni}")) && !l.contains(&format!("bov{vni}"))).then_some(())
+    });
+    mgr.docker_ok(&["network", "rm", "ov"]);
+    wkr.docker_ok(&["swarm", "leave"]);
+    mgr.docker_ok(&["swarm", "leave", "--force"]);
+}
+
 /// Kills a `docker service logs -f` when dropped (a failed test leaves none behind).
 struct Following(std::process::Child);
 impl Drop for Following {

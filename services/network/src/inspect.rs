@@ -169,6 +169,8 @@ impl NetworkService {
         for e in &s.endpoints {
             if let Some(n) = st.networks.get(&e.network_id) {
                 networks.insert(n.name.clone(), self.endpoint_settings(st, e));
+            } else if let Some(name) = &e.swarm_network {
+                networks.insert(name.clone(), self.endpoint_settings(st, e));
             }
         }
         Sandbox {

@@ -31,6 +31,7 @@ mod sandboxes;
 pub mod service;
 mod state;
 pub mod store;
+pub mod swarm;
 
 use berth_bus::runtime::RuntimeApi as _;
 use berth_bus::{Bus, Server};
@@ -62,6 +63,7 @@ pub async fn start(bus: Bus, cfg: DaemonConfig) -> anyhow::Result<(Server, Arc<N
 /// Start with an explicit [`Config`] (tests).
 pub async fn start_with(bus: Bus, config: Config) -> anyhow::Result<(Server, Arc<NetworkService>)> {
     let svc = NetworkService::start(config, bus_events(bus.clone())).await?;
+    svc.set_swarm(std::sync::Arc::new(berth_bus::swarm::SwarmClient::new(bus.clone())));
     follow_runtime(bus.clone(), svc.clone());
     let server = Server::new(bus, Service::Network).info(|| async { bus::info() });
     Ok((berth_bus::network::serve_network(server, svc.clone()), svc))

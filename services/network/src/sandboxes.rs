@@ -4,6 +4,7 @@
 //! content of its /etc/resolv.conf and /etc/hosts.
 
 use bus_schema::network::*;
+use bus_schema::swarm::{SwarmNetworkAttach, SwarmNetworkDetach};
 use bus_schema::event::Action;
 use bus_schema::{docker, BusError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -63,6 +64,9 @@ impl NetworkService {
     /// Undo what a sandbox record holds in the kernel and in memory (not the record file).
     pub(crate) async fn teardown(&self, st: &mut State, s: &SandboxRecord) {
         self.dns.remove_sandbox(&s.container_id);
+        for e in s.endpoints.iter().filter(|e| e.swarm_network.is_some()) {
+            self.swarm_detach(&s.container_id, &e.network_id).await;
+        }
         st.reservations.remove(&s.container_id);
         // A namespace that goes with the sandbox takes its veths with it: the kernel
         // deletes both ends as it cleans the namespace up, in the background. An
@@ -273,6 +277,7 @@ impl NetworkService {
             ip6,
             requested_ip6: requested6,
             link_local,
+            swarm_network: None,
         });
         ns.links
             .configure(
@@ -291,6 +296,64 @@ impl NetworkService {
                 .map_err(internal)?;
         }
         Ok(())
+    }
+
+    /// An endpoint on the swarm overlay network `network` (a name this node does not
+    /// know): the swarm service allocates its address and puts the container on the
+    /// overlay once it runs; "network X not found" when the swarm has none either.
+    pub(crate) async fn attach_swarm(
+        &self,
+        rec: &mut SandboxRecord,
+        network: &str,
+        settings: &docker::EndpointSettings,
+        ifname: &str,
+    ) -> Result<(), BusError> {
+        let not_found = || BusError::not_found(format!("network {network} not found"));
+        let s = self.swarm.get().ok_or_else(not_found)?;
+        let r = SwarmNetworkAttach {
+            network: network.to_string(),
+            container_id: rec.container_id.clone(),
+            ifname: ifname.to_string(),
+        };
+        let a = match s.attach(r).await {
+            Ok(a) => a,
+            Err(e) if crate::swarm::is_absent(&e) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        let (ip, prefix) = a.address.split_once('/').unwrap_or((&a.address, "32"));
+        let ep = EndpointRecord {
+            network_id: a.network_id.clone(),
+            endpoint_id: store::new_id(),
+            ifname: ifname.to_string(),
+            host_veth: String::new(),
+            mac: a.mac.clone(),
+            ip: ip.parse().ok(),
+            prefix: prefix.parse().unwrap_or(32),
+            aliases: settings.aliases.clone().unwrap_or_default(),
+            swarm_network: Some(a.network_name.clone()),
+            ..empty_endpoint(&a.network_id)
+        };
+        if rec.endpoints.iter().any(|e| e.network_id == a.network_id) {
+            return Err(BusError::forbidden(format!(
+                "endpoint with name {} already exists in network {}",
+                rec.name, a.network_name
+            )));
+        }
+        rec.endpoints.push(ep);
+        Ok(())
+    }
+
+    /// Give a container's swarm endpoint back (best effort: the swarm service also
+    /// gives back the addresses of containers that are gone).
+    pub(crate) async fn swarm_detach(&self, cid: &str, network_id: &str) {
+        let Some(s) = self.swarm.get() else { return };
+        let r = SwarmNetworkDetach {
+            network_id: network_id.to_string(),
+            container_id: cid.to_string(),
+        };
+        if let Err(e) = s.detach(r).await {
+            tracing::warn!(container = %cid, network = %network_id, error = %e, "giving back a swarm network's address");
+        }
     }
 
     pub(crate) async fn create_sandbox(
@@ -356,14 +419,21 @@ impl NetworkService {
             // own with only lo, which `network connect` can still join to networks
             kind = "none".into();
         } else if mode != "host" && mode != "none" {
-            let n = st.find_network(&mode)?.clone();
-            match n.driver.as_str() {
-                DRIVER_HOST => kind = "host".into(),
-                DRIVER_NULL => kind = "none".into(),
-                _ => {
+            match st.find_network(&mode) {
+                Ok(n) => match n.driver.as_str() {
+                    DRIVER_HOST => kind = "host".into(),
+                    DRIVER_NULL => kind = "none".into(),
+                    _ => {
+                        kind = "bridge".into();
+                        first_net = Some(n.id.clone());
+                    }
+                },
+                // perhaps the swarm's (an attachable overlay network)
+                Err(e) if e.is(bus_schema::ErrorKind::NotFound) && self.swarm.get().is_some() => {
                     kind = "bridge".into();
-                    first_net = Some(n.id.clone());
+                    first_net = Some(swarm_key(&mode));
                 }
+                Err(e) => return Err(e),
             }
         }
 
@@ -410,7 +480,19 @@ impl NetworkService {
                 let mut wanted: Vec<(String, docker::EndpointSettings)> = Vec::new();
                 let mut first_settings = docker::EndpointSettings::default();
                 for e in &r.endpoints {
-                    let n = st.find_network(&e.network)?;
+                    let n = match st.find_network(&e.network) {
+                        Ok(n) => n,
+                        Err(err) if err.is(bus_schema::ErrorKind::NotFound) && self.swarm.get().is_some() => {
+                            let key = swarm_key(&e.network);
+                            if key == first {
+                                first_settings = e.settings.clone();
+                            } else if !wanted.iter().any(|(id, _)| id == &key) {
+                                wanted.push((key, e.settings.clone()));
+                            }
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    };
                     if n.id == first {
                         first_settings = e.settings.clone();
                     } else if !wanted.iter().any(|(id, _)| id == &n.id) {
@@ -499,6 +581,7 @@ impl NetworkService {
             if let Some(n) = st.networks.get(&e.network_id) {
                 self.event(Action::Connect, n, Some(&cid));
             }
+            self.swarm_event(Action::Connect, e, &cid);
         }
         Ok(self.sandbox_reply(st, &rec))
     }
@@ -515,6 +598,10 @@ impl NetworkService {
         ns.links.lo_up().await.map_err(internal)?;
         let mut gw_net: Option<String> = None;
         for (i, (net_id, settings)) in wanted.iter().enumerate() {
+            if let Some(name) = net_id.strip_prefix(SWARM_KEY) {
+                self.attach_swarm(rec, name, settings, &format!("eth{i}")).await?;
+                continue;
+            }
             let internal_net = st.networks.get(net_id).is_some_and(|n| n.internal);
             let want_gw = gw_net.is_none() && !internal_net;
             self.attach(st, rec, net_id, settings, ns, &format!("eth{i}"), want_gw)
@@ -574,6 +661,7 @@ impl NetworkService {
             if let Some(n) = st.networks.get(&e.network_id) {
                 self.event(Action::Disconnect, n, Some(cid));
             }
+            self.swarm_event(Action::Disconnect, e, cid);
         }
         Ok(())
     }
@@ -621,7 +709,24 @@ impl NetworkService {
                 "container sharing network namespace with another container or host cannot be connected to any other network",
             ));
         }
-        let n = st.find_network(&endpoint.network)?.clone();
+        let used: BTreeSet<String> = rec.endpoints.iter().map(|e| e.ifname.clone()).collect();
+        let n = match st.find_network(&endpoint.network) {
+            Ok(n) => n.clone(),
+            Err(e) if e.is(bus_schema::ErrorKind::NotFound) && self.swarm.get().is_some() => {
+                let ifname = (0..).map(|i| format!("eth{i}")).find(|x| !used.contains(x)).unwrap();
+                self.attach_swarm(&mut rec, &endpoint.network, &endpoint.settings, &ifname).await?;
+                if let Err(e) = self.store.save_sandbox(&rec) {
+                    let ep = rec.endpoints.last().expect("attached");
+                    self.swarm_detach(&rec.container_id, &ep.network_id).await;
+                    return Err(e.into());
+                }
+                st.sandboxes.insert(rec.container_id.clone(), rec.clone());
+                let ep = rec.endpoints.last().expect("attached");
+                self.swarm_event(Action::Connect, ep, &rec.container_id);
+                return Ok(self.endpoint_settings(st, ep));
+            }
+            Err(e) => return Err(e),
+        };
         if !n.is_bridge() {
             return Err(BusError::forbidden(
                 "container cannot be disconnected from host network or connected to host network",
@@ -633,7 +738,6 @@ impl NetworkService {
                 rec.name, n.name
             )));
         }
-        let used: BTreeSet<String> = rec.endpoints.iter().map(|e| e.ifname.clone()).collect();
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
             .find(|x| !used.contains(x))
@@ -678,7 +782,24 @@ impl NetworkService {
         let Some(mut rec) = st.sandboxes.get(container_id).cloned() else {
             return Ok(());
         };
-        let n = st.find_network(network)?.clone();
+        let n = match st.find_network(network) {
+            Ok(n) => n.clone(),
+            Err(e) if e.is(bus_schema::ErrorKind::NotFound) => {
+                // a swarm network's endpoint: by its name or ID
+                let Some(pos) = rec.endpoints.iter().position(|e| {
+                    e.swarm_network.as_deref() == Some(network) || (e.swarm_network.is_some() && e.network_id == network)
+                }) else {
+                    return Err(e);
+                };
+                let ep = rec.endpoints.remove(pos);
+                self.swarm_detach(&rec.container_id, &ep.network_id).await;
+                st.sandboxes.insert(rec.container_id.clone(), rec.clone());
+                self.store.save_sandbox(&rec)?;
+                self.swarm_event(Action::Disconnect, &ep, &rec.container_id);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let Some(pos) = rec.endpoints.iter().position(|e| e.network_id == n.id) else {
             return Err(BusError::forbidden(format!(
                 "container {} is not connected to network {}",
@@ -730,6 +851,14 @@ fn user_ip_allowed(net: &crate::store::NetworkRecord, v4: bool, v6: bool) -> Res
     Ok(())
 }
 
+/// How a swarm network a sandbox asks for is named among its wanted networks
+/// (`SWARM_KEY` + the name as given: no local network ID looks so).
+const SWARM_KEY: &str = "swarm:";
+
+fn swarm_key(name: &str) -> String {
+    format!("{SWARM_KEY}{name}")
+}
+
 fn empty_endpoint(net_id: &str) -> EndpointRecord {
     EndpointRecord {
         network_id: net_id.to_string(),
@@ -749,6 +878,7 @@ fn empty_endpoint(net_id: &str) -> EndpointRecord {
         ip6: None,
         requested_ip6: None,
         link_local: Vec::new(),
+        swarm_network: None,
     }
 }
 

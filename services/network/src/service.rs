@@ -35,6 +35,8 @@ pub struct NetworkService {
     pub(crate) state: tokio::sync::RwLock<State>,
     /// The bridges iptables' FORWARD chain last got accept rules for.
     pub(crate) forward_synced: tokio::sync::Mutex<Option<Vec<String>>>,
+    /// The swarm's attachable overlay networks (none: this node's networks only).
+    pub(crate) swarm: std::sync::OnceLock<Arc<dyn crate::swarm::SwarmNets>>,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> BusError {
@@ -77,9 +79,16 @@ impl NetworkService {
             events,
             state: Default::default(),
             forward_synced: Default::default(),
+            swarm: Default::default(),
         });
         svc.reconcile().await?;
         Ok(svc)
+    }
+
+    /// Reach the swarm's overlay networks through `s` (a container asking for a
+    /// network this node does not know).
+    pub fn set_swarm(&self, s: Arc<dyn crate::swarm::SwarmNets>) {
+        let _ = self.swarm.set(s);
     }
 
     pub fn config(&self) -> &Config {
@@ -103,6 +112,22 @@ impl NetworkService {
             e = e.attr("container", c);
         }
         (self.events)(e);
+    }
+
+    /// A container's connect/disconnect on a swarm network (Moby's event: the
+    /// network's ID, name and driver `overlay`).
+    pub(crate) fn swarm_event(
+        &self,
+        action: Action,
+        e: &crate::store::EndpointRecord,
+        container: &str,
+    ) {
+        let Some(name) = &e.swarm_network else { return };
+        let ev = Event::now(EventType::Network, action, e.network_id.clone())
+            .attr("name", name.clone())
+            .attr("type", "overlay")
+            .attr("container", container);
+        (self.events)(ev);
     }
 }
 
@@ -172,12 +197,32 @@ impl bus_schema::network::NetworkApi for NetworkService {
 
     async fn network_resolve(&self, r: NetworkResolve) -> Result<NetworkRef, BusError> {
         let st = self.state.read().await;
-        let n = st.find_network(&r.id)?;
-        Ok(NetworkRef {
-            id: n.id.clone(),
-            name: n.name.clone(),
-            driver: n.driver.clone(),
-        })
+        let err = match st.find_network(&r.id) {
+            Ok(n) => {
+                return Ok(NetworkRef {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    driver: n.driver.clone(),
+                })
+            }
+            Err(e) => e,
+        };
+        drop(st);
+        // a swarm network (`network connect`/`disconnect` of an overlay)
+        match self.swarm.get() {
+            Some(s) if err.is(bus_schema::ErrorKind::NotFound) => {
+                match s.inspect(r.id.clone()).await {
+                    Ok(n) => Ok(NetworkRef {
+                        id: n.id.unwrap_or_default(),
+                        name: n.name.unwrap_or_default(),
+                        driver: n.driver.unwrap_or_default(),
+                    }),
+                    Err(e) if crate::swarm::is_absent(&e) => Err(err),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(err),
+        }
     }
 
     async fn sandbox_create(&self, r: SandboxCreate) -> Result<Sandbox, BusError> {

@@ -156,6 +156,10 @@ pub struct EndpointRecord {
     /// `--link-local-ip`s as asked, each on the interface too.
     #[serde(default)]
     pub link_local: Vec<String>,
+    /// A swarm overlay network's endpoint (its name): the swarm service holds its
+    /// address and its veth (`network_id` is the swarm network's ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

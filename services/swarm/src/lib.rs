@@ -469,6 +469,20 @@ impl SwarmApi for Api {
             None => Err(BusError::not_found(format!("network {} not found", r.id))),
         }
     }
+    async fn swarm_network_attach(&self, r: SwarmNetworkAttach) -> Result<SwarmAttachment, BusError> {
+        // on any node of a swarm (workers too); outside one the network service's own
+        // "not found" stands
+        match self.0.active() {
+            Some(c) => overlay::attach_container(&c, &r).await,
+            None => Err(BusError::not_found(format!("network {} not found", r.network))),
+        }
+    }
+    async fn swarm_network_detach(&self, r: SwarmNetworkDetach) -> Result<(), BusError> {
+        match self.0.active() {
+            Some(c) => overlay::detach_container(&c, &r.network_id, &r.container_id).await,
+            None => Ok(()),
+        }
+    }
     async fn swarm_network_remove(&self, r: SwarmNetworkRemove) -> Result<(), BusError> {
         match self.0.active() {
             Some(c) if c.is_manager() => c.network_remove(&r.id).await,

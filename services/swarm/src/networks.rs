@@ -206,6 +206,11 @@ impl Cluster {
         if let Some((sid, _, _)) = self.t.services.values().into_iter().find(|(_, s, _)| spec_targets(&s.spec).contains(&n.id)) {
             return Err(BusError::invalid(rpc("FailedPrecondition", format!("network {} is in use by service {sid}", n.id))));
         }
+        // a plain container attached to it (swarmkit names the attachment's task; here
+        // the container stands for it)
+        if let Some((_, cid)) = n.allocated.values().find_map(|o| crate::overlay::container_of(o)) {
+            return Err(BusError::invalid(rpc("FailedPrecondition", format!("network {} is in use by task {cid}", n.id))));
+        }
         self.bucket::<NetworkRecord>(buckets::NETWORKS).delete(&n.id).await?;
         self.t.networks.note_delete(&n.id);
         Ok(())

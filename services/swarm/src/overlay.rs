@@ -11,6 +11,10 @@
 //! their names (`NAME` → VIP, or the tasks' IPs with `--endpoint-mode dnsrr`;
 //! `tasks.NAME` → every task IP) in a block of the container's /etc/hosts.
 //!
+//! Plain containers on attachable networks (`docker run --network`, Moby's network
+//! attachment) hold addresses as `ctr.<node>.<container>` and are put on the overlay as
+//! tasks are, once they run ([`attach_container`], [`detach_container`]).
+//!
 //! Kernel objects are made with iproute2 (`ip`, `bridge`), nftables (`nft`) and
 //! `nsenter`, from the swarm service (the network service has no bus operation for them
 //! yet; see docs/status.md, issue 18).
@@ -67,6 +71,24 @@ pub fn node_owner(node_id: &str) -> String {
     format!("node.{node_id}")
 }
 
+/// The owner of a plain container's address in an attachable overlay network (Moby's
+/// network attachment, `docker run --network`): the node it runs on and its ID. Not a
+/// task: no service lists it.
+pub fn container_owner(node_id: &str, container_id: &str) -> String {
+    format!("ctr.{node_id}.{container_id}")
+}
+
+/// The node and container of a [`container_owner`].
+pub fn container_of(owner: &str) -> Option<(&str, &str)> {
+    owner.strip_prefix("ctr.")?.split_once('.')
+}
+
+/// The host end of a plain container's veth on the network of VXLAN ID `vni`.
+pub fn container_veth(container_id: &str, vni: u32) -> String {
+    let short: String = container_id.chars().take(5).collect();
+    format!("bc{}{vni}", short.to_lowercase())
+}
+
 fn live(t: &TaskRecord) -> bool {
     t.desired_state <= TaskState::Running && t.node_id.is_some()
 }
@@ -86,11 +108,16 @@ pub fn plan(me: &str, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[Nod
     let addr_of: HashMap<&str, &str> = nodes.iter().map(|n| (n.id.as_str(), n.addr.as_str())).collect();
     let mut out = BTreeMap::new();
     for n in nets {
-        let on = |owner: &str| match owner.strip_prefix("node.") {
-            Some(node) => addr_of.get_key_value(node).map(|(k, _)| *k),
-            None => tasks.get(owner).and_then(|t| t.node_id.as_deref()),
+        let on = |owner: &str| -> Option<String> {
+            if let Some(node) = owner.strip_prefix("node.") {
+                return addr_of.get_key_value(node).map(|(k, _)| k.to_string());
+            }
+            if let Some((node, _)) = container_of(owner) {
+                return Some(node.to_string());
+            }
+            tasks.get(owner).and_then(|t| t.node_id.clone())
         };
-        if !n.allocated.values().any(|o| on(o) == Some(me)) {
+        if !n.allocated.values().any(|o| on(o).as_deref() == Some(me)) {
             continue;
         }
         let len = n.subnets.first().and_then(|(s, _)| s.split('/').nth(1)).unwrap_or("32");
@@ -102,7 +129,7 @@ pub fn plan(me: &str, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[Nod
             if node == me {
                 continue;
             }
-            let Some(dst) = addr_of.get(node).filter(|a| !a.is_empty()) else { continue };
+            let Some(dst) = addr_of.get(node.as_str()).filter(|a| !a.is_empty()) else { continue };
             let Ok(ip) = strip_len(a).parse::<Ipv4Addr>() else { continue };
             p.peers.insert(Peer { ip, mac: mac_for(ip), dst: dst.to_string() });
         }
@@ -284,40 +311,57 @@ pub async fn release(c: &Cluster, t: &TaskRecord) {
 /// a veth on its bridge whose other end is `eth<i+1>` in the container with the task's
 /// address and MAC. A container that has its veth already is left as it is.
 pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecord, String)]) -> Result<(), String> {
-    if nets.is_empty() {
+    let links: Vec<Link> = nets.iter().enumerate().map(|(i, (n, a))| Link { net: n.clone(), addr: a.clone(), host: host_veth(&t.id, i), inner: format!("eth{}", i + 1) }).collect();
+    attach_links(c, &t.id, pid, &links).await
+}
+
+/// One veth of a container on an overlay network.
+pub struct Link {
+    pub net: NetworkRecord,
+    /// `a.b.c.d/len`.
+    pub addr: String,
+    /// The host end (on the network's bridge).
+    pub host: String,
+    /// The container's end.
+    pub inner: String,
+}
+
+/// Put the container of process `pid` (a task's, or a plain container's: `key` names
+/// it) on the overlay through `links`.
+async fn attach_links(c: &Cluster, key: &str, pid: i64, links: &[Link]) -> Result<(), String> {
+    if links.is_empty() {
         return Ok(());
     }
     let local = c.t.nodes.get(&c.node_id()).map(|(n, _)| n.addr).unwrap_or_default();
     let ns = format!("--net=/proc/{pid}/ns/net");
-    for (i, (n, addr)) in nets.iter().enumerate() {
+    for Link { net: n, addr, host, inner } in links {
         run_all(&create_commands(n.vni, &local)).await?;
-        let host = host_veth(&t.id, i);
-        if run_cmd(&cmd(&["ip", "link", "show", "dev", &host]), None).await.is_ok() {
+        if run_cmd(&cmd(&["ip", "link", "show", "dev", host]), None).await.is_ok() {
             continue;
         }
-        let inner = format!("eth{}", i + 1);
+        let (host, inner) = (host.as_str(), inner.as_str());
         let ip: Ipv4Addr = strip_len(addr).parse().map_err(|_| format!("bad address {addr}"))?;
         let mtu = MTU.to_string();
         let pid = pid.to_string();
         let steps = vec![
-            cmd(&["ip", "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &inner, "mtu", &mtu, "netns", &pid]),
-            cmd(&["ip", "link", "set", &host, "master", &bridge_name(n.vni), "up"]),
+            cmd(&["ip", "link", "add", host, "mtu", &mtu, "type", "veth", "peer", "name", inner, "mtu", &mtu, "netns", &pid]),
+            cmd(&["ip", "link", "set", host, "master", &bridge_name(n.vni), "up"]),
             // the task's MAC on its port at once: the bridge may have learnt it at
             // another node's VXLAN (an address that moved), and the task says nothing
             // before it is spoken to
-            cmd(&["bridge", "fdb", "replace", &mac_for(ip), "dev", &host, "master", "static"]),
-            cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "address", &mac_for(ip)]),
-            cmd(&["nsenter", &ns, "ip", "addr", "add", addr, "dev", &inner]),
-            cmd(&["nsenter", &ns, "ip", "link", "set", &inner, "up"]),
+            cmd(&["bridge", "fdb", "replace", &mac_for(ip), "dev", host, "master", "static"]),
+            cmd(&["nsenter", &ns, "ip", "link", "set", inner, "address", &mac_for(ip)]),
+            cmd(&["nsenter", &ns, "ip", "addr", "add", addr, "dev", inner]),
+            cmd(&["nsenter", &ns, "ip", "link", "set", inner, "up"]),
         ];
         for s in &steps {
             if let Err(e) = run_cmd(s, None).await {
-                let _ = run_cmd(&cmd(&["ip", "link", "del", &host]), None).await;
+                let _ = run_cmd(&cmd(&["ip", "link", "del", host]), None).await;
                 return Err(e);
             }
         }
     }
-    let running = attached().lock().unwrap().get(&t.id).filter(|a| a.pid == pid).and_then(|a| a.dns.clone());
+    let running = attached().lock().unwrap().get(key).filter(|a| a.pid == pid).and_then(|a| a.dns.clone());
     let dns = match running {
         Some(d) => Ok(d),
         None => embedded_dns(pid).await.map(Arc::new),
@@ -326,13 +370,150 @@ pub async fn attach(c: &Cluster, t: &TaskRecord, pid: i64, nets: &[(NetworkRecor
         Ok(d) => Some(d),
         Err(e) => {
             // names still resolve through the hosts block
-            tracing::warn!(task = %t.id, error = %e, "the task's embedded DNS");
+            tracing::warn!(container = %key, error = %e, "the container's embedded DNS");
             None
         }
     };
-    attached().lock().unwrap().insert(t.id.clone(), Attached { pid, nets: nets.iter().map(|(n, _)| n.id.clone()).collect(), nft: String::new(), hosts: String::new(), dns });
+    attached().lock().unwrap().insert(key.to_string(), Attached { pid, nets: links.iter().map(|l| l.net.id.clone()).collect(), nft: String::new(), hosts: String::new(), dns });
     kick().notify_one();
     Ok(())
+}
+
+/// The interface each plain container asked for inside, by (container, network ID)
+/// (the network service picks it; after a restart of this service, `eth1`).
+fn ifnames() -> &'static Mutex<HashMap<(String, String), String>> {
+    static I: std::sync::OnceLock<Mutex<HashMap<(String, String), String>>> = std::sync::OnceLock::new();
+    I.get_or_init(Default::default)
+}
+
+/// Moby's refusal of a network that is not attachable (the daemon's words around
+/// swarmkit's `PermissionDenied`).
+pub fn not_attachable(network: &str) -> String {
+    format!("Could not attach to network {network}: {}", crate::rpc("PermissionDenied", format!("network {network} not manually attachable")))
+}
+
+/// A plain container of this node joins an attachable overlay network (Moby's network
+/// attachment): its address allocated in the network's record (owner
+/// [`container_owner`]); the container is put on the overlay once it runs.
+pub async fn attach_container(c: &Arc<Cluster>, r: &bus_schema::swarm::SwarmNetworkAttach) -> Result<bus_schema::swarm::SwarmAttachment, bus_schema::BusError> {
+    let (n, _) = crate::api::resolve(&c.t.networks.values(), &r.network, |n| n.name.clone(), "network")?;
+    if !n.attachable {
+        return Err(bus_schema::BusError::internal(not_attachable(&r.network)));
+    }
+    let owner = container_owner(&c.node_id(), &r.container_id);
+    let address = c.allocate_address(&n.id, &owner).await?;
+    ifnames().lock().unwrap().insert((r.container_id.clone(), n.id.clone()), r.ifname.clone());
+    let ip: Ipv4Addr = strip_len(&address).parse().map_err(|_| bus_schema::BusError::internal(format!("bad address {address}")))?;
+    // the runtime starts the container's process once its sandbox is there
+    let (c2, cid) = (c.clone(), r.container_id.clone());
+    tokio::spawn(async move {
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match c2.node_bus().inspect(&cid).await {
+                Ok(i) => {
+                    if let Some(pid) = i.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+                        if let Err(e) = attach_container_now(&c2, &cid, pid).await {
+                            tracing::warn!(container = %cid, error = %e, "putting the container on the overlay");
+                        }
+                        return;
+                    }
+                }
+                Err(e) if e.is(bus_schema::ErrorKind::NotFound) => return,
+                Err(_) => {}
+            }
+        }
+    });
+    Ok(bus_schema::swarm::SwarmAttachment { network_id: n.id.clone(), network_name: n.name.clone(), address, mac: mac_for(ip) })
+}
+
+/// The networks (with its addresses) the plain container `cid` of this node is on.
+fn container_links(c: &Cluster, cid: &str) -> Vec<Link> {
+    let owner = container_owner(&c.node_id(), cid);
+    let names = ifnames().lock().unwrap().clone();
+    let mut out = Vec::new();
+    for (id, n, _) in c.t.networks.values() {
+        let Some((a, _)) = n.allocated.iter().find(|(_, o)| **o == owner) else { continue };
+        let len = n.subnets.first().and_then(|(s, _)| s.split('/').nth(1).map(str::to_string)).unwrap_or_else(|| "32".into());
+        let inner = names.get(&(cid.to_string(), id.clone())).cloned().unwrap_or_else(|| "eth1".into());
+        out.push(Link { addr: format!("{}/{len}", strip_len(a)), host: container_veth(cid, n.vni), inner, net: n });
+    }
+    out
+}
+
+/// Put the running plain container `cid` (process `pid`) on the overlay networks it
+/// holds addresses in.
+async fn attach_container_now(c: &Cluster, cid: &str, pid: i64) -> Result<(), String> {
+    // one at a time: the waiter and the loop may both find the container running
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _g = LOCK.lock().await;
+    let links = container_links(c, cid);
+    let ids: Vec<String> = links.iter().map(|l| l.net.id.clone()).collect();
+    if attached().lock().unwrap().get(cid).is_some_and(|a| a.pid == pid && a.nets == ids) {
+        return Ok(());
+    }
+    attach_links(c, cid, pid, &links).await
+}
+
+/// A plain container leaves an overlay network: its address given back, its veth
+/// deleted (the namespace may live on: `network disconnect`), its VIP rules and names
+/// then follow the networks it is still on.
+pub async fn detach_container(c: &Cluster, net_id: &str, cid: &str) -> Result<(), bus_schema::BusError> {
+    let owner = container_owner(&c.node_id(), cid);
+    let vni = c.t.networks.get(net_id).map(|(n, _)| n.vni);
+    c.release_addresses(net_id, &owner).await?;
+    ifnames().lock().unwrap().remove(&(cid.to_string(), net_id.to_string()));
+    if let Some(vni) = vni {
+        let _ = run_cmd(&cmd(&["ip", "link", "del", &container_veth(cid, vni)]), None).await;
+    }
+    let left: Vec<String> = container_links(c, cid).into_iter().map(|l| l.net.id).collect();
+    {
+        let mut a = attached().lock().unwrap();
+        if left.is_empty() {
+            a.remove(cid);
+        } else if let Some(e) = a.get_mut(cid) {
+            e.nets = left;
+        }
+    }
+    kick().notify_one();
+    Ok(())
+}
+
+/// The plain containers of node `me` holding addresses in `nets`.
+pub fn containers_of(me: &str, nets: &[NetworkRecord]) -> BTreeSet<String> {
+    nets.iter().flat_map(|n| n.allocated.values()).filter_map(|o| container_of(o)).filter(|(node, _)| *node == me).map(|(_, cid)| cid.to_string()).collect()
+}
+
+/// This node's plain containers on the overlay: those running and not attached yet
+/// (this service restarted, a start the waiter missed) are attached, the addresses of
+/// those gone are given back (their removal was lost). Whether one is still to attach.
+async fn sync_attachments(c: &Cluster, me: &str, nets: &[NetworkRecord]) -> bool {
+    let mut pending = false;
+    for cid in containers_of(me, nets) {
+        let held: Vec<String> = container_links(c, &cid).into_iter().map(|l| l.net.id).collect();
+        let done = attached().lock().unwrap().get(&cid).is_some_and(|a| a.nets == held);
+        if done {
+            continue;
+        }
+        match c.node_bus().inspect(&cid).await {
+            Err(e) if e.is(bus_schema::ErrorKind::NotFound) => {
+                for id in held {
+                    let _ = detach_container(c, &id, &cid).await;
+                }
+            }
+            Ok(i) => match i.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+                Some(pid) => {
+                    if let Err(e) = attach_container_now(c, &cid, pid).await {
+                        tracing::warn!(container = %cid, error = %e, "putting the container on the overlay");
+                        pending = true;
+                    }
+                }
+                // created, its process not started yet
+                None => pending = true,
+            },
+            Err(_) => pending = true,
+        }
+    }
+    pending
 }
 
 /// The embedded DNS in the container of process `pid`: its resolv.conf then names
@@ -565,6 +746,9 @@ pub async fn run(c: Arc<Cluster>) {
                 ok = false;
             }
         }
+        if sync_attachments(&c, &me, &nets).await {
+            ok = false;
+        }
         sync_containers(&nets, &tasks).await;
         if c.leader_id().as_deref() == Some(me.as_str()) {
             release_orphans(&c, &nets, &tasks, &nodes).await;
@@ -657,6 +841,14 @@ async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecor
     for n in nets {
         let owners: BTreeSet<&String> = n.allocated.values().filter(|o| !o.starts_with("vip.")).collect();
         for o in owners {
+            if let Some((node, _)) = container_of(o) {
+                // a plain container's: its node gives it back when the container is
+                // gone; here only when the node left the swarm
+                if !known.contains(node) {
+                    let _ = c.release_addresses(&n.id, o).await;
+                }
+                continue;
+            }
             if let Some(node) = o.strip_prefix("node.") {
                 // a node's ingress address: given back when the node left the swarm
                 if !known.contains(node) {
@@ -762,6 +954,31 @@ mod tests {
         // a node that is not in the store holds nothing here
         let gone = plan("me", &[net("ing", 4096, &[("10.0.0.9", "node.ghost")])], &[], &nodes);
         assert!(gone.is_empty());
+    }
+
+    #[test]
+    fn plain_containers_on_attachable_networks() {
+        // a plain container of node `other` (Moby's network attachment) and a task of `me`
+        let nets = vec![net("n1", 4097, &[("10.0.1.2", "vip.s1"), ("10.0.1.3", "t1"), ("10.0.1.4", &container_owner("other", "c0ffee1234"))])];
+        let tasks = vec![task("t1", "s1", "me", TaskState::Running)];
+        let nodes = vec![node("me", "192.168.1.1"), node("other", "192.168.1.2")];
+        // the container is a peer of the task's node, at its node's address
+        let p = plan("me", &nets, &tasks, &nodes);
+        assert_eq!(p["n1"].peers.iter().map(|p| (p.ip.to_string(), p.dst.clone())).collect::<Vec<_>>(), vec![("10.0.1.4".into(), "192.168.1.2".into())]);
+        // the container's node needs the network (no task of its own there) with the
+        // task as its peer
+        let q = plan("other", &nets, &tasks, &nodes);
+        assert_eq!(q["n1"].peers.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>(), vec!["10.0.1.3"]);
+        // not a service's task: no name, no VIP backend
+        let svcs = services_on(&[&nets[0]], &tasks);
+        assert_eq!(svcs["s1"].tasks, vec!["10.0.1.3".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(containers_of("other", &nets).into_iter().collect::<Vec<_>>(), vec!["c0ffee1234".to_string()]);
+        assert!(containers_of("me", &nets).is_empty());
+        assert_eq!(container_of("ctr.n1.abc"), Some(("n1", "abc")));
+        assert_eq!(container_of("t1"), None);
+        assert_eq!(container_veth("C0FFEE1234", 4097), "bcc0ffe4097");
+        assert!(container_veth("c0ffee1234", 16_777_215).len() <= 15);
+        assert_eq!(not_attachable("plain"), "Could not attach to network plain: rpc error: code = PermissionDenied desc = network plain not manually attachable");
     }
 
     #[test]

@@ -277,6 +277,10 @@ impl bus_schema::swarm::Fake for FakeSwarm {
         let lines = [Ok(StdioChunk { stream: 1, data: b"task\n".to_vec() })];
         Ok((StreamInfo { tty: false }, Box::pin(futures_util::stream::iter(lines))))
     }
+
+    async fn swarm_network_detach(&self, _req: bus_schema::swarm::SwarmNetworkDetach) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// The swarm service as a server (the gateway asks it; nobody else may) and as a
@@ -310,6 +314,11 @@ async fn swarm_serves_the_gateway_and_calls_the_runtime_under_the_permissions() 
     // the runtime's credentials may not ask the swarm service
     let runtime = SwarmClient::new(bus_as(&nats, Caller::Runtime).await).with_timeout(Duration::from_secs(1));
     assert!(runtime.service_list(ServiceList::default()).await.is_err(), "the runtime may ask the swarm service");
+    // the network service gives back a container's overlay address; the runtime may not
+    let detach = || bus_schema::swarm::SwarmNetworkDetach { network_id: "n".into(), container_id: "c".into() };
+    let network = SwarmClient::new(bus_as(&nats, Caller::Network).await).with_timeout(Duration::from_secs(5));
+    network.swarm_network_detach(detach()).await.expect("the network service cannot ask the swarm service");
+    assert!(runtime.swarm_network_detach(detach()).await.is_err(), "the runtime may detach a swarm network");
 
     // as a caller: the agent's calls reach the runtime (a stream too), others do not
     let swarm = RuntimeClient::new(bus_as(&nats, Caller::Swarm).await).with_timeout(Duration::from_secs(5));
