@@ -18,7 +18,8 @@ use bus_schema::storage::{RwLayerMount, RwLayerRemove, RwLayerUnmount};
 use bus_schema::{docker, BusError, ErrorKind};
 
 use crate::engine::{mkdir_in_root, Entry, Runtime};
-use crate::shim_client::{ExitStatus, Shim, ShimOptions, StartError};
+use crate::deps::ShimProcess;
+use crate::shim_client::{ExitStatus, ShimOptions, StartError};
 use crate::spec::{MountKind, ResolvedMount, SpecInput};
 use crate::state::{Container, Status};
 
@@ -78,7 +79,7 @@ fn start_error_message(e: &StartError) -> String {
     format!("failed to create task for container: failed to create shim task: OCI runtime create failed: berth-shim: unable to start container process: {inner}: unknown")
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<(), BusError> {
         let e = self.find(key)?;
         let _g = e.op.lock().await;
@@ -182,7 +183,7 @@ impl Runtime {
         let (mounted, sandbox, pending) = tokio::join!(
             self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }),
             self.sandbox(c, &mode, &links.hosts),
-            Shim::spawn(&self.shim_bin, &opts).instrument(tracing::info_span!("shim.spawn"))
+            self.shims.spawn(&opts).instrument(tracing::info_span!("shim.spawn"))
         );
         let undo_mount = || async {
             let _ = self.storage.rw_layer_unmount(RwLayerUnmount { id: c.id.clone() }).await;
@@ -307,7 +308,6 @@ impl Runtime {
                 return Err((err, code));
             }
         };
-        let shim = Arc::new(shim);
         e.set_shim(Some(shim.clone()));
         e.update(|c| {
             c.state.status = Status::Running;
@@ -413,7 +413,7 @@ impl Runtime {
     }
 
     /// Wait for the shim to report the exit, then record it.
-    pub(crate) async fn monitor(self: Arc<Self>, e: Arc<Entry>, shim: Arc<Shim>) {
+    pub(crate) async fn monitor(self: Arc<Self>, e: Arc<Entry>, shim: Arc<dyn ShimProcess>) {
         let st = match shim.wait().await {
             Ok(s) => s,
             Err(err) => {
