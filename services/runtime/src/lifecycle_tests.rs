@@ -32,7 +32,12 @@ impl Calls {
         self.0.lock().unwrap().push(s);
     }
     fn count(&self, what: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|c| c.as_str() == what).count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.as_str() == what)
+            .count()
     }
 }
 
@@ -47,7 +52,9 @@ impl bus_schema::storage::Fake for FakeStorage {
         self.0.push(format!("rw_layer_mount {}", req.id));
         let path = self.1.join("rootfs").join(&req.id);
         std::fs::create_dir_all(&path).unwrap();
-        Ok(RwMount { path: path.display().to_string() })
+        Ok(RwMount {
+            path: path.display().to_string(),
+        })
     }
     async fn rw_layer_unmount(&self, req: RwLayerUnmount) -> Result<(), BusError> {
         self.0.push(format!("rw_layer_unmount {}", req.id));
@@ -131,7 +138,12 @@ impl FakeProc {
             if st.is_some() {
                 return false;
             }
-            *st = Some(ExitStatus { code, signal, oom_killed: false, finished_at: berth_rules::clock::now_rfc3339() });
+            *st = Some(ExitStatus {
+                code,
+                signal,
+                oom_killed: false,
+                finished_at: berth_rules::clock::now_rfc3339(),
+            });
             true
         });
     }
@@ -144,7 +156,10 @@ impl FakeProc {
 impl ShimProcess for FakeProc {
     async fn kill(&self, signal: i32, _all: bool) -> io::Result<()> {
         if self.exit.borrow().is_some() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "process already finished"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "process already finished",
+            ));
         }
         self.signals.lock().unwrap().push(signal);
         if signal == 9 || self.dies_on.contains(&signal) {
@@ -155,7 +170,10 @@ impl ShimProcess for FakeProc {
     }
     async fn wait(&self) -> io::Result<ExitStatus> {
         let mut rx = self.exit.subscribe();
-        let st = rx.wait_for(|s| s.is_some()).await.map_err(io::Error::other)?;
+        let st = rx
+            .wait_for(|s| s.is_some())
+            .await
+            .map_err(io::Error::other)?;
         Ok(st.clone().unwrap())
     }
     async fn write_stdin(&self, _data: &[u8]) -> io::Result<()> {
@@ -205,7 +223,11 @@ impl Shims for Arc<FakeShims> {
         std::fs::create_dir_all(&opts.bundle).map_err(|e| StartError::Other(e.to_string()))?;
         self.spawned.lock().unwrap().push(opts.id.clone());
         let plan = self.plan.lock().unwrap().clone();
-        Ok(Box::new(Pending { shims: self.clone(), plan, bundle: opts.bundle.clone() }))
+        Ok(Box::new(Pending {
+            shims: self.clone(),
+            plan,
+            bundle: opts.bundle.clone(),
+        }))
     }
 }
 
@@ -218,9 +240,14 @@ impl PendingStart for Pending {
             released.await;
         }
         // the runtime wrote the spec before `go`, as the real shim needs it
-        assert!(self.bundle.join("config.json").is_file(), "no config.json in the bundle at go");
+        assert!(
+            self.bundle.join("config.json").is_file(),
+            "no config.json in the bundle at go"
+        );
         if self.plan.not_found {
-            return Err(StartError::NotFound("exec: \"nope\": executable file not found in $PATH".into()));
+            return Err(StartError::NotFound(
+                "exec: \"nope\": executable file not found in $PATH".into(),
+            ));
         }
         let mut procs = self.shims.procs.lock().unwrap();
         // far above any pid_max: the runtime never signals a real process
@@ -262,7 +289,12 @@ impl T {
             Default::default(),
             berth_config::Paths::new(dir.path().join("root")),
         );
-        T { rt: Arc::new(rt), calls, shims, _dir: dir }
+        T {
+            rt: Arc::new(rt),
+            calls,
+            shims,
+            _dir: dir,
+        }
     }
 
     fn plan(&self, p: Plan) {
@@ -270,9 +302,16 @@ impl T {
     }
 
     /// `docker create --name <name> [--restart <policy>] busybox top`: the id.
-    async fn create(&self, name: &str, restart: Option<(docker::RestartPolicyNameEnum, i64)>) -> String {
+    async fn create(
+        &self,
+        name: &str,
+        restart: Option<(docker::RestartPolicyNameEnum, i64)>,
+    ) -> String {
         let hc = docker::HostConfig {
-            restart_policy: restart.map(|(n, max)| docker::RestartPolicy { name: Some(n), maximum_retry_count: Some(max) }),
+            restart_policy: restart.map(|(n, max)| docker::RestartPolicy {
+                name: Some(n),
+                maximum_retry_count: Some(max),
+            }),
             ..Default::default()
         };
         let body = docker::ContainerCreateBody {
@@ -281,7 +320,16 @@ impl T {
             host_config: Some(hc),
             ..Default::default()
         };
-        self.rt.create(ContainerCreate { name: Some(name.into()), body, platform: None, plugin: None }).await.unwrap().id
+        self.rt
+            .create(ContainerCreate {
+                name: Some(name.into()),
+                body,
+                platform: None,
+                plugin: None,
+            })
+            .await
+            .unwrap()
+            .id
     }
 
     fn entry(&self, id: &str) -> Arc<Entry> {
@@ -323,12 +371,18 @@ impl T {
     /// Until the container's `exits` counter reaches `n`.
     async fn exits(&self, id: &str, n: u64) {
         let mut life = self.entry(id).life.subscribe();
-        tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.exits >= n)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.exits >= n))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     async fn starts(&self, id: &str, n: u64) {
         let mut life = self.entry(id).life.subscribe();
-        tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.starts >= n)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), life.wait_for(|l| l.starts >= n))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -355,11 +409,23 @@ async fn start_mounts_the_layer_makes_the_sandbox_and_runs() {
 async fn start_of_a_missing_command_gives_everything_back_with_127() {
     let t = T::new();
     let id = t.create("web", None).await;
-    t.plan(Plan { not_found: true, ..Default::default() });
+    t.plan(Plan {
+        not_found: true,
+        ..Default::default()
+    });
     let err = t.rt.start("web").await.unwrap_err();
     assert!(err.is(ErrorKind::InvalidArgument), "{err:?}");
-    assert!(err.message.contains("executable file not found in $PATH"), "{}", err.message);
-    assert!(err.message.starts_with("failed to create task for container: "), "{}", err.message);
+    assert!(
+        err.message.contains("executable file not found in $PATH"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message
+            .starts_with("failed to create task for container: "),
+        "{}",
+        err.message
+    );
     let c = t.entry(&id).get();
     assert_eq!(c.state.status, Status::Created);
     assert_eq!(c.state.exit_code, 127);
@@ -375,7 +441,10 @@ async fn start_of_a_missing_command_gives_everything_back_with_127() {
 async fn stop_signals_then_records_the_exit_and_gives_back() {
     let t = T::new();
     let id = t.create("web", None).await;
-    t.plan(Plan { dies_on: vec![15], ..Default::default() });
+    t.plan(Plan {
+        dies_on: vec![15],
+        ..Default::default()
+    });
     t.rt.start("web").await.unwrap();
     t.rt.stop("web", None, None).await.unwrap();
     let c = t.entry(&id).get();
@@ -386,9 +455,17 @@ async fn stop_signals_then_records_the_exit_and_gives_back() {
     assert_eq!(t.proc(0).signals(), [15]);
     assert_eq!(t.calls("rw_layer_unmount", &id), 1);
     assert_eq!(t.calls("sandbox_remove", &id), 1);
-    assert_eq!(t.events(&id), ["create", "start", "kill 15", "die 143", "stop"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "kill 15", "die 143", "stop"]
+    );
     // stopped already: Docker's 304
-    assert!(t.rt.stop("web", None, None).await.unwrap_err().is(ErrorKind::NotModified));
+    assert!(t
+        .rt
+        .stop("web", None, None)
+        .await
+        .unwrap_err()
+        .is(ErrorKind::NotModified));
 }
 
 #[tokio::test]
@@ -396,14 +473,19 @@ async fn stop_kills_a_process_that_ignores_its_signal_after_the_timeout() {
     let t = T::new();
     let id = t.create("web", None).await;
     t.rt.start("web").await.unwrap();
-    t.rt.stop("web", Some("SIGUSR1".into()), Some(1)).await.unwrap();
+    t.rt.stop("web", Some("SIGUSR1".into()), Some(1))
+        .await
+        .unwrap();
     let c = t.entry(&id).get();
     assert_eq!(c.state.status, Status::Exited);
     assert_eq!(c.state.exit_code, 137);
     assert_eq!(t.proc(0).signals(), [10, 9]);
     assert_eq!(t.calls("rw_layer_unmount", &id), 1);
     assert_eq!(t.calls("sandbox_remove", &id), 1);
-    assert_eq!(t.events(&id), ["create", "start", "kill 10", "kill 9", "die 137", "stop"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "kill 10", "kill 9", "die 137", "stop"]
+    );
 }
 
 #[tokio::test]
@@ -418,7 +500,11 @@ async fn exit_while_stopping_is_one_exit() {
     let stop = tokio::spawn(async move { rt.stop("web", None, Some(60)).await });
     signalled.await;
     p.exit(3, None);
-    tokio::time::timeout(Duration::from_secs(5), stop).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let c = t.entry(&id).get();
     assert_eq!(c.state.status, Status::Exited);
     assert_eq!(c.state.exit_code, 3);
@@ -426,7 +512,10 @@ async fn exit_while_stopping_is_one_exit() {
     assert_eq!(t.entry(&id).life.borrow().exits, 1);
     assert_eq!(t.calls("rw_layer_unmount", &id), 1);
     assert_eq!(t.calls("sandbox_remove", &id), 1);
-    assert_eq!(t.events(&id), ["create", "start", "kill 15", "die 3", "stop"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "kill 15", "die 3", "stop"]
+    );
 }
 
 #[tokio::test]
@@ -436,7 +525,10 @@ async fn kill_delivers_the_signal_and_refuses_bad_ones() {
     // not running: Docker's 409
     let err = t.rt.kill("web", None).await.unwrap_err();
     assert!(err.is(ErrorKind::Conflict), "{err:?}");
-    assert_eq!(err.message, format!("Cannot kill container: web: Container {id} is not running"));
+    assert_eq!(
+        err.message,
+        format!("Cannot kill container: web: Container {id} is not running")
+    );
     t.rt.start("web").await.unwrap();
     let err = t.rt.kill("web", Some("NOPE".into())).await.unwrap_err();
     assert!(err.is(ErrorKind::InvalidArgument), "{err:?}");
@@ -449,14 +541,19 @@ async fn kill_delivers_the_signal_and_refuses_bad_ones() {
     assert_eq!(c.state.status, Status::Exited);
     assert_eq!(c.state.exit_code, 137);
     assert_eq!(t.proc(0).signals(), [10, 9]);
-    assert_eq!(t.events(&id), ["create", "start", "kill 10", "kill 9", "die 137"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "kill 10", "kill 9", "die 137"]
+    );
     assert_eq!(t.calls("rw_layer_unmount", &id), 1);
 }
 
 #[tokio::test]
 async fn restart_always_starts_again_until_stopped() {
     let t = T::new();
-    let id = t.create("web", Some((docker::RestartPolicyNameEnum::ALWAYS, 0))).await;
+    let id = t
+        .create("web", Some((docker::RestartPolicyNameEnum::ALWAYS, 0)))
+        .await;
     t.rt.start("web").await.unwrap();
     // exits by itself with 0: started again
     t.proc(0).exit(0, None);
@@ -468,7 +565,10 @@ async fn restart_always_starts_again_until_stopped() {
     assert_eq!(c.state.pid, t.proc(1).pid);
     assert_eq!(t.calls("rw_layer_mount", &id), 2);
     assert_eq!(t.calls("rw_layer_unmount", &id), 1);
-    assert_eq!(t.events(&id), ["create", "start", "die 0", "start", "restart"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "die 0", "start", "restart"]
+    );
     // an explicit stop is not restarted
     t.rt.stop("web", Some("KILL".into()), None).await.unwrap();
     let c = t.entry(&id).get();
@@ -479,8 +579,13 @@ async fn restart_always_starts_again_until_stopped() {
 #[tokio::test]
 async fn restart_on_failure_stops_after_its_maximum() {
     let t = T::new();
-    let id = t.create("web", Some((docker::RestartPolicyNameEnum::ON_FAILURE, 2))).await;
-    t.plan(Plan { exits_at_once: Some(1), ..Default::default() });
+    let id = t
+        .create("web", Some((docker::RestartPolicyNameEnum::ON_FAILURE, 2)))
+        .await;
+    t.plan(Plan {
+        exits_at_once: Some(1),
+        ..Default::default()
+    });
     t.rt.start("web").await.unwrap();
     // the first run and two restarts, each failing
     t.exits(&id, 3).await;
@@ -490,12 +595,20 @@ async fn restart_on_failure_stops_after_its_maximum() {
     assert_eq!(c.state.exit_code, 1);
     assert_eq!(t.procs(), 3);
     assert_eq!(t.calls("rw_layer_unmount", &id), 3);
-    assert_eq!(t.events(&id), ["create", "start", "die 1", "start", "restart", "die 1", "start", "restart", "die 1"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "die 1", "start", "restart", "die 1", "start", "restart", "die 1"]
+    );
 
     // a success is not restarted under on-failure
     let t = T::new();
-    let id = t.create("ok", Some((docker::RestartPolicyNameEnum::ON_FAILURE, 0))).await;
-    t.plan(Plan { exits_at_once: Some(0), ..Default::default() });
+    let id = t
+        .create("ok", Some((docker::RestartPolicyNameEnum::ON_FAILURE, 0)))
+        .await;
+    t.plan(Plan {
+        exits_at_once: Some(0),
+        ..Default::default()
+    });
     t.rt.start("ok").await.unwrap();
     t.exits(&id, 1).await;
     assert_eq!(t.entry(&id).get().state.status, Status::Exited);
@@ -505,8 +618,16 @@ async fn restart_on_failure_stops_after_its_maximum() {
 #[tokio::test]
 async fn unless_stopped_is_not_restarted_after_an_explicit_stop() {
     let t = T::new();
-    let id = t.create("web", Some((docker::RestartPolicyNameEnum::UNLESS_STOPPED, 0))).await;
-    t.plan(Plan { dies_on: vec![15], ..Default::default() });
+    let id = t
+        .create(
+            "web",
+            Some((docker::RestartPolicyNameEnum::UNLESS_STOPPED, 0)),
+        )
+        .await;
+    t.plan(Plan {
+        dies_on: vec![15],
+        ..Default::default()
+    });
     t.rt.start("web").await.unwrap();
     // a crash: restarted
     t.proc(0).exit(2, None);
@@ -530,7 +651,10 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
     let t = T::new();
     let id = t.create("web", None).await;
     let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan { gate: Some(gate.clone()), ..Default::default() });
+    t.plan(Plan {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
     let entered = gate.0.notified();
     let rt = t.rt.clone();
     let start = tokio::spawn(async move { rt.start("web").await });
@@ -545,7 +669,11 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
     assert_eq!(t.calls("rw_layer_remove", &id), 0);
     gate.1.notify_one();
     start.await.unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), rm).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), rm)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // the started container was killed, then everything given back
     assert_eq!(t.proc(0).signals(), [9]);
     assert_eq!(t.calls("rw_layer_mount", &id), 1);
@@ -555,13 +683,19 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
     assert!(t.rt.find(&id).is_err_and(|e| e.is(ErrorKind::NotFound)));
     assert!(!t.rt.containers_dir().join(&id).exists());
     assert!(!t.rt.bundle_dir(&id).exists());
-    assert_eq!(t.events(&id), ["create", "start", "kill 9", "die 137", "destroy"]);
+    assert_eq!(
+        t.events(&id),
+        ["create", "start", "kill 9", "die 137", "destroy"]
+    );
 
     // without -f: refused once the start has made it run (Docker's 409), nothing taken
     let t = T::new();
     let id = t.create("web", None).await;
     let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan { gate: Some(gate.clone()), ..Default::default() });
+    t.plan(Plan {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
     let entered = gate.0.notified();
     let rt = t.rt.clone();
     let start = tokio::spawn(async move { rt.start("web").await });
@@ -572,7 +706,11 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
     start.await.unwrap().unwrap();
     let err = rm.await.unwrap().unwrap_err();
     assert!(err.is(ErrorKind::Conflict), "{err:?}");
-    assert!(err.message.contains("container is running"), "{}", err.message);
+    assert!(
+        err.message.contains("container is running"),
+        "{}",
+        err.message
+    );
     assert_eq!(t.entry(&id).get().state.status, Status::Running);
     assert_eq!(t.calls("rw_layer_remove", &id), 0);
 }
@@ -582,7 +720,11 @@ async fn remove_while_a_start_fails_gives_everything_back() {
     let t = T::new();
     let id = t.create("web", None).await;
     let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan { gate: Some(gate.clone()), not_found: true, ..Default::default() });
+    t.plan(Plan {
+        gate: Some(gate.clone()),
+        not_found: true,
+        ..Default::default()
+    });
     let entered = gate.0.notified();
     let rt = t.rt.clone();
     let start = tokio::spawn(async move { rt.start("web").await });
