@@ -154,7 +154,7 @@ impl Write for ChunkWriter {
     }
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// The container's rootfs mounted by storage and the mounts to show on top.
     async fn view_of(&self, c: &Container) -> Result<(PathBuf, Vec<ViewMount>), BusError> {
         let rootfs = self.storage.rw_layer_mount(RwLayerMount { id: c.id.clone() }).await?.path;

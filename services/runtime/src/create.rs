@@ -121,7 +121,7 @@ pub fn merge_config(user: &docker::ContainerCreateBody, img: &docker::ImageConfi
     c
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn create(self: &Arc<Self>, r: ContainerCreate) -> Result<docker::ContainerCreateResponse, BusError> {
         let body = r.body;
         let mut host_config = body.host_config.clone().unwrap_or_default();

@@ -14,7 +14,7 @@ use bus_schema::event::{Action, Event, EventType};
 use bus_schema::BusError;
 use tokio::sync::watch;
 
-use crate::shim_client::Shim;
+use crate::deps::{Deps, Events as _, Live, LiveShims, ShimProcess, Shims};
 use crate::state::Container;
 
 /// What waiters watch: counters move forward, never back.
@@ -41,7 +41,7 @@ pub struct Entry {
     rec: Mutex<Container>,
     /// Serialises lifecycle operations (start, stop, remove, ...) on one container.
     pub op: tokio::sync::Mutex<()>,
-    shim: Mutex<Option<Arc<Shim>>>,
+    shim: Mutex<Option<Arc<dyn ShimProcess>>>,
     pub life: watch::Sender<Life>,
 }
 
@@ -76,11 +76,11 @@ impl Entry {
             .map_err(|e| BusError::internal(format!("saving container {}: {e}", self.id)))
     }
 
-    pub fn shim(&self) -> Option<Arc<Shim>> {
+    pub fn shim(&self) -> Option<Arc<dyn ShimProcess>> {
         self.shim.lock().unwrap().clone()
     }
 
-    pub fn set_shim(&self, s: Option<Arc<Shim>>) {
+    pub fn set_shim(&self, s: Option<Arc<dyn ShimProcess>>) {
         *self.shim.lock().unwrap() = s;
     }
 
@@ -95,11 +95,14 @@ struct Index {
     by_name: HashMap<String, String>,
 }
 
-pub struct Runtime {
-    pub bus: Bus,
-    pub storage: StorageClient,
-    pub network: NetworkClient,
-    pub images: ImagesClient,
+/// The runtime, generic over the services it calls ([`Deps`]; [`Live`]: over the bus).
+pub struct Runtime<D: Deps = Live> {
+    pub bus: D::Bus,
+    pub storage: D::Storage,
+    pub network: D::Network,
+    pub images: D::Images,
+    /// Launches the containers' shims ([`LiveShims`]: `shim_bin`).
+    pub shims: Arc<dyn Shims>,
     pub cfg: DaemonConfig,
     pub paths: Paths,
     /// `<root>/runtime/<driver>`: containers are recorded per storage driver.
@@ -122,11 +125,36 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(bus: Bus, cfg: DaemonConfig, paths: Paths) -> Runtime {
-        let driver = cfg.storage_driver().to_string();
-        let dir = paths.runtime().join(&driver);
         let shim_bin = std::env::var_os(berth_config::env::SHIM)
             .map(PathBuf::from)
             .unwrap_or_else(|| sibling_binary("berth-shim"));
+        Runtime::with_deps(
+            StorageClient::new(bus.clone()),
+            NetworkClient::new(bus.clone()),
+            ImagesClient::new(bus.clone()),
+            bus,
+            Arc::new(LiveShims(shim_bin.clone())),
+            shim_bin,
+            cfg,
+            paths,
+        )
+    }
+}
+
+impl<D: Deps> Runtime<D> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_deps(
+        storage: D::Storage,
+        network: D::Network,
+        images: D::Images,
+        bus: D::Bus,
+        shims: Arc<dyn Shims>,
+        shim_bin: PathBuf,
+        cfg: DaemonConfig,
+        paths: Paths,
+    ) -> Runtime<D> {
+        let driver = cfg.storage_driver().to_string();
+        let dir = paths.runtime().join(&driver);
         let cgroup_parent = cfg
             .other
             .get("cgroup-parent")
@@ -134,10 +162,11 @@ impl Runtime {
             .map(|s| s.trim_matches('/').to_string())
             .unwrap_or_else(|| "berth".to_string());
         Runtime {
-            storage: StorageClient::new(bus.clone()),
-            network: NetworkClient::new(bus.clone()),
-            images: ImagesClient::new(bus.clone()),
+            storage,
+            network,
+            images,
             bus,
+            shims,
             cfg,
             paths,
             dir,

@@ -44,7 +44,7 @@ fn plan(hc: &docker::HealthConfig) -> Option<Plan> {
     })
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// Starts the probes for this run of the container (no-op without a healthcheck).
     pub(crate) fn spawn_health(self: &Arc<Self>, e: Arc<Entry>) {
         let c = e.get();

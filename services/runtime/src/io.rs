@@ -107,7 +107,7 @@ fn cmd_text(cfg: &docker::ExecConfig) -> String {
     cfg.cmd.clone().unwrap_or_default().join(" ")
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn wait(self: &Arc<Self>, r: ContainerWait, resp: berth_bus::Answer<ContainerWait>) -> Result<(), BusError> {
         let e = self.find(&r.id)?;
         let mut life = e.life.subscribe();

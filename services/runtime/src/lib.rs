@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod claims;
 pub mod create;
+pub mod deps;
 pub mod engine;
 pub mod health;
 pub mod io;
@@ -34,6 +35,9 @@ pub mod seccomp;
 pub mod shim_client;
 pub mod spec;
 pub mod user;
+
+#[cfg(test)]
+mod lifecycle_tests;
 
 use std::sync::Arc;
 use std::time::Duration;

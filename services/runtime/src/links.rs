@@ -149,7 +149,7 @@ fn target_error(prefix: &str, name: &str, e: BusError) -> BusError {
     }
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// Moby's `registerLinks` at create: each target must exist (a container whose
     /// network is another container's stands for that one) and not use the host's
     /// network; its link name is reserved for it (a name another container holds

@@ -175,7 +175,7 @@ fn lookup_err(driver: &str, m: impl std::fmt::Display) -> String {
     format!("error looking up logging plugin {driver}: {m}")
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// The enabled log-driver plugin `driver` names, with Moby's lookup errors.
     pub async fn log_plugin(&self, driver: &str) -> Result<Plugin, BusError> {
         let p = match self.images.plugin_inspect(PluginInspect { name: driver.to_string() }).await {
@@ -275,7 +275,7 @@ impl Runtime {
     /// logger, whether it reads logs or not. The socket is the plugin's when it
     /// reads logs back (`Cap.ReadLogs`: Moby's pluginAdapterWithRead); None: the
     /// local copy answers (Moby's dual-logging cache).
-    pub async fn log_source(self: &Arc<Self>, c: &Container, running: bool) -> Result<(Option<PathBuf>, Option<CreatedLogger>), BusError> {
+    pub async fn log_source(self: &Arc<Self>, c: &Container, running: bool) -> Result<(Option<PathBuf>, Option<CreatedLogger<D>>), BusError> {
         let Some(driver) = c.host_config.log_config.as_ref().and_then(|l| l.typ.clone()).filter(|t| !t.is_empty() && !is_builtin(t)) else {
             return Ok((None, None));
         };
@@ -338,13 +338,13 @@ impl Runtime {
 /// A logger made for one `docker logs` of a container that is not running
 /// (Runtime::log_source): dropped, it stops (StopLogging, the FIFO closed and
 /// removed).
-pub struct CreatedLogger {
-    rt: Arc<Runtime>,
+pub struct CreatedLogger<D: crate::deps::Deps = crate::deps::Live> {
+    rt: Arc<Runtime<D>>,
     lp: Option<LogPluginRun>,
     fd: Option<OwnedFd>,
 }
 
-impl Drop for CreatedLogger {
+impl<D: crate::deps::Deps> Drop for CreatedLogger<D> {
     fn drop(&mut self) {
         if let Some(lp) = self.lp.take() {
             self.rt.stop_logging_fd(lp, self.fd.take());
@@ -401,7 +401,7 @@ pub fn sweep_fifos(root: &Path, live: &std::collections::HashSet<String>) -> std
     Ok(gone)
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// At this service's start, before any container starts: every running log
     /// plugin's stale FIFOs go (see [`sweep_fifos`]); those of the containers
     /// recorded as logging to a plugin stay.

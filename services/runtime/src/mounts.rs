@@ -57,8 +57,8 @@ pub fn from_mount(m: &docker::Mount) -> Result<MountRecord, BusError> {
 use berth_rules::path::clean;
 
 /// Every mount of a new container; named and anonymous volumes are created now.
-pub async fn plan(
-    rt: &Arc<Runtime>,
+pub async fn plan<D: crate::deps::Deps>(
+    rt: &Arc<Runtime<D>>,
     _id: &str,
     config: &docker::ContainerConfig,
     hc: &docker::HostConfig,
@@ -126,7 +126,7 @@ pub async fn plan(
 
 /// At start: acquire volumes (copying image content into empty ones); returns the
 /// mounts with host sources for the spec.
-pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) -> Result<(), BusError> {
+pub async fn acquire<D: crate::deps::Deps>(rt: &Arc<Runtime<D>>, id: &str, mounts: &mut [MountRecord]) -> Result<(), BusError> {
     for m in mounts.iter_mut().filter(|m| m.typ == "volume") {
         // a path inside the container's rootfs: storage resolves it in the RW layer
         let copy_from = if m.copy_image_content { Some(m.destination.clone()) } else { None };
@@ -147,7 +147,7 @@ pub async fn acquire(rt: &Arc<Runtime>, id: &str, mounts: &mut [MountRecord]) ->
 }
 
 /// At exit: a plugin's volumes are unmounted (the container keeps its references).
-pub async fn unmount(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord]) {
+pub async fn unmount<D: crate::deps::Deps>(rt: &Arc<Runtime<D>>, id: &str, mounts: &[MountRecord]) {
     for m in mounts.iter().filter(|m| m.typ == "volume") {
         let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string(), unmount_only: true }).await;
     }
@@ -155,7 +155,7 @@ pub async fn unmount(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord]) {
 
 /// At rm: drop the container's references; with `remove_anonymous`, remove its
 /// anonymous volumes too (`docker rm -v`).
-pub async fn release(rt: &Arc<Runtime>, id: &str, mounts: &[MountRecord], remove_anonymous: bool) {
+pub async fn release<D: crate::deps::Deps>(rt: &Arc<Runtime<D>>, id: &str, mounts: &[MountRecord], remove_anonymous: bool) {
     for m in mounts.iter().filter(|m| m.typ == "volume") {
         let _ = rt.storage.volume_release_ref(VolumeReleaseRef { name: m.name.clone(), container_id: id.to_string(), unmount_only: false }).await;
         if remove_anonymous && m.anonymous {

@@ -10,7 +10,7 @@ use bus_schema::BusError;
 
 use crate::engine::Runtime;
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn network_connect(self: &Arc<Self>, r: ContainerNetworkConnect) -> Result<(), BusError> {
         let e = self.find(&r.container)?;
         let c = e.get();

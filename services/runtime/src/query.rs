@@ -11,6 +11,7 @@ use bus_schema::runtime::{ContainerExport, ContainerList, ContainerPrune};
 use bus_schema::storage::{RwLayerChanges, RwLayerExport, RwLayerSize};
 use bus_schema::{docker, BusError};
 
+use crate::deps::Events as _;
 use crate::engine::Runtime;
 use crate::state::{Container, Status};
 use berth_rules::clock;
@@ -34,7 +35,7 @@ fn created_secs(c: &Container) -> (i64, u32) {
     clock::parse_rfc3339(&c.created).unwrap_or((0, 0))
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn inspect(self: &Arc<Self>, key: &str, size: bool) -> Result<docker::ContainerInspectResponse, BusError> {
         let e = self.find(key)?;
         let c = e.get();

@@ -29,13 +29,6 @@ fn is_container_id(id: &str) -> bool {
 }
 
 impl Runtime {
-    /// Everything, at the service's start.
-    pub async fn reconcile(self: &Arc<Self>) {
-        self.reconcile_storage().await;
-        self.reconcile_bundles().await;
-        self.reconcile_cgroups();
-    }
-
     /// Reconcile with storage again each time it starts.
     pub fn follow_peers(self: &Arc<Self>) {
         let rt = self.clone();
@@ -58,6 +51,15 @@ impl Runtime {
                 }
             }
         });
+    }
+}
+
+impl<D: crate::deps::Deps> Runtime<D> {
+    /// Everything, at the service's start.
+    pub async fn reconcile(self: &Arc<Self>) {
+        self.reconcile_storage().await;
+        self.reconcile_bundles().await;
+        self.reconcile_cgroups();
     }
 
     /// Finish pending removals, then remove orphan layers and unmount stray mounts.

@@ -85,7 +85,7 @@ fn zero_cpu() -> Value {
            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}})
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     /// One sample in Docker's stats shape (`precpu_stats` filled by the caller).
     fn sample(&self, c: &Container) -> Value {
         let name = format!("/{}", c.name);

@@ -49,7 +49,7 @@ pub fn filter_ps(output: &str, pids: &[u32]) -> Result<docker::ContainerTopRespo
     Ok(docker::ContainerTopResponse { titles: Some(titles), processes: Some(procs) })
 }
 
-impl Runtime {
+impl<D: crate::deps::Deps> Runtime<D> {
     pub async fn top(self: &Arc<Self>, key: &str, ps_args: Option<String>) -> Result<docker::ContainerTopResponse, BusError> {
         let e = self.find(key)?;
         let c = e.get();
