@@ -646,19 +646,23 @@ async fn unless_stopped_is_not_restarted_after_an_explicit_stop() {
     assert_eq!(t.procs(), 3);
 }
 
-#[tokio::test]
-async fn remove_while_starting_waits_then_leaks_nothing() {
-    let t = T::new();
-    let id = t.create("web", None).await;
+/// A start of "web" held in the shim's `go` (planned with `plan`'s other fields) until the
+/// gate's second `Notify`: the gate, and the start.
+async fn held_start(t: &T, plan: Plan) -> (Arc<(Notify, Notify)>, tokio::task::JoinHandle<Result<(), bus_schema::BusError>>) {
     let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan {
-        gate: Some(gate.clone()),
-        ..Default::default()
-    });
+    t.plan(Plan { gate: Some(gate.clone()), ..plan });
     let entered = gate.0.notified();
     let rt = t.rt.clone();
     let start = tokio::spawn(async move { rt.start("web").await });
     entered.await;
+    (gate, start)
+}
+
+#[tokio::test]
+async fn remove_while_starting_waits_then_leaks_nothing() {
+    let t = T::new();
+    let id = t.create("web", None).await;
+    let (gate, start) = held_start(&t, Plan::default()).await;
     // the start is in the shim's `go`: a `docker rm -f` waits for it
     let rt = t.rt.clone();
     let rm = tokio::spawn(async move { rt.remove("web", true, false).await });
@@ -691,15 +695,7 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
     // without -f: refused once the start has made it run (Docker's 409), nothing taken
     let t = T::new();
     let id = t.create("web", None).await;
-    let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan {
-        gate: Some(gate.clone()),
-        ..Default::default()
-    });
-    let entered = gate.0.notified();
-    let rt = t.rt.clone();
-    let start = tokio::spawn(async move { rt.start("web").await });
-    entered.await;
+    let (gate, start) = held_start(&t, Plan::default()).await;
     let rt = t.rt.clone();
     let rm = tokio::spawn(async move { rt.remove("web", false, false).await });
     gate.1.notify_one();
@@ -719,16 +715,7 @@ async fn remove_while_starting_waits_then_leaks_nothing() {
 async fn remove_while_a_start_fails_gives_everything_back() {
     let t = T::new();
     let id = t.create("web", None).await;
-    let gate = Arc::new((Notify::new(), Notify::new()));
-    t.plan(Plan {
-        gate: Some(gate.clone()),
-        not_found: true,
-        ..Default::default()
-    });
-    let entered = gate.0.notified();
-    let rt = t.rt.clone();
-    let start = tokio::spawn(async move { rt.start("web").await });
-    entered.await;
+    let (gate, start) = held_start(&t, Plan { not_found: true, ..Default::default() }).await;
     let rt = t.rt.clone();
     let rm = tokio::spawn(async move { rt.remove("web", false, false).await });
     gate.1.notify_one();
