@@ -407,7 +407,7 @@ impl<D: crate::deps::Deps> Runtime<D> {
 
     /// The process of an exec: the container's process with the exec's command,
     /// env, working dir, user and terminal.
-    pub(crate) fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<oci_spec::runtime::Process, BusError> {
+    pub(crate) fn exec_process(&self, c: &crate::state::Container, cfg: &docker::ExecConfig, tty: bool) -> Result<berth_shim::oci::Process, BusError> {
         let mut exec = cfg.clone();
         exec.tty = Some(tty);
         // the links' variables as they are now (Moby's exec computes them again: a

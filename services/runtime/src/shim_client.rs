@@ -444,7 +444,7 @@ pub fn read_exec_exit(bundle: &Path, exec_id: &str) -> Option<ExitStatus> {
 pub struct ExecSpec {
     pub exec_id: String,
     /// args, env, cwd, user, capabilities, terminal (see `spec::exec_process`).
-    pub process: oci_spec::runtime::Process,
+    pub process: berth_shim::oci::Process,
     pub stdin: bool,
     /// Nothing will read the output (`docker exec -d`): it goes to /dev/null.
     pub detach: bool,

@@ -1,8 +1,9 @@
 //! Docker's container model to an OCI runtime spec, with Docker's defaults: the
 //! namespaces, the default mounts, masked and read-only paths, the 14 default
 //! capabilities and the default seccomp profile, and everything `docker run` flags
-//! change. The spec is built with the shim's lean types (what the shim reads) and
-//! returned as `oci_spec::runtime::Spec`.
+//! change. The spec is built with the shim's lean types, which the bundle's config.json
+//! holds as the shim reads it (oci-spec, through which it went before, only converted:
+//! the unit tests still check that it parses the spec).
 
 use crate::seccomp;
 use crate::user::{self, UserError};
@@ -882,14 +883,8 @@ pub fn check_propagation(mounts: &[ResolvedMount], mountinfo: impl FnOnce() -> S
     Ok(())
 }
 
-pub fn build(input: &SpecInput) -> Result<oci_spec::runtime::Spec, SpecError> {
-    to_oci(&build_lean(input)?)
-}
-
-/// The lean spec as oci-spec's type.
-pub fn to_oci(s: &lean::Spec) -> Result<oci_spec::runtime::Spec, SpecError> {
-    let v = serde_json::to_value(s).map_err(|e| SpecError::Internal(e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| SpecError::Internal(e.to_string()))
+pub fn build(input: &SpecInput) -> Result<lean::Spec, SpecError> {
+    build_lean(input)
 }
 
 /// The process of a `docker exec`, from the container's spec and the exec's config.
@@ -905,7 +900,7 @@ pub struct ExecInput<'a> {
     pub linked_env: &'a [String],
 }
 
-pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, SpecError> {
+pub fn exec_process(input: &ExecInput) -> Result<lean::Process, SpecError> {
     let e = input.exec;
     let hc = input.host_config;
     let c = input.config;
@@ -983,12 +978,16 @@ pub fn exec_process(input: &ExecInput) -> Result<oci_spec::runtime::Process, Spe
         no_new_privileges: Some(nnp),
         oom_score_adj: None,
     };
-    let v = serde_json::to_value(&p).map_err(|e| SpecError::Internal(e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| SpecError::Internal(e.to_string()))
+    Ok(p)
 }
 
 #[cfg(test)]
 mod tests {
+    /// The lean spec as oci-spec's type: oci-spec's parser checks what the shim reads.
+    fn to_oci(s: &lean::Spec) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
+    }
+
     use super::*;
 
     #[test]
@@ -1137,7 +1136,7 @@ mod tests {
         assert_eq!(s.root.as_ref().unwrap().readonly, Some(false));
         assert_eq!(s.hostname.as_deref(), Some("abc123"));
         // And oci-spec accepts it.
-        let oci = to_oci(&s).unwrap();
+        let oci = to_oci(&s);
         assert_eq!(
             oci.process().as_ref().unwrap().args().as_ref().unwrap(),
             &strs(&["sh"])

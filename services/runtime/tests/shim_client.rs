@@ -124,7 +124,7 @@ fn prepare(config: &ContainerConfig, hc: &HostConfig) -> Ctr {
         linked_env: &[],
     };
     let s = spec::build(&input).unwrap();
-    s.save(dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&s).unwrap()).unwrap();
     Ctr { id, dir }
 }
 

@@ -171,7 +171,7 @@ impl<D: crate::deps::Deps> Runtime<D> {
         };
 
         // files and the spec
-        let prep = tracing::info_span!("spec.build").in_scope(|| -> Result<oci_spec::runtime::Spec, BusError> {
+        let prep = tracing::info_span!("spec.build").in_scope(|| -> Result<berth_shim::oci::Spec, BusError> {
             std::fs::write(&c.hostname_path, format!("{}\n", c.config.hostname.clone().unwrap_or_default()))?;
             std::fs::write(&c.hosts_path, &sandbox.hosts)?;
             std::fs::write(&c.resolv_path, &sandbox.resolv_conf)?;
