@@ -838,7 +838,8 @@ impl Repo {
         let verb = method_word(&method);
         for attempt in 0..2 {
             let auth = self.authorization(attempt > 0).await?;
-            let mut rb = self.reg.client(&self.ep).request(method.clone(), url);
+            // (HTTP to the registry, not the node bus)
+            let mut rb = reqwest::Client::request(self.reg.client(&self.ep), method.clone(), url);
             if let Some(a) = &auth {
                 rb = rb.header(header::AUTHORIZATION, a);
             }

@@ -335,15 +335,11 @@ async fn remove_peer(c: &Cluster, server: &str) -> Result<(), String> {
     let ca = std::fs::read_to_string(c.svc.files.ca()).map_err(|e| e.to_string())?;
     let tls = crate::tls::client_config(&ca, None).map_err(|e| e.to_string())?;
     let client = crate::tls::connect_once(&addr, "sys", &sys, tls, None).await.map_err(|e| e.to_string())?;
-    let body = serde_json::json!({ "peer": server }).to_string();
-    let msg = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request("$JS.API.SERVER.REMOVE", body.into()),
-    )
-    .await
-    .map_err(|_| "no answer from the meta leader".to_string())?
-    .map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
+    let asked = berth_bus::cluster::ask_json::<_, serde_json::Value>(&client, "$JS.API.SERVER.REMOVE".into(), &serde_json::json!({ "peer": server }), Duration::from_secs(5)).await;
+    let v = asked.map_err(|e| match e {
+        berth_bus::cluster::AskError::NoAnswer => "no answer from the meta leader".to_string(),
+        e => e.to_string(),
+    })?;
     match v.get("error") {
         None => Ok(()),
         // already out (a previous leader removed it)

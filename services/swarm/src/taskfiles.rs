@@ -16,6 +16,7 @@
 use crate::cluster::Cluster;
 use crate::model::{BlobRecord, TaskRecord, TaskState};
 use base64::Engine;
+use berth_bus::cluster::AskError;
 use bus_schema::BusError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -129,13 +130,13 @@ pub async fn fetch(c: &Cluster, t: &TaskRecord) -> Result<TaskBlobs, BusError> {
     if c.is_manager() {
         return files_for(&me, Some(t), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b)).map_err(BusError::not_found);
     }
-    let body = serde_json::to_vec(&FilesRequest { task_id: t.id.clone() }).map_err(|e| BusError::internal(e.to_string()))?;
-    let msg = tokio::time::timeout(Duration::from_secs(10), c.client.request(subject(&me), body.into()))
-        .await
-        .map_err(|_| BusError::unavailable("the managers did not answer for the task's secrets and configs"))?
-        .map_err(|e| BusError::unavailable(format!("asking the managers for the task's secrets and configs: {e}")))?;
-    let ans: FilesAnswer = serde_json::from_slice(&msg.payload).map_err(|e| BusError::internal(format!("the managers' answer: {e}")))?;
-    ans.map_err(BusError::not_found)
+    let asked = berth_bus::cluster::ask_json::<_, FilesAnswer>(&c.client, subject(&me), &FilesRequest { task_id: t.id.clone() }, Duration::from_secs(10)).await;
+    match asked {
+        Ok(ans) => ans.map_err(BusError::not_found),
+        Err(AskError::NoAnswer) => Err(BusError::unavailable("the managers did not answer for the task's secrets and configs")),
+        Err(AskError::Failed(e)) => Err(BusError::unavailable(format!("asking the managers for the task's secrets and configs: {e}"))),
+        Err(AskError::Undecodable(e)) => Err(BusError::internal(format!("the managers' answer: {e}"))),
+    }
 }
 
 /// Write the task's secrets and configs (`blobs`, from [`fetch`]) into its tmpfs; the

@@ -32,7 +32,7 @@ async fn serve(client: async_nats::Client, source: impl Fn() -> Result<BusStream
     let mut sub = client.subscribe(SUBJECT).await.unwrap();
     // a round trip on the same connection: the server has taken the subscription
     // (a flush only writes it out; another connection's request could come first)
-    let _ = client.request("test.probe", bytes::Bytes::new()).await;
+    let _ = berth_bus::cluster::ask_json::<_, ()>(&client, "test.probe".into(), &(), std::time::Duration::from_secs(5)).await;
     tokio::spawn(async move {
         let mut writers = tokio::task::JoinSet::new();
         while let Some(msg) = sub.next().await {

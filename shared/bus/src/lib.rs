@@ -15,6 +15,7 @@
 //!   [`NO_RESPONDERS_WAIT`].
 //! * Payloads larger than one bus message travel in chunks ([`large`]).
 
+pub mod cluster;
 mod contract;
 mod large;
 mod liveness;

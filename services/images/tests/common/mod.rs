@@ -590,7 +590,7 @@ pub async fn token_proxy(upstream: String, user: &str, pass: &str) -> TokenProxy
                                 .unwrap());
                             }
                             let method = req.method().clone();
-                            let mut rb = client.request(method, format!("http://{upstream}{pq}"));
+                            let mut rb = reqwest::Client::request(&client, method, format!("http://{upstream}{pq}"));
                             for h in ["content-type", "accept", "range"] {
                                 for v in req.headers().get_all(h) {
                                     rb = rb.header(h, v.to_str().unwrap_or(""));
