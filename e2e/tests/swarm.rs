@@ -3,6 +3,7 @@
 //! from Moby 20.10 are in e2e/tests/data/swarm/).
 
 use berth_e2e::{fixtures, require_root, Node};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Three consecutive free ports on loopback (the swarm server's client, leaf and route
@@ -640,6 +641,11 @@ fn worker_joins_over_the_underlay() {
         ("$JS.swarm.API.$KV.swarm_heartbeats.someone-else".into(), "{}"),
         // its own key, with a value that does not decode: the managers read past it
         (format!("$JS.swarm.API.$KV.swarm_task_status.{wid}.evil"), "not json"),
+        // the networks' records are the managers' (they hand out the addresses)
+        ("$JS.swarm.API.$KV.swarm_networks.evil".into(), "{}"),
+        // asked of the managers: its own addresses only, and only on its own subject
+        (format!("berth.swarm.v1.addresses.{wid}"), r#"{"network":"x","owner":"vip.x","release":true}"#),
+        ("berth.swarm.v1.addresses.someone-else".into(), r#"{"network":"x","owner":"node.someone-else","release":false}"#),
     ];
     let answers = swarm_bus_as_node(&u, 1, &wkr, &wid, &asks);
     eprintln!("the worker's requests: {answers:#?}");
@@ -649,6 +655,9 @@ fn worker_joins_over_the_underlay() {
         assert!(!ok(i), "{} must be refused: {:?}", asks[i].0, answers[i]);
     }
     assert!(ok(5) && answers[5].as_deref().unwrap_or_default().contains("\"seq\""), "its own key: {answers:?}");
+    assert!(!ok(6), "{} must be refused: {:?}", asks[6].0, answers[6]);
+    assert!(answers[7].as_deref().unwrap_or_default().contains("may not hold addresses of vip.x"), "{answers:?}");
+    assert!(answers[8].is_none(), "another node's subject: {answers:?}");
     // the store is whole and the managers still follow it
     assert_eq!(mgr.docker_ok(&["node", "ls", "-q"]).lines().count(), 2);
     let o = mgr.docker_ok(&["service", "create", "--no-resolve-image", "--replicas", "2", "--name", "after", "busybox:latest", "sleep", "1d"]);
@@ -1135,6 +1144,21 @@ fn overlay_network_between_two_nodes() {
     let mut want = vec![format!("net overlay {mip}"), format!("net overlay {wip}")];
     want.sort();
     assert_eq!(attached, want);
+    // `network inspect` on a node with tasks there: its own endpoints (Moby's libnetwork
+    // view: the task's container by ID, its address and MAC) and both nodes as peers
+    let addrs: BTreeSet<String> = [&mname, &wname].iter().map(|h| mgr.docker_ok(&["node", "inspect", h, "--format", "{{.Status.Addr}}"]).trim().to_string()).collect();
+    for (n, c, ip) in [(&mgr, &mc, &mip), (&wkr, &wc, &wip)] {
+        let v: serde_json::Value = serde_json::from_str(&n.docker_ok(&["network", "inspect", "net"])).unwrap();
+        let cs = v[0]["Containers"].as_object().unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(cs.len(), 1, "{v}");
+        let (id, e) = cs.iter().next().unwrap();
+        assert!(id.starts_with(c.as_str()), "{id} {c}");
+        assert!(e["Name"].as_str().unwrap().starts_with("web."), "{e}");
+        assert_eq!(e["IPv4Address"].as_str(), Some(ip.as_str()), "{e}");
+        assert!(e["MacAddress"].as_str().unwrap().starts_with("02:42:0a:00:01:"), "{e}");
+        let peers: BTreeSet<String> = v[0]["Peers"].as_array().unwrap_or_else(|| panic!("{v}")).iter().map(|p| p["IP"].as_str().unwrap().to_string()).collect();
+        assert_eq!(peers, addrs, "{v}");
+    }
     let wip = wip.split('/').next().unwrap().to_string();
     let mip = mip.split('/').next().unwrap().to_string();
     let whost = wkr.docker_ok(&["exec", &wc, "hostname"]).trim().to_string();
@@ -1293,6 +1317,11 @@ fn attachable_overlay_for_plain_containers() {
         let a: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("Address: ")).filter(|a| !a.starts_with("127.0.0.11")).map(str::trim).collect();
         assert_eq!(a, vec![want.as_str()], "{text}");
     }
+    // `network inspect` on the worker holds the container by its name (no task there)
+    let v: serde_json::Value = serde_json::from_str(&wkr.docker_ok(&["network", "inspect", "ov"])).unwrap();
+    let cid = wkr.docker_ok(&["inspect", "cc", "--format", "{{.Id}}"]).trim().to_string();
+    let e = &v[0]["Containers"][&cid];
+    assert_eq!((e["Name"].as_str(), e["IPv4Address"].as_str(), e["MacAddress"].as_str()), (Some("cc"), Some(format!("{ip}/24").as_str()), Some(mac.as_str())), "{v}");
     // not a task
     assert_eq!(lines(&mgr.docker_ok(&["service", "ps", "-q", "web"])).len(), 1);
     assert_eq!(lines(&mgr.docker_ok(&["service", "ls", "-q"])).len(), 1);

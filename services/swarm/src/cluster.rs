@@ -277,6 +277,7 @@ impl Cluster {
             self.spawn(follow_unlock_key(self.clone()));
             self.spawn(crate::join::serve(self.clone()));
             self.spawn(crate::taskfiles::serve(self.clone()));
+            self.spawn(crate::networks::serve_addresses(self.clone()));
             self.spawn(crate::role::follow_managers(self.clone()));
             if !self.local.read().unwrap().clustered {
                 self.spawn(crate::migrate::watch(self.clone()));

@@ -465,7 +465,7 @@ impl SwarmApi for Api {
     }
     async fn swarm_network_inspect(&self, r: SwarmNetworkInspect) -> Result<docker::NetworkInspect, BusError> {
         match self.0.active() {
-            Some(c) => c.network_inspect(&r.id),
+            Some(c) => c.network_inspect(&r.id).await,
             None => Err(BusError::not_found(format!("network {} not found", r.id))),
         }
     }

@@ -326,6 +326,36 @@ pub fn test_network(id: &str, vni: u32, alloc: &[(&str, &str)]) -> NetworkRecord
     }
 }
 
+/// A task record for unit tests: service `svc` (named `name-<svc>`), slot 1, on `node`,
+/// running.
+#[cfg(test)]
+pub fn test_task(id: &str, svc: &str, node: &str, desired: TaskState) -> TaskRecord {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "created_at": "", "updated_at": "", "service_id": svc, "service_name": format!("name-{svc}"),
+        "slot": 1, "node_id": node, "spec": {}, "spec_version": 1, "desired_state": desired,
+        "status": {"state": "running", "timestamp": "", "message": ""}
+    }))
+    .unwrap()
+}
+
+/// A ready worker record for unit tests, at underlay address `addr`.
+#[cfg(test)]
+pub fn test_node(id: &str, addr: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        spec: Default::default(),
+        description: Default::default(),
+        state: "ready".into(),
+        message: String::new(),
+        addr: addr.into(),
+        role: "worker".into(),
+        in_store: None,
+        bus: Default::default(),
+    }
+}
+
 pub fn effective_status<'a>(t: &'a TaskRecord, reported: Option<&'a TaskStatusRecord>) -> &'a Status {
     match reported {
         Some(r) if t.status.state != TaskState::Orphaned && r.status.state >= t.status.state => &r.status,

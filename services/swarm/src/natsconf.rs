@@ -201,14 +201,12 @@ pub fn node_inbox_prefix(node: &str) -> String {
 
 /// What a worker (node `node`) may publish into the managers' servers.
 fn worker_publish(node: &str) -> Vec<String> {
-    use crate::store::buckets::{HEARTBEATS, NETWORKS, TASK_STATUS};
+    use crate::store::buckets::{HEARTBEATS, TASK_STATUS};
     // the JetStream API calls a reader makes (async-nats' KV bind, watch, get)
     const READS: &[&str] = &["INFO", "STREAM.INFO.*", "STREAM.NAMES", "STREAM.LIST", "STREAM.MSG.GET.*", "DIRECT.GET.>", "CONSUMER.CREATE.>", "CONSUMER.INFO.>"];
-    // its own keys: `<node>.<task>` task status, `<node>` heartbeat; and the overlay
-    // networks' records, where the node running a task allocates its address (one
-    // record per network: not narrowed to the node; the allocation belongs with the
-    // managers, as swarmkit's allocator)
-    let own = [format!("$KV.{TASK_STATUS}.{node}.>"), format!("$KV.{HEARTBEATS}.{node}"), format!("$KV.{NETWORKS}.>")];
+    // its own keys: `<node>.<task>` task status, `<node>` heartbeat (the overlay
+    // addresses it needs it asks of the managers: crate::networks::serve_addresses)
+    let own = [format!("$KV.{TASK_STATUS}.{node}.>"), format!("$KV.{HEARTBEATS}.{node}")];
     let mut v = Vec::new();
     for api in [format!("$JS.{DOMAIN}.API"), "$JS.API".to_string()] {
         v.extend(READS.iter().map(|r| format!("{api}.{r}")));
@@ -220,6 +218,8 @@ fn worker_publish(node: &str) -> Vec<String> {
     v.push("$JS.FC.>".into());
     // its own tasks' secrets and configs, asked of the managers
     v.push(crate::taskfiles::subject(node));
+    // its overlay addresses, asked of the managers
+    v.push(crate::networks::addresses_subject(node));
     // inboxes: answers, and the frames of a log stream it serves (xstream); it asks
     // no node anything (`berth.swarm.v1.node.…` are the nodes' own)
     v.extend(["_INBOX.>".to_string(), "_I.>".to_string()]);
@@ -414,16 +414,17 @@ mod tests {
     fn a_worker_may_write_only_its_own_keys() {
         let perm = permissions(Role::Worker, "n-w1");
         let p = &perm.publish;
-        for want in ["$JS.swarm.API.$KV.swarm_task_status.w1.>", "$JS.swarm.API.$KV.swarm_heartbeats.w1", "$KV.swarm_task_status.w1.>", "$JS.swarm.API.CONSUMER.CREATE.>", "$JS.swarm.API.DIRECT.GET.>", "berth.swarm.v1.task_files.w1"] {
+        for want in ["$JS.swarm.API.$KV.swarm_task_status.w1.>", "$JS.swarm.API.$KV.swarm_heartbeats.w1", "$KV.swarm_task_status.w1.>", "$JS.swarm.API.CONSUMER.CREATE.>", "$JS.swarm.API.DIRECT.GET.>", "berth.swarm.v1.task_files.w1", "berth.swarm.v1.addresses.w1"] {
             assert!(p.contains(&want.to_string()), "{want} in {p:?}");
         }
         for p in p {
             // no wildcard over the store: no other bucket, no stream delete or purge
             assert!(!["$KV.>", "$JS.API.>", "$JS.swarm.API.>", ">"].contains(&p.as_str()), "{p}");
             assert!(!p.contains("DELETE") && !p.contains("PURGE") && !p.contains("UPDATE"), "{p}");
-            assert!(!p.starts_with("berth.swarm.v1") || p == "berth.swarm.v1.task_files.w1", "{p}: a worker asks no node (another's logs)");
+            assert!(!p.starts_with("berth.swarm.v1") || p == "berth.swarm.v1.task_files.w1" || p == "berth.swarm.v1.addresses.w1", "{p}: a worker asks no node (another's logs)");
+            // its own keys only: not the networks' records (the managers allocate)
             if p.contains("$KV.") {
-                assert!(p.contains(".w1") || p.contains("$KV.swarm_networks.>"), "{p}");
+                assert!(p.contains(".w1"), "{p}");
             }
         }
     }

@@ -104,6 +104,152 @@ pub fn resource(n: &NetworkRecord) -> docker::NetworkInspect {
     }
 }
 
+/// Moby's name of a node among a network's `Peers`: libnetwork names each daemon
+/// `<hostname>-<12 hex>` in its NetworkDB (the hex random at each start); here the hex
+/// is a digest of the node ID, so the name stays the same across restarts.
+pub fn peer_name(n: &NodeRecord) -> String {
+    use sha2::Digest as _;
+    let h = hex::encode(sha2::Sha256::digest(n.id.as_bytes()));
+    format!("{}-{}", n.description.hostname.clone().unwrap_or_default(), &h[..12])
+}
+
+/// An endpoint's ID in a swarm network (64 hex, as Moby's): a digest of the network
+/// and the address's owner, so every node names it the same.
+fn endpoint_id(net: &str, owner: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{net}/{owner}").as_bytes()))
+}
+
+/// A task as [`local_view`] needs it: where it runs, its container (once the node made
+/// one and while it runs) and its container's name.
+pub struct TaskEndpoint {
+    pub node: String,
+    pub container: Option<String>,
+    pub name: String,
+}
+
+/// What inspecting swarm network `n` on node `me` shows beyond [`resource`], as Moby's
+/// libnetwork answers on a node with endpoints in the network: `Containers` (this
+/// node's task containers and attached plain containers by container ID, its ingress
+/// sandbox as `ingress-sbox`) and `Peers` (every node holding an endpoint there, by
+/// underlay address). None when this node holds no endpoint there (Moby's `null`
+/// containers and no peers). `names`: the attached plain containers' names by ID (one
+/// not there is gone: left out).
+pub fn local_view(
+    me: &str,
+    n: &NetworkRecord,
+    tasks: &HashMap<String, TaskEndpoint>,
+    nodes: &[NodeRecord],
+    names: &HashMap<String, String>,
+) -> Option<(HashMap<String, docker::EndpointResource>, Vec<docker::PeerInfo>)> {
+    let len = n.subnets.first().and_then(|(s, _)| s.split('/').nth(1)).unwrap_or("32");
+    let mut containers = HashMap::new();
+    let mut holders = std::collections::BTreeSet::new();
+    for (a, owner) in &n.allocated {
+        // (node, key in Containers and its name) of the endpoint, if on a node
+        let (node, here): (&str, Option<(String, String)>) = if let Some(node) = owner.strip_prefix("node.") {
+            (node, Some(("ingress-sbox".into(), "ingress-endpoint".into())))
+        } else if let Some((node, cid)) = crate::overlay::container_of(owner) {
+            (node, names.get(cid).map(|name| (cid.to_string(), name.clone())))
+        } else if let Some(t) = tasks.get(owner) {
+            (t.node.as_str(), t.container.clone().map(|c| (c, t.name.clone())))
+        } else {
+            continue;
+        };
+        holders.insert(node.to_string());
+        if node != me {
+            continue;
+        }
+        let Some((key, name)) = here else { continue };
+        let ip = a.split('/').next().unwrap_or(a);
+        let mac = ip.parse().map(crate::overlay::mac_for).unwrap_or_default();
+        containers.insert(
+            key,
+            docker::EndpointResource {
+                name: Some(name),
+                endpoint_id: Some(endpoint_id(&n.id, owner)),
+                mac_address: Some(mac),
+                ipv4_address: Some(format!("{ip}/{len}")),
+                ipv6_address: Some(String::new()),
+            },
+        );
+    }
+    if containers.is_empty() {
+        return None;
+    }
+    let mut peers: Vec<docker::PeerInfo> = nodes
+        .iter()
+        .filter(|nd| holders.contains(&nd.id) && !nd.addr.is_empty())
+        .map(|nd| docker::PeerInfo { name: Some(peer_name(nd)), ip: Some(nd.addr.clone()) })
+        .collect();
+    peers.sort_by(|a, b| a.ip.cmp(&b.ip));
+    Some((containers, peers))
+}
+
+/// The subject on which node `node` asks the managers for its overlay addresses: only
+/// that node may publish on it (its leaf's permissions, [`crate::natsconf`]), so the
+/// managers know who asks. The addresses are the managers' to hand out (swarmkit's
+/// allocator): a worker may not write the networks' records.
+pub fn addresses_subject(node: &str) -> String {
+    format!("{}.addresses.{node}", bus_schema::swarm::cluster::PREFIX)
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct AddressRequest {
+    network: String,
+    owner: String,
+    release: bool,
+}
+
+/// The address (`a.b.c.d/len`; empty for a release) or why not.
+type AddressAnswer = Result<String, String>;
+
+/// Whether node `node` may take or give back the addresses of `owner`: its own
+/// (ingress) address, its plain containers', and its tasks' — a task the store assigns
+/// to it, still to run for a new address. Never a service's virtual IP nor another
+/// node's.
+pub fn node_may_hold(node: &str, owner: &str, task: Option<&TaskRecord>, release: bool) -> bool {
+    if let Some(n) = owner.strip_prefix("node.") {
+        return n == node;
+    }
+    if let Some((n, _)) = crate::overlay::container_of(owner) {
+        return n == node;
+    }
+    if owner.starts_with("vip.") {
+        return false;
+    }
+    task.map(|t| t.id == owner && t.node_id.as_deref() == Some(node) && (release || t.desired_state <= TaskState::Running)).unwrap_or(false)
+}
+
+/// A manager: allocate and give back the workers' overlay addresses (a queue group: one
+/// manager answers each). The asking node is the subject's last token.
+pub async fn serve_addresses(c: std::sync::Arc<Cluster>) {
+    let pattern = format!("{}.addresses.*", bus_schema::swarm::cluster::PREFIX);
+    crate::cluster::serve_requests(c, pattern, Some("managers"), |c, msg, reply| async move {
+        let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+        let ans: AddressAnswer = match serde_json::from_slice::<AddressRequest>(&msg.payload) {
+            Ok(r) => {
+                // this manager's copy may not hold the task's assignment yet: the store does
+                let mut task = c.t.tasks.get(&r.owner).map(|(t, _)| t);
+                if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) && !r.owner.contains('.') {
+                    task = c.bucket::<TaskRecord>(buckets::TASKS).get(&r.owner).await.ok().flatten().map(|(t, _)| t);
+                }
+                if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) {
+                    tracing::warn!(node = %node, owner = %r.owner, "a node asked for an address that is not its own");
+                    Err(format!("node {node} may not hold addresses of {}", r.owner))
+                } else if r.release {
+                    c.store_release(&r.network, &r.owner).await.map(|_| String::new()).map_err(|e| e.message)
+                } else {
+                    c.store_allocate(&r.network, &r.owner).await.map_err(|e| e.message)
+                }
+            }
+            Err(e) => Err(format!("bad request: {e}")),
+        };
+        let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+    })
+    .await
+}
+
 /// The targets of a service spec's network attachments (TaskTemplate.Networks and the
 /// deprecated Spec.Networks).
 pub fn spec_targets(spec: &docker::ServiceSpec) -> Vec<String> {
@@ -197,8 +343,41 @@ impl Cluster {
         Ok(out)
     }
 
-    pub fn network_inspect(&self, input: &str) -> Result<docker::NetworkInspect, BusError> {
-        Ok(resource(&self.find_network(input)?.0))
+    /// A swarm network as this node's Moby answers it: with the endpoints held here
+    /// and the network's peers ([`local_view`]).
+    pub async fn network_inspect(&self, input: &str) -> Result<docker::NetworkInspect, BusError> {
+        let (n, _) = self.find_network(input)?;
+        let me = self.node_id();
+        let mut names = HashMap::new();
+        for o in n.allocated.values() {
+            let Some((node, cid)) = crate::overlay::container_of(o) else { continue };
+            if node != me {
+                continue;
+            }
+            if let Ok(i) = self.node_bus().inspect(cid).await {
+                names.insert(cid.to_string(), i.name.unwrap_or_default().trim_start_matches('/').to_string());
+            }
+        }
+        let tasks: HashMap<String, TaskEndpoint> = self
+            .t
+            .tasks
+            .values()
+            .into_iter()
+            .filter_map(|(_, t, _)| {
+                let node = t.node_id.clone()?;
+                let reported = self.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r);
+                let st = effective_status(&t, reported.as_ref());
+                let container = st.container_id.clone().filter(|_| st.state <= TaskState::Running);
+                Some((t.id.clone(), TaskEndpoint { node, container, name: crate::agent::task_name(&t) }))
+            })
+            .collect();
+        let nodes: Vec<NodeRecord> = self.t.nodes.values().into_iter().map(|(_, n, _)| n).collect();
+        let mut r = resource(&n);
+        if let Some((containers, peers)) = local_view(&me, &n, &tasks, &nodes, &names) {
+            r.containers = Some(containers);
+            r.peers = Some(peers);
+        }
+        Ok(r)
     }
 
     pub async fn network_remove(&self, input: &str) -> Result<(), BusError> {
@@ -234,8 +413,44 @@ impl Cluster {
     }
 
     /// An address for `owner` in network `net_id` (the one it holds already, if any),
-    /// as `a.b.c.d/len`.
+    /// as `a.b.c.d/len`: allocated in the store by a manager; a worker asks the
+    /// managers ([`serve_addresses`]).
     pub async fn allocate_address(&self, net_id: &str, owner: &str) -> Result<String, BusError> {
+        if self.is_manager() {
+            return self.store_allocate(net_id, owner).await;
+        }
+        self.ask_address(net_id, owner, false).await
+    }
+
+    /// Give back every address `owner` holds in network `net_id` (a worker asks the
+    /// managers).
+    pub async fn release_addresses(&self, net_id: &str, owner: &str) -> Result<(), BusError> {
+        if self.is_manager() {
+            return self.store_release(net_id, owner).await;
+        }
+        self.ask_address(net_id, owner, true).await.map(|_| ())
+    }
+
+    async fn ask_address(&self, net_id: &str, owner: &str, release: bool) -> Result<String, BusError> {
+        use berth_bus::cluster::AskError;
+        let req = AddressRequest { network: net_id.to_string(), owner: owner.to_string(), release };
+        let subject = addresses_subject(&self.node_id());
+        match berth_bus::cluster::ask_json::<_, AddressAnswer>(&self.client, subject, &req, std::time::Duration::from_secs(10)).await {
+            Ok(a) => {
+                let a = a.map_err(BusError::internal)?;
+                // the answering manager wrote the store: this copy follows it
+                if let Ok(Some((n, rev))) = self.bucket::<NetworkRecord>(buckets::NETWORKS).get(net_id).await {
+                    self.t.networks.note_put(net_id, n, rev);
+                }
+                Ok(a)
+            }
+            Err(AskError::NoAnswer) => Err(BusError::unavailable("the managers did not answer for an overlay address")),
+            Err(AskError::Failed(e)) => Err(BusError::unavailable(format!("asking the managers for an overlay address: {e}"))),
+            Err(AskError::Undecodable(e)) => Err(BusError::internal(format!("the managers' answer: {e}"))),
+        }
+    }
+
+    async fn store_allocate(&self, net_id: &str, owner: &str) -> Result<String, BusError> {
         let mut got = None;
         let b = self.bucket::<NetworkRecord>(buckets::NETWORKS);
         let r = b
@@ -258,8 +473,7 @@ impl Cluster {
         got.ok_or_else(|| BusError::internal("no address"))
     }
 
-    /// Give back every address `owner` holds in network `net_id`.
-    pub async fn release_addresses(&self, net_id: &str, owner: &str) -> Result<(), BusError> {
+    async fn store_release(&self, net_id: &str, owner: &str) -> Result<(), BusError> {
         let b = self.bucket::<NetworkRecord>(buckets::NETWORKS);
         if let Some((n, rev)) = b
             .modify(net_id, |n| {
@@ -358,6 +572,80 @@ mod tests {
         full.insert("10.0.2.2".to_string(), "t".to_string());
         assert_eq!(next_address("10.0.2.0/29", "10.0.2.1", &full, Some("10.0.2.5")).as_deref(), Some("10.0.2.6"));
         assert_eq!(next_address("10.0.2.0/29", "10.0.2.1", &full, Some("10.0.2.6")).as_deref(), Some("10.0.2.3"));
+    }
+
+    #[test]
+    fn a_node_holds_only_its_own_addresses() {
+        use crate::model::test_task;
+        let mine = test_task("t1", "s1", "me", TaskState::Running);
+        let other = test_task("t2", "s1", "other", TaskState::Running);
+        let stopping = test_task("t3", "s1", "me", TaskState::Shutdown);
+        assert!(node_may_hold("me", "node.me", None, false));
+        assert!(!node_may_hold("me", "node.other", None, false));
+        assert!(node_may_hold("me", &crate::overlay::container_owner("me", "c1"), None, false));
+        assert!(!node_may_hold("me", &crate::overlay::container_owner("other", "c1"), None, true));
+        assert!(!node_may_hold("me", "vip.s1", None, false));
+        assert!(node_may_hold("me", "t1", Some(&mine), false));
+        assert!(!node_may_hold("me", "t2", Some(&other), false));
+        assert!(!node_may_hold("me", "t2", Some(&other), true));
+        // a task on its way out: given back, not taken
+        assert!(!node_may_hold("me", "t3", Some(&stopping), false));
+        assert!(node_may_hold("me", "t3", Some(&stopping), true));
+        // a task that is not the owner named, or not known
+        assert!(!node_may_hold("me", "t9", Some(&mine), false));
+        assert!(!node_may_hold("me", "t9", None, true));
+    }
+
+    #[test]
+    fn inspect_on_a_node_shows_its_endpoints_and_the_peers() {
+        use crate::model::test_node;
+        let n = crate::model::test_network("net1", 4097, &[
+            ("10.0.1.2", "vip.s1"),
+            ("10.0.1.3", "t1"),
+            ("10.0.1.4", "t2"),
+            ("10.0.1.5", "node.me"),
+            ("10.0.1.6", &crate::overlay::container_owner("me", "c0ffee")),
+            ("10.0.1.7", "t3"),
+        ]);
+        let ep = |node: &str, c: Option<&str>, name: &str| TaskEndpoint { node: node.into(), container: c.map(Into::into), name: name.into() };
+        let tasks = HashMap::from([
+            ("t1".to_string(), ep("me", Some("c1"), "web.1.t1")),
+            ("t2".to_string(), ep("other", Some("c2"), "web.2.t2")),
+            // made, no container yet
+            ("t3".to_string(), ep("me", None, "web.3.t3")),
+        ]);
+        let mut me = test_node("me", "192.168.1.1");
+        me.description.hostname = Some("alpha".into());
+        let mut other = test_node("other", "192.168.1.2");
+        other.description.hostname = Some("beta".into());
+        let nodes = vec![other, me, test_node("idle", "192.168.1.3")];
+        let names = HashMap::from([("c0ffee".to_string(), "plain".to_string())]);
+        let (c, peers) = local_view("me", &n, &tasks, &nodes, &names).unwrap();
+        let j = serde_json::to_value(&c).unwrap();
+        let mut keys: Vec<&String> = c.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["c0ffee", "c1", "ingress-sbox"]);
+        assert_eq!(j["c1"]["Name"], "web.1.t1");
+        assert_eq!(j["c1"]["MacAddress"], "02:42:0a:00:01:03");
+        assert_eq!(j["c1"]["IPv4Address"], "10.0.1.3/24");
+        assert_eq!(j["c1"]["IPv6Address"], "");
+        assert_eq!(j["c1"]["EndpointID"].as_str().unwrap().len(), 64);
+        assert_eq!(j["ingress-sbox"]["Name"], "ingress-endpoint");
+        assert_eq!(j["c0ffee"]["Name"], "plain");
+        // the nodes holding endpoints, by address; the idle node is not one
+        let p = serde_json::to_value(&peers).unwrap();
+        assert_eq!(p[0]["IP"], "192.168.1.1");
+        assert!(p[0]["Name"].as_str().unwrap().starts_with("alpha-"), "{p}");
+        assert_eq!(p[1]["IP"], "192.168.1.2");
+        assert_eq!(peers.len(), 2);
+        // every node names an endpoint alike
+        let (again, _) = local_view("me", &n, &tasks, &nodes, &names).unwrap();
+        assert_eq!(again["c1"].endpoint_id, c["c1"].endpoint_id);
+        // a node with no endpoint there: Moby's null containers, no peers
+        assert!(local_view("other-idle", &n, &tasks, &nodes, &names).is_none());
+        // an attached container that is gone is left out
+        let (c, _) = local_view("me", &n, &tasks, &nodes, &HashMap::new()).unwrap();
+        assert!(!c.contains_key("c0ffee"));
     }
 
     #[test]

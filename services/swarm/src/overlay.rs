@@ -873,30 +873,7 @@ mod tests {
 
     use crate::model::test_network as net;
 
-    fn task(id: &str, svc: &str, node: &str, desired: TaskState) -> TaskRecord {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "created_at": "", "updated_at": "", "service_id": svc, "service_name": format!("name-{svc}"),
-            "slot": 1, "node_id": node, "spec": {}, "spec_version": 1, "desired_state": desired,
-            "status": {"state": "running", "timestamp": "", "message": ""}
-        }))
-        .unwrap()
-    }
-
-    fn node(id: &str, addr: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            spec: Default::default(),
-            description: Default::default(),
-            state: "ready".into(),
-            message: String::new(),
-            addr: addr.into(),
-            role: "worker".into(),
-            in_store: None,
-            bus: Default::default(),
-        }
-    }
+    use crate::model::{test_node as node, test_task as task};
 
     #[test]
     fn macs_as_moby() {
