@@ -891,7 +891,10 @@ fn three_managers_fail_over() {
     let mtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
     let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
     assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
-    assert_eq!(nodes[2].docker_ok(&["swarm", "join", "--token", &wtoken, &addr]).trim(), "This node joined a swarm as a worker.");
+    let j = nodes[2].docker(&["swarm", "join", "--token", &wtoken, &addr]);
+    if !j.status.success() {
+        panic!("join: {}\n=== node 0\n{}\n=== node 1\n{}\n=== node 2\n{}", out(&j), nodes[0].logs(), nodes[1].logs(), nodes[2].logs());
+    }
     assert!(server_conf(&nodes[2]).contains("remotes"), "{}", server_conf(&nodes[2]));
 
     // promote the worker (from the manager that joined, once the store moved)
@@ -928,12 +931,13 @@ fn three_managers_fail_over() {
     let o = others[0];
     let nl = wait_for(30, "another leader", &nodes[o], || leader(&nodes[o], &host).filter(|i| *i != li));
     eprintln!("leader {} killed -> {} leads after {:?}", host(li), host(nl), killed.elapsed());
+    // (--detach: the CLI's convergence monitor polls on its own clock)
     let scaled = wait_for(60, "a scale with the new leader", &nodes[o], || {
-        let x = nodes[o].docker(&["service", "scale", "web=6"]);
+        let x = nodes[o].docker(&["service", "scale", "--detach", "web=6"]);
         x.status.success().then(|| out(&x))
     });
     assert!(scaled.contains("web scaled to 6"), "{scaled}");
-    eprintln!("scaled to 6 after {:?}", killed.elapsed());
+    eprintln!("scale to 6 accepted after {:?}", killed.elapsed());
     wait_for(30, "six tasks on the two live nodes", &nodes[o], || (running_web(&nodes[others[0]]) + running_web(&nodes[others[1]]) == 6).then_some(()));
     eprintln!("six tasks on the two live nodes after {:?}", killed.elapsed());
     // swarmkit's quorum safeguard: demoting a live manager now leaves 1 of 2
@@ -979,6 +983,100 @@ fn three_managers_fail_over() {
     // (Their return is not waited for here: after two of three managers were SIGKILLed
     // and came back, a bucket's stream stayed without a leader for over a minute in two
     // of five runs on nats-server 2.9: docs/status.md, Left. Dropping the nodes stops them.)
+}
+
+/// A worker that joined a lone manager keeps its place when that manager's whole node
+/// is SIGKILLed after two more managers joined: its leaf reaches the other managers
+/// (nats-server advertises its cluster's leaf addresses to a leaf), it keeps
+/// heartbeating and takes new tasks; and it remembers the managers, so that started
+/// again it dials those that live, not only the one it joined.
+#[test]
+fn a_worker_outlives_the_manager_it_joined() {
+    require_root!();
+    let u = berth_e2e::netns::Underlay::new(4);
+    let mut nodes: Vec<Node> = (0..4).map(|i| u.start_node(i, Default::default())).collect();
+    load_busybox(&u, &nodes.iter().collect::<Vec<_>>());
+    let host = |i: usize| host_of(&u, i);
+    let addr = format!("{}:2377", u.addrs[0]);
+    nodes[0].docker_ok(&["swarm", "init", "--advertise-addr", &u.addrs[0]]);
+    let mtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
+    let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    // the worker (node 3) joins while node 0 is the only manager
+    assert_eq!(nodes[3].docker_ok(&["swarm", "join", "--token", &wtoken, &addr]).trim(), "This node joined a swarm as a worker.");
+    let leaf0 = |conf: &str| conf.matches(&format!("@{}:", u.addrs[0])).count();
+    assert_eq!(leaf0(&server_conf(&nodes[3])), 1, "{}", server_conf(&nodes[3]));
+    assert!(!server_conf(&nodes[3]).contains(&format!("@{}:", u.addrs[1])));
+    // two more managers: node 1 joins as one, node 2 joins and is promoted
+    assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
+    let j = nodes[2].docker(&["swarm", "join", "--token", &wtoken, &addr]);
+    if !j.status.success() {
+        panic!("join: {}\n=== node 0\n{}\n=== node 1\n{}\n=== node 2\n{}", out(&j), nodes[0].logs(), nodes[1].logs(), nodes[2].logs());
+    }
+    wait_for(60, "the promotion accepted", &nodes[1], || nodes[1].docker(&["node", "promote", &host(2)]).status.success().then_some(()));
+    let four_up = |n: &Node| {
+        let ls = managers_ls(n);
+        (ls.len() == 4
+            && (0..4).all(|i| ls[i].starts_with(&format!("{} Ready Active", host(i))))
+            && ls.iter().filter(|l| l.ends_with(" Leader")).count() == 1
+            && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2)
+            .then_some(ls)
+    };
+    let ls = wait_for(90, "three managers and the worker Ready", &nodes[0], || four_up(&nodes[0]));
+    eprintln!("{ls:?}");
+    let created = wait_for(60, "the service created", &nodes[1], || {
+        let o = nodes[1].docker(&["service", "create", "--no-resolve-image", "--replicas", "4", "--name", "web", "busybox:latest", "sleep", "1d"]);
+        o.status.success().then(|| out(&o))
+    });
+    assert!(created.contains("converged"), "{created}");
+    assert_eq!(running_web(&nodes[3]), 1);
+
+    // SIGKILL the manager the worker joined
+    u.kill_node(0, &mut nodes[0]);
+    let killed = Instant::now();
+    wait_for(30, "another leader", &nodes[1], || leader(&nodes[1], &host).filter(|i| *i != 0));
+    // the worker keeps its place and takes new tasks: node 0's task and a scale to 9
+    // land on the three live nodes (if the worker's leaf took longer than the grace to
+    // reach another manager, its tasks went elsewhere; a scale to 12 then spreads onto it)
+    let mut polls = 0;
+    let mut converged = |want: &str, nodes: &[Node]| {
+        wait_for(60, "a scale with the new leader", &nodes[1], || nodes[1].docker(&["service", "scale", "--detach", &format!("web={want}")]).status.success().then_some(()));
+        wait_for(90, "the replicas, the worker Ready", &nodes[1], || {
+            let ls = managers_ls(&nodes[1]);
+            let reps = out(&nodes[1].docker(&["service", "ls", "--format", "{{.Replicas}}"]));
+            polls += 1;
+            if polls % 25 == 0 {
+                eprintln!("{:?}: running {:?} {reps}{ls:?}", killed.elapsed(), (1..4).map(|i| running_web(&nodes[i])).collect::<Vec<_>>());
+            }
+            let ready = ls.iter().any(|l| l.starts_with(&format!("{} Ready Active", host(3))));
+            (ready && reps.trim() == format!("{want}/{want}")).then_some(())
+        });
+    };
+    converged("9", &nodes);
+    eprintln!("9/9, the worker Ready, {:?} after the kill (the worker runs {})", killed.elapsed(), running_web(&nodes[3]));
+    if running_web(&nodes[3]) == 0 {
+        converged("12", &nodes);
+    }
+    let run = out(&nodes[1].docker(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"]));
+    let on_worker = run.lines().filter(|l| l.starts_with(&format!("{} Running", host(3)))).count();
+    assert!(on_worker >= 1 && running_web(&nodes[3]) == on_worker, "{run}");
+    let ls = managers_ls(&nodes[1]);
+    assert!(ls.iter().any(|l| l.starts_with(&format!("{} Ready Active", host(3)))), "{ls:?}");
+    // it remembered the managers: started again, its server dials the live ones too
+    let state = std::fs::read_to_string(nodes[3].root.join("swarm/state.json")).unwrap_or_default();
+    for i in 1..3 {
+        assert!(state.contains(&format!("{}:", u.addrs[i])), "manager {i} remembered: {state}");
+    }
+    u.kill_node(3, &mut nodes[3]);
+    nodes[3].boot();
+    let conf = server_conf(&nodes[3]);
+    assert!(conf.contains(&format!("@{}:", u.addrs[1])) && conf.contains(&format!("@{}:", u.addrs[2])), "{conf}");
+    wait_for(60, "the worker back and Ready", &nodes[1], || managers_ls(&nodes[1]).iter().any(|l| l.starts_with(&format!("{} Ready Active", host(3)))).then_some(()));
+    // (its tasks went elsewhere while it was down) and it takes new ones
+    wait_for(60, "a scale to 15", &nodes[1], || nodes[1].docker(&["service", "scale", "--detach", "web=15"]).status.success().then_some(()));
+    wait_for(90, "15/15 with tasks on the worker", &nodes[1], || {
+        let reps = out(&nodes[1].docker(&["service", "ls", "--format", "{{.Replicas}}"]));
+        (reps.trim() == "15/15" && running_web(&nodes[3]) >= 1).then_some(())
+    });
 }
 
 /// Three managers (a worker promoted), one demoted: a worker with a leaf server again,

@@ -3,8 +3,6 @@
 //! `docker.io/library/hello-world` cannot be pulled because no registry is
 //! reachable, so `docker run hello-world` works on an offline node.
 
-use bus_schema::event::Action;
-use bus_schema::images::JsonMessage;
 use bus_schema::storage::LayerApply;
 use bus_schema::stream::{ByteChunk, MAX_CHUNK};
 use bus_schema::BusError;
@@ -149,21 +147,7 @@ impl Images {
         let _g = self.refs_lock.lock().await;
         let (_, updated) = self.commit_image(&cfg, meta, &[r.clone()]).await?;
         drop(_g);
-        out.send(JsonMessage::status(format!("Digest: {mdigest}")))
-            .await?;
-        let status = if updated {
-            "Downloaded newer image for"
-        } else {
-            "Image is up to date for"
-        };
-        out.send(JsonMessage::status(format!(
-            "Status: {status} {}",
-            r.familiar_string()
-        )))
-        .await?;
-        self.event(Action::Pull, &r.familiar_string(), &r.familiar_name())
-            .await;
-        Ok(())
+        self.finish_pull(r, &mdigest, updated, out).await
     }
 }
 

@@ -358,7 +358,7 @@ impl Images {
         self.finish_pull(r, &remote.digest, updated, out).await
     }
 
-    async fn finish_pull<P: Progress>(
+    pub(crate) async fn finish_pull<P: Progress>(
         &self,
         r: &Reference,
         digest: &str,

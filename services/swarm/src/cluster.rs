@@ -282,6 +282,8 @@ impl Cluster {
             if !self.local.read().unwrap().clustered {
                 self.spawn(crate::migrate::watch(self.clone()));
             }
+        } else {
+            self.spawn(crate::role::remember_managers(self.clone()));
         }
         self.spawn(heartbeat(self.clone()));
         self.spawn(crate::agent::run(self.clone()));

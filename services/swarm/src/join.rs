@@ -75,10 +75,17 @@ fn same(a: &str, b: &str) -> bool {
 async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     // Right after a manager joined, the store is being written back into the managers'
     // cluster (see crate::migrate), the swarm record last: wait for it a while.
+    // The CA's bucket too: right after the move its stream may not answer yet ("requested
+    // JetStream resource does not exist" failed a worker's join in e2e).
     let t = std::time::Instant::now();
-    let (cluster, _) = loop {
-        match c.bucket::<ClusterRecord>(buckets::CLUSTER).get("swarm").await {
-            Ok(Some(r)) => break r,
+    let (cluster, pki) = loop {
+        let got = async {
+            let cl = c.bucket::<ClusterRecord>(buckets::CLUSTER).get("swarm").await?;
+            let pki = c.bucket::<PkiRecord>(buckets::PKI).get("ca").await?;
+            Ok::<_, crate::store::StoreError>(cl.zip(pki))
+        };
+        match got.await {
+            Ok(Some(((cl, _), (pki, _)))) => break (cl, pki),
             Ok(None) | Err(_) if t.elapsed() < JOIN_STORE_WAIT => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -93,7 +100,6 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     } else {
         return Err(BusError::invalid(ERR_BAD_TOKEN));
     };
-    let (pki, _) = c.bucket::<PkiRecord>(buckets::PKI).get("ca").await?.ok_or_else(|| BusError::internal("the swarm's CA is missing"))?;
     let ca = crate::ca::Ca { cert_pem: cluster.ca_cert.clone(), key_pem: pki.ca_key.clone() };
     let node_id = ids::new_id();
     let (lip, _) = local::host_port(&req.listen_addr);
@@ -105,7 +111,18 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     // a joining manager is Reachable once its server replicates the store
     rec.in_store = (role == "manager").then_some(false);
     // The store first: every manager reloads its server's users from it.
-    let rev = c.bucket::<NodeRecord>(buckets::NODES).create(&node_id, &rec).await?;
+    let nodes = c.bucket::<NodeRecord>(buckets::NODES);
+    let rev = loop {
+        match nodes.create(&node_id, &rec).await {
+            Ok(rev) => break rev,
+            // a create whose answer was lost: the record is there (the ID is new)
+            Err(e) => match nodes.get(&node_id).await {
+                Ok(Some((_, rev))) => break rev,
+                _ if t.elapsed() < JOIN_STORE_WAIT => tokio::time::sleep(Duration::from_millis(250)).await,
+                _ => return Err(e.into()),
+            },
+        }
+    };
     c.t.nodes.note_put(&node_id, rec, rev);
     let mut managers: Vec<ManagerAddr> = c
         .t

@@ -89,11 +89,59 @@ struct Updating {
     started: bool,
 }
 
-struct Leader {
-    c: Arc<Cluster>,
-    /// Heartbeat sequence last seen per node and when it moved (this manager's clock).
+/// How long the leader's own heartbeat may go unseen before it stops judging the others
+/// (three heartbeats): past it, its view of the store is late, not theirs.
+const OWN_STALL: Duration = Duration::from_millis(1500);
+
+/// The leader's view of the nodes' heartbeats: when each one's sequence last moved
+/// (this manager's clock), judged against its own. A store that stalls (no stream
+/// leader for a few seconds after a manager's loss) stalls every heartbeat, its own
+/// too: no node is judged while its own is not seen moving, and once it moves again
+/// after a stall every node gets a fresh grace from then. Without the second part a
+/// node whose last heartbeat before the stall came a moment before the leader's own
+/// crossed [`NODE_DOWN_AFTER`] first and was marked down (seen in e2e: a manager, then
+/// a worker, lost their tasks after another manager's loss).
+pub struct Liveness {
+    me: String,
     seen: HashMap<String, (u64, Instant)>,
     since: Instant,
+}
+
+impl Liveness {
+    pub fn new(me: &str, now: Instant) -> Liveness {
+        Liveness { me: me.to_string(), seen: HashMap::new(), since: now }
+    }
+
+    /// A heartbeat read from the store at `now`.
+    pub fn observe(&mut self, id: &str, seq: u64, now: Instant) {
+        match self.seen.get(id) {
+            Some((s, _)) if *s == seq => {}
+            prev => {
+                if id == self.me {
+                    let last = prev.map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
+                    if now.duration_since(last) >= OWN_STALL {
+                        self.since = now;
+                    }
+                }
+                self.seen.insert(id.to_string(), (seq, now));
+            }
+        }
+    }
+
+    /// Whether the store shows node `id` alive at `now`; None while this manager's own
+    /// heartbeat is not seen moving (no judgement).
+    pub fn alive(&self, id: &str, now: Instant) -> Option<bool> {
+        let at = |n: &str| self.seen.get(n).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
+        if now.duration_since(at(&self.me)) >= OWN_STALL {
+            return None;
+        }
+        Some(now.duration_since(at(id)) < NODE_DOWN_AFTER)
+    }
+}
+
+struct Leader {
+    c: Arc<Cluster>,
+    live: Liveness,
     updates: HashMap<String, Updating>,
     /// Restarts per (service, slot or node), for max attempts.
     restarts: HashMap<(String, String), (u64, u64)>,
@@ -111,7 +159,7 @@ pub async fn run(c: Arc<Cluster>) {
     c.t.services.wait_ready().await;
     c.t.tasks.wait_ready().await;
     c.t.task_status.wait_ready().await;
-    let mut l = Leader { c: c.clone(), seen: HashMap::new(), since: Instant::now(), updates: HashMap::new(), restarts: HashMap::new(), done: HashMap::new() };
+    let mut l = Leader { c: c.clone(), live: Liveness::new(&c.node_id(), Instant::now()), updates: HashMap::new(), restarts: HashMap::new(), done: HashMap::new() };
     let mut rx = [c.t.services.subscribe(), c.t.tasks.subscribe(), c.t.task_status.subscribe(), c.t.nodes.subscribe(), c.t.heartbeats.subscribe()];
     loop {
         if let Err(e) = l.pass().await {
@@ -143,27 +191,15 @@ impl Leader {
     /// Nodes whose heartbeat stopped are down; a heartbeat brings them back.
     async fn health(&mut self) -> Result<(), BusError> {
         let now = Instant::now();
-        for (id, hb, _) in self.c.t.heartbeats.values() {
-            match self.seen.get(&id) {
-                Some((seq, _)) if *seq == hb.seq => {}
-                _ => {
-                    self.seen.insert(id, (hb.seq, now));
-                }
-            }
-        }
-        // A leader that does not see its own heartbeat move sees the store late (its
-        // watch stalled while the managers had no quorum): it judges no other node by
-        // that view, and gives them all a fresh grace once it sees again.
+        // its own first: a stall it ends gives every node a fresh grace
         let me = self.c.node_id();
-        let own = self.seen.get(&me).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
-        if now.duration_since(own) >= NODE_DOWN_AFTER {
-            self.since = now;
-            return Ok(());
+        let beats = self.c.t.heartbeats.values();
+        for (id, hb, _) in beats.iter().filter(|(id, _, _)| *id == me).chain(beats.iter().filter(|(id, _, _)| *id != me)) {
+            self.live.observe(id, hb.seq, now);
         }
         let nodes = self.c.bucket::<NodeRecord>(buckets::NODES);
         for (id, n, _) in self.c.t.nodes.values() {
-            let last = self.seen.get(&id).map(|(_, t)| *t).unwrap_or(self.since).max(self.since);
-            let alive = now.duration_since(last) < NODE_DOWN_AFTER;
+            let Some(alive) = self.live.alive(&id, now) else { return Ok(()) };
             let want = if alive { "ready" } else { "down" };
             if n.state != want {
                 tracing::info!(node = %id, state = want, "node state");
@@ -724,6 +760,77 @@ pub fn constraint_ok(c: &str, n: &NodeRecord) -> bool {
         matches
     } else {
         !matches
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_node_that_stops_beating_is_down_after_the_grace() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new("me", t0);
+        let mut seq = 0;
+        for ms in (0..=4000).step_by(500) {
+            seq += 1;
+            l.observe("me", seq, at(t0, ms));
+            if ms <= 1000 {
+                l.observe("w", seq, at(t0, ms));
+            }
+        }
+        assert_eq!(l.alive("w", at(t0, 3000)), Some(true));
+        assert_eq!(l.alive("w", at(t0, 3600)), Some(false));
+        // a node never seen gets the grace from the start
+        assert_eq!(l.alive("new", at(t0, 2000)), Some(true));
+        assert_eq!(l.alive("new", at(t0, 4000)), Some(false));
+    }
+
+    #[test]
+    fn a_stalled_store_marks_no_node_down() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new("me", t0);
+        // both beat until 1000 ms, the other one's last a moment before the leader's
+        l.observe("me", 1, at(t0, 0));
+        l.observe("w", 1, at(t0, 0));
+        l.observe("w", 2, at(t0, 900));
+        l.observe("me", 2, at(t0, 1000));
+        // the store stalls: no judgement while its own is not seen moving
+        assert_eq!(l.alive("w", at(t0, 2400)), Some(true));
+        assert_eq!(l.alive("w", at(t0, 2600)), None);
+        assert_eq!(l.alive("w", at(t0, 8000)), None);
+        // it comes back: the leader's own first, the other's a moment later; the other
+        // has the whole grace from then
+        l.observe("me", 3, at(t0, 8000));
+        assert_eq!(l.alive("w", at(t0, 8100)), Some(true));
+        l.observe("w", 3, at(t0, 8300));
+        l.observe("me", 4, at(t0, 8500));
+        assert_eq!(l.alive("w", at(t0, 8600)), Some(true));
+        // one that does not come back is down a grace after the stall ended
+        let mut l2 = Liveness::new("me", t0);
+        l2.observe("me", 1, at(t0, 0));
+        l2.observe("gone", 1, at(t0, 0));
+        l2.observe("me", 2, at(t0, 5000));
+        for (i, ms) in (5500..=8000).step_by(500).enumerate() {
+            l2.observe("me", 3 + i as u64, at(t0, ms));
+        }
+        assert_eq!(l2.alive("gone", at(t0, 7400)), Some(true));
+        assert_eq!(l2.alive("gone", at(t0, 7600)), Some(false));
+    }
+
+    #[test]
+    fn the_old_rule_marked_a_node_down_at_the_edge_of_a_stall() {
+        // the fault this replaces: own last seen at 1000, the other at 900; at 3450 the
+        // other is 2550 ms old (past the grace) while the leader's own is 2450 (under it)
+        let t0 = Instant::now();
+        let mut l = Liveness::new("me", t0);
+        l.observe("w", 1, at(t0, 900));
+        l.observe("me", 1, at(t0, 1000));
+        assert_eq!(l.alive("w", at(t0, 3450)), None);
     }
 }
 

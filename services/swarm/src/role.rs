@@ -276,6 +276,29 @@ pub async fn follow_managers(c: Arc<Cluster>) {
     }
 }
 
+/// Workers: remember the managers the store names (`state.json`), which are the leaf
+/// remotes the node's swarm server dials when it starts again. The live leaf connection
+/// learns the other managers' leaf addresses from the manager it is connected to
+/// (nats-server advertises its cluster's), so it fails over without this; a node
+/// started again would otherwise dial only the managers it knew when it joined.
+pub async fn remember_managers(c: Arc<Cluster>) {
+    c.t.nodes.wait_ready().await;
+    loop {
+        let now = managers(&c);
+        if !now.is_empty() {
+            let mut l = c.local.write().unwrap();
+            if !l.is_manager() && l.managers != now {
+                tracing::info!(managers = now.len(), "the managers changed: remembered for the next start");
+                l.managers = now;
+                if let Err(e) = l.save(&c.svc.files.state()) {
+                    tracing::warn!(error = %e, "saving the managers");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// The leader: a manager marked not yet in the store (`in_store: Some(false)`) is
 /// marked in once its server is the leader or a current replica of every bucket.
 async fn mark_store_members(c: &Cluster, replicas: usize) {
