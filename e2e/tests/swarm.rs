@@ -20,6 +20,15 @@ fn free_ports() -> u16 {
     panic!("no free ports");
 }
 
+/// The tests with three managers and a SIGKILLed one run one at a time: their failover
+/// timings, on a 2-core host beside another such swarm, met the nats-server elections of
+/// both (joins and elections past the tests' bounds now and then).
+static MANAGERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn managers_turn() -> std::sync::MutexGuard<'static, ()> {
+    MANAGERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn out(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -881,6 +890,7 @@ fn a_manager_and_a_worker_join_over_the_underlay() {
 #[test]
 fn three_managers_fail_over() {
     require_root!();
+    let _turn = managers_turn();
     // declared first, dropped last: the nodes stop before their namespaces go
     let u = berth_e2e::netns::Underlay::new(3);
     let mut nodes: Vec<Node> = (0..3).map(|i| u.start_node(i, Default::default())).collect();
@@ -905,8 +915,13 @@ fn three_managers_fail_over() {
     });
     assert_eq!(p.trim(), format!("Node {} promoted to a manager in the swarm.", host(2)));
     for (i, n) in nodes.iter().enumerate() {
+        let mut polls = 0;
         let ls = wait_for(60, "three managers Ready (Leader/Reachable)", n, || {
             let ls = managers_ls(n);
+            polls += 1;
+            if polls % 50 == 0 {
+                eprintln!("{i}: {ls:?}");
+            }
             three_up(&ls, &host).then_some(ls)
         });
         eprintln!("{i}: {ls:?}");
@@ -993,6 +1008,7 @@ fn three_managers_fail_over() {
 #[test]
 fn a_worker_outlives_the_manager_it_joined() {
     require_root!();
+    let _turn = managers_turn();
     let u = berth_e2e::netns::Underlay::new(4);
     let mut nodes: Vec<Node> = (0..4).map(|i| u.start_node(i, Default::default())).collect();
     load_busybox(&u, &nodes.iter().collect::<Vec<_>>());
@@ -1051,14 +1067,21 @@ fn a_worker_outlives_the_manager_it_joined() {
             (ready && reps.trim() == format!("{want}/{want}")).then_some(())
         });
     };
+    let worker_tasks = |nodes: &[Node]| {
+        let run = out(&nodes[1].docker(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"]));
+        (run.lines().filter(|l| l.starts_with(&format!("{} ", host(3)))).count(), run)
+    };
     converged("9", &nodes);
-    eprintln!("9/9, the worker Ready, {:?} after the kill (the worker runs {})", killed.elapsed(), running_web(&nodes[3]));
-    if running_web(&nodes[3]) == 0 {
+    eprintln!("9/9, the worker Ready, {:?} after the kill (the worker's tasks: {})", killed.elapsed(), worker_tasks(&nodes).0);
+    if worker_tasks(&nodes).0 == 0 {
         converged("12", &nodes);
     }
-    let run = out(&nodes[1].docker(&["service", "ps", "web", "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"]));
-    let on_worker = run.lines().filter(|l| l.starts_with(&format!("{} Running", host(3)))).count();
-    assert!(on_worker >= 1 && running_web(&nodes[3]) == on_worker, "{run}");
+    let (n, run) = wait_for(30, "the worker's tasks running", &nodes[1], || {
+        let (n, run) = worker_tasks(&nodes);
+        let running = run.lines().filter(|l| l.starts_with(&format!("{} Running", host(3)))).count();
+        (n >= 1 && running == n && running_web(&nodes[3]) == n).then_some((n, run))
+    });
+    assert!(n >= 1, "{run}");
     let ls = managers_ls(&nodes[1]);
     assert!(ls.iter().any(|l| l.starts_with(&format!("{} Ready Active", host(3)))), "{ls:?}");
     // it remembered the managers: started again, its server dials the live ones too
@@ -1085,6 +1108,7 @@ fn a_worker_outlives_the_manager_it_joined() {
 #[ignore = "flaky, a known fault: after the demoted server leaves the JetStream cluster and the buckets go R3 -> R2, a bucket's stream can be lost (\"no stream found\" for minutes: 1 run in 2 on nats-server 2.9.10); run with --ignored"]
 fn a_manager_is_demoted() {
     require_root!();
+    let _turn = managers_turn();
     let u = berth_e2e::netns::Underlay::new(3);
     let nodes: Vec<Node> = (0..3).map(|i| u.start_node(i, Default::default())).collect();
     load_busybox(&u, &[&nodes[0], &nodes[1], &nodes[2]]);

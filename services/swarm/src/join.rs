@@ -61,8 +61,20 @@ pub async fn serve(c: Arc<Cluster>) {
             Ok(req) => accept(&c, req).await.map_err(|e| e.message),
             Err(e) => Err(format!("bad join request: {e}")),
         };
-        let body = serde_json::to_vec(&ans).unwrap_or_default();
-        let _ = c.client.publish(reply, body.into()).await;
+        let body: bytes::Bytes = serde_json::to_vec(&ans).unwrap_or_default().into();
+        let _ = c.client.publish(reply.clone(), body.clone()).await;
+        // The new node's record makes every manager reload its server's users, and an
+        // answer crossing a route while those reloads redo the subscriptions' interest
+        // was lost now and then (e2e: the record made, the joining node waiting for its
+        // answer until it gave up). The same answer again a moment later reaches it then;
+        // the joining node takes the first and drops the rest.
+        let client = c.client.clone();
+        tokio::spawn(async move {
+            for wait in [1, 2] {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let _ = client.publish(reply.clone(), body.clone()).await;
+            }
+        });
     })
     .await
 }

@@ -767,27 +767,30 @@ pub fn constraint_ok(c: &str, n: &NodeRecord) -> bool {
 mod liveness_tests {
     use super::*;
 
+    /// `ms` after `t0`.
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
+
+    const D: u64 = NODE_DOWN_AFTER.as_millis() as u64;
 
     #[test]
     fn a_node_that_stops_beating_is_down_after_the_grace() {
         let t0 = Instant::now();
         let mut l = Liveness::new("me", t0);
         let mut seq = 0;
-        for ms in (0..=4000).step_by(500) {
+        for ms in (0..=D + 2000).step_by(500) {
             seq += 1;
             l.observe("me", seq, at(t0, ms));
             if ms <= 1000 {
                 l.observe("w", seq, at(t0, ms));
             }
         }
-        assert_eq!(l.alive("w", at(t0, 3000)), Some(true));
-        assert_eq!(l.alive("w", at(t0, 3600)), Some(false));
+        assert_eq!(l.alive("w", at(t0, 1000 + D - 100)), Some(true));
+        assert_eq!(l.alive("w", at(t0, 1000 + D + 100)), Some(false));
         // a node never seen gets the grace from the start
-        assert_eq!(l.alive("new", at(t0, 2000)), Some(true));
-        assert_eq!(l.alive("new", at(t0, 4000)), Some(false));
+        assert_eq!(l.alive("new", at(t0, D - 100)), Some(true));
+        assert_eq!(l.alive("new", at(t0, D + 500)), Some(false));
     }
 
     #[test]
@@ -802,35 +805,36 @@ mod liveness_tests {
         // the store stalls: no judgement while its own is not seen moving
         assert_eq!(l.alive("w", at(t0, 2400)), Some(true));
         assert_eq!(l.alive("w", at(t0, 2600)), None);
-        assert_eq!(l.alive("w", at(t0, 8000)), None);
+        assert_eq!(l.alive("w", at(t0, 2 * D + 8000)), None);
         // it comes back: the leader's own first, the other's a moment later; the other
         // has the whole grace from then
-        l.observe("me", 3, at(t0, 8000));
-        assert_eq!(l.alive("w", at(t0, 8100)), Some(true));
-        l.observe("w", 3, at(t0, 8300));
-        l.observe("me", 4, at(t0, 8500));
-        assert_eq!(l.alive("w", at(t0, 8600)), Some(true));
+        let back = 2 * D + 8000;
+        l.observe("me", 3, at(t0, back));
+        assert_eq!(l.alive("w", at(t0, back + 100)), Some(true));
+        l.observe("w", 3, at(t0, back + 300));
+        l.observe("me", 4, at(t0, back + 500));
+        assert_eq!(l.alive("w", at(t0, back + 600)), Some(true));
         // one that does not come back is down a grace after the stall ended
         let mut l2 = Liveness::new("me", t0);
         l2.observe("me", 1, at(t0, 0));
         l2.observe("gone", 1, at(t0, 0));
         l2.observe("me", 2, at(t0, 5000));
-        for (i, ms) in (5500..=8000).step_by(500).enumerate() {
+        for (i, ms) in (5500..=5000 + D + 500).step_by(500).enumerate() {
             l2.observe("me", 3 + i as u64, at(t0, ms));
         }
-        assert_eq!(l2.alive("gone", at(t0, 7400)), Some(true));
-        assert_eq!(l2.alive("gone", at(t0, 7600)), Some(false));
+        assert_eq!(l2.alive("gone", at(t0, 5000 + D - 100)), Some(true));
+        assert_eq!(l2.alive("gone", at(t0, 5000 + D + 100)), Some(false));
     }
 
     #[test]
     fn the_old_rule_marked_a_node_down_at_the_edge_of_a_stall() {
-        // the fault this replaces: own last seen at 1000, the other at 900; at 3450 the
-        // other is 2550 ms old (past the grace) while the leader's own is 2450 (under it)
+        // the fault this replaces: own last seen at 1000, the other at 900; 50 ms before
+        // the leader's own crosses the grace the other's has crossed it (both stalled)
         let t0 = Instant::now();
         let mut l = Liveness::new("me", t0);
         l.observe("w", 1, at(t0, 900));
         l.observe("me", 1, at(t0, 1000));
-        assert_eq!(l.alive("w", at(t0, 3450)), None);
+        assert_eq!(l.alive("w", at(t0, 1000 + D - 50)), None);
     }
 }
 
