@@ -5,6 +5,7 @@
 # on Moby's classic builder, with the ratios.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+need hyperfine
 trap 'stop_berth; stop_moby' EXIT
 export DOCKER_BUILDKIT=0 DOCKER_CLI_HINTS=false
 

@@ -3,6 +3,7 @@
 # and the memory of an idle node. Prints ratios against Moby when dockerd is installed.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+need hyperfine
 trap 'stop_berth; stop_moby' EXIT
 sync
 start_berth

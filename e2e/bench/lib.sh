@@ -7,6 +7,14 @@ BERTH_SOCK=$BENCH_DIR/berth.sock
 MOBY_SOCK=$BENCH_DIR/moby.sock
 mkdir -p "$BENCH_DIR"
 
+# need TOOL...: stop with how to install what a bench script runs and this host lacks.
+need() {
+  local t
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "$t is not installed (apt-get install $t)"; exit 1; }
+  done
+}
+
 start_berth() { # [daemon.json content]
   # a previous node's mounts (the network service's netns directory) go first
   grep -o " $BENCH_DIR/berth-root[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true

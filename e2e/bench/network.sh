@@ -13,7 +13,7 @@ BRIDGE=${BENCH_BRIDGE:-bbench0}
 PORT=${BENCH_PORT:-18080}
 FIRST_RUNS=${BENCH_FIRST_RUNS:-15}
 trap 'stop_berth; stop_moby' EXIT
-command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 1; }
+need wrk
 
 img=$BENCH_DIR/netbox.tar
 if [ ! -s "$img" ]; then

@@ -4,6 +4,7 @@
 # present, on berth and (when dockerd is installed) Moby, with the ratios.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+need hyperfine
 PORT=${BENCH_REG_PORT:-5055}
 REG=127.0.0.1:$PORT
 W=$BENCH_DIR/pull; mkdir -p "$W"
