@@ -98,6 +98,17 @@ fn three_up(ls: &[String], host: &dyn Fn(usize) -> String) -> bool {
         && ls.iter().filter(|l| l.ends_with(" Reachable")).count() == 2
 }
 
+/// `nodes[i]` joins with `token`; on a failure, every node's logs in the panic (the
+/// managers' hold why a join went unanswered).
+fn join_or_dump(nodes: &[Node], i: usize, token: &str, addr: &str) -> String {
+    let j = nodes[i].docker(&["swarm", "join", "--token", token, addr]);
+    if !j.status.success() {
+        let logs: Vec<String> = nodes.iter().enumerate().map(|(k, n)| format!("=== node {k}\n{}", n.logs())).collect();
+        panic!("join of node {i}: {}\n{}", out(&j), logs.join("\n"));
+    }
+    String::from_utf8_lossy(&j.stdout).into_owned()
+}
+
 /// Which of `host(0..3)` the node's `node ls` shows as Leader.
 fn leader(n: &Node, host: &dyn Fn(usize) -> String) -> Option<usize> {
     managers_ls(n).iter().find(|l| l.ends_with(" Leader")).and_then(|l| (0..3).find(|i| l.starts_with(&format!("{} ", host(*i)))))
@@ -901,10 +912,7 @@ fn three_managers_fail_over() {
     let mtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
     let wtoken = nodes[0].docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
     assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
-    let j = nodes[2].docker(&["swarm", "join", "--token", &wtoken, &addr]);
-    if !j.status.success() {
-        panic!("join: {}\n=== node 0\n{}\n=== node 1\n{}\n=== node 2\n{}", out(&j), nodes[0].logs(), nodes[1].logs(), nodes[2].logs());
-    }
+    assert_eq!(join_or_dump(&nodes, 2, &wtoken, &addr).trim(), "This node joined a swarm as a worker.");
     assert!(server_conf(&nodes[2]).contains("remotes"), "{}", server_conf(&nodes[2]));
 
     // promote the worker (from the manager that joined, once the store moved)
@@ -1024,10 +1032,7 @@ fn a_worker_outlives_the_manager_it_joined() {
     assert!(!server_conf(&nodes[3]).contains(&format!("@{}:", u.addrs[1])));
     // two more managers: node 1 joins as one, node 2 joins and is promoted
     assert_eq!(nodes[1].docker_ok(&["swarm", "join", "--token", &mtoken, &addr]).trim(), "This node joined a swarm as a manager.");
-    let j = nodes[2].docker(&["swarm", "join", "--token", &wtoken, &addr]);
-    if !j.status.success() {
-        panic!("join: {}\n=== node 0\n{}\n=== node 1\n{}\n=== node 2\n{}", out(&j), nodes[0].logs(), nodes[1].logs(), nodes[2].logs());
-    }
+    join_or_dump(&nodes, 2, &wtoken, &addr);
     wait_for(60, "the promotion accepted", &nodes[1], || nodes[1].docker(&["node", "promote", &host(2)]).status.success().then_some(()));
     let four_up = |n: &Node| {
         let ls = managers_ls(n);

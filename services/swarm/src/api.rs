@@ -275,10 +275,15 @@ impl Cluster {
         docker::ServiceServiceStatus { running_tasks: Some(running), desired_tasks: Some(desired), completed_tasks: Some(completed) }
     }
 
-    /// The state a task shows (the node's report, or the manager's).
-    pub fn task_state(&self, t: &TaskRecord) -> TaskState {
+    /// The status a task shows (the node's report, or the manager's).
+    pub fn task_status(&self, t: &TaskRecord) -> Status {
         let rep = t.node_id.as_ref().and_then(|n| self.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);
-        effective_status(t, rep.as_ref()).state
+        effective_status(t, rep.as_ref()).clone()
+    }
+
+    /// The state a task shows ([`Cluster::task_status`]'s).
+    pub fn task_state(&self, t: &TaskRecord) -> TaskState {
+        self.task_status(t).state
     }
 
     pub async fn service_list(&self, f: Filters, status: bool) -> Result<Vec<ServiceObject>, BusError> {

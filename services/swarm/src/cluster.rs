@@ -417,6 +417,19 @@ where
     }
 }
 
+/// A worker's request to the managers on a subject only it may publish (its tasks'
+/// files, its overlay addresses), answered `Ok(T)` or why not; the failures to ask in
+/// Docker-facing words naming `what` was asked for.
+pub async fn ask_managers<Q: serde::Serialize, T: serde::de::DeserializeOwned>(c: &Cluster, subject: String, q: &Q, what: &str) -> Result<Result<T, String>, BusError> {
+    use berth_bus::cluster::AskError;
+    match berth_bus::cluster::ask_json::<_, Result<T, String>>(&c.client, subject, q, Duration::from_secs(10)).await {
+        Ok(a) => Ok(a),
+        Err(AskError::NoAnswer) => Err(BusError::unavailable(format!("the managers did not answer for {what}"))),
+        Err(AskError::Failed(e)) => Err(BusError::unavailable(format!("asking the managers for {what}: {e}"))),
+        Err(AskError::Undecodable(e)) => Err(BusError::internal(format!("the managers' answer: {e}"))),
+    }
+}
+
 /// The users of the last config written (kept until the store answers).
 fn previous_users(_files: &natsconf::Files) -> Vec<natsconf::User> {
     Vec::new()

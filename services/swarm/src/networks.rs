@@ -365,8 +365,7 @@ impl Cluster {
             .into_iter()
             .filter_map(|(_, t, _)| {
                 let node = t.node_id.clone()?;
-                let reported = self.t.task_status.get(&format!("{node}.{}", t.id)).map(|(r, _)| r);
-                let st = effective_status(&t, reported.as_ref());
+                let st = self.task_status(&t);
                 let container = st.container_id.clone().filter(|_| st.state <= TaskState::Running);
                 Some((t.id.clone(), TaskEndpoint { node, container, name: crate::agent::task_name(&t) }))
             })
@@ -432,22 +431,14 @@ impl Cluster {
     }
 
     async fn ask_address(&self, net_id: &str, owner: &str, release: bool) -> Result<String, BusError> {
-        use berth_bus::cluster::AskError;
         let req = AddressRequest { network: net_id.to_string(), owner: owner.to_string(), release };
-        let subject = addresses_subject(&self.node_id());
-        match berth_bus::cluster::ask_json::<_, AddressAnswer>(&self.client, subject, &req, std::time::Duration::from_secs(10)).await {
-            Ok(a) => {
-                let a = a.map_err(BusError::internal)?;
-                // the answering manager wrote the store: this copy follows it
-                if let Ok(Some((n, rev))) = self.bucket::<NetworkRecord>(buckets::NETWORKS).get(net_id).await {
-                    self.t.networks.note_put(net_id, n, rev);
-                }
-                Ok(a)
-            }
-            Err(AskError::NoAnswer) => Err(BusError::unavailable("the managers did not answer for an overlay address")),
-            Err(AskError::Failed(e)) => Err(BusError::unavailable(format!("asking the managers for an overlay address: {e}"))),
-            Err(AskError::Undecodable(e)) => Err(BusError::internal(format!("the managers' answer: {e}"))),
+        let a: AddressAnswer = crate::cluster::ask_managers(self, addresses_subject(&self.node_id()), &req, "an overlay address").await?;
+        let a = a.map_err(BusError::internal)?;
+        // the answering manager wrote the store: this copy follows it
+        if let Ok(Some((n, rev))) = self.bucket::<NetworkRecord>(buckets::NETWORKS).get(net_id).await {
+            self.t.networks.note_put(net_id, n, rev);
         }
+        Ok(a)
     }
 
     async fn store_allocate(&self, net_id: &str, owner: &str) -> Result<String, BusError> {

@@ -227,8 +227,7 @@ impl Leader {
     }
 
     fn observed(&self, t: &TaskRecord) -> Status {
-        let rep = t.node_id.as_ref().and_then(|n| self.c.t.task_status.get(&format!("{n}.{}", t.id))).map(|(r, _)| r);
-        effective_status(t, rep.as_ref()).clone()
+        self.c.task_status(t)
     }
 
     async fn set_desired(&self, id: &str, to: TaskState) -> Result<(), BusError> {

@@ -16,12 +16,10 @@
 use crate::cluster::Cluster;
 use crate::model::{BlobRecord, TaskRecord, TaskState};
 use base64::Engine;
-use berth_bus::cluster::AskError;
 use bus_schema::BusError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -130,13 +128,8 @@ pub async fn fetch(c: &Cluster, t: &TaskRecord) -> Result<TaskBlobs, BusError> {
     if c.is_manager() {
         return files_for(&me, Some(t), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b)).map_err(BusError::not_found);
     }
-    let asked = berth_bus::cluster::ask_json::<_, FilesAnswer>(&c.client, subject(&me), &FilesRequest { task_id: t.id.clone() }, Duration::from_secs(10)).await;
-    match asked {
-        Ok(ans) => ans.map_err(BusError::not_found),
-        Err(AskError::NoAnswer) => Err(BusError::unavailable("the managers did not answer for the task's secrets and configs")),
-        Err(AskError::Failed(e)) => Err(BusError::unavailable(format!("asking the managers for the task's secrets and configs: {e}"))),
-        Err(AskError::Undecodable(e)) => Err(BusError::internal(format!("the managers' answer: {e}"))),
-    }
+    let ans: FilesAnswer = crate::cluster::ask_managers(c, subject(&me), &FilesRequest { task_id: t.id.clone() }, "the task's secrets and configs").await?;
+    ans.map_err(BusError::not_found)
 }
 
 /// Write the task's secrets and configs (`blobs`, from [`fetch`]) into its tmpfs; the
