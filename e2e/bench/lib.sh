@@ -71,7 +71,7 @@ stop_moby() {
   if [ -n "${MOBY_NET_USED:-}" ]; then
     local t r c
     for t in nat filter; do
-      iptables -t "$t" -S 2>/dev/null | grep -E -- '-j DOCKER|docker0' | grep '^-A' | sed 's/^-A/-D/' |
+      iptables -t "$t" -S 2>/dev/null | grep -E -- '-j DOCKER|docker0|docker_gwbridge' | grep '^-A' | sed 's/^-A/-D/' |
         while read -r r; do eval "iptables -t $t $r" 2>/dev/null || true; done
       for c in DOCKER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2 DOCKER-USER; do
         iptables -t "$t" -F "$c" 2>/dev/null || true
@@ -79,6 +79,7 @@ stop_moby() {
       done
     done
     ip link del docker0 2>/dev/null || true
+    ip link del docker_gwbridge 2>/dev/null || true
   fi
 }
 

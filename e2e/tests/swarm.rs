@@ -502,6 +502,67 @@ fn jobs_run_to_completion() {
     node.docker_ok(&["swarm", "leave", "--force"]);
 }
 
+/// An update whose tasks fail, under each `--update-failure-action`, as Moby 20.10's
+/// single-node swarm answered the same commands: pause (the default) stops the update
+/// with the CLI's error and leaves the other slots alone, rollback goes back to the
+/// previous spec, continue carries on; only a task that fails within the monitor
+/// period counts.
+#[test]
+fn a_failing_update_pauses_rolls_back_or_continues() {
+    require_root!();
+    let (node, _reg, img) = fixtures::node_with_busybox();
+    let port = free_ports();
+    node.docker_ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", &format!("127.0.0.1:{port}")]);
+    node.docker_ok(&["service", "create", "--replicas", "2", "--name", "web", &img, "sleep", "1d"]);
+    let status = || node.docker_ok(&["service", "inspect", "web", "--format", "{{.UpdateStatus.State}}|{{.UpdateStatus.Message}}"]).trim().to_string();
+    let running = || -> Vec<String> {
+        let ps = node.docker_ok(&["ps", "--filter", "label=com.docker.swarm.service.name=web", "--format", "{{.Command}}"]);
+        let mut v = lines(&ps);
+        v.sort();
+        v
+    };
+    let fail = "sh -c 'exit 3'";
+
+    // pause: the CLI's error; one slot tried, the other still on the old spec
+    let o = node.docker(&["service", "update", "--update-monitor", "2s", "--args", fail, "web"]);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("service update paused: update paused due to failure or early termination of task "), "{}", out(&o));
+    let st = status();
+    assert!(st.starts_with("paused|update paused due to failure or early termination of task "), "{st}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(running().contains(&"\"sleep 1d\"".to_string()), "a paused update went on: {:?}", running());
+    assert!(status().starts_with("paused|"), "{}", status());
+    // the next update goes on from the pause
+    let o = node.docker(&["service", "update", "--args", "sleep 2d", "web"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(status(), "completed|update completed");
+    assert_eq!(running(), vec!["\"sleep 2d\"", "\"sleep 2d\""]);
+
+    // rollback: back to the previous spec (no previous spec kept, as swarmkit)
+    let o = node.docker(&["service", "update", "--update-monitor", "2s", "--update-failure-action", "rollback", "--args", fail, "web"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("rollback: update rolled back due to failure or early termination of task "), "{}", out(&o));
+    let spec = node.docker_ok(&["service", "inspect", "web", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Args}} {{json .PreviousSpec}}"]);
+    assert_eq!(spec.trim(), r#"["sleep","2d"] null"#);
+    wait_for(60, "the rollback completed", &node, || (status() == "rollback_completed|rollback completed").then_some(()));
+    assert_eq!(running(), vec!["\"sleep 2d\"", "\"sleep 2d\""]);
+
+    // continue: every slot updated in spite of the failures
+    node.docker_ok(&["service", "update", "--detach", "--update-monitor", "1s", "--update-failure-action", "continue", "--args", fail, "web"]);
+    wait_for(60, "the update completed", &node, || (status() == "completed|update completed").then_some(()));
+    let tasks = node.docker_ok(&["service", "ps", "web", "--format", "{{.Name}} {{.DesiredState}}"]);
+    assert!(!running().iter().any(|c| c.contains("sleep 2d")), "{:?}\n{tasks}", running());
+
+    // the update's states as Moby's events name them
+    let ev = node.docker_ok(&["events", "--since", "0", "--until", "0s", "--filter", "type=service", "--format", "{{index .Actor.Attributes \"updatestate.old\"}}>{{index .Actor.Attributes \"updatestate.new\"}}"]);
+    let ev: Vec<String> = lines(&ev).into_iter().filter(|l| l != ">").collect();
+    for want in [">updating", "updating>paused", "updating>completed", "updating>rollback_started", "rollback_started>rollback_completed"] {
+        assert!(ev.contains(&want.to_string()), "{want} in {ev:?}");
+    }
+    node.docker_ok(&["service", "rm", "web"]);
+    node.docker_ok(&["swarm", "leave", "--force"]);
+}
+
 /// `busybox:latest` on `nodes` without a registry (the namespaces reach none): a
 /// docker-archive of the busybox fixture, loaded with the CLI.
 fn load_busybox(u: &berth_e2e::netns::Underlay, nodes: &[&Node]) {

@@ -87,6 +87,97 @@ struct Updating {
     next_batch: Option<Instant>,
     version: u64,
     started: bool,
+    watch: Watch,
+    /// this leader made tasks of this update (so it knows which are on their way)
+    made: bool,
+}
+
+/// The tasks an update made, watched as swarmkit's updater does: a task that fails, is
+/// rejected or ends on its own before it has run for the monitor period counts against
+/// the update (`--update-monitor`, `--update-max-failure-ratio`).
+#[derive(Default)]
+struct Watch {
+    /// task ID -> when it was first seen running
+    tasks: HashMap<String, Option<Instant>>,
+    failures: usize,
+    /// the out-of-date slots when the update began
+    total: usize,
+}
+
+impl Watch {
+    /// A watched task's observed state: whether it failed the update just now.
+    fn observe(&mut self, id: &str, state: TaskState, now: Instant, monitor: Duration) -> bool {
+        let Some(since) = self.tasks.get_mut(id) else { return false };
+        match state {
+            TaskState::Running => {
+                let t0 = *since.get_or_insert(now);
+                if now.duration_since(t0) >= monitor {
+                    self.tasks.remove(id);
+                }
+                false
+            }
+            TaskState::Complete | TaskState::Failed | TaskState::Rejected => {
+                self.tasks.remove(id);
+                self.failures += 1;
+                true
+            }
+            // stopped by the swarm (a later update, a scale down, its node lost)
+            TaskState::Shutdown | TaskState::Remove | TaskState::Orphaned => {
+                self.tasks.remove(id);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// More failures than the update allows (swarmkit: failures / slots > ratio).
+    fn over(&self, max_ratio: f64) -> bool {
+        self.total > 0 && self.failures as f64 / self.total as f64 > max_ratio
+    }
+}
+
+/// An update's (or a rollback's) settings, with Docker's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Policy {
+    parallelism: usize,
+    delay: Duration,
+    start_first: bool,
+    /// "pause", "continue" or "rollback"
+    on_failure: &'static str,
+    monitor: Duration,
+    max_ratio: f64,
+}
+
+impl Policy {
+    fn of(s: &ServiceRecord, rollback: bool) -> Policy {
+        use docker::{ServiceSpecRollbackConfigFailureActionEnum as RF, ServiceSpecRollbackConfigOrderEnum as RO, ServiceSpecUpdateConfigFailureActionEnum as UF, ServiceSpecUpdateConfigOrderEnum as UO};
+        let ns = |v: Option<i64>, d: u64| Duration::from_nanos(v.map(|v| v.max(0) as u64).unwrap_or(d));
+        if rollback {
+            let r = s.spec.rollback_config.clone().unwrap_or_default();
+            Policy {
+                parallelism: r.parallelism.unwrap_or(1).max(0) as usize,
+                delay: ns(r.delay, 0),
+                start_first: r.order == Some(RO::START_FIRST),
+                on_failure: if r.failure_action == Some(RF::CONTINUE) { "continue" } else { "pause" },
+                monitor: ns(r.monitor, 5_000_000_000),
+                max_ratio: r.max_failure_ratio.unwrap_or(0.0),
+            }
+        } else {
+            let u = s.spec.update_config.clone().unwrap_or_default();
+            Policy {
+                parallelism: u.parallelism.unwrap_or(1).max(0) as usize,
+                delay: ns(u.delay, 0),
+                start_first: u.order == Some(UO::START_FIRST),
+                on_failure: match u.failure_action {
+                    Some(UF::CONTINUE) => "continue",
+                    Some(UF::ROLLBACK) => "rollback",
+                    _ => "pause",
+                },
+                monitor: ns(u.monitor, 5_000_000_000),
+                max_ratio: u.max_failure_ratio.unwrap_or(0.0),
+            }
+        }
+    }
 }
 
 /// How long the leader's own heartbeat may go unseen before it stops judging the others
@@ -250,7 +341,7 @@ impl Leader {
 
     /// A new task for `slot` (replicated) or `node` (global), placed at once when a node
     /// fits. `desired` Ready with `start_at` for a delayed restart.
-    async fn new_task(&self, s: &ServiceRecord, slot: u64, node: Option<String>, desired: TaskState, start_at: Option<u64>) -> Result<(), BusError> {
+    async fn new_task(&self, s: &ServiceRecord, slot: u64, node: Option<String>, desired: TaskState, start_at: Option<u64>) -> Result<String, BusError> {
         let now = crate::now();
         let spec = task_spec(s);
         let (node_id, status) = match node {
@@ -279,7 +370,7 @@ impl Leader {
         };
         let rev = self.c.bucket::<TaskRecord>(buckets::TASKS).create(&id, &t).await?;
         self.c.t.tasks.note_put(&id, t, rev);
-        Ok(())
+        Ok(id)
     }
 
     /// The scheduler: the eligible node with the fewest tasks of this service, then the
@@ -566,6 +657,13 @@ impl Leader {
     }
 
     async fn update(&mut self, s: &ServiceRecord, _nodes: &HashMap<String, NodeRecord>) -> Result<(), BusError> {
+        use docker::ServiceUpdateStatusStateEnum as U;
+        let state = s.update_status.as_ref().and_then(|u| u.state);
+        if matches!(state, Some(U::PAUSED) | Some(U::ROLLBACK_PAUSED)) {
+            return Ok(()); // until the next `service update` or `rollback`
+        }
+        let rollback = state == Some(U::ROLLBACK_STARTED);
+        let policy = Policy::of(s, rollback);
         let tasks: Vec<TaskRecord> = self.c.t.tasks.filter(|t| t.service_id == s.id);
         let active: Vec<&TaskRecord> = tasks.iter().filter(|t| t.desired_state <= TaskState::Running).collect();
         let dirty: Vec<&&TaskRecord> = active.iter().filter(|t| task_dirty(s, t)).collect();
@@ -575,22 +673,51 @@ impl Leader {
                 *st = Updating { version: s.spec_version, ..Default::default() };
             }
         }
-        let (started, next_batch) = {
-            let st = &self.updates[&s.id];
-            (st.started, st.next_batch)
-        };
-        // Slots whose replacement is on its way (a clean task not running yet).
-        let in_flight = active.iter().filter(|t| !task_dirty(s, t) && self.observed(t).state < TaskState::Running).count();
+        // The tasks this update made: one that failed may stop the update.
+        let now = Instant::now();
+        let seen: Vec<(String, TaskState)> = self.updates[&s.id]
+            .watch
+            .tasks
+            .keys()
+            .map(|id| (id.clone(), self.c.t.tasks.get(id).map(|(t, _)| self.observed(&t).state).unwrap_or(TaskState::Remove)))
+            .collect();
+        let st = self.updates.get_mut(&s.id).unwrap();
+        let mut failed = None;
+        for (id, state) in seen {
+            if st.watch.observe(&id, state, now, policy.monitor) && failed.is_none() {
+                failed = Some(id);
+            }
+        }
+        if let Some(id) = failed {
+            tracing::info!(service = %s.id, task = %id, failures = st.watch.failures, of = st.watch.total, action = policy.on_failure, "a task of the update failed");
+            if st.watch.over(policy.max_ratio) && policy.on_failure != "continue" {
+                st.started = false;
+                return self.update_failed(s, &id, rollback, policy.on_failure).await;
+            }
+        }
+        let (started, next_batch) = (st.started, st.next_batch);
+        let watching = !st.watch.tasks.is_empty();
+        // Slots whose replacement is on its way: a task of this update not running yet
+        // (a leader that took over mid-update: any clean task not running yet). A
+        // failed one's restarts are the restart policy's, not the update's.
+        let st = &self.updates[&s.id];
+        let in_flight = active
+            .iter()
+            .filter(|t| !task_dirty(s, t) && (!st.made || st.watch.tasks.contains_key(&t.id)) && self.observed(t).state < TaskState::Running)
+            .count();
         if dirty.is_empty() {
-            // Done when the last replacement runs (the CLI stops watching at "completed").
-            if started && in_flight == 0 {
+            // Done when the last replacement has run for the monitor period (the CLI
+            // stops watching at "completed").
+            if started && in_flight == 0 && !watching {
                 self.updates.get_mut(&s.id).unwrap().started = false;
                 let b = self.c.bucket::<ServiceRecord>(buckets::SERVICES);
-                let rollback = s.update_status.as_ref().and_then(|u| u.state) == Some(docker::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED);
                 if let Some((svc, rev)) = b
                     .modify(&s.id, |svc| {
                         let Some(u) = svc.update_status.as_mut() else { return Ok(false) };
-                        u.state = Some(if rollback { docker::ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED } else { docker::ServiceUpdateStatusStateEnum::COMPLETED });
+                        if svc.spec_version != s.spec_version {
+                            return Ok(false);
+                        }
+                        u.state = Some(if rollback { U::ROLLBACK_COMPLETED } else { U::COMPLETED });
                         u.completed_at = Some(crate::now());
                         u.message = Some(if rollback { "rollback completed".into() } else { "update completed".into() });
                         Ok(true)
@@ -602,21 +729,19 @@ impl Leader {
             }
             return Ok(());
         }
-        let uc = s.spec.update_config.clone().unwrap_or_default();
-        let parallelism = uc.parallelism.unwrap_or(1).max(0) as usize;
-        let delay = Duration::from_nanos(uc.delay.unwrap_or(0).max(0) as u64);
-        let start_first = uc.order == Some(docker::ServiceSpecUpdateConfigOrderEnum::START_FIRST);
         if !started {
-            self.updates.get_mut(&s.id).unwrap().started = true;
+            let st = self.updates.get_mut(&s.id).unwrap();
+            st.started = true;
+            st.watch.total = dirty.len();
             // Docker records the update only when tasks change.
             let b = self.c.bucket::<ServiceRecord>(buckets::SERVICES);
             if let Some((svc, rev)) = b
                 .modify(&s.id, |svc| {
-                    if svc.update_status.as_ref().and_then(|u| u.state) == Some(docker::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED) {
+                    if svc.update_status.as_ref().and_then(|u| u.state) == Some(U::ROLLBACK_STARTED) {
                         return Ok(false);
                     }
                     svc.update_status = Some(docker::ServiceUpdateStatus {
-                        state: Some(docker::ServiceUpdateStatusStateEnum::UPDATING),
+                        state: Some(U::UPDATING),
                         started_at: Some(crate::now()),
                         completed_at: None,
                         message: Some("update in progress".into()),
@@ -628,7 +753,7 @@ impl Leader {
                 self.c.t.services.note_put(&s.id, svc, rev);
             }
         }
-        let room = if parallelism == 0 { usize::MAX } else { parallelism.saturating_sub(in_flight) };
+        let room = if policy.parallelism == 0 { usize::MAX } else { policy.parallelism.saturating_sub(in_flight) };
         if room == 0 {
             return Ok(());
         }
@@ -644,29 +769,80 @@ impl Leader {
         // A slot with both a clean and a dirty task is mid start-first: leave it.
         let clean_slots: Vec<(u64, Option<String>)> = active.iter().filter(|t| !task_dirty(s, t)).map(|t| (t.slot, if is_global(s) { t.node_id.clone() } else { None })).collect();
         let mut n = 0;
+        let mut made = Vec::new();
         for t in batch {
             if n >= room {
                 break;
             }
             let key = (t.slot, if is_global(s) { t.node_id.clone() } else { None });
             if clean_slots.contains(&key) {
-                if start_first && self.observed_running_clean(s, &key) {
+                if policy.start_first && self.observed_running_clean(s, &key) {
                     self.set_desired(&t.id, TaskState::Shutdown).await?;
                 }
                 continue;
             }
             let node_for = if is_global(s) { t.node_id.clone() } else { None };
-            if start_first {
-                self.new_task(s, t.slot, node_for, TaskState::Running, None).await?;
+            if policy.start_first {
+                made.push(self.new_task(s, t.slot, node_for, TaskState::Running, None).await?);
             } else {
                 self.set_desired(&t.id, TaskState::Shutdown).await?;
-                self.new_task(s, t.slot, node_for, TaskState::Ready, None).await?;
+                made.push(self.new_task(s, t.slot, node_for, TaskState::Ready, None).await?);
             }
             n += 1;
         }
+        let st = self.updates.get_mut(&s.id).unwrap();
+        st.made |= !made.is_empty();
+        st.watch.tasks.extend(made.into_iter().map(|id| (id, None)));
         if n > 0 {
-            let st = self.updates.get_mut(&s.id).unwrap();
-            st.next_batch = Some(Instant::now() + delay);
+            st.next_batch = Some(Instant::now() + policy.delay);
+        }
+        Ok(())
+    }
+
+    /// Too many of an update's tasks failed: pause it, or roll the service back to its
+    /// previous spec (swarmkit's words; a rollback that fails pauses).
+    async fn update_failed(&mut self, s: &ServiceRecord, task: &str, rollback: bool, action: &str) -> Result<(), BusError> {
+        use docker::ServiceUpdateStatusStateEnum as U;
+        let mut back = action == "rollback" && !rollback && s.previous_spec.is_some();
+        let mut endpoint = None;
+        if back {
+            // the previous spec's ports and virtual IPs (taken meanwhile: pause instead)
+            let prev = s.previous_spec.clone().unwrap_or_default();
+            match self.c.service_endpoint(&s.id, &prev, s.endpoint.as_ref()).await {
+                Ok(e) => endpoint = Some(e),
+                Err(e) => {
+                    tracing::warn!(service = %s.id, error = %e.message, "rolling back: the previous endpoint; the update pauses");
+                    back = false;
+                }
+            }
+        }
+        let (state, message) = match (rollback, back) {
+            (true, _) => (U::ROLLBACK_PAUSED, format!("rollback paused due to failure or early termination of task {task}")),
+            (false, true) => (U::ROLLBACK_STARTED, format!("update rolled back due to failure or early termination of task {task}")),
+            (false, false) => (U::PAUSED, format!("update paused due to failure or early termination of task {task}")),
+        };
+        let version = s.spec_version;
+        let b = self.c.bucket::<ServiceRecord>(buckets::SERVICES);
+        if let Some((svc, rev)) = b
+            .modify(&s.id, |svc| {
+                if svc.spec_version != version {
+                    return Ok(false); // updated again meanwhile
+                }
+                if back {
+                    let Some(prev) = svc.previous_spec.take() else { return Ok(false) };
+                    svc.spec = prev;
+                    svc.spec_version += 1;
+                    svc.endpoint = endpoint.clone().flatten();
+                    svc.updated_at = crate::now();
+                }
+                let started_at = if back { Some(crate::now()) } else { svc.update_status.as_ref().and_then(|u| u.started_at.clone()) };
+                svc.update_status = Some(docker::ServiceUpdateStatus { state: Some(state), started_at, completed_at: None, message: Some(message.clone()) });
+                Ok(true)
+            })
+            .await?
+        {
+            tracing::info!(service = %s.id, %message, "update stopped");
+            self.c.t.services.note_put(&s.id, svc, rev);
         }
         Ok(())
     }
@@ -840,6 +1016,60 @@ mod liveness_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_that_fails_within_the_monitor_counts_against_the_update() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mon = Duration::from_secs(5);
+        let mut w = Watch { total: 4, ..Default::default() };
+        for id in ["a", "b", "c", "d"] {
+            w.tasks.insert(id.into(), None);
+        }
+        // a: runs past the monitor period, then fails: not the update's fault
+        assert!(!w.observe("a", TaskState::Starting, ms(0), mon));
+        assert!(!w.observe("a", TaskState::Running, ms(100), mon));
+        assert!(!w.observe("a", TaskState::Running, ms(5_100), mon));
+        assert!(!w.tasks.contains_key("a"));
+        assert!(!w.observe("a", TaskState::Failed, ms(6_000), mon));
+        // b: exits on its own 1 s after it started
+        assert!(!w.observe("b", TaskState::Running, ms(100), mon));
+        assert!(w.observe("b", TaskState::Complete, ms(1_100), mon));
+        // c: rejected before it ran
+        assert!(w.observe("c", TaskState::Rejected, ms(200), mon));
+        // d: shut down by the swarm (scaled away): no failure
+        assert!(!w.observe("d", TaskState::Shutdown, ms(200), mon));
+        assert_eq!(w.failures, 2);
+        assert!(w.tasks.is_empty());
+        assert!(w.over(0.0) && w.over(0.49) && !w.over(0.5));
+    }
+
+    #[test]
+    fn update_and_rollback_settings_with_dockers_defaults() {
+        let mut s: ServiceRecord = serde_json::from_value(serde_json::json!({
+            "id": "s", "created_at": "c", "updated_at": "u", "spec": {}, "spec_version": 1,
+        }))
+        .unwrap();
+        let d = Policy::of(&s, false);
+        assert_eq!((d.parallelism, d.on_failure, d.monitor, d.max_ratio, d.start_first), (1, "pause", Duration::from_secs(5), 0.0, false));
+        s.spec.update_config = Some(docker::ServiceSpecUpdateConfig {
+            parallelism: Some(2),
+            failure_action: Some(docker::ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+            monitor: Some(1_000_000_000),
+            max_failure_ratio: Some(0.25),
+            order: Some(docker::ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+            ..Default::default()
+        });
+        s.spec.rollback_config = Some(docker::ServiceSpecRollbackConfig {
+            failure_action: Some(docker::ServiceSpecRollbackConfigFailureActionEnum::CONTINUE),
+            parallelism: Some(0),
+            ..Default::default()
+        });
+        let u = Policy::of(&s, false);
+        assert_eq!((u.parallelism, u.on_failure, u.monitor, u.max_ratio, u.start_first), (2, "rollback", Duration::from_secs(1), 0.25, true));
+        let r = Policy::of(&s, true);
+        assert_eq!((r.parallelism, r.on_failure, r.monitor, r.start_first), (0, "continue", Duration::from_secs(5), false));
+    }
 
     fn node(labels: &[(&str, &str)]) -> NodeRecord {
         NodeRecord {
