@@ -13,6 +13,18 @@ pub fn new_id() -> String {
 }
 
 /// A random secret of `n` bytes as lowercase hex (passwords, keys).
+/// The node ID a join (`join_id`, the joining node's own random) gets from the swarm
+/// `cluster_id`: the same join asked again gets the same ID (a retry after a lost answer
+/// makes no second node).
+pub fn join_node_id(cluster_id: &str, join_id: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::new().chain_update(b"berth-join\0").chain_update(cluster_id).chain_update(b"\0").chain_update(join_id).finalize();
+    let mut b = [0u8; 17];
+    b.copy_from_slice(&d[..17]);
+    b[0] |= 0x80;
+    base36(&b)[1..26].to_string()
+}
+
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).expect("random");
@@ -90,6 +102,16 @@ fn from_base36(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_asked_again_gets_the_same_node_id() {
+        let a = join_node_id("cluster1", "00112233445566778899aabbccddeeff");
+        assert_eq!(a, join_node_id("cluster1", "00112233445566778899aabbccddeeff"));
+        assert_eq!(a.len(), 25);
+        assert!(a.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()), "{a}");
+        assert_ne!(a, join_node_id("cluster1", "00112233445566778899aabbccddeefe"));
+        assert_ne!(a, join_node_id("cluster2", "00112233445566778899aabbccddeeff"));
+    }
 
     #[test]
     fn ids_have_docker_shape() {

@@ -27,6 +27,14 @@ pub struct JoinRequest {
     /// Where a joining manager's swarm server will listen (`ip:port`).
     pub listen_addr: String,
     pub availability: Option<docker::NodeSpecAvailabilityEnum>,
+    /// The joining node's own random (32 hex digits): asked again, the same join gets
+    /// the same node (its ID is made from this), not a second one.
+    #[serde(default)]
+    pub join_id: String,
+    /// The password it chose for its bus user (48 hex digits; the managers keep only its
+    /// bcrypt hash, and check it when the same join is asked again).
+    #[serde(default)]
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +62,15 @@ pub const ERR_BAD_TOKEN: &str = "rpc error: code = InvalidArgument desc = A vali
 /// managers' cluster for a while after a manager joined).
 const JOIN_STORE_WAIT: Duration = Duration::from_secs(40);
 
+/// How long a joining node waits for an answer before it asks again.
+const JOIN_ASK_AGAIN: Duration = Duration::from_secs(5);
+
+/// What a joining node says of itself in every ask of one join.
+pub struct Joiner {
+    pub join_id: String,
+    pub password: String,
+}
+
 /// Managers: answer join requests until aborted.
 pub async fn serve(c: Arc<Cluster>) {
     crate::cluster::serve_requests(c, bus_schema::swarm::cluster::JOIN.to_string(), Some("managers"), |c, msg, reply| async move {
@@ -62,19 +79,9 @@ pub async fn serve(c: Arc<Cluster>) {
             Err(e) => Err(format!("bad join request: {e}")),
         };
         let body: bytes::Bytes = serde_json::to_vec(&ans).unwrap_or_default().into();
-        let _ = c.client.publish(reply.clone(), body.clone()).await;
-        // The new node's record makes every manager reload its server's users, and an
-        // answer crossing a route while those reloads redo the subscriptions' interest
-        // was lost now and then (e2e: the record made, the joining node waiting for its
-        // answer until it gave up). The same answer again a moment later reaches it then;
-        // the joining node takes the first and drops the rest.
-        let client = c.client.clone();
-        tokio::spawn(async move {
-            for wait in [1, 2] {
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-                let _ = client.publish(reply.clone(), body.clone()).await;
-            }
-        });
+        // (an answer lost on its way, as while every manager reloads its users for the
+        // new node, is asked for again by the joining node: see `handshake`)
+        let _ = c.client.publish(reply, body).await;
     })
     .await
 }
@@ -113,10 +120,16 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
         return Err(BusError::invalid(ERR_BAD_TOKEN));
     };
     let ca = crate::ca::Ca { cert_pem: cluster.ca_cert.clone(), key_pem: pki.ca_key.clone() };
-    let node_id = ids::new_id();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (node_id, password) = if req.join_id.is_empty() {
+        (ids::new_id(), ids::random_hex(24))
+    } else if hex(&req.join_id, 32) && hex(&req.password, 48) {
+        (ids::join_node_id(&cluster.id, &req.join_id), req.password.clone())
+    } else {
+        return Err(BusError::invalid("bad join request: join ID or password"));
+    };
     let (lip, _) = local::host_port(&req.listen_addr);
     let cert = ca.sign_node(&node_id, &cluster.id, role == "manager", &[req.advertise_addr.clone(), lip]).map_err(BusError::internal)?;
-    let password = ids::random_hex(24);
     let user = format!("n-{node_id}");
     let availability = req.availability.unwrap_or(docker::NodeSpecAvailabilityEnum::ACTIVE);
     let mut rec = crate::cluster::node_record(&node_id, role, availability, req.description.clone(), &req.advertise_addr, &req.listen_addr, &user, &password)?;
@@ -127,9 +140,16 @@ async fn accept(c: &Cluster, req: JoinRequest) -> Result<JoinReply, BusError> {
     let rev = loop {
         match nodes.create(&node_id, &rec).await {
             Ok(rev) => break rev,
-            // a create whose answer was lost: the record is there (the ID is new)
+            // the same join asked again (its answer lost), or a create whose answer was
+            // lost: the record is there, and it is this join's if the password is
             Err(e) => match nodes.get(&node_id).await {
-                Ok(Some((_, rev))) => break rev,
+                Ok(Some((have, rev))) => {
+                    if have.role != role || !bcrypt::verify(&password, &have.bus.password_hash).unwrap_or(false) {
+                        return Err(BusError::invalid("bad join request: the node exists"));
+                    }
+                    rec = have;
+                    break rev;
+                }
                 _ if t.elapsed() < JOIN_STORE_WAIT => tokio::time::sleep(Duration::from_millis(250)).await,
                 _ => return Err(e.into()),
             },
@@ -176,9 +196,10 @@ pub async fn join(svc: Arc<SwarmService>, req: docker::SwarmJoinRequest) -> Resu
     let advertise = crate::cluster::advertise_ip(req.advertise_addr.as_deref().unwrap_or(""), &lip)?;
     let mut last = BusError::unavailable("no manager answered");
     let mut answer = None;
+    let me = Joiner { join_id: ids::random_hex(16), password: ids::random_hex(24) };
     for r in &remotes {
         let (h, p) = local::host_port(r);
-        match handshake(&local::join(&h, p), digest, &token, &svc, &advertise, &listen, None).await {
+        match handshake(&local::join(&h, p), digest, &token, &svc, &advertise, &listen, None, &me).await {
             Ok(a) => {
                 answer = Some(a);
                 break;
@@ -241,6 +262,7 @@ async fn handshake(
     advertise: &str,
     listen: &str,
     availability: Option<docker::NodeSpecAvailabilityEnum>,
+    me: &Joiner,
 ) -> Result<JoinReply, BusError> {
     let (tls, _seen) = crate::tls::join_config(digest).map_err(BusError::internal)?;
     let inbox = bus_schema::subject::inbox_prefix(natsconf::JOIN_USER);
@@ -260,16 +282,32 @@ async fn handshake(
         advertise_addr: advertise.to_string(),
         listen_addr: listen.to_string(),
         availability,
+        join_id: me.join_id.clone(),
+        password: me.password.clone(),
     };
-    let body = serde_json::to_vec(&req).map_err(|e| BusError::internal(e.to_string()))?;
-    // Long enough for a manager to answer while the store moves into the managers'
-    // cluster after another manager's join (it waits for the store up to JOIN_STORE_WAIT;
-    // the client's default of 10 s failed a worker joining right after a manager).
-    let ask = async_nats::Request::new().payload(body.into()).timeout(Some(JOIN_STORE_WAIT + Duration::from_secs(10)));
-    let msg = tokio::time::timeout(JOIN_STORE_WAIT + Duration::from_secs(12), client.send_request(bus_schema::swarm::cluster::JOIN.to_string(), ask))
-        .await
-        .map_err(|_| BusError::unavailable("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"docker info\" command to see the current swarm status of your node."))?
-        .map_err(|e| BusError::unavailable(format!("join request to {addr} failed: {e}")))?;
+    let body: bytes::Bytes = serde_json::to_vec(&req).map_err(|e| BusError::internal(e.to_string()))?.into();
+    // Asked again every few seconds until answered (the same join: see `accept`): an
+    // answer can be lost while every manager reloads its users for the new node. Given
+    // up after as long as a manager waits for the store to answer (it moves into the
+    // managers' cluster for a while after another manager's join).
+    let deadline = std::time::Instant::now() + JOIN_STORE_WAIT + Duration::from_secs(10);
+    let msg = loop {
+        let ask = async_nats::Request::new().payload(body.clone()).timeout(Some(JOIN_ASK_AGAIN));
+        match client.send_request(bus_schema::swarm::cluster::JOIN.to_string(), ask).await {
+            Ok(m) => break m,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "the join request, unanswered");
+                return Err(BusError::unavailable("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"docker info\" command to see the current swarm status of your node."));
+            }
+            Err(e) if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders) => {
+                tracing::info!(error = %e, "the join request: asking again");
+                if e.kind() == async_nats::RequestErrorKind::NoResponders {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            Err(e) => return Err(BusError::unavailable(format!("join request to {addr} failed: {e}"))),
+        }
+    };
     let ans: Answer = serde_json::from_slice(&msg.payload).map_err(|e| BusError::internal(format!("bad join answer: {e}")))?;
     ans.map_err(|m| if m == ERR_BAD_TOKEN { BusError::invalid(m) } else { BusError::unavailable(m) })
 }

@@ -216,6 +216,8 @@ pub async fn follow_managers(c: Arc<Cluster>) {
         .map(|m| m.node_id.clone())
         .collect();
     let mut removed: BTreeSet<String> = BTreeSet::new();
+    // removed, and out of every bucket's group
+    let mut clear: BTreeSet<String> = BTreeSet::new();
     let mut scaled: Option<usize> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -259,6 +261,32 @@ pub async fn follow_managers(c: Arc<Cluster>) {
                     tracing::warn!(node = %id, error = %e, "removing a demoted manager's server from the store's cluster")
                 }
             }
+        }
+        // The meta leader takes a removed server out of each stream's group in its own
+        // time: scaling a bucket before that lets nats-server shrink the group around
+        // the server that is gone (it is not marked offline once it runs again as a
+        // leaf), which leaves the stream without a quorum. Scale once no stream names a
+        // removed server, and take it out of a stream that keeps it.
+        let mut lingering = false;
+        clear.retain(|id| removed.contains(id));
+        for id in removed.iter().filter(|id| !clear.contains(*id)).cloned().collect::<Vec<_>>() {
+            match take_out_of_streams(&c, &server_name(&id)).await {
+                Ok(0) => {
+                    clear.insert(id);
+                }
+                Ok(n) => {
+                    tracing::info!(node = %id, streams = n, "a removed manager's server still in the buckets' groups");
+                    lingering = true;
+                }
+                Err(e) => {
+                    tracing::debug!(node = %id, error = %e, "the buckets' groups");
+                    lingering = true;
+                }
+            }
+        }
+        if lingering {
+            scaled = None;
+            continue;
         }
         let want = now.len().clamp(1, 3);
         if scaled != Some(want) {
@@ -343,6 +371,29 @@ async fn mark_store_members(c: &Cluster, replicas: usize) {
             Err(e) => tracing::debug!(node = %n.id, error = %e, "marking a manager in the store"),
         }
     }
+}
+
+/// The buckets' streams whose group still holds `server`: each is asked to let it go
+/// (`STREAM.PEER.REMOVE`) and counted.
+async fn take_out_of_streams(c: &Cluster, server: &str) -> Result<usize, String> {
+    let mut held = 0;
+    for (name, _) in buckets::ALL {
+        let stream = format!("KV_{name}");
+        let mut s = c.store.js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let info = s.info().await.map_err(|e| e.to_string())?;
+        let Some(ci) = info.cluster.as_ref() else { continue };
+        if ci.leader.as_deref() != Some(server) && ci.replicas.iter().all(|p| p.name != server) {
+            continue;
+        }
+        held += 1;
+        let r: Result<serde_json::Value, _> = c.store.js.request(format!("STREAM.PEER.REMOVE.{stream}"), &serde_json::json!({ "peer": server })).await;
+        match r {
+            Ok(v) if v.get("error").is_some() => tracing::debug!(%stream, server, answer = %v, "removing a peer from a stream"),
+            Ok(_) => tracing::info!(%stream, server, "a removed server taken out of a bucket's group"),
+            Err(e) => tracing::debug!(%stream, server, error = %e, "removing a peer from a stream"),
+        }
+    }
+    Ok(held)
 }
 
 /// Ask the JetStream meta leader (through the system account of this manager's
