@@ -104,34 +104,13 @@ pub fn pick_subnet(
     Err(IpamError::PoolsExhausted)
 }
 
-/// The IPv4 routes of the host's main table, without default routes, from
-/// `/proc/net/route` (hex, little-endian).
+/// The IPv4 routes of the host's main table, without default routes.
 pub fn host_routes() -> Vec<Ipv4Net> {
     parse_proc_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
 }
 
 pub fn parse_proc_routes(text: &str) -> Vec<Ipv4Net> {
-    let mut v = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 {
-            continue;
-        }
-        let (Ok(dst), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
-        else {
-            continue;
-        };
-        let dst = Ipv4Addr::from(u32::from_be(dst));
-        let mask = Ipv4Addr::from(u32::from_be(mask));
-        let prefix = u32::from(mask).leading_ones() as u8;
-        if prefix == 0 {
-            continue;
-        }
-        if let Ok(n) = Ipv4Net::new(dst, prefix) {
-            v.push(n.trunc());
-        }
-    }
-    v
+    berth_config::parse_proc_routes(text).into_iter().filter_map(|(a, p)| Ipv4Net::new(a, p).ok()).collect()
 }
 
 /// The gateway of a subnet: its first host address.

@@ -291,7 +291,11 @@ impl Cluster {
         if subnets.is_empty() {
             let (pool, size) = self.t.cluster.get("swarm").map(|(c, _)| (c.default_addr_pool, c.subnet_size)).unwrap_or_default();
             let (pool, size) = if pool.is_empty() { (vec!["10.0.0.0/8".to_string()], if size == 0 { 24 } else { size }) } else { (pool, if size == 0 { 24 } else { size }) };
-            let (net, len) = next_subnet(&pool, size, &used).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")))?;
+            // A subnet routed in this manager's namespace is passed over when another is
+            // free: the overlay's bridge lives in the node's namespace (a bridge of
+            // another engine, or the ingress of another berth node's swarm there).
+            let routed: Vec<(u32, u8)> = used.iter().copied().chain(berth_config::ipv4_routes().into_iter().map(|(a, p)| (u32::from(a), p))).collect();
+            let (net, len) = next_subnet(&pool, size, &routed).or_else(|| next_subnet(&pool, size, &used)).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")))?;
             subnets.push((format!("{}/{len}", Ipv4Addr::from(net)), Ipv4Addr::from(net + 1).to_string()));
         }
         let mut vni = FIRST_VNI;

@@ -27,18 +27,59 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const VXLAN_PORT: u16 = 4789;
+
+/// The swarm's data path port (`docker swarm init --data-path-port`; 4789 by default):
+/// the UDP port of every VXLAN device of this node (one port holds a VNI once in a
+/// network namespace: two nodes in one need two ports).
+static DATA_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(VXLAN_PORT);
+
+fn data_port() -> u16 {
+    DATA_PORT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Follow the swarm record's data path port.
+pub fn set_data_port(c: &Cluster) {
+    if let Some((cl, _)) = c.t.cluster.get("swarm") {
+        let p = u16::try_from(cl.data_path_port).ok().filter(|p| *p > 0).unwrap_or(VXLAN_PORT);
+        DATA_PORT.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 /// 1500 less the VXLAN encapsulation (50 bytes), as Moby's overlay.
 pub const MTU: u32 = 1450;
 const HOSTS_BEGIN: &str = "# berth swarm overlay: begin";
 const HOSTS_END: &str = "# berth swarm overlay: end";
 const NFT_TABLE: &str = "berth_vip";
 
+/// This node's mark in the names of its overlay devices and its ingress table: four
+/// letters made from the node's ID (`BERTH_NODE`), so that a second berth node in the
+/// same network namespace neither takes nor deletes them; none in unit tests.
+pub fn node_tag() -> &'static str {
+    static T: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    T.get_or_init(|| std::env::var(berth_config::env::NODE).map(|n| tag_of(&n)).unwrap_or_default())
+}
+
+/// Four letters from `node`'s ID: never all digits, so a tagged name is never taken for
+/// an untagged one of an older berth (`bov<VNI>`).
+pub fn tag_of(node: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(node.as_bytes()).iter().take(4).map(|b| (b'a' + b % 26) as char).collect()
+}
+
+/// `bov<tag><VNI>`: at most 15 characters (VNIs have at most 8 digits).
 pub fn bridge_name(vni: u32) -> String {
-    format!("bov{vni}")
+    format!("bov{}{vni}", node_tag())
 }
 
 pub fn vxlan_name(vni: u32) -> String {
-    format!("bvx{vni}")
+    format!("bvx{}{vni}", node_tag())
+}
+
+/// Whether `name` is one of this node's overlay devices, or an untagged one an older
+/// berth left (swept, as its VXLAN would hold the VNI and port).
+fn ours(name: &str, tag: &str) -> bool {
+    let Some(rest) = name.strip_prefix("bov").or_else(|| name.strip_prefix("bvx")) else { return false };
+    let digits = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit());
+    digits(rest) || rest.strip_prefix(tag).is_some_and(|r| !tag.is_empty() && digits(r))
 }
 
 /// Moby's MAC for an overlay address: `02:42:` and the address's four bytes.
@@ -138,7 +179,7 @@ pub fn plan(me: &str, nets: &[NetworkRecord], tasks: &[TaskRecord], nodes: &[Nod
     out
 }
 
-fn cmd(args: &[&str]) -> Vec<String> {
+pub(crate) fn cmd(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
@@ -146,7 +187,7 @@ fn cmd(args: &[&str]) -> Vec<String> {
 /// exists": the device is there already).
 pub fn create_commands(vni: u32, local: &str) -> Vec<Vec<String>> {
     let (br, vx) = (bridge_name(vni), vxlan_name(vni));
-    let (id, port, mtu) = (vni.to_string(), VXLAN_PORT.to_string(), MTU.to_string());
+    let (id, port, mtu) = (vni.to_string(), data_port().to_string(), MTU.to_string());
     let mut vxlan = cmd(&["ip", "link", "add", &vx, "mtu", &mtu, "type", "vxlan", "id", &id, "dstport", &port, "nolearning", "proxy"]);
     if !local.is_empty() {
         vxlan.extend(cmd(&["local", local]));
@@ -198,7 +239,7 @@ pub fn commands(local: &str, old: &BTreeMap<String, NetPlan>, new: &BTreeMap<Str
     out
 }
 
-async fn run_cmd(args: &[String], stdin: Option<String>) -> Result<(), String> {
+pub(crate) async fn run_cmd(args: &[String], stdin: Option<String>) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let mut c = tokio::process::Command::new(&args[0]);
     c.args(&args[1..]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -335,6 +376,7 @@ async fn attach_links(c: &Cluster, key: &str, pid: i64, links: &[Link]) -> Resul
     let local = c.t.nodes.get(&c.node_id()).map(|(n, _)| n.addr).unwrap_or_default();
     let ns = format!("--net=/proc/{pid}/ns/net");
     for Link { net: n, addr, host, inner } in links {
+        set_data_port(c);
         run_all(&create_commands(n.vni, &local)).await?;
         if run_cmd(&cmd(&["ip", "link", "show", "dev", host]), None).await.is_ok() {
             continue;
@@ -654,7 +696,7 @@ async fn our_links() -> Vec<String> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()))
-        .filter(|n| (n.starts_with("bov") || n.starts_with("bvx")) && n[3..].chars().all(|c| c.is_ascii_digit()) && n.len() > 3)
+        .filter(|n| ours(n, node_tag()))
         .collect()
 }
 
@@ -668,6 +710,7 @@ pub async fn remove_all() {
     }
     let _ = run_cmd(&cmd(&["nft", "-f", "-"]), Some(crate::ports::nft_script(None, &[]))).await;
     attached().lock().unwrap().clear();
+    crate::ports::drop_untagged_table().await;
 }
 
 /// The node's overlay loop: follows the store and keeps the devices, FDB and neighbour
@@ -690,6 +733,7 @@ pub async fn run(c: Arc<Cluster>) {
         let tasks: Vec<TaskRecord> = c.t.tasks.values().into_iter().map(|(_, t, _)| t).collect();
         let nodes: Vec<NodeRecord> = c.t.nodes.values().into_iter().map(|(_, n, _)| n).collect();
         let services: Vec<ServiceRecord> = c.t.services.values().into_iter().map(|(_, s, _)| s).collect();
+        set_data_port(&c);
         let local = nodes.iter().find(|n| n.id == me).map(|n| n.addr.clone()).unwrap_or_default();
         // The routing mesh: while a service publishes a port through it, this node holds
         // an address on the ingress network and forwards the port to the running tasks.
@@ -710,6 +754,7 @@ pub async fn run(c: Arc<Cluster>) {
         let nets: Vec<NetworkRecord> = c.t.networks.values().into_iter().map(|(_, n, _)| n).collect();
         let want = plan(&me, &nets, &tasks, &nodes);
         if first {
+            crate::ports::drop_untagged_table().await;
             // devices a previous run left for networks this node no longer needs
             let keep: BTreeSet<String> = want.values().flat_map(|p| [bridge_name(p.vni), vxlan_name(p.vni)]).collect();
             for l in our_links().await {
@@ -870,6 +915,20 @@ async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_sweeps_its_own_devices_and_an_older_berths_only() {
+        assert!(ours("bvxkqzx4096", "kqzx") && ours("bovkqzx4097", "kqzx"));
+        // an older berth's untagged devices (their VXLAN would hold the VNI and port)
+        assert!(ours("bov4096", "kqzx") && ours("bvx4096", ""));
+        // another node's, and names that are no overlay device's
+        assert!(!ours("bvxabcd4096", "kqzx") && !ours("bvxkqzx4096", "") && !ours("bovkqzx", "kqzx") && !ours("bo12344096", "kqzx") && !ours("bov", ""));
+        let t = tag_of("0123456789ab");
+        assert_eq!(t, tag_of("0123456789ab"));
+        assert!(t.len() == 4 && t.bytes().all(|b| b.is_ascii_lowercase()), "{t}");
+        assert_ne!(t, tag_of("0123456789ac"));
+        assert!(format!("bvx{t}16777215").len() <= 15, "an interface name");
+    }
 
     use crate::model::test_network as net;
 

@@ -184,7 +184,23 @@ pub fn forwards(ingress: &NetworkRecord, services: &[ServiceRecord], tasks: &[Ta
     out.into_values().collect()
 }
 
-pub const NFT_TABLE: &str = "berth_ingress";
+/// The node's ingress table: `berth_ingress_<tag>` ([`crate::overlay::node_tag`]).
+pub fn nft_table() -> String {
+    match crate::overlay::node_tag() {
+        "" => "berth_ingress".to_string(),
+        t => format!("berth_ingress_{t}"),
+    }
+}
+
+/// The untagged table an older berth made: its rules would still forward the node's
+/// published ports (a tagged node deletes it once when it starts, and at leave).
+pub async fn drop_untagged_table() {
+    if crate::overlay::node_tag().is_empty() {
+        return;
+    }
+    let script = "table ip berth_ingress\ndelete table ip berth_ingress\n";
+    let _ = crate::overlay::run_cmd(&crate::overlay::cmd(&["nft", "-f", "-"]), Some(script.to_string())).await;
+}
 
 /// The node's ingress table: each published port of the node's own addresses (and
 /// loopback, as Moby's) DNATed round-robin to a running task on the ingress network, and what
@@ -193,7 +209,8 @@ pub const NFT_TABLE: &str = "berth_ingress";
 /// task has no rule (the node refuses the connection). Replaces the whole table at once;
 /// `None` deletes it.
 pub fn nft_script(bridge: Option<&str>, fw: &[Forward]) -> String {
-    let reset = format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    let table = nft_table();
+    let reset = format!("table ip {table}\ndelete table ip {table}\n");
     let Some(bridge) = bridge else { return reset };
     let mut rules = String::new();
     for f in fw.iter().filter(|f| !f.backends.is_empty()) {
@@ -202,7 +219,7 @@ pub fn nft_script(bridge: Option<&str>, fw: &[Forward]) -> String {
     }
     let chain = |prefix: &str| rules.lines().map(|r| format!("    {prefix}fib daddr type local {r}\n")).collect::<String>();
     format!(
-        "{reset}table ip {NFT_TABLE} {{\n  chain guard {{\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{bridge}\" ct status dnat masquerade\n  }}\n}}\n",
+        "{reset}table ip {table} {{\n  chain guard {{\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop\n  }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{}  }}\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{bridge}\" ct status dnat masquerade\n  }}\n}}\n",
         chain(""),
         chain(""),
     )
