@@ -264,6 +264,10 @@ pub struct SwarmNetworkAttach {
     pub container_id: String,
     /// The interface inside the container (`eth0`, …).
     pub ifname: String,
+    /// The names the other containers on the network resolve to its address there: its
+    /// name and its aliases on that network (Moby's embedded DNS).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// The container's endpoint on the overlay.
@@ -560,7 +564,7 @@ mod tests {
             },
         });
         roundtrip(NodeUpdate { id: "n".into(), version: 3, spec: docker::NodeSpec::default() });
-        roundtrip(SwarmNetworkAttach { network: "ov".into(), container_id: "c".into(), ifname: "eth0".into() });
+        roundtrip(SwarmNetworkAttach { network: "ov".into(), container_id: "c".into(), ifname: "eth0".into(), names: vec!["db".into()] });
         roundtrip(SwarmAttachment { network_id: "n".into(), network_name: "ov".into(), address: "10.0.1.3/24".into(), mac: "02:42:0a:00:01:03".into() });
         roundtrip(SwarmNetworkDetach { network_id: "n".into(), container_id: "c".into() });
         assert_eq!(<cluster::AgentTaskLogs as cluster::NodeRpc>::subject("abc"), "berth.swarm.v1.node.abc.AgentTaskLogs");

@@ -1635,6 +1635,21 @@ fn attachable_overlay_for_plain_containers() {
     let cid = wkr.docker_ok(&["inspect", "cc", "--format", "{{.Id}}"]).trim().to_string();
     let e = &v[0]["Containers"][&cid];
     assert_eq!((e["Name"].as_str(), e["IPv4Address"].as_str(), e["MacAddress"].as_str()), (Some("cc"), Some(format!("{ip}/24").as_str()), Some(mac.as_str())), "{v}");
+    // plain containers resolve each other by name and alias across nodes (Moby's
+    // embedded DNS on an attachable overlay), and a removed one's name goes
+    mgr.docker_ok(&["run", "-d", "--name", "ee", "--network", "ov", "--network-alias", "eea", "busybox:latest", "sleep", "1000"]);
+    let eip = mgr.docker_ok(&["inspect", "ee", "--format", "{{.NetworkSettings.Networks.ov.IPAddress}}"]).trim().to_string();
+    let lookup = |n: &Node, c: &str, name: &str| -> Option<String> {
+        let o = n.docker(&["exec", c, "nslookup", "-type=a", name]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        text.lines().filter_map(|l| l.strip_prefix("Address: ")).map(str::trim).find(|a| !a.starts_with("127.0.0.11")).map(str::to_string)
+    };
+    assert_eq!(wait_for(30, "ee by name from the worker", wkr, || lookup(wkr, "cc", "ee")), eip);
+    assert_eq!(lookup(wkr, "cc", "eea").as_deref(), Some(eip.as_str()));
+    assert_eq!(wait_for(30, "cc by name from the manager", mgr, || lookup(mgr, "ee", "cc")), ip);
+    assert_eq!(lookup(mgr, "ee", "web").as_deref(), Some(vip.as_str()), "a service's name stays the service's");
+    mgr.docker_ok(&["rm", "-f", "ee"]);
+    wait_for(30, "ee's name gone", wkr, || lookup(wkr, "cc", "ee").is_none().then_some(()));
     // not a task
     assert_eq!(lines(&mgr.docker_ok(&["service", "ps", "-q", "web"])).len(), 1);
     assert_eq!(lines(&mgr.docker_ok(&["service", "ls", "-q"])).len(), 1);

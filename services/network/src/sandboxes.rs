@@ -314,6 +314,7 @@ impl NetworkService {
             network: network.to_string(),
             container_id: rec.container_id.clone(),
             ifname: ifname.to_string(),
+            names: std::iter::once(rec.name.trim_start_matches('/').to_string()).chain(settings.aliases.clone().unwrap_or_default()).filter(|n| !n.is_empty()).collect(),
         };
         let a = match s.attach(r).await {
             Ok(a) => a,

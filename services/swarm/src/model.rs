@@ -299,6 +299,11 @@ pub struct NetworkRecord {
     /// another task's, which the other nodes would still reach at its old place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<String>,
+    /// The names of plain containers attached to the network, by owner
+    /// ([`crate::overlay::container_owner`]): the embedded DNS answers them with the
+    /// owner's address, as Moby's does for a container on an attachable overlay.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub names: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// An overlay network record for unit tests: named as its ID, 10.0.1.0/24, `alloc`
@@ -323,6 +328,7 @@ pub fn test_network(id: &str, vni: u32, alloc: &[(&str, &str)]) -> NetworkRecord
         vni,
         allocated: alloc.iter().map(|(a, o)| (a.to_string(), o.to_string())).collect(),
         last_allocated: None,
+        names: Default::default(),
     }
 }
 

@@ -199,6 +199,15 @@ struct AddressRequest {
     network: String,
     owner: String,
     release: bool,
+    /// a plain container's names on the network (`NetworkRecord::names`)
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+/// The names a plain container may have on a network: at most 32, each a DNS name of at
+/// most 255 characters (a worker's root sends them: nothing else goes into the store).
+pub fn valid_names(names: &[String]) -> bool {
+    names.len() <= 32 && names.iter().all(|n| !n.is_empty() && n.len() <= 255 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
 }
 
 /// The address (`a.b.c.d/len`; empty for a release) or why not.
@@ -239,8 +248,10 @@ pub async fn serve_addresses(c: std::sync::Arc<Cluster>) {
                     Err(format!("node {node} may not hold addresses of {}", r.owner))
                 } else if r.release {
                     c.store_release(&r.network, &r.owner).await.map(|_| String::new()).map_err(|e| e.message)
+                } else if !valid_names(&r.names) || (!r.names.is_empty() && !r.owner.starts_with("ctr.")) {
+                    Err(format!("bad names for {}", r.owner))
                 } else {
-                    c.store_allocate(&r.network, &r.owner).await.map_err(|e| e.message)
+                    c.store_allocate(&r.network, &r.owner, &r.names).await.map_err(|e| e.message)
                 }
             }
             Err(e) => Err(format!("bad request: {e}")),
@@ -322,6 +333,7 @@ impl Cluster {
             vni,
             allocated: BTreeMap::new(),
             last_allocated: None,
+            names: Default::default(),
         };
         let rev = self.bucket::<NetworkRecord>(buckets::NETWORKS).create(&id, &rec).await?;
         self.t.networks.note_put(&id, rec, rev);
@@ -419,10 +431,19 @@ impl Cluster {
     /// as `a.b.c.d/len`: allocated in the store by a manager; a worker asks the
     /// managers ([`serve_addresses`]).
     pub async fn allocate_address(&self, net_id: &str, owner: &str) -> Result<String, BusError> {
-        if self.is_manager() {
-            return self.store_allocate(net_id, owner).await;
+        self.allocate_named(net_id, owner, &[]).await
+    }
+
+    /// An address for `owner` with the names the embedded DNS answers with it (a plain
+    /// container's name and aliases).
+    pub async fn allocate_named(&self, net_id: &str, owner: &str, names: &[String]) -> Result<String, BusError> {
+        if !valid_names(names) {
+            return Err(BusError::invalid("invalid container name or alias for an overlay network"));
         }
-        self.ask_address(net_id, owner, false).await
+        if self.is_manager() {
+            return self.store_allocate(net_id, owner, names).await;
+        }
+        self.ask_address(net_id, owner, false, names).await
     }
 
     /// Give back every address `owner` holds in network `net_id` (a worker asks the
@@ -431,11 +452,11 @@ impl Cluster {
         if self.is_manager() {
             return self.store_release(net_id, owner).await;
         }
-        self.ask_address(net_id, owner, true).await.map(|_| ())
+        self.ask_address(net_id, owner, true, &[]).await.map(|_| ())
     }
 
-    async fn ask_address(&self, net_id: &str, owner: &str, release: bool) -> Result<String, BusError> {
-        let req = AddressRequest { network: net_id.to_string(), owner: owner.to_string(), release };
+    async fn ask_address(&self, net_id: &str, owner: &str, release: bool, names: &[String]) -> Result<String, BusError> {
+        let req = AddressRequest { network: net_id.to_string(), owner: owner.to_string(), release, names: names.to_vec() };
         let a: AddressAnswer = crate::cluster::ask_managers(self, addresses_subject(&self.node_id()), &req, "an overlay address").await?;
         let a = a.map_err(BusError::internal)?;
         // the answering manager wrote the store: this copy follows it
@@ -445,16 +466,20 @@ impl Cluster {
         Ok(a)
     }
 
-    async fn store_allocate(&self, net_id: &str, owner: &str) -> Result<String, BusError> {
+    async fn store_allocate(&self, net_id: &str, owner: &str, names: &[String]) -> Result<String, BusError> {
         let mut got = None;
         let b = self.bucket::<NetworkRecord>(buckets::NETWORKS);
         let r = b
             .modify(net_id, |n| {
                 let (subnet, gw) = n.subnets.first().cloned().ok_or_else(|| BusError::internal(format!("network {net_id} has no subnet")))?;
                 let len = subnet.split('/').nth(1).unwrap_or("32").to_string();
+                let renamed = !names.is_empty() && n.names.get(owner).map(|v| v.as_slice()) != Some(names);
+                if renamed {
+                    n.names.insert(owner.to_string(), names.to_vec());
+                }
                 if let Some((a, _)) = n.allocated.iter().find(|(_, o)| o.as_str() == owner) {
                     got = Some(format!("{a}/{len}"));
-                    return Ok(false);
+                    return Ok(renamed);
                 }
                 let a = next_address(&subnet, &gw, &n.allocated, n.last_allocated.as_deref()).ok_or_else(|| BusError::internal(rpc("ResourceExhausted", format!("could not allocate an address in network {net_id}"))))?;
                 n.allocated.insert(a.clone(), owner.to_string());
@@ -474,7 +499,8 @@ impl Cluster {
             .modify(net_id, |n| {
                 let before = n.allocated.len();
                 n.allocated.retain(|_, o| o != owner);
-                Ok(n.allocated.len() != before)
+                let named = n.names.remove(owner).is_some();
+                Ok(n.allocated.len() != before || named)
             })
             .await?
         {

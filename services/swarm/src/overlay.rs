@@ -443,7 +443,7 @@ pub async fn attach_container(c: &Arc<Cluster>, r: &bus_schema::swarm::SwarmNetw
         return Err(bus_schema::BusError::internal(not_attachable(&r.network)));
     }
     let owner = container_owner(&c.node_id(), &r.container_id);
-    let address = c.allocate_address(&n.id, &owner).await?;
+    let address = c.allocate_named(&n.id, &owner, &r.names).await?;
     ifnames().lock().unwrap().insert((r.container_id.clone(), n.id.clone()), r.ifname.clone());
     let ip: Ipv4Addr = strip_len(&address).parse().map_err(|_| bus_schema::BusError::internal(format!("bad address {address}")))?;
     // the runtime starts the container's process once its sandbox is there
@@ -836,6 +836,27 @@ async fn apply_mesh(nft: &str, fw: &[crate::ports::Forward], bridge: Option<&str
     }
 }
 
+/// The plain containers attached to `nets`, by their names and aliases, each with its
+/// address on that network (services' names come first, as Moby's resolver answers a
+/// service before a container).
+pub fn add_container_names(names: &mut crate::dns::Names, nets: &[&NetworkRecord]) {
+    let services: BTreeSet<String> = names.keys().cloned().collect();
+    for n in nets {
+        for (a, owner) in &n.allocated {
+            let (Some(list), Ok(ip)) = (n.names.get(owner), strip_len(a).parse::<Ipv4Addr>()) else { continue };
+            for name in list {
+                let key = name.to_ascii_lowercase();
+                if !services.contains(&key) {
+                    let v = names.entry(key).or_default();
+                    if !v.contains(&ip) {
+                        v.push(ip);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Each attached container's VIP rules and /etc/hosts block, rewritten when they change.
 async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
     let list: Vec<(String, Attached)> = attached().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -845,7 +866,9 @@ async fn sync_containers(nets: &[NetworkRecord], tasks: &[TaskRecord]) {
         let nft = nft_script(&svcs);
         let hosts = hosts_block(&svcs);
         if let Some(d) = &a.dns {
-            *d.names.write().unwrap() = crate::dns::names_of(&svcs);
+            let mut names = crate::dns::names_of(&svcs);
+            add_container_names(&mut names, &mine);
+            *d.names.write().unwrap() = names;
         }
         if !std::path::Path::new(&format!("/proc/{}", a.pid)).exists() {
             attached().lock().unwrap().remove(&task);
@@ -915,6 +938,25 @@ async fn release_orphans(c: &Cluster, nets: &[NetworkRecord], tasks: &[TaskRecor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attached_containers_resolve_by_name_after_the_services() {
+        let mut n = test_network("n1", 4097, &[("10.0.1.7", "ctr.node1.c1"), ("10.0.1.8", "ctr.node2.c2"), ("10.0.1.9", "ctr.node2.c3")]);
+        n.names.insert("ctr.node1.c1".into(), vec!["DB".into(), "db-alias".into()]);
+        n.names.insert("ctr.node2.c2".into(), vec!["web".into()]);
+        // c3 holds an address but no names; a name with no address answers nothing
+        n.names.insert("ctr.node9.gone".into(), vec!["gone".into()]);
+        let mut names = crate::dns::Names::new();
+        names.insert("web".into(), vec![Ipv4Addr::new(10, 0, 1, 2)]);
+        add_container_names(&mut names, &[&n]);
+        assert_eq!(names["db"], vec![Ipv4Addr::new(10, 0, 1, 7)]);
+        assert_eq!(names["db-alias"], vec![Ipv4Addr::new(10, 0, 1, 7)]);
+        assert_eq!(names["web"], vec![Ipv4Addr::new(10, 0, 1, 2)], "the service's name is the service's");
+        assert!(!names.contains_key("gone"));
+        assert_eq!(names.len(), 3);
+        assert!(crate::networks::valid_names(&["db".into(), "my_app.v2-1".into()]));
+        assert!(!crate::networks::valid_names(&["a b".into()]) && !crate::networks::valid_names(&["".into()]) && !crate::networks::valid_names(&vec!["x".to_string(); 33]));
+    }
 
     #[test]
     fn a_node_sweeps_its_own_devices_and_an_older_berths_only() {
