@@ -417,6 +417,32 @@ where
     }
 }
 
+/// Managers: answer the nodes' asks on `<swarm prefix>.<what>.<node>` (a subject only
+/// that node may publish on, so `node` is who asks): the JSON request given to
+/// `answer` with the asking node, its `Ok`/`Err` sent back as JSON. The other side of
+/// [`ask_managers`].
+pub async fn serve_node_asks<Q, A, F, Fut>(c: Arc<Cluster>, what: &str, answer: F)
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    A: serde::Serialize + Send + 'static,
+    F: Fn(Arc<Cluster>, String, Q) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<A, String>> + Send + 'static,
+{
+    let pattern = format!("{}.{what}.*", bus_schema::swarm::cluster::PREFIX);
+    serve_requests(c, pattern, Some("managers"), move |c, msg, reply| {
+        let answer = answer.clone();
+        async move {
+            let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let ans: Result<A, String> = match serde_json::from_slice::<Q>(&msg.payload) {
+                Ok(r) => answer(c.clone(), node, r).await,
+                Err(e) => Err(format!("bad request: {e}")),
+            };
+            let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+        }
+    })
+    .await
+}
+
 /// A worker's request to the managers on a subject only it may publish (its tasks'
 /// files, its overlay addresses), answered `Ok(T)` or why not; the failures to ask in
 /// Docker-facing words naming `what` was asked for.

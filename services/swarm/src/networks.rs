@@ -191,8 +191,11 @@ pub fn local_view(
 /// managers know who asks. The addresses are the managers' to hand out (swarmkit's
 /// allocator): a worker may not write the networks' records.
 pub fn addresses_subject(node: &str) -> String {
-    format!("{}.addresses.{node}", bus_schema::swarm::cluster::PREFIX)
+    format!("{}.{ADDRESSES}.{node}", bus_schema::swarm::cluster::PREFIX)
 }
+
+/// The token of the overlay addresses' subjects ([`addresses_subject`]).
+const ADDRESSES: &str = "addresses";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct AddressRequest {
@@ -233,30 +236,22 @@ pub fn node_may_hold(node: &str, owner: &str, task: Option<&TaskRecord>, release
 /// A manager: allocate and give back the workers' overlay addresses (a queue group: one
 /// manager answers each). The asking node is the subject's last token.
 pub async fn serve_addresses(c: std::sync::Arc<Cluster>) {
-    let pattern = format!("{}.addresses.*", bus_schema::swarm::cluster::PREFIX);
-    crate::cluster::serve_requests(c, pattern, Some("managers"), |c, msg, reply| async move {
-        let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-        let ans: AddressAnswer = match serde_json::from_slice::<AddressRequest>(&msg.payload) {
-            Ok(r) => {
-                // this manager's copy may not hold the task's assignment yet: the store does
-                let mut task = c.t.tasks.get(&r.owner).map(|(t, _)| t);
-                if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) && !r.owner.contains('.') {
-                    task = c.bucket::<TaskRecord>(buckets::TASKS).get(&r.owner).await.ok().flatten().map(|(t, _)| t);
-                }
-                if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) {
-                    tracing::warn!(node = %node, owner = %r.owner, "a node asked for an address that is not its own");
-                    Err(format!("node {node} may not hold addresses of {}", r.owner))
-                } else if r.release {
-                    c.store_release(&r.network, &r.owner).await.map(|_| String::new()).map_err(|e| e.message)
-                } else if !valid_names(&r.names) || (!r.names.is_empty() && !r.owner.starts_with("ctr.")) {
-                    Err(format!("bad names for {}", r.owner))
-                } else {
-                    c.store_allocate(&r.network, &r.owner, &r.names).await.map_err(|e| e.message)
-                }
-            }
-            Err(e) => Err(format!("bad request: {e}")),
-        };
-        let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+    crate::cluster::serve_node_asks(c, ADDRESSES, |c: std::sync::Arc<Cluster>, node: String, r: AddressRequest| async move {
+        // this manager's copy may not hold the task's assignment yet: the store does
+        let mut task = c.t.tasks.get(&r.owner).map(|(t, _)| t);
+        if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) && !r.owner.contains('.') {
+            task = c.bucket::<TaskRecord>(buckets::TASKS).get(&r.owner).await.ok().flatten().map(|(t, _)| t);
+        }
+        if !node_may_hold(&node, &r.owner, task.as_ref(), r.release) {
+            tracing::warn!(node = %node, owner = %r.owner, "a node asked for an address that is not its own");
+            Err(format!("node {node} may not hold addresses of {}", r.owner))
+        } else if r.release {
+            c.store_release(&r.network, &r.owner).await.map(|_| String::new()).map_err(|e| e.message)
+        } else if !valid_names(&r.names) || (!r.names.is_empty() && !r.owner.starts_with("ctr.")) {
+            Err(format!("bad names for {}", r.owner))
+        } else {
+            c.store_allocate(&r.network, &r.owner, &r.names).await.map_err(|e| e.message)
+        }
     })
     .await
 }

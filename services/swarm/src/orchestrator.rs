@@ -80,6 +80,40 @@ fn replicas(s: &ServiceRecord) -> u64 {
     s.spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas).unwrap_or(1).max(0) as u64
 }
 
+/// A slot's restarts under `--restart-max-attempts` (swarmkit's restart supervisor):
+/// counted per spec version, and with `--restart-window` only those within the window.
+#[derive(Debug, Clone)]
+struct Restarts {
+    version: u64,
+    total: u64,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl Restarts {
+    fn new(version: u64) -> Restarts {
+        Restarts { version, total: 0, recent: Default::default() }
+    }
+
+    /// Whether one more restart is allowed at `now` (and count it if so).
+    fn try_restart(&mut self, max: u64, window: Duration, now: Instant) -> bool {
+        if window.is_zero() {
+            if self.total >= max {
+                return false;
+            }
+        } else {
+            while self.recent.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
+                self.recent.pop_front();
+            }
+            if self.recent.len() as u64 >= max {
+                return false;
+            }
+            self.recent.push_back(now);
+        }
+        self.total += 1;
+        true
+    }
+}
+
 /// Per-service state of a rolling update (in memory: a new leader restarts the update
 /// from the store, which still says which tasks are out of date).
 #[derive(Default)]
@@ -235,7 +269,7 @@ struct Leader {
     live: Liveness,
     updates: HashMap<String, Updating>,
     /// Restarts per (service, slot or node), for max attempts.
-    restarts: HashMap<(String, String), (u64, u64)>,
+    restarts: HashMap<(String, String), Restarts>,
     /// Slots (or global nodes) whose last task ended and that the restart policy does
     /// not run again, with the spec version they ended at: left empty until the
     /// service changes (swarmkit's dead slots; in memory as its restart history is, so
@@ -453,14 +487,14 @@ impl Leader {
         let key = slot_key(s, t.slot, t.node_id.as_deref());
         let max = rp.max_attempts.unwrap_or(0).max(0) as u64;
         if max > 0 && !node_lost {
-            let e = self.restarts.entry(key).or_insert((t.spec_version, 0));
-            if e.0 != t.spec_version {
-                *e = (t.spec_version, 0);
+            let window = Duration::from_nanos(rp.window.unwrap_or(0).max(0) as u64);
+            let e = self.restarts.entry(key).or_insert_with(|| Restarts::new(t.spec_version));
+            if e.version != t.spec_version {
+                *e = Restarts::new(t.spec_version);
             }
-            if e.1 >= max {
+            if !e.try_restart(max, window, Instant::now()) {
                 return None;
             }
-            e.1 += 1;
         }
         // A lost node is no crash loop: its tasks start elsewhere at once (swarmkit
         // applies the policy's delay here too; issue 18 wants them back within 10 s).
@@ -1016,6 +1050,24 @@ mod liveness_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_are_counted_within_the_window() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        // no window: two restarts in all
+        let mut r = Restarts::new(1);
+        assert!(r.try_restart(2, Duration::ZERO, s(0)) && r.try_restart(2, Duration::ZERO, s(100)));
+        assert!(!r.try_restart(2, Duration::ZERO, s(1000)));
+        // a 60 s window: two within any 60 s, more once the old ones are out of it
+        let mut r = Restarts::new(1);
+        let w = Duration::from_secs(60);
+        assert!(r.try_restart(2, w, s(0)) && r.try_restart(2, w, s(10)));
+        assert!(!r.try_restart(2, w, s(50)));
+        assert!(r.try_restart(2, w, s(61)), "the first is out of the window");
+        assert!(!r.try_restart(2, w, s(65)));
+        assert!(r.try_restart(2, w, s(130)) && r.try_restart(2, w, s(131)));
+    }
 
     #[test]
     fn a_task_that_fails_within_the_monitor_counts_against_the_update() {

@@ -225,22 +225,12 @@ pub async fn follow_managers(c: Arc<Cluster>) {
         if now.iter().all(|m| m.node_id != c.node_id()) {
             continue; // demoted: the role watch moves this node
         }
-        let (clustered, before) = {
-            let l = c.local.read().unwrap();
-            (l.clustered, l.managers.clone())
-        };
-        if !clustered {
+        if !c.local.read().unwrap().clustered {
             continue; // a lone manager: the store's move (crate::migrate) comes first
         }
         known.extend(now.iter().map(|m| m.node_id.clone()));
         removed.retain(|id| now.iter().all(|m| &m.node_id != id));
-        if now != before {
-            let mut l = c.local.write().unwrap();
-            l.managers = now.clone();
-            if let Err(e) = l.save(&c.svc.files.state()) {
-                tracing::warn!(error = %e, "saving the managers");
-            }
-        }
+        save_managers(&c, &now);
         if !*c.is_leader.borrow() {
             scaled = None;
             continue;
@@ -313,17 +303,25 @@ pub async fn remember_managers(c: Arc<Cluster>) {
     c.t.nodes.wait_ready().await;
     loop {
         let now = managers(&c);
-        if !now.is_empty() {
-            let mut l = c.local.write().unwrap();
-            if !l.is_manager() && l.managers != now {
-                tracing::info!(managers = now.len(), "the managers changed: remembered for the next start");
-                l.managers = now;
-                if let Err(e) = l.save(&c.svc.files.state()) {
-                    tracing::warn!(error = %e, "saving the managers");
-                }
-            }
+        if !now.is_empty() && !c.local.read().unwrap().is_manager() {
+            save_managers(&c, &now);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Keep the managers the store names in this node's `state.json` when they changed: a
+/// manager's routes, a worker's leaf remotes, which its swarm server dials when it
+/// starts again.
+fn save_managers(c: &Cluster, now: &[ManagerAddr]) {
+    let mut l = c.local.write().unwrap();
+    if l.managers == now {
+        return;
+    }
+    tracing::info!(managers = now.len(), "the managers changed: remembered for the next start");
+    l.managers = now.to_vec();
+    if let Err(e) = l.save(&c.svc.files.state()) {
+        tracing::warn!(error = %e, "saving the managers");
     }
 }
 

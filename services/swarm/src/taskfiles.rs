@@ -55,8 +55,11 @@ fn want(b: &BlobRecord, name: Option<&str>, uid: Option<&str>, gid: Option<&str>
 
 /// The subject on which node `node` asks the managers for its tasks' files.
 pub fn subject(node: &str) -> String {
-    format!("{}.task_files.{node}", bus_schema::swarm::cluster::PREFIX)
+    format!("{}.{ASK}.{node}", bus_schema::swarm::cluster::PREFIX)
 }
+
+/// The token of the task files' subjects ([`subject`]).
+const ASK: &str = "task_files";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FilesRequest {
@@ -100,19 +103,11 @@ pub fn files_for(node: &str, task: Option<&TaskRecord>, secret: impl Fn(&str) ->
 /// manager answers each). The asking node is the subject's last token, which only
 /// that node may publish on.
 pub async fn serve(c: Arc<Cluster>) {
-    let pattern = format!("{}.task_files.*", bus_schema::swarm::cluster::PREFIX);
-    crate::cluster::serve_requests(c, pattern, Some("managers"), |c, msg, reply| async move {
-        let node = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-        let ans: FilesAnswer = match serde_json::from_slice::<FilesRequest>(&msg.payload) {
-            Ok(r) => {
-                let task = c.t.tasks.get(&r.task_id).map(|(t, _)| t);
-                let a = files_for(&node, task.as_ref(), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b));
-                tracing::debug!(node = %node, task = %r.task_id, ok = a.is_ok(), "a node asked for its task's files");
-                a
-            }
-            Err(e) => Err(format!("bad request: {e}")),
-        };
-        let _ = c.client.publish(reply, serde_json::to_vec(&ans).unwrap_or_default().into()).await;
+    crate::cluster::serve_node_asks(c, ASK, |c: Arc<Cluster>, node: String, r: FilesRequest| async move {
+        let task = c.t.tasks.get(&r.task_id).map(|(t, _)| t);
+        let a = files_for(&node, task.as_ref(), |id| c.t.secrets.get(id).map(|(b, _)| b), |id| c.t.configs.get(id).map(|(b, _)| b));
+        tracing::debug!(node = %node, task = %r.task_id, ok = a.is_ok(), "a node asked for its task's files");
+        a
     })
     .await
 }
