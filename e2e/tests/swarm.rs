@@ -617,7 +617,7 @@ fn join_ask(node: &Node, listen: &str, token: &str, join_id: &str, password: &st
             .connect(format!("tls://{listen}"))
             .await
             .unwrap();
-        let m = c.request("berth.swarm.v1.join", req.to_string().into_bytes().into()).await.unwrap();
+        let m = c.request(bus_schema::swarm::cluster::JOIN, req.to_string().into_bytes().into()).await.unwrap();
         serde_json::from_slice(&m.payload).unwrap()
     })
 }

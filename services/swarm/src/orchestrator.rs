@@ -170,14 +170,21 @@ impl Watch {
     }
 }
 
+/// `--update-failure-action` (a rollback's: pause or continue).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OnFailure {
+    Pause,
+    Continue,
+    Rollback,
+}
+
 /// An update's (or a rollback's) settings, with Docker's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Policy {
     parallelism: usize,
     delay: Duration,
     start_first: bool,
-    /// "pause", "continue" or "rollback"
-    on_failure: &'static str,
+    on_failure: OnFailure,
     monitor: Duration,
     max_ratio: f64,
 }
@@ -192,7 +199,7 @@ impl Policy {
                 parallelism: r.parallelism.unwrap_or(1).max(0) as usize,
                 delay: ns(r.delay, 0),
                 start_first: r.order == Some(RO::START_FIRST),
-                on_failure: if r.failure_action == Some(RF::CONTINUE) { "continue" } else { "pause" },
+                on_failure: if r.failure_action == Some(RF::CONTINUE) { OnFailure::Continue } else { OnFailure::Pause },
                 monitor: ns(r.monitor, 5_000_000_000),
                 max_ratio: r.max_failure_ratio.unwrap_or(0.0),
             }
@@ -203,9 +210,9 @@ impl Policy {
                 delay: ns(u.delay, 0),
                 start_first: u.order == Some(UO::START_FIRST),
                 on_failure: match u.failure_action {
-                    Some(UF::CONTINUE) => "continue",
-                    Some(UF::ROLLBACK) => "rollback",
-                    _ => "pause",
+                    Some(UF::CONTINUE) => OnFailure::Continue,
+                    Some(UF::ROLLBACK) => OnFailure::Rollback,
+                    _ => OnFailure::Pause,
                 },
                 monitor: ns(u.monitor, 5_000_000_000),
                 max_ratio: u.max_failure_ratio.unwrap_or(0.0),
@@ -723,8 +730,8 @@ impl Leader {
             }
         }
         if let Some(id) = failed {
-            tracing::info!(service = %s.id, task = %id, failures = st.watch.failures, of = st.watch.total, action = policy.on_failure, "a task of the update failed");
-            if st.watch.over(policy.max_ratio) && policy.on_failure != "continue" {
+            tracing::info!(service = %s.id, task = %id, failures = st.watch.failures, of = st.watch.total, action = ?policy.on_failure, "a task of the update failed");
+            if st.watch.over(policy.max_ratio) && policy.on_failure != OnFailure::Continue {
                 st.started = false;
                 return self.update_failed(s, &id, rollback, policy.on_failure).await;
             }
@@ -835,9 +842,9 @@ impl Leader {
 
     /// Too many of an update's tasks failed: pause it, or roll the service back to its
     /// previous spec (swarmkit's words; a rollback that fails pauses).
-    async fn update_failed(&mut self, s: &ServiceRecord, task: &str, rollback: bool, action: &str) -> Result<(), BusError> {
+    async fn update_failed(&mut self, s: &ServiceRecord, task: &str, rollback: bool, action: OnFailure) -> Result<(), BusError> {
         use docker::ServiceUpdateStatusStateEnum as U;
-        let mut back = action == "rollback" && !rollback && s.previous_spec.is_some();
+        let mut back = action == OnFailure::Rollback && !rollback && s.previous_spec.is_some();
         let mut endpoint = None;
         if back {
             // the previous spec's ports and virtual IPs (taken meanwhile: pause instead)
@@ -1103,7 +1110,7 @@ mod tests {
         }))
         .unwrap();
         let d = Policy::of(&s, false);
-        assert_eq!((d.parallelism, d.on_failure, d.monitor, d.max_ratio, d.start_first), (1, "pause", Duration::from_secs(5), 0.0, false));
+        assert_eq!((d.parallelism, d.on_failure, d.monitor, d.max_ratio, d.start_first), (1, OnFailure::Pause, Duration::from_secs(5), 0.0, false));
         s.spec.update_config = Some(docker::ServiceSpecUpdateConfig {
             parallelism: Some(2),
             failure_action: Some(docker::ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
@@ -1118,9 +1125,9 @@ mod tests {
             ..Default::default()
         });
         let u = Policy::of(&s, false);
-        assert_eq!((u.parallelism, u.on_failure, u.monitor, u.max_ratio, u.start_first), (2, "rollback", Duration::from_secs(1), 0.25, true));
+        assert_eq!((u.parallelism, u.on_failure, u.monitor, u.max_ratio, u.start_first), (2, OnFailure::Rollback, Duration::from_secs(1), 0.25, true));
         let r = Policy::of(&s, true);
-        assert_eq!((r.parallelism, r.on_failure, r.monitor, r.start_first), (0, "continue", Duration::from_secs(5), false));
+        assert_eq!((r.parallelism, r.on_failure, r.monitor, r.start_first), (0, OnFailure::Continue, Duration::from_secs(5), false));
     }
 
     fn node(labels: &[(&str, &str)]) -> NodeRecord {

@@ -192,14 +192,18 @@ pub fn nft_table() -> String {
     }
 }
 
+/// An nft script that deletes `table` whether or not it is there.
+fn delete_table(table: &str) -> String {
+    format!("table ip {table}\ndelete table ip {table}\n")
+}
+
 /// The untagged table an older berth made: its rules would still forward the node's
 /// published ports (a tagged node deletes it once when it starts, and at leave).
 pub async fn drop_untagged_table() {
     if crate::overlay::node_tag().is_empty() {
         return;
     }
-    let script = "table ip berth_ingress\ndelete table ip berth_ingress\n";
-    let _ = crate::overlay::run_cmd(&crate::overlay::cmd(&["nft", "-f", "-"]), Some(script.to_string())).await;
+    let _ = crate::overlay::run_cmd(&crate::overlay::cmd(&["nft", "-f", "-"]), Some(delete_table("berth_ingress"))).await;
 }
 
 /// The node's ingress table: each published port of the node's own addresses (and
@@ -210,7 +214,7 @@ pub async fn drop_untagged_table() {
 /// `None` deletes it.
 pub fn nft_script(bridge: Option<&str>, fw: &[Forward]) -> String {
     let table = nft_table();
-    let reset = format!("table ip {table}\ndelete table ip {table}\n");
+    let reset = delete_table(&table);
     let Some(bridge) = bridge else { return reset };
     let mut rules = String::new();
     for f in fw.iter().filter(|f| !f.backends.is_empty()) {
